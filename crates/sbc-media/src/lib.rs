@@ -1,0 +1,3 @@
+//! sbc-media: SRTP/SRTCP, and (later) SDP rewriting, port pool and relay workers.
+//! Never parses SIP.
+#![forbid(unsafe_code)]
