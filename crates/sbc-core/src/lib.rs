@@ -1,4 +1,8 @@
-//! sbc-core: configuration and its validation, tenants, admission, and the interfaces
-//! (`MediaControl`) that the protocol crates meet through. Opens no sockets and depends on
-//! no other sbc crate.
+//! sbc-core: configuration and its validation, tenants and their recognition, admission
+//! (token buckets and quotas), and the interfaces the protocol crates meet through. Opens
+//! no sockets, reads no clock (`now` is passed in), and depends on no other sbc crate.
 #![forbid(unsafe_code)]
+
+pub mod admission;
+pub mod config;
+pub mod tenant;

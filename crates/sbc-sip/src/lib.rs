@@ -1,3 +1,14 @@
 //! sbc-sip: SIP message parsing and building, TLS transport, transactions, B2BUA dialogs,
 //! routing and topology hiding. Never touches UDP media or SRTP.
 #![forbid(unsafe_code)]
+
+pub mod b2bua;
+pub mod error;
+pub mod framing;
+pub mod message;
+pub mod routing;
+pub mod server;
+pub mod tls;
+pub mod transaction;
+
+pub use error::SipError;

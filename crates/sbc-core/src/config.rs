@@ -1,0 +1,978 @@
+//! The configuration schema, its validation, and the embedded default.
+//!
+//! One TOML file; unknown keys are errors (fail closed). Validation turns the raw file into
+//! a typed [`Config`] whose certificates, keys and CA files have been read, so a config
+//! that validates can be started. Every error names the key it is about.
+
+use std::collections::HashMap;
+use std::fmt::{self, Write as _};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+use crate::tenant::TenantId;
+
+/// Smallest accepted `sip.max_message_bytes`: an INVITE with a modest SDP needs ~1 KiB.
+pub const MIN_MESSAGE_BYTES: usize = 1024;
+/// Largest accepted `sip.max_message_bytes`: one message buffer per connection is this big.
+pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
+/// Largest tenant id, so ids stay usable as metric labels and log fields.
+pub const MAX_TENANT_ID_LEN: usize = 64;
+
+/// A configuration error, naming the key it is about.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or does not fit the schema (unknown key, wrong type).
+    #[error("{0}")]
+    Syntax(String),
+    /// A value is out of range or inconsistent; `key` is its path, e.g. `tenants[1].id`.
+    #[error("`{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// SIP transport and transaction settings.
+#[derive(Debug, Clone)]
+pub struct SipSettings {
+    /// Largest SIP message (headers + body) accepted on a connection.
+    pub max_message_bytes: usize,
+    /// Most header lines one message may carry.
+    pub max_headers: usize,
+    /// A connection silent this long is closed.
+    pub idle_timeout: Duration,
+    /// RFC 3261 T1; timers B, F and H are 64·T1.
+    pub t1: Duration,
+    /// Longest an INVITE may ring before it is cancelled (408 upstream).
+    pub max_ringing: Duration,
+    /// Max-Forwards for requests that arrive without one.
+    pub max_forwards: u32,
+}
+
+/// A PEM private key. Zeroized on drop; `Debug` never shows it.
+#[derive(Clone)]
+pub struct PrivateKeyPem(Zeroizing<Vec<u8>>);
+
+impl PrivateKeyPem {
+    /// The PEM text.
+    pub fn pem(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for PrivateKeyPem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PrivateKeyPem(<redacted>)")
+    }
+}
+
+/// A SIP-over-TLS listener.
+#[derive(Debug, Clone)]
+pub struct Listener {
+    pub name: String,
+    pub address: SocketAddr,
+    /// Host written into Via, Contact and Record-Route (default: the bound address).
+    pub advertised_host: Option<String>,
+    /// Where the certificate came from (`None` for the embedded default).
+    pub certificate_path: Option<PathBuf>,
+    /// PEM chain, leaf first.
+    pub certificate_pem: Vec<u8>,
+    pub private_key: PrivateKeyPem,
+    /// CA bundle that client certificates are verified against (mutual TLS).
+    pub client_ca_pem: Option<Vec<u8>>,
+    /// Refuse handshakes without a valid client certificate.
+    pub require_client_cert: bool,
+}
+
+/// How a tenant's peers are recognised.
+#[derive(Debug, Clone, Default)]
+pub struct Recognition {
+    pub client_cert_san: Vec<String>,
+    pub client_cert_sha256: Vec<[u8; 32]>,
+    pub sni: Vec<String>,
+    pub source_cidrs: Vec<IpNet>,
+}
+
+/// A `sips:` route target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetUri {
+    /// Host name or IP address (IPv6 without brackets).
+    pub host: String,
+    pub port: u16,
+}
+
+impl fmt::Display for TargetUri {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "sips:[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "sips:{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// One route of a tenant: called numbers starting with `prefix` go to `target`.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub prefix: String,
+    pub target: TargetUri,
+    /// Name verified in the target's certificate (default: the target host).
+    pub server_name: Option<String>,
+    /// CA bundle trusted for this target (default: the public web PKI roots).
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+/// A tenant's limits.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    /// New calls per second, long-run average (token bucket rate).
+    pub calls_per_second: f64,
+    /// New calls admitted back to back (token bucket depth).
+    pub call_burst: u32,
+    /// Calls in progress (ringing or answered) at once.
+    pub max_concurrent_calls: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            calls_per_second: 10.0,
+            call_burst: 20,
+            max_concurrent_calls: 100,
+        }
+    }
+}
+
+/// A tenant.
+#[derive(Debug, Clone)]
+pub struct Tenant {
+    pub id: TenantId,
+    pub recognition: Recognition,
+    pub routes: Vec<Route>,
+    pub limits: Limits,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub sip: SipSettings,
+    pub listeners: Vec<Listener>,
+    pub tenants: Vec<Tenant>,
+}
+
+// ---- the file as written ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    sip: RawSip,
+    #[serde(default)]
+    listeners: Vec<RawListener>,
+    #[serde(default)]
+    tenants: Vec<RawTenant>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawSip {
+    max_message_bytes: usize,
+    max_headers: usize,
+    idle_timeout_secs: u64,
+    t1_ms: u64,
+    max_ringing_secs: u64,
+    max_forwards: u32,
+}
+
+impl Default for RawSip {
+    fn default() -> Self {
+        RawSip {
+            max_message_bytes: 65536,
+            max_headers: 100,
+            idle_timeout_secs: 600,
+            t1_ms: 500,
+            max_ringing_secs: 180,
+            max_forwards: 70,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListener {
+    name: String,
+    address: String,
+    advertised_host: Option<String>,
+    certificate: PathBuf,
+    private_key: PathBuf,
+    client_ca: Option<PathBuf>,
+    #[serde(default)]
+    require_client_cert: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTenant {
+    id: String,
+    #[serde(default)]
+    recognition: RawRecognition,
+    #[serde(default)]
+    routes: Vec<RawRoute>,
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawRecognition {
+    client_cert_san: Vec<String>,
+    client_cert_sha256: Vec<String>,
+    sni: Vec<String>,
+    source_cidrs: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    #[serde(default)]
+    prefix: String,
+    target: String,
+    ca_file: Option<PathBuf>,
+    server_name: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLimits {
+    calls_per_second: f64,
+    call_burst: u32,
+    max_concurrent_calls: u32,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        let d = Limits::default();
+        RawLimits {
+            calls_per_second: d.calls_per_second,
+            call_burst: d.call_burst,
+            max_concurrent_calls: d.max_concurrent_calls,
+        }
+    }
+}
+
+impl Config {
+    /// Read and validate a file. Relative paths in it are resolved from its directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::from_toml_str(&text, base)
+    }
+
+    /// Validate a config text; relative paths are resolved from `base`.
+    pub fn from_toml_str(text: &str, base: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text)
+            .map_err(|e| ConfigError::Syntax(e.to_string().trim().to_string()))?;
+        if raw.listeners.is_empty() {
+            return Err(invalid(
+                "listeners",
+                "at least one [[listeners]] is required",
+            ));
+        }
+        validate(&raw, base)
+    }
+
+    /// The demo default: SIP over TLS on 127.0.0.1:5061 with a self-signed certificate made
+    /// now, one tenant `demo` recognised by source 127.0.0.0/8 and routed to
+    /// sips:127.0.0.1:5062.
+    pub fn embedded_default() -> Result<Config, ConfigError> {
+        let (cert, key) = self_signed(&["localhost".to_string(), "127.0.0.1".to_string()])?;
+        let raw: RawConfig = toml::from_str(EMBEDDED_DEFAULT_WITHOUT_LISTENER)
+            .map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        let mut cfg = validate(&raw, Path::new("."))?;
+        cfg.listeners = vec![Listener {
+            name: "default".to_string(),
+            address: SocketAddr::from(([127, 0, 0, 1], 5061)),
+            advertised_host: None,
+            certificate_path: None,
+            certificate_pem: cert.into_bytes(),
+            private_key: PrivateKeyPem(Zeroizing::new(key.into_bytes())),
+            client_ca_pem: None,
+            require_client_cert: false,
+        }];
+        Ok(cfg)
+    }
+
+    /// A human-readable summary: listeners, tenants, routes and limits. Holds no secret.
+    pub fn summary(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "sip: max_message_bytes={} max_headers={} idle_timeout={}s t1={}ms max_ringing={}s",
+            self.sip.max_message_bytes,
+            self.sip.max_headers,
+            self.sip.idle_timeout.as_secs(),
+            self.sip.t1.as_millis(),
+            self.sip.max_ringing.as_secs()
+        );
+        for l in &self.listeners {
+            let cert = l
+                .certificate_path
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "self-signed, made at start".to_string());
+            let _ = writeln!(
+                s,
+                "listener {:?}: {} certificate={} mtls={}",
+                l.name,
+                l.address,
+                cert,
+                match (&l.client_ca_pem, l.require_client_cert) {
+                    (None, _) => "off",
+                    (Some(_), false) => "optional",
+                    (Some(_), true) => "required",
+                }
+            );
+        }
+        for t in &self.tenants {
+            let r = &t.recognition;
+            let _ = writeln!(
+                s,
+                "tenant {}: recognised by {} SAN, {} fingerprint, {} SNI, {} CIDR; limits {} calls/s (burst {}), {} concurrent",
+                t.id,
+                r.client_cert_san.len(),
+                r.client_cert_sha256.len(),
+                r.sni.len(),
+                r.source_cidrs.len(),
+                t.limits.calls_per_second,
+                t.limits.call_burst,
+                t.limits.max_concurrent_calls
+            );
+            for route in &t.routes {
+                let prefix = if route.prefix.is_empty() {
+                    "*"
+                } else {
+                    &route.prefix
+                };
+                let _ = writeln!(s, "  route {prefix} -> {}", route.target);
+            }
+        }
+        s.trim_end().to_string()
+    }
+}
+
+fn validate(raw: &RawConfig, base: &Path) -> Result<Config, ConfigError> {
+    let sip = validate_sip(&raw.sip)?;
+    let mut listeners = Vec::new();
+    let mut names = HashMap::new();
+    for (i, l) in raw.listeners.iter().enumerate() {
+        let key = format!("listeners[{i}]");
+        if let Some(j) = names.insert(l.name.clone(), i) {
+            return Err(invalid(
+                format!("{key}.name"),
+                format!("{:?} is also the name of listeners[{j}]", l.name),
+            ));
+        }
+        listeners.push(validate_listener(l, &key, base)?);
+    }
+    let mut tenants = Vec::new();
+    let mut ids = HashMap::new();
+    let mut claims: HashMap<String, usize> = HashMap::new();
+    for (i, t) in raw.tenants.iter().enumerate() {
+        let key = format!("tenants[{i}]");
+        let tenant = validate_tenant(t, &key, base)?;
+        if let Some(j) = ids.insert(t.id.clone(), i) {
+            return Err(invalid(
+                format!("{key}.id"),
+                format!("{:?} is also the id of tenants[{j}]", t.id),
+            ));
+        }
+        // No identity may be claimed by two tenants: recognition must be unambiguous.
+        let r = &tenant.recognition;
+        let identities = r
+            .client_cert_san
+            .iter()
+            .map(|s| ("client_cert_san", format!("san:{}", s.to_ascii_lowercase())))
+            .chain(
+                r.client_cert_sha256
+                    .iter()
+                    .map(|f| ("client_cert_sha256", format!("sha256:{}", hex::encode(f)))),
+            )
+            .chain(
+                r.sni
+                    .iter()
+                    .map(|s| ("sni", format!("sni:{}", s.to_ascii_lowercase()))),
+            )
+            .chain(
+                r.source_cidrs
+                    .iter()
+                    .map(|n| ("source_cidrs", format!("cidr:{n}"))),
+            );
+        for (field, claim) in identities {
+            if let Some(j) = claims.insert(claim.clone(), i) {
+                if j != i {
+                    return Err(invalid(
+                        format!("{key}.recognition.{field}"),
+                        format!(
+                            "{} is also claimed by tenants[{j}]; recognition must be unambiguous",
+                            claim.split_once(':').map(|(_, v)| v).unwrap_or(&claim)
+                        ),
+                    ));
+                }
+            }
+        }
+        tenants.push(tenant);
+    }
+    Ok(Config {
+        sip,
+        listeners,
+        tenants,
+    })
+}
+
+/// The embedded default's tenants and settings (its listener is made in code).
+const EMBEDDED_DEFAULT_WITHOUT_LISTENER: &str = r#"
+[[tenants]]
+id = "demo"
+[tenants.recognition]
+source_cidrs = ["127.0.0.0/8", "::1/128"]
+[[tenants.routes]]
+prefix = ""
+target = "sips:127.0.0.1:5062"
+"#;
+
+/// A self-signed certificate and key (PEM) for `names`.
+pub fn self_signed(names: &[String]) -> Result<(String, String), ConfigError> {
+    let key = rcgen::KeyPair::generate()
+        .map_err(|e| invalid("listeners", format!("cannot generate a key: {e}")))?;
+    let cert = rcgen::CertificateParams::new(names.to_vec())
+        .and_then(|p| p.self_signed(&key))
+        .map_err(|e| invalid("listeners", format!("cannot make a certificate: {e}")))?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+fn validate_sip(raw: &RawSip) -> Result<SipSettings, ConfigError> {
+    if !(MIN_MESSAGE_BYTES..=MAX_MESSAGE_BYTES).contains(&raw.max_message_bytes) {
+        return Err(invalid(
+            "sip.max_message_bytes",
+            format!("must be between {MIN_MESSAGE_BYTES} and {MAX_MESSAGE_BYTES}"),
+        ));
+    }
+    if !(10..=1000).contains(&raw.max_headers) {
+        return Err(invalid("sip.max_headers", "must be between 10 and 1000"));
+    }
+    if !(1..=86_400).contains(&raw.idle_timeout_secs) {
+        return Err(invalid(
+            "sip.idle_timeout_secs",
+            "must be between 1 and 86400",
+        ));
+    }
+    if !(1..=10_000).contains(&raw.t1_ms) {
+        return Err(invalid("sip.t1_ms", "must be between 1 and 10000"));
+    }
+    if !(1..=3600).contains(&raw.max_ringing_secs) {
+        return Err(invalid(
+            "sip.max_ringing_secs",
+            "must be between 1 and 3600",
+        ));
+    }
+    if !(1..=255).contains(&raw.max_forwards) {
+        return Err(invalid("sip.max_forwards", "must be between 1 and 255"));
+    }
+    Ok(SipSettings {
+        max_message_bytes: raw.max_message_bytes,
+        max_headers: raw.max_headers,
+        idle_timeout: Duration::from_secs(raw.idle_timeout_secs),
+        t1: Duration::from_millis(raw.t1_ms),
+        max_ringing: Duration::from_secs(raw.max_ringing_secs),
+        max_forwards: raw.max_forwards,
+    })
+}
+
+fn read_file(key: &str, base: &Path, path: &Path) -> Result<(PathBuf, Vec<u8>), ConfigError> {
+    let full = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        base.join(path)
+    };
+    std::fs::read(&full)
+        .map(|b| (full.clone(), b))
+        .map_err(|e| invalid(key, format!("cannot read {}: {e}", full.display())))
+}
+
+fn certificates(key: &str, path: &Path, pem: &[u8]) -> Result<(), ConfigError> {
+    let mut n = 0;
+    for c in CertificateDer::pem_slice_iter(pem) {
+        c.map_err(|e| invalid(key, format!("{}: bad PEM certificate: {e}", path.display())))?;
+        n += 1;
+    }
+    if n == 0 {
+        return Err(invalid(
+            key,
+            format!("{}: no PEM certificate in the file", path.display()),
+        ));
+    }
+    Ok(())
+}
+
+fn validate_listener(l: &RawListener, key: &str, base: &Path) -> Result<Listener, ConfigError> {
+    if l.name.is_empty() || l.name.len() > 64 {
+        return Err(invalid(format!("{key}.name"), "must be 1 to 64 characters"));
+    }
+    let address: SocketAddr = l.address.parse().map_err(|_| {
+        invalid(
+            format!("{key}.address"),
+            format!("{:?} is not an IP:port address", l.address),
+        )
+    })?;
+    if let Some(h) = &l.advertised_host {
+        if h.is_empty()
+            || h.contains(|c: char| c.is_whitespace() || c == ';' || c == ',' || c == '>')
+        {
+            return Err(invalid(
+                format!("{key}.advertised_host"),
+                format!("{h:?} is not a host name or address"),
+            ));
+        }
+    }
+    let (cert_path, certificate_pem) =
+        read_file(&format!("{key}.certificate"), base, &l.certificate)?;
+    certificates(&format!("{key}.certificate"), &cert_path, &certificate_pem)?;
+    let (key_path, key_pem) = read_file(&format!("{key}.private_key"), base, &l.private_key)?;
+    let key_pem = Zeroizing::new(key_pem);
+    if PrivateKeyDer::from_pem_slice(&key_pem).is_err() {
+        return Err(invalid(
+            format!("{key}.private_key"),
+            format!("{}: no PEM private key in the file", key_path.display()),
+        ));
+    }
+    let client_ca_pem = match &l.client_ca {
+        Some(p) => {
+            let (path, pem) = read_file(&format!("{key}.client_ca"), base, p)?;
+            certificates(&format!("{key}.client_ca"), &path, &pem)?;
+            Some(pem)
+        }
+        None => None,
+    };
+    if l.require_client_cert && client_ca_pem.is_none() {
+        return Err(invalid(
+            format!("{key}.require_client_cert"),
+            "needs `client_ca` to verify client certificates against",
+        ));
+    }
+    Ok(Listener {
+        name: l.name.clone(),
+        address,
+        advertised_host: l.advertised_host.clone(),
+        certificate_path: Some(cert_path),
+        certificate_pem,
+        private_key: PrivateKeyPem(key_pem),
+        client_ca_pem,
+        require_client_cert: l.require_client_cert,
+    })
+}
+
+fn valid_tenant_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_TENANT_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+fn validate_tenant(t: &RawTenant, key: &str, base: &Path) -> Result<Tenant, ConfigError> {
+    if !valid_tenant_id(&t.id) {
+        return Err(invalid(
+            format!("{key}.id"),
+            format!("{:?} must be 1 to {MAX_TENANT_ID_LEN} of [a-z0-9_-]", t.id),
+        ));
+    }
+    let r = &t.recognition;
+    let rkey = format!("{key}.recognition");
+    if r.client_cert_san.is_empty()
+        && r.client_cert_sha256.is_empty()
+        && r.sni.is_empty()
+        && r.source_cidrs.is_empty()
+    {
+        return Err(invalid(
+            rkey,
+            "at least one of client_cert_san, client_cert_sha256, sni, source_cidrs is required",
+        ));
+    }
+    for (i, s) in r.client_cert_san.iter().chain(&r.sni).enumerate() {
+        if s.is_empty() || s.contains(char::is_whitespace) {
+            let field = if i < r.client_cert_san.len() {
+                "client_cert_san"
+            } else {
+                "sni"
+            };
+            return Err(invalid(
+                format!("{rkey}.{field}"),
+                format!("{s:?} is not a name"),
+            ));
+        }
+    }
+    let mut fingerprints = Vec::new();
+    for (i, f) in r.client_cert_sha256.iter().enumerate() {
+        let clean: String = f.chars().filter(|c| *c != ':').collect();
+        let bytes = hex::decode(&clean)
+            .ok()
+            .and_then(|b| <[u8; 32]>::try_from(b).ok());
+        match bytes {
+            Some(b) => fingerprints.push(b),
+            None => {
+                return Err(invalid(
+                    format!("{rkey}.client_cert_sha256[{i}]"),
+                    "must be 32 bytes of hex (colons allowed)",
+                ))
+            }
+        }
+    }
+    let mut cidrs = Vec::new();
+    for (i, c) in r.source_cidrs.iter().enumerate() {
+        let net: IpNet = c
+            .parse()
+            .or_else(|_| c.parse::<std::net::IpAddr>().map(IpNet::from))
+            .map_err(|_| {
+                invalid(
+                    format!("{rkey}.source_cidrs[{i}]"),
+                    format!("{c:?} is not an address or CIDR"),
+                )
+            })?;
+        cidrs.push(net.trunc());
+    }
+    if t.routes.is_empty() {
+        return Err(invalid(
+            format!("{key}.routes"),
+            "at least one route is required",
+        ));
+    }
+    let mut routes = Vec::new();
+    let mut prefixes = HashMap::new();
+    for (i, r) in t.routes.iter().enumerate() {
+        let k = format!("{key}.routes[{i}]");
+        if !r
+            .prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+*#-._".contains(&b))
+        {
+            return Err(invalid(
+                format!("{k}.prefix"),
+                format!("{:?} is not a number prefix", r.prefix),
+            ));
+        }
+        if let Some(j) = prefixes.insert(r.prefix.clone(), i) {
+            return Err(invalid(
+                format!("{k}.prefix"),
+                format!("{:?} is also the prefix of routes[{j}]", r.prefix),
+            ));
+        }
+        let target = parse_target(&r.target).map_err(|m| invalid(format!("{k}.target"), m))?;
+        let ca_pem = match &r.ca_file {
+            Some(p) => {
+                let (path, pem) = read_file(&format!("{k}.ca_file"), base, p)?;
+                certificates(&format!("{k}.ca_file"), &path, &pem)?;
+                Some(pem)
+            }
+            None => None,
+        };
+        if let Some(n) = &r.server_name {
+            if rustls_pki_types::ServerName::try_from(n.as_str()).is_err() {
+                return Err(invalid(
+                    format!("{k}.server_name"),
+                    format!("{n:?} is not a server name"),
+                ));
+            }
+        }
+        routes.push(Route {
+            prefix: r.prefix.clone(),
+            target,
+            server_name: r.server_name.clone(),
+            ca_pem,
+        });
+    }
+    let l = &t.limits;
+    let lkey = format!("{key}.limits");
+    if !(l.calls_per_second.is_finite() && l.calls_per_second > 0.0 && l.calls_per_second <= 1e6) {
+        return Err(invalid(
+            format!("{lkey}.calls_per_second"),
+            "must be above 0 and at most 1000000",
+        ));
+    }
+    if !(1..=1_000_000).contains(&l.call_burst) {
+        return Err(invalid(
+            format!("{lkey}.call_burst"),
+            "must be between 1 and 1000000",
+        ));
+    }
+    if !(1..=1_000_000).contains(&l.max_concurrent_calls) {
+        return Err(invalid(
+            format!("{lkey}.max_concurrent_calls"),
+            "must be between 1 and 1000000",
+        ));
+    }
+    Ok(Tenant {
+        id: TenantId::from(t.id.as_str()),
+        recognition: Recognition {
+            client_cert_san: r.client_cert_san.clone(),
+            client_cert_sha256: fingerprints,
+            sni: r.sni.clone(),
+            source_cidrs: cidrs,
+        },
+        routes,
+        limits: Limits {
+            calls_per_second: l.calls_per_second,
+            call_burst: l.call_burst,
+            max_concurrent_calls: l.max_concurrent_calls,
+        },
+    })
+}
+
+/// `sips:host[:port]`, host a name, an IPv4 address or a bracketed IPv6 address; port
+/// 5061 when absent. No user part or parameters: a route target is a trunk.
+pub fn parse_target(s: &str) -> Result<TargetUri, String> {
+    let rest = s
+        .strip_prefix("sips:")
+        .ok_or_else(|| format!("{s:?} must be a sips: URI (TLS only)"))?;
+    if rest.contains(['@', ';', '?', '/', ' ']) {
+        return Err(format!("{s:?}: only sips:host[:port] is allowed"));
+    }
+    let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+        let (h, after) = v6
+            .split_once(']')
+            .ok_or_else(|| format!("{s:?}: unclosed IPv6 bracket"))?;
+        h.parse::<std::net::Ipv6Addr>()
+            .map_err(|_| format!("{s:?}: {h:?} is not an IPv6 address"))?;
+        let port = match after {
+            "" => None,
+            p => Some(
+                p.strip_prefix(':')
+                    .ok_or_else(|| format!("{s:?}: junk after ]"))?,
+            ),
+        };
+        (h.to_string(), port)
+    } else {
+        match rest.split_once(':') {
+            Some((h, p)) => (h.to_string(), Some(p)),
+            None => (rest.to_string(), None),
+        }
+    };
+    if host.is_empty() {
+        return Err(format!("{s:?}: empty host"));
+    }
+    let port = match port {
+        None => 5061,
+        Some(p) => match p.parse::<u16>() {
+            Ok(n) if n > 0 => n,
+            _ => return Err(format!("{s:?}: {p:?} is not a port")),
+        },
+    };
+    Ok(TargetUri { host, port })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Files {
+        dir: PathBuf,
+    }
+
+    fn files() -> Files {
+        let dir = std::env::temp_dir().join(format!(
+            "sbc-core-config-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let (cert, key) = self_signed(&["localhost".into()]).expect("cert");
+        std::fs::write(dir.join("cert.pem"), &cert).expect("w");
+        std::fs::write(dir.join("key.pem"), key).expect("w");
+        std::fs::write(dir.join("ca.pem"), cert).expect("w");
+        std::fs::write(dir.join("junk.pem"), "not pem").expect("w");
+        Files { dir }
+    }
+
+    const LISTENER: &str = "[[listeners]]\nname=\"l\"\naddress=\"127.0.0.1:5061\"\ncertificate=\"cert.pem\"\nprivate_key=\"key.pem\"\n";
+    const TENANT: &str = "[[tenants]]\nid=\"t1\"\n[tenants.recognition]\nsource_cidrs=[\"10.0.0.0/8\"]\n[[tenants.routes]]\nprefix=\"\"\ntarget=\"sips:pbx.example\"\n";
+
+    fn err(f: &Files, text: &str) -> String {
+        match Config::from_toml_str(text, &f.dir) {
+            Ok(_) => panic!("config accepted:\n{text}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn valid_config_and_defaults() {
+        let f = files();
+        let cfg = Config::from_toml_str(&format!("{LISTENER}{TENANT}"), &f.dir).expect("valid");
+        assert_eq!(cfg.sip.max_message_bytes, 65536);
+        assert_eq!(cfg.sip.t1, Duration::from_millis(500));
+        assert_eq!(
+            cfg.tenants[0].routes[0].target,
+            TargetUri {
+                host: "pbx.example".into(),
+                port: 5061
+            }
+        );
+        assert_eq!(cfg.tenants[0].limits, Limits::default());
+        let dbg = format!("{:?}", cfg.listeners[0]);
+        assert!(
+            dbg.contains("<redacted>") && !dbg.contains("PRIVATE KEY"),
+            "{dbg}"
+        );
+        assert!(cfg.summary().contains("tenant t1"));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let f = files();
+        let cases: &[(String, &str)] = &[
+            (format!("{LISTENER}{TENANT}[sip]\nbogus = 1\n"), "bogus"),
+            (
+                format!("{LISTENER}{TENANT}[sip]\nmax_message_bytes = 10\n"),
+                "sip.max_message_bytes",
+            ),
+            (TENANT.to_string(), "listeners"),
+            (
+                LISTENER.replace("127.0.0.1:5061", "nowhere"),
+                "listeners[0].address",
+            ),
+            (
+                LISTENER.replace("key.pem", "missing.pem"),
+                "listeners[0].private_key",
+            ),
+            (
+                LISTENER.replace("cert.pem", "junk.pem"),
+                "listeners[0].certificate",
+            ),
+            (
+                format!("{LISTENER}require_client_cert=true\n"),
+                "listeners[0].require_client_cert",
+            ),
+            (
+                format!("{LISTENER}{}", TENANT.replace("t1", "Bad Id")),
+                "tenants[0].id",
+            ),
+            (
+                format!(
+                    "{LISTENER}{}",
+                    TENANT.replace("sips:pbx.example", "sip:pbx.example")
+                ),
+                "tenants[0].routes[0].target",
+            ),
+            (
+                format!(
+                    "{LISTENER}{}",
+                    TENANT.replace("sips:pbx.example", "sips:[::1")
+                ),
+                "tenants[0].routes[0].target",
+            ),
+            (
+                format!("{LISTENER}{}", TENANT.replace("10.0.0.0/8", "10.0.0.0/33")),
+                "tenants[0].recognition.source_cidrs[0]",
+            ),
+            (
+                format!(
+                    "{LISTENER}{}",
+                    TENANT.replace("source_cidrs=[\"10.0.0.0/8\"]", "")
+                ),
+                "tenants[0].recognition",
+            ),
+            (
+                format!("{LISTENER}{TENANT}{}", TENANT.replace("t1", "t2")),
+                "tenants[1].recognition.source_cidrs",
+            ),
+            (
+                format!(
+                    "{LISTENER}{TENANT}{}",
+                    TENANT.replace("10.0.0.0/8", "11.0.0.0/8")
+                ),
+                "tenants[1].id",
+            ),
+            (
+                format!("{LISTENER}{TENANT}[tenants.limits]\ncalls_per_second = 0.0\n"),
+                "tenants[0].limits.calls_per_second",
+            ),
+            (
+                format!("{LISTENER}{TENANT}[tenants.limits]\ncall_burst = 0\n"),
+                "tenants[0].limits.call_burst",
+            ),
+            (
+                format!("{LISTENER}{TENANT}ca_file=\"junk.pem\"\n"),
+                "tenants[0].routes[0].ca_file",
+            ),
+        ];
+        for (text, key) in cases {
+            let e = err(&f, text);
+            assert!(e.contains(key), "error {e:?} should name {key:?}");
+        }
+    }
+
+    #[test]
+    fn targets() {
+        assert_eq!(
+            parse_target("sips:[2001:db8::1]:5070"),
+            Ok(TargetUri {
+                host: "2001:db8::1".into(),
+                port: 5070
+            })
+        );
+        assert_eq!(
+            parse_target("sips:10.0.0.1"),
+            Ok(TargetUri {
+                host: "10.0.0.1".into(),
+                port: 5061
+            })
+        );
+        assert_eq!(
+            parse_target("sips:[2001:db8::1]").map(|t| t.to_string()),
+            Ok("sips:[2001:db8::1]:5061".to_string())
+        );
+        for bad in [
+            "sips:",
+            "sips:h:0",
+            "sips:h:99999",
+            "sips:u@h",
+            "tls:h",
+            "sips:h;transport=tls",
+        ] {
+            assert!(parse_target(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn embedded_default_is_the_documented_demo() {
+        let cfg = Config::embedded_default().expect("default");
+        assert_eq!(
+            cfg.listeners[0].address,
+            "127.0.0.1:5061".parse().expect("addr")
+        );
+        assert_eq!(cfg.tenants[0].id.as_str(), "demo");
+        assert_eq!(
+            cfg.tenants[0].routes[0].target.to_string(),
+            "sips:127.0.0.1:5062"
+        );
+    }
+}

@@ -1,0 +1,613 @@
+//! The SIP-over-TLS server: listeners, connections, the outbound connection pool, and the
+//! task that drives the sans-IO [`B2bua`].
+//!
+//! Owns: sockets, TLS handshakes, stream framing per connection, timers (tokio clock).
+//! Must not: make protocol decisions (those are in [`crate::b2bua`]).
+//!
+//! Shape: one reader and one writer task per connection; readers frame and parse in
+//! parallel and hand parsed messages to one core task that owns the B2BUA state. Writers
+//! have bounded queues; the core never waits on a slow peer (a full queue drops the
+//! message, counted). Garbage is answered (400) or dropped by the reader itself, so a flood
+//! of it on one connection never reaches the core that serves every other call.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use sbc_core::admission::Admission;
+use sbc_core::config::Config;
+use sbc_core::tenant::{PeerIdentity, Recognizer};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::task::JoinHandle;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tracing::{debug, info, warn};
+
+use crate::b2bua::{
+    malformed_response, B2bua, B2buaConfig, B2buaStats, ConnId, ConnKind, Input, Output,
+};
+use crate::error::SipError;
+use crate::framing::{Frame, FrameError, Framer};
+use crate::message::{salvage_request, Limits, SipMessage};
+use crate::routing::{RouteEntry, RouteTable, TargetId};
+use crate::tls;
+use crate::transaction::TimerConfig;
+
+/// Time allowed for a TLS handshake before the connection is dropped: generous for a
+/// trunk across an ocean, short enough that half-open handshakes cannot pile up.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Messages queued for one connection's writer. At ~1 KB a message this is 1 MB; a peer
+/// that lets its queue fill is not reading and loses messages (counted) rather than
+/// stalling the core.
+const WRITE_QUEUE: usize = 1024;
+
+/// Inputs queued for the core task. Readers wait when it is full, which slows their TCP
+/// peers (backpressure) instead of growing memory.
+const CORE_QUEUE: usize = 8192;
+
+/// Consecutive malformed messages after which a connection is closed: a peer with a bug
+/// gets its 400s, a garbage flood is cut off.
+pub const MAX_MALFORMED_PER_CONNECTION: u32 = 32;
+
+/// Read buffer per connection.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// A route target's connector.
+#[derive(Clone)]
+struct Target {
+    addr: String,
+    name: rustls::pki_types::ServerName<'static>,
+    tls: TlsConnector,
+}
+
+enum Event {
+    Core(Input),
+    Registered {
+        conn: ConnId,
+        kind: ConnKind,
+        handle: ConnHandle,
+    },
+    ConnectFailed {
+        target: TargetId,
+        error: String,
+    },
+}
+
+/// The core's handle on a connection: its write queue and a way to close it.
+struct ConnHandle {
+    writer: mpsc::Sender<Bytes>,
+    close: Arc<Notify>,
+}
+
+enum PoolEntry {
+    Connecting(Vec<SipMessage>),
+    Up(ConnId),
+}
+
+/// A running SIP server.
+#[derive(Debug)]
+pub struct ServerHandle {
+    /// Bound SIP-over-TLS listener addresses, in config order.
+    pub sip_addrs: Vec<SocketAddr>,
+    stats: Arc<Mutex<B2buaStats>>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl ServerHandle {
+    /// Sizes of the B2BUA's tables as of its last step.
+    pub fn stats(&self) -> B2buaStats {
+        self.stats.lock().map(|s| *s).unwrap_or_default()
+    }
+
+    /// Stop accepting and stop the core.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Shared per-connection settings.
+#[derive(Clone)]
+struct ConnSettings {
+    max_message_bytes: usize,
+    limits: Limits,
+    idle: Duration,
+}
+
+/// Bind the listeners in `config` and start serving.
+pub async fn start(config: Arc<Config>) -> Result<ServerHandle, SipError> {
+    let conn_ids = Arc::new(AtomicU64::new(1));
+    let (events_tx, events_rx) = mpsc::channel::<Event>(CORE_QUEUE);
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let settings = ConnSettings {
+        max_message_bytes: config.sip.max_message_bytes,
+        limits: Limits {
+            max_headers: config.sip.max_headers,
+        },
+        idle: config.sip.idle_timeout,
+    };
+
+    // Routes and their connectors.
+    let mut routes = RouteTable::new();
+    let mut targets = Vec::new();
+    for tenant in &config.tenants {
+        for route in &tenant.routes {
+            let id = TargetId(targets.len());
+            let host = route.target.host.clone();
+            let host_port = if host.contains(':') {
+                format!("[{host}]:{}", route.target.port)
+            } else {
+                format!("{host}:{}", route.target.port)
+            };
+            let name = tls::server_name(route.server_name.as_deref().unwrap_or(&host))?;
+            let client = tls::client_config(route.ca_pem.as_deref())?;
+            targets.push(Target {
+                addr: host_port.clone(),
+                name,
+                tls: TlsConnector::from(client),
+            });
+            routes.insert(
+                tenant.id.clone(),
+                RouteEntry {
+                    prefix: route.prefix.clone(),
+                    target: id,
+                    host_port,
+                },
+            );
+        }
+    }
+    let recognizer = Arc::new(Recognizer::new(&config));
+    let admission = Arc::new(Admission::new(&config));
+
+    let mut tasks = Vec::new();
+    let mut sip_addrs = Vec::new();
+    let mut advertised = Vec::new();
+    for (index, listener) in config.listeners.iter().enumerate() {
+        let tls = tls::server_config(
+            &listener.certificate_pem,
+            listener.private_key.pem(),
+            listener.client_ca_pem.as_deref(),
+            listener.require_client_cert,
+        )?;
+        let socket = TcpListener::bind(listener.address)
+            .await
+            .map_err(|source| SipError::Bind {
+                addr: listener.address,
+                source,
+            })?;
+        let local = socket.local_addr().map_err(|source| SipError::Bind {
+            addr: listener.address,
+            source,
+        })?;
+        let host = match &listener.advertised_host {
+            Some(h) => h.clone(),
+            None => match local.ip() {
+                IpAddr::V6(v6) => format!("[{v6}]"),
+                IpAddr::V4(v4) => v4.to_string(),
+            },
+        };
+        advertised.push(format!("{host}:{}", local.port()));
+        sip_addrs.push(local);
+        info!(listener = %listener.name, address = %local, "SIP over TLS listening");
+        tasks.push(tokio::spawn(accept_loop(
+            index,
+            socket,
+            TlsAcceptor::from(tls),
+            recognizer.clone(),
+            events_tx.clone(),
+            conn_ids.clone(),
+            settings.clone(),
+            shutdown_rx.clone(),
+        )));
+    }
+
+    let core = B2bua::new(
+        B2buaConfig {
+            timers: TimerConfig {
+                t1: config.sip.t1,
+                max_ringing: config.sip.max_ringing,
+            },
+            max_forwards: config.sip.max_forwards,
+            advertised,
+        },
+        Arc::new(routes),
+        admission,
+    );
+    let stats = Arc::new(Mutex::new(B2buaStats::default()));
+    tasks.push(tokio::spawn(core_loop(
+        core,
+        targets,
+        events_rx,
+        events_tx,
+        conn_ids,
+        settings,
+        stats.clone(),
+        shutdown_rx,
+    )));
+    Ok(ServerHandle {
+        sip_addrs,
+        stats,
+        shutdown: shutdown_tx,
+        tasks,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn accept_loop(
+    listener_index: usize,
+    socket: TcpListener,
+    acceptor: TlsAcceptor,
+    recognizer: Arc<Recognizer>,
+    events: mpsc::Sender<Event>,
+    conn_ids: Arc<AtomicU64>,
+    settings: ConnSettings,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            r = socket.accept() => r,
+            _ = shutdown.changed() => return,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                warn!(error = %e, "accept failed");
+                // Out of file descriptors and similar: back off instead of spinning.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let recognizer = recognizer.clone();
+        let events = events.clone();
+        let settings = settings.clone();
+        let conn = conn_ids.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    metrics::counter!("sbc_tls_handshakes_failed_total", "side" => "inbound")
+                        .increment(1);
+                    warn!(event = "tls_handshake_failed", peer = %peer, error = %e, "inbound TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    metrics::counter!("sbc_tls_handshakes_failed_total", "side" => "inbound")
+                        .increment(1);
+                    warn!(event = "tls_handshake_timeout", peer = %peer, "inbound TLS handshake timed out");
+                    return;
+                }
+            };
+            metrics::counter!("sbc_tls_handshakes_total", "side" => "inbound").increment(1);
+            let (_, session) = tls.get_ref();
+            let client_cert = session
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| c.as_ref().to_vec());
+            let sni = session.server_name().map(str::to_string);
+            let identity = PeerIdentity {
+                client_cert_der: client_cert.as_deref(),
+                sni: sni.as_deref(),
+                source: peer.ip(),
+            };
+            let tenant = match recognizer.recognize(&identity) {
+                Ok(t) => {
+                    info!(event = "peer_recognised", peer = %peer, tenant = %t, "connection recognised");
+                    Some(t)
+                }
+                Err(e) => {
+                    metrics::counter!("sbc_tenant_recognition_failed_total").increment(1);
+                    warn!(event = "recognition_failed", peer = %peer, reason = %e, "connection from unrecognised peer");
+                    None
+                }
+            };
+            let kind = ConnKind::Inbound {
+                tenant,
+                listener: listener_index,
+            };
+            run_connection(conn, kind, tls, events, settings).await;
+        });
+    }
+}
+
+/// Register a connection with the core, then pump it until it closes.
+async fn run_connection<S>(
+    conn: ConnId,
+    kind: ConnKind,
+    stream: S,
+    events: mpsc::Sender<Event>,
+    settings: ConnSettings,
+) where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let (wtx, mut wrx) = mpsc::channel::<Bytes>(WRITE_QUEUE);
+    let close = Arc::new(Notify::new());
+    if events
+        .send(Event::Registered {
+            conn,
+            kind,
+            handle: ConnHandle {
+                writer: wtx.clone(),
+                close: close.clone(),
+            },
+        })
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let writer = tokio::spawn(async move {
+        while let Some(bytes) = wrx.recv().await {
+            if wr.write_all(&bytes).await.is_err() {
+                break;
+            }
+        }
+        let _ = wr.shutdown().await;
+    });
+    let mut framer = Framer::new(settings.max_message_bytes);
+    let mut buf = vec![0u8; READ_CHUNK];
+    let mut malformed_run = 0u32;
+    'read: loop {
+        let read = tokio::select! {
+            r = tokio::time::timeout(settings.idle, rd.read(&mut buf)) => r,
+            _ = close.notified() => {
+                debug!(conn, "closed by the core");
+                break;
+            }
+        };
+        let n = match read {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => n,
+            Err(_) => {
+                debug!(conn, "idle timeout: closing");
+                break;
+            }
+        };
+        framer.push(&buf[..n]);
+        loop {
+            match framer.next_frame() {
+                Ok(None) => break,
+                Ok(Some(Frame::KeepAlivePing)) => {
+                    // RFC 5626 §3.5.1: a double-CRLF ping is answered with one CRLF pong.
+                    let _ = wtx.try_send(Bytes::from_static(b"\r\n"));
+                }
+                Ok(Some(Frame::Message(bytes))) => {
+                    metrics::counter!("sbc_sip_messages_received_total").increment(1);
+                    match SipMessage::parse_with_limits(&bytes, &settings.limits) {
+                        Ok(msg) => {
+                            malformed_run = 0;
+                            if events
+                                .send(Event::Core(Input::Message { conn, msg }))
+                                .await
+                                .is_err()
+                            {
+                                break 'read;
+                            }
+                        }
+                        Err(error) => {
+                            malformed_run += 1;
+                            metrics::counter!("sbc_sip_messages_rejected_total", "reason" => "malformed").increment(1);
+                            let salvaged = salvage_request(&bytes);
+                            match malformed_response(&error, salvaged.as_ref()) {
+                                Some(resp) => {
+                                    warn!(event = "malformed_request", conn, reason = %error.reason_phrase(), "answered 400");
+                                    let _ = wtx.try_send(Bytes::from(resp.to_bytes()));
+                                }
+                                None => {
+                                    warn!(event = "malformed_message", conn, reason = %error.reason_phrase(), "dropped: cannot be answered");
+                                }
+                            }
+                            if malformed_run >= MAX_MALFORMED_PER_CONNECTION {
+                                warn!(
+                                    event = "malformed_flood",
+                                    conn, "too many malformed messages: closing"
+                                );
+                                break 'read;
+                            }
+                        }
+                    }
+                }
+                Err(FrameError::TooLarge { limit }) => {
+                    metrics::counter!("sbc_sip_messages_rejected_total", "reason" => "too_large")
+                        .increment(1);
+                    warn!(
+                        event = "message_too_large",
+                        conn, limit, "message exceeds the size bound: closing connection"
+                    );
+                    break 'read;
+                }
+                Err(e) => {
+                    metrics::counter!("sbc_sip_messages_rejected_total", "reason" => "framing")
+                        .increment(1);
+                    warn!(event = "framing_error", conn, error = ?e, "cannot frame the stream: closing connection");
+                    break 'read;
+                }
+            }
+        }
+    }
+    drop(wtx);
+    let _ = events.send(Event::Core(Input::Closed { conn })).await;
+    // The core drops its writer handle on Closed; the writer then flushes and ends.
+    let _ = writer.await;
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn core_loop(
+    mut core: B2bua,
+    targets: Vec<Target>,
+    mut events: mpsc::Receiver<Event>,
+    events_tx: mpsc::Sender<Event>,
+    conn_ids: Arc<AtomicU64>,
+    settings: ConnSettings,
+    stats: Arc<Mutex<B2buaStats>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut writers: HashMap<ConnId, ConnHandle> = HashMap::new();
+    let mut pool: HashMap<TargetId, PoolEntry> = HashMap::new();
+    let mut pooled_conn: HashMap<ConnId, TargetId> = HashMap::new();
+    let tokio_start = tokio::time::Instant::now();
+    let std_start = Instant::now();
+    loop {
+        let deadline = core.poll_timeout();
+        let sleep_until = deadline.map(|d| tokio_start + d.saturating_duration_since(std_start));
+        let event = tokio::select! {
+            e = events.recv() => match e { Some(e) => Some(e), None => return },
+            _ = async {
+                match sleep_until {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending::<()>().await,
+                }
+            } => None,
+            _ = shutdown.changed() => return,
+        };
+        let now = Instant::now();
+        match event {
+            None => core.handle_timeout(now),
+            Some(Event::Registered { conn, kind, handle }) => {
+                writers.insert(conn, handle);
+                if let ConnKind::Outbound { target } = &kind {
+                    pooled_conn.insert(conn, *target);
+                    if let Some(PoolEntry::Connecting(queued)) =
+                        pool.insert(*target, PoolEntry::Up(conn))
+                    {
+                        for msg in queued {
+                            write_to(&writers, conn, &msg);
+                        }
+                    }
+                }
+                core.handle_input(now, Input::Connected { conn, kind });
+            }
+            Some(Event::ConnectFailed { target, error }) => {
+                metrics::counter!("sbc_tls_handshakes_failed_total", "side" => "outbound")
+                    .increment(1);
+                warn!(event = "target_connect_failed", target = target.0, error = %error, "cannot reach route target");
+                if let Some(PoolEntry::Connecting(queued)) = pool.remove(&target) {
+                    for msg in queued {
+                        core.handle_input(now, Input::SendFailed { target, msg });
+                    }
+                }
+            }
+            Some(Event::Core(input)) => {
+                if let Input::Closed { conn } = &input {
+                    writers.remove(conn);
+                    if let Some(target) = pooled_conn.remove(conn) {
+                        if matches!(pool.get(&target), Some(PoolEntry::Up(c)) if c == conn) {
+                            pool.remove(&target);
+                        }
+                    }
+                }
+                core.handle_input(now, input);
+                core.handle_timeout(now);
+            }
+        }
+        while let Some(out) = core.poll_output() {
+            match out {
+                Output::Send { conn, msg } => {
+                    write_to(&writers, conn, &msg);
+                }
+                Output::Close { conn } => {
+                    if let Some(h) = writers.remove(&conn) {
+                        h.close.notify_one();
+                    }
+                }
+                Output::SendToTarget { target, msg } => match pool.get_mut(&target) {
+                    Some(PoolEntry::Up(conn)) => {
+                        let conn = *conn;
+                        if !write_to(&writers, conn, &msg) {
+                            core.handle_input(now, Input::SendFailed { target, msg });
+                        }
+                    }
+                    Some(PoolEntry::Connecting(queue)) => queue.push(msg),
+                    None => match targets.get(target.0) {
+                        Some(t) => {
+                            pool.insert(target, PoolEntry::Connecting(vec![msg]));
+                            tokio::spawn(connect(
+                                target,
+                                t.clone(),
+                                events_tx.clone(),
+                                conn_ids.fetch_add(1, Ordering::Relaxed),
+                                settings.clone(),
+                            ));
+                        }
+                        None => core.handle_input(now, Input::SendFailed { target, msg }),
+                    },
+                },
+            }
+        }
+        if let Ok(mut s) = stats.lock() {
+            *s = core.stats();
+        }
+    }
+}
+
+/// Queue a message for a connection's writer; false if the connection is gone or its
+/// queue is full.
+fn write_to(writers: &HashMap<ConnId, ConnHandle>, conn: ConnId, msg: &SipMessage) -> bool {
+    let Some(w) = writers.get(&conn).map(|h| &h.writer) else {
+        debug!(conn, "message for a closed connection dropped");
+        return false;
+    };
+    match w.try_send(Bytes::from(msg.to_bytes())) {
+        Ok(()) => true,
+        Err(_) => {
+            metrics::counter!("sbc_sip_messages_dropped_total", "reason" => "write_queue_full")
+                .increment(1);
+            warn!(conn, "write queue full or closed: message dropped");
+            false
+        }
+    }
+}
+
+async fn connect(
+    target: TargetId,
+    t: Target,
+    events: mpsc::Sender<Event>,
+    conn: ConnId,
+    settings: ConnSettings,
+) {
+    let attempt = async {
+        let tcp = TcpStream::connect(&t.addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = tcp.set_nodelay(true);
+        t.tls
+            .connect(t.name.clone(), tcp)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, attempt).await {
+        Ok(Ok(stream)) => {
+            metrics::counter!("sbc_tls_handshakes_total", "side" => "outbound").increment(1);
+            info!(target = %t.addr, "connected to route target");
+            run_connection(
+                conn,
+                ConnKind::Outbound { target },
+                stream,
+                events,
+                settings,
+            )
+            .await;
+        }
+        Ok(Err(error)) => {
+            let _ = events.send(Event::ConnectFailed { target, error }).await;
+        }
+        Err(_) => {
+            let _ = events
+                .send(Event::ConnectFailed {
+                    target,
+                    error: "timed out".into(),
+                })
+                .await;
+        }
+    }
+}

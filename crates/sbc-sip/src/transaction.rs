@@ -1,0 +1,491 @@
+//! RFC 3261 §17 transaction state machines, sans-IO.
+//!
+//! Owns: the client and server transaction states for INVITE and non-INVITE, and their
+//! timers. Must not: touch sockets or read the clock (`now` is always passed in).
+//!
+//! The gateway speaks SIP only over TLS, a reliable transport, so the retransmission
+//! timers A, E and G never run and the wait timers D, I, J and K are zero (RFC 3261
+//! §17.1.1.2, §17.1.2.2, §17.2.1, §17.2.2). What remains are the timeouts that end a
+//! transaction whose peer went quiet: timer B (INVITE client), timer F (non-INVITE client),
+//! timer H (INVITE server waiting for the ACK of a non-2xx final), timer L (RFC 6026
+//! "Accepted" state absorbing 2xx retransmissions), plus the gateway's own maximum ringing
+//! time for INVITE client transactions.
+
+use std::time::{Duration, Instant};
+
+/// Timer values shared by all transactions of a gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimerConfig {
+    /// RFC 3261 T1, the round-trip estimate (default 500 ms).
+    pub t1: Duration,
+    /// Longest time an INVITE may go without a final response before the gateway gives up
+    /// with CANCEL downstream and 408 upstream.
+    pub max_ringing: Duration,
+}
+
+impl Default for TimerConfig {
+    fn default() -> Self {
+        Self {
+            t1: Duration::from_millis(500),
+            max_ringing: Duration::from_secs(180),
+        }
+    }
+}
+
+impl TimerConfig {
+    /// 64·T1: timers B, F, H and L (RFC 3261 Table 4, RFC 6026 §8.4).
+    pub fn t64(&self) -> Duration {
+        self.t1.saturating_mul(64)
+    }
+}
+
+/// Whether a transaction carries INVITE or another method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxKind {
+    /// INVITE transactions (ACK for non-2xx belongs to them).
+    Invite,
+    /// Every other method except ACK.
+    NonInvite,
+}
+
+/// Client transaction state (RFC 3261 Figures 5 and 6, RFC 6026 Figure 5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientState {
+    /// Request sent, nothing heard ("Calling" for INVITE, "Trying" otherwise).
+    Calling,
+    /// A provisional response arrived.
+    Proceeding,
+    /// INVITE only: a 2xx arrived; further 2xx retransmissions are passed up (RFC 6026).
+    Accepted,
+    /// Finished: a final response arrived or a timer fired.
+    Terminated,
+}
+
+/// What the transaction user should do with a response handed to the client transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientDisposition {
+    /// Pass the response up (relay it).
+    Pass,
+    /// INVITE only: a non-2xx final; pass it up, and the client transaction's owner sends
+    /// the hop-by-hop ACK (RFC 3261 §17.1.1.3).
+    PassAndAck,
+    /// A duplicate or late response; drop it (counted by the caller).
+    Absorb,
+}
+
+/// Why a client transaction gave up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientTimeout {
+    /// Timer B or F: no final response within 64·T1 and nothing provisional heard
+    /// (INVITE) / no final at all (non-INVITE). The caller answers 408.
+    NoResponse,
+    /// INVITE only: provisional responses arrived but no final within the maximum ringing
+    /// time. The caller sends CANCEL downstream and 408 upstream.
+    RingingTooLong,
+}
+
+/// One client transaction.
+#[derive(Debug, Clone)]
+pub struct ClientTransaction {
+    kind: TxKind,
+    state: ClientState,
+    /// Timer B/F deadline while Calling; timer L deadline while Accepted.
+    deadline: Option<Instant>,
+    /// INVITE only: end of the maximum ringing time.
+    ringing_deadline: Option<Instant>,
+    /// 64·T1, kept for the wait after the ringing limit.
+    t64: Duration,
+}
+
+impl ClientTransaction {
+    /// A transaction whose request has just been sent at `now`.
+    pub fn new(kind: TxKind, now: Instant, timers: &TimerConfig) -> Self {
+        let ringing_deadline = match kind {
+            TxKind::Invite => Some(now + timers.max_ringing),
+            TxKind::NonInvite => None,
+        };
+        Self {
+            kind,
+            state: ClientState::Calling,
+            deadline: Some(now + timers.t64()),
+            ringing_deadline,
+            t64: timers.t64(),
+        }
+    }
+
+    /// Current state.
+    pub fn state(&self) -> ClientState {
+        self.state
+    }
+
+    /// True once a provisional response was seen (CANCEL may be sent, RFC 3261 §9.1).
+    pub fn heard_provisional(&self) -> bool {
+        self.state != ClientState::Calling
+    }
+
+    /// A response with status `code` arrived for this transaction.
+    pub fn handle_input(
+        &mut self,
+        now: Instant,
+        code: u16,
+        timers: &TimerConfig,
+    ) -> ClientDisposition {
+        let provisional = code < 200;
+        match (self.kind, self.state) {
+            (_, ClientState::Terminated) => ClientDisposition::Absorb,
+            (TxKind::Invite, ClientState::Accepted) => {
+                // RFC 6026 §8.4: 2xx retransmissions (possibly from other forks) go up so
+                // the dialog layer can ACK them; anything else is absorbed.
+                if (200..300).contains(&code) {
+                    ClientDisposition::Pass
+                } else {
+                    ClientDisposition::Absorb
+                }
+            }
+            (_, ClientState::Calling | ClientState::Proceeding) if provisional => {
+                if self.kind == TxKind::NonInvite {
+                    // Timer F keeps running for non-INVITE (RFC 3261 §17.1.2.2).
+                } else {
+                    // Timer B stops once something was heard; the ringing limit remains.
+                    self.deadline = None;
+                }
+                self.state = ClientState::Proceeding;
+                ClientDisposition::Pass
+            }
+            (TxKind::Invite, _) if (200..300).contains(&code) => {
+                self.state = ClientState::Accepted;
+                self.ringing_deadline = None;
+                self.deadline = Some(now + timers.t64());
+                ClientDisposition::Pass
+            }
+            (TxKind::Invite, _) => {
+                // Non-2xx final: timer D is zero over a reliable transport.
+                self.terminate();
+                ClientDisposition::PassAndAck
+            }
+            (TxKind::NonInvite, _) => {
+                // Timer K is zero over a reliable transport.
+                self.terminate();
+                ClientDisposition::Pass
+            }
+        }
+    }
+
+    /// Earliest instant at which `handle_timeout` has something to do.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match (self.deadline, self.ringing_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Fire expired timers. Returns why the transaction gave up, if it did and the caller
+    /// must answer for it; a silent end (timer L) returns `None` and terminates.
+    pub fn handle_timeout(&mut self, now: Instant) -> Option<ClientTimeout> {
+        if self.state == ClientState::Terminated {
+            return None;
+        }
+        if self.deadline.is_some_and(|d| now >= d) {
+            let was = self.state;
+            self.terminate();
+            return match was {
+                ClientState::Accepted => None,
+                _ => Some(ClientTimeout::NoResponse),
+            };
+        }
+        if self.ringing_deadline.is_some_and(|d| now >= d) {
+            // The owner CANCELs; keep waiting up to 64·T1 for the final response (487) so
+            // it can be acknowledged, then give up silently with `NoResponse`.
+            self.ringing_deadline = None;
+            self.deadline = Some(now + self.t64);
+            return Some(ClientTimeout::RingingTooLong);
+        }
+        None
+    }
+
+    /// INVITE only: a CANCEL went out. The final response (487, or a 2xx that crossed it)
+    /// must arrive within 64·T1; the ringing limit no longer applies.
+    pub fn cancel_sent(&mut self, now: Instant) {
+        if self.state != ClientState::Terminated {
+            self.ringing_deadline = None;
+            self.deadline = Some(now + self.t64);
+        }
+    }
+
+    /// The request never left (connect or write failed): end the transaction.
+    pub fn abort(&mut self) {
+        self.terminate();
+    }
+
+    fn terminate(&mut self) {
+        self.state = ClientState::Terminated;
+        self.deadline = None;
+        self.ringing_deadline = None;
+    }
+}
+
+/// Server transaction state (RFC 3261 Figures 7 and 8, RFC 6026 Figure 7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerState {
+    /// Request received, no final response sent yet.
+    Proceeding,
+    /// INVITE only: a non-2xx final was sent; waiting for the ACK (timer H).
+    Completed,
+    /// INVITE only: a 2xx was sent; the ACK is end to end and not ours (timer L).
+    Accepted,
+    /// Finished.
+    Terminated,
+}
+
+/// What to do with a request that matched an existing server transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerDisposition {
+    /// A retransmission: resend the last response sent, if any.
+    Retransmit,
+    /// The ACK for our non-2xx final: absorbed, transaction done.
+    AckAbsorbed,
+    /// Nothing to do.
+    Absorb,
+}
+
+/// One server transaction.
+#[derive(Debug, Clone)]
+pub struct ServerTransaction {
+    kind: TxKind,
+    state: ServerState,
+    deadline: Option<Instant>,
+}
+
+impl ServerTransaction {
+    /// A transaction for a request received at `_now`.
+    pub fn new(kind: TxKind) -> Self {
+        Self {
+            kind,
+            state: ServerState::Proceeding,
+            deadline: None,
+        }
+    }
+
+    /// Current state.
+    pub fn state(&self) -> ServerState {
+        self.state
+    }
+
+    /// True while no final response was sent.
+    pub fn awaiting_final(&self) -> bool {
+        self.state == ServerState::Proceeding
+    }
+
+    /// The transaction user sends a response with status `code`. Returns false if a final
+    /// response was already sent (the response must not go out).
+    pub fn send_response(&mut self, now: Instant, code: u16, timers: &TimerConfig) -> bool {
+        if self.state != ServerState::Proceeding {
+            return false;
+        }
+        if code < 200 {
+            return true;
+        }
+        match self.kind {
+            TxKind::Invite if code < 300 => {
+                self.state = ServerState::Accepted;
+                self.deadline = Some(now + timers.t64());
+            }
+            TxKind::Invite => {
+                self.state = ServerState::Completed;
+                self.deadline = Some(now + timers.t64());
+            }
+            TxKind::NonInvite => {
+                // Timer J is zero over a reliable transport.
+                self.state = ServerState::Terminated;
+            }
+        }
+        true
+    }
+
+    /// A request matching this transaction arrived again (`is_ack` for an ACK matching an
+    /// INVITE transaction by branch).
+    pub fn handle_input(&mut self, is_ack: bool) -> ServerDisposition {
+        match (self.state, is_ack) {
+            (ServerState::Completed, true) => {
+                // Timer I is zero over a reliable transport.
+                self.state = ServerState::Terminated;
+                self.deadline = None;
+                ServerDisposition::AckAbsorbed
+            }
+            (_, true) | (ServerState::Terminated, false) => ServerDisposition::Absorb,
+            (_, false) => ServerDisposition::Retransmit,
+        }
+    }
+
+    /// Earliest instant at which `handle_timeout` has something to do.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// Fire expired timers. Returns true if timer H fired (the ACK for a non-2xx final never
+    /// came), which the caller logs and counts.
+    pub fn handle_timeout(&mut self, now: Instant) -> bool {
+        match self.deadline {
+            Some(d) if now >= d => {
+                let missed_ack = self.state == ServerState::Completed;
+                self.state = ServerState::Terminated;
+                self.deadline = None;
+                missed_ack
+            }
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timers() -> TimerConfig {
+        TimerConfig {
+            t1: Duration::from_millis(500),
+            max_ringing: Duration::from_secs(60),
+        }
+    }
+
+    #[test]
+    fn invite_client_timer_b_fires_after_64_t1_without_any_response() {
+        let t = timers();
+        let t0 = Instant::now();
+        let mut tx = ClientTransaction::new(TxKind::Invite, t0, &t);
+        assert_eq!(tx.poll_timeout(), Some(t0 + Duration::from_secs(32)));
+        assert_eq!(tx.handle_timeout(t0 + Duration::from_secs(31)), None);
+        assert_eq!(
+            tx.handle_timeout(t0 + Duration::from_secs(32)),
+            Some(ClientTimeout::NoResponse)
+        );
+        assert_eq!(tx.state(), ClientState::Terminated);
+        assert_eq!(tx.poll_timeout(), None);
+    }
+
+    #[test]
+    fn invite_client_provisional_stops_timer_b_but_ringing_limit_fires() {
+        let t = timers();
+        let t0 = Instant::now();
+        let mut tx = ClientTransaction::new(TxKind::Invite, t0, &t);
+        assert!(!tx.heard_provisional());
+        assert_eq!(
+            tx.handle_input(t0 + Duration::from_secs(1), 180, &t),
+            ClientDisposition::Pass
+        );
+        assert!(tx.heard_provisional());
+        assert_eq!(tx.handle_timeout(t0 + Duration::from_secs(40)), None);
+        assert_eq!(tx.poll_timeout(), Some(t0 + Duration::from_secs(60)));
+        assert_eq!(
+            tx.handle_timeout(t0 + Duration::from_secs(60)),
+            Some(ClientTimeout::RingingTooLong)
+        );
+        // Then it waits 64·T1 for the 487 that answers the CANCEL.
+        assert_eq!(tx.poll_timeout(), Some(t0 + Duration::from_secs(92)));
+        assert_eq!(
+            tx.handle_input(t0 + Duration::from_secs(61), 487, &t),
+            ClientDisposition::PassAndAck
+        );
+        assert_eq!(tx.state(), ClientState::Terminated);
+    }
+
+    #[test]
+    fn invite_client_non_2xx_final_asks_for_ack_and_absorbs_duplicates() {
+        let t = timers();
+        let t0 = Instant::now();
+        let mut tx = ClientTransaction::new(TxKind::Invite, t0, &t);
+        assert_eq!(tx.handle_input(t0, 486, &t), ClientDisposition::PassAndAck);
+        assert_eq!(tx.state(), ClientState::Terminated);
+        assert_eq!(tx.handle_input(t0, 486, &t), ClientDisposition::Absorb);
+    }
+
+    #[test]
+    fn invite_client_2xx_enters_accepted_and_passes_retransmitted_2xx() {
+        let t = timers();
+        let t0 = Instant::now();
+        let mut tx = ClientTransaction::new(TxKind::Invite, t0, &t);
+        assert_eq!(tx.handle_input(t0, 200, &t), ClientDisposition::Pass);
+        assert_eq!(tx.state(), ClientState::Accepted);
+        assert_eq!(tx.handle_input(t0, 200, &t), ClientDisposition::Pass);
+        assert_eq!(tx.handle_input(t0, 180, &t), ClientDisposition::Absorb);
+        // Timer L ends it silently.
+        assert_eq!(tx.handle_timeout(t0 + Duration::from_secs(32)), None);
+        assert_eq!(tx.state(), ClientState::Terminated);
+    }
+
+    #[test]
+    fn invite_client_after_cancel_waits_64_t1_then_gives_up_silently_to_the_caller() {
+        let t = timers();
+        let t0 = Instant::now();
+        let mut tx = ClientTransaction::new(TxKind::Invite, t0, &t);
+        tx.handle_input(t0, 180, &t);
+        tx.cancel_sent(t0 + Duration::from_secs(5));
+        assert_eq!(tx.poll_timeout(), Some(t0 + Duration::from_secs(37)));
+        assert_eq!(
+            tx.handle_timeout(t0 + Duration::from_secs(37)),
+            Some(ClientTimeout::NoResponse)
+        );
+        assert_eq!(tx.state(), ClientState::Terminated);
+    }
+
+    #[test]
+    fn non_invite_client_timer_f_runs_through_provisionals() {
+        let t = timers();
+        let t0 = Instant::now();
+        let mut tx = ClientTransaction::new(TxKind::NonInvite, t0, &t);
+        assert_eq!(tx.handle_input(t0, 100, &t), ClientDisposition::Pass);
+        assert_eq!(
+            tx.handle_timeout(t0 + Duration::from_secs(32)),
+            Some(ClientTimeout::NoResponse)
+        );
+        let mut tx = ClientTransaction::new(TxKind::NonInvite, t0, &t);
+        assert_eq!(tx.handle_input(t0, 200, &t), ClientDisposition::Pass);
+        assert_eq!(tx.state(), ClientState::Terminated);
+        assert_eq!(tx.handle_input(t0, 200, &t), ClientDisposition::Absorb);
+    }
+
+    #[test]
+    fn invite_server_waits_for_ack_with_timer_h() {
+        let t = timers();
+        let t0 = Instant::now();
+        let mut tx = ServerTransaction::new(TxKind::Invite);
+        assert!(tx.send_response(t0, 180, &t));
+        assert_eq!(tx.handle_input(false), ServerDisposition::Retransmit);
+        assert!(tx.send_response(t0, 486, &t));
+        assert_eq!(tx.state(), ServerState::Completed);
+        assert!(
+            !tx.send_response(t0, 200, &t),
+            "second final must be refused"
+        );
+        assert!(tx.handle_timeout(t0 + Duration::from_secs(32)));
+        assert_eq!(tx.state(), ServerState::Terminated);
+
+        let mut tx = ServerTransaction::new(TxKind::Invite);
+        assert!(tx.send_response(t0, 487, &t));
+        assert_eq!(tx.handle_input(true), ServerDisposition::AckAbsorbed);
+        assert_eq!(tx.state(), ServerState::Terminated);
+        assert!(!tx.handle_timeout(t0 + Duration::from_secs(32)));
+    }
+
+    #[test]
+    fn invite_server_2xx_is_accepted_then_terminates_silently() {
+        let t = timers();
+        let t0 = Instant::now();
+        let mut tx = ServerTransaction::new(TxKind::Invite);
+        assert!(tx.send_response(t0, 200, &t));
+        assert_eq!(tx.state(), ServerState::Accepted);
+        assert!(!tx.handle_timeout(t0 + Duration::from_secs(32)));
+        assert_eq!(tx.state(), ServerState::Terminated);
+    }
+
+    #[test]
+    fn non_invite_server_terminates_on_final() {
+        let t = timers();
+        let t0 = Instant::now();
+        let mut tx = ServerTransaction::new(TxKind::NonInvite);
+        assert!(tx.awaiting_final());
+        assert!(tx.send_response(t0, 200, &t));
+        assert_eq!(tx.state(), ServerState::Terminated);
+        assert!(!tx.send_response(t0, 200, &t));
+    }
+}

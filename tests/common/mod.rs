@@ -1,0 +1,439 @@
+//! Shared harness for end-to-end tests: a throwaway PKI, SIP-over-TLS peers (caller and
+//! callee) written with tokio-rustls, and the gateway started in-process on loopback.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use sbc_core::config::Config;
+use sbc_sip::framing::{Frame, Framer};
+use sbc_sip::message::SipMessage;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// How long a test waits for a message it expects.
+pub const WAIT: Duration = Duration::from_secs(5);
+
+pub struct Ca {
+    cert: rcgen::Certificate,
+    key: KeyPair,
+    pub pem: String,
+}
+
+pub struct Leaf {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl Ca {
+    pub fn new(name: &str) -> Ca {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        let key = KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let pem = cert.pem();
+        Ca { cert, key, pem }
+    }
+
+    pub fn issue(&self, sans: &[&str]) -> Leaf {
+        let params =
+            CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
+        Leaf {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+}
+
+/// A fresh directory under the system temp dir.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "sbc-edge-test-{tag}-{}-{:x}",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+pub fn write(dir: &Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p.display().to_string()
+}
+
+/// Everything a test needs: PKI, files, and a config text to tweak.
+pub struct World {
+    pub dir: PathBuf,
+    pub gw_ca: Ca,
+    pub callee_ca: Ca,
+    pub client_ca: Ca,
+    pub gw_cert: String,
+    pub gw_key: String,
+    pub callee_leaf: Leaf,
+    pub callee_ca_file: String,
+    pub client_ca_file: String,
+}
+
+impl World {
+    pub fn new(tag: &str) -> World {
+        let dir = temp_dir(tag);
+        let gw_ca = Ca::new("gateway test CA");
+        let gw_leaf = gw_ca.issue(&["localhost", "127.0.0.1"]);
+        let callee_ca = Ca::new("callee test CA");
+        let callee_leaf = callee_ca.issue(&["localhost", "127.0.0.1"]);
+        let client_ca = Ca::new("client test CA");
+        let gw_cert = write(&dir, "gw.pem", &gw_leaf.cert_pem);
+        let gw_key = write(&dir, "gw.key", &gw_leaf.key_pem);
+        let callee_ca_file = write(&dir, "callee-ca.pem", &callee_ca.pem);
+        let client_ca_file = write(&dir, "client-ca.pem", &client_ca.pem);
+        World {
+            dir,
+            gw_ca,
+            callee_ca,
+            client_ca,
+            gw_cert,
+            gw_key,
+            callee_leaf,
+            callee_ca_file,
+            client_ca_file,
+        }
+    }
+
+    /// A listener section on an ephemeral loopback port.
+    pub fn listener(&self, extra: &str) -> String {
+        format!(
+            "[[listeners]]\nname = \"test\"\naddress = \"127.0.0.1:0\"\ncertificate = {:?}\nprivate_key = {:?}\n{extra}\n",
+            self.gw_cert, self.gw_key
+        )
+    }
+
+    /// A tenant section routed to `callee` with `recognition` lines.
+    pub fn tenant(&self, id: &str, recognition: &str, prefix: &str, callee: SocketAddr) -> String {
+        format!(
+            "[[tenants]]\nid = \"{id}\"\n[tenants.recognition]\n{recognition}\n[[tenants.routes]]\nprefix = \"{prefix}\"\ntarget = \"sips:{callee}\"\nca_file = {:?}\n",
+            self.callee_ca_file
+        )
+    }
+
+    pub fn config(&self, text: &str) -> Config {
+        Config::from_toml_str(text, &self.dir)
+            .unwrap_or_else(|e| panic!("test config: {e}\n{text}"))
+    }
+}
+
+pub async fn start_gateway(cfg: Config) -> sbc_sip::server::ServerHandle {
+    sbc_sip::server::start(Arc::new(cfg))
+        .await
+        .expect("gateway starts")
+}
+
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// One end of a SIP-over-TLS connection, in a test.
+pub struct Peer {
+    io: Box<dyn Io>,
+    framer: Framer,
+    pending: std::collections::VecDeque<SipMessage>,
+    pub pongs: usize,
+}
+
+impl Peer {
+    fn new(io: Box<dyn Io>) -> Peer {
+        Peer {
+            io,
+            framer: Framer::new(1 << 20),
+            pending: Default::default(),
+            pongs: 0,
+        }
+    }
+
+    /// Connect to the gateway as a client trusting `ca_pem`, with an optional client cert.
+    pub async fn connect(addr: SocketAddr, ca_pem: &str, client: Option<&Leaf>) -> Peer {
+        Self::try_connect(addr, ca_pem, client, "localhost")
+            .await
+            .expect("TLS connect to gateway")
+    }
+
+    pub async fn try_connect(
+        addr: SocketAddr,
+        ca_pem: &str,
+        client: Option<&Leaf>,
+        sni: &str,
+    ) -> std::io::Result<Peer> {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+        let cfg = match client {
+            Some(leaf) => {
+                let chain: Vec<_> = CertificateDer::pem_slice_iter(leaf.cert_pem.as_bytes())
+                    .map(|c| c.unwrap())
+                    .collect();
+                let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
+                builder.with_client_auth_cert(chain, key).unwrap()
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let tcp = TcpStream::connect(addr).await?;
+        let name = ServerName::try_from(sni.to_string()).unwrap();
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+            .connect(name, tcp)
+            .await?;
+        Ok(Peer::new(Box::new(tls)))
+    }
+
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        self.io.write_all(bytes).await.expect("write");
+        self.io.flush().await.expect("flush");
+    }
+
+    /// Send SIP text written with `\n` line ends (converted to CRLF, Content-Length fixed).
+    pub async fn send_text(&mut self, text: &str) {
+        let msg = sip(text);
+        self.send(&msg).await;
+    }
+
+    pub async fn send(&mut self, msg: &SipMessage) {
+        let bytes = msg.to_bytes();
+        self.send_raw(&bytes).await;
+    }
+
+    /// The next framed message as raw bytes, or None after `wait`. Panics if the
+    /// connection closes.
+    pub async fn recv_raw_within(&mut self, wait: Duration) -> Option<bytes::Bytes> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match self.framer.next_frame().expect("framing") {
+                Some(Frame::Message(b)) => return Some(b),
+                Some(Frame::KeepAlivePing) => continue,
+                None => {}
+            }
+            let mut buf = [0u8; 8192];
+            let n = match tokio::time::timeout_at(deadline, self.io.read(&mut buf)).await {
+                Err(_) => return None,
+                Ok(Ok(0)) => panic!("connection closed while waiting for a message"),
+                Ok(Ok(n)) => n,
+                Ok(Err(e)) => panic!("read error: {e}"),
+            };
+            // A lone CRLF is a keep-alive pong (RFC 5626).
+            if &buf[..n] == b"\r\n" {
+                self.pongs += 1;
+                continue;
+            }
+            self.framer.push(&buf[..n]);
+        }
+    }
+
+    /// The next message as text, unparsed (for answers to malformed requests, which
+    /// echo the malformed headers).
+    pub async fn recv_raw(&mut self) -> String {
+        let b = self
+            .recv_raw_within(WAIT)
+            .await
+            .expect("expected a SIP message");
+        String::from_utf8_lossy(&b).into_owned()
+    }
+
+    /// The next message, or None after `wait`. Panics if the connection closes.
+    pub async fn recv_within(&mut self, wait: Duration) -> Option<SipMessage> {
+        if let Some(m) = self.pending.pop_front() {
+            return Some(m);
+        }
+        let b = self.recv_raw_within(wait).await?;
+        let m = SipMessage::parse(&b).unwrap_or_else(|e| {
+            panic!(
+                "gateway sent unparseable message ({e:?}):\n{}",
+                String::from_utf8_lossy(&b)
+            )
+        });
+        Some(m)
+    }
+
+    pub async fn recv(&mut self) -> SipMessage {
+        self.recv_within(WAIT)
+            .await
+            .expect("expected a SIP message")
+    }
+
+    /// Wait for a message matching `pred`, skipping others (e.g. 100 Trying).
+    pub async fn recv_where(&mut self, pred: impl Fn(&SipMessage) -> bool) -> SipMessage {
+        loop {
+            let m = self.recv().await;
+            if pred(&m) {
+                return m;
+            }
+        }
+    }
+
+    /// True if the gateway closed the connection within `wait` (any data received before
+    /// the close is discarded).
+    pub async fn closed_within(&mut self, wait: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut buf = [0u8; 8192];
+        loop {
+            match tokio::time::timeout_at(deadline, self.io.read(&mut buf)).await {
+                Err(_) => return false,
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+}
+
+/// A TLS server standing in for a tenant's route target.
+pub struct Callee {
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    pub addr: SocketAddr,
+}
+
+impl Callee {
+    pub async fn new(leaf: &Leaf) -> Callee {
+        let chain: Vec<_> = CertificateDer::pem_slice_iter(leaf.cert_pem.as_bytes())
+            .map(|c| c.unwrap())
+            .collect();
+        let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
+        let cfg = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        Callee {
+            listener,
+            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(cfg)),
+            addr,
+        }
+    }
+
+    /// Accept the gateway's (pooled) connection.
+    pub async fn accept(&self) -> Peer {
+        let (tcp, _) = tokio::time::timeout(WAIT, self.listener.accept())
+            .await
+            .expect("gateway connects to callee")
+            .unwrap();
+        let tls = self.acceptor.accept(tcp).await.expect("callee TLS accept");
+        Peer::new(Box::new(tls))
+    }
+
+    /// True if nobody connected within `wait`.
+    pub async fn no_connection_within(&self, wait: Duration) -> bool {
+        tokio::time::timeout(wait, self.listener.accept())
+            .await
+            .is_err()
+    }
+}
+
+/// Parse SIP text written with `\n` line ends; Content-Length is computed.
+pub fn sip(text: &str) -> SipMessage {
+    let (head, body) = match text.split_once("\n\n") {
+        Some((h, b)) => (h, b),
+        None => (text.trim_end_matches('\n'), ""),
+    };
+    let body = body.replace('\n', "\r\n");
+    let mut raw = head.trim_start().replace('\n', "\r\n");
+    raw.push_str(&format!("\r\nContent-Length: {}\r\n\r\n", body.len()));
+    raw.push_str(&body);
+    SipMessage::parse(raw.as_bytes())
+        .unwrap_or_else(|e| panic!("test message does not parse: {e:?}\n{raw}"))
+}
+
+pub const SDP: &str = "v=0
+o=alice 2890844526 2890844526 IN IP4 10.88.0.5
+s=-
+c=IN IP4 10.88.0.5
+t=0 0
+m=audio 49170 RTP/SAVP 0 101
+a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz
+a=rtpmap:101 telephone-event/8000
+";
+
+/// An INVITE as a platform would send it, full of inside addresses that must not leak.
+pub fn invite(user: &str, call_id: &str, branch: &str, from_tag: &str) -> SipMessage {
+    sip(&format!(
+        "INVITE sips:{user}@sbc.example.net SIP/2.0
+Via: SIP/2.0/TLS 10.88.0.5:5061;branch={branch}
+Via: SIP/2.0/TLS 10.88.0.1:5061;branch=z9hG4bKinsideproxy
+Record-Route: <sips:10.88.0.1:5061;lr>
+Max-Forwards: 69
+From: \"Alice\" <sips:alice@platform.example>;tag={from_tag}
+To: <sips:{user}@sbc.example.net>
+Call-ID: {call_id}
+CSeq: 1 INVITE
+Contact: <sips:alice@10.88.0.5:5061>
+Allow: INVITE, ACK, CANCEL, BYE, OPTIONS
+Supported: timer, 100rel
+User-Agent: PlatformUA/1.0
+Content-Type: application/sdp
+
+{SDP}"
+    ))
+}
+
+/// A request inside a dialog, caller side.
+pub fn in_dialog(
+    method: &str,
+    ruri: &str,
+    branch: &str,
+    from: &str,
+    to: &str,
+    call_id: &str,
+    cseq: u32,
+) -> SipMessage {
+    sip(&format!(
+        "{method} {ruri} SIP/2.0
+Via: SIP/2.0/TLS 10.88.0.5:5061;branch={branch}
+Max-Forwards: 70
+From: {from}
+To: {to}
+Call-ID: {call_id}
+CSeq: {cseq} {method}
+Contact: <sips:alice@10.88.0.5:5061>
+"
+    ))
+}
+
+/// The response a callee sends, with its own inside Contact.
+pub fn answer(req: &SipMessage, code: u16, tag: &str) -> SipMessage {
+    let mut r =
+        sbc_sip::message::response_to(req, code, sbc_sip::message::default_reason(code), Some(tag));
+    if (101..300).contains(&code) {
+        r.push_header("Contact", "<sips:bob@10.99.0.7:5062>");
+        r.push_header("Record-Route", "<sips:10.99.0.2:5061;lr>");
+    }
+    r
+}
+
+/// Every header value and the start line of `m`, for leak checks.
+pub fn all_text(m: &SipMessage) -> String {
+    let mut s = String::new();
+    if let Some(u) = m.request_uri() {
+        s.push_str(u);
+        s.push('\n');
+    }
+    for (n, v) in m.headers() {
+        s.push_str(n);
+        s.push_str(": ");
+        s.push_str(v);
+        s.push('\n');
+    }
+    s
+}
+
+pub fn assert_no_leak(m: &SipMessage, forbidden: &[&str]) {
+    let text = all_text(m);
+    for f in forbidden {
+        assert!(!text.contains(f), "leaked {f:?} in:\n{text}");
+    }
+}
