@@ -193,14 +193,56 @@ fn expand_compact(name: &str) -> Option<&'static str> {
     })
 }
 
-/// True if header name `have` (as written) is the header `want` (lower-case long form).
+/// True if header name `have` (as written) is the header `want` (long form, any case).
 fn name_is(have: &str, want: &str) -> bool {
-    have.eq_ignore_ascii_case(want) || expand_compact(have) == Some(want)
+    have.eq_ignore_ascii_case(want)
+        || expand_compact(have).is_some_and(|e| e.eq_ignore_ascii_case(want))
 }
 
-fn want_name(name: &str) -> String {
-    let lower = name.to_ascii_lowercase();
-    expand_compact(&lower).map(str::to_string).unwrap_or(lower)
+/// The long form of a header name as asked for (compact forms expanded); no allocation.
+fn want_name(name: &str) -> &str {
+    expand_compact(name).unwrap_or(name)
+}
+
+/// Headers whose values may contain commas and are never lists.
+fn is_single_valued(want: &str) -> bool {
+    const SINGLE: [&str; 14] = [
+        "call-id",
+        "cseq",
+        "from",
+        "to",
+        "date",
+        "subject",
+        "user-agent",
+        "server",
+        "www-authenticate",
+        "authorization",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "retry-after",
+        "content-type",
+    ];
+    SINGLE.iter().any(|h| h.eq_ignore_ascii_case(want))
+}
+
+/// The first element of a comma-separated list value (commas in quotes and <> kept).
+fn first_value(value: &str) -> &str {
+    let (mut quoted, mut angle, mut escaped) = (false, false, false);
+    for (i, c) in value.char_indices() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        match c {
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            '<' if !quoted => angle = true,
+            '>' if !quoted => angle = false,
+            ',' if !quoted && !angle => return value[..i].trim(),
+            _ => {}
+        }
+    }
+    value.trim()
 }
 
 /// Split a header value at commas that are outside quotes and angle brackets.
@@ -399,32 +441,22 @@ impl SipMessage {
     /// The first value of header `name` (case-insensitive; compact forms match). For
     /// list headers written as one comma-separated line, the first element.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.header_values(name).next()
+        let want = want_name(name);
+        let single = is_single_valued(want);
+        self.headers
+            .iter()
+            .filter(|(n, _)| name_is(n, want))
+            .map(|(_, v)| if single { v.as_str() } else { first_value(v) })
+            .find(|v| !v.is_empty())
     }
 
     /// Every value of header `name`, in order, comma-separated lines split.
-    pub fn header_values<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a str> + 'a {
+    pub fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         let want = want_name(name);
-        let split = !matches!(
-            want.as_str(),
-            "call-id"
-                | "cseq"
-                | "from"
-                | "to"
-                | "date"
-                | "subject"
-                | "user-agent"
-                | "server"
-                | "www-authenticate"
-                | "authorization"
-                | "proxy-authenticate"
-                | "proxy-authorization"
-                | "retry-after"
-                | "content-type"
-        );
+        let split = !is_single_valued(want);
         self.headers
             .iter()
-            .filter(move |(n, _)| name_is(n, &want))
+            .filter(move |(n, _)| name_is(n, want))
             .flat_map(move |(_, v)| {
                 let parts: Vec<&str> = if split {
                     split_values(v).collect()
@@ -459,13 +491,13 @@ impl SipMessage {
     pub fn set_header(&mut self, name: &str, value: impl Into<String>) {
         let want = want_name(name);
         let value = value.into();
-        match self.headers.iter().position(|(n, _)| name_is(n, &want)) {
+        match self.headers.iter().position(|(n, _)| name_is(n, want)) {
             Some(i) => {
                 self.headers[i].1 = value;
                 let mut j = 0;
                 self.headers.retain(|(n, _)| {
                     j += 1;
-                    j - 1 == i || !name_is(n, &want)
+                    j - 1 == i || !name_is(n, want)
                 });
             }
             None => self.push_header(name.to_string(), value),
@@ -475,13 +507,13 @@ impl SipMessage {
     /// Remove every line of header `name`.
     pub fn remove_header(&mut self, name: &str) {
         let want = want_name(name);
-        self.headers.retain(|(n, _)| !name_is(n, &want));
+        self.headers.retain(|(n, _)| !name_is(n, want));
     }
 
     /// Remove the first value of a list header (the top Via of a response we forward).
     pub fn remove_first_value(&mut self, name: &str) {
         let want = want_name(name);
-        let Some(i) = self.headers.iter().position(|(n, _)| name_is(n, &want)) else {
+        let Some(i) = self.headers.iter().position(|(n, _)| name_is(n, want)) else {
             return;
         };
         let rest: Vec<String> = split_values(&self.headers[i].1)

@@ -1,0 +1,320 @@
+#!/usr/bin/env bash
+# CI interop stage: real sipp calls through the real gateway over TLS, all on loopback.
+#
+#   sipp UAC --TCP--> stunnel client --TLS--> sbc-edge --TLS--> stunnel server --TCP--> sipp UAS
+#   (127.0.0.1:UAC_TCP)              (127.0.0.1:GW)            (127.0.0.1:TRUNK)      (127.0.0.1:UAS)
+#
+# Stages (each must have zero failed calls on BOTH sipp sides, or the script fails):
+#   1. basic call: 500 calls at 25 calls/s
+#   2. hold re-INVITE (sendonly, then sendrecv): a few calls
+#   3. CANCEL after 180 (UAS answers 487): a few calls
+#   4. max-rate probe (informational, never fails CI): a rate ramp of basic calls; reports
+#      the highest rate held with zero failures and the CPU used by each process.
+#
+# Needs: sipp (Debian: sip-tester), stunnel4, openssl, cargo, coreutils timeout.
+# Every step is bounded in time; everything started here is stopped on exit.
+#
+# Environment (all optional):
+#   SBC_INTEROP_GW_PORT=5061 SBC_INTEROP_TRUNK_PORT=5062 SBC_INTEROP_UAC_PORT=5071
+#   SBC_INTEROP_UAS_PORT=5072          ports on 127.0.0.1
+#   SBC_INTEROP_CALLS=500 SBC_INTEROP_RATE=25   stage 1 size and rate
+#   SBC_INTEROP_SMALL_CALLS=5          calls in stages 2 and 3
+#   SBC_INTEROP_PROBE_RATES="50 100 200 400 800"  ramp (calls/s); empty: skip stage 4
+#   SBC_INTEROP_PROBE_SECS=5           seconds of calls per ramp step
+#   SBC_INTEROP_BUILD_TIMEOUT=2400     bound on `cargo build --release` (seconds)
+#   SBC_INTEROP_SKIP_BUILD=1           use an already built binary
+#   SBC_EDGE_BIN=path                  use this binary (implies no build)
+#   SBC_INTEROP_KEEP=1                 keep the work directory even on success
+#   CARGO_TARGET_DIR                   respected (binary at $CARGO_TARGET_DIR/release/sbc-edge)
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+RUN=$HERE/run.sh
+
+GW_PORT=${SBC_INTEROP_GW_PORT:-5061}
+TRUNK_PORT=${SBC_INTEROP_TRUNK_PORT:-5062}
+UAC_PORT=${SBC_INTEROP_UAC_PORT:-5071}
+UAS_PORT=${SBC_INTEROP_UAS_PORT:-5072}
+CALLS=${SBC_INTEROP_CALLS:-500}
+RATE=${SBC_INTEROP_RATE:-25}
+SMALL=${SBC_INTEROP_SMALL_CALLS:-5}
+PROBE_RATES=${SBC_INTEROP_PROBE_RATES-50 100 200 400 800}
+PROBE_SECS=${SBC_INTEROP_PROBE_SECS:-5}
+BUILD_TIMEOUT=${SBC_INTEROP_BUILD_TIMEOUT:-2400}
+
+say() { printf '\n=== interop: %s\n' "$*"; }
+fail() { printf '\n=== interop: FAILED: %s\n' "$*" >&2; failed=1; exit 1; }
+
+for tool in sipp openssl timeout cargo awk; do
+  command -v "$tool" >/dev/null || { echo "interop: $tool not found" >&2; exit 1; }
+done
+if command -v stunnel4 >/dev/null; then STUNNEL=stunnel4
+elif command -v stunnel >/dev/null; then STUNNEL=stunnel
+else echo "interop: stunnel not found (apt-get install stunnel4)" >&2; exit 1; fi
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/sbc-interop.XXXXXX")
+failed=0
+pids=()        # processes to stop on exit, in reverse order of start
+uas_pid=""
+
+stop_pid() { # stop_pid PID: TERM, wait up to 20 s, then KILL
+  local p=$1
+  kill -TERM "$p" 2>/dev/null || return 0
+  for _ in $(seq 200); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$p" 2>/dev/null || true
+  wait "$p" 2>/dev/null || true
+}
+
+on_exit() {
+  local rc=$? i
+  trap - EXIT INT TERM
+  [ -n "$uas_pid" ] && stop_pid "$uas_pid"
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do stop_pid "${pids[i]}"; done
+  if [ "$rc" != 0 ] || [ "$failed" != 0 ]; then
+    echo "--- gateway stderr (last 60 lines): $work/gateway.log" >&2
+    tail -n 60 "$work/gateway.log" 2>/dev/null >&2 || true
+    for f in "$work"/stunnel-*.log; do
+      [ -f "$f" ] || continue
+      echo "--- $f (last 15 lines)" >&2; tail -n 15 "$f" >&2
+    done
+    echo "interop: logs kept in $work" >&2
+    [ "$rc" != 0 ] || rc=1
+  elif [ "${SBC_INTEROP_KEEP:-0}" = 1 ]; then
+    echo "interop: logs kept in $work"
+  else
+    rm -rf "$work"
+  fi
+  exit "$rc"
+}
+trap on_exit EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+tcp_open() { timeout 2 bash -c "exec 3<>/dev/tcp/$1/$2" 2>/dev/null; }
+wait_port() { # wait_port PORT PID WHAT: bounded wait (20 s) for a listener
+  for _ in $(seq 200); do
+    tcp_open 127.0.0.1 "$1" && return 0
+    kill -0 "$2" 2>/dev/null || fail "$3 exited before listening on 127.0.0.1:$1"
+    sleep 0.1
+  done
+  fail "$3 is not listening on 127.0.0.1:$1 after 20 s"
+}
+start_stunnel() { # start_stunnel CONF LOG
+  : >"$2"
+  # it logs to the "output" file; stderr only matters if it fails before opening that
+  "$STUNNEL" "$1" >"$2.stderr" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 100); do
+    grep -q "Configuration successful" "$2" && return 0
+    kill -0 "${pids[-1]}" 2>/dev/null || break
+    sleep 0.1
+  done
+  cat "$2" "$2.stderr" >&2
+  fail "stunnel did not start with $1"
+}
+
+for p in "$GW_PORT" "$TRUNK_PORT" "$UAC_PORT" "$UAS_PORT"; do
+  tcp_open 127.0.0.1 "$p" && fail "127.0.0.1:$p is already in use (override with SBC_INTEROP_*_PORT)"
+done
+
+# --- throwaway PKI -------------------------------------------------------------------
+say "test PKI in $work"
+pki=$work/pki
+mkdir -p "$pki"
+(
+  cd "$pki"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -subj "/CN=sbc-edge interop test CA" -keyout ca.key -out ca.pem \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign"
+  printf '%s\n' "subjectAltName=DNS:localhost,IP:127.0.0.1" "basicConstraints=CA:FALSE" \
+    "keyUsage=critical,digitalSignature" "extendedKeyUsage=serverAuth,clientAuth" >leaf.ext
+  for n in gw trunk; do
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$n.localhost" \
+      -keyout "$n.key" -out "$n.csr"
+    openssl x509 -req -in "$n.csr" -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
+      -extfile leaf.ext -out "$n.pem"
+  done
+) >"$work/pki.log" 2>&1 || { cat "$work/pki.log" >&2; fail "openssl could not make the test PKI"; }
+
+# --- gateway binary --------------------------------------------------------------------
+if [ -n "${SBC_EDGE_BIN:-}" ]; then
+  bin=$SBC_EDGE_BIN
+else
+  tdir=${CARGO_TARGET_DIR:-target}
+  case "$tdir" in /*) ;; *) tdir=$ROOT/$tdir ;; esac
+  bin=$tdir/release/sbc-edge
+  if [ "${SBC_INTEROP_SKIP_BUILD:-0}" != 1 ]; then
+    say "cargo build --release (bounded: ${BUILD_TIMEOUT}s)"
+    (cd "$ROOT" && timeout -k 30 "$BUILD_TIMEOUT" cargo build --release --quiet) \
+      || fail "cargo build --release"
+  fi
+fi
+[ -x "$bin" ] || fail "no gateway binary at $bin"
+
+# --- gateway config --------------------------------------------------------------------
+cat >"$work/sbc-edge.toml" <<EOF
+# sbc-edge interop test configuration (written by deploy/sipp/interop.sh)
+[sip]
+max_message_bytes = 65536
+t1_ms = 500
+max_ringing_secs = 180
+
+[[listeners]]
+name = "public"
+address = "127.0.0.1:$GW_PORT"
+certificate = "pki/gw.pem"
+private_key = "pki/gw.key"
+
+[[tenants]]
+id = "demo"
+[tenants.recognition]
+source_cidrs = ["127.0.0.0/8"]
+[[tenants.routes]]
+prefix = ""
+target = "sips:127.0.0.1:$TRUNK_PORT"
+ca_file = "pki/ca.pem"
+[tenants.limits]
+# high enough that the max-rate probe measures the path, not admission
+calls_per_second = 5000.0
+call_burst = 10000
+max_concurrent_calls = 50000
+EOF
+say "sbc-edge check-config"
+timeout 30 "$bin" check-config "$work/sbc-edge.toml" || fail "check-config rejected the test config"
+
+# --- the chain, trunk side first -----------------------------------------------------
+sed -e "s|@LOG@|$work/stunnel-server.log|" -e "s|@ACCEPT@|127.0.0.1:$TRUNK_PORT|" \
+    -e "s|@CONNECT@|127.0.0.1:$UAS_PORT|" -e "s|@CERT@|$pki/trunk.pem|" -e "s|@KEY@|$pki/trunk.key|" \
+    "$HERE/stunnel-server.conf.in" >"$work/stunnel-server.conf"
+start_stunnel "$work/stunnel-server.conf" "$work/stunnel-server.log"
+server_stunnel_pid=${pids[-1]}
+
+say "starting the gateway: $bin --config $work/sbc-edge.toml"
+RUST_LOG=${RUST_LOG:-info} "$bin" --config "$work/sbc-edge.toml" \
+  >"$work/gateway.out" 2>"$work/gateway.log" &
+gw_pid=$!
+pids+=("$gw_pid")
+wait_port "$GW_PORT" "$gw_pid" "the gateway"
+cat "$work/gateway.out"
+
+sed -e "s|@LOG@|$work/stunnel-client.log|" -e "s|@ACCEPT@|127.0.0.1:$UAC_PORT|" \
+    -e "s|@CONNECT@|127.0.0.1:$GW_PORT|" -e "s|@SNI@|sni = localhost|" \
+    -e "s|@VERIFY@|CAfile = $pki/ca.pem\nverifyChain = yes\ncheckIP = 127.0.0.1|" \
+    -e "s|@CLIENT_CERT@||" \
+    "$HERE/stunnel-client.conf.in" >"$work/stunnel-client.conf"
+start_stunnel "$work/stunnel-client.conf" "$work/stunnel-client.log"
+client_stunnel_pid=${pids[-1]}
+
+# --- helpers for one stage -------------------------------------------------------------
+start_uas() { # start_uas SCENARIO DIR [run.sh args...]
+  local sc=$1 dir=$2
+  shift 2
+  "$RUN" "$sc" --role uas --listen "127.0.0.1:$UAS_PORT" --contact "127.0.0.1:$TRUNK_PORT" \
+    --timeout 900 --out "$dir" "$@" >"$dir.uas.out" 2>&1 &
+  uas_pid=$!
+  # sipp writes its stat file as soon as it runs; then give it a moment to listen
+  for _ in $(seq 100); do
+    [ -s "$dir/$sc-uas.csv" ] && break
+    kill -0 "$uas_pid" 2>/dev/null || { cat "$dir.uas.out" >&2; fail "sipp UAS ($sc) did not start"; }
+    sleep 0.1
+  done
+  sleep 0.3
+}
+stop_uas() { # stop_uas: ask the UAS to finish (SIGTERM -> sipp SIGUSR1); print its summary
+  local rc=0
+  kill -TERM "$uas_pid" 2>/dev/null || true
+  for _ in $(seq 250); do kill -0 "$uas_pid" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$uas_pid" 2>/dev/null || true
+  wait "$uas_pid" 2>/dev/null || rc=$?
+  uas_pid=""
+  return "$rc"
+}
+uas_summary() { grep '^== ' "$1.uas.out" || true; }
+
+stage() { # stage NAME SCENARIO CALLS RATE DURATION [--trace]: UAS + UAC; fail on any failure
+  local nm=$1 sc=$2 m=$3 r=$4 d=$5 dir=$work/$1 uac_rc=0 uas_rc=0
+  shift 5
+  say "stage $nm: $sc, $m calls at $r calls/s, -d $d ms"
+  start_uas "$sc" "$dir" "$@"
+  timeout -k 10 $((m / r + 120)) "$RUN" "$sc" --tcp "127.0.0.1:$UAC_PORT" \
+    -g "127.0.0.1:$GW_PORT" -r "$r" -m "$m" -d "$d" --out "$dir" "$@" >"$dir.uac.out" 2>&1 \
+    || uac_rc=$?
+  cat "$dir.uac.out"
+  stop_uas || uas_rc=$?
+  echo "--- trunk side (sipp UAS) of stage $nm:"
+  uas_summary "$dir"
+  if [ "$uas_rc" != 0 ]; then
+    sed -n '/Scenario Screen/,/Statistics Screen/p' "$dir.uas.out" | tail -n 25
+    head -n 40 "$dir/$sc-uas.errors.log" 2>/dev/null || true
+  fi
+  [ "$uac_rc" = 0 ] || fail "stage $nm: calls failed on the caller side (run.sh exit $uac_rc)"
+  [ "$uas_rc" = 0 ] || fail "stage $nm: calls failed on the trunk side (run.sh exit $uas_rc)"
+  kill -0 "$gw_pid" 2>/dev/null || fail "the gateway exited during stage $nm"
+}
+
+stage basic basic "$CALLS" "$RATE" 1000
+stage hold hold "$SMALL" 5 300 --trace
+stage cancel cancel "$SMALL" 5 300 --trace
+
+say "interop PASSED: $CALLS basic calls at $RATE calls/s, $SMALL hold, $SMALL cancel; no failed call"
+summary_line=$(grep '^== basic (uac)' "$work/basic.uac.out" 2>/dev/null || true)
+
+# --- stage 4: max-rate probe (informational) --------------------------------------------
+[ -n "$PROBE_RATES" ] || exit 0
+hz=$(getconf CLK_TCK 2>/dev/null || echo 100)
+ticks() { # ticks PID: user+system CPU ticks so far (0 if gone)
+  awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat" 2>/dev/null || echo 0
+}
+uas_sipp_pid() { # the sipp child of the UAS run.sh
+  local d
+  for d in /proc/[0-9]*; do
+    [ "$(cat "$d/comm" 2>/dev/null)" = sipp ] || continue
+    tr '\0' ' ' <"$d/cmdline" 2>/dev/null | grep -q -- "$work/probe/" && { echo "${d#/proc/}"; return; }
+  done
+  echo 0
+}
+say "stage probe (informational): rate ramp ${PROBE_RATES} calls/s, ${PROBE_SECS}s each, -d 500 ms"
+dir=$work/probe
+mkdir -p "$dir"
+start_uas basic "$dir"
+usp=$(uas_sipp_pid)
+best=""
+best_line=""
+for r in $PROBE_RATES; do
+  m=$((r * PROBE_SECS))
+  t0=$(date +%s.%N)
+  g0=$(ticks "$gw_pid"); c0=$(ticks "$client_stunnel_pid"); s0=$(ticks "$server_stunnel_pid"); u0=$(ticks "$usp")
+  rc=0
+  TIMEFORMAT='%U %S'
+  { time timeout -k 10 $((PROBE_SECS + 90)) "$RUN" basic --tcp "127.0.0.1:$UAC_PORT" \
+      -g "127.0.0.1:$GW_PORT" -r "$r" -m "$m" -d 500 -l $((r * 4)) --recv-timeout 5000 \
+      --timeout $((PROBE_SECS + 60)) --out "$dir/r$r" >"$dir/r$r.out" 2>&1 || rc=$?; } 2>"$dir/r$r.time"
+  t1=$(date +%s.%N)
+  g1=$(ticks "$gw_pid"); c1=$(ticks "$client_stunnel_pid"); s1=$(ticks "$server_stunnel_pid"); u1=$(ticks "$usp")
+  line=$(grep '^== basic (uac)' "$dir/r$r.out" || echo "== basic (uac): no summary (exit $rc)")
+  cpu=$(awk -v hz="$hz" -v t0="$t0" -v t1="$t1" -v g="$((g1 - g0))" -v c="$((c1 - c0))" \
+            -v s="$((s1 - s0))" -v u="$((u1 - u0))" -v ut="$(tail -n1 "$dir/r$r.time")" '
+        BEGIN { w = t1 - t0; split(ut, a, " ")
+                printf "CPU over %.1fs (100%% = one core): sipp-uac %.0f%%, sipp-uas %.0f%%, stunnel-client %.0f%%, stunnel-server %.0f%%, sbc-edge %.0f%%",
+                  w, 100 * (a[1] + a[2]) / w, 100 * u / hz / w, 100 * c / hz / w, 100 * s / hz / w, 100 * g / hz / w }')
+  echo "rate $r: ${line#== basic (uac): }"
+  echo "         $cpu"
+  held=$(awk -v l="$line" -v r="$r" 'BEGIN { if (match(l, /measured_rate=[0-9.]+/)) { v = substr(l, RSTART + 14, RLENGTH - 14); print (v + 0 >= 0.9 * r) ? 1 : 0 } else print 0 }')
+  if [ "$rc" != 0 ] || [ "$held" != 1 ]; then
+    echo "         -> not held (exit $rc; logs: $dir/r$r)"
+    break
+  fi
+  best=$r
+  best_line="$line | $cpu"
+  kill -0 "$gw_pid" 2>/dev/null || { echo "         -> the gateway exited"; break; }
+done
+stop_uas >/dev/null 2>&1 || true
+uas_summary "$dir"
+if [ -n "$best" ]; then
+  say "max rate held with zero failures: $best calls/s  (${best_line#== basic (uac): })"
+else
+  say "max rate held with zero failures: below the first probe step"
+fi
+echo "stage 1 result: ${summary_line#== }"
+exit 0
