@@ -99,12 +99,64 @@ fn run(config: Option<PathBuf>) -> anyhow::Result<()> {
             println!("  SIP over TLS listener {:?}: sips:{addr}", listener.name);
         }
         println!("{}", cfg.summary());
-        println!("Ctrl-C or SIGTERM stops it.");
-        shutdown_signal().await;
+        println!("Ctrl-C or SIGTERM stops it; SIGHUP reloads limits from the config file.");
+        reload_until_shutdown(&server, config.as_deref()).await;
         tracing::info!("shutting down");
         server.shutdown().await;
         Ok(())
     })
+}
+
+/// Serve SIGHUP (reload) until SIGTERM or Ctrl-C.
+async fn reload_until_shutdown(
+    server: &sbc_sip::server::ServerHandle,
+    path: Option<&std::path::Path>,
+) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            shutdown_signal().await;
+            return;
+        };
+        let stop = shutdown_signal();
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = &mut stop => return,
+                _ = hup.recv() => reload(server, path).await,
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        let _ = server;
+        shutdown_signal().await;
+    }
+}
+
+/// Reload the config file; a config that does not validate is refused and the running one
+/// kept.
+async fn reload(server: &sbc_sip::server::ServerHandle, path: Option<&std::path::Path>) {
+    let Some(path) = path else {
+        tracing::warn!(
+            event = "reload_skipped",
+            "SIGHUP: running on the embedded default, nothing to reload"
+        );
+        return;
+    };
+    match Config::load(path) {
+        Ok(cfg) => {
+            tracing::info!(event = "reload", config = %path.display(), "SIGHUP: reloading limits, flood guard and overload settings (listeners, recognition and routes need a restart)");
+            if let Err(e) = server.reload(Arc::new(cfg)).await {
+                tracing::error!(event = "reload_failed", error = %e, "reload not applied");
+            }
+        }
+        Err(e) => {
+            tracing::error!(event = "reload_rejected", config = %path.display(), error = %e, "SIGHUP: config invalid; keeping the running one");
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -155,8 +155,10 @@ async fn mtls_required_refuses_a_client_without_certificate() {
 async fn demo_gateway(tag: &str) -> (World, sbc_sip::server::ServerHandle, Callee) {
     let world = World::new(tag);
     let callee = Callee::new(&world.callee_leaf).await;
+    // Every test client shares the source 127.0.0.1: lift the per-source handshake rate
+    // (tests/tenant_isolation.rs covers the flood guard).
     let text = format!(
-        "{}\n{}",
+        "[flood_guard]\nmax_handshakes_per_second = 1000\n{}\n{}",
         world.listener(""),
         world.tenant(
             "demo",

@@ -19,7 +19,7 @@
 #   SBC_INTEROP_UAS_PORT=5072          ports on 127.0.0.1
 #   SBC_INTEROP_CALLS=500 SBC_INTEROP_RATE=25   stage 1 size and rate
 #   SBC_INTEROP_SMALL_CALLS=5          calls in stages 2 and 3
-#   SBC_INTEROP_PROBE_RATES="50 100 200 400 800"  ramp (calls/s); empty: skip stage 4
+#   SBC_INTEROP_PROBE_RATES="50 100 200 400 800 1600"  ramp (calls/s); empty: skip stage 4
 #   SBC_INTEROP_PROBE_SECS=5           seconds of calls per ramp step
 #   SBC_INTEROP_BUILD_TIMEOUT=2400     bound on `cargo build --release` (seconds)
 #   SBC_INTEROP_SKIP_BUILD=1           use an already built binary
@@ -39,7 +39,7 @@ UAS_PORT=${SBC_INTEROP_UAS_PORT:-5072}
 CALLS=${SBC_INTEROP_CALLS:-500}
 RATE=${SBC_INTEROP_RATE:-25}
 SMALL=${SBC_INTEROP_SMALL_CALLS:-5}
-PROBE_RATES=${SBC_INTEROP_PROBE_RATES-50 100 200 400 800}
+PROBE_RATES=${SBC_INTEROP_PROBE_RATES-50 100 200 400 800 1600}
 PROBE_SECS=${SBC_INTEROP_PROBE_SECS:-5}
 BUILD_TIMEOUT=${SBC_INTEROP_BUILD_TIMEOUT:-2400}
 
@@ -179,6 +179,13 @@ ca_file = "pki/ca.pem"
 calls_per_second = 5000.0
 call_burst = 10000
 max_concurrent_calls = 50000
+max_pending_invites = 50000
+# sipp reaches us through one stunnel connection from one source: lift the
+# per-connection request rate and allowlist loopback in the flood guard
+requests_per_second_per_connection = 100000.0
+
+[flood_guard]
+allowlist = ["127.0.0.0/8"]
 EOF
 say "sbc-edge check-config"
 timeout 30 "$bin" check-config "$work/sbc-edge.toml" || fail "check-config rejected the test config"

@@ -18,6 +18,8 @@ fn admission(c: &mut Criterion) {
         calls_per_second: 1e6,
         call_burst: 1_000_000,
         max_concurrent_calls: 1_000_000,
+        max_pending_invites: 1_000_000,
+        ..Limits::default()
     };
     let adm = Admission::with_limits(ids.iter().map(|id| (id.clone(), limits)));
     let now = Instant::now();
@@ -38,6 +40,7 @@ fn admission(c: &mut Criterion) {
                 calls_per_second: 1.0,
                 call_burst: 1,
                 max_concurrent_calls: 1,
+                ..Limits::default()
             },
         )
     }));

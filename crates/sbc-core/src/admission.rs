@@ -31,6 +31,10 @@ pub enum RefusalCause {
     CallRate,
     /// The tenant has `max_concurrent_calls` calls in progress.
     ConcurrentCalls,
+    /// The tenant has `max_pending_invites` calls in setup.
+    PendingInvites,
+    /// The gateway as a whole is over its call rate or its internal queue is too deep.
+    Overload,
 }
 
 impl RefusalCause {
@@ -40,6 +44,8 @@ impl RefusalCause {
             RefusalCause::UnknownTenant => "unknown_tenant",
             RefusalCause::CallRate => "call_rate",
             RefusalCause::ConcurrentCalls => "concurrent_calls",
+            RefusalCause::PendingInvites => "pending_invites",
+            RefusalCause::Overload => "overload",
         }
     }
 
@@ -49,6 +55,8 @@ impl RefusalCause {
             RefusalCause::UnknownTenant => "tenant not configured",
             RefusalCause::CallRate => "tenant call rate limit",
             RefusalCause::ConcurrentCalls => "tenant concurrent call limit",
+            RefusalCause::PendingInvites => "tenant pending INVITE limit",
+            RefusalCause::Overload => "gateway overloaded",
         }
     }
 }
@@ -93,9 +101,15 @@ impl TokenBucket {
 
     /// Take one token, or say how long until one is there.
     pub fn try_take(&mut self, now: Instant) -> Result<(), Duration> {
+        self.check(now)?;
+        self.tokens -= 1.0;
+        Ok(())
+    }
+
+    /// Whether a token is there (without taking it), or how long until one is.
+    pub fn check(&mut self, now: Instant) -> Result<(), Duration> {
         self.refill(now);
         if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
             Ok(())
         } else {
             Err(Duration::from_secs_f64((1.0 - self.tokens) / self.rate))
@@ -122,6 +136,7 @@ struct SlotState {
 struct TenantSlot {
     state: Mutex<SlotState>,
     active: AtomicU32,
+    pending: AtomicU32,
     admitted: AtomicU64,
     refused: AtomicU64,
 }
@@ -130,6 +145,7 @@ struct TenantSlot {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Usage {
     pub active_calls: u32,
+    pub pending_invites: u32,
     pub limits: Limits,
     pub admitted_total: u64,
     pub refused_total: u64,
@@ -140,11 +156,22 @@ pub struct Usage {
 #[must_use = "dropping it releases the call's slot at once"]
 pub struct Admitted {
     slot: Arc<TenantSlot>,
+    pending: bool,
+}
+
+impl Admitted {
+    /// The call got its final answer: it no longer counts as a pending INVITE.
+    pub fn answered(&mut self) {
+        if std::mem::take(&mut self.pending) {
+            self.slot.pending.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
 }
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        // Only `admit_call` increments, once per `Admitted`; this is its one decrement.
+        // Only `admit_call` increments, once per `Admitted`; these are its decrements.
+        self.answered();
         self.slot.active.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -153,12 +180,25 @@ impl Drop for Admitted {
 #[derive(Debug, Default)]
 pub struct Admission {
     slots: HashMap<TenantId, Arc<TenantSlot>>,
+    /// The gateway-wide call rate (`overload.max_calls_per_second`), if set.
+    global: Option<Mutex<TokenBucket>>,
 }
 
 impl Admission {
     /// Fresh state for the tenants of `config`.
     pub fn new(config: &Config) -> Admission {
         Admission::with_limits(config.tenants.iter().map(|t| (t.id.clone(), t.limits)))
+            .with_global_rate(config.overload.max_calls_per_second)
+    }
+
+    /// Add a gateway-wide call-rate limit (calls per second, burst one second's worth);
+    /// 0 means none.
+    pub fn with_global_rate(mut self, calls_per_second: f64) -> Admission {
+        self.global = (calls_per_second > 0.0).then(|| {
+            let burst = calls_per_second.ceil().clamp(1.0, f64::from(u32::MAX)) as u32;
+            Mutex::new(TokenBucket::new(calls_per_second, burst))
+        });
+        self
     }
 
     /// Fresh state for the given tenants and limits.
@@ -167,7 +207,10 @@ impl Admission {
             .into_iter()
             .map(|(id, limits)| (id, Arc::new(new_slot(limits))))
             .collect();
-        Admission { slots }
+        Admission {
+            slots,
+            global: None,
+        }
     }
 
     /// The next generation for a reloaded `config`: tenants that stay keep their running
@@ -176,6 +219,7 @@ impl Admission {
     /// tenants are refused from now on while their running calls finish.
     pub fn reloaded(&self, config: &Config) -> Admission {
         self.reloaded_with(config.tenants.iter().map(|t| (t.id.clone(), t.limits)))
+            .with_global_rate(config.overload.max_calls_per_second)
     }
 
     /// [`Admission::reloaded`] with the tenants and limits given directly.
@@ -198,7 +242,10 @@ impl Admission {
             };
             slots.insert(id, slot);
         }
-        Admission { slots }
+        Admission {
+            slots,
+            global: None,
+        }
     }
 
     /// Admit a new call of `tenant` at `now`, or say why not.
@@ -209,19 +256,41 @@ impl Admission {
                 retry_after: QUOTA_RETRY_AFTER,
             });
         };
-        // A poisoned lock means a panic elsewhere while holding it; the state is two
+        // A poisoned lock means a panic elsewhere while holding it; the state is a few
         // numbers that are always consistent, so carry on with it.
+        let mut global = self
+            .global
+            .as_ref()
+            .map(|g| g.lock().unwrap_or_else(|p| p.into_inner()));
         let mut s = slot.state.lock().unwrap_or_else(|p| p.into_inner());
-        let result = if slot.active.load(Ordering::Acquire) >= s.limits.max_concurrent_calls {
+        let result = if let Err(wait) = global.as_mut().map_or(Ok(()), |g| g.check(now)) {
+            Err(Refusal {
+                cause: RefusalCause::Overload,
+                retry_after: wait,
+            })
+        } else if slot.active.load(Ordering::Acquire) >= s.limits.max_concurrent_calls {
             Err(Refusal {
                 cause: RefusalCause::ConcurrentCalls,
+                retry_after: QUOTA_RETRY_AFTER,
+            })
+        } else if slot.pending.load(Ordering::Acquire) >= s.limits.max_pending_invites {
+            Err(Refusal {
+                cause: RefusalCause::PendingInvites,
                 retry_after: QUOTA_RETRY_AFTER,
             })
         } else {
             match s.bucket.try_take(now) {
                 Ok(()) => {
+                    if let Some(g) = global.as_mut() {
+                        // Checked above under the same lock: a token is there.
+                        let _ = g.try_take(now);
+                    }
                     slot.active.fetch_add(1, Ordering::AcqRel);
-                    Ok(Admitted { slot: slot.clone() })
+                    slot.pending.fetch_add(1, Ordering::AcqRel);
+                    Ok(Admitted {
+                        slot: slot.clone(),
+                        pending: true,
+                    })
                 }
                 Err(wait) => Err(Refusal {
                     cause: RefusalCause::CallRate,
@@ -230,6 +299,7 @@ impl Admission {
             }
         };
         drop(s);
+        drop(global);
         match &result {
             Ok(_) => slot.admitted.fetch_add(1, Ordering::Relaxed),
             Err(_) => slot.refused.fetch_add(1, Ordering::Relaxed),
@@ -243,6 +313,7 @@ impl Admission {
         let limits = slot.state.lock().unwrap_or_else(|p| p.into_inner()).limits;
         Some(Usage {
             active_calls: slot.active.load(Ordering::Acquire),
+            pending_invites: slot.pending.load(Ordering::Acquire),
             limits,
             admitted_total: slot.admitted.load(Ordering::Relaxed),
             refused_total: slot.refused.load(Ordering::Relaxed),
@@ -257,6 +328,7 @@ fn new_slot(limits: Limits) -> TenantSlot {
             bucket: TokenBucket::new(limits.calls_per_second, limits.call_burst),
         }),
         active: AtomicU32::new(0),
+        pending: AtomicU32::new(0),
         admitted: AtomicU64::new(0),
         refused: AtomicU64::new(0),
     }
@@ -272,7 +344,46 @@ mod tests {
             calls_per_second: cps,
             call_burst: burst,
             max_concurrent_calls: max,
+            max_pending_invites: max,
+            ..Limits::default()
         }
+    }
+
+    #[test]
+    fn pending_invites_and_global_rate() {
+        let a = TenantId::from("a");
+        let b = TenantId::from("b");
+        let l = Limits {
+            max_pending_invites: 2,
+            ..limits(1000.0, 1000, 10)
+        };
+        let adm = Admission::with_limits([(a.clone(), l), (b.clone(), l)]).with_global_rate(3.0);
+        let now = Instant::now();
+        let mut c1 = adm.admit_call(&a, now).expect("1");
+        let _c2 = adm.admit_call(&a, now).expect("2");
+        let r = adm.admit_call(&a, now).expect_err("2 pending");
+        assert_eq!(r.cause, RefusalCause::PendingInvites);
+        c1.answered();
+        c1.answered(); // idempotent
+        assert_eq!(
+            adm.usage(&a).map(|u| (u.active_calls, u.pending_invites)),
+            Some((2, 1))
+        );
+        // The third call of the gateway takes the last global token...
+        let _c3 = adm.admit_call(&b, now).expect("3");
+        // ...and the fourth, of either tenant, is refused for overload.
+        let r = adm.admit_call(&a, now).expect_err("global");
+        assert_eq!(r.cause, RefusalCause::Overload);
+        assert!(r.retry_after > Duration::ZERO);
+        // A tenant refusal does not consume a global token.
+        let later = now + Duration::from_secs(1);
+        let _ = adm.admit_call(&TenantId::from("nobody"), later);
+        assert!(adm.admit_call(&b, later).is_ok());
+        drop(c1);
+        assert_eq!(
+            adm.usage(&a).map(|u| (u.active_calls, u.pending_invites)),
+            Some((1, 1))
+        );
     }
 
     #[test]

@@ -16,7 +16,13 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
+use crate::flood::{FloodAction, FloodSettings};
 use crate::tenant::TenantId;
+
+/// Most per-source entries the flood guard may be configured to track.
+pub const MAX_TRACKED_SOURCES: usize = 10_000_000;
+/// Capacity of the queue in front of the SIP core (see `sbc-sip`'s server).
+pub const CORE_QUEUE_CAPACITY: usize = 8192;
 
 /// Smallest accepted `sip.max_message_bytes`: an INVITE with a modest SDP needs ~1 KiB.
 pub const MIN_MESSAGE_BYTES: usize = 1024;
@@ -149,6 +155,11 @@ pub struct Limits {
     pub call_burst: u32,
     /// Calls in progress (ringing or answered) at once.
     pub max_concurrent_calls: u32,
+    /// Calls in setup (INVITE sent on, no final answer yet) at once.
+    pub max_pending_invites: u32,
+    /// Requests per second one connection of this tenant may send (burst: one second's
+    /// worth); past it new dialogs get 503. ACK, BYE and CANCEL are never refused.
+    pub requests_per_second_per_connection: f64,
 }
 
 impl Default for Limits {
@@ -157,6 +168,26 @@ impl Default for Limits {
             calls_per_second: 10.0,
             call_burst: 20,
             max_concurrent_calls: 100,
+            max_pending_invites: 50,
+            requests_per_second_per_connection: 200.0,
+        }
+    }
+}
+
+/// Global overload protection.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OverloadSettings {
+    /// New calls per second for the whole gateway (0: no global limit).
+    pub max_calls_per_second: f64,
+    /// Messages waiting for the SIP core past which new INVITEs get 503.
+    pub max_core_queue: usize,
+}
+
+impl Default for OverloadSettings {
+    fn default() -> Self {
+        OverloadSettings {
+            max_calls_per_second: 0.0,
+            max_core_queue: 6144,
         }
     }
 }
@@ -176,6 +207,8 @@ pub struct Config {
     pub sip: SipSettings,
     pub listeners: Vec<Listener>,
     pub tenants: Vec<Tenant>,
+    pub flood_guard: FloodSettings,
+    pub overload: OverloadSettings,
 }
 
 // ---- the file as written ----
@@ -189,6 +222,58 @@ struct RawConfig {
     listeners: Vec<RawListener>,
     #[serde(default)]
     tenants: Vec<RawTenant>,
+    #[serde(default)]
+    flood_guard: RawFlood,
+    #[serde(default)]
+    overload: RawOverload,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawFlood {
+    enabled: bool,
+    window_secs: f64,
+    max_requests: u32,
+    block_secs: u64,
+    action: String,
+    allowlist: Vec<String>,
+    max_handshakes_per_second: u32,
+    max_connections_per_source: u32,
+    max_tracked_sources: usize,
+}
+
+impl Default for RawFlood {
+    fn default() -> Self {
+        let d = FloodSettings::default();
+        RawFlood {
+            enabled: d.enabled,
+            window_secs: d.window.as_secs_f64(),
+            max_requests: d.max_requests,
+            block_secs: d.block_for.as_secs(),
+            action: "drop".to_string(),
+            allowlist: Vec::new(),
+            max_handshakes_per_second: d.max_handshakes_per_second,
+            max_connections_per_source: d.max_connections,
+            max_tracked_sources: d.max_tracked_sources,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawOverload {
+    max_calls_per_second: f64,
+    max_core_queue: usize,
+}
+
+impl Default for RawOverload {
+    fn default() -> Self {
+        let d = OverloadSettings::default();
+        RawOverload {
+            max_calls_per_second: d.max_calls_per_second,
+            max_core_queue: d.max_core_queue,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -265,6 +350,8 @@ struct RawLimits {
     calls_per_second: f64,
     call_burst: u32,
     max_concurrent_calls: u32,
+    max_pending_invites: u32,
+    requests_per_second_per_connection: f64,
 }
 
 impl Default for RawLimits {
@@ -274,6 +361,8 @@ impl Default for RawLimits {
             calls_per_second: d.calls_per_second,
             call_burst: d.call_burst,
             max_concurrent_calls: d.max_concurrent_calls,
+            max_pending_invites: d.max_pending_invites,
+            requests_per_second_per_connection: d.requests_per_second_per_connection,
         }
     }
 }
@@ -447,7 +536,102 @@ fn validate(raw: &RawConfig, base: &Path) -> Result<Config, ConfigError> {
         sip,
         listeners,
         tenants,
+        flood_guard: validate_flood(&raw.flood_guard)?,
+        overload: validate_overload(&raw.overload)?,
     })
+}
+
+fn validate_flood(f: &RawFlood) -> Result<FloodSettings, ConfigError> {
+    if !(f.window_secs.is_finite() && (0.1..=3600.0).contains(&f.window_secs)) {
+        return Err(invalid(
+            "flood_guard.window_secs",
+            "must be between 0.1 and 3600",
+        ));
+    }
+    if f.max_requests == 0 {
+        return Err(invalid("flood_guard.max_requests", "must be at least 1"));
+    }
+    if !(1..=86_400).contains(&f.block_secs) {
+        return Err(invalid(
+            "flood_guard.block_secs",
+            "must be between 1 and 86400",
+        ));
+    }
+    let action = match f.action.as_str() {
+        "drop" => FloodAction::Drop,
+        "503" => FloodAction::Reply503,
+        other => {
+            return Err(invalid(
+                "flood_guard.action",
+                format!("{other:?} must be \"drop\" or \"503\""),
+            ))
+        }
+    };
+    let mut allowlist = Vec::new();
+    for (i, c) in f.allowlist.iter().enumerate() {
+        let net = parse_net(c).ok_or_else(|| {
+            invalid(
+                format!("flood_guard.allowlist[{i}]"),
+                format!("{c:?} is not an address or CIDR"),
+            )
+        })?;
+        allowlist.push(net);
+    }
+    if f.max_handshakes_per_second == 0 {
+        return Err(invalid(
+            "flood_guard.max_handshakes_per_second",
+            "must be at least 1",
+        ));
+    }
+    if f.max_connections_per_source == 0 {
+        return Err(invalid(
+            "flood_guard.max_connections_per_source",
+            "must be at least 1",
+        ));
+    }
+    if !(1..=MAX_TRACKED_SOURCES).contains(&f.max_tracked_sources) {
+        return Err(invalid(
+            "flood_guard.max_tracked_sources",
+            format!("must be between 1 and {MAX_TRACKED_SOURCES}"),
+        ));
+    }
+    Ok(FloodSettings {
+        enabled: f.enabled,
+        window: Duration::from_secs_f64(f.window_secs),
+        max_requests: f.max_requests,
+        block_for: Duration::from_secs(f.block_secs),
+        action,
+        allowlist,
+        max_handshakes_per_second: f.max_handshakes_per_second,
+        max_connections: f.max_connections_per_source,
+        max_tracked_sources: f.max_tracked_sources,
+    })
+}
+
+fn validate_overload(o: &RawOverload) -> Result<OverloadSettings, ConfigError> {
+    if !(o.max_calls_per_second.is_finite() && (0.0..=1e6).contains(&o.max_calls_per_second)) {
+        return Err(invalid(
+            "overload.max_calls_per_second",
+            "must be between 0 (off) and 1000000",
+        ));
+    }
+    if !(1..=CORE_QUEUE_CAPACITY).contains(&o.max_core_queue) {
+        return Err(invalid(
+            "overload.max_core_queue",
+            format!("must be between 1 and {CORE_QUEUE_CAPACITY}"),
+        ));
+    }
+    Ok(OverloadSettings {
+        max_calls_per_second: o.max_calls_per_second,
+        max_core_queue: o.max_core_queue,
+    })
+}
+
+fn parse_net(c: &str) -> Option<IpNet> {
+    c.parse::<IpNet>()
+        .ok()
+        .or_else(|| c.parse::<std::net::IpAddr>().ok().map(IpNet::from))
+        .map(|n| n.trunc())
 }
 
 /// The embedded default's tenants and settings (its listener is made in code).
@@ -650,16 +834,13 @@ fn validate_tenant(t: &RawTenant, key: &str, base: &Path) -> Result<Tenant, Conf
     }
     let mut cidrs = Vec::new();
     for (i, c) in r.source_cidrs.iter().enumerate() {
-        let net: IpNet = c
-            .parse()
-            .or_else(|_| c.parse::<std::net::IpAddr>().map(IpNet::from))
-            .map_err(|_| {
-                invalid(
-                    format!("{rkey}.source_cidrs[{i}]"),
-                    format!("{c:?} is not an address or CIDR"),
-                )
-            })?;
-        cidrs.push(net.trunc());
+        let net = parse_net(c).ok_or_else(|| {
+            invalid(
+                format!("{rkey}.source_cidrs[{i}]"),
+                format!("{c:?} is not an address or CIDR"),
+            )
+        })?;
+        cidrs.push(net);
     }
     if t.routes.is_empty() {
         return Err(invalid(
@@ -731,6 +912,19 @@ fn validate_tenant(t: &RawTenant, key: &str, base: &Path) -> Result<Tenant, Conf
             "must be between 1 and 1000000",
         ));
     }
+    if !(1..=1_000_000).contains(&l.max_pending_invites) {
+        return Err(invalid(
+            format!("{lkey}.max_pending_invites"),
+            "must be between 1 and 1000000",
+        ));
+    }
+    let rps = l.requests_per_second_per_connection;
+    if !(rps.is_finite() && (1.0..=1e6).contains(&rps)) {
+        return Err(invalid(
+            format!("{lkey}.requests_per_second_per_connection"),
+            "must be between 1 and 1000000",
+        ));
+    }
     Ok(Tenant {
         id: TenantId::from(t.id.as_str()),
         recognition: Recognition {
@@ -744,6 +938,8 @@ fn validate_tenant(t: &RawTenant, key: &str, base: &Path) -> Result<Tenant, Conf
             calls_per_second: l.calls_per_second,
             call_burst: l.call_burst,
             max_concurrent_calls: l.max_concurrent_calls,
+            max_pending_invites: l.max_pending_invites,
+            requests_per_second_per_connection: rps,
         },
     })
 }

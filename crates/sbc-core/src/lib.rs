@@ -5,4 +5,6 @@
 
 pub mod admission;
 pub mod config;
+pub mod flood;
+pub mod registry;
 pub mod tenant;

@@ -10,7 +10,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use sbc_core::admission::{Admission, Admitted};
 use sbc_core::tenant::TenantId;
@@ -92,6 +92,16 @@ pub fn malformed_response(error: &ParseError, salvaged: Option<&Salvaged>) -> Op
         }
     }
     Some(resp)
+}
+
+/// 503 Service Unavailable to `req` with Retry-After (whole seconds, at least 1) and a
+/// Reason header naming the cause (RFC 3326): the answer to every limit or load refusal.
+pub fn service_unavailable(req: &SipMessage, retry_after: Duration, cause: &str) -> SipMessage {
+    let mut resp = response_to(req, 503, "Service Unavailable", Some(&random_token()));
+    let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+    resp.push_header("Retry-After", secs.to_string());
+    resp.push_header("Reason", format!("SIP;cause=503;text=\"{cause}\""));
+    resp
 }
 
 /// Lower-case long form of a header name given in lower case (RFC 3261 §7.3.3 compact
@@ -258,7 +268,8 @@ enum CallState {
 struct Call {
     tenant: TenantId,
     /// Held for the call's life; dropping it releases the tenant's concurrent-call slot.
-    _admitted: Admitted,
+    /// The call's admission slot; released when the call is dropped.
+    admitted: Admitted,
     a: Leg,
     b: Leg,
     target: TargetId,
@@ -393,6 +404,16 @@ impl B2bua {
     pub fn reconfigure(&mut self, routes: Arc<RouteTable>, admission: Arc<Admission>) {
         self.routes = routes;
         self.admission = admission;
+    }
+
+    /// The admission control in use.
+    pub fn admission(&self) -> &Admission {
+        &self.admission
+    }
+
+    /// The route table in use.
+    pub fn routes(&self) -> Arc<RouteTable> {
+        self.routes.clone()
     }
 
     /// Sizes of the core's tables.
@@ -587,13 +608,7 @@ impl B2bua {
                 fail(503);
                 metrics::counter!("sbc_admission_refused_total", "tenant" => t.clone(), "cause" => refusal.cause.as_str()).increment(1);
                 info!(tenant = %tenant, cause = refusal.cause.as_str(), "call refused: 503");
-                let mut resp = response_to(&msg, 503, "Service Unavailable", Some(&random_token()));
-                let secs = refusal.retry_after.as_secs().max(1);
-                resp.push_header("Retry-After", secs.to_string());
-                resp.push_header(
-                    "Reason",
-                    format!("SIP;cause=503;text=\"{}\"", refusal.cause.text()),
-                );
+                let resp = service_unavailable(&msg, refusal.retry_after, refusal.cause.text());
                 self.outputs.push_back(Output::Send { conn, msg: resp });
                 return;
             }
@@ -648,8 +663,8 @@ impl B2bua {
         self.calls.insert(
             call_id_num,
             Call {
-                tenant,
-                _admitted: admitted,
+                tenant: tenant.clone(),
+                admitted,
                 a,
                 b,
                 target: route.target,
@@ -658,6 +673,7 @@ impl B2bua {
             },
         );
         metrics::gauge!("sbc_sip_active_dialogs").set(self.calls.len() as f64);
+        self.report_usage(&tenant);
         // 100 Trying at once: the INVITE server transaction is ours now.
         let trying = response_to(&msg, 100, "Trying", None);
         self.outputs.push_back(Output::Send { conn, msg: trying });
@@ -981,9 +997,10 @@ impl B2bua {
             return;
         };
         self.respond_upstream(now, rid, resp);
-        if let Some(call) = self.calls.get(&cid) {
+        if let Some(call) = self.calls.get_mut(&cid) {
             let t = call.tenant.to_string();
             if initial && code >= 200 {
+                call.admitted.answered();
                 if (200..300).contains(&code) {
                     metrics::counter!("sbc_sip_calls_answered_total", "tenant" => t).increment(1);
                 } else {
@@ -1277,12 +1294,27 @@ impl B2bua {
 
     // ----- helpers -----
 
+    /// Per-tenant usage gauges (calls and pending INVITEs against their limits).
+    fn report_usage(&self, tenant: &TenantId) {
+        if let Some(u) = self.admission.usage(tenant) {
+            let t = tenant.to_string();
+            metrics::gauge!("sbc_tenant_active_calls", "tenant" => t.clone())
+                .set(f64::from(u.active_calls));
+            metrics::gauge!("sbc_tenant_pending_invites", "tenant" => t)
+                .set(f64::from(u.pending_invites));
+        }
+    }
+
     fn end_call(&mut self, cid: u64, why: &'static str) {
         if let Some(call) = self.calls.remove(&cid) {
             self.by_tag.remove(&call.a.local_tag);
             self.by_tag.remove(&call.b.local_tag);
             metrics::gauge!("sbc_sip_active_dialogs").set(self.calls.len() as f64);
             info!(call = cid, tenant = %call.tenant, why, "call ended");
+            let tenant = call.tenant.clone();
+            // Dropping the call releases its admission slot; report usage after that.
+            drop(call);
+            self.report_usage(&tenant);
         }
     }
 

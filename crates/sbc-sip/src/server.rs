@@ -12,14 +12,15 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use sbc_core::admission::Admission;
-use sbc_core::config::Config;
-use sbc_core::tenant::{PeerIdentity, Recognizer};
+use sbc_core::admission::{Admission, RefusalCause, TokenBucket};
+use sbc_core::config::{Config, Limits as TenantLimits, CORE_QUEUE_CAPACITY};
+use sbc_core::flood::{FloodAction, FloodGuard, Verdict};
+use sbc_core::tenant::{PeerIdentity, Recognizer, TenantId};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Notify};
@@ -28,11 +29,12 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tracing::{debug, info, warn};
 
 use crate::b2bua::{
-    malformed_response, B2bua, B2buaConfig, B2buaStats, ConnId, ConnKind, Input, Output,
+    malformed_response, service_unavailable, B2bua, B2buaConfig, B2buaStats, ConnId, ConnKind,
+    Input, Output,
 };
 use crate::error::SipError;
 use crate::framing::{Frame, FrameError, Framer};
-use crate::message::{salvage_request, Limits, SipMessage};
+use crate::message::{salvage_request, tag, Limits, Method, SipMessage};
 use crate::routing::{RouteEntry, RouteTable, TargetId};
 use crate::tls;
 use crate::transaction::TimerConfig;
@@ -47,8 +49,13 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const WRITE_QUEUE: usize = 1024;
 
 /// Inputs queued for the core task. Readers wait when it is full, which slows their TCP
-/// peers (backpressure) instead of growing memory.
-const CORE_QUEUE: usize = 8192;
+/// peers (backpressure) instead of growing memory; past `overload.max_core_queue` new
+/// INVITEs are refused 503 by the readers themselves.
+const CORE_QUEUE: usize = CORE_QUEUE_CAPACITY;
+
+/// Retry-After for refusals because the core's queue is deep: it drains in well under a
+/// second, so the shortest honest value.
+const QUEUE_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// Consecutive malformed messages after which a connection is closed: a peer with a bug
 /// gets its 400s, a garbage flood is cut off.
@@ -76,6 +83,7 @@ enum Event {
         target: TargetId,
         error: String,
     },
+    Reload(Arc<Config>),
 }
 
 /// The core's handle on a connection: its write queue and a way to close it.
@@ -95,6 +103,7 @@ pub struct ServerHandle {
     /// Bound SIP-over-TLS listener addresses, in config order.
     pub sip_addrs: Vec<SocketAddr>,
     stats: Arc<Mutex<B2buaStats>>,
+    events: mpsc::Sender<Event>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -103,6 +112,17 @@ impl ServerHandle {
     /// Sizes of the B2BUA's tables as of its last step.
     pub fn stats(&self) -> B2buaStats {
         self.stats.lock().map(|s| *s).unwrap_or_default()
+    }
+
+    /// Apply a reloaded config: tenant limits (running calls keep their slots; a quota
+    /// lowered below current usage refuses new calls only), the flood guard and overload
+    /// settings. Listeners, recognition and routes need a restart; a change to them is
+    /// logged and not applied.
+    pub async fn reload(&self, config: Arc<Config>) -> Result<(), SipError> {
+        self.events
+            .send(Event::Reload(config))
+            .await
+            .map_err(|_| SipError::Config("the SIP core has stopped".to_string()))
     }
 
     /// Stop accepting and stop the core.
@@ -120,6 +140,93 @@ struct ConnSettings {
     max_message_bytes: usize,
     limits: Limits,
     idle: Duration,
+    guards: Guards,
+}
+
+/// Load and abuse protection that readers apply before a message reaches the core.
+#[derive(Clone)]
+struct Guards {
+    flood: FloodGuard,
+    /// `overload.max_core_queue` (reloadable).
+    max_core_queue: Arc<AtomicUsize>,
+    /// Each tenant's limits (reloadable), read when a connection starts.
+    tenant_limits: Arc<RwLock<HashMap<TenantId, TenantLimits>>>,
+}
+
+impl Guards {
+    fn new(config: &Config) -> Guards {
+        report_limits(config);
+        Guards {
+            flood: FloodGuard::new(config.flood_guard.clone()),
+            max_core_queue: Arc::new(AtomicUsize::new(config.overload.max_core_queue)),
+            tenant_limits: Arc::new(RwLock::new(tenant_limits(config))),
+        }
+    }
+
+    fn reload(&self, config: &Config) {
+        report_limits(config);
+        self.flood.reconfigure(config.flood_guard.clone());
+        self.max_core_queue
+            .store(config.overload.max_core_queue, Ordering::Relaxed);
+        let mut l = self
+            .tenant_limits
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        *l = tenant_limits(config);
+    }
+
+    fn limits_of(&self, tenant: &TenantId) -> Option<TenantLimits> {
+        self.tenant_limits
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(tenant)
+            .copied()
+    }
+}
+
+/// Each tenant's limits as gauges, so dashboards show usage against them.
+fn report_limits(config: &Config) {
+    for t in &config.tenants {
+        let id = t.id.to_string();
+        let l = &t.limits;
+        for (name, value) in [
+            ("calls_per_second", l.calls_per_second),
+            ("call_burst", f64::from(l.call_burst)),
+            ("max_concurrent_calls", f64::from(l.max_concurrent_calls)),
+            ("max_pending_invites", f64::from(l.max_pending_invites)),
+            (
+                "requests_per_second_per_connection",
+                l.requests_per_second_per_connection,
+            ),
+        ] {
+            metrics::gauge!("sbc_tenant_limit", "tenant" => id.clone(), "limit" => name).set(value);
+        }
+    }
+}
+
+fn tenant_limits(config: &Config) -> HashMap<TenantId, TenantLimits> {
+    config
+        .tenants
+        .iter()
+        .map(|t| (t.id.clone(), t.limits))
+        .collect()
+}
+
+/// What an inbound connection's reader checks per request.
+struct InboundCheck {
+    source: IpAddr,
+    tenant: Option<TenantId>,
+    /// Requests per second on this connection (`requests_per_second_per_connection`).
+    rate: Option<TokenBucket>,
+}
+
+/// A request that starts something new (not part of an existing dialog or transaction):
+/// the only kind refused for load. ACK, BYE, CANCEL and in-dialog requests always pass.
+fn starts_something(msg: &SipMessage) -> bool {
+    match msg.method() {
+        Some(Method::Ack | Method::Bye | Method::Cancel | Method::Prack) | None => false,
+        Some(_) => msg.header("to").and_then(tag).is_none(),
+    }
 }
 
 /// Bind the listeners in `config` and start serving.
@@ -133,6 +240,7 @@ pub async fn start(config: Arc<Config>) -> Result<ServerHandle, SipError> {
             max_headers: config.sip.max_headers,
         },
         idle: config.sip.idle_timeout,
+        guards: Guards::new(&config),
     };
 
     // Routes and their connectors.
@@ -209,6 +317,7 @@ pub async fn start(config: Arc<Config>) -> Result<ServerHandle, SipError> {
         )));
     }
 
+    let events_tx_handle = events_tx.clone();
     let core = B2bua::new(
         B2buaConfig {
             timers: TimerConfig {
@@ -235,6 +344,7 @@ pub async fn start(config: Arc<Config>) -> Result<ServerHandle, SipError> {
     Ok(ServerHandle {
         sip_addrs,
         stats,
+        events: events_tx_handle,
         shutdown: shutdown_tx,
         tasks,
     })
@@ -262,6 +372,16 @@ async fn accept_loop(
                 warn!(error = %e, "accept failed");
                 // Out of file descriptors and similar: back off instead of spinning.
                 tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let slot = match settings.guards.flood.connection(peer.ip(), Instant::now()) {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                metrics::counter!("sbc_flood_refused_total", "reason" => refusal.as_str())
+                    .increment(1);
+                debug!(event = "flood_connection_refused", peer = %peer, reason = refusal.as_str(), "connection refused");
+                drop(tcp);
                 continue;
             }
         };
@@ -310,11 +430,25 @@ async fn accept_loop(
                     None
                 }
             };
+            let rate = tenant
+                .as_ref()
+                .and_then(|t| settings.guards.limits_of(t))
+                .map(|l| {
+                    let rps = l.requests_per_second_per_connection;
+                    TokenBucket::new(rps, rps.ceil().clamp(1.0, f64::from(u32::MAX)) as u32)
+                });
+            let check = InboundCheck {
+                source: peer.ip(),
+                tenant: tenant.clone(),
+                rate,
+            };
             let kind = ConnKind::Inbound {
                 tenant,
                 listener: listener_index,
             };
-            run_connection(conn, kind, tls, events, settings).await;
+            run_connection(conn, kind, tls, events, settings, Some(check)).await;
+            // The source's connection slot is held until here.
+            drop(slot);
         });
     }
 }
@@ -326,6 +460,7 @@ async fn run_connection<S>(
     stream: S,
     events: mpsc::Sender<Event>,
     settings: ConnSettings,
+    mut check: Option<InboundCheck>,
 ) where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
@@ -386,6 +521,16 @@ async fn run_connection<S>(
                     match SipMessage::parse_with_limits(&bytes, &settings.limits) {
                         Ok(msg) => {
                             malformed_run = 0;
+                            if let Some(check) = check.as_mut() {
+                                if let Some(refusal) =
+                                    screen(check, &msg, &events, &settings.guards)
+                                {
+                                    if let Some(resp) = refusal {
+                                        let _ = wtx.try_send(Bytes::from(resp.to_bytes()));
+                                    }
+                                    continue;
+                                }
+                            }
                             if events
                                 .send(Event::Core(Input::Message { conn, msg }))
                                 .await
@@ -439,6 +584,73 @@ async fn run_connection<S>(
     let _ = events.send(Event::Core(Input::Closed { conn })).await;
     // The core drops its writer handle on Closed; the writer then flushes and ends.
     let _ = writer.await;
+}
+
+/// Screen a request from an inbound connection before it reaches the core: the per-source
+/// flood guard, then (for requests that start something new) the core's queue depth and
+/// the connection's request rate. `None`: pass it on. `Some(answer)`: it stops here, with
+/// the 503 to send back if there is one.
+fn screen(
+    check: &mut InboundCheck,
+    msg: &SipMessage,
+    events: &mpsc::Sender<Event>,
+    guards: &Guards,
+) -> Option<Option<SipMessage>> {
+    if !msg.is_request() {
+        return None;
+    }
+    let now = Instant::now();
+    let tenant = check
+        .tenant
+        .as_ref()
+        .map(|t| t.to_string())
+        .unwrap_or_default();
+    match guards.flood.request(check.source, now) {
+        Verdict::Allow => {}
+        Verdict::Blocked {
+            action,
+            retry_after,
+            newly,
+        } => {
+            metrics::counter!("sbc_flood_blocked_requests_total", "tenant" => tenant.clone())
+                .increment(1);
+            if newly {
+                metrics::counter!("sbc_flood_sources_blocked_total").increment(1);
+                warn!(event = "flood_source_blocked", source = %check.source, tenant = %tenant, block_secs = retry_after.as_secs(), "source over its request rate: blocked");
+            }
+            let answer = (action == FloodAction::Reply503 && msg.method() != Some(&Method::Ack))
+                .then(|| service_unavailable(msg, retry_after, "source request rate exceeded"));
+            return Some(answer);
+        }
+    }
+    if !starts_something(msg) {
+        return None;
+    }
+    let queued = CORE_QUEUE.saturating_sub(events.capacity());
+    if queued >= guards.max_core_queue.load(Ordering::Relaxed) {
+        metrics::counter!("sbc_admission_refused_total", "tenant" => tenant, "cause" => RefusalCause::Overload.as_str()).increment(1);
+        warn!(
+            event = "overload",
+            queued, "core queue deep: new request refused 503"
+        );
+        return Some(Some(service_unavailable(
+            msg,
+            QUEUE_RETRY_AFTER,
+            RefusalCause::Overload.text(),
+        )));
+    }
+    if let Some(bucket) = check.rate.as_mut() {
+        if let Err(wait) = bucket.try_take(now) {
+            metrics::counter!("sbc_sip_requests_refused_total", "reason" => "connection_rate", "tenant" => tenant.clone()).increment(1);
+            debug!(tenant = %tenant, "connection request rate exceeded: 503");
+            return Some(Some(service_unavailable(
+                msg,
+                wait,
+                "connection request rate limit",
+            )));
+        }
+    }
+    None
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -496,6 +708,16 @@ async fn core_loop(
                         core.handle_input(now, Input::SendFailed { target, msg });
                     }
                 }
+            }
+            Some(Event::Reload(config)) => {
+                let admission = Arc::new(core.admission().reloaded(&config));
+                core.reconfigure(core.routes(), admission);
+                settings.guards.reload(&config);
+                info!(
+                    event = "config_reloaded",
+                    tenants = config.tenants.len(),
+                    "limits, flood guard and overload settings reloaded"
+                );
             }
             Some(Event::Core(input)) => {
                 if let Input::Closed { conn } = &input {
@@ -595,6 +817,7 @@ async fn connect(
                 stream,
                 events,
                 settings,
+                None,
             )
             .await;
         }
