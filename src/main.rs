@@ -37,7 +37,6 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_json);
     match cli.command {
         Some(Command::CheckConfig { file }) => match Config::load(&file) {
             Ok(cfg) => {
@@ -50,7 +49,7 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        None => match run(cli.config) {
+        None => match run(cli.config, cli.log_json) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("sbc-edge: {e:#}");
@@ -60,10 +59,13 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(json: bool) {
+/// Logging to stderr: `RUST_LOG` if set, else `logging.level`, else `info`; JSON lines if
+/// `--log-json` or `logging.format = "json"`. Timestamps are RFC 3339 in UTC.
+fn init_logging(level: Option<&str>, json: bool) {
     use tracing_subscriber::EnvFilter;
-    // The default timer prints RFC 3339 timestamps in UTC.
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level.unwrap_or("info")))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -75,11 +77,12 @@ fn init_logging(json: bool) {
     }
 }
 
-fn run(config: Option<PathBuf>) -> anyhow::Result<()> {
+fn run(config: Option<PathBuf>, log_json: bool) -> anyhow::Result<()> {
     let cfg = match &config {
         Some(path) => Config::load(path).with_context(|| format!("config {}", path.display()))?,
         None => Config::embedded_default().context("embedded default config")?,
     };
+    init_logging(cfg.logging.level.as_deref(), log_json || cfg.logging.json);
     let cfg = Arc::new(cfg);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

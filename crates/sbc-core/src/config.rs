@@ -17,6 +17,7 @@ use serde::Deserialize;
 use zeroize::Zeroizing;
 
 use crate::flood::{FloodAction, FloodSettings};
+use crate::redact::Redaction;
 use crate::tenant::TenantId;
 
 /// Most per-source entries the flood guard may be configured to track.
@@ -108,6 +109,20 @@ pub struct Listener {
     pub require_client_cert: bool,
 }
 
+impl Listener {
+    /// When the leaf certificate expires (`None` if it cannot be read, which validation
+    /// has already ruled out for configured files).
+    pub fn certificate_not_after(&self) -> Option<std::time::SystemTime> {
+        let der = CertificateDer::pem_slice_iter(&self.certificate_pem)
+            .next()?
+            .ok()?;
+        let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+        let secs = cert.validity().not_after.timestamp();
+        let secs = u64::try_from(secs).ok()?;
+        Some(std::time::UNIX_EPOCH + Duration::from_secs(secs))
+    }
+}
+
 /// How a tenant's peers are recognised.
 #[derive(Debug, Clone, Default)]
 pub struct Recognition {
@@ -174,6 +189,17 @@ impl Default for Limits {
     }
 }
 
+/// Logging.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LoggingSettings {
+    /// A tracing filter (`info`, `sbc_sip=debug,info`, ...); `RUST_LOG` overrides it.
+    pub level: Option<String>,
+    /// JSON lines instead of text (`--log-json` also turns it on).
+    pub json: bool,
+    /// How phone numbers appear in logs.
+    pub redact_numbers: Redaction,
+}
+
 /// Global overload protection.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct OverloadSettings {
@@ -204,6 +230,7 @@ pub struct Tenant {
 /// A validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
+    pub logging: LoggingSettings,
     pub sip: SipSettings,
     pub listeners: Vec<Listener>,
     pub tenants: Vec<Tenant>,
@@ -217,6 +244,8 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     #[serde(default)]
+    logging: RawLogging,
+    #[serde(default)]
     sip: RawSip,
     #[serde(default)]
     listeners: Vec<RawListener>,
@@ -226,6 +255,14 @@ struct RawConfig {
     flood_guard: RawFlood,
     #[serde(default)]
     overload: RawOverload,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawLogging {
+    level: Option<String>,
+    format: Option<String>,
+    redact_numbers: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -470,7 +507,47 @@ impl Config {
     }
 }
 
+fn validate_logging(l: &RawLogging) -> Result<LoggingSettings, ConfigError> {
+    if let Some(level) = &l.level {
+        let ok = !level.is_empty()
+            && level
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_=,:-".contains(c));
+        if !ok {
+            return Err(invalid(
+                "logging.level",
+                format!("{level:?} is not a log filter"),
+            ));
+        }
+    }
+    let json = match l.format.as_deref() {
+        None | Some("text") => false,
+        Some("json") => true,
+        Some(other) => {
+            return Err(invalid(
+                "logging.format",
+                format!("{other:?} must be \"text\" or \"json\""),
+            ))
+        }
+    };
+    let redact_numbers = match l.redact_numbers.as_deref() {
+        None => Redaction::Off,
+        Some(v) => Redaction::parse(v).ok_or_else(|| {
+            invalid(
+                "logging.redact_numbers",
+                format!("{v:?} must be \"off\", \"mask\" or \"hash\""),
+            )
+        })?,
+    };
+    Ok(LoggingSettings {
+        level: l.level.clone(),
+        json,
+        redact_numbers,
+    })
+}
+
 fn validate(raw: &RawConfig, base: &Path) -> Result<Config, ConfigError> {
+    let logging = validate_logging(&raw.logging)?;
     let sip = validate_sip(&raw.sip)?;
     let mut listeners = Vec::new();
     let mut names = HashMap::new();
@@ -533,6 +610,7 @@ fn validate(raw: &RawConfig, base: &Path) -> Result<Config, ConfigError> {
         tenants.push(tenant);
     }
     Ok(Config {
+        logging,
         sip,
         listeners,
         tenants,
@@ -1119,6 +1197,30 @@ mod tests {
                 format!("{LISTENER}{TENANT}ca_file=\"junk.pem\"\n"),
                 "tenants[0].routes[0].ca_file",
             ),
+            (
+                format!("{LISTENER}{TENANT}[tenants.limits]\nmax_pending_invites = 0\n"),
+                "tenants[0].limits.max_pending_invites",
+            ),
+            (
+                format!("{LISTENER}{TENANT}[flood_guard]\naction = \"reject\"\n"),
+                "flood_guard.action",
+            ),
+            (
+                format!("{LISTENER}{TENANT}[flood_guard]\nallowlist = [\"x\"]\n"),
+                "flood_guard.allowlist[0]",
+            ),
+            (
+                format!("{LISTENER}{TENANT}[overload]\nmax_core_queue = 50000\n"),
+                "overload.max_core_queue",
+            ),
+            (
+                format!("{LISTENER}{TENANT}[logging]\nredact_numbers = \"yes\"\n"),
+                "logging.redact_numbers",
+            ),
+            (
+                format!("{LISTENER}{TENANT}[logging]\nformat = \"xml\"\n"),
+                "logging.format",
+            ),
         ];
         for (text, key) in cases {
             let e = err(&f, text);
@@ -1156,6 +1258,14 @@ mod tests {
         ] {
             assert!(parse_target(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn certificate_expiry_is_read() {
+        let cfg = Config::embedded_default().expect("default");
+        let not_after = cfg.listeners[0].certificate_not_after().expect("expiry");
+        // rcgen's default validity runs to 4096.
+        assert!(not_after > std::time::SystemTime::now() + Duration::from_secs(365 * 86_400));
     }
 
     #[test]

@@ -6,5 +6,6 @@
 pub mod admission;
 pub mod config;
 pub mod flood;
+pub mod redact;
 pub mod registry;
 pub mod tenant;

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sbc_core::admission::{Admission, Admitted};
+use sbc_core::redact::Redaction;
 use sbc_core::tenant::TenantId;
 use tracing::{debug, info, warn};
 
@@ -219,6 +220,8 @@ pub struct B2buaConfig {
     pub max_forwards: u32,
     /// Advertised `host:port` per listener index, used in Via, Contact and Call-IDs.
     pub advertised: Vec<String>,
+    /// How called numbers appear in logs.
+    pub redaction: Redaction,
 }
 
 /// Counters of the core's own life, for tests and the admin plane.
@@ -598,7 +601,7 @@ impl B2bua {
             .and_then(|u| u.user.map(str::to_string));
         let Some(route) = self.routes.lookup(&tenant, user.as_deref()).cloned() else {
             fail(404);
-            info!(tenant = %tenant, "no route: 404");
+            info!(tenant = %tenant, called = %self.cfg.redaction.number(user.as_deref().unwrap_or("")), "no route: 404");
             self.reply(conn, &msg, 404, "Not Found (No Route)");
             return;
         };
@@ -641,7 +644,7 @@ impl B2bua {
                 .collect(),
             conn: Some(conn),
         };
-        let user_part = user.map(|u| format!("{u}@")).unwrap_or_default();
+        let user_part = user.as_ref().map(|u| format!("{u}@")).unwrap_or_default();
         let b = Leg {
             call_id: format!("{}{}", random_token(), random_token()),
             local_tag: random_token(),
@@ -655,7 +658,7 @@ impl B2bua {
             conn: None,
         };
         let call_id_num = self.alloc_id();
-        info!(tenant = %tenant, call = call_id_num, "call admitted, relaying INVITE");
+        info!(tenant = %tenant, call = call_id_num, called = %self.cfg.redaction.number(user.as_deref().unwrap_or("")), "call admitted, relaying INVITE");
         self.by_tag
             .insert(a.local_tag.clone(), (call_id_num, Side::A));
         self.by_tag

@@ -317,6 +317,10 @@ pub async fn start(config: Arc<Config>) -> Result<ServerHandle, SipError> {
         )));
     }
 
+    tasks.push(tokio::spawn(watch_certificates(
+        config.clone(),
+        shutdown_rx.clone(),
+    )));
     let events_tx_handle = events_tx.clone();
     let core = B2bua::new(
         B2buaConfig {
@@ -326,6 +330,7 @@ pub async fn start(config: Arc<Config>) -> Result<ServerHandle, SipError> {
             },
             max_forwards: config.sip.max_forwards,
             advertised,
+            redaction: config.logging.redact_numbers,
         },
         Arc::new(routes),
         admission,
@@ -584,6 +589,43 @@ async fn run_connection<S>(
     let _ = events.send(Event::Core(Input::Closed { conn })).await;
     // The core drops its writer handle on Closed; the writer then flushes and ends.
     let _ = writer.await;
+}
+
+/// A certificate closer to expiry than this is warned about at every check.
+pub const CERTIFICATE_WARNING: Duration = Duration::from_secs(30 * 86_400);
+
+/// How often listener certificates are checked for expiry.
+const CERTIFICATE_CHECK_EVERY: Duration = Duration::from_secs(3600);
+
+/// Publish each listener certificate's time to expiry as a gauge, and warn from 30 days
+/// before it (at start, then hourly).
+async fn watch_certificates(config: Arc<Config>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let now = std::time::SystemTime::now();
+        for l in &config.listeners {
+            let Some(not_after) = l.certificate_not_after() else {
+                continue;
+            };
+            let left = match not_after.duration_since(now) {
+                Ok(d) => d.as_secs_f64(),
+                Err(e) => -e.duration().as_secs_f64(),
+            };
+            metrics::gauge!("sbc_tls_certificate_expiry_seconds", "listener" => l.name.clone())
+                .set(left);
+            if left < CERTIFICATE_WARNING.as_secs_f64() {
+                warn!(
+                    event = "certificate_expiring",
+                    listener = %l.name,
+                    days_left = (left / 86_400.0).floor(),
+                    "listener certificate expires soon (or has expired): renew it"
+                );
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(CERTIFICATE_CHECK_EVERY) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
 }
 
 /// Screen a request from an inbound connection before it reaches the core: the per-source

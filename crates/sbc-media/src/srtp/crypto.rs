@@ -4,8 +4,9 @@
 //! keyed once at context creation; per packet we only build an IV and, for HMAC, clone
 //! the pre-keyed inner/outer SHA-1 state (no re-keying, no allocation).
 //!
-//! Primitive choice, measured on this machine (`cargo bench -p sbc-media --bench
-//! primitives`, AES-NI + SHA-NI + VAES, ns per 160 / 1200 byte payload):
+//! Primitive choice, measured on the dev machine (AES-NI, SHA-NI, VAES; two runs of a
+//! timing loop over the same code as `benches/primitives.rs`, median ns per 160 / 1200
+//! byte payload; re-check with `cargo bench -p sbc-media --bench primitives`):
 //! - AES-CTR: RustCrypto `aes`+`ctr` ~70-110 / ~210-280, aws-lc-rs ~70-76 / ~200-265:
 //!   equal within noise, so the pure-Rust crate (no C in this path).
 //! - HMAC-SHA1: RustCrypto (`sha1` SHA-NI backend) ~205 / ~875-1035, aws-lc-rs ~370 /
