@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::fmt::{self, Write as _};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -17,6 +17,7 @@ use serde::Deserialize;
 use zeroize::Zeroizing;
 
 use crate::flood::{FloodAction, FloodSettings};
+use crate::media::{LegPolicy, MediaPolicy, SrtpMode};
 use crate::redact::Redaction;
 use crate::tenant::TenantId;
 
@@ -225,12 +226,54 @@ pub struct Tenant {
     pub recognition: Recognition,
     pub routes: Vec<Route>,
     pub limits: Limits,
+    /// SRTP policy and allowed suites per leg.
+    pub media: MediaPolicy,
+}
+
+/// Media anchoring (the relay).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MediaSettings {
+    /// Off: SDP passes through untouched (media flows end to end, addresses not hidden).
+    pub enabled: bool,
+    /// Address the relay's UDP sockets bind to.
+    pub address: IpAddr,
+    /// Address written into SDP `c=` lines (default: `address`).
+    pub advertised_address: IpAddr,
+    /// Even first port and last port of the relay's port range.
+    pub port_min: u16,
+    pub port_max: u16,
+    /// A call with no media in either direction this long is ended (BYE both legs).
+    pub timeout: Duration,
+    /// A latched peer must be silent this long before another may take over.
+    pub relatch_after: Duration,
+    /// Most m-lines in one SDP.
+    pub max_streams: usize,
+    /// Relay worker threads (0: one per core).
+    pub workers: usize,
+}
+
+impl Default for MediaSettings {
+    fn default() -> Self {
+        let lo = IpAddr::from([127, 0, 0, 1]);
+        MediaSettings {
+            enabled: true,
+            address: lo,
+            advertised_address: lo,
+            port_min: 20_000,
+            port_max: 29_999,
+            timeout: Duration::from_secs(60),
+            relatch_after: Duration::from_secs(5),
+            max_streams: 8,
+            workers: 0,
+        }
+    }
 }
 
 /// A validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub logging: LoggingSettings,
+    pub media: MediaSettings,
     pub sip: SipSettings,
     pub listeners: Vec<Listener>,
     pub tenants: Vec<Tenant>,
@@ -246,6 +289,8 @@ struct RawConfig {
     #[serde(default)]
     logging: RawLogging,
     #[serde(default)]
+    media: RawMedia,
+    #[serde(default)]
     sip: RawSip,
     #[serde(default)]
     listeners: Vec<RawListener>,
@@ -256,6 +301,56 @@ struct RawConfig {
     #[serde(default)]
     overload: RawOverload,
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawMedia {
+    enabled: bool,
+    address: String,
+    advertised_address: Option<String>,
+    port_min: u16,
+    port_max: u16,
+    timeout_secs: u64,
+    relatch_after_secs: u64,
+    max_streams: usize,
+    workers: usize,
+}
+
+impl Default for RawMedia {
+    fn default() -> Self {
+        let d = MediaSettings::default();
+        RawMedia {
+            enabled: d.enabled,
+            address: d.address.to_string(),
+            advertised_address: None,
+            port_min: d.port_min,
+            port_max: d.port_max,
+            timeout_secs: d.timeout.as_secs(),
+            relatch_after_secs: d.relatch_after.as_secs(),
+            max_streams: d.max_streams,
+            workers: d.workers,
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawTenantMedia {
+    caller_srtp: Option<String>,
+    callee_srtp: Option<String>,
+    caller_suites: Option<Vec<String>>,
+    callee_suites: Option<Vec<String>>,
+}
+
+/// The SDES suite names sbc-edge implements.
+pub const SRTP_SUITES: [&str; 6] = [
+    "AES_CM_128_HMAC_SHA1_80",
+    "AES_CM_128_HMAC_SHA1_32",
+    "AES_256_CM_HMAC_SHA1_80",
+    "AES_256_CM_HMAC_SHA1_32",
+    "AEAD_AES_128_GCM",
+    "AEAD_AES_256_GCM",
+];
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -360,6 +455,8 @@ struct RawTenant {
     routes: Vec<RawRoute>,
     #[serde(default)]
     limits: RawLimits,
+    #[serde(default)]
+    media: RawTenantMedia,
 }
 
 #[derive(Deserialize, Default)]
@@ -546,8 +643,112 @@ fn validate_logging(l: &RawLogging) -> Result<LoggingSettings, ConfigError> {
     })
 }
 
+fn validate_media(m: &RawMedia) -> Result<MediaSettings, ConfigError> {
+    let address: IpAddr = m.address.parse().map_err(|_| {
+        invalid(
+            "media.address",
+            format!("{:?} is not an IP address", m.address),
+        )
+    })?;
+    let advertised_address = match &m.advertised_address {
+        Some(a) => a.parse().map_err(|_| {
+            invalid(
+                "media.advertised_address",
+                format!("{a:?} is not an IP address"),
+            )
+        })?,
+        None if address.is_unspecified() => {
+            return Err(invalid(
+                "media.advertised_address",
+                "required when media.address is a wildcard (0.0.0.0 or ::)",
+            ))
+        }
+        None => address,
+    };
+    if m.port_min % 2 != 0 || m.port_min < 1024 {
+        return Err(invalid("media.port_min", "must be even and at least 1024"));
+    }
+    if m.port_max <= m.port_min {
+        return Err(invalid("media.port_max", "must be above media.port_min"));
+    }
+    if !(1..=86_400).contains(&m.timeout_secs) {
+        return Err(invalid("media.timeout_secs", "must be between 1 and 86400"));
+    }
+    if m.relatch_after_secs > 3600 {
+        return Err(invalid("media.relatch_after_secs", "must be at most 3600"));
+    }
+    if !(1..=64).contains(&m.max_streams) {
+        return Err(invalid("media.max_streams", "must be between 1 and 64"));
+    }
+    if m.workers > 256 {
+        return Err(invalid(
+            "media.workers",
+            "must be at most 256 (0: one per core)",
+        ));
+    }
+    Ok(MediaSettings {
+        enabled: m.enabled,
+        address,
+        advertised_address,
+        port_min: m.port_min,
+        port_max: m.port_max,
+        timeout: Duration::from_secs(m.timeout_secs),
+        relatch_after: Duration::from_secs(m.relatch_after_secs),
+        max_streams: m.max_streams,
+        workers: m.workers,
+    })
+}
+
+fn validate_tenant_media(m: &RawTenantMedia, key: &str) -> Result<MediaPolicy, ConfigError> {
+    let d = MediaPolicy::default();
+    let mode = |v: &Option<String>, field: &str, default: SrtpMode| match v.as_deref() {
+        None => Ok(default),
+        Some("required") => Ok(SrtpMode::Required),
+        Some("optional") => Ok(SrtpMode::Optional),
+        Some("plain") => Ok(SrtpMode::Plain),
+        Some(other) => Err(invalid(
+            format!("{key}.{field}"),
+            format!("{other:?} must be \"required\", \"optional\" or \"plain\""),
+        )),
+    };
+    let suites = |v: &Option<Vec<String>>,
+                  field: &str,
+                  default: &[String]|
+     -> Result<Vec<String>, ConfigError> {
+        let Some(list) = v else {
+            return Ok(default.to_vec());
+        };
+        if list.is_empty() {
+            return Err(invalid(
+                format!("{key}.{field}"),
+                "must name at least one suite",
+            ));
+        }
+        for (i, s) in list.iter().enumerate() {
+            if !SRTP_SUITES.contains(&s.as_str()) {
+                return Err(invalid(
+                    format!("{key}.{field}[{i}]"),
+                    format!("{s:?} is not one of {}", SRTP_SUITES.join(", ")),
+                ));
+            }
+        }
+        Ok(list.clone())
+    };
+    Ok(MediaPolicy {
+        caller: LegPolicy {
+            srtp: mode(&m.caller_srtp, "caller_srtp", d.caller.srtp)?,
+            suites: suites(&m.caller_suites, "caller_suites", &d.caller.suites)?,
+        },
+        callee: LegPolicy {
+            srtp: mode(&m.callee_srtp, "callee_srtp", d.callee.srtp)?,
+            suites: suites(&m.callee_suites, "callee_suites", &d.callee.suites)?,
+        },
+    })
+}
+
 fn validate(raw: &RawConfig, base: &Path) -> Result<Config, ConfigError> {
     let logging = validate_logging(&raw.logging)?;
+    let media = validate_media(&raw.media)?;
     let sip = validate_sip(&raw.sip)?;
     let mut listeners = Vec::new();
     let mut names = HashMap::new();
@@ -611,6 +812,7 @@ fn validate(raw: &RawConfig, base: &Path) -> Result<Config, ConfigError> {
     }
     Ok(Config {
         logging,
+        media,
         sip,
         listeners,
         tenants,
@@ -1003,7 +1205,9 @@ fn validate_tenant(t: &RawTenant, key: &str, base: &Path) -> Result<Tenant, Conf
             "must be between 1 and 1000000",
         ));
     }
+    let media = validate_tenant_media(&t.media, &format!("{key}.media"))?;
     Ok(Tenant {
+        media,
         id: TenantId::from(t.id.as_str()),
         recognition: Recognition {
             client_cert_san: r.client_cert_san.clone(),
@@ -1220,6 +1424,22 @@ mod tests {
             (
                 format!("{LISTENER}{TENANT}[logging]\nformat = \"xml\"\n"),
                 "logging.format",
+            ),
+            (
+                format!("{LISTENER}{TENANT}[media]\nport_min = 20001\n"),
+                "media.port_min",
+            ),
+            (
+                format!("{LISTENER}{TENANT}[media]\naddress = \"0.0.0.0\"\n"),
+                "media.advertised_address",
+            ),
+            (
+                format!("{LISTENER}{TENANT}[tenants.media]\ncaller_suites = [\"AES_CM_128_HMAC_SHA1_81\"]\n"),
+                "tenants[0].media.caller_suites[0]",
+            ),
+            (
+                format!("{LISTENER}{TENANT}[tenants.media]\ncallee_srtp = \"maybe\"\n"),
+                "tenants[0].media.callee_srtp",
             ),
         ];
         for (text, key) in cases {

@@ -6,6 +6,7 @@
 pub mod admission;
 pub mod config;
 pub mod flood;
+pub mod media;
 pub mod redact;
 pub mod registry;
 pub mod tenant;

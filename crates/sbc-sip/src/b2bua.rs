@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sbc_core::admission::{Admission, Admitted};
+use sbc_core::media::{CallRef, LegSide, MediaControl, MediaError, MediaEvent, MediaPolicy};
 use sbc_core::redact::Redaction;
 use sbc_core::tenant::TenantId;
 use tracing::{debug, info, warn};
@@ -278,6 +279,11 @@ struct Call {
     target: TargetId,
     listener: usize,
     state: CallState,
+    /// The side whose SDP offer awaits an answer.
+    pending_offer: Option<Side>,
+    /// The last answer through media: (SDP in, SDP out), so a 18x and the 200 carrying
+    /// the same answer are rewritten once.
+    last_answer: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 impl Call {
@@ -335,6 +341,29 @@ pub struct B2bua {
     timers: BinaryHeap<Reverse<(Instant, u64)>>,
     outputs: VecDeque<Output>,
     next_id: u64,
+    /// Media anchoring: every SDP body goes through it. `None`: SDP passes untouched.
+    media: Option<Arc<dyn MediaControl>>,
+    media_policies: HashMap<TenantId, MediaPolicy>,
+    /// When media events are next polled.
+    next_media_poll: Option<Instant>,
+}
+
+/// How often media events (timeouts) are polled.
+const MEDIA_POLL: Duration = Duration::from_millis(500);
+
+fn leg_side(side: Side) -> LegSide {
+    match side {
+        Side::A => LegSide::Caller,
+        Side::B => LegSide::Callee,
+    }
+}
+
+/// True if `msg` carries an SDP body.
+fn has_sdp(msg: &SipMessage) -> bool {
+    !msg.body().is_empty()
+        && msg
+            .header("content-type")
+            .is_some_and(|c| c.trim().to_ascii_lowercase().starts_with("application/sdp"))
 }
 
 #[derive(Debug)]
@@ -400,7 +429,20 @@ impl B2bua {
             timers: BinaryHeap::new(),
             outputs: VecDeque::new(),
             next_id: 1,
+            media: None,
+            media_policies: HashMap::new(),
+            next_media_poll: None,
         }
+    }
+
+    /// Anchor media: every SDP body goes through `media`, with each tenant's policy.
+    pub fn set_media(
+        &mut self,
+        media: Arc<dyn MediaControl>,
+        policies: HashMap<TenantId, MediaPolicy>,
+    ) {
+        self.media = Some(media);
+        self.media_policies = policies;
     }
 
     /// Swap routes and admission (config reload). Running calls keep their slots.
@@ -434,6 +476,14 @@ impl B2bua {
 
     /// Earliest instant at which [`B2bua::handle_timeout`] has something to do.
     pub fn poll_timeout(&mut self) -> Option<Instant> {
+        let relays = self.relay_timeout_at();
+        match (relays, self.next_media_poll) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn relay_timeout_at(&mut self) -> Option<Instant> {
         // Drop heap entries of relays that are gone or whose deadline moved.
         while let Some(Reverse((at, id))) = self.timers.peek().copied() {
             match self.relays.get(&id).and_then(Relay::deadline) {
@@ -476,6 +526,102 @@ impl B2bua {
             }
             self.timers.pop();
             self.relay_timeout(now, id);
+        }
+        if let Some(media) = self.media.clone() {
+            if self.next_media_poll.is_none_or(|t| t <= now) {
+                self.next_media_poll = Some(now + MEDIA_POLL);
+                for event in media.poll_events() {
+                    match event {
+                        MediaEvent::Timeout(call) => self.terminate(call.0, "media timeout"),
+                    }
+                }
+            }
+        }
+    }
+
+    /// End a call from our side: BYE on every leg with a dialog, then forget it.
+    fn terminate(&mut self, cid: u64, why: &'static str) {
+        let Some(call) = self.calls.get_mut(&cid) else {
+            return;
+        };
+        let advertised = self
+            .cfg
+            .advertised
+            .get(call.listener)
+            .cloned()
+            .unwrap_or_default();
+        let mut byes = Vec::new();
+        for side in [Side::A, Side::B] {
+            let leg = call.leg_mut(side);
+            if leg.remote_tag.is_none() {
+                continue;
+            }
+            let cseq = leg.next_cseq;
+            leg.next_cseq = cseq.wrapping_add(1);
+            let mut bye = SipMessage::new_request(Method::Bye, leg.remote_target.clone());
+            let branch = format!("{BRANCH_COOKIE}{}", random_token());
+            build_dialog_headers(&mut bye, leg, &advertised, &branch, self.cfg.max_forwards);
+            bye.push_header("CSeq", format!("{cseq} BYE"));
+            bye.push_header("Reason", format!("SIP;cause=200;text=\"{why}\""));
+            byes.push((side, bye));
+        }
+        for (side, bye) in byes {
+            if let Some(dest) = self.dest(cid, side) {
+                self.send(dest, bye);
+            }
+        }
+        warn!(
+            call = cid,
+            why, "call ended by the gateway: BYE sent on both legs"
+        );
+        self.end_call(cid, why);
+    }
+
+    /// Pass an SDP body through media control: an offer from `from`, or the answer to the
+    /// other side's pending offer. `Ok(None)`: no media control, leave the body as it is.
+    fn media_sdp(
+        &mut self,
+        cid: u64,
+        from: Side,
+        body: &[u8],
+        may_offer: bool,
+    ) -> Result<Option<Vec<u8>>, MediaError> {
+        let Some(media) = self.media.clone() else {
+            return Ok(None);
+        };
+        let Some(call) = self.calls.get_mut(&cid) else {
+            return Err(MediaError::UnknownCall(CallRef(cid)));
+        };
+        if call.pending_offer == Some(from.other()) {
+            if let Some((input, output)) = &call.last_answer {
+                if input == body {
+                    return Ok(Some(output.clone()));
+                }
+            }
+            let out = media.answer(CallRef(cid), leg_side(from), body)?;
+            call.last_answer = Some((body.to_vec(), out.clone()));
+            return Ok(Some(out));
+        }
+        if !may_offer {
+            return Err(MediaError::NotAcceptable(
+                "SDP where no offer or answer is expected".to_string(),
+            ));
+        }
+        let policy = self
+            .media_policies
+            .get(&call.tenant)
+            .cloned()
+            .unwrap_or_default();
+        let out = media.offer(CallRef(cid), &call.tenant, leg_side(from), body, &policy)?;
+        call.pending_offer = Some(from);
+        call.last_answer = None;
+        Ok(Some(out))
+    }
+
+    /// The offer/answer exchange of the current transaction is complete.
+    fn media_settled(&mut self, cid: u64) {
+        if let Some(call) = self.calls.get_mut(&cid) {
+            call.pending_offer = None;
         }
     }
 
@@ -673,6 +819,8 @@ impl B2bua {
                 target: route.target,
                 listener,
                 state: CallState::Setup,
+                pending_offer: None,
+                last_answer: None,
             },
         );
         metrics::gauge!("sbc_sip_active_dialogs").set(self.calls.len() as f64);
@@ -807,6 +955,32 @@ impl B2bua {
             .max_forwards()
             .map(|m| m.saturating_sub(1))
             .unwrap_or(self.cfg.max_forwards);
+        let mut body = msg.body().to_vec();
+        if has_sdp(&msg) && matches!(method, Method::Invite | Method::Update) {
+            match self.media_sdp(cid, from, msg.body(), true) {
+                Ok(Some(sdp)) => body = sdp,
+                Ok(None) => {}
+                Err(e) => {
+                    let tenant = self
+                        .calls
+                        .get(&cid)
+                        .map(|c| c.tenant.to_string())
+                        .unwrap_or_default();
+                    metrics::counter!("sbc_media_refused_total", "tenant" => tenant.clone(), "reason" => e.as_str()).increment(1);
+                    warn!(call = cid, tenant = %tenant, error = %e, "media refused the offer");
+                    let code = e.sip_status();
+                    let mut resp =
+                        response_to(&msg, code, default_reason(code), Some(&random_token()));
+                    resp.push_header("Warning", format!("399 sbc-edge \"{e}\""));
+                    self.outputs.push_back(Output::Send { conn, msg: resp });
+                    if initial {
+                        metrics::counter!("sbc_sip_calls_failed_total", "tenant" => tenant, "class" => status_class(code)).increment(1);
+                        self.end_call(cid, "media refused");
+                    }
+                    return;
+                }
+            }
+        }
         let client_branch = format!("{BRANCH_COOKIE}{}", random_token());
         let (out, dest) = {
             let Some(call) = self.calls.get_mut(&cid) else {
@@ -832,7 +1006,7 @@ impl B2bua {
             if matches!(method, Method::Invite | Method::Update) {
                 out.push_header("Contact", format!("<sips:sbc@{advertised}>"));
             }
-            out.set_body(msg.body().to_vec());
+            out.set_body(body);
             let dest = match to_side {
                 Side::B => Dest::Target(call.target),
                 Side::A => Dest::Conn(leg.conn),
@@ -870,6 +1044,21 @@ impl B2bua {
     }
 
     fn relay_ack(&mut self, cid: u64, from: Side, msg: &SipMessage) {
+        let mut body = msg.body().to_vec();
+        if has_sdp(msg) {
+            match self.media_sdp(cid, from, msg.body(), false) {
+                Ok(Some(sdp)) => body = sdp,
+                Ok(None) => {}
+                Err(e) => {
+                    // An ACK cannot be refused: the call goes on without that answer.
+                    metrics::counter!("sbc_media_refused_total", "tenant" => "", "reason" => e.as_str()).increment(1);
+                    warn!(call = cid, error = %e, "media refused the answer in an ACK: ending the call");
+                    self.terminate(cid, "media answer refused");
+                    return;
+                }
+            }
+            self.media_settled(cid);
+        }
         let Some(call) = self.calls.get(&cid) else {
             return;
         };
@@ -885,7 +1074,7 @@ impl B2bua {
         build_dialog_headers(&mut ack, leg, &advertised, &branch, mf);
         ack.push_header("CSeq", format!("{} ACK", leg.invite_cseq));
         copy_end_to_end(msg, &mut ack);
-        ack.set_body(msg.body().to_vec());
+        ack.set_body(body);
         let dest = match to_side {
             Side::B => Dest::Target(call.target),
             Side::A => Dest::Conn(leg.conn),
@@ -1027,7 +1216,8 @@ impl B2bua {
         self.maybe_remove_relay(rid);
     }
 
-    fn build_upstream_response(&self, rid: u64, down: &SipMessage) -> Option<SipMessage> {
+    fn build_upstream_response(&mut self, rid: u64, down: &SipMessage) -> Option<SipMessage> {
+        let body = self.media_response_body(rid, down);
         let relay = self.relays.get(&rid)?;
         let call = self.calls.get(&relay.call)?;
         let code = down.status()?;
@@ -1043,8 +1233,55 @@ impl B2bua {
             let advertised = self.advertised(call.listener);
             resp.push_header("Contact", format!("<sips:sbc@{advertised}>"));
         }
-        resp.set_body(down.body().to_vec());
+        match body {
+            Some(b) => resp.set_body(b),
+            None => {
+                // SDP that media could not take is never passed on: it would carry the
+                // other side's addresses.
+                resp.remove_header("content-type");
+            }
+        }
         Some(resp)
+    }
+
+    /// The body to relay upstream for response `down` of relay `rid`: SDP through media
+    /// (the answer to the requester's offer, or a late offer in a 2xx); `None` to drop it.
+    fn media_response_body(&mut self, rid: u64, down: &SipMessage) -> Option<Vec<u8>> {
+        let (cid, from, method) = {
+            let relay = self.relays.get(&rid)?;
+            (relay.call, relay.from, relay.method.clone())
+        };
+        let code = down.status().unwrap_or(0);
+        if !has_sdp(down) || self.media.is_none() {
+            return Some(down.body().to_vec());
+        }
+        let reliable =
+            matches!(method, Method::Invite | Method::Update) && (180..300).contains(&code);
+        if !reliable {
+            return None;
+        }
+        let responder = from.other();
+        let may_offer = method == Method::Invite && (200..300).contains(&code);
+        match self.media_sdp(cid, responder, down.body(), may_offer) {
+            Ok(sdp) => {
+                if (200..300).contains(&code)
+                    && self.calls.get(&cid).and_then(|c| c.pending_offer) == Some(from)
+                {
+                    self.media_settled(cid);
+                }
+                sdp
+            }
+            Err(e) => {
+                let tenant = self
+                    .calls
+                    .get(&cid)
+                    .map(|c| c.tenant.to_string())
+                    .unwrap_or_default();
+                metrics::counter!("sbc_media_refused_total", "tenant" => tenant, "reason" => e.as_str()).increment(1);
+                warn!(call = cid, code, error = %e, "media refused SDP in a response: relayed without it");
+                None
+            }
+        }
     }
 
     /// Send a response upstream through the relay's server transaction.
@@ -1310,6 +1547,9 @@ impl B2bua {
 
     fn end_call(&mut self, cid: u64, why: &'static str) {
         if let Some(call) = self.calls.remove(&cid) {
+            if let Some(media) = &self.media {
+                media.delete(CallRef(cid));
+            }
             self.by_tag.remove(&call.a.local_tag);
             self.by_tag.remove(&call.b.local_tag);
             metrics::gauge!("sbc_sip_active_dialogs").set(self.calls.len() as f64);
