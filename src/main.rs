@@ -4,9 +4,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use sbc_admin::{AdminConfig, AdminState, AuditLog};
 use sbc_core::config::Config;
+use sbc_core::registry::{CallRegistry, DrainState};
+use sbc_sip::server::{Hooks, ServerHandle};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -33,20 +38,72 @@ enum Command {
         /// The file to check.
         file: PathBuf,
     },
+    /// Audit log tools.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AuditCommand {
+    /// Check an audit log's hash chain; names the first broken line.
+    Verify {
+        /// The audit log (JSON lines).
+        file: PathBuf,
+    },
+}
+
+/// How long SIGTERM waits for running calls to finish before stopping anyway.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Load the admin section of `cfg` (defaults when absent) and check its tenants.
+fn admin_config(cfg: &Config) -> anyhow::Result<AdminConfig> {
+    let admin = match &cfg.admin_section {
+        Some(v) => AdminConfig::from_toml_value(v.clone(), &cfg.base_dir)?,
+        None => AdminConfig::default(),
+    };
+    let tenants: Vec<_> = cfg.tenants.iter().map(|t| t.id.clone()).collect();
+    admin.check_tenants(&tenants)?;
+    Ok(admin)
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::CheckConfig { file }) => match Config::load(&file) {
-            Ok(cfg) => {
-                println!("{}: OK", file.display());
-                println!("{}", cfg.summary());
+        Some(Command::CheckConfig { file }) => {
+            match Config::load(&file)
+                .map_err(anyhow::Error::from)
+                .and_then(|cfg| {
+                    admin_config(&cfg)?;
+                    Ok(cfg)
+                }) {
+                Ok(cfg) => {
+                    println!("{}: OK", file.display());
+                    println!("{}", cfg.summary());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{}: invalid: {e}", file.display());
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Some(Command::Audit {
+            command: AuditCommand::Verify { file },
+        }) => match sbc_admin::verify_audit(&file) {
+            Ok(n) => {
+                println!("{}: OK, {n} lines, hash chain intact", file.display());
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("{}: invalid: {e}", file.display());
-                ExitCode::from(2)
+                eprintln!(
+                    "{}: BROKEN at line {}: {}",
+                    file.display(),
+                    e.line,
+                    e.reason
+                );
+                ExitCode::from(1)
             }
         },
         None => match run(cli.config, cli.log_json) {
@@ -83,31 +140,95 @@ fn run(config: Option<PathBuf>, log_json: bool) -> anyhow::Result<()> {
         None => Config::embedded_default().context("embedded default config")?,
     };
     init_logging(cfg.logging.level.as_deref(), log_json || cfg.logging.json);
+    let admin_cfg = admin_config(&cfg).context("admin config")?;
+    // Installed before anything records a metric.
+    let prometheus = sbc_admin::install_prometheus().context("metrics exporter")?;
     let cfg = Arc::new(cfg);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("tokio runtime")?;
     runtime.block_on(async move {
-        let server = sbc_sip::server::start(cfg.clone())
+        let registry = Arc::new(CallRegistry::new());
+        let drain = Arc::new(DrainState::new());
+        let hooks = Hooks {
+            registry: Some(registry.clone()),
+            drain: Some(drain.clone()),
+            media: None,
+        };
+        let server = sbc_sip::server::start_with(cfg.clone(), hooks)
             .await
             .context("starting SIP server")?;
+        let audit_path = admin_cfg
+            .audit_log
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join("sbc-edge-audit.log"));
+        let audit = Arc::new(
+            AuditLog::open(&audit_path)
+                .map_err(|e| anyhow::anyhow!("audit log {}: {e}", audit_path.display()))?,
+        );
+        let admin = sbc_admin::serve(
+            admin_cfg,
+            AdminState {
+                registry,
+                usage: server.usage_source(),
+                drain: drain.clone(),
+                prometheus,
+                tenants: cfg.tenants.iter().map(|t| t.id.clone()).collect(),
+                audit,
+            },
+        )
+        .await
+        .context("starting the admin plane")?;
+        drain.set_ready(true);
         match &config {
             Some(path) => println!("sbc-edge: config {}", path.display()),
-            None => println!(
-                "sbc-edge: embedded default config (demo; pass --config FILE for real use)"
-            ),
+            None => println!("sbc-edge: embedded default config (demo; pass --config FILE for real use)"),
         }
         for (listener, addr) in cfg.listeners.iter().zip(&server.sip_addrs) {
             println!("  SIP over TLS listener {:?}: sips:{addr}", listener.name);
         }
+        println!(
+            "  admin plane: http://{} (/healthz /readyz /metrics /v1/...); audit log {}",
+            admin.local_addr(),
+            audit_path.display()
+        );
         println!("{}", cfg.summary());
-        println!("Ctrl-C or SIGTERM stops it; SIGHUP reloads limits from the config file.");
+        println!("SIGHUP reloads limits from the config file; SIGTERM or Ctrl-C drains (twice: stops at once).");
         reload_until_shutdown(&server, config.as_deref()).await;
-        tracing::info!("shutting down");
+        drain_then_stop(&server, &drain).await;
+        admin.shutdown().await;
         server.shutdown().await;
         Ok(())
     })
+}
+
+/// Refuse new calls (503) and wait for running ones to end, up to [`DRAIN_DEADLINE`] or a
+/// second signal.
+async fn drain_then_stop(server: &ServerHandle, drain: &DrainState) {
+    drain.start_drain();
+    let active = server.stats().active_calls;
+    tracing::info!(
+        event = "drain",
+        active_calls = active,
+        deadline_secs = DRAIN_DEADLINE.as_secs(),
+        "draining: new calls refused, waiting for running calls"
+    );
+    let deadline = tokio::time::Instant::now() + DRAIN_DEADLINE;
+    let wait = async {
+        while server.stats().active_calls > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    tokio::select! {
+        _ = wait => {}
+        _ = shutdown_signal() => tracing::warn!("second signal: stopping now"),
+    }
+    tracing::info!(
+        event = "stopped",
+        active_calls = server.stats().active_calls,
+        "shutting down"
+    );
 }
 
 /// Serve SIGHUP (reload) until SIGTERM or Ctrl-C.
@@ -141,7 +262,7 @@ async fn reload_until_shutdown(
 
 /// Reload the config file; a config that does not validate is refused and the running one
 /// kept.
-async fn reload(server: &sbc_sip::server::ServerHandle, path: Option<&std::path::Path>) {
+async fn reload(server: &ServerHandle, path: Option<&std::path::Path>) {
     let Some(path) = path else {
         tracing::warn!(
             event = "reload_skipped",

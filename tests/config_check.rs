@@ -213,3 +213,21 @@ fn dashboards_and_alerts_use_metrics_that_exist() {
         }
     }
 }
+
+#[test]
+fn audit_verify_command_reports_the_broken_line() {
+    let dir = temp_dir("auditcli");
+    let file = dir.join("audit.log");
+    std::fs::write(&file, "{\"not\":\"a chained line\"}\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sbc-edge"))
+        .args(["audit", "verify"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("line 1"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,7 +1,157 @@
-//! sbc-admin: the admin HTTP plane (health, readiness, metrics, calls, usage, recording
-//! taps, audit log).
+//! sbc-admin: the admin HTTP plane. Health, readiness, Prometheus metrics, live calls,
+//! per-tenant usage and drain, behind bearer tokens, with a hash-chained audit log.
 //!
-//! **Not built yet.** This crate is a placeholder in the workspace layout of DESIGN.md; the
-//! admin plane is the subject of its own issue. It exports nothing, and nothing in the
-//! gateway claims to serve an admin API.
+//! Owns: the admin listener (HTTP, or HTTPS with optional client certificates), token
+//! authentication and roles, the JSON API (see `openapi.yaml` beside this crate's
+//! `Cargo.toml`), and the audit log. Must not: reach into sbc-sip or sbc-media; it reads
+//! state only through sbc-core's interfaces ([`CallRegistry`], [`DrainState`], a usage
+//! source over [`sbc_core::admission::Admission::usage`]).
+//!
+//! `/healthz`, `/readyz` and `/metrics` need no token, so probes and scrapers work without
+//! secrets; metrics carry counters labelled by tenant, direction and reason, never a token,
+//! key, number, address or call id. Everything under `/v1` needs a token and is audited.
+//! Recording taps are not served yet (the media relay that would feed them does not exist).
+//!
+//! Wiring, in the gateway's `main`:
+//!
+//! ```no_run
+//! # async fn wire(
+//! #     registry: std::sync::Arc<sbc_core::registry::CallRegistry>,
+//! #     drain: std::sync::Arc<sbc_core::registry::DrainState>,
+//! #     admission: std::sync::Arc<sbc_core::admission::Admission>,
+//! #     tenants: Vec<sbc_core::tenant::TenantId>,
+//! #     file_text: &str,
+//! # ) -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! let cfg = sbc_admin::AdminConfig::from_config_file_str(file_text, std::path::Path::new("."))?
+//!     .unwrap_or_default();
+//! let prometheus = sbc_admin::install_prometheus()?; // once per process
+//! let state = sbc_admin::AdminState {
+//!     registry,
+//!     usage: Arc::new(move |t: &sbc_core::tenant::TenantId| admission.usage(t)),
+//!     drain,
+//!     prometheus,
+//!     tenants,
+//!     audit: Arc::new(sbc_admin::AuditLog::open(std::path::Path::new("audit.jsonl"))?),
+//! };
+//! let handle = sbc_admin::serve(cfg, state).await?;
+//! println!("admin on {}", handle.local_addr());
+//! // ... on SIGTERM:
+//! handle.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
 #![forbid(unsafe_code)]
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use sbc_core::registry::{CallRegistry, DrainState};
+use sbc_core::tenant::TenantId;
+
+mod api;
+pub mod audit;
+pub mod auth;
+pub mod config;
+mod server;
+pub mod time;
+
+pub use api::mask_number;
+pub use audit::{verify_audit, AuditEntry, AuditError, AuditLog};
+pub use auth::token_sha256_hex;
+pub use config::{AdminConfig, AdminConfigError, AdminTls, RawAdminConfig, Role, TokenEntry};
+pub use server::AdminHandle;
+
+/// A tenant's usage against its limits, or `None` for a tenant admission does not know.
+/// Typically `Arc::new(move |t| admission.load().usage(t))` over the current generation.
+pub use sbc_core::admission::UsageSource;
+
+/// What the admin plane reads and writes. Cheap to clone.
+#[derive(Clone)]
+pub struct AdminState {
+    /// Calls in progress, as recorded by the SIP side.
+    pub registry: Arc<CallRegistry>,
+    /// Per-tenant usage (admission).
+    pub usage: UsageSource,
+    /// Readiness and drain flags; `POST /v1/drain` sets draining.
+    pub drain: Arc<DrainState>,
+    /// Renders `/metrics`; from [`install_prometheus`].
+    pub prometheus: PrometheusHandle,
+    /// The configured tenants; a tenant not listed is a 404 everywhere.
+    pub tenants: Vec<TenantId>,
+    /// Where audit lines go.
+    pub audit: Arc<AuditLog>,
+}
+
+impl fmt::Debug for AdminState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdminState")
+            .field("calls", &self.registry.len())
+            .field("drain", &self.drain)
+            .field("tenants", &self.tenants)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why the admin plane could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AdminError {
+    /// The settings do not fit the rest of the config (e.g. a token for an unknown tenant).
+    #[error(transparent)]
+    Config(#[from] AdminConfigError),
+    /// The certificate, key or client CA is unusable.
+    #[error("admin TLS: {0}")]
+    Tls(String),
+    /// The address cannot be bound.
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    /// The Prometheus recorder cannot be installed (one is installed already).
+    #[error("cannot install the Prometheus recorder: {0}")]
+    Prometheus(String),
+}
+
+/// How often histograms are folded into their summaries when nothing scrapes.
+const PROMETHEUS_UPKEEP: Duration = Duration::from_secs(5);
+
+/// Install the process-wide Prometheus recorder (the `metrics` crate's global recorder) and
+/// return the handle that renders it. Call once per process, before anything records a
+/// metric that should be seen; a second call fails. Starts a small thread that runs the
+/// recorder's upkeep every 5 seconds, so histogram data does not pile up between scrapes.
+pub fn install_prometheus() -> Result<PrometheusHandle, AdminError> {
+    let handle = PrometheusBuilder::new()
+        .install_recorder()
+        .map_err(|e| AdminError::Prometheus(e.to_string()))?;
+    let upkeep = handle.clone();
+    std::thread::Builder::new()
+        .name("prometheus-upkeep".to_string())
+        .spawn(move || loop {
+            std::thread::sleep(PROMETHEUS_UPKEEP);
+            upkeep.run_upkeep();
+        })
+        .map_err(|e| AdminError::Prometheus(format!("cannot start the upkeep thread: {e}")))?;
+    Ok(handle)
+}
+
+/// Bind the admin listener on `cfg.address` and serve until the returned handle is shut
+/// down or dropped. Fails if a token names a tenant not in `state.tenants`, the TLS material
+/// is unusable, or the address cannot be bound.
+pub async fn serve(cfg: AdminConfig, state: AdminState) -> Result<AdminHandle, AdminError> {
+    cfg.check_tenants(&state.tenants)?;
+    let tls = cfg.tls.as_ref().map(server::tls_acceptor).transpose()?;
+    if cfg.tokens.is_empty() {
+        tracing::info!("no admin tokens configured: only /healthz, /readyz and /metrics answer");
+    }
+    let shared = Arc::new(api::Shared {
+        state,
+        tokens: cfg.tokens,
+        redact_numbers: cfg.redact_numbers,
+    });
+    server::start(cfg.address, tls, api::router(shared)).await
+}

@@ -33,6 +33,14 @@ fn admission(c: &mut Criterion) {
             black_box(a.is_ok())
         })
     });
+    // The same decision with one tenant configured: the cost must not grow with tenants.
+    let one = Admission::with_limits([(ids[0].clone(), limits)]);
+    g.bench_function("admit_and_release_1_tenant", |b| {
+        b.iter(|| {
+            let a = one.admit_call(black_box(&ids[0]), now);
+            black_box(a.is_ok())
+        })
+    });
     let tight = Admission::with_limits(ids.iter().map(|id| {
         (
             id.clone(),

@@ -272,6 +272,10 @@ impl Default for MediaSettings {
 /// A validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The `[admin]` section as written (`sbc-admin` validates it), and the directory its
+    /// relative paths resolve from.
+    pub admin_section: Option<toml::Value>,
+    pub base_dir: PathBuf,
     pub logging: LoggingSettings,
     pub media: MediaSettings,
     pub sip: SipSettings,
@@ -296,6 +300,8 @@ struct RawConfig {
     listeners: Vec<RawListener>,
     #[serde(default)]
     tenants: Vec<RawTenant>,
+    /// The admin plane's section: validated by `sbc-admin`, kept here as written.
+    admin: Option<toml::Value>,
     #[serde(default)]
     flood_guard: RawFlood,
     #[serde(default)]
@@ -811,6 +817,8 @@ fn validate(raw: &RawConfig, base: &Path) -> Result<Config, ConfigError> {
         tenants.push(tenant);
     }
     Ok(Config {
+        admin_section: raw.admin.clone(),
+        base_dir: base.to_path_buf(),
         logging,
         media,
         sip,

@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 use sbc_core::admission::{Admission, Admitted};
 use sbc_core::media::{CallRef, LegSide, MediaControl, MediaError, MediaEvent, MediaPolicy};
 use sbc_core::redact::Redaction;
+use sbc_core::registry::{
+    CallId as RegistryId, CallRecord, CallRegistry, CallState as RegistryState, DrainState,
+};
 use sbc_core::tenant::TenantId;
 use tracing::{debug, info, warn};
 
@@ -284,6 +287,8 @@ struct Call {
     /// The last answer through media: (SDP in, SDP out), so a 18x and the 200 carrying
     /// the same answer are rewritten once.
     last_answer: Option<(Vec<u8>, Vec<u8>)>,
+    /// The call's id in the admin plane's registry.
+    registry_id: Option<RegistryId>,
 }
 
 impl Call {
@@ -346,7 +351,15 @@ pub struct B2bua {
     media_policies: HashMap<TenantId, MediaPolicy>,
     /// When media events are next polled.
     next_media_poll: Option<Instant>,
+    /// Where calls are recorded for the admin plane.
+    registry: Option<Arc<CallRegistry>>,
+    /// Draining: new calls are refused 503, running ones go on.
+    drain: Option<Arc<DrainState>>,
 }
+
+/// Retry-After for calls refused while draining: long enough for the platform to send its
+/// retries to another gateway.
+const DRAIN_RETRY_AFTER: Duration = Duration::from_secs(30);
 
 /// How often media events (timeouts) are polled.
 const MEDIA_POLL: Duration = Duration::from_millis(500);
@@ -408,6 +421,15 @@ fn without_tag(value: &str) -> String {
     }
 }
 
+/// The user part of a From value's URI (the caller's number), or empty.
+fn from_user(from: &str) -> String {
+    parse_name_addr(from)
+        .and_then(|na| parse_uri(na.uri))
+        .and_then(|u| u.user)
+        .unwrap_or_default()
+        .to_string()
+}
+
 /// The URI inside a Contact value (`<sip:x>` or bare).
 fn contact_uri(value: &str) -> Option<String> {
     parse_name_addr(value).map(|na| na.uri.to_string())
@@ -432,7 +454,15 @@ impl B2bua {
             media: None,
             media_policies: HashMap::new(),
             next_media_poll: None,
+            registry: None,
+            drain: None,
         }
+    }
+
+    /// Record calls in `registry` and honour `drain`.
+    pub fn set_admin(&mut self, registry: Arc<CallRegistry>, drain: Arc<DrainState>) {
+        self.registry = Some(registry);
+        self.drain = Some(drain);
     }
 
     /// Anchor media: every SDP body goes through `media`, with each tenant's policy.
@@ -751,6 +781,14 @@ impl B2bua {
             self.reply(conn, &msg, 404, "Not Found (No Route)");
             return;
         };
+        if self.drain.as_ref().is_some_and(|d| d.is_draining()) {
+            fail(503);
+            metrics::counter!("sbc_admission_refused_total", "tenant" => t.clone(), "cause" => "draining").increment(1);
+            info!(tenant = %tenant, "draining: new call refused 503");
+            let resp = service_unavailable(&msg, DRAIN_RETRY_AFTER, "gateway draining");
+            self.outputs.push_back(Output::Send { conn, msg: resp });
+            return;
+        }
         let admitted = match self.admission.admit_call(&tenant, now) {
             Ok(a) => a,
             Err(refusal) => {
@@ -804,6 +842,22 @@ impl B2bua {
             conn: None,
         };
         let call_id_num = self.alloc_id();
+        let registry_id = self.registry.as_ref().and_then(|r| {
+            let caller = from_user(from);
+            let id = r
+                .register(CallRecord {
+                    tenant: tenant.clone(),
+                    // Wall-clock time for display only; no decision depends on it.
+                    start: std::time::SystemTime::now(),
+                    caller,
+                    callee: user.clone().unwrap_or_default(),
+                    inbound_sip_call_id: a.call_id.clone(),
+                })
+                .map_err(|e| warn!(error = %e, "call not recorded for the admin plane"))
+                .ok()?;
+            r.add_outbound_leg(&id, b.call_id.clone());
+            Some(id)
+        });
         info!(tenant = %tenant, call = call_id_num, called = %self.cfg.redaction.number(user.as_deref().unwrap_or("")), "call admitted, relaying INVITE");
         self.by_tag
             .insert(a.local_tag.clone(), (call_id_num, Side::A));
@@ -821,6 +875,7 @@ impl B2bua {
                 state: CallState::Setup,
                 pending_offer: None,
                 last_answer: None,
+                registry_id,
             },
         );
         metrics::gauge!("sbc_sip_active_dialogs").set(self.calls.len() as f64);
@@ -1204,6 +1259,9 @@ impl B2bua {
             if (200..300).contains(&code) && call_state == Some(CallState::Setup) {
                 if let Some(c) = self.calls.get_mut(&cid) {
                     c.state = CallState::Established;
+                    if let (Some(r), Some(id)) = (&self.registry, &c.registry_id) {
+                        r.set_state(id, RegistryState::Established);
+                    }
                     info!(call = cid, "call established");
                 }
             } else if code >= 300 {
@@ -1549,6 +1607,9 @@ impl B2bua {
         if let Some(call) = self.calls.remove(&cid) {
             if let Some(media) = &self.media {
                 media.delete(CallRef(cid));
+            }
+            if let (Some(r), Some(id)) = (&self.registry, &call.registry_id) {
+                r.remove(id);
             }
             self.by_tag.remove(&call.a.local_tag);
             self.by_tag.remove(&call.b.local_tag);

@@ -20,6 +20,8 @@ use bytes::Bytes;
 use sbc_core::admission::{Admission, RefusalCause, TokenBucket};
 use sbc_core::config::{Config, Limits as TenantLimits, CORE_QUEUE_CAPACITY};
 use sbc_core::flood::{FloodAction, FloodGuard, Verdict};
+use sbc_core::media::MediaControl;
+use sbc_core::registry::{CallRegistry, DrainState};
 use sbc_core::tenant::{PeerIdentity, Recognizer, TenantId};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -103,6 +105,8 @@ pub struct ServerHandle {
     /// Bound SIP-over-TLS listener addresses, in config order.
     pub sip_addrs: Vec<SocketAddr>,
     stats: Arc<Mutex<B2buaStats>>,
+    /// The admission control in use (swapped on reload), for usage reports.
+    admission: Arc<RwLock<Arc<Admission>>>,
     events: mpsc::Sender<Event>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -123,6 +127,20 @@ impl ServerHandle {
             .send(Event::Reload(config))
             .await
             .map_err(|_| SipError::Config("the SIP core has stopped".to_string()))
+    }
+
+    /// A tenant's usage against its limits, as admission sees it now.
+    pub fn usage(&self, tenant: &TenantId) -> Option<sbc_core::admission::Usage> {
+        self.admission
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .usage(tenant)
+    }
+
+    /// A shareable function giving [`ServerHandle::usage`].
+    pub fn usage_source(&self) -> sbc_core::admission::UsageSource {
+        let admission = self.admission.clone();
+        Arc::new(move |t: &TenantId| admission.read().unwrap_or_else(|p| p.into_inner()).usage(t))
     }
 
     /// Stop accepting and stop the core.
@@ -229,8 +247,34 @@ fn starts_something(msg: &SipMessage) -> bool {
     }
 }
 
-/// Bind the listeners in `config` and start serving.
+/// What the SIP server is wired to besides its config.
+#[derive(Clone, Default)]
+pub struct Hooks {
+    /// Calls are recorded here for the admin plane.
+    pub registry: Option<Arc<CallRegistry>>,
+    /// Readiness and drain (new calls refused 503 while draining).
+    pub drain: Option<Arc<DrainState>>,
+    /// Media anchoring; `None`: SDP passes untouched.
+    pub media: Option<Arc<dyn MediaControl>>,
+}
+
+impl std::fmt::Debug for Hooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hooks")
+            .field("registry", &self.registry.is_some())
+            .field("drain", &self.drain.is_some())
+            .field("media", &self.media.is_some())
+            .finish()
+    }
+}
+
+/// Bind the listeners in `config` and start serving, with no admin plane or media.
 pub async fn start(config: Arc<Config>) -> Result<ServerHandle, SipError> {
+    start_with(config, Hooks::default()).await
+}
+
+/// Bind the listeners in `config` and start serving, wired to `hooks`.
+pub async fn start_with(config: Arc<Config>, hooks: Hooks) -> Result<ServerHandle, SipError> {
     let conn_ids = Arc::new(AtomicU64::new(1));
     let (events_tx, events_rx) = mpsc::channel::<Event>(CORE_QUEUE);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -274,6 +318,7 @@ pub async fn start(config: Arc<Config>) -> Result<ServerHandle, SipError> {
     }
     let recognizer = Arc::new(Recognizer::new(&config));
     let admission = Arc::new(Admission::new(&config));
+    let shared_admission = Arc::new(RwLock::new(admission.clone()));
 
     let mut tasks = Vec::new();
     let mut sip_addrs = Vec::new();
@@ -335,9 +380,23 @@ pub async fn start(config: Arc<Config>) -> Result<ServerHandle, SipError> {
         Arc::new(routes),
         admission,
     );
+    let mut core = core;
+    if let (Some(registry), Some(drain)) = (hooks.registry, hooks.drain) {
+        core.set_admin(registry, drain);
+    }
+    if let Some(media) = hooks.media {
+        let policies = config
+            .tenants
+            .iter()
+            .map(|t| (t.id.clone(), t.media.clone()))
+            .collect();
+        core.set_media(media, policies);
+    }
     let stats = Arc::new(Mutex::new(B2buaStats::default()));
+    let core_admission = shared_admission.clone();
     tasks.push(tokio::spawn(core_loop(
         core,
+        core_admission,
         targets,
         events_rx,
         events_tx,
@@ -349,6 +408,7 @@ pub async fn start(config: Arc<Config>) -> Result<ServerHandle, SipError> {
     Ok(ServerHandle {
         sip_addrs,
         stats,
+        admission: shared_admission,
         events: events_tx_handle,
         shutdown: shutdown_tx,
         tasks,
@@ -698,6 +758,7 @@ fn screen(
 #[allow(clippy::too_many_arguments)]
 async fn core_loop(
     mut core: B2bua,
+    shared_admission: Arc<RwLock<Arc<Admission>>>,
     targets: Vec<Target>,
     mut events: mpsc::Receiver<Event>,
     events_tx: mpsc::Sender<Event>,
@@ -753,6 +814,7 @@ async fn core_loop(
             }
             Some(Event::Reload(config)) => {
                 let admission = Arc::new(core.admission().reloaded(&config));
+                *shared_admission.write().unwrap_or_else(|p| p.into_inner()) = admission.clone();
                 core.reconfigure(core.routes(), admission);
                 settings.guards.reload(&config);
                 info!(

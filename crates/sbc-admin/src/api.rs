@@ -1,0 +1,453 @@
+//! The HTTP endpoints, their authorization and their audit lines.
+//!
+//! | endpoint | token | answers |
+//! |---|---|---|
+//! | `GET /healthz` | none | 200 `ok` while the process serves HTTP |
+//! | `GET /readyz` | none | 200 `ready` when ready and not draining, else 503 |
+//! | `GET /metrics` | none | Prometheus text (no secrets: counters labelled by tenant, direction, reason) |
+//! | `GET /v1/calls[?tenant=T]` | any | calls the token may see |
+//! | `GET /v1/calls/{id}` | any | one call, 404 if absent or another tenant's |
+//! | `GET /v1/tenants/{id}/usage` | any | usage against limits, 404 for another tenant |
+//! | `POST /v1/drain` | operator | starts draining (readyz then 503) |
+//!
+//! Every `/v1` request, allowed or not, writes one audit line before its answer leaves; if
+//! the line cannot be written the answer is a 500 instead. A tenant-scoped token asking for
+//! another tenant's call or usage gets the same 404 as for one that does not exist.
+//!
+//! Must not: hold a lock across an `.await` (the registry and audit locks are taken and
+//! released inside synchronous calls), put a token or a SIP Call-ID in an answer or log.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{MatchedPath, Path, Query, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use sbc_core::registry::{CallId, CallSnapshot};
+use sbc_core::tenant::TenantId;
+use serde::{Deserialize, Serialize};
+use tracing::{error, warn};
+
+use crate::audit::AuditEntry;
+use crate::auth::{authenticate, AuthFailure};
+use crate::config::{Role, TokenEntry};
+use crate::AdminState;
+
+/// Longest call id looked up; registry ids are 16 characters.
+const MAX_CALL_ID_LEN: usize = 64;
+
+/// What the router shares between requests.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) state: AdminState,
+    pub(crate) tokens: Vec<TokenEntry>,
+    pub(crate) redact_numbers: bool,
+}
+
+type App = Arc<Shared>;
+
+/// The authenticated caller, put into request extensions by [`authorize_and_audit`].
+#[derive(Debug, Clone)]
+struct Caller(TokenEntry);
+
+/// What a `/v1` answer was about, put into response extensions for the audit line.
+#[derive(Debug, Clone, Default)]
+struct AuditInfo {
+    tenant: Option<TenantId>,
+    call: Option<CallId>,
+}
+
+pub(crate) fn router(app: App) -> Router {
+    let v1 = Router::new()
+        .route("/v1/calls", get(list_calls))
+        .route("/v1/calls/{id}", get(get_call))
+        .route("/v1/tenants/{id}/usage", get(tenant_usage))
+        .route("/v1/drain", post(drain))
+        .route_layer(middleware::from_fn_with_state(
+            app.clone(),
+            authorize_and_audit,
+        ));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .merge(v1)
+        .fallback(not_found)
+        .layer(middleware::from_fn(count_requests))
+        .with_state(app)
+}
+
+fn json_error(status: StatusCode, message: &str) -> Response {
+    (status, Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+fn with_audit(mut resp: Response, tenant: Option<TenantId>, call: Option<CallId>) -> Response {
+    resp.extensions_mut().insert(AuditInfo { tenant, call });
+    resp
+}
+
+async fn not_found() -> Response {
+    json_error(StatusCode::NOT_FOUND, "no such endpoint")
+}
+
+/// `sbc_admin_requests_total{endpoint, status}`: endpoint is the route template (bounded),
+/// never the concrete path (which holds call and tenant ids).
+async fn count_requests(req: Request, next: Next) -> Response {
+    let endpoint = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let resp = next.run(req).await;
+    metrics::counter!(
+        "sbc_admin_requests_total",
+        "endpoint" => endpoint,
+        "status" => resp.status().as_u16().to_string()
+    )
+    .increment(1);
+    resp
+}
+
+/// Authenticate the bearer token, run the handler, write the audit line.
+async fn authorize_and_audit(State(app): State<App>, mut req: Request, next: Next) -> Response {
+    let method = req.method().to_string();
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| req.uri().path().to_string());
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(HeaderValue::as_bytes);
+    let caller = authenticate(&app.tokens, presented).cloned();
+    let (resp, token) = match caller {
+        Err(failure) => {
+            metrics::counter!("sbc_admin_auth_failures_total", "reason" => failure.as_str())
+                .increment(1);
+            (unauthorized(failure), None)
+        }
+        Ok(entry) => {
+            req.extensions_mut().insert(Caller(entry.clone()));
+            (next.run(req).await, Some(entry))
+        }
+    };
+    let info = resp
+        .extensions()
+        .get::<AuditInfo>()
+        .cloned()
+        .unwrap_or_default();
+    let entry = AuditEntry {
+        time: SystemTime::now(),
+        token: token.as_ref().map(|t| t.id.clone()),
+        role: token.as_ref().map(|t| t.role.name()),
+        token_tenant: token
+            .as_ref()
+            .and_then(|t| t.role.tenant())
+            .map(|t| t.to_string()),
+        tenant: info.tenant.map(|t| t.to_string()),
+        call: info.call.map(|c| c.to_string()),
+        method,
+        path,
+        status: resp.status().as_u16(),
+    };
+    // Synchronous: the audit mutex is taken and released inside `record`.
+    match app.state.audit.record(&entry) {
+        Ok(()) => resp,
+        Err(e) => {
+            error!(error = %e, "audit log write failed; answering 500");
+            metrics::counter!("sbc_admin_audit_failures_total").increment(1);
+            json_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "audit log unavailable; nothing was served",
+            )
+        }
+    }
+}
+
+fn unauthorized(failure: AuthFailure) -> Response {
+    let mut resp = json_error(
+        StatusCode::UNAUTHORIZED,
+        match failure {
+            AuthFailure::Missing => "bearer token required",
+            AuthFailure::Malformed => "malformed Authorization header; expected `Bearer <token>`",
+            AuthFailure::Unknown => "invalid token",
+        },
+    );
+    resp.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"sbc-admin\""),
+    );
+    resp
+}
+
+async fn healthz() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        "ok\n",
+    )
+        .into_response()
+}
+
+async fn readyz(State(app): State<App>) -> Response {
+    let drain = &app.state.drain;
+    let (status, text) = if drain.is_draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+    } else if !drain.is_ready() {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    } else {
+        (StatusCode::OK, "ready\n")
+    };
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        text,
+    )
+        .into_response()
+}
+
+async fn metrics_text(State(app): State<App>) -> Response {
+    let body = app.state.prometheus.render();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
+// ---- call data ----
+
+#[derive(Debug, Serialize)]
+struct LegJson {
+    direction: &'static str,
+    packets_received: u64,
+    packets_sent: u64,
+    packets_lost: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct CallJson {
+    id: String,
+    tenant: String,
+    start: String,
+    state: &'static str,
+    caller: String,
+    callee: String,
+    legs: Vec<LegJson>,
+}
+
+#[derive(Debug, Serialize)]
+struct CallListJson {
+    calls: Vec<CallJson>,
+}
+
+/// A phone number with its middle hidden: `+15551234534` → `+1555****34`. The mask has a
+/// fixed width, so the number's length is hidden too. E.164-length numbers (11 characters
+/// or more) keep 5 leading and 2 trailing characters, 8 to 10 characters keep 3 and 2 (so
+/// at least 3 stay hidden), shorter ones (extensions) are masked whole.
+pub fn mask_number(number: &str) -> String {
+    let chars: Vec<char> = number.chars().collect();
+    let keep = match chars.len() {
+        0..=7 => return "****".to_string(),
+        8..=10 => 3,
+        _ => 5,
+    };
+    let head: String = chars[..keep].iter().collect();
+    let tail: String = chars[chars.len() - 2..].iter().collect();
+    format!("{head}****{tail}")
+}
+
+fn call_json(c: &CallSnapshot, redact: bool) -> CallJson {
+    let number = |n: &str| {
+        if redact {
+            mask_number(n)
+        } else {
+            n.to_string()
+        }
+    };
+    CallJson {
+        id: c.id.to_string(),
+        tenant: c.tenant.to_string(),
+        start: crate::time::rfc3339(c.start),
+        state: c.state.as_str(),
+        caller: number(&c.caller),
+        callee: number(&c.callee),
+        legs: c
+            .legs
+            .iter()
+            .map(|l| LegJson {
+                direction: l.direction.as_str(),
+                packets_received: l.counters.packets_received,
+                packets_sent: l.counters.packets_sent,
+                packets_lost: l.counters.packets_lost,
+            })
+            .collect(),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    tenant: Option<String>,
+}
+
+/// The tenant a request may be answered for: the one asked for if the caller may see it and
+/// it is configured, else `None` (a 404, same as for a tenant that does not exist).
+fn visible_tenant(app: &Shared, role: &Role, asked: &str) -> Option<TenantId> {
+    let tenant = TenantId::from(asked);
+    (role.may_see(&tenant) && app.state.tenants.contains(&tenant)).then_some(tenant)
+}
+
+async fn list_calls(
+    State(app): State<App>,
+    Extension(Caller(token)): Extension<Caller>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Response {
+    let Ok(Query(query)) = query else {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "the only query parameter is `tenant`",
+        );
+    };
+    let scope = match (&query.tenant, token.role.tenant()) {
+        (Some(asked), _) => match visible_tenant(&app, &token.role, asked) {
+            Some(t) => Some(t),
+            None => return json_error(StatusCode::NOT_FOUND, "no such tenant"),
+        },
+        (None, own) => own.cloned(),
+    };
+    // `snapshot` copies under the registry lock and releases it before returning.
+    let calls = app.state.registry.snapshot(scope.as_ref());
+    let body = CallListJson {
+        calls: calls
+            .iter()
+            .map(|c| call_json(c, app.redact_numbers))
+            .collect(),
+    };
+    with_audit(Json(body).into_response(), scope, None)
+}
+
+async fn get_call(
+    State(app): State<App>,
+    Extension(Caller(token)): Extension<Caller>,
+    id: Result<Path<String>, PathRejection>,
+) -> Response {
+    let Ok(Path(id)) = id else {
+        return json_error(StatusCode::NOT_FOUND, "no such call");
+    };
+    if id.len() > MAX_CALL_ID_LEN {
+        return json_error(StatusCode::NOT_FOUND, "no such call");
+    }
+    let id = CallId::from(id.as_str());
+    match app.state.registry.get(&id) {
+        Some(call) if token.role.may_see(&call.tenant) => {
+            let tenant = call.tenant.clone();
+            with_audit(
+                Json(call_json(&call, app.redact_numbers)).into_response(),
+                Some(tenant),
+                Some(id),
+            )
+        }
+        // Another tenant's call looks exactly like no call. The audit line (operators only)
+        // still records whose call was asked for.
+        found => with_audit(
+            json_error(StatusCode::NOT_FOUND, "no such call"),
+            found.map(|c| c.tenant),
+            Some(id),
+        ),
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct LimitsJson {
+    calls_per_second: f64,
+    call_burst: u32,
+    max_concurrent_calls: u32,
+    max_pending_invites: u32,
+    requests_per_second_per_connection: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct UsageJson {
+    tenant: String,
+    active_calls: u32,
+    pending_invites: u32,
+    admitted_total: u64,
+    refused_total: u64,
+    limits: LimitsJson,
+}
+
+async fn tenant_usage(
+    State(app): State<App>,
+    Extension(Caller(token)): Extension<Caller>,
+    id: Result<Path<String>, PathRejection>,
+) -> Response {
+    let Ok(Path(asked)) = id else {
+        return json_error(StatusCode::NOT_FOUND, "no such tenant");
+    };
+    let Some(tenant) = visible_tenant(&app, &token.role, &asked) else {
+        return json_error(StatusCode::NOT_FOUND, "no such tenant");
+    };
+    let Some(u) = (app.state.usage)(&tenant) else {
+        return with_audit(
+            json_error(StatusCode::NOT_FOUND, "no such tenant"),
+            Some(tenant),
+            None,
+        );
+    };
+    let body = UsageJson {
+        tenant: tenant.to_string(),
+        active_calls: u.active_calls,
+        pending_invites: u.pending_invites,
+        admitted_total: u.admitted_total,
+        refused_total: u.refused_total,
+        limits: LimitsJson {
+            calls_per_second: u.limits.calls_per_second,
+            call_burst: u.limits.call_burst,
+            max_concurrent_calls: u.limits.max_concurrent_calls,
+            max_pending_invites: u.limits.max_pending_invites,
+            requests_per_second_per_connection: u.limits.requests_per_second_per_connection,
+        },
+    };
+    with_audit(Json(body).into_response(), Some(tenant), None)
+}
+
+async fn drain(State(app): State<App>, Extension(Caller(token)): Extension<Caller>) -> Response {
+    if token.role != Role::Operator {
+        return json_error(StatusCode::FORBIDDEN, "drain needs an operator token");
+    }
+    let started = app.state.drain.start_drain();
+    if started {
+        warn!(token = %token.id, "drain started through the admin API");
+    }
+    (
+        StatusCode::OK,
+        Json(serde_json::json!({ "draining": true, "already_draining": !started })),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks() {
+        assert_eq!(mask_number("+15551234534"), "+1555****34");
+        assert_eq!(mask_number("+442071234567"), "+4420****67");
+        assert_eq!(mask_number("12345678"), "123****78");
+        assert_eq!(mask_number("5551234567"), "555****67");
+        assert_eq!(mask_number("1234567"), "****");
+        assert_eq!(mask_number("1001"), "****");
+        assert_eq!(mask_number(""), "****");
+        // Multi-byte characters do not split.
+        assert_eq!(mask_number("ééééééééé"), "ééé****éé");
+    }
+}
