@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use sbc_admin::{AdminConfig, AdminState, AuditLog};
 use sbc_core::config::Config;
 use sbc_core::registry::{CallRegistry, DrainState};
+use sbc_media::engine::{MediaEngine, MediaSettings};
 use sbc_sip::server::{Hooks, ServerHandle};
 
 #[derive(Parser, Debug)]
@@ -144,17 +145,19 @@ fn run(config: Option<PathBuf>, log_json: bool) -> anyhow::Result<()> {
     // Installed before anything records a metric.
     let prometheus = sbc_admin::install_prometheus().context("metrics exporter")?;
     let cfg = Arc::new(cfg);
+    let media = start_media(&cfg)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("tokio runtime")?;
-    runtime.block_on(async move {
+    let media_control = media.as_ref().map(MediaEngine::control);
+    let result = runtime.block_on(async move {
         let registry = Arc::new(CallRegistry::new());
         let drain = Arc::new(DrainState::new());
         let hooks = Hooks {
             registry: Some(registry.clone()),
             drain: Some(drain.clone()),
-            media: None,
+            media: media_control,
         };
         let server = sbc_sip::server::start_with(cfg.clone(), hooks)
             .await
@@ -188,6 +191,14 @@ fn run(config: Option<PathBuf>, log_json: bool) -> anyhow::Result<()> {
         for (listener, addr) in cfg.listeners.iter().zip(&server.sip_addrs) {
             println!("  SIP over TLS listener {:?}: sips:{addr}", listener.name);
         }
+        if cfg.media.enabled {
+            println!(
+                "  media relay: {} ports {}-{} (SDP c= {})",
+                cfg.media.address, cfg.media.port_min, cfg.media.port_max, cfg.media.advertised_address
+            );
+        } else {
+            println!("  media relay: off (SDP passes through untouched)");
+        }
         println!(
             "  admin plane: http://{} (/healthz /readyz /metrics /v1/...); audit log {}",
             admin.local_addr(),
@@ -200,7 +211,29 @@ fn run(config: Option<PathBuf>, log_json: bool) -> anyhow::Result<()> {
         admin.shutdown().await;
         server.shutdown().await;
         Ok(())
-    })
+    });
+    if let Some(media) = media {
+        media.shutdown();
+    }
+    result
+}
+
+/// The media relay, when `[media] enabled` (the default).
+fn start_media(cfg: &Config) -> anyhow::Result<Option<MediaEngine>> {
+    if !cfg.media.enabled {
+        return Ok(None);
+    }
+    let m = &cfg.media;
+    let mut settings = MediaSettings::new(m.address, m.advertised_address, m.port_min, m.port_max);
+    settings.media_timeout = m.timeout;
+    settings.relatch_after = m.relatch_after;
+    settings.max_streams = m.max_streams;
+    if m.workers > 0 {
+        settings.workers = m.workers;
+    }
+    MediaEngine::start(settings)
+        .map(Some)
+        .context("starting the media relay")
 }
 
 /// Refuse new calls (503) and wait for running ones to end, up to [`DRAIN_DEADLINE`] or a

@@ -46,7 +46,7 @@ BUILD_TIMEOUT=${SBC_INTEROP_BUILD_TIMEOUT:-2400}
 say() { printf '\n=== interop: %s\n' "$*"; }
 fail() { printf '\n=== interop: FAILED: %s\n' "$*" >&2; failed=1; exit 1; }
 
-for tool in sipp openssl timeout cargo awk; do
+for tool in sipp openssl timeout cargo awk curl; do
   command -v "$tool" >/dev/null || { echo "interop: $tool not found" >&2; exit 1; }
 done
 if command -v stunnel4 >/dev/null; then STUNNEL=stunnel4
@@ -186,6 +186,17 @@ requests_per_second_per_connection = 100000.0
 
 [flood_guard]
 allowlist = ["127.0.0.0/8"]
+
+[media]
+# the relay anchors every call's media; keep its ports clear of run.sh's stunnel ports
+# (20000-29999)
+port_min = 40000
+port_max = 49999
+
+[admin]
+# any free port: the stage reads /metrics at the address the gateway prints
+address = "127.0.0.1:0"
+audit_log = "audit.log"
 EOF
 say "sbc-edge check-config"
 timeout 30 "$bin" check-config "$work/sbc-edge.toml" || fail "check-config rejected the test config"
@@ -263,6 +274,18 @@ stage() { # stage NAME SCENARIO CALLS RATE DURATION [--trace]: UAS + UAC; fail o
 stage basic basic "$CALLS" "$RATE" 1000
 stage hold hold "$SMALL" 5 300 --trace
 stage cancel cancel "$SMALL" 5 300 --trace
+
+# The gateway's own account must agree with sipp's: every basic and hold call answered,
+# every cancelled call failed 4xx (487), nothing else.
+admin=$(sed -n 's|^  admin plane: http://\([^ ]*\) .*|\1|p' "$work/gateway.out" | head -n 1)
+[ -n "$admin" ] || fail "the gateway did not print its admin address"
+metrics=$(curl -sf "http://$admin/metrics") || fail "GET /metrics on $admin failed"
+metric() { printf '%s\n' "$metrics" | awk -v k="$1" '$1 == k { print $2 }'; }
+answered=$(metric 'sbc_sip_calls_answered_total{tenant="demo"}')
+failed4xx=$(metric 'sbc_sip_calls_failed_total{tenant="demo",class="4xx"}')
+echo "gateway metrics: answered=$answered failed_4xx=${failed4xx:-0}"
+[ "${answered:-0}" = "$((CALLS + SMALL))" ] || fail "gateway counted ${answered:-0} answered calls, expected $((CALLS + SMALL))"
+[ "${failed4xx:-0}" = "$SMALL" ] || fail "gateway counted ${failed4xx:-0} 4xx calls, expected $SMALL (the CANCELs)"
 
 say "interop PASSED: $CALLS basic calls at $RATE calls/s, $SMALL hold, $SMALL cancel; no failed call"
 summary_line=$(grep '^== basic (uac)' "$work/basic.uac.out" 2>/dev/null || true)

@@ -2,4 +2,8 @@
 //! Never parses SIP.
 #![forbid(unsafe_code)]
 
+pub mod engine;
+pub mod ports;
+pub mod relay;
+pub mod sdp;
 pub mod srtp;

@@ -1,0 +1,836 @@
+//! The media engine: [`MediaControl`] for the signaling side, on top of the SDP rewriter,
+//! the port pool and the relay workers.
+//!
+//! Owns: per-call control state (ports, keys, the last offer), offer/answer negotiation
+//! per leg policy, and the workers' lifecycle. Offer and answer run on the caller's
+//! thread: they parse, allocate and bind ports, and return the rewritten SDP at once;
+//! the sockets and keys go to the call's worker over a channel when the answer commits
+//! them. The control lock is never taken on the packet path (only when a worker reports
+//! a media timeout).
+//!
+//! Negotiation, per m-line, with `S` the offering leg and `T` the other one:
+//! - an audio/video RTP m-line with a port is relayed; anything else is disabled (port 0);
+//! - from `S`: RTP/SAVP(F) needs an `a=crypto` whose suite `S`'s policy allows (the first
+//!   such line in offer order is the one we answer); RTP/AVP(F) is refused when `S`'s
+//!   policy requires SRTP, and SAVP is refused on a plain-RTP leg;
+//! - to `T`: SAVP with one fresh key per suite `T`'s policy lists (preference order),
+//!   or AVP for a plain leg;
+//! - from `T`'s answer: its `a=crypto` must carry the tag and suite of one we offered;
+//! - an offer (or answer) whose m-lines are all disabled is refused (488).
+//!
+//! Our keys are kept per stream, leg and suite for the call's life, so a re-offer that
+//! changes nothing re-sends the same keys and the workers keep their SRTP state.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use ring::rand::{SecureRandom, SystemRandom};
+use sbc_core::media::{
+    CallRef, LegPolicy, LegSide, MediaControl, MediaError, MediaEvent, MediaPolicy, SrtpMode,
+};
+use sbc_core::tenant::TenantId;
+use zeroize::Zeroizing;
+
+use crate::ports::{self, BindError, BoundPair, PortPool, PortRangeError, SharedPortPool};
+use crate::relay::{
+    spawn_worker, Command, DropReason, KeySpec, LegConfig, StreamSetup, WorkerHandle, WorkerParams,
+    WorkerStats,
+};
+use crate::sdp::{self, CryptoOut, MediaRewrite, Rewrite, RtpProto, SdpError, SessionDescription};
+use crate::srtp::{MasterKey, SrtpProfile};
+
+/// Default media timeout: no RTP/RTCP either way for this long ends the call.
+pub const DEFAULT_MEDIA_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default silence of the latched peer before another authenticated source takes over.
+pub const DEFAULT_RELATCH_AFTER: Duration = Duration::from_secs(5);
+/// Default bound on m-lines per SDP: audio + video + a few extra streams.
+pub const DEFAULT_MAX_STREAMS: usize = 8;
+
+/// Media settings.
+#[derive(Debug, Clone)]
+pub struct MediaSettings {
+    /// Address the media sockets bind to.
+    pub bind_address: IpAddr,
+    /// Address written in SDP `c=` (the public address when behind 1:1 NAT).
+    pub advertised_address: IpAddr,
+    /// First port of the range; must be even.
+    pub port_min: u16,
+    /// Last port of the range (inclusive).
+    pub port_max: u16,
+    /// No packets either way for this long: [`MediaEvent::Timeout`] and ports freed.
+    pub media_timeout: Duration,
+    /// Silence of the latched peer before another authenticated source may take over.
+    pub relatch_after: Duration,
+    /// Most m-lines per SDP; more is refused (488).
+    pub max_streams: usize,
+    /// Relay worker threads.
+    pub workers: usize,
+}
+
+impl MediaSettings {
+    /// Settings with the defaults for everything but addresses and ports.
+    pub fn new(
+        bind_address: IpAddr,
+        advertised_address: IpAddr,
+        port_min: u16,
+        port_max: u16,
+    ) -> Self {
+        MediaSettings {
+            bind_address,
+            advertised_address,
+            port_min,
+            port_max,
+            media_timeout: DEFAULT_MEDIA_TIMEOUT,
+            relatch_after: DEFAULT_RELATCH_AFTER,
+            max_streams: DEFAULT_MAX_STREAMS,
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
+    }
+}
+
+/// Why the engine did not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MediaStartError {
+    #[error("invalid media port range: {0}")]
+    PortRange(#[from] PortRangeError),
+    #[error("invalid media settings: {0}")]
+    Invalid(&'static str),
+    #[error("cannot start media worker: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Counters and gauges of the engine.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MediaStats {
+    /// Calls with media state (offered or answered).
+    pub active_calls: usize,
+    /// Streams running in the workers.
+    pub active_streams: usize,
+    /// UDP ports held (two per leg per stream).
+    pub ports_in_use: usize,
+    pub packets_relayed: u64,
+    /// Packets dropped because SRTP/SRTCP authentication failed.
+    pub packets_dropped_auth: u64,
+    /// Packets dropped for any reason.
+    pub packets_dropped_total: u64,
+    /// Per-reason drop counts, as `(reason label, count)`.
+    pub dropped_by_reason: Vec<(&'static str, u64)>,
+}
+
+fn idx(side: LegSide) -> usize {
+    match side {
+        LegSide::Caller => 0,
+        LegSide::Callee => 1,
+    }
+}
+
+/// What was decided for one m-line of the last offer.
+#[derive(Debug)]
+struct PendingMedia {
+    /// The offerer's protocol (our answer to it uses the same).
+    from_proto: RtpProto,
+    /// The offerer's chosen `a=crypto` (tag and key), for SAVP.
+    from_crypto: Option<(u32, KeySpec)>,
+    from_mux: bool,
+    from_sdp_rtp: Option<SocketAddr>,
+    from_sdp_rtcp: Option<SocketAddr>,
+    /// SRTP toward the other leg.
+    to_secure: bool,
+    /// What we offered the other leg.
+    offered: Vec<CryptoOut>,
+}
+
+#[derive(Debug)]
+struct Pending {
+    from: LegSide,
+    policy: MediaPolicy,
+    /// One per m-line; `None` for disabled ones.
+    media: Vec<Option<PendingMedia>>,
+}
+
+#[derive(Debug, Default)]
+struct StreamCtl {
+    /// Our RTP port per leg (0: caller, 1: callee).
+    ports: [u16; 2],
+    /// Bound sockets not yet handed to the worker.
+    sockets: Option<[BoundPair; 2]>,
+    /// Our keys per leg, per suite: stable for the call's life.
+    our_keys: [Vec<(SrtpProfile, MasterKey)>; 2],
+    /// The worker runs this stream.
+    committed: bool,
+}
+
+#[derive(Debug, Default)]
+struct OriginState {
+    session_id: u64,
+    version: u64,
+    last: Option<Vec<u8>>,
+}
+
+#[derive(Debug)]
+struct CallCtl {
+    tenant: TenantId,
+    worker: usize,
+    streams: Vec<Option<StreamCtl>>,
+    pending: Option<Pending>,
+    origin: [OriginState; 2],
+}
+
+type CallMap = Arc<Mutex<HashMap<CallRef, CallCtl>>>;
+
+fn lock_calls(calls: &CallMap) -> MutexGuard<'_, HashMap<CallRef, CallCtl>> {
+    // Control state is updated in whole steps under the lock; a panic elsewhere does not
+    // leave it half-written, so a poisoned lock is used as is.
+    calls.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[derive(Debug)]
+struct Inner {
+    settings: MediaSettings,
+    pool: SharedPortPool,
+    calls: CallMap,
+    events: Arc<Mutex<Vec<MediaEvent>>>,
+    workers: Vec<WorkerHandle>,
+    stats: Vec<Arc<WorkerStats>>,
+    rng: SystemRandom,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        for w in &self.workers {
+            w.send(Command::Shutdown);
+        }
+        for w in &mut self.workers {
+            if let Some(t) = w.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+/// The media engine. Cheap to clone (a handle); the workers stop when the last handle is
+/// dropped or on [`MediaEngine::shutdown`].
+#[derive(Debug, Clone)]
+pub struct MediaEngine {
+    inner: Arc<Inner>,
+}
+
+/// Upper bound on workers: one per core is the design; 256 catches a typo.
+const MAX_WORKERS: usize = 256;
+
+impl MediaEngine {
+    /// Validates the settings and starts the workers. Install the `metrics` recorder
+    /// before this: the workers register their counters at start.
+    pub fn start(settings: MediaSettings) -> Result<MediaEngine, MediaStartError> {
+        let pool = PortPool::new(settings.port_min, settings.port_max)?;
+        if settings.workers == 0 || settings.workers > MAX_WORKERS {
+            return Err(MediaStartError::Invalid("workers must be 1..=256"));
+        }
+        if settings.max_streams == 0 || settings.max_streams > sdp::MAX_MEDIA_LINES {
+            return Err(MediaStartError::Invalid("max_streams must be 1..=64"));
+        }
+        if settings.media_timeout.is_zero() {
+            return Err(MediaStartError::Invalid("media_timeout must not be zero"));
+        }
+        if settings.advertised_address.is_unspecified() {
+            return Err(MediaStartError::Invalid(
+                "advertised_address must be a concrete address",
+            ));
+        }
+        let pool: SharedPortPool = Arc::new(Mutex::new(pool));
+        // Fail at start, not on the first call, when the bind address is not ours.
+        if let Err(e) = ports::bind_pair(&pool, settings.bind_address) {
+            tracing::error!(error = %e, address = %settings.bind_address, "media sockets do not bind");
+            return Err(MediaStartError::Invalid(
+                "cannot bind media sockets on bind_address in the port range",
+            ));
+        }
+        let calls: CallMap = Arc::new(Mutex::new(HashMap::new()));
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let mut workers = Vec::with_capacity(settings.workers);
+        let mut stats = Vec::with_capacity(settings.workers);
+        for id in 0..settings.workers {
+            let st = Arc::new(WorkerStats::default());
+            let (c, ev) = (Arc::clone(&calls), Arc::clone(&events));
+            let params = WorkerParams {
+                media_timeout: settings.media_timeout,
+                relatch_after: settings.relatch_after,
+                stats: Arc::clone(&st),
+                on_timeout: Box::new(move |call| {
+                    lock_calls(&c).remove(&call);
+                    ev.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(MediaEvent::Timeout(call));
+                }),
+            };
+            match spawn_worker(id, params) {
+                Ok(h) => workers.push(h),
+                Err(e) => {
+                    // Stop what started.
+                    drop(Inner {
+                        settings: settings.clone(),
+                        pool,
+                        calls,
+                        events,
+                        workers,
+                        stats,
+                        rng: SystemRandom::new(),
+                    });
+                    return Err(e.into());
+                }
+            }
+            stats.push(st);
+        }
+        Ok(MediaEngine {
+            inner: Arc::new(Inner {
+                settings,
+                pool,
+                calls,
+                events,
+                workers,
+                stats,
+                rng: SystemRandom::new(),
+            }),
+        })
+    }
+
+    /// The engine as the signaling side takes it.
+    pub fn control(&self) -> Arc<dyn MediaControl> {
+        Arc::new(self.clone())
+    }
+
+    /// Stops the workers, closing every media socket. Waits for them when this is the
+    /// last handle (drop the `Arc<dyn MediaControl>` from [`MediaEngine::control`] first
+    /// to have it wait); otherwise they stop on their own shortly after. Offers made
+    /// afterwards still get SDP but no media flows: call this at the end of the process.
+    pub fn shutdown(self) {
+        for w in &self.inner.workers {
+            w.send(Command::Shutdown);
+        }
+        if let Ok(mut inner) = Arc::try_unwrap(self.inner) {
+            for w in &mut inner.workers {
+                if let Some(t) = w.thread.take() {
+                    let _ = t.join();
+                }
+            }
+        }
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> MediaStats {
+        let calls = lock_calls(&self.inner.calls).len();
+        let ports_in_use = ports::lock(&self.inner.pool).ports_in_use();
+        let mut s = MediaStats {
+            active_calls: calls,
+            ports_in_use,
+            ..MediaStats::default()
+        };
+        let mut by_reason = [0u64; DropReason::COUNT];
+        for w in &self.inner.stats {
+            s.packets_relayed += w.relayed.load(Ordering::Relaxed);
+            s.active_streams += usize::try_from(w.streams.load(Ordering::Relaxed)).unwrap_or(0);
+            for (i, r) in DropReason::ALL.iter().enumerate() {
+                by_reason[i] += w.dropped(*r);
+            }
+        }
+        s.packets_dropped_auth = by_reason[0];
+        s.packets_dropped_total = by_reason.iter().sum();
+        s.dropped_by_reason = DropReason::ALL
+            .iter()
+            .zip(by_reason)
+            .map(|(r, n)| (r.as_str(), n))
+            .collect();
+        s
+    }
+
+    /// The settings the engine runs with.
+    pub fn settings(&self) -> &MediaSettings {
+        &self.inner.settings
+    }
+
+    fn random_key(&self, profile: SrtpProfile) -> Result<MasterKey, MediaError> {
+        let mut buf = Zeroizing::new([0u8; 64]);
+        let n = profile.master_key_len() + profile.master_salt_len();
+        self.inner
+            .rng
+            .fill(&mut buf[..n])
+            .map_err(|_| MediaError::NotAcceptable("no randomness for SRTP keys".into()))?;
+        MasterKey::from_concatenated(profile, &buf[..n])
+            .map_err(|_| MediaError::NotAcceptable("SRTP key generation".into()))
+    }
+
+    fn random_u64(&self) -> u64 {
+        let mut b = [0u8; 8];
+        // On failure the session id is 0: still a valid o= line.
+        let _ = self.inner.rng.fill(&mut b);
+        u64::from_be_bytes(b) >> 2
+    }
+
+    /// Our key for `leg` of a stream under `profile`, made once per call.
+    fn our_key(
+        &self,
+        stream: &mut StreamCtl,
+        leg: usize,
+        profile: SrtpProfile,
+    ) -> Result<MasterKey, MediaError> {
+        if let Some((_, k)) = stream.our_keys[leg].iter().find(|(p, _)| *p == profile) {
+            return Ok(k.clone());
+        }
+        let k = self.random_key(profile)?;
+        stream.our_keys[leg].push((profile, k.clone()));
+        Ok(k)
+    }
+
+    /// Writes `sd` for `leg`, bumping the o= version only when the body changed.
+    fn write_for(
+        &self,
+        origin: &mut OriginState,
+        sd: &SessionDescription,
+        media: Vec<MediaRewrite>,
+    ) -> Vec<u8> {
+        if origin.session_id == 0 {
+            origin.session_id = self.random_u64().max(1);
+        }
+        let mut rw = Rewrite {
+            address: self.inner.settings.advertised_address,
+            origin_session_id: origin.session_id,
+            origin_version: origin.version.max(1),
+            media,
+        };
+        let out = sd.rewrite(&rw);
+        if origin.last.as_deref() == Some(&out[..]) {
+            return out;
+        }
+        origin.version = origin.version.saturating_add(1);
+        rw.origin_version = origin.version;
+        let out = sd.rewrite(&rw);
+        origin.last = Some(out.clone());
+        out
+    }
+
+    fn worker(&self, w: usize) -> Option<&WorkerHandle> {
+        self.inner.workers.get(w)
+    }
+}
+
+fn sdp_error(e: SdpError) -> MediaError {
+    match e {
+        SdpError::TooManyMedia { max } => {
+            MediaError::NotAcceptable(format!("more than {max} m-lines"))
+        }
+        e => MediaError::Malformed(e.to_string()),
+    }
+}
+
+/// The suites a policy allows, known to us, deduplicated, in its order.
+fn allowed_suites(p: &LegPolicy) -> Vec<SrtpProfile> {
+    let mut out: Vec<SrtpProfile> = Vec::new();
+    for s in &p.suites {
+        match s.parse::<SrtpProfile>() {
+            Ok(profile) if !out.contains(&profile) => out.push(profile),
+            Ok(_) => {}
+            Err(_) => tracing::debug!(suite = %s, "unknown SRTP suite in media policy ignored"),
+        }
+    }
+    out
+}
+
+fn media_ip(sd: &SessionDescription, m: &sdp::Media) -> Option<IpAddr> {
+    m.connection.or(sd.connection).and_then(|c| c.address)
+}
+
+/// The peer's RTP and RTCP addresses from its SDP.
+fn peer_addrs(sd: &SessionDescription, m: &sdp::Media) -> (Option<SocketAddr>, Option<SocketAddr>) {
+    let ip = media_ip(sd, m);
+    let rtp = ip.map(|ip| SocketAddr::new(ip, m.port));
+    let rtcp = if m.rtcp_mux {
+        rtp
+    } else if let Some(r) = m.rtcp {
+        r.address.or(ip).map(|ip| SocketAddr::new(ip, r.port))
+    } else {
+        ip.map(|ip| SocketAddr::new(ip, m.port.wrapping_add(1)))
+    };
+    (rtp, rtcp)
+}
+
+fn bind_error(e: BindError) -> MediaError {
+    match e {
+        BindError::Exhausted | BindError::Unbindable => MediaError::NoPorts,
+    }
+}
+
+impl MediaControl for MediaEngine {
+    fn offer(
+        &self,
+        call: CallRef,
+        tenant: &TenantId,
+        from: LegSide,
+        sdp_body: &[u8],
+        policy: &MediaPolicy,
+    ) -> Result<Vec<u8>, MediaError> {
+        let sd = sdp::parse(sdp_body).map_err(sdp_error)?;
+        if sd.media.len() > self.inner.settings.max_streams {
+            return Err(MediaError::NotAcceptable(format!(
+                "{} m-lines, at most {} allowed",
+                sd.media.len(),
+                self.inner.settings.max_streams
+            )));
+        }
+        let t = idx(from.other());
+        let s_pol = policy.leg(from);
+        let t_pol = policy.leg(from.other());
+        let s_suites = allowed_suites(s_pol);
+        let t_suites = allowed_suites(t_pol);
+
+        // Decide every m-line before touching ports.
+        let mut plan: Vec<Option<PendingMedia>> = Vec::with_capacity(sd.media.len());
+        let mut refusal: Option<&'static str> = None;
+        for m in &sd.media {
+            let decided = (|| {
+                let proto = m
+                    .proto
+                    .filter(|_| m.is_relayable())
+                    .ok_or("unsupported media")?;
+                let from_crypto = if proto.is_secure() {
+                    if s_pol.srtp == SrtpMode::Plain {
+                        return Err("SRTP offered on a plain-RTP leg");
+                    }
+                    let c = m
+                        .crypto
+                        .iter()
+                        .find(|c| c.usable && c.profile.is_some_and(|p| s_suites.contains(&p)))
+                        .ok_or("no acceptable crypto suite")?;
+                    match (c.profile, &c.key) {
+                        (Some(profile), Some(key)) => Some((
+                            c.tag,
+                            KeySpec {
+                                profile,
+                                key: key.clone(),
+                                mki: c.mki,
+                            },
+                        )),
+                        _ => return Err("no acceptable crypto suite"),
+                    }
+                } else {
+                    if s_pol.srtp == SrtpMode::Required {
+                        return Err("SRTP required");
+                    }
+                    None
+                };
+                let to_secure = match t_pol.srtp {
+                    SrtpMode::Plain => false,
+                    SrtpMode::Optional => !t_suites.is_empty(),
+                    SrtpMode::Required if t_suites.is_empty() => {
+                        return Err("no SRTP suite configured for the other leg")
+                    }
+                    SrtpMode::Required => true,
+                };
+                let (from_sdp_rtp, from_sdp_rtcp) = peer_addrs(&sd, m);
+                Ok(PendingMedia {
+                    from_proto: proto,
+                    from_crypto,
+                    from_mux: m.rtcp_mux,
+                    from_sdp_rtp,
+                    from_sdp_rtcp,
+                    to_secure,
+                    offered: Vec::new(),
+                })
+            })();
+            match decided {
+                Ok(p) => plan.push(Some(p)),
+                Err(reason) => {
+                    refusal.get_or_insert(reason);
+                    plan.push(None);
+                }
+            }
+        }
+        if plan.iter().all(Option::is_none) {
+            return Err(MediaError::NotAcceptable(
+                refusal.unwrap_or("no media").to_string(),
+            ));
+        }
+
+        let mut calls = lock_calls(&self.inner.calls);
+        let is_new = !calls.contains_key(&call);
+        let workers = self.inner.workers.len().max(1);
+        let ctl = calls.entry(call).or_insert_with(|| CallCtl {
+            tenant: tenant.clone(),
+            // `workers` >= 1, and the remainder is < workers so it fits usize.
+            worker: (call.0 % workers as u64) as usize,
+            streams: Vec::new(),
+            pending: None,
+            origin: Default::default(),
+        });
+        if ctl.streams.len() < plan.len() {
+            ctl.streams.resize_with(plan.len(), || None);
+        }
+        // Ports for streams new in this offer; undone on failure.
+        let mut fresh: Vec<usize> = Vec::new();
+        let mut failed = None;
+        for (i, p) in plan.iter().enumerate() {
+            if p.is_none() || ctl.streams[i].is_some() {
+                continue;
+            }
+            let pair = ports::bind_pair(&self.inner.pool, self.inner.settings.bind_address)
+                .and_then(|a| {
+                    ports::bind_pair(&self.inner.pool, self.inner.settings.bind_address)
+                        .map(|b| [a, b])
+                });
+            match pair {
+                Ok(pair) => {
+                    ctl.streams[i] = Some(StreamCtl {
+                        ports: [pair[0].port(), pair[1].port()],
+                        sockets: Some(pair),
+                        ..StreamCtl::default()
+                    });
+                    fresh.push(i);
+                }
+                Err(e) => {
+                    failed = Some(bind_error(e));
+                    break;
+                }
+            }
+        }
+        if let Some(err) = failed {
+            for i in fresh {
+                ctl.streams[i] = None;
+            }
+            if is_new {
+                calls.remove(&call);
+            }
+            return Err(err);
+        }
+
+        let mut rewrites = Vec::with_capacity(plan.len());
+        for (i, p) in plan.iter_mut().enumerate() {
+            let (Some(p), Some(stream)) = (p.as_mut(), ctl.streams[i].as_mut()) else {
+                rewrites.push(MediaRewrite {
+                    port: 0,
+                    proto: None,
+                    crypto: Vec::new(),
+                    rtcp_mux: false,
+                });
+                continue;
+            };
+            if p.to_secure {
+                for (n, profile) in t_suites.iter().enumerate() {
+                    let key = self.our_key(stream, t, *profile)?;
+                    p.offered.push(CryptoOut {
+                        // At most six suites: the tag fits.
+                        tag: n as u32 + 1,
+                        profile: *profile,
+                        key,
+                    });
+                }
+            }
+            rewrites.push(MediaRewrite {
+                port: stream.ports[t],
+                proto: Some(p.from_proto.with_secure(p.to_secure)),
+                crypto: p.offered.clone(),
+                rtcp_mux: p.from_mux,
+            });
+        }
+        let out = self.write_for(&mut ctl.origin[t], &sd, rewrites);
+        ctl.pending = Some(Pending {
+            from,
+            policy: policy.clone(),
+            media: plan,
+        });
+        Ok(out)
+    }
+
+    fn answer(&self, call: CallRef, from: LegSide, sdp_body: &[u8]) -> Result<Vec<u8>, MediaError> {
+        let sd = sdp::parse(sdp_body).map_err(sdp_error)?;
+        let mut calls = lock_calls(&self.inner.calls);
+        let ctl = calls.get_mut(&call).ok_or(MediaError::UnknownCall(call))?;
+        let Some(pending) = ctl.pending.as_ref() else {
+            return Err(MediaError::NotAcceptable("no offer to answer".into()));
+        };
+        if pending.from == from {
+            return Err(MediaError::NotAcceptable(
+                "answer from the leg that offered".into(),
+            ));
+        }
+        if sd.media.len() != pending.media.len() {
+            return Err(MediaError::Malformed(format!(
+                "answer has {} m-lines, the offer had {}",
+                sd.media.len(),
+                pending.media.len()
+            )));
+        }
+        let s_side = pending.from;
+        let s = idx(s_side);
+        let t_required = pending.policy.leg(from).srtp == SrtpMode::Required;
+
+        // Decide per m-line: (leg configs [caller, callee], rewrite for S).
+        let mut decided: Vec<Option<([LegConfig; 2], MediaRewrite)>> = Vec::new();
+        let mut refusal: Option<&'static str> = None;
+        for (i, am) in sd.media.iter().enumerate() {
+            let pm = pending.media[i].as_ref();
+            let stream = ctl.streams.get_mut(i).and_then(Option::as_mut);
+            let (Some(pm), Some(stream)) = (pm, stream) else {
+                decided.push(None);
+                continue;
+            };
+            let r = (|| {
+                let proto = am
+                    .proto
+                    .filter(|_| am.is_relayable())
+                    .ok_or("stream refused by the answerer")?;
+                // The other leg's keys.
+                let (t_rx, t_tx) = if pm.to_secure && proto.is_secure() {
+                    let mut chosen = None;
+                    for c in am.crypto.iter().filter(|c| c.usable) {
+                        let ours = pm
+                            .offered
+                            .iter()
+                            .find(|o| o.tag == c.tag && Some(o.profile) == c.profile);
+                        if let (Some(o), Some(key)) = (ours, &c.key) {
+                            chosen = Some((
+                                KeySpec {
+                                    profile: o.profile,
+                                    key: key.clone(),
+                                    mki: c.mki,
+                                },
+                                KeySpec {
+                                    profile: o.profile,
+                                    key: o.key.clone(),
+                                    mki: None,
+                                },
+                            ));
+                            break;
+                        }
+                    }
+                    let (rx, tx) = chosen.ok_or("answer crypto does not match the offer")?;
+                    (Some(rx), Some(tx))
+                } else if proto.is_secure() {
+                    return Err("SRTP answer to a plain RTP offer");
+                } else if pm.to_secure && t_required {
+                    return Err("SRTP required but answered with RTP");
+                } else {
+                    (None, None)
+                };
+                Ok((t_rx, t_tx, proto))
+            })();
+            let (t_rx, t_tx, _proto) = match r {
+                Ok(v) => v,
+                Err(reason) => {
+                    refusal.get_or_insert(reason);
+                    decided.push(None);
+                    continue;
+                }
+            };
+            // The offering leg's keys: its own, and ours for the suite it chose.
+            let (s_rx, s_tx, s_crypto) = match &pm.from_crypto {
+                Some((tag, spec)) => {
+                    let key = self.our_key(stream, s, spec.profile)?;
+                    (
+                        Some(spec.clone()),
+                        Some(KeySpec {
+                            profile: spec.profile,
+                            key: key.clone(),
+                            mki: None,
+                        }),
+                        vec![CryptoOut {
+                            tag: *tag,
+                            profile: spec.profile,
+                            key,
+                        }],
+                    )
+                }
+                None => (None, None, Vec::new()),
+            };
+            let (t_sdp_rtp, t_sdp_rtcp) = peer_addrs(&sd, am);
+            let t_mux = am.rtcp_mux && pm.from_mux;
+            let s_cfg = LegConfig {
+                secure: s_rx.is_some(),
+                rx: s_rx,
+                tx: s_tx,
+                rtcp_mux: pm.from_mux,
+                sdp_rtp: pm.from_sdp_rtp,
+                sdp_rtcp: pm.from_sdp_rtcp,
+            };
+            let t_cfg = LegConfig {
+                secure: t_rx.is_some(),
+                rx: t_rx,
+                tx: t_tx,
+                rtcp_mux: t_mux,
+                sdp_rtp: t_sdp_rtp,
+                sdp_rtcp: if t_mux { t_sdp_rtp } else { t_sdp_rtcp },
+            };
+            let legs = if s == 0 {
+                [s_cfg, t_cfg]
+            } else {
+                [t_cfg, s_cfg]
+            };
+            let rw = MediaRewrite {
+                port: stream.ports[s],
+                proto: Some(pm.from_proto),
+                crypto: s_crypto,
+                rtcp_mux: pm.from_mux,
+            };
+            decided.push(Some((legs, rw)));
+        }
+        if decided.iter().all(Option::is_none) {
+            return Err(MediaError::NotAcceptable(
+                refusal.unwrap_or("no media").to_string(),
+            ));
+        }
+
+        // Commit: hand new sockets and all keys to the worker.
+        let mut setups = Vec::new();
+        let mut rewrites = Vec::with_capacity(decided.len());
+        for (i, d) in decided.into_iter().enumerate() {
+            match d {
+                Some((legs, rw)) => {
+                    if let Some(stream) = ctl.streams.get_mut(i).and_then(Option::as_mut) {
+                        setups.push(StreamSetup {
+                            index: i,
+                            sockets: stream.sockets.take(),
+                            legs,
+                        });
+                        stream.committed = true;
+                    }
+                    rewrites.push(rw);
+                }
+                None => rewrites.push(MediaRewrite {
+                    port: 0,
+                    proto: None,
+                    crypto: Vec::new(),
+                    rtcp_mux: false,
+                }),
+            }
+        }
+        let out = self.write_for(&mut ctl.origin[s], &sd, rewrites);
+        let worker = ctl.worker;
+        let _ = &ctl.tenant;
+        drop(calls);
+        if let Some(w) = self.worker(worker) {
+            if !w.send(Command::Upsert {
+                call,
+                streams: setups,
+            }) {
+                tracing::error!(%call, "media worker is gone");
+                return Err(MediaError::NoPorts);
+            }
+        }
+        Ok(out)
+    }
+
+    fn delete(&self, call: CallRef) {
+        let removed = lock_calls(&self.inner.calls).remove(&call);
+        if let Some(ctl) = removed {
+            if let Some(w) = self.worker(ctl.worker) {
+                w.send(Command::Remove(call));
+            }
+        }
+    }
+
+    fn poll_events(&self) -> Vec<MediaEvent> {
+        std::mem::take(&mut *self.inner.events.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}

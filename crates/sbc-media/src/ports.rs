@@ -1,0 +1,277 @@
+//! The media port pool: even RTP ports with RTCP on the next one (RFC 3550 §11), one pair
+//! per leg per m-line. A leg that negotiates rtcp-mux (RFC 5761) still holds its pair,
+//! so an answer that refuses mux needs no second allocation.
+//!
+//! Owns: which pairs are free ([`PortPool`], sans-IO) and the binding of a pair to two UDP
+//! sockets ([`bind_pair`]) with a lease that gives the pair back when dropped. Freed
+//! pairs go to the back of the queue so a port is not reused at once, which keeps late
+//! packets of an ended call away from a new one. Must not: run on the packet path
+//! (allocation takes a lock shared by the control side and the workers).
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// How many pairs [`bind_pair`] tries before it gives up when ports are taken by other
+/// processes: enough to step over a few strays, bounded so an exhausted host fails fast.
+pub const BIND_ATTEMPTS: usize = 16;
+
+/// Why a port range was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PortRangeError {
+    #[error("port range must start on an even port, got {0}")]
+    OddStart(u16),
+    #[error("port range {min}..={max} holds no RTP/RTCP pair")]
+    Empty { min: u16, max: u16 },
+    #[error("port range must not include port 0")]
+    ZeroPort,
+}
+
+/// Free and used RTP/RTCP pairs of a range.
+#[derive(Debug)]
+pub struct PortPool {
+    min: u16,
+    free: VecDeque<u16>,
+    used: Vec<bool>,
+    in_use: usize,
+}
+
+impl PortPool {
+    /// A pool over `min..=max`; `min` must be even. Pairs are `(p, p + 1)` for even `p`
+    /// with `p + 1 <= max`.
+    pub fn new(min: u16, max: u16) -> Result<Self, PortRangeError> {
+        if min == 0 {
+            return Err(PortRangeError::ZeroPort);
+        }
+        if min % 2 != 0 {
+            return Err(PortRangeError::OddStart(min));
+        }
+        if max <= min {
+            return Err(PortRangeError::Empty { min, max });
+        }
+        let pairs = (u32::from(max) - u32::from(min)).div_ceil(2);
+        // `pairs` <= 32768 since both bounds are u16.
+        let pairs = pairs as u16;
+        Ok(PortPool {
+            min,
+            free: (0..pairs).collect(),
+            used: vec![false; usize::from(pairs)],
+            in_use: 0,
+        })
+    }
+
+    /// Takes a pair; returns its even RTP port, or `None` when the pool is exhausted.
+    pub fn allocate(&mut self) -> Option<u16> {
+        let idx = self.free.pop_front()?;
+        self.used[usize::from(idx)] = true;
+        self.in_use += 1;
+        Some(self.min + 2 * idx)
+    }
+
+    /// Gives a pair back; false (and nothing changes) for a port that is not an allocated
+    /// RTP port of this pool.
+    pub fn release(&mut self, rtp_port: u16) -> bool {
+        if rtp_port < self.min || (rtp_port - self.min) % 2 != 0 {
+            return false;
+        }
+        let idx = (rtp_port - self.min) / 2;
+        match self.used.get_mut(usize::from(idx)) {
+            Some(u) if *u => {
+                *u = false;
+                self.in_use -= 1;
+                self.free.push_back(idx);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Pairs in use.
+    pub fn pairs_in_use(&self) -> usize {
+        self.in_use
+    }
+
+    /// Ports in use (two per pair).
+    pub fn ports_in_use(&self) -> usize {
+        2 * self.in_use
+    }
+
+    /// Total pairs.
+    pub fn capacity(&self) -> usize {
+        self.used.len()
+    }
+}
+
+/// A pool shared by the control side and the workers (locked per call, not per packet).
+pub type SharedPortPool = Arc<Mutex<PortPool>>;
+
+/// Locks the pool; a poisoned lock still holds consistent data (every mutation is a few
+/// infallible steps), so it is used as is.
+pub fn lock(pool: &SharedPortPool) -> MutexGuard<'_, PortPool> {
+    pool.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A pair taken from the pool, given back on drop.
+#[derive(Debug)]
+pub struct PortLease {
+    pool: SharedPortPool,
+    port: u16,
+}
+
+impl PortLease {
+    /// The even RTP port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl Drop for PortLease {
+    fn drop(&mut self) {
+        lock(&self.pool).release(self.port);
+    }
+}
+
+/// Two non-blocking UDP sockets on a leased pair. Field order matters: the sockets close
+/// before the lease returns the ports.
+#[derive(Debug)]
+pub struct BoundPair {
+    pub rtp: UdpSocket,
+    pub rtcp: UdpSocket,
+    pub lease: PortLease,
+}
+
+impl BoundPair {
+    /// The even RTP port.
+    pub fn port(&self) -> u16 {
+        self.lease.port
+    }
+}
+
+/// Why no pair could be bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BindError {
+    #[error("port pool exhausted")]
+    Exhausted,
+    #[error("no bindable pair after {BIND_ATTEMPTS} attempts")]
+    Unbindable,
+}
+
+/// Takes a pair from the pool and binds RTP and RTCP sockets on `ip`. Pairs that do not
+/// bind (taken by another process) are given back and the next is tried.
+pub fn bind_pair(pool: &SharedPortPool, ip: IpAddr) -> Result<BoundPair, BindError> {
+    for _ in 0..BIND_ATTEMPTS {
+        let port = lock(pool).allocate().ok_or(BindError::Exhausted)?;
+        let lease = PortLease {
+            pool: Arc::clone(pool),
+            port,
+        };
+        let bind = |p: u16| -> std::io::Result<UdpSocket> {
+            let s = UdpSocket::bind(SocketAddr::new(ip, p))?;
+            s.set_nonblocking(true)?;
+            Ok(s)
+        };
+        match (bind(port), bind(port.wrapping_add(1))) {
+            (Ok(rtp), Ok(rtcp)) => return Ok(BoundPair { rtp, rtcp, lease }),
+            (rtp, rtcp) => {
+                tracing::debug!(
+                    port,
+                    rtp_ok = rtp.is_ok(),
+                    rtcp_ok = rtcp.is_ok(),
+                    "media port pair not bindable, trying another"
+                );
+                drop(lease);
+            }
+        }
+    }
+    Err(BindError::Unbindable)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn range_validation() {
+        assert_eq!(
+            PortPool::new(30001, 30010).err(),
+            Some(PortRangeError::OddStart(30001))
+        );
+        assert_eq!(
+            PortPool::new(30000, 30000).err(),
+            Some(PortRangeError::Empty {
+                min: 30000,
+                max: 30000
+            })
+        );
+        assert_eq!(PortPool::new(0, 10).err(), Some(PortRangeError::ZeroPort));
+        // An odd max leaves the last port unused; an even max leaves a lone port out.
+        assert_eq!(PortPool::new(30000, 30003).unwrap().capacity(), 2);
+        assert_eq!(PortPool::new(30000, 30004).unwrap().capacity(), 2);
+        assert_eq!(PortPool::new(65534, 65535).unwrap().capacity(), 1);
+        assert_eq!(PortPool::new(2, 65535).unwrap().capacity(), 32767);
+    }
+
+    #[test]
+    fn allocates_even_pairs_until_exhausted() {
+        let mut p = PortPool::new(30000, 30005).unwrap();
+        let a = p.allocate().unwrap();
+        let b = p.allocate().unwrap();
+        let c = p.allocate().unwrap();
+        assert_eq!([a, b, c], [30000, 30002, 30004]);
+        assert_eq!(p.allocate(), None);
+        assert_eq!(p.ports_in_use(), 6);
+        assert!(p.release(b));
+        assert!(!p.release(b), "double release is refused");
+        assert!(!p.release(30001), "odd port");
+        assert!(!p.release(29998), "below range");
+        assert!(!p.release(40000), "above range");
+        assert_eq!(p.pairs_in_use(), 2);
+        assert_eq!(p.allocate(), Some(30002));
+    }
+
+    #[test]
+    fn released_pairs_go_to_the_back() {
+        let mut p = PortPool::new(30000, 30007).unwrap();
+        let a = p.allocate().unwrap();
+        assert!(p.release(a));
+        assert_eq!(p.allocate(), Some(30002));
+        assert_eq!(p.allocate(), Some(30004));
+        assert_eq!(p.allocate(), Some(30006));
+        assert_eq!(p.allocate(), Some(30000));
+    }
+
+    #[test]
+    fn lease_returns_pair_on_drop_and_binds() {
+        // Ports from the ephemeral-ish high range; the test skips taken pairs itself.
+        let pool: SharedPortPool = Arc::new(Mutex::new(PortPool::new(41000, 41199).unwrap()));
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let pair = bind_pair(&pool, ip).unwrap();
+        assert_eq!(pair.port() % 2, 0);
+        assert_eq!(pair.rtp.local_addr().unwrap().port(), pair.port());
+        assert_eq!(pair.rtcp.local_addr().unwrap().port(), pair.port() + 1);
+        assert_eq!(lock(&pool).pairs_in_use(), 1);
+        drop(pair);
+        assert_eq!(lock(&pool).pairs_in_use(), 0);
+    }
+
+    #[test]
+    fn bind_pair_reports_exhaustion() {
+        let pool: SharedPortPool = Arc::new(Mutex::new(PortPool::new(41200, 41203).unwrap()));
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let mut held = Vec::new();
+        loop {
+            match bind_pair(&pool, ip) {
+                Ok(p) => held.push(p),
+                Err(e) => {
+                    assert_eq!(e, BindError::Exhausted);
+                    break;
+                }
+            }
+            assert!(held.len() <= 2);
+        }
+        held.clear();
+        assert_eq!(lock(&pool).pairs_in_use(), 0);
+    }
+}

@@ -1,0 +1,1221 @@
+//! The media relay: per-stream state (keys, latching) and the worker threads that own
+//! the sockets.
+//!
+//! Two parts. The core ([`LegState`], [`Latch`], [`relay_packet`]) is sans-IO: bytes,
+//! source address and `now` in, a destination and length (or a [`DropReason`]) out. The
+//! worker ([`spawn_worker`]) owns its calls' sockets, polls them with `mio`, and drives
+//! the core. A call is owned by exactly one worker; the packet path takes no lock,
+//! allocates nothing (one buffer per worker, metric handles registered at start) and
+//! touches only that worker's state.
+//!
+//! Latching (DESIGN.md "Latch only on authenticated media"): an SRTP leg sends to the
+//! address its SDP gave until a packet from that leg passes SRTP authentication; the
+//! source of such packets becomes the latched peer. Another authenticated source takes
+//! over only after the latched one was silent for `relatch_after`. A plain RTP leg with
+//! a usable SDP address accepts packets only from that IP and sends to the SDP address;
+//! one without (0.0.0.0, an FQDN) latches the first packet's source, with the same
+//! re-latch rule.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::net::UdpSocket;
+use mio::{Events, Interest, Poll, Token, Waker};
+use sbc_core::media::CallRef;
+
+use crate::ports::{BoundPair, PortLease};
+use crate::srtp::{MasterKey, Mki, SrtpConfig, SrtpContext, SrtpError, SrtpProfile, MAX_MKI_LEN};
+
+/// Largest datagram relayed. RTP over UDP stays under the path MTU (1500); 2048 leaves
+/// room for jumbo-ish video packets. Larger datagrams are dropped as truncated.
+pub const MAX_DATAGRAM: usize = 2048;
+
+/// Tailroom for the largest SRTP/SRTCP trailer we add: 16-byte GCM tag, 4-byte SRTCP
+/// index, and an MKI (we never send one, but the bound keeps `protect` total).
+const TAILROOM: usize = 16 + 4 + MAX_MKI_LEN;
+
+/// Worker receive buffer: one datagram plus tailroom.
+const BUF_LEN: usize = MAX_DATAGRAM + TAILROOM;
+
+/// How often a worker checks its calls for media timeout. The timeout is reported at
+/// most this late; 100 ms is small against the default 60 s.
+const TICK: Duration = Duration::from_millis(100);
+
+/// Readiness events handled per poll wakeup.
+const EVENTS_CAPACITY: usize = 256;
+
+const WAKER: Token = Token(usize::MAX);
+
+/// Consecutive receive errors tolerated on one socket per wakeup (pending ICMP errors
+/// are reported one per read); past this the socket waits for its next readiness.
+const MAX_RECV_ERRORS: u32 = 8;
+
+/// Why a packet was dropped: the bounded `reason` label of
+/// `sbc_media_packets_dropped_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DropReason {
+    /// SRTP/SRTCP authentication failed (forged, corrupted, or wrong key).
+    AuthFailed,
+    /// SRTP replay window rejected it.
+    Replayed,
+    /// Not a well-formed RTP/RTCP (or SRTP) packet.
+    InvalidPacket,
+    /// The leg is SRTP but has no key yet (offer not answered).
+    NoCrypto,
+    /// Authentic, but from a source other than the latched peer, which is not silent.
+    UnexpectedSource,
+    /// No address to send to on the other leg yet.
+    NoPeer,
+    /// Larger than [`MAX_DATAGRAM`].
+    Truncated,
+    /// The kernel refused the send.
+    SendFailed,
+    /// Any other SRTP error (SSRC bound, key exhausted, MKI, ...).
+    Srtp,
+}
+
+impl DropReason {
+    /// Number of reasons.
+    pub const COUNT: usize = 9;
+
+    /// Every reason, in index order.
+    pub const ALL: [DropReason; DropReason::COUNT] = [
+        DropReason::AuthFailed,
+        DropReason::Replayed,
+        DropReason::InvalidPacket,
+        DropReason::NoCrypto,
+        DropReason::UnexpectedSource,
+        DropReason::NoPeer,
+        DropReason::Truncated,
+        DropReason::SendFailed,
+        DropReason::Srtp,
+    ];
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::AuthFailed => "auth_failed",
+            DropReason::Replayed => "replayed",
+            DropReason::InvalidPacket => "invalid_packet",
+            DropReason::NoCrypto => "no_crypto",
+            DropReason::UnexpectedSource => "unexpected_source",
+            DropReason::NoPeer => "no_peer",
+            DropReason::Truncated => "truncated",
+            DropReason::SendFailed => "send_failed",
+            DropReason::Srtp => "srtp_other",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    /// True when the packet was accepted from its leg before it was dropped (it counts
+    /// as media activity).
+    fn after_accept(self) -> bool {
+        matches!(
+            self,
+            DropReason::NoPeer | DropReason::SendFailed | DropReason::Srtp
+        )
+    }
+
+    fn from_srtp(e: SrtpError) -> DropReason {
+        match e {
+            SrtpError::AuthenticationFailed => DropReason::AuthFailed,
+            SrtpError::Replayed => DropReason::Replayed,
+            SrtpError::TooShort | SrtpError::InvalidPacket(_) => DropReason::InvalidPacket,
+            _ => DropReason::Srtp,
+        }
+    }
+}
+
+/// RTP or RTCP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PacketKind {
+    Rtp,
+    Rtcp,
+}
+
+impl PacketKind {
+    /// Classifies a packet received on an RTP port that may carry muxed RTCP: RTCP
+    /// packet types 192..=223 (RFC 5761 §4; SR/RR/SDES/BYE/APP are 200..=204).
+    pub fn classify_muxed(packet: &[u8]) -> PacketKind {
+        match packet.get(1) {
+            Some(pt) if (192..=223).contains(pt) => PacketKind::Rtcp,
+            _ => PacketKind::Rtp,
+        }
+    }
+}
+
+/// An SRTP master key with its suite and MKI, as announced in SDP.
+#[derive(Debug, Clone)]
+pub struct KeySpec {
+    pub profile: SrtpProfile,
+    pub key: MasterKey,
+    pub mki: Option<Mki>,
+}
+
+impl KeySpec {
+    fn same(&self, other: &KeySpec) -> bool {
+        self.profile == other.profile
+            && self.key.key == other.key.key
+            && self.key.salt == other.key.salt
+            && self.mki.as_ref().map(Mki::as_bytes) == other.mki.as_ref().map(Mki::as_bytes)
+    }
+
+    fn context(&self) -> Result<SrtpContext, SrtpError> {
+        let mut cfg = SrtpConfig::default();
+        if let Some(mki) = self.mki {
+            cfg = cfg.with_mki(mki);
+        }
+        SrtpContext::new(self.profile, &self.key, cfg)
+    }
+}
+
+/// What the control side tells a worker about one leg of one stream.
+#[derive(Debug, Clone)]
+pub struct LegConfig {
+    /// SRTP on this leg.
+    pub secure: bool,
+    /// The key the leg's peer announced: we decrypt what it sends with it.
+    pub rx: Option<KeySpec>,
+    /// The key we announced to the leg's peer: we encrypt what we send it with it.
+    pub tx: Option<KeySpec>,
+    /// RTCP multiplexed on the RTP port (RFC 5761).
+    pub rtcp_mux: bool,
+    /// RTP address from the peer's SDP.
+    pub sdp_rtp: Option<SocketAddr>,
+    /// RTCP address from the peer's SDP (`a=rtcp`, or RTP port + 1).
+    pub sdp_rtcp: Option<SocketAddr>,
+}
+
+/// Where a leg's peer is.
+#[derive(Debug, Clone, Default)]
+pub struct Latch {
+    sdp: Option<SocketAddr>,
+    latched: Option<SocketAddr>,
+    last_seen: Option<Instant>,
+}
+
+fn usable(addr: Option<SocketAddr>) -> Option<SocketAddr> {
+    addr.filter(|a| !a.ip().is_unspecified() && a.port() != 0)
+}
+
+impl Latch {
+    /// A latch starting from the SDP address.
+    pub fn new(sdp: Option<SocketAddr>) -> Self {
+        Latch {
+            sdp,
+            latched: None,
+            last_seen: None,
+        }
+    }
+
+    /// Where to send: the latched peer, else the SDP address if usable.
+    pub fn dest(&self) -> Option<SocketAddr> {
+        self.latched.or(usable(self.sdp))
+    }
+
+    /// The latched peer, if any packet latched.
+    pub fn latched(&self) -> Option<SocketAddr> {
+        self.latched
+    }
+
+    /// Decides whether a packet from `src` is accepted. `authenticated` packets (SRTP)
+    /// may latch; unauthenticated ones only latch when the SDP gave no usable address.
+    pub fn accept(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
+        authenticated: bool,
+        relatch_after: Duration,
+    ) -> Result<(), DropReason> {
+        if !authenticated {
+            if let Some(sdp) = usable(self.sdp) {
+                if src.ip() != sdp.ip() {
+                    return Err(DropReason::UnexpectedSource);
+                }
+                self.last_seen = Some(now);
+                return Ok(());
+            }
+        }
+        match self.latched {
+            Some(peer) if peer == src => {}
+            Some(_) => {
+                let silent = self
+                    .last_seen
+                    .is_none_or(|t| now.saturating_duration_since(t) >= relatch_after);
+                if !silent {
+                    return Err(DropReason::UnexpectedSource);
+                }
+                self.latched = Some(src);
+            }
+            None => self.latched = Some(src),
+        }
+        self.last_seen = Some(now);
+        Ok(())
+    }
+
+    fn set_sdp(&mut self, sdp: Option<SocketAddr>) {
+        if self.sdp != sdp {
+            self.sdp = sdp;
+            self.reset();
+        }
+    }
+
+    fn reset(&mut self) {
+        self.latched = None;
+        self.last_seen = None;
+    }
+}
+
+/// One leg of one stream: keys and where the peer is.
+#[derive(Debug)]
+pub struct LegState {
+    secure: bool,
+    rx: Option<(KeySpec, SrtpContext)>,
+    tx: Option<(KeySpec, SrtpContext)>,
+    rtcp_mux: bool,
+    rtp: Latch,
+    rtcp: Latch,
+}
+
+impl LegState {
+    /// A leg from its first configuration.
+    pub fn new(cfg: &LegConfig) -> Result<Self, SrtpError> {
+        let mut leg = LegState {
+            secure: cfg.secure,
+            rx: None,
+            tx: None,
+            rtcp_mux: cfg.rtcp_mux,
+            rtp: Latch::new(cfg.sdp_rtp),
+            rtcp: Latch::new(cfg.sdp_rtcp),
+        };
+        leg.update(cfg)?;
+        Ok(leg)
+    }
+
+    /// Applies a new configuration (an answer, or a re-offer's answer). Same keys keep
+    /// their contexts (ROC, replay windows); new keys get new contexts. A new receive key
+    /// or a new SDP address drops the latched peer: only packets under the new key can
+    /// latch again.
+    pub fn update(&mut self, cfg: &LegConfig) -> Result<(), SrtpError> {
+        let rx_changed = !same_key(self.rx.as_ref(), cfg.rx.as_ref());
+        if rx_changed {
+            self.rx = match &cfg.rx {
+                Some(k) => Some((k.clone(), k.context()?)),
+                None => None,
+            };
+            self.rtp.reset();
+            self.rtcp.reset();
+        }
+        if !same_key(self.tx.as_ref(), cfg.tx.as_ref()) {
+            self.tx = match &cfg.tx {
+                Some(k) => Some((k.clone(), k.context()?)),
+                None => None,
+            };
+        }
+        self.secure = cfg.secure;
+        self.rtcp_mux = cfg.rtcp_mux;
+        self.rtp.set_sdp(cfg.sdp_rtp);
+        self.rtcp.set_sdp(if cfg.rtcp_mux {
+            cfg.sdp_rtp
+        } else {
+            cfg.sdp_rtcp
+        });
+        Ok(())
+    }
+
+    /// The latched RTP peer.
+    pub fn latched_rtp(&self) -> Option<SocketAddr> {
+        self.rtp.latched()
+    }
+
+    /// Where RTCP for this leg's peer goes.
+    fn rtcp_dest(&self) -> Option<SocketAddr> {
+        if let Some(a) = self.rtcp.latched() {
+            return Some(a);
+        }
+        if self.rtcp_mux {
+            return self.rtp.dest();
+        }
+        if let Some(rtp) = self.rtp.latched() {
+            // Learned the peer's RTP address; its RTCP port is the SDP's (or RTP + 1).
+            let port = usable(self.rtcp.sdp).map_or(rtp.port().wrapping_add(1), |s| s.port());
+            return Some(SocketAddr::new(rtp.ip(), port));
+        }
+        usable(self.rtcp.sdp)
+    }
+}
+
+fn same_key(cur: Option<&(KeySpec, SrtpContext)>, new: Option<&KeySpec>) -> bool {
+    match (cur, new) {
+        (None, None) => true,
+        (Some((a, _)), Some(b)) => a.same(b),
+        _ => false,
+    }
+}
+
+/// A packet to send: to `dest`, the first `len` bytes of the buffer, from the leg's RTCP
+/// socket when `via_rtcp_socket`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Forward {
+    pub dest: SocketAddr,
+    pub len: usize,
+    pub via_rtcp_socket: bool,
+}
+
+fn check_plain(kind: PacketKind, pkt: &[u8]) -> Result<(), DropReason> {
+    let min = match kind {
+        PacketKind::Rtp => 12,
+        PacketKind::Rtcp => 8,
+    };
+    if pkt.len() < min || pkt[0] >> 6 != 2 {
+        return Err(DropReason::InvalidPacket);
+    }
+    Ok(())
+}
+
+/// Relays one packet received on `inbound` from `src`: the first `len` bytes of `buf`
+/// hold it, and `buf` must have [`TAILROOM`] bytes past `len` for the SRTP trailer.
+/// Decrypts with the inbound peer's key, latches, encrypts with our key for the outbound
+/// peer, and says where to send.
+// The arguments are the packet and both legs' state; a struct would only rename them.
+#[allow(clippy::too_many_arguments)]
+pub fn relay_packet(
+    now: Instant,
+    relatch_after: Duration,
+    inbound: &mut LegState,
+    outbound: &mut LegState,
+    kind: PacketKind,
+    src: SocketAddr,
+    buf: &mut [u8],
+    len: usize,
+) -> Result<Forward, DropReason> {
+    let packet = buf.get_mut(..len).ok_or(DropReason::Truncated)?;
+    let plain_len = if inbound.secure {
+        let (_, ctx) = inbound.rx.as_mut().ok_or(DropReason::NoCrypto)?;
+        match kind {
+            PacketKind::Rtp => ctx.unprotect_rtp(packet),
+            PacketKind::Rtcp => ctx.unprotect_rtcp(packet),
+        }
+        .map_err(DropReason::from_srtp)?
+    } else {
+        check_plain(kind, packet)?;
+        len
+    };
+    let latch = match kind {
+        PacketKind::Rtp => &mut inbound.rtp,
+        PacketKind::Rtcp => &mut inbound.rtcp,
+    };
+    latch.accept(now, src, inbound.secure, relatch_after)?;
+
+    let dest = match kind {
+        PacketKind::Rtp => outbound.rtp.dest(),
+        PacketKind::Rtcp => outbound.rtcp_dest(),
+    }
+    .ok_or(DropReason::NoPeer)?;
+    let out_len = if outbound.secure {
+        let (_, ctx) = outbound.tx.as_mut().ok_or(DropReason::NoCrypto)?;
+        match kind {
+            PacketKind::Rtp => ctx.protect_rtp(buf, plain_len),
+            PacketKind::Rtcp => ctx.protect_rtcp(buf, plain_len),
+        }
+        .map_err(|e| match DropReason::from_srtp(e) {
+            // Our own transform failing is not the sender's fault; keep it apart from
+            // authentication failures.
+            DropReason::AuthFailed => DropReason::Srtp,
+            r => r,
+        })?
+    } else {
+        plain_len
+    };
+    Ok(Forward {
+        dest,
+        len: out_len,
+        via_rtcp_socket: kind == PacketKind::Rtcp && !outbound.rtcp_mux,
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// Worker: sockets and threads.
+
+/// Counters one worker writes and anyone may read (no lock; each worker has its own).
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    pub relayed: AtomicU64,
+    pub dropped: [AtomicU64; DropReason::COUNT],
+    pub streams: AtomicU64,
+}
+
+impl WorkerStats {
+    /// Packets dropped for `reason`.
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        self.dropped[reason.index()].load(Ordering::Relaxed)
+    }
+}
+
+/// Sockets and leg configuration for one stream (one m-line), indexed by leg: 0 is the
+/// caller's leg, 1 the callee's.
+#[derive(Debug)]
+pub struct StreamSetup {
+    pub index: usize,
+    /// Set when the stream is new to the worker.
+    pub sockets: Option<[BoundPair; 2]>,
+    pub legs: [LegConfig; 2],
+}
+
+/// Control messages to a worker.
+#[derive(Debug)]
+pub enum Command {
+    /// Create or update a call's streams.
+    Upsert {
+        call: CallRef,
+        streams: Vec<StreamSetup>,
+    },
+    /// Drop a call and its sockets.
+    Remove(CallRef),
+    /// Stop the worker.
+    Shutdown,
+}
+
+/// What a worker needs from its owner.
+pub struct WorkerParams {
+    pub media_timeout: Duration,
+    pub relatch_after: Duration,
+    pub stats: Arc<WorkerStats>,
+    /// Called (off the packet path) when a call timed out; its sockets are closed by then.
+    pub on_timeout: Box<dyn Fn(CallRef) + Send>,
+}
+
+impl std::fmt::Debug for WorkerParams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerParams")
+            .field("media_timeout", &self.media_timeout)
+            .field("relatch_after", &self.relatch_after)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    call: CallRef,
+    stream: usize,
+    leg: usize,
+    rtcp: bool,
+}
+
+#[derive(Debug)]
+struct LegIo {
+    state: LegState,
+    rtp: UdpSocket,
+    rtcp: UdpSocket,
+    tokens: [Token; 2],
+    // Declared after the sockets: dropped after they close.
+    _lease: PortLease,
+}
+
+#[derive(Debug)]
+struct StreamIo {
+    legs: [LegIo; 2],
+}
+
+#[derive(Debug)]
+struct CallIo {
+    streams: Vec<Option<StreamIo>>,
+    last_activity: Instant,
+}
+
+struct Counters {
+    relayed: metrics::Counter,
+    dropped: [metrics::Counter; DropReason::COUNT],
+}
+
+impl Counters {
+    fn register() -> Self {
+        Counters {
+            relayed: metrics::counter!("sbc_media_packets_relayed_total"),
+            dropped: DropReason::ALL.map(
+                |r| metrics::counter!("sbc_media_packets_dropped_total", "reason" => r.as_str()),
+            ),
+        }
+    }
+}
+
+/// A running worker's handle.
+#[derive(Debug)]
+pub struct WorkerHandle {
+    pub tx: std::sync::mpsc::Sender<Command>,
+    pub waker: Arc<Waker>,
+    pub thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl WorkerHandle {
+    /// Sends a command and wakes the worker. False when the worker is gone.
+    pub fn send(&self, cmd: Command) -> bool {
+        if self.tx.send(cmd).is_err() {
+            return false;
+        }
+        self.waker.wake().is_ok()
+    }
+}
+
+/// Starts a worker thread. Metric handles are registered here: install the `metrics`
+/// recorder before starting the engine.
+pub fn spawn_worker(id: usize, params: WorkerParams) -> io::Result<WorkerHandle> {
+    let poll = Poll::new()?;
+    let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let thread = std::thread::Builder::new()
+        .name(format!("sbc-media-{id}"))
+        .spawn(move || {
+            let mut w = Worker {
+                poll,
+                rx,
+                params,
+                counters: Counters::register(),
+                calls: HashMap::new(),
+                slots: Vec::new(),
+                free_slots: Vec::new(),
+                buf: vec![0u8; BUF_LEN].into_boxed_slice(),
+            };
+            w.run();
+        })?;
+    Ok(WorkerHandle {
+        tx,
+        waker,
+        thread: Some(thread),
+    })
+}
+
+struct Worker {
+    poll: Poll,
+    rx: Receiver<Command>,
+    params: WorkerParams,
+    counters: Counters,
+    calls: HashMap<CallRef, CallIo>,
+    slots: Vec<Option<Slot>>,
+    free_slots: Vec<usize>,
+    buf: Box<[u8]>,
+}
+
+impl Worker {
+    fn run(&mut self) {
+        let mut events = Events::with_capacity(EVENTS_CAPACITY);
+        let mut next_tick = Instant::now() + TICK;
+        loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            if let Err(e) = self.poll.poll(&mut events, Some(wait)) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    tracing::error!(error = %e, "media worker poll failed; worker stops");
+                    return;
+                }
+            }
+            let now = Instant::now();
+            for ev in events.iter() {
+                if ev.token() == WAKER {
+                    continue;
+                }
+                self.drain_socket(ev.token(), now);
+            }
+            if !self.commands(now) {
+                return;
+            }
+            if now >= next_tick {
+                self.check_timeouts(now);
+                next_tick = now + TICK;
+            }
+        }
+    }
+
+    /// Applies queued commands; false on shutdown.
+    fn commands(&mut self, now: Instant) -> bool {
+        loop {
+            match self.rx.try_recv() {
+                Ok(Command::Upsert { call, streams }) => self.upsert(call, streams, now),
+                Ok(Command::Remove(call)) => {
+                    self.remove(call);
+                }
+                Ok(Command::Shutdown) | Err(TryRecvError::Disconnected) => {
+                    let calls: Vec<CallRef> = self.calls.keys().copied().collect();
+                    for c in calls {
+                        self.remove(c);
+                    }
+                    return false;
+                }
+                Err(TryRecvError::Empty) => return true,
+            }
+        }
+    }
+
+    fn alloc_slot(&mut self, slot: Slot) -> Token {
+        if let Some(i) = self.free_slots.pop() {
+            self.slots[i] = Some(slot);
+            Token(i)
+        } else {
+            self.slots.push(Some(slot));
+            Token(self.slots.len() - 1)
+        }
+    }
+
+    fn leg_io(
+        &mut self,
+        call: CallRef,
+        stream: usize,
+        leg: usize,
+        pair: BoundPair,
+        cfg: &LegConfig,
+    ) -> io::Result<LegIo> {
+        let state = LegState::new(cfg).map_err(|e| io::Error::other(e.to_string()))?;
+        let BoundPair { rtp, rtcp, lease } = pair;
+        let mut rtp = UdpSocket::from_std(rtp);
+        let mut rtcp = UdpSocket::from_std(rtcp);
+        let t_rtp = self.alloc_slot(Slot {
+            call,
+            stream,
+            leg,
+            rtcp: false,
+        });
+        let t_rtcp = self.alloc_slot(Slot {
+            call,
+            stream,
+            leg,
+            rtcp: true,
+        });
+        let reg = self.poll.registry();
+        let res = reg
+            .register(&mut rtp, t_rtp, Interest::READABLE)
+            .and_then(|()| reg.register(&mut rtcp, t_rtcp, Interest::READABLE));
+        if let Err(e) = res {
+            self.free_slot(t_rtp);
+            self.free_slot(t_rtcp);
+            return Err(e);
+        }
+        Ok(LegIo {
+            state,
+            rtp,
+            rtcp,
+            tokens: [t_rtp, t_rtcp],
+            _lease: lease,
+        })
+    }
+
+    fn free_slot(&mut self, t: Token) {
+        if let Some(s) = self.slots.get_mut(t.0) {
+            if s.take().is_some() {
+                self.free_slots.push(t.0);
+            }
+        }
+    }
+
+    fn upsert(&mut self, call: CallRef, streams: Vec<StreamSetup>, now: Instant) {
+        for setup in streams {
+            let StreamSetup {
+                index,
+                sockets,
+                legs,
+            } = setup;
+            let existing = self
+                .calls
+                .get_mut(&call)
+                .and_then(|c| c.streams.get_mut(index))
+                .and_then(Option::as_mut);
+            if let Some(stream) = existing {
+                for (io, cfg) in stream.legs.iter_mut().zip(legs.iter()) {
+                    if let Err(e) = io.state.update(cfg) {
+                        tracing::warn!(%call, stream = index, error = %e, "media re-key refused");
+                    }
+                }
+                continue;
+            }
+            let Some([p0, p1]) = sockets else {
+                // The stream is gone (timed out meanwhile): nothing to update.
+                continue;
+            };
+            let made = self.leg_io(call, index, 0, p0, &legs[0]).and_then(|l0| {
+                match self.leg_io(call, index, 1, p1, &legs[1]) {
+                    Ok(l1) => Ok([l0, l1]),
+                    Err(e) => {
+                        self.release_leg(l0);
+                        Err(e)
+                    }
+                }
+            });
+            match made {
+                Ok(legs) => {
+                    let c = self.calls.entry(call).or_insert_with(|| CallIo {
+                        streams: Vec::new(),
+                        last_activity: now,
+                    });
+                    if c.streams.len() <= index {
+                        c.streams.resize_with(index + 1, || None);
+                    }
+                    c.streams[index] = Some(StreamIo { legs });
+                    self.params.stats.streams.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    tracing::warn!(%call, stream = index, error = %e, "media stream setup failed")
+                }
+            }
+        }
+    }
+
+    fn release_leg(&mut self, mut leg: LegIo) {
+        let reg = self.poll.registry();
+        let _ = reg.deregister(&mut leg.rtp);
+        let _ = reg.deregister(&mut leg.rtcp);
+        for t in leg.tokens {
+            self.free_slot(t);
+        }
+    }
+
+    fn remove(&mut self, call: CallRef) -> bool {
+        let Some(c) = self.calls.remove(&call) else {
+            return false;
+        };
+        for s in c.streams.into_iter().flatten() {
+            self.params.stats.streams.fetch_sub(1, Ordering::Relaxed);
+            for leg in s.legs {
+                self.release_leg(leg);
+            }
+        }
+        true
+    }
+
+    fn check_timeouts(&mut self, now: Instant) {
+        let timeout = self.params.media_timeout;
+        let expired: Vec<CallRef> = self
+            .calls
+            .iter()
+            .filter(|(_, c)| now.saturating_duration_since(c.last_activity) >= timeout)
+            .map(|(k, _)| *k)
+            .collect();
+        for call in expired {
+            if self.remove(call) {
+                tracing::info!(%call, "media timeout");
+                (self.params.on_timeout)(call);
+            }
+        }
+    }
+
+    /// Reads every pending datagram of one socket (mio readiness is edge-triggered).
+    fn drain_socket(&mut self, token: Token, now: Instant) {
+        let Some(Some(slot)) = self.slots.get(token.0).copied() else {
+            return;
+        };
+        let relatch_after = self.params.relatch_after;
+        let Worker {
+            calls,
+            buf,
+            params,
+            counters,
+            ..
+        } = self;
+        let Some(call) = calls.get_mut(&slot.call) else {
+            return;
+        };
+        let Some(Some(stream)) = call.streams.get_mut(slot.stream) else {
+            return;
+        };
+        let [l0, l1] = &mut stream.legs;
+        let (inb, outb) = if slot.leg == 0 { (l0, l1) } else { (l1, l0) };
+        let recv_max = MAX_DATAGRAM;
+        let mut errors = 0u32;
+        loop {
+            let sock = if slot.rtcp { &inb.rtcp } else { &inb.rtp };
+            let (n, src) = match sock.recv_from(&mut buf[..recv_max]) {
+                Ok(r) => r,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                // ICMP errors surface here on Linux (ECONNREFUSED) and clear on read; keep
+                // reading, but give up on a socket that keeps failing.
+                Err(_) => {
+                    errors += 1;
+                    if errors > MAX_RECV_ERRORS {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let result = if n >= recv_max {
+                Err(DropReason::Truncated)
+            } else {
+                let kind = if slot.rtcp {
+                    PacketKind::Rtcp
+                } else {
+                    PacketKind::classify_muxed(&buf[..n])
+                };
+                relay_packet(
+                    now,
+                    relatch_after,
+                    &mut inb.state,
+                    &mut outb.state,
+                    kind,
+                    src,
+                    buf,
+                    n,
+                )
+            };
+            let result = result.and_then(|f| {
+                call.last_activity = now;
+                let out = if f.via_rtcp_socket {
+                    &outb.rtcp
+                } else {
+                    &outb.rtp
+                };
+                out.send_to(&buf[..f.len], f.dest)
+                    .map(|_| ())
+                    .map_err(|_| DropReason::SendFailed)
+            });
+            match result {
+                Ok(()) => {
+                    params.stats.relayed.fetch_add(1, Ordering::Relaxed);
+                    counters.relayed.increment(1);
+                }
+                Err(r) => {
+                    if r.after_accept() {
+                        call.last_activity = now;
+                    }
+                    params.stats.dropped[r.index()].fetch_add(1, Ordering::Relaxed);
+                    counters.dropped[r.index()].increment(1);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let calls: Vec<CallRef> = self.calls.keys().copied().collect();
+        for c in calls {
+            self.remove(c);
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn key(b: u8) -> KeySpec {
+        KeySpec {
+            profile: SrtpProfile::AesCm128HmacSha1_80,
+            key: MasterKey::new(&[b; 16], &[b; 14]),
+            mki: None,
+        }
+    }
+
+    fn rtp(seq: u16, payload: &[u8]) -> Vec<u8> {
+        let mut p = vec![
+            0x80,
+            0,
+            (seq >> 8) as u8,
+            seq as u8,
+            0,
+            0,
+            0,
+            1,
+            0,
+            0,
+            0x12,
+            0x34,
+        ];
+        p.extend_from_slice(payload);
+        p
+    }
+
+    fn secure_leg(rx: u8, tx: u8, sdp: &str) -> LegState {
+        LegState::new(&LegConfig {
+            secure: true,
+            rx: Some(key(rx)),
+            tx: Some(key(tx)),
+            rtcp_mux: false,
+            sdp_rtp: Some(addr(sdp)),
+            sdp_rtcp: None,
+        })
+        .unwrap()
+    }
+
+    fn plain_leg(sdp: &str) -> LegState {
+        LegState::new(&LegConfig {
+            secure: false,
+            rx: None,
+            tx: None,
+            rtcp_mux: false,
+            sdp_rtp: Some(addr(sdp)),
+            sdp_rtcp: None,
+        })
+        .unwrap()
+    }
+
+    /// Protects with `k` into a buffer with tailroom.
+    fn protect(k: &KeySpec, pkt: &[u8]) -> (Vec<u8>, usize) {
+        let mut ctx = k.context().unwrap();
+        let mut buf = vec![0u8; BUF_LEN];
+        buf[..pkt.len()].copy_from_slice(pkt);
+        let n = ctx.protect_rtp(&mut buf, pkt.len()).unwrap();
+        (buf, n)
+    }
+
+    #[test]
+    fn secure_to_plain_and_latching() {
+        let now = Instant::now();
+        let ra = Duration::from_secs(5);
+        let mut a = secure_leg(1, 2, "192.0.2.1:4000");
+        let mut b = plain_leg("192.0.2.9:5000");
+        let pkt = rtp(1, b"hello");
+        let (mut buf, n) = protect(&key(1), &pkt);
+        let f = relay_packet(
+            now,
+            ra,
+            &mut a,
+            &mut b,
+            PacketKind::Rtp,
+            addr("198.51.100.1:7000"),
+            &mut buf,
+            n,
+        )
+        .unwrap();
+        assert_eq!(f.dest, addr("192.0.2.9:5000"));
+        assert_eq!(&buf[..f.len], &pkt[..]);
+        assert_eq!(a.latched_rtp(), Some(addr("198.51.100.1:7000")));
+
+        // Forged packet from elsewhere: auth fails, no latch change.
+        let mut forged = protect(&key(1), &rtp(2, b"evil"));
+        forged.0[forged.1 - 1] ^= 1;
+        let e = relay_packet(
+            now,
+            ra,
+            &mut a,
+            &mut b,
+            PacketKind::Rtp,
+            addr("203.0.113.66:1"),
+            &mut forged.0,
+            forged.1,
+        );
+        assert_eq!(e, Err(DropReason::AuthFailed));
+        assert_eq!(a.latched_rtp(), Some(addr("198.51.100.1:7000")));
+
+        // Authentic packet from a new source while the peer is active: refused.
+        let (buf, n) = {
+            let mut ctx = key(1).context().unwrap();
+            let mut buf = vec![0u8; BUF_LEN];
+            let p1 = rtp(1, b"x");
+            buf[..p1.len()].copy_from_slice(&p1);
+            ctx.protect_rtp(&mut buf, p1.len()).unwrap();
+            let p3 = rtp(3, b"moved");
+            buf[..p3.len()].copy_from_slice(&p3);
+            let n = ctx.protect_rtp(&mut buf, p3.len()).unwrap();
+            (buf, n)
+        };
+        let mut b2 = buf.clone();
+        let e = relay_packet(
+            now + Duration::from_secs(1),
+            ra,
+            &mut a,
+            &mut b,
+            PacketKind::Rtp,
+            addr("203.0.113.5:9"),
+            &mut b2,
+            n,
+        );
+        assert_eq!(e, Err(DropReason::UnexpectedSource));
+        // After silence, a newer authentic packet re-latches.
+        let (mut buf4, n4) = {
+            let mut ctx = key(1).context().unwrap();
+            let mut buf = vec![0u8; BUF_LEN];
+            let p = rtp(4, b"later");
+            buf[..p.len()].copy_from_slice(&p);
+            let n = ctx.protect_rtp(&mut buf, p.len()).unwrap();
+            (buf, n)
+        };
+        let f = relay_packet(
+            now + Duration::from_secs(7),
+            ra,
+            &mut a,
+            &mut b,
+            PacketKind::Rtp,
+            addr("203.0.113.5:9"),
+            &mut buf4,
+            n4,
+        )
+        .unwrap();
+        assert_eq!(&buf4[..f.len], &rtp(4, b"later")[..]);
+        assert_eq!(a.latched_rtp(), Some(addr("203.0.113.5:9")));
+    }
+
+    #[test]
+    fn plain_to_secure_encrypts_with_our_key() {
+        let now = Instant::now();
+        let ra = Duration::from_secs(5);
+        let mut a = plain_leg("192.0.2.9:5000");
+        let mut b = secure_leg(3, 4, "192.0.2.1:4000");
+        let pkt = rtp(10, b"voice");
+        let mut buf = vec![0u8; BUF_LEN];
+        buf[..pkt.len()].copy_from_slice(&pkt);
+        // From the wrong IP: refused.
+        let e = relay_packet(
+            now,
+            ra,
+            &mut a,
+            &mut b,
+            PacketKind::Rtp,
+            addr("203.0.113.1:5000"),
+            &mut buf,
+            pkt.len(),
+        );
+        assert_eq!(e, Err(DropReason::UnexpectedSource));
+        let f = relay_packet(
+            now,
+            ra,
+            &mut a,
+            &mut b,
+            PacketKind::Rtp,
+            addr("192.0.2.9:5002"),
+            &mut buf,
+            pkt.len(),
+        )
+        .unwrap();
+        assert_eq!(f.dest, addr("192.0.2.1:4000"));
+        assert_eq!(f.len, pkt.len() + 10);
+        let mut rx = key(4).context().unwrap();
+        let n = rx.unprotect_rtp(&mut buf[..f.len]).unwrap();
+        assert_eq!(&buf[..n], &pkt[..]);
+    }
+
+    #[test]
+    fn unspecified_plain_latches_first_source_and_rekey_resets_latch() {
+        let now = Instant::now();
+        let ra = Duration::from_secs(5);
+        let mut a = plain_leg("0.0.0.0:5000");
+        let mut b = plain_leg("192.0.2.1:4000");
+        let pkt = rtp(1, b"a");
+        let mut buf = vec![0u8; BUF_LEN];
+        buf[..pkt.len()].copy_from_slice(&pkt);
+        // Nothing known for a: b->a has no peer yet.
+        assert_eq!(
+            relay_packet(
+                now,
+                ra,
+                &mut b,
+                &mut a,
+                PacketKind::Rtp,
+                addr("192.0.2.1:4000"),
+                &mut buf,
+                pkt.len()
+            ),
+            Err(DropReason::NoPeer)
+        );
+        relay_packet(
+            now,
+            ra,
+            &mut a,
+            &mut b,
+            PacketKind::Rtp,
+            addr("198.51.100.4:6000"),
+            &mut buf,
+            pkt.len(),
+        )
+        .unwrap();
+        assert_eq!(a.latched_rtp(), Some(addr("198.51.100.4:6000")));
+        let f = relay_packet(
+            now,
+            ra,
+            &mut b,
+            &mut a,
+            PacketKind::Rtp,
+            addr("192.0.2.1:4000"),
+            &mut buf,
+            pkt.len(),
+        )
+        .unwrap();
+        assert_eq!(f.dest, addr("198.51.100.4:6000"));
+        // RTCP goes to the latched IP, RTP port + 1.
+        let rtcp = [0x80u8, 200, 0, 1, 0, 0, 0, 1];
+        buf[..8].copy_from_slice(&rtcp);
+        let f = relay_packet(
+            now,
+            ra,
+            &mut b,
+            &mut a,
+            PacketKind::Rtcp,
+            addr("192.0.2.1:4001"),
+            &mut buf,
+            8,
+        )
+        .unwrap();
+        assert_eq!(f.dest, addr("198.51.100.4:6001"));
+        assert!(f.via_rtcp_socket);
+
+        // Same keys keep state; new keys reset the latch.
+        let mut s = secure_leg(1, 2, "192.0.2.1:4000");
+        let (mut pb, n) = protect(&key(1), &rtp(1, b"z"));
+        relay_packet(
+            now,
+            ra,
+            &mut s,
+            &mut b,
+            PacketKind::Rtp,
+            addr("198.51.100.1:1"),
+            &mut pb,
+            n,
+        )
+        .unwrap();
+        let cfg = |rx| LegConfig {
+            secure: true,
+            rx: Some(key(rx)),
+            tx: Some(key(2)),
+            rtcp_mux: false,
+            sdp_rtp: Some(addr("192.0.2.1:4000")),
+            sdp_rtcp: None,
+        };
+        s.update(&cfg(1)).unwrap();
+        assert_eq!(s.latched_rtp(), Some(addr("198.51.100.1:1")));
+        // Replay still detected: the context (and its window) was kept.
+        let (mut pb2, n2) = protect(&key(1), &rtp(1, b"z"));
+        assert_eq!(
+            relay_packet(
+                now,
+                ra,
+                &mut s,
+                &mut b,
+                PacketKind::Rtp,
+                addr("198.51.100.1:1"),
+                &mut pb2,
+                n2
+            ),
+            Err(DropReason::Replayed)
+        );
+        s.update(&cfg(5)).unwrap();
+        assert_eq!(s.latched_rtp(), None);
+    }
+
+    #[test]
+    fn muxed_rtcp_classification() {
+        assert_eq!(PacketKind::classify_muxed(&[0x80, 200]), PacketKind::Rtcp);
+        assert_eq!(PacketKind::classify_muxed(&[0x80, 204]), PacketKind::Rtcp);
+        assert_eq!(PacketKind::classify_muxed(&[0x80, 0]), PacketKind::Rtp);
+        assert_eq!(
+            PacketKind::classify_muxed(&[0x80, 0x80 | 96]),
+            PacketKind::Rtp
+        );
+        assert_eq!(PacketKind::classify_muxed(&[0x80]), PacketKind::Rtp);
+    }
+
+    #[test]
+    fn reasons_are_indexed_in_order() {
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i);
+        }
+    }
+}

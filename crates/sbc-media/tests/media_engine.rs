@@ -1,0 +1,654 @@
+//! The media engine end to end on loopback: real UDP sockets as the two peers, SDP
+//! through `MediaControl`, SRTP with the keys each side saw in the other's SDP.
+//! Each test uses its own port range so they can run in parallel.
+#![allow(clippy::unwrap_used)]
+
+use std::net::UdpSocket;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use sbc_core::media::{
+    CallRef, LegPolicy, LegSide, MediaControl, MediaError, MediaEvent, MediaPolicy, SrtpMode,
+};
+use sbc_core::tenant::TenantId;
+use sbc_media::engine::{MediaEngine, MediaSettings, MediaStats};
+use sbc_media::sdp;
+use sbc_media::srtp::{MasterKey, SrtpConfig, SrtpContext, SrtpProfile};
+
+const WAIT: Duration = Duration::from_secs(2);
+
+fn engine(port_min: u16, port_max: u16, timeout: Duration) -> MediaEngine {
+    let lo = "127.0.0.1".parse().unwrap();
+    let mut s = MediaSettings::new(lo, lo, port_min, port_max);
+    s.media_timeout = timeout;
+    s.workers = 2;
+    MediaEngine::start(s).unwrap()
+}
+
+fn policy(caller: SrtpMode, callee: SrtpMode) -> MediaPolicy {
+    MediaPolicy {
+        caller: LegPolicy {
+            srtp: caller,
+            suites: vec![
+                "AES_CM_128_HMAC_SHA1_80".into(),
+                "AES_256_CM_HMAC_SHA1_80".into(),
+            ],
+        },
+        callee: LegPolicy {
+            srtp: callee,
+            suites: vec![
+                "AES_256_CM_HMAC_SHA1_80".into(),
+                "AES_CM_128_HMAC_SHA1_80".into(),
+            ],
+        },
+    }
+}
+
+fn b64(key: &MasterKey) -> String {
+    let mut v = key.key.clone();
+    v.extend_from_slice(&key.salt);
+    base64::engine::general_purpose::STANDARD.encode(v)
+}
+
+fn key(profile: SrtpProfile, fill: u8) -> MasterKey {
+    MasterKey::new(
+        &vec![fill; profile.master_key_len()],
+        &vec![fill ^ 0x5a; profile.master_salt_len()],
+    )
+}
+
+/// An SDP from a peer at `sock` with optional crypto lines `(tag, profile, key)`.
+fn peer_sdp(sock: &UdpSocket, crypto: &[(u32, SrtpProfile, &MasterKey)], mux: bool) -> Vec<u8> {
+    let port = sock.local_addr().unwrap().port();
+    let proto = if crypto.is_empty() {
+        "RTP/AVP"
+    } else {
+        "RTP/SAVP"
+    };
+    let mut s = format!(
+        "v=0\r\no=peer 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+m=audio {port} {proto} 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n\
+a=fmtp:101 0-16\r\na=ptime:20\r\na=sendrecv\r\n"
+    );
+    if mux {
+        s.push_str("a=rtcp-mux\r\n");
+    }
+    for (tag, p, k) in crypto {
+        s.push_str(&format!("a=crypto:{tag} {p} inline:{}|2^31\r\n", b64(k)));
+    }
+    s.into_bytes()
+}
+
+fn peer() -> UdpSocket {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s
+}
+
+fn rtp(seq: u16, ssrc: u32, payload: &[u8]) -> Vec<u8> {
+    let mut p = vec![0x80, 0];
+    p.extend_from_slice(&seq.to_be_bytes());
+    p.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+    p.extend_from_slice(&ssrc.to_be_bytes());
+    p.extend_from_slice(payload);
+    p
+}
+
+fn ctx(profile: SrtpProfile, k: &MasterKey) -> SrtpContext {
+    SrtpContext::new(profile, k, SrtpConfig::default()).unwrap()
+}
+
+fn send_srtp(sock: &UdpSocket, c: &mut SrtpContext, pkt: &[u8], port: u16) {
+    let mut buf = vec![0u8; pkt.len() + 64];
+    buf[..pkt.len()].copy_from_slice(pkt);
+    let n = c.protect_rtp(&mut buf, pkt.len()).unwrap();
+    sock.send_to(&buf[..n], ("127.0.0.1", port)).unwrap();
+}
+
+fn recv(sock: &UdpSocket) -> Option<Vec<u8>> {
+    let mut buf = [0u8; 2048];
+    match sock.recv_from(&mut buf) {
+        Ok((n, _)) => Some(buf[..n].to_vec()),
+        Err(_) => None,
+    }
+}
+
+fn recv_srtp(sock: &UdpSocket, c: &mut SrtpContext) -> Vec<u8> {
+    let mut p = recv(sock).expect("a relayed packet");
+    let n = c.unprotect_rtp(&mut p).unwrap();
+    p.truncate(n);
+    p
+}
+
+fn wait_stats(e: &MediaEngine, pred: impl Fn(&MediaStats) -> bool) -> MediaStats {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let s = e.stats();
+        if pred(&s) || Instant::now() > deadline {
+            return s;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// What the two peers learned from the engine's SDP.
+struct Call {
+    caller: UdpSocket,
+    callee: UdpSocket,
+    /// Engine port the caller sends to / the callee sends to.
+    caller_side_port: u16,
+    callee_side_port: u16,
+    /// Caller -> engine (K1), engine -> callee (K2), callee -> engine (K3), engine -> caller (K4).
+    k1: (SrtpProfile, MasterKey),
+    k2: (SrtpProfile, MasterKey),
+    k3: (SrtpProfile, MasterKey),
+    k4: (SrtpProfile, MasterKey),
+    offer_out: sdp::SessionDescription,
+    answer_out: sdp::SessionDescription,
+}
+
+fn setup_srtp_call(e: &MediaEngine, call: CallRef, mux: bool) -> Call {
+    let caller = peer();
+    let callee = peer();
+    let p128 = SrtpProfile::AesCm128HmacSha1_80;
+    let k1 = key(p128, 0x11);
+    let offer_in = peer_sdp(&caller, &[(1, p128, &k1)], mux);
+    let pol = policy(SrtpMode::Required, SrtpMode::Required);
+    let out = e
+        .offer(
+            call,
+            &TenantId::from("t1"),
+            LegSide::Caller,
+            &offer_in,
+            &pol,
+        )
+        .unwrap();
+    let offer_out = sdp::parse(&out).unwrap();
+    let m = &offer_out.media[0];
+    assert_eq!(m.proto, Some(sdp::RtpProto::Savp));
+    let suites: Vec<_> = m
+        .crypto
+        .iter()
+        .map(|c| (c.tag, c.profile.unwrap()))
+        .collect();
+    assert_eq!(
+        suites,
+        [
+            (1, SrtpProfile::Aes256CmHmacSha1_80),
+            (2, SrtpProfile::AesCm128HmacSha1_80)
+        ],
+        "callee policy order"
+    );
+    let (p256, k2) = (
+        SrtpProfile::Aes256CmHmacSha1_80,
+        m.crypto[0].key.clone().unwrap(),
+    );
+    let callee_side_port = m.port;
+    let k3 = key(p256, 0x33);
+    let answer_in = peer_sdp(&callee, &[(1, p256, &k3)], mux);
+    let out = e.answer(call, LegSide::Callee, &answer_in).unwrap();
+    let answer_out = sdp::parse(&out).unwrap();
+    let a = &answer_out.media[0];
+    assert_eq!(a.crypto.len(), 1, "an answer carries exactly one key");
+    assert_eq!((a.crypto[0].tag, a.crypto[0].profile), (1, Some(p128)));
+    let k4 = a.crypto[0].key.clone().unwrap();
+    let caller_side_port = a.port;
+    Call {
+        caller,
+        callee,
+        caller_side_port,
+        callee_side_port,
+        k1: (p128, k1),
+        k2: (p256, k2),
+        k3: (p256, k3),
+        k4: (p128, k4),
+        offer_out,
+        answer_out,
+    }
+}
+
+#[test]
+fn srtp_call_end_to_end_both_directions() {
+    let e = engine(42000, 42099, Duration::from_secs(60));
+    let c = setup_srtp_call(&e, CallRef(1), true);
+
+    // SDP: our address, our ports, mux kept, codecs untouched, no key echoed.
+    for sd in [&c.offer_out, &c.answer_out] {
+        assert_eq!(
+            sd.connection.unwrap().address,
+            Some("127.0.0.1".parse().unwrap())
+        );
+        assert!(sd.media[0].rtcp_mux);
+        assert_eq!(sd.media[0].formats, ["0", "101"]);
+    }
+    assert_ne!(c.k2.1.key, c.k1.1.key[..].repeat(2));
+    assert_ne!(c.k4.1.key, c.k1.1.key, "fresh key toward the caller");
+    assert_ne!(c.caller_side_port, c.callee_side_port);
+    assert_eq!(c.caller_side_port % 2, 0);
+    assert_eq!(e.stats().ports_in_use, 4);
+
+    let mut tx1 = ctx(c.k1.0, &c.k1.1);
+    let mut rx2 = ctx(c.k2.0, &c.k2.1);
+    let mut tx3 = ctx(c.k3.0, &c.k3.1);
+    let mut rx4 = ctx(c.k4.0, &c.k4.1);
+    for seq in 1..=5u16 {
+        let pkt = rtp(seq, 0xCA11E4, format!("caller {seq}").as_bytes());
+        send_srtp(&c.caller, &mut tx1, &pkt, c.caller_side_port);
+        assert_eq!(recv_srtp(&c.callee, &mut rx2), pkt);
+
+        let pkt = rtp(seq, 0xCA11EE, format!("callee {seq}").as_bytes());
+        send_srtp(&c.callee, &mut tx3, &pkt, c.callee_side_port);
+        assert_eq!(recv_srtp(&c.caller, &mut rx4), pkt);
+    }
+
+    // SRTCP, muxed on the RTP port.
+    let sr = [
+        0x80u8, 200, 0, 6, 0, 0xCA, 0x11, 0xE4, 1, 2, 3, 4, 5, 6, 7, 8, 0, 0, 0, 1, 0, 0, 0, 5, 0,
+        0, 0, 9,
+    ];
+    let mut buf = vec![0u8; 128];
+    buf[..sr.len()].copy_from_slice(&sr);
+    let n = tx1.protect_rtcp(&mut buf, sr.len()).unwrap();
+    c.caller
+        .send_to(&buf[..n], ("127.0.0.1", c.caller_side_port))
+        .unwrap();
+    let mut got = recv(&c.callee).expect("relayed SRTCP");
+    let n = rx2.unprotect_rtcp(&mut got).unwrap();
+    assert_eq!(&got[..n], &sr[..]);
+
+    let s = wait_stats(&e, |s| s.packets_relayed >= 11);
+    assert_eq!(s.packets_relayed, 11);
+    assert_eq!(s.packets_dropped_total, 0);
+    assert_eq!((s.active_calls, s.active_streams), (1, 1));
+
+    e.delete(CallRef(1));
+    let s = wait_stats(&e, |s| s.ports_in_use == 0);
+    assert_eq!(
+        (s.ports_in_use, s.active_calls, s.active_streams),
+        (0, 0, 0)
+    );
+    e.shutdown();
+}
+
+#[test]
+fn forged_packet_is_dropped_and_does_not_latch() {
+    let e = engine(42100, 42199, Duration::from_secs(60));
+    let c = setup_srtp_call(&e, CallRef(7), false);
+    let attacker = peer();
+    attacker
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+
+    // Right key, flipped tag, from another address, before the caller sent anything.
+    let mut forger = ctx(c.k1.0, &c.k1.1);
+    let pkt = rtp(1, 0xBAD, b"forged");
+    let mut buf = vec![0u8; 128];
+    buf[..pkt.len()].copy_from_slice(&pkt);
+    let n = forger.protect_rtp(&mut buf, pkt.len()).unwrap();
+    buf[n - 1] ^= 0xff;
+    attacker
+        .send_to(&buf[..n], ("127.0.0.1", c.caller_side_port))
+        .unwrap();
+    // And one under a key nobody announced.
+    let mut wrong = ctx(c.k1.0, &key(c.k1.0, 0x99));
+    send_srtp(
+        &attacker,
+        &mut wrong,
+        &rtp(2, 0xBAD, b"wrong key"),
+        c.caller_side_port,
+    );
+
+    let s = wait_stats(&e, |s| s.packets_dropped_auth >= 2);
+    assert_eq!(s.packets_dropped_auth, 2);
+    assert_eq!(s.packets_relayed, 0);
+    assert!(s
+        .dropped_by_reason
+        .iter()
+        .any(|(r, n)| *r == "auth_failed" && *n == 2));
+
+    // The callee got nothing; media toward the caller still goes to the caller.
+    c.callee
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    assert!(recv(&c.callee).is_none());
+    let mut tx3 = ctx(c.k3.0, &c.k3.1);
+    let mut rx4 = ctx(c.k4.0, &c.k4.1);
+    let back = rtp(1, 0xCA11EE, b"to the caller");
+    send_srtp(&c.callee, &mut tx3, &back, c.callee_side_port);
+    assert_eq!(recv_srtp(&c.caller, &mut rx4), back);
+    assert!(recv(&attacker).is_none(), "the attacker did not latch");
+
+    // An authentic caller packet from the caller's address is relayed.
+    let mut tx1 = ctx(c.k1.0, &c.k1.1);
+    let mut rx2 = ctx(c.k2.0, &c.k2.1);
+    c.callee.set_read_timeout(Some(WAIT)).unwrap();
+    let pkt = rtp(1, 0xCA11E4, b"real");
+    send_srtp(&c.caller, &mut tx1, &pkt, c.caller_side_port);
+    assert_eq!(recv_srtp(&c.callee, &mut rx2), pkt);
+    e.shutdown();
+}
+
+#[test]
+fn plain_rtp_inside_leg() {
+    let e = engine(42200, 42299, Duration::from_secs(60));
+    let caller = peer();
+    let callee = peer();
+    let p = SrtpProfile::AesCm128HmacSha1_80;
+    let k1 = key(p, 0x21);
+    let pol = policy(SrtpMode::Required, SrtpMode::Plain);
+    let out = e
+        .offer(
+            CallRef(3),
+            &TenantId::from("t1"),
+            LegSide::Caller,
+            &peer_sdp(&caller, &[(5, p, &k1)], false),
+            &pol,
+        )
+        .unwrap();
+    let text = String::from_utf8(out.clone()).unwrap();
+    assert!(text.contains(" RTP/AVP 0 101\r\n"), "{text}");
+    assert!(!text.contains("a=crypto"), "{text}");
+    let callee_side_port = sdp::parse(&out).unwrap().media[0].port;
+
+    let out = e
+        .answer(CallRef(3), LegSide::Callee, &peer_sdp(&callee, &[], false))
+        .unwrap();
+    let ans = sdp::parse(&out).unwrap();
+    let m = &ans.media[0];
+    assert_eq!(m.proto, Some(sdp::RtpProto::Savp));
+    assert_eq!((m.crypto.len(), m.crypto[0].tag), (1, 5), "the offer's tag");
+    let k4 = m.crypto[0].key.clone().unwrap();
+
+    let mut tx1 = ctx(p, &k1);
+    let pkt = rtp(100, 42, b"to plain");
+    send_srtp(&caller, &mut tx1, &pkt, m.port);
+    assert_eq!(recv(&callee).unwrap(), pkt, "decrypted for the plain leg");
+
+    let back = rtp(7, 43, b"from plain");
+    callee
+        .send_to(&back, ("127.0.0.1", callee_side_port))
+        .unwrap();
+    let mut rx4 = ctx(p, &k4);
+    assert_eq!(recv_srtp(&caller, &mut rx4), back);
+    e.shutdown();
+}
+
+#[test]
+fn media_timeout_emits_event_and_frees_ports() {
+    let e = engine(42300, 42399, Duration::from_millis(400));
+    let c = setup_srtp_call(&e, CallRef(9), true);
+    assert_eq!(e.stats().ports_in_use, 4);
+    // Keep a second call alive with traffic while the first times out.
+    let live = setup_srtp_call(&e, CallRef(10), true);
+    let mut tx1 = ctx(live.k1.0, &live.k1.1);
+    let started = Instant::now();
+    let mut events = Vec::new();
+    let mut seq = 1u16;
+    while started.elapsed() < Duration::from_secs(3) && events.is_empty() {
+        send_srtp(
+            &live.caller,
+            &mut tx1,
+            &rtp(seq, 1, b"keepalive"),
+            live.caller_side_port,
+        );
+        seq += 1;
+        std::thread::sleep(Duration::from_millis(50));
+        events.extend(e.poll_events());
+    }
+    let elapsed = started.elapsed();
+    assert_eq!(events, [MediaEvent::Timeout(CallRef(9))]);
+    assert!(elapsed >= Duration::from_millis(350), "{elapsed:?}");
+    let s = e.stats();
+    assert_eq!(
+        (s.active_calls, s.ports_in_use),
+        (1, 4),
+        "only the live call remains"
+    );
+    assert!(e.poll_events().is_empty(), "reported once");
+    assert_eq!(
+        e.answer(
+            CallRef(9),
+            LegSide::Callee,
+            &peer_sdp(&c.callee, &[], false)
+        ),
+        Err(MediaError::UnknownCall(CallRef(9)))
+    );
+    e.shutdown();
+}
+
+#[test]
+fn port_exhaustion_gives_no_ports() {
+    // Two pairs: one call with one stream takes both.
+    let e = engine(42400, 42403, Duration::from_secs(60));
+    let p = SrtpProfile::AesCm128HmacSha1_80;
+    let k = key(p, 1);
+    let caller = peer();
+    let pol = policy(SrtpMode::Required, SrtpMode::Required);
+    let t = TenantId::from("t1");
+    let offer = peer_sdp(&caller, &[(1, p, &k)], false);
+    e.offer(CallRef(1), &t, LegSide::Caller, &offer, &pol)
+        .unwrap();
+    assert_eq!(e.stats().ports_in_use, 4);
+    let err = e
+        .offer(CallRef(2), &t, LegSide::Caller, &offer, &pol)
+        .unwrap_err();
+    assert_eq!(err, MediaError::NoPorts);
+    assert_eq!(err.sip_status(), 503);
+    let s = e.stats();
+    assert_eq!(
+        (s.active_calls, s.ports_in_use),
+        (1, 4),
+        "failed offer holds nothing"
+    );
+    e.delete(CallRef(1));
+    assert_eq!(e.stats().ports_in_use, 0);
+    e.offer(CallRef(2), &t, LegSide::Caller, &offer, &pol)
+        .unwrap();
+    e.shutdown();
+}
+
+#[test]
+fn not_acceptable_cases() {
+    let e = engine(42500, 42599, Duration::from_secs(60));
+    let caller = peer();
+    let t = TenantId::from("t1");
+    let pol = policy(SrtpMode::Required, SrtpMode::Required);
+    let k32 = key(SrtpProfile::AesCm128HmacSha1_32, 3);
+
+    // SRTP required, plain offered.
+    let r = e.offer(
+        CallRef(1),
+        &t,
+        LegSide::Caller,
+        &peer_sdp(&caller, &[], false),
+        &pol,
+    );
+    assert!(
+        matches!(r, Err(MediaError::NotAcceptable(ref m)) if m.contains("SRTP required")),
+        "{r:?}"
+    );
+    // Only a suite the policy does not allow.
+    let r = e.offer(
+        CallRef(1),
+        &t,
+        LegSide::Caller,
+        &peer_sdp(
+            &caller,
+            &[(1, SrtpProfile::AesCm128HmacSha1_32, &k32)],
+            false,
+        ),
+        &pol,
+    );
+    assert!(
+        matches!(r, Err(MediaError::NotAcceptable(ref m)) if m.contains("suite")),
+        "{r:?}"
+    );
+    // Malformed.
+    let r = e.offer(CallRef(1), &t, LegSide::Caller, b"hello", &pol);
+    assert!(matches!(r, Err(MediaError::Malformed(_))), "{r:?}");
+    assert_eq!(r.unwrap_err().sip_status(), 488);
+    // Too many m-lines (default max_streams 8).
+    let k = key(SrtpProfile::AesCm128HmacSha1_80, 4);
+    let one = String::from_utf8(peer_sdp(
+        &caller,
+        &[(1, SrtpProfile::AesCm128HmacSha1_80, &k)],
+        false,
+    ))
+    .unwrap();
+    let (head, media) = one.split_at(one.find("m=").unwrap());
+    let nine = format!("{head}{}", media.repeat(9));
+    let r = e.offer(CallRef(1), &t, LegSide::Caller, nine.as_bytes(), &pol);
+    assert!(matches!(r, Err(MediaError::NotAcceptable(_))), "{r:?}");
+    // Unknown call.
+    assert_eq!(
+        e.answer(CallRef(77), LegSide::Callee, one.as_bytes()),
+        Err(MediaError::UnknownCall(CallRef(77)))
+    );
+    assert_eq!(e.stats().ports_in_use, 0, "refused offers allocate nothing");
+
+    // An answer whose crypto matches nothing we offered.
+    e.offer(CallRef(2), &t, LegSide::Caller, one.as_bytes(), &pol)
+        .unwrap();
+    let callee = peer();
+    let bad = peer_sdp(
+        &callee,
+        &[(
+            9,
+            SrtpProfile::Aes256CmHmacSha1_80,
+            &key(SrtpProfile::Aes256CmHmacSha1_80, 5),
+        )],
+        false,
+    );
+    let r = e.answer(CallRef(2), LegSide::Callee, &bad);
+    assert!(
+        matches!(r, Err(MediaError::NotAcceptable(ref m)) if m.contains("does not match")),
+        "{r:?}"
+    );
+    // Answer from the offering side.
+    let r = e.answer(CallRef(2), LegSide::Caller, one.as_bytes());
+    assert!(matches!(r, Err(MediaError::NotAcceptable(_))), "{r:?}");
+    // Plain answer where the callee requires SRTP.
+    let r = e.answer(CallRef(2), LegSide::Callee, &peer_sdp(&callee, &[], false));
+    assert!(matches!(r, Err(MediaError::NotAcceptable(_))), "{r:?}");
+    e.delete(CallRef(2));
+    assert_eq!(e.stats().ports_in_use, 0);
+    e.shutdown();
+}
+
+#[test]
+fn reoffer_same_keys_keeps_state_and_new_keys_rekey() {
+    let e = engine(42600, 42699, Duration::from_secs(60));
+    let call = CallRef(5);
+    let c = setup_srtp_call(&e, call, true);
+    let mut tx1 = ctx(c.k1.0, &c.k1.1);
+    let mut rx2 = ctx(c.k2.0, &c.k2.1);
+    let mut tx3 = ctx(c.k3.0, &c.k3.1);
+    let mut rx4 = ctx(c.k4.0, &c.k4.1);
+    let pkt = rtp(1, 0xA, b"before");
+    send_srtp(&c.caller, &mut tx1, &pkt, c.caller_side_port);
+    assert_eq!(recv_srtp(&c.callee, &mut rx2), pkt);
+
+    // Same SDP again: same ports and keys, SRTP state kept (a replay is still refused).
+    let pol = policy(SrtpMode::Required, SrtpMode::Required);
+    let offer_in = peer_sdp(&c.caller, &[(1, c.k1.0, &c.k1.1)], true);
+    let out = e
+        .offer(
+            call,
+            &TenantId::from("t1"),
+            LegSide::Caller,
+            &offer_in,
+            &pol,
+        )
+        .unwrap();
+    let m = &sdp::parse(&out).unwrap().media[0];
+    assert_eq!(m.port, c.callee_side_port);
+    assert_eq!(m.crypto[0].key.as_ref().unwrap().key, c.k2.1.key);
+    let answer_in = peer_sdp(&c.callee, &[(1, c.k3.0, &c.k3.1)], true);
+    let out = e.answer(call, LegSide::Callee, &answer_in).unwrap();
+    let a = &sdp::parse(&out).unwrap().media[0];
+    assert_eq!(a.crypto[0].key.as_ref().unwrap().key, c.k4.1.key);
+    let mut replay_ctx = ctx(c.k1.0, &c.k1.1);
+    send_srtp(&c.caller, &mut replay_ctx, &pkt, c.caller_side_port);
+    let s = wait_stats(&e, |s| s.packets_dropped_total >= 1);
+    assert!(
+        s.dropped_by_reason
+            .iter()
+            .any(|(r, n)| *r == "replayed" && *n == 1),
+        "{s:?}"
+    );
+
+    // The caller re-keys: its new key works; the callee direction is untouched.
+    let k1b = key(c.k1.0, 0x77);
+    let offer_in = peer_sdp(&c.caller, &[(1, c.k1.0, &k1b)], true);
+    e.offer(
+        call,
+        &TenantId::from("t1"),
+        LegSide::Caller,
+        &offer_in,
+        &pol,
+    )
+    .unwrap();
+    e.answer(call, LegSide::Callee, &answer_in).unwrap();
+    let mut tx1b = ctx(c.k1.0, &k1b);
+    let deadline = Instant::now() + WAIT;
+    let mut seq = 2u16;
+    let got = loop {
+        // The worker applies the new key asynchronously: retry until it does.
+        let p = rtp(seq, 0xA, b"after rekey");
+        send_srtp(&c.caller, &mut tx1b, &p, c.caller_side_port);
+        c.callee
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        if let Some(mut g) = recv(&c.callee) {
+            let n = rx2.unprotect_rtp(&mut g).unwrap();
+            g.truncate(n);
+            break (g, p);
+        }
+        assert!(Instant::now() < deadline, "re-keyed media never arrived");
+        seq += 1;
+    };
+    assert_eq!(got.0, got.1);
+    c.caller.set_read_timeout(Some(WAIT)).unwrap();
+    let back = rtp(1, 0xB, b"callee still fine");
+    send_srtp(&c.callee, &mut tx3, &back, c.callee_side_port);
+    assert_eq!(recv_srtp(&c.caller, &mut rx4), back);
+    e.shutdown();
+}
+
+#[test]
+fn start_refuses_bad_settings() {
+    use sbc_media::engine::MediaStartError;
+    let lo: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+    let odd = MediaSettings::new(lo, lo, 42801, 42899);
+    assert!(matches!(
+        MediaEngine::start(odd),
+        Err(MediaStartError::PortRange(_))
+    ));
+    let mut zero = MediaSettings::new(lo, lo, 42800, 42899);
+    zero.workers = 0;
+    assert!(matches!(
+        MediaEngine::start(zero),
+        Err(MediaStartError::Invalid(_))
+    ));
+    let unspecified = MediaSettings::new(lo, "0.0.0.0".parse().unwrap(), 42800, 42899);
+    assert!(matches!(
+        MediaEngine::start(unspecified),
+        Err(MediaStartError::Invalid(_))
+    ));
+    // TEST-NET-1 is not an address of this host.
+    let foreign = MediaSettings::new("192.0.2.1".parse().unwrap(), lo, 42800, 42899);
+    assert!(matches!(
+        MediaEngine::start(foreign),
+        Err(MediaStartError::Invalid(_))
+    ));
+    let ok = MediaEngine::start(MediaSettings::new(lo, lo, 42800, 42899)).unwrap();
+    let ctl = ok.control();
+    assert!(ctl.poll_events().is_empty());
+    assert_eq!(
+        ok.stats().ports_in_use,
+        0,
+        "the start-up check frees its pair"
+    );
+    drop(ctl);
+    ok.shutdown();
+}

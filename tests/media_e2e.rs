@@ -1,0 +1,353 @@
+//! Media anchoring end to end: SIP over TLS with SDES offers through the real gateway and
+//! its media relay, then SRTP over real UDP both ways. Each side sees only the gateway's
+//! address and ports and the keys the gateway gave it; payloads arrive intact. An offer
+//! with no acceptable suite is answered 488.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::net::UdpSocket;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use common::*;
+use sbc_media::engine::{MediaEngine, MediaSettings};
+use sbc_media::srtp::{MasterKey, SrtpConfig, SrtpContext, SrtpProfile};
+use sbc_sip::message::{Method, SipMessage};
+use sbc_sip::server::Hooks;
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn material(profile: SrtpProfile, fill: u8) -> Vec<u8> {
+    (0..profile.master_key_len() + profile.master_salt_len())
+        .map(|i| fill.wrapping_add(i as u8))
+        .collect()
+}
+
+/// An SDP from a peer with media at `port`, the given crypto lines, and an inside address
+/// in `o=`/`c=` only when `addr` says so.
+fn sdp(addr: &str, port: u16, crypto: &[(u32, &str, &[u8])]) -> String {
+    let mut s = format!(
+        "v=0\r\no=peer 1 1 IN IP4 {addr}\r\ns=-\r\nc=IN IP4 {addr}\r\nt=0 0\r\nm=audio {port} RTP/SAVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\na=ptime:20\r\n"
+    );
+    for (tag, suite, key) in crypto {
+        s.push_str(&format!("a=crypto:{tag} {suite} inline:{}\r\n", b64(key)));
+    }
+    s
+}
+
+/// One `a=crypto` line: tag, suite, key material.
+type Crypto = (u32, String, Vec<u8>);
+
+/// (c= address, m=audio port, crypto lines).
+fn parse_sdp(body: &[u8]) -> (String, u16, Vec<Crypto>) {
+    let text = std::str::from_utf8(body).unwrap();
+    let mut addr = String::new();
+    let mut port = 0;
+    let mut crypto = Vec::new();
+    for line in text.lines() {
+        if let Some(c) = line.strip_prefix("c=IN IP4 ") {
+            addr = c.trim().to_string();
+        } else if let Some(m) = line.strip_prefix("m=audio ") {
+            port = m.split_whitespace().next().unwrap().parse().unwrap();
+        } else if let Some(c) = line.strip_prefix("a=crypto:") {
+            let mut parts = c.split_whitespace();
+            let tag = parts.next().unwrap().parse().unwrap();
+            let suite = parts.next().unwrap().to_string();
+            let inline = parts.next().unwrap().strip_prefix("inline:").unwrap();
+            let key = inline.split('|').next().unwrap();
+            let key = base64::engine::general_purpose::STANDARD
+                .decode(key)
+                .unwrap();
+            crypto.push((tag, suite, key));
+        }
+    }
+    (addr, port, crypto)
+}
+
+fn with_sdp(mut m: SipMessage, body: &str) -> SipMessage {
+    m.set_header("Content-Type", "application/sdp");
+    m.set_body(body.as_bytes().to_vec());
+    m
+}
+
+fn ctx(suite: &str, key: &[u8]) -> SrtpContext {
+    let profile: SrtpProfile = suite.parse().unwrap();
+    let master = MasterKey::from_concatenated(profile, key).unwrap();
+    SrtpContext::new(profile, &master, SrtpConfig::default()).unwrap()
+}
+
+fn rtp(seq: u16, payload: &[u8]) -> Vec<u8> {
+    let mut p = vec![0x80, 0];
+    p.extend_from_slice(&seq.to_be_bytes());
+    p.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+    p.extend_from_slice(&0x1234_5678u32.to_be_bytes());
+    p.extend_from_slice(payload);
+    p
+}
+
+/// Protect `payload` as RTP with `c`, send it to the gateway's `port`.
+fn send(sock: &UdpSocket, c: &mut SrtpContext, seq: u16, payload: &[u8], port: u16) {
+    let pkt = rtp(seq, payload);
+    let mut buf = vec![0u8; pkt.len() + 64];
+    buf[..pkt.len()].copy_from_slice(&pkt);
+    let n = c.protect_rtp(&mut buf, pkt.len()).unwrap();
+    sock.send_to(&buf[..n], ("127.0.0.1", port)).unwrap();
+}
+
+/// Receive one packet, unprotect with `c`, return its payload.
+fn recv(sock: &UdpSocket, c: &mut SrtpContext) -> Vec<u8> {
+    let mut buf = [0u8; 2048];
+    let (n, _) = sock.recv_from(&mut buf).expect("a relayed packet");
+    let mut p = buf[..n].to_vec();
+    let len = c
+        .unprotect_rtp(&mut p)
+        .expect("authenticates with the announced key");
+    p[12..len].to_vec()
+}
+
+async fn gateway(
+    world: &World,
+    callee: &Callee,
+    ports: (u16, u16),
+) -> (sbc_sip::server::ServerHandle, MediaEngine) {
+    gateway_with(world, callee, ports, 60).await
+}
+
+async fn gateway_with(
+    world: &World,
+    callee: &Callee,
+    ports: (u16, u16),
+    timeout_secs: u64,
+) -> (sbc_sip::server::ServerHandle, MediaEngine) {
+    let text = format!(
+        "[media]\nport_min = {}\nport_max = {}\ntimeout_secs = {timeout_secs}\n{}\n{}",
+        ports.0,
+        ports.1,
+        world.listener(""),
+        world.tenant("demo", "source_cidrs = [\"127.0.0.0/8\"]", "", callee.addr)
+    );
+    let cfg = Arc::new(world.config(&text));
+    let lo = "127.0.0.1".parse().unwrap();
+    let mut settings = MediaSettings::new(lo, lo, cfg.media.port_min, cfg.media.port_max);
+    settings.workers = 1;
+    settings.media_timeout = cfg.media.timeout;
+    let engine = MediaEngine::start(settings).unwrap();
+    let gw = sbc_sip::server::start_with(
+        cfg,
+        Hooks {
+            media: Some(engine.control()),
+            ..Hooks::default()
+        },
+    )
+    .await
+    .unwrap();
+    (gw, engine)
+}
+
+#[tokio::test]
+async fn srtp_call_is_anchored_rekeyed_and_relayed_both_ways() {
+    let world = World::new("media-e2e");
+    let callee = Callee::new(&world.callee_leaf).await;
+    let (gw, engine) = gateway(&world, &callee, (32000, 32099)).await;
+
+    let caller_rtp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let callee_rtp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for s in [&caller_rtp, &callee_rtp] {
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    }
+    let caller_port = caller_rtp.local_addr().unwrap().port();
+    let callee_port = callee_rtp.local_addr().unwrap().port();
+
+    // Caller offers AES_CM_128_HMAC_SHA1_80 with key K1, from an "inside" o= address.
+    let k1 = material("AES_CM_128_HMAC_SHA1_80".parse().unwrap(), 1);
+    let offer = sdp(
+        "127.0.0.1",
+        caller_port,
+        &[(1, "AES_CM_128_HMAC_SHA1_80", &k1)],
+    );
+    let mut caller = Peer::connect(gw.sip_addrs[0], &world.gw_ca.pem, None).await;
+    caller
+        .send(&with_sdp(
+            invite("+15551234", "media-1@platform", "z9hG4bKm1", "atag"),
+            &offer,
+        ))
+        .await;
+    let mut c = callee.accept().await;
+    let inv = c.recv_where(|m| m.method() == Some(&Method::Invite)).await;
+    let (addr, gw_callee_port, offered) = parse_sdp(inv.body());
+    assert_eq!(addr, "127.0.0.1");
+    assert_ne!(
+        gw_callee_port, caller_port,
+        "the callee sees the gateway's port, not the caller's"
+    );
+    assert!((32000..=32099).contains(&gw_callee_port));
+    assert!(!offered.is_empty());
+    assert!(
+        offered.iter().all(|(_, _, k)| k != &k1),
+        "fresh keys, never the caller's"
+    );
+    // The callee picks the first offered suite, with its own key K3.
+    let (tag, suite2, k2) = offered[0].clone();
+    let k3 = material(suite2.parse().unwrap(), 3);
+    let answer_sdp = sdp("127.0.0.1", callee_port, &[(tag, &suite2, &k3)]);
+    c.send(&with_sdp(answer(&inv, 200, "btag"), &answer_sdp))
+        .await;
+    let ok = caller.recv_where(|m| m.status() == Some(200)).await;
+    let (addr, gw_caller_port, answered) = parse_sdp(ok.body());
+    assert_eq!(addr, "127.0.0.1");
+    assert_ne!(gw_caller_port, callee_port);
+    assert_eq!(
+        answered.len(),
+        1,
+        "an answer carries exactly one crypto line"
+    );
+    let (atag, suite1, k4) = answered[0].clone();
+    assert_eq!((atag, suite1.as_str()), (1, "AES_CM_128_HMAC_SHA1_80"));
+    assert_ne!(
+        k4, k3,
+        "the caller gets the gateway's key, not the callee's"
+    );
+
+    // Caller → callee: protect with K1, the callee unprotects with K2.
+    let mut tx_a = ctx("AES_CM_128_HMAC_SHA1_80", &k1);
+    let mut rx_b = ctx(&suite2, &k2);
+    for seq in 1..=20u16 {
+        let payload = vec![seq as u8; 160];
+        send(&caller_rtp, &mut tx_a, seq, &payload, gw_caller_port);
+        assert_eq!(
+            recv(&callee_rtp, &mut rx_b),
+            payload,
+            "packet {seq} caller→callee"
+        );
+    }
+    // Callee → caller: protect with K3, the caller unprotects with K4.
+    let mut tx_b = ctx(&suite2, &k3);
+    let mut rx_a = ctx("AES_CM_128_HMAC_SHA1_80", &k4);
+    for seq in 1..=20u16 {
+        let payload = vec![0xA0 ^ seq as u8; 160];
+        send(&callee_rtp, &mut tx_b, seq, &payload, gw_callee_port);
+        assert_eq!(
+            recv(&caller_rtp, &mut rx_a),
+            payload,
+            "packet {seq} callee→caller"
+        );
+    }
+    // The worker counts a packet just after sending it: give the last count a moment.
+    for _ in 0..50 {
+        if engine.stats().packets_relayed == 40 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let stats = engine.stats();
+    assert_eq!(stats.packets_relayed, 40);
+    assert_eq!(stats.packets_dropped_total, 0);
+    assert_eq!(stats.active_calls, 1);
+
+    // BYE ends the call and frees its ports.
+    let to = ok.header("to").unwrap().to_string();
+    let bye = in_dialog(
+        "BYE",
+        "sips:sbc@127.0.0.1",
+        "z9hG4bKm1bye",
+        "\"Alice\" <sips:alice@platform.example>;tag=atag",
+        &to,
+        "media-1@platform",
+        2,
+    );
+    caller.send(&bye).await;
+    let out_bye = c.recv_where(|m| m.method() == Some(&Method::Bye)).await;
+    c.send(&answer(&out_bye, 200, "btag")).await;
+    caller.recv_where(|m| m.status() == Some(200)).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(engine.stats().active_calls, 0);
+    assert_eq!(engine.stats().ports_in_use, 0);
+    gw.shutdown().await;
+    engine.shutdown();
+}
+
+#[tokio::test]
+async fn offer_without_acceptable_srtp_gets_488_and_is_not_forwarded() {
+    let world = World::new("media-488");
+    let callee = Callee::new(&world.callee_leaf).await;
+    let (gw, engine) = gateway(&world, &callee, (32100, 32199)).await;
+    // Plain RTP to a tenant whose caller leg requires SRTP (the default policy).
+    let plain = "v=0\r\no=peer 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n";
+    let mut caller = Peer::connect(gw.sip_addrs[0], &world.gw_ca.pem, None).await;
+    caller
+        .send(&with_sdp(
+            invite("+15551234", "media-2@platform", "z9hG4bKm2", "atag"),
+            plain,
+        ))
+        .await;
+    let r = caller
+        .recv_where(|m| m.status().is_some_and(|s| s >= 200))
+        .await;
+    assert_eq!(r.status(), Some(488));
+    assert!(r.header("warning").unwrap().contains("not acceptable"));
+    assert!(
+        callee
+            .no_connection_within(Duration::from_millis(300))
+            .await,
+        "nothing forwarded"
+    );
+    assert_eq!(gw.stats().active_calls, 0);
+    assert_eq!(engine.stats().ports_in_use, 0);
+    gw.shutdown().await;
+    engine.shutdown();
+}
+
+#[tokio::test]
+async fn media_timeout_ends_the_call_with_bye_on_both_legs() {
+    let world = World::new("media-timeout");
+    let callee = Callee::new(&world.callee_leaf).await;
+    let (gw, engine) = gateway_with(&world, &callee, (32200, 32299), 1).await;
+    let k1 = material("AES_CM_128_HMAC_SHA1_80".parse().unwrap(), 1);
+    let offer = sdp("127.0.0.1", 4000, &[(1, "AES_CM_128_HMAC_SHA1_80", &k1)]);
+    let mut caller = Peer::connect(gw.sip_addrs[0], &world.gw_ca.pem, None).await;
+    caller
+        .send(&with_sdp(
+            invite("+15551234", "media-3@platform", "z9hG4bKm3", "atag"),
+            &offer,
+        ))
+        .await;
+    let mut c = callee.accept().await;
+    let inv = c.recv_where(|m| m.method() == Some(&Method::Invite)).await;
+    let (_, _, offered) = parse_sdp(inv.body());
+    let (tag, suite, _) = offered[0].clone();
+    let k3 = material(suite.parse().unwrap(), 3);
+    c.send(&with_sdp(
+        answer(&inv, 200, "btag"),
+        &sdp("127.0.0.1", 4002, &[(tag, &suite, &k3)]),
+    ))
+    .await;
+    let ok = caller.recv_where(|m| m.status() == Some(200)).await;
+    let to = ok.header("to").unwrap().to_string();
+    caller
+        .send(&in_dialog(
+            "ACK",
+            "sips:sbc@127.0.0.1",
+            "z9hG4bKm3ack",
+            "\"Alice\" <sips:alice@platform.example>;tag=atag",
+            &to,
+            "media-3@platform",
+            1,
+        ))
+        .await;
+    // No media at all: after the 1 s timeout both legs get a BYE from the gateway.
+    let bye_a = caller
+        .recv_where(|m| m.method() == Some(&Method::Bye))
+        .await;
+    let bye_b = c.recv_where(|m| m.method() == Some(&Method::Bye)).await;
+    assert_eq!(bye_a.call_id(), Some("media-3@platform"));
+    assert!(bye_b.header("reason").unwrap().contains("media timeout"));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(gw.stats().active_calls, 0);
+    assert_eq!(engine.stats().ports_in_use, 0);
+    gw.shutdown().await;
+    engine.shutdown();
+}
