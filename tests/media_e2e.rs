@@ -351,3 +351,32 @@ async fn media_timeout_ends_the_call_with_bye_on_both_legs() {
     gw.shutdown().await;
     engine.shutdown();
 }
+
+#[tokio::test]
+async fn an_answer_media_cannot_take_is_hung_up_and_refused() {
+    let world = World::new("media-bad-answer");
+    let callee = Callee::new(&world.callee_leaf).await;
+    let (gw, engine) = gateway(&world, &callee, (32300, 32399)).await;
+    let k1 = material("AES_CM_128_HMAC_SHA1_80".parse().unwrap(), 1);
+    let offer = sdp("127.0.0.1", 4000, &[(1, "AES_CM_128_HMAC_SHA1_80", &k1)]);
+    let mut caller = Peer::connect(gw.sip_addrs[0], &world.gw_ca.pem, None).await;
+    caller
+        .send(&with_sdp(invite("+15551234", "media-4@platform", "z9hG4bKm4", "atag"), &offer))
+        .await;
+    let mut c = callee.accept().await;
+    let inv = c.recv_where(|m| m.method() == Some(&Method::Invite)).await;
+    // The callee answers with a tag the gateway never offered.
+    let k3 = material("AES_CM_128_HMAC_SHA1_80".parse().unwrap(), 3);
+    let bad = sdp("127.0.0.1", 4002, &[(99, "AES_CM_128_HMAC_SHA1_80", &k3)]);
+    c.send(&with_sdp(answer(&inv, 200, "btag"), &bad)).await;
+    let r = caller.recv_where(|m| m.status().is_some_and(|s| s >= 200)).await;
+    assert_eq!(r.status(), Some(488), "refused upstream, never a 200 without media");
+    c.recv_where(|m| m.method() == Some(&Method::Ack)).await;
+    let bye = c.recv_where(|m| m.method() == Some(&Method::Bye)).await;
+    assert_eq!(bye.call_id(), inv.call_id());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(gw.stats().active_calls, 0);
+    assert_eq!(engine.stats().ports_in_use, 0);
+    gw.shutdown().await;
+    engine.shutdown();
+}

@@ -856,6 +856,7 @@ impl B2bua {
                 .map_err(|e| warn!(error = %e, "call not recorded for the admin plane"))
                 .ok()?;
             r.add_outbound_leg(&id, b.call_id.clone());
+            r.set_media_ref(&id, call_id_num);
             Some(id)
         });
         info!(tenant = %tenant, call = call_id_num, called = %self.cfg.redaction.number(user.as_deref().unwrap_or("")), "call admitted, relaying INVITE");
@@ -1239,7 +1240,24 @@ impl B2bua {
             self.maybe_remove_relay(rid);
             return;
         }
-        let Some(resp) = self.build_upstream_response(rid, &msg) else {
+        let body = match self.media_response_body(rid, &msg) {
+            Ok(body) => body,
+            Err(e) if initial && method == Method::Invite && (200..300).contains(&code) => {
+                // The callee's answer cannot be anchored: hang it up and refuse the call
+                // upstream rather than pass on an answer without media.
+                warn!(call = cid, error = %e, "media refused the callee's answer: BYE downstream, refused upstream");
+                self.ack_and_bye_late_answer(cid, to_side, &msg);
+                let status = e.sip_status();
+                self.respond_upstream_local(now, rid, status, default_reason(status));
+                self.end_call(cid, "media answer refused");
+                self.maybe_remove_relay(rid);
+                return;
+            }
+            // Elsewhere (18x, re-INVITE, UPDATE) the response goes on without the SDP it
+            // carried: passing it on would leak the other side's addresses.
+            Err(_) => None,
+        };
+        let Some(resp) = self.build_upstream_response(rid, &msg, body) else {
             self.maybe_remove_relay(rid);
             return;
         };
@@ -1274,8 +1292,12 @@ impl B2bua {
         self.maybe_remove_relay(rid);
     }
 
-    fn build_upstream_response(&mut self, rid: u64, down: &SipMessage) -> Option<SipMessage> {
-        let body = self.media_response_body(rid, down);
+    fn build_upstream_response(
+        &mut self,
+        rid: u64,
+        down: &SipMessage,
+        body: Option<Vec<u8>>,
+    ) -> Option<SipMessage> {
         let relay = self.relays.get(&rid)?;
         let call = self.calls.get(&relay.call)?;
         let code = down.status()?;
@@ -1303,20 +1325,28 @@ impl B2bua {
     }
 
     /// The body to relay upstream for response `down` of relay `rid`: SDP through media
-    /// (the answer to the requester's offer, or a late offer in a 2xx); `None` to drop it.
-    fn media_response_body(&mut self, rid: u64, down: &SipMessage) -> Option<Vec<u8>> {
-        let (cid, from, method) = {
-            let relay = self.relays.get(&rid)?;
-            (relay.call, relay.from, relay.method.clone())
+    /// (the answer to the requester's offer, or a late offer in a 2xx); `Ok(None)` to drop
+    /// it; `Err` when media refused it.
+    fn media_response_body(
+        &mut self,
+        rid: u64,
+        down: &SipMessage,
+    ) -> Result<Option<Vec<u8>>, MediaError> {
+        let Some((cid, from, method)) = self
+            .relays
+            .get(&rid)
+            .map(|relay| (relay.call, relay.from, relay.method.clone()))
+        else {
+            return Ok(None);
         };
         let code = down.status().unwrap_or(0);
         if !has_sdp(down) || self.media.is_none() {
-            return Some(down.body().to_vec());
+            return Ok(Some(down.body().to_vec()));
         }
         let reliable =
             matches!(method, Method::Invite | Method::Update) && (180..300).contains(&code);
         if !reliable {
-            return None;
+            return Ok(None);
         }
         let responder = from.other();
         let may_offer = method == Method::Invite && (200..300).contains(&code);
@@ -1327,7 +1357,7 @@ impl B2bua {
                 {
                     self.media_settled(cid);
                 }
-                sdp
+                Ok(sdp)
             }
             Err(e) => {
                 let tenant = self
@@ -1336,8 +1366,8 @@ impl B2bua {
                     .map(|c| c.tenant.to_string())
                     .unwrap_or_default();
                 metrics::counter!("sbc_media_refused_total", "tenant" => tenant, "reason" => e.as_str()).increment(1);
-                warn!(call = cid, code, error = %e, "media refused SDP in a response: relayed without it");
-                None
+                warn!(call = cid, code, error = %e, "media refused SDP in a response");
+                Err(e)
             }
         }
     }
