@@ -361,7 +361,10 @@ async fn an_answer_media_cannot_take_is_hung_up_and_refused() {
     let offer = sdp("127.0.0.1", 4000, &[(1, "AES_CM_128_HMAC_SHA1_80", &k1)]);
     let mut caller = Peer::connect(gw.sip_addrs[0], &world.gw_ca.pem, None).await;
     caller
-        .send(&with_sdp(invite("+15551234", "media-4@platform", "z9hG4bKm4", "atag"), &offer))
+        .send(&with_sdp(
+            invite("+15551234", "media-4@platform", "z9hG4bKm4", "atag"),
+            &offer,
+        ))
         .await;
     let mut c = callee.accept().await;
     let inv = c.recv_where(|m| m.method() == Some(&Method::Invite)).await;
@@ -369,8 +372,14 @@ async fn an_answer_media_cannot_take_is_hung_up_and_refused() {
     let k3 = material("AES_CM_128_HMAC_SHA1_80".parse().unwrap(), 3);
     let bad = sdp("127.0.0.1", 4002, &[(99, "AES_CM_128_HMAC_SHA1_80", &k3)]);
     c.send(&with_sdp(answer(&inv, 200, "btag"), &bad)).await;
-    let r = caller.recv_where(|m| m.status().is_some_and(|s| s >= 200)).await;
-    assert_eq!(r.status(), Some(488), "refused upstream, never a 200 without media");
+    let r = caller
+        .recv_where(|m| m.status().is_some_and(|s| s >= 200))
+        .await;
+    assert_eq!(
+        r.status(),
+        Some(488),
+        "refused upstream, never a 200 without media"
+    );
     c.recv_where(|m| m.method() == Some(&Method::Ack)).await;
     let bye = c.recv_where(|m| m.method() == Some(&Method::Bye)).await;
     assert_eq!(bye.call_id(), inv.call_id());
