@@ -188,6 +188,7 @@ async fn flood_guard_blocks_a_source_and_connection_rate_is_bounded() {
     // 20 OPTIONS back to back: the connection's bucket (10/s, burst 10) lets ~10 through.
     let mut ok = 0;
     let mut limited = 0;
+    let started = Instant::now();
     for i in 0..20 {
         peer.send(&options_request(&format!("z9hG4bKo{i}"))).await;
         let r = peer.recv().await;
@@ -203,7 +204,10 @@ async fn flood_guard_blocks_a_source_and_connection_rate_is_bounded() {
             other => panic!("unexpected {other:?}"),
         }
     }
-    assert!((10..=12).contains(&ok), "ok {ok}");
+    // At most the burst plus what refills while we send (rate · elapsed), at least the burst.
+    let refill = (10.0 * started.elapsed().as_secs_f64()).ceil() as usize;
+    assert!(ok >= 10 && ok <= 10 + refill, "ok {ok}, refill {refill}");
+    assert!(limited > 0, "the connection's rate is enforced");
     assert_eq!(ok + limited, 20);
     // Keep going past 30 requests in the window: the source is blocked, answered 503
     // with the block time, and stays blocked on a new connection too.
