@@ -151,6 +151,8 @@ fn run(config: Option<PathBuf>, log_json: bool) -> anyhow::Result<()> {
         .build()
         .context("tokio runtime")?;
     let media_control = media.as_ref().map(MediaEngine::control);
+    // Recording taps: the admin plane reaches the relay through sbc-core's `TapControl`.
+    let tap_control = media.as_ref().map(MediaEngine::tap_control);
     let result = runtime.block_on(async move {
         let registry = Arc::new(CallRegistry::new());
         let drain = Arc::new(DrainState::new());
@@ -179,6 +181,7 @@ fn run(config: Option<PathBuf>, log_json: bool) -> anyhow::Result<()> {
                 prometheus,
                 tenants: cfg.tenants.iter().map(|t| t.id.clone()).collect(),
                 audit,
+                taps: tap_control,
             },
         )
         .await

@@ -123,12 +123,28 @@ async fn gateway_with(
     ports: (u16, u16),
     timeout_secs: u64,
 ) -> (sbc_sip::server::ServerHandle, MediaEngine) {
+    gateway_limits(world, callee, ports, timeout_secs, "").await
+}
+
+async fn gateway_limits(
+    world: &World,
+    callee: &Callee,
+    ports: (u16, u16),
+    timeout_secs: u64,
+    limits: &str,
+) -> (sbc_sip::server::ServerHandle, MediaEngine) {
+    let tenant = world
+        .tenant("demo", "source_cidrs = [\"127.0.0.0/8\"]", "", callee.addr)
+        .replace(
+            "[[tenants.routes]]",
+            &format!("[tenants.limits]\n{limits}\n[[tenants.routes]]"),
+        );
     let text = format!(
         "[media]\nport_min = {}\nport_max = {}\ntimeout_secs = {timeout_secs}\n{}\n{}",
         ports.0,
         ports.1,
         world.listener(""),
-        world.tenant("demo", "source_cidrs = [\"127.0.0.0/8\"]", "", callee.addr)
+        tenant
     );
     let cfg = Arc::new(world.config(&text));
     let lo = "127.0.0.1".parse().unwrap();
@@ -386,6 +402,46 @@ async fn an_answer_media_cannot_take_is_hung_up_and_refused() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(gw.stats().active_calls, 0);
     assert_eq!(engine.stats().ports_in_use, 0);
+    gw.shutdown().await;
+    engine.shutdown();
+}
+
+#[tokio::test]
+async fn tenant_media_stream_limit_refuses_the_next_call_with_503() {
+    let world = World::new("media-streams");
+    let callee = Callee::new(&world.callee_leaf).await;
+    let (gw, engine) =
+        gateway_limits(&world, &callee, (32400, 32499), 60, "max_media_streams = 1").await;
+    let k1 = material("AES_CM_128_HMAC_SHA1_80".parse().unwrap(), 1);
+    let offer = sdp("127.0.0.1", 4000, &[(1, "AES_CM_128_HMAC_SHA1_80", &k1)]);
+    let mut caller = Peer::connect(gw.sip_addrs[0], &world.gw_ca.pem, None).await;
+    caller
+        .send(&with_sdp(
+            invite("+15551234", "media-5@platform", "z9hG4bKm5", "atag"),
+            &offer,
+        ))
+        .await;
+    let mut c = callee.accept().await;
+    let _first = c.recv_where(|m| m.method() == Some(&Method::Invite)).await;
+    // The tenant's one stream is in use: the next call is refused before it is forwarded.
+    caller
+        .send(&with_sdp(
+            invite("+15551234", "media-6@platform", "z9hG4bKm6", "atag"),
+            &offer,
+        ))
+        .await;
+    let r = caller
+        .recv_where(|m| {
+            m.call_id() == Some("media-6@platform") && m.status().is_some_and(|s| s >= 200)
+        })
+        .await;
+    assert_eq!(r.status(), Some(503));
+    assert!(
+        r.header("warning").unwrap().contains("media stream limit"),
+        "{:?}",
+        r.header("warning")
+    );
+    assert_eq!(engine.stats().active_calls, 1);
     gw.shutdown().await;
     engine.shutdown();
 }

@@ -9,6 +9,14 @@
 //! | `GET /v1/calls/{id}` | any | one call, 404 if absent or another tenant's |
 //! | `GET /v1/tenants/{id}/usage` | any | usage against limits, 404 for another tenant |
 //! | `POST /v1/drain` | operator | starts draining (readyz then 503) |
+//! | `POST /v1/calls/{id}/taps` | operator, recorder | starts a recording tap: 201 with its id (and SRTP key, once) |
+//! | `GET /v1/calls/{id}/taps` | any | the call's taps and their counters |
+//! | `DELETE /v1/taps/{tap_id}` | operator, recorder | stops a tap: 204 |
+//!
+//! Taps answer 501 when no media relay is wired ([`AdminState::taps`] is `None`). A
+//! recorder token reaches only its tenant's calls and taps; another tenant's look like none
+//! (404). A viewer may list taps but not start or stop them (403). A tap's SRTP key is in
+//! the 201 answer only: never in a later answer, a log line or the audit log.
 //!
 //! Every `/v1` request, allowed or not, writes one audit line before its answer leaves; if
 //! the line cannot be written the answer is a 500 instead. A tenant-scoped token asking for
@@ -20,14 +28,17 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use axum::body::Bytes;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{MatchedPath, Path, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Extension, Json, Router};
+use sbc_core::media::CallRef;
 use sbc_core::registry::{CallId, CallSnapshot};
+use sbc_core::tap::{TapError, TapId, TapLegs, TapSpec, TapStatus, TapSuite, TapTransport};
 use sbc_core::tenant::TenantId;
 use serde::{Deserialize, Serialize};
 use tracing::{error, warn};
@@ -67,6 +78,8 @@ pub(crate) fn router(app: App) -> Router {
         .route("/v1/calls/{id}", get(get_call))
         .route("/v1/tenants/{id}/usage", get(tenant_usage))
         .route("/v1/drain", post(drain))
+        .route("/v1/calls/{id}/taps", get(list_taps).post(start_tap))
+        .route("/v1/taps/{tap_id}", delete(stop_tap))
         .route_layer(middleware::from_fn_with_state(
             app.clone(),
             authorize_and_audit,
@@ -432,6 +445,270 @@ async fn drain(State(app): State<App>, Extension(Caller(token)): Extension<Calle
         Json(serde_json::json!({ "draining": true, "already_draining": !started })),
     )
         .into_response()
+}
+
+// ---- recording taps ----
+
+/// Largest tap request body: the four fields fit in well under 512 bytes.
+const MAX_TAP_BODY: usize = 4096;
+/// Longest `destination` looked at: a DNS name (253) plus `:port`.
+const MAX_DESTINATION_LEN: usize = 260;
+/// How long a `destination` name may take to resolve.
+const RESOLVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TapRequest {
+    legs: String,
+    transport: String,
+    suite: Option<String>,
+    destination: String,
+}
+
+#[derive(Debug, Serialize)]
+struct TapJson {
+    tap_id: String,
+    legs: &'static str,
+    transport: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    suite: Option<&'static str>,
+    destination: String,
+    packets_sent: u64,
+    packets_dropped: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct TapListJson {
+    taps: Vec<TapJson>,
+}
+
+fn tap_json(t: &TapStatus) -> TapJson {
+    TapJson {
+        tap_id: t.id.to_string(),
+        legs: t.legs.as_str(),
+        transport: t.transport.as_str(),
+        suite: t.transport.suite().map(TapSuite::as_str),
+        destination: t.destination.to_string(),
+        packets_sent: t.packets_sent,
+        packets_dropped: t.packets_dropped,
+    }
+}
+
+fn taps_unavailable() -> Response {
+    json_error(
+        StatusCode::NOT_IMPLEMENTED,
+        "recording taps are not available: the media relay is off",
+    )
+}
+
+fn may_change_taps(role: &Role) -> bool {
+    matches!(role, Role::Operator | Role::Recorder(_))
+}
+
+/// The call a tap request names, if the caller may see it; else the 404 to answer.
+fn tap_call(
+    app: &Shared,
+    role: &Role,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<(CallId, CallSnapshot), Box<Response>> {
+    let no_call = || json_error(StatusCode::NOT_FOUND, "no such call");
+    let Ok(Path(id)) = id else {
+        return Err(Box::new(no_call()));
+    };
+    if id.len() > MAX_CALL_ID_LEN {
+        return Err(Box::new(no_call()));
+    }
+    let id = CallId::from(id.as_str());
+    match app.state.registry.get(&id) {
+        Some(call) if role.may_see(&call.tenant) => Ok((id, call)),
+        // Another tenant's call looks exactly like no call; the audit line says whose.
+        found => Err(Box::new(with_audit(
+            no_call(),
+            found.map(|c| c.tenant),
+            Some(id),
+        ))),
+    }
+}
+
+/// The request body as a tap spec, or what is wrong with it.
+async fn tap_spec(body: &[u8]) -> Result<TapSpec, String> {
+    if body.len() > MAX_TAP_BODY {
+        return Err(format!("body larger than {MAX_TAP_BODY} bytes"));
+    }
+    let req: TapRequest = serde_json::from_slice(body).map_err(|e| {
+        format!(
+            "expected {{\"legs\": \"both\"|\"caller\"|\"callee\", \"transport\": \"rtp\"|\"srtp\", \
+             \"suite\": (srtp only), \"destination\": \"host:port\"}}: {e}"
+        )
+    })?;
+    let legs: TapLegs = req.legs.parse().map_err(|e: TapError| e.to_string())?;
+    let transport = match (req.transport.as_str(), req.suite.as_deref()) {
+        ("rtp", None) => TapTransport::Rtp,
+        ("rtp", Some(_)) => return Err("suite is for transport \"srtp\" only".to_string()),
+        ("srtp", None) => TapTransport::Srtp(TapSuite::AesCm128HmacSha1_80),
+        ("srtp", Some(s)) => TapTransport::Srtp(s.parse().map_err(|e: TapError| e.to_string())?),
+        _ => return Err("transport must be \"rtp\" or \"srtp\"".to_string()),
+    };
+    let destination = resolve_destination(&req.destination).await?;
+    Ok(TapSpec {
+        legs,
+        transport,
+        destination,
+    })
+}
+
+/// `ip:port`, `[ipv6]:port`, or `name:port` (resolved, first address).
+async fn resolve_destination(dest: &str) -> Result<std::net::SocketAddr, String> {
+    if dest.len() > MAX_DESTINATION_LEN {
+        return Err("destination too long".to_string());
+    }
+    let addr = match dest.parse::<std::net::SocketAddr>() {
+        Ok(a) => a,
+        Err(_) => {
+            let Some((host, port)) = dest.rsplit_once(':') else {
+                return Err("destination must be host:port".to_string());
+            };
+            if host.is_empty() || port.parse::<u16>().is_err() {
+                return Err("destination must be host:port".to_string());
+            }
+            let found = tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host(dest))
+                .await
+                .map_err(|_| "destination does not resolve in time".to_string())?
+                .map_err(|_| "destination does not resolve".to_string())?
+                .next();
+            found.ok_or_else(|| "destination does not resolve".to_string())?
+        }
+    };
+    if addr.port() == 0 || addr.ip().is_unspecified() || addr.ip().is_multicast() {
+        return Err("destination must be a unicast address with a non-zero port".to_string());
+    }
+    Ok(addr)
+}
+
+fn tap_error(e: &TapError) -> Response {
+    match e {
+        TapError::UnknownCall(_) | TapError::NoMedia(_) => json_error(
+            StatusCode::CONFLICT,
+            "the call has no media to tap (not answered yet, or ended)",
+        ),
+        TapError::TooMany { .. } => json_error(StatusCode::CONFLICT, &e.to_string()),
+        TapError::Invalid(m) => json_error(StatusCode::BAD_REQUEST, m),
+        _ => json_error(StatusCode::SERVICE_UNAVAILABLE, "tap could not be started"),
+    }
+}
+
+async fn start_tap(
+    State(app): State<App>,
+    Extension(Caller(token)): Extension<Caller>,
+    id: Result<Path<String>, PathRejection>,
+    body: Bytes,
+) -> Response {
+    if !may_change_taps(&token.role) {
+        return json_error(
+            StatusCode::FORBIDDEN,
+            "starting a tap needs an operator or recorder token",
+        );
+    }
+    let Some(taps) = app.state.taps.clone() else {
+        return taps_unavailable();
+    };
+    let (id, call) = match tap_call(&app, &token.role, id) {
+        Ok(c) => c,
+        Err(resp) => return *resp,
+    };
+    let tenant = call.tenant.clone();
+    let audited = |resp: Response| with_audit(resp, Some(tenant.clone()), Some(id.clone()));
+    let spec = match tap_spec(&body).await {
+        Ok(s) => s,
+        Err(msg) => return audited(json_error(StatusCode::BAD_REQUEST, &msg)),
+    };
+    let Some(media_ref) = app.state.registry.media_ref(&id) else {
+        return audited(json_error(
+            StatusCode::CONFLICT,
+            "the call has no media to tap (not answered yet, or ended)",
+        ));
+    };
+    // Synchronous and quick: the media side only records the tap and tells a worker.
+    let info = match taps.start_tap(CallRef(media_ref), spec) {
+        Ok(i) => i,
+        Err(e) => return audited(tap_error(&e)),
+    };
+    tracing::info!(token = %token.id, tenant = %tenant, call = %id, tap = %info.id,
+        legs = spec.legs.as_str(), transport = spec.transport.as_str(), "recording tap started");
+    let mut body = serde_json::json!({
+        "tap_id": info.id.to_string(),
+        "legs": spec.legs.as_str(),
+        "transport": spec.transport.as_str(),
+        "destination": spec.destination.to_string(),
+    });
+    if let Some(suite) = spec.transport.suite() {
+        body["suite"] = suite.as_str().into();
+    }
+    if let Some(key) = &info.key {
+        body["key"] = key.expose().into();
+    }
+    audited((StatusCode::CREATED, Json(body)).into_response())
+}
+
+async fn list_taps(
+    State(app): State<App>,
+    Extension(Caller(token)): Extension<Caller>,
+    id: Result<Path<String>, PathRejection>,
+) -> Response {
+    let Some(taps) = app.state.taps.clone() else {
+        return taps_unavailable();
+    };
+    let (id, call) = match tap_call(&app, &token.role, id) {
+        Ok(c) => c,
+        Err(resp) => return *resp,
+    };
+    let list = app
+        .state
+        .registry
+        .media_ref(&id)
+        .map(|m| taps.list_taps(CallRef(m)))
+        .unwrap_or_default();
+    let body = TapListJson {
+        taps: list.iter().map(tap_json).collect(),
+    };
+    with_audit(Json(body).into_response(), Some(call.tenant), Some(id))
+}
+
+async fn stop_tap(
+    State(app): State<App>,
+    Extension(Caller(token)): Extension<Caller>,
+    tap: Result<Path<String>, PathRejection>,
+) -> Response {
+    if !may_change_taps(&token.role) {
+        return json_error(
+            StatusCode::FORBIDDEN,
+            "stopping a tap needs an operator or recorder token",
+        );
+    }
+    let Some(taps) = app.state.taps.clone() else {
+        return taps_unavailable();
+    };
+    let no_tap = || json_error(StatusCode::NOT_FOUND, "no such tap");
+    let Some(tap) = tap.ok().and_then(|Path(t)| t.parse::<TapId>().ok()) else {
+        return no_tap();
+    };
+    let Some(owner) = taps.tap_owner(tap) else {
+        return no_tap();
+    };
+    let call = app.state.registry.find_by_media_ref(owner.call.0);
+    if !token.role.may_see(&owner.tenant) {
+        return with_audit(no_tap(), Some(owner.tenant), call);
+    }
+    if !taps.stop_tap(tap) {
+        // Stopped meanwhile (another request, or the call ended).
+        return with_audit(no_tap(), Some(owner.tenant), call);
+    }
+    tracing::info!(token = %token.id, tenant = %owner.tenant, %tap, "recording tap stopped");
+    with_audit(
+        StatusCode::NO_CONTENT.into_response(),
+        Some(owner.tenant),
+        call,
+    )
 }
 
 #[cfg(test)]

@@ -68,7 +68,7 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> AdminConfigErr
 pub enum Role {
     /// Everything: every tenant's calls and usage, drain.
     Operator,
-    /// One tenant's calls and usage (and, once the media relay exists, its recording taps).
+    /// One tenant's calls and usage, and its calls' recording taps.
     Recorder(TenantId),
     /// One tenant's calls and usage, read only.
     Viewer(TenantId),

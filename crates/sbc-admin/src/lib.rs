@@ -10,7 +10,8 @@
 //! `/healthz`, `/readyz` and `/metrics` need no token, so probes and scrapers work without
 //! secrets; metrics carry counters labelled by tenant, direction and reason, never a token,
 //! key, number, address or call id. Everything under `/v1` needs a token and is audited.
-//! Recording taps are not served yet (the media relay that would feed them does not exist).
+//! Recording taps (`/v1/calls/{id}/taps`, `/v1/taps/{tap_id}`) go through
+//! [`sbc_core::tap::TapControl`] when [`AdminState::taps`] is set, else they answer 501.
 //!
 //! Wiring, in the gateway's `main`:
 //!
@@ -33,6 +34,7 @@
 //!     prometheus,
 //!     tenants,
 //!     audit: Arc::new(sbc_admin::AuditLog::open(std::path::Path::new("audit.jsonl"))?),
+//!     taps: None, // or Some(media_engine.tap_control())
 //! };
 //! let handle = sbc_admin::serve(cfg, state).await?;
 //! println!("admin on {}", handle.local_addr());
@@ -50,6 +52,7 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use sbc_core::registry::{CallRegistry, DrainState};
+use sbc_core::tap::TapControl;
 use sbc_core::tenant::TenantId;
 
 mod api;
@@ -84,6 +87,8 @@ pub struct AdminState {
     pub tenants: Vec<TenantId>,
     /// Where audit lines go.
     pub audit: Arc<AuditLog>,
+    /// Recording taps (the media relay); `None`: the tap endpoints answer 501.
+    pub taps: Option<Arc<dyn TapControl>>,
 }
 
 impl fmt::Debug for AdminState {
@@ -92,6 +97,7 @@ impl fmt::Debug for AdminState {
             .field("calls", &self.registry.len())
             .field("drain", &self.drain)
             .field("tenants", &self.tenants)
+            .field("taps", &self.taps.is_some())
             .finish_non_exhaustive()
     }
 }

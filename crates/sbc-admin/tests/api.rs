@@ -415,6 +415,7 @@ async fn unaudited_data_is_not_served() {
         prometheus: prometheus(),
         tenants: vec![TenantId::from("a"), TenantId::from("b")],
         audit: Arc::new(AuditLog::to_writer(Box::new(Failing))),
+        taps: None,
     };
     let mut cfg = config(false);
     cfg.address = "127.0.0.1:0".parse().expect("addr");
@@ -440,6 +441,7 @@ async fn serve_refuses_tokens_for_unknown_tenants_and_shutdown_closes() {
         prometheus: prometheus(),
         tenants,
         audit: Arc::new(AuditLog::to_writer(Box::new(std::io::sink()))),
+        taps: None,
     };
     let mut cfg = config(false);
     cfg.address = "127.0.0.1:0".parse().expect("addr");
@@ -480,6 +482,8 @@ fn openapi_documents_exactly_the_served_paths() {
             "/v1/calls/{id}",
             "/v1/tenants/{id}/usage",
             "/v1/drain",
+            "/v1/calls/{id}/taps",
+            "/v1/taps/{tap_id}",
         ]
     );
 }

@@ -176,6 +176,10 @@ pub struct Limits {
     /// Requests per second one connection of this tenant may send (burst: one second's
     /// worth); past it new dialogs get 503. ACK, BYE and CANCEL are never refused.
     pub requests_per_second_per_connection: f64,
+    /// Media streams relayed at once (0: no limit).
+    pub max_media_streams: u32,
+    /// Media bandwidth in kbit/s, enforced in the relay (0: no limit).
+    pub media_bandwidth_kbps: u32,
 }
 
 impl Default for Limits {
@@ -186,6 +190,8 @@ impl Default for Limits {
             max_concurrent_calls: 100,
             max_pending_invites: 50,
             requests_per_second_per_connection: 200.0,
+            max_media_streams: 0,
+            media_bandwidth_kbps: 0,
         }
     }
 }
@@ -492,6 +498,8 @@ struct RawLimits {
     max_concurrent_calls: u32,
     max_pending_invites: u32,
     requests_per_second_per_connection: f64,
+    max_media_streams: u32,
+    media_bandwidth_kbps: u32,
 }
 
 impl Default for RawLimits {
@@ -503,6 +511,8 @@ impl Default for RawLimits {
             max_concurrent_calls: d.max_concurrent_calls,
             max_pending_invites: d.max_pending_invites,
             requests_per_second_per_connection: d.requests_per_second_per_connection,
+            max_media_streams: d.max_media_streams,
+            media_bandwidth_kbps: d.media_bandwidth_kbps,
         }
     }
 }
@@ -749,6 +759,8 @@ fn validate_tenant_media(m: &RawTenantMedia, key: &str) -> Result<MediaPolicy, C
             srtp: mode(&m.callee_srtp, "callee_srtp", d.callee.srtp)?,
             suites: suites(&m.callee_suites, "callee_suites", &d.callee.suites)?,
         },
+        max_streams: 0,
+        bandwidth_kbps: 0,
     })
 }
 
@@ -1206,6 +1218,18 @@ fn validate_tenant(t: &RawTenant, key: &str, base: &Path) -> Result<Tenant, Conf
             "must be between 1 and 1000000",
         ));
     }
+    if l.max_media_streams > 1_000_000 {
+        return Err(invalid(
+            format!("{lkey}.max_media_streams"),
+            "must be at most 1000000 (0: no limit)",
+        ));
+    }
+    if l.media_bandwidth_kbps > 100_000_000 {
+        return Err(invalid(
+            format!("{lkey}.media_bandwidth_kbps"),
+            "must be at most 100000000 (0: no limit)",
+        ));
+    }
     let rps = l.requests_per_second_per_connection;
     if !(rps.is_finite() && (1.0..=1e6).contains(&rps)) {
         return Err(invalid(
@@ -1213,7 +1237,9 @@ fn validate_tenant(t: &RawTenant, key: &str, base: &Path) -> Result<Tenant, Conf
             "must be between 1 and 1000000",
         ));
     }
-    let media = validate_tenant_media(&t.media, &format!("{key}.media"))?;
+    let mut media = validate_tenant_media(&t.media, &format!("{key}.media"))?;
+    media.max_streams = l.max_media_streams;
+    media.bandwidth_kbps = l.media_bandwidth_kbps;
     Ok(Tenant {
         media,
         id: TenantId::from(t.id.as_str()),
@@ -1230,6 +1256,8 @@ fn validate_tenant(t: &RawTenant, key: &str, base: &Path) -> Result<Tenant, Conf
             max_concurrent_calls: l.max_concurrent_calls,
             max_pending_invites: l.max_pending_invites,
             requests_per_second_per_connection: rps,
+            max_media_streams: l.max_media_streams,
+            media_bandwidth_kbps: l.media_bandwidth_kbps,
         },
     })
 }

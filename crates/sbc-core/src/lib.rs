@@ -9,4 +9,5 @@ pub mod flood;
 pub mod media;
 pub mod redact;
 pub mod registry;
+pub mod tap;
 pub mod tenant;

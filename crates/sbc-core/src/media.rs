@@ -65,11 +65,17 @@ pub struct LegPolicy {
     pub suites: Vec<String>,
 }
 
-/// Media policy of a tenant: one per leg.
+/// Media policy of a tenant: one per leg, and the tenant's media limits.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MediaPolicy {
     pub caller: LegPolicy,
     pub callee: LegPolicy,
+    /// Media streams (m-lines being relayed, both legs count once) the tenant may have
+    /// at once; 0: no limit. Past it, an offer is refused 503.
+    pub max_streams: u32,
+    /// Media bandwidth of the tenant in kbit/s (packet bytes, both directions); 0: no
+    /// limit. Past it, the tenant's packets are dropped and counted, never another's.
+    pub bandwidth_kbps: u32,
 }
 
 impl MediaPolicy {
@@ -100,6 +106,8 @@ impl Default for MediaPolicy {
                 srtp: SrtpMode::Optional,
                 suites,
             },
+            max_streams: 0,
+            bandwidth_kbps: 0,
         }
     }
 }
@@ -120,6 +128,9 @@ pub enum MediaError {
     /// An answer or re-offer for a call the media side does not know: 500.
     #[error("unknown call {0}")]
     UnknownCall(CallRef),
+    /// The tenant has its `max_media_streams` streams: 503.
+    #[error("tenant media stream limit reached")]
+    TenantStreams,
 }
 
 impl MediaError {
@@ -127,7 +138,7 @@ impl MediaError {
     pub fn sip_status(&self) -> u16 {
         match self {
             MediaError::NotAcceptable(_) | MediaError::Malformed(_) => 488,
-            MediaError::NoPorts => 503,
+            MediaError::NoPorts | MediaError::TenantStreams => 503,
             MediaError::UnknownCall(_) => 500,
         }
     }
@@ -139,6 +150,7 @@ impl MediaError {
             MediaError::Malformed(_) => "malformed_sdp",
             MediaError::NoPorts => "no_ports",
             MediaError::UnknownCall(_) => "unknown_call",
+            MediaError::TenantStreams => "media_streams",
         }
     }
 }

@@ -169,6 +169,8 @@ struct Entry {
     caller: String,
     callee: String,
     legs: Vec<Leg>,
+    /// The media side's number for this call ([`crate::media::CallRef`]), once known.
+    media_ref: Option<u64>,
 }
 
 impl Entry {
@@ -259,9 +261,36 @@ impl CallRegistry {
                     sip_call_id: record.inbound_sip_call_id,
                     counters: MediaCounters::default(),
                 }],
+                media_ref: None,
             },
         );
         Ok(id)
+    }
+
+    /// Record the media side's number for a call (the `CallRef` its `MediaControl` calls
+    /// use), so the admin plane can reach the call's media (recording taps). False if the
+    /// call is not recorded.
+    pub fn set_media_ref(&self, id: &CallId, media_ref: u64) -> bool {
+        match self.lock().get_mut(id) {
+            Some(e) => {
+                e.media_ref = Some(media_ref);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The media side's number for a call, if recorded.
+    pub fn media_ref(&self, id: &CallId) -> Option<u64> {
+        self.lock().get(id).and_then(|e| e.media_ref)
+    }
+
+    /// The call whose media side number is `media_ref` (a linear scan, for admin paths).
+    pub fn find_by_media_ref(&self, media_ref: u64) -> Option<CallId> {
+        self.lock()
+            .iter()
+            .find(|(_, e)| e.media_ref == Some(media_ref))
+            .map(|(id, _)| id.clone())
     }
 
     /// Set a call's state. False if the call is not recorded.
@@ -414,6 +443,20 @@ mod tests {
             callee: "+15559870002".to_string(),
             inbound_sip_call_id: sip.to_string(),
         }
+    }
+
+    #[test]
+    fn media_ref_maps_both_ways() {
+        let r = CallRegistry::new();
+        let a = r.register(record("a", 10, "sip-a")).expect("room");
+        assert_eq!(r.media_ref(&a), None);
+        assert_eq!(r.find_by_media_ref(7), None);
+        assert!(r.set_media_ref(&a, 7));
+        assert_eq!(r.media_ref(&a), Some(7));
+        assert_eq!(r.find_by_media_ref(7), Some(a.clone()));
+        assert!(!r.set_media_ref(&CallId::from("nope"), 8));
+        r.remove(&a);
+        assert_eq!(r.find_by_media_ref(7), None);
     }
 
     #[test]

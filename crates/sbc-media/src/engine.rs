@@ -20,6 +20,11 @@
 //!
 //! Our keys are kept per stream, leg and suite for the call's life, so a re-offer that
 //! changes nothing re-sends the same keys and the workers keep their SRTP state.
+//!
+//! Recording taps ([`TapControl`]): the control side makes the tap's socket and fresh key,
+//! records the tap (for listing, ownership and counters) and hands the socket and SRTP
+//! contexts to the call's worker, which copies clear RTP to it (see `relay.rs`). A call's
+//! taps end with the call: on `delete` and on media timeout.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -31,16 +36,20 @@ use ring::rand::{SecureRandom, SystemRandom};
 use sbc_core::media::{
     CallRef, LegPolicy, LegSide, MediaControl, MediaError, MediaEvent, MediaPolicy, SrtpMode,
 };
+use sbc_core::tap::{
+    TapControl, TapError, TapId, TapInfo, TapKey, TapOwner, TapSpec, TapStatus, TapSuite,
+    TapTransport,
+};
 use sbc_core::tenant::TenantId;
 use zeroize::Zeroizing;
 
 use crate::ports::{self, BindError, BoundPair, PortPool, PortRangeError, SharedPortPool};
 use crate::relay::{
-    spawn_worker, Command, DropReason, KeySpec, LegConfig, StreamSetup, WorkerHandle, WorkerParams,
-    WorkerStats,
+    spawn_worker, Command, DropReason, KeySpec, LegConfig, StreamSetup, TapCounters, TapSetup,
+    WorkerHandle, WorkerParams, WorkerStats, MAX_TAPS_PER_CALL,
 };
 use crate::sdp::{self, CryptoOut, MediaRewrite, Rewrite, RtpProto, SdpError, SessionDescription};
-use crate::srtp::{MasterKey, SrtpProfile};
+use crate::srtp::{MasterKey, SrtpConfig, SrtpContext, SrtpProfile};
 
 /// Default media timeout: no RTP/RTCP either way for this long ends the call.
 pub const DEFAULT_MEDIA_TIMEOUT: Duration = Duration::from_secs(60);
@@ -182,6 +191,28 @@ struct CallCtl {
 
 type CallMap = Arc<Mutex<HashMap<CallRef, CallCtl>>>;
 
+/// Most taps on the whole gateway: each holds a socket (a file descriptor) and costs its
+/// worker a copy and a send per packet; 4096 is far above any recording deployment's need
+/// and far below the default descriptor limit.
+pub const MAX_TAPS: usize = 4096;
+
+/// A tap as the control side knows it; the worker holds the socket and SRTP state.
+#[derive(Debug)]
+struct TapCtl {
+    call: CallRef,
+    tenant: TenantId,
+    spec: TapSpec,
+    counters: Arc<TapCounters>,
+}
+
+type TapMap = Arc<Mutex<HashMap<TapId, TapCtl>>>;
+
+/// Lock order: the call map first, then this one (never the other way round).
+fn lock_taps(taps: &TapMap) -> MutexGuard<'_, HashMap<TapId, TapCtl>> {
+    // Updated in whole steps; a poisoned lock is used as is (see `lock_calls`).
+    taps.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn lock_calls(calls: &CallMap) -> MutexGuard<'_, HashMap<CallRef, CallCtl>> {
     // Control state is updated in whole steps under the lock; a panic elsewhere does not
     // leave it half-written, so a poisoned lock is used as is.
@@ -193,6 +224,7 @@ struct Inner {
     settings: MediaSettings,
     pool: SharedPortPool,
     calls: CallMap,
+    taps: TapMap,
     events: Arc<Mutex<Vec<MediaEvent>>>,
     workers: Vec<WorkerHandle>,
     stats: Vec<Arc<WorkerStats>>,
@@ -250,18 +282,22 @@ impl MediaEngine {
             ));
         }
         let calls: CallMap = Arc::new(Mutex::new(HashMap::new()));
+        let taps: TapMap = Arc::new(Mutex::new(HashMap::new()));
         let events = Arc::new(Mutex::new(Vec::new()));
         let mut workers = Vec::with_capacity(settings.workers);
         let mut stats = Vec::with_capacity(settings.workers);
         for id in 0..settings.workers {
             let st = Arc::new(WorkerStats::default());
-            let (c, ev) = (Arc::clone(&calls), Arc::clone(&events));
+            let (c, ev, tp) = (Arc::clone(&calls), Arc::clone(&events), Arc::clone(&taps));
             let params = WorkerParams {
                 media_timeout: settings.media_timeout,
                 relatch_after: settings.relatch_after,
                 stats: Arc::clone(&st),
                 on_timeout: Box::new(move |call| {
-                    lock_calls(&c).remove(&call);
+                    let mut calls = lock_calls(&c);
+                    calls.remove(&call);
+                    lock_taps(&tp).retain(|_, t| t.call != call);
+                    drop(calls);
                     ev.lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .push(MediaEvent::Timeout(call));
@@ -275,6 +311,7 @@ impl MediaEngine {
                         settings: settings.clone(),
                         pool,
                         calls,
+                        taps,
                         events,
                         workers,
                         stats,
@@ -290,6 +327,7 @@ impl MediaEngine {
                 settings,
                 pool,
                 calls,
+                taps,
                 events,
                 workers,
                 stats,
@@ -300,6 +338,11 @@ impl MediaEngine {
 
     /// The engine as the signaling side takes it.
     pub fn control(&self) -> Arc<dyn MediaControl> {
+        Arc::new(self.clone())
+    }
+
+    /// The engine as the admin plane takes it (recording taps).
+    pub fn tap_control(&self) -> Arc<dyn TapControl> {
         Arc::new(self.clone())
     }
 
@@ -555,6 +598,29 @@ impl MediaControl for MediaEngine {
         }
 
         let mut calls = lock_calls(&self.inner.calls);
+        if policy.max_streams > 0 {
+            // The tenant's streams now, and the ones this offer would add.
+            let in_use: usize = calls
+                .values()
+                .filter(|c| &c.tenant == tenant)
+                .map(|c| c.streams.iter().filter(|s| s.is_some()).count())
+                .sum();
+            let existing = calls.get(&call);
+            let adding = plan
+                .iter()
+                .enumerate()
+                .filter(|(i, p)| {
+                    p.is_some()
+                        && existing
+                            .and_then(|c| c.streams.get(*i))
+                            .is_none_or(|s| s.is_none())
+                })
+                .count();
+            if in_use + adding > policy.max_streams as usize {
+                tracing::info!(%call, tenant = %tenant, in_use, adding, limit = policy.max_streams, "tenant media stream limit: offer refused");
+                return Err(MediaError::TenantStreams);
+            }
+        }
         let is_new = !calls.contains_key(&call);
         let workers = self.inner.workers.len().max(1);
         let ctl = calls.entry(call).or_insert_with(|| CallCtl {
@@ -822,7 +888,10 @@ impl MediaControl for MediaEngine {
     }
 
     fn delete(&self, call: CallRef) {
-        let removed = lock_calls(&self.inner.calls).remove(&call);
+        let mut calls = lock_calls(&self.inner.calls);
+        let removed = calls.remove(&call);
+        lock_taps(&self.inner.taps).retain(|_, t| t.call != call);
+        drop(calls);
         if let Some(ctl) = removed {
             if let Some(w) = self.worker(ctl.worker) {
                 w.send(Command::Remove(call));
@@ -832,5 +901,154 @@ impl MediaControl for MediaEngine {
 
     fn poll_events(&self) -> Vec<MediaEvent> {
         std::mem::take(&mut *self.inner.events.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+fn tap_profile(suite: TapSuite) -> SrtpProfile {
+    match suite {
+        TapSuite::AesCm128HmacSha1_80 => SrtpProfile::AesCm128HmacSha1_80,
+        TapSuite::Aes256CmHmacSha1_80 => SrtpProfile::Aes256CmHmacSha1_80,
+    }
+}
+
+/// A fresh key for a tap, as per-leg contexts and the inline form handed out once.
+fn tap_key(rng: &SystemRandom, suite: TapSuite) -> Result<([SrtpContext; 2], TapKey), TapError> {
+    use base64::Engine as _;
+    let profile = tap_profile(suite);
+    let n = profile.master_key_len() + profile.master_salt_len();
+    let mut material = Zeroizing::new([0u8; 64]);
+    rng.fill(&mut material[..n])
+        .map_err(|_| TapError::Unavailable("no randomness for the tap key".into()))?;
+    let key = MasterKey::from_concatenated(profile, &material[..n])
+        .map_err(|_| TapError::Unavailable("tap key generation".into()))?;
+    let ctx = || {
+        SrtpContext::new(profile, &key, SrtpConfig::default())
+            .map_err(|e| TapError::Unavailable(format!("tap SRTP context: {e}")))
+    };
+    let contexts = [ctx()?, ctx()?];
+    let mut inline = String::with_capacity(7 + n.div_ceil(3) * 4);
+    inline.push_str("inline:");
+    base64::engine::general_purpose::STANDARD.encode_string(&material[..n], &mut inline);
+    Ok((contexts, TapKey::new(inline)))
+}
+
+/// The tap's socket: any port, the destination's address family, non-blocking.
+fn tap_socket(destination: SocketAddr) -> Result<std::net::UdpSocket, TapError> {
+    let any: SocketAddr = if destination.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let sock = std::net::UdpSocket::bind(any)
+        .map_err(|e| TapError::Unavailable(format!("tap socket: {e}")))?;
+    sock.set_nonblocking(true)
+        .map_err(|e| TapError::Unavailable(format!("tap socket: {e}")))?;
+    Ok(sock)
+}
+
+impl TapControl for MediaEngine {
+    fn start_tap(&self, call: CallRef, spec: TapSpec) -> Result<TapInfo, TapError> {
+        let dest = spec.destination;
+        if dest.port() == 0 || dest.ip().is_unspecified() || dest.ip().is_multicast() {
+            return Err(TapError::Invalid(
+                "destination must be a unicast address with a port",
+            ));
+        }
+        // Socket and key before the locks: neither needs them.
+        let socket = tap_socket(dest)?;
+        let (srtp, key) = match spec.transport {
+            TapTransport::Rtp => (None, None),
+            TapTransport::Srtp(suite) => {
+                let (ctx, key) = tap_key(&self.inner.rng, suite)?;
+                (Some(ctx), Some(key))
+            }
+        };
+        let calls = lock_calls(&self.inner.calls);
+        let ctl = calls.get(&call).ok_or(TapError::UnknownCall(call))?;
+        if !ctl.streams.iter().flatten().any(|s| s.committed) {
+            return Err(TapError::NoMedia(call));
+        }
+        let mut taps = lock_taps(&self.inner.taps);
+        if taps.len() >= MAX_TAPS {
+            return Err(TapError::TooMany { max: MAX_TAPS });
+        }
+        if taps.values().filter(|t| t.call == call).count() >= MAX_TAPS_PER_CALL {
+            return Err(TapError::TooMany {
+                max: MAX_TAPS_PER_CALL,
+            });
+        }
+        // 62 random bits: a collision among at most MAX_TAPS live ids is a freak; zero
+        // means the system RNG failed, which retrying will not fix for long.
+        let id = (0..4)
+            .map(|_| TapId(self.random_u64()))
+            .find(|id| id.0 != 0 && !taps.contains_key(id))
+            .ok_or_else(|| TapError::Unavailable("no randomness for the tap id".into()))?;
+        let counters = Arc::new(TapCounters::default());
+        let setup = Box::new(TapSetup {
+            id,
+            legs: spec.legs,
+            destination: dest,
+            socket,
+            srtp,
+            counters: Arc::clone(&counters),
+            ssrcs: Default::default(),
+        });
+        let sent = self
+            .worker(ctl.worker)
+            .is_some_and(|w| w.send(Command::AddTap { call, tap: setup }));
+        if !sent {
+            return Err(TapError::Unavailable("media worker is gone".into()));
+        }
+        taps.insert(
+            id,
+            TapCtl {
+                call,
+                tenant: ctl.tenant.clone(),
+                spec,
+                counters,
+            },
+        );
+        tracing::info!(%call, tap = %id, legs = spec.legs.as_str(), transport = spec.transport.as_str(), "recording tap started");
+        Ok(TapInfo { id, key })
+    }
+
+    fn stop_tap(&self, tap: TapId) -> bool {
+        let calls = lock_calls(&self.inner.calls);
+        let Some(t) = lock_taps(&self.inner.taps).remove(&tap) else {
+            return false;
+        };
+        t.counters.stopped.store(true, Ordering::Release);
+        if let Some(w) = calls.get(&t.call).and_then(|c| self.worker(c.worker)) {
+            w.send(Command::RemoveTap {
+                call: t.call,
+                id: tap,
+            });
+        }
+        tracing::info!(call = %t.call, %tap, "recording tap stopped");
+        true
+    }
+
+    fn list_taps(&self, call: CallRef) -> Vec<TapStatus> {
+        let mut out: Vec<TapStatus> = lock_taps(&self.inner.taps)
+            .iter()
+            .filter(|(_, t)| t.call == call)
+            .map(|(id, t)| TapStatus {
+                id: *id,
+                legs: t.spec.legs,
+                transport: t.spec.transport,
+                destination: t.spec.destination,
+                packets_sent: t.counters.sent.load(Ordering::Relaxed),
+                packets_dropped: t.counters.dropped.load(Ordering::Relaxed),
+            })
+            .collect();
+        out.sort_by_key(|t| t.id);
+        out
+    }
+
+    fn tap_owner(&self, tap: TapId) -> Option<TapOwner> {
+        lock_taps(&self.inner.taps).get(&tap).map(|t| TapOwner {
+            call: t.call,
+            tenant: t.tenant.clone(),
+        })
     }
 }

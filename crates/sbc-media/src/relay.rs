@@ -19,17 +19,20 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token, Waker};
-use sbc_core::media::CallRef;
+use sbc_core::media::{CallRef, LegSide};
+use sbc_core::tap::{TapId, TapLegs};
 
 use crate::ports::{BoundPair, PortLease};
-use crate::srtp::{MasterKey, Mki, SrtpConfig, SrtpContext, SrtpError, SrtpProfile, MAX_MKI_LEN};
+use crate::srtp::{
+    MasterKey, Mki, SrtpConfig, SrtpContext, SrtpError, SrtpProfile, DEFAULT_MAX_SSRCS, MAX_MKI_LEN,
+};
 
 /// Largest datagram relayed. RTP over UDP stays under the path MTU (1500); 2048 leaves
 /// room for jumbo-ish video packets. Larger datagrams are dropped as truncated.
@@ -398,6 +401,33 @@ pub fn relay_packet(
     buf: &mut [u8],
     len: usize,
 ) -> Result<Forward, DropReason> {
+    relay_packet_tapped(
+        now,
+        relatch_after,
+        inbound,
+        outbound,
+        kind,
+        src,
+        buf,
+        len,
+        |_, _| {},
+    )
+}
+
+/// [`relay_packet`], handing the clear packet (after unprotect and latching, before
+/// re-protect) to `on_clear`: where recording taps copy it.
+#[allow(clippy::too_many_arguments)]
+pub fn relay_packet_tapped(
+    now: Instant,
+    relatch_after: Duration,
+    inbound: &mut LegState,
+    outbound: &mut LegState,
+    kind: PacketKind,
+    src: SocketAddr,
+    buf: &mut [u8],
+    len: usize,
+    on_clear: impl FnOnce(PacketKind, &[u8]),
+) -> Result<Forward, DropReason> {
     let packet = buf.get_mut(..len).ok_or(DropReason::Truncated)?;
     let plain_len = if inbound.secure {
         let (_, ctx) = inbound.rx.as_mut().ok_or(DropReason::NoCrypto)?;
@@ -415,6 +445,9 @@ pub fn relay_packet(
         PacketKind::Rtcp => &mut inbound.rtcp,
     };
     latch.accept(now, src, inbound.secure, relatch_after)?;
+    if let Some(clear) = buf.get(..plain_len) {
+        on_clear(kind, clear);
+    }
 
     let dest = match kind {
         PacketKind::Rtp => outbound.rtp.dest(),
@@ -441,6 +474,179 @@ pub fn relay_packet(
         len: out_len,
         via_rtcp_socket: kind == PacketKind::Rtcp && !outbound.rtcp_mux,
     })
+}
+
+// ---------------------------------------------------------------------------------------
+// Recording taps.
+//
+// A tap copies the clear RTP a leg sends (after unprotect and latching) to a recording
+// engine: plain, or under the tap's own SRTP key with one context per leg, so the two
+// legs' SSRCs and rollover counters never share state with each other or with the call.
+// The copy is made in the worker's second buffer and sent with a non-blocking `send_to`
+// on the tap's own socket, which nobody reads. The tap's queue is that socket's kernel send
+// buffer: when it is full (`WouldBlock`) or the send fails, the copy is dropped and counted
+// (`sbc_tap_packets_dropped_total{reason}` and the tap's own counter). The call's packet is
+// relayed whatever happens to its copies: a tap never waits and never holds call media.
+// RTCP is not copied.
+
+/// Most taps on one call: a few recorders (compliance, analytics, a live monitor). Each
+/// tap costs a copy, maybe an SRTP protect and a send per packet on the call's worker.
+pub const MAX_TAPS_PER_CALL: usize = 4;
+
+/// A tap's counters (written by its worker, read by the control side) and its stop flag
+/// (set by the control side, so no copy leaves after `stop_tap` returns, even before the
+/// worker has applied the `RemoveTap` command).
+#[derive(Debug, Default)]
+pub struct TapCounters {
+    pub sent: AtomicU64,
+    pub dropped: AtomicU64,
+    pub stopped: AtomicBool,
+}
+
+/// A recording tap, as its call's worker runs it.
+#[derive(Debug)]
+pub struct TapSetup {
+    pub id: TapId,
+    pub legs: TapLegs,
+    pub destination: SocketAddr,
+    /// Non-blocking, never read: its send buffer is the tap's bounded queue.
+    pub socket: std::net::UdpSocket,
+    /// For an SRTP tap: a context per leg (0: caller, 1: callee), same key.
+    pub srtp: Option<[SrtpContext; 2]>,
+    pub counters: Arc<TapCounters>,
+    /// SSRCs sent per leg, for an SRTP tap (see [`TapSsrcs`]).
+    pub ssrcs: [TapSsrcs; 2],
+}
+
+/// The SSRCs an SRTP tap has sent for one leg. Both legs' contexts share the tap's key, so
+/// the same SSRC and packet index on both legs would encrypt two packets with the same
+/// keystream: an SSRC the other leg already uses is refused (counted as an `srtp` drop).
+/// As many as an SRTP context takes ([`DEFAULT_MAX_SSRCS`]); fixed size, no allocation.
+#[derive(Debug, Clone, Copy)]
+pub struct TapSsrcs {
+    ssrcs: [u32; DEFAULT_MAX_SSRCS],
+    len: usize,
+}
+
+impl Default for TapSsrcs {
+    fn default() -> Self {
+        TapSsrcs {
+            ssrcs: [0; DEFAULT_MAX_SSRCS],
+            len: 0,
+        }
+    }
+}
+
+impl TapSsrcs {
+    fn contains(&self, ssrc: u32) -> bool {
+        self.ssrcs[..self.len].contains(&ssrc)
+    }
+
+    /// False when full.
+    fn insert(&mut self, ssrc: u32) -> bool {
+        if self.contains(ssrc) {
+            return true;
+        }
+        match self.ssrcs.get_mut(self.len) {
+            Some(slot) => {
+                *slot = ssrc;
+                self.len += 1;
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Why a tap's copy was dropped: the `reason` label of `sbc_tap_packets_dropped_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TapDrop {
+    /// The tap socket's send buffer is full (the recorder, or the path to it, is slow).
+    QueueFull,
+    /// The kernel refused the send (unreachable, refused, ...).
+    SendFailed,
+    /// The tap's SRTP transform refused (too many SSRCs, an SSRC the other leg uses,
+    /// key exhausted).
+    Srtp,
+}
+
+impl TapDrop {
+    const ALL: [TapDrop; 3] = [TapDrop::QueueFull, TapDrop::SendFailed, TapDrop::Srtp];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            TapDrop::QueueFull => "queue_full",
+            TapDrop::SendFailed => "send_failed",
+            TapDrop::Srtp => "srtp",
+        }
+    }
+}
+
+struct TapMetrics {
+    sent: metrics::Counter,
+    dropped: [metrics::Counter; 3],
+}
+
+/// Copies one clear RTP packet received on `leg` to the taps that want that leg.
+fn copy_to_taps(
+    taps: &mut [TapSetup],
+    leg: usize,
+    clear: &[u8],
+    tap_buf: &mut [u8],
+    metrics: &TapMetrics,
+) {
+    let side = if leg == 0 {
+        LegSide::Caller
+    } else {
+        LegSide::Callee
+    };
+    let len = clear.len();
+    for tap in taps
+        .iter_mut()
+        .filter(|t| t.legs.includes(side) && !t.counters.stopped.load(Ordering::Acquire))
+    {
+        let result = (|| {
+            tap_buf
+                .get_mut(..len)
+                .ok_or(TapDrop::SendFailed)?
+                .copy_from_slice(clear);
+            let out_len = match tap.srtp.as_mut().and_then(|c| c.get_mut(leg)) {
+                Some(ctx) => {
+                    let ssrc = clear
+                        .get(8..12)
+                        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                        .map(u32::from_be_bytes)
+                        .ok_or(TapDrop::Srtp)?;
+                    let [s0, s1] = &mut tap.ssrcs;
+                    let (mine, other) = if leg == 0 { (s0, s1) } else { (s1, s0) };
+                    if other.contains(ssrc) || !mine.insert(ssrc) {
+                        return Err(TapDrop::Srtp);
+                    }
+                    ctx.protect_rtp(tap_buf, len).map_err(|_| TapDrop::Srtp)?
+                }
+                None => len,
+            };
+            let out = tap_buf.get(..out_len).ok_or(TapDrop::SendFailed)?;
+            match tap.socket.send_to(out, tap.destination) {
+                Ok(_) => Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(TapDrop::QueueFull),
+                Err(_) => Err(TapDrop::SendFailed),
+            }
+        })();
+        match result {
+            Ok(()) => {
+                tap.counters.sent.fetch_add(1, Ordering::Relaxed);
+                metrics.sent.increment(1);
+            }
+            Err(r) => {
+                tap.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                // `r` is one of `TapDrop::ALL`, in that order.
+                if let Some(c) = metrics.dropped.get(r as usize) {
+                    c.increment(1);
+                }
+            }
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -481,6 +687,10 @@ pub enum Command {
     },
     /// Drop a call and its sockets.
     Remove(CallRef),
+    /// Start a recording tap on a call the worker runs (dropped if it runs no such call).
+    AddTap { call: CallRef, tap: Box<TapSetup> },
+    /// Stop a recording tap.
+    RemoveTap { call: CallRef, id: TapId },
     /// Stop the worker.
     Shutdown,
 }
@@ -530,11 +740,13 @@ struct StreamIo {
 struct CallIo {
     streams: Vec<Option<StreamIo>>,
     last_activity: Instant,
+    taps: Vec<TapSetup>,
 }
 
 struct Counters {
     relayed: metrics::Counter,
     dropped: [metrics::Counter; DropReason::COUNT],
+    taps: TapMetrics,
 }
 
 impl Counters {
@@ -544,6 +756,12 @@ impl Counters {
             dropped: DropReason::ALL.map(
                 |r| metrics::counter!("sbc_media_packets_dropped_total", "reason" => r.as_str()),
             ),
+            taps: TapMetrics {
+                sent: metrics::counter!("sbc_tap_packets_sent_total"),
+                dropped: TapDrop::ALL.map(
+                    |r| metrics::counter!("sbc_tap_packets_dropped_total", "reason" => r.as_str()),
+                ),
+            },
         }
     }
 }
@@ -584,6 +802,7 @@ pub fn spawn_worker(id: usize, params: WorkerParams) -> io::Result<WorkerHandle>
                 slots: Vec::new(),
                 free_slots: Vec::new(),
                 buf: vec![0u8; BUF_LEN].into_boxed_slice(),
+                tap_buf: vec![0u8; BUF_LEN].into_boxed_slice(),
             };
             w.run();
         })?;
@@ -603,6 +822,8 @@ struct Worker {
     slots: Vec<Option<Slot>>,
     free_slots: Vec<usize>,
     buf: Box<[u8]>,
+    /// Where a tap's copy is made and protected: the call's packet in `buf` is untouched.
+    tap_buf: Box<[u8]>,
 }
 
 impl Worker {
@@ -618,14 +839,17 @@ impl Worker {
                 }
             }
             let now = Instant::now();
+            // Commands first: a tap started (or stopped) before a packet arrived applies to
+            // that packet. A token freed by a command and reused meanwhile only costs one
+            // empty read of the new socket.
+            if !self.commands(now) {
+                return;
+            }
             for ev in events.iter() {
                 if ev.token() == WAKER {
                     continue;
                 }
                 self.drain_socket(ev.token(), now);
-            }
-            if !self.commands(now) {
-                return;
             }
             if now >= next_tick {
                 self.check_timeouts(now);
@@ -641,6 +865,18 @@ impl Worker {
                 Ok(Command::Upsert { call, streams }) => self.upsert(call, streams, now),
                 Ok(Command::Remove(call)) => {
                     self.remove(call);
+                }
+                Ok(Command::AddTap { call, tap }) => match self.calls.get_mut(&call) {
+                    Some(c) if c.taps.len() < MAX_TAPS_PER_CALL => c.taps.push(*tap),
+                    Some(_) => {
+                        tracing::warn!(%call, tap = %tap.id, "tap refused: call has too many")
+                    }
+                    None => tracing::debug!(%call, tap = %tap.id, "tap for a call that has ended"),
+                },
+                Ok(Command::RemoveTap { call, id }) => {
+                    if let Some(c) = self.calls.get_mut(&call) {
+                        c.taps.retain(|t| t.id != id);
+                    }
                 }
                 Ok(Command::Shutdown) | Err(TryRecvError::Disconnected) => {
                     let calls: Vec<CallRef> = self.calls.keys().copied().collect();
@@ -752,6 +988,7 @@ impl Worker {
                     let c = self.calls.entry(call).or_insert_with(|| CallIo {
                         streams: Vec::new(),
                         last_activity: now,
+                        taps: Vec::new(),
                     });
                     if c.streams.len() <= index {
                         c.streams.resize_with(index + 1, || None);
@@ -813,6 +1050,7 @@ impl Worker {
         let Worker {
             calls,
             buf,
+            tap_buf,
             params,
             counters,
             ..
@@ -823,6 +1061,7 @@ impl Worker {
         let Some(Some(stream)) = call.streams.get_mut(slot.stream) else {
             return;
         };
+        let taps = &mut call.taps;
         let [l0, l1] = &mut stream.legs;
         let (inb, outb) = if slot.leg == 0 { (l0, l1) } else { (l1, l0) };
         let recv_max = MAX_DATAGRAM;
@@ -850,7 +1089,7 @@ impl Worker {
                 } else {
                     PacketKind::classify_muxed(&buf[..n])
                 };
-                relay_packet(
+                relay_packet_tapped(
                     now,
                     relatch_after,
                     &mut inb.state,
@@ -859,6 +1098,11 @@ impl Worker {
                     src,
                     buf,
                     n,
+                    |kind, clear| {
+                        if kind == PacketKind::Rtp {
+                            copy_to_taps(taps, slot.leg, clear, tap_buf, &counters.taps);
+                        }
+                    },
                 )
             };
             let result = result.and_then(|f| {
@@ -1210,6 +1454,75 @@ mod tests {
             PacketKind::Rtp
         );
         assert_eq!(PacketKind::classify_muxed(&[0x80]), PacketKind::Rtp);
+    }
+
+    #[test]
+    fn tap_copies_go_to_matching_taps_and_failures_are_counted() {
+        let rec = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        rec.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let to = rec.local_addr().unwrap();
+        let tap = |id, legs, destination, srtp| {
+            let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            socket.set_nonblocking(true).unwrap();
+            TapSetup {
+                id: TapId(id),
+                legs,
+                destination,
+                socket,
+                srtp,
+                counters: Arc::default(),
+                ssrcs: Default::default(),
+            }
+        };
+        let k = key(7);
+        let mut taps = vec![
+            tap(1, TapLegs::Caller, to, None),
+            tap(2, TapLegs::Callee, to, None),
+            // An IPv4 socket cannot send to an IPv6 address: the send fails, is counted.
+            tap(3, TapLegs::Both, addr("[::1]:9"), None),
+            tap(
+                4,
+                TapLegs::Both,
+                to,
+                Some([k.context().unwrap(), k.context().unwrap()]),
+            ),
+        ];
+        let m = TapMetrics {
+            sent: metrics::Counter::noop(),
+            dropped: [
+                metrics::Counter::noop(),
+                metrics::Counter::noop(),
+                metrics::Counter::noop(),
+            ],
+        };
+        let pkt = rtp(1, b"clear voice");
+        let mut tap_buf = vec![0u8; BUF_LEN];
+        copy_to_taps(&mut taps, 0, &pkt, &mut tap_buf, &m);
+        let counts: Vec<(u64, u64)> = taps
+            .iter()
+            .map(|t| {
+                (
+                    t.counters.sent.load(Ordering::Relaxed),
+                    t.counters.dropped.load(Ordering::Relaxed),
+                )
+            })
+            .collect();
+        assert_eq!(counts, [(1, 0), (0, 0), (0, 1), (1, 0)]);
+        let mut got = [0u8; 2048];
+        let (n, _) = rec.recv_from(&mut got).unwrap();
+        assert_eq!(&got[..n], &pkt[..], "plain tap: the clear packet");
+        let (n, _) = rec.recv_from(&mut got).unwrap();
+        assert_eq!(n, pkt.len() + 10, "SRTP tap: an 80-bit tag added");
+        let mut rx = k.context().unwrap();
+        let n = rx.unprotect_rtp(&mut got[..n]).unwrap();
+        assert_eq!(&got[..n], &pkt[..]);
+
+        // The callee leg with the caller's SSRC: refused by the SRTP tap (same key, same
+        // SSRC and index would reuse keystream); the plain callee tap still sends it.
+        copy_to_taps(&mut taps, 1, &pkt, &mut tap_buf, &m);
+        assert_eq!(taps[1].counters.sent.load(Ordering::Relaxed), 1);
+        assert_eq!(taps[3].counters.sent.load(Ordering::Relaxed), 1);
+        assert_eq!(taps[3].counters.dropped.load(Ordering::Relaxed), 1);
     }
 
     #[test]

@@ -41,6 +41,7 @@ fn policy(caller: SrtpMode, callee: SrtpMode) -> MediaPolicy {
                 "AES_CM_128_HMAC_SHA1_80".into(),
             ],
         },
+        ..MediaPolicy::default()
     }
 }
 

@@ -1,6 +1,7 @@
 //! The relay path allocates nothing per packet: a counting global allocator sees zero
 //! allocations while a worker thread receives, unprotects, re-protects and sends a few
-//! hundred packets through a real engine on loopback (SRTP -> SRTP and SRTP -> plain).
+//! hundred packets through a real engine on loopback (SRTP -> SRTP and SRTP -> plain,
+//! and SRTP -> SRTP with an SRTP recording tap copying both legs).
 //!
 //! `harness = false` for the reason given in srtp_no_alloc.rs: the allocator counts every
 //! thread, so only our main thread and the engine's worker may run while it counts.
@@ -12,6 +13,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use sbc_core::media::{CallRef, LegPolicy, LegSide, MediaControl, MediaPolicy, SrtpMode};
+use sbc_core::tap::{TapControl, TapLegs, TapSpec, TapSuite, TapTransport};
 use sbc_core::tenant::TenantId;
 use sbc_media::engine::{MediaEngine, MediaSettings};
 use sbc_media::sdp;
@@ -46,8 +48,9 @@ m=audio {port} {proto} 0\r\na=rtcp-mux\r\n{crypto}"
     .into_bytes()
 }
 
-/// Runs one call through the engine and returns allocations counted while relaying.
-fn run(e: &MediaEngine, call: CallRef, callee_plain: bool) -> usize {
+/// Runs one call through the engine and returns allocations counted while relaying; with
+/// `tap`, an SRTP recording tap of both legs copies every packet to a recorder socket.
+fn run(e: &MediaEngine, call: CallRef, callee_plain: bool, tap: bool) -> usize {
     let p = SrtpProfile::AesCm128HmacSha1_80;
     let suites = vec![p.as_str().to_string()];
     let pol = MediaPolicy {
@@ -63,6 +66,7 @@ fn run(e: &MediaEngine, call: CallRef, callee_plain: bool) -> usize {
             },
             suites,
         },
+        ..MediaPolicy::default()
     };
     let caller = UdpSocket::bind("127.0.0.1:0").unwrap();
     let callee = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -86,6 +90,19 @@ fn run(e: &MediaEngine, call: CallRef, callee_plain: bool) -> usize {
     let out = e.answer(call, LegSide::Callee, &answer_in).unwrap();
     let engine_port = sdp::parse(&out).unwrap().media[0].port;
     let dest = std::net::SocketAddr::from(([127, 0, 0, 1], engine_port));
+    let recorder = UdpSocket::bind("127.0.0.1:0").unwrap();
+    recorder
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    if tap {
+        let spec = TapSpec {
+            legs: TapLegs::Both,
+            transport: TapTransport::Srtp(TapSuite::AesCm128HmacSha1_80),
+            destination: recorder.local_addr().unwrap(),
+        };
+        e.start_tap(call, spec).unwrap();
+    }
+    let mut copy = [0u8; 1500];
 
     let mut tx = SrtpContext::new(p, &k1, SrtpConfig::default()).unwrap();
     let mut rx = k2.map(|k| SrtpContext::new(p, &k, SrtpConfig::default()).unwrap());
@@ -107,6 +124,10 @@ fn run(e: &MediaEngine, call: CallRef, callee_plain: bool) -> usize {
         };
         assert_eq!(m, len);
         assert!(got[12..len].iter().all(|b| *b == 0xa5));
+        if tap {
+            let (m, _) = recorder.recv_from(&mut copy).unwrap();
+            assert_eq!(m, len + 10, "an SRTP copy of the packet");
+        }
     };
     // Warm-up: latching and per-SSRC state on every context.
     for seq in 1..=10 {
@@ -132,10 +153,15 @@ fn main() {
     assert!(region.change().allocations > 0);
     drop(v);
 
-    let n = run(&e, CallRef(1), false);
+    let n = run(&e, CallRef(1), false, false);
     assert_eq!(n, 0, "SRTP -> SRTP: {n} allocations for {PACKETS} packets");
-    let n = run(&e, CallRef(2), true);
+    let n = run(&e, CallRef(2), true, false);
     assert_eq!(n, 0, "SRTP -> plain: {n} allocations for {PACKETS} packets");
+    let n = run(&e, CallRef(3), false, true);
+    assert_eq!(
+        n, 0,
+        "SRTP -> SRTP with an SRTP tap: {n} allocations for {PACKETS} packets"
+    );
     e.shutdown();
     println!("test relay_path_allocates_nothing ... ok");
     println!("test result: ok. 1 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out");

@@ -459,6 +459,12 @@ impl B2bua {
         }
     }
 
+    /// Replace the tenants' media policies (config reload); running calls keep theirs
+    /// until their next offer.
+    pub fn set_media_policies(&mut self, policies: HashMap<TenantId, MediaPolicy>) {
+        self.media_policies = policies;
+    }
+
     /// Record calls in `registry` and honour `drain`.
     pub fn set_admin(&mut self, registry: Arc<CallRegistry>, drain: Arc<DrainState>) {
         self.registry = Some(registry);

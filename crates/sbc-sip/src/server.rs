@@ -202,6 +202,15 @@ impl Guards {
     }
 }
 
+/// Each tenant's media policy (with its media limits).
+fn media_policies(config: &Config) -> HashMap<TenantId, sbc_core::media::MediaPolicy> {
+    config
+        .tenants
+        .iter()
+        .map(|t| (t.id.clone(), t.media.clone()))
+        .collect()
+}
+
 /// Each tenant's limits as gauges, so dashboards show usage against them.
 fn report_limits(config: &Config) {
     for t in &config.tenants {
@@ -385,12 +394,7 @@ pub async fn start_with(config: Arc<Config>, hooks: Hooks) -> Result<ServerHandl
         core.set_admin(registry, drain);
     }
     if let Some(media) = hooks.media {
-        let policies = config
-            .tenants
-            .iter()
-            .map(|t| (t.id.clone(), t.media.clone()))
-            .collect();
-        core.set_media(media, policies);
+        core.set_media(media, media_policies(&config));
     }
     let stats = Arc::new(Mutex::new(B2buaStats::default()));
     let core_admission = shared_admission.clone();
@@ -816,6 +820,7 @@ async fn core_loop(
                 let admission = Arc::new(core.admission().reloaded(&config));
                 *shared_admission.write().unwrap_or_else(|p| p.into_inner()) = admission.clone();
                 core.reconfigure(core.routes(), admission);
+                core.set_media_policies(media_policies(&config));
                 settings.guards.reload(&config);
                 info!(
                     event = "config_reloaded",

@@ -118,6 +118,7 @@ pub async fn start(name: &str, mut cfg: AdminConfig) -> Fixture {
         max_concurrent_calls: max,
         max_pending_invites: 7,
         requests_per_second_per_connection: 100.0,
+        ..Limits::default()
     };
     let admission = Arc::new(Admission::with_limits([
         (TenantId::from("a"), limits(5.0, 10, 50)),
@@ -137,6 +138,7 @@ pub async fn start(name: &str, mut cfg: AdminConfig) -> Fixture {
         prometheus: prometheus(),
         tenants: vec![TenantId::from("a"), TenantId::from("b")],
         audit: Arc::new(AuditLog::open(&audit_path).expect("audit log")),
+        taps: None,
     };
     cfg.address = "127.0.0.1:0".parse().expect("addr");
     let handle = sbc_admin::serve(cfg, state).await.expect("serve");
