@@ -873,7 +873,8 @@ impl MediaControl for MediaEngine {
         }
         let out = self.write_for(&mut ctl.origin[s], &sd, rewrites);
         let worker = ctl.worker;
-        let _ = &ctl.tenant;
+        let tenant = ctl.tenant.clone();
+        let bandwidth_kbps = ctl.pending.as_ref().map_or(0, |p| p.policy.bandwidth_kbps);
         drop(calls);
         if let Some(w) = self.worker(worker) {
             if !w.send(Command::Upsert {
@@ -882,6 +883,15 @@ impl MediaControl for MediaEngine {
             }) {
                 tracing::error!(%call, "media worker is gone");
                 return Err(MediaError::NoPorts);
+            }
+            if bandwidth_kbps > 0 {
+                // Each worker enforces an equal share: no state shared across workers.
+                let workers = self.inner.workers.len().max(1) as f64;
+                w.send(Command::Bandwidth {
+                    call,
+                    tenant,
+                    bytes_per_second: f64::from(bandwidth_kbps) * 1000.0 / 8.0 / workers,
+                });
             }
         }
         Ok(out)

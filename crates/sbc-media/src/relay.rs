@@ -28,6 +28,7 @@ use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token, Waker};
 use sbc_core::media::{CallRef, LegSide};
 use sbc_core::tap::{TapId, TapLegs};
+use sbc_core::tenant::TenantId;
 
 use crate::ports::{BoundPair, PortLease};
 use crate::srtp::{
@@ -81,11 +82,13 @@ pub enum DropReason {
     SendFailed,
     /// Any other SRTP error (SSRC bound, key exhausted, MKI, ...).
     Srtp,
+    /// Authentic, but the call's tenant is over its media bandwidth.
+    TenantBandwidth,
 }
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 9;
+    pub const COUNT: usize = 10;
 
     /// Every reason, in index order.
     pub const ALL: [DropReason; DropReason::COUNT] = [
@@ -98,6 +101,7 @@ impl DropReason {
         DropReason::Truncated,
         DropReason::SendFailed,
         DropReason::Srtp,
+        DropReason::TenantBandwidth,
     ];
 
     /// The metric label.
@@ -112,6 +116,7 @@ impl DropReason {
             DropReason::Truncated => "truncated",
             DropReason::SendFailed => "send_failed",
             DropReason::Srtp => "srtp_other",
+            DropReason::TenantBandwidth => "tenant_bandwidth",
         }
     }
 
@@ -124,7 +129,10 @@ impl DropReason {
     fn after_accept(self) -> bool {
         matches!(
             self,
-            DropReason::NoPeer | DropReason::SendFailed | DropReason::Srtp
+            DropReason::NoPeer
+                | DropReason::SendFailed
+                | DropReason::Srtp
+                | DropReason::TenantBandwidth
         )
     }
 
@@ -691,6 +699,13 @@ pub enum Command {
     AddTap { call: CallRef, tap: Box<TapSetup> },
     /// Stop a recording tap.
     RemoveTap { call: CallRef, id: TapId },
+    /// The call belongs to `tenant`, whose media may use `bytes_per_second` on this worker
+    /// (its share of the tenant's bandwidth limit).
+    Bandwidth {
+        call: CallRef,
+        tenant: TenantId,
+        bytes_per_second: f64,
+    },
     /// Stop the worker.
     Shutdown,
 }
@@ -741,6 +756,42 @@ struct CallIo {
     streams: Vec<Option<StreamIo>>,
     last_activity: Instant,
     taps: Vec<TapSetup>,
+    /// The tenant whose bandwidth bucket this call's packets draw from, if limited.
+    tenant: Option<TenantId>,
+}
+
+/// A tenant's media bandwidth on one worker: a token bucket of bytes, one second deep.
+/// Each worker holds its share of the tenant's limit, so no state is shared across
+/// workers on the packet path.
+#[derive(Debug)]
+pub struct ByteBucket {
+    rate: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl ByteBucket {
+    pub fn new(bytes_per_second: f64, now: Instant) -> ByteBucket {
+        ByteBucket {
+            rate: bytes_per_second,
+            tokens: bytes_per_second,
+            last: now,
+        }
+    }
+
+    /// Take `bytes` if they are there.
+    pub fn take(&mut self, now: Instant, bytes: usize) -> bool {
+        let dt = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = self.last.max(now);
+        self.tokens = (self.tokens + dt * self.rate).min(self.rate);
+        let b = bytes as f64;
+        if self.tokens >= b {
+            self.tokens -= b;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 struct Counters {
@@ -803,6 +854,8 @@ pub fn spawn_worker(id: usize, params: WorkerParams) -> io::Result<WorkerHandle>
                 free_slots: Vec::new(),
                 buf: vec![0u8; BUF_LEN].into_boxed_slice(),
                 tap_buf: vec![0u8; BUF_LEN].into_boxed_slice(),
+                tenant_buckets: HashMap::new(),
+                auth_seen: (0, Instant::now()),
             };
             w.run();
         })?;
@@ -824,7 +877,18 @@ struct Worker {
     buf: Box<[u8]>,
     /// Where a tap's copy is made and protected: the call's packet in `buf` is untouched.
     tap_buf: Box<[u8]>,
+    /// Bandwidth buckets of the limited tenants this worker relays for.
+    tenant_buckets: HashMap<TenantId, ByteBucket>,
+    /// SRTP authentication failures seen at the last security check, and when.
+    auth_seen: (u64, Instant),
 }
+
+/// SRTP authentication failures on one worker within [`AUTH_WINDOW`] past which a
+/// security warning is logged: a few are line noise or a stale key, this many are someone
+/// sending forged or mis-keyed media at us.
+pub const AUTH_FAILURE_THRESHOLD: u64 = 50;
+/// Window of the SRTP authentication-failure check.
+pub const AUTH_WINDOW: Duration = Duration::from_secs(10);
 
 impl Worker {
     fn run(&mut self) {
@@ -853,6 +917,7 @@ impl Worker {
             }
             if now >= next_tick {
                 self.check_timeouts(now);
+                self.check_auth_failures(now);
                 next_tick = now + TICK;
             }
         }
@@ -876,6 +941,22 @@ impl Worker {
                 Ok(Command::RemoveTap { call, id }) => {
                     if let Some(c) = self.calls.get_mut(&call) {
                         c.taps.retain(|t| t.id != id);
+                    }
+                }
+                Ok(Command::Bandwidth {
+                    call,
+                    tenant,
+                    bytes_per_second,
+                }) => {
+                    if let Some(c) = self.calls.get_mut(&call) {
+                        match self.tenant_buckets.get_mut(&tenant) {
+                            Some(b) => b.rate = bytes_per_second,
+                            None => {
+                                self.tenant_buckets
+                                    .insert(tenant.clone(), ByteBucket::new(bytes_per_second, now));
+                            }
+                        }
+                        c.tenant = Some(tenant);
                     }
                 }
                 Ok(Command::Shutdown) | Err(TryRecvError::Disconnected) => {
@@ -989,6 +1070,7 @@ impl Worker {
                         streams: Vec::new(),
                         last_activity: now,
                         taps: Vec::new(),
+                        tenant: None,
                     });
                     if c.streams.len() <= index {
                         c.streams.resize_with(index + 1, || None);
@@ -1025,6 +1107,25 @@ impl Worker {
         true
     }
 
+    /// Warn (stable `event` field) when SRTP authentication failures pass the threshold.
+    fn check_auth_failures(&mut self, now: Instant) {
+        let (seen, since) = self.auth_seen;
+        if now.saturating_duration_since(since) < AUTH_WINDOW {
+            return;
+        }
+        let total = self.params.stats.dropped(DropReason::AuthFailed);
+        let new = total.saturating_sub(seen);
+        if new >= AUTH_FAILURE_THRESHOLD {
+            tracing::warn!(
+                event = "srtp_auth_failures",
+                failures = new,
+                window_secs = AUTH_WINDOW.as_secs(),
+                "SRTP authentication failures over the threshold: forged or mis-keyed media"
+            );
+        }
+        self.auth_seen = (total, now);
+    }
+
     fn check_timeouts(&mut self, now: Instant) {
         let timeout = self.params.media_timeout;
         let expired: Vec<CallRef> = self
@@ -1053,6 +1154,7 @@ impl Worker {
             tap_buf,
             params,
             counters,
+            tenant_buckets,
             ..
         } = self;
         let Some(call) = calls.get_mut(&slot.call) else {
@@ -1107,6 +1209,11 @@ impl Worker {
             };
             let result = result.and_then(|f| {
                 call.last_activity = now;
+                if let Some(bucket) = call.tenant.as_ref().and_then(|t| tenant_buckets.get_mut(t)) {
+                    if !bucket.take(now, f.len) {
+                        return Err(DropReason::TenantBandwidth);
+                    }
+                }
                 let out = if f.via_rtcp_socket {
                     &outb.rtcp
                 } else {
