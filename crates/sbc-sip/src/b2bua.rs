@@ -796,7 +796,11 @@ impl B2bua {
             return;
         }
         let admitted = match self.admission.admit_call(&tenant, now) {
-            Ok(a) => a,
+            Ok(a) => {
+                metrics::counter!("sbc_admission_admitted_total", "tenant" => t.clone())
+                    .increment(1);
+                a
+            }
             Err(refusal) => {
                 fail(503);
                 metrics::counter!("sbc_admission_refused_total", "tenant" => t.clone(), "cause" => refusal.cause.as_str()).increment(1);
