@@ -99,6 +99,11 @@ pub fn malformed_response(error: &ParseError, salvaged: Option<&Salvaged>) -> Op
     Some(resp)
 }
 
+/// The advertised `host:port` of a listener (empty if the index is unknown).
+fn advertised_host(cfg: &B2buaConfig, listener: usize) -> String {
+    cfg.advertised.get(listener).cloned().unwrap_or_default()
+}
+
 /// 503 Service Unavailable to `req` with Retry-After (whole seconds, at least 1) and a
 /// Reason header naming the cause (RFC 3326): the answer to every limit or load refusal.
 pub fn service_unavailable(req: &SipMessage, retry_after: Duration, cause: &str) -> SipMessage {
@@ -580,12 +585,7 @@ impl B2bua {
         let Some(call) = self.calls.get_mut(&cid) else {
             return;
         };
-        let advertised = self
-            .cfg
-            .advertised
-            .get(call.listener)
-            .cloned()
-            .unwrap_or_default();
+        let advertised = advertised_host(&self.cfg, call.listener);
         let mut byes = Vec::new();
         for side in [Side::A, Side::B] {
             let leg = call.leg_mut(side);
@@ -1052,12 +1052,7 @@ impl B2bua {
             let Some(call) = self.calls.get_mut(&cid) else {
                 return;
             };
-            let advertised = self
-                .cfg
-                .advertised
-                .get(call.listener)
-                .cloned()
-                .unwrap_or_default();
+            let advertised = advertised_host(&self.cfg, call.listener);
             let to_side = from.other();
             let leg = call.leg_mut(to_side);
             let cseq = if initial { 1 } else { leg.next_cseq };
@@ -1491,12 +1486,7 @@ impl B2bua {
         let Some(call) = self.calls.get_mut(&cid) else {
             return;
         };
-        let advertised = self
-            .cfg
-            .advertised
-            .get(call.listener)
-            .cloned()
-            .unwrap_or_default();
+        let advertised = advertised_host(&self.cfg, call.listener);
         let leg = call.leg_mut(side);
         if let Some(t) = resp.header("to").and_then(tag) {
             leg.remote_tag = Some(t.to_string());

@@ -225,8 +225,9 @@ fn is_single_valued(want: &str) -> bool {
     SINGLE.iter().any(|h| h.eq_ignore_ascii_case(want))
 }
 
-/// The first element of a comma-separated list value (commas in quotes and <> kept).
-fn first_value(value: &str) -> &str {
+/// Where the first list-separating comma of a header value is: commas inside quoted
+/// strings and `<...>` do not separate.
+fn list_comma(value: &str) -> Option<usize> {
     let (mut quoted, mut angle, mut escaped) = (false, false, false);
     for (i, c) in value.char_indices() {
         if escaped {
@@ -238,36 +239,48 @@ fn first_value(value: &str) -> &str {
             '"' => quoted = !quoted,
             '<' if !quoted => angle = true,
             '>' if !quoted => angle = false,
-            ',' if !quoted && !angle => return value[..i].trim(),
+            ',' if !quoted && !angle => return Some(i),
             _ => {}
         }
     }
-    value.trim()
+    None
+}
+
+/// The elements of a comma-separated header value, trimmed; no allocation.
+#[derive(Debug, Clone)]
+struct ListElements<'a> {
+    rest: Option<&'a str>,
+}
+
+impl<'a> Iterator for ListElements<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        let v = self.rest?;
+        match list_comma(v) {
+            Some(i) => {
+                self.rest = Some(&v[i + 1..]);
+                Some(v[..i].trim())
+            }
+            None => {
+                self.rest = None;
+                Some(v.trim())
+            }
+        }
+    }
+}
+
+/// The first element of a comma-separated list value (commas in quotes and <> kept).
+fn first_value(value: &str) -> &str {
+    match list_comma(value) {
+        Some(i) => value[..i].trim(),
+        None => value.trim(),
+    }
 }
 
 /// Split a header value at commas that are outside quotes and angle brackets.
 pub fn split_values(value: &str) -> impl Iterator<Item = &str> {
-    let mut parts = Vec::new();
-    let (mut quoted, mut angle, mut escaped, mut start) = (false, false, false, 0);
-    for (i, c) in value.char_indices() {
-        if escaped {
-            escaped = false;
-            continue;
-        }
-        match c {
-            '\\' if quoted => escaped = true,
-            '"' => quoted = !quoted,
-            '<' if !quoted => angle = true,
-            '>' if !quoted => angle = false,
-            ',' if !quoted && !angle => {
-                parts.push(value[start..i].trim());
-                start = i + 1;
-            }
-            _ => {}
-        }
-    }
-    parts.push(value[start..].trim());
-    parts.into_iter().filter(|p| !p.is_empty())
+    ListElements { rest: Some(value) }.filter(|p| !p.is_empty())
 }
 
 impl SipMessage {
