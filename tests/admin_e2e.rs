@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,29 +14,6 @@ use sbc_admin::{AdminConfig, AdminState, AuditLog};
 use sbc_core::registry::{CallRegistry, DrainState};
 use sbc_sip::message::Method;
 use sbc_sip::server::Hooks;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// One HTTP/1.1 request; (status, body).
-async fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    let req = format!("{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut buf = Vec::new();
-    tokio::time::timeout(WAIT, s.read_to_end(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text[9..12].parse().unwrap();
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
 
 #[tokio::test]
 async fn admin_plane_sees_calls_usage_metrics_and_drains() {
@@ -86,7 +62,7 @@ async fn admin_plane_sees_calls_usage_metrics_and_drains() {
     .unwrap();
     drain.set_ready(true);
     let a = admin.local_addr();
-    assert_eq!(http(a, "GET", "/readyz", None).await.0, 200);
+    assert_eq!(http(a, "GET", "/readyz", None, "").await.0, 200);
 
     // One call, answered.
     let mut caller = Peer::connect(gw.sip_addrs[0], &world.gw_ca.pem, None).await;
@@ -104,7 +80,7 @@ async fn admin_plane_sees_calls_usage_metrics_and_drains() {
     caller.recv_where(|m| m.status() == Some(200)).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
 
-    let (status, body) = http(a, "GET", "/v1/calls", Some(op)).await;
+    let (status, body) = http(a, "GET", "/v1/calls", Some(op), "").await;
     assert_eq!(status, 200, "{body}");
     assert!(
         body.contains("\"tenant\":\"demo\"") && body.contains("+15557654321"),
@@ -115,16 +91,16 @@ async fn admin_plane_sees_calls_usage_metrics_and_drains() {
         !body.contains("adm-1@platform"),
         "SIP Call-IDs never shown: {body}"
     );
-    let (status, body) = http(a, "GET", "/v1/calls", Some(viewer_other)).await;
+    let (status, body) = http(a, "GET", "/v1/calls", Some(viewer_other), "").await;
     assert_eq!(status, 200);
     assert!(
         !body.contains("demo"),
         "another tenant's viewer sees nothing of demo: {body}"
     );
-    let (status, body) = http(a, "GET", "/v1/tenants/demo/usage", Some(op)).await;
+    let (status, body) = http(a, "GET", "/v1/tenants/demo/usage", Some(op), "").await;
     assert_eq!(status, 200);
     assert!(body.contains("\"active_calls\":1"), "{body}");
-    let (_, metrics) = http(a, "GET", "/metrics", None).await;
+    let (_, metrics) = http(a, "GET", "/metrics", None, "").await;
     assert!(
         metrics.contains("sbc_sip_calls_answered_total{tenant=\"demo\"} 1"),
         "{metrics}"
@@ -132,11 +108,11 @@ async fn admin_plane_sees_calls_usage_metrics_and_drains() {
 
     // Drain: readiness goes, new calls get 503, the running call stays.
     assert_eq!(
-        http(a, "POST", "/v1/drain", Some(viewer_other)).await.0,
+        http(a, "POST", "/v1/drain", Some(viewer_other), "").await.0,
         403
     );
-    assert_eq!(http(a, "POST", "/v1/drain", Some(op)).await.0, 200);
-    assert_eq!(http(a, "GET", "/readyz", None).await.0, 503);
+    assert_eq!(http(a, "POST", "/v1/drain", Some(op), "").await.0, 200);
+    assert_eq!(http(a, "GET", "/readyz", None, "").await.0, 503);
     let mut second = Peer::connect(gw.sip_addrs[0], &world.gw_ca.pem, None).await;
     second
         .send(&invite(

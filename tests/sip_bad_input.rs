@@ -9,19 +9,6 @@ use std::time::Duration;
 use common::*;
 use sbc_sip::message::Method;
 
-fn options(branch: &str) -> String {
-    format!(
-        "OPTIONS sips:sbc.example.net SIP/2.0
-Via: SIP/2.0/TLS 10.88.0.5:5061;branch={branch}
-Max-Forwards: 70
-From: <sips:ping@platform.example>;tag=p1
-To: <sips:sbc.example.net>
-Call-ID: ping-{branch}@platform
-CSeq: 1 OPTIONS
-"
-    )
-}
-
 #[tokio::test]
 async fn unrecognised_peer_gets_403_nothing_is_forwarded_and_repeat_offenders_are_cut() {
     let world = World::new("unrecognised");
@@ -45,7 +32,7 @@ async fn unrecognised_peer_gets_403_nothing_is_forwarded_and_repeat_offenders_ar
         "nothing forwarded"
     );
     for i in 0..10 {
-        peer.send_text(&options(&format!("z9hG4bKo{i}"))).await;
+        peer.send_text(&options_text(&format!("z9hG4bKo{i}"))).await;
     }
     assert!(
         peer.closed_within(Duration::from_secs(3)).await,
@@ -143,7 +130,7 @@ async fn mtls_required_refuses_a_client_without_certificate() {
     match Peer::try_connect(gw.sip_addrs[0], &world.gw_ca.pem, None, "localhost").await {
         Err(_) => {}
         Ok(mut p) => {
-            p.send_text(&options("z9hG4bKq1")).await;
+            p.send_text(&options_text("z9hG4bKq1")).await;
             assert!(
                 p.closed_within(Duration::from_secs(2)).await,
                 "no service without a client certificate"
@@ -205,12 +192,12 @@ async fn max_forwards_zero_gives_483() {
 async fn method_not_allowed_outside_a_dialog_gives_405_with_allow_and_stray_bye_481() {
     let (world, gw, _callee) = demo_gateway("405").await;
     let mut peer = Peer::connect(gw.sip_addrs[0], &world.gw_ca.pem, None).await;
-    peer.send_text(&options("z9hG4bKr1").replace("OPTIONS", "REGISTER"))
+    peer.send_text(&options_text("z9hG4bKr1").replace("OPTIONS", "REGISTER"))
         .await;
     let r = peer.recv().await;
     assert_eq!(r.status(), Some(405));
     assert!(r.header("allow").unwrap().contains("INVITE"));
-    peer.send_text(&options("z9hG4bKr2").replace("OPTIONS", "BYE"))
+    peer.send_text(&options_text("z9hG4bKr2").replace("OPTIONS", "BYE"))
         .await;
     assert_eq!(peer.recv().await.status(), Some(481));
 }
@@ -220,7 +207,7 @@ async fn malformed_request_gets_400_naming_the_fault_and_the_connection_stays() 
     let (world, gw, _callee) = demo_gateway("400").await;
     let mut peer = Peer::connect(gw.sip_addrs[0], &world.gw_ca.pem, None).await;
     // No Call-ID.
-    let bad = options("z9hG4bKb1").replace("Call-ID: ping-z9hG4bKb1@platform\n", "");
+    let bad = options_text("z9hG4bKb1").replace("Call-ID: ping-z9hG4bKb1@platform\n", "");
     let bad = bad.replace('\n', "\r\n") + "Content-Length: 0\r\n\r\n";
     peer.send_raw(bad.as_bytes()).await;
     let r = peer.recv_raw().await;
@@ -233,7 +220,7 @@ async fn malformed_request_gets_400_naming_the_fault_and_the_connection_stays() 
         "addressed by the Via: {r}"
     );
     // Bad CSeq.
-    let bad = options("z9hG4bKb2").replace("CSeq: 1 OPTIONS", "CSeq: x OPTIONS");
+    let bad = options_text("z9hG4bKb2").replace("CSeq: 1 OPTIONS", "CSeq: x OPTIONS");
     let bad = bad.replace('\n', "\r\n") + "Content-Length: 0\r\n\r\n";
     peer.send_raw(bad.as_bytes()).await;
     let r = peer.recv_raw().await;
@@ -242,7 +229,7 @@ async fn malformed_request_gets_400_naming_the_fault_and_the_connection_stays() 
         "{r}"
     );
     // The connection still serves.
-    peer.send_text(&options("z9hG4bKb3")).await;
+    peer.send_text(&options_text("z9hG4bKb3")).await;
     assert_eq!(peer.recv().await.status(), Some(200));
 }
 
@@ -268,7 +255,7 @@ async fn oversized_message_closes_the_connection() {
     );
     // Others are still served.
     let mut other = Peer::connect(gw.sip_addrs[0], &world.gw_ca.pem, None).await;
-    other.send_text(&options("z9hG4bKok")).await;
+    other.send_text(&options_text("z9hG4bKok")).await;
     assert_eq!(other.recv().await.status(), Some(200));
 }
 

@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::UdpSocket;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +18,6 @@ use sbc_media::engine::{MediaEngine, MediaSettings};
 use sbc_media::srtp::{MasterKey, SrtpConfig, SrtpContext, SrtpProfile};
 use sbc_sip::message::{Method, SipMessage};
 use sbc_sip::server::Hooks;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SUITE: &str = "AES_CM_128_HMAC_SHA1_80";
 const CALLER_SSRC: u32 = 0x0a0a_0a0a;
@@ -101,35 +100,6 @@ fn recv(sock: &UdpSocket, c: &mut SrtpContext) -> Vec<u8> {
     let len = c.unprotect_rtp(&mut p).expect("authenticates");
     p.truncate(len);
     p
-}
-
-/// One HTTP/1.1 request with an optional body; (status, body).
-async fn http(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    token: &str,
-    body: &str,
-) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
-Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text[9..12].parse().unwrap();
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
 }
 
 /// A string field of a flat JSON object (enough for these answers).
@@ -219,15 +189,15 @@ async fn a_live_call_is_tapped_through_the_admin_api() {
     let (gw_caller_port, _, k4) = parse_sdp(ok.body());
 
     // Found by its registry id; another tenant's recorder cannot tap it.
-    let (status, calls) = http(a, "GET", "/v1/calls", op, "").await;
+    let (status, calls) = http(a, "GET", "/v1/calls", Some(op), "").await;
     assert_eq!(status, 200, "{calls}");
     let call_id = field(&calls, "id");
     let taps = format!("/v1/calls/{call_id}/taps");
     let body = r#"{"legs":"both","transport":"srtp","destination":"DEST"}"#
         .replace("DEST", &recorder.local_addr().unwrap().to_string());
-    let (status, _) = http(a, "POST", &taps, rec_other, &body).await;
+    let (status, _) = http(a, "POST", &taps, Some(rec_other), &body).await;
     assert_eq!(status, 404);
-    let (status, started) = http(a, "POST", &taps, op, &body).await;
+    let (status, started) = http(a, "POST", &taps, Some(op), &body).await;
     assert_eq!(status, 201, "{started}");
     let tap_id = field(&started, "tap_id");
     let key = b64_decode(field(&started, "key").strip_prefix("inline:").unwrap());
@@ -250,7 +220,7 @@ async fn a_live_call_is_tapped_through_the_admin_api() {
     }
     let mut listed = String::new();
     for _ in 0..100 {
-        listed = http(a, "GET", &taps, op, "").await.1;
+        listed = http(a, "GET", &taps, Some(op), "").await.1;
         if listed.contains("\"packets_sent\":20") {
             break;
         }
@@ -259,14 +229,14 @@ async fn a_live_call_is_tapped_through_the_admin_api() {
     assert!(listed.contains("\"packets_sent\":20"), "{listed}");
     assert!(listed.contains("\"packets_dropped\":0"), "{listed}");
     assert!(!listed.contains("inline:"), "{listed}");
-    let (_, metrics) = http(a, "GET", "/metrics", op, "").await;
+    let (_, metrics) = http(a, "GET", "/metrics", Some(op), "").await;
     assert!(
         metrics.contains("sbc_tap_packets_sent_total 20"),
         "{metrics}"
     );
-    let (status, _) = http(a, "DELETE", &format!("/v1/taps/{tap_id}"), op, "").await;
+    let (status, _) = http(a, "DELETE", &format!("/v1/taps/{tap_id}"), Some(op), "").await;
     assert_eq!(status, 204);
-    let (_, listed) = http(a, "GET", &taps, op, "").await;
+    let (_, listed) = http(a, "GET", &taps, Some(op), "").await;
     assert_eq!(listed, "{\"taps\":[]}");
 
     admin.shutdown().await;

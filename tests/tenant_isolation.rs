@@ -190,7 +190,8 @@ async fn flood_guard_blocks_a_source_and_connection_rate_is_bounded() {
     let mut limited = 0;
     let started = Instant::now();
     for i in 0..20 {
-        peer.send(&options_request(&format!("z9hG4bKo{i}"))).await;
+        peer.send(&sip(&options_text(&format!("z9hG4bKo{i}"))))
+            .await;
         let r = peer.recv().await;
         match r.status() {
             Some(200) => ok += 1,
@@ -213,7 +214,8 @@ async fn flood_guard_blocks_a_source_and_connection_rate_is_bounded() {
     // with the block time, and stays blocked on a new connection too.
     let mut blocked = 0;
     for i in 20..40 {
-        peer.send(&options_request(&format!("z9hG4bKo{i}"))).await;
+        peer.send(&sip(&options_text(&format!("z9hG4bKo{i}"))))
+            .await;
         let r = peer.recv().await;
         assert_eq!(r.status(), Some(503));
         if r.header("reason").unwrap().contains("source request rate") {
@@ -275,17 +277,4 @@ async fn reload_lowers_a_quota_without_dropping_calls() {
         .unwrap()
         .contains("concurrent call limit"));
     gw.shutdown().await;
-}
-
-fn options_request(branch: &str) -> SipMessage {
-    sip(&format!(
-        "OPTIONS sips:sbc.example.net SIP/2.0
-Via: SIP/2.0/TLS 10.88.0.5:5061;branch={branch}
-Max-Forwards: 70
-From: <sips:ping@platform.example>;tag=p1
-To: <sips:sbc.example.net>
-Call-ID: ping-{branch}@platform
-CSeq: 1 OPTIONS
-"
-    ))
 }

@@ -437,3 +437,48 @@ pub fn assert_no_leak(m: &SipMessage, forbidden: &[&str]) {
         assert!(!text.contains(f), "leaked {f:?} in:\n{text}");
     }
 }
+
+/// An OPTIONS ping from a platform, written with `\n` line ends (see [`sip`]).
+pub fn options_text(branch: &str) -> String {
+    format!(
+        "OPTIONS sips:sbc.example.net SIP/2.0
+Via: SIP/2.0/TLS 10.88.0.5:5061;branch={branch}
+Max-Forwards: 70
+From: <sips:ping@platform.example>;tag=p1
+To: <sips:sbc.example.net>
+Call-ID: ping-{branch}@platform
+CSeq: 1 OPTIONS
+"
+    )
+}
+
+/// One HTTP/1.1 request to the admin plane, with an optional bearer token; (status, body).
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text[9..12].parse().unwrap();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}

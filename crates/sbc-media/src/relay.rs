@@ -395,37 +395,12 @@ fn check_plain(kind: PacketKind, pkt: &[u8]) -> Result<(), DropReason> {
 
 /// Relays one packet received on `inbound` from `src`: the first `len` bytes of `buf`
 /// hold it, and `buf` must have [`TAILROOM`] bytes past `len` for the SRTP trailer.
-/// Decrypts with the inbound peer's key, latches, encrypts with our key for the outbound
-/// peer, and says where to send.
+/// Decrypts with the inbound peer's key, latches, hands the clear packet to `on_clear`
+/// (where recording taps copy it), encrypts with our key for the outbound peer, and says
+/// where to send.
 // The arguments are the packet and both legs' state; a struct would only rename them.
 #[allow(clippy::too_many_arguments)]
 pub fn relay_packet(
-    now: Instant,
-    relatch_after: Duration,
-    inbound: &mut LegState,
-    outbound: &mut LegState,
-    kind: PacketKind,
-    src: SocketAddr,
-    buf: &mut [u8],
-    len: usize,
-) -> Result<Forward, DropReason> {
-    relay_packet_tapped(
-        now,
-        relatch_after,
-        inbound,
-        outbound,
-        kind,
-        src,
-        buf,
-        len,
-        |_, _| {},
-    )
-}
-
-/// [`relay_packet`], handing the clear packet (after unprotect and latching, before
-/// re-protect) to `on_clear`: where recording taps copy it.
-#[allow(clippy::too_many_arguments)]
-pub fn relay_packet_tapped(
     now: Instant,
     relatch_after: Duration,
     inbound: &mut LegState,
@@ -1191,7 +1166,7 @@ impl Worker {
                 } else {
                     PacketKind::classify_muxed(&buf[..n])
                 };
-                relay_packet_tapped(
+                relay_packet(
                     now,
                     relatch_after,
                     &mut inb.state,
@@ -1253,6 +1228,31 @@ impl Drop for Worker {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// [`relay_packet`] without a tap.
+    #[allow(clippy::too_many_arguments)]
+    fn relay_no_tap(
+        now: Instant,
+        relatch_after: Duration,
+        inbound: &mut LegState,
+        outbound: &mut LegState,
+        kind: PacketKind,
+        src: SocketAddr,
+        buf: &mut [u8],
+        len: usize,
+    ) -> Result<Forward, DropReason> {
+        relay_packet(
+            now,
+            relatch_after,
+            inbound,
+            outbound,
+            kind,
+            src,
+            buf,
+            len,
+            |_, _| {},
+        )
+    }
 
     fn addr(s: &str) -> SocketAddr {
         s.parse().unwrap()
@@ -1326,7 +1326,7 @@ mod tests {
         let mut b = plain_leg("192.0.2.9:5000");
         let pkt = rtp(1, b"hello");
         let (mut buf, n) = protect(&key(1), &pkt);
-        let f = relay_packet(
+        let f = relay_no_tap(
             now,
             ra,
             &mut a,
@@ -1344,7 +1344,7 @@ mod tests {
         // Forged packet from elsewhere: auth fails, no latch change.
         let mut forged = protect(&key(1), &rtp(2, b"evil"));
         forged.0[forged.1 - 1] ^= 1;
-        let e = relay_packet(
+        let e = relay_no_tap(
             now,
             ra,
             &mut a,
@@ -1370,7 +1370,7 @@ mod tests {
             (buf, n)
         };
         let mut b2 = buf.clone();
-        let e = relay_packet(
+        let e = relay_no_tap(
             now + Duration::from_secs(1),
             ra,
             &mut a,
@@ -1390,7 +1390,7 @@ mod tests {
             let n = ctx.protect_rtp(&mut buf, p.len()).unwrap();
             (buf, n)
         };
-        let f = relay_packet(
+        let f = relay_no_tap(
             now + Duration::from_secs(7),
             ra,
             &mut a,
@@ -1415,7 +1415,7 @@ mod tests {
         let mut buf = vec![0u8; BUF_LEN];
         buf[..pkt.len()].copy_from_slice(&pkt);
         // From the wrong IP: refused.
-        let e = relay_packet(
+        let e = relay_no_tap(
             now,
             ra,
             &mut a,
@@ -1426,7 +1426,7 @@ mod tests {
             pkt.len(),
         );
         assert_eq!(e, Err(DropReason::UnexpectedSource));
-        let f = relay_packet(
+        let f = relay_no_tap(
             now,
             ra,
             &mut a,
@@ -1455,7 +1455,7 @@ mod tests {
         buf[..pkt.len()].copy_from_slice(&pkt);
         // Nothing known for a: b->a has no peer yet.
         assert_eq!(
-            relay_packet(
+            relay_no_tap(
                 now,
                 ra,
                 &mut b,
@@ -1467,7 +1467,7 @@ mod tests {
             ),
             Err(DropReason::NoPeer)
         );
-        relay_packet(
+        relay_no_tap(
             now,
             ra,
             &mut a,
@@ -1479,7 +1479,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(a.latched_rtp(), Some(addr("198.51.100.4:6000")));
-        let f = relay_packet(
+        let f = relay_no_tap(
             now,
             ra,
             &mut b,
@@ -1494,7 +1494,7 @@ mod tests {
         // RTCP goes to the latched IP, RTP port + 1.
         let rtcp = [0x80u8, 200, 0, 1, 0, 0, 0, 1];
         buf[..8].copy_from_slice(&rtcp);
-        let f = relay_packet(
+        let f = relay_no_tap(
             now,
             ra,
             &mut b,
@@ -1511,7 +1511,7 @@ mod tests {
         // Same keys keep state; new keys reset the latch.
         let mut s = secure_leg(1, 2, "192.0.2.1:4000");
         let (mut pb, n) = protect(&key(1), &rtp(1, b"z"));
-        relay_packet(
+        relay_no_tap(
             now,
             ra,
             &mut s,
@@ -1535,7 +1535,7 @@ mod tests {
         // Replay still detected: the context (and its window) was kept.
         let (mut pb2, n2) = protect(&key(1), &rtp(1, b"z"));
         assert_eq!(
-            relay_packet(
+            relay_no_tap(
                 now,
                 ra,
                 &mut s,

@@ -3,27 +3,19 @@
 //! Each test uses its own port range so they can run in parallel.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
+use common::*;
 use sbc_core::media::{
     CallRef, LegPolicy, LegSide, MediaControl, MediaError, MediaEvent, MediaPolicy, SrtpMode,
 };
 use sbc_core::tenant::TenantId;
 use sbc_media::engine::{MediaEngine, MediaSettings, MediaStats};
 use sbc_media::sdp;
-use sbc_media::srtp::{MasterKey, SrtpConfig, SrtpContext, SrtpProfile};
-
-const WAIT: Duration = Duration::from_secs(2);
-
-fn engine(port_min: u16, port_max: u16, timeout: Duration) -> MediaEngine {
-    let lo = "127.0.0.1".parse().unwrap();
-    let mut s = MediaSettings::new(lo, lo, port_min, port_max);
-    s.media_timeout = timeout;
-    s.workers = 2;
-    MediaEngine::start(s).unwrap()
-}
+use sbc_media::srtp::{MasterKey, SrtpContext, SrtpProfile};
 
 fn policy(caller: SrtpMode, callee: SrtpMode) -> MediaPolicy {
     MediaPolicy {
@@ -43,12 +35,6 @@ fn policy(caller: SrtpMode, callee: SrtpMode) -> MediaPolicy {
         },
         ..MediaPolicy::default()
     }
-}
-
-fn b64(key: &MasterKey) -> String {
-    let mut v = key.key.clone();
-    v.extend_from_slice(&key.salt);
-    base64::engine::general_purpose::STANDARD.encode(v)
 }
 
 fn key(profile: SrtpProfile, fill: u8) -> MasterKey {
@@ -78,25 +64,6 @@ a=fmtp:101 0-16\r\na=ptime:20\r\na=sendrecv\r\n"
         s.push_str(&format!("a=crypto:{tag} {p} inline:{}|2^31\r\n", b64(k)));
     }
     s.into_bytes()
-}
-
-fn peer() -> UdpSocket {
-    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-    s.set_read_timeout(Some(WAIT)).unwrap();
-    s
-}
-
-fn rtp(seq: u16, ssrc: u32, payload: &[u8]) -> Vec<u8> {
-    let mut p = vec![0x80, 0];
-    p.extend_from_slice(&seq.to_be_bytes());
-    p.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
-    p.extend_from_slice(&ssrc.to_be_bytes());
-    p.extend_from_slice(payload);
-    p
-}
-
-fn ctx(profile: SrtpProfile, k: &MasterKey) -> SrtpContext {
-    SrtpContext::new(profile, k, SrtpConfig::default()).unwrap()
 }
 
 fn send_srtp(sock: &UdpSocket, c: &mut SrtpContext, pkt: &[u8], port: u16) {

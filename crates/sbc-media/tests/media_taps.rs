@@ -4,43 +4,25 @@
 //! Each test uses its own port range so they can run in parallel.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use common::*;
 use sbc_core::media::{
     CallRef, LegPolicy, LegSide, MediaControl, MediaEvent, MediaPolicy, SrtpMode,
 };
 use sbc_core::tap::{TapControl, TapError, TapLegs, TapSpec, TapStatus, TapSuite, TapTransport};
 use sbc_core::tenant::TenantId;
-use sbc_media::engine::{MediaEngine, MediaSettings};
+use sbc_media::engine::MediaEngine;
 use sbc_media::sdp;
-use sbc_media::srtp::{MasterKey, SrtpConfig, SrtpContext, SrtpProfile};
+use sbc_media::srtp::{MasterKey, SrtpContext, SrtpProfile};
 
-const WAIT: Duration = Duration::from_secs(2);
 const P128: SrtpProfile = SrtpProfile::AesCm128HmacSha1_80;
 const CALLER_SSRC: u32 = 0x1111_1111;
 const CALLEE_SSRC: u32 = 0x2222_2222;
-
-fn engine(port_min: u16, port_max: u16, timeout: Duration) -> MediaEngine {
-    let lo = "127.0.0.1".parse().unwrap();
-    let mut s = MediaSettings::new(lo, lo, port_min, port_max);
-    s.media_timeout = timeout;
-    s.workers = 2;
-    MediaEngine::start(s).unwrap()
-}
-
-fn b64(key: &MasterKey) -> String {
-    let mut v = key.key.clone();
-    v.extend_from_slice(&key.salt);
-    base64::engine::general_purpose::STANDARD.encode(v)
-}
-
-fn peer() -> UdpSocket {
-    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-    s.set_read_timeout(Some(WAIT)).unwrap();
-    s
-}
 
 fn peer_sdp(sock: &UdpSocket, key: &MasterKey) -> Vec<u8> {
     let port = sock.local_addr().unwrap().port();
@@ -51,19 +33,6 @@ a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{}\r\n",
         b64(key)
     )
     .into_bytes()
-}
-
-fn rtp(seq: u16, ssrc: u32, payload: &[u8]) -> Vec<u8> {
-    let mut p = vec![0x80, 0];
-    p.extend_from_slice(&seq.to_be_bytes());
-    p.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
-    p.extend_from_slice(&ssrc.to_be_bytes());
-    p.extend_from_slice(payload);
-    p
-}
-
-fn ctx(profile: SrtpProfile, k: &MasterKey) -> SrtpContext {
-    SrtpContext::new(profile, k, SrtpConfig::default()).unwrap()
 }
 
 fn recv(sock: &UdpSocket) -> Option<Vec<u8>> {

@@ -100,8 +100,11 @@ pub fn malformed_response(error: &ParseError, salvaged: Option<&Salvaged>) -> Op
 }
 
 /// The advertised `host:port` of a listener (empty if the index is unknown).
-fn advertised_host(cfg: &B2buaConfig, listener: usize) -> String {
-    cfg.advertised.get(listener).cloned().unwrap_or_default()
+fn advertised_host(cfg: &B2buaConfig, listener: usize) -> &str {
+    cfg.advertised
+        .get(listener)
+        .map(String::as_str)
+        .unwrap_or("")
 }
 
 /// 503 Service Unavailable to `req` with Retry-After (whole seconds, at least 1) and a
@@ -596,7 +599,7 @@ impl B2bua {
             leg.next_cseq = cseq.wrapping_add(1);
             let mut bye = SipMessage::new_request(Method::Bye, leg.remote_target.clone());
             let branch = format!("{BRANCH_COOKIE}{}", random_token());
-            build_dialog_headers(&mut bye, leg, &advertised, &branch, self.cfg.max_forwards);
+            build_dialog_headers(&mut bye, leg, advertised, &branch, self.cfg.max_forwards);
             bye.push_header("CSeq", format!("{cseq} BYE"));
             bye.push_header("Reason", format!("SIP;cause=200;text=\"{why}\""));
             byes.push((side, bye));
@@ -643,12 +646,15 @@ impl B2bua {
                 "SDP where no offer or answer is expected".to_string(),
             ));
         }
-        let policy = self
-            .media_policies
-            .get(&call.tenant)
-            .cloned()
-            .unwrap_or_default();
-        let out = media.offer(CallRef(cid), &call.tenant, leg_side(from), body, &policy)?;
+        let default_policy;
+        let policy = match self.media_policies.get(&call.tenant) {
+            Some(p) => p,
+            None => {
+                default_policy = MediaPolicy::default();
+                &default_policy
+            }
+        };
+        let out = media.offer(CallRef(cid), &call.tenant, leg_side(from), body, policy)?;
         call.pending_offer = Some(from);
         call.last_answer = None;
         Ok(Some(out))
@@ -1061,7 +1067,7 @@ impl B2bua {
                 leg.invite_cseq = cseq;
             }
             let mut out = SipMessage::new_request(method.clone(), leg.remote_target.clone());
-            build_dialog_headers(&mut out, leg, &advertised, &client_branch, max_forwards);
+            build_dialog_headers(&mut out, leg, advertised, &client_branch, max_forwards);
             out.push_header("CSeq", format!("{cseq} {}", method.as_str()));
             copy_end_to_end(&msg, &mut out);
             if matches!(method, Method::Invite | Method::Update) {
@@ -1125,14 +1131,14 @@ impl B2bua {
         };
         let to_side = from.other();
         let leg = call.leg(to_side);
-        let advertised = self.advertised(call.listener).to_string();
+        let advertised = advertised_host(&self.cfg, call.listener);
         let branch = format!("{BRANCH_COOKIE}{}", random_token());
         let mf = msg
             .max_forwards()
             .map(|m| m.saturating_sub(1))
             .unwrap_or(self.cfg.max_forwards);
         let mut ack = SipMessage::new_request(Method::Ack, leg.remote_target.clone());
-        build_dialog_headers(&mut ack, leg, &advertised, &branch, mf);
+        build_dialog_headers(&mut ack, leg, advertised, &branch, mf);
         ack.push_header("CSeq", format!("{} ACK", leg.invite_cseq));
         copy_end_to_end(msg, &mut ack);
         ack.set_body(body);
@@ -1315,7 +1321,7 @@ impl B2bua {
         );
         copy_end_to_end(down, &mut resp);
         if (101..300).contains(&code) && matches!(relay.method, Method::Invite | Method::Update) {
-            let advertised = self.advertised(call.listener);
+            let advertised = advertised_host(&self.cfg, call.listener);
             resp.push_header("Contact", format!("<sips:sbc@{advertised}>"));
         }
         match body {
@@ -1496,13 +1502,13 @@ impl B2bua {
         }
         let mut ack = SipMessage::new_request(Method::Ack, leg.remote_target.clone());
         let branch = format!("{BRANCH_COOKIE}{}", random_token());
-        build_dialog_headers(&mut ack, leg, &advertised, &branch, self.cfg.max_forwards);
+        build_dialog_headers(&mut ack, leg, advertised, &branch, self.cfg.max_forwards);
         ack.push_header("CSeq", format!("{} ACK", leg.invite_cseq));
         let cseq = leg.next_cseq;
         leg.next_cseq = cseq.wrapping_add(1);
         let mut bye = SipMessage::new_request(Method::Bye, leg.remote_target.clone());
         let branch = format!("{BRANCH_COOKIE}{}", random_token());
-        build_dialog_headers(&mut bye, leg, &advertised, &branch, self.cfg.max_forwards);
+        build_dialog_headers(&mut bye, leg, advertised, &branch, self.cfg.max_forwards);
         bye.push_header("CSeq", format!("{cseq} BYE"));
         if let Some(dest) = self.dest(cid, side) {
             self.send(dest, ack);
@@ -1684,14 +1690,6 @@ impl B2bua {
     fn alloc_id(&mut self) -> u64 {
         self.next_id += 1;
         self.next_id
-    }
-
-    fn advertised(&self, listener: usize) -> &str {
-        self.cfg
-            .advertised
-            .get(listener)
-            .map(String::as_str)
-            .unwrap_or("")
     }
 
     fn dest(&self, cid: u64, side: Side) -> Option<Dest> {

@@ -270,6 +270,25 @@ impl<'a> Iterator for ListElements<'a> {
     }
 }
 
+/// One header line's values: split at list commas (empty elements skipped), or the whole
+/// value for headers that are never lists. No allocation.
+#[derive(Debug, Clone)]
+enum LineValues<'a> {
+    Split(ListElements<'a>),
+    Whole(Option<&'a str>),
+}
+
+impl<'a> Iterator for LineValues<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        match self {
+            LineValues::Split(elements) => elements.find(|e| !e.is_empty()),
+            LineValues::Whole(v) => v.take(),
+        }
+    }
+}
+
 /// The first element of a comma-separated list value (commas in quotes and <> kept).
 fn first_value(value: &str) -> &str {
     match list_comma(value) {
@@ -471,12 +490,11 @@ impl SipMessage {
             .iter()
             .filter(move |(n, _)| name_is(n, want))
             .flat_map(move |(_, v)| {
-                let parts: Vec<&str> = if split {
-                    split_values(v).collect()
+                if split {
+                    LineValues::Split(ListElements { rest: Some(v) })
                 } else {
-                    vec![v.as_str()]
-                };
-                parts
+                    LineValues::Whole(Some(v.as_str()))
+                }
             })
     }
 

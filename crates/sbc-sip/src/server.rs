@@ -167,17 +167,18 @@ struct Guards {
     flood: FloodGuard,
     /// `overload.max_core_queue` (reloadable).
     max_core_queue: Arc<AtomicUsize>,
-    /// Each tenant's limits (reloadable), read when a connection starts.
-    tenant_limits: Arc<RwLock<HashMap<TenantId, TenantLimits>>>,
+    /// The admission control in use (swapped on reload): each tenant's limits are read
+    /// from it when a connection starts.
+    admission: Arc<RwLock<Arc<Admission>>>,
 }
 
 impl Guards {
-    fn new(config: &Config) -> Guards {
+    fn new(config: &Config, admission: Arc<RwLock<Arc<Admission>>>) -> Guards {
         report_limits(config);
         Guards {
             flood: FloodGuard::new(config.flood_guard.clone()),
             max_core_queue: Arc::new(AtomicUsize::new(config.overload.max_core_queue)),
-            tenant_limits: Arc::new(RwLock::new(tenant_limits(config))),
+            admission,
         }
     }
 
@@ -186,19 +187,14 @@ impl Guards {
         self.flood.reconfigure(config.flood_guard.clone());
         self.max_core_queue
             .store(config.overload.max_core_queue, Ordering::Relaxed);
-        let mut l = self
-            .tenant_limits
-            .write()
-            .unwrap_or_else(|p| p.into_inner());
-        *l = tenant_limits(config);
     }
 
     fn limits_of(&self, tenant: &TenantId) -> Option<TenantLimits> {
-        self.tenant_limits
+        self.admission
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .get(tenant)
-            .copied()
+            .usage(tenant)
+            .map(|u| u.limits)
     }
 }
 
@@ -231,18 +227,11 @@ fn report_limits(config: &Config) {
     }
 }
 
-fn tenant_limits(config: &Config) -> HashMap<TenantId, TenantLimits> {
-    config
-        .tenants
-        .iter()
-        .map(|t| (t.id.clone(), t.limits))
-        .collect()
-}
-
 /// What an inbound connection's reader checks per request.
 struct InboundCheck {
     source: IpAddr,
-    tenant: Option<TenantId>,
+    /// The tenant as a metric label and log field (made once per connection).
+    tenant: String,
     /// Requests per second on this connection (`requests_per_second_per_connection`).
     rate: Option<TokenBucket>,
 }
@@ -287,13 +276,15 @@ pub async fn start_with(config: Arc<Config>, hooks: Hooks) -> Result<ServerHandl
     let conn_ids = Arc::new(AtomicU64::new(1));
     let (events_tx, events_rx) = mpsc::channel::<Event>(CORE_QUEUE);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let admission = Arc::new(Admission::new(&config));
+    let shared_admission = Arc::new(RwLock::new(admission.clone()));
     let settings = ConnSettings {
         max_message_bytes: config.sip.max_message_bytes,
         limits: Limits {
             max_headers: config.sip.max_headers,
         },
         idle: config.sip.idle_timeout,
-        guards: Guards::new(&config),
+        guards: Guards::new(&config, shared_admission.clone()),
     };
 
     // Routes and their connectors.
@@ -326,8 +317,6 @@ pub async fn start_with(config: Arc<Config>, hooks: Hooks) -> Result<ServerHandl
         }
     }
     let recognizer = Arc::new(Recognizer::new(&config));
-    let admission = Arc::new(Admission::new(&config));
-    let shared_admission = Arc::new(RwLock::new(admission.clone()));
 
     let mut tasks = Vec::new();
     let mut sip_addrs = Vec::new();
@@ -508,7 +497,7 @@ async fn accept_loop(
                 });
             let check = InboundCheck {
                 source: peer.ip(),
-                tenant: tenant.clone(),
+                tenant: tenant.as_ref().map(TenantId::to_string).unwrap_or_default(),
                 rate,
             };
             let kind = ConnKind::Inbound {
@@ -706,11 +695,6 @@ fn screen(
         return None;
     }
     let now = Instant::now();
-    let tenant = check
-        .tenant
-        .as_ref()
-        .map(|t| t.to_string())
-        .unwrap_or_default();
     match guards.flood.request(check.source, now) {
         Verdict::Allow => {}
         Verdict::Blocked {
@@ -718,11 +702,11 @@ fn screen(
             retry_after,
             newly,
         } => {
-            metrics::counter!("sbc_flood_blocked_requests_total", "tenant" => tenant.clone())
+            metrics::counter!("sbc_flood_blocked_requests_total", "tenant" => check.tenant.clone())
                 .increment(1);
             if newly {
                 metrics::counter!("sbc_flood_sources_blocked_total").increment(1);
-                warn!(event = "flood_source_blocked", source = %check.source, tenant = %tenant, block_secs = retry_after.as_secs(), "source over its request rate: blocked");
+                warn!(event = "flood_source_blocked", source = %check.source, tenant = %check.tenant, block_secs = retry_after.as_secs(), "source over its request rate: blocked");
             }
             let answer = (action == FloodAction::Reply503 && msg.method() != Some(&Method::Ack))
                 .then(|| service_unavailable(msg, retry_after, "source request rate exceeded"));
@@ -734,7 +718,7 @@ fn screen(
     }
     let queued = CORE_QUEUE.saturating_sub(events.capacity());
     if queued >= guards.max_core_queue.load(Ordering::Relaxed) {
-        metrics::counter!("sbc_admission_refused_total", "tenant" => tenant, "cause" => RefusalCause::Overload.as_str()).increment(1);
+        metrics::counter!("sbc_admission_refused_total", "tenant" => check.tenant.clone(), "cause" => RefusalCause::Overload.as_str()).increment(1);
         warn!(
             event = "overload",
             queued, "core queue deep: new request refused 503"
@@ -747,8 +731,8 @@ fn screen(
     }
     if let Some(bucket) = check.rate.as_mut() {
         if let Err(wait) = bucket.try_take(now) {
-            metrics::counter!("sbc_sip_requests_refused_total", "reason" => "connection_rate", "tenant" => tenant.clone()).increment(1);
-            debug!(tenant = %tenant, "connection request rate exceeded: 503");
+            metrics::counter!("sbc_sip_requests_refused_total", "reason" => "connection_rate", "tenant" => check.tenant.clone()).increment(1);
+            debug!(tenant = %check.tenant, "connection request rate exceeded: 503");
             return Some(Some(service_unavailable(
                 msg,
                 wait,
