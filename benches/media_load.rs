@@ -4,21 +4,26 @@
 //! `SBC_EDGE_BIN`), sets up `SBC_MEDIA_CALLS` calls (default 50) over SIP/TLS with SDES
 //! offers (AES_CM_128_HMAC_SHA1_80) and a callee answering in-process, then sends SRTP at
 //! 50 packets/s per stream in both directions for `SBC_MEDIA_SECS` seconds (default 10).
-//! Each packet's payload carries its send time (ns since the run began), its stream index
-//! and a packet counter; receivers decrypt with the keys the gateway announced and record
-//! the one-way time through the relay.
+//! Each payload carries its send time (wall clock), its stream index and a packet counter;
+//! the receiver decrypts with the keys the gateway announced and times each packet to the
+//! kernel's receive timestamp (`SO_TIMESTAMPNS`), so its own pacing does not count.
 //!
-//! The generator stays out of the way: one sender thread and one receiver thread per
-//! direction (a mio poll loop over non-blocking sockets), fixed buffers, latencies into a
-//! vector allocated before the send phase. Nothing allocates per packet.
+//! The generator stays out of the way: two threads (one sender, one receiver), a few
+//! sockets shared by all calls (`SBC_MEDIA_SOCKETS` per side, default 4), `sendmmsg` /
+//! `recvmmsg` through `sbc_media::udp_batch`, both threads waking on a timer rather than per
+//! packet, fixed buffers, latencies into vectors allocated before the send phase.
 //!
-//! Prints streams, packets sent / received / lost / failed to decrypt, latency
-//! p50/p99/max, the gateway's CPU seconds (utime + stime from `/proc/PID/stat`) per
-//! million packets relayed (its `/metrics` counter, sampled before and after the send
-//! phase) and its drops by reason. Then hangs up every call, stops the gateway, and exits
+//! With `SBC_MEDIA_TAPS=N` (1-4), every call gets N recording taps (plain RTP, both legs)
+//! through the admin API, all to one recorder socket of the generator that counts them.
+//!
+//! Prints packets sent / received / lost / failed to decrypt, latency p50/p99/max, the
+//! gateway's CPU seconds (utime + stime from `/proc/PID/stat`) per million packets relayed
+//! (its `/metrics` counter, sampled before and after the send phase), packets per relay
+//! wake-up, and drops by reason. Then hangs up every call, stops the gateway, and exits
 //! non-zero if a packet failed to decrypt, reached the wrong stream, or loss exceeded 1 %.
 //!
-//! Run: `cargo bench --bench media_load` (env vars above to change the load).
+//! Run: `cargo bench --bench media_load` (env vars above to change the load;
+//! `SBC_MEDIA_BATCH_US` sets the relay's `[media] batch_interval_us`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../tests/common/mod.rs"]
@@ -27,6 +32,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::mpsc;
@@ -35,8 +41,8 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use common::*;
-use mio::{Events, Interest, Poll, Token};
 use sbc_media::srtp::{MasterKey, SrtpConfig, SrtpContext, SrtpProfile};
+use sbc_media::udp_batch::{enable_rx_timestamps, send_batch, RecvBatch, BATCH};
 use sbc_sip::message::{Method, SipMessage};
 
 /// The suite every leg uses (the tenant allows only this one on both sides).
@@ -58,11 +64,14 @@ const RX_BUF: usize = 2048;
 /// 34 % but bursts of ~10 packets queue in the relay (p50/p99 241/1323 µs); 250 µs ticks
 /// 44 % (p50/p99 89/234 µs).
 const SEND_TICK: Duration = Duration::from_micros(250);
-/// Receivers keep listening this long after the last packet is sent.
+/// The receiver drains its sockets this often. Latency is timed by the kernel's receive
+/// timestamp, so this only bounds how much queues in the sockets' buffers.
+const RX_TICK: Duration = Duration::from_micros(500);
+/// The receiver keeps listening this long after the last packet is sent.
 const DRAIN: Duration = Duration::from_secs(1);
-/// Most datagrams read from one socket per readiness event before the poll loop moves
-/// on; the rest are read in the next round (50 pps per stream keeps this far away).
-const MAX_BURST: usize = 64;
+/// The admin token the bench configures for itself (operator; its SHA-256 below).
+const ADMIN_TOKEN: &str = "foo";
+const ADMIN_TOKEN_SHA256: &str = "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae";
 /// How long the gateway may take to print its addresses.
 const STARTUP: Duration = Duration::from_secs(30);
 /// How long the gateway may take to exit after SIGTERM before it is killed.
@@ -83,6 +92,8 @@ fn env(name: &str, default: u64) -> u64 {
 fn main() -> ExitCode {
     let calls = env("SBC_MEDIA_CALLS", 50) as usize;
     let secs = env("SBC_MEDIA_SECS", 10);
+    let taps = env("SBC_MEDIA_TAPS", 0) as usize;
+    assert!(taps <= 4, "SBC_MEDIA_TAPS: at most 4 taps per call");
     assert!(
         calls > 0 && secs > 0,
         "SBC_MEDIA_CALLS and SBC_MEDIA_SECS must be > 0"
@@ -107,15 +118,32 @@ fn main() -> ExitCode {
         gw.pid, gw.sip, gw.admin
     );
 
+    let socks = Arc::new(Sockets::bind(
+        env("SBC_MEDIA_SOCKETS", 4).clamp(1, 64) as usize
+    ));
     let mut sip = rt.block_on(Sip::connect(&world, callee, gw.sip));
     let t_setup = Instant::now();
-    let set_up: Vec<Call> = (0..calls).map(|i| rt.block_on(sip.setup(i))).collect();
+    let set_up: Vec<Call> = (0..calls)
+        .map(|i| {
+            let (a, b) = socks.of_call(i, calls);
+            rt.block_on(sip.setup(i, socks.port(a), socks.port(b)))
+        })
+        .collect();
     println!(
         "media_load: {calls} calls set up in {:.2} s",
         t_setup.elapsed().as_secs_f64()
     );
+    let recorder = (taps > 0).then(|| {
+        let r = UdpSocket::bind("127.0.0.1:0").unwrap();
+        r.set_nonblocking(true).unwrap();
+        let dest = r.local_addr().unwrap();
+        let made = rt.block_on(start_taps(gw.admin, taps, dest));
+        println!("media_load: {made} taps started (plain RTP, both legs) towards {dest}");
+        assert_eq!(made, taps * calls, "every call gets its taps");
+        r
+    });
 
-    let report = run_media(&set_up, secs, &gw);
+    let report = run_media(&set_up, socks, recorder, taps, secs, &gw);
 
     let t_bye = Instant::now();
     for c in &set_up {
@@ -168,6 +196,12 @@ fn gateway_binary() -> PathBuf {
 }
 
 fn write_config(world: &World, callee: SocketAddr) -> PathBuf {
+    // The relay's pacing (`[media] batch_interval_us`), when set, else the default.
+    let batch = std::env::var("SBC_MEDIA_BATCH_US")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(|us| format!("batch_interval_us = {us}\n"))
+        .unwrap_or_default();
     let tenant = world
         .tenant("load", "source_cidrs = [\"127.0.0.0/8\"]", "", callee)
         .replace(
@@ -183,7 +217,8 @@ fn write_config(world: &World, callee: SocketAddr) -> PathBuf {
     let text = format!(
         "[logging]\nlevel = \"warn\"\n\
          [admin]\naddress = \"127.0.0.1:0\"\naudit_log = {:?}\n\
-         [media]\naddress = \"127.0.0.1\"\nport_min = {PORT_MIN}\nport_max = {PORT_MAX}\n\
+         [[admin.tokens]]\nid = \"bench\"\nsha256 = \"{ADMIN_TOKEN_SHA256}\"\nrole = \"operator\"\n\
+         [media]\naddress = \"127.0.0.1\"\nport_min = {PORT_MIN}\nport_max = {PORT_MAX}\n{batch}\
          [flood_guard]\nallowlist = [\"127.0.0.0/8\"]\n\
          {}\n{tenant}",
         world.dir.join("audit.log").display().to_string(),
@@ -297,9 +332,6 @@ impl Drop for Gateway {
 struct Call {
     call_id: String,
     to: String,
-    /// The caller's RTP socket (the SDP offer's port) and the callee's (the answer's).
-    caller_rtp: UdpSocket,
-    callee_rtp: UdpSocket,
     /// The gateway's port facing the caller (from the 200's SDP) and the callee (INVITE).
     gw_caller_port: u16,
     gw_callee_port: u16,
@@ -329,12 +361,11 @@ impl Sip {
         }
     }
 
-    async fn setup(&mut self, i: usize) -> Call {
-        let caller_rtp = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let callee_rtp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    /// Call `i`, the caller's SDP naming `caller_port`, the callee's `callee_port`.
+    async fn setup(&mut self, i: usize, caller_port: u16, callee_port: u16) -> Call {
         let k1 = key_material();
         let call_id = format!("media-load-{i}@platform");
-        let offer = sdp(caller_rtp.local_addr().unwrap().port(), 1, &k1);
+        let offer = sdp(caller_port, 1, &k1);
         self.caller
             .send(&with_sdp(
                 invite("+15550000", &call_id, &format!("z9hG4bKml{i}"), "atag"),
@@ -352,7 +383,7 @@ impl Sip {
             .find(|(_, s, _)| s == SUITE)
             .unwrap_or_else(|| panic!("call {i}: the gateway offered no {SUITE}"));
         let k3 = key_material();
-        let answer_sdp = sdp(callee_rtp.local_addr().unwrap().port(), tag, &k3);
+        let answer_sdp = sdp(callee_port, tag, &k3);
         c.send(&with_sdp(
             answer(&inv, 200, &format!("btag{i}")),
             &answer_sdp,
@@ -385,8 +416,6 @@ impl Sip {
         Call {
             call_id,
             to,
-            caller_rtp,
-            callee_rtp,
             gw_caller_port,
             gw_callee_port,
             k1,
@@ -469,8 +498,44 @@ fn ctx(key: &[u8]) -> SrtpContext {
 
 // ---------------------------------------------------------------- media
 
+/// The generator's sockets: `per_side` on the caller side, then `per_side` on the callee
+/// side. Calls share them in blocks (call i uses socket i·per_side/calls of each side), so
+/// the packets one send tick finds due mostly leave from one socket in one `sendmmsg`, and
+/// the receiver drains a few sockets with `recvmmsg` instead of polling one per stream.
+/// The gateway does not mind: each leg latches the source of its own authenticated
+/// packets, and the receiver tells streams apart by the gateway port they come from.
+struct Sockets {
+    all: Vec<UdpSocket>,
+    per_side: usize,
+}
+
+impl Sockets {
+    fn bind(per_side: usize) -> Sockets {
+        let all = (0..2 * per_side)
+            .map(|_| {
+                let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+                s.set_nonblocking(true).unwrap();
+                enable_rx_timestamps(s.as_fd()).expect("SO_TIMESTAMPNS");
+                s
+            })
+            .collect();
+        Sockets { all, per_side }
+    }
+
+    /// (caller-side, callee-side) socket index of call `i` of `calls`.
+    fn of_call(&self, i: usize, calls: usize) -> (usize, usize) {
+        let b = i * self.per_side / calls.max(1);
+        (b, self.per_side + b)
+    }
+
+    fn port(&self, sock: usize) -> u16 {
+        self.all[sock].local_addr().unwrap().port()
+    }
+}
+
+/// One direction of one call, as its sender sees it.
 struct TxStream {
-    sock: Arc<mio::net::UdpSocket>,
+    sock: usize,
     dest: SocketAddr,
     ctx: SrtpContext,
     ssrc: u32,
@@ -478,16 +543,21 @@ struct TxStream {
     ts: u32,
 }
 
+/// One direction of one call, as its receiver sees it.
 struct RxStream {
-    sock: Arc<mio::net::UdpSocket>,
     ctx: SrtpContext,
+    /// 0: caller → callee, 1: callee → caller.
+    dir: usize,
     last_counter: Option<u32>,
 }
 
 #[derive(Default)]
 struct TxStats {
-    sent: u64,
+    /// Per direction (the caller-side sockets send caller → callee).
+    sent: [u64; 2],
     send_errors: u64,
+    /// `sendmmsg` calls made.
+    batches: u64,
     /// The largest lag behind schedule seen (sender overloaded if this grows).
     max_lag: Duration,
 }
@@ -500,220 +570,260 @@ struct RxStats {
     misrouted: u64,
     /// Counter not above the last one seen on its stream (duplicate or reordered).
     out_of_order: u64,
-    recv_errors: u64,
     latencies_ns: Vec<u64>,
 }
 
-/// Nanoseconds since `t0`, saturating (a run lasts minutes, far from u64's 584 years).
-fn ns_since(t0: Instant) -> u64 {
-    u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX)
+#[derive(Default)]
+struct RxTotals {
+    dirs: [RxStats; 2],
+    /// Datagrams from a port that is no stream's gateway leg.
+    unknown_source: u64,
+    recv_errors: u64,
+    /// Datagrams without a kernel receive timestamp (latency not recorded).
+    no_timestamp: u64,
+    /// Tap copies received by the recorder socket (plain RTP).
+    tap_received: u64,
 }
 
-/// Sends one packet per stream every 20 ms, spread evenly over the 20 ms (in bursts at most
-/// `SEND_TICK` apart), for `secs`.
-fn sender(mut streams: Vec<TxStream>, t0: Instant, start: Instant, secs: u64) -> TxStats {
+/// Wall-clock ns since the Unix epoch: the clock of the kernel's receive timestamps.
+fn wall_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// Sends one packet per stream every 20 ms, spread evenly over the 20 ms, for `secs`:
+/// every `SEND_TICK` it takes the packets that fell due and sends them with one
+/// `sendmmsg` per run of packets leaving the same socket.
+fn sender(socks: Arc<Sockets>, mut streams: Vec<TxStream>, start: Instant, secs: u64) -> TxStats {
     let n = streams.len() as u64;
     let total = PPS * secs * n;
+    let due = |k: u64| start + Duration::from_nanos(k * 1_000_000_000 / (PPS * n));
     let mut stats = TxStats::default();
-    let mut buf = [0u8; TX_BUF];
-    for k in 0..total {
-        // Packet k is due k/(PPS·n) s after start (exact integer schedule, no drift).
-        let due = start + Duration::from_nanos(k * 1_000_000_000 / (PPS * n));
+    let mut bufs = vec![[0u8; TX_BUF]; BATCH];
+    let mut lens = [0usize; BATCH];
+    let mut dests = [SocketAddr::from(([0, 0, 0, 0], 0)); BATCH];
+    let mut k = 0u64;
+    while k < total {
         let now = Instant::now();
-        if due > now {
-            std::thread::sleep((due - now).max(SEND_TICK));
-        } else {
-            stats.max_lag = stats.max_lag.max(now - due);
+        let next = due(k);
+        if next > now {
+            std::thread::sleep((next - now).max(SEND_TICK));
+            continue;
         }
-        let idx = (k % n) as usize;
-        let s = &mut streams[idx];
-        buf[0] = 0x80;
-        buf[1] = 0; // PT 0 (PCMU)
-        buf[2..4].copy_from_slice(&s.seq.to_be_bytes());
-        buf[4..8].copy_from_slice(&s.ts.to_be_bytes());
-        buf[8..12].copy_from_slice(&s.ssrc.to_be_bytes());
-        let p = &mut buf[RTP_HEADER..RTP_HEADER + PAYLOAD];
-        p[0..8].copy_from_slice(&ns_since(t0).to_be_bytes());
-        p[8..12].copy_from_slice(&(idx as u32).to_be_bytes());
-        p[12..16].copy_from_slice(&((k / n) as u32).to_be_bytes());
-        let len = s
-            .ctx
-            .protect_rtp(&mut buf, RTP_HEADER + PAYLOAD)
-            .expect("protect: the buffer has room for the tag");
-        s.seq = s.seq.wrapping_add(1);
-        s.ts = s.ts.wrapping_add(PAYLOAD as u32);
-        // The socket is non-blocking (shared with the receiver's poll): on a full send
-        // buffer, yield and retry a bounded number of times.
-        let mut sent = false;
-        for _ in 0..1000 {
-            match s.sock.send_to(&buf[..len], s.dest) {
-                Ok(_) => {
-                    sent = true;
-                    break;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::yield_now(),
-                Err(_) => break,
+        stats.max_lag = stats.max_lag.max(now - next);
+        // Everything due by now (packet k is due k/(PPS·n) s after start: no drift).
+        let elapsed = u64::try_from(now.duration_since(start).as_nanos()).unwrap_or(u64::MAX);
+        let end = (elapsed.saturating_mul(PPS * n) / 1_000_000_000 + 1).min(total);
+        while k < end {
+            let sock = streams[(k % n) as usize].sock;
+            let mut m = 0;
+            while k < end && m < BATCH && streams[(k % n) as usize].sock == sock {
+                let idx = (k % n) as usize;
+                let s = &mut streams[idx];
+                let buf = &mut bufs[m];
+                buf[0] = 0x80;
+                buf[1] = 0; // PT 0 (PCMU)
+                buf[2..4].copy_from_slice(&s.seq.to_be_bytes());
+                buf[4..8].copy_from_slice(&s.ts.to_be_bytes());
+                buf[8..12].copy_from_slice(&s.ssrc.to_be_bytes());
+                let p = &mut buf[RTP_HEADER..RTP_HEADER + PAYLOAD];
+                p[0..8].copy_from_slice(&wall_ns().to_be_bytes());
+                p[8..12].copy_from_slice(&(idx as u32).to_be_bytes());
+                p[12..16].copy_from_slice(&((k / n) as u32).to_be_bytes());
+                lens[m] = s
+                    .ctx
+                    .protect_rtp(buf, RTP_HEADER + PAYLOAD)
+                    .expect("protect: the buffer has room for the tag");
+                dests[m] = s.dest;
+                s.seq = s.seq.wrapping_add(1);
+                s.ts = s.ts.wrapping_add(PAYLOAD as u32);
+                m += 1;
+                k += 1;
             }
-        }
-        if sent {
-            stats.sent += 1;
-        } else {
-            stats.send_errors += 1;
+            let packets = (0..m).map(|j| (&bufs[j][..lens[j]], dests[j]));
+            let r = send_batch(socks.all[sock].as_fd(), packets);
+            stats.batches += 1;
+            stats.sent[usize::from(sock >= socks.per_side)] += r.sent as u64;
+            stats.send_errors += r.failed as u64;
         }
     }
     stats
 }
 
-/// Polls every stream's socket until `deadline`, decrypting and timing each packet.
+/// Every `RX_TICK` until `deadline`, drains every socket with `recvmmsg`, decrypting each
+/// packet with its stream's key (found by the gateway port it came from) and timing it
+/// from its send time to the kernel's receive timestamp.
 fn receiver(
-    mut poll: Poll,
+    socks: Arc<Sockets>,
+    recorder: Option<UdpSocket>,
     mut streams: Vec<RxStream>,
-    t0: Instant,
+    by_port: Vec<u32>,
     deadline: Instant,
     capacity: usize,
-) -> RxStats {
-    let mut stats = RxStats {
-        latencies_ns: Vec::with_capacity(capacity),
-        ..RxStats::default()
-    };
-    let mut events = Events::with_capacity(1024);
-    let mut buf = [0u8; RX_BUF];
-    // Sockets with data left after MAX_BURST reads (edge-triggered: no new event for them).
-    let mut pending: Vec<usize> = Vec::with_capacity(streams.len());
-    let mut again: Vec<usize> = Vec::with_capacity(streams.len());
-    loop {
-        let now = Instant::now();
-        if now >= deadline {
-            break;
-        }
-        let wait = if pending.is_empty() {
-            (deadline - now).min(Duration::from_millis(100))
-        } else {
-            Duration::ZERO
-        };
-        match poll.poll(&mut events, Some(wait)) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => panic!("poll: {e}"),
-        }
-        again.clear();
-        let ready = events.iter().map(|e| e.token().0).chain(pending.drain(..));
-        for i in ready {
-            let s = &mut streams[i];
-            let mut drained = false;
-            for _ in 0..MAX_BURST {
-                let n = match s.sock.recv_from(&mut buf) {
-                    Ok((n, _)) => n,
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        drained = true;
+) -> RxTotals {
+    let mut t = RxTotals::default();
+    for d in &mut t.dirs {
+        d.latencies_ns = Vec::with_capacity(capacity);
+    }
+    let mut batch = RecvBatch::new(RX_BUF).with_timestamps();
+    while Instant::now() < deadline {
+        std::thread::sleep(RX_TICK);
+        if let Some(r) = &recorder {
+            loop {
+                match batch.recv(r.as_fd(), RX_BUF) {
+                    Ok(n) => {
+                        t.tap_received += n as u64;
+                        if n < BATCH {
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(_) => {
+                        t.recv_errors += 1;
                         break;
                     }
-                    Err(_) => {
-                        stats.recv_errors += 1;
-                        continue;
-                    }
-                };
-                let arrived = ns_since(t0);
-                match s.ctx.unprotect_rtp(&mut buf[..n]) {
-                    Ok(len) if len >= RTP_HEADER + 16 => {
-                        let p = &buf[RTP_HEADER..len];
-                        let sent = u64::from_be_bytes(p[0..8].try_into().unwrap());
-                        let idx = u32::from_be_bytes(p[8..12].try_into().unwrap());
-                        let counter = u32::from_be_bytes(p[12..16].try_into().unwrap());
-                        stats.received += 1;
-                        if idx as usize != i {
-                            stats.misrouted += 1;
-                        }
-                        if s.last_counter.is_some_and(|c| counter <= c) {
-                            stats.out_of_order += 1;
-                        } else {
-                            s.last_counter = Some(counter);
-                        }
-                        if stats.latencies_ns.len() < stats.latencies_ns.capacity() {
-                            stats.latencies_ns.push(arrived.saturating_sub(sent));
-                        }
-                    }
-                    Ok(_) | Err(_) => stats.decrypt_failed += 1,
                 }
             }
-            if !drained {
-                again.push(i);
+        }
+        for sock in &socks.all {
+            loop {
+                let n = match batch.recv(sock.as_fd(), RX_BUF) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(_) => {
+                        t.recv_errors += 1;
+                        break;
+                    }
+                };
+                for i in 0..n {
+                    let idx = batch
+                        .source(i)
+                        .and_then(|a| by_port.get(usize::from(a.port())).copied())
+                        .filter(|&x| x != u32::MAX);
+                    let Some(idx) = idx else {
+                        t.unknown_source += 1;
+                        continue;
+                    };
+                    let arrived = batch.rx_time_ns(i);
+                    let len = batch.len(i);
+                    let s = &mut streams[idx as usize];
+                    let d = &mut t.dirs[s.dir];
+                    match s.ctx.unprotect_rtp(&mut batch.slot_mut(i)[..len]) {
+                        Ok(clear) if clear >= RTP_HEADER + 16 => {
+                            let p = &batch.slot(i)[RTP_HEADER..clear];
+                            let sent = u64::from_be_bytes(p[0..8].try_into().unwrap());
+                            let named = u32::from_be_bytes(p[8..12].try_into().unwrap());
+                            let counter = u32::from_be_bytes(p[12..16].try_into().unwrap());
+                            d.received += 1;
+                            if named != idx {
+                                d.misrouted += 1;
+                            }
+                            if s.last_counter.is_some_and(|c| counter <= c) {
+                                d.out_of_order += 1;
+                            } else {
+                                s.last_counter = Some(counter);
+                            }
+                            match arrived {
+                                Some(at) if d.latencies_ns.len() < d.latencies_ns.capacity() => {
+                                    d.latencies_ns.push(at.saturating_sub(sent))
+                                }
+                                Some(_) => {}
+                                None => t.no_timestamp += 1,
+                            }
+                        }
+                        Ok(_) | Err(_) => d.decrypt_failed += 1,
+                    }
+                }
+                if n < BATCH {
+                    break;
+                }
             }
         }
-        std::mem::swap(&mut pending, &mut again);
     }
-    stats
+    t
 }
 
 /// What one direction saw.
 struct Direction {
     name: &'static str,
-    tx: TxStats,
+    sent: u64,
     rx: RxStats,
 }
 
 struct Report {
-    streams: usize,
+    calls: usize,
     secs: u64,
     dirs: Vec<Direction>,
+    tx: TxStats,
+    rx_unknown: u64,
+    rx_errors: u64,
+    rx_no_timestamp: u64,
+    taps: usize,
+    tap_received: u64,
+    tap_dropped: f64,
     relayed: f64,
+    wakeups: f64,
     dropped: BTreeMap<String, f64>,
     gw_cpu_secs: f64,
     gen_cpu_secs: f64,
     wall_secs: f64,
 }
 
-fn run_media(calls: &[Call], secs: u64, gw: &Gateway) -> Report {
-    // Two directions: caller → callee (send on the caller's socket to the gateway's
-    // caller-facing port, receive on the callee's socket) and callee → caller.
-    let mut tx_ab = Vec::new();
-    let mut tx_ba = Vec::new();
-    let mut rx_ab = Vec::new();
-    let mut rx_ba = Vec::new();
-    let poll_ab = Poll::new().unwrap();
-    let poll_ba = Poll::new().unwrap();
+fn run_media(
+    calls: &[Call],
+    socks: Arc<Sockets>,
+    recorder: Option<UdpSocket>,
+    taps: usize,
+    secs: u64,
+    gw: &Gateway,
+) -> Report {
+    // Streams 0..c: caller → callee (sent from the call's caller-side socket to the
+    // gateway's caller-facing port, arriving from its callee-facing port); c..2c: the
+    // other way.
+    let c = calls.len();
     let gw_addr = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
-    for (i, c) in calls.iter().enumerate() {
-        let mut a = mio_socket(&c.caller_rtp);
-        let mut b = mio_socket(&c.callee_rtp);
-        // The caller's socket receives callee → caller, the callee's caller → callee.
-        poll_ba
-            .registry()
-            .register(&mut a, Token(i), Interest::READABLE)
-            .unwrap();
-        poll_ab
-            .registry()
-            .register(&mut b, Token(i), Interest::READABLE)
-            .unwrap();
-        let (a, b) = (Arc::new(a), Arc::new(b));
-        tx_ab.push(TxStream {
-            sock: a.clone(),
-            dest: gw_addr(c.gw_caller_port),
-            ctx: ctx(&c.k1),
-            ssrc: 0x1000_0000 + i as u32,
-            seq: rand::random::<u16>() & 0x7fff,
-            ts: rand::random(),
-        });
-        rx_ab.push(RxStream {
-            sock: b.clone(),
-            ctx: ctx(&c.k2),
-            last_counter: None,
-        });
-        tx_ba.push(TxStream {
-            sock: b,
-            dest: gw_addr(c.gw_callee_port),
-            ctx: ctx(&c.k3),
-            ssrc: 0x2000_0000 + i as u32,
-            seq: rand::random::<u16>() & 0x7fff,
-            ts: rand::random(),
-        });
-        rx_ba.push(RxStream {
-            sock: a,
-            ctx: ctx(&c.k4),
-            last_counter: None,
-        });
+    let mut tx = Vec::with_capacity(2 * c);
+    let mut rx = Vec::with_capacity(2 * c);
+    let mut by_port = vec![u32::MAX; 65536];
+    for dir in 0..2 {
+        for (i, call) in calls.iter().enumerate() {
+            let (a, b) = socks.of_call(i, c);
+            let idx = dir * c + i;
+            let (sock, dest, from, k_tx, k_rx) = if dir == 0 {
+                (
+                    a,
+                    call.gw_caller_port,
+                    call.gw_callee_port,
+                    &call.k1,
+                    &call.k2,
+                )
+            } else {
+                (
+                    b,
+                    call.gw_callee_port,
+                    call.gw_caller_port,
+                    &call.k3,
+                    &call.k4,
+                )
+            };
+            tx.push(TxStream {
+                sock,
+                dest: gw_addr(dest),
+                ctx: ctx(k_tx),
+                ssrc: 0x1000_0000 * (dir as u32 + 1) + i as u32,
+                seq: rand::random::<u16>() & 0x7fff,
+                ts: rand::random(),
+            });
+            rx.push(RxStream {
+                ctx: ctx(k_rx),
+                dir,
+                last_counter: None,
+            });
+            by_port[usize::from(from)] = idx as u32;
+        }
     }
-    let per_dir = (PPS * secs) as usize * calls.len();
+    let per_dir = (PPS * secs) as usize * c;
 
     let metrics_before = scrape(gw.admin).expect("scrape /metrics before");
     let gw_cpu_before = cpu_ticks(&gw.pid.to_string());
@@ -721,41 +831,25 @@ fn run_media(calls: &[Call], secs: u64, gw: &Gateway) -> Report {
     let t0 = Instant::now();
     let start = t0 + Duration::from_millis(50);
     let rx_deadline = start + Duration::from_secs(secs) + DRAIN;
-    let spawn_rx = |name: &str, poll, streams| {
-        std::thread::Builder::new()
-            .name(name.into())
-            .spawn(move || receiver(poll, streams, t0, rx_deadline, per_dir))
-            .unwrap()
-    };
-    let rx_ab = spawn_rx("rx-ab", poll_ab, rx_ab);
-    let rx_ba = spawn_rx("rx-ba", poll_ba, rx_ba);
-    let spawn_tx = |name: &str, streams| {
-        std::thread::Builder::new()
-            .name(name.into())
-            .spawn(move || sender(streams, t0, start, secs))
-            .unwrap()
-    };
-    let tx_ab = spawn_tx("tx-ab", tx_ab);
-    let tx_ba = spawn_tx("tx-ba", tx_ba);
-    let dirs = vec![
-        Direction {
-            name: "caller→callee",
-            tx: tx_ab.join().expect("sender thread"),
-            rx: rx_ab.join().expect("receiver thread"),
-        },
-        Direction {
-            name: "callee→caller",
-            tx: tx_ba.join().expect("sender thread"),
-            rx: rx_ba.join().expect("receiver thread"),
-        },
-    ];
+    let rx_socks = Arc::clone(&socks);
+    let rx_thread = std::thread::Builder::new()
+        .name("rx".into())
+        .spawn(move || receiver(rx_socks, recorder, rx, by_port, rx_deadline, per_dir))
+        .unwrap();
+    let tx_thread = std::thread::Builder::new()
+        .name("tx".into())
+        .spawn(move || sender(socks, tx, start, secs))
+        .unwrap();
+    let tx = tx_thread.join().expect("sender thread");
+    let rx = rx_thread.join().expect("receiver thread");
     let wall_secs = t0.elapsed().as_secs_f64();
     let gw_cpu_after = cpu_ticks(&gw.pid.to_string());
     let gen_cpu_after = cpu_ticks("self");
     let metrics_after = scrape(gw.admin).expect("scrape /metrics after");
 
-    let relayed = metric(&metrics_after, "sbc_media_packets_relayed_total").unwrap_or(0.0)
-        - metric(&metrics_before, "sbc_media_packets_relayed_total").unwrap_or(0.0);
+    let delta = |name: &str| {
+        metric(&metrics_after, name).unwrap_or(0.0) - metric(&metrics_before, name).unwrap_or(0.0)
+    };
     let before = labelled(&metrics_before, "sbc_media_packets_dropped_total");
     let dropped = labelled(&metrics_after, "sbc_media_packets_dropped_total")
         .into_iter()
@@ -764,12 +858,44 @@ fn run_media(calls: &[Call], secs: u64, gw: &Gateway) -> Report {
             (k, d)
         })
         .collect();
+    let tap_dropped: f64 = labelled(&metrics_after, "sbc_tap_packets_dropped_total")
+        .values()
+        .sum::<f64>()
+        - labelled(&metrics_before, "sbc_tap_packets_dropped_total")
+            .values()
+            .sum::<f64>();
     let tck = clock_ticks();
+    let RxTotals {
+        dirs: [ab, ba],
+        unknown_source,
+        recv_errors,
+        no_timestamp,
+        tap_received,
+    } = rx;
     Report {
-        streams: calls.len(),
+        calls: c,
         secs,
-        dirs,
-        relayed,
+        dirs: vec![
+            Direction {
+                name: "caller→callee",
+                sent: tx.sent[0],
+                rx: ab,
+            },
+            Direction {
+                name: "callee→caller",
+                sent: tx.sent[1],
+                rx: ba,
+            },
+        ],
+        tx,
+        rx_unknown: unknown_source,
+        rx_errors: recv_errors,
+        rx_no_timestamp: no_timestamp,
+        taps,
+        tap_received,
+        tap_dropped,
+        relayed: delta("sbc_media_packets_relayed_total"),
+        wakeups: delta("sbc_media_worker_wakeups_total"),
         dropped,
         gw_cpu_secs: (gw_cpu_after - gw_cpu_before) as f64 / tck,
         gen_cpu_secs: (gen_cpu_after - gen_cpu_before) as f64 / tck,
@@ -777,16 +903,9 @@ fn run_media(calls: &[Call], secs: u64, gw: &Gateway) -> Report {
     }
 }
 
-/// A non-blocking mio socket sharing the file description of `s`.
-fn mio_socket(s: &UdpSocket) -> mio::net::UdpSocket {
-    let s = s.try_clone().unwrap();
-    s.set_nonblocking(true).unwrap();
-    mio::net::UdpSocket::from_std(s)
-}
-
 impl Report {
     fn sent(&self) -> u64 {
-        self.dirs.iter().map(|d| d.tx.sent).sum()
+        self.dirs.iter().map(|d| d.sent).sum()
     }
     fn received(&self) -> u64 {
         self.dirs.iter().map(|d| d.rx.received).sum()
@@ -795,7 +914,7 @@ impl Report {
         self.dirs.iter().map(|d| d.rx.decrypt_failed).sum()
     }
     fn misrouted(&self) -> u64 {
-        self.dirs.iter().map(|d| d.rx.misrouted).sum()
+        self.dirs.iter().map(|d| d.rx.misrouted).sum::<u64>() + self.rx_unknown
     }
     fn lost(&self) -> u64 {
         self.sent()
@@ -809,28 +928,25 @@ impl Report {
         println!();
         println!(
             "## media_load: {} calls, {} s, {PPS} pps per stream each way, {SUITE}",
-            self.streams, self.secs
+            self.calls, self.secs
         );
         println!(
             "streams:            {} ({} per direction)",
-            self.streams * 2,
-            self.streams
+            self.calls * 2,
+            self.calls
         );
         for d in &self.dirs {
             let mut lat = d.rx.latencies_ns.clone();
             lat.sort_unstable();
             println!(
-                "{:<14} sent {:>8}  received {:>8}  lost {:>6}  decrypt failed {}  misrouted {}  out of order {}  send errors {}  recv errors {}  max sender lag {} µs",
+                "{:<14} sent {:>8}  received {:>8}  lost {:>6}  decrypt failed {}  misrouted {}  out of order {}",
                 d.name,
-                d.tx.sent,
+                d.sent,
                 d.rx.received,
-                d.tx.sent.saturating_sub(d.rx.received + d.rx.decrypt_failed),
+                d.sent.saturating_sub(d.rx.received + d.rx.decrypt_failed),
                 d.rx.decrypt_failed,
                 d.rx.misrouted,
                 d.rx.out_of_order,
-                d.tx.send_errors,
-                d.rx.recv_errors,
-                d.tx.max_lag.as_micros()
             );
             println!(
                 "{:<14} latency µs p50 {:.0}  p99 {:.0}  p99.9 {:.0}  max {:.0}",
@@ -848,7 +964,7 @@ impl Report {
             .collect();
         all.sort_unstable();
         println!(
-            "packets:            sent {}  received {}  lost {} ({:.3} %)  failed to decrypt {}  misrouted {}",
+            "packets:            sent {}  received {}  lost {} ({:.4} %)  failed to decrypt {}  misrouted {}",
             self.sent(),
             self.received(),
             self.lost(),
@@ -857,16 +973,27 @@ impl Report {
             self.misrouted()
         );
         println!(
-            "latency (µs):       p50 {:.0}  p99 {:.0}  max {:.0}  (one way, send call → recv return, incl. loopback and poll wake-up)",
+            "latency (µs):       p50 {:.0}  p99 {:.0}  max {:.0}  (one way: send call → kernel receive timestamp at the generator; loopback both ways + the relay)",
             pct(&all, 0.50),
             pct(&all, 0.99),
             pct(&all, 1.0)
         );
         println!(
-            "gateway relayed:    {:.0} packets ({:.0}/s over the {} s send phase)",
+            "generator:          {} sendmmsg calls ({:.1} packets each), send errors {}, recv errors {}, from unknown ports {}, without timestamp {}, max sender lag {} µs",
+            self.tx.batches,
+            self.sent() as f64 / self.tx.batches.max(1) as f64,
+            self.tx.send_errors,
+            self.rx_errors,
+            self.rx_unknown,
+            self.rx_no_timestamp,
+            self.tx.max_lag.as_micros()
+        );
+        println!(
+            "gateway relayed:    {:.0} packets ({:.0}/s over the {} s send phase); {:.1} packets per worker wake-up",
             self.relayed,
             self.relayed / self.secs as f64,
-            self.secs
+            self.secs,
+            self.relayed / self.wakeups.max(1.0)
         );
         // CPU shares are over the whole sampled window: send phase plus the drain.
         println!(
@@ -880,6 +1007,16 @@ impl Report {
             self.gen_cpu_secs,
             100.0 * self.gen_cpu_secs / self.wall_secs
         );
+        if self.taps > 0 {
+            println!(
+                "taps:               {} per call, {} in all; tap copies received {} (expected {}: every relayed RTP packet of a tapped call per tap), gateway tap drops {:.0}",
+                self.taps,
+                self.taps * self.calls,
+                self.tap_received,
+                self.received() * self.taps as u64,
+                self.tap_dropped
+            );
+        }
         let drops: Vec<String> = self
             .dropped
             .iter()
@@ -932,6 +1069,37 @@ fn pct(sorted_ns: &[u64], q: f64) -> f64 {
 }
 
 // ---------------------------------------------------------------- gateway observation
+
+/// Lists the calls through the admin API and starts `per_call` plain-RTP taps (both legs)
+/// on each, towards `dest`. Returns how many were started.
+async fn start_taps(admin: SocketAddr, per_call: usize, dest: SocketAddr) -> usize {
+    let (status, body) = http(admin, "GET", "/v1/calls", Some(ADMIN_TOKEN), "").await;
+    assert_eq!(status, 200, "GET /v1/calls: {body}");
+    let list: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let ids: Vec<String> = list["calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap().to_string())
+        .collect();
+    let spec = format!(r#"{{"legs":"both","transport":"rtp","destination":"{dest}"}}"#);
+    let mut made = 0;
+    for id in &ids {
+        for _ in 0..per_call {
+            let (status, body) = http(
+                admin,
+                "POST",
+                &format!("/v1/calls/{id}/taps"),
+                Some(ADMIN_TOKEN),
+                &spec,
+            )
+            .await;
+            assert_eq!(status, 201, "POST tap: {body}");
+            made += 1;
+        }
+    }
+    made
+}
 
 /// `GET /metrics` over HTTP/1.0 (no chunking), body only.
 fn scrape(admin: SocketAddr) -> std::io::Result<String> {

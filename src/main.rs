@@ -10,6 +10,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use sbc_admin::{AdminConfig, AdminState, AuditLog};
 use sbc_core::config::Config;
+use sbc_core::media::MediaControl;
 use sbc_core::registry::{CallRegistry, DrainState};
 use sbc_media::engine::{MediaEngine, MediaSettings};
 use sbc_sip::server::{Hooks, ServerHandle};
@@ -156,6 +157,9 @@ fn run(config: Option<PathBuf>, log_json: bool) -> anyhow::Result<()> {
     let result = runtime.block_on(async move {
         let registry = Arc::new(CallRegistry::new());
         let drain = Arc::new(DrainState::new());
+        if let Some(media) = &media_control {
+            spawn_counter_feed(registry.clone(), media.clone());
+        }
         let hooks = Hooks {
             registry: Some(registry.clone()),
             drain: Some(drain.clone()),
@@ -208,8 +212,8 @@ fn run(config: Option<PathBuf>, log_json: bool) -> anyhow::Result<()> {
             audit_path.display()
         );
         println!("{}", cfg.summary());
-        println!("SIGHUP reloads limits from the config file; SIGTERM or Ctrl-C drains (twice: stops at once).");
-        reload_until_shutdown(&server, config.as_deref()).await;
+        println!("SIGHUP reloads limits and admin tokens from the config file; SIGTERM or Ctrl-C drains (twice: stops at once).");
+        reload_until_shutdown(&server, &admin, config.as_deref()).await;
         drain_then_stop(&server, &drain).await;
         admin.shutdown().await;
         server.shutdown().await;
@@ -219,6 +223,22 @@ fn run(config: Option<PathBuf>, log_json: bool) -> anyhow::Result<()> {
         media.shutdown();
     }
     result
+}
+
+/// How often the relay's per-leg packet counters are copied into the call registry.
+const COUNTER_FEED: Duration = Duration::from_secs(1);
+
+/// Copies the relay's per-leg packet counters into the call registry every
+/// [`COUNTER_FEED`], for `GET /v1/calls` (so they are at most that stale).
+fn spawn_counter_feed(registry: Arc<CallRegistry>, media: Arc<dyn MediaControl>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(COUNTER_FEED);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            registry.refresh_media_counters(media.as_ref());
+        }
+    });
 }
 
 /// The media relay, when `[media] enabled` (the default).
@@ -231,6 +251,7 @@ fn start_media(cfg: &Config) -> anyhow::Result<Option<MediaEngine>> {
     settings.media_timeout = m.timeout;
     settings.relatch_after = m.relatch_after;
     settings.max_streams = m.max_streams;
+    settings.batch_interval = m.batch_interval;
     if m.workers > 0 {
         settings.workers = m.workers;
     }
@@ -270,6 +291,7 @@ async fn drain_then_stop(server: &ServerHandle, drain: &DrainState) {
 /// Serve SIGHUP (reload) until SIGTERM or Ctrl-C.
 async fn reload_until_shutdown(
     server: &sbc_sip::server::ServerHandle,
+    admin: &sbc_admin::AdminHandle,
     path: Option<&std::path::Path>,
 ) {
     #[cfg(unix)]
@@ -284,21 +306,24 @@ async fn reload_until_shutdown(
         loop {
             tokio::select! {
                 _ = &mut stop => return,
-                _ = hup.recv() => reload(server, path).await,
+                _ = hup.recv() => reload(server, admin, path).await,
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = path;
-        let _ = server;
+        let _ = (path, server, admin);
         shutdown_signal().await;
     }
 }
 
-/// Reload the config file; a config that does not validate is refused and the running one
-/// kept.
-async fn reload(server: &ServerHandle, path: Option<&std::path::Path>) {
+/// Reload the config file; a config that does not validate (its `[admin]` section
+/// included) is refused and the running one kept.
+async fn reload(
+    server: &ServerHandle,
+    admin: &sbc_admin::AdminHandle,
+    path: Option<&std::path::Path>,
+) {
     let Some(path) = path else {
         tracing::warn!(
             event = "reload_skipped",
@@ -306,11 +331,17 @@ async fn reload(server: &ServerHandle, path: Option<&std::path::Path>) {
         );
         return;
     };
-    match Config::load(path) {
-        Ok(cfg) => {
-            tracing::info!(event = "reload", config = %path.display(), "SIGHUP: reloading limits, flood guard and overload settings (listeners, recognition and routes need a restart)");
+    let loaded = Config::load(path)
+        .map_err(anyhow::Error::from)
+        .and_then(|cfg| admin_config(&cfg).map(|a| (cfg, a)));
+    match loaded {
+        Ok((cfg, admin_cfg)) => {
+            tracing::info!(event = "reload", config = %path.display(), "SIGHUP: reloading limits, flood guard, overload settings and admin tokens (listeners, recognition and routes need a restart)");
             if let Err(e) = server.reload(Arc::new(cfg)).await {
                 tracing::error!(event = "reload_failed", error = %e, "reload not applied");
+            }
+            if let Err(e) = admin.reload(&admin_cfg) {
+                tracing::error!(event = "reload_failed", error = %e, "admin tokens not reloaded; keeping the running ones");
             }
         }
         Err(e) => {

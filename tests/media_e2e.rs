@@ -10,16 +10,13 @@ use std::net::UdpSocket;
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine as _;
+use common::tap_call::{b64, b64_decode, with_sdp};
 use common::*;
+use sbc_core::registry::{CallRegistry, DrainState, LegDirection, MediaCounters};
 use sbc_media::engine::{MediaEngine, MediaSettings};
 use sbc_media::srtp::{MasterKey, SrtpConfig, SrtpContext, SrtpProfile};
-use sbc_sip::message::{Method, SipMessage};
+use sbc_sip::message::Method;
 use sbc_sip::server::Hooks;
-
-fn b64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
 
 fn material(profile: SrtpProfile, fill: u8) -> Vec<u8> {
     (0..profile.master_key_len() + profile.master_salt_len())
@@ -59,19 +56,11 @@ fn parse_sdp(body: &[u8]) -> (String, u16, Vec<Crypto>) {
             let suite = parts.next().unwrap().to_string();
             let inline = parts.next().unwrap().strip_prefix("inline:").unwrap();
             let key = inline.split('|').next().unwrap();
-            let key = base64::engine::general_purpose::STANDARD
-                .decode(key)
-                .unwrap();
+            let key = b64_decode(key);
             crypto.push((tag, suite, key));
         }
     }
     (addr, port, crypto)
-}
-
-fn with_sdp(mut m: SipMessage, body: &str) -> SipMessage {
-    m.set_header("Content-Type", "application/sdp");
-    m.set_body(body.as_bytes().to_vec());
-    m
 }
 
 fn ctx(suite: &str, key: &[u8]) -> SrtpContext {
@@ -126,12 +115,32 @@ async fn gateway_with(
     gateway_limits(world, callee, ports, timeout_secs, "").await
 }
 
+async fn gateway_hooks(
+    world: &World,
+    callee: &Callee,
+    ports: (u16, u16),
+    registry: Option<Arc<CallRegistry>>,
+) -> (sbc_sip::server::ServerHandle, MediaEngine) {
+    gateway_full(world, callee, ports, 60, "", registry).await
+}
+
 async fn gateway_limits(
     world: &World,
     callee: &Callee,
     ports: (u16, u16),
     timeout_secs: u64,
     limits: &str,
+) -> (sbc_sip::server::ServerHandle, MediaEngine) {
+    gateway_full(world, callee, ports, timeout_secs, limits, None).await
+}
+
+async fn gateway_full(
+    world: &World,
+    callee: &Callee,
+    ports: (u16, u16),
+    timeout_secs: u64,
+    limits: &str,
+    registry: Option<Arc<CallRegistry>>,
 ) -> (sbc_sip::server::ServerHandle, MediaEngine) {
     let tenant = world
         .tenant("demo", "source_cidrs = [\"127.0.0.0/8\"]", "", callee.addr)
@@ -156,7 +165,8 @@ async fn gateway_limits(
         cfg,
         Hooks {
             media: Some(engine.control()),
-            ..Hooks::default()
+            drain: registry.as_ref().map(|_| Arc::new(DrainState::new())),
+            registry,
         },
     )
     .await
@@ -168,7 +178,8 @@ async fn gateway_limits(
 async fn srtp_call_is_anchored_rekeyed_and_relayed_both_ways() {
     let world = World::new("media-e2e");
     let callee = Callee::new(&world.callee_leaf).await;
-    let (gw, engine) = gateway(&world, &callee, (32000, 32099)).await;
+    let registry = Arc::new(CallRegistry::new());
+    let (gw, engine) = gateway_hooks(&world, &callee, (32000, 32099), Some(registry.clone())).await;
 
     let caller_rtp = UdpSocket::bind("127.0.0.1:0").unwrap();
     let callee_rtp = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -240,10 +251,11 @@ async fn srtp_call_is_anchored_rekeyed_and_relayed_both_ways() {
             "packet {seq} caller→callee"
         );
     }
-    // Callee → caller: protect with K3, the caller unprotects with K4.
+    // Callee → caller: protect with K3, the caller unprotects with K4. The callee's
+    // sequence numbers skip 11 and 12: two packets lost before they reached us.
     let mut tx_b = ctx(&suite2, &k3);
     let mut rx_a = ctx("AES_CM_128_HMAC_SHA1_80", &k4);
-    for seq in 1..=20u16 {
+    for seq in (1..=10u16).chain(13..=22) {
         let payload = vec![0xA0 ^ seq as u8; 160];
         send(&callee_rtp, &mut tx_b, seq, &payload, gw_callee_port);
         assert_eq!(
@@ -263,6 +275,29 @@ async fn srtp_call_is_anchored_rekeyed_and_relayed_both_ways() {
     assert_eq!(stats.packets_relayed, 40);
     assert_eq!(stats.packets_dropped_total, 0);
     assert_eq!(stats.active_calls, 1);
+
+    // Per-call counters reach the registry (what `GET /v1/calls` shows).
+    registry.refresh_media_counters(engine.control().as_ref());
+    let calls = registry.snapshot(None);
+    assert_eq!(calls.len(), 1);
+    let legs: Vec<(LegDirection, MediaCounters)> = calls[0]
+        .legs
+        .iter()
+        .map(|l| (l.direction, l.counters))
+        .collect();
+    let counters = |received, sent, lost| MediaCounters {
+        packets_received: received,
+        packets_sent: sent,
+        packets_lost: lost,
+    };
+    assert_eq!(
+        legs,
+        vec![
+            (LegDirection::Inbound, counters(20, 20, 0)),
+            (LegDirection::Outbound, counters(20, 20, 2)),
+        ],
+        "caller's leg: 20 in, 20 out; callee's leg: 20 in with a gap of 2, 20 out"
+    );
 
     // BYE ends the call and frees its ports.
     let to = ok.header("to").unwrap().to_string();

@@ -16,6 +16,8 @@ use sbc_sip::message::SipMessage;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+pub mod tap_call;
+
 /// How long a test waits for a message it expects.
 pub const WAIT: Duration = Duration::from_secs(5);
 
@@ -186,6 +188,8 @@ impl Peer {
             None => builder.with_no_client_auth(),
         };
         let tcp = TcpStream::connect(addr).await?;
+        // A test peer writes several messages back to back (ACK then INVITE): no Nagle.
+        tcp.set_nodelay(true)?;
         let name = ServerName::try_from(sni.to_string()).unwrap();
         let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
             .connect(name, tcp)
@@ -323,6 +327,7 @@ impl Callee {
             .await
             .expect("gateway connects to callee")
             .unwrap();
+        let _ = tcp.set_nodelay(true);
         let tls = self.acceptor.accept(tcp).await.expect("callee TLS accept");
         Peer::new(Box::new(tls))
     }

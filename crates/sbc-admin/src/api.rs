@@ -12,6 +12,7 @@
 //! | `POST /v1/calls/{id}/taps` | operator, recorder | starts a recording tap: 201 with its id (and SRTP key, once) |
 //! | `GET /v1/calls/{id}/taps` | any | the call's taps and their counters |
 //! | `DELETE /v1/taps/{tap_id}` | operator, recorder | stops a tap: 204 |
+//! | `GET /v1/calls/{id}/tap/ws[?legs=]` | operator, recorder | a live tap over a WebSocket (see `ws_tap.rs`) |
 //!
 //! Taps answer 501 when no media relay is wired ([`AdminState::taps`] is `None`). A
 //! recorder token reaches only its tenant's calls and taps; another tenant's look like none
@@ -25,7 +26,7 @@
 //! Must not: hold a lock across an `.await` (the registry and audit locks are taken and
 //! released inside synchronous calls), put a token or a SIP Call-ID in an answer or log.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
 use axum::body::Bytes;
@@ -41,6 +42,7 @@ use sbc_core::registry::{CallId, CallSnapshot};
 use sbc_core::tap::{TapError, TapId, TapLegs, TapSpec, TapStatus, TapSuite, TapTransport};
 use sbc_core::tenant::TenantId;
 use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
 use tracing::{error, warn};
 
 use crate::audit::AuditEntry;
@@ -51,25 +53,60 @@ use crate::AdminState;
 /// Longest call id looked up; registry ids are 16 characters.
 const MAX_CALL_ID_LEN: usize = 64;
 
-/// What the router shares between requests.
+/// The settings a reload replaces (SIGHUP): the tokens and number masking.
 #[derive(Debug)]
-pub(crate) struct Shared {
-    pub(crate) state: AdminState,
+pub(crate) struct Live {
     pub(crate) tokens: Vec<TokenEntry>,
     pub(crate) redact_numbers: bool,
 }
 
-type App = Arc<Shared>;
+/// What the router shares between requests.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) state: AdminState,
+    /// Swapped whole by a reload; read by cloning the `Arc` (the lock is never held
+    /// across an `.await`).
+    pub(crate) live: RwLock<Arc<Live>>,
+    /// Bounds the WebSocket taps open at once.
+    pub(crate) ws_taps: Arc<Semaphore>,
+}
+
+impl Shared {
+    pub(crate) fn new(state: AdminState, live: Live) -> Shared {
+        Shared {
+            state,
+            live: RwLock::new(Arc::new(live)),
+            ws_taps: Arc::new(Semaphore::new(crate::ws_tap::MAX_WS_TAPS)),
+        }
+    }
+
+    /// The current tokens and masking.
+    pub(crate) fn live(&self) -> Arc<Live> {
+        // Replaced whole under the lock, so a poisoned one still holds a whole value.
+        Arc::clone(&self.live.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Replaces the tokens and masking; requests already authenticated finish as they are.
+    pub(crate) fn replace_live(&self, live: Live) {
+        *self.live.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(live);
+    }
+
+    pub(crate) fn redact_numbers(&self) -> bool {
+        self.live().redact_numbers
+    }
+}
+
+pub(crate) type App = Arc<Shared>;
 
 /// The authenticated caller, put into request extensions by [`authorize_and_audit`].
 #[derive(Debug, Clone)]
-struct Caller(TokenEntry);
+pub(crate) struct Caller(pub(crate) TokenEntry);
 
 /// What a `/v1` answer was about, put into response extensions for the audit line.
 #[derive(Debug, Clone, Default)]
-struct AuditInfo {
-    tenant: Option<TenantId>,
-    call: Option<CallId>,
+pub(crate) struct AuditInfo {
+    pub(crate) tenant: Option<TenantId>,
+    pub(crate) call: Option<CallId>,
 }
 
 pub(crate) fn router(app: App) -> Router {
@@ -80,6 +117,7 @@ pub(crate) fn router(app: App) -> Router {
         .route("/v1/drain", post(drain))
         .route("/v1/calls/{id}/taps", get(list_taps).post(start_tap))
         .route("/v1/taps/{tap_id}", delete(stop_tap))
+        .route("/v1/calls/{id}/tap/ws", get(crate::ws_tap::tap_ws))
         .route_layer(middleware::from_fn_with_state(
             app.clone(),
             authorize_and_audit,
@@ -94,11 +132,15 @@ pub(crate) fn router(app: App) -> Router {
         .with_state(app)
 }
 
-fn json_error(status: StatusCode, message: &str) -> Response {
+pub(crate) fn json_error(status: StatusCode, message: &str) -> Response {
     (status, Json(serde_json::json!({ "error": message }))).into_response()
 }
 
-fn with_audit(mut resp: Response, tenant: Option<TenantId>, call: Option<CallId>) -> Response {
+pub(crate) fn with_audit(
+    mut resp: Response,
+    tenant: Option<TenantId>,
+    call: Option<CallId>,
+) -> Response {
     resp.extensions_mut().insert(AuditInfo { tenant, call });
     resp
 }
@@ -137,7 +179,7 @@ async fn authorize_and_audit(State(app): State<App>, mut req: Request, next: Nex
         .headers()
         .get(header::AUTHORIZATION)
         .map(HeaderValue::as_bytes);
-    let caller = authenticate(&app.tokens, presented).cloned();
+    let caller = authenticate(&app.live().tokens, presented).cloned();
     let (resp, token) = match caller {
         Err(failure) => {
             metrics::counter!("sbc_admin_auth_failures_total", "reason" => failure.as_str())
@@ -154,30 +196,44 @@ async fn authorize_and_audit(State(app): State<App>, mut req: Request, next: Nex
         .get::<AuditInfo>()
         .cloned()
         .unwrap_or_default();
+    let status = resp.status().as_u16();
+    if audit(&app, token.as_ref(), info, method, path, status) {
+        resp
+    } else {
+        json_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "audit log unavailable; nothing was served",
+        )
+    }
+}
+
+/// Writes one audit line; false (logged and counted) if it could not be written.
+pub(crate) fn audit(
+    app: &Shared,
+    token: Option<&TokenEntry>,
+    info: AuditInfo,
+    method: String,
+    path: String,
+    status: u16,
+) -> bool {
     let entry = AuditEntry {
         time: SystemTime::now(),
-        token: token.as_ref().map(|t| t.id.clone()),
-        role: token.as_ref().map(|t| t.role.name()),
-        token_tenant: token
-            .as_ref()
-            .and_then(|t| t.role.tenant())
-            .map(|t| t.to_string()),
+        token: token.map(|t| t.id.clone()),
+        role: token.map(|t| t.role.name()),
+        token_tenant: token.and_then(|t| t.role.tenant()).map(|t| t.to_string()),
         tenant: info.tenant.map(|t| t.to_string()),
         call: info.call.map(|c| c.to_string()),
         method,
         path,
-        status: resp.status().as_u16(),
+        status,
     };
     // Synchronous: the audit mutex is taken and released inside `record`.
     match app.state.audit.record(&entry) {
-        Ok(()) => resp,
+        Ok(()) => true,
         Err(e) => {
-            error!(error = %e, "audit log write failed; answering 500");
+            error!(error = %e, "audit log write failed");
             metrics::counter!("sbc_admin_audit_failures_total").increment(1);
-            json_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "audit log unavailable; nothing was served",
-            )
+            false
         }
     }
 }
@@ -341,7 +397,7 @@ async fn list_calls(
     let body = CallListJson {
         calls: calls
             .iter()
-            .map(|c| call_json(c, app.redact_numbers))
+            .map(|c| call_json(c, app.redact_numbers()))
             .collect(),
     };
     with_audit(Json(body).into_response(), scope, None)
@@ -363,7 +419,7 @@ async fn get_call(
         Some(call) if token.role.may_see(&call.tenant) => {
             let tenant = call.tenant.clone();
             with_audit(
-                Json(call_json(&call, app.redact_numbers)).into_response(),
+                Json(call_json(&call, app.redact_numbers())).into_response(),
                 Some(tenant),
                 Some(id),
             )
@@ -494,19 +550,19 @@ fn tap_json(t: &TapStatus) -> TapJson {
     }
 }
 
-fn taps_unavailable() -> Response {
+pub(crate) fn taps_unavailable() -> Response {
     json_error(
         StatusCode::NOT_IMPLEMENTED,
         "recording taps are not available: the media relay is off",
     )
 }
 
-fn may_change_taps(role: &Role) -> bool {
+pub(crate) fn may_change_taps(role: &Role) -> bool {
     matches!(role, Role::Operator | Role::Recorder(_))
 }
 
 /// The call a tap request names, if the caller may see it; else the 404 to answer.
-fn tap_call(
+pub(crate) fn tap_call(
     app: &Shared,
     role: &Role,
     id: Result<Path<String>, PathRejection>,
@@ -585,12 +641,17 @@ async fn resolve_destination(dest: &str) -> Result<std::net::SocketAddr, String>
     Ok(addr)
 }
 
-fn tap_error(e: &TapError) -> Response {
+/// 409: the call is known but its media is not (yet, or any more).
+pub(crate) fn no_media() -> Response {
+    json_error(
+        StatusCode::CONFLICT,
+        "the call has no media to tap (not answered yet, or ended)",
+    )
+}
+
+pub(crate) fn tap_error(e: &TapError) -> Response {
     match e {
-        TapError::UnknownCall(_) | TapError::NoMedia(_) => json_error(
-            StatusCode::CONFLICT,
-            "the call has no media to tap (not answered yet, or ended)",
-        ),
+        TapError::UnknownCall(_) | TapError::NoMedia(_) => no_media(),
         TapError::TooMany { .. } => json_error(StatusCode::CONFLICT, &e.to_string()),
         TapError::Invalid(m) => json_error(StatusCode::BAD_REQUEST, m),
         _ => json_error(StatusCode::SERVICE_UNAVAILABLE, "tap could not be started"),
@@ -623,10 +684,7 @@ async fn start_tap(
         Err(msg) => return audited(json_error(StatusCode::BAD_REQUEST, &msg)),
     };
     let Some(media_ref) = app.state.registry.media_ref(&id) else {
-        return audited(json_error(
-            StatusCode::CONFLICT,
-            "the call has no media to tap (not answered yet, or ended)",
-        ));
+        return audited(no_media());
     };
     // Synchronous and quick: the media side only records the tap and tells a worker.
     let info = match taps.start_tap(CallRef(media_ref), spec) {

@@ -5,7 +5,9 @@
 //! token's configured id, never the token; `null` when no valid token was presented),
 //! `role`, `token_tenant` (the token's tenant; `null` for operators), `tenant` and `call`
 //! (what the request was about, when known), `method`, `path` (with query), `status` (the
-//! HTTP status answered), `prev` and `sha256`:
+//! HTTP status answered), `prev` and `sha256`. A WebSocket tap writes a second line when it
+//! ends: method `WS-CLOSE`, the upgrade's path, and the WebSocket close code as `status`.
+//! The chain fields:
 //!
 //! - `prev`: hex SHA-256 of the whole previous line (its bytes without the newline); 64
 //!   zeros on the first line.

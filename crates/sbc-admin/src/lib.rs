@@ -10,8 +10,10 @@
 //! `/healthz`, `/readyz` and `/metrics` need no token, so probes and scrapers work without
 //! secrets; metrics carry counters labelled by tenant, direction and reason, never a token,
 //! key, number, address or call id. Everything under `/v1` needs a token and is audited.
-//! Recording taps (`/v1/calls/{id}/taps`, `/v1/taps/{tap_id}`) go through
-//! [`sbc_core::tap::TapControl`] when [`AdminState::taps`] is set, else they answer 501.
+//! Recording taps (`/v1/calls/{id}/taps`, `/v1/taps/{tap_id}`, and the WebSocket tap
+//! `/v1/calls/{id}/tap/ws`) go through [`sbc_core::tap::TapControl`] when
+//! [`AdminState::taps`] is set, else they answer 501. The tokens and `redact_numbers`
+//! can be replaced while serving ([`AdminHandle::reload`], on SIGHUP).
 //!
 //! Wiring, in the gateway's `main`:
 //!
@@ -38,6 +40,9 @@
 //! };
 //! let handle = sbc_admin::serve(cfg, state).await?;
 //! println!("admin on {}", handle.local_addr());
+//! // ... on SIGHUP, with the file read again:
+//! # let new_cfg = sbc_admin::AdminConfig::default();
+//! handle.reload(&new_cfg)?;
 //! // ... on SIGTERM:
 //! handle.shutdown().await;
 //! # Ok(())
@@ -61,6 +66,7 @@ pub mod auth;
 pub mod config;
 mod server;
 pub mod time;
+mod ws_tap;
 
 pub use api::mask_number;
 pub use audit::{verify_audit, AuditEntry, AuditError, AuditLog};
@@ -154,10 +160,63 @@ pub async fn serve(cfg: AdminConfig, state: AdminState) -> Result<AdminHandle, A
     if cfg.tokens.is_empty() {
         tracing::info!("no admin tokens configured: only /healthz, /readyz and /metrics answer");
     }
-    let shared = Arc::new(api::Shared {
+    let shared = Arc::new(api::Shared::new(
         state,
-        tokens: cfg.tokens,
-        redact_numbers: cfg.redact_numbers,
-    });
-    server::start(cfg.address, tls, api::router(shared)).await
+        api::Live {
+            tokens: cfg.tokens.clone(),
+            redact_numbers: cfg.redact_numbers,
+        },
+    ));
+    server::start(cfg, tls, shared).await
+}
+
+impl AdminHandle {
+    /// Applies a reloaded `[admin]` section: its tokens and `redact_numbers` take effect
+    /// for the next request (a removed token is refused from then on; requests already
+    /// authenticated finish). The address, TLS material and audit log need a restart: a
+    /// change there is logged and not applied. Fails, changing nothing, if a token names a
+    /// tenant the gateway does not have.
+    pub fn reload(&self, cfg: &AdminConfig) -> Result<(), AdminError> {
+        cfg.check_tenants(&self.shared.state.tenants)?;
+        let was = &self.started;
+        if cfg.address != was.address {
+            tracing::warn!(event = "reload_needs_restart", old = %was.address, new = %cfg.address,
+                "admin.address changed: needs a restart, not applied");
+        }
+        if !same_tls(cfg.tls.as_ref(), was.tls.as_ref()) {
+            tracing::warn!(
+                event = "reload_needs_restart",
+                "admin certificate, private key or client CA changed: needs a restart, not applied"
+            );
+        }
+        if cfg.audit_log != was.audit_log {
+            tracing::warn!(
+                event = "reload_needs_restart",
+                "admin.audit_log changed: needs a restart, not applied"
+            );
+        }
+        self.shared.replace_live(api::Live {
+            tokens: cfg.tokens.clone(),
+            redact_numbers: cfg.redact_numbers,
+        });
+        tracing::info!(
+            event = "admin_reload",
+            tokens = cfg.tokens.len(),
+            redact_numbers = cfg.redact_numbers,
+            "admin tokens reloaded"
+        );
+        Ok(())
+    }
+}
+
+fn same_tls(a: Option<&AdminTls>, b: Option<&AdminTls>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => {
+            a.cert_pem == b.cert_pem
+                && *a.key_pem == *b.key_pem
+                && a.client_ca_pem == b.client_ca_pem
+        }
+        _ => false,
+    }
 }

@@ -1,5 +1,5 @@
 //! The listener: TCP accept, optional TLS (with optional client certificates), HTTP/1.1 by
-//! hyper, graceful shutdown.
+//! hyper (with connection upgrades, for the WebSocket tap), graceful shutdown.
 //!
 //! Owns: sockets and timers of the admin plane. Bounds: [`MAX_CONNECTIONS`] connections at
 //! once (more are closed at accept), [`TLS_HANDSHAKE_TIMEOUT`], [`HEADER_READ_TIMEOUT`],
@@ -12,7 +12,6 @@ use std::time::Duration;
 use axum::Router;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -24,7 +23,8 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
-use crate::config::AdminTls;
+use crate::api::Shared;
+use crate::config::{AdminConfig, AdminTls};
 use crate::AdminError;
 
 /// Connections served at once. The admin plane has a few scrapers and operators; this keeps
@@ -41,12 +41,17 @@ const VERSIONS: &[&rustls::SupportedProtocolVersion] =
     &[&rustls::version::TLS13, &rustls::version::TLS12];
 
 /// A running admin listener. Dropping it stops the listener too (as [`AdminHandle::shutdown`]
-/// does, without waiting); keep it for the life of the gateway.
+/// does, without waiting); keep it for the life of the gateway. [`AdminHandle::reload`]
+/// replaces its tokens.
 #[derive(Debug)]
 pub struct AdminHandle {
     local_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<()>,
+    /// What the requests share (the reloadable tokens are in it).
+    pub(crate) shared: Arc<Shared>,
+    /// The settings served with; a reload that changes their listener part is not applied.
+    pub(crate) started: AdminConfig,
 }
 
 impl AdminHandle {
@@ -94,10 +99,12 @@ pub(crate) fn tls_acceptor(tls: &AdminTls) -> Result<TlsAcceptor, AdminError> {
 }
 
 pub(crate) async fn start(
-    address: SocketAddr,
+    started: AdminConfig,
     tls: Option<TlsAcceptor>,
-    router: Router,
+    shared: Arc<Shared>,
 ) -> Result<AdminHandle, AdminError> {
+    let address = started.address;
+    let router = crate::api::router(Arc::clone(&shared));
     let listener = TcpListener::bind(address)
         .await
         .map_err(|source| AdminError::Bind { address, source })?;
@@ -114,6 +121,8 @@ pub(crate) async fn start(
         local_addr,
         shutdown: tx,
         task,
+        shared,
+        started,
     })
 }
 
@@ -123,7 +132,6 @@ async fn accept_loop(
     router: Router,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let accepted = tokio::select! {
@@ -148,19 +156,11 @@ async fn accept_loop(
         };
         let router = router.clone();
         let tls = tls.clone();
-        let watcher = graceful.watcher();
+        let stop = shutdown.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            let service = TowerToHyperService::new(router);
-            let mut http = http1::Builder::new();
-            http.timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT);
             let result = match tls {
-                None => {
-                    watcher
-                        .watch(http.serve_connection(TokioIo::new(stream), service))
-                        .await
-                }
+                None => serve_http(stream, router, stop).await,
                 Some(acceptor) => {
                     let stream = match tokio::time::timeout(
                         TLS_HANDSHAKE_TIMEOUT,
@@ -180,9 +180,7 @@ async fn accept_loop(
                             return;
                         }
                     };
-                    watcher
-                        .watch(http.serve_connection(TokioIo::new(stream), service))
-                        .await
+                    serve_http(stream, router, stop).await
                 }
             };
             if let Err(e) = result {
@@ -191,11 +189,39 @@ async fn accept_loop(
         });
     }
     drop(listener);
-    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+    // Every connection holds a slot until it ends: all slots back means none is left.
+    let all = u32::try_from(MAX_CONNECTIONS).unwrap_or(u32::MAX);
+    if tokio::time::timeout(SHUTDOWN_GRACE, slots.acquire_many(all))
         .await
         .is_err()
     {
         warn!("admin plane shutdown: requests still in flight after the grace period");
     }
     info!("admin plane stopped");
+}
+
+/// Serves HTTP/1.1 on one connection until it ends; on shutdown, finishes the request in
+/// flight and closes. An upgraded connection (a WebSocket tap) leaves hyper and lives on
+/// in its own task.
+async fn serve_http<S>(
+    stream: S,
+    router: Router,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), hyper::Error>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let conn = http
+        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(router))
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => return result,
+        // A send or a dropped handle: both mean shut down.
+        _ = shutdown.changed() => conn.as_mut().graceful_shutdown(),
+    }
+    conn.await
 }

@@ -19,6 +19,7 @@ use zeroize::Zeroizing;
 use crate::flood::{FloodAction, FloodSettings};
 use crate::media::{LegPolicy, MediaPolicy, SrtpMode};
 use crate::redact::Redaction;
+use crate::tap::{TapLegs, TapSpec, TapTransport};
 use crate::tenant::TenantId;
 
 /// Most per-source entries the flood guard may be configured to track.
@@ -256,6 +257,9 @@ pub struct MediaSettings {
     pub max_streams: usize,
     /// Relay worker threads (0: one per core).
     pub workers: usize,
+    /// Pause of a busy relay worker between looks at its sockets, so one wake-up serves
+    /// many packets (0: wake for every packet). Adds at most this much latency.
+    pub batch_interval: Duration,
 }
 
 impl Default for MediaSettings {
@@ -271,6 +275,7 @@ impl Default for MediaSettings {
             relatch_after: Duration::from_secs(5),
             max_streams: 8,
             workers: 0,
+            batch_interval: Duration::from_micros(200),
         }
     }
 }
@@ -326,6 +331,7 @@ struct RawMedia {
     relatch_after_secs: u64,
     max_streams: usize,
     workers: usize,
+    batch_interval_us: u64,
 }
 
 impl Default for RawMedia {
@@ -341,6 +347,7 @@ impl Default for RawMedia {
             relatch_after_secs: d.relatch_after.as_secs(),
             max_streams: d.max_streams,
             workers: d.workers,
+            batch_interval_us: d.batch_interval.as_micros() as u64,
         }
     }
 }
@@ -352,6 +359,8 @@ struct RawTenantMedia {
     callee_srtp: Option<String>,
     caller_suites: Option<Vec<String>>,
     callee_suites: Option<Vec<String>>,
+    record_to: Option<String>,
+    record_legs: Option<String>,
 }
 
 /// The SDES suite names sbc-edge implements.
@@ -702,7 +711,14 @@ fn validate_media(m: &RawMedia) -> Result<MediaSettings, ConfigError> {
             "must be at most 256 (0: one per core)",
         ));
     }
+    if m.batch_interval_us > 5_000 {
+        return Err(invalid(
+            "media.batch_interval_us",
+            "must be at most 5000 (it adds up to that much latency; 0: no pacing)",
+        ));
+    }
     Ok(MediaSettings {
+        batch_interval: Duration::from_micros(m.batch_interval_us),
         enabled: m.enabled,
         address,
         advertised_address,
@@ -761,7 +777,50 @@ fn validate_tenant_media(m: &RawTenantMedia, key: &str) -> Result<MediaPolicy, C
         },
         max_streams: 0,
         bandwidth_kbps: 0,
+        record: validate_record(m, key)?,
     })
+}
+
+/// `record_to` (a recorder's `IP:port`) and `record_legs`: the tenant's automatic tap.
+fn validate_record(m: &RawTenantMedia, key: &str) -> Result<Option<TapSpec>, ConfigError> {
+    let Some(to) = &m.record_to else {
+        if m.record_legs.is_some() {
+            return Err(invalid(
+                format!("{key}.record_legs"),
+                "needs record_to (the recorder's address)",
+            ));
+        }
+        return Ok(None);
+    };
+    let destination: SocketAddr = to.parse().map_err(|_| {
+        invalid(
+            format!("{key}.record_to"),
+            format!("{to:?} is not an IP address with a port, e.g. \"192.0.2.10:5004\""),
+        )
+    })?;
+    if destination.port() == 0
+        || destination.ip().is_unspecified()
+        || destination.ip().is_multicast()
+    {
+        return Err(invalid(
+            format!("{key}.record_to"),
+            "must be a unicast address with a non-zero port",
+        ));
+    }
+    let legs = match m.record_legs.as_deref() {
+        None => TapLegs::Both,
+        Some(l) => l.parse().map_err(|_| {
+            invalid(
+                format!("{key}.record_legs"),
+                format!("{l:?} must be \"both\", \"caller\" or \"callee\""),
+            )
+        })?,
+    };
+    Ok(Some(TapSpec {
+        legs,
+        transport: TapTransport::Rtp,
+        destination,
+    }))
 }
 
 fn validate(raw: &RawConfig, base: &Path) -> Result<Config, ConfigError> {
@@ -1357,6 +1416,30 @@ mod tests {
             "{dbg}"
         );
         assert!(cfg.summary().contains("tenant t1"));
+        assert_eq!(cfg.tenants[0].media.record, None);
+    }
+
+    #[test]
+    fn record_to_makes_an_rtp_tap_spec() {
+        let f = files();
+        let text = format!(
+            "{LISTENER}{TENANT}[tenants.media]\nrecord_to = \"[2001:db8::7]:5004\"\nrecord_legs = \"callee\"\n"
+        );
+        let cfg = Config::from_toml_str(&text, &f.dir).expect("valid");
+        assert_eq!(
+            cfg.tenants[0].media.record,
+            Some(TapSpec {
+                legs: TapLegs::Callee,
+                transport: TapTransport::Rtp,
+                destination: "[2001:db8::7]:5004".parse().expect("addr"),
+            })
+        );
+        let text = format!("{LISTENER}{TENANT}[tenants.media]\nrecord_to = \"10.1.2.3:5004\"\n");
+        let cfg = Config::from_toml_str(&text, &f.dir).expect("valid");
+        assert_eq!(
+            cfg.tenants[0].media.record.map(|s| s.legs),
+            Some(TapLegs::Both)
+        );
     }
 
     #[test]
@@ -1466,6 +1549,10 @@ mod tests {
                 "media.port_min",
             ),
             (
+                format!("{LISTENER}{TENANT}[media]\nbatch_interval_us = 5001\n"),
+                "media.batch_interval_us",
+            ),
+            (
                 format!("{LISTENER}{TENANT}[media]\naddress = \"0.0.0.0\"\n"),
                 "media.advertised_address",
             ),
@@ -1476,6 +1563,22 @@ mod tests {
             (
                 format!("{LISTENER}{TENANT}[tenants.media]\ncallee_srtp = \"maybe\"\n"),
                 "tenants[0].media.callee_srtp",
+            ),
+            (
+                format!("{LISTENER}{TENANT}[tenants.media]\nrecord_to = \"recorder:5004\"\n"),
+                "tenants[0].media.record_to",
+            ),
+            (
+                format!("{LISTENER}{TENANT}[tenants.media]\nrecord_to = \"0.0.0.0:5004\"\n"),
+                "tenants[0].media.record_to",
+            ),
+            (
+                format!("{LISTENER}{TENANT}[tenants.media]\nrecord_to = \"10.0.0.9:5004\"\nrecord_legs = \"all\"\n"),
+                "tenants[0].media.record_legs",
+            ),
+            (
+                format!("{LISTENER}{TENANT}[tenants.media]\nrecord_legs = \"caller\"\n"),
+                "tenants[0].media.record_legs",
             ),
         ];
         for (text, key) in cases {

@@ -76,6 +76,9 @@ pub struct MediaPolicy {
     /// Media bandwidth of the tenant in kbit/s (packet bytes, both directions); 0: no
     /// limit. Past it, the tenant's packets are dropped and counted, never another's.
     pub bandwidth_kbps: u32,
+    /// A recording tap started on every call of the tenant when its media is set up
+    /// (`[tenants.media] record_to`): listed, counted and ended like any other tap.
+    pub record: Option<crate::tap::TapSpec>,
 }
 
 impl MediaPolicy {
@@ -108,6 +111,7 @@ impl Default for MediaPolicy {
             },
             max_streams: 0,
             bandwidth_kbps: 0,
+            record: None,
         }
     }
 }
@@ -183,4 +187,10 @@ pub trait MediaControl: Send + Sync + fmt::Debug {
 
     /// Events since the last call (media timeouts).
     fn poll_events(&self) -> Vec<MediaEvent>;
+
+    /// The call's media counters per leg (`[caller, callee]`), summed over its streams;
+    /// `None` when the call has no relayed media (or there is no relay).
+    fn counters(&self, _call: CallRef) -> Option<[crate::registry::MediaCounters; 2]> {
+        None
+    }
 }

@@ -99,8 +99,8 @@ impl LegDirection {
     }
 }
 
-/// Media counters of one leg. All zero until the media relay reports them (the relay is
-/// not wired to the registry yet, so today they are always zero).
+/// Media counters of one leg. All zero until the media relay reports them: the binary
+/// copies the relay's counters in once a second (`MediaControl::counters`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MediaCounters {
     /// RTP packets received from this leg's peer that passed SRTP authentication.
@@ -283,6 +283,23 @@ impl CallRegistry {
     /// The media side's number for a call, if recorded.
     pub fn media_ref(&self, id: &CallId) -> Option<u64> {
         self.lock().get(id).and_then(|e| e.media_ref)
+    }
+
+    /// Copies the relay's per-leg counters of every call with media into the registry
+    /// (caller's leg → inbound, callee's → outbound). The relay is asked outside the
+    /// registry's lock.
+    pub fn refresh_media_counters(&self, media: &dyn crate::media::MediaControl) {
+        let refs: Vec<(CallId, u64)> = self
+            .lock()
+            .iter()
+            .filter_map(|(id, e)| e.media_ref.map(|r| (id.clone(), r)))
+            .collect();
+        for (id, media_ref) in refs {
+            if let Some([caller, callee]) = media.counters(crate::media::CallRef(media_ref)) {
+                self.set_counters(&id, LegDirection::Inbound, caller);
+                self.set_counters(&id, LegDirection::Outbound, callee);
+            }
+        }
     }
 
     /// The call whose media side number is `media_ref` (a linear scan, for admin paths).

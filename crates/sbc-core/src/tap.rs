@@ -239,6 +239,13 @@ pub trait TapControl: Send + Sync + fmt::Debug {
 
     /// The call and tenant a tap belongs to.
     fn tap_owner(&self, tap: TapId) -> Option<TapOwner>;
+
+    /// The call's first audio codec as the first offer named it: encoding name and RTP
+    /// clock rate (`("PCMU", 8000)`); `None` when unknown (no such call, no rtpmap).
+    fn media_format(&self, call: CallRef) -> Option<(String, u32)> {
+        let _ = call;
+        None
+    }
 }
 
 #[cfg(test)]

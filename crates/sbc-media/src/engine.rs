@@ -24,7 +24,9 @@
 //! Recording taps ([`TapControl`]): the control side makes the tap's socket and fresh key,
 //! records the tap (for listing, ownership and counters) and hands the socket and SRTP
 //! contexts to the call's worker, which copies clear RTP to it (see `relay.rs`). A call's
-//! taps end with the call: on `delete` and on media timeout.
+//! taps end with the call: on `delete` and on media timeout. A tenant's automatic tap
+//! (`MediaPolicy::record`) is started the same way when the first answer commits the
+//! call's streams, queued right behind them so it sees the first packet.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -36,6 +38,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use sbc_core::media::{
     CallRef, LegPolicy, LegSide, MediaControl, MediaError, MediaEvent, MediaPolicy, SrtpMode,
 };
+use sbc_core::registry::MediaCounters;
 use sbc_core::tap::{
     TapControl, TapError, TapId, TapInfo, TapKey, TapOwner, TapSpec, TapStatus, TapSuite,
     TapTransport,
@@ -45,8 +48,8 @@ use zeroize::Zeroizing;
 
 use crate::ports::{self, BindError, BoundPair, PortPool, PortRangeError, SharedPortPool};
 use crate::relay::{
-    spawn_worker, Command, DropReason, KeySpec, LegConfig, StreamSetup, TapCounters, TapSetup,
-    WorkerHandle, WorkerParams, WorkerStats, MAX_TAPS_PER_CALL,
+    spawn_worker, Command, DropReason, KeySpec, LegConfig, LegCounters, StreamSetup, TapCounters,
+    TapSetup, WorkerHandle, WorkerParams, WorkerStats, DEFAULT_BATCH_INTERVAL, MAX_TAPS_PER_CALL,
 };
 use crate::sdp::{self, CryptoOut, MediaRewrite, Rewrite, RtpProto, SdpError, SessionDescription};
 use crate::srtp::{MasterKey, SrtpConfig, SrtpContext, SrtpProfile};
@@ -77,6 +80,8 @@ pub struct MediaSettings {
     pub max_streams: usize,
     /// Relay worker threads.
     pub workers: usize,
+    /// Pause of a busy worker between looks at its sockets (see [`crate::relay`]).
+    pub batch_interval: Duration,
 }
 
 impl MediaSettings {
@@ -96,6 +101,7 @@ impl MediaSettings {
             relatch_after: DEFAULT_RELATCH_AFTER,
             max_streams: DEFAULT_MAX_STREAMS,
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            batch_interval: DEFAULT_BATCH_INTERVAL,
         }
     }
 }
@@ -171,6 +177,8 @@ struct StreamCtl {
     our_keys: [Vec<(SrtpProfile, MasterKey)>; 2],
     /// The worker runs this stream.
     committed: bool,
+    /// Per-leg packet counters, written by the worker.
+    counters: [Arc<LegCounters>; 2],
 }
 
 #[derive(Debug, Default)]
@@ -187,6 +195,10 @@ struct CallCtl {
     streams: Vec<Option<StreamCtl>>,
     pending: Option<Pending>,
     origin: [OriginState; 2],
+    /// The first offer's first relayed codec (name, clock rate), for tap consumers.
+    format: Option<(String, u32)>,
+    /// The tenant's automatic tap, started when the first answer commits the streams.
+    record: Option<TapSpec>,
 }
 
 type CallMap = Arc<Mutex<HashMap<CallRef, CallCtl>>>;
@@ -292,6 +304,7 @@ impl MediaEngine {
             let params = WorkerParams {
                 media_timeout: settings.media_timeout,
                 relatch_after: settings.relatch_after,
+                batch_interval: settings.batch_interval,
                 stats: Arc::clone(&st),
                 on_timeout: Box::new(move |call| {
                     let mut calls = lock_calls(&c);
@@ -457,6 +470,71 @@ impl MediaEngine {
 
     fn worker(&self, w: usize) -> Option<&WorkerHandle> {
         self.inner.workers.get(w)
+    }
+
+    /// A new tap on `call` (whose control state is `ctl`, calls lock held): checks the
+    /// limits and picks an id; returns what the worker needs and what the control side
+    /// records once the worker has it.
+    fn new_tap(
+        &self,
+        call: CallRef,
+        ctl: &CallCtl,
+        spec: TapSpec,
+        socket: std::net::UdpSocket,
+        srtp: Option<[SrtpContext; 2]>,
+    ) -> Result<(Box<TapSetup>, TapCtl), TapError> {
+        let taps = lock_taps(&self.inner.taps);
+        if taps.len() >= MAX_TAPS {
+            return Err(TapError::TooMany { max: MAX_TAPS });
+        }
+        if taps.values().filter(|t| t.call == call).count() >= MAX_TAPS_PER_CALL {
+            return Err(TapError::TooMany {
+                max: MAX_TAPS_PER_CALL,
+            });
+        }
+        // 62 random bits: a collision among at most MAX_TAPS live ids is a freak; zero
+        // means the system RNG failed, which retrying will not fix for long.
+        let id = (0..4)
+            .map(|_| TapId(self.random_u64()))
+            .find(|id| id.0 != 0 && !taps.contains_key(id))
+            .ok_or_else(|| TapError::Unavailable("no randomness for the tap id".into()))?;
+        let counters = Arc::new(TapCounters::default());
+        let setup = Box::new(TapSetup {
+            id,
+            legs: spec.legs,
+            destination: spec.destination,
+            socket,
+            srtp,
+            counters: Arc::clone(&counters),
+            ssrcs: Default::default(),
+        });
+        let entry = TapCtl {
+            call,
+            tenant: ctl.tenant.clone(),
+            spec,
+            counters,
+        };
+        Ok((setup, entry))
+    }
+
+    /// A tenant's automatic recording tap (`[tenants.media] record_to`, plain RTP), made
+    /// while the answer commits the call's first streams and shipped inside that same
+    /// `Upsert`, so the worker has it before it can relay the call's first packet.
+    fn new_record_tap(
+        &self,
+        call: CallRef,
+        ctl: &CallCtl,
+        spec: TapSpec,
+    ) -> Option<(Box<TapSetup>, TapCtl)> {
+        let made = tap_socket(spec.destination)
+            .and_then(|socket| self.new_tap(call, ctl, spec, socket, None));
+        match made {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::warn!(%call, tenant = %ctl.tenant, error = %e, "automatic recording tap not started");
+                None
+            }
+        }
     }
 }
 
@@ -630,6 +708,12 @@ impl MediaControl for MediaEngine {
             streams: Vec::new(),
             pending: None,
             origin: Default::default(),
+            format: sd
+                .media
+                .iter()
+                .find(|m| m.is_relayable() && m.kind == "audio")
+                .and_then(sdp::Media::first_codec),
+            record: policy.record,
         });
         if ctl.streams.len() < plan.len() {
             ctl.streams.resize_with(plan.len(), || None);
@@ -858,6 +942,7 @@ impl MediaControl for MediaEngine {
                             index: i,
                             sockets: stream.sockets.take(),
                             legs,
+                            counters: stream.counters.clone(),
                         });
                         stream.committed = true;
                     }
@@ -875,14 +960,32 @@ impl MediaControl for MediaEngine {
         let worker = ctl.worker;
         let tenant = ctl.tenant.clone();
         let bandwidth_kbps = ctl.pending.as_ref().map_or(0, |p| p.policy.bandwidth_kbps);
+        let record = match ctl.record.take() {
+            Some(spec) if !setups.is_empty() => self.new_record_tap(call, ctl, spec),
+            other => {
+                ctl.record = other;
+                None
+            }
+        };
         drop(calls);
         if let Some(w) = self.worker(worker) {
+            let (taps, record) = match record {
+                Some((setup, entry)) => (vec![*setup], Some(entry)),
+                None => (Vec::new(), None),
+            };
+            let ids: Vec<TapId> = taps.iter().map(|t| t.id).collect();
             if !w.send(Command::Upsert {
                 call,
                 streams: setups,
+                taps,
             }) {
                 tracing::error!(%call, "media worker is gone");
                 return Err(MediaError::NoPorts);
+            }
+            if let (Some(entry), Some(&id)) = (record, ids.first()) {
+                tracing::info!(%call, %tenant, tap = %id, destination = %entry.spec.destination,
+                    legs = entry.spec.legs.as_str(), "automatic recording tap started (tenant media.record_to)");
+                lock_taps(&self.inner.taps).insert(id, entry);
             }
             if bandwidth_kbps > 0 {
                 // Each worker enforces an equal share: no state shared across workers.
@@ -911,6 +1014,22 @@ impl MediaControl for MediaEngine {
 
     fn poll_events(&self) -> Vec<MediaEvent> {
         std::mem::take(&mut *self.inner.events.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn counters(&self, call: CallRef) -> Option<[MediaCounters; 2]> {
+        let calls = lock_calls(&self.inner.calls);
+        let ctl = calls.get(&call)?;
+        let mut out = [MediaCounters::default(); 2];
+        let mut any = false;
+        for stream in ctl.streams.iter().flatten().filter(|s| s.committed) {
+            any = true;
+            for (sum, c) in out.iter_mut().zip(&stream.counters) {
+                sum.packets_received += c.received.load(Ordering::Relaxed);
+                sum.packets_sent += c.sent.load(Ordering::Relaxed);
+                sum.packets_lost += c.lost.load(Ordering::Relaxed);
+            }
+        }
+        any.then_some(out)
     }
 }
 
@@ -978,46 +1097,15 @@ impl TapControl for MediaEngine {
         if !ctl.streams.iter().flatten().any(|s| s.committed) {
             return Err(TapError::NoMedia(call));
         }
-        let mut taps = lock_taps(&self.inner.taps);
-        if taps.len() >= MAX_TAPS {
-            return Err(TapError::TooMany { max: MAX_TAPS });
-        }
-        if taps.values().filter(|t| t.call == call).count() >= MAX_TAPS_PER_CALL {
-            return Err(TapError::TooMany {
-                max: MAX_TAPS_PER_CALL,
-            });
-        }
-        // 62 random bits: a collision among at most MAX_TAPS live ids is a freak; zero
-        // means the system RNG failed, which retrying will not fix for long.
-        let id = (0..4)
-            .map(|_| TapId(self.random_u64()))
-            .find(|id| id.0 != 0 && !taps.contains_key(id))
-            .ok_or_else(|| TapError::Unavailable("no randomness for the tap id".into()))?;
-        let counters = Arc::new(TapCounters::default());
-        let setup = Box::new(TapSetup {
-            id,
-            legs: spec.legs,
-            destination: dest,
-            socket,
-            srtp,
-            counters: Arc::clone(&counters),
-            ssrcs: Default::default(),
-        });
+        let (setup, entry) = self.new_tap(call, ctl, spec, socket, srtp)?;
+        let id = setup.id;
         let sent = self
             .worker(ctl.worker)
             .is_some_and(|w| w.send(Command::AddTap { call, tap: setup }));
         if !sent {
             return Err(TapError::Unavailable("media worker is gone".into()));
         }
-        taps.insert(
-            id,
-            TapCtl {
-                call,
-                tenant: ctl.tenant.clone(),
-                spec,
-                counters,
-            },
-        );
+        lock_taps(&self.inner.taps).insert(id, entry);
         tracing::info!(%call, tap = %id, legs = spec.legs.as_str(), transport = spec.transport.as_str(), "recording tap started");
         Ok(TapInfo { id, key })
     }
@@ -1060,5 +1148,11 @@ impl TapControl for MediaEngine {
             call: t.call,
             tenant: t.tenant.clone(),
         })
+    }
+
+    fn media_format(&self, call: CallRef) -> Option<(String, u32)> {
+        lock_calls(&self.inner.calls)
+            .get(&call)
+            .and_then(|c| c.format.clone())
     }
 }

@@ -1,9 +1,12 @@
-//! sbc-media: SRTP/SRTCP, and (later) SDP rewriting, port pool and relay workers.
+//! sbc-media: SRTP/SRTCP, SDP rewriting, the port pool and the relay workers.
 //! Never parses SIP.
-#![forbid(unsafe_code)]
+//!
+//! No `unsafe` except in [`udp_batch`], the commented recvmmsg/sendmmsg module.
+#![deny(unsafe_code)]
 
 pub mod engine;
 pub mod ports;
 pub mod relay;
 pub mod sdp;
 pub mod srtp;
+pub mod udp_batch;

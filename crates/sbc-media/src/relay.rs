@@ -5,8 +5,16 @@
 //! source address and `now` in, a destination and length (or a [`DropReason`]) out. The
 //! worker ([`spawn_worker`]) owns its calls' sockets, polls them with `mio`, and drives
 //! the core. A call is owned by exactly one worker; the packet path takes no lock,
-//! allocates nothing (one buffer per worker, metric handles registered at start) and
-//! touches only that worker's state.
+//! allocates nothing (one set of batch buffers per worker, metric handles registered at
+//! start) and touches only that worker's state.
+//!
+//! Batching: a ready socket is read with one `recvmmsg` (up to [`BATCH`] datagrams) and
+//! what it relays leaves with one `sendmmsg` per outgoing socket ([`crate::udp_batch`]).
+//! Under load a worker also paces itself: after a wake-up that found packets it sleeps
+//! `batch_interval` (default 200 µs) before looking again, so one wake-up, one
+//! `epoll_wait` and the kernel's wake-up cost serve every packet that arrived meanwhile
+//! instead of one each. When a look finds nothing it blocks in `epoll_wait` again, so an
+//! idle worker costs nothing and the first packet after silence is not delayed.
 //!
 //! Latching (DESIGN.md "Latch only on authenticated media"): an SRTP leg sends to the
 //! address its SDP gave until a packet from that leg passes SRTP authentication; the
@@ -17,8 +25,11 @@
 //! re-latch rule.
 
 use std::collections::HashMap;
+
+use rustc_hash::FxHashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
@@ -34,6 +45,7 @@ use crate::ports::{BoundPair, PortLease};
 use crate::srtp::{
     MasterKey, Mki, SrtpConfig, SrtpContext, SrtpError, SrtpProfile, DEFAULT_MAX_SSRCS, MAX_MKI_LEN,
 };
+use crate::udp_batch::{send_batch, RecvBatch, BATCH};
 
 /// Largest datagram relayed. RTP over UDP stays under the path MTU (1500); 2048 leaves
 /// room for jumbo-ish video packets. Larger datagrams are dropped as truncated.
@@ -54,6 +66,14 @@ const TICK: Duration = Duration::from_millis(100);
 const EVENTS_CAPACITY: usize = 256;
 
 const WAKER: Token = Token(usize::MAX);
+
+/// Default pause of a busy worker between two looks at its sockets
+/// ([`WorkerParams::batch_interval`]): at most this much (plus timer slack) is added to a
+/// packet's latency, against a 20 ms packet interval.
+pub const DEFAULT_BATCH_INTERVAL: Duration = Duration::from_micros(200);
+
+/// Filler for unused batch entries.
+const NO_ADDR: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
 
 /// Consecutive receive errors tolerated on one socket per wakeup (pending ICMP errors
 /// are reported one per read); past this the socket waits for its next readiness.
@@ -365,6 +385,75 @@ impl LegState {
     }
 }
 
+/// One leg's media counters for the admin plane: written by the leg's worker only (plain
+/// stores, no read-modify-write), read by anyone.
+#[derive(Debug, Default)]
+pub struct LegCounters {
+    /// RTP packets from this leg's peer that passed authentication and latching.
+    pub received: AtomicU64,
+    /// RTP packets relayed to this leg's peer (taken by the kernel).
+    pub sent: AtomicU64,
+    /// RTP packets of the peer's streams missing from the sequence numbers seen
+    /// (expected minus received, RFC 3550 A.3; a late packet counts as received).
+    pub lost: AtomicU64,
+}
+
+/// Receive-side sequence tracking of one leg's RTP (one SSRC at a time; a new SSRC
+/// starts a new count and keeps the old one's losses).
+#[derive(Debug, Default)]
+struct SeqTrack {
+    ssrc: Option<u32>,
+    /// Extended first and highest sequence numbers of the current SSRC.
+    base: u64,
+    max: u64,
+    received: u64,
+    /// Losses of earlier SSRCs.
+    lost_before: u64,
+    total_received: u64,
+}
+
+/// Extended sequence numbers start here, so packets from before the first one seen
+/// (reordering) stay positive.
+const SEQ_BASE: u64 = 1 << 32;
+
+impl SeqTrack {
+    /// Counts one clear RTP packet (at least 12 bytes; shorter ones are ignored).
+    fn on_rtp(&mut self, clear: &[u8], counters: &LegCounters) {
+        let (Some(seq), Some(ssrc)) = (clear.get(2..4), clear.get(8..12)) else {
+            return;
+        };
+        let seq = u16::from_be_bytes([seq[0], seq[1]]);
+        let ssrc = u32::from_be_bytes([ssrc[0], ssrc[1], ssrc[2], ssrc[3]]);
+        if self.ssrc != Some(ssrc) {
+            self.lost_before = self.lost();
+            self.ssrc = Some(ssrc);
+            self.base = SEQ_BASE + u64::from(seq);
+            self.max = self.base;
+            self.received = 0;
+        } else {
+            // The extension of `seq` nearest the highest seen (wraps both ways).
+            let delta = i64::from(seq.wrapping_sub(self.max as u16) as i16);
+            let ext = self.max.saturating_add_signed(delta);
+            self.max = self.max.max(ext);
+        }
+        self.received += 1;
+        self.total_received += 1;
+        counters
+            .received
+            .store(self.total_received, Ordering::Relaxed);
+        counters.lost.store(self.lost(), Ordering::Relaxed);
+    }
+
+    fn lost(&self) -> u64 {
+        let expected = if self.ssrc.is_some() {
+            self.max - self.base + 1
+        } else {
+            0
+        };
+        self.lost_before + expected.saturating_sub(self.received)
+    }
+}
+
 fn same_key(cur: Option<&(KeySpec, SrtpContext)>, new: Option<&KeySpec>) -> bool {
     match (cur, new) {
         (None, None) => true,
@@ -658,15 +747,19 @@ pub struct StreamSetup {
     /// Set when the stream is new to the worker.
     pub sockets: Option<[BoundPair; 2]>,
     pub legs: [LegConfig; 2],
+    /// The legs' counters (used when the stream is new to the worker).
+    pub counters: [Arc<LegCounters>; 2],
 }
 
 /// Control messages to a worker.
 #[derive(Debug)]
 pub enum Command {
-    /// Create or update a call's streams.
+    /// Create or update a call's streams, then add `taps` (a tenant's automatic tap: in
+    /// the same command, so it sees the first packet).
     Upsert {
         call: CallRef,
         streams: Vec<StreamSetup>,
+        taps: Vec<TapSetup>,
     },
     /// Drop a call and its sockets.
     Remove(CallRef),
@@ -690,6 +783,9 @@ pub struct WorkerParams {
     pub media_timeout: Duration,
     pub relatch_after: Duration,
     pub stats: Arc<WorkerStats>,
+    /// Pause of a busy worker between two looks at its sockets ([`DEFAULT_BATCH_INTERVAL`];
+    /// zero: wake for every packet).
+    pub batch_interval: Duration,
     /// Called (off the packet path) when a call timed out; its sockets are closed by then.
     pub on_timeout: Box<dyn Fn(CallRef) + Send>,
 }
@@ -699,6 +795,7 @@ impl std::fmt::Debug for WorkerParams {
         f.debug_struct("WorkerParams")
             .field("media_timeout", &self.media_timeout)
             .field("relatch_after", &self.relatch_after)
+            .field("batch_interval", &self.batch_interval)
             .finish_non_exhaustive()
     }
 }
@@ -717,6 +814,8 @@ struct LegIo {
     rtp: UdpSocket,
     rtcp: UdpSocket,
     tokens: [Token; 2],
+    counters: Arc<LegCounters>,
+    track: SeqTrack,
     // Declared after the sockets: dropped after they close.
     _lease: PortLease,
 }
@@ -771,6 +870,7 @@ impl ByteBucket {
 
 struct Counters {
     relayed: metrics::Counter,
+    wakeups: metrics::Counter,
     dropped: [metrics::Counter; DropReason::COUNT],
     taps: TapMetrics,
 }
@@ -779,6 +879,7 @@ impl Counters {
     fn register() -> Self {
         Counters {
             relayed: metrics::counter!("sbc_media_packets_relayed_total"),
+            wakeups: metrics::counter!("sbc_media_worker_wakeups_total"),
             dropped: DropReason::ALL.map(
                 |r| metrics::counter!("sbc_media_packets_dropped_total", "reason" => r.as_str()),
             ),
@@ -824,10 +925,11 @@ pub fn spawn_worker(id: usize, params: WorkerParams) -> io::Result<WorkerHandle>
                 rx,
                 params,
                 counters: Counters::register(),
-                calls: HashMap::new(),
+                calls: FxHashMap::default(),
                 slots: Vec::new(),
                 free_slots: Vec::new(),
-                buf: vec![0u8; BUF_LEN].into_boxed_slice(),
+                batch: RecvBatch::new(BUF_LEN),
+                outboxes: Box::new([Outbox::EMPTY; 3]),
                 tap_buf: vec![0u8; BUF_LEN].into_boxed_slice(),
                 tenant_buckets: HashMap::new(),
                 auth_seen: (0, Instant::now()),
@@ -846,11 +948,15 @@ struct Worker {
     rx: Receiver<Command>,
     params: WorkerParams,
     counters: Counters,
-    calls: HashMap<CallRef, CallIo>,
+    calls: FxHashMap<CallRef, CallIo>,
     slots: Vec<Option<Slot>>,
     free_slots: Vec<usize>,
-    buf: Box<[u8]>,
-    /// Where a tap's copy is made and protected: the call's packet in `buf` is untouched.
+    /// Receive buffers: [`BATCH`] datagrams, each slot with room for the SRTP trailer.
+    batch: RecvBatch,
+    /// What one received batch relays, by how it leaves: RTP, RTCP muxed on the RTP
+    /// socket, RTCP on the RTCP socket (kept apart so the leg's RTP count is exact).
+    outboxes: Box<[Outbox; 3]>,
+    /// Where a tap's copy is made and protected: the call's packet in `batch` is untouched.
     tap_buf: Box<[u8]>,
     /// Bandwidth buckets of the limited tenants this worker relays for.
     tenant_buckets: HashMap<TenantId, ByteBucket>,
@@ -869,8 +975,16 @@ impl Worker {
     fn run(&mut self) {
         let mut events = Events::with_capacity(EVENTS_CAPACITY);
         let mut next_tick = Instant::now() + TICK;
+        let pace = self.params.batch_interval;
+        let mut busy = false;
         loop {
-            let wait = next_tick.saturating_duration_since(Instant::now());
+            let wait = if busy {
+                // Packets came last time: let more gather, then take them all at once.
+                std::thread::sleep(pace);
+                Duration::ZERO
+            } else {
+                next_tick.saturating_duration_since(Instant::now())
+            };
             if let Err(e) = self.poll.poll(&mut events, Some(wait)) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     tracing::error!(error = %e, "media worker poll failed; worker stops");
@@ -884,12 +998,18 @@ impl Worker {
             if !self.commands(now) {
                 return;
             }
+            let mut sockets = 0usize;
             for ev in events.iter() {
                 if ev.token() == WAKER {
                     continue;
                 }
+                sockets += 1;
                 self.drain_socket(ev.token(), now);
             }
+            if sockets > 0 {
+                self.counters.wakeups.increment(1);
+            }
+            busy = sockets > 0 && !pace.is_zero();
             if now >= next_tick {
                 self.check_timeouts(now);
                 self.check_auth_failures(now);
@@ -902,17 +1022,20 @@ impl Worker {
     fn commands(&mut self, now: Instant) -> bool {
         loop {
             match self.rx.try_recv() {
-                Ok(Command::Upsert { call, streams }) => self.upsert(call, streams, now),
+                Ok(Command::Upsert {
+                    call,
+                    streams,
+                    taps,
+                }) => {
+                    self.upsert(call, streams, now);
+                    for tap in taps {
+                        self.add_tap(call, tap);
+                    }
+                }
                 Ok(Command::Remove(call)) => {
                     self.remove(call);
                 }
-                Ok(Command::AddTap { call, tap }) => match self.calls.get_mut(&call) {
-                    Some(c) if c.taps.len() < MAX_TAPS_PER_CALL => c.taps.push(*tap),
-                    Some(_) => {
-                        tracing::warn!(%call, tap = %tap.id, "tap refused: call has too many")
-                    }
-                    None => tracing::debug!(%call, tap = %tap.id, "tap for a call that has ended"),
-                },
+                Ok(Command::AddTap { call, tap }) => self.add_tap(call, *tap),
                 Ok(Command::RemoveTap { call, id }) => {
                     if let Some(c) = self.calls.get_mut(&call) {
                         c.taps.retain(|t| t.id != id);
@@ -946,6 +1069,14 @@ impl Worker {
         }
     }
 
+    fn add_tap(&mut self, call: CallRef, tap: TapSetup) {
+        match self.calls.get_mut(&call) {
+            Some(c) if c.taps.len() < MAX_TAPS_PER_CALL => c.taps.push(tap),
+            Some(_) => tracing::warn!(%call, tap = %tap.id, "tap refused: call has too many"),
+            None => tracing::debug!(%call, tap = %tap.id, "tap for a call that has ended"),
+        }
+    }
+
     fn alloc_slot(&mut self, slot: Slot) -> Token {
         if let Some(i) = self.free_slots.pop() {
             self.slots[i] = Some(slot);
@@ -963,6 +1094,7 @@ impl Worker {
         leg: usize,
         pair: BoundPair,
         cfg: &LegConfig,
+        counters: Arc<LegCounters>,
     ) -> io::Result<LegIo> {
         let state = LegState::new(cfg).map_err(|e| io::Error::other(e.to_string()))?;
         let BoundPair { rtp, rtcp, lease } = pair;
@@ -994,6 +1126,8 @@ impl Worker {
             rtp,
             rtcp,
             tokens: [t_rtp, t_rtcp],
+            counters,
+            track: SeqTrack::default(),
             _lease: lease,
         })
     }
@@ -1012,6 +1146,7 @@ impl Worker {
                 index,
                 sockets,
                 legs,
+                counters: [c0, c1],
             } = setup;
             let existing = self
                 .calls
@@ -1030,15 +1165,15 @@ impl Worker {
                 // The stream is gone (timed out meanwhile): nothing to update.
                 continue;
             };
-            let made = self.leg_io(call, index, 0, p0, &legs[0]).and_then(|l0| {
-                match self.leg_io(call, index, 1, p1, &legs[1]) {
+            let made = self
+                .leg_io(call, index, 0, p0, &legs[0], c0)
+                .and_then(|l0| match self.leg_io(call, index, 1, p1, &legs[1], c1) {
                     Ok(l1) => Ok([l0, l1]),
                     Err(e) => {
                         self.release_leg(l0);
                         Err(e)
                     }
-                }
-            });
+                });
             match made {
                 Ok(legs) => {
                     let c = self.calls.entry(call).or_insert_with(|| CallIo {
@@ -1117,7 +1252,9 @@ impl Worker {
         }
     }
 
-    /// Reads every pending datagram of one socket (mio readiness is edge-triggered).
+    /// Reads every pending datagram of one socket (mio readiness is edge-triggered), a
+    /// batch per `recvmmsg`, and sends what it relays with one `sendmmsg` per outgoing
+    /// socket and kind.
     fn drain_socket(&mut self, token: Token, now: Instant) {
         let Some(Some(slot)) = self.slots.get(token.0).copied() else {
             return;
@@ -1125,7 +1262,8 @@ impl Worker {
         let relatch_after = self.params.relatch_after;
         let Worker {
             calls,
-            buf,
+            batch: rx,
+            outboxes: out,
             tap_buf,
             params,
             counters,
@@ -1141,12 +1279,11 @@ impl Worker {
         let taps = &mut call.taps;
         let [l0, l1] = &mut stream.legs;
         let (inb, outb) = if slot.leg == 0 { (l0, l1) } else { (l1, l0) };
-        let recv_max = MAX_DATAGRAM;
         let mut errors = 0u32;
         loop {
             let sock = if slot.rtcp { &inb.rtcp } else { &inb.rtp };
-            let (n, src) = match sock.recv_from(&mut buf[..recv_max]) {
-                Ok(r) => r,
+            let n = match rx.recv(sock.as_fd(), MAX_DATAGRAM) {
+                Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 // ICMP errors surface here on Linux (ECONNREFUSED) and clear on read; keep
                 // reading, but give up on a socket that keeps failing.
@@ -1158,60 +1295,124 @@ impl Worker {
                     continue;
                 }
             };
-            let result = if n >= recv_max {
-                Err(DropReason::Truncated)
-            } else {
-                let kind = if slot.rtcp {
-                    PacketKind::Rtcp
-                } else {
-                    PacketKind::classify_muxed(&buf[..n])
+            for o in out.iter_mut() {
+                o.len = 0;
+            }
+            for i in 0..n {
+                let len = rx.len(i);
+                let result = match rx.source(i) {
+                    _ if rx.truncated(i) => Err(DropReason::Truncated),
+                    None => Err(DropReason::InvalidPacket),
+                    Some(src) => {
+                        let kind = if slot.rtcp {
+                            PacketKind::Rtcp
+                        } else {
+                            PacketKind::classify_muxed(rx.packet(i))
+                        };
+                        let (track, leg_counters) = (&mut inb.track, &inb.counters);
+                        relay_packet(
+                            now,
+                            relatch_after,
+                            &mut inb.state,
+                            &mut outb.state,
+                            kind,
+                            src,
+                            rx.slot_mut(i),
+                            len,
+                            |kind, clear| {
+                                if kind == PacketKind::Rtp {
+                                    track.on_rtp(clear, leg_counters);
+                                    copy_to_taps(taps, slot.leg, clear, tap_buf, &counters.taps);
+                                }
+                            },
+                        )
+                        .map(|f| (f, kind))
+                    }
                 };
-                relay_packet(
-                    now,
-                    relatch_after,
-                    &mut inb.state,
-                    &mut outb.state,
-                    kind,
-                    src,
-                    buf,
-                    n,
-                    |kind, clear| {
-                        if kind == PacketKind::Rtp {
-                            copy_to_taps(taps, slot.leg, clear, tap_buf, &counters.taps);
+                let result = result.and_then(|(f, kind)| {
+                    call.last_activity = now;
+                    if let Some(bucket) =
+                        call.tenant.as_ref().and_then(|t| tenant_buckets.get_mut(t))
+                    {
+                        if !bucket.take(now, f.len) {
+                            return Err(DropReason::TenantBandwidth);
                         }
-                    },
-                )
-            };
-            let result = result.and_then(|f| {
-                call.last_activity = now;
-                if let Some(bucket) = call.tenant.as_ref().and_then(|t| tenant_buckets.get_mut(t)) {
-                    if !bucket.take(now, f.len) {
-                        return Err(DropReason::TenantBandwidth);
                     }
-                }
-                let out = if f.via_rtcp_socket {
-                    &outb.rtcp
-                } else {
-                    &outb.rtp
-                };
-                out.send_to(&buf[..f.len], f.dest)
-                    .map(|_| ())
-                    .map_err(|_| DropReason::SendFailed)
-            });
-            match result {
-                Ok(()) => {
-                    params.stats.relayed.fetch_add(1, Ordering::Relaxed);
-                    counters.relayed.increment(1);
-                }
-                Err(r) => {
-                    if r.after_accept() {
-                        call.last_activity = now;
+                    Ok((f, kind))
+                });
+                match result {
+                    Ok((f, kind)) => {
+                        let which = match (kind, f.via_rtcp_socket) {
+                            (PacketKind::Rtp, _) => 0,
+                            (PacketKind::Rtcp, false) => 1,
+                            (PacketKind::Rtcp, true) => 2,
+                        };
+                        out[which].push(i, f.len, f.dest);
                     }
-                    params.stats.dropped[r.index()].fetch_add(1, Ordering::Relaxed);
-                    counters.dropped[r.index()].increment(1);
+                    Err(r) => {
+                        if r.after_accept() {
+                            call.last_activity = now;
+                        }
+                        params.stats.dropped[r.index()].fetch_add(1, Ordering::Relaxed);
+                        counters.dropped[r.index()].increment(1);
+                    }
                 }
             }
+            for (which, boxed) in out.iter().enumerate() {
+                if boxed.len == 0 {
+                    continue;
+                }
+                let sock = if which == 2 { &outb.rtcp } else { &outb.rtp };
+                let packets = boxed
+                    .items()
+                    .iter()
+                    .map(|&(i, len, dest)| (rx.slot(i).get(..len).unwrap_or(&[]), dest));
+                let done = send_batch(sock.as_fd(), packets);
+                if which == 0 && done.sent > 0 {
+                    let sent = outb.counters.sent.load(Ordering::Relaxed) + done.sent as u64;
+                    outb.counters.sent.store(sent, Ordering::Relaxed);
+                }
+                params
+                    .stats
+                    .relayed
+                    .fetch_add(done.sent as u64, Ordering::Relaxed);
+                counters.relayed.increment(done.sent as u64);
+                if done.failed > 0 {
+                    let r = DropReason::SendFailed.index();
+                    params.stats.dropped[r].fetch_add(done.failed as u64, Ordering::Relaxed);
+                    counters.dropped[r].increment(done.failed as u64);
+                }
+            }
+            // Fewer than a batch: the socket was empty when the call returned.
+            if n < BATCH {
+                return;
+            }
         }
+    }
+}
+
+/// Packets of one received batch leaving by one socket: (slot, length, destination).
+#[derive(Clone, Copy)]
+struct Outbox {
+    items: [(usize, usize, SocketAddr); BATCH],
+    len: usize,
+}
+
+impl Outbox {
+    const EMPTY: Outbox = Outbox {
+        items: [(0, 0, NO_ADDR); BATCH],
+        len: 0,
+    };
+
+    fn push(&mut self, slot: usize, len: usize, dest: SocketAddr) {
+        if let Some(e) = self.items.get_mut(self.len) {
+            *e = (slot, len, dest);
+            self.len += 1;
+        }
+    }
+
+    fn items(&self) -> &[(usize, usize, SocketAddr)] {
+        &self.items[..self.len]
     }
 }
 
@@ -1630,6 +1831,42 @@ mod tests {
         assert_eq!(taps[1].counters.sent.load(Ordering::Relaxed), 1);
         assert_eq!(taps[3].counters.sent.load(Ordering::Relaxed), 1);
         assert_eq!(taps[3].counters.dropped.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn sequence_tracking_counts_received_and_lost_across_wrap_reorder_and_ssrc_change() {
+        let c = LegCounters::default();
+        let mut t = SeqTrack::default();
+        let pkt = |ssrc: u32, seq: u16| {
+            let mut p = rtp(seq, b"x");
+            p[8..12].copy_from_slice(&ssrc.to_be_bytes());
+            p
+        };
+        let read = |c: &LegCounters| {
+            (
+                c.received.load(Ordering::Relaxed),
+                c.lost.load(Ordering::Relaxed),
+            )
+        };
+        // 65533..=65535, 0, 2 (1 missing), across the wrap.
+        for seq in [65533, 65534, 65535, 0, 2] {
+            t.on_rtp(&pkt(7, seq), &c);
+        }
+        assert_eq!(read(&c), (5, 1));
+        // The late packet 1 fills the gap.
+        t.on_rtp(&pkt(7, 1), &c);
+        assert_eq!(read(&c), (6, 0));
+        // A jump of 10 loses 9.
+        t.on_rtp(&pkt(7, 12), &c);
+        assert_eq!(read(&c), (7, 9));
+        // A new SSRC starts over and keeps the old losses.
+        for seq in [100, 101, 103] {
+            t.on_rtp(&pkt(9, seq), &c);
+        }
+        assert_eq!(read(&c), (10, 10));
+        // Too short to be RTP: ignored.
+        t.on_rtp(&[0x80, 0, 0, 1], &c);
+        assert_eq!(read(&c), (10, 10));
     }
 
     #[test]

@@ -187,6 +187,35 @@ impl Media {
     pub fn is_relayable(&self) -> bool {
         self.port != 0 && self.proto.is_some() && matches!(self.kind.as_str(), "audio" | "video")
     }
+
+    /// The first format's encoding name and clock rate: from its `a=rtpmap` (RFC 4566
+    /// §6), else the static payload types of RFC 3551 §6 a recorder meets (0 PCMU, 8 PCMA,
+    /// 9 G722; G722's RTP clock is 8000 although it samples at 16 kHz).
+    pub fn first_codec(&self) -> Option<(String, u32)> {
+        let pt = self.formats.first()?;
+        let mapped = self.lines.iter().find_map(|l| match l {
+            Line::Raw(text) => {
+                let (p, rest) = text.strip_prefix("a=rtpmap:")?.split_once(' ')?;
+                if p.trim() != pt {
+                    return None;
+                }
+                let mut parts = rest.trim().split('/');
+                let name = parts.next().filter(|n| !n.is_empty())?;
+                let rate = parts.next()?.parse::<u32>().ok()?;
+                Some((name.to_string(), rate))
+            }
+            _ => None,
+        });
+        mapped.or_else(|| {
+            let name = match pt.as_str() {
+                "0" => "PCMU",
+                "8" => "PCMA",
+                "9" => "G722",
+                _ => return None,
+            };
+            Some((name.to_string(), 8000))
+        })
+    }
 }
 
 /// A line kept for output: either passed through or a slot we fill when writing.
@@ -733,6 +762,28 @@ c=IN IP4 198.51.100.8\r\n\
 a=rtpmap:96 H264/90000\r\n\
 a=rtcp-mux\r\n\
 a=crypto:1 AES_CM_128_HMAC_SHA1_32 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz\r\n";
+
+    #[test]
+    fn first_codec_from_rtpmap_or_static_type() {
+        let sd = parse(OFFER.as_bytes()).unwrap();
+        assert_eq!(sd.media[0].first_codec(), Some(("PCMU".to_string(), 8000)));
+        assert_eq!(sd.media[1].first_codec(), Some(("H264".to_string(), 90000)));
+        let m = |formats: &str, attrs: &str| {
+            let text = format!(
+                "v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\n\
+m=audio 4000 RTP/AVP {formats}\r\n{attrs}"
+            );
+            parse(text.as_bytes()).unwrap().media[0].first_codec()
+        };
+        assert_eq!(m("8 0", ""), Some(("PCMA".to_string(), 8000)));
+        assert_eq!(m("9", ""), Some(("G722".to_string(), 8000)));
+        assert_eq!(
+            m("111 0", "a=rtpmap:111 opus/48000/2\r\n"),
+            Some(("opus".to_string(), 48000))
+        );
+        assert_eq!(m("96", ""), None);
+        assert_eq!(m("96", "a=rtpmap:96 junk\r\n"), None);
+    }
 
     #[test]
     fn parses_platform_offer() {
