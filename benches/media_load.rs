@@ -47,6 +47,15 @@ use sbc_sip::message::{Method, SipMessage};
 
 /// The suite every leg uses (the tenant allows only this one on both sides).
 const SUITE: &str = "AES_CM_128_HMAC_SHA1_80";
+
+/// The suite of the callee's leg: `SBC_MEDIA_CALLEE_SUITE`, default [`SUITE`]. rtpengine
+/// passes an offerer's key through unchanged when the answerer picks the offerer's own
+/// suite (SRTP passthrough: no decryption at all), so a comparison with it sets the
+/// callee to AES_CM_128_HMAC_SHA1_32, a suite rtpengine keys itself, and runs sbc-edge
+/// the same way. The AES-128 and HMAC-SHA1 work is the same; only the tag is shorter.
+fn callee_suite() -> String {
+    std::env::var("SBC_MEDIA_CALLEE_SUITE").unwrap_or_else(|_| SUITE.to_string())
+}
 /// Packets per second per stream: 20 ms packetization.
 const PPS: u64 = 50;
 /// RTP header without CSRCs or extensions.
@@ -67,6 +76,8 @@ const SEND_TICK: Duration = Duration::from_micros(250);
 /// The receiver drains its sockets this often. Latency is timed by the kernel's receive
 /// timestamp, so this only bounds how much queues in the sockets' buffers.
 const RX_TICK: Duration = Duration::from_micros(500);
+/// Receive buffer asked for each generator socket.
+const RX_SOCKET_BUFFER: usize = 4 << 20;
 /// The receiver keeps listening this long after the last packet is sent.
 const DRAIN: Duration = Duration::from_secs(1);
 /// The admin token the bench configures for itself (operator; its SHA-256 below).
@@ -103,6 +114,10 @@ fn main() -> ExitCode {
         "at most {} calls fit the relay port range",
         (PORT_MAX - PORT_MIN) / 4
     );
+    if std::env::var("SBC_MEDIA_PEER").as_deref() == Ok("rtpengine") {
+        assert_eq!(taps, 0, "taps are an sbc-edge feature");
+        return finish(peer::run_rtpengine(calls, secs));
+    }
     let bin = gateway_binary();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -136,6 +151,7 @@ fn main() -> ExitCode {
     let recorder = (taps > 0).then(|| {
         let r = UdpSocket::bind("127.0.0.1:0").unwrap();
         r.set_nonblocking(true).unwrap();
+        let _ = socket2::SockRef::from(&r).set_recv_buffer_size(RX_SOCKET_BUFFER);
         let dest = r.local_addr().unwrap();
         let made = rt.block_on(start_taps(gw.admin, taps, dest));
         println!("media_load: {made} taps started (plain RTP, both legs) towards {dest}");
@@ -143,7 +159,12 @@ fn main() -> ExitCode {
         r
     });
 
-    let report = run_media(&set_up, socks, recorder, taps, secs, &gw);
+    let observed = Observed {
+        name: "sbc-edge",
+        pid: gw.pid,
+        admin: Some(gw.admin),
+    };
+    let report = run_media(&set_up, socks, recorder, taps, secs, observed);
 
     let t_bye = Instant::now();
     for c in &set_up {
@@ -160,6 +181,10 @@ fn main() -> ExitCode {
     drop(sip);
     let _ = std::fs::remove_dir_all(&world.dir);
 
+    finish(report)
+}
+
+fn finish(report: Report) -> ExitCode {
     report.print();
     match report.verdict() {
         Ok(()) => ExitCode::SUCCESS,
@@ -210,8 +235,9 @@ fn write_config(world: &World, callee: SocketAddr) -> PathBuf {
                 "[tenants.limits]\ncalls_per_second = 1000000.0\ncall_burst = 1000000\n\
                  max_concurrent_calls = 1000000\nmax_pending_invites = 1000000\n\
                  requests_per_second_per_connection = 1000000.0\n\
-                 [tenants.media]\ncaller_suites = [\"{SUITE}\"]\ncallee_suites = [\"{SUITE}\"]\n\
-                 [[tenants.routes]]"
+                 [tenants.media]\ncaller_suites = [\"{SUITE}\"]\ncallee_suites = [\"{}\"]\n\
+                 [[tenants.routes]]",
+                callee_suite()
             ),
         );
     let text = format!(
@@ -363,9 +389,9 @@ impl Sip {
 
     /// Call `i`, the caller's SDP naming `caller_port`, the callee's `callee_port`.
     async fn setup(&mut self, i: usize, caller_port: u16, callee_port: u16) -> Call {
-        let k1 = key_material();
+        let k1 = key_material(SUITE);
         let call_id = format!("media-load-{i}@platform");
-        let offer = sdp(caller_port, 1, &k1);
+        let offer = sdp(caller_port, 1, SUITE, &k1);
         self.caller
             .send(&with_sdp(
                 invite("+15550000", &call_id, &format!("z9hG4bKml{i}"), "atag"),
@@ -378,12 +404,13 @@ impl Sip {
         let c = self.callee_conn.as_mut().unwrap();
         let inv = c.recv_where(|m| m.method() == Some(&Method::Invite)).await;
         let (gw_callee_port, offered) = parse_sdp(inv.body());
+        let inside = callee_suite();
         let (tag, _, k2) = offered
             .into_iter()
-            .find(|(_, s, _)| s == SUITE)
-            .unwrap_or_else(|| panic!("call {i}: the gateway offered no {SUITE}"));
-        let k3 = key_material();
-        let answer_sdp = sdp(callee_port, tag, &k3);
+            .find(|(_, s, _)| *s == inside)
+            .unwrap_or_else(|| panic!("call {i}: the gateway offered no {inside}"));
+        let k3 = key_material(&inside);
+        let answer_sdp = sdp(callee_port, tag, &inside, &k3);
         c.send(&with_sdp(
             answer(&inv, 200, &format!("btag{i}")),
             &answer_sdp,
@@ -445,18 +472,18 @@ impl Sip {
     }
 }
 
-fn key_material() -> Vec<u8> {
-    let p: SrtpProfile = SUITE.parse().unwrap();
+fn key_material(suite: &str) -> Vec<u8> {
+    let p: SrtpProfile = suite.parse().unwrap();
     (0..p.master_key_len() + p.master_salt_len())
         .map(|_| rand::random::<u8>())
         .collect()
 }
 
-fn sdp(port: u16, tag: u32, key: &[u8]) -> String {
+fn sdp(port: u16, tag: u32, suite: &str, key: &[u8]) -> String {
     format!(
         "v=0\r\no=peer 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
          m=audio {port} RTP/SAVP 0\r\na=rtpmap:0 PCMU/8000\r\na=ptime:20\r\n\
-         a=crypto:{tag} {SUITE} inline:{}\r\n",
+         a=crypto:{tag} {suite} inline:{}\r\n",
         base64::engine::general_purpose::STANDARD.encode(key)
     )
 }
@@ -474,8 +501,9 @@ fn parse_sdp(body: &[u8]) -> (u16, Vec<(u32, String, Vec<u8>)>) {
             let tag = parts.next().unwrap().parse().unwrap();
             let suite = parts.next().unwrap().to_string();
             let inline = parts.next().unwrap().strip_prefix("inline:").unwrap();
-            let key = base64::engine::general_purpose::STANDARD
-                .decode(inline.split('|').next().unwrap())
+            // RFC 4568 keys are padded base64; rtpengine leaves the padding off.
+            let key = base64::engine::general_purpose::STANDARD_NO_PAD
+                .decode(inline.split('|').next().unwrap().trim_end_matches('='))
                 .unwrap();
             crypto.push((tag, suite, key));
         }
@@ -490,8 +518,8 @@ fn with_sdp(mut m: SipMessage, body: &str) -> SipMessage {
     m
 }
 
-fn ctx(key: &[u8]) -> SrtpContext {
-    let profile: SrtpProfile = SUITE.parse().unwrap();
+fn ctx(suite: &str, key: &[u8]) -> SrtpContext {
+    let profile: SrtpProfile = suite.parse().unwrap();
     let master = MasterKey::from_concatenated(profile, key).unwrap();
     SrtpContext::new(profile, &master, SrtpConfig::default()).unwrap()
 }
@@ -516,6 +544,9 @@ impl Sockets {
                 let s = UdpSocket::bind("127.0.0.1:0").unwrap();
                 s.set_nonblocking(true).unwrap();
                 enable_rx_timestamps(s.as_fd()).expect("SO_TIMESTAMPNS");
+                // Each socket carries many streams: room for a scheduling hiccup of the
+                // receiver (the kernel caps this at net.core.rmem_max).
+                let _ = socket2::SockRef::from(&s).set_recv_buffer_size(RX_SOCKET_BUFFER);
                 s
             })
             .collect();
@@ -751,7 +782,16 @@ struct Direction {
     rx: RxStats,
 }
 
+/// The relay under load, as the generator observes it.
+struct Observed {
+    name: &'static str,
+    pid: u32,
+    /// sbc-edge's admin address (`/metrics`); none for another relay.
+    admin: Option<SocketAddr>,
+}
+
 struct Report {
+    relay_name: &'static str,
     calls: usize,
     secs: u64,
     dirs: Vec<Direction>,
@@ -776,7 +816,7 @@ fn run_media(
     recorder: Option<UdpSocket>,
     taps: usize,
     secs: u64,
-    gw: &Gateway,
+    relay: Observed,
 ) -> Report {
     // Streams 0..c: caller → callee (sent from the call's caller-side socket to the
     // gateway's caller-facing port, arriving from its callee-facing port); c..2c: the
@@ -786,6 +826,7 @@ fn run_media(
     let mut tx = Vec::with_capacity(2 * c);
     let mut rx = Vec::with_capacity(2 * c);
     let mut by_port = vec![u32::MAX; 65536];
+    let inside = callee_suite();
     for dir in 0..2 {
         for (i, call) in calls.iter().enumerate() {
             let (a, b) = socks.of_call(i, c);
@@ -810,13 +851,13 @@ fn run_media(
             tx.push(TxStream {
                 sock,
                 dest: gw_addr(dest),
-                ctx: ctx(k_tx),
+                ctx: ctx(if dir == 0 { SUITE } else { &inside }, k_tx),
                 ssrc: 0x1000_0000 * (dir as u32 + 1) + i as u32,
                 seq: rand::random::<u16>() & 0x7fff,
                 ts: rand::random(),
             });
             rx.push(RxStream {
-                ctx: ctx(k_rx),
+                ctx: ctx(if dir == 0 { &inside } else { SUITE }, k_rx),
                 dir,
                 last_counter: None,
             });
@@ -825,8 +866,10 @@ fn run_media(
     }
     let per_dir = (PPS * secs) as usize * c;
 
-    let metrics_before = scrape(gw.admin).expect("scrape /metrics before");
-    let gw_cpu_before = cpu_ticks(&gw.pid.to_string());
+    let pid = relay.pid.to_string();
+    let scrape_relay = || relay.admin.map(|a| scrape(a).expect("scrape /metrics"));
+    let metrics_before = scrape_relay().unwrap_or_default();
+    let gw_cpu_before = cpu_ticks(&pid);
     let gen_cpu_before = cpu_ticks("self");
     let t0 = Instant::now();
     let start = t0 + Duration::from_millis(50);
@@ -843,9 +886,9 @@ fn run_media(
     let tx = tx_thread.join().expect("sender thread");
     let rx = rx_thread.join().expect("receiver thread");
     let wall_secs = t0.elapsed().as_secs_f64();
-    let gw_cpu_after = cpu_ticks(&gw.pid.to_string());
+    let gw_cpu_after = cpu_ticks(&pid);
     let gen_cpu_after = cpu_ticks("self");
-    let metrics_after = scrape(gw.admin).expect("scrape /metrics after");
+    let metrics_after = scrape_relay().unwrap_or_default();
 
     let delta = |name: &str| {
         metric(&metrics_after, name).unwrap_or(0.0) - metric(&metrics_before, name).unwrap_or(0.0)
@@ -894,7 +937,12 @@ fn run_media(
         taps,
         tap_received,
         tap_dropped,
-        relayed: delta("sbc_media_packets_relayed_total"),
+        relayed: if relay.admin.is_some() {
+            delta("sbc_media_packets_relayed_total")
+        } else {
+            f64::NAN
+        },
+        relay_name: relay.name,
         wakeups: delta("sbc_media_worker_wakeups_total"),
         dropped,
         gw_cpu_secs: (gw_cpu_after - gw_cpu_before) as f64 / tck,
@@ -927,8 +975,8 @@ impl Report {
     fn print(&self) {
         println!();
         println!(
-            "## media_load: {} calls, {} s, {PPS} pps per stream each way, {SUITE}",
-            self.calls, self.secs
+            "## media_load: {}, {} calls, {} s, {PPS} pps per stream each way, {SUITE} outside, {} inside",
+            self.relay_name, self.calls, self.secs, callee_suite()
         );
         println!(
             "streams:            {} ({} per direction)",
@@ -988,19 +1036,31 @@ impl Report {
             self.rx_no_timestamp,
             self.tx.max_lag.as_micros()
         );
+        if !self.relayed.is_nan() {
+            println!(
+                "relay relayed:      {:.0} packets ({:.0}/s over the {} s send phase); {:.1} packets per worker wake-up",
+                self.relayed,
+                self.relayed / self.secs as f64,
+                self.secs,
+                self.relayed / self.wakeups.max(1.0)
+            );
+        }
+        // CPU shares are over the whole sampled window: send phase plus the drain. Per
+        // packet: per packet the relay's own counter says it relayed (sbc-edge), and per
+        // packet the generator received intact (the same measure for any relay).
+        let per_relayed = if self.relayed.is_nan() {
+            String::new()
+        } else {
+            format!(
+                "{:.2} CPU s per million packets relayed; ",
+                self.gw_cpu_secs / (self.relayed / 1e6).max(1e-9)
+            )
+        };
         println!(
-            "gateway relayed:    {:.0} packets ({:.0}/s over the {} s send phase); {:.1} packets per worker wake-up",
-            self.relayed,
-            self.relayed / self.secs as f64,
-            self.secs,
-            self.relayed / self.wakeups.max(1.0)
-        );
-        // CPU shares are over the whole sampled window: send phase plus the drain.
-        println!(
-            "gateway CPU:        {:.2} s ({:.1} % of one core); {:.2} CPU s per million packets relayed",
+            "relay CPU:          {:.2} s ({:.1} % of one core); {per_relayed}{:.2} CPU s per million packets delivered",
             self.gw_cpu_secs,
             100.0 * self.gw_cpu_secs / self.wall_secs,
-            self.gw_cpu_secs / (self.relayed / 1e6).max(1e-9)
+            self.gw_cpu_secs / (self.received() as f64 / 1e6).max(1e-9)
         );
         println!(
             "generator CPU:      {:.2} s ({:.1} % of one core)",
@@ -1022,8 +1082,11 @@ impl Report {
             .iter()
             .map(|(k, v)| format!("{k}={v:.0}"))
             .collect();
+        if self.relayed.is_nan() {
+            return;
+        }
         println!(
-            "gateway dropped:    {}",
+            "relay dropped:      {}",
             if drops.is_empty() {
                 "none (no reason counter present)".to_string()
             } else {
@@ -1158,4 +1221,274 @@ fn clock_ticks() -> f64 {
         .and_then(|o| String::from_utf8(o.stdout).ok())
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(100.0)
+}
+
+// ---------------------------------------------------------------- the peer: rtpengine
+
+/// The same load through rtpengine (Debian's `rtpengine-daemon`, userspace forwarding:
+/// `--table=-1`, as many threads as sbc-edge has relay workers), so the two are measured
+/// in one run on one machine. Calls are set up over rtpengine's ng control protocol
+/// (bencode over UDP: `offer` / `answer` / `delete`) instead of SIP, with the same SDES
+/// offers and answers; each side then gets the key rtpengine announced, exactly as with
+/// sbc-edge. `SBC_RTPENGINE_BIN` overrides the binary (default `rtpengine`).
+mod peer {
+    use super::*;
+
+    /// A bencode value, as much of it as ng replies use (integers and lists are skipped).
+    #[derive(Debug)]
+    enum B {
+        Str(Vec<u8>),
+        Other,
+        Dict(Vec<(Vec<u8>, B)>),
+    }
+
+    fn encode(pairs: &[(&str, &str)], out: &mut Vec<u8>) {
+        out.push(b'd');
+        for (k, v) in pairs {
+            for s in [k, v] {
+                out.extend_from_slice(format!("{}:", s.len()).as_bytes());
+                out.extend_from_slice(s.as_bytes());
+            }
+        }
+        out.push(b'e');
+    }
+
+    fn decode(b: &[u8]) -> Option<(B, &[u8])> {
+        match *b.first()? {
+            b'i' => {
+                let end = b.iter().position(|&c| c == b'e')?;
+                Some((B::Other, &b[end + 1..]))
+            }
+            b'l' | b'd' => {
+                let dict = b[0] == b'd';
+                let mut rest = &b[1..];
+                let mut pairs = Vec::new();
+                while *rest.first()? != b'e' {
+                    if dict {
+                        let (k, r) = decode(rest)?;
+                        let (v, r) = decode(r)?;
+                        let B::Str(k) = k else { return None };
+                        pairs.push((k, v));
+                        rest = r;
+                    } else {
+                        rest = decode(rest)?.1;
+                    }
+                }
+                let v = if dict { B::Dict(pairs) } else { B::Other };
+                Some((v, &rest[1..]))
+            }
+            _ => {
+                let colon = b.iter().position(|&c| c == b':')?;
+                let n: usize = std::str::from_utf8(&b[..colon]).ok()?.parse().ok()?;
+                let s = b.get(colon + 1..colon + 1 + n)?;
+                Some((B::Str(s.to_vec()), &b[colon + 1 + n..]))
+            }
+        }
+    }
+
+    fn get<'a>(d: &'a B, key: &str) -> Option<&'a B> {
+        match d {
+            B::Dict(p) => p.iter().find(|(k, _)| k == key.as_bytes()).map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
+    fn text(b: Option<&B>) -> String {
+        match b {
+            Some(B::Str(s)) => String::from_utf8_lossy(s).into_owned(),
+            other => format!("{other:?}"),
+        }
+    }
+
+    struct Ng {
+        sock: UdpSocket,
+        addr: SocketAddr,
+        seq: u64,
+    }
+
+    impl Ng {
+        /// One request, its reply's dictionary (`result` must be `ok`).
+        fn call(&mut self, pairs: &[(&str, &str)]) -> B {
+            self.seq += 1;
+            let cookie = format!("c{}", self.seq);
+            let mut msg = format!("{cookie} ").into_bytes();
+            encode(pairs, &mut msg);
+            for _ in 0..5 {
+                self.sock.send_to(&msg, self.addr).unwrap();
+                let mut buf = vec![0u8; 65536];
+                let Ok((n, _)) = self.sock.recv_from(&mut buf) else {
+                    continue;
+                };
+                let reply = &buf[..n];
+                let Some(body) = reply.strip_prefix(format!("{cookie} ").as_bytes()) else {
+                    continue;
+                };
+                let (d, _) = decode(body).expect("bencoded ng reply");
+                assert_eq!(
+                    text(get(&d, "result")),
+                    "ok",
+                    "rtpengine {:?}: {}",
+                    pairs[0].1,
+                    text(get(&d, "error-reason"))
+                );
+                return d;
+            }
+            panic!("rtpengine did not answer {:?}", pairs[0].1);
+        }
+    }
+
+    struct Rtpengine {
+        child: Child,
+    }
+
+    impl Drop for Rtpengine {
+        fn drop(&mut self) {
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + STOP;
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    pub fn run_rtpengine(calls: usize, secs: u64) -> Report {
+        let bin = std::env::var("SBC_RTPENGINE_BIN").unwrap_or_else(|_| "rtpengine".into());
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let ng_port = {
+            let probe = UdpSocket::bind("127.0.0.1:0").unwrap();
+            probe.local_addr().unwrap().port()
+        };
+        let log =
+            std::env::temp_dir().join(format!("media-load-rtpengine-{}.log", std::process::id()));
+        let child = Command::new(&bin)
+            .args([
+                "--config-file=none",
+                "--foreground",
+                "--log-stderr",
+                "--log-level=4",
+                "--interface=127.0.0.1",
+                &format!("--listen-ng=127.0.0.1:{ng_port}"),
+                &format!("--port-min={PORT_MIN}"),
+                &format!("--port-max={PORT_MAX}"),
+                "--table=-1",
+                &format!("--num-threads={threads}"),
+                "--timeout=60",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {bin}: {e} (apt-get install rtpengine-daemon)"));
+        let engine = Rtpengine { child };
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let mut ng = Ng {
+            sock,
+            addr: SocketAddr::from(([127, 0, 0, 1], ng_port)),
+            seq: 0,
+        };
+        // Up when it answers a ping.
+        let deadline = Instant::now() + STARTUP;
+        loop {
+            ng.seq += 1;
+            let mut msg = format!("p{} ", ng.seq).into_bytes();
+            encode(&[("command", "ping")], &mut msg);
+            ng.sock.send_to(&msg, ng.addr).unwrap();
+            let mut buf = [0u8; 512];
+            if ng.sock.recv_from(&mut buf).is_ok() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "rtpengine did not answer ping; log: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        println!(
+            "media_load: rtpengine pid {} ({bin}, userspace, {threads} threads), {calls} calls, {secs} s at {PPS} pps per stream each way",
+            engine.child.id()
+        );
+        let socks = Arc::new(Sockets::bind(
+            env("SBC_MEDIA_SOCKETS", 4).clamp(1, 64) as usize
+        ));
+        let t_setup = Instant::now();
+        let mut passthrough = 0;
+        let inside = callee_suite();
+        let set_up: Vec<Call> = (0..calls)
+            .map(|i| {
+                let (a, b) = socks.of_call(i, calls);
+                let call_id = format!("media-load-{i}");
+                let k1 = key_material(SUITE);
+                let offer = sdp(socks.port(a), 1, SUITE, &k1);
+                let d = ng.call(&[
+                    ("command", "offer"),
+                    ("call-id", &call_id),
+                    ("from-tag", "atag"),
+                    ("sdp", &offer),
+                ]);
+                let (gw_callee_port, offered) = parse_sdp(text(get(&d, "sdp")).as_bytes());
+                let (tag, _, k2) = offered
+                    .into_iter()
+                    .find(|(_, s, _)| *s == inside)
+                    .unwrap_or_else(|| panic!("call {i}: rtpengine offered no {inside}"));
+                let k3 = key_material(&inside);
+                let answer = sdp(socks.port(b), tag, &inside, &k3);
+                let d = ng.call(&[
+                    ("command", "answer"),
+                    ("call-id", &call_id),
+                    ("from-tag", "atag"),
+                    ("to-tag", "btag"),
+                    ("sdp", &answer),
+                ]);
+                let (gw_caller_port, answered) = parse_sdp(text(get(&d, "sdp")).as_bytes());
+                let (_, suite, k4) = answered
+                    .into_iter()
+                    .next()
+                    .unwrap_or_else(|| panic!("call {i}: rtpengine answered without a=crypto"));
+                assert_eq!(suite, SUITE, "call {i}: answered suite");
+                if k2 == k1 || k4 == k3 {
+                    passthrough += 1;
+                }
+                Call {
+                    call_id,
+                    to: String::new(),
+                    gw_caller_port,
+                    gw_callee_port,
+                    k1,
+                    k2,
+                    k3,
+                    k4,
+                }
+            })
+            .collect();
+        println!(
+            "media_load: {calls} calls set up over ng in {:.2} s; {} re-keyed by rtpengine (fresh keys per leg), {passthrough} passed through",
+            t_setup.elapsed().as_secs_f64(),
+            calls - passthrough
+        );
+        let observed = Observed {
+            name: "rtpengine",
+            pid: engine.child.id(),
+            admin: None,
+        };
+        let report = run_media(&set_up, socks, None, 0, secs, observed);
+        for c in &set_up {
+            ng.call(&[
+                ("command", "delete"),
+                ("call-id", &c.call_id),
+                ("from-tag", "atag"),
+            ]);
+        }
+        drop(engine);
+        let _ = std::fs::remove_file(&log);
+        report
+    }
 }

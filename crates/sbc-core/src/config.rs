@@ -275,7 +275,7 @@ impl Default for MediaSettings {
             relatch_after: Duration::from_secs(5),
             max_streams: 8,
             workers: 0,
-            batch_interval: Duration::from_micros(200),
+            batch_interval: Duration::ZERO,
         }
     }
 }

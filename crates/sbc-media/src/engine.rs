@@ -30,7 +30,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -134,6 +134,8 @@ pub struct MediaStats {
     pub packets_dropped_total: u64,
     /// Per-reason drop counts, as `(reason label, count)`.
     pub dropped_by_reason: Vec<(&'static str, u64)>,
+    /// Streams each worker runs (its load share).
+    pub streams_per_worker: Vec<usize>,
 }
 
 fn idx(side: LegSide) -> usize {
@@ -241,6 +243,9 @@ struct Inner {
     workers: Vec<WorkerHandle>,
     stats: Vec<Arc<WorkerStats>>,
     rng: SystemRandom,
+    /// Round-robin worker choice for new calls (call numbers come from signaling and need
+    /// not be spread: the SIP side's are all even).
+    next_worker: AtomicUsize,
 }
 
 impl Drop for Inner {
@@ -329,6 +334,7 @@ impl MediaEngine {
                         workers,
                         stats,
                         rng: SystemRandom::new(),
+                        next_worker: AtomicUsize::new(0),
                     });
                     return Err(e.into());
                 }
@@ -345,6 +351,7 @@ impl MediaEngine {
                 workers,
                 stats,
                 rng: SystemRandom::new(),
+                next_worker: AtomicUsize::new(0),
             }),
         })
     }
@@ -388,7 +395,9 @@ impl MediaEngine {
         let mut by_reason = [0u64; DropReason::COUNT];
         for w in &self.inner.stats {
             s.packets_relayed += w.relayed.load(Ordering::Relaxed);
-            s.active_streams += usize::try_from(w.streams.load(Ordering::Relaxed)).unwrap_or(0);
+            let streams = usize::try_from(w.streams.load(Ordering::Relaxed)).unwrap_or(0);
+            s.active_streams += streams;
+            s.streams_per_worker.push(streams);
             for (i, r) in DropReason::ALL.iter().enumerate() {
                 by_reason[i] += w.dropped(*r);
             }
@@ -701,10 +710,10 @@ impl MediaControl for MediaEngine {
         }
         let is_new = !calls.contains_key(&call);
         let workers = self.inner.workers.len().max(1);
+        let next = &self.inner.next_worker;
         let ctl = calls.entry(call).or_insert_with(|| CallCtl {
             tenant: tenant.clone(),
-            // `workers` >= 1, and the remainder is < workers so it fits usize.
-            worker: (call.0 % workers as u64) as usize,
+            worker: next.fetch_add(1, Ordering::Relaxed) % workers,
             streams: Vec::new(),
             pending: None,
             origin: Default::default(),

@@ -9,12 +9,14 @@
 //! start) and touches only that worker's state.
 //!
 //! Batching: a ready socket is read with one `recvmmsg` (up to [`BATCH`] datagrams) and
-//! what it relays leaves with one `sendmmsg` per outgoing socket ([`crate::udp_batch`]).
-//! Under load a worker also paces itself: after a wake-up that found packets it sleeps
-//! `batch_interval` (default 200 µs) before looking again, so one wake-up, one
-//! `epoll_wait` and the kernel's wake-up cost serve every packet that arrived meanwhile
-//! instead of one each. When a look finds nothing it blocks in `epoll_wait` again, so an
-//! idle worker costs nothing and the first packet after silence is not delayed.
+//! what it relays leaves with one `sendmmsg` per outgoing socket ([`crate::udp_batch`]);
+//! a loaded worker finds many sockets ready per `epoll_wait` by itself. A worker may also
+//! pace itself (`batch_interval`, off by default): after a wake-up that found packets it
+//! sleeps that long before looking again, so one wake-up serves every packet that
+//! arrived meanwhile. When a look finds nothing it blocks in `epoll_wait` again, so an
+//! idle worker costs nothing and the first packet after silence is not delayed. On the
+//! 2-core VM of `benches/README.md` pacing bought little (the cost is per-socket system
+//! calls, not wake-ups) and added its interval to latency, hence off by default.
 //!
 //! Latching (DESIGN.md "Latch only on authenticated media"): an SRTP leg sends to the
 //! address its SDP gave until a packet from that leg passes SRTP authentication; the
@@ -68,9 +70,9 @@ const EVENTS_CAPACITY: usize = 256;
 const WAKER: Token = Token(usize::MAX);
 
 /// Default pause of a busy worker between two looks at its sockets
-/// ([`WorkerParams::batch_interval`]): at most this much (plus timer slack) is added to a
-/// packet's latency, against a 20 ms packet interval.
-pub const DEFAULT_BATCH_INTERVAL: Duration = Duration::from_micros(200);
+/// ([`WorkerParams::batch_interval`]): none. A pause adds up to its length (plus timer
+/// slack) to a packet's latency.
+pub const DEFAULT_BATCH_INTERVAL: Duration = Duration::ZERO;
 
 /// Filler for unused batch entries.
 const NO_ADDR: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));

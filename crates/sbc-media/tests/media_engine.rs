@@ -710,3 +710,17 @@ fn tenant_bandwidth_limit_drops_only_that_tenants_excess() {
     assert_eq!(dropped, u64::from(n) - a_got, "every excess packet counted");
     e.shutdown();
 }
+
+#[test]
+fn calls_are_spread_over_the_workers_whatever_their_numbers() {
+    // The SIP side numbers calls 2, 4, 6, ...: a choice by call number would put them
+    // all on one of two workers.
+    let e = engine(42700, 42799, Duration::from_secs(60));
+    let _calls: Vec<Call> = [2u64, 4, 6, 8]
+        .into_iter()
+        .map(|n| setup_srtp_call(&e, CallRef(n), true))
+        .collect();
+    let s = wait_stats(&e, |s| s.active_streams == 4);
+    assert_eq!(s.streams_per_worker, vec![2, 2], "two calls on each worker");
+    e.shutdown();
+}
