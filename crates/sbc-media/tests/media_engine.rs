@@ -724,3 +724,55 @@ fn calls_are_spread_over_the_workers_whatever_their_numbers() {
     assert_eq!(s.streams_per_worker, vec![2, 2], "two calls on each worker");
     e.shutdown();
 }
+
+#[test]
+fn a_burst_larger_than_a_batch_is_relayed_whole_and_in_order() {
+    use std::os::fd::AsFd;
+    // Several batches queue on the caller-facing socket before the worker reads: all
+    // of them must go out (a worker that read one batch per readiness event would strand
+    // the rest until the next packet), in order, and count once each.
+    let e = engine(42800, 42899, Duration::from_secs(60));
+    let c = setup_srtp_call(&e, CallRef(10), true);
+    let mut tx1 = ctx(c.k1.0, &c.k1.1);
+    let mut rx2 = ctx(c.k2.0, &c.k2.1);
+    const N: u16 = 4 * sbc_media::udp_batch::BATCH as u16 - 8;
+    let sent: Vec<Vec<u8>> = (1..=N)
+        .map(|seq| rtp(seq, 0xB0B0, format!("burst {seq}").as_bytes()))
+        .collect();
+    let protected: Vec<Vec<u8>> = sent
+        .iter()
+        .map(|pkt| {
+            let mut buf = vec![0u8; pkt.len() + 64];
+            buf[..pkt.len()].copy_from_slice(pkt);
+            let n = tx1.protect_rtp(&mut buf, pkt.len()).unwrap();
+            buf.truncate(n);
+            buf
+        })
+        .collect();
+    let dest = std::net::SocketAddr::from(([127, 0, 0, 1], c.caller_side_port));
+    for chunk in protected.chunks(sbc_media::udp_batch::BATCH) {
+        let done = sbc_media::udp_batch::send_batch(
+            c.caller.as_fd(),
+            chunk.iter().map(|p| (p.as_slice(), dest)),
+        );
+        assert_eq!(done.failed, 0);
+    }
+    for pkt in &sent {
+        assert_eq!(&recv_srtp(&c.callee, &mut rx2), pkt);
+    }
+    let s = wait_stats(&e, |s| s.packets_relayed >= u64::from(N));
+    assert_eq!(
+        (s.packets_relayed, s.packets_dropped_total),
+        (u64::from(N), 0)
+    );
+    let [caller, callee] = e.counters(CallRef(10)).unwrap();
+    assert_eq!(
+        (
+            caller.packets_received,
+            caller.packets_lost,
+            callee.packets_sent
+        ),
+        (u64::from(N), 0, u64::from(N))
+    );
+    e.shutdown();
+}
