@@ -969,32 +969,33 @@ impl MediaControl for MediaEngine {
         let worker = ctl.worker;
         let tenant = ctl.tenant.clone();
         let bandwidth_kbps = ctl.pending.as_ref().map_or(0, |p| p.policy.bandwidth_kbps);
-        let record = match ctl.record.take() {
-            Some(spec) if !setups.is_empty() => self.new_record_tap(call, ctl, spec),
-            other => {
-                ctl.record = other;
-                None
+        // The automatic tap is recorded while the calls lock is held, like every tap, so
+        // the per-call limit holds against a tap started through the API meanwhile.
+        let mut taps = Vec::new();
+        if let Some(spec) = ctl.record.take() {
+            if setups.is_empty() {
+                ctl.record = Some(spec);
+            } else if let Some((setup, entry)) = self.new_record_tap(call, ctl, spec) {
+                tracing::info!(%call, %tenant, tap = %setup.id, destination = %spec.destination,
+                    legs = spec.legs.as_str(), "automatic recording tap started (tenant media.record_to)");
+                lock_taps(&self.inner.taps).insert(setup.id, entry);
+                taps.push(*setup);
             }
-        };
+        }
         drop(calls);
         if let Some(w) = self.worker(worker) {
-            let (taps, record) = match record {
-                Some((setup, entry)) => (vec![*setup], Some(entry)),
-                None => (Vec::new(), None),
-            };
             let ids: Vec<TapId> = taps.iter().map(|t| t.id).collect();
             if !w.send(Command::Upsert {
                 call,
                 streams: setups,
                 taps,
             }) {
+                let mut known = lock_taps(&self.inner.taps);
+                for id in ids {
+                    known.remove(&id);
+                }
                 tracing::error!(%call, "media worker is gone");
                 return Err(MediaError::NoPorts);
-            }
-            if let (Some(entry), Some(&id)) = (record, ids.first()) {
-                tracing::info!(%call, %tenant, tap = %id, destination = %entry.spec.destination,
-                    legs = entry.spec.legs.as_str(), "automatic recording tap started (tenant media.record_to)");
-                lock_taps(&self.inner.taps).insert(id, entry);
             }
             if bandwidth_kbps > 0 {
                 // Each worker enforces an equal share: no state shared across workers.

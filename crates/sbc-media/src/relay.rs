@@ -27,8 +27,6 @@
 //! re-latch rule.
 
 use std::collections::HashMap;
-
-use rustc_hash::FxHashMap;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::AsFd;
@@ -39,6 +37,7 @@ use std::time::{Duration, Instant};
 
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token, Waker};
+use rustc_hash::FxHashMap;
 use sbc_core::media::{CallRef, LegSide};
 use sbc_core::tap::{TapId, TapLegs};
 use sbc_core::tenant::TenantId;
@@ -417,6 +416,10 @@ struct SeqTrack {
 /// Extended sequence numbers start here, so packets from before the first one seen
 /// (reordering) stay positive.
 const SEQ_BASE: u64 = 1 << 32;
+/// Sequence jumps past these (forward, backward) are a restarted sequence, not a loss or
+/// a late packet (RFC 3550 A.1's MAX_DROPOUT and MAX_MISORDER).
+const MAX_DROPOUT: i64 = 3000;
+const MAX_MISORDER: i64 = 100;
 
 impl SeqTrack {
     /// Counts one clear RTP packet (at least 12 bytes; shorter ones are ignored).
@@ -426,17 +429,18 @@ impl SeqTrack {
         };
         let seq = u16::from_be_bytes([seq[0], seq[1]]);
         let ssrc = u32::from_be_bytes([ssrc[0], ssrc[1], ssrc[2], ssrc[3]]);
-        if self.ssrc != Some(ssrc) {
+        // The distance of `seq` from the highest seen, the nearer way round the wrap.
+        let delta = i64::from(seq.wrapping_sub(self.max as u16) as i16);
+        if self.ssrc != Some(ssrc) || !(-MAX_MISORDER..=MAX_DROPOUT).contains(&delta) {
+            // A new source, or the same one restarting its sequence: count afresh and
+            // keep what was lost before.
             self.lost_before = self.lost();
             self.ssrc = Some(ssrc);
             self.base = SEQ_BASE + u64::from(seq);
             self.max = self.base;
             self.received = 0;
         } else {
-            // The extension of `seq` nearest the highest seen (wraps both ways).
-            let delta = i64::from(seq.wrapping_sub(self.max as u16) as i16);
-            let ext = self.max.saturating_add_signed(delta);
-            self.max = self.max.max(ext);
+            self.max = self.max.max(self.max.saturating_add_signed(delta));
         }
         self.received += 1;
         self.total_received += 1;
@@ -1866,9 +1870,14 @@ mod tests {
             t.on_rtp(&pkt(9, seq), &c);
         }
         assert_eq!(read(&c), (10, 10));
+        // The same SSRC jumping 20000 ahead restarted its sequence: no 20000 lost.
+        for seq in [20103, 20104] {
+            t.on_rtp(&pkt(9, seq), &c);
+        }
+        assert_eq!(read(&c), (12, 10));
         // Too short to be RTP: ignored.
         t.on_rtp(&[0x80, 0, 0, 1], &c);
-        assert_eq!(read(&c), (10, 10));
+        assert_eq!(read(&c), (12, 10));
     }
 
     #[test]
