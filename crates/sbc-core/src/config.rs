@@ -258,7 +258,7 @@ pub struct MediaSettings {
     /// Relay worker threads (0: one per core).
     pub workers: usize,
     /// Pause of a busy relay worker between looks at its sockets, so one wake-up serves
-    /// many packets (0: wake for every packet). Adds at most this much latency.
+    /// many packets (0: no pause, the default). Adds up to this much latency.
     pub batch_interval: Duration,
 }
 

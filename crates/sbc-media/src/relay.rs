@@ -790,7 +790,7 @@ pub struct WorkerParams {
     pub relatch_after: Duration,
     pub stats: Arc<WorkerStats>,
     /// Pause of a busy worker between two looks at its sockets ([`DEFAULT_BATCH_INTERVAL`];
-    /// zero: wake for every packet).
+    /// zero, the default: no pause).
     pub batch_interval: Duration,
     /// Called (off the packet path) when a call timed out; its sockets are closed by then.
     pub on_timeout: Box<dyn Fn(CallRef) + Send>,
