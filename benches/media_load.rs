@@ -28,22 +28,25 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod util;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
-use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use common::*;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use sbc_media::srtp::{MasterKey, SrtpConfig, SrtpContext, SrtpProfile};
 use sbc_media::udp_batch::{enable_rx_timestamps, send_batch, RecvBatch, BATCH};
 use sbc_sip::message::{Method, SipMessage};
+use util::{cpu_seconds, env};
 
 /// The suite every leg uses (the tenant allows only this one on both sides).
 const SUITE: &str = "AES_CM_128_HMAC_SHA1_80";
@@ -93,13 +96,6 @@ const MAX_LOSS: f64 = 0.01;
 const PORT_MIN: u16 = 40000;
 const PORT_MAX: u16 = 49999;
 
-fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn main() -> ExitCode {
     let calls = env("SBC_MEDIA_CALLS", 50) as usize;
     let secs = env("SBC_MEDIA_SECS", 10);
@@ -133,9 +129,7 @@ fn main() -> ExitCode {
         gw.pid, gw.sip, gw.admin
     );
 
-    let socks = Arc::new(Sockets::bind(
-        env("SBC_MEDIA_SOCKETS", 4).clamp(1, 64) as usize
-    ));
+    let socks = Arc::new(Sockets::from_env());
     let mut sip = rt.block_on(Sip::connect(&world, callee, gw.sip));
     let t_setup = Instant::now();
     let set_up: Vec<Call> = (0..calls)
@@ -276,18 +270,8 @@ impl Gateway {
             .spawn()
             .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
         let pid = child.id();
-        // Read stdout on a thread (it also keeps the pipe drained until the gateway exits).
         let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    // Nobody listens any more: keep draining.
-                    continue;
-                }
-            }
-        });
+        // Kept in `Gateway` right away: stopped on drop if the banner never comes.
         let mut gw = Gateway {
             child: Some(child),
             pid,
@@ -295,53 +279,39 @@ impl Gateway {
             admin: "0.0.0.0:0".parse().unwrap(),
             log,
         };
-        let deadline = Instant::now() + STARTUP;
-        let (mut sip, mut admin) = (None, None);
-        while sip.is_none() || admin.is_none() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(rest) = line.split("sips:").nth(1) {
-                        if line.contains("SIP over TLS listener") {
-                            sip = rest.trim().parse().ok();
-                        }
-                    }
-                    if let Some(rest) = line.strip_prefix("  admin plane: http://") {
-                        admin = rest.split_whitespace().next().and_then(|a| a.parse().ok());
-                    }
-                }
-                Err(_) => {
-                    let log = std::fs::read_to_string(&gw.log).unwrap_or_default();
-                    panic!(
-                        "gateway did not print its addresses within {STARTUP:?}; its log:\n{log}"
-                    );
-                }
-            }
-        }
-        gw.sip = sip.unwrap();
-        gw.admin = admin.unwrap();
+        let Some(printed) = printed_addresses(stdout, STARTUP) else {
+            let log = std::fs::read_to_string(&gw.log).unwrap_or_default();
+            panic!("gateway did not print its addresses within {STARTUP:?}; its log:\n{log}");
+        };
+        gw.sip = printed.sip;
+        gw.admin = printed.admin;
         gw
     }
 
     /// SIGTERM (a drain; nothing is left to drain), then kill after `STOP`.
     fn stop(&mut self) -> String {
-        let Some(mut child) = self.child.take() else {
-            return "already stopped".into();
-        };
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.pid.to_string()])
-            .status();
-        let deadline = Instant::now() + STOP;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = child.try_wait() {
-                return format!("SIGTERM: {status}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        match self.child.take() {
+            Some(mut child) => terminate(&mut child),
+            None => "already stopped".into(),
         }
-        let _ = child.kill();
-        let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
-        format!("did not exit within {STOP:?} of SIGTERM; killed: {status}")
     }
+}
+
+/// SIGTERM, then SIGKILL if `child` has not exited within [`STOP`]: how it ended.
+fn terminate(child: &mut Child) -> String {
+    if let Ok(pid) = i32::try_from(child.id()) {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+    }
+    let deadline = Instant::now() + STOP;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return format!("SIGTERM: {status}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
+    format!("did not exit within {STOP:?} of SIGTERM; killed: {status}")
 }
 
 impl Drop for Gateway {
@@ -389,9 +359,8 @@ impl Sip {
 
     /// Call `i`, the caller's SDP naming `caller_port`, the callee's `callee_port`.
     async fn setup(&mut self, i: usize, caller_port: u16, callee_port: u16) -> Call {
-        let k1 = key_material(SUITE);
         let call_id = format!("media-load-{i}@platform");
-        let offer = sdp(caller_port, 1, SUITE, &k1);
+        let (offering, offer) = Offering::new(i, "the gateway", caller_port);
         self.caller
             .send(&with_sdp(
                 invite("+15550000", &call_id, &format!("z9hG4bKml{i}"), "atag"),
@@ -403,14 +372,7 @@ impl Sip {
         }
         let c = self.callee_conn.as_mut().unwrap();
         let inv = c.recv_where(|m| m.method() == Some(&Method::Invite)).await;
-        let (gw_callee_port, offered) = parse_sdp(inv.body());
-        let inside = callee_suite();
-        let (tag, _, k2) = offered
-            .into_iter()
-            .find(|(_, s, _)| *s == inside)
-            .unwrap_or_else(|| panic!("call {i}: the gateway offered no {inside}"));
-        let k3 = key_material(&inside);
-        let answer_sdp = sdp(callee_port, tag, &inside, &k3);
+        let (answering, answer_sdp) = offering.callee_answers(inv.body(), callee_port);
         c.send(&with_sdp(
             answer(&inv, 200, &format!("btag{i}")),
             &answer_sdp,
@@ -422,12 +384,6 @@ impl Sip {
                 m.status() == Some(200) && m.cseq().map(|c| c.1) == Some(Method::Invite)
             })
             .await;
-        let (gw_caller_port, answered) = parse_sdp(ok.body());
-        let (_, suite, k4) = answered
-            .into_iter()
-            .next()
-            .unwrap_or_else(|| panic!("call {i}: 200 without a=crypto"));
-        assert_eq!(suite, SUITE, "call {i}: answered suite");
         let to = ok.header("to").unwrap().to_string();
         self.caller
             .send(&in_dialog(
@@ -440,16 +396,7 @@ impl Sip {
                 1,
             ))
             .await;
-        Call {
-            call_id,
-            to,
-            gw_caller_port,
-            gw_callee_port,
-            k1,
-            k2,
-            k3,
-            k4,
-        }
+        answering.caller_learns(ok.body(), call_id, to)
     }
 
     async fn hang_up(&mut self, call: &Call) {
@@ -469,6 +416,76 @@ impl Sip {
         self.caller
             .recv_where(|m| m.status() == Some(200) && m.cseq().map(|c| c.1) == Some(Method::Bye))
             .await;
+    }
+}
+
+/// One call's SDES exchange as the generator's two peers play it, whatever carries the
+/// SDP (SIP through sbc-edge, ng to rtpengine): the caller offers [`SUITE`] with key k1;
+/// the callee picks [`callee_suite`] from the relay's offer (key k2) and answers with its
+/// own key k3; the caller learns the relay's key k4 from the relay's answer.
+struct Offering {
+    i: usize,
+    /// Who rewrote the SDP, for messages.
+    relay: &'static str,
+    k1: Vec<u8>,
+}
+
+/// The exchange once the callee has answered.
+struct Answering {
+    offering: Offering,
+    gw_callee_port: u16,
+    k2: Vec<u8>,
+    k3: Vec<u8>,
+}
+
+impl Offering {
+    /// Call `i`'s offer from the caller, naming `port`: the exchange and the SDP.
+    fn new(i: usize, relay: &'static str, port: u16) -> (Offering, String) {
+        let k1 = key_material(SUITE);
+        let offer = sdp(port, 1, SUITE, &k1);
+        (Offering { i, relay, k1 }, offer)
+    }
+
+    /// The callee's answer, naming `port`, to the relay's offer `offered`.
+    fn callee_answers(self, offered: &[u8], port: u16) -> (Answering, String) {
+        let inside = callee_suite();
+        let (gw_callee_port, crypto) = parse_sdp(offered);
+        let (tag, _, k2) = crypto
+            .into_iter()
+            .find(|(_, s, _)| *s == inside)
+            .unwrap_or_else(|| panic!("call {}: {} offered no {inside}", self.i, self.relay));
+        let k3 = key_material(&inside);
+        let answer = sdp(port, tag, &inside, &k3);
+        let answering = Answering {
+            offering: self,
+            gw_callee_port,
+            k2,
+            k3,
+        };
+        (answering, answer)
+    }
+}
+
+impl Answering {
+    /// The caller reads the relay's answer `answered`: the call, ready for media.
+    fn caller_learns(self, answered: &[u8], call_id: String, to: String) -> Call {
+        let Offering { i, relay, k1 } = self.offering;
+        let (gw_caller_port, crypto) = parse_sdp(answered);
+        let (_, suite, k4) = crypto
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| panic!("call {i}: {relay} answered without a=crypto"));
+        assert_eq!(suite, SUITE, "call {i}: answered suite");
+        Call {
+            call_id,
+            to,
+            gw_caller_port,
+            gw_callee_port: self.gw_callee_port,
+            k1,
+            k2: self.k2,
+            k3: self.k3,
+            k4,
+        }
     }
 }
 
@@ -538,6 +555,11 @@ struct Sockets {
 }
 
 impl Sockets {
+    /// `SBC_MEDIA_SOCKETS` per side (default 4, at most 64).
+    fn from_env() -> Sockets {
+        Sockets::bind(env("SBC_MEDIA_SOCKETS", 4).clamp(1, 64) as usize)
+    }
+
     fn bind(per_side: usize) -> Sockets {
         let all = (0..2 * per_side)
             .map(|_| {
@@ -801,13 +823,45 @@ struct Report {
     rx_no_timestamp: u64,
     taps: usize,
     tap_received: u64,
-    tap_dropped: f64,
-    relayed: f64,
-    wakeups: f64,
-    dropped: BTreeMap<String, f64>,
+    /// sbc-edge's own counters over the run; none for another relay.
+    counted: Option<RelayCounters>,
     gw_cpu_secs: f64,
     gen_cpu_secs: f64,
     wall_secs: f64,
+}
+
+/// What sbc-edge's `/metrics` counted between two scrapes.
+struct RelayCounters {
+    relayed: f64,
+    wakeups: f64,
+    dropped: BTreeMap<String, f64>,
+    tap_dropped: f64,
+}
+
+impl RelayCounters {
+    fn between(before: &str, after: &str) -> RelayCounters {
+        let delta =
+            |name: &str| metric(after, name).unwrap_or(0.0) - metric(before, name).unwrap_or(0.0);
+        let dropped_before = labelled(before, "sbc_media_packets_dropped_total");
+        let dropped = labelled(after, "sbc_media_packets_dropped_total")
+            .into_iter()
+            .map(|(k, v)| {
+                let d = v - dropped_before.get(&k).copied().unwrap_or(0.0);
+                (k, d)
+            })
+            .collect();
+        let taps_dropped = |text: &str| {
+            labelled(text, "sbc_tap_packets_dropped_total")
+                .values()
+                .sum::<f64>()
+        };
+        RelayCounters {
+            relayed: delta("sbc_media_packets_relayed_total"),
+            wakeups: delta("sbc_media_worker_wakeups_total"),
+            dropped,
+            tap_dropped: taps_dropped(after) - taps_dropped(before),
+        }
+    }
 }
 
 fn run_media(
@@ -868,9 +922,9 @@ fn run_media(
 
     let pid = relay.pid.to_string();
     let scrape_relay = || relay.admin.map(|a| scrape(a).expect("scrape /metrics"));
-    let metrics_before = scrape_relay().unwrap_or_default();
-    let gw_cpu_before = cpu_ticks(&pid);
-    let gen_cpu_before = cpu_ticks("self");
+    let metrics_before = scrape_relay();
+    let gw_cpu_before = cpu_seconds(&pid);
+    let gen_cpu_before = cpu_seconds("self");
     let t0 = Instant::now();
     let start = t0 + Duration::from_millis(50);
     let rx_deadline = start + Duration::from_secs(secs) + DRAIN;
@@ -886,28 +940,12 @@ fn run_media(
     let tx = tx_thread.join().expect("sender thread");
     let rx = rx_thread.join().expect("receiver thread");
     let wall_secs = t0.elapsed().as_secs_f64();
-    let gw_cpu_after = cpu_ticks(&pid);
-    let gen_cpu_after = cpu_ticks("self");
-    let metrics_after = scrape_relay().unwrap_or_default();
-
-    let delta = |name: &str| {
-        metric(&metrics_after, name).unwrap_or(0.0) - metric(&metrics_before, name).unwrap_or(0.0)
-    };
-    let before = labelled(&metrics_before, "sbc_media_packets_dropped_total");
-    let dropped = labelled(&metrics_after, "sbc_media_packets_dropped_total")
-        .into_iter()
-        .map(|(k, v)| {
-            let d = v - before.get(&k).copied().unwrap_or(0.0);
-            (k, d)
-        })
-        .collect();
-    let tap_dropped: f64 = labelled(&metrics_after, "sbc_tap_packets_dropped_total")
-        .values()
-        .sum::<f64>()
-        - labelled(&metrics_before, "sbc_tap_packets_dropped_total")
-            .values()
-            .sum::<f64>();
-    let tck = clock_ticks();
+    let gw_cpu_after = cpu_seconds(&pid);
+    let gen_cpu_after = cpu_seconds("self");
+    let metrics_after = scrape_relay();
+    let counted = metrics_before
+        .zip(metrics_after)
+        .map(|(before, after)| RelayCounters::between(&before, &after));
     let RxTotals {
         dirs: [ab, ba],
         unknown_source,
@@ -936,17 +974,10 @@ fn run_media(
         rx_no_timestamp: no_timestamp,
         taps,
         tap_received,
-        tap_dropped,
-        relayed: if relay.admin.is_some() {
-            delta("sbc_media_packets_relayed_total")
-        } else {
-            f64::NAN
-        },
+        counted,
         relay_name: relay.name,
-        wakeups: delta("sbc_media_worker_wakeups_total"),
-        dropped,
-        gw_cpu_secs: (gw_cpu_after - gw_cpu_before) as f64 / tck,
-        gen_cpu_secs: (gen_cpu_after - gen_cpu_before) as f64 / tck,
+        gw_cpu_secs: gw_cpu_after - gw_cpu_before,
+        gen_cpu_secs: gen_cpu_after - gen_cpu_before,
         wall_secs,
     }
 }
@@ -1036,26 +1067,24 @@ impl Report {
             self.rx_no_timestamp,
             self.tx.max_lag.as_micros()
         );
-        if !self.relayed.is_nan() {
+        if let Some(c) = &self.counted {
             println!(
                 "relay relayed:      {:.0} packets ({:.0}/s over the {} s send phase); {:.1} packets per worker wake-up",
-                self.relayed,
-                self.relayed / self.secs as f64,
+                c.relayed,
+                c.relayed / self.secs as f64,
                 self.secs,
-                self.relayed / self.wakeups.max(1.0)
+                c.relayed / c.wakeups.max(1.0)
             );
         }
         // CPU shares are over the whole sampled window: send phase plus the drain. Per
         // packet: per packet the relay's own counter says it relayed (sbc-edge), and per
         // packet the generator received intact (the same measure for any relay).
-        let per_relayed = if self.relayed.is_nan() {
-            String::new()
-        } else {
+        let per_relayed = self.counted.as_ref().map_or(String::new(), |c| {
             format!(
                 "{:.2} CPU s per million packets relayed; ",
-                self.gw_cpu_secs / (self.relayed / 1e6).max(1e-9)
+                self.gw_cpu_secs / (c.relayed / 1e6).max(1e-9)
             )
-        };
+        });
         println!(
             "relay CPU:          {:.2} s ({:.1} % of one core); {per_relayed}{:.2} CPU s per million packets delivered",
             self.gw_cpu_secs,
@@ -1074,17 +1103,17 @@ impl Report {
                 self.taps * self.calls,
                 self.tap_received,
                 self.received() * self.taps as u64,
-                self.tap_dropped
+                self.counted.as_ref().map_or(0.0, |c| c.tap_dropped)
             );
         }
-        let drops: Vec<String> = self
+        let Some(counted) = &self.counted else {
+            return;
+        };
+        let drops: Vec<String> = counted
             .dropped
             .iter()
             .map(|(k, v)| format!("{k}={v:.0}"))
             .collect();
-        if self.relayed.is_nan() {
-            return;
-        }
         println!(
             "relay dropped:      {}",
             if drops.is_empty() {
@@ -1199,28 +1228,6 @@ fn labelled(text: &str, name: &str) -> BTreeMap<String, f64> {
             Some((key.to_string(), value.trim().parse().ok()?))
         })
         .collect()
-}
-
-/// utime + stime of `/proc/<pid>/stat` in clock ticks (fields 14 and 15).
-fn cpu_ticks(pid: &str) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name, which is in parentheses and may contain spaces.
-    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    // `after` starts at field 3 (state): utime is field 14 → index 11.
-    let get = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    get(11) + get(12)
-}
-
-/// `getconf CLK_TCK`, 100 if that fails.
-fn clock_ticks() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
 }
 
 // ---------------------------------------------------------------- the peer: rtpengine
@@ -1343,18 +1350,7 @@ mod peer {
 
     impl Drop for Rtpengine {
         fn drop(&mut self) {
-            let _ = Command::new("kill")
-                .args(["-TERM", &self.child.id().to_string()])
-                .status();
-            let deadline = Instant::now() + STOP;
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = self.child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+            terminate(&mut self.child);
         }
     }
 
@@ -1416,31 +1412,22 @@ mod peer {
             "media_load: rtpengine pid {} ({bin}, userspace, {threads} threads), {calls} calls, {secs} s at {PPS} pps per stream each way",
             engine.child.id()
         );
-        let socks = Arc::new(Sockets::bind(
-            env("SBC_MEDIA_SOCKETS", 4).clamp(1, 64) as usize
-        ));
+        let socks = Arc::new(Sockets::from_env());
         let t_setup = Instant::now();
         let mut passthrough = 0;
-        let inside = callee_suite();
         let set_up: Vec<Call> = (0..calls)
             .map(|i| {
                 let (a, b) = socks.of_call(i, calls);
                 let call_id = format!("media-load-{i}");
-                let k1 = key_material(SUITE);
-                let offer = sdp(socks.port(a), 1, SUITE, &k1);
+                let (offering, offer) = Offering::new(i, "rtpengine", socks.port(a));
                 let d = ng.call(&[
                     ("command", "offer"),
                     ("call-id", &call_id),
                     ("from-tag", "atag"),
                     ("sdp", &offer),
                 ]);
-                let (gw_callee_port, offered) = parse_sdp(text(get(&d, "sdp")).as_bytes());
-                let (tag, _, k2) = offered
-                    .into_iter()
-                    .find(|(_, s, _)| *s == inside)
-                    .unwrap_or_else(|| panic!("call {i}: rtpengine offered no {inside}"));
-                let k3 = key_material(&inside);
-                let answer = sdp(socks.port(b), tag, &inside, &k3);
+                let (answering, answer) =
+                    offering.callee_answers(text(get(&d, "sdp")).as_bytes(), socks.port(b));
                 let d = ng.call(&[
                     ("command", "answer"),
                     ("call-id", &call_id),
@@ -1448,25 +1435,15 @@ mod peer {
                     ("to-tag", "btag"),
                     ("sdp", &answer),
                 ]);
-                let (gw_caller_port, answered) = parse_sdp(text(get(&d, "sdp")).as_bytes());
-                let (_, suite, k4) = answered
-                    .into_iter()
-                    .next()
-                    .unwrap_or_else(|| panic!("call {i}: rtpengine answered without a=crypto"));
-                assert_eq!(suite, SUITE, "call {i}: answered suite");
-                if k2 == k1 || k4 == k3 {
+                let call = answering.caller_learns(
+                    text(get(&d, "sdp")).as_bytes(),
+                    call_id,
+                    String::new(),
+                );
+                if call.k2 == call.k1 || call.k4 == call.k3 {
                     passthrough += 1;
                 }
-                Call {
-                    call_id,
-                    to: String::new(),
-                    gw_caller_port,
-                    gw_callee_port,
-                    k1,
-                    k2,
-                    k3,
-                    k4,
-                }
+                call
             })
             .collect();
         println!(

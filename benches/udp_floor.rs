@@ -23,36 +23,18 @@ use std::time::{Duration, Instant};
 
 use mio::{Events, Interest, Poll, Token};
 use sbc_media::udp_batch::{send_batch, RecvBatch, BATCH};
+use util::{cpu_seconds, env};
+
+mod util;
 
 const PACKET: usize = 172;
-
-fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// utime + stime of the calling thread, in seconds.
-fn thread_cpu() -> f64 {
-    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap_or_default();
-    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let get = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    let tck = std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse::<f64>().ok())
-        .unwrap_or(100.0);
-    (get(11) + get(12)) as f64 / tck
-}
 
 fn main() {
     let n = env("SBC_FLOOR_SOCKETS", 2000) as usize;
     let pps = env("SBC_FLOOR_PPS", 100_000);
     let secs = env("SBC_FLOOR_SECS", 8);
+    // Asks the clock tick rate now, so that no thread's measure includes the asking.
+    cpu_seconds("self");
     let relays: Vec<mio::net::UdpSocket> = (0..n)
         .map(|_| mio::net::UdpSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap())
         .collect();
@@ -89,7 +71,7 @@ fn main() {
         }
         let mut events = Events::with_capacity(256);
         let mut b = RecvBatch::new(2048);
-        let cpu0 = thread_cpu();
+        let cpu0 = cpu_seconds("thread-self");
         let mut relayed = 0u64;
         while !st.load(Ordering::Relaxed) {
             if poll
@@ -109,7 +91,7 @@ fn main() {
                 }
             }
         }
-        (relayed, thread_cpu() - cpu0)
+        (relayed, cpu_seconds("thread-self") - cpu0)
     });
 
     let source = UdpSocket::bind("127.0.0.1:0").unwrap();

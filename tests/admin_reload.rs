@@ -6,7 +6,6 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -82,19 +81,9 @@ async fn sighup_swaps_admin_tokens_in_the_running_binary() {
             l.push('\n');
         }
     });
-    // The admin address, from the start banner.
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(rest) = line.trim().strip_prefix("admin plane: http://") {
-                let addr = rest.split_whitespace().next().unwrap_or_default();
-                let _ = tx.send(addr.parse::<SocketAddr>().unwrap());
-            }
-        }
-    });
-    let admin = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("the gateway prints its admin address");
+    let admin = printed_addresses(stdout, Duration::from_secs(20))
+        .expect("the gateway prints its addresses")
+        .admin;
     let status = |token: &'static str| async move {
         http(admin, "GET", "/v1/calls", Some(token), "").await.0
     };

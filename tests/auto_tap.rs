@@ -56,14 +56,7 @@ async fn record_to_forks_every_packet_of_the_tenants_calls() {
     // Listed like any other tap, with its counters.
     let (_, calls) = http(a, "GET", "/v1/calls", Some(OPS), "").await;
     let taps = format!("/v1/calls/{}/taps", field(&calls, "id"));
-    let mut listed = String::new();
-    for _ in 0..100 {
-        listed = http(a, "GET", &taps, Some(OPS), "").await.1;
-        if listed.contains("\"packets_sent\":20") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let listed = tap_listing(a, &taps, OPS, "\"packets_sent\":20").await;
     assert_eq!(listed.matches("\"tap_id\"").count(), 1, "{listed}");
     assert!(
         listed.contains(&format!("\"destination\":\"{dest}\"")),

@@ -54,14 +54,7 @@ async fn a_live_call_is_tapped_through_the_admin_api() {
         let p = call.callee_sends(seq);
         assert_eq!(recv(&recorder, &mut rec), p, "callee copy {seq}");
     }
-    let mut listed = String::new();
-    for _ in 0..100 {
-        listed = http(a, "GET", &taps, Some(op), "").await.1;
-        if listed.contains("\"packets_sent\":20") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let listed = tap_listing(a, &taps, op, "\"packets_sent\":20").await;
     assert!(listed.contains("\"packets_sent\":20"), "{listed}");
     assert!(listed.contains("\"packets_dropped\":0"), "{listed}");
     assert!(!listed.contains("inline:"), "{listed}");

@@ -487,3 +487,45 @@ pub async fn http(
         .unwrap_or_default();
     (status, body)
 }
+
+/// Where a started `sbc-edge` process said it listens, read from the banner it prints on
+/// stdout: the first SIP listener and the admin plane.
+#[derive(Debug, Clone, Copy)]
+pub struct Printed {
+    pub sip: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+/// Reads `sbc-edge`'s start banner from its `stdout` until both addresses are printed,
+/// at most `within`; `None` if they were not. The rest of stdout is drained on a thread
+/// until the process exits, so the pipe never fills.
+pub fn printed_addresses(stdout: std::process::ChildStdout, within: Duration) -> Option<Printed> {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            // Nobody listening any more is fine: keep draining.
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = std::time::Instant::now() + within;
+    let (mut sip, mut admin) = (None, None);
+    while sip.is_none() || admin.is_none() {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = rx.recv_timeout(left).ok()?;
+        if line.contains("SIP over TLS listener") && sip.is_none() {
+            sip = line
+                .split("sips:")
+                .nth(1)
+                .and_then(|a| a.trim().parse().ok());
+        }
+        if let Some(rest) = line.trim().strip_prefix("admin plane: http://") {
+            admin = rest.split_whitespace().next().and_then(|a| a.parse().ok());
+        }
+    }
+    Some(Printed {
+        sip: sip?,
+        admin: admin?,
+    })
+}

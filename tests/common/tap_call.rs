@@ -127,6 +127,20 @@ pub fn field(json: &str, name: &str) -> String {
     json[start..].split('"').next().unwrap().to_string()
 }
 
+/// `GET {taps}` until the listing contains `until` (counters catch up with the worker
+/// within a few ms), at most a second; the last listing either way.
+pub async fn tap_listing(admin: SocketAddr, taps: &str, token: &str, until: &str) -> String {
+    let mut listed = String::new();
+    for _ in 0..100 {
+        listed = http(admin, "GET", taps, Some(token), "").await.1;
+        if listed.contains(until) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    listed
+}
+
 /// The gateway (SIP, media relay with one worker, admin plane) on loopback, with tenants
 /// `demo` (source 127.0.0.0/8) and `other` (SNI only).
 pub struct Rig {

@@ -39,7 +39,9 @@ use axum::routing::{delete, get, post};
 use axum::{Extension, Json, Router};
 use sbc_core::media::CallRef;
 use sbc_core::registry::{CallId, CallSnapshot};
-use sbc_core::tap::{TapError, TapId, TapLegs, TapSpec, TapStatus, TapSuite, TapTransport};
+use sbc_core::tap::{
+    TapControl, TapError, TapId, TapLegs, TapSpec, TapStatus, TapSuite, TapTransport,
+};
 use sbc_core::tenant::TenantId;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
@@ -550,19 +552,19 @@ fn tap_json(t: &TapStatus) -> TapJson {
     }
 }
 
-pub(crate) fn taps_unavailable() -> Response {
+fn taps_unavailable() -> Response {
     json_error(
         StatusCode::NOT_IMPLEMENTED,
         "recording taps are not available: the media relay is off",
     )
 }
 
-pub(crate) fn may_change_taps(role: &Role) -> bool {
+fn may_change_taps(role: &Role) -> bool {
     matches!(role, Role::Operator | Role::Recorder(_))
 }
 
 /// The call a tap request names, if the caller may see it; else the 404 to answer.
-pub(crate) fn tap_call(
+fn tap_call(
     app: &Shared,
     role: &Role,
     id: Result<Path<String>, PathRejection>,
@@ -641,8 +643,56 @@ async fn resolve_destination(dest: &str) -> Result<std::net::SocketAddr, String>
     Ok(addr)
 }
 
+/// A tap about to be started on a call, once the checks shared by `POST .../taps` and
+/// the WebSocket tap have passed.
+pub(crate) struct TapStart {
+    pub(crate) taps: Arc<dyn TapControl>,
+    pub(crate) id: CallId,
+    pub(crate) tenant: TenantId,
+}
+
+impl TapStart {
+    /// A role that may start taps (else 403 saying `forbidden`), a media relay (else 501)
+    /// and a call the caller may see (else 404, which looks the same for another
+    /// tenant's call).
+    pub(crate) fn check(
+        app: &Shared,
+        role: &Role,
+        id: Result<Path<String>, PathRejection>,
+        forbidden: &str,
+    ) -> Result<TapStart, Box<Response>> {
+        if !may_change_taps(role) {
+            return Err(Box::new(json_error(StatusCode::FORBIDDEN, forbidden)));
+        }
+        let Some(taps) = app.state.taps.clone() else {
+            return Err(Box::new(taps_unavailable()));
+        };
+        let (id, call) = tap_call(app, role, id)?;
+        Ok(TapStart {
+            taps,
+            id,
+            tenant: call.tenant,
+        })
+    }
+
+    /// The call's media, as the relay numbers it; 409 when it has none (not answered
+    /// yet, or ended).
+    pub(crate) fn media(&self, app: &Shared) -> Result<CallRef, Box<Response>> {
+        app.state
+            .registry
+            .media_ref(&self.id)
+            .map(CallRef)
+            .ok_or_else(|| Box::new(no_media()))
+    }
+
+    /// `resp`, marked for the audit line with this call and tenant.
+    pub(crate) fn audited(&self, resp: Response) -> Response {
+        with_audit(resp, Some(self.tenant.clone()), Some(self.id.clone()))
+    }
+}
+
 /// 409: the call is known but its media is not (yet, or any more).
-pub(crate) fn no_media() -> Response {
+fn no_media() -> Response {
     json_error(
         StatusCode::CONFLICT,
         "the call has no media to tap (not answered yet, or ended)",
@@ -664,33 +714,29 @@ async fn start_tap(
     id: Result<Path<String>, PathRejection>,
     body: Bytes,
 ) -> Response {
-    if !may_change_taps(&token.role) {
-        return json_error(
-            StatusCode::FORBIDDEN,
-            "starting a tap needs an operator or recorder token",
-        );
-    }
-    let Some(taps) = app.state.taps.clone() else {
-        return taps_unavailable();
-    };
-    let (id, call) = match tap_call(&app, &token.role, id) {
-        Ok(c) => c,
+    let start = match TapStart::check(
+        &app,
+        &token.role,
+        id,
+        "starting a tap needs an operator or recorder token",
+    ) {
+        Ok(s) => s,
         Err(resp) => return *resp,
     };
-    let tenant = call.tenant.clone();
-    let audited = |resp: Response| with_audit(resp, Some(tenant.clone()), Some(id.clone()));
     let spec = match tap_spec(&body).await {
         Ok(s) => s,
-        Err(msg) => return audited(json_error(StatusCode::BAD_REQUEST, &msg)),
+        Err(msg) => return start.audited(json_error(StatusCode::BAD_REQUEST, &msg)),
     };
-    let Some(media_ref) = app.state.registry.media_ref(&id) else {
-        return audited(no_media());
+    let call = match start.media(&app) {
+        Ok(c) => c,
+        Err(resp) => return start.audited(*resp),
     };
     // Synchronous and quick: the media side only records the tap and tells a worker.
-    let info = match taps.start_tap(CallRef(media_ref), spec) {
+    let info = match start.taps.start_tap(call, spec) {
         Ok(i) => i,
-        Err(e) => return audited(tap_error(&e)),
+        Err(e) => return start.audited(tap_error(&e)),
     };
+    let (tenant, id) = (&start.tenant, &start.id);
     tracing::info!(token = %token.id, tenant = %tenant, call = %id, tap = %info.id,
         legs = spec.legs.as_str(), transport = spec.transport.as_str(), "recording tap started");
     let mut body = serde_json::json!({
@@ -705,7 +751,7 @@ async fn start_tap(
     if let Some(key) = &info.key {
         body["key"] = key.expose().into();
     }
-    audited((StatusCode::CREATED, Json(body)).into_response())
+    start.audited((StatusCode::CREATED, Json(body)).into_response())
 }
 
 async fn list_taps(

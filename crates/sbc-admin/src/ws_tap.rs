@@ -40,7 +40,6 @@ use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, Uri};
 use axum::response::Response;
 use axum::Extension;
-use sbc_core::media::CallRef;
 use sbc_core::registry::CallId;
 use sbc_core::tap::{TapControl, TapError, TapId, TapLegs, TapSpec, TapTransport};
 use sbc_core::tenant::TenantId;
@@ -50,10 +49,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::task::JoinSet;
 use tracing::info;
 
-use crate::api::{
-    audit, json_error, may_change_taps, no_media, tap_call, tap_error, taps_unavailable,
-    with_audit, App, AuditInfo, Caller,
-};
+use crate::api::{audit, json_error, tap_error, App, AuditInfo, Caller, TapStart};
 use crate::config::TokenEntry;
 
 /// WebSocket taps open at once: each holds two sockets, two taps and a task; a few
@@ -333,21 +329,16 @@ pub(crate) async fn tap_ws(
     uri: Uri,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    if !may_change_taps(&token.role) {
-        return json_error(
-            StatusCode::FORBIDDEN,
-            "a WebSocket tap needs an operator or recorder token",
-        );
-    }
-    let Some(taps) = app.state.taps.clone() else {
-        return taps_unavailable();
-    };
-    let (id, call) = match tap_call(&app, &token.role, id) {
-        Ok(c) => c,
+    let start = match TapStart::check(
+        &app,
+        &token.role,
+        id,
+        "a WebSocket tap needs an operator or recorder token",
+    ) {
+        Ok(s) => s,
         Err(resp) => return *resp,
     };
-    let tenant = call.tenant;
-    let audited = |resp: Response| with_audit(resp, Some(tenant.clone()), Some(id.clone()));
+    let audited = |resp: Response| start.audited(resp);
     let legs = match query.map(|Query(q)| q.legs) {
         Ok(None) => TapLegs::Both,
         Ok(Some(l)) => match l.parse::<TapLegs>() {
@@ -373,10 +364,11 @@ pub(crate) async fn tap_ws(
             "too many WebSocket taps open; try again later",
         ));
     };
-    let Some(media_ref) = app.state.registry.media_ref(&id) else {
-        return audited(no_media());
+    let call_ref = match start.media(&app) {
+        Ok(c) => c,
+        Err(resp) => return audited(*resp),
     };
-    let call_ref = CallRef(media_ref);
+    let TapStart { taps, id, tenant } = &start;
     let sides: &[(u8, TapLegs)] = match legs {
         TapLegs::Both => &[(0, TapLegs::Caller), (1, TapLegs::Callee)],
         TapLegs::Caller => &[(0, TapLegs::Caller)],
@@ -384,7 +376,7 @@ pub(crate) async fn tap_ws(
     };
     // Dropped on any early return below: stops the taps already started.
     let mut guard = TapGuard {
-        taps: Arc::clone(&taps),
+        taps: Arc::clone(taps),
         ids: Vec::new(),
     };
     let mut sockets = Vec::with_capacity(sides.len());

@@ -287,17 +287,29 @@ impl CallRegistry {
 
     /// Copies the relay's per-leg counters of every call with media into the registry
     /// (caller's leg → inbound, callee's → outbound). The relay is asked outside the
-    /// registry's lock.
+    /// registry's lock; the registry is locked once to read and once to write.
     pub fn refresh_media_counters(&self, media: &dyn crate::media::MediaControl) {
         let refs: Vec<(CallId, u64)> = self
             .lock()
             .iter()
             .filter_map(|(id, e)| e.media_ref.map(|r| (id.clone(), r)))
             .collect();
-        for (id, media_ref) in refs {
-            if let Some([caller, callee]) = media.counters(crate::media::CallRef(media_ref)) {
-                self.set_counters(&id, LegDirection::Inbound, caller);
-                self.set_counters(&id, LegDirection::Outbound, callee);
+        let counted: Vec<(CallId, [MediaCounters; 2])> = refs
+            .into_iter()
+            .filter_map(|(id, r)| Some((id, media.counters(crate::media::CallRef(r))?)))
+            .collect();
+        let mut calls = self.lock();
+        for (id, legs) in counted {
+            let Some(e) = calls.get_mut(&id) else {
+                continue;
+            };
+            for (direction, counters) in [LegDirection::Inbound, LegDirection::Outbound]
+                .into_iter()
+                .zip(legs)
+            {
+                if let Some(leg) = e.leg_mut(direction) {
+                    leg.counters = counters;
+                }
             }
         }
     }

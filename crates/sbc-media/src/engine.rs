@@ -984,15 +984,14 @@ impl MediaControl for MediaEngine {
         }
         drop(calls);
         if let Some(w) = self.worker(worker) {
-            let ids: Vec<TapId> = taps.iter().map(|t| t.id).collect();
+            let record_id = taps.first().map(|t| t.id);
             if !w.send(Command::Upsert {
                 call,
                 streams: setups,
                 taps,
             }) {
-                let mut known = lock_taps(&self.inner.taps);
-                for id in ids {
-                    known.remove(&id);
+                if let Some(id) = record_id {
+                    lock_taps(&self.inner.taps).remove(&id);
                 }
                 tracing::error!(%call, "media worker is gone");
                 return Err(MediaError::NoPorts);
