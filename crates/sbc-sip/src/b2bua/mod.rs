@@ -7,6 +7,8 @@
 //! Must not: touch sockets, TLS or the clock. Drivers feed [`Input`]s with `now` and carry
 //! out the [`Output`]s from [`B2bua::poll_output`].
 
+pub mod topology;
+
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
