@@ -166,6 +166,10 @@ pub enum MediaEvent {
     Timeout(CallRef),
 }
 
+/// Where media control pushes its events as they happen (the signaling driver turns them
+/// into B2BUA inputs, so nothing polls for them).
+pub type MediaEventSink = std::sync::Arc<dyn Fn(MediaEvent) + Send + Sync>;
+
 /// What signaling needs from media. Implementations are called from the signaling core's
 /// task: every method must return quickly and never block on I/O.
 pub trait MediaControl: Send + Sync + fmt::Debug {
@@ -185,8 +189,15 @@ pub trait MediaControl: Send + Sync + fmt::Debug {
     /// The call ended (or its setup failed): release its ports and state.
     fn delete(&self, call: CallRef);
 
-    /// Events since the last call (media timeouts).
+    /// Events since the last call (media timeouts) that no sink took.
     fn poll_events(&self) -> Vec<MediaEvent>;
+
+    /// Push every later event to `sink` as it happens instead of queueing it for
+    /// [`MediaControl::poll_events`]. The default keeps queueing (implementations
+    /// without events).
+    fn set_event_sink(&self, sink: MediaEventSink) {
+        let _ = sink;
+    }
 
     /// The call's media counters per leg (`[caller, callee]`), summed over its streams;
     /// `None` when the call has no relayed media (or there is no relay).

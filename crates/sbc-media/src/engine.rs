@@ -233,13 +233,39 @@ fn lock_calls(calls: &CallMap) -> MutexGuard<'_, HashMap<CallRef, CallCtl>> {
     calls.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Media events on their way to signaling: pushed to the sink once one is set, queued
+/// for `poll_events` until then.
+#[derive(Default)]
+struct EventQueue {
+    queued: Vec<MediaEvent>,
+    sink: Option<sbc_core::media::MediaEventSink>,
+}
+
+impl EventQueue {
+    fn push(&mut self, event: MediaEvent) {
+        match &self.sink {
+            Some(sink) => sink(event),
+            None => self.queued.push(event),
+        }
+    }
+}
+
+impl std::fmt::Debug for EventQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventQueue")
+            .field("queued", &self.queued.len())
+            .field("sink", &self.sink.is_some())
+            .finish()
+    }
+}
+
 #[derive(Debug)]
 struct Inner {
     settings: MediaSettings,
     pool: SharedPortPool,
     calls: CallMap,
     taps: TapMap,
-    events: Arc<Mutex<Vec<MediaEvent>>>,
+    events: Arc<Mutex<EventQueue>>,
     workers: Vec<WorkerHandle>,
     stats: Vec<Arc<WorkerStats>>,
     rng: SystemRandom,
@@ -300,7 +326,7 @@ impl MediaEngine {
         }
         let calls: CallMap = Arc::new(Mutex::new(HashMap::new()));
         let taps: TapMap = Arc::new(Mutex::new(HashMap::new()));
-        let events = Arc::new(Mutex::new(Vec::new()));
+        let events = Arc::new(Mutex::new(EventQueue::default()));
         let mut workers = Vec::with_capacity(settings.workers);
         let mut stats = Vec::with_capacity(settings.workers);
         for id in 0..settings.workers {
@@ -1022,7 +1048,22 @@ impl MediaControl for MediaEngine {
     }
 
     fn poll_events(&self) -> Vec<MediaEvent> {
-        std::mem::take(&mut *self.inner.events.lock().unwrap_or_else(|e| e.into_inner()))
+        std::mem::take(
+            &mut self
+                .inner
+                .events
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .queued,
+        )
+    }
+
+    fn set_event_sink(&self, sink: sbc_core::media::MediaEventSink) {
+        let mut q = self.inner.events.lock().unwrap_or_else(|e| e.into_inner());
+        for event in std::mem::take(&mut q.queued) {
+            sink(event);
+        }
+        q.sink = Some(sink);
     }
 
     fn counters(&self, call: CallRef) -> Option<[MediaCounters; 2]> {

@@ -1193,3 +1193,20 @@ Content-Length: 4\r\n\r\nv=0\r";
         }
     }
 }
+
+// LEAD SHIM: replaced by the parser helper's version at merge.
+/// Why a Request-URI is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestUriFault {
+    UnsupportedScheme,
+    Malformed(&'static str),
+}
+
+/// Check a Request-URI.
+pub fn check_request_uri(uri: &str) -> Result<SipUri<'_>, RequestUriFault> {
+    let scheme = uri.split(':').next().unwrap_or("");
+    if !scheme.eq_ignore_ascii_case("sip") && !scheme.eq_ignore_ascii_case("sips") {
+        return Err(RequestUriFault::UnsupportedScheme);
+    }
+    parse_uri(uri).ok_or(RequestUriFault::Malformed("Request-URI"))
+}

@@ -374,6 +374,8 @@ pub async fn start_with(config: Arc<Config>, hooks: Hooks) -> Result<ServerHandl
             max_forwards: config.sip.max_forwards,
             advertised,
             redaction: config.logging.redact_numbers,
+            seed: rand::random(),
+            wall_clock: crate::b2bua::WallClock::system(),
         },
         Arc::new(routes),
         admission,
@@ -383,6 +385,16 @@ pub async fn start_with(config: Arc<Config>, hooks: Hooks) -> Result<ServerHandl
         core.set_admin(registry, drain);
     }
     if let Some(media) = hooks.media {
+        // Media events (timeouts) come in as core inputs the moment they happen.
+        let (media_tx, media_rx) = mpsc::unbounded_channel();
+        media.set_event_sink(Arc::new(move |e| {
+            let _ = media_tx.send(e);
+        }));
+        tasks.push(tokio::spawn(forward_media_events(
+            media_rx,
+            events_tx.clone(),
+            shutdown_rx.clone(),
+        )));
         core.set_media(media, media_policies(&config));
     }
     let stats = Arc::new(Mutex::new(B2buaStats::default()));
@@ -861,6 +873,25 @@ async fn core_loop(
         }
         if let Ok(mut s) = stats.lock() {
             *s = core.stats();
+        }
+    }
+}
+
+/// Hand media events to the core. The channel from media is unbounded (one event per
+/// call at most) and the core's is bounded: this waits for room rather than lose an
+/// event, so a call whose media timed out is always torn down.
+async fn forward_media_events(
+    mut media: mpsc::UnboundedReceiver<sbc_core::media::MediaEvent>,
+    events: mpsc::Sender<Event>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let event = tokio::select! {
+            e = media.recv() => match e { Some(e) => e, None => return },
+            _ = shutdown.changed() => return,
+        };
+        if events.send(Event::Core(Input::Media(event))).await.is_err() {
+            return;
         }
     }
 }

@@ -1,0 +1,175 @@
+//! Per-call SDP offer/answer state (RFC 3264, RFC 6337) and the pure classifier that says
+//! what an SDP body in a given message is.
+//!
+//! Owns: which side's offer awaits an answer, the last answer rewritten (so that an 18x
+//! and the 2xx carrying the same answer go through media once), and [`classify`].
+//! Must not: call media control or build messages (the B2BUA does, with what this says).
+
+use sbc_core::media::LegSide;
+
+use crate::message::Method;
+
+/// Offer/answer state of one call.
+#[derive(Debug, Default)]
+pub(crate) struct OfferAnswer {
+    /// The side whose SDP offer awaits an answer.
+    pub pending: Option<LegSide>,
+    /// The last answer through media: (SDP in, SDP out).
+    pub last_answer: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl OfferAnswer {
+    /// `from` made an offer.
+    pub fn offered(&mut self, from: LegSide) {
+        self.pending = Some(from);
+        self.last_answer = None;
+    }
+
+    /// The answer media gave for `input` before, if this is the same answer again.
+    pub fn repeated_answer(&self, input: &[u8]) -> Option<&[u8]> {
+        match &self.last_answer {
+            Some((i, o)) if i == input => Some(o),
+            _ => None,
+        }
+    }
+
+    /// The exchange is complete.
+    pub fn settle(&mut self) {
+        self.pending = None;
+    }
+}
+
+/// The message an SDP body arrived in.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Carrier<'a> {
+    /// A request other than ACK.
+    Request(&'a Method),
+    /// The ACK for a 2xx.
+    Ack,
+    /// A response with this status to a request with this method.
+    Response(&'a Method, u16),
+}
+
+/// What an SDP body is, given the call's offer/answer state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SdpRole {
+    /// A new offer from the sender: through `MediaControl::offer`.
+    Offer,
+    /// The answer to the other side's pending offer: through `MediaControl::answer`.
+    Answer,
+    /// SDP where RFC 3264 allows none (no offer pending and this message cannot offer):
+    /// refused in a request, fatal in an ACK, dropped from a response.
+    Unexpected,
+    /// Not part of offer/answer: the body is dropped (a 100, or a response to a method
+    /// that does not negotiate), never passed on raw.
+    Ignore,
+}
+
+/// What the SDP in `carrier`, sent by `sender`, is while `pending` is the side whose offer
+/// awaits an answer.
+///
+/// Offers: INVITE and UPDATE requests (RFC 3311), and a 2xx to an INVITE that carried no
+/// offer (RFC 3261 §13.2.1, the late offer). Answers: whatever the other side sends while
+/// its offer is pending, in a request (glare resolved by the peer), an ACK, or a reliable
+/// answer (18x or 2xx) to INVITE or UPDATE.
+pub(crate) fn classify(pending: Option<LegSide>, sender: LegSide, carrier: Carrier<'_>) -> SdpRole {
+    let answers = pending == Some(sender.other());
+    match carrier {
+        Carrier::Request(Method::Invite | Method::Update) => {
+            if answers {
+                SdpRole::Answer
+            } else {
+                SdpRole::Offer
+            }
+        }
+        Carrier::Request(_) => SdpRole::Unexpected,
+        Carrier::Ack => {
+            if answers {
+                SdpRole::Answer
+            } else {
+                SdpRole::Unexpected
+            }
+        }
+        Carrier::Response(method, code) => {
+            let negotiates = matches!(method, Method::Invite | Method::Update);
+            if !negotiates || !(180..300).contains(&code) {
+                return SdpRole::Ignore;
+            }
+            if answers {
+                SdpRole::Answer
+            } else if *method == Method::Invite && (200..300).contains(&code) {
+                SdpRole::Offer
+            } else {
+                SdpRole::Unexpected
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use LegSide::{Callee, Caller};
+
+    #[test]
+    fn offers_and_answers() {
+        // Initial INVITE with SDP: an offer; the callee's 183 and 200: answers.
+        assert_eq!(
+            classify(None, Caller, Carrier::Request(&Method::Invite)),
+            SdpRole::Offer
+        );
+        assert_eq!(
+            classify(
+                Some(Caller),
+                Callee,
+                Carrier::Response(&Method::Invite, 183)
+            ),
+            SdpRole::Answer
+        );
+        assert_eq!(
+            classify(
+                Some(Caller),
+                Callee,
+                Carrier::Response(&Method::Invite, 200)
+            ),
+            SdpRole::Answer
+        );
+        // Late offer: INVITE without SDP, offer in the 200, answer in the ACK.
+        assert_eq!(
+            classify(None, Callee, Carrier::Response(&Method::Invite, 200)),
+            SdpRole::Offer
+        );
+        assert_eq!(
+            classify(Some(Callee), Caller, Carrier::Ack),
+            SdpRole::Answer
+        );
+        // SDP in an ACK with nothing pending, in a 183 with nothing pending, in an INFO.
+        assert_eq!(classify(None, Caller, Carrier::Ack), SdpRole::Unexpected);
+        assert_eq!(
+            classify(None, Callee, Carrier::Response(&Method::Invite, 183)),
+            SdpRole::Unexpected
+        );
+        assert_eq!(
+            classify(None, Caller, Carrier::Request(&Method::Info)),
+            SdpRole::Unexpected
+        );
+        // Not negotiating: a 100, a 200 to BYE.
+        assert_eq!(
+            classify(
+                Some(Caller),
+                Callee,
+                Carrier::Response(&Method::Invite, 100)
+            ),
+            SdpRole::Ignore
+        );
+        assert_eq!(
+            classify(None, Callee, Carrier::Response(&Method::Bye, 200)),
+            SdpRole::Ignore
+        );
+        // UPDATE from the callee while nothing is pending: a new offer.
+        assert_eq!(
+            classify(None, Callee, Carrier::Request(&Method::Update)),
+            SdpRole::Offer
+        );
+    }
+}

@@ -1,0 +1,592 @@
+//! What a request does: start a call, belong to a transaction we hold (retransmission,
+//! CANCEL, ACK for a non-2xx), or belong to a dialog; and the relay of a request to the
+//! other leg with its transaction pair.
+//!
+//! Owns: no state of its own; the order of checks a request passes. Every refusal of a
+//! new call is decided before admission (nothing to release), and every failure after
+//! admission ends the call (its slot, media and registry entry released).
+//! Must not: build responses other than through `responses.rs` or decide what crosses
+//! (`topology.rs`).
+
+use std::time::Instant;
+
+use sbc_core::media::{CallRef, LegSide};
+use sbc_core::registry::CallRecord;
+use sbc_core::tenant::TenantId;
+use tracing::{debug, info, warn};
+
+use super::body_flow::BodyError;
+use super::calls::{contact_uri, from_user, without_tag, Call, CallState, Hop, Leg};
+use super::offer_answer::{Carrier, OfferAnswer};
+use super::pairs::{Pair, ServerKey};
+use super::responses::{self, status_class, Refusal, ALLOW};
+use super::{B2bua, ConnId, ConnKind, Dest, Output, DRAIN_RETRY_AFTER};
+use crate::message::{check_request_uri, response_to, tag, Method, SipMessage};
+use crate::transaction::{ClientTransaction, ServerDisposition, ServerState, TxKind};
+
+/// Option tags of Require the gateway honours (RFC 3261 §8.2.2.3): `timer` (RFC 4028)
+/// because Session-Expires crosses end to end. `100rel` is not relayed yet, so a peer that
+/// requires it gets 420.
+const SUPPORTED_REQUIRE: &[&str] = &["timer"];
+
+/// Methods that exist only inside a dialog: outside one they get 481.
+fn dialog_only(m: &Method) -> bool {
+    matches!(
+        m,
+        Method::Bye | Method::Update | Method::Info | Method::Notify | Method::Prack
+    )
+}
+
+/// Checks every request passes before anything else happens to it (RFC 3261 §8.2.1 -
+/// §8.2.2.3, §16.3): method, Request-URI, Max-Forwards, Require. ACK and CANCEL are never
+/// refused this way (§8.2.2.3: Require is not checked for them).
+fn precheck(msg: &SipMessage, method: &Method) -> Result<(), Refusal> {
+    if matches!(method, Method::Ack | Method::Cancel) {
+        return Ok(());
+    }
+    if let Method::Other(_) = method {
+        return Err(Refusal::NotImplemented);
+    }
+    if !responses::allowed(method) {
+        return Err(Refusal::MethodNotAllowed);
+    }
+    if let Err(fault) = check_request_uri(msg.request_uri().unwrap_or_default()) {
+        return Err(Refusal::from(fault));
+    }
+    if msg.max_forwards() == Some(0) && *method != Method::Options {
+        return Err(Refusal::TooManyHops);
+    }
+    let unsupported: Vec<&str> = msg
+        .header_values("require")
+        .filter(|t| !SUPPORTED_REQUIRE.iter().any(|s| s.eq_ignore_ascii_case(t)))
+        .collect();
+    if !unsupported.is_empty() {
+        return Err(Refusal::BadExtension(unsupported.join(", ")));
+    }
+    Ok(())
+}
+
+impl B2bua {
+    pub(super) fn on_request(&mut self, now: Instant, conn: ConnId, msg: SipMessage) {
+        let Some(method) = msg.method().cloned() else {
+            return;
+        };
+        metrics::counter!("sbc_sip_requests_received_total", "method" => responses::method_label(&method))
+            .increment(1);
+        let Some(kind) = self.conns.get(&conn).map(|c| c.kind.clone()) else {
+            debug!(conn, "request on unknown connection dropped");
+            return;
+        };
+        // Requests that belong to a transaction we already hold (retransmission, CANCEL,
+        // ACK for a non-2xx final) are matched by RFC 3261 §17.2.3.
+        if let Some(key) = ServerKey::of(conn, &msg) {
+            if let Some(id) = self.pairs.by_server(&key) {
+                self.on_request_in_transaction(now, conn, id, &method, msg);
+                return;
+            }
+        }
+        if let Err(refusal) = precheck(&msg, &method) {
+            self.refuse(conn, &msg, &refusal, None);
+            return;
+        }
+        let to_tag = msg.header("to").and_then(tag).map(str::to_string);
+        if let Some(to_tag) = to_tag {
+            self.on_in_dialog(now, conn, &to_tag, method, msg);
+            return;
+        }
+        match kind {
+            ConnKind::Outbound { .. } => {
+                // Targets answer calls; they do not place them through us.
+                self.refuse(conn, &msg, &Refusal::NotATrunkPeer, None);
+            }
+            ConnKind::Inbound { tenant, listener } => {
+                let Some(tenant) = tenant else {
+                    self.refuse_unrecognised(conn, &msg);
+                    return;
+                };
+                match method {
+                    Method::Invite => self.on_initial_invite(now, conn, listener, tenant, msg),
+                    Method::Options => {
+                        let tag = self.token();
+                        let mut resp = response_to(&msg, 200, "OK", Some(&tag));
+                        resp.push_header("Allow", ALLOW);
+                        resp.push_header("Accept", super::topology::ACCEPT_DEFAULT);
+                        self.outputs.push_back(Output::Send { conn, msg: resp });
+                    }
+                    Method::Ack => debug!(conn, "stray ACK dropped"),
+                    Method::Cancel => self.refuse(conn, &msg, &Refusal::NoTransaction, None),
+                    m if dialog_only(&m) => self.refuse(conn, &msg, &Refusal::NoTransaction, None),
+                    _ => self.refuse(conn, &msg, &Refusal::MethodNotAllowed, None),
+                }
+            }
+        }
+    }
+
+    /// Answer `req` on `conn` with `refusal` (counted by reason; `tenant` labels it when
+    /// known). ACKs are never answered.
+    pub(super) fn refuse(
+        &mut self,
+        conn: ConnId,
+        req: &SipMessage,
+        refusal: &Refusal,
+        tenant: Option<&TenantId>,
+    ) {
+        metrics::counter!("sbc_sip_requests_refused_total", "reason" => refusal.as_str())
+            .increment(1);
+        if let Some(t) = tenant {
+            metrics::counter!("sbc_sip_calls_failed_total", "tenant" => t.to_string(), "class" => status_class(refusal.status())).increment(1);
+        }
+        if req.method() == Some(&Method::Ack) {
+            return;
+        }
+        let tag = self.token();
+        let resp = refusal.response(req, &tag);
+        self.outputs.push_back(Output::Send { conn, msg: resp });
+    }
+
+    fn refuse_unrecognised(&mut self, conn: ConnId, msg: &SipMessage) {
+        self.refuse(conn, msg, &Refusal::UnrecognisedPeer, None);
+        let close = match self.conns.get_mut(&conn) {
+            Some(c) => {
+                c.refusals += 1;
+                c.refusals >= super::MAX_REFUSALS_PER_CONNECTION
+            }
+            None => false,
+        };
+        debug!(
+            event = "recognition_refused",
+            conn, "request from unrecognised peer refused with 403"
+        );
+        if close {
+            warn!(
+                event = "connection_closed_refusals",
+                conn, "closing connection after repeated refusals"
+            );
+            self.outputs.push_back(Output::Close { conn });
+        }
+    }
+
+    fn on_initial_invite(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        listener: usize,
+        tenant: TenantId,
+        msg: SipMessage,
+    ) {
+        let t = tenant.to_string();
+        metrics::counter!("sbc_sip_calls_attempted_total", "tenant" => t.clone()).increment(1);
+        // Everything that can refuse the call without a slot comes first.
+        if let Err(refusal) = self.body_acceptable(&tenant, &msg) {
+            self.refuse(conn, &msg, &refusal, Some(&tenant));
+            return;
+        }
+        let user = msg
+            .request_uri()
+            .and_then(check_request_uri_ok)
+            .and_then(|u| u.user.map(str::to_string));
+        let Some(route) = self.routes.lookup(&tenant, user.as_deref()).cloned() else {
+            info!(tenant = %tenant, called = %self.cfg.redaction.number(user.as_deref().unwrap_or("")), "no route: 404");
+            self.refuse(conn, &msg, &Refusal::NoRoute, Some(&tenant));
+            return;
+        };
+        if self.drain.as_ref().is_some_and(|d| d.is_draining()) {
+            metrics::counter!("sbc_admission_refused_total", "tenant" => t.clone(), "cause" => "draining").increment(1);
+            info!(tenant = %tenant, "draining: new call refused 503");
+            let refusal = Refusal::Unavailable(DRAIN_RETRY_AFTER, "gateway draining");
+            self.refuse(conn, &msg, &refusal, Some(&tenant));
+            return;
+        }
+        let (Some(from), Some(to), Some(call_id), Some((cseq, _))) = (
+            msg.header("from"),
+            msg.header("to"),
+            msg.call_id(),
+            msg.cseq(),
+        ) else {
+            // The parser guarantees these on requests; answer rather than panic.
+            self.refuse(conn, &msg, &Refusal::MissingDialogHeaders, Some(&tenant));
+            return;
+        };
+        let admitted = match self.admission.admit_call(&tenant, now) {
+            Ok(a) => {
+                metrics::counter!("sbc_admission_admitted_total", "tenant" => t.clone())
+                    .increment(1);
+                a
+            }
+            Err(refusal) => {
+                metrics::counter!("sbc_admission_refused_total", "tenant" => t.clone(), "cause" => refusal.cause.as_str()).increment(1);
+                info!(tenant = %tenant, cause = refusal.cause.as_str(), "call refused: 503");
+                let r = Refusal::Unavailable(refusal.retry_after, refusal.cause.text());
+                self.refuse(conn, &msg, &r, Some(&tenant));
+                return;
+            }
+        };
+        let caller = Leg {
+            call_id: call_id.to_string(),
+            local_tag: self.token(),
+            remote_tag: tag(from).map(str::to_string),
+            local_party: without_tag(to),
+            remote_party: without_tag(from),
+            next_cseq: 1,
+            invite_cseq: cseq,
+            remote_target: msg
+                .header("contact")
+                .and_then(contact_uri)
+                .unwrap_or_default(),
+            route_set: msg
+                .header_values("record-route")
+                .map(str::to_string)
+                .collect(),
+            conn: Some(conn),
+        };
+        let user_part = user.as_ref().map(|u| format!("{u}@")).unwrap_or_default();
+        let callee = Leg {
+            call_id: format!("{}{}", self.token(), self.token()),
+            local_tag: self.token(),
+            remote_tag: None,
+            local_party: without_tag(from),
+            remote_party: without_tag(to),
+            next_cseq: 1,
+            invite_cseq: 0,
+            remote_target: format!("sips:{user_part}{}", route.host_port),
+            route_set: Vec::new(),
+            conn: None,
+        };
+        let id = self.calls.next_ref();
+        let registry_id = self.registry.as_ref().and_then(|r| {
+            let rid = r
+                .register(CallRecord {
+                    tenant: tenant.clone(),
+                    // Display only; no decision depends on it.
+                    start: self.cfg.wall_clock.wall(now),
+                    caller: from_user(from),
+                    callee: user.clone().unwrap_or_default(),
+                    inbound_sip_call_id: caller.call_id.clone(),
+                })
+                .map_err(|e| warn!(error = %e, "call not recorded for the admin plane"))
+                .ok()?;
+            r.add_outbound_leg(&rid, callee.call_id.clone());
+            r.set_media_ref(&rid, id.0);
+            Some(rid)
+        });
+        debug!(tenant = %tenant, call = id.0, called = %self.cfg.redaction.number(user.as_deref().unwrap_or("")), "call admitted, relaying INVITE");
+        self.calls.insert(
+            id,
+            Call {
+                tenant: tenant.clone(),
+                admitted,
+                caller,
+                callee,
+                target: route.target,
+                listener,
+                state: CallState::Setup,
+                media: OfferAnswer::default(),
+                registry_id,
+                ack_wait: None,
+            },
+        );
+        metrics::gauge!("sbc_sip_active_dialogs").set(self.calls.len() as f64);
+        self.report_usage(&tenant);
+        // 100 Trying at once: the INVITE server transaction is ours now.
+        let trying = response_to(&msg, 100, "Trying", None);
+        self.outputs.push_back(Output::Send { conn, msg: trying });
+        if !self.relay_request(now, id, LegSide::Caller, conn, msg, true) {
+            self.end_call(id, "refused");
+        }
+    }
+
+    /// The body policy's verdict on a request's body, before anything is forwarded.
+    fn body_acceptable(&self, tenant: &TenantId, msg: &SipMessage) -> Result<(), Refusal> {
+        super::topology::check_request_body(self.body_policy(tenant), msg)
+            .map_err(Refusal::UnsupportedMediaType)
+    }
+
+    fn on_request_in_transaction(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        id: super::pairs::PairId,
+        method: &Method,
+        msg: SipMessage,
+    ) {
+        let Some(pair) = self.pairs.get_mut(id) else {
+            return;
+        };
+        if *method == Method::Cancel && pair.method == Method::Invite {
+            // RFC 3261 §9.2: 200 to the CANCEL, 487 to the INVITE, CANCEL downstream.
+            let ok = response_to(&msg, 200, "OK", None);
+            self.outputs.push_back(Output::Send { conn, msg: ok });
+            if !pair.server.awaiting_final() {
+                return;
+            }
+            let call = pair.call;
+            self.respond_upstream_local(now, id, 487, "Request Terminated");
+            if let Some(c) = self.calls.get_mut(call) {
+                c.state = CallState::Abandoned;
+            }
+            self.cancel_downstream(now, id);
+            info!(call = call.0, "caller cancelled");
+            return;
+        }
+        if *method == Method::Cancel {
+            self.refuse(conn, &msg, &Refusal::NoTransaction, None);
+            return;
+        }
+        if *method == Method::Ack && pair.method != Method::Invite {
+            return;
+        }
+        if *method == Method::Ack && pair.server.state() == ServerState::Accepted {
+            // An ACK for our 2xx that reused the INVITE's branch: it is end to end.
+            let to_tag = msg.header("to").and_then(tag).map(str::to_string);
+            if let Some(to_tag) = to_tag {
+                self.on_in_dialog(now, conn, &to_tag, Method::Ack, msg);
+            }
+            return;
+        }
+        let is_ack = *method == Method::Ack;
+        match pair.server.handle_input(is_ack) {
+            ServerDisposition::Retransmit => {
+                if let Some(resp) = pair.last_response.clone() {
+                    self.outputs.push_back(Output::Send { conn, msg: resp });
+                }
+            }
+            ServerDisposition::AckAbsorbed | ServerDisposition::Absorb => {}
+        }
+        self.pairs.remove_if_finished(id);
+    }
+
+    fn on_in_dialog(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        to_tag: &str,
+        method: Method,
+        msg: SipMessage,
+    ) {
+        let found = self
+            .calls
+            .by_dialog(to_tag, msg.call_id())
+            .filter(|(call, side)| {
+                self.calls
+                    .get(*call)
+                    .is_some_and(|c| self.conn_serves(conn, c, *side))
+            });
+        let Some((call, side)) = found else {
+            if method != Method::Ack {
+                self.refuse(conn, &msg, &Refusal::NoTransaction, None);
+            }
+            return;
+        };
+        // A caller that reconnected keeps its dialog: follow it to the new connection.
+        if side == LegSide::Caller {
+            if let Some(c) = self.calls.get_mut(call) {
+                c.caller.conn = Some(conn);
+            }
+        }
+        match method {
+            Method::Ack => self.relay_ack(now, call, side, &msg),
+            Method::Cancel => self.refuse(conn, &msg, &Refusal::NoTransaction, None),
+            _ => {
+                let tenant = self.calls.get(call).map(|c| c.tenant.clone());
+                if let Some(t) = tenant {
+                    if let Err(refusal) = self.body_acceptable(&t, &msg) {
+                        self.refuse(conn, &msg, &refusal, None);
+                        return;
+                    }
+                }
+                if method == Method::Invite {
+                    if let (Some(c), Some((n, _))) = (self.calls.get_mut(call), msg.cseq()) {
+                        c.leg_mut(side).invite_cseq = n;
+                    }
+                }
+                self.relay_request(now, call, side, conn, msg, false);
+            }
+        }
+    }
+
+    /// Build the request for the other leg and start the transaction pair. False if the
+    /// request was refused instead (answered upstream; the caller ends an initial call).
+    pub(super) fn relay_request(
+        &mut self,
+        now: Instant,
+        call: CallRef,
+        from: LegSide,
+        conn: ConnId,
+        msg: SipMessage,
+        initial: bool,
+    ) -> bool {
+        let Some(method) = msg.method().cloned() else {
+            return false;
+        };
+        let Some(server_key) = ServerKey::of(conn, &msg) else {
+            self.refuse(conn, &msg, &Refusal::MissingDialogHeaders, None);
+            return false;
+        };
+        let max_forwards = msg
+            .max_forwards()
+            .map(|m| m.saturating_sub(1))
+            .unwrap_or(self.cfg.max_forwards);
+        let body = match self.crossing_body(call, from, Carrier::Request(&method), &msg) {
+            Ok(b) => b,
+            Err(e) => {
+                self.media_refused_request(call, conn, &msg, &e, initial);
+                return false;
+            }
+        };
+        let client_branch = self.branch();
+        let Some(c) = self.calls.get(call) else {
+            return false;
+        };
+        let (listener, tenant) = (c.listener, c.tenant.clone());
+        let advertised = self.advertised(listener).to_string();
+        let contact = self.contact(listener);
+        let policy = self.tenant_policy(&tenant);
+        let Some(c) = self.calls.get_mut(call) else {
+            return false;
+        };
+        let to_side = from.other();
+        let leg = c.leg_mut(to_side);
+        let cseq = if initial { 1 } else { leg.take_cseq() };
+        if initial {
+            leg.next_cseq = 2;
+        }
+        if method == Method::Invite {
+            leg.invite_cseq = cseq;
+        }
+        let hop = Hop {
+            advertised: &advertised,
+            branch: &client_branch,
+            max_forwards,
+        };
+        let mut out = leg.request(method.clone(), cseq, hop);
+        policy.headers.copy_across(&msg, &mut out, to_side);
+        if matches!(method, Method::Invite | Method::Update) {
+            out.push_header("Contact", contact);
+        }
+        set_body(&mut out, body);
+        let dest = match to_side {
+            LegSide::Callee => Dest::Target(c.target),
+            LegSide::Caller => Dest::Conn(leg.conn),
+        };
+        let kind = if method == Method::Invite {
+            TxKind::Invite
+        } else {
+            TxKind::NonInvite
+        };
+        let pair = Pair {
+            call,
+            from,
+            method,
+            server_req: msg,
+            server_conn: conn,
+            server_key,
+            server: crate::transaction::ServerTransaction::new(kind),
+            client: ClientTransaction::new(kind, now, &self.cfg.timers),
+            client_req: out.clone(),
+            client_branch,
+            initial,
+            cancel_pending: false,
+            last_response: None,
+        };
+        let id = self.pairs.insert(pair);
+        self.arm_pair(id);
+        self.send(dest, out);
+        true
+    }
+
+    /// Answer a request whose SDP media control refused (or that carried SDP where none
+    /// may be), with a Warning naming why.
+    fn media_refused_request(
+        &mut self,
+        call: CallRef,
+        conn: ConnId,
+        msg: &SipMessage,
+        e: &BodyError,
+        initial: bool,
+    ) {
+        let tenant = self.calls.get(call).map(|c| c.tenant.clone());
+        let label = tenant.as_ref().map(ToString::to_string).unwrap_or_default();
+        metrics::counter!("sbc_media_refused_total", "tenant" => label.clone(), "reason" => e.as_str()).increment(1);
+        warn!(call = call.0, tenant = %label, error = %e, "media refused the offer");
+        let refusal = Refusal::Media(e.status(), e.to_string());
+        let failed_tenant = if initial { tenant.as_ref() } else { None };
+        self.refuse(conn, msg, &refusal, failed_tenant);
+    }
+
+    fn relay_ack(&mut self, now: Instant, call: CallRef, from: LegSide, msg: &SipMessage) {
+        self.ack_arrived(call, from, msg.cseq().map(|(n, _)| n));
+        let body = match self.crossing_body(call, from, Carrier::Ack, msg) {
+            Ok(b) => b,
+            Err(e) => {
+                // An ACK cannot be refused: the call cannot go on without that answer.
+                metrics::counter!("sbc_media_refused_total", "tenant" => "", "reason" => e.as_str()).increment(1);
+                warn!(call = call.0, error = %e, "media refused the answer in an ACK: ending the call");
+                self.terminate(now, call, "media answer refused");
+                return;
+            }
+        };
+        if body.is_some() {
+            if let Some(c) = self.calls.get_mut(call) {
+                c.media.settle();
+            }
+        }
+        let branch = self.branch();
+        let Some(c) = self.calls.get(call) else {
+            return;
+        };
+        let advertised = self.advertised(c.listener).to_string();
+        let policy = self.tenant_policy(&c.tenant);
+        let to_side = from.other();
+        let leg = c.leg(to_side);
+        let max_forwards = msg
+            .max_forwards()
+            .map(|m| m.saturating_sub(1))
+            .unwrap_or(self.cfg.max_forwards);
+        let hop = Hop {
+            advertised: &advertised,
+            branch: &branch,
+            max_forwards,
+        };
+        let mut ack = leg.request(Method::Ack, leg.invite_cseq, hop);
+        policy.headers.copy_across(msg, &mut ack, to_side);
+        set_body(&mut ack, body);
+        self.send_on(call, to_side, ack);
+    }
+
+    /// True if `conn` may carry traffic of `side` of `call`: the caller's leg only from a
+    /// connection recognised as the call's tenant, the callee's leg only from a connection
+    /// to the call's target. Tenant isolation does not rest on tags and branches being
+    /// unguessable.
+    pub(super) fn conn_serves(&self, conn: ConnId, call: &Call, side: LegSide) -> bool {
+        match (self.conns.get(&conn).map(|c| &c.kind), side) {
+            (
+                Some(ConnKind::Inbound {
+                    tenant: Some(t), ..
+                }),
+                LegSide::Caller,
+            ) => *t == call.tenant,
+            (Some(ConnKind::Outbound { target }), LegSide::Callee) => *target == call.target,
+            _ => false,
+        }
+    }
+}
+
+/// The parsed Request-URI when it passed [`check_request_uri`] (precheck already refused
+/// it otherwise).
+fn check_request_uri_ok(uri: &str) -> Option<crate::message::SipUri<'_>> {
+    check_request_uri(uri).ok()
+}
+
+/// Put `body` (Content-Type and bytes) on `out`, or no body.
+pub(super) fn set_body(out: &mut SipMessage, body: super::body_flow::Crossing) {
+    match body {
+        Some((content_type, bytes)) => {
+            out.push_header("Content-Type", content_type);
+            out.set_body(bytes);
+        }
+        None => {
+            out.remove_header("content-type");
+            out.set_body(Vec::new());
+        }
+    }
+}

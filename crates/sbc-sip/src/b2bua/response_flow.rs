@@ -1,0 +1,416 @@
+//! What a response does: find its transaction pair, learn the downstream dialog, relay
+//! it upstream (headers through `topology.rs`, SDP through media), start the wait for the
+//! ACK of a 2xx, and end calls that failed; plus what the pairs' timers, failed sends and
+//! closed connections do.
+//!
+//! Owns: no state of its own. Must not: accept a response from a connection that does not
+//! serve the leg it claims (tenant isolation), or pass on SDP that media did not take.
+
+use std::time::Instant;
+
+use sbc_core::media::{CallRef, LegSide};
+use sbc_core::registry::CallState as RegistryState;
+use tracing::{debug, info, warn};
+
+use super::calls::{contact_uri, CallState};
+use super::offer_answer::Carrier;
+use super::pairs::PairId;
+use super::request_flow::set_body;
+use super::responses::status_class;
+use super::{B2bua, ConnId};
+use crate::message::{default_reason, parse_via, response_to, tag, Method, SipMessage};
+use crate::routing::TargetId;
+use crate::transaction::{ClientDisposition, ClientTimeout};
+
+impl B2bua {
+    pub(super) fn on_response(&mut self, now: Instant, conn: ConnId, msg: SipMessage) {
+        let Some(code) = msg.status() else { return };
+        let branch = msg
+            .header("via")
+            .and_then(parse_via)
+            .and_then(|v| v.branch)
+            .map(str::to_string);
+        let Some(id) = branch.and_then(|b| self.pairs.by_client_branch(&b)) else {
+            metrics::counter!("sbc_sip_messages_rejected_total", "reason" => "stray_response")
+                .increment(1);
+            debug!(code, "response matching no transaction dropped");
+            return;
+        };
+        let Some(pair) = self.pairs.get(id) else {
+            return;
+        };
+        let right_conn = self
+            .calls
+            .get(pair.call)
+            .is_some_and(|c| self.conn_serves(conn, c, pair.from.other()));
+        if msg.cseq().map(|c| c.1).as_ref() != Some(&pair.method) || !right_conn {
+            // The 200 for our CANCEL carries the INVITE's branch; it is not the INVITE's
+            // answer. Responses from the wrong peer are dropped too.
+            debug!(
+                code,
+                "response not for this transaction's request: absorbed"
+            );
+            return;
+        }
+        let Some(pair) = self.pairs.get_mut(id) else {
+            return;
+        };
+        let disposition = pair.client.handle_input(now, code, &self.cfg.timers);
+        let (call, from, method, initial, cancel_pending) = (
+            pair.call,
+            pair.from,
+            pair.method.clone(),
+            pair.initial,
+            pair.cancel_pending,
+        );
+        self.arm_pair(id);
+        if disposition == ClientDisposition::Absorb {
+            self.pairs.remove_if_finished(id);
+            return;
+        }
+        if disposition == ClientDisposition::PassAndAck {
+            if let Some(ack) = self
+                .pairs
+                .get(id)
+                .map(|p| p.ack_non_2xx(&msg, self.cfg.max_forwards))
+            {
+                self.send_on(call, from.other(), ack);
+            }
+        }
+        let to_side = from.other();
+        if method == Method::Invite && code > 100 {
+            self.learn_dialog(call, to_side, &msg, initial);
+        }
+        if code < 200 && code > 100 && cancel_pending {
+            self.cancel_downstream(now, id);
+        }
+        let server_final_sent = self
+            .pairs
+            .get(id)
+            .is_some_and(|p| !p.server.awaiting_final());
+        let call_state = self.calls.get(call).map(|c| c.state);
+        if method == Method::Invite && server_final_sent {
+            // Upstream already has its answer (cancelled or timed out): a late 2xx is
+            // acknowledged and hung up (RFC 3261 §15), anything else is only absorbed.
+            if (200..300).contains(&code) {
+                self.ack_and_bye_late_answer(call, to_side);
+            }
+            if code >= 200 {
+                self.end_call(call, "abandoned");
+            }
+            self.pairs.remove_if_finished(id);
+            return;
+        }
+        if code == 100 {
+            // 100 Trying is hop-by-hop; we sent our own.
+            self.pairs.remove_if_finished(id);
+            return;
+        }
+        let body = match self.crossing_body(call, to_side, Carrier::Response(&method, code), &msg) {
+            Ok(body) => {
+                if (200..300).contains(&code)
+                    && body.is_some()
+                    && self.calls.get(call).and_then(|c| c.media.pending) == Some(from)
+                {
+                    if let Some(c) = self.calls.get_mut(call) {
+                        c.media.settle();
+                    }
+                }
+                body
+            }
+            Err(e) => {
+                let tenant = self
+                    .calls
+                    .get(call)
+                    .map(|c| c.tenant.to_string())
+                    .unwrap_or_default();
+                metrics::counter!("sbc_media_refused_total", "tenant" => tenant, "reason" => e.as_str()).increment(1);
+                warn!(call = call.0, code, error = %e, "media refused SDP in a response");
+                if initial && method == Method::Invite && (200..300).contains(&code) {
+                    // The callee's answer cannot be anchored: hang it up and refuse the
+                    // call upstream rather than pass on an answer without media.
+                    self.ack_and_bye_late_answer(call, to_side);
+                    let status = e.status();
+                    self.respond_upstream_local(now, id, status, default_reason(status));
+                    self.end_call(call, "media answer refused");
+                    self.pairs.remove_if_finished(id);
+                    return;
+                }
+                // Elsewhere (18x, re-INVITE, UPDATE) the response goes on without the SDP
+                // it carried: passing it on would leak the other side's addresses.
+                None
+            }
+        };
+        let Some(resp) = self.build_upstream_response(id, &msg, body) else {
+            self.pairs.remove_if_finished(id);
+            return;
+        };
+        let is_2xx_to_invite = method == Method::Invite && (200..300).contains(&code);
+        let sent = self.respond_upstream(now, id, resp.clone());
+        if sent && is_2xx_to_invite {
+            self.await_ack(now, call, from, &resp);
+        }
+        if initial && code >= 200 {
+            let tenant = self.calls.get(call).map(|c| c.tenant.to_string());
+            if let Some(t) = tenant {
+                if (200..300).contains(&code) {
+                    metrics::counter!("sbc_sip_calls_answered_total", "tenant" => t).increment(1);
+                } else {
+                    metrics::counter!("sbc_sip_calls_failed_total", "tenant" => t, "class" => status_class(code)).increment(1);
+                }
+            }
+            if (200..300).contains(&code) && call_state == Some(CallState::Setup) {
+                if let Some(c) = self.calls.get_mut(call) {
+                    c.state = CallState::Established;
+                    if let (Some(r), Some(rid)) = (&self.registry, &c.registry_id) {
+                        r.set_state(rid, RegistryState::Established);
+                    }
+                    debug!(call = call.0, "call established");
+                }
+            } else if code >= 300 {
+                self.end_call(call, "rejected");
+            }
+        }
+        if method == Method::Bye && code >= 200 {
+            self.end_call(call, "bye");
+        }
+        self.pairs.remove_if_finished(id);
+    }
+
+    /// Learn the downstream dialog from a response to our INVITE: the peer's tag, its
+    /// Contact (remote target) and, on the initial INVITE, the route set (RFC 3261 §12.1.2).
+    fn learn_dialog(&mut self, call: CallRef, side: LegSide, msg: &SipMessage, initial: bool) {
+        let Some(code) = msg.status() else { return };
+        let Some(c) = self.calls.get_mut(call) else {
+            return;
+        };
+        let leg = c.leg_mut(side);
+        if let Some(t) = msg.header("to").and_then(tag) {
+            if leg.remote_tag.is_none() || (200..300).contains(&code) {
+                leg.remote_tag = Some(t.to_string());
+            }
+        }
+        if (101..300).contains(&code) {
+            if let Some(uri) = msg.header("contact").and_then(contact_uri) {
+                leg.remote_target = uri;
+            }
+            if initial {
+                let mut rr: Vec<String> = msg
+                    .header_values("record-route")
+                    .map(str::to_string)
+                    .collect();
+                rr.reverse();
+                leg.route_set = rr;
+            }
+        }
+    }
+
+    fn build_upstream_response(
+        &mut self,
+        id: PairId,
+        down: &SipMessage,
+        body: super::body_flow::Crossing,
+    ) -> Option<SipMessage> {
+        let pair = self.pairs.get(id)?;
+        let c = self.calls.get(pair.call)?;
+        let code = down.status()?;
+        let up_leg = c.leg(pair.from);
+        let mut resp = response_to(
+            &pair.server_req,
+            code,
+            down.reason().unwrap_or(default_reason(code)),
+            Some(&up_leg.local_tag),
+        );
+        self.tenant_policy(&c.tenant)
+            .headers
+            .copy_across(down, &mut resp, pair.from);
+        if (101..300).contains(&code) && matches!(pair.method, Method::Invite | Method::Update) {
+            resp.push_header("Contact", self.contact(c.listener));
+        }
+        set_body(&mut resp, body);
+        Some(resp)
+    }
+
+    /// Send a response upstream through the pair's server transaction; false if the
+    /// transaction had already sent its final.
+    pub(super) fn respond_upstream(&mut self, now: Instant, id: PairId, resp: SipMessage) -> bool {
+        let Some(pair) = self.pairs.get_mut(id) else {
+            return false;
+        };
+        let code = resp.status().unwrap_or(500);
+        if !pair.server.send_response(now, code, &self.cfg.timers) {
+            return false;
+        }
+        pair.last_response = Some(resp.clone());
+        let (conn, call, initial) = (pair.server_conn, pair.call, pair.initial);
+        self.arm_pair(id);
+        self.outputs
+            .push_back(super::Output::Send { conn, msg: resp });
+        if initial && code >= 200 {
+            // The INVITE has its answer: it no longer counts as pending.
+            let tenant = self.calls.get_mut(call).map(|c| {
+                c.admitted.answered();
+                c.tenant.clone()
+            });
+            if let Some(t) = tenant {
+                self.report_usage(&t);
+            }
+        }
+        true
+    }
+
+    /// Answer upstream with a locally generated final (487, 408, 503).
+    pub(super) fn respond_upstream_local(
+        &mut self,
+        now: Instant,
+        id: PairId,
+        code: u16,
+        reason: &str,
+    ) {
+        let Some(pair) = self.pairs.get(id) else {
+            return;
+        };
+        let c = self.calls.get(pair.call);
+        let local_tag = c.map(|c| c.leg(pair.from).local_tag.clone());
+        let resp = response_to(&pair.server_req, code, reason, local_tag.as_deref());
+        if pair.initial {
+            if let Some(c) = c {
+                metrics::counter!("sbc_sip_calls_failed_total", "tenant" => c.tenant.to_string(), "class" => status_class(code)).increment(1);
+            }
+        }
+        self.respond_upstream(now, id, resp);
+    }
+
+    /// CANCEL the downstream INVITE now, or once it has heard a provisional.
+    pub(super) fn cancel_downstream(&mut self, now: Instant, id: PairId) {
+        let Some(pair) = self.pairs.get_mut(id) else {
+            return;
+        };
+        if !pair.client.heard_provisional() {
+            pair.cancel_pending = true;
+            return;
+        }
+        pair.cancel_pending = false;
+        // The INVITE must now end within 64·T1 (RFC 3261 §9.1).
+        pair.client.cancel_sent(now);
+        let cancel = pair.cancel(self.cfg.max_forwards);
+        let (call, to_side) = (pair.call, pair.from.other());
+        self.arm_pair(id);
+        // The CANCEL's own 200 comes back with the INVITE's branch and method CANCEL; it is
+        // absorbed as a stray response (the INVITE's final is what matters).
+        self.send_on(call, to_side, cancel);
+    }
+
+    /// A 2xx arrived after upstream was already answered: ACK it and hang up.
+    fn ack_and_bye_late_answer(&mut self, call: CallRef, side: LegSide) {
+        let invite_cseq = self.calls.get(call).map(|c| c.leg(side).invite_cseq);
+        let ack = self.own_request(call, side, Method::Ack, invite_cseq);
+        let bye = self.own_request(call, side, Method::Bye, None);
+        for m in [ack, bye].into_iter().flatten() {
+            self.send_on(call, side, m);
+        }
+        debug!(
+            call = call.0,
+            "late answer after cancel or timeout: ACK and BYE sent"
+        );
+    }
+
+    // ----- timers and failures -----
+
+    pub(super) fn pair_timeout(&mut self, now: Instant, id: PairId) {
+        let Some(pair) = self.pairs.get_mut(id) else {
+            return;
+        };
+        let client_result = pair.client.handle_timeout(now);
+        let missed_ack = pair.server.handle_timeout(now);
+        let (call, method) = (pair.call, pair.method.clone());
+        self.arm_pair(id);
+        if missed_ack {
+            metrics::counter!("sbc_sip_transaction_timeouts_total", "timer" => "H").increment(1);
+            debug!(
+                call = call.0,
+                "timer H: ACK for a non-2xx final never arrived"
+            );
+        }
+        match client_result {
+            Some(ClientTimeout::NoResponse) => {
+                metrics::counter!("sbc_sip_transaction_timeouts_total", "timer" => if method == Method::Invite { "B" } else { "F" }).increment(1);
+                warn!(call = call.0, method = %method, "no response from the other side: 408");
+                self.respond_upstream_local(now, id, 408, "Request Timeout");
+                if method == Method::Bye || (method == Method::Invite && !self.established(call)) {
+                    self.end_call(call, "timeout");
+                }
+            }
+            Some(ClientTimeout::RingingTooLong) => {
+                metrics::counter!("sbc_sip_transaction_timeouts_total", "timer" => "ringing")
+                    .increment(1);
+                info!(
+                    call = call.0,
+                    "maximum ringing time reached: CANCEL and 408"
+                );
+                self.respond_upstream_local(now, id, 408, "Request Timeout (Ringing Too Long)");
+                if let Some(c) = self.calls.get_mut(call) {
+                    c.state = CallState::Abandoned;
+                }
+                self.cancel_downstream(now, id);
+            }
+            None => {}
+        }
+        self.pairs.remove_if_finished(id);
+    }
+
+    pub(super) fn on_send_failed(&mut self, now: Instant, target: TargetId, msg: &SipMessage) {
+        let branch = msg
+            .header("via")
+            .and_then(parse_via)
+            .and_then(|v| v.branch)
+            .map(str::to_string);
+        let Some(id) = branch.and_then(|b| self.pairs.by_client_branch(&b)) else {
+            return;
+        };
+        let Some(pair) = self.pairs.get(id) else {
+            return;
+        };
+        if msg.method() != Some(&pair.method) {
+            return;
+        }
+        let call = pair.call;
+        warn!(target = target.0, "route target unreachable: 503");
+        metrics::counter!("sbc_sip_target_unreachable_total").increment(1);
+        self.respond_upstream_local(now, id, 503, "Service Unavailable (Target Unreachable)");
+        if let Some(p) = self.pairs.get_mut(id) {
+            p.client.abort();
+        }
+        if !self.established(call) || msg.method() == Some(&Method::Bye) {
+            self.end_call(call, "target_unreachable");
+        }
+        self.pairs.remove_if_finished(id);
+    }
+
+    /// A caller's connection closed: its calls still ringing can never be answered to it,
+    /// so they are cancelled downstream (answered calls stay; the caller may reconnect).
+    pub(super) fn abandon_setups_on(&mut self, now: Instant, conn: ConnId) {
+        let ringing = self
+            .pairs
+            .select(|p| p.initial && p.server_conn == conn && p.server.awaiting_final());
+        for id in ringing {
+            let Some(pair) = self.pairs.get_mut(id) else {
+                continue;
+            };
+            let call = pair.call;
+            debug!(
+                call = call.0,
+                "caller's connection closed during setup: cancelling"
+            );
+            // Nobody to answer upstream: mark the server side final without sending.
+            pair.server.send_response(now, 487, &self.cfg.timers);
+            if let Some(c) = self.calls.get_mut(call) {
+                c.state = CallState::Abandoned;
+                c.admitted.answered();
+            }
+            self.arm_pair(id);
+            self.cancel_downstream(now, id);
+            self.pairs.remove_if_finished(id);
+        }
+    }
+}
