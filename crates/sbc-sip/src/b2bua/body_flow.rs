@@ -19,6 +19,8 @@ pub(crate) enum BodyError {
     Media(MediaError),
     /// SDP where offer/answer allows none.
     Unexpected,
+    /// A new offer while another is outstanding.
+    Glare,
 }
 
 impl BodyError {
@@ -27,6 +29,7 @@ impl BodyError {
         match self {
             BodyError::Media(e) => e.sip_status(),
             BodyError::Unexpected => 488,
+            BodyError::Glare => 491,
         }
     }
 
@@ -35,6 +38,7 @@ impl BodyError {
         match self {
             BodyError::Media(e) => e.as_str(),
             BodyError::Unexpected => "unexpected_sdp",
+            BodyError::Glare => "glare",
         }
     }
 }
@@ -44,6 +48,7 @@ impl std::fmt::Display for BodyError {
         match self {
             BodyError::Media(e) => write!(f, "{e}"),
             BodyError::Unexpected => f.write_str("SDP where no offer or answer is expected"),
+            BodyError::Glare => f.write_str("an offer is already outstanding"),
         }
     }
 }
@@ -99,6 +104,7 @@ impl B2bua {
         match classify(c.media.pending, sender, carrier) {
             SdpRole::Ignore => Ok(None),
             SdpRole::Unexpected => Err(BodyError::Unexpected),
+            SdpRole::Glare => Err(BodyError::Glare),
             SdpRole::Answer => {
                 if let Some(out) = c.media.repeated_answer(sdp) {
                     return Ok(Some(out.to_vec()));

@@ -60,6 +60,8 @@ pub(crate) enum SdpRole {
     /// SDP where RFC 3264 allows none (no offer pending and this message cannot offer):
     /// refused in a request, fatal in an ACK, dropped from a response.
     Unexpected,
+    /// A new offer while an offer is outstanding: refused 491 Request Pending.
+    Glare,
     /// Not part of offer/answer: the body is dropped (a 100, or a response to a method
     /// that does not negotiate), never passed on raw.
     Ignore,
@@ -68,20 +70,18 @@ pub(crate) enum SdpRole {
 /// What the SDP in `carrier`, sent by `sender`, is while `pending` is the side whose offer
 /// awaits an answer.
 ///
-/// Offers: INVITE and UPDATE requests (RFC 3311), and a 2xx to an INVITE that carried no
-/// offer (RFC 3261 §13.2.1, the late offer). Answers: whatever the other side sends while
-/// its offer is pending, in a request (glare resolved by the peer), an ACK, or a reliable
-/// answer (18x or 2xx) to INVITE or UPDATE.
+/// Offers: INVITE and UPDATE requests (RFC 3311) while no offer is outstanding, and a 2xx
+/// to an INVITE that carried no offer (RFC 3261 §13.2.1, the late offer). Answers: what the
+/// other side sends while its offer is pending, in an ACK or a reliable answer (18x or 2xx)
+/// to INVITE or UPDATE.
 pub(crate) fn classify(pending: Option<LegSide>, sender: LegSide, carrier: Carrier<'_>) -> SdpRole {
     let answers = pending == Some(sender.other());
     match carrier {
-        Carrier::Request(Method::Invite | Method::Update) => {
-            if answers {
-                SdpRole::Answer
-            } else {
-                SdpRole::Offer
-            }
-        }
+        // A new offer while one is outstanding is glare (RFC 3261 §14.1, RFC 3311 §5.2).
+        Carrier::Request(Method::Invite | Method::Update) => match pending {
+            Some(_) => SdpRole::Glare,
+            None => SdpRole::Offer,
+        },
         Carrier::Request(_) => SdpRole::Unexpected,
         Carrier::Ack => {
             if answers {
@@ -165,6 +165,15 @@ mod tests {
         assert_eq!(
             classify(None, Callee, Carrier::Response(&Method::Bye, 200)),
             SdpRole::Ignore
+        );
+        // Glare: a re-INVITE from either side while an offer is outstanding.
+        assert_eq!(
+            classify(Some(Caller), Callee, Carrier::Request(&Method::Invite)),
+            SdpRole::Glare
+        );
+        assert_eq!(
+            classify(Some(Caller), Caller, Carrier::Request(&Method::Update)),
+            SdpRole::Glare
         );
         // UPDATE from the callee while nothing is pending: a new offer.
         assert_eq!(

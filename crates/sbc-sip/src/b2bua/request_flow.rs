@@ -525,10 +525,9 @@ impl B2bua {
                 return;
             }
         };
-        if body.is_some() {
-            if let Some(c) = self.calls.get_mut(call) {
-                c.media.settle();
-            }
+        // The ACK ends the INVITE's offer/answer, with an answer in it or not.
+        if let Some(c) = self.calls.get_mut(call) {
+            c.media.settle();
         }
         let branch = self.branch();
         let Some(c) = self.calls.get(call) else {

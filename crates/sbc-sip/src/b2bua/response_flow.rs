@@ -107,17 +107,7 @@ impl B2bua {
             return;
         }
         let body = match self.crossing_body(call, to_side, Carrier::Response(&method, code), &msg) {
-            Ok(body) => {
-                if (200..300).contains(&code)
-                    && body.is_some()
-                    && self.calls.get(call).and_then(|c| c.media.pending) == Some(from)
-                {
-                    if let Some(c) = self.calls.get_mut(call) {
-                        c.media.settle();
-                    }
-                }
-                body
-            }
+            Ok(body) => body,
             Err(e) => {
                 let tenant = self
                     .calls
@@ -141,6 +131,15 @@ impl B2bua {
                 None
             }
         };
+        // A final ends the requester's offer: answered by a 2xx, failed otherwise (RFC 3261
+        // §14.1: a failed re-INVITE leaves the session as it was).
+        if code >= 200 && matches!(method, Method::Invite | Method::Update) {
+            if let Some(c) = self.calls.get_mut(call) {
+                if c.media.pending == Some(from) {
+                    c.media.settle();
+                }
+            }
+        }
         let Some(resp) = self.build_upstream_response(id, &msg, body) else {
             self.pairs.remove_if_finished(id);
             return;

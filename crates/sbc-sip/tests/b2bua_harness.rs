@@ -1,0 +1,842 @@
+//! The B2BUA on a virtual clock, with no sockets: call flows and timers run in
+//! milliseconds (like quinn-proto's `tests/util.rs` `Pair`), and a property test drives
+//! random sequences of valid, malformed and refused requests and responses and checks that
+//! once every transaction has ended nothing is held for those calls: not an admission
+//! slot, not a pending INVITE, not a registry entry, not media.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use proptest::prelude::*;
+use sbc_core::admission::{Admission, Usage};
+use sbc_core::config::Limits;
+use sbc_core::media::{CallRef, LegSide, MediaControl, MediaError, MediaEvent, MediaPolicy};
+use sbc_core::redact::Redaction;
+use sbc_core::registry::{CallRegistry, DrainState};
+use sbc_core::tenant::TenantId;
+use sbc_sip::b2bua::{B2bua, B2buaConfig, ConnId, ConnKind, Input, Output, WallClock};
+use sbc_sip::message::{tag, Method, SipMessage};
+use sbc_sip::routing::{RouteEntry, RouteTable, TargetId};
+use sbc_sip::transaction::TimerConfig;
+
+const T1: Duration = Duration::from_millis(500);
+const MAX_RINGING: Duration = Duration::from_secs(60);
+const CALLER: ConnId = 1;
+const CALLEE: ConnId = 2;
+const OTHER_TENANT: ConnId = 3;
+const TARGET: TargetId = TargetId(0);
+const OFFER: &str = "v=0\r\no=- 1 1 IN IP4 10.1.1.1\r\ns=-\r\nc=IN IP4 10.1.1.1\r\nt=0 0\r\nm=audio 4000 RTP/SAVP 0\r\n";
+
+/// Media control that records what signaling asked of it. The real engine needs sockets;
+/// here only the bookkeeping matters: which calls media holds.
+#[derive(Debug, Default)]
+struct FakeMedia {
+    live: Mutex<HashSet<CallRef>>,
+}
+
+impl MediaControl for FakeMedia {
+    fn offer(
+        &self,
+        call: CallRef,
+        _tenant: &TenantId,
+        from: LegSide,
+        sdp: &[u8],
+        _policy: &MediaPolicy,
+    ) -> Result<Vec<u8>, MediaError> {
+        if String::from_utf8_lossy(sdp).contains("refuse") {
+            return Err(MediaError::NotAcceptable("no suite".into()));
+        }
+        self.live.lock().unwrap().insert(call);
+        Ok(format!(
+            "v=0\r\nc=IN IP4 192.0.2.1\r\nm=audio 30000 RTP/SAVP 0\r\na=offer-from-{}\r\n",
+            from.as_str()
+        )
+        .into_bytes())
+    }
+
+    fn answer(&self, call: CallRef, from: LegSide, _sdp: &[u8]) -> Result<Vec<u8>, MediaError> {
+        if !self.live.lock().unwrap().contains(&call) {
+            return Err(MediaError::UnknownCall(call));
+        }
+        Ok(format!(
+            "v=0\r\nc=IN IP4 192.0.2.1\r\nm=audio 30002 RTP/SAVP 0\r\na=answer-from-{}\r\n",
+            from.as_str()
+        )
+        .into_bytes())
+    }
+
+    fn delete(&self, call: CallRef) {
+        self.live.lock().unwrap().remove(&call);
+    }
+
+    fn poll_events(&self) -> Vec<MediaEvent> {
+        Vec::new()
+    }
+}
+
+/// Where a message the core sent went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum To {
+    Caller,
+    Callee,
+    Other,
+}
+
+struct Harness {
+    core: B2bua,
+    now: Instant,
+    admission: Arc<Admission>,
+    registry: Arc<CallRegistry>,
+    media: Arc<FakeMedia>,
+    tenant: TenantId,
+    sent: Vec<(To, SipMessage)>,
+    closed: Vec<ConnId>,
+}
+
+fn tenant_limits() -> Limits {
+    Limits {
+        calls_per_second: 1000.0,
+        call_burst: 1000,
+        ..Limits::default()
+    }
+}
+
+impl Harness {
+    fn new() -> Harness {
+        let tenant = TenantId::from("acme");
+        let other = TenantId::from("globex");
+        let admission = Arc::new(Admission::with_limits([
+            (tenant.clone(), tenant_limits()),
+            (other.clone(), tenant_limits()),
+        ]));
+        let mut routes = RouteTable::new();
+        for t in [&tenant, &other] {
+            routes.insert(
+                t.clone(),
+                RouteEntry {
+                    prefix: String::new(),
+                    target: TARGET,
+                    host_port: "pbx.inside:5061".into(),
+                },
+            );
+        }
+        let now = Instant::now();
+        let cfg = B2buaConfig {
+            timers: TimerConfig {
+                t1: T1,
+                max_ringing: MAX_RINGING,
+            },
+            max_forwards: 70,
+            advertised: vec!["sbc.example.net:5061".into()],
+            redaction: Redaction::default(),
+            seed: 7,
+            wall_clock: WallClock {
+                at: now,
+                wall: SystemTime::UNIX_EPOCH,
+            },
+        };
+        let mut core = B2bua::new(cfg, Arc::new(routes), admission.clone());
+        let registry = Arc::new(CallRegistry::new());
+        core.set_admin(registry.clone(), Arc::new(DrainState::new()));
+        let media = Arc::new(FakeMedia::default());
+        core.set_media(media.clone(), HashMap::new());
+        let mut h = Harness {
+            core,
+            now,
+            admission,
+            registry,
+            media,
+            tenant: tenant.clone(),
+            sent: Vec::new(),
+            closed: Vec::new(),
+        };
+        h.input(Input::Connected {
+            conn: CALLER,
+            kind: ConnKind::Inbound {
+                tenant: Some(tenant),
+                listener: 0,
+            },
+        });
+        h.input(Input::Connected {
+            conn: CALLEE,
+            kind: ConnKind::Outbound { target: TARGET },
+        });
+        h.input(Input::Connected {
+            conn: OTHER_TENANT,
+            kind: ConnKind::Inbound {
+                tenant: Some(other),
+                listener: 0,
+            },
+        });
+        h
+    }
+
+    fn input(&mut self, input: Input) {
+        self.core.handle_input(self.now, input);
+        self.core.handle_timeout(self.now);
+        self.drain_outputs();
+    }
+
+    fn drain_outputs(&mut self) {
+        while let Some(out) = self.core.poll_output() {
+            match out {
+                Output::Send { conn, msg } => {
+                    let to = match conn {
+                        CALLER => To::Caller,
+                        CALLEE => To::Callee,
+                        _ => To::Other,
+                    };
+                    self.sent.push((to, msg));
+                }
+                Output::SendToTarget { msg, .. } => self.sent.push((To::Callee, msg)),
+                Output::Close { conn } => self.closed.push(conn),
+            }
+        }
+    }
+
+    fn from_caller(&mut self, msg: SipMessage) {
+        self.input(Input::Message { conn: CALLER, msg });
+    }
+
+    fn from_callee(&mut self, msg: SipMessage) {
+        self.input(Input::Message { conn: CALLEE, msg });
+    }
+
+    /// Move the virtual clock, firing every timer on the way.
+    fn advance(&mut self, by: Duration) {
+        let end = self.now + by;
+        while let Some(t) = self.core.poll_timeout() {
+            if t > end {
+                break;
+            }
+            self.now = self.now.max(t);
+            self.core.handle_timeout(self.now);
+            self.drain_outputs();
+        }
+        self.now = end;
+        self.core.handle_timeout(self.now);
+        self.drain_outputs();
+    }
+
+    fn take(&mut self) -> Vec<(To, SipMessage)> {
+        std::mem::take(&mut self.sent)
+    }
+
+    /// The messages sent to `to` since the last take, removed from the log.
+    fn take_to(&mut self, to: To) -> Vec<SipMessage> {
+        let (mine, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.sent)
+            .into_iter()
+            .partition(|(t, _)| *t == to);
+        self.sent = rest;
+        mine.into_iter().map(|(_, m)| m).collect()
+    }
+
+    fn usage(&self) -> Usage {
+        self.admission.usage(&self.tenant).unwrap()
+    }
+
+    /// Nothing held for any call: the leak check.
+    fn assert_nothing_held(&self) {
+        let u = self.usage();
+        assert_eq!(
+            (u.active_calls, u.pending_invites),
+            (0, 0),
+            "admission slots held"
+        );
+        let s = self.core.stats();
+        assert_eq!((s.active_calls, s.active_relays), (0, 0), "core tables");
+        assert_eq!(self.registry.len(), 0, "registry entries");
+        assert!(self.media.live.lock().unwrap().is_empty(), "media held");
+    }
+}
+
+fn status(m: &SipMessage) -> u16 {
+    m.status().unwrap_or(0)
+}
+
+fn statuses(ms: &[SipMessage]) -> Vec<u16> {
+    ms.iter().map(status).collect()
+}
+
+/// A request from the caller's platform.
+fn invite(call_id: &str, branch: &str) -> SipMessage {
+    let text = format!(
+        "INVITE sips:+15551234@sbc.example.net SIP/2.0\r\n\
+Via: SIP/2.0/TLS 10.88.0.5:5061;branch={branch}\r\n\
+Max-Forwards: 70\r\n\
+From: <sips:alice@platform.example>;tag=from-{call_id}\r\n\
+To: <sips:+15551234@sbc.example.net>\r\n\
+Call-ID: {call_id}\r\n\
+CSeq: 1 INVITE\r\n\
+Contact: <sips:alice@10.88.0.5:5061>\r\n\
+Content-Type: application/sdp\r\n\
+\r\n{OFFER}"
+    );
+    SipMessage::parse(text.as_bytes()).unwrap()
+}
+
+/// The callee's (or caller's) response to `req` with our To tag.
+fn respond(req: &SipMessage, code: u16, to_tag: &str, sdp: bool) -> SipMessage {
+    let mut r = sbc_sip::message::response_to(req, code, "X", Some(to_tag));
+    if (101..300).contains(&code) {
+        r.push_header("Contact", "<sips:pbx@10.9.9.9:5061>");
+    }
+    if sdp {
+        r.push_header("Content-Type", "application/sdp");
+        r.set_body(OFFER.as_bytes().to_vec());
+    }
+    r
+}
+
+/// An in-dialog request built from a response the sender got (its tags and Call-ID).
+fn in_dialog(
+    method: Method,
+    resp: &SipMessage,
+    cseq: u32,
+    branch: &str,
+    caller_side: bool,
+) -> SipMessage {
+    let (from, to) = if caller_side {
+        (resp.header("from").unwrap(), resp.header("to").unwrap())
+    } else {
+        (resp.header("to").unwrap(), resp.header("from").unwrap())
+    };
+    let mut m = SipMessage::new_request(method.clone(), "sips:sbc@sbc.example.net:5061");
+    m.push_header("Via", format!("SIP/2.0/TLS 10.88.0.5:5061;branch={branch}"));
+    m.push_header("Max-Forwards", "70");
+    m.push_header("From", from);
+    m.push_header("To", to);
+    m.push_header("Call-ID", resp.call_id().unwrap());
+    m.push_header("CSeq", format!("{cseq} {}", method.as_str()));
+    m
+}
+
+/// INVITE through, 180 and 200 back, ACK: an established call. Returns (the INVITE the
+/// callee got, the 200 the caller got).
+fn establish(h: &mut Harness, call_id: &str) -> (SipMessage, SipMessage) {
+    h.from_caller(invite(call_id, &format!("z9hG4bK-{call_id}")));
+    let down = h.take_to(To::Callee);
+    assert_eq!(down.len(), 1);
+    let down = down[0].clone();
+    h.from_callee(respond(&down, 180, "callee-tag", false));
+    h.from_callee(respond(&down, 200, "callee-tag", true));
+    let up = h.take_to(To::Caller);
+    assert_eq!(statuses(&up), vec![100, 180, 200]);
+    let ok = up[2].clone();
+    let ack = in_dialog(Method::Ack, &ok, 1, &format!("z9hG4bK-ack-{call_id}"), true);
+    h.from_caller(ack);
+    let acks = h.take_to(To::Callee);
+    assert_eq!(acks.len(), 1);
+    assert_eq!(acks[0].method(), Some(&Method::Ack));
+    (down, ok)
+}
+
+#[test]
+fn basic_call_invite_180_200_ack_bye_releases_everything() {
+    let started = std::time::Instant::now();
+    let mut h = Harness::new();
+    let (down, ok) = establish(&mut h, "c1");
+    // Topology hidden: the callee sees none of the caller's addresses or ids.
+    let text = String::from_utf8_lossy(&down.to_bytes()).to_string();
+    for leak in ["10.88.0.5", "10.1.1.1", "c1", "from-c1"] {
+        assert!(!text.contains(leak), "{leak} leaked: {text}");
+    }
+    assert!(text.contains("192.0.2.1"), "SDP anchored");
+    // Answered: no longer a pending INVITE (finding 10).
+    assert_eq!((h.usage().active_calls, h.usage().pending_invites), (1, 0));
+    h.from_caller(in_dialog(Method::Bye, &ok, 2, "z9hG4bK-bye1", true));
+    let bye = h.take_to(To::Callee);
+    assert_eq!(bye[0].method(), Some(&Method::Bye));
+    h.from_callee(respond(&bye[0], 200, "callee-tag", false));
+    assert_eq!(statuses(&h.take_to(To::Caller)), vec![200]);
+    h.advance(T1 * 64);
+    h.assert_nothing_held();
+    assert!(started.elapsed() < Duration::from_secs(2), "virtual clock");
+}
+
+#[test]
+fn cancel_racing_a_200_gets_487_and_the_late_answer_is_acked_and_hung_up() {
+    let mut h = Harness::new();
+    h.from_caller(invite("c2", "z9hG4bK-c2"));
+    let down = h.take_to(To::Callee).remove(0);
+    h.from_callee(respond(&down, 180, "t", false));
+    let mut cancel = invite("c2", "z9hG4bK-c2");
+    cancel = {
+        let text = String::from_utf8_lossy(&cancel.to_bytes())
+            .replace("INVITE sips", "CANCEL sips")
+            .replace("1 INVITE", "1 CANCEL");
+        let mut m = SipMessage::parse(text.as_bytes()).unwrap();
+        m.set_body(Vec::new());
+        m.remove_header("content-type");
+        m
+    };
+    h.from_caller(cancel);
+    let up = h.take_to(To::Caller);
+    assert!(statuses(&up).contains(&487), "{:?}", statuses(&up));
+    let sent_down = h.take_to(To::Callee);
+    assert_eq!(sent_down[0].method(), Some(&Method::Cancel));
+    // The 200 crossed our CANCEL.
+    h.from_callee(respond(&down, 200, "t", true));
+    let after = h.take_to(To::Callee);
+    let methods: Vec<_> = after.iter().filter_map(|m| m.method().cloned()).collect();
+    assert_eq!(methods, vec![Method::Ack, Method::Bye]);
+    assert!(
+        h.take_to(To::Caller).is_empty(),
+        "the caller got its 487 only"
+    );
+    h.advance(T1 * 64);
+    h.assert_nothing_held();
+}
+
+#[test]
+fn timer_b_no_answer_at_all_gives_408_and_releases() {
+    let mut h = Harness::new();
+    h.from_caller(invite("c3", "z9hG4bK-c3"));
+    h.take();
+    h.advance(T1 * 64 - Duration::from_millis(1));
+    assert!(h.take_to(To::Caller).is_empty());
+    h.advance(Duration::from_millis(2));
+    assert_eq!(statuses(&h.take_to(To::Caller)), vec![408]);
+    h.advance(T1 * 64);
+    h.assert_nothing_held();
+}
+
+#[test]
+fn timer_f_unanswered_bye_ends_the_call_with_408() {
+    let mut h = Harness::new();
+    let (_, ok) = establish(&mut h, "c4");
+    h.from_caller(in_dialog(Method::Bye, &ok, 2, "z9hG4bK-bye4", true));
+    h.take();
+    h.advance(T1 * 64 + Duration::from_millis(1));
+    assert_eq!(statuses(&h.take_to(To::Caller)), vec![408]);
+    h.assert_nothing_held();
+}
+
+#[test]
+fn timer_h_non_2xx_without_ack_ends_the_server_transaction() {
+    let mut h = Harness::new();
+    h.from_caller(invite("c5", "z9hG4bK-c5"));
+    let down = h.take_to(To::Callee).remove(0);
+    h.from_callee(respond(&down, 486, "t", false));
+    let up = h.take_to(To::Caller);
+    assert_eq!(statuses(&up), vec![100, 486]);
+    // Our hop-by-hop ACK went down; the caller never ACKs our 486.
+    assert_eq!(h.take_to(To::Callee)[0].method(), Some(&Method::Ack));
+    assert_eq!(h.core.stats().active_relays, 1, "waiting for the ACK");
+    h.advance(T1 * 64 + Duration::from_millis(1));
+    h.assert_nothing_held();
+}
+
+#[test]
+fn ringing_limit_cancels_and_a_late_2xx_is_acked_and_hung_up() {
+    let mut h = Harness::new();
+    h.from_caller(invite("c6", "z9hG4bK-c6"));
+    let down = h.take_to(To::Callee).remove(0);
+    h.from_callee(respond(&down, 180, "t", false));
+    h.take();
+    h.advance(MAX_RINGING);
+    let up = h.take_to(To::Caller);
+    assert_eq!(statuses(&up), vec![408]);
+    assert_eq!(h.take_to(To::Callee)[0].method(), Some(&Method::Cancel));
+    // A 2xx after the limit (late answer): ACK and BYE, the caller hears nothing more.
+    h.from_callee(respond(&down, 200, "t", true));
+    let methods: Vec<_> = h
+        .take_to(To::Callee)
+        .iter()
+        .filter_map(|m| m.method().cloned())
+        .collect();
+    assert_eq!(methods, vec![Method::Ack, Method::Bye]);
+    assert!(h.take_to(To::Caller).is_empty());
+    h.advance(T1 * 64);
+    h.assert_nothing_held();
+}
+
+#[test]
+fn in_dialog_request_from_another_tenant_gets_481() {
+    let mut h = Harness::new();
+    let (_, ok) = establish(&mut h, "c7");
+    let bye = in_dialog(Method::Bye, &ok, 2, "z9hG4bK-x", true);
+    h.input(Input::Message {
+        conn: OTHER_TENANT,
+        msg: bye,
+    });
+    let answers = h.take_to(To::Other);
+    assert_eq!(statuses(&answers), vec![481]);
+    assert!(h.take_to(To::Callee).is_empty(), "nothing crossed");
+    assert_eq!(h.usage().active_calls, 1, "the call is untouched");
+}
+
+#[test]
+fn reinvite_glare_gets_491_and_the_call_goes_on() {
+    let mut h = Harness::new();
+    let (down, ok) = establish(&mut h, "c8");
+    // The caller re-offers; before the callee answers, the callee re-offers too.
+    let mut reinvite = in_dialog(Method::Invite, &ok, 2, "z9hG4bK-re1", true);
+    reinvite.push_header("Content-Type", "application/sdp");
+    reinvite.set_body(OFFER.as_bytes().to_vec());
+    h.from_caller(reinvite);
+    let relayed = h.take_to(To::Callee);
+    assert_eq!(relayed[0].method(), Some(&Method::Invite));
+    // The callee's dialog view: its tag is in To of what it got.
+    let callee_view = respond(&down, 200, "callee-tag", false);
+    let mut glare = in_dialog(Method::Invite, &callee_view, 1, "z9hG4bK-re2", false);
+    glare.push_header("Content-Type", "application/sdp");
+    glare.set_body(OFFER.as_bytes().to_vec());
+    h.from_callee(glare);
+    assert_eq!(statuses(&h.take_to(To::Callee)), vec![491]);
+    assert!(
+        h.take_to(To::Caller).is_empty(),
+        "the glaring offer did not cross"
+    );
+    // The first re-INVITE completes normally.
+    h.from_callee(respond(&relayed[0], 200, "callee-tag", true));
+    let up = h.take_to(To::Caller);
+    assert_eq!(statuses(&up), vec![200]);
+    assert_eq!(h.usage().active_calls, 1);
+}
+
+#[test]
+fn a_2xx_never_acked_is_retransmitted_then_both_legs_get_bye() {
+    let mut h = Harness::new();
+    h.from_caller(invite("c9", "z9hG4bK-c9"));
+    let down = h.take_to(To::Callee).remove(0);
+    h.from_callee(respond(&down, 200, "t", true));
+    h.take();
+    // Retransmissions at T1, 2·T1, 4·T1 (RFC 3261 §13.3.1.4).
+    h.advance(T1 * 7 + Duration::from_millis(1));
+    assert_eq!(statuses(&h.take_to(To::Caller)), vec![200, 200, 200]);
+    h.advance(T1 * 64);
+    let to_caller = h.take_to(To::Caller);
+    assert!(
+        to_caller.iter().any(|m| m.method() == Some(&Method::Bye)),
+        "BYE to the caller"
+    );
+    let to_callee = h.take_to(To::Callee);
+    assert!(to_callee.iter().any(|m| m.method() == Some(&Method::Bye)));
+    h.assert_nothing_held();
+}
+
+#[test]
+fn rfc2543_invite_without_branch_is_served_and_cancellable() {
+    let mut h = Harness::new();
+    let text = String::from_utf8_lossy(&invite("c10", "x").to_bytes())
+        .replace(";branch=x", "")
+        .to_string();
+    let inv = SipMessage::parse(text.as_bytes()).unwrap();
+    h.from_caller(inv.clone());
+    assert_eq!(statuses(&h.take_to(To::Caller)), vec![100]);
+    let down = h.take_to(To::Callee).remove(0);
+    h.from_callee(respond(&down, 180, "t", false));
+    // The retransmitted INVITE matches the same transaction (no second call).
+    h.from_caller(inv.clone());
+    assert_eq!(h.core.stats().active_calls, 1);
+    let cancel_text = text
+        .replace("INVITE sips", "CANCEL sips")
+        .replace("1 INVITE", "1 CANCEL");
+    let mut cancel = SipMessage::parse(cancel_text.as_bytes()).unwrap();
+    cancel.set_body(Vec::new());
+    h.from_caller(cancel);
+    assert!(statuses(&h.take_to(To::Caller)).contains(&487));
+    h.from_callee(respond(&down, 487, "t", false));
+    h.advance(T1 * 64 + Duration::from_millis(1));
+    h.assert_nothing_held();
+}
+
+// ----- the property: no refusal path leaks -----
+
+#[derive(Debug, Clone)]
+enum Op {
+    /// The caller starts call `n` with a variant of the INVITE.
+    Invite(u8, Variant),
+    /// The callee answers the last request it got on call `n` with a status.
+    CalleeAnswers(u8, u16),
+    /// The caller ACKs the last 2xx it got on call `n`.
+    CallerAcks(u8),
+    /// The caller cancels call `n`.
+    CallerCancels(u8),
+    /// The caller hangs up call `n` (if it has a dialog).
+    CallerByes(u8),
+    /// A response matching nothing.
+    StrayResponse(u16),
+    /// The caller's connection closes and comes back.
+    CallerReconnects,
+    Advance(u32),
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Variant {
+    Plain,
+    NoBranch,
+    RefusedSdp,
+    UnknownScheme,
+    UnknownRequire,
+    MaxForwardsZero,
+    NoRouteUser,
+}
+
+fn variant() -> impl Strategy<Value = Variant> {
+    prop_oneof![
+        3 => Just(Variant::Plain),
+        1 => Just(Variant::NoBranch),
+        1 => Just(Variant::RefusedSdp),
+        1 => Just(Variant::UnknownScheme),
+        1 => Just(Variant::UnknownRequire),
+        1 => Just(Variant::MaxForwardsZero),
+        1 => Just(Variant::NoRouteUser),
+    ]
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let n = 0u8..4;
+    prop_oneof![
+        3 => (n.clone(), variant()).prop_map(|(n, v)| Op::Invite(n, v)),
+        4 => (n.clone(), prop::sample::select(vec![100u16, 180, 183, 200, 486, 503, 408])).prop_map(|(n, c)| Op::CalleeAnswers(n, c)),
+        2 => n.clone().prop_map(Op::CallerAcks),
+        1 => n.clone().prop_map(Op::CallerCancels),
+        1 => n.prop_map(Op::CallerByes),
+        1 => prop::sample::select(vec![180u16, 200, 481]).prop_map(Op::StrayResponse),
+        1 => Just(Op::CallerReconnects),
+        2 => (0u32..40_000).prop_map(Op::Advance),
+    ]
+}
+
+fn variant_invite(n: u8, v: Variant, seq: u32) -> SipMessage {
+    let call_id = format!("p{n}-{seq}");
+    let text = String::from_utf8_lossy(&invite(&call_id, &format!("z9hG4bK-{call_id}")).to_bytes())
+        .to_string();
+    let text = match v {
+        Variant::Plain => text,
+        Variant::NoBranch => text.replace(&format!(";branch=z9hG4bK-{call_id}"), ""),
+        Variant::RefusedSdp => text.replace("s=-", "s=refuse"),
+        Variant::UnknownScheme => text.replace(
+            "INVITE sips:+15551234@sbc.example.net",
+            "INVITE tel:+15551234",
+        ),
+        Variant::UnknownRequire => {
+            text.replace("Max-Forwards: 70", "Max-Forwards: 70\r\nRequire: foo")
+        }
+        Variant::MaxForwardsZero => text.replace("Max-Forwards: 70", "Max-Forwards: 0"),
+        // Routes match every user here; a malformed user part is refused before routing.
+        Variant::NoRouteUser => text.replace("sips:+15551234@sbc", "sips:+1@5551234@sbc"),
+    };
+    SipMessage::parse(text.as_bytes()).unwrap_or_else(|_| invite(&call_id, "z9hG4bK-fallback"))
+}
+
+#[derive(Default)]
+struct CallView {
+    n: u8,
+    invite: Option<SipMessage>,
+    /// Last request the callee got for this call.
+    down: Option<SipMessage>,
+    /// Last 2xx to INVITE the caller got.
+    ok: Option<SipMessage>,
+}
+
+/// Every call started, in order; an op on `n` acts on the latest call numbered `n`.
+#[derive(Default)]
+struct Views {
+    calls: Vec<CallView>,
+    /// Callee-side Call-ID → index (the callee sees our Call-IDs, not the caller's).
+    down_ids: HashMap<String, usize>,
+}
+
+impl Views {
+    fn latest(&mut self, n: u8) -> Option<&mut CallView> {
+        self.calls.iter_mut().rev().find(|v| v.n == n)
+    }
+
+    /// Learn what each side saw; `fresh` is the call whose INVITE was just sent.
+    fn learn(&mut self, sent: Vec<(To, SipMessage)>, fresh: Option<usize>) {
+        for (to, m) in sent {
+            match to {
+                To::Callee if m.is_request() => {
+                    let id = m.call_id().unwrap_or_default().to_string();
+                    let index = match self.down_ids.get(&id) {
+                        Some(i) => Some(*i),
+                        None if m.method() == Some(&Method::Invite) => {
+                            if let Some(i) = fresh {
+                                self.down_ids.insert(id, i);
+                            }
+                            fresh
+                        }
+                        None => None,
+                    };
+                    if let Some(v) = index.and_then(|i| self.calls.get_mut(i)) {
+                        v.down = Some(m);
+                    }
+                }
+                To::Caller if !m.is_request() => {
+                    let is_2xx_invite = (200..300).contains(&status(&m))
+                        && m.cseq().map(|c| c.1) == Some(Method::Invite);
+                    if is_2xx_invite {
+                        let id = m.call_id().unwrap_or_default();
+                        let found = self
+                            .calls
+                            .iter_mut()
+                            .rev()
+                            .find(|v| v.invite.as_ref().and_then(|i| i.call_id()) == Some(id));
+                        if let Some(v) = found {
+                            v.ok = Some(m);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+fn run(ops: &[Op]) -> Harness {
+    let mut h = Harness::new();
+    let mut views = Views::default();
+    let mut seq = 0u32;
+    for op in ops {
+        let mut fresh = None;
+        match op.clone() {
+            Op::Invite(n, v) => {
+                seq += 1;
+                let inv = variant_invite(n, v, seq);
+                views.calls.push(CallView {
+                    n,
+                    invite: Some(inv.clone()),
+                    ..CallView::default()
+                });
+                fresh = Some(views.calls.len() - 1);
+                h.from_caller(inv);
+            }
+            Op::CalleeAnswers(n, code) => {
+                if let Some(down) = views.latest(n).and_then(|v| v.down.clone()) {
+                    if down.method() != Some(&Method::Ack) {
+                        let sdp = code == 200 || code == 183;
+                        h.from_callee(respond(&down, code, &format!("callee-{n}"), sdp));
+                    }
+                }
+            }
+            Op::CallerAcks(n) => {
+                if let Some(ok) = views.latest(n).and_then(|v| v.ok.clone()) {
+                    let cseq = ok.cseq().map(|c| c.0).unwrap_or(1);
+                    let branch = format!("z9hG4bK-a{seq}");
+                    h.from_caller(in_dialog(Method::Ack, &ok, cseq, &branch, true));
+                }
+            }
+            Op::CallerCancels(n) => {
+                if let Some(inv) = views.latest(n).and_then(|v| v.invite.clone()) {
+                    let text = String::from_utf8_lossy(&inv.to_bytes())
+                        .replacen("INVITE ", "CANCEL ", 1)
+                        .replace(" INVITE\r\n", " CANCEL\r\n");
+                    if let Ok(mut c) = SipMessage::parse(text.as_bytes()) {
+                        c.set_body(Vec::new());
+                        h.from_caller(c);
+                    }
+                }
+            }
+            Op::CallerByes(n) => {
+                if let Some(ok) = views.latest(n).and_then(|v| v.ok.clone()) {
+                    seq += 1;
+                    let branch = format!("z9hG4bK-b{seq}");
+                    h.from_caller(in_dialog(Method::Bye, &ok, 100 + seq, &branch, true));
+                }
+            }
+            Op::StrayResponse(code) => {
+                let inv = invite("stray", "z9hG4bK-nothing");
+                h.from_callee(respond(&inv, code, "s", false));
+            }
+            Op::CallerReconnects => {
+                h.input(Input::Closed { conn: CALLER });
+                let kind = ConnKind::Inbound {
+                    tenant: Some(h.tenant.clone()),
+                    listener: 0,
+                };
+                h.input(Input::Connected { conn: CALLER, kind });
+            }
+            Op::Advance(ms) => h.advance(Duration::from_millis(u64::from(ms))),
+        }
+        let sent = h.take();
+        views.learn(sent, fresh);
+    }
+    // Wind down: the caller ACKs and hangs up whatever it saw answered, then every timer
+    // runs out.
+    let oks: Vec<SipMessage> = views.calls.iter().filter_map(|v| v.ok.clone()).collect();
+    for (i, ok) in oks.iter().enumerate() {
+        let cseq = ok.cseq().map(|c| c.0).unwrap_or(1);
+        let i = i as u32;
+        h.from_caller(in_dialog(
+            Method::Ack,
+            ok,
+            cseq,
+            &format!("z9hG4bK-fa{i}"),
+            true,
+        ));
+        h.from_caller(in_dialog(
+            Method::Bye,
+            ok,
+            1000 + i,
+            &format!("z9hG4bK-fb{i}"),
+            true,
+        ));
+    }
+    for _ in 0..4 {
+        h.advance(MAX_RINGING + T1 * 64 * 2);
+    }
+    h
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// For any sequence of valid, malformed and refused requests and responses, once every
+    /// transaction has ended the tenant's pending and active counts, the registry and the
+    /// media engine hold nothing for those calls.
+    #[test]
+    fn no_refusal_path_leaks(ops in prop::collection::vec(op(), 0..40)) {
+        let h = run(&ops);
+        h.assert_nothing_held();
+    }
+}
+
+#[test]
+fn refusals_before_admission_answer_and_hold_nothing() {
+    let mut h = Harness::new();
+    let cases = [
+        (Variant::UnknownScheme, 416),
+        (Variant::UnknownRequire, 420),
+        (Variant::MaxForwardsZero, 483),
+        (Variant::NoRouteUser, 400),
+        (Variant::RefusedSdp, 488),
+    ];
+    for (i, (v, want)) in cases.into_iter().enumerate() {
+        h.from_caller(variant_invite(9, v, i as u32));
+        let up = h.take_to(To::Caller);
+        assert_eq!(
+            statuses(&up).last(),
+            Some(&want),
+            "{v:?}: {:?}",
+            statuses(&up)
+        );
+        if want == 420 {
+            assert_eq!(up.last().and_then(|m| m.header("unsupported")), Some("foo"));
+        }
+        assert!(h.take_to(To::Callee).is_empty(), "{v:?}: nothing forwarded");
+    }
+    h.assert_nothing_held();
+}
+
+#[test]
+fn fifty_branchless_invites_do_not_lock_the_tenant_out() {
+    // Finding 1: each used to keep its pending-INVITE slot forever.
+    let mut h = Harness::new();
+    for i in 0..60 {
+        let text = String::from_utf8_lossy(&invite(&format!("nb{i}"), "x").to_bytes())
+            .replace(";branch=x", "");
+        h.from_caller(SipMessage::parse(text.as_bytes()).unwrap());
+        let down = h.take_to(To::Callee);
+        assert_eq!(down.len(), 1, "call {i} was relayed");
+        h.from_callee(respond(&down[0], 486, "t", false));
+        h.take();
+    }
+    h.advance(T1 * 64 + Duration::from_millis(1));
+    h.assert_nothing_held();
+    let _ = tag("x");
+}
