@@ -196,11 +196,11 @@ impl Harness {
         }
     }
 
-    fn from_caller(&mut self, msg: SipMessage) {
+    fn caller_sends(&mut self, msg: SipMessage) {
         self.input(Input::Message { conn: CALLER, msg });
     }
 
-    fn from_callee(&mut self, msg: SipMessage) {
+    fn callee_sends(&mut self, msg: SipMessage) {
         self.input(Input::Message { conn: CALLEE, msg });
     }
 
@@ -316,17 +316,17 @@ fn in_dialog(
 /// INVITE through, 180 and 200 back, ACK: an established call. Returns (the INVITE the
 /// callee got, the 200 the caller got).
 fn establish(h: &mut Harness, call_id: &str) -> (SipMessage, SipMessage) {
-    h.from_caller(invite(call_id, &format!("z9hG4bK-{call_id}")));
+    h.caller_sends(invite(call_id, &format!("z9hG4bK-{call_id}")));
     let down = h.take_to(To::Callee);
     assert_eq!(down.len(), 1);
     let down = down[0].clone();
-    h.from_callee(respond(&down, 180, "callee-tag", false));
-    h.from_callee(respond(&down, 200, "callee-tag", true));
+    h.callee_sends(respond(&down, 180, "callee-tag", false));
+    h.callee_sends(respond(&down, 200, "callee-tag", true));
     let up = h.take_to(To::Caller);
     assert_eq!(statuses(&up), vec![100, 180, 200]);
     let ok = up[2].clone();
     let ack = in_dialog(Method::Ack, &ok, 1, &format!("z9hG4bK-ack-{call_id}"), true);
-    h.from_caller(ack);
+    h.caller_sends(ack);
     let acks = h.take_to(To::Callee);
     assert_eq!(acks.len(), 1);
     assert_eq!(acks[0].method(), Some(&Method::Ack));
@@ -346,10 +346,10 @@ fn basic_call_invite_180_200_ack_bye_releases_everything() {
     assert!(text.contains("192.0.2.1"), "SDP anchored");
     // Answered: no longer a pending INVITE (finding 10).
     assert_eq!((h.usage().active_calls, h.usage().pending_invites), (1, 0));
-    h.from_caller(in_dialog(Method::Bye, &ok, 2, "z9hG4bK-bye1", true));
+    h.caller_sends(in_dialog(Method::Bye, &ok, 2, "z9hG4bK-bye1", true));
     let bye = h.take_to(To::Callee);
     assert_eq!(bye[0].method(), Some(&Method::Bye));
-    h.from_callee(respond(&bye[0], 200, "callee-tag", false));
+    h.callee_sends(respond(&bye[0], 200, "callee-tag", false));
     assert_eq!(statuses(&h.take_to(To::Caller)), vec![200]);
     h.advance(T1 * 64);
     h.assert_nothing_held();
@@ -359,9 +359,9 @@ fn basic_call_invite_180_200_ack_bye_releases_everything() {
 #[test]
 fn cancel_racing_a_200_gets_487_and_the_late_answer_is_acked_and_hung_up() {
     let mut h = Harness::new();
-    h.from_caller(invite("c2", "z9hG4bK-c2"));
+    h.caller_sends(invite("c2", "z9hG4bK-c2"));
     let down = h.take_to(To::Callee).remove(0);
-    h.from_callee(respond(&down, 180, "t", false));
+    h.callee_sends(respond(&down, 180, "t", false));
     let mut cancel = invite("c2", "z9hG4bK-c2");
     cancel = {
         let text = String::from_utf8_lossy(&cancel.to_bytes())
@@ -372,13 +372,13 @@ fn cancel_racing_a_200_gets_487_and_the_late_answer_is_acked_and_hung_up() {
         m.remove_header("content-type");
         m
     };
-    h.from_caller(cancel);
+    h.caller_sends(cancel);
     let up = h.take_to(To::Caller);
     assert!(statuses(&up).contains(&487), "{:?}", statuses(&up));
     let sent_down = h.take_to(To::Callee);
     assert_eq!(sent_down[0].method(), Some(&Method::Cancel));
     // The 200 crossed our CANCEL.
-    h.from_callee(respond(&down, 200, "t", true));
+    h.callee_sends(respond(&down, 200, "t", true));
     let after = h.take_to(To::Callee);
     let methods: Vec<_> = after.iter().filter_map(|m| m.method().cloned()).collect();
     assert_eq!(methods, vec![Method::Ack, Method::Bye]);
@@ -393,7 +393,7 @@ fn cancel_racing_a_200_gets_487_and_the_late_answer_is_acked_and_hung_up() {
 #[test]
 fn timer_b_no_answer_at_all_gives_408_and_releases() {
     let mut h = Harness::new();
-    h.from_caller(invite("c3", "z9hG4bK-c3"));
+    h.caller_sends(invite("c3", "z9hG4bK-c3"));
     h.take();
     h.advance(T1 * 64 - Duration::from_millis(1));
     assert!(h.take_to(To::Caller).is_empty());
@@ -407,7 +407,7 @@ fn timer_b_no_answer_at_all_gives_408_and_releases() {
 fn timer_f_unanswered_bye_ends_the_call_with_408() {
     let mut h = Harness::new();
     let (_, ok) = establish(&mut h, "c4");
-    h.from_caller(in_dialog(Method::Bye, &ok, 2, "z9hG4bK-bye4", true));
+    h.caller_sends(in_dialog(Method::Bye, &ok, 2, "z9hG4bK-bye4", true));
     h.take();
     h.advance(T1 * 64 + Duration::from_millis(1));
     assert_eq!(statuses(&h.take_to(To::Caller)), vec![408]);
@@ -417,9 +417,9 @@ fn timer_f_unanswered_bye_ends_the_call_with_408() {
 #[test]
 fn timer_h_non_2xx_without_ack_ends_the_server_transaction() {
     let mut h = Harness::new();
-    h.from_caller(invite("c5", "z9hG4bK-c5"));
+    h.caller_sends(invite("c5", "z9hG4bK-c5"));
     let down = h.take_to(To::Callee).remove(0);
-    h.from_callee(respond(&down, 486, "t", false));
+    h.callee_sends(respond(&down, 486, "t", false));
     let up = h.take_to(To::Caller);
     assert_eq!(statuses(&up), vec![100, 486]);
     // Our hop-by-hop ACK went down; the caller never ACKs our 486.
@@ -432,16 +432,16 @@ fn timer_h_non_2xx_without_ack_ends_the_server_transaction() {
 #[test]
 fn ringing_limit_cancels_and_a_late_2xx_is_acked_and_hung_up() {
     let mut h = Harness::new();
-    h.from_caller(invite("c6", "z9hG4bK-c6"));
+    h.caller_sends(invite("c6", "z9hG4bK-c6"));
     let down = h.take_to(To::Callee).remove(0);
-    h.from_callee(respond(&down, 180, "t", false));
+    h.callee_sends(respond(&down, 180, "t", false));
     h.take();
     h.advance(MAX_RINGING);
     let up = h.take_to(To::Caller);
     assert_eq!(statuses(&up), vec![408]);
     assert_eq!(h.take_to(To::Callee)[0].method(), Some(&Method::Cancel));
     // A 2xx after the limit (late answer): ACK and BYE, the caller hears nothing more.
-    h.from_callee(respond(&down, 200, "t", true));
+    h.callee_sends(respond(&down, 200, "t", true));
     let methods: Vec<_> = h
         .take_to(To::Callee)
         .iter()
@@ -476,7 +476,7 @@ fn reinvite_glare_gets_491_and_the_call_goes_on() {
     let mut reinvite = in_dialog(Method::Invite, &ok, 2, "z9hG4bK-re1", true);
     reinvite.push_header("Content-Type", "application/sdp");
     reinvite.set_body(OFFER.as_bytes().to_vec());
-    h.from_caller(reinvite);
+    h.caller_sends(reinvite);
     let relayed = h.take_to(To::Callee);
     assert_eq!(relayed[0].method(), Some(&Method::Invite));
     // The callee's dialog view: its tag is in To of what it got.
@@ -484,14 +484,14 @@ fn reinvite_glare_gets_491_and_the_call_goes_on() {
     let mut glare = in_dialog(Method::Invite, &callee_view, 1, "z9hG4bK-re2", false);
     glare.push_header("Content-Type", "application/sdp");
     glare.set_body(OFFER.as_bytes().to_vec());
-    h.from_callee(glare);
+    h.callee_sends(glare);
     assert_eq!(statuses(&h.take_to(To::Callee)), vec![491]);
     assert!(
         h.take_to(To::Caller).is_empty(),
         "the glaring offer did not cross"
     );
     // The first re-INVITE completes normally.
-    h.from_callee(respond(&relayed[0], 200, "callee-tag", true));
+    h.callee_sends(respond(&relayed[0], 200, "callee-tag", true));
     let up = h.take_to(To::Caller);
     assert_eq!(statuses(&up), vec![200]);
     assert_eq!(h.usage().active_calls, 1);
@@ -500,9 +500,9 @@ fn reinvite_glare_gets_491_and_the_call_goes_on() {
 #[test]
 fn a_2xx_never_acked_is_retransmitted_then_both_legs_get_bye() {
     let mut h = Harness::new();
-    h.from_caller(invite("c9", "z9hG4bK-c9"));
+    h.caller_sends(invite("c9", "z9hG4bK-c9"));
     let down = h.take_to(To::Callee).remove(0);
-    h.from_callee(respond(&down, 200, "t", true));
+    h.callee_sends(respond(&down, 200, "t", true));
     h.take();
     // Retransmissions at T1, 2·T1, 4·T1 (RFC 3261 §13.3.1.4).
     h.advance(T1 * 7 + Duration::from_millis(1));
@@ -525,21 +525,21 @@ fn rfc2543_invite_without_branch_is_served_and_cancellable() {
         .replace(";branch=x", "")
         .to_string();
     let inv = SipMessage::parse(text.as_bytes()).unwrap();
-    h.from_caller(inv.clone());
+    h.caller_sends(inv.clone());
     assert_eq!(statuses(&h.take_to(To::Caller)), vec![100]);
     let down = h.take_to(To::Callee).remove(0);
-    h.from_callee(respond(&down, 180, "t", false));
+    h.callee_sends(respond(&down, 180, "t", false));
     // The retransmitted INVITE matches the same transaction (no second call).
-    h.from_caller(inv.clone());
+    h.caller_sends(inv.clone());
     assert_eq!(h.core.stats().active_calls, 1);
     let cancel_text = text
         .replace("INVITE sips", "CANCEL sips")
         .replace("1 INVITE", "1 CANCEL");
     let mut cancel = SipMessage::parse(cancel_text.as_bytes()).unwrap();
     cancel.set_body(Vec::new());
-    h.from_caller(cancel);
+    h.caller_sends(cancel);
     assert!(statuses(&h.take_to(To::Caller)).contains(&487));
-    h.from_callee(respond(&down, 487, "t", false));
+    h.callee_sends(respond(&down, 487, "t", false));
     h.advance(T1 * 64 + Duration::from_millis(1));
     h.assert_nothing_held();
 }
@@ -704,13 +704,13 @@ fn run(ops: &[Op]) -> Harness {
                     ..CallView::default()
                 });
                 fresh = Some(views.calls.len() - 1);
-                h.from_caller(inv);
+                h.caller_sends(inv);
             }
             Op::CalleeAnswers(n, code) => {
                 if let Some(down) = views.latest(n).and_then(|v| v.down.clone()) {
                     if down.method() != Some(&Method::Ack) {
                         let sdp = code == 200 || code == 183;
-                        h.from_callee(respond(&down, code, &format!("callee-{n}"), sdp));
+                        h.callee_sends(respond(&down, code, &format!("callee-{n}"), sdp));
                     }
                 }
             }
@@ -718,7 +718,7 @@ fn run(ops: &[Op]) -> Harness {
                 if let Some(ok) = views.latest(n).and_then(|v| v.ok.clone()) {
                     let cseq = ok.cseq().map(|c| c.0).unwrap_or(1);
                     let branch = format!("z9hG4bK-a{seq}");
-                    h.from_caller(in_dialog(Method::Ack, &ok, cseq, &branch, true));
+                    h.caller_sends(in_dialog(Method::Ack, &ok, cseq, &branch, true));
                 }
             }
             Op::CallerCancels(n) => {
@@ -728,7 +728,7 @@ fn run(ops: &[Op]) -> Harness {
                         .replace(" INVITE\r\n", " CANCEL\r\n");
                     if let Ok(mut c) = SipMessage::parse(text.as_bytes()) {
                         c.set_body(Vec::new());
-                        h.from_caller(c);
+                        h.caller_sends(c);
                     }
                 }
             }
@@ -736,12 +736,12 @@ fn run(ops: &[Op]) -> Harness {
                 if let Some(ok) = views.latest(n).and_then(|v| v.ok.clone()) {
                     seq += 1;
                     let branch = format!("z9hG4bK-b{seq}");
-                    h.from_caller(in_dialog(Method::Bye, &ok, 100 + seq, &branch, true));
+                    h.caller_sends(in_dialog(Method::Bye, &ok, 100 + seq, &branch, true));
                 }
             }
             Op::StrayResponse(code) => {
                 let inv = invite("stray", "z9hG4bK-nothing");
-                h.from_callee(respond(&inv, code, "s", false));
+                h.callee_sends(respond(&inv, code, "s", false));
             }
             Op::CallerReconnects => {
                 h.input(Input::Closed { conn: CALLER });
@@ -762,14 +762,14 @@ fn run(ops: &[Op]) -> Harness {
     for (i, ok) in oks.iter().enumerate() {
         let cseq = ok.cseq().map(|c| c.0).unwrap_or(1);
         let i = i as u32;
-        h.from_caller(in_dialog(
+        h.caller_sends(in_dialog(
             Method::Ack,
             ok,
             cseq,
             &format!("z9hG4bK-fa{i}"),
             true,
         ));
-        h.from_caller(in_dialog(
+        h.caller_sends(in_dialog(
             Method::Bye,
             ok,
             1000 + i,
@@ -807,7 +807,7 @@ fn refusals_before_admission_answer_and_hold_nothing() {
         (Variant::RefusedSdp, 488),
     ];
     for (i, (v, want)) in cases.into_iter().enumerate() {
-        h.from_caller(variant_invite(9, v, i as u32));
+        h.caller_sends(variant_invite(9, v, i as u32));
         let up = h.take_to(To::Caller);
         assert_eq!(
             statuses(&up).last(),
@@ -830,10 +830,10 @@ fn fifty_branchless_invites_do_not_lock_the_tenant_out() {
     for i in 0..60 {
         let text = String::from_utf8_lossy(&invite(&format!("nb{i}"), "x").to_bytes())
             .replace(";branch=x", "");
-        h.from_caller(SipMessage::parse(text.as_bytes()).unwrap());
+        h.caller_sends(SipMessage::parse(text.as_bytes()).unwrap());
         let down = h.take_to(To::Callee);
         assert_eq!(down.len(), 1, "call {i} was relayed");
-        h.from_callee(respond(&down[0], 486, "t", false));
+        h.callee_sends(respond(&down[0], 486, "t", false));
         h.take();
     }
     h.advance(T1 * 64 + Duration::from_millis(1));
