@@ -106,11 +106,15 @@ async fn basic_call_invite_ringing_answer_ack_bye_with_topology_hiding() {
         .starts_with("sips:+15551234@127.0.0.1:"));
     let contact = out_inv.header("contact").unwrap();
     assert!(contact.contains("127.0.0.1"), "our own Contact: {contact}");
-    assert!(!out_inv.header("supported").unwrap_or("").contains("100rel"));
+    assert_eq!(
+        out_inv.header("supported"),
+        Some("timer"),
+        "end-to-end headers cross, without 100rel"
+    );
     assert_eq!(
         out_inv.header("user-agent"),
-        Some("PlatformUA/1.0"),
-        "end-to-end headers pass"
+        None,
+        "User-Agent does not cross (header policy default)"
     );
     assert_eq!(
         out_inv.body(),

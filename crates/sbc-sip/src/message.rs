@@ -193,6 +193,12 @@ fn expand_compact(name: &str) -> Option<&'static str> {
     })
 }
 
+/// The long form of a header name as written: a compact form (RFC 3261 §7.3.3) expanded
+/// to its lower-case long form, any other name returned as given. No allocation.
+pub fn long_header_name(name: &str) -> &str {
+    want_name(name)
+}
+
 /// True if header name `have` (as written) is the header `want` (long form, any case).
 fn name_is(have: &str, want: &str) -> bool {
     have.eq_ignore_ascii_case(want)

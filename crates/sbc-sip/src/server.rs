@@ -207,6 +207,15 @@ fn media_policies(config: &Config) -> HashMap<TenantId, sbc_core::media::MediaPo
         .collect()
 }
 
+/// Each tenant's header and body policy.
+fn sip_policies(config: &Config) -> HashMap<TenantId, crate::b2bua::topology::TenantPolicy> {
+    config
+        .tenants
+        .iter()
+        .map(|t| (t.id.clone(), crate::b2bua::topology::TenantPolicy::new(t)))
+        .collect()
+}
+
 /// Each tenant's limits as gauges, so dashboards show usage against them.
 fn report_limits(config: &Config) {
     for t in &config.tenants {
@@ -381,6 +390,7 @@ pub async fn start_with(config: Arc<Config>, hooks: Hooks) -> Result<ServerHandl
         admission,
     );
     let mut core = core;
+    core.set_sip_policies(sip_policies(&config));
     if let (Some(registry), Some(drain)) = (hooks.registry, hooks.drain) {
         core.set_admin(registry, drain);
     }
@@ -817,11 +827,12 @@ async fn core_loop(
                 *shared_admission.write().unwrap_or_else(|p| p.into_inner()) = admission.clone();
                 core.reconfigure(core.routes(), admission);
                 core.set_media_policies(media_policies(&config));
+                core.set_sip_policies(sip_policies(&config));
                 settings.guards.reload(&config);
                 info!(
                     event = "config_reloaded",
                     tenants = config.tenants.len(),
-                    "limits, flood guard and overload settings reloaded"
+                    "limits, flood guard, overload settings, media and header/body policies reloaded"
                 );
             }
             Some(Event::Core(input)) => {

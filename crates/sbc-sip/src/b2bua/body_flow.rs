@@ -9,6 +9,7 @@
 use sbc_core::media::{CallRef, LegSide, MediaError};
 
 use super::offer_answer::{classify, Carrier, SdpRole};
+use super::topology::{classify_body, BodyRefusal};
 use super::B2bua;
 use crate::message::SipMessage;
 
@@ -21,6 +22,8 @@ pub(crate) enum BodyError {
     Unexpected,
     /// A new offer while another is outstanding.
     Glare,
+    /// The tenant's body policy does not take the body.
+    Refused(BodyRefusal),
 }
 
 impl BodyError {
@@ -30,6 +33,7 @@ impl BodyError {
             BodyError::Media(e) => e.sip_status(),
             BodyError::Unexpected => 488,
             BodyError::Glare => 491,
+            BodyError::Refused(_) => BodyRefusal::STATUS,
         }
     }
 
@@ -39,6 +43,7 @@ impl BodyError {
             BodyError::Media(e) => e.as_str(),
             BodyError::Unexpected => "unexpected_sdp",
             BodyError::Glare => "glare",
+            BodyError::Refused(r) => r.as_str(),
         }
     }
 }
@@ -49,23 +54,22 @@ impl std::fmt::Display for BodyError {
             BodyError::Media(e) => write!(f, "{e}"),
             BodyError::Unexpected => f.write_str("SDP where no offer or answer is expected"),
             BodyError::Glare => f.write_str("an offer is already outstanding"),
+            BodyError::Refused(r) => f.write_str(r.reason_phrase()),
         }
     }
 }
 
+/// Fresh boundaries tried when rebuilding a multipart: a random 16-hex-digit token
+/// occurring in a part is already unlikely; three in a row means a hostile body.
+const MAX_BOUNDARY_TRIES: usize = 3;
+
 /// A body for the other leg: its Content-Type and bytes.
 pub(crate) type Crossing = Option<(String, Vec<u8>)>;
 
-/// True if `msg` carries an SDP body (legacy rule, replaced by the topology body policy).
-fn has_sdp(msg: &SipMessage) -> bool {
-    !msg.body().is_empty()
-        && msg
-            .header("content-type")
-            .is_some_and(|c| c.trim().to_ascii_lowercase().starts_with("application/sdp"))
-}
-
 impl B2bua {
-    /// The body `msg` (sent by `sender` of `call`, in `carrier`) has on the other leg.
+    /// The body `msg` (sent by `sender` of `call`, in `carrier`) has on the other leg:
+    /// classified by the tenant's body policy, its SDP (plain or a multipart part)
+    /// anchored per its offer/answer role, rebuilt with a fresh boundary.
     pub(crate) fn crossing_body(
         &mut self,
         call: CallRef,
@@ -76,14 +80,30 @@ impl B2bua {
         if msg.body().is_empty() {
             return Ok(None);
         }
-        if !has_sdp(msg) {
-            let ct = msg.header("content-type").unwrap_or_default().to_string();
-            return Ok(Some((ct, msg.body().to_vec())));
+        let Some(tenant) = self.calls.get(call).map(|c| c.tenant.clone()) else {
+            return Err(BodyError::Media(MediaError::UnknownCall(call)));
+        };
+        let policy = self.tenant_policy(&tenant);
+        let body = classify_body(msg, &policy.bodies).map_err(|r| {
+            metrics::counter!("sbc_sip_bodies_refused_total", "tenant" => tenant.to_string(), "reason" => r.as_str()).increment(1);
+            BodyError::Refused(r)
+        })?;
+        let new_sdp = match body.sdp() {
+            Some(sdp) => match self.anchor_sdp(call, sender, carrier, sdp)? {
+                Some(out) => Some(out),
+                // Not part of offer/answer: the SDP is dropped, never passed on raw.
+                None => return Ok(None),
+            },
+            None => None,
+        };
+        // A boundary that happens to occur in a part is retried with another token.
+        for _ in 0..MAX_BOUNDARY_TRIES {
+            let boundary = format!("sbc-{}", self.token());
+            if let Ok(rebuilt) = body.rebuild(new_sdp.as_deref(), &boundary) {
+                return Ok(rebuilt.map(|r| (r.content_type, r.body)));
+            }
         }
-        match self.anchor_sdp(call, sender, carrier, msg.body())? {
-            Some(sdp) => Ok(Some(("application/sdp".to_string(), sdp))),
-            None => Ok(None),
-        }
+        Err(BodyError::Refused(BodyRefusal::MalformedMultipart))
     }
 
     /// Pass an SDP body through media control per its offer/answer role. `Ok(None)`: drop

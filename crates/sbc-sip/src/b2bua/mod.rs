@@ -563,15 +563,6 @@ impl B2bua {
             .cloned()
             .unwrap_or_else(|| self.default_policy.clone())
     }
-
-    /// The tenant's body policy (the default when it has none).
-    fn body_policy(&self, tenant: &TenantId) -> &topology::BodyPolicy {
-        &self
-            .sip_policies
-            .get(tenant)
-            .unwrap_or(&self.default_policy)
-            .bodies
-    }
 }
 
 /// The current deadline of a timer's owner, `None` if it has gone.

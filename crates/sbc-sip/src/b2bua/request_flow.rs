@@ -110,7 +110,8 @@ impl B2bua {
                         let tag = self.token();
                         let mut resp = response_to(&msg, 200, "OK", Some(&tag));
                         resp.push_header("Allow", ALLOW);
-                        resp.push_header("Accept", super::topology::ACCEPT_DEFAULT);
+                        let policy = self.tenant_policy(&tenant);
+                        resp.push_header("Accept", policy.bodies.accept_header());
                         self.outputs.push_back(Output::Send { conn, msg: resp });
                     }
                     Method::Ack => debug!(conn, "stray ACK dropped"),
@@ -297,8 +298,18 @@ impl B2bua {
 
     /// The body policy's verdict on a request's body, before anything is forwarded.
     fn body_acceptable(&self, tenant: &TenantId, msg: &SipMessage) -> Result<(), Refusal> {
-        super::topology::check_request_body(self.body_policy(tenant), msg)
-            .map_err(Refusal::UnsupportedMediaType)
+        let policy = self.tenant_policy(tenant);
+        match super::topology::classify_body(msg, &policy.bodies) {
+            Ok(_) => Ok(()),
+            Err(r) => {
+                metrics::counter!("sbc_sip_bodies_refused_total", "tenant" => tenant.to_string(), "reason" => r.as_str()).increment(1);
+                debug!(tenant = %tenant, reason = r.as_str(), "body refused: 415");
+                Err(Refusal::UnsupportedMediaType(
+                    r,
+                    policy.bodies.accept_header().to_string(),
+                ))
+            }
+        }
     }
 
     fn on_request_in_transaction(

@@ -120,7 +120,12 @@ impl B2bua {
                     // The callee's answer cannot be anchored: hang it up and refuse the
                     // call upstream rather than pass on an answer without media.
                     self.ack_and_bye_late_answer(call, to_side);
-                    let status = e.status();
+                    // A body the policy refuses in an answer is the callee's fault, not
+                    // the caller's: 488, not 415.
+                    let status = match e {
+                        super::body_flow::BodyError::Refused(_) => 488,
+                        _ => e.status(),
+                    };
                     self.respond_upstream_local(now, id, status, default_reason(status));
                     self.end_call(call, "media answer refused");
                     self.pairs.remove_if_finished(id);

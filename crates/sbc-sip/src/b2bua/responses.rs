@@ -99,8 +99,8 @@ pub enum Refusal {
     TooManyHops,
     /// Require names option tags the gateway does not support: 420 with Unsupported.
     BadExtension(String),
-    /// A body the tenant's body policy does not take: 415 with Accept.
-    UnsupportedMediaType(BodyRefusal),
+    /// A body the tenant's body policy does not take: 415 with Accept (the value given).
+    UnsupportedMediaType(BodyRefusal, String),
     /// Media control refused the SDP (status from the media error) with a Warning.
     Media(u16, String),
     /// A new request from a route target (targets answer calls, they do not place them).
@@ -127,7 +127,7 @@ impl Refusal {
             Refusal::MalformedUri(_) | Refusal::MissingDialogHeaders => 400,
             Refusal::TooManyHops => 483,
             Refusal::BadExtension(_) => 420,
-            Refusal::UnsupportedMediaType(_) => 415,
+            Refusal::UnsupportedMediaType(..) => BodyRefusal::STATUS,
             Refusal::Media(code, _) => *code,
             Refusal::NotATrunkPeer | Refusal::UnrecognisedPeer => 403,
             Refusal::NoTransaction => 481,
@@ -145,7 +145,7 @@ impl Refusal {
             Refusal::MalformedUri(_) => "malformed_request_uri",
             Refusal::TooManyHops => "too_many_hops",
             Refusal::BadExtension(_) => "bad_extension",
-            Refusal::UnsupportedMediaType(_) => "unsupported_media_type",
+            Refusal::UnsupportedMediaType(..) => "unsupported_media_type",
             Refusal::Media(..) => "media",
             Refusal::NotATrunkPeer => "not_a_trunk_peer",
             Refusal::UnrecognisedPeer => "unrecognised_peer",
@@ -165,6 +165,7 @@ impl Refusal {
             Refusal::UnrecognisedPeer => "Forbidden (Unrecognised Peer)".into(),
             Refusal::NoRoute => "Not Found (No Route)".into(),
             Refusal::MissingDialogHeaders => "Bad Request (Missing Dialog Headers)".into(),
+            Refusal::UnsupportedMediaType(why, _) => why.reason_phrase().into(),
             _ => default_reason(code).to_string(),
         };
         if let Refusal::Unavailable(retry_after, cause) = self {
@@ -174,7 +175,12 @@ impl Refusal {
         match self {
             Refusal::MethodNotAllowed | Refusal::NotImplemented => resp.push_header("Allow", ALLOW),
             Refusal::BadExtension(tags) => resp.push_header("Unsupported", tags.as_str()),
-            Refusal::UnsupportedMediaType(why) => resp.push_header("Accept", why.accept_header()),
+            Refusal::UnsupportedMediaType(why, accept) => {
+                resp.push_header("Accept", accept.as_str());
+                if let Some(enc) = why.accept_encoding() {
+                    resp.push_header("Accept-Encoding", enc);
+                }
+            }
             Refusal::Media(_, why) => resp.push_header(
                 "Warning",
                 format!("399 sbc-edge \"{}\"", why.replace('"', "'")),
