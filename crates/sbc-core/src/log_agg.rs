@@ -186,18 +186,27 @@ mod tests {
         let mut agg: LogAggregator<Ev> = LogAggregator::new(10 * SEC, 16);
         let t0 = Instant::now();
         assert_eq!(agg.poll_timeout(), None);
-        assert!(agg.flush_all(t0).is_empty(), "nothing recorded, nothing to say");
+        assert!(
+            agg.flush_all(t0).is_empty(),
+            "nothing recorded, nothing to say"
+        );
 
         let logged = (0..100)
             .filter(|i| agg.record(t0 + Duration::from_millis(*i), Ev::A, ip(1)))
             .count();
         assert_eq!(logged, 1, "one line at once for a hundred occurrences");
         assert!(agg.record(t0, Ev::B, ip(1)), "another event is another key");
-        assert!(agg.record(t0, Ev::A, ip(2)), "another source is another key");
+        assert!(
+            agg.record(t0, Ev::A, ip(2)),
+            "another source is another key"
+        );
         assert_eq!(agg.poll_timeout(), Some(t0 + 10 * SEC));
 
         assert!(agg.flush(t0 + 9 * SEC).is_empty(), "interval not over");
-        assert!(!agg.record(t0 + 9 * SEC, Ev::A, ip(1)), "still the same interval");
+        assert!(
+            !agg.record(t0 + 9 * SEC, Ev::A, ip(1)),
+            "still the same interval"
+        );
         let lines = agg.flush(t0 + 10 * SEC);
         assert_eq!(
             lines,
@@ -216,7 +225,10 @@ mod tests {
         // The next interval starts with the next occurrence, which logs at once again.
         assert!(agg.record(t0 + 30 * SEC, Ev::A, ip(1)));
         assert_eq!(agg.poll_timeout(), Some(t0 + 40 * SEC));
-        assert!(agg.flush(t0 + 40 * SEC).is_empty(), "a single occurrence needs no summary");
+        assert!(
+            agg.flush(t0 + 40 * SEC).is_empty(),
+            "a single occurrence needs no summary"
+        );
     }
 
     #[test]
@@ -245,9 +257,17 @@ mod tests {
         assert_eq!(logged, 4 + 2);
         assert_eq!(agg.keys(), 4 + 2);
         let lines = agg.flush(t0 + SEC);
-        assert_eq!(lines.len(), 2, "the four keys occurred once each: {lines:?}");
+        assert_eq!(
+            lines.len(),
+            2,
+            "the four keys occurred once each: {lines:?}"
+        );
         let total: u64 = lines.iter().map(|l| l.total).sum();
-        assert_eq!(total, 400 - 4, "every occurrence not in a key is in the overflow");
+        assert_eq!(
+            total,
+            400 - 4,
+            "every occurrence not in a key is in the overflow"
+        );
         assert!(lines.iter().all(|l| l.source.is_none()));
         assert_eq!(agg.keys(), 0, "flushing frees the table");
     }

@@ -183,7 +183,10 @@ mod tests {
         assert_eq!(f.next_frame(), Ok(None));
         assert!(f.in_message(), "one byte of a request starts a message");
         f.push(&MSG[1..]);
-        assert_eq!(f.next_frame(), Ok(Some(Frame::Message(Bytes::from_static(MSG)))));
+        assert_eq!(
+            f.next_frame(),
+            Ok(Some(Frame::Message(Bytes::from_static(MSG))))
+        );
         assert!(!f.in_message(), "the message is complete");
         f.push(b"\r\n");
         assert_eq!(f.next_frame(), Ok(None));

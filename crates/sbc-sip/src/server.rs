@@ -208,18 +208,26 @@ fn emit_summary(s: &Summary<LogEvent>) {
     let source = s
         .source
         .map_or_else(|| "(other sources)".to_string(), |ip| ip.to_string());
-    let interval_secs = s.interval.as_secs();
+    let interval_secs = s.interval.as_secs_f64();
     let event = s.event.as_str();
     let (count, total) = (s.count, s.total);
     if s.event.level() == Level::INFO {
         info!(
             event,
-            source, count, total, interval_secs, "repeated: {count} more in the interval"
+            source = %source,
+            count,
+            total,
+            interval_secs,
+            "repeated: {count} more in the interval"
         );
     } else {
         warn!(
             event,
-            source, count, total, interval_secs, "repeated: {count} more in the interval"
+            source = %source,
+            count,
+            total,
+            interval_secs,
+            "repeated: {count} more in the interval"
         );
     }
 }
@@ -871,11 +879,11 @@ async fn run_connection<S>(
                             let salvaged = salvage_request(&bytes);
                             match malformed_response(&error, salvaged.as_ref()) {
                                 Some(resp) => {
-                                    log_first!(logs, warn, LogEvent::MalformedRequest, source, conn, reason = %error.reason_phrase(), "answered 400");
+                                    log_first!(logs, warn, LogEvent::MalformedRequest, source, peer = %source, conn, reason = %error.reason_phrase(), "answered 400");
                                     let _ = wtx.try_send(Bytes::from(resp.to_bytes()));
                                 }
                                 None => {
-                                    log_first!(logs, warn, LogEvent::MalformedMessage, source, conn, reason = %error.reason_phrase(), "dropped: cannot be answered");
+                                    log_first!(logs, warn, LogEvent::MalformedMessage, source, peer = %source, conn, reason = %error.reason_phrase(), "dropped: cannot be answered");
                                 }
                             }
                             if malformed_run >= MAX_MALFORMED_PER_CONNECTION {
@@ -884,6 +892,7 @@ async fn run_connection<S>(
                                     warn,
                                     LogEvent::MalformedFlood,
                                     source,
+                                    peer = %source,
                                     conn,
                                     "too many malformed messages: closing"
                                 );
@@ -900,6 +909,7 @@ async fn run_connection<S>(
                         warn,
                         LogEvent::MessageTooLarge,
                         source,
+                        peer = %source,
                         conn,
                         limit,
                         "message exceeds the size bound: closing connection"
@@ -909,7 +919,7 @@ async fn run_connection<S>(
                 Err(e) => {
                     metrics::counter!("sbc_sip_messages_rejected_total", "reason" => "framing")
                         .increment(1);
-                    log_first!(logs, warn, LogEvent::FramingError, source, conn, error = ?e, "cannot frame the stream: closing connection");
+                    log_first!(logs, warn, LogEvent::FramingError, source, peer = %source, conn, error = ?e, "cannot frame the stream: closing connection");
                     break 'read CloseReason::Framing;
                 }
             }
@@ -932,14 +942,14 @@ async fn run_connection<S>(
         }
     };
     drop(partial);
-    metrics::counter!("sbc_sip_connections_closed_total", "reason" => reason.as_str())
-        .increment(1);
+    metrics::counter!("sbc_sip_connections_closed_total", "reason" => reason.as_str()).increment(1);
     match reason {
         CloseReason::MessageTimeout => log_first!(
             logs,
             warn,
             LogEvent::MessageTimeout,
             source,
+            peer = %source,
             conn,
             held = framer.buffered(),
             "message not complete in time: closing connection"
@@ -949,6 +959,7 @@ async fn run_connection<S>(
             warn,
             LogEvent::SlowSource,
             source,
+            peer = %source,
             conn,
             "too many connections of this source hold an incomplete message: closing"
         ),
