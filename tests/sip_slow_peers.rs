@@ -97,7 +97,7 @@ async fn a_dribbled_message_is_cut_at_the_message_timeout_and_other_peers_are_se
     let dribbler = tokio::spawn(async move {
         let start = Instant::now();
         for (sent, byte) in bytes.iter().enumerate() {
-            if slow.closed_within(Duration::from_millis(100)).await {
+            if slow.closed_within(Duration::from_millis(100)).await || start.elapsed() > WAIT {
                 return (start.elapsed(), sent);
             }
             slow.send_raw(&[*byte]).await;
