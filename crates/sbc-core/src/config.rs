@@ -74,6 +74,12 @@ pub struct SipSettings {
     pub max_ringing: Duration,
     /// Max-Forwards for requests that arrive without one.
     pub max_forwards: u32,
+    /// Longest a stream connection may take from the first byte of a message to its last
+    /// (head and body); past it the connection is closed (slowloris).
+    pub message_timeout: Duration,
+    /// Most connections of one source IP that may hold an incomplete message at once;
+    /// the one that would exceed it is closed.
+    pub max_partial_connections_per_source: u32,
 }
 
 /// A PEM private key. Zeroized on drop; `Debug` never shows it.
@@ -442,7 +448,21 @@ struct RawSip {
     t1_ms: u64,
     max_ringing_secs: u64,
     max_forwards: u32,
+    message_timeout_ms: u64,
+    max_partial_connections_per_source: u32,
 }
+
+/// Default `sip.message_timeout_ms`. A peer writes a message at once, so it normally
+/// arrives within a round trip; TCP's initial retransmission timeout is 1 s (RFC 6298), so
+/// three lost segments in a row back off 1 + 2 + 4 = 7 s. 10 s covers that on a bad path
+/// and still cuts a peer that dribbles a message (one byte a second) within seconds.
+const DEFAULT_MESSAGE_TIMEOUT_MS: u64 = 10_000;
+
+/// Default `sip.max_partial_connections_per_source`. A trunk holds a message incomplete
+/// for about a round trip, and rarely on more than one or two connections at the same
+/// instant; 8 leaves room for that while bounding what one slow source can pin to
+/// 8 × `max_message_bytes` (512 KiB at the default) of buffers.
+const DEFAULT_MAX_PARTIAL_CONNECTIONS_PER_SOURCE: u32 = 8;
 
 impl Default for RawSip {
     fn default() -> Self {
@@ -453,6 +473,8 @@ impl Default for RawSip {
             t1_ms: 500,
             max_ringing_secs: 180,
             max_forwards: 70,
+            message_timeout_ms: DEFAULT_MESSAGE_TIMEOUT_MS,
+            max_partial_connections_per_source: DEFAULT_MAX_PARTIAL_CONNECTIONS_PER_SOURCE,
         }
     }
 }
@@ -584,12 +606,14 @@ impl Config {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "sip: max_message_bytes={} max_headers={} idle_timeout={}s t1={}ms max_ringing={}s",
+            "sip: max_message_bytes={} max_headers={} idle_timeout={}s t1={}ms max_ringing={}s message_timeout={}ms max_partial_connections_per_source={}",
             self.sip.max_message_bytes,
             self.sip.max_headers,
             self.sip.idle_timeout.as_secs(),
             self.sip.t1.as_millis(),
-            self.sip.max_ringing.as_secs()
+            self.sip.max_ringing.as_secs(),
+            self.sip.message_timeout.as_millis(),
+            self.sip.max_partial_connections_per_source
         );
         for l in &self.listeners {
             let cert = l
@@ -1359,6 +1383,18 @@ fn validate_sip(raw: &RawSip) -> Result<SipSettings, ConfigError> {
     if !(1..=255).contains(&raw.max_forwards) {
         return Err(invalid("sip.max_forwards", "must be between 1 and 255"));
     }
+    if !(100..=300_000).contains(&raw.message_timeout_ms) {
+        return Err(invalid(
+            "sip.message_timeout_ms",
+            "must be between 100 and 300000",
+        ));
+    }
+    if !(1..=10_000).contains(&raw.max_partial_connections_per_source) {
+        return Err(invalid(
+            "sip.max_partial_connections_per_source",
+            "must be between 1 and 10000",
+        ));
+    }
     Ok(SipSettings {
         max_message_bytes: raw.max_message_bytes,
         max_headers: raw.max_headers,
@@ -1366,6 +1402,8 @@ fn validate_sip(raw: &RawSip) -> Result<SipSettings, ConfigError> {
         t1: Duration::from_millis(raw.t1_ms),
         max_ringing: Duration::from_secs(raw.max_ringing_secs),
         max_forwards: raw.max_forwards,
+        message_timeout: Duration::from_millis(raw.message_timeout_ms),
+        max_partial_connections_per_source: raw.max_partial_connections_per_source,
     })
 }
 
@@ -1721,6 +1759,8 @@ mod tests {
         let cfg = Config::from_toml_str(&format!("{LISTENER}{TENANT}"), &f.dir).expect("valid");
         assert_eq!(cfg.sip.max_message_bytes, 65536);
         assert_eq!(cfg.sip.t1, Duration::from_millis(500));
+        assert_eq!(cfg.sip.message_timeout, Duration::from_secs(10));
+        assert_eq!(cfg.sip.max_partial_connections_per_source, 8);
         assert_eq!(
             cfg.tenants[0].routes[0].target,
             TargetUri {
@@ -1919,6 +1959,14 @@ mod tests {
             (
                 format!("{LISTENER}{TENANT}[sip]\nmax_message_bytes = 10\n"),
                 "sip.max_message_bytes",
+            ),
+            (
+                format!("{LISTENER}{TENANT}[sip]\nmessage_timeout_ms = 50\n"),
+                "sip.message_timeout_ms",
+            ),
+            (
+                format!("{LISTENER}{TENANT}[sip]\nmax_partial_connections_per_source = 0\n"),
+                "sip.max_partial_connections_per_source",
             ),
             (TENANT.to_string(), "listeners"),
             (

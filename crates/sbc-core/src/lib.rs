@@ -6,6 +6,7 @@
 pub mod admission;
 pub mod config;
 pub mod flood;
+pub mod log_agg;
 pub mod media;
 pub mod redact;
 pub mod registry;

@@ -57,6 +57,12 @@ impl Framer {
         self.buf.len()
     }
 
+    /// True while part of a message is held: anything but (a prefix of) a CRLF keep-alive.
+    /// A driver starts its message-completion deadline when this turns true.
+    pub fn in_message(&self) -> bool {
+        !(self.buf.len() <= 3 && b"\r\n\r\n".starts_with(&self.buf))
+    }
+
     /// The next complete frame, `None` if more bytes are needed.
     pub fn next_frame(&mut self) -> Result<Option<Frame>, FrameError> {
         // Keep-alives and stray CRLFs between messages.
@@ -162,6 +168,29 @@ mod tests {
             );
             assert_eq!(f.buffered(), 0);
         }
+    }
+
+    #[test]
+    fn keep_alives_do_not_start_a_message() {
+        let mut f = Framer::new(1024);
+        assert!(!f.in_message());
+        for piece in [&b"\r"[..], b"\n", b"\r", b"\n"] {
+            f.push(piece);
+            while f.next_frame().expect("frames").is_some() {}
+            assert!(!f.in_message(), "a CRLF keep-alive is not a message");
+        }
+        f.push(b"O");
+        assert_eq!(f.next_frame(), Ok(None));
+        assert!(f.in_message(), "one byte of a request starts a message");
+        f.push(&MSG[1..]);
+        assert_eq!(
+            f.next_frame(),
+            Ok(Some(Frame::Message(Bytes::from_static(MSG))))
+        );
+        assert!(!f.in_message(), "the message is complete");
+        f.push(b"\r\n");
+        assert_eq!(f.next_frame(), Ok(None));
+        assert!(!f.in_message(), "a lone CRLF after a message is not one");
     }
 
     #[test]

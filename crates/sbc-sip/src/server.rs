@@ -9,6 +9,15 @@
 //! have bounded queues; the core never waits on a slow peer (a full queue drops the
 //! message, counted). Garbage is answered (400) or dropped by the reader itself, so a flood
 //! of it on one connection never reaches the core that serves every other call.
+//!
+//! Every state a peer can hold open is bounded in time or count: a TLS handshake by
+//! [`HANDSHAKE_TIMEOUT`], a silent connection by `sip.idle_timeout_secs`, a message being
+//! received by `sip.message_timeout_ms` (from its first byte to its last, so dribbling
+//! bytes does not keep it alive), and the connections of one source holding an incomplete
+//! message by `sip.max_partial_connections_per_source`. Each close is counted by reason
+//! (`sbc_sip_connections_closed_total`). Log lines a peer can trigger at will go through a
+//! [`LogAggregator`]: the first per (event, source) and interval is logged with its
+//! details, the rest are summed into one line at the end of the interval.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -20,6 +29,7 @@ use bytes::Bytes;
 use sbc_core::admission::{Admission, RefusalCause, TokenBucket};
 use sbc_core::config::{Config, Limits as TenantLimits, CORE_QUEUE_CAPACITY};
 use sbc_core::flood::{FloodAction, FloodGuard, Verdict};
+use sbc_core::log_agg::{LogAggregator, Summary, DEFAULT_INTERVAL, DEFAULT_MAX_KEYS};
 use sbc_core::media::MediaControl;
 use sbc_core::registry::{CallRegistry, DrainState};
 use sbc_core::tenant::{PeerIdentity, Recognizer, TenantId};
@@ -28,7 +38,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Level};
 
 use crate::b2bua::{
     malformed_response, service_unavailable, B2bua, B2buaConfig, B2buaStats, ConnId, ConnKind,
@@ -65,6 +75,238 @@ pub const MAX_MALFORMED_PER_CONNECTION: u32 = 32;
 
 /// Read buffer per connection.
 const READ_CHUNK: usize = 16 * 1024;
+
+/// How often summaries of aggregated log lines are checked for: an interval's summary is
+/// written at most this late.
+const LOG_FLUSH_TICK: Duration = Duration::from_secs(1);
+
+/// Why a connection ended: the `reason` label of `sbc_sip_connections_closed_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CloseReason {
+    /// The peer closed it (or a read failed).
+    Peer,
+    /// Silent for `sip.idle_timeout_secs`.
+    Idle,
+    /// A message not complete within `sip.message_timeout_ms` of its first byte.
+    MessageTimeout,
+    /// One connection more of its source would have held an incomplete message than
+    /// `sip.max_partial_connections_per_source` allows.
+    SlowSource,
+    /// A message past `sip.max_message_bytes`.
+    TooLarge,
+    /// The stream cannot be framed (bad Content-Length).
+    Framing,
+    /// [`MAX_MALFORMED_PER_CONNECTION`] malformed messages in a row.
+    MalformedFlood,
+    /// Closed by the core (e.g. repeated refusals of an unrecognised peer).
+    Core,
+    /// The core has stopped (shutdown).
+    Shutdown,
+}
+
+impl CloseReason {
+    fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::Peer => "peer",
+            CloseReason::Idle => "idle",
+            CloseReason::MessageTimeout => "message_timeout",
+            CloseReason::SlowSource => "slow_source",
+            CloseReason::TooLarge => "too_large",
+            CloseReason::Framing => "framing",
+            CloseReason::MalformedFlood => "malformed_flood",
+            CloseReason::Core => "core",
+            CloseReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Transport log lines a peer can trigger at will, aggregated per source and interval.
+/// The names are the lines' `event` field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum LogEvent {
+    PeerRecognised,
+    RecognitionFailed,
+    HandshakeFailed,
+    HandshakeTimeout,
+    MalformedRequest,
+    MalformedMessage,
+    MalformedFlood,
+    MessageTooLarge,
+    FramingError,
+    FloodSourceBlocked,
+    Overload,
+    MessageTimeout,
+    SlowSource,
+}
+
+impl LogEvent {
+    fn as_str(self) -> &'static str {
+        match self {
+            LogEvent::PeerRecognised => "peer_recognised",
+            LogEvent::RecognitionFailed => "recognition_failed",
+            LogEvent::HandshakeFailed => "tls_handshake_failed",
+            LogEvent::HandshakeTimeout => "tls_handshake_timeout",
+            LogEvent::MalformedRequest => "malformed_request",
+            LogEvent::MalformedMessage => "malformed_message",
+            LogEvent::MalformedFlood => "malformed_flood",
+            LogEvent::MessageTooLarge => "message_too_large",
+            LogEvent::FramingError => "framing_error",
+            LogEvent::FloodSourceBlocked => "flood_source_blocked",
+            LogEvent::Overload => "overload",
+            LogEvent::MessageTimeout => "message_timeout",
+            LogEvent::SlowSource => "slow_source",
+        }
+    }
+
+    /// The level of its first line and of its summary (repeats in between are `debug`).
+    fn level(self) -> Level {
+        match self {
+            LogEvent::PeerRecognised => Level::INFO,
+            _ => Level::WARN,
+        }
+    }
+}
+
+/// The server's log aggregator, shared by every reader.
+#[derive(Debug, Clone)]
+struct Logs(Arc<Mutex<LogAggregator<LogEvent>>>);
+
+impl Logs {
+    fn new() -> Logs {
+        Logs(Arc::new(Mutex::new(LogAggregator::new(
+            DEFAULT_INTERVAL,
+            DEFAULT_MAX_KEYS,
+        ))))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LogAggregator<LogEvent>> {
+        // Plain counters, consistent at every step: a poisoned lock is safe to keep using.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Count `event` from `source`; true: log this one now at the event's level.
+    fn first(&self, event: LogEvent, source: IpAddr) -> bool {
+        self.lock().record(Instant::now(), event, source)
+    }
+
+    /// Write the summaries of an ended interval (all of them when `all`, at shutdown).
+    fn flush(&self, all: bool) {
+        let now = Instant::now();
+        let lines = if all {
+            self.lock().flush_all(now)
+        } else {
+            self.lock().flush(now)
+        };
+        for line in &lines {
+            emit_summary(line);
+        }
+    }
+}
+
+/// One summary line: `count` more of `event` from `source` than the line logged at once.
+fn emit_summary(s: &Summary<LogEvent>) {
+    let source = s
+        .source
+        .map_or_else(|| "(other sources)".to_string(), |ip| ip.to_string());
+    let interval_secs = s.interval.as_secs_f64();
+    let event = s.event.as_str();
+    let (count, total) = (s.count, s.total);
+    if s.event.level() == Level::INFO {
+        info!(
+            event,
+            source = %source,
+            count,
+            total,
+            interval_secs,
+            "repeated: {count} more in the interval"
+        );
+    } else {
+        warn!(
+            event,
+            source = %source,
+            count,
+            total,
+            interval_secs,
+            "repeated: {count} more in the interval"
+        );
+    }
+}
+
+/// Log a line through the aggregator: at `$level` if it is the first of its (event,
+/// source) in the interval, at `debug` otherwise.
+macro_rules! log_first {
+    ($logs:expr, $level:ident, $event:expr, $source:expr, $($field:tt)*) => {{
+        let event: LogEvent = $event;
+        if $logs.first(event, $source) {
+            tracing::$level!(event = event.as_str(), $($field)*);
+        } else {
+            tracing::debug!(event = event.as_str(), $($field)*);
+        }
+    }};
+}
+
+/// Connections holding an incomplete message, per source IP. An entry exists only while
+/// one of its source's connections holds a [`PartialSlot`], so the table is bounded by the
+/// open connections (themselves bounded per source by the flood guard).
+#[derive(Debug, Clone)]
+struct SlowSources {
+    held: Arc<Mutex<HashMap<IpAddr, u32>>>,
+    max: u32,
+}
+
+/// One connection's place in [`SlowSources`]; released on drop.
+#[derive(Debug)]
+struct PartialSlot {
+    owner: SlowSources,
+    source: IpAddr,
+}
+
+impl Drop for PartialSlot {
+    fn drop(&mut self) {
+        let mut held = self.owner.lock();
+        if let Some(n) = held.get_mut(&self.source) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                held.remove(&self.source);
+            }
+        }
+    }
+}
+
+impl SlowSources {
+    fn new(max: u32) -> SlowSources {
+        SlowSources {
+            held: Arc::new(Mutex::new(HashMap::new())),
+            max,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, u32>> {
+        // Plain counters, consistent at every step: a poisoned lock is safe to keep using.
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A slot for one more connection of `source` holding an incomplete message, or
+    /// `None` if the source holds its maximum already.
+    fn hold(&self, source: IpAddr) -> Option<PartialSlot> {
+        let mut held = self.lock();
+        let n = held.entry(source).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        drop(held);
+        Some(PartialSlot {
+            owner: self.clone(),
+            source,
+        })
+    }
+
+    /// Connections holding an incomplete message now, all sources.
+    fn total(&self) -> usize {
+        self.lock().values().map(|n| *n as usize).sum()
+    }
+}
 
 /// A route target's connector.
 #[derive(Clone)]
@@ -105,6 +347,7 @@ pub struct ServerHandle {
     /// Bound SIP-over-TLS listener addresses, in config order.
     pub sip_addrs: Vec<SocketAddr>,
     stats: Arc<Mutex<B2buaStats>>,
+    slow: SlowSources,
     /// The admission control in use (swapped on reload), for usage reports.
     admission: Arc<RwLock<Arc<Admission>>>,
     events: mpsc::Sender<Event>,
@@ -116,6 +359,12 @@ impl ServerHandle {
     /// Sizes of the B2BUA's tables as of its last step.
     pub fn stats(&self) -> B2buaStats {
         self.stats.lock().map(|s| *s).unwrap_or_default()
+    }
+
+    /// Inbound connections holding an incomplete message now (all sources): what
+    /// `sip.max_partial_connections_per_source` bounds per source.
+    pub fn partial_connections(&self) -> usize {
+        self.slow.total()
     }
 
     /// Apply a reloaded config: tenant limits (running calls keep their slots; a quota
@@ -158,6 +407,8 @@ struct ConnSettings {
     max_message_bytes: usize,
     limits: Limits,
     idle: Duration,
+    /// `sip.message_timeout_ms`: first byte to last byte of one message.
+    message_timeout: Duration,
     guards: Guards,
 }
 
@@ -170,6 +421,10 @@ struct Guards {
     /// The admission control in use (swapped on reload): each tenant's limits are read
     /// from it when a connection starts.
     admission: Arc<RwLock<Arc<Admission>>>,
+    /// Inbound connections holding an incomplete message, per source.
+    slow: SlowSources,
+    /// Aggregation of the log lines a peer can trigger.
+    logs: Logs,
 }
 
 impl Guards {
@@ -179,6 +434,8 @@ impl Guards {
             flood: FloodGuard::new(config.flood_guard.clone()),
             max_core_queue: Arc::new(AtomicUsize::new(config.overload.max_core_queue)),
             admission,
+            slow: SlowSources::new(config.sip.max_partial_connections_per_source),
+            logs: Logs::new(),
         }
     }
 
@@ -293,6 +550,7 @@ pub async fn start_with(config: Arc<Config>, hooks: Hooks) -> Result<ServerHandl
             max_headers: config.sip.max_headers,
         },
         idle: config.sip.idle_timeout,
+        message_timeout: config.sip.message_timeout,
         guards: Guards::new(&config, shared_admission.clone()),
     };
 
@@ -373,6 +631,11 @@ pub async fn start_with(config: Arc<Config>, hooks: Hooks) -> Result<ServerHandl
         config.clone(),
         shutdown_rx.clone(),
     )));
+    tasks.push(tokio::spawn(flush_logs(
+        settings.guards.logs.clone(),
+        shutdown_rx.clone(),
+    )));
+    let slow = settings.guards.slow.clone();
     let events_tx_handle = events_tx.clone();
     let core = B2bua::new(
         B2buaConfig {
@@ -423,6 +686,7 @@ pub async fn start_with(config: Arc<Config>, hooks: Hooks) -> Result<ServerHandl
     Ok(ServerHandle {
         sip_addrs,
         stats,
+        slow,
         admission: shared_admission,
         events: events_tx_handle,
         shutdown: shutdown_tx,
@@ -477,13 +741,13 @@ async fn accept_loop(
                 Ok(Err(e)) => {
                     metrics::counter!("sbc_tls_handshakes_failed_total", "side" => "inbound")
                         .increment(1);
-                    warn!(event = "tls_handshake_failed", peer = %peer, error = %e, "inbound TLS handshake failed");
+                    log_first!(settings.guards.logs, warn, LogEvent::HandshakeFailed, peer.ip(), peer = %peer, error = %e, "inbound TLS handshake failed");
                     return;
                 }
                 Err(_) => {
                     metrics::counter!("sbc_tls_handshakes_failed_total", "side" => "inbound")
                         .increment(1);
-                    warn!(event = "tls_handshake_timeout", peer = %peer, "inbound TLS handshake timed out");
+                    log_first!(settings.guards.logs, warn, LogEvent::HandshakeTimeout, peer.ip(), peer = %peer, "inbound TLS handshake timed out");
                     return;
                 }
             };
@@ -501,12 +765,12 @@ async fn accept_loop(
             };
             let tenant = match recognizer.recognize(&identity) {
                 Ok(t) => {
-                    info!(event = "peer_recognised", peer = %peer, tenant = %t, "connection recognised");
+                    log_first!(settings.guards.logs, info, LogEvent::PeerRecognised, peer.ip(), peer = %peer, tenant = %t, "connection recognised");
                     Some(t)
                 }
                 Err(e) => {
                     metrics::counter!("sbc_tenant_recognition_failed_total").increment(1);
-                    warn!(event = "recognition_failed", peer = %peer, reason = %e, "connection from unrecognised peer");
+                    log_first!(settings.guards.logs, warn, LogEvent::RecognitionFailed, peer.ip(), peer = %peer, reason = %e, "connection from unrecognised peer");
                     None
                 }
             };
@@ -526,17 +790,20 @@ async fn accept_loop(
                 tenant,
                 listener: listener_index,
             };
-            run_connection(conn, kind, tls, events, settings, Some(check)).await;
+            run_connection(conn, kind, peer.ip(), tls, events, settings, Some(check)).await;
             // The source's connection slot is held until here.
             drop(slot);
         });
     }
 }
 
-/// Register a connection with the core, then pump it until it closes.
+/// Register a connection with the core, then pump it until it closes. Everything the
+/// connection holds (read buffer, framer, partial-message slot) is local here and freed
+/// when it returns.
 async fn run_connection<S>(
     conn: ConnId,
     kind: ConnKind,
+    source: IpAddr,
     stream: S,
     events: mpsc::Sender<Event>,
     settings: ConnSettings,
@@ -569,26 +836,34 @@ async fn run_connection<S>(
         }
         let _ = wr.shutdown().await;
     });
+    let logs = settings.guards.logs.clone();
     let mut framer = Framer::new(settings.max_message_bytes);
     let mut buf = vec![0u8; READ_CHUNK];
     let mut malformed_run = 0u32;
-    'read: loop {
-        let read = tokio::select! {
-            r = tokio::time::timeout(settings.idle, rd.read(&mut buf)) => r,
-            _ = close.notified() => {
-                debug!(conn, "closed by the core");
-                break;
+    // When the message being received began (its first byte), while one is incomplete.
+    let mut message_started: Option<tokio::time::Instant> = None;
+    // Held while an inbound connection holds an incomplete message.
+    let mut partial: Option<PartialSlot> = None;
+    let reason = 'read: loop {
+        let idle_deadline = tokio::time::Instant::now() + settings.idle;
+        let (deadline, on_timeout) = match message_started {
+            Some(t) if t + settings.message_timeout < idle_deadline => {
+                (t + settings.message_timeout, CloseReason::MessageTimeout)
             }
+            _ => (idle_deadline, CloseReason::Idle),
+        };
+        let read = tokio::select! {
+            r = tokio::time::timeout_at(deadline, rd.read(&mut buf)) => r,
+            _ = close.notified() => break 'read CloseReason::Core,
         };
         let n = match read {
-            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(0)) | Ok(Err(_)) => break CloseReason::Peer,
             Ok(Ok(n)) => n,
-            Err(_) => {
-                debug!(conn, "idle timeout: closing");
-                break;
-            }
+            Err(_) => break on_timeout,
         };
+        let read_at = tokio::time::Instant::now();
         framer.push(&buf[..n]);
+        let mut completed = false;
         loop {
             match framer.next_frame() {
                 Ok(None) => break,
@@ -597,6 +872,7 @@ async fn run_connection<S>(
                     let _ = wtx.try_send(Bytes::from_static(b"\r\n"));
                 }
                 Ok(Some(Frame::Message(bytes))) => {
+                    completed = true;
                     metrics::counter!("sbc_sip_messages_received_total").increment(1);
                     match SipMessage::parse_with_limits(&bytes, &settings.limits) {
                         Ok(msg) => {
@@ -616,7 +892,7 @@ async fn run_connection<S>(
                                 .await
                                 .is_err()
                             {
-                                break 'read;
+                                break 'read CloseReason::Shutdown;
                             }
                         }
                         Err(error) => {
@@ -625,19 +901,24 @@ async fn run_connection<S>(
                             let salvaged = salvage_request(&bytes);
                             match malformed_response(&error, salvaged.as_ref()) {
                                 Some(resp) => {
-                                    warn!(event = "malformed_request", conn, reason = %error.reason_phrase(), "answered 400");
+                                    log_first!(logs, warn, LogEvent::MalformedRequest, source, peer = %source, conn, reason = %error.reason_phrase(), "answered 400");
                                     let _ = wtx.try_send(Bytes::from(resp.to_bytes()));
                                 }
                                 None => {
-                                    warn!(event = "malformed_message", conn, reason = %error.reason_phrase(), "dropped: cannot be answered");
+                                    log_first!(logs, warn, LogEvent::MalformedMessage, source, peer = %source, conn, reason = %error.reason_phrase(), "dropped: cannot be answered");
                                 }
                             }
                             if malformed_run >= MAX_MALFORMED_PER_CONNECTION {
-                                warn!(
-                                    event = "malformed_flood",
-                                    conn, "too many malformed messages: closing"
+                                log_first!(
+                                    logs,
+                                    warn,
+                                    LogEvent::MalformedFlood,
+                                    source,
+                                    peer = %source,
+                                    conn,
+                                    "too many malformed messages: closing"
                                 );
-                                break 'read;
+                                break 'read CloseReason::MalformedFlood;
                             }
                         }
                     }
@@ -645,25 +926,91 @@ async fn run_connection<S>(
                 Err(FrameError::TooLarge { limit }) => {
                     metrics::counter!("sbc_sip_messages_rejected_total", "reason" => "too_large")
                         .increment(1);
-                    warn!(
-                        event = "message_too_large",
-                        conn, limit, "message exceeds the size bound: closing connection"
+                    log_first!(
+                        logs,
+                        warn,
+                        LogEvent::MessageTooLarge,
+                        source,
+                        peer = %source,
+                        conn,
+                        limit,
+                        "message exceeds the size bound: closing connection"
                     );
-                    break 'read;
+                    break 'read CloseReason::TooLarge;
                 }
                 Err(e) => {
                     metrics::counter!("sbc_sip_messages_rejected_total", "reason" => "framing")
                         .increment(1);
-                    warn!(event = "framing_error", conn, error = ?e, "cannot frame the stream: closing connection");
-                    break 'read;
+                    log_first!(logs, warn, LogEvent::FramingError, source, peer = %source, conn, error = ?e, "cannot frame the stream: closing connection");
+                    break 'read CloseReason::Framing;
                 }
             }
         }
+        if !framer.in_message() {
+            message_started = None;
+            partial = None;
+            continue;
+        }
+        // A message is incomplete: its deadline runs from its first byte, which came in
+        // this read if the previous message completed here (CRLF keep-alives start none).
+        if completed || message_started.is_none() {
+            message_started = Some(read_at);
+        }
+        if check.is_some() && partial.is_none() {
+            match settings.guards.slow.hold(source) {
+                Some(slot) => partial = Some(slot),
+                None => break CloseReason::SlowSource,
+            }
+        }
+    };
+    drop(partial);
+    metrics::counter!("sbc_sip_connections_closed_total", "reason" => reason.as_str()).increment(1);
+    match reason {
+        CloseReason::MessageTimeout => log_first!(
+            logs,
+            warn,
+            LogEvent::MessageTimeout,
+            source,
+            peer = %source,
+            conn,
+            held = framer.buffered(),
+            "message not complete in time: closing connection"
+        ),
+        CloseReason::SlowSource => log_first!(
+            logs,
+            warn,
+            LogEvent::SlowSource,
+            source,
+            peer = %source,
+            conn,
+            "too many connections of this source hold an incomplete message: closing"
+        ),
+        CloseReason::Idle => debug!(conn, "idle timeout: closing"),
+        CloseReason::Core => debug!(conn, "closed by the core"),
+        _ => {}
     }
+    drop(framer);
+    drop(buf);
     drop(wtx);
     let _ = events.send(Event::Core(Input::Closed { conn })).await;
     // The core drops its writer handle on Closed; the writer then flushes and ends.
     let _ = writer.await;
+}
+
+/// Write the aggregated log lines' summaries as their intervals end, and what is left at
+/// shutdown.
+async fn flush_logs(logs: Logs, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(LOG_FLUSH_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => logs.flush(false),
+            _ = shutdown.changed() => {
+                logs.flush(true);
+                return;
+            }
+        }
+    }
 }
 
 /// A certificate closer to expiry than this is warned about at every check.
@@ -728,7 +1075,7 @@ fn screen(
                 .increment(1);
             if newly {
                 metrics::counter!("sbc_flood_sources_blocked_total").increment(1);
-                warn!(event = "flood_source_blocked", source = %check.source, tenant = %check.tenant, block_secs = retry_after.as_secs(), "source over its request rate: blocked");
+                log_first!(guards.logs, warn, LogEvent::FloodSourceBlocked, check.source, source = %check.source, tenant = %check.tenant, block_secs = retry_after.as_secs(), "source over its request rate: blocked");
             }
             let answer = (action == FloodAction::Reply503 && msg.method() != Some(&Method::Ack))
                 .then(|| service_unavailable(msg, retry_after, "source request rate exceeded"));
@@ -741,9 +1088,13 @@ fn screen(
     let queued = CORE_QUEUE.saturating_sub(events.capacity());
     if queued >= guards.max_core_queue.load(Ordering::Relaxed) {
         metrics::counter!("sbc_admission_refused_total", "tenant" => check.tenant.clone(), "cause" => RefusalCause::Overload.as_str()).increment(1);
-        warn!(
-            event = "overload",
-            queued, "core queue deep: new request refused 503"
+        log_first!(
+            guards.logs,
+            warn,
+            LogEvent::Overload,
+            check.source,
+            queued,
+            "core queue deep: new request refused 503"
         );
         return Some(Some(service_unavailable(
             msg,
@@ -937,18 +1288,23 @@ async fn connect(
             .await
             .map_err(|e| e.to_string())?;
         let _ = tcp.set_nodelay(true);
+        let ip = tcp
+            .peer_addr()
+            .map_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), |a| a.ip());
         t.tls
             .connect(t.name.clone(), tcp)
             .await
+            .map(|s| (s, ip))
             .map_err(|e| e.to_string())
     };
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, attempt).await {
-        Ok(Ok(stream)) => {
+        Ok(Ok((stream, ip))) => {
             metrics::counter!("sbc_tls_handshakes_total", "side" => "outbound").increment(1);
             info!(target = %t.addr, "connected to route target");
             run_connection(
                 conn,
                 ConnKind::Outbound { target },
+                ip,
                 stream,
                 events,
                 settings,
