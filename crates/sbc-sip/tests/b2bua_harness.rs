@@ -840,3 +840,55 @@ fn fifty_branchless_invites_do_not_lock_the_tenant_out() {
     h.assert_nothing_held();
     let _ = tag("x");
 }
+
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
+    type Writer = Capture;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+#[test]
+fn never_acked_invites_log_one_line_and_one_summary_not_one_each() {
+    // Finding 11: each never-ACKed INVITE used to write a WARN and three INFO lines.
+    let capture = Capture::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(capture.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::WARN)
+        .finish();
+    let _logs = tracing::subscriber::set_default(subscriber);
+    let mut h = Harness::new();
+    for i in 0..50 {
+        h.caller_sends(invite(&format!("na{i}"), &format!("z9hG4bK-na{i}")));
+        let down = h.take_to(To::Callee).remove(0);
+        h.callee_sends(respond(&down, 200, "t", true));
+        h.take();
+    }
+    h.advance(T1 * 64 + Duration::from_secs(11));
+    h.assert_nothing_held();
+    let text = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("no_ack_for_2xx"))
+        .collect();
+    assert_eq!(lines.len(), 2, "one line at once, one summary: {lines:#?}");
+    assert!(
+        lines[1].contains("count=49") && lines[1].contains("total=50"),
+        "{}",
+        lines[1]
+    );
+}

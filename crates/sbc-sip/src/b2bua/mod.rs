@@ -36,6 +36,7 @@ use std::time::{Duration, Instant, SystemTime};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sbc_core::admission::Admission;
+use sbc_core::log_agg::{LogAggregator, DEFAULT_INTERVAL, DEFAULT_MAX_KEYS};
 use sbc_core::media::{CallRef, LegSide, MediaControl, MediaEvent, MediaPolicy};
 use sbc_core::redact::Redaction;
 use sbc_core::registry::{CallRegistry, DrainState};
@@ -60,6 +61,9 @@ pub const MAX_REFUSALS_PER_CONNECTION: u32 = 5;
 /// Retry-After for calls refused while draining: long enough for the platform to send its
 /// retries to another gateway.
 const DRAIN_RETRY_AFTER: Duration = Duration::from_secs(30);
+
+/// Why a call whose 2xx was never acknowledged ended.
+const NO_ACK: &str = "no ACK for 2xx";
 
 /// RFC 3261 T2: the cap of the 2xx retransmission interval (§13.3.1.4, Table 4).
 const T2: Duration = Duration::from_secs(4);
@@ -200,6 +204,35 @@ struct ConnState {
     refusals: u32,
 }
 
+/// Warnings a peer can trigger at will, logged through the aggregator: the first per
+/// (event, tenant) and interval with its details, the rest as one summary line
+/// (`sbc_core::log_agg`). Metrics still count each one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum CoreLog {
+    /// A 2xx whose ACK never came: the call was ended with BYE.
+    NoAckFor2xx,
+    /// The other side never answered a request: 408.
+    NoResponse,
+    /// The gateway ended a call itself (media timeout, refused answer).
+    Terminated,
+    /// Requests from an unrecognised peer refused 403.
+    UnrecognisedPeer,
+    /// A route target could not be reached: 503.
+    TargetUnreachable,
+}
+
+impl CoreLog {
+    fn as_str(self) -> &'static str {
+        match self {
+            CoreLog::NoAckFor2xx => "no_ack_for_2xx",
+            CoreLog::NoResponse => "no_response",
+            CoreLog::Terminated => "call_terminated",
+            CoreLog::UnrecognisedPeer => "recognition_refused",
+            CoreLog::TargetUnreachable => "target_unreachable",
+        }
+    }
+}
+
 /// Where a message goes: the pooled connection to a target, or one connection.
 #[derive(Debug, Clone, Copy)]
 enum Dest {
@@ -230,6 +263,8 @@ pub struct B2bua {
     sip_policies: HashMap<TenantId, Arc<topology::TenantPolicy>>,
     /// The policy of a tenant without one of its own.
     default_policy: Arc<topology::TenantPolicy>,
+    /// Aggregated warnings, keyed by tenant (`""` for an unrecognised peer).
+    logs: LogAggregator<CoreLog, String>,
 }
 
 impl B2bua {
@@ -252,6 +287,7 @@ impl B2bua {
             drain: None,
             sip_policies: HashMap::new(),
             default_policy: Arc::default(),
+            logs: LogAggregator::new(DEFAULT_INTERVAL, DEFAULT_MAX_KEYS),
         }
     }
 
@@ -318,7 +354,11 @@ impl B2bua {
     /// Earliest instant at which [`B2bua::handle_timeout`] has something to do.
     pub fn poll_timeout(&mut self) -> Option<Instant> {
         let (pairs, calls) = (&self.pairs, &self.calls);
-        self.timers.next(|t| deadline_of(pairs, calls, t))
+        let timers = self.timers.next(|t| deadline_of(pairs, calls, t));
+        match (timers, self.logs.poll_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Feed one input.
@@ -351,6 +391,23 @@ impl B2bua {
                 Timer::Ack(call) => self.ack_timeout(now, call),
             }
         }
+        for s in self.logs.flush(now) {
+            warn!(
+                event = s.event.as_str(),
+                tenant = s.source.as_deref().unwrap_or("(others)"),
+                count = s.count,
+                total = s.total,
+                interval_secs = s.interval.as_secs(),
+                "repeated: {} more in the interval",
+                s.count
+            );
+        }
+    }
+
+    /// True if this occurrence of `event` for `tenant` is to be logged now (the first in
+    /// its interval); the rest go into the interval's summary line.
+    fn log_now(&mut self, now: Instant, event: CoreLog, tenant: &str) -> bool {
+        self.logs.record(now, event, tenant.to_string())
     }
 
     // ----- shared steps -----
@@ -470,10 +527,11 @@ impl B2bua {
     }
 
     /// End a call from our side: BYE on every leg with a dialog, then forget it.
-    fn terminate(&mut self, _now: Instant, call: CallRef, why: &'static str) {
+    fn terminate(&mut self, now: Instant, call: CallRef, why: &'static str) {
         let Some(c) = self.calls.get(call) else {
             return;
         };
+        let tenant = c.tenant.to_string();
         let sides: Vec<LegSide> = [LegSide::Caller, LegSide::Callee]
             .into_iter()
             .filter(|s| c.leg(*s).remote_tag.is_some())
@@ -484,10 +542,20 @@ impl B2bua {
                 self.send_on(call, side, bye);
             }
         }
-        warn!(
-            call = call.0,
-            why, "call ended by the gateway: BYE sent on both legs"
-        );
+        let event = if why == NO_ACK {
+            CoreLog::NoAckFor2xx
+        } else {
+            CoreLog::Terminated
+        };
+        if self.log_now(now, event, &tenant) {
+            warn!(
+                event = event.as_str(),
+                call = call.0,
+                tenant,
+                why,
+                "call ended by the gateway: BYE sent on both legs"
+            );
+        }
         self.end_call(call, why);
     }
 
@@ -522,7 +590,7 @@ impl B2bua {
         if now >= w.give_up {
             c.ack_wait = None;
             metrics::counter!("sbc_sip_transaction_timeouts_total", "timer" => "ack").increment(1);
-            self.terminate(now, call, "no ACK for 2xx");
+            self.terminate(now, call, NO_ACK);
             return;
         }
         if now < w.next_retransmit {

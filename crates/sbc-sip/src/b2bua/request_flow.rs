@@ -101,7 +101,7 @@ impl B2bua {
             }
             ConnKind::Inbound { tenant, listener } => {
                 let Some(tenant) = tenant else {
-                    self.refuse_unrecognised(conn, &msg);
+                    self.refuse_unrecognised(now, conn, &msg);
                     return;
                 };
                 match method {
@@ -145,7 +145,7 @@ impl B2bua {
         self.outputs.push_back(Output::Send { conn, msg: resp });
     }
 
-    fn refuse_unrecognised(&mut self, conn: ConnId, msg: &SipMessage) {
+    fn refuse_unrecognised(&mut self, now: Instant, conn: ConnId, msg: &SipMessage) {
         self.refuse(conn, msg, &Refusal::UnrecognisedPeer, None);
         let close = match self.conns.get_mut(&conn) {
             Some(c) => {
@@ -154,10 +154,12 @@ impl B2bua {
             }
             None => false,
         };
-        debug!(
-            event = "recognition_refused",
-            conn, "request from unrecognised peer refused with 403"
-        );
+        if self.log_now(now, super::CoreLog::UnrecognisedPeer, "") {
+            warn!(
+                event = "recognition_refused",
+                conn, "request from unrecognised peer refused with 403"
+            );
+        }
         if close {
             warn!(
                 event = "connection_closed_refusals",
@@ -270,7 +272,7 @@ impl B2bua {
             r.set_media_ref(&rid, id.0);
             Some(rid)
         });
-        debug!(tenant = %tenant, call = id.0, called = %self.cfg.redaction.number(user.as_deref().unwrap_or("")), "call admitted, relaying INVITE");
+        info!(tenant = %tenant, call = id.0, called = %self.cfg.redaction.number(user.as_deref().unwrap_or("")), "call admitted, relaying INVITE");
         self.calls.insert(
             id,
             Call {

@@ -339,7 +339,14 @@ impl B2bua {
         match client_result {
             Some(ClientTimeout::NoResponse) => {
                 metrics::counter!("sbc_sip_transaction_timeouts_total", "timer" => if method == Method::Invite { "B" } else { "F" }).increment(1);
-                warn!(call = call.0, method = %method, "no response from the other side: 408");
+                let tenant = self
+                    .calls
+                    .get(call)
+                    .map(|c| c.tenant.to_string())
+                    .unwrap_or_default();
+                if self.log_now(now, super::CoreLog::NoResponse, &tenant) {
+                    warn!(event = "no_response", call = call.0, tenant, method = %method, "no response from the other side: 408");
+                }
                 self.respond_upstream_local(now, id, 408, "Request Timeout");
                 if method == Method::Bye || (method == Method::Invite && !self.established(call)) {
                     self.end_call(call, "timeout");
@@ -379,7 +386,19 @@ impl B2bua {
             return;
         }
         let call = pair.call;
-        warn!(target = target.0, "route target unreachable: 503");
+        let tenant = self
+            .calls
+            .get(call)
+            .map(|c| c.tenant.to_string())
+            .unwrap_or_default();
+        if self.log_now(now, super::CoreLog::TargetUnreachable, &tenant) {
+            warn!(
+                event = "target_unreachable",
+                target = target.0,
+                tenant,
+                "route target unreachable: 503"
+            );
+        }
         metrics::counter!("sbc_sip_target_unreachable_total").increment(1);
         self.respond_upstream_local(now, id, 503, "Service Unavailable (Target Unreachable)");
         if let Some(p) = self.pairs.get_mut(id) {
