@@ -375,8 +375,16 @@ impl SipMessage {
                 // Folded continuation of the previous header (RFC 3261 §7.3.1).
                 match headers.last_mut() {
                     Some((_, v)) => {
-                        v.push(' ');
-                        v.push_str(line.trim());
+                        // Folding is LWS (one SP); none before the first word of an
+                        // empty value or after a blank continuation, so that the value
+                        // serializes and re-parses unchanged.
+                        let more = line.trim();
+                        if !more.is_empty() {
+                            if !v.is_empty() {
+                                v.push(' ');
+                            }
+                            v.push_str(more);
+                        }
                         continue;
                     }
                     None => return Err(ParseError::BadHeader(n + 2)),
@@ -1409,6 +1417,26 @@ Content-Length: 4\r\n\r\nv=0\r";
             SipMessage::parse_with_limits(many.as_bytes(), &Limits { max_headers: 10 }).err(),
             Some(ParseError::TooManyHeaders(10))
         );
+    }
+
+    /// Found by fuzz/fuzz_targets/sip_parse.rs: a value that starts on a folded line
+    /// parsed as " 0" and re-parsed as "0".
+    #[test]
+    fn folded_values_roundtrip() {
+        for fold in ["X-A:\r\n 0\r\n", "X-A: 1\r\n \r\n", "X-A:\r\n\t\r\n  2\r\n"] {
+            let text = format!(
+                "{}{fold}\r\n",
+                INVITE.split("Content-Type").next().unwrap_or("")
+            );
+            let m = SipMessage::parse(text.as_bytes()).expect(fold);
+            let v = m.header("x-a").unwrap_or("");
+            assert_eq!(v, v.trim(), "{fold:?}");
+            assert_eq!(
+                SipMessage::parse(&m.to_bytes()).as_ref(),
+                Ok(&m),
+                "{fold:?}"
+            );
+        }
     }
 
     #[test]
