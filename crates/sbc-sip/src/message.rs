@@ -5,7 +5,8 @@
 //! written (names case-insensitive, compact forms understood), and an opaque body.
 //! Content-Length is not stored: the body is the truth and serialization writes it.
 //!
-//! Never panics on input (proptest in this module, fuzz target `fuzz/fuzz_targets/sip_parse.rs`).
+//! Never panics on input (proptests in this module; fuzz target `fuzz/fuzz_targets/sip_parse.rs`,
+//! run as fuzz/README.md says).
 
 use std::fmt;
 
