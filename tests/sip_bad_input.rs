@@ -233,6 +233,63 @@ async fn malformed_request_gets_400_naming_the_fault_and_the_connection_stays() 
     assert_eq!(peer.recv().await.status(), Some(200));
 }
 
+/// Issue 12 findings 5, 6, 7 over TLS: a request line with another SIP version gets 505,
+/// a trailing space or a missing version a 400 naming the fault (they used to be dropped,
+/// leaving the sender to its Timer B); a duplicated Call-ID a 400; SWS around `;` and `=`
+/// in header parameters is valid and the request is served.
+#[tokio::test]
+async fn request_line_faults_and_duplicates_are_answered_and_lws_is_served() {
+    let (world, gw, _callee) = demo_gateway("reqline").await;
+    let mut peer = Peer::connect(gw.sip_addrs[0], &world.gw_ca.pem, None).await;
+    let line = "OPTIONS sips:sbc.example.net SIP/2.0\n";
+    let cases = [
+        (
+            "OPTIONS sips:sbc.example.net SIP/3.0\n",
+            "SIP/2.0 505 Version Not Supported\r\n",
+        ),
+        (
+            "OPTIONS sips:sbc.example.net SIP/2.0 \n",
+            "SIP/2.0 400 Bad Request (Trailing Whitespace In Request Line)\r\n",
+        ),
+        (
+            "OPTIONS sips:sbc.example.net\n",
+            "SIP/2.0 400 Bad Request (Missing SIP Version)\r\n",
+        ),
+    ];
+    for (i, (bad_line, want)) in cases.into_iter().enumerate() {
+        let branch = format!("z9hG4bKrl{i}");
+        let bad = options_text(&branch).replace(line, bad_line);
+        let bad = bad.replace('\n', "\r\n") + "Content-Length: 0\r\n\r\n";
+        peer.send_raw(bad.as_bytes()).await;
+        let r = peer.recv_raw().await;
+        assert!(r.starts_with(want), "{bad_line:?} answered: {r}");
+        assert!(
+            r.contains(&format!(
+                "Via: SIP/2.0/TLS 10.88.0.5:5061;branch={branch}\r\n"
+            )),
+            "addressed by the Via: {r}"
+        );
+    }
+    let dup = options_text("z9hG4bKdup") + "i: other@platform\n";
+    let dup = dup.replace('\n', "\r\n") + "Content-Length: 0\r\n\r\n";
+    peer.send_raw(dup.as_bytes()).await;
+    let r = peer.recv_raw().await;
+    assert!(
+        r.starts_with("SIP/2.0 400 Bad Request (Duplicate Call-ID)\r\n"),
+        "{r}"
+    );
+    let lws = options_text("z9hG4bKlws")
+        .replace(";branch=z9hG4bKlws", " ; branch = z9hG4bKlws")
+        .replace(
+            "<sips:ping@platform.example>;tag=p1",
+            "sips:ping@platform.example ; tag = p1",
+        );
+    peer.send_text(&lws).await;
+    let r = peer.recv().await;
+    assert_eq!(r.status(), Some(200), "SWS around ; and = is valid");
+    assert_eq!(r.header("from").and_then(sbc_sip::message::tag), Some("p1"));
+}
+
 #[tokio::test]
 async fn oversized_message_closes_the_connection() {
     let world = World::new("big");

@@ -5,7 +5,8 @@
 //! written (names case-insensitive, compact forms understood), and an opaque body.
 //! Content-Length is not stored: the body is the truth and serialization writes it.
 //!
-//! Never panics on input (proptest in this module, fuzz target `fuzz/fuzz_targets/sip_parse.rs`).
+//! Never panics on input (proptests in this module; fuzz target `fuzz/fuzz_targets/sip_parse.rs`,
+//! run as fuzz/README.md says).
 
 use std::fmt;
 
@@ -91,7 +92,8 @@ fn is_token(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b))
 }
 
-/// Why a message did not parse. Each maps to the reason phrase of the 400 we answer.
+/// Why a message did not parse. Each maps to the status and reason phrase we answer a
+/// request with ([`ParseError::status`], [`ParseError::reason_phrase`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ParseError {
@@ -99,6 +101,11 @@ pub enum ParseError {
     Empty,
     #[error("malformed start line")]
     BadStartLine,
+    /// A request line that is not exactly `Method SP Request-URI SP SIP-Version`
+    /// (RFC 3261 §7.1); the fault, as written in the reason phrase.
+    #[error("malformed request line: {0}")]
+    BadRequestLine(&'static str),
+    /// A well-formed `SIP/x.y` other than 2.0: answered 505 (RFC 3261 §21.5.7).
     #[error("unsupported SIP version")]
     BadVersion,
     #[error("malformed header line {0}")]
@@ -113,6 +120,10 @@ pub enum ParseError {
     Missing(&'static str),
     #[error("malformed {0} header")]
     Malformed(&'static str),
+    /// A header that may appear once (RFC 3261 §20: Call-ID, From, To, CSeq,
+    /// Max-Forwards, Content-Type) appears twice, in any mix of long and compact forms.
+    #[error("duplicated {0} header")]
+    Duplicate(&'static str),
     #[error("CSeq method does not match the request method")]
     CSeqMismatch,
     #[error("Content-Length does not match the body")]
@@ -120,18 +131,30 @@ pub enum ParseError {
 }
 
 impl ParseError {
-    /// The reason phrase of the 400 answering this error, e.g. `Bad Request (Missing Call-ID)`.
+    /// The status code answering a request that failed with this error: 505 for another
+    /// SIP version (RFC 3261 §8.2.2 is silent, §21.5.7 names it), 400 otherwise.
+    pub fn status(&self) -> u16 {
+        match self {
+            ParseError::BadVersion => 505,
+            _ => 400,
+        }
+    }
+
+    /// The reason phrase answering this error, e.g. `Bad Request (Missing Call-ID)`, or
+    /// `Version Not Supported` for the 505.
     pub fn reason_phrase(&self) -> String {
         let why = match self {
+            ParseError::BadVersion => return "Version Not Supported".to_string(),
             ParseError::Empty => "Empty Message".to_string(),
             ParseError::BadStartLine => "Malformed Request Line".to_string(),
-            ParseError::BadVersion => "Unsupported SIP Version".to_string(),
+            ParseError::BadRequestLine(what) => (*what).to_string(),
             ParseError::BadHeader(n) => format!("Malformed Header Line {n}"),
             ParseError::TooManyHeaders(n) => format!("More Than {n} Headers"),
             ParseError::NotUtf8 => "Headers Not UTF-8".to_string(),
             ParseError::Unterminated => "Unterminated Headers".to_string(),
             ParseError::Missing(h) => format!("Missing {h}"),
             ParseError::Malformed(h) => format!("Malformed {h}"),
+            ParseError::Duplicate(h) => format!("Duplicate {h}"),
             ParseError::CSeqMismatch => "CSeq Method Mismatch".to_string(),
             ParseError::BadContentLength => "Bad Content-Length".to_string(),
         };
@@ -208,6 +231,27 @@ fn name_is(have: &str, want: &str) -> bool {
 /// The long form of a header name as asked for (compact forms expanded); no allocation.
 fn want_name(name: &str) -> &str {
     expand_compact(name).unwrap_or(name)
+}
+
+/// Headers a message carries at most once (RFC 3261 §20: not lists, and a second copy
+/// makes the dialog or transaction ambiguous): (long form in lower case, name in the
+/// reason phrase). Content-Length is checked apart (equal copies tolerated). At most 8
+/// (a `u8` bit set in the parser).
+const SINGLE_INSTANCE: [(&str, &str); 6] = [
+    ("call-id", "Call-ID"),
+    ("from", "From"),
+    ("to", "To"),
+    ("cseq", "CSeq"),
+    ("max-forwards", "Max-Forwards"),
+    ("content-type", "Content-Type"),
+];
+
+/// The index in [`SINGLE_INSTANCE`] of header `name` as written (compact forms expanded).
+fn single_instance(name: &str) -> Option<usize> {
+    let want = want_name(name);
+    SINGLE_INSTANCE
+        .iter()
+        .position(|(h, _)| h.eq_ignore_ascii_case(want))
 }
 
 /// Headers whose values may contain commas and are never lists.
@@ -331,13 +375,23 @@ impl SipMessage {
 
         let mut headers: Vec<(String, String)> = Vec::with_capacity(16);
         let mut content_length: Option<usize> = None;
+        // Bit i set once SINGLE_INSTANCE[i] was seen.
+        let mut seen_single: u8 = 0;
         for (n, line) in lines.enumerate() {
             if line.starts_with([' ', '\t']) {
                 // Folded continuation of the previous header (RFC 3261 §7.3.1).
                 match headers.last_mut() {
                     Some((_, v)) => {
-                        v.push(' ');
-                        v.push_str(line.trim());
+                        // Folding is LWS (one SP); none before the first word of an
+                        // empty value or after a blank continuation, so that the value
+                        // serializes and re-parses unchanged.
+                        let more = line.trim();
+                        if !more.is_empty() {
+                            if !v.is_empty() {
+                                v.push(' ');
+                            }
+                            v.push_str(more);
+                        }
                         continue;
                     }
                     None => return Err(ParseError::BadHeader(n + 2)),
@@ -349,6 +403,12 @@ impl SipMessage {
                 return Err(ParseError::BadHeader(n + 2));
             }
             let value = value.trim();
+            if let Some(i) = single_instance(name) {
+                if seen_single & (1 << i) != 0 {
+                    return Err(ParseError::Duplicate(SINGLE_INSTANCE[i].1));
+                }
+                seen_single |= 1 << i;
+            }
             if name_is(name, "content-length") {
                 let len = value
                     .parse::<usize>()
@@ -677,11 +737,39 @@ fn find_head_end(buf: &[u8]) -> Option<(usize, usize)> {
     None
 }
 
+/// True for `SIP/<digits>.<digits>` (the name case-insensitive, RFC 3261 §7.1).
+fn is_sip_version(v: &str) -> bool {
+    let Some(num) = v
+        .get(..4)
+        .filter(|p| p.eq_ignore_ascii_case("SIP/"))
+        .and(v.get(4..))
+    else {
+        return false;
+    };
+    num.split_once('.').is_some_and(|(major, minor)| {
+        [major, minor]
+            .iter()
+            .all(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+    })
+}
+
+/// The version we speak, case-insensitively as RFC 3261 §7.1 allows on input.
+fn is_sip_2_0(v: &str) -> bool {
+    v.eq_ignore_ascii_case("SIP/2.0")
+}
+
 fn parse_start_line(line: &str) -> Result<StartLine, ParseError> {
-    if let Some(rest) = line.strip_prefix("SIP/") {
-        let (version, rest) = rest.split_once(' ').ok_or(ParseError::BadStartLine)?;
-        if version != "2.0" {
-            return Err(ParseError::BadVersion);
+    if line
+        .get(..4)
+        .is_some_and(|p| p.eq_ignore_ascii_case("SIP/"))
+    {
+        let (version, rest) = line.split_once(' ').ok_or(ParseError::BadStartLine)?;
+        if !is_sip_2_0(version) {
+            return Err(if is_sip_version(version) {
+                ParseError::BadVersion
+            } else {
+                ParseError::BadStartLine
+            });
         }
         let (code, reason) = rest.split_once(' ').unwrap_or((rest, ""));
         let code: u16 = code.parse().map_err(|_| ParseError::BadStartLine)?;
@@ -693,22 +781,34 @@ fn parse_start_line(line: &str) -> Result<StartLine, ParseError> {
             reason: reason.to_string(),
         });
     }
-    let mut parts = line.split(' ');
-    let (Some(m), Some(uri), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(ParseError::BadStartLine);
+    // Request-Line = Method SP Request-URI SP SIP-Version CRLF (RFC 3261 §7.1): single
+    // spaces, no LWS, nothing after the version.
+    let (m, rest) = line.split_once(' ').ok_or(ParseError::BadStartLine)?;
+    let method = Method::parse(m).ok_or(ParseError::BadStartLine)?;
+    if rest.ends_with(|c: char| c.is_ascii_whitespace()) {
+        return Err(ParseError::BadRequestLine(
+            "Trailing Whitespace In Request Line",
+        ));
+    }
+    let mut parts = rest.split(' ');
+    let (uri, version, extra) = (parts.next(), parts.next(), parts.next());
+    let (Some(uri), Some(version)) = (uri, version) else {
+        return Err(ParseError::BadRequestLine("Missing SIP Version"));
     };
-    if version != "SIP/2.0" {
-        return Err(if version.starts_with("SIP/") {
+    if uri.is_empty() || version.is_empty() || extra.is_some() {
+        return Err(ParseError::BadRequestLine(
+            "Extra Whitespace In Request Line",
+        ));
+    }
+    if !is_sip_2_0(version) {
+        return Err(if is_sip_version(version) {
             ParseError::BadVersion
         } else {
-            ParseError::BadStartLine
+            ParseError::BadRequestLine("Malformed SIP Version")
         });
     }
-    let method = Method::parse(m).ok_or(ParseError::BadStartLine)?;
-    if uri.is_empty() || !uri.contains(':') {
-        return Err(ParseError::BadStartLine);
+    if !uri.contains(':') {
+        return Err(ParseError::BadRequestLine("Malformed Request-URI"));
     }
     Ok(StartLine::Request {
         method,
@@ -740,8 +840,16 @@ pub fn salvage_request(buf: &[u8]) -> Option<Salvaged> {
     let head = String::from_utf8_lossy(&buf[..head_len]);
     let mut lines = head.split('\n').map(|l| l.trim_end_matches('\r'));
     let first = lines.next()?;
-    let method = Method::parse(first.split(' ').next()?)?;
-    if !first.ends_with(" SIP/2.0") {
+    // A method, a space and something URI-like: enough to answer (400 or 505) even when
+    // the version is missing, another one, or followed by junk. HTTP (`GET / HTTP/1.1`)
+    // and binary garbage (a TLS ClientHello on the wrong port) are not salvaged.
+    let (m, rest) = first.split_once(' ')?;
+    let method = Method::parse(m)?;
+    if !rest
+        .split_whitespace()
+        .next()
+        .is_some_and(|uri| uri.contains(':'))
+    {
         return None;
     }
     let mut s = Salvaged {
@@ -813,6 +921,7 @@ pub fn default_reason(code: u16) -> &'static str {
         502 => "Bad Gateway",
         503 => "Service Unavailable",
         504 => "Server Time-out",
+        505 => "Version Not Supported",
         600 => "Busy Everywhere",
         603 => "Decline",
         604 => "Does Not Exist Anywhere",
@@ -821,7 +930,7 @@ pub fn default_reason(code: u16) -> &'static str {
         201..=299 => "OK",
         303..=399 => "Redirection",
         409..=499 => "Client Error",
-        505..=599 => "Server Error",
+        506..=599 => "Server Error",
         _ => "Global Failure",
     }
 }
@@ -856,17 +965,26 @@ pub fn response_to(req: &SipMessage, code: u16, reason: &str, to_tag: Option<&st
 pub struct Via<'a> {
     /// `TLS`, `TCP`, `UDP`, ...
     pub transport: &'a str,
-    /// host[:port]
+    /// host[:port] as written (SWS around the colon kept, RFC 3261 §25.1 COLON).
     pub sent_by: &'a str,
+    /// The sent-by host (an IPv6 reference keeps its brackets).
+    pub host: &'a str,
+    /// The sent-by port, if written.
+    pub port: Option<u16>,
     pub branch: Option<&'a str>,
     /// Everything after the sent-by, starting with `;` (or empty).
     pub params: &'a str,
 }
 
-/// Parse one Via value: `SIP/2.0/TLS host:port;branch=...`.
+/// Parse one Via value: `SIP/2.0/TLS host:port;branch=...`. SWS is allowed around `/`,
+/// `:`, `;` and `=` (RFC 3261 §25.1 SLASH, COLON, SEMI, EQUAL).
 pub fn parse_via(value: &str) -> Option<Via<'_>> {
     let value = split_values(value).next()?;
-    let rest = value.strip_prefix("SIP")?.trim_start();
+    let rest = value.get(..3)?;
+    if !rest.eq_ignore_ascii_case("SIP") {
+        return None;
+    }
+    let rest = value[3..].trim_start();
     let rest = rest.strip_prefix('/')?.trim_start();
     let rest = rest.strip_prefix("2.0")?.trim_start();
     let rest = rest.strip_prefix('/')?.trim_start();
@@ -880,23 +998,64 @@ pub fn parse_via(value: &str) -> Option<Via<'_>> {
         Some(i) => (rest[..i].trim(), &rest[i..]),
         None => (rest.trim(), ""),
     };
-    if sent_by.is_empty() || sent_by.contains(char::is_whitespace) {
-        return None;
-    }
+    let (host, port) = host_port(sent_by, true).ok()?;
     Some(Via {
         transport,
         sent_by,
+        host,
+        port,
         branch: param(params, "branch"),
         params,
     })
 }
 
-/// The value of parameter `name` in a `;a=b;c` parameter list (case-insensitive name).
-pub fn param<'a>(params: &'a str, name: &str) -> Option<&'a str> {
-    params.split(';').find_map(|p| {
-        let (n, v) = p.split_once('=').unwrap_or((p, ""));
-        n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+/// The `(name, value)` elements of a `;name=value;flag` parameter list, names and
+/// values trimmed (SWS around `;` and `=` is allowed, RFC 3261 §25.1 SEMI and EQUAL),
+/// `None` as the value of a flag. A `;` inside a quoted value does not separate.
+/// Empty elements are skipped. No allocation.
+pub fn params(list: &str) -> impl Iterator<Item = (&str, Option<&str>)> {
+    let mut rest = Some(list);
+    std::iter::from_fn(move || {
+        let v = rest?;
+        let (mut quoted, mut escaped, mut cut) = (false, false, None);
+        for (i, c) in v.char_indices() {
+            if escaped {
+                escaped = false;
+                continue;
+            }
+            match c {
+                '\\' if quoted => escaped = true,
+                '"' => quoted = !quoted,
+                ';' if !quoted => {
+                    cut = Some(i);
+                    break;
+                }
+                _ => {}
+            }
+        }
+        let element = match cut {
+            Some(i) => {
+                rest = Some(&v[i + 1..]);
+                &v[..i]
+            }
+            None => {
+                rest = None;
+                v
+            }
+        };
+        Some(element)
     })
+    .filter(|e| !e.trim().is_empty())
+    .map(|e| match e.split_once('=') {
+        Some((n, v)) => (n.trim(), Some(v.trim())),
+        None => (e.trim(), None),
+    })
+}
+
+/// The value of parameter `name` in a `;a=b;c` parameter list (case-insensitive name;
+/// `Some("")` for a flag). SWS around `;` and `=` allowed, see [`params`].
+pub fn param<'a>(list: &'a str, name: &str) -> Option<&'a str> {
+    params(list).find_map(|(n, v)| n.eq_ignore_ascii_case(name).then(|| v.unwrap_or("")))
 }
 
 /// A name-addr or addr-spec (From, To, Contact, Route values).
@@ -909,7 +1068,8 @@ pub struct NameAddr<'a> {
     pub params: &'a str,
 }
 
-/// Parse `"Name" <uri>;params`, `<uri>;params` or `uri;params`.
+/// Parse `"Name" <uri>;params`, `<uri>;params` or `uri;params` (SWS before each `;`
+/// allowed). Anything but parameters after the `>` (a second value) is refused.
 pub fn parse_name_addr(value: &str) -> Option<NameAddr<'_>> {
     let value = value.trim();
     if value.is_empty() {
@@ -944,17 +1104,21 @@ pub fn parse_name_addr(value: &str) -> Option<NameAddr<'_>> {
             if uri.is_empty() || !uri.contains(':') {
                 return None;
             }
+            let params = value[gt + 1..].trim();
+            if !params.is_empty() && !params.starts_with(';') {
+                return None;
+            }
             let display = value[..i].trim();
             Some(NameAddr {
                 display: (!display.is_empty()).then_some(display),
                 uri,
-                params: value[gt + 1..].trim(),
+                params,
             })
         }
         None => {
             // addr-spec: parameters after the URI belong to the header (RFC 3261 §20.10).
             let (uri, params) = match value.find(';') {
-                Some(i) => (&value[..i], &value[i..]),
+                Some(i) => (value[..i].trim_end(), &value[i..]),
                 None => (value, ""),
             };
             if !uri.contains(':') || uri.contains(char::is_whitespace) {
@@ -969,7 +1133,7 @@ pub fn parse_name_addr(value: &str) -> Option<NameAddr<'_>> {
     }
 }
 
-/// The `tag` parameter of a From or To value.
+/// The `tag` parameter of a From or To value (trimmed: `;tag = x` gives `x`).
 pub fn tag(value: &str) -> Option<&str> {
     let na = parse_name_addr(value)?;
     param(na.params, "tag").filter(|t| !t.is_empty())
@@ -983,8 +1147,9 @@ pub fn with_tag(value: &str, t: &str) -> String {
 /// A SIP or SIPS URI (RFC 3261 §19.1), borrowed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SipUri<'a> {
-    /// `sip` or `sips`
+    /// `sip` or `sips`, as written (any case)
     pub scheme: &'a str,
+    /// The user part without any `:password`.
     pub user: Option<&'a str>,
     pub host: &'a str,
     pub port: Option<u16>,
@@ -992,42 +1157,198 @@ pub struct SipUri<'a> {
     pub params: &'a str,
 }
 
-/// Parse `sip:` / `sips:` URIs; `None` for other schemes or malformed ones.
-pub fn parse_uri(uri: &str) -> Option<SipUri<'_>> {
-    let (scheme, rest) = uri.split_once(':')?;
-    if !scheme.eq_ignore_ascii_case("sip") && !scheme.eq_ignore_ascii_case("sips") {
-        return None;
+/// Why a Request-URI is refused before routing (RFC 3261 §8.2.2.1, §19.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RequestUriFault {
+    /// Not `sip:` or `sips:` (`tel:`, `http:`, ...): answered 416.
+    #[error("unsupported URI scheme")]
+    UnsupportedScheme,
+    /// Not a valid SIP URI; the fault as written in the reason phrase. Answered 400.
+    #[error("malformed Request-URI: {0}")]
+    Malformed(&'static str),
+}
+
+impl RequestUriFault {
+    /// The status code answering it: 416 for a scheme we do not serve, 400 otherwise.
+    pub fn status(&self) -> u16 {
+        match self {
+            RequestUriFault::UnsupportedScheme => 416,
+            RequestUriFault::Malformed(_) => 400,
+        }
     }
-    let rest = rest.split('?').next().unwrap_or("");
-    let (user, hostpart) = match rest.rfind('@') {
-        Some(i) => (Some(&rest[..i]), &rest[i + 1..]),
+
+    /// The reason phrase answering it, e.g. `Bad Request (Malformed Request-URI: Empty
+    /// Host)` or `Unsupported URI Scheme`.
+    pub fn reason_phrase(&self) -> String {
+        match self {
+            RequestUriFault::UnsupportedScheme => "Unsupported URI Scheme".to_string(),
+            RequestUriFault::Malformed(what) => {
+                format!("Bad Request (Malformed Request-URI: {what})")
+            }
+        }
+    }
+}
+
+/// Check a Request-URI before routing: a `sip:` or `sips:` URI (scheme case-insensitive)
+/// whose user part is only RFC 3261 §25.1 `user` / `password` characters (unreserved,
+/// `%HH` escapes, `&=+$,;?/`, so no raw `@`), with a valid host and port, no whitespace,
+/// and parameters of `paramchar`s. Stricter than [`parse_uri`], which is also used on
+/// header values from sloppy peers: what passes here can be copied into an outbound
+/// Request-URI as is.
+pub fn check_request_uri(uri: &str) -> Result<SipUri<'_>, RequestUriFault> {
+    sip_uri(uri, true)
+}
+
+/// Parse `sip:` / `sips:` URIs; `None` for other schemes or malformed ones (more than
+/// one `@`, whitespace, an empty user or host, a bad host or port).
+pub fn parse_uri(uri: &str) -> Option<SipUri<'_>> {
+    sip_uri(uri, false).ok()
+}
+
+/// RFC 3261 §25.1 `unreserved`: alphanumeric and `mark`.
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-_.!~*'()".contains(&b)
+}
+
+/// True if every byte of `s` is `is_ok` or part of a `%HH` escape.
+fn chars_or_escapes(s: &str, is_ok: impl Fn(u8) -> bool) -> bool {
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            if !(b.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                && b.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+            {
+                return false;
+            }
+            i += 3;
+        } else if is_ok(b[i]) {
+            i += 1;
+        } else {
+            return false;
+        }
+    }
+    true
+}
+
+/// `host [SWS ":" SWS port]` (SWS only if `sws`): host a hostname, IPv4 address or
+/// bracketed IPv6 reference; port 1-65535 in digits.
+fn host_port(s: &str, sws: bool) -> Result<(&str, Option<u16>), &'static str> {
+    let (host, after) = if s.starts_with('[') {
+        let end = s.find(']').ok_or("Bad Host")?;
+        (&s[..=end], &s[end + 1..])
+    } else {
+        match s.find(':') {
+            Some(i) => (&s[..i], &s[i..]),
+            None => (s, ""),
+        }
+    };
+    let (host, after) = if sws {
+        (host.trim_end(), after.trim_start())
+    } else {
+        (host, after)
+    };
+    if host.is_empty() {
+        return Err("Empty Host");
+    }
+    let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => {
+            v6.contains(':')
+                && v6
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        }
+        // Hostnames and IPv4 (RFC 3261 §25.1 hostname; `_` tolerated as many stacks do).
+        None => host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_'),
+    };
+    if !host_ok {
+        return Err("Bad Host");
+    }
+    if after.is_empty() {
+        return Ok((host, None));
+    }
+    let digits = after.strip_prefix(':').ok_or("Bad Host")?;
+    let digits = if sws { digits.trim_start() } else { digits };
+    if digits.is_empty() || digits.len() > 5 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err("Bad Port");
+    }
+    match digits.parse::<u16>() {
+        Ok(p) if p != 0 => Ok((host, Some(p))),
+        _ => Err("Bad Port"),
+    }
+}
+
+fn sip_uri(uri: &str, strict: bool) -> Result<SipUri<'_>, RequestUriFault> {
+    use RequestUriFault::{Malformed, UnsupportedScheme};
+    let (scheme, rest) = uri.split_once(':').ok_or(Malformed("Missing Scheme"))?;
+    // scheme = ALPHA *( ALPHA / DIGIT / "+" / "-" / "." ) (RFC 3261 §25.1)
+    let scheme_ok = scheme
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic())
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b));
+    if !scheme_ok {
+        return Err(Malformed("Bad Scheme"));
+    }
+    if !scheme.eq_ignore_ascii_case("sip") && !scheme.eq_ignore_ascii_case("sips") {
+        return Err(UnsupportedScheme);
+    }
+    if rest
+        .bytes()
+        .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+    {
+        return Err(Malformed("Whitespace Or Control Character"));
+    }
+    // userinfo "@" hostport: a raw '@' belongs nowhere else (user, password, params
+    // and headers must escape it as %40).
+    let (userinfo, hostpart) = match rest.split_once('@') {
+        Some((u, h)) => (Some(u), h),
         None => (None, rest),
     };
+    if hostpart.contains('@') {
+        return Err(Malformed("Raw @ In User Part"));
+    }
+    let user = match userinfo {
+        Some("") => return Err(Malformed("Empty User Part")),
+        Some(u) => {
+            let ok = |b: u8| is_unreserved(b) || b"&=+$,;?/:".contains(&b);
+            if strict && !chars_or_escapes(u, ok) {
+                return Err(Malformed("Bad Character In User Part"));
+            }
+            let name = u.split(':').next().unwrap_or(u);
+            if name.is_empty() {
+                return Err(Malformed("Empty User Part"));
+            }
+            Some(name)
+        }
+        None => None,
+    };
+    let hostpart = hostpart.split('?').next().unwrap_or("");
     let (hostport, params) = match hostpart.find(';') {
         Some(i) => (&hostpart[..i], &hostpart[i..]),
         None => (hostpart, ""),
     };
-    let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
-        let end = v6.find(']')?;
-        let after = &v6[end + 1..];
-        let port = match after.strip_prefix(':') {
-            Some(p) => Some(p.parse().ok()?),
-            None if after.is_empty() => None,
-            None => return None,
-        };
-        (&hostport[..end + 2], port)
-    } else {
-        match hostport.rsplit_once(':') {
-            Some((h, p)) => (h, Some(p.parse().ok()?)),
-            None => (hostport, None),
+    let (host, port) = host_port(hostport, false).map_err(Malformed)?;
+    if strict {
+        // uri-parameter: pname ["=" pvalue], both 1*paramchar (RFC 3261 §25.1).
+        let paramchar = |b: u8| is_unreserved(b) || b"[]/:&+$".contains(&b);
+        let ok = params[1.min(params.len())..].split(';').all(|p| {
+            let (n, v) = p.split_once('=').unwrap_or((p, "x"));
+            !n.is_empty()
+                && !v.is_empty()
+                && chars_or_escapes(n, paramchar)
+                && chars_or_escapes(v, paramchar)
+        });
+        if !params.is_empty() && !ok {
+            return Err(Malformed("Bad URI Parameter"));
         }
-    };
-    if host.is_empty() || host.contains(char::is_whitespace) {
-        return None;
     }
-    // A user part is everything before '@' minus any ":password".
-    let user = user.map(|u| u.split(':').next().unwrap_or(u));
-    Some(SipUri {
+    Ok(SipUri {
         scheme,
         user,
         host,
@@ -1105,6 +1426,26 @@ Content-Length: 4\r\n\r\nv=0\r";
         );
     }
 
+    /// Found by fuzz/fuzz_targets/sip_parse.rs: a value that starts on a folded line
+    /// parsed as " 0" and re-parsed as "0".
+    #[test]
+    fn folded_values_roundtrip() {
+        for fold in ["X-A:\r\n 0\r\n", "X-A: 1\r\n \r\n", "X-A:\r\n\t\r\n  2\r\n"] {
+            let text = format!(
+                "{}{fold}\r\n",
+                INVITE.split("Content-Type").next().unwrap_or("")
+            );
+            let m = SipMessage::parse(text.as_bytes()).expect(fold);
+            let v = m.header("x-a").unwrap_or("");
+            assert_eq!(v, v.trim(), "{fold:?}");
+            assert_eq!(
+                SipMessage::parse(&m.to_bytes()).as_ref(),
+                Ok(&m),
+                "{fold:?}"
+            );
+        }
+    }
+
     #[test]
     fn salvage_and_respond() {
         let bad = "INVITE sip:a@b SIP/2.0\r\nVia: SIP/2.0/TLS h;branch=z9hG4bK1\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:b@c>\r\nCSeq: 1 INVITE\r\n\r\n";
@@ -1170,11 +1511,274 @@ Content-Length: 4\r\n\r\nv=0\r";
         assert_eq!(again.body(), m.body());
     }
 
+    /// A request with the given Via, From and To values and otherwise minimal headers.
+    fn request_with(via: &str, from: &str, to: &str) -> String {
+        format!(
+            "INVITE sip:a@b SIP/2.0\r\nVia: {via}\r\nFrom: {from}\r\nTo: {to}\r\n\
+             Call-ID: x\r\nCSeq: 1 INVITE\r\n\r\n"
+        )
+    }
+
+    /// Finding 5: SWS around `;`, `=`, `/` and `:` is valid (RFC 3261 §25.1).
+    #[test]
+    fn lws_around_separators_is_accepted() {
+        let cases = [
+            ("SIP/2.0/TLS h;branch = z9hG4bK1", "<sip:a@b>;tag = x", None),
+            (
+                "SIP/2.0/TLS h ; branch = z9hG4bK1",
+                "<sip:a@b> ; tag = x",
+                Some("y"),
+            ),
+            (
+                "SIP/2.0/TLS h:5061 ; branch= z9hG4bK1 ; rport",
+                "sip:a@b ; tag =x",
+                None,
+            ),
+            (
+                "SIP / 2.0 / TLS h : 5061 ;branch =z9hG4bK1",
+                "\"A; B\" <sip:a@b>\t;\ttag\t=\tx",
+                Some("y"),
+            ),
+        ];
+        for (via, from, to_tag) in cases {
+            let to = match to_tag {
+                Some(t) => format!("sip:b@c ; tag = {t}"),
+                None => "sip:b@c".to_string(),
+            };
+            let text = request_with(via, from, &to);
+            let m = SipMessage::parse(text.as_bytes())
+                .unwrap_or_else(|e| panic!("{text:?} refused: {e}"));
+            assert_eq!(m.header("from").and_then(tag), Some("x"), "{from:?}");
+            assert_eq!(m.header("to").and_then(tag), to_tag, "{to:?}");
+            let v = m.header("via").and_then(parse_via).expect("via");
+            assert_eq!((v.transport, v.host), ("TLS", "h"), "{via:?}");
+            assert_eq!(v.branch, Some("z9hG4bK1"), "{via:?}");
+            let again = SipMessage::parse(&m.to_bytes()).expect("reparses");
+            assert_eq!(again, m);
+        }
+        let v = parse_via("SIP/2.0/TLS h : 5061;branch=z9hG4bK1").expect("via");
+        assert_eq!((v.host, v.port, v.sent_by), ("h", Some(5061), "h : 5061"));
+        assert!(parse_via("SIP/2.0/TLS h x;branch=z9hG4bK1").is_none());
+        assert!(parse_via("SIP/2.0/TLS h:99999;branch=z9hG4bK1").is_none());
+        // Flags, quoted values with `;`, names any case.
+        let list = ";lr ; Received = \"a;b\" ;;maddr=1.2.3.4";
+        assert_eq!(param(list, "lr"), Some(""));
+        assert_eq!(param(list, "received"), Some("\"a;b\""));
+        assert_eq!(param(list, "MADDR"), Some("1.2.3.4"));
+        assert_eq!(param(list, "b\""), None);
+        // A second value after a name-addr is not parameters.
+        assert!(parse_name_addr("<sip:a@b>, <sip:c@d>").is_none());
+    }
+
+    /// Finding 6: request-line faults are answerable, with the right status and phrase.
+    #[test]
+    fn request_line_faults_are_answerable() {
+        let tail = "\r\nVia: SIP/2.0/TLS h;branch=z9hG4bK1\r\nFrom: <sip:a@b>;tag=1\r\n\
+                    To: <sip:b@c>\r\nCall-ID: x\r\nCSeq: 1 INVITE\r\n\r\n";
+        let cases: &[(&str, ParseError, u16, &str)] = &[
+            (
+                "INVITE sip:a@b SIP/3.0",
+                ParseError::BadVersion,
+                505,
+                "Version Not Supported",
+            ),
+            (
+                "INVITE sip:a@b SIP/2.0 ",
+                ParseError::BadRequestLine("Trailing Whitespace In Request Line"),
+                400,
+                "Bad Request (Trailing Whitespace In Request Line)",
+            ),
+            (
+                "INVITE sip:a@b",
+                ParseError::BadRequestLine("Missing SIP Version"),
+                400,
+                "Bad Request (Missing SIP Version)",
+            ),
+            (
+                "INVITE  sip:a@b SIP/2.0",
+                ParseError::BadRequestLine("Extra Whitespace In Request Line"),
+                400,
+                "Bad Request (Extra Whitespace In Request Line)",
+            ),
+            (
+                "INVITE sip:a@b HTTP/1.1",
+                ParseError::BadRequestLine("Malformed SIP Version"),
+                400,
+                "Bad Request (Malformed SIP Version)",
+            ),
+        ];
+        for (line, err, status, phrase) in cases {
+            let text = format!("{line}{tail}");
+            let got = SipMessage::parse(text.as_bytes()).expect_err(line);
+            assert_eq!(&got, err, "{line:?}");
+            assert_eq!(got.status(), *status, "{line:?}");
+            assert_eq!(got.reason_phrase(), *phrase, "{line:?}");
+            let s = salvage_request(text.as_bytes()).expect("salvaged");
+            assert_eq!(s.method, Method::Invite);
+            assert_eq!(s.vias, ["SIP/2.0/TLS h;branch=z9hG4bK1"]);
+            assert_eq!(
+                (s.from.as_deref(), s.call_id.as_deref(), s.cseq.as_deref()),
+                (Some("<sip:a@b>;tag=1"), Some("x"), Some("1 INVITE"))
+            );
+            assert_eq!(s.to.as_deref(), Some("<sip:b@c>"));
+            let resp = crate::b2bua::malformed_response(&got, Some(&s)).expect("answered");
+            assert_eq!(resp.status(), Some(*status));
+            assert_eq!(resp.reason(), Some(*phrase));
+            assert_eq!(resp.call_id(), Some("x"));
+        }
+        // The version is case-insensitive on input (RFC 3261 §7.1), written upper case.
+        let m = SipMessage::parse(format!("INVITE sip:a@b sip/2.0{tail}").as_bytes())
+            .expect("lower-case version");
+        assert!(String::from_utf8_lossy(&m.to_bytes()).starts_with("INVITE sip:a@b SIP/2.0\r\n"));
+        assert_eq!(default_reason(505), "Version Not Supported");
+        // Not requests: nothing to salvage.
+        assert!(salvage_request(b"GET / HTTP/1.1\r\nVia: x\r\n\r\n").is_none());
+        assert!(salvage_request(b"SIP/2.0 200 OK\r\nVia: x\r\n\r\n").is_none());
+    }
+
+    /// Finding 7: a single-instance header twice, long or compact form, is a 400.
+    #[test]
+    fn duplicated_single_instance_headers_are_refused() {
+        let base = "Via: SIP/2.0/TLS h;branch=z9hG4bK1\r\nFrom: <sip:a@b>;tag=1\r\n\
+                    To: <sip:b@c>\r\nCall-ID: x\r\nCSeq: 1 INVITE\r\nMax-Forwards: 70\r\n\
+                    Content-Type: application/sdp\r\n";
+        let cases = [
+            ("Call-ID: y", "Call-ID"),
+            ("i: y", "Call-ID"),
+            ("call-id: x", "Call-ID"),
+            ("From: <sip:c@d>;tag=2", "From"),
+            ("f: <sip:c@d>;tag=2", "From"),
+            ("To: <sip:e@f>", "To"),
+            ("t: <sip:e@f>", "To"),
+            ("CSeq: 2 INVITE", "CSeq"),
+            ("Max-Forwards: 10", "Max-Forwards"),
+            ("c: text/plain", "Content-Type"),
+            ("Content-Type: application/sdp", "Content-Type"),
+        ];
+        for (extra, name) in cases {
+            let text = format!("INVITE sip:a@b SIP/2.0\r\n{base}{extra}\r\n\r\n");
+            let err = SipMessage::parse(text.as_bytes()).expect_err(extra);
+            assert_eq!(err, ParseError::Duplicate(name), "{extra:?}");
+            assert_eq!(err.status(), 400);
+            assert_eq!(
+                err.reason_phrase(),
+                format!("Bad Request (Duplicate {name})")
+            );
+        }
+        // Repeatable headers stay fine, and so does the base message.
+        let ok = format!("INVITE sip:a@b SIP/2.0\r\n{base}Via: SIP/2.0/TLS g;branch=z9hG4bK2\r\nRecord-Route: <sip:p>\r\nRecord-Route: <sip:q>\r\n\r\n");
+        let m = SipMessage::parse(ok.as_bytes()).expect("repeatable headers");
+        assert_eq!(m.header_values("via").count(), 2);
+    }
+
+    /// Finding 4: Request-URI checks before routing.
+    #[test]
+    fn request_uri_checks() {
+        let u = check_request_uri(
+            "SIPS:+1555;phone-context=x%40y@[2001:db8::1]:5061;transport=tls?h=v",
+        )
+        .expect("valid");
+        assert_eq!(
+            (u.scheme, u.user, u.host, u.port, u.params),
+            (
+                "SIPS",
+                Some("+1555;phone-context=x%40y"),
+                "[2001:db8::1]",
+                Some(5061),
+                ";transport=tls"
+            )
+        );
+        let u = check_request_uri("sip:example.com;lr").expect("no user");
+        assert_eq!((u.user, u.host, u.port), (None, "example.com", None));
+        let u = check_request_uri("sip:alice:pw@10.0.0.1:5060").expect("password");
+        assert_eq!(
+            (u.user, u.host, u.port),
+            (Some("alice"), "10.0.0.1", Some(5060))
+        );
+        for uri in [
+            "tel:+15551234",
+            "TEL:+1",
+            "http://example.com",
+            "urn:service:sos",
+            "im:a@b",
+        ] {
+            assert_eq!(
+                check_request_uri(uri).err(),
+                Some(RequestUriFault::UnsupportedScheme),
+                "{uri}"
+            );
+        }
+        let malformed = [
+            ("sip:a@b@host", "Raw @ In User Part"),
+            ("sip:a b@host", "Whitespace Or Control Character"),
+            ("sip:a@host\t", "Whitespace Or Control Character"),
+            ("sip:a@", "Empty Host"),
+            ("sip:a@;lr", "Empty Host"),
+            ("sip:", "Empty Host"),
+            ("sip:@host", "Empty User Part"),
+            ("sip:a@host:", "Bad Port"),
+            ("sip:a@host:0", "Bad Port"),
+            ("sip:a@host:65536", "Bad Port"),
+            ("sip:a@host:+50", "Bad Port"),
+            ("sip:a@host:50x", "Bad Port"),
+            ("sip:a@[::1", "Bad Host"),
+            ("sip:a@[::1]x", "Bad Host"),
+            ("sip:a@ho/st", "Bad Host"),
+            ("sip:a<b>@host", "Bad Character In User Part"),
+            ("sip:a%4@host", "Bad Character In User Part"),
+            ("sip:a@host;lr;=x", "Bad URI Parameter"),
+            ("sip:a@host;x=<y>", "Bad URI Parameter"),
+            ("nocolon", "Missing Scheme"),
+            ("1sip:a@b", "Bad Scheme"),
+        ];
+        for (uri, what) in malformed {
+            let fault = check_request_uri(uri).expect_err(uri);
+            assert_eq!(fault, RequestUriFault::Malformed(what), "{uri}");
+            assert_eq!(fault.status(), 400);
+            assert_eq!(
+                fault.reason_phrase(),
+                format!("Bad Request (Malformed Request-URI: {what})")
+            );
+        }
+        assert_eq!(RequestUriFault::UnsupportedScheme.status(), 416);
+        assert_eq!(
+            RequestUriFault::UnsupportedScheme.reason_phrase(),
+            "Unsupported URI Scheme"
+        );
+        // parse_uri: same structure, lenient on user characters (header values).
+        assert_eq!(parse_uri("sip:*72#@pbx").and_then(|u| u.user), Some("*72#"));
+        assert!(parse_uri("sip:a@b@host").is_none());
+        assert!(parse_uri("sip:a@host:x").is_none());
+    }
+
     proptest! {
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
             let _ = SipMessage::parse(&bytes);
             let _ = salvage_request(&bytes);
+        }
+
+        /// Messages with SWS variants around `;`, `=`, `/` and `:` parse, keep their
+        /// tag and branch, and re-parse to the same message after serialization.
+        #[test]
+        fn lws_variants_roundtrip(ws in proptest::collection::vec(
+            prop_oneof![Just(""), Just(" "), Just("\t"), Just("  ")], 12)) {
+            let w = |i: usize| ws[i];
+            let via = format!(
+                "SIP{}/{}2.0{}/{}TLS h{}:{}5061{};{}branch{}={}z9hG4bK1",
+                w(0), w(1), w(2), w(3), w(4), w(5), w(6), w(7), w(8), w(9)
+            );
+            let from = format!("<sip:a@b>{};{}tag{}={}x", w(10), w(11), w(9), w(8));
+            let text = request_with(&via, &from, "sip:b@c");
+            let m = SipMessage::parse(text.as_bytes());
+            prop_assert!(m.is_ok(), "{:?}: {:?}", text, m);
+            let m = m.expect("checked");
+            prop_assert_eq!(m.header("from").and_then(tag), Some("x"));
+            let v = m.header("via").and_then(parse_via);
+            prop_assert_eq!(v.as_ref().and_then(|v| v.branch), Some("z9hG4bK1"));
+            prop_assert_eq!(v.as_ref().and_then(|v| v.port), Some(5061));
+            let again = SipMessage::parse(&m.to_bytes());
+            prop_assert_eq!(again.as_ref(), Ok(&m));
         }
 
         /// Mutations of a valid message never panic, and whatever parses re-parses to
@@ -1198,21 +1802,4 @@ Content-Length: 4\r\n\r\nv=0\r";
             let _ = salvage_request(&bytes);
         }
     }
-}
-
-// LEAD SHIM: replaced by the parser helper's version at merge.
-/// Why a Request-URI is refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RequestUriFault {
-    UnsupportedScheme,
-    Malformed(&'static str),
-}
-
-/// Check a Request-URI.
-pub fn check_request_uri(uri: &str) -> Result<SipUri<'_>, RequestUriFault> {
-    let scheme = uri.split(':').next().unwrap_or("");
-    if !scheme.eq_ignore_ascii_case("sip") && !scheme.eq_ignore_ascii_case("sips") {
-        return Err(RequestUriFault::UnsupportedScheme);
-    }
-    parse_uri(uri).ok_or(RequestUriFault::Malformed("Request-URI"))
 }

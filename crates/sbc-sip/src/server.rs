@@ -901,7 +901,7 @@ async fn run_connection<S>(
                             let salvaged = salvage_request(&bytes);
                             match malformed_response(&error, salvaged.as_ref()) {
                                 Some(resp) => {
-                                    log_first!(logs, warn, LogEvent::MalformedRequest, source, peer = %source, conn, reason = %error.reason_phrase(), "answered 400");
+                                    log_first!(logs, warn, LogEvent::MalformedRequest, source, peer = %source, conn, reason = %error.reason_phrase(), "answered");
                                     let _ = wtx.try_send(Bytes::from(resp.to_bytes()));
                                 }
                                 None => {

@@ -4,8 +4,11 @@ use thiserror::Error;
 
 /// Why an SRTP operation failed.
 ///
-/// Every packet-path variant maps to a dropped packet; [`SrtpError::reason`] gives the
-/// bounded label for the `sbc_media_srtp_dropped_total{reason}` counter.
+/// Every packet-path variant maps to a dropped packet. The relay counts it in
+/// `sbc_media_packets_dropped_total{reason}` through `relay::DropReason::from_srtp`:
+/// `auth_failed`, `replayed`, `invalid_packet` (too short or malformed), and `srtp_other`
+/// for every other variant. [`SrtpError::reason`] is a finer bounded label (one per
+/// variant) for logs and tests; no metric carries it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 #[non_exhaustive]
 pub enum SrtpError {
@@ -63,7 +66,8 @@ pub enum SrtpError {
 }
 
 impl SrtpError {
-    /// Bounded label for metrics (`reason` label of the drop counter).
+    /// Bounded label, one per variant (the drop counter uses the coarser
+    /// `relay::DropReason`, see the type's docs).
     pub fn reason(&self) -> &'static str {
         match self {
             SrtpError::UnknownProfile => "unknown_profile",

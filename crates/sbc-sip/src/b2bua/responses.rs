@@ -42,7 +42,7 @@ pub fn malformed_response(error: &ParseError, salvaged: Option<&Salvaged>) -> Op
     if s.vias.is_empty() || s.method == Method::Ack {
         return None;
     }
-    let mut resp = SipMessage::new_response(400, error.reason_phrase());
+    let mut resp = SipMessage::new_response(error.status(), error.reason_phrase());
     for v in &s.vias {
         resp.push_header("Via", v.as_str());
     }
