@@ -6,6 +6,7 @@ use std::net::UdpSocket;
 use std::time::Duration;
 
 use base64::Engine as _;
+use rand::Rng;
 use sbc_media::engine::{MediaEngine, MediaSettings};
 use sbc_media::srtp::{MasterKey, SrtpConfig, SrtpContext, SrtpProfile};
 use sbc_sip::message::SipMessage;
@@ -101,6 +102,17 @@ impl Rtp {
         p.resize(len + tailroom, 0);
         (p, len)
     }
+}
+
+/// A random SRTCP-shaped packet (sender report type, 1 to 39 words of random body) for
+/// interop cross-checks; the same `rng` state gives the same packet.
+pub fn random_rtcp(rng: &mut impl Rng, ssrc: u32) -> Vec<u8> {
+    let words = rng.gen_range(1..40u16);
+    let mut p = vec![0x80, 200];
+    p.extend_from_slice(&words.to_be_bytes());
+    p.extend_from_slice(&ssrc.to_be_bytes());
+    p.extend((0..usize::from(words) * 4).map(|_| rng.gen::<u8>()));
+    p
 }
 
 // ---------------------------------------------------------------- SDP
