@@ -26,8 +26,6 @@
 //! `SBC_MEDIA_BATCH_US` sets the relay's `[media] batch_interval_us`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../tests/common/mod.rs"]
-mod common;
 mod util;
 
 use std::collections::BTreeMap;
@@ -39,13 +37,13 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
-use common::*;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use sbc_media::srtp::{MasterKey, SrtpConfig, SrtpContext, SrtpProfile};
+use sbc_media::srtp::{SrtpContext, SrtpProfile};
 use sbc_media::udp_batch::{enable_rx_timestamps, send_batch, RecvBatch, BATCH};
-use sbc_sip::message::{Method, SipMessage};
+use sbc_sip::message::Method;
+use sbc_testkit::media::{ctx, parse_sdp, with_sdp, Sdp};
+use sbc_testkit::*;
 use util::{cpu_seconds, env};
 
 /// The suite every leg uses (the tenant allows only this one on both sides).
@@ -449,7 +447,8 @@ impl Offering {
     /// The callee's answer, naming `port`, to the relay's offer `offered`.
     fn callee_answers(self, offered: &[u8], port: u16) -> (Answering, String) {
         let inside = callee_suite();
-        let (gw_callee_port, crypto) = parse_sdp(offered);
+        let offered_sdp = parse_sdp(offered);
+        let (gw_callee_port, crypto) = (offered_sdp.port, offered_sdp.crypto);
         let (tag, _, k2) = crypto
             .into_iter()
             .find(|(_, s, _)| *s == inside)
@@ -470,7 +469,8 @@ impl Answering {
     /// The caller reads the relay's answer `answered`: the call, ready for media.
     fn caller_learns(self, answered: &[u8], call_id: String, to: String) -> Call {
         let Offering { i, relay, k1 } = self.offering;
-        let (gw_caller_port, crypto) = parse_sdp(answered);
+        let answered_sdp = parse_sdp(answered);
+        let (gw_caller_port, crypto) = (answered_sdp.port, answered_sdp.crypto);
         let (_, suite, k4) = crypto
             .into_iter()
             .next()
@@ -496,49 +496,9 @@ fn key_material(suite: &str) -> Vec<u8> {
         .collect()
 }
 
+/// An offer or answer: PCMU at `port`, 20 ms packets, one key of `suite`.
 fn sdp(port: u16, tag: u32, suite: &str, key: &[u8]) -> String {
-    format!(
-        "v=0\r\no=peer 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
-         m=audio {port} RTP/SAVP 0\r\na=rtpmap:0 PCMU/8000\r\na=ptime:20\r\n\
-         a=crypto:{tag} {suite} inline:{}\r\n",
-        base64::engine::general_purpose::STANDARD.encode(key)
-    )
-}
-
-/// (m=audio port, crypto lines as (tag, suite, key material)).
-fn parse_sdp(body: &[u8]) -> (u16, Vec<(u32, String, Vec<u8>)>) {
-    let text = std::str::from_utf8(body).unwrap();
-    let mut port = 0;
-    let mut crypto = Vec::new();
-    for line in text.lines() {
-        if let Some(m) = line.strip_prefix("m=audio ") {
-            port = m.split_whitespace().next().unwrap().parse().unwrap();
-        } else if let Some(c) = line.strip_prefix("a=crypto:") {
-            let mut parts = c.split_whitespace();
-            let tag = parts.next().unwrap().parse().unwrap();
-            let suite = parts.next().unwrap().to_string();
-            let inline = parts.next().unwrap().strip_prefix("inline:").unwrap();
-            // RFC 4568 keys are padded base64; rtpengine leaves the padding off.
-            let key = base64::engine::general_purpose::STANDARD_NO_PAD
-                .decode(inline.split('|').next().unwrap().trim_end_matches('='))
-                .unwrap();
-            crypto.push((tag, suite, key));
-        }
-    }
-    assert_ne!(port, 0, "SDP without m=audio:\n{text}");
-    (port, crypto)
-}
-
-fn with_sdp(mut m: SipMessage, body: &str) -> SipMessage {
-    m.set_header("Content-Type", "application/sdp");
-    m.set_body(body.as_bytes().to_vec());
-    m
-}
-
-fn ctx(suite: &str, key: &[u8]) -> SrtpContext {
-    let profile: SrtpProfile = suite.parse().unwrap();
-    let master = MasterKey::from_concatenated(profile, key).unwrap();
-    SrtpContext::new(profile, &master, SrtpConfig::default()).unwrap()
+    Sdp::audio(port).ptime().crypto(tag, suite, key).build()
 }
 
 // ---------------------------------------------------------------- media

@@ -10,15 +10,12 @@
 //! Run: `cargo bench --bench sip_calls` (env vars above to change the load).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
 use sbc_sip::message::Method;
+use sbc_testkit::*;
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name)

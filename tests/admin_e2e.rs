@@ -4,16 +4,14 @@
 //! the running call goes on.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
 use sbc_admin::{AdminConfig, AdminState, AuditLog};
 use sbc_core::registry::{CallRegistry, DrainState};
 use sbc_sip::message::Method;
 use sbc_sip::server::Hooks;
+use sbc_testkit::*;
 
 #[tokio::test]
 async fn admin_plane_sees_calls_usage_metrics_and_drains() {

@@ -3,16 +3,14 @@
 //! an invalid `[admin]` section is refused with an error log and the running tokens stay.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::*;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use sbc_testkit::*;
 
 const OLD: &str = "ops-old-5e4d3c2b1a09f8e7";
 const NEW: &str = "ops-new-0f1e2d3c4b5a6978";

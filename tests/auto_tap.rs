@@ -3,22 +3,17 @@
 //! any other, and ends it with the call.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use std::net::UdpSocket;
 use std::time::Duration;
 
-use common::tap_call::*;
-use common::*;
+use sbc_testkit::media;
+use sbc_testkit::tap_call::*;
+use sbc_testkit::*;
 
 const OPS: &str = "operator-token-0123456789";
 
 #[tokio::test]
 async fn record_to_forks_every_packet_of_the_tenants_calls() {
-    let recorder = UdpSocket::bind("127.0.0.1:0").unwrap();
-    recorder
-        .set_read_timeout(Some(Duration::from_secs(2)))
-        .unwrap();
+    let recorder = media::peer();
     let dest = recorder.local_addr().unwrap();
     let tokens = format!(
         "[[admin.tokens]]\nid = \"ops\"\nsha256 = \"{}\"\nrole = \"operator\"\n",

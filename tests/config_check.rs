@@ -2,12 +2,10 @@
 //! fails with exit code 2 and a message naming the key.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 
-use common::*;
+use sbc_testkit::*;
 
 fn check_config(file: &Path) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_sbc-edge"))

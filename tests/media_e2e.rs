@@ -4,19 +4,16 @@
 //! with no acceptable suite is answered 488.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use std::net::UdpSocket;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::tap_call::{b64, b64_decode, with_sdp};
-use common::*;
 use sbc_core::registry::{CallRegistry, DrainState, LegDirection, MediaCounters};
 use sbc_media::engine::{MediaEngine, MediaSettings};
-use sbc_media::srtp::{MasterKey, SrtpConfig, SrtpContext, SrtpProfile};
+use sbc_media::srtp::SrtpProfile;
 use sbc_sip::message::Method;
 use sbc_sip::server::Hooks;
+use sbc_testkit::media::{self, ctx, parse_sdp, recv_srtp, rtp, send_srtp, with_sdp, Sdp};
+use sbc_testkit::*;
 
 fn material(profile: SrtpProfile, fill: u8) -> Vec<u8> {
     (0..profile.master_key_len() + profile.master_salt_len())
@@ -26,77 +23,18 @@ fn material(profile: SrtpProfile, fill: u8) -> Vec<u8> {
 
 /// An SDP from a peer with media at `port`, the given crypto lines, and an inside address
 /// in `o=`/`c=` only when `addr` says so.
-fn sdp(addr: &str, port: u16, crypto: &[(u32, &str, &[u8])]) -> String {
-    let mut s = format!(
-        "v=0\r\no=peer 1 1 IN IP4 {addr}\r\ns=-\r\nc=IN IP4 {addr}\r\nt=0 0\r\nm=audio {port} RTP/SAVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\na=ptime:20\r\n"
-    );
-    for (tag, suite, key) in crypto {
-        s.push_str(&format!("a=crypto:{tag} {suite} inline:{}\r\n", b64(key)));
-    }
-    s
+fn peer_sdp(addr: &str, port: u16, crypto: &[(u32, &str, &[u8])]) -> String {
+    crypto
+        .iter()
+        .fold(
+            Sdp::audio(port).addr(addr).telephone_event(false).ptime(),
+            |sdp, (tag, suite, key)| sdp.crypto(*tag, suite, key),
+        )
+        .build()
 }
 
-/// One `a=crypto` line: tag, suite, key material.
-type Crypto = (u32, String, Vec<u8>);
-
-/// (c= address, m=audio port, crypto lines).
-fn parse_sdp(body: &[u8]) -> (String, u16, Vec<Crypto>) {
-    let text = std::str::from_utf8(body).unwrap();
-    let mut addr = String::new();
-    let mut port = 0;
-    let mut crypto = Vec::new();
-    for line in text.lines() {
-        if let Some(c) = line.strip_prefix("c=IN IP4 ") {
-            addr = c.trim().to_string();
-        } else if let Some(m) = line.strip_prefix("m=audio ") {
-            port = m.split_whitespace().next().unwrap().parse().unwrap();
-        } else if let Some(c) = line.strip_prefix("a=crypto:") {
-            let mut parts = c.split_whitespace();
-            let tag = parts.next().unwrap().parse().unwrap();
-            let suite = parts.next().unwrap().to_string();
-            let inline = parts.next().unwrap().strip_prefix("inline:").unwrap();
-            let key = inline.split('|').next().unwrap();
-            let key = b64_decode(key);
-            crypto.push((tag, suite, key));
-        }
-    }
-    (addr, port, crypto)
-}
-
-fn ctx(suite: &str, key: &[u8]) -> SrtpContext {
-    let profile: SrtpProfile = suite.parse().unwrap();
-    let master = MasterKey::from_concatenated(profile, key).unwrap();
-    SrtpContext::new(profile, &master, SrtpConfig::default()).unwrap()
-}
-
-fn rtp(seq: u16, payload: &[u8]) -> Vec<u8> {
-    let mut p = vec![0x80, 0];
-    p.extend_from_slice(&seq.to_be_bytes());
-    p.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
-    p.extend_from_slice(&0x1234_5678u32.to_be_bytes());
-    p.extend_from_slice(payload);
-    p
-}
-
-/// Protect `payload` as RTP with `c`, send it to the gateway's `port`.
-fn send(sock: &UdpSocket, c: &mut SrtpContext, seq: u16, payload: &[u8], port: u16) {
-    let pkt = rtp(seq, payload);
-    let mut buf = vec![0u8; pkt.len() + 64];
-    buf[..pkt.len()].copy_from_slice(&pkt);
-    let n = c.protect_rtp(&mut buf, pkt.len()).unwrap();
-    sock.send_to(&buf[..n], ("127.0.0.1", port)).unwrap();
-}
-
-/// Receive one packet, unprotect with `c`, return its payload.
-fn recv(sock: &UdpSocket, c: &mut SrtpContext) -> Vec<u8> {
-    let mut buf = [0u8; 2048];
-    let (n, _) = sock.recv_from(&mut buf).expect("a relayed packet");
-    let mut p = buf[..n].to_vec();
-    let len = c
-        .unprotect_rtp(&mut p)
-        .expect("authenticates with the announced key");
-    p[12..len].to_vec()
-}
+/// The RTP SSRC of both peers.
+const SSRC: u32 = 0x1234_5678;
 
 async fn gateway(
     world: &World,
@@ -181,17 +119,14 @@ async fn srtp_call_is_anchored_rekeyed_and_relayed_both_ways() {
     let registry = Arc::new(CallRegistry::new());
     let (gw, engine) = gateway_hooks(&world, &callee, (32000, 32099), Some(registry.clone())).await;
 
-    let caller_rtp = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let callee_rtp = UdpSocket::bind("127.0.0.1:0").unwrap();
-    for s in [&caller_rtp, &callee_rtp] {
-        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    }
+    let caller_rtp = media::peer();
+    let callee_rtp = media::peer();
     let caller_port = caller_rtp.local_addr().unwrap().port();
     let callee_port = callee_rtp.local_addr().unwrap().port();
 
     // Caller offers AES_CM_128_HMAC_SHA1_80 with key K1, from an "inside" o= address.
     let k1 = material("AES_CM_128_HMAC_SHA1_80".parse().unwrap(), 1);
-    let offer = sdp(
+    let offer = peer_sdp(
         "127.0.0.1",
         caller_port,
         &[(1, "AES_CM_128_HMAC_SHA1_80", &k1)],
@@ -205,7 +140,8 @@ async fn srtp_call_is_anchored_rekeyed_and_relayed_both_ways() {
         .await;
     let mut c = callee.accept().await;
     let inv = c.recv_where(|m| m.method() == Some(&Method::Invite)).await;
-    let (addr, gw_callee_port, offered) = parse_sdp(inv.body());
+    let offered = parse_sdp(inv.body());
+    let (addr, gw_callee_port, offered) = (offered.addr, offered.port, offered.crypto);
     assert_eq!(addr, "127.0.0.1");
     assert_ne!(
         gw_callee_port, caller_port,
@@ -220,11 +156,12 @@ async fn srtp_call_is_anchored_rekeyed_and_relayed_both_ways() {
     // The callee picks the first offered suite, with its own key K3.
     let (tag, suite2, k2) = offered[0].clone();
     let k3 = material(suite2.parse().unwrap(), 3);
-    let answer_sdp = sdp("127.0.0.1", callee_port, &[(tag, &suite2, &k3)]);
+    let answer_sdp = peer_sdp("127.0.0.1", callee_port, &[(tag, &suite2, &k3)]);
     c.send(&with_sdp(answer(&inv, 200, "btag"), &answer_sdp))
         .await;
     let ok = caller.recv_where(|m| m.status() == Some(200)).await;
-    let (addr, gw_caller_port, answered) = parse_sdp(ok.body());
+    let answered = parse_sdp(ok.body());
+    let (addr, gw_caller_port, answered) = (answered.addr, answered.port, answered.crypto);
     assert_eq!(addr, "127.0.0.1");
     assert_ne!(gw_caller_port, callee_port);
     assert_eq!(
@@ -244,9 +181,14 @@ async fn srtp_call_is_anchored_rekeyed_and_relayed_both_ways() {
     let mut rx_b = ctx(&suite2, &k2);
     for seq in 1..=20u16 {
         let payload = vec![seq as u8; 160];
-        send(&caller_rtp, &mut tx_a, seq, &payload, gw_caller_port);
+        send_srtp(
+            &caller_rtp,
+            &mut tx_a,
+            &rtp(seq, SSRC, &payload),
+            gw_caller_port,
+        );
         assert_eq!(
-            recv(&callee_rtp, &mut rx_b),
+            recv_srtp(&callee_rtp, &mut rx_b)[12..],
             payload,
             "packet {seq} caller→callee"
         );
@@ -257,9 +199,14 @@ async fn srtp_call_is_anchored_rekeyed_and_relayed_both_ways() {
     let mut rx_a = ctx("AES_CM_128_HMAC_SHA1_80", &k4);
     for seq in (1..=10u16).chain(13..=22) {
         let payload = vec![0xA0 ^ seq as u8; 160];
-        send(&callee_rtp, &mut tx_b, seq, &payload, gw_callee_port);
+        send_srtp(
+            &callee_rtp,
+            &mut tx_b,
+            &rtp(seq, SSRC, &payload),
+            gw_callee_port,
+        );
         assert_eq!(
-            recv(&caller_rtp, &mut rx_a),
+            recv_srtp(&caller_rtp, &mut rx_a)[12..],
             payload,
             "packet {seq} callee→caller"
         );
@@ -358,7 +305,7 @@ async fn media_timeout_ends_the_call_with_bye_on_both_legs() {
     let callee = Callee::new(&world.callee_leaf).await;
     let (gw, engine) = gateway_with(&world, &callee, (32200, 32299), 1).await;
     let k1 = material("AES_CM_128_HMAC_SHA1_80".parse().unwrap(), 1);
-    let offer = sdp("127.0.0.1", 4000, &[(1, "AES_CM_128_HMAC_SHA1_80", &k1)]);
+    let offer = peer_sdp("127.0.0.1", 4000, &[(1, "AES_CM_128_HMAC_SHA1_80", &k1)]);
     let mut caller = Peer::connect(gw.sip_addrs[0], &world.gw_ca.pem, None).await;
     caller
         .send(&with_sdp(
@@ -368,12 +315,12 @@ async fn media_timeout_ends_the_call_with_bye_on_both_legs() {
         .await;
     let mut c = callee.accept().await;
     let inv = c.recv_where(|m| m.method() == Some(&Method::Invite)).await;
-    let (_, _, offered) = parse_sdp(inv.body());
+    let offered = parse_sdp(inv.body()).crypto;
     let (tag, suite, _) = offered[0].clone();
     let k3 = material(suite.parse().unwrap(), 3);
     c.send(&with_sdp(
         answer(&inv, 200, "btag"),
-        &sdp("127.0.0.1", 4002, &[(tag, &suite, &k3)]),
+        &peer_sdp("127.0.0.1", 4002, &[(tag, &suite, &k3)]),
     ))
     .await;
     let ok = caller.recv_where(|m| m.status() == Some(200)).await;
@@ -409,7 +356,7 @@ async fn an_answer_media_cannot_take_is_hung_up_and_refused() {
     let callee = Callee::new(&world.callee_leaf).await;
     let (gw, engine) = gateway(&world, &callee, (32300, 32399)).await;
     let k1 = material("AES_CM_128_HMAC_SHA1_80".parse().unwrap(), 1);
-    let offer = sdp("127.0.0.1", 4000, &[(1, "AES_CM_128_HMAC_SHA1_80", &k1)]);
+    let offer = peer_sdp("127.0.0.1", 4000, &[(1, "AES_CM_128_HMAC_SHA1_80", &k1)]);
     let mut caller = Peer::connect(gw.sip_addrs[0], &world.gw_ca.pem, None).await;
     caller
         .send(&with_sdp(
@@ -421,7 +368,7 @@ async fn an_answer_media_cannot_take_is_hung_up_and_refused() {
     let inv = c.recv_where(|m| m.method() == Some(&Method::Invite)).await;
     // The callee answers with a tag the gateway never offered.
     let k3 = material("AES_CM_128_HMAC_SHA1_80".parse().unwrap(), 3);
-    let bad = sdp("127.0.0.1", 4002, &[(99, "AES_CM_128_HMAC_SHA1_80", &k3)]);
+    let bad = peer_sdp("127.0.0.1", 4002, &[(99, "AES_CM_128_HMAC_SHA1_80", &k3)]);
     c.send(&with_sdp(answer(&inv, 200, "btag"), &bad)).await;
     let r = caller
         .recv_where(|m| m.status().is_some_and(|s| s >= 200))
@@ -448,7 +395,7 @@ async fn tenant_media_stream_limit_refuses_the_next_call_with_503() {
     let (gw, engine) =
         gateway_limits(&world, &callee, (32400, 32499), 60, "max_media_streams = 1").await;
     let k1 = material("AES_CM_128_HMAC_SHA1_80".parse().unwrap(), 1);
-    let offer = sdp("127.0.0.1", 4000, &[(1, "AES_CM_128_HMAC_SHA1_80", &k1)]);
+    let offer = peer_sdp("127.0.0.1", 4000, &[(1, "AES_CM_128_HMAC_SHA1_80", &k1)]);
     let mut caller = Peer::connect(gw.sip_addrs[0], &world.gw_ca.pem, None).await;
     caller
         .send(&with_sdp(

@@ -2,12 +2,10 @@
 //! through the gateway on loopback.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use sbc_sip::message::{tag, Method, SipMessage};
+use sbc_testkit::*;
 
 const CALLER_INSIDE: &[&str] = &["10.88.0.", "call-a-1@platform", "z9hG4bKinsideproxy"];
 const CALLEE_INSIDE: &[&str] = &["10.99.0."];

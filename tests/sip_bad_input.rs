@@ -2,12 +2,10 @@
 //! and never disturbs other connections.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use sbc_sip::message::Method;
+use sbc_testkit::*;
 
 #[tokio::test]
 async fn unrecognised_peer_gets_403_nothing_is_forwarded_and_repeat_offenders_are_cut() {

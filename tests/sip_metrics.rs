@@ -2,14 +2,12 @@
 //! recorder is process-global).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::*;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use sbc_sip::message::Method;
+use sbc_testkit::*;
 
 type Snapshot = HashMap<(String, Vec<(String, String)>), f64>;
 

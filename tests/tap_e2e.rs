@@ -4,13 +4,9 @@
 //! recorder cannot tap it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use std::net::UdpSocket;
-use std::time::Duration;
-
-use common::tap_call::*;
-use common::*;
+use sbc_testkit::media::{self, b64, b64_decode, ctx, recv_srtp};
+use sbc_testkit::tap_call::*;
+use sbc_testkit::*;
 
 #[tokio::test]
 async fn a_live_call_is_tapped_through_the_admin_api() {
@@ -26,10 +22,7 @@ async fn a_live_call_is_tapped_through_the_admin_api() {
     let a = rig.admin_addr();
 
     // An SRTP call, answered.
-    let recorder = UdpSocket::bind("127.0.0.1:0").unwrap();
-    recorder
-        .set_read_timeout(Some(Duration::from_secs(2)))
-        .unwrap();
+    let recorder = media::peer();
     let mut call = TapCall::place(&rig, "tap-1@platform").await;
 
     // Found by its registry id; another tenant's recorder cannot tap it.
@@ -45,14 +38,14 @@ async fn a_live_call_is_tapped_through_the_admin_api() {
     assert_eq!(status, 201, "{started}");
     let tap_id = field(&started, "tap_id");
     let key = b64_decode(field(&started, "key").strip_prefix("inline:").unwrap());
-    let mut rec = ctx(&key);
+    let mut rec = ctx(SUITE, &key);
 
     // Media both ways; the recorder decrypts each copy.
     for seq in 1..=10u16 {
         let p = call.caller_sends(seq);
-        assert_eq!(recv(&recorder, &mut rec), p, "caller copy {seq}");
+        assert_eq!(recv_srtp(&recorder, &mut rec), p, "caller copy {seq}");
         let p = call.callee_sends(seq);
-        assert_eq!(recv(&recorder, &mut rec), p, "callee copy {seq}");
+        assert_eq!(recv_srtp(&recorder, &mut rec), p, "callee copy {seq}");
     }
     let listed = tap_listing(a, &taps, op, "\"packets_sent\":20").await;
     assert!(listed.contains("\"packets_sent\":20"), "{listed}");

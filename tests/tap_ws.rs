@@ -5,14 +5,12 @@
 //! another tenant's recorder gets 404, a viewer 403, no token 401.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::tap_call::*;
-use common::*;
 use futures_util::StreamExt;
+use sbc_testkit::tap_call::*;
+use sbc_testkit::*;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};

@@ -5,14 +5,12 @@
 //! request rate, and a SIGHUP-style reload that lowers a quota below current usage.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
 use sbc_sip::message::{Method, SipMessage};
+use sbc_testkit::*;
 
 /// A callee that answers every INVITE 200 and every BYE 200, counting INVITEs.
 fn answering_callee(callee: Callee) -> Arc<AtomicUsize> {

@@ -1,14 +1,13 @@
 //! The admin API over real HTTP on loopback: every endpoint, every auth case, redaction,
 //! the audit chain.
 
-mod common;
-
 use std::io::Write;
 use std::sync::Arc;
 
-use common::*;
 use sbc_admin::{AdminError, AuditLog};
 use sbc_core::tenant::TenantId;
+use sbc_testkit::admin::*;
+use sbc_testkit::http::*;
 
 #[tokio::test]
 async fn probes_and_metrics_need_no_token() {

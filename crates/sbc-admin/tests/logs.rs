@@ -1,12 +1,11 @@
 //! What the admin plane logs holds no token and no number: every log line at every level,
 //! captured while requests with good, bad and foreign tokens go through.
 
-mod common;
-
 use std::io;
 use std::sync::{Arc, Mutex};
 
-use common::*;
+use sbc_testkit::admin::*;
+use sbc_testkit::http::*;
 
 #[derive(Clone, Default)]
 struct Capture(Arc<Mutex<Vec<u8>>>);

@@ -2,11 +2,10 @@
 //! gateway): a removed token is refused from the next request on, a new one works, and a
 //! reload naming an unknown tenant changes nothing.
 
-mod common;
-
-use common::*;
 use sbc_admin::Role;
 use sbc_core::tenant::TenantId;
+use sbc_testkit::admin::*;
+use sbc_testkit::http::*;
 
 const NEW_OPS: &str = "ops-new-1c2d3e4f5a6b7c8d";
 

@@ -4,71 +4,35 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
-use metrics_exporter_prometheus::PrometheusHandle;
-use sbc_admin::{AdminConfig, AdminState, AuditLog, Role, TokenEntry};
+use sbc_admin::{AdminConfig, AdminState, AuditLog, Role};
 use sbc_core::media::CallRef;
 use sbc_core::registry::{CallId, CallRecord, CallRegistry, DrainState};
 use sbc_core::tap::{
     TapControl, TapError, TapId, TapInfo, TapKey, TapOwner, TapSpec, TapStatus, TapTransport,
 };
 use sbc_core::tenant::TenantId;
-use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use sbc_testkit::admin::{audit_lines, prometheus, token, tokens, OPS, REC_A, VIEW_A, VIEW_B};
+use sbc_testkit::files::temp_dir;
+use sbc_testkit::http::request_with;
 
-const OPS: &str = "ops-7f3c9a2e5b1d4f60";
-const VIEW_A: &str = "view-a-0b8e4c1f9d2a";
-const VIEW_B: &str = "view-b-5c2d7e0a3f9b";
-const REC_A: &str = "rec-a-9e1f4b7c2d8a";
 const REC_B: &str = "rec-b-3d6f0a9c1e7b";
 
-// Own fixture helpers (not tests/common): this binary's fixture has a media side.
+// This binary's fixture has a media side (a fake `TapControl`), so it stays here; the
+// tokens, Prometheus handle, temp dir and HTTP client come from sbc-testkit.
 
-fn prometheus() -> PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| sbc_admin::install_prometheus().expect("first install in this process"))
-        .clone()
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sbc-admin-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
-}
-
-fn token(id: &str, secret: &str, role: Role) -> TokenEntry {
-    TokenEntry {
-        id: id.to_string(),
-        sha256: Sha256::digest(secret.as_bytes()).into(),
-        role,
-    }
-}
-
+/// The shared tokens and a recorder of tenant b.
 fn config() -> AdminConfig {
+    let mut tokens = tokens();
+    tokens.push(token("rec-b", REC_B, Role::Recorder(TenantId::from("b"))));
     AdminConfig {
-        tokens: vec![
-            token("ops", OPS, Role::Operator),
-            token("view-a", VIEW_A, Role::Viewer(TenantId::from("a"))),
-            token("view-b", VIEW_B, Role::Viewer(TenantId::from("b"))),
-            token("rec-a", REC_A, Role::Recorder(TenantId::from("a"))),
-            token("rec-b", REC_B, Role::Recorder(TenantId::from("b"))),
-        ],
+        tokens,
         ..AdminConfig::default()
     }
 }
 
-fn audit_lines(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .expect("audit file")
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("JSON line"))
-        .collect()
-}
 /// What the fake hands out as every SRTP tap's key.
 const KEY: &str = "inline:WVNVQUxSV1BWTEVGUlZOOVhSTkdKUlhCRU9YRlJW";
 
@@ -127,7 +91,8 @@ impl TapControl for FakeTaps {
     }
 }
 
-struct World {
+/// The admin plane over a registry with calls of tenants a and b and a fake media side.
+struct TapFixture {
     addr: SocketAddr,
     handle: sbc_admin::AdminHandle,
     audit_path: std::path::PathBuf,
@@ -148,7 +113,7 @@ fn record(tenant: &str) -> CallRecord {
     }
 }
 
-async fn world(name: &str, with_taps: bool) -> World {
+async fn tap_fixture(name: &str, with_taps: bool) -> TapFixture {
     let dir = temp_dir(name);
     let registry = Arc::new(CallRegistry::new());
     let call_a = registry.register(record("a")).expect("room");
@@ -173,7 +138,7 @@ async fn world(name: &str, with_taps: bool) -> World {
     let mut cfg = config();
     cfg.address = "127.0.0.1:0".parse().expect("addr");
     let handle = sbc_admin::serve(cfg, state).await.expect("serve");
-    World {
+    TapFixture {
         addr: handle.local_addr(),
         handle,
         audit_path,
@@ -184,46 +149,32 @@ async fn world(name: &str, with_taps: bool) -> World {
     }
 }
 
-/// One request with an optional JSON body; (status, body as JSON or Null).
-async fn http(
+/// One request with an optional JSON body; (status, body as JSON or Null). Answers must
+/// be sized, not chunked.
+async fn http_json(
     addr: SocketAddr,
     method: &str,
     path: &str,
     token: &str,
     body: Option<&str>,
 ) -> (u16, serde_json::Value) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let body = body.unwrap_or("");
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: admin.test\r\nAuthorization: Bearer {token}\r\n\
-Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.expect("write");
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
-        .await
-        .expect("answer in time")
-        .expect("read");
-    let text = String::from_utf8(buf).expect("utf-8");
-    let (head, body) = text.split_once("\r\n\r\n").expect("head and body");
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status");
-    assert!(
-        !head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked"),
+    let auth = format!("Bearer {token}");
+    let headers = [
+        ("Authorization", auth.as_str()),
+        ("Content-Type", "application/json"),
+    ];
+    let r = request_with(addr, method, path, &headers, Some(body.unwrap_or(""))).await;
+    assert_ne!(
+        r.header("transfer-encoding"),
+        Some("chunked"),
         "sized answers"
     );
-    let json = if body.is_empty() {
+    let json = if r.body.is_empty() {
         serde_json::Value::Null
     } else {
-        serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+        r.json()
     };
-    (status, json)
+    (r.status, json)
 }
 
 fn taps_path(call: &CallId) -> String {
@@ -235,8 +186,8 @@ const RTP_CALLER: &str = r#"{"legs":"caller","transport":"rtp","destination":"12
 
 #[tokio::test]
 async fn operator_starts_lists_and_stops_a_tap_and_the_key_is_shown_once() {
-    let w = world("taps-ops", true).await;
-    let (st, j) = http(w.addr, "POST", &taps_path(&w.call_a), OPS, Some(SRTP_BOTH)).await;
+    let w = tap_fixture("taps-ops", true).await;
+    let (st, j) = http_json(w.addr, "POST", &taps_path(&w.call_a), OPS, Some(SRTP_BOTH)).await;
     assert_eq!(st, 201, "{j}");
     assert_eq!(j["key"], KEY);
     assert_eq!(j["suite"], "AES_CM_128_HMAC_SHA1_80", "the default suite");
@@ -257,15 +208,15 @@ async fn operator_starts_lists_and_stops_a_tap_and_the_key_is_shown_once() {
     assert_eq!(spec.destination, "127.0.0.1:40000".parse().expect("addr"));
 
     let body = r#"{"legs":"callee","transport":"srtp","suite":"AES_256_CM_HMAC_SHA1_80","destination":"localhost:40004"}"#;
-    let (st, j) = http(w.addr, "POST", &taps_path(&w.call_a), OPS, Some(body)).await;
+    let (st, j) = http_json(w.addr, "POST", &taps_path(&w.call_a), OPS, Some(body)).await;
     assert_eq!(st, 201, "{j}");
     assert_eq!(j["suite"], "AES_256_CM_HMAC_SHA1_80");
     assert!(j["destination"].as_str().expect("dest").ends_with(":40004"));
-    let (st, j) = http(w.addr, "POST", &taps_path(&w.call_a), OPS, Some(RTP_CALLER)).await;
+    let (st, j) = http_json(w.addr, "POST", &taps_path(&w.call_a), OPS, Some(RTP_CALLER)).await;
     assert_eq!(st, 201, "{j}");
     assert!(j.get("key").is_none() && j.get("suite").is_none(), "{j}");
 
-    let (st, j) = http(w.addr, "GET", &taps_path(&w.call_a), OPS, None).await;
+    let (st, j) = http_json(w.addr, "GET", &taps_path(&w.call_a), OPS, None).await;
     assert_eq!(st, 200);
     let taps = j["taps"].as_array().expect("list");
     assert_eq!(taps.len(), 3);
@@ -276,11 +227,11 @@ async fn operator_starts_lists_and_stops_a_tap_and_the_key_is_shown_once() {
     assert_eq!(taps[2]["legs"], "caller");
     assert!(!j.to_string().contains("inline:"), "no key in the list");
 
-    let (st, _) = http(w.addr, "DELETE", &format!("/v1/taps/{tap_id}"), OPS, None).await;
+    let (st, _) = http_json(w.addr, "DELETE", &format!("/v1/taps/{tap_id}"), OPS, None).await;
     assert_eq!(st, 204);
-    let (st, _) = http(w.addr, "DELETE", &format!("/v1/taps/{tap_id}"), OPS, None).await;
+    let (st, _) = http_json(w.addr, "DELETE", &format!("/v1/taps/{tap_id}"), OPS, None).await;
     assert_eq!(st, 404, "already stopped");
-    let (_, j) = http(w.addr, "GET", &taps_path(&w.call_a), OPS, None).await;
+    let (_, j) = http_json(w.addr, "GET", &taps_path(&w.call_a), OPS, None).await;
     assert_eq!(j["taps"].as_array().expect("list").len(), 2);
 
     // Every request audited, the key in none of it.
@@ -307,9 +258,9 @@ async fn operator_starts_lists_and_stops_a_tap_and_the_key_is_shown_once() {
 
 #[tokio::test]
 async fn recorders_reach_only_their_tenant_and_viewers_only_read() {
-    let w = world("taps-roles", true).await;
+    let w = tap_fixture("taps-roles", true).await;
     // Recorder of b: tenant a's call is no call.
-    let (st, _) = http(
+    let (st, _) = http_json(
         w.addr,
         "POST",
         &taps_path(&w.call_a),
@@ -318,10 +269,10 @@ async fn recorders_reach_only_their_tenant_and_viewers_only_read() {
     )
     .await;
     assert_eq!(st, 404);
-    let (st, _) = http(w.addr, "GET", &taps_path(&w.call_a), REC_B, None).await;
+    let (st, _) = http_json(w.addr, "GET", &taps_path(&w.call_a), REC_B, None).await;
     assert_eq!(st, 404);
     // Recorder of a: its own call yes, b's no.
-    let (st, j) = http(
+    let (st, j) = http_json(
         w.addr,
         "POST",
         &taps_path(&w.call_a),
@@ -331,7 +282,7 @@ async fn recorders_reach_only_their_tenant_and_viewers_only_read() {
     .await;
     assert_eq!(st, 201, "{j}");
     let tap_a = j["tap_id"].as_str().expect("id").to_string();
-    let (st, _) = http(
+    let (st, _) = http_json(
         w.addr,
         "POST",
         &taps_path(&w.call_b),
@@ -341,11 +292,11 @@ async fn recorders_reach_only_their_tenant_and_viewers_only_read() {
     .await;
     assert_eq!(st, 404);
     // b's recorder cannot stop a's tap either, and it keeps running.
-    let (st, _) = http(w.addr, "DELETE", &format!("/v1/taps/{tap_a}"), REC_B, None).await;
+    let (st, _) = http_json(w.addr, "DELETE", &format!("/v1/taps/{tap_a}"), REC_B, None).await;
     assert_eq!(st, 404);
     assert_eq!(w.fake.taps.lock().expect("lock").len(), 1);
     // Viewers: 403 to start or stop, the list is fine.
-    let (st, j) = http(
+    let (st, j) = http_json(
         w.addr,
         "POST",
         &taps_path(&w.call_a),
@@ -354,15 +305,15 @@ async fn recorders_reach_only_their_tenant_and_viewers_only_read() {
     )
     .await;
     assert_eq!(st, 403, "{j}");
-    let (st, _) = http(w.addr, "DELETE", &format!("/v1/taps/{tap_a}"), VIEW_A, None).await;
+    let (st, _) = http_json(w.addr, "DELETE", &format!("/v1/taps/{tap_a}"), VIEW_A, None).await;
     assert_eq!(st, 403);
-    let (st, j) = http(w.addr, "GET", &taps_path(&w.call_a), VIEW_A, None).await;
+    let (st, j) = http_json(w.addr, "GET", &taps_path(&w.call_a), VIEW_A, None).await;
     assert_eq!(st, 200);
     assert_eq!(j["taps"].as_array().expect("list").len(), 1);
-    let (st, _) = http(w.addr, "GET", &taps_path(&w.call_a), VIEW_B, None).await;
+    let (st, _) = http_json(w.addr, "GET", &taps_path(&w.call_a), VIEW_B, None).await;
     assert_eq!(st, 404);
     // Recorder of a stops its tap.
-    let (st, _) = http(w.addr, "DELETE", &format!("/v1/taps/{tap_a}"), REC_A, None).await;
+    let (st, _) = http_json(w.addr, "DELETE", &format!("/v1/taps/{tap_a}"), REC_A, None).await;
     assert_eq!(st, 204);
     assert!(w.fake.taps.lock().expect("lock").is_empty());
     w.handle.shutdown().await;
@@ -370,7 +321,7 @@ async fn recorders_reach_only_their_tenant_and_viewers_only_read() {
 
 #[tokio::test]
 async fn malformed_requests_get_clear_400s_and_unknowns_404_or_409() {
-    let w = world("taps-bad", true).await;
+    let w = tap_fixture("taps-bad", true).await;
     let path = taps_path(&w.call_a);
     for (body, needle) in [
         ("not json", "expected"),
@@ -408,14 +359,14 @@ async fn malformed_requests_get_clear_400s_and_unknowns_404_or_409() {
             "extra",
         ),
     ] {
-        let (st, j) = http(w.addr, "POST", &path, OPS, Some(body)).await;
+        let (st, j) = http_json(w.addr, "POST", &path, OPS, Some(body)).await;
         assert_eq!(st, 400, "{body}: {j}");
         let msg = j["error"].as_str().expect("error message");
         assert!(msg.contains(needle), "{body}: {msg}");
     }
     assert!(w.fake.taps.lock().expect("lock").is_empty());
     // A call without media yet; a call that does not exist; a tap that does not exist.
-    let (st, j) = http(
+    let (st, j) = http_json(
         w.addr,
         "POST",
         &taps_path(&w.call_a_setup),
@@ -424,9 +375,9 @@ async fn malformed_requests_get_clear_400s_and_unknowns_404_or_409() {
     )
     .await;
     assert_eq!(st, 409, "{j}");
-    let (st, j) = http(w.addr, "GET", &taps_path(&w.call_a_setup), OPS, None).await;
+    let (st, j) = http_json(w.addr, "GET", &taps_path(&w.call_a_setup), OPS, None).await;
     assert_eq!((st, j["taps"].as_array().map(Vec::len)), (200, Some(0)));
-    let (st, _) = http(
+    let (st, _) = http_json(
         w.addr,
         "POST",
         "/v1/calls/0000000000000000/taps",
@@ -435,24 +386,24 @@ async fn malformed_requests_get_clear_400s_and_unknowns_404_or_409() {
     )
     .await;
     assert_eq!(st, 404);
-    let (st, _) = http(w.addr, "DELETE", "/v1/taps/00000000000000ff", OPS, None).await;
+    let (st, _) = http_json(w.addr, "DELETE", "/v1/taps/00000000000000ff", OPS, None).await;
     assert_eq!(st, 404);
-    let (st, _) = http(w.addr, "DELETE", "/v1/taps/not-a-tap", OPS, None).await;
+    let (st, _) = http_json(w.addr, "DELETE", "/v1/taps/not-a-tap", OPS, None).await;
     assert_eq!(st, 404);
     w.handle.shutdown().await;
 }
 
 #[tokio::test]
 async fn without_a_media_relay_taps_are_not_implemented() {
-    let w = world("taps-none", false).await;
-    let (st, j) = http(w.addr, "POST", &taps_path(&w.call_a), OPS, Some(SRTP_BOTH)).await;
+    let w = tap_fixture("taps-none", false).await;
+    let (st, j) = http_json(w.addr, "POST", &taps_path(&w.call_a), OPS, Some(SRTP_BOTH)).await;
     assert_eq!(st, 501, "{j}");
-    let (st, _) = http(w.addr, "GET", &taps_path(&w.call_a), REC_A, None).await;
+    let (st, _) = http_json(w.addr, "GET", &taps_path(&w.call_a), REC_A, None).await;
     assert_eq!(st, 501);
-    let (st, _) = http(w.addr, "DELETE", "/v1/taps/00000000000000ff", OPS, None).await;
+    let (st, _) = http_json(w.addr, "DELETE", "/v1/taps/00000000000000ff", OPS, None).await;
     assert_eq!(st, 501);
     // Viewers are refused before anything else.
-    let (st, _) = http(
+    let (st, _) = http_json(
         w.addr,
         "POST",
         &taps_path(&w.call_a),

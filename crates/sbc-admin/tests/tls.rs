@@ -1,62 +1,18 @@
 //! The admin plane over HTTPS with client certificates, configured from TOML like the
 //! gateway will do it.
 
-mod common;
-
-use std::path::Path;
-use std::sync::Arc;
-
-use common::*;
-use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use rustls::{ClientConfig, RootCertStore};
+use rcgen::ExtendedKeyUsagePurpose;
+use rustls::pki_types::ServerName;
 use sbc_admin::AdminConfig;
+use sbc_testkit::admin::*;
+use sbc_testkit::files::{temp_dir, write};
+use sbc_testkit::http::*;
+use sbc_testkit::pki::{client_config, Ca, Leaf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-struct Ca {
-    cert: rcgen::Certificate,
-    key: KeyPair,
-}
-
-fn ca(name: &str) -> Ca {
-    let key = KeyPair::generate().expect("key");
-    let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.distinguished_name.push(DnType::CommonName, name);
-    let cert = p.self_signed(&key).expect("ca cert");
-    Ca { cert, key }
-}
-
-/// A leaf signed by `ca`: (cert PEM, key PEM).
-fn leaf(ca: &Ca, names: &[&str], usage: ExtendedKeyUsagePurpose) -> (String, String) {
-    let key = KeyPair::generate().expect("key");
-    let mut p = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-        .expect("params");
-    p.extended_key_usages = vec![usage];
-    let cert = p.signed_by(&key, &ca.cert, &ca.key).expect("leaf");
-    (cert.pem(), key.serialize_pem())
-}
-
-fn client(server_ca: &Ca, client_cert: Option<&(String, String)>) -> TlsConnector {
-    let mut roots = RootCertStore::empty();
-    roots.add(server_ca.cert.der().clone()).expect("root");
-    let builder = ClientConfig::builder().with_root_certificates(roots);
-    let cfg = match client_cert {
-        Some((cert, key)) => {
-            let chain: Vec<CertificateDer<'static>> =
-                CertificateDer::pem_slice_iter(cert.as_bytes())
-                    .collect::<Result<_, _>>()
-                    .expect("chain");
-            let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).expect("key");
-            builder
-                .with_client_auth_cert(chain, key)
-                .expect("client auth")
-        }
-        None => builder.with_no_client_auth(),
-    };
-    TlsConnector::from(Arc::new(cfg))
+fn client(server_ca: &Ca, client_cert: Option<&Leaf>) -> TlsConnector {
+    TlsConnector::from(client_config(&server_ca.pem, client_cert))
 }
 
 async fn https(
@@ -72,34 +28,22 @@ async fn https(
     send(tls, method, path, auth).await
 }
 
-fn write(dir: &Path, name: &str, text: &str) {
-    std::fs::write(dir.join(name), text).expect("write");
-}
-
 #[tokio::test]
 async fn https_with_client_certificates() {
     let dir = temp_dir("tls-config");
-    let server_ca = ca("admin server ca");
-    let ops_ca = ca("ops client ca");
-    let (cert, key) = leaf(
-        &server_ca,
+    let server_ca = Ca::new("admin server ca");
+    let ops_ca = Ca::new("ops client ca");
+    let server = server_ca.issue_with_usage(
         &["localhost", "127.0.0.1"],
         ExtendedKeyUsagePurpose::ServerAuth,
     );
-    let ops_client = leaf(
-        &ops_ca,
-        &["ops.example"],
-        ExtendedKeyUsagePurpose::ClientAuth,
-    );
-    let rogue_ca = ca("rogue ca");
-    let rogue_client = leaf(
-        &rogue_ca,
-        &["rogue.example"],
-        ExtendedKeyUsagePurpose::ClientAuth,
-    );
-    write(&dir, "admin.pem", &cert);
-    write(&dir, "admin-key.pem", &key);
-    write(&dir, "ops-ca.pem", &ops_ca.cert.pem());
+    let ops_client = ops_ca.issue_with_usage(&["ops.example"], ExtendedKeyUsagePurpose::ClientAuth);
+    let rogue_ca = Ca::new("rogue ca");
+    let rogue_client =
+        rogue_ca.issue_with_usage(&["rogue.example"], ExtendedKeyUsagePurpose::ClientAuth);
+    write(&dir, "admin.pem", &server.cert_pem);
+    write(&dir, "admin-key.pem", &server.key_pem);
+    write(&dir, "ops-ca.pem", &ops_ca.pem);
 
     // The [admin] section of a whole gateway config file; other sections are not ours.
     let text = format!(
@@ -192,14 +136,10 @@ tenant = "a"
 #[tokio::test]
 async fn https_without_client_certificates() {
     let dir = temp_dir("tls-plain");
-    let server_ca = ca("admin server ca");
-    let (cert, key) = leaf(
-        &server_ca,
-        &["localhost"],
-        ExtendedKeyUsagePurpose::ServerAuth,
-    );
-    write(&dir, "c.pem", &cert);
-    write(&dir, "k.pem", &key);
+    let server_ca = Ca::new("admin server ca");
+    let server = server_ca.issue_with_usage(&["localhost"], ExtendedKeyUsagePurpose::ServerAuth);
+    write(&dir, "c.pem", &server.cert_pem);
+    write(&dir, "k.pem", &server.key_pem);
     let text = "[admin]\ncertificate = \"c.pem\"\nprivate_key = \"k.pem\"\n";
     let mut cfg = AdminConfig::from_config_file_str(text, &dir)
         .expect("valid")

@@ -3,19 +3,17 @@
 //! Each test uses its own port range so they can run in parallel.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
-use common::*;
 use sbc_core::media::{
     CallRef, LegPolicy, LegSide, MediaControl, MediaError, MediaEvent, MediaPolicy, SrtpMode,
 };
 use sbc_core::tenant::TenantId;
 use sbc_media::engine::{MediaEngine, MediaSettings, MediaStats};
 use sbc_media::sdp;
-use sbc_media::srtp::{MasterKey, SrtpContext, SrtpProfile};
+use sbc_media::srtp::{MasterKey, SrtpProfile};
+use sbc_testkit::media::*;
 
 fn policy(caller: SrtpMode, callee: SrtpMode) -> MediaPolicy {
     MediaPolicy {
@@ -44,52 +42,27 @@ fn key(profile: SrtpProfile, fill: u8) -> MasterKey {
     )
 }
 
-/// An SDP from a peer at `sock` with optional crypto lines `(tag, profile, key)`.
+/// An SDP from a peer at `sock` with optional crypto lines `(tag, profile, key)`: RTP/AVP
+/// without them, each key with a lifetime.
 fn peer_sdp(sock: &UdpSocket, crypto: &[(u32, SrtpProfile, &MasterKey)], mux: bool) -> Vec<u8> {
-    let port = sock.local_addr().unwrap().port();
-    let proto = if crypto.is_empty() {
-        "RTP/AVP"
-    } else {
-        "RTP/SAVP"
-    };
-    let mut s = format!(
-        "v=0\r\no=peer 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
-m=audio {port} {proto} 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n\
-a=fmtp:101 0-16\r\na=ptime:20\r\na=sendrecv\r\n"
-    );
+    let mut sdp = Sdp::audio(sock.local_addr().unwrap().port())
+        .telephone_event(true)
+        .ptime()
+        .sendrecv();
+    if crypto.is_empty() {
+        sdp = sdp.plain();
+    }
     if mux {
-        s.push_str("a=rtcp-mux\r\n");
+        sdp = sdp.rtcp_mux();
     }
     for (tag, p, k) in crypto {
-        s.push_str(&format!("a=crypto:{tag} {p} inline:{}|2^31\r\n", b64(k)));
+        sdp = sdp.crypto_with_lifetime(*tag, p.as_str(), &master_bytes(k), "2^31");
     }
-    s.into_bytes()
-}
-
-fn send_srtp(sock: &UdpSocket, c: &mut SrtpContext, pkt: &[u8], port: u16) {
-    let mut buf = vec![0u8; pkt.len() + 64];
-    buf[..pkt.len()].copy_from_slice(pkt);
-    let n = c.protect_rtp(&mut buf, pkt.len()).unwrap();
-    sock.send_to(&buf[..n], ("127.0.0.1", port)).unwrap();
-}
-
-fn recv(sock: &UdpSocket) -> Option<Vec<u8>> {
-    let mut buf = [0u8; 2048];
-    match sock.recv_from(&mut buf) {
-        Ok((n, _)) => Some(buf[..n].to_vec()),
-        Err(_) => None,
-    }
-}
-
-fn recv_srtp(sock: &UdpSocket, c: &mut SrtpContext) -> Vec<u8> {
-    let mut p = recv(sock).expect("a relayed packet");
-    let n = c.unprotect_rtp(&mut p).unwrap();
-    p.truncate(n);
-    p
+    sdp.bytes()
 }
 
 fn wait_stats(e: &MediaEngine, pred: impl Fn(&MediaStats) -> bool) -> MediaStats {
-    let deadline = Instant::now() + WAIT;
+    let deadline = Instant::now() + PACKET_WAIT;
     loop {
         let s = e.stats();
         if pred(&s) || Instant::now() > deadline {
@@ -205,10 +178,10 @@ fn srtp_call_end_to_end_both_directions() {
     assert_eq!(c.caller_side_port % 2, 0);
     assert_eq!(e.stats().ports_in_use, 4);
 
-    let mut tx1 = ctx(c.k1.0, &c.k1.1);
-    let mut rx2 = ctx(c.k2.0, &c.k2.1);
-    let mut tx3 = ctx(c.k3.0, &c.k3.1);
-    let mut rx4 = ctx(c.k4.0, &c.k4.1);
+    let mut tx1 = ctx_for(c.k1.0, &c.k1.1);
+    let mut rx2 = ctx_for(c.k2.0, &c.k2.1);
+    let mut tx3 = ctx_for(c.k3.0, &c.k3.1);
+    let mut rx4 = ctx_for(c.k4.0, &c.k4.1);
     for seq in 1..=5u16 {
         let pkt = rtp(seq, 0xCA11E4, format!("caller {seq}").as_bytes());
         send_srtp(&c.caller, &mut tx1, &pkt, c.caller_side_port);
@@ -230,7 +203,7 @@ fn srtp_call_end_to_end_both_directions() {
     c.caller
         .send_to(&buf[..n], ("127.0.0.1", c.caller_side_port))
         .unwrap();
-    let mut got = recv(&c.callee).expect("relayed SRTCP");
+    let mut got = recv_packet(&c.callee).expect("relayed SRTCP");
     let n = rx2.unprotect_rtcp(&mut got).unwrap();
     assert_eq!(&got[..n], &sr[..]);
 
@@ -258,7 +231,7 @@ fn forged_packet_is_dropped_and_does_not_latch() {
         .unwrap();
 
     // Right key, flipped tag, from another address, before the caller sent anything.
-    let mut forger = ctx(c.k1.0, &c.k1.1);
+    let mut forger = ctx_for(c.k1.0, &c.k1.1);
     let pkt = rtp(1, 0xBAD, b"forged");
     let mut buf = vec![0u8; 128];
     buf[..pkt.len()].copy_from_slice(&pkt);
@@ -268,7 +241,7 @@ fn forged_packet_is_dropped_and_does_not_latch() {
         .send_to(&buf[..n], ("127.0.0.1", c.caller_side_port))
         .unwrap();
     // And one under a key nobody announced.
-    let mut wrong = ctx(c.k1.0, &key(c.k1.0, 0x99));
+    let mut wrong = ctx_for(c.k1.0, &key(c.k1.0, 0x99));
     send_srtp(
         &attacker,
         &mut wrong,
@@ -288,18 +261,21 @@ fn forged_packet_is_dropped_and_does_not_latch() {
     c.callee
         .set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
-    assert!(recv(&c.callee).is_none());
-    let mut tx3 = ctx(c.k3.0, &c.k3.1);
-    let mut rx4 = ctx(c.k4.0, &c.k4.1);
+    assert!(recv_packet(&c.callee).is_none());
+    let mut tx3 = ctx_for(c.k3.0, &c.k3.1);
+    let mut rx4 = ctx_for(c.k4.0, &c.k4.1);
     let back = rtp(1, 0xCA11EE, b"to the caller");
     send_srtp(&c.callee, &mut tx3, &back, c.callee_side_port);
     assert_eq!(recv_srtp(&c.caller, &mut rx4), back);
-    assert!(recv(&attacker).is_none(), "the attacker did not latch");
+    assert!(
+        recv_packet(&attacker).is_none(),
+        "the attacker did not latch"
+    );
 
     // An authentic caller packet from the caller's address is relayed.
-    let mut tx1 = ctx(c.k1.0, &c.k1.1);
-    let mut rx2 = ctx(c.k2.0, &c.k2.1);
-    c.callee.set_read_timeout(Some(WAIT)).unwrap();
+    let mut tx1 = ctx_for(c.k1.0, &c.k1.1);
+    let mut rx2 = ctx_for(c.k2.0, &c.k2.1);
+    c.callee.set_read_timeout(Some(PACKET_WAIT)).unwrap();
     let pkt = rtp(1, 0xCA11E4, b"real");
     send_srtp(&c.caller, &mut tx1, &pkt, c.caller_side_port);
     assert_eq!(recv_srtp(&c.callee, &mut rx2), pkt);
@@ -337,16 +313,20 @@ fn plain_rtp_inside_leg() {
     assert_eq!((m.crypto.len(), m.crypto[0].tag), (1, 5), "the offer's tag");
     let k4 = m.crypto[0].key.clone().unwrap();
 
-    let mut tx1 = ctx(p, &k1);
+    let mut tx1 = ctx_for(p, &k1);
     let pkt = rtp(100, 42, b"to plain");
     send_srtp(&caller, &mut tx1, &pkt, m.port);
-    assert_eq!(recv(&callee).unwrap(), pkt, "decrypted for the plain leg");
+    assert_eq!(
+        recv_packet(&callee).unwrap(),
+        pkt,
+        "decrypted for the plain leg"
+    );
 
     let back = rtp(7, 43, b"from plain");
     callee
         .send_to(&back, ("127.0.0.1", callee_side_port))
         .unwrap();
-    let mut rx4 = ctx(p, &k4);
+    let mut rx4 = ctx_for(p, &k4);
     assert_eq!(recv_srtp(&caller, &mut rx4), back);
     e.shutdown();
 }
@@ -358,7 +338,7 @@ fn media_timeout_emits_event_and_frees_ports() {
     assert_eq!(e.stats().ports_in_use, 4);
     // Keep a second call alive with traffic while the first times out.
     let live = setup_srtp_call(&e, CallRef(10), true);
-    let mut tx1 = ctx(live.k1.0, &live.k1.1);
+    let mut tx1 = ctx_for(live.k1.0, &live.k1.1);
     let started = Instant::now();
     let mut events = Vec::new();
     let mut seq = 1u16;
@@ -518,10 +498,10 @@ fn reoffer_same_keys_keeps_state_and_new_keys_rekey() {
     let e = engine(42600, 42699, Duration::from_secs(60));
     let call = CallRef(5);
     let c = setup_srtp_call(&e, call, true);
-    let mut tx1 = ctx(c.k1.0, &c.k1.1);
-    let mut rx2 = ctx(c.k2.0, &c.k2.1);
-    let mut tx3 = ctx(c.k3.0, &c.k3.1);
-    let mut rx4 = ctx(c.k4.0, &c.k4.1);
+    let mut tx1 = ctx_for(c.k1.0, &c.k1.1);
+    let mut rx2 = ctx_for(c.k2.0, &c.k2.1);
+    let mut tx3 = ctx_for(c.k3.0, &c.k3.1);
+    let mut rx4 = ctx_for(c.k4.0, &c.k4.1);
     let pkt = rtp(1, 0xA, b"before");
     send_srtp(&c.caller, &mut tx1, &pkt, c.caller_side_port);
     assert_eq!(recv_srtp(&c.callee, &mut rx2), pkt);
@@ -545,7 +525,7 @@ fn reoffer_same_keys_keeps_state_and_new_keys_rekey() {
     let out = e.answer(call, LegSide::Callee, &answer_in).unwrap();
     let a = &sdp::parse(&out).unwrap().media[0];
     assert_eq!(a.crypto[0].key.as_ref().unwrap().key, c.k4.1.key);
-    let mut replay_ctx = ctx(c.k1.0, &c.k1.1);
+    let mut replay_ctx = ctx_for(c.k1.0, &c.k1.1);
     send_srtp(&c.caller, &mut replay_ctx, &pkt, c.caller_side_port);
     let s = wait_stats(&e, |s| s.packets_dropped_total >= 1);
     assert!(
@@ -567,8 +547,8 @@ fn reoffer_same_keys_keeps_state_and_new_keys_rekey() {
     )
     .unwrap();
     e.answer(call, LegSide::Callee, &answer_in).unwrap();
-    let mut tx1b = ctx(c.k1.0, &k1b);
-    let deadline = Instant::now() + WAIT;
+    let mut tx1b = ctx_for(c.k1.0, &k1b);
+    let deadline = Instant::now() + PACKET_WAIT;
     let mut seq = 2u16;
     let got = loop {
         // The worker applies the new key asynchronously: retry until it does.
@@ -577,7 +557,7 @@ fn reoffer_same_keys_keeps_state_and_new_keys_rekey() {
         c.callee
             .set_read_timeout(Some(Duration::from_millis(100)))
             .unwrap();
-        if let Some(mut g) = recv(&c.callee) {
+        if let Some(mut g) = recv_packet(&c.callee) {
             let n = rx2.unprotect_rtp(&mut g).unwrap();
             g.truncate(n);
             break (g, p);
@@ -586,7 +566,7 @@ fn reoffer_same_keys_keeps_state_and_new_keys_rekey() {
         seq += 1;
     };
     assert_eq!(got.0, got.1);
-    c.caller.set_read_timeout(Some(WAIT)).unwrap();
+    c.caller.set_read_timeout(Some(PACKET_WAIT)).unwrap();
     let back = rtp(1, 0xB, b"callee still fine");
     send_srtp(&c.callee, &mut tx3, &back, c.callee_side_port);
     assert_eq!(recv_srtp(&c.caller, &mut rx4), back);
@@ -649,10 +629,10 @@ fn tenant_bandwidth_limit_drops_only_that_tenants_excess() {
         "tenant-b",
         &policy(SrtpMode::Required, SrtpMode::Required),
     );
-    let mut a_tx = ctx(a.k1.0, &a.k1.1);
-    let mut a_rx = ctx(a.k2.0, &a.k2.1);
-    let mut b_tx = ctx(b.k1.0, &b.k1.1);
-    let mut b_rx = ctx(b.k2.0, &b.k2.1);
+    let mut a_tx = ctx_for(a.k1.0, &a.k1.1);
+    let mut a_rx = ctx_for(a.k2.0, &a.k2.1);
+    let mut b_tx = ctx_for(b.k1.0, &b.k1.1);
+    let mut b_rx = ctx_for(b.k2.0, &b.k2.1);
     let started = Instant::now();
     let n = 300u16;
     let mut b_got = 0;
@@ -683,7 +663,7 @@ fn tenant_bandwidth_limit_drops_only_that_tenants_excess() {
         .set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
     let mut a_got = 0u64;
-    while let Some(mut p) = recv(&a.callee) {
+    while let Some(mut p) = recv_packet(&a.callee) {
         assert!(a_rx.unprotect_rtp(&mut p).is_ok());
         a_got += 1;
     }
@@ -731,8 +711,8 @@ fn relay_burst(e: &MediaEngine, call: CallRef) {
     use std::os::fd::AsFd;
     let before = e.stats();
     let c = setup_srtp_call(e, call, true);
-    let mut tx1 = ctx(c.k1.0, &c.k1.1);
-    let mut rx2 = ctx(c.k2.0, &c.k2.1);
+    let mut tx1 = ctx_for(c.k1.0, &c.k1.1);
+    let mut rx2 = ctx_for(c.k2.0, &c.k2.1);
     const N: u16 = 4 * sbc_media::udp_batch::BATCH as u16 - 8;
     let sent: Vec<Vec<u8>> = (1..=N)
         .map(|seq| rtp(seq, 0xB0B0, format!("burst {seq}").as_bytes()))

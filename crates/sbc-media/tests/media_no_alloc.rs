@@ -11,13 +11,13 @@
 use std::net::UdpSocket;
 use std::time::Duration;
 
-use base64::Engine as _;
 use sbc_core::media::{CallRef, LegPolicy, LegSide, MediaControl, MediaPolicy, SrtpMode};
 use sbc_core::tap::{TapControl, TapLegs, TapSpec, TapSuite, TapTransport};
 use sbc_core::tenant::TenantId;
 use sbc_media::engine::{MediaEngine, MediaSettings};
 use sbc_media::sdp;
 use sbc_media::srtp::{MasterKey, SrtpConfig, SrtpContext, SrtpProfile};
+use sbc_testkit::media::{master_bytes, Sdp};
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 
 #[global_allocator]
@@ -25,27 +25,14 @@ static GLOBAL: &StatsAlloc<std::alloc::System> = &INSTRUMENTED_SYSTEM;
 
 const PACKETS: u16 = 300;
 
+/// A peer's SDP at `sock`'s port with rtcp-mux: SRTP with `key`, or plain RTP without.
 fn sdp_for(sock: &UdpSocket, key: Option<&MasterKey>) -> Vec<u8> {
-    let port = sock.local_addr().unwrap().port();
-    let (proto, crypto) = match key {
-        Some(k) => {
-            let mut v = k.key.clone();
-            v.extend_from_slice(&k.salt);
-            (
-                "RTP/SAVP",
-                format!(
-                    "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{}\r\n",
-                    base64::engine::general_purpose::STANDARD.encode(v)
-                ),
-            )
-        }
-        None => ("RTP/AVP", String::new()),
-    };
-    format!(
-        "v=0\r\no=p 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
-m=audio {port} {proto} 0\r\na=rtcp-mux\r\n{crypto}"
-    )
-    .into_bytes()
+    let sdp = Sdp::audio(sock.local_addr().unwrap().port()).rtcp_mux();
+    match key {
+        Some(k) => sdp.crypto(1, "AES_CM_128_HMAC_SHA1_80", &master_bytes(k)),
+        None => sdp.plain(),
+    }
+    .bytes()
 }
 
 /// Runs one call through the engine and returns allocations counted while relaying; with

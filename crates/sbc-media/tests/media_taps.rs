@@ -4,13 +4,10 @@
 //! Each test uses its own port range so they can run in parallel.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use common::*;
 use sbc_core::media::{
     CallRef, LegPolicy, LegSide, MediaControl, MediaEvent, MediaPolicy, SrtpMode,
 };
@@ -19,27 +16,18 @@ use sbc_core::tenant::TenantId;
 use sbc_media::engine::MediaEngine;
 use sbc_media::sdp;
 use sbc_media::srtp::{MasterKey, SrtpContext, SrtpProfile};
+use sbc_testkit::media::*;
 
 const P128: SrtpProfile = SrtpProfile::AesCm128HmacSha1_80;
 const CALLER_SSRC: u32 = 0x1111_1111;
 const CALLEE_SSRC: u32 = 0x2222_2222;
 
+/// A peer's SDP: PCMU at `sock`'s port, rtcp-mux, one AES-128 key.
 fn peer_sdp(sock: &UdpSocket, key: &MasterKey) -> Vec<u8> {
-    let port = sock.local_addr().unwrap().port();
-    format!(
-        "v=0\r\no=peer 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
-m=audio {port} RTP/SAVP 0\r\na=rtpmap:0 PCMU/8000\r\na=rtcp-mux\r\n\
-a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{}\r\n",
-        b64(key)
-    )
-    .into_bytes()
-}
-
-fn recv(sock: &UdpSocket) -> Option<Vec<u8>> {
-    let mut buf = [0u8; 2048];
-    sock.recv_from(&mut buf)
-        .ok()
-        .map(|(n, _)| buf[..n].to_vec())
+    Sdp::audio(sock.local_addr().unwrap().port())
+        .rtcp_mux()
+        .crypto(1, "AES_CM_128_HMAC_SHA1_80", &master_bytes(key))
+        .bytes()
 }
 
 /// A call with SRTP (AES-128) on both legs, answered, with both peers' contexts.
@@ -95,36 +83,23 @@ impl Call {
             callee,
             caller_side,
             callee_side,
-            k1: ctx(P128, &k1),
-            k2: ctx(P128, &k2),
-            k3: ctx(P128, &k3),
-            k4: ctx(P128, &k4),
+            k1: ctx_for(P128, &k1),
+            k2: ctx_for(P128, &k2),
+            k3: ctx_for(P128, &k3),
+            k4: ctx_for(P128, &k4),
         }
     }
 
     /// The caller sends `pkt`; returns what the callee got, decrypted.
     fn caller_to_callee(&mut self, pkt: &[u8]) -> Vec<u8> {
-        send(&self.caller, &mut self.k1, pkt, self.caller_side);
-        let mut got = recv(&self.callee).expect("relayed to the callee");
-        let n = self.k2.unprotect_rtp(&mut got).unwrap();
-        got.truncate(n);
-        got
+        send_srtp(&self.caller, &mut self.k1, pkt, self.caller_side.port());
+        recv_srtp(&self.callee, &mut self.k2)
     }
 
     fn callee_to_caller(&mut self, pkt: &[u8]) -> Vec<u8> {
-        send(&self.callee, &mut self.k3, pkt, self.callee_side);
-        let mut got = recv(&self.caller).expect("relayed to the caller");
-        let n = self.k4.unprotect_rtp(&mut got).unwrap();
-        got.truncate(n);
-        got
+        send_srtp(&self.callee, &mut self.k3, pkt, self.callee_side.port());
+        recv_srtp(&self.caller, &mut self.k4)
     }
-}
-
-fn send(sock: &UdpSocket, c: &mut SrtpContext, pkt: &[u8], to: SocketAddr) {
-    let mut buf = vec![0u8; pkt.len() + 64];
-    buf[..pkt.len()].copy_from_slice(pkt);
-    let n = c.protect_rtp(&mut buf, pkt.len()).unwrap();
-    sock.send_to(&buf[..n], to).unwrap();
 }
 
 fn spec(legs: TapLegs, transport: TapTransport, to: &UdpSocket) -> TapSpec {
@@ -137,7 +112,7 @@ fn spec(legs: TapLegs, transport: TapTransport, to: &UdpSocket) -> TapSpec {
 
 /// The tap's status once its counters account for `expected` copies (or at the deadline).
 fn wait_counted(e: &MediaEngine, call: CallRef, expected: u64) -> Vec<TapStatus> {
-    let deadline = Instant::now() + WAIT;
+    let deadline = Instant::now() + PACKET_WAIT;
     loop {
         let l = e.list_taps(call);
         let done = l
@@ -173,7 +148,7 @@ fn srtp_tap_copies_both_legs_under_its_own_key() {
         .unwrap();
     assert_eq!(material.len(), 32 + 14, "AES-256 key || salt");
     let p256 = SrtpProfile::Aes256CmHmacSha1_80;
-    let mut rec = ctx(
+    let mut rec = ctx_for(
         p256,
         &MasterKey::from_concatenated(p256, &material).unwrap(),
     );
@@ -190,7 +165,7 @@ fn srtp_tap_copies_both_legs_under_its_own_key() {
     }
     let mut got = Vec::new();
     for _ in 0..2 * N {
-        let mut p = recv(&recorder).expect("a tap copy");
+        let mut p = recv_packet(&recorder).expect("a tap copy");
         assert_ne!(&p[12..], &sent[0][12..], "copies are encrypted");
         let n = rec
             .unprotect_rtp(&mut p)
@@ -227,7 +202,7 @@ fn srtp_tap_copies_both_legs_under_its_own_key() {
     recorder
         .set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
-    assert!(recv(&recorder).is_none(), "no copy after stop");
+    assert!(recv_packet(&recorder).is_none(), "no copy after stop");
     e.delete(call);
     e.shutdown();
 }
@@ -247,7 +222,7 @@ fn rtp_tap_of_one_leg_is_the_clear_packet() {
         assert_eq!(c.caller_to_callee(&a), a);
         let b = rtp(seq, CALLEE_SSRC, b"not tapped");
         assert_eq!(c.callee_to_caller(&b), b);
-        assert_eq!(recv(&recorder).expect("a copy"), a, "byte for byte");
+        assert_eq!(recv_packet(&recorder).expect("a copy"), a, "byte for byte");
     }
     let st = wait_counted(&e, call, 10);
     assert_eq!((st[0].packets_sent, st[0].packets_dropped), (10, 0));
@@ -373,7 +348,7 @@ fn taps_end_when_the_call_times_out() {
         .unwrap();
     let a = rtp(1, CALLER_SSRC, b"x");
     assert_eq!(c.caller_to_callee(&a), a);
-    assert_eq!(recv(&recorder).expect("a copy"), a);
+    assert_eq!(recv_packet(&recorder).expect("a copy"), a);
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut timed_out = false;
     while !timed_out && Instant::now() < deadline {

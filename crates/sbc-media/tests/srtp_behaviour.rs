@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 use sbc_media::srtp::{MasterKey, Mki, SrtpConfig, SrtpContext, SrtpError, SrtpProfile};
+use sbc_testkit::media::Rtp;
 
 fn master(profile: SrtpProfile, seed: u8) -> MasterKey {
     let key: Vec<u8> = (0..profile.master_key_len())
@@ -23,25 +24,20 @@ fn pair(profile: SrtpProfile, config: SrtpConfig) -> (SrtpContext, SrtpContext) 
     )
 }
 
-/// RTP packet with `csrcs` CSRCs, an optional one-word header extension and a
-/// deterministic payload; returned with 64 bytes of tailroom.
-fn rtp(seq: u16, ssrc: u32, payload: usize, csrcs: u8, ext: bool) -> (Vec<u8>, usize) {
-    let mut p = vec![0x80 | csrcs, 0x60, 0, 0, 0, 0, 0x12, 0x34];
-    p[2..4].copy_from_slice(&seq.to_be_bytes());
-    if ext {
-        p[0] |= 0x10;
-    }
-    p.extend_from_slice(&ssrc.to_be_bytes());
-    for c in 0..csrcs {
-        p.extend_from_slice(&[c, c, c, c]);
-    }
-    if ext {
-        p.extend_from_slice(&[0xbe, 0xde, 0, 1, 0x10, 0xaa, 0, 0]);
-    }
-    p.extend((0..payload).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seq as u8)));
-    let len = p.len();
-    p.resize(len + 64, 0);
-    (p, len)
+/// RTP packet (payload type 96, timestamp 0x1234) with `csrcs` CSRCs, an optional
+/// one-word header extension and a deterministic payload; returned with 64 bytes of
+/// tailroom.
+fn packet(seq: u16, ssrc: u32, payload: usize, csrcs: u8, ext: bool) -> (Vec<u8>, usize) {
+    let payload: Vec<u8> = (0..payload)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seq as u8))
+        .collect();
+    Rtp::new(seq, ssrc)
+        .payload_type(0x60)
+        .timestamp(0x1234)
+        .csrcs(csrcs)
+        .extension(ext)
+        .payload(&payload)
+        .build_with_tailroom(64)
 }
 
 fn rtcp(ssrc: u32, body: usize) -> (Vec<u8>, usize) {
@@ -54,7 +50,7 @@ fn rtcp(ssrc: u32, body: usize) -> (Vec<u8>, usize) {
 }
 
 fn protect(tx: &mut SrtpContext, seq: u16, ssrc: u32) -> Vec<u8> {
-    let (mut b, len) = rtp(seq, ssrc, 160, 0, false);
+    let (mut b, len) = packet(seq, ssrc, 160, 0, false);
     let n = tx.protect_rtp(&mut b, len).unwrap();
     b.truncate(n);
     b
@@ -68,7 +64,7 @@ fn round_trip_every_profile_with_csrc_and_extension() {
             .into_iter()
             .enumerate()
         {
-            let (plain, len) = rtp(100 + i as u16, 0xcafe, 33 + i, csrcs, ext);
+            let (plain, len) = packet(100 + i as u16, 0xcafe, 33 + i, csrcs, ext);
             let mut buf = plain.clone();
             let n = tx.protect_rtp(&mut buf, len).unwrap();
             assert_eq!(n, len + profile.rtp_tag_len(), "{profile}");
@@ -261,7 +257,7 @@ fn every_truncation_is_rejected() {
 fn tailroom_is_checked() {
     for profile in SrtpProfile::ALL {
         let (mut tx, _) = pair(profile, SrtpConfig::default());
-        let (b, len) = rtp(1, 2, 20, 0, false);
+        let (b, len) = packet(1, 2, 20, 0, false);
         let mut short = b[..len + profile.rtp_tag_len() - 1].to_vec();
         assert_eq!(
             tx.protect_rtp(&mut short, len),
@@ -295,7 +291,7 @@ fn mki_is_sent_and_checked() {
         let cfg = SrtpConfig::default().with_mki(Mki::new(&[0xde, 0xad, 0, 1]).unwrap());
         let (mut tx, mut rx) = pair(profile, cfg.clone());
         assert_eq!(tx.rtp_overhead(), profile.rtp_tag_len() + 4);
-        let (plain, len) = rtp(10, 3, 50, 0, false);
+        let (plain, len) = packet(10, 3, 50, 0, false);
         let mut b = plain.clone();
         let n = tx.protect_rtp(&mut b, len).unwrap();
         assert_eq!(n, len + 4 + profile.rtp_tag_len());
@@ -350,7 +346,7 @@ fn ssrc_count_is_bounded_and_state_needs_authentication() {
             rx.unprotect_rtp(&mut p).unwrap();
         }
         assert_eq!(rx.rx_ssrc_count(), 2);
-        let (mut b, len) = rtp(1, 3, 10, 0, false);
+        let (mut b, len) = packet(1, 3, 10, 0, false);
         assert_eq!(tx.protect_rtp(&mut b, len), Err(SrtpError::TooManySsrcs));
         let mut tx_big = pair(profile, SrtpConfig::default()).0;
         let mut p = protect(&mut tx_big, 1, 3);
@@ -398,7 +394,7 @@ fn config_and_key_validation() {
 fn non_v2_and_garbage_headers_are_rejected() {
     for profile in SrtpProfile::ALL {
         let (mut tx, mut rx) = pair(profile, SrtpConfig::default());
-        let (mut b, len) = rtp(1, 1, 10, 0, false);
+        let (mut b, len) = packet(1, 1, 10, 0, false);
         b[0] = 0x40;
         assert!(matches!(
             tx.protect_rtp(&mut b, len),

@@ -5,6 +5,7 @@
 
 use rand::{Rng, SeedableRng};
 use sbc_media::srtp::{MasterKey, SrtpConfig, SrtpContext, SrtpProfile};
+use sbc_testkit::media::random_rtcp;
 use webrtc_srtp::context::Context;
 use webrtc_srtp::protection_profile::ProtectionProfile;
 
@@ -31,15 +32,6 @@ fn random_rtp(rng: &mut impl Rng, seq: u16, ssrc: u32) -> Vec<u8> {
     }
     let n = rng.gen_range(1..1200);
     p.extend((0..n).map(|_| rng.gen::<u8>()));
-    p
-}
-
-fn random_rtcp(rng: &mut impl Rng, ssrc: u32) -> Vec<u8> {
-    let words = rng.gen_range(1..40u16);
-    let mut p = vec![0x80, 200];
-    p.extend_from_slice(&words.to_be_bytes());
-    p.extend_from_slice(&ssrc.to_be_bytes());
-    p.extend((0..usize::from(words) * 4).map(|_| rng.gen::<u8>()));
     p
 }
 

@@ -1,98 +1,32 @@
 //! An SRTP call through the real gateway, its media relay and its admin plane, for the
-//! recording tap tests (`tap_e2e.rs`, `tap_ws.rs`, `auto_tap.rs`): the caller and callee
-//! each hold an SRTP context per direction and check that what one sends the other gets.
+//! recording tap tests (`tests/tap_e2e.rs`, `tests/tap_ws.rs`, `tests/auto_tap.rs`): the
+//! caller and callee each hold an SRTP context per direction and check that what one sends
+//! the other gets.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine as _;
-use metrics_exporter_prometheus::PrometheusHandle;
 use sbc_admin::{AdminConfig, AdminHandle, AdminState, AuditLog};
 use sbc_core::registry::{CallRegistry, DrainState};
 use sbc_media::engine::{MediaEngine, MediaSettings};
-use sbc_media::srtp::{MasterKey, SrtpConfig, SrtpContext, SrtpProfile};
+use sbc_media::srtp::SrtpContext;
 use sbc_sip::message::{Method, SipMessage};
 use sbc_sip::server::{Hooks, ServerHandle};
 
-use super::*;
+use crate::admin::prometheus;
+use crate::http::http;
+use crate::media::{self, ctx, parse_sdp, recv_srtp, rtp, send_srtp, with_sdp, Sdp};
+use crate::sip::{answer, in_dialog, invite, Callee, Peer, World};
 
 pub const SUITE: &str = "AES_CM_128_HMAC_SHA1_80";
 pub const CALLER_SSRC: u32 = 0x0a0a_0a0a;
 pub const CALLEE_SSRC: u32 = 0x0b0b_0b0b;
 
-/// The process-wide Prometheus handle (installed once per test binary).
-pub fn prometheus() -> PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| sbc_admin::install_prometheus().unwrap())
-        .clone()
-}
-
-pub fn b64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
-
-pub fn b64_decode(s: &str) -> Vec<u8> {
-    base64::engine::general_purpose::STANDARD.decode(s).unwrap()
-}
-
-/// An SDP offer or answer: one PCMU audio stream, SRTP with one key.
-pub fn sdp(port: u16, tag: u32, key: &[u8]) -> String {
-    format!(
-        "v=0\r\no=peer 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
-m=audio {port} RTP/SAVP 0\r\na=rtpmap:0 PCMU/8000\r\na=crypto:{tag} {SUITE} inline:{}\r\n",
-        b64(key)
-    )
-}
-
-/// (m=audio port, first crypto line's tag and key).
-pub fn parse_sdp(body: &[u8]) -> (u16, u32, Vec<u8>) {
-    let text = std::str::from_utf8(body).unwrap();
-    let port = text
-        .lines()
-        .find_map(|l| l.strip_prefix("m=audio "))
-        .and_then(|m| m.split_whitespace().next())
-        .unwrap()
-        .parse()
-        .unwrap();
-    let crypto = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("a=crypto:"))
-        .find(|c| c.contains(SUITE))
-        .expect("our suite offered");
-    let mut parts = crypto.split_whitespace();
-    let tag = parts.next().unwrap().parse().unwrap();
-    let inline = parts.nth(1).unwrap().strip_prefix("inline:").unwrap();
-    let key = b64_decode(inline.split('|').next().unwrap());
-    (port, tag, key)
-}
-
-pub fn with_sdp(mut m: SipMessage, body: &str) -> SipMessage {
-    m.set_header("Content-Type", "application/sdp");
-    m.set_body(body.as_bytes().to_vec());
-    m
-}
-
-pub fn ctx(key: &[u8]) -> SrtpContext {
-    let p: SrtpProfile = SUITE.parse().unwrap();
-    SrtpContext::new(
-        p,
-        &MasterKey::from_concatenated(p, key).unwrap(),
-        SrtpConfig::default(),
-    )
-    .unwrap()
-}
-
-/// A clear RTP packet: timestamp `seq * 160`.
-pub fn rtp(seq: u16, ssrc: u32, payload: &[u8]) -> Vec<u8> {
-    let mut p = vec![0x80, 0];
-    p.extend_from_slice(&seq.to_be_bytes());
-    p.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
-    p.extend_from_slice(&ssrc.to_be_bytes());
-    p.extend_from_slice(payload);
-    p
+/// An SDP offer or answer: one PCMU audio stream, SRTP with one key of [`SUITE`].
+fn sdp(port: u16, tag: u32, key: &[u8]) -> String {
+    Sdp::audio(port).crypto(tag, SUITE, key).build()
 }
 
 /// What the caller (0) or the callee (1) sends as packet `seq`.
@@ -103,22 +37,6 @@ pub fn payload(leg: u8, seq: u16) -> Vec<u8> {
         0xa0 ^ seq as u8
     };
     vec![fill; 160]
-}
-
-pub fn send(sock: &UdpSocket, c: &mut SrtpContext, pkt: &[u8], port: u16) {
-    let mut buf = vec![0u8; pkt.len() + 64];
-    buf[..pkt.len()].copy_from_slice(pkt);
-    let n = c.protect_rtp(&mut buf, pkt.len()).unwrap();
-    sock.send_to(&buf[..n], ("127.0.0.1", port)).unwrap();
-}
-
-pub fn recv(sock: &UdpSocket, c: &mut SrtpContext) -> Vec<u8> {
-    let mut buf = [0u8; 2048];
-    let (n, _) = sock.recv_from(&mut buf).expect("a packet");
-    let mut p = buf[..n].to_vec();
-    let len = c.unprotect_rtp(&mut p).expect("authenticates");
-    p.truncate(len);
-    p
 }
 
 /// A string field of a flat JSON object (enough for these answers).
@@ -248,11 +166,8 @@ pub struct TapCall {
 impl TapCall {
     /// INVITE with an SRTP offer, 200 with an SRTP answer.
     pub async fn place(rig: &Rig, sip_call_id: &str) -> TapCall {
-        let caller_rtp = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let callee_rtp = UdpSocket::bind("127.0.0.1:0").unwrap();
-        for s in [&caller_rtp, &callee_rtp] {
-            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        }
+        let caller_rtp = media::peer();
+        let callee_rtp = media::peer();
         let k1: Vec<u8> = (0..30).collect();
         let k3: Vec<u8> = (100..130).collect();
         let mut caller = Peer::connect(rig.gw.sip_addrs[0], &rig.world.gw_ca.pem, None).await;
@@ -267,13 +182,17 @@ impl TapCall {
         let inv = callee
             .recv_where(|m| m.method() == Some(&Method::Invite))
             .await;
-        let (gw_callee_port, tag, k2) = parse_sdp(inv.body());
+        let offered = parse_sdp(inv.body());
+        let gw_callee_port = offered.port;
+        let (tag, k2) = offered.crypto_for(SUITE);
         let answer_sdp = sdp(callee_rtp.local_addr().unwrap().port(), tag, &k3);
         callee
             .send(&with_sdp(answer(&inv, 200, "btag"), &answer_sdp))
             .await;
         let ok = caller.recv_where(|m| m.status() == Some(200)).await;
-        let (gw_caller_port, _, k4) = parse_sdp(ok.body());
+        let answered = parse_sdp(ok.body());
+        let gw_caller_port = answered.port;
+        let (_, k4) = answered.crypto_for(SUITE);
         TapCall {
             caller,
             callee,
@@ -281,10 +200,10 @@ impl TapCall {
             sip_call_id: sip_call_id.to_string(),
             caller_rtp,
             callee_rtp,
-            tx_a: ctx(&k1),
-            rx_a: ctx(&k4),
-            tx_b: ctx(&k3),
-            rx_b: ctx(&k2),
+            tx_a: ctx(SUITE, &k1),
+            rx_a: ctx(SUITE, &k4),
+            tx_b: ctx(SUITE, &k3),
+            rx_b: ctx(SUITE, &k2),
             gw_caller_port,
             gw_callee_port,
         }
@@ -293,9 +212,9 @@ impl TapCall {
     /// The caller sends packet `seq`; the callee gets it. Returns the clear packet.
     pub fn caller_sends(&mut self, seq: u16) -> Vec<u8> {
         let p = rtp(seq, CALLER_SSRC, &payload(0, seq));
-        send(&self.caller_rtp, &mut self.tx_a, &p, self.gw_caller_port);
+        send_srtp(&self.caller_rtp, &mut self.tx_a, &p, self.gw_caller_port);
         assert_eq!(
-            recv(&self.callee_rtp, &mut self.rx_b),
+            recv_srtp(&self.callee_rtp, &mut self.rx_b),
             p,
             "relayed to the callee"
         );
@@ -305,9 +224,9 @@ impl TapCall {
     /// The callee sends packet `seq`; the caller gets it. Returns the clear packet.
     pub fn callee_sends(&mut self, seq: u16) -> Vec<u8> {
         let p = rtp(seq, CALLEE_SSRC, &payload(1, seq));
-        send(&self.callee_rtp, &mut self.tx_b, &p, self.gw_callee_port);
+        send_srtp(&self.callee_rtp, &mut self.tx_b, &p, self.gw_callee_port);
         assert_eq!(
-            recv(&self.caller_rtp, &mut self.rx_a),
+            recv_srtp(&self.caller_rtp, &mut self.rx_a),
             p,
             "relayed to the caller"
         );

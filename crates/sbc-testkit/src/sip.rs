@@ -1,76 +1,26 @@
-//! Shared harness for end-to-end tests: a throwaway PKI, SIP-over-TLS peers (caller and
-//! callee) written with tokio-rustls, and the gateway started in-process on loopback.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+//! SIP over TLS in a test: the gateway started in-process on loopback ([`World`],
+//! [`start_gateway`]), peers on either side ([`Peer`], [`Callee`]), the requests and
+//! answers a platform and a callee send ([`invite`], [`in_dialog`], [`answer`],
+//! [`options_text`]), leak checks ([`all_text`], [`assert_no_leak`]) and the start banner
+//! of a spawned `sbc-edge` ([`printed_addresses`]).
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::ServerName;
 use sbc_core::config::Config;
 use sbc_sip::framing::{Frame, Framer};
 use sbc_sip::message::SipMessage;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-pub mod tap_call;
+use crate::files::{temp_dir, write};
+use crate::pki::{client_config, server_config, Ca, Leaf};
 
 /// How long a test waits for a message it expects.
 pub const WAIT: Duration = Duration::from_secs(5);
-
-pub struct Ca {
-    cert: rcgen::Certificate,
-    key: KeyPair,
-    pub pem: String,
-}
-
-pub struct Leaf {
-    pub cert_pem: String,
-    pub key_pem: String,
-}
-
-impl Ca {
-    pub fn new(name: &str) -> Ca {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        let key = KeyPair::generate().unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        let pem = cert.pem();
-        Ca { cert, key, pem }
-    }
-
-    pub fn issue(&self, sans: &[&str]) -> Leaf {
-        let params =
-            CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
-        Leaf {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        }
-    }
-}
-
-/// A fresh directory under the system temp dir.
-pub fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "sbc-edge-test-{tag}-{}-{:x}",
-        std::process::id(),
-        rand::random::<u64>()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-pub fn write(dir: &Path, name: &str, text: &str) -> String {
-    let p = dir.join(name);
-    std::fs::write(&p, text).unwrap();
-    p.display().to_string()
-}
 
 /// Everything a test needs: PKI, files, and a config text to tweak.
 pub struct World {
@@ -172,26 +122,12 @@ impl Peer {
         client: Option<&Leaf>,
         sni: &str,
     ) -> std::io::Result<Peer> {
-        let mut roots = rustls::RootCertStore::empty();
-        for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-            roots.add(c.unwrap()).unwrap();
-        }
-        let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
-        let cfg = match client {
-            Some(leaf) => {
-                let chain: Vec<_> = CertificateDer::pem_slice_iter(leaf.cert_pem.as_bytes())
-                    .map(|c| c.unwrap())
-                    .collect();
-                let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
-                builder.with_client_auth_cert(chain, key).unwrap()
-            }
-            None => builder.with_no_client_auth(),
-        };
+        let cfg = client_config(ca_pem, client);
         let tcp = TcpStream::connect(addr).await?;
         // A test peer writes several messages back to back (ACK then INVITE): no Nagle.
         tcp.set_nodelay(true)?;
         let name = ServerName::try_from(sni.to_string()).unwrap();
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        let tls = tokio_rustls::TlsConnector::from(cfg)
             .connect(name, tcp)
             .await?;
         Ok(Peer::new(Box::new(tls)))
@@ -304,19 +240,12 @@ pub struct Callee {
 
 impl Callee {
     pub async fn new(leaf: &Leaf) -> Callee {
-        let chain: Vec<_> = CertificateDer::pem_slice_iter(leaf.cert_pem.as_bytes())
-            .map(|c| c.unwrap())
-            .collect();
-        let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
-        let cfg = rustls::ServerConfig::builder()
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .unwrap();
+        let cfg = server_config(leaf);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         Callee {
             listener,
-            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(cfg)),
+            acceptor: tokio_rustls::TlsAcceptor::from(cfg),
             addr,
         }
     }
@@ -455,37 +384,6 @@ Call-ID: ping-{branch}@platform
 CSeq: 1 OPTIONS
 "
     )
-}
-
-/// One HTTP/1.1 request to the admin plane, with an optional bearer token; (status, body).
-pub async fn http(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    body: &str,
-) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut buf = Vec::new();
-    tokio::time::timeout(WAIT, s.read_to_end(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text[9..12].parse().unwrap();
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
 }
 
 /// Where a started `sbc-edge` process said it listens, read from the banner it prints on

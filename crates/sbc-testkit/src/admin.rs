@@ -1,8 +1,7 @@
-//! Shared test fixture: a real admin listener on loopback, a minimal HTTP/1.1 client.
-#![allow(dead_code)]
+//! The admin plane in a test: a real admin listener on loopback over a registry with one
+//! call for each of tenants `a` and `b` ([`start`], [`Fixture`]), the bearer tokens it
+//! accepts, the process-wide Prometheus handle and the audit file's lines.
 
-use std::collections::HashMap;
-use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -17,8 +16,8 @@ use sbc_core::registry::{
 };
 use sbc_core::tenant::TenantId;
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
+
+use crate::files::temp_dir;
 
 pub const OPS: &str = "ops-7f3c9a2e5b1d4f60";
 pub const VIEW_A: &str = "view-a-0b8e4c1f9d2a";
@@ -32,19 +31,13 @@ pub const SIP_CALL_ID_A_OUT: &str = "out-5f0e1d2c3b4a@sbc.internal";
 /// 2023-11-14T22:13:20Z
 pub const START_A: u64 = 1_700_000_000;
 
-/// The process-wide Prometheus handle (installed once per test binary).
+/// The process-wide Prometheus handle (installed once per test binary: the recorder is
+/// global).
 pub fn prometheus() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| sbc_admin::install_prometheus().expect("first install in this process"))
         .clone()
-}
-
-pub fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sbc-admin-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
 }
 
 pub fn token(id: &str, secret: &str, role: Role) -> TokenEntry {
@@ -162,124 +155,6 @@ pub fn config(redact_numbers: bool) -> AdminConfig {
         tokens: tokens(),
         redact_numbers,
         ..AdminConfig::default()
-    }
-}
-
-#[derive(Debug)]
-pub struct Resp {
-    pub status: u16,
-    pub headers: HashMap<String, String>,
-    pub body: Vec<u8>,
-}
-
-impl Resp {
-    pub fn text(&self) -> String {
-        String::from_utf8(self.body.clone()).expect("utf-8 body")
-    }
-
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
-    }
-
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).map(String::as_str)
-    }
-}
-
-pub fn bearer(token: &str) -> Option<String> {
-    Some(format!("Bearer {token}"))
-}
-
-/// One HTTP/1.1 request on a fresh connection (`Connection: close`), read to the end.
-pub async fn send<S: AsyncRead + AsyncWrite + Unpin>(
-    mut stream: S,
-    method: &str,
-    path: &str,
-    authorization: Option<String>,
-) -> io::Result<Resp> {
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: admin.test\r\nConnection: close\r\n");
-    if let Some(a) = authorization {
-        req.push_str(&format!("Authorization: {a}\r\n"));
-    }
-    if method == "POST" {
-        req.push_str("Content-Length: 0\r\n");
-    }
-    req.push_str("\r\n");
-    stream.write_all(req.as_bytes()).await?;
-    stream.flush().await?;
-    let mut buf = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut buf))
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "response timed out"))?;
-    match read {
-        Ok(_) => {}
-        // A peer that closes without TLS close_notify: keep what arrived.
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && !buf.is_empty() => {}
-        Err(e) => return Err(e),
-    }
-    parse(&buf)
-}
-
-pub async fn request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    authorization: Option<String>,
-) -> Resp {
-    let stream = TcpStream::connect(addr).await.expect("connect");
-    send(stream, method, path, authorization)
-        .await
-        .expect("HTTP exchange")
-}
-
-fn parse(buf: &[u8]) -> io::Result<Resp> {
-    let bad = |m: &str| io::Error::new(io::ErrorKind::InvalidData, m.to_string());
-    let end = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| bad("no end of headers"))?;
-    let head = std::str::from_utf8(&buf[..end]).map_err(|_| bad("head not UTF-8"))?;
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().ok_or_else(|| bad("no status line"))?;
-    let status: u16 = status_line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| bad("bad status line"))?;
-    let mut headers = HashMap::new();
-    for l in lines {
-        let (k, v) = l.split_once(':').ok_or_else(|| bad("bad header"))?;
-        headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
-    }
-    let mut body = buf[end + 4..].to_vec();
-    if headers.get("transfer-encoding").map(String::as_str) == Some("chunked") {
-        body = dechunk(&body).ok_or_else(|| bad("bad chunked body"))?;
-    } else if let Some(len) = headers.get("content-length") {
-        let len: usize = len.parse().map_err(|_| bad("bad content-length"))?;
-        if body.len() < len {
-            return Err(bad("short body"));
-        }
-        body.truncate(len);
-    }
-    Ok(Resp {
-        status,
-        headers,
-        body,
-    })
-}
-
-fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let nl = b.windows(2).position(|w| w == b"\r\n")?;
-        let size = usize::from_str_radix(std::str::from_utf8(&b[..nl]).ok()?.trim(), 16).ok()?;
-        b = &b[nl + 2..];
-        if size == 0 {
-            return Some(out);
-        }
-        out.extend_from_slice(b.get(..size)?);
-        b = b.get(size + 2..)?;
     }
 }
 
