@@ -3,32 +3,11 @@
 //! certificate close to expiry is warned about with a stable `event` field.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sbc_sip::message::Method;
+use sbc_testkit::logs::Capture;
 use sbc_testkit::*;
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
-    type Writer = Capture;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
 
 /// (year, month, day) of a day count since 1970-01-01 (proleptic Gregorian).
 fn civil(days: i64) -> (i32, u8, u8) {
@@ -92,7 +71,7 @@ async fn numbers_redacted_no_keys_and_certificate_expiry_warned() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     gw.shutdown().await;
 
-    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    let logs = capture.text();
     assert!(
         logs.contains("event=\"certificate_expiring\"")
             || logs.contains("event=certificate_expiring"),

@@ -5,15 +5,13 @@
 //! source and interval. The metrics recorder is process-global: tests here take turns.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::collections::HashMap;
-use std::io::Write;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::*;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use sbc_testkit::logs::Capture;
+use sbc_testkit::*;
 
 /// One test at a time: they read the same process-global counters.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -178,26 +176,6 @@ async fn one_source_holds_at_most_its_cap_of_incomplete_messages_and_gets_it_bac
     gw.shutdown().await;
 }
 
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
-    type Writer = Capture;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
-
 /// The lines of `logs` with `event="name"`, and the sum of what they report: 1 for a line
 /// logged at once, `count` for a summary line.
 fn lines_of<'a>(logs: &'a str, event: &str) -> (Vec<&'a str>, u64) {
@@ -219,11 +197,7 @@ async fn connection_and_malformed_request_logs_are_aggregated_per_source() {
     let _turn = SERIAL.lock().await;
     // This test's runtime is single-threaded: every gateway task logs on this thread.
     let capture = Capture::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(capture.clone())
-        .with_ansi(false)
-        .with_max_level(tracing::Level::INFO)
-        .finish();
+    let subscriber = capture.subscriber(tracing::Level::INFO);
     let _logs = tracing::subscriber::set_default(subscriber);
 
     let (world, gw) = gateway("logagg", "").await;
@@ -239,7 +213,7 @@ async fn connection_and_malformed_request_logs_are_aggregated_per_source() {
     // Shutting down writes the summaries of the interval still open.
     gw.shutdown().await;
 
-    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    let logs = capture.text();
     for event in ["peer_recognised", "malformed_request"] {
         let (lines, reported) = lines_of(&logs, event);
         assert!(

@@ -20,6 +20,7 @@ use sbc_sip::b2bua::{B2bua, B2buaConfig, ConnId, ConnKind, Input, Output, WallCl
 use sbc_sip::message::{tag, Method, SipMessage};
 use sbc_sip::routing::{RouteEntry, RouteTable, TargetId};
 use sbc_sip::transaction::TimerConfig;
+use sbc_testkit::logs::Capture;
 
 const T1: Duration = Duration::from_millis(500);
 const MAX_RINGING: Duration = Duration::from_secs(60);
@@ -841,35 +842,11 @@ fn fifty_branchless_invites_do_not_lock_the_tenant_out() {
     let _ = tag("x");
 }
 
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
-    type Writer = Capture;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
-
 #[test]
 fn never_acked_invites_log_one_line_and_one_summary_not_one_each() {
     // Finding 11: each never-ACKed INVITE used to write a WARN and three INFO lines.
     let capture = Capture::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(capture.clone())
-        .with_ansi(false)
-        .with_max_level(tracing::Level::WARN)
-        .finish();
+    let subscriber = capture.subscriber(tracing::Level::WARN);
     let _logs = tracing::subscriber::set_default(subscriber);
     let mut h = Harness::new();
     for i in 0..50 {
@@ -880,7 +857,7 @@ fn never_acked_invites_log_one_line_and_one_summary_not_one_each() {
     }
     h.advance(T1 * 64 + Duration::from_secs(11));
     h.assert_nothing_held();
-    let text = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    let text = capture.text();
     let lines: Vec<&str> = text
         .lines()
         .filter(|l| l.contains("no_ack_for_2xx"))
