@@ -869,3 +869,187 @@ fn never_acked_invites_log_one_line_and_one_summary_not_one_each() {
         lines[1]
     );
 }
+
+/// A request from the caller built from text (`{CID}` is replaced by `call_id`).
+fn caller_request(text: &str) -> SipMessage {
+    SipMessage::parse(text.replace('\n', "\r\n").as_bytes()).unwrap()
+}
+
+fn options(uri: &str, method: &str) -> SipMessage {
+    caller_request(&format!(
+        "{method} {uri} SIP/2.0\nVia: SIP/2.0/TLS 10.88.0.5:5061;branch=z9hG4bK-o{method}\nMax-Forwards: 70\nFrom: <sips:alice@platform.example>;tag=o1\nTo: <sips:sbc@sbc.example.net>\nCall-ID: opt-{method}\nCSeq: 1 {method}\n\n"
+    ))
+}
+
+#[test]
+fn method_and_scheme_refusals_name_the_fault() {
+    // Findings 4 and 7: OPTIONS to tel: is 416 (it was 200), an unknown method 501 (it
+    // was 405), a known one we do not serve 405 with Allow.
+    let mut h = Harness::new();
+    h.caller_sends(options("tel:+15551234", "OPTIONS"));
+    h.caller_sends(options("sips:sbc@sbc.example.net", "FOO"));
+    h.caller_sends(options("sips:sbc@sbc.example.net", "REGISTER"));
+    h.caller_sends(options("sips:sbc@sbc.example.net", "OPTIONS"));
+    let up = h.take_to(To::Caller);
+    assert_eq!(statuses(&up), vec![416, 501, 405, 200]);
+    assert!(up[2].header("allow").is_some_and(|a| a.contains("INVITE")));
+    h.assert_nothing_held();
+}
+
+fn with_body(mut m: SipMessage, content_type: &str, body: &str) -> SipMessage {
+    m.remove_header("content-type");
+    m.push_header("Content-Type", content_type);
+    m.set_body(body.as_bytes().to_vec());
+    m
+}
+
+const PIDF: &str = "<?xml version=\"1.0\"?><presence entity=\"pres:alice@platform.example\"><tuple id=\"geo\"/></presence>";
+
+#[test]
+fn multipart_sdp_is_anchored_and_other_bodies_refused_before_forwarding() {
+    // Finding 2: only a body labelled exactly application/sdp was anchored; multipart or
+    // unknown types crossed raw with the caller's media address.
+    let mut h = Harness::new();
+    let mut policy = sbc_sip::b2bua::topology::TenantPolicy::default();
+    policy.bodies = sbc_sip::b2bua::topology::BodyPolicy::new(&sbc_core::config::BodySettings {
+        allow: vec!["application/pidf+xml".into()],
+    });
+    h.core
+        .set_sip_policies(HashMap::from([(h.tenant.clone(), policy)]));
+    let multipart = format!(
+        "--xyz\r\nContent-Type: Application/SDP\r\n\r\n{OFFER}\r\n--xyz\r\nContent-Type: application/pidf+xml\r\nContent-ID: <geo@platform>\r\n\r\n{PIDF}\r\n--xyz--\r\n"
+    );
+    let inv = with_body(
+        invite("mp1", "z9hG4bK-mp1"),
+        "multipart/mixed;boundary=xyz",
+        &multipart,
+    );
+    h.caller_sends(inv);
+    let down = h.take_to(To::Callee);
+    assert_eq!(down.len(), 1);
+    let text = String::from_utf8_lossy(&down[0].to_bytes()).to_string();
+    assert!(
+        !text.contains("10.1.1.1"),
+        "the caller's media address crossed: {text}"
+    );
+    assert!(text.contains("192.0.2.1"), "the SDP part was anchored");
+    assert!(text.contains(PIDF), "the allowed part crossed");
+    assert!(!text.contains("boundary=xyz"), "a fresh boundary");
+    assert!(down[0]
+        .header("content-type")
+        .is_some_and(|c| c.starts_with("multipart/mixed")));
+    assert!(h.media.live.lock().unwrap().len() == 1);
+
+    // An unknown type and a multipart with a part the tenant does not allow: 415 with
+    // Accept, nothing forwarded, nothing held for them.
+    let unknown = with_body(
+        invite("mp2", "z9hG4bK-mp2"),
+        "application/x-secret",
+        "10.1.1.1",
+    );
+    let isup = multipart.replace("application/pidf+xml", "application/isup");
+    let disallowed = with_body(
+        invite("mp3", "z9hG4bK-mp3"),
+        "multipart/mixed;boundary=xyz",
+        &isup,
+    );
+    h.caller_sends(unknown);
+    h.caller_sends(disallowed);
+    let up: Vec<SipMessage> = h
+        .take_to(To::Caller)
+        .into_iter()
+        .filter(|m| m.call_id() != Some("mp1"))
+        .collect();
+    assert_eq!(statuses(&up), vec![415, 415]);
+    assert_eq!(
+        up[0].header_values("accept").collect::<Vec<_>>(),
+        vec!["application/sdp", "multipart/mixed", "application/pidf+xml"]
+    );
+    assert!(h.take_to(To::Callee).is_empty(), "nothing forwarded");
+    assert_eq!(
+        h.usage().active_calls,
+        1,
+        "only the first call holds a slot"
+    );
+}
+
+#[test]
+fn only_allowed_headers_cross_in_either_direction() {
+    // Finding 3: every header outside a short deny-list crossed verbatim both ways.
+    let mut h = Harness::new();
+    let leaky = "P-Asserted-Identity: <sip:+15550001@core.platform.internal>\r\n\
+Diversion: <sip:+1555000@10.20.0.9>;reason=unconditional\r\n\
+Warning: 399 sbc-b.platform.internal \"retry\"\r\n\
+User-Agent: PlatformSBC/4.2.1\r\n\
+X-Internal-Route: 10.20.0.9:5060\r\n\
+Supported: timer, 100rel\r\n\
+Session-Expires: 1800\r\n\
+Subject: hello\r\n";
+    let text = String::from_utf8_lossy(&invite("hd1", "z9hG4bK-hd1").to_bytes()).replace(
+        "Max-Forwards: 70\r\n",
+        &format!("Max-Forwards: 70\r\n{leaky}"),
+    );
+    h.caller_sends(SipMessage::parse(text.as_bytes()).unwrap());
+    let down = h.take_to(To::Callee).remove(0);
+    for name in [
+        "p-asserted-identity",
+        "diversion",
+        "warning",
+        "user-agent",
+        "x-internal-route",
+    ] {
+        assert_eq!(down.header(name), None, "{name} crossed toward the callee");
+    }
+    assert_eq!(down.header("supported"), Some("timer"));
+    assert_eq!(down.header("session-expires"), Some("1800"));
+    assert_eq!(down.header("subject"), Some("hello"));
+    let mut ok = respond(&down, 200, "t", true);
+    ok.push_header("Server", "Asterisk PBX 18.2.1");
+    ok.push_header("Warning", "399 pbx7.corp.internal \"codec\"");
+    ok.push_header("X-Asterisk-HangupCause", "Normal");
+    ok.push_header("P-Asserted-Identity", "<sip:+15551234@pbx7.corp.internal>");
+    ok.push_header("Allow", "INVITE, ACK, BYE");
+    h.callee_sends(ok);
+    let up = h.take_to(To::Caller);
+    let ok = up.iter().find(|m| status(m) == 200).unwrap();
+    for name in [
+        "server",
+        "warning",
+        "x-asterisk-hangupcause",
+        "p-asserted-identity",
+    ] {
+        assert_eq!(ok.header(name), None, "{name} crossed toward the caller");
+    }
+    assert_eq!(
+        ok.header_values("allow").collect::<Vec<_>>(),
+        vec!["INVITE", "ACK", "BYE"]
+    );
+}
+
+#[test]
+fn pending_invite_gauge_follows_the_answer() {
+    // Finding 10: the gauge stayed at 1 after the call was answered.
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let gauge = |name: &str| -> Option<f64> {
+        snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .find(|(k, _, _, _)| k.key().name() == name)
+            .and_then(|(_, _, _, v)| match v {
+                DebugValue::Gauge(g) => Some(g.into_inner()),
+                _ => None,
+            })
+    };
+    metrics::with_local_recorder(&recorder, || {
+        let mut h = Harness::new();
+        h.caller_sends(invite("g1", "z9hG4bK-g1"));
+        assert_eq!(gauge("sbc_tenant_pending_invites"), Some(1.0));
+        let down = h.take_to(To::Callee).remove(0);
+        h.callee_sends(respond(&down, 200, "t", true));
+        assert_eq!(gauge("sbc_tenant_pending_invites"), Some(0.0));
+        assert_eq!(gauge("sbc_tenant_active_calls"), Some(1.0));
+    });
+}
