@@ -910,10 +910,12 @@ fn multipart_sdp_is_anchored_and_other_bodies_refused_before_forwarding() {
     // Finding 2: only a body labelled exactly application/sdp was anchored; multipart or
     // unknown types crossed raw with the caller's media address.
     let mut h = Harness::new();
-    let mut policy = sbc_sip::b2bua::topology::TenantPolicy::default();
-    policy.bodies = sbc_sip::b2bua::topology::BodyPolicy::new(&sbc_core::config::BodySettings {
-        allow: vec!["application/pidf+xml".into()],
-    });
+    let policy = sbc_sip::b2bua::topology::TenantPolicy {
+        bodies: sbc_sip::b2bua::topology::BodyPolicy::new(&sbc_core::config::BodySettings {
+            allow: vec!["application/pidf+xml".into()],
+        }),
+        ..Default::default()
+    };
     h.core
         .set_sip_policies(HashMap::from([(h.tenant.clone(), policy)]));
     let multipart = format!(
