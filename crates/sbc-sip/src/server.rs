@@ -734,7 +734,7 @@ async fn accept_loop(
         let recognizer = recognizer.clone();
         let events = events.clone();
         let settings = settings.clone();
-        let conn = conn_ids.fetch_add(1, Ordering::Relaxed);
+        let conn = ConnId(conn_ids.fetch_add(1, Ordering::Relaxed));
         tokio::spawn(async move {
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
@@ -901,11 +901,11 @@ async fn run_connection<S>(
                             let salvaged = salvage_request(&bytes);
                             match malformed_response(&error, salvaged.as_ref()) {
                                 Some(resp) => {
-                                    log_first!(logs, warn, LogEvent::MalformedRequest, source, peer = %source, conn, reason = %error.reason_phrase(), "answered");
+                                    log_first!(logs, warn, LogEvent::MalformedRequest, source, peer = %source, conn = %conn, reason = %error.reason_phrase(), "answered");
                                     let _ = wtx.try_send(Bytes::from(resp.to_bytes()));
                                 }
                                 None => {
-                                    log_first!(logs, warn, LogEvent::MalformedMessage, source, peer = %source, conn, reason = %error.reason_phrase(), "dropped: cannot be answered");
+                                    log_first!(logs, warn, LogEvent::MalformedMessage, source, peer = %source, conn = %conn, reason = %error.reason_phrase(), "dropped: cannot be answered");
                                 }
                             }
                             if malformed_run >= MAX_MALFORMED_PER_CONNECTION {
@@ -915,7 +915,7 @@ async fn run_connection<S>(
                                     LogEvent::MalformedFlood,
                                     source,
                                     peer = %source,
-                                    conn,
+                                    conn = %conn,
                                     "too many malformed messages: closing"
                                 );
                                 break 'read CloseReason::MalformedFlood;
@@ -932,7 +932,7 @@ async fn run_connection<S>(
                         LogEvent::MessageTooLarge,
                         source,
                         peer = %source,
-                        conn,
+                        conn = %conn,
                         limit,
                         "message exceeds the size bound: closing connection"
                     );
@@ -941,7 +941,7 @@ async fn run_connection<S>(
                 Err(e) => {
                     metrics::counter!("sbc_sip_messages_rejected_total", "reason" => "framing")
                         .increment(1);
-                    log_first!(logs, warn, LogEvent::FramingError, source, peer = %source, conn, error = ?e, "cannot frame the stream: closing connection");
+                    log_first!(logs, warn, LogEvent::FramingError, source, peer = %source, conn = %conn, error = ?e, "cannot frame the stream: closing connection");
                     break 'read CloseReason::Framing;
                 }
             }
@@ -972,7 +972,7 @@ async fn run_connection<S>(
             LogEvent::MessageTimeout,
             source,
             peer = %source,
-            conn,
+            conn = %conn,
             held = framer.buffered(),
             "message not complete in time: closing connection"
         ),
@@ -982,11 +982,11 @@ async fn run_connection<S>(
             LogEvent::SlowSource,
             source,
             peer = %source,
-            conn,
+            conn = %conn,
             "too many connections of this source hold an incomplete message: closing"
         ),
-        CloseReason::Idle => debug!(conn, "idle timeout: closing"),
-        CloseReason::Core => debug!(conn, "closed by the core"),
+        CloseReason::Idle => debug!(conn = %conn, "idle timeout: closing"),
+        CloseReason::Core => debug!(conn = %conn, "closed by the core"),
         _ => {}
     }
     drop(framer);
@@ -1224,7 +1224,7 @@ async fn core_loop(
                                 target,
                                 t.clone(),
                                 events_tx.clone(),
-                                conn_ids.fetch_add(1, Ordering::Relaxed),
+                                ConnId(conn_ids.fetch_add(1, Ordering::Relaxed)),
                                 settings.clone(),
                             ));
                         }
@@ -1262,7 +1262,7 @@ async fn forward_media_events(
 /// queue is full.
 fn write_to(writers: &HashMap<ConnId, ConnHandle>, conn: ConnId, msg: &SipMessage) -> bool {
     let Some(w) = writers.get(&conn).map(|h| &h.writer) else {
-        debug!(conn, "message for a closed connection dropped");
+        debug!(conn = %conn, "message for a closed connection dropped");
         return false;
     };
     match w.try_send(Bytes::from(msg.to_bytes())) {
@@ -1270,7 +1270,7 @@ fn write_to(writers: &HashMap<ConnId, ConnHandle>, conn: ConnId, msg: &SipMessag
         Err(_) => {
             metrics::counter!("sbc_sip_messages_dropped_total", "reason" => "write_queue_full")
                 .increment(1);
-            warn!(conn, "write queue full or closed: message dropped");
+            warn!(conn = %conn, "write queue full or closed: message dropped");
             false
         }
     }

@@ -24,9 +24,9 @@ use sbc_testkit::logs::Capture;
 
 const T1: Duration = Duration::from_millis(500);
 const MAX_RINGING: Duration = Duration::from_secs(60);
-const CALLER: ConnId = 1;
-const CALLEE: ConnId = 2;
-const OTHER_TENANT: ConnId = 3;
+const CALLER: ConnId = ConnId(1);
+const CALLEE: ConnId = ConnId(2);
+const OTHER_TENANT: ConnId = ConnId(3);
 const TARGET: TargetId = TargetId(0);
 const OFFER: &str = "v=0\r\no=- 1 1 IN IP4 10.1.1.1\r\ns=-\r\nc=IN IP4 10.1.1.1\r\nt=0 0\r\nm=audio 4000 RTP/SAVP 0\r\n";
 

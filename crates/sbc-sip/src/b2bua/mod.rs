@@ -51,8 +51,15 @@ use pairs::{PairId, Pairs, Timer, Timers, BRANCH_COOKIE};
 
 pub use responses::{malformed_response, service_unavailable, ALLOW};
 
-/// Identifies one transport connection.
-pub type ConnId = u64;
+/// Identifies one transport connection (numbered by the driver).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub u64);
+
+impl std::fmt::Display for ConnId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
 
 /// Requests refused for an unrecognised peer before its connection is closed: enough for a
 /// platform's OPTIONS ping and a retry to see the 403, few enough that a scanner is cut off.

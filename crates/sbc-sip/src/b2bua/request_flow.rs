@@ -74,7 +74,7 @@ impl B2bua {
         metrics::counter!("sbc_sip_requests_received_total", "method" => responses::method_label(&method))
             .increment(1);
         let Some(kind) = self.conns.get(&conn).map(|c| c.kind.clone()) else {
-            debug!(conn, "request on unknown connection dropped");
+            debug!(conn = %conn, "request on unknown connection dropped");
             return;
         };
         // Requests that belong to a transaction we already hold (retransmission, CANCEL,
@@ -114,7 +114,7 @@ impl B2bua {
                         resp.push_header("Accept", policy.bodies.accept_header());
                         self.outputs.push_back(Output::Send { conn, msg: resp });
                     }
-                    Method::Ack => debug!(conn, "stray ACK dropped"),
+                    Method::Ack => debug!(conn = %conn, "stray ACK dropped"),
                     Method::Cancel => self.refuse(conn, &msg, &Refusal::NoTransaction, None),
                     m if dialog_only(&m) => self.refuse(conn, &msg, &Refusal::NoTransaction, None),
                     _ => self.refuse(conn, &msg, &Refusal::MethodNotAllowed, None),
@@ -157,13 +157,13 @@ impl B2bua {
         if self.log_now(now, super::CoreLog::UnrecognisedPeer, "") {
             warn!(
                 event = "recognition_refused",
-                conn, "request from unrecognised peer refused with 403"
+                conn = %conn, "request from unrecognised peer refused with 403"
             );
         }
         if close {
             warn!(
                 event = "connection_closed_refusals",
-                conn, "closing connection after repeated refusals"
+                conn = %conn, "closing connection after repeated refusals"
             );
             self.outputs.push_back(Output::Close { conn });
         }
