@@ -138,22 +138,7 @@ async fn mtls_required_refuses_a_client_without_certificate() {
 }
 
 async fn demo_gateway(tag: &str) -> (World, sbc_sip::server::ServerHandle, Callee) {
-    let world = World::new(tag);
-    let callee = Callee::new(&world.callee_leaf).await;
-    // Every test client shares the source 127.0.0.1: lift the per-source handshake rate
-    // (tests/tenant_isolation.rs covers the flood guard).
-    let text = format!(
-        "[flood_guard]\nmax_handshakes_per_second = 1000\n{}\n{}",
-        world.listener(""),
-        world.tenant(
-            "demo",
-            "source_cidrs = [\"127.0.0.0/8\"]",
-            "+1",
-            callee.addr
-        )
-    );
-    let gw = start_gateway(world.config(&text)).await;
-    (world, gw, callee)
+    loopback_gateway(tag, "demo", "+1", LOOPBACK_FLOOD_GUARD, "").await
 }
 
 #[tokio::test]

@@ -13,21 +13,9 @@ use sbc_testkit::*;
 const T1_MS: u64 = 20;
 
 async fn gateway(tag: &str) -> (World, sbc_sip::server::ServerHandle, Callee) {
-    let world = World::new(tag);
-    let callee = Callee::new(&world.callee_leaf).await;
-    let text = format!(
-        "{}\n[sip]\nt1_ms = {T1_MS}\n\n{}",
-        world.listener(""),
-        // The call rate is lifted: the pending-INVITE quota (50) is what is under test.
-        world
-            .tenant("acme", "source_cidrs = [\"127.0.0.0/8\"]", "", callee.addr)
-            .replace(
-                "[[tenants.routes]]",
-                "[tenants.limits]\ncalls_per_second = 1000.0\ncall_burst = 1000\n[[tenants.routes]]"
-            )
-    );
-    let gw = start_gateway(world.config(&text)).await;
-    (world, gw, callee)
+    // The call rate is lifted: the pending-INVITE quota (50) is what is under test.
+    let limits = "[tenants.limits]\ncalls_per_second = 1000.0\ncall_burst = 1000";
+    loopback_gateway(tag, "acme", "", &format!("[sip]\nt1_ms = {T1_MS}"), limits).await
 }
 
 fn text_of(m: &SipMessage) -> String {

@@ -48,19 +48,7 @@ async fn calls_handshakes_and_rejections_are_counted_by_tenant_and_class() {
     let snapshotter = recorder.snapshotter();
     recorder.install().expect("recorder installs once");
 
-    let world = World::new("metrics");
-    let callee = Callee::new(&world.callee_leaf).await;
-    let text = format!(
-        "{}\n{}",
-        world.listener(""),
-        world.tenant(
-            "demo",
-            "source_cidrs = [\"127.0.0.0/8\"]",
-            "+1",
-            callee.addr
-        )
-    );
-    let gw = start_gateway(world.config(&text)).await;
+    let (world, gw, callee) = loopback_gateway("metrics", "demo", "+1", "", "").await;
     let mut caller = Peer::connect(gw.sip_addrs[0], &world.gw_ca.pem, None).await;
 
     // One answered call, one busy, one without route, one malformed request.

@@ -47,22 +47,9 @@ fn closed(reason: &str) -> u64 {
 }
 
 /// A gateway for one tenant recognised by loopback source, with `sip` lines in `[sip]`.
-/// Every test client shares the source 127.0.0.1: the per-source handshake rate and
-/// connection count are lifted (tests/tenant_isolation.rs covers the flood guard).
 async fn gateway(tag: &str, sip: &str) -> (World, sbc_sip::server::ServerHandle) {
-    let world = World::new(tag);
-    let callee = Callee::new(&world.callee_leaf).await;
-    let text = format!(
-        "[sip]\n{sip}\n[flood_guard]\nmax_handshakes_per_second = 1000\nmax_connections_per_source = 1000\n{}\n{}",
-        world.listener(""),
-        world.tenant(
-            "demo",
-            "source_cidrs = [\"127.0.0.0/8\"]",
-            "+1",
-            callee.addr
-        )
-    );
-    let gw = start_gateway(world.config(&text)).await;
+    let before = format!("[sip]\n{sip}\n{LOOPBACK_FLOOD_GUARD}");
+    let (world, gw, _callee) = loopback_gateway(tag, "demo", "+1", &before, "").await;
     (world, gw)
 }
 

@@ -278,8 +278,42 @@ fn is_single_valued(want: &str) -> bool {
 /// Where the first list-separating comma of a header value is: commas inside quoted
 /// strings and `<...>` do not separate.
 fn list_comma(value: &str) -> Option<usize> {
-    let (mut quoted, mut angle, mut escaped) = (false, false, false);
-    for (i, c) in value.char_indices() {
+    let mut angle = false;
+    let stop = |c| match c {
+        '<' => {
+            angle = true;
+            false
+        }
+        '>' => {
+            angle = false;
+            false
+        }
+        ',' => !angle,
+        _ => false,
+    };
+    match scan_unquoted(value, stop) {
+        Unquoted::At(i) => Some(i),
+        Unquoted::End | Unquoted::Unbalanced => None,
+    }
+}
+
+/// How [`scan_unquoted`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unquoted {
+    /// At this byte index, outside any quoted string.
+    At(usize),
+    /// The end of the text, every quoted string closed.
+    End,
+    /// The end of the text inside an unclosed quoted string.
+    Unbalanced,
+}
+
+/// Scan `s` for the first character outside quoted strings (RFC 3261 §25.1
+/// quoted-string, `\` escapes inside) for which `stop` says true. The one scanner behind
+/// list commas, parameter separators and the `<` of a name-addr.
+fn scan_unquoted(s: &str, mut stop: impl FnMut(char) -> bool) -> Unquoted {
+    let (mut quoted, mut escaped) = (false, false);
+    for (i, c) in s.char_indices() {
         if escaped {
             escaped = false;
             continue;
@@ -287,13 +321,15 @@ fn list_comma(value: &str) -> Option<usize> {
         match c {
             '\\' if quoted => escaped = true,
             '"' => quoted = !quoted,
-            '<' if !quoted => angle = true,
-            '>' if !quoted => angle = false,
-            ',' if !quoted && !angle => return Some(i),
+            c if !quoted && stop(c) => return Unquoted::At(i),
             _ => {}
         }
     }
-    None
+    if quoted {
+        Unquoted::Unbalanced
+    } else {
+        Unquoted::End
+    }
 }
 
 /// The elements of a comma-separated header value, trimmed; no allocation.
@@ -1017,28 +1053,12 @@ pub fn params(list: &str) -> impl Iterator<Item = (&str, Option<&str>)> {
     let mut rest = Some(list);
     std::iter::from_fn(move || {
         let v = rest?;
-        let (mut quoted, mut escaped, mut cut) = (false, false, None);
-        for (i, c) in v.char_indices() {
-            if escaped {
-                escaped = false;
-                continue;
-            }
-            match c {
-                '\\' if quoted => escaped = true,
-                '"' => quoted = !quoted,
-                ';' if !quoted => {
-                    cut = Some(i);
-                    break;
-                }
-                _ => {}
-            }
-        }
-        let element = match cut {
-            Some(i) => {
+        let element = match scan_unquoted(v, |c| c == ';') {
+            Unquoted::At(i) => {
                 rest = Some(&v[i + 1..]);
                 &v[..i]
             }
-            None => {
+            Unquoted::End | Unquoted::Unbalanced => {
                 rest = None;
                 v
             }
@@ -1076,27 +1096,11 @@ pub fn parse_name_addr(value: &str) -> Option<NameAddr<'_>> {
         return None;
     }
     // Find a '<' outside a quoted display name.
-    let mut quoted = false;
-    let mut escaped = false;
-    let mut lt = None;
-    for (i, c) in value.char_indices() {
-        if escaped {
-            escaped = false;
-            continue;
-        }
-        match c {
-            '\\' if quoted => escaped = true,
-            '"' => quoted = !quoted,
-            '<' if !quoted => {
-                lt = Some(i);
-                break;
-            }
-            _ => {}
-        }
-    }
-    if quoted {
-        return None;
-    }
+    let lt = match scan_unquoted(value, |c| c == '<') {
+        Unquoted::At(i) => Some(i),
+        Unquoted::End => None,
+        Unquoted::Unbalanced => return None,
+    };
     match lt {
         Some(i) => {
             let gt = i + value[i..].find('>')?;

@@ -82,6 +82,38 @@ impl World {
     }
 }
 
+/// Config sections lifting the per-source flood guard: every test client shares the source
+/// 127.0.0.1 (tests/tenant_isolation.rs covers the guard itself).
+pub const LOOPBACK_FLOOD_GUARD: &str =
+    "[flood_guard]\nmax_handshakes_per_second = 1000\nmax_connections_per_source = 1000\n";
+
+/// A gateway on an ephemeral loopback port with one tenant `tenant`, recognised by source
+/// 127.0.0.0/8 and routed (`prefix`) to a fresh callee. `before` holds gateway-wide
+/// sections (`[sip]`, `[flood_guard]`, ...); `after` holds sections of the tenant
+/// (`[tenants.limits]`, `[tenants.headers]`, ...).
+pub async fn loopback_gateway(
+    tag: &str,
+    tenant: &str,
+    prefix: &str,
+    before: &str,
+    after: &str,
+) -> (World, sbc_sip::server::ServerHandle, Callee) {
+    let world = World::new(tag);
+    let callee = Callee::new(&world.callee_leaf).await;
+    let text = format!(
+        "{before}\n{}\n{}\n{after}\n",
+        world.listener(""),
+        world.tenant(
+            tenant,
+            "source_cidrs = [\"127.0.0.0/8\"]",
+            prefix,
+            callee.addr
+        )
+    );
+    let gw = start_gateway(world.config(&text)).await;
+    (world, gw, callee)
+}
+
 pub async fn start_gateway(cfg: Config) -> sbc_sip::server::ServerHandle {
     sbc_sip::server::start(Arc::new(cfg))
         .await

@@ -185,9 +185,11 @@ impl Pairs {
         self.by_server_key.get(key).copied()
     }
 
-    /// The pair whose client request carried `branch`.
-    pub fn by_client_branch(&self, branch: &str) -> Option<PairId> {
-        self.by_client_branch.get(branch).copied()
+    /// The pair whose client request `msg` belongs to by its top Via branch: a response
+    /// to that request, or the request itself (handed back when it could not be sent).
+    pub fn by_client_via(&self, msg: &SipMessage) -> Option<PairId> {
+        let via = msg.header("via").and_then(parse_via)?;
+        self.by_client_branch.get(via.branch?).copied()
     }
 
     /// Forget the pair if both its transactions are over; true if it was removed.

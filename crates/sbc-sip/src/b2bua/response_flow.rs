@@ -18,19 +18,14 @@ use super::pairs::PairId;
 use super::request_flow::set_body;
 use super::responses::status_class;
 use super::{B2bua, ConnId};
-use crate::message::{default_reason, parse_via, response_to, tag, Method, SipMessage};
+use crate::message::{default_reason, response_to, tag, Method, SipMessage};
 use crate::routing::TargetId;
 use crate::transaction::{ClientDisposition, ClientTimeout};
 
 impl B2bua {
     pub(super) fn on_response(&mut self, now: Instant, conn: ConnId, msg: SipMessage) {
         let Some(code) = msg.status() else { return };
-        let branch = msg
-            .header("via")
-            .and_then(parse_via)
-            .and_then(|v| v.branch)
-            .map(str::to_string);
-        let Some(id) = branch.and_then(|b| self.pairs.by_client_branch(&b)) else {
+        let Some(id) = self.pairs.by_client_via(&msg) else {
             metrics::counter!("sbc_sip_messages_rejected_total", "reason" => "stray_response")
                 .increment(1);
             debug!(code, "response matching no transaction dropped");
@@ -371,12 +366,7 @@ impl B2bua {
     }
 
     pub(super) fn on_send_failed(&mut self, now: Instant, target: TargetId, msg: &SipMessage) {
-        let branch = msg
-            .header("via")
-            .and_then(parse_via)
-            .and_then(|v| v.branch)
-            .map(str::to_string);
-        let Some(id) = branch.and_then(|b| self.pairs.by_client_branch(&b)) else {
+        let Some(id) = self.pairs.by_client_via(msg) else {
             return;
         };
         let Some(pair) = self.pairs.get(id) else {
