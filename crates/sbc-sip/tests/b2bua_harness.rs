@@ -839,7 +839,6 @@ fn fifty_branchless_invites_do_not_lock_the_tenant_out() {
     }
     h.advance(T1 * 64 + Duration::from_millis(1));
     h.assert_nothing_held();
-    let _ = tag("x");
 }
 
 #[test]
@@ -1054,4 +1053,38 @@ fn pending_invite_gauge_follows_the_answer() {
         assert_eq!(gauge("sbc_tenant_pending_invites"), Some(0.0));
         assert_eq!(gauge("sbc_tenant_active_calls"), Some(1.0));
     });
+}
+
+#[test]
+fn a_retransmitted_2xx_is_absorbed_and_a_forked_2xx_is_hung_up_alone() {
+    let mut h = Harness::new();
+    h.caller_sends(invite("rt1", "z9hG4bK-rt1"));
+    let down = h.take_to(To::Callee).remove(0);
+    let ok = respond(&down, 200, "t", true);
+    h.callee_sends(ok.clone());
+    let up = h.take_to(To::Caller);
+    assert_eq!(statuses(&up), vec![100, 200]);
+    // The callee retransmits its 2xx before the caller's ACK came through: absorbed.
+    h.callee_sends(ok);
+    assert!(h.take_to(To::Caller).is_empty());
+    assert!(h.take_to(To::Callee).is_empty());
+    // Another fork answers too: that dialog gets ACK and BYE, the call is untouched.
+    h.callee_sends(respond(&down, 200, "fork2", true));
+    let to_callee = h.take_to(To::Callee);
+    let methods: Vec<_> = to_callee
+        .iter()
+        .filter_map(|m| m.method().cloned())
+        .collect();
+    assert_eq!(methods, vec![Method::Ack, Method::Bye]);
+    assert!(to_callee
+        .iter()
+        .all(|m| m.header("to").and_then(tag) == Some("fork2")));
+    assert_eq!(h.usage().active_calls, 1);
+    // The caller's ACK reaches the callee on the call's own dialog.
+    h.caller_sends(in_dialog(Method::Ack, &up[1], 1, "z9hG4bK-rt1-ack", true));
+    let ack = h.take_to(To::Callee);
+    assert_eq!(ack[0].method(), Some(&Method::Ack));
+    assert_eq!(ack[0].header("to").and_then(tag), Some("t"));
+    h.advance(T1 * 64 * 2);
+    assert_eq!(h.core.stats().active_calls, 1, "the call goes on");
 }

@@ -12,7 +12,7 @@ use sbc_core::media::{CallRef, LegSide};
 use sbc_core::registry::CallState as RegistryState;
 use tracing::{debug, info, warn};
 
-use super::calls::{contact_uri, CallState};
+use super::calls::{contact_uri, CallState, Hop, Leg};
 use super::offer_answer::Carrier;
 use super::pairs::PairId;
 use super::request_flow::set_body;
@@ -20,7 +20,7 @@ use super::responses::status_class;
 use super::{B2bua, ConnId};
 use crate::message::{default_reason, response_to, tag, Method, SipMessage};
 use crate::routing::TargetId;
-use crate::transaction::{ClientDisposition, ClientTimeout};
+use crate::transaction::{ClientDisposition, ClientTimeout, ServerState};
 
 impl B2bua {
     pub(super) fn on_response(&mut self, now: Instant, conn: ConnId, msg: SipMessage) {
@@ -73,6 +73,25 @@ impl B2bua {
             }
         }
         let to_side = from.other();
+        let relayed_2xx = self
+            .pairs
+            .get(id)
+            .is_some_and(|p| p.server.state() == ServerState::Accepted);
+        if method == Method::Invite && relayed_2xx {
+            // A 2xx after we relayed one (RFC 6026 §8.4 passes them up): the callee
+            // retransmitting while the ACK is on its way is absorbed (our own 2xx
+            // retransmission and ACK wait cover the caller's side); a 2xx of another
+            // dialog (a fork) is acknowledged and hung up, the call goes on.
+            let known = self
+                .calls
+                .get(call)
+                .and_then(|c| c.leg(to_side).remote_tag.clone());
+            if msg.header("to").and_then(tag) != known.as_deref() {
+                self.ack_and_bye_other_dialog(call, to_side, &msg);
+            }
+            self.pairs.remove_if_finished(id);
+            return;
+        }
         if method == Method::Invite && code > 100 {
             self.learn_dialog(call, to_side, &msg, initial);
         }
@@ -314,6 +333,48 @@ impl B2bua {
         );
     }
 
+    /// A 2xx that opened a dialog other than the call's (a forked INVITE answered twice):
+    /// ACK it and end it with BYE (RFC 3261 §13.2.2.4), leaving the call's dialog alone.
+    fn ack_and_bye_other_dialog(&mut self, call: CallRef, side: LegSide, resp: &SipMessage) {
+        let (ack_branch, bye_branch) = (self.branch(), self.branch());
+        let max_forwards = self.cfg.max_forwards;
+        let Some(c) = self.calls.get(call) else {
+            return;
+        };
+        let advertised = self.advertised(c.listener).to_string();
+        let leg = c.leg(side);
+        let mut route_set: Vec<String> = resp
+            .header_values("record-route")
+            .map(str::to_string)
+            .collect();
+        route_set.reverse();
+        let other = Leg {
+            call_id: leg.call_id.clone(),
+            local_tag: leg.local_tag.clone(),
+            remote_tag: resp.header("to").and_then(tag).map(str::to_string),
+            local_party: leg.local_party.clone(),
+            remote_party: leg.remote_party.clone(),
+            next_cseq: leg.invite_cseq.wrapping_add(1),
+            invite_cseq: leg.invite_cseq,
+            remote_target: resp
+                .header("contact")
+                .and_then(contact_uri)
+                .unwrap_or_else(|| leg.remote_target.clone()),
+            route_set,
+            conn: leg.conn,
+        };
+        let hop = |branch| Hop {
+            advertised: &advertised,
+            branch,
+            max_forwards,
+        };
+        let ack = other.request(Method::Ack, other.invite_cseq, hop(&ack_branch));
+        let bye = other.request(Method::Bye, other.next_cseq, hop(&bye_branch));
+        debug!(call = call.0, "2xx of another dialog: ACK and BYE sent");
+        self.send_on(call, side, ack);
+        self.send_on(call, side, bye);
+    }
+
     // ----- timers and failures -----
 
     pub(super) fn pair_timeout(&mut self, now: Instant, id: PairId) {
@@ -417,9 +478,13 @@ impl B2bua {
             );
             // Nobody to answer upstream: mark the server side final without sending.
             pair.server.send_response(now, 487, &self.cfg.timers);
-            if let Some(c) = self.calls.get_mut(call) {
+            let tenant = self.calls.get_mut(call).map(|c| {
                 c.state = CallState::Abandoned;
                 c.admitted.answered();
+                c.tenant.clone()
+            });
+            if let Some(t) = tenant {
+                self.report_usage(&t);
             }
             self.arm_pair(id);
             self.cancel_downstream(now, id);
