@@ -1088,3 +1088,30 @@ fn a_retransmitted_2xx_is_absorbed_and_a_forked_2xx_is_hung_up_alone() {
     h.advance(T1 * 64 * 2);
     assert_eq!(h.core.stats().active_calls, 1, "the call goes on");
 }
+
+#[test]
+fn an_unrecognised_peer_gets_403_whatever_it_sends_and_is_cut_off() {
+    let mut h = Harness::new();
+    const STRANGER: ConnId = ConnId(9);
+    h.input(Input::Connected {
+        conn: STRANGER,
+        kind: ConnKind::Inbound {
+            tenant: None,
+            listener: 0,
+        },
+    });
+    for (uri, method) in [
+        ("tel:+1555", "OPTIONS"),
+        ("sips:sbc@sbc.example.net", "FOO"),
+        ("sips:sbc@sbc.example.net", "REGISTER"),
+        ("sips:sbc@sbc.example.net", "OPTIONS"),
+        ("sips:sbc@sbc.example.net", "INFO"),
+    ] {
+        h.input(Input::Message {
+            conn: STRANGER,
+            msg: options(uri, method),
+        });
+    }
+    assert_eq!(statuses(&h.take_to(To::Other)), vec![403; 5]);
+    assert_eq!(h.closed, vec![STRANGER], "closed after repeated refusals");
+}

@@ -85,6 +85,12 @@ impl B2bua {
                 return;
             }
         }
+        // An unrecognised peer learns nothing but 403, whatever it sends (and is cut off
+        // after repeated refusals).
+        if matches!(kind, ConnKind::Inbound { tenant: None, .. }) {
+            self.refuse_unrecognised(now, conn, &msg);
+            return;
+        }
         if let Err(refusal) = precheck(&msg, &method) {
             self.refuse(conn, &msg, &refusal, None);
             return;
@@ -101,6 +107,7 @@ impl B2bua {
             }
             ConnKind::Inbound { tenant, listener } => {
                 let Some(tenant) = tenant else {
+                    // Refused above; kept so that this match cannot forget it.
                     self.refuse_unrecognised(now, conn, &msg);
                     return;
                 };
