@@ -10,6 +10,7 @@
 
 use std::time::Instant;
 
+use sbc_core::admission::Admitted;
 use sbc_core::media::{CallRef, LegSide};
 use sbc_core::registry::CallRecord;
 use sbc_core::tenant::TenantId;
@@ -28,6 +29,23 @@ use crate::transaction::{ClientTransaction, ServerDisposition, ServerState, TxKi
 /// because Session-Expires crosses end to end. `100rel` is not relayed yet, so a peer that
 /// requires it gets 420.
 const SUPPORTED_REQUIRE: &[&str] = &["timer"];
+
+/// What a new call is opened from: the request and what admission and routing decided.
+#[derive(Debug, Clone, Copy)]
+struct Opening<'a> {
+    conn: ConnId,
+    listener: usize,
+    tenant: &'a TenantId,
+    route: &'a crate::routing::RouteEntry,
+    /// The called user part (checked Request-URI).
+    user: Option<&'a str>,
+    msg: &'a SipMessage,
+    /// The INVITE's dialog headers (the parser guarantees them; checked once).
+    from: &'a str,
+    to: &'a str,
+    call_id: &'a str,
+    cseq: u32,
+}
 
 /// Methods that exist only inside a dialog: outside one they get 481.
 fn dialog_only(m: &Method) -> bool {
@@ -231,6 +249,45 @@ impl B2bua {
                 return;
             }
         };
+        let id = self.open_call(
+            now,
+            Opening {
+                conn,
+                listener,
+                tenant: &tenant,
+                route: &route,
+                user: user.as_deref(),
+                msg: &msg,
+                from,
+                to,
+                call_id,
+                cseq,
+            },
+            admitted,
+        );
+        // 100 Trying at once: the INVITE server transaction is ours now.
+        let trying = response_to(&msg, 100, "Trying", None);
+        self.outputs.push_back(Output::Send { conn, msg: trying });
+        if !self.relay_request(now, id, LegSide::Caller, conn, msg, true) {
+            self.end_call(id, "refused");
+        }
+    }
+
+    /// Hold a new admitted call: both legs' dialogs (the caller's from its INVITE, a fresh
+    /// one towards the route target), its registry entry, its tags.
+    fn open_call(&mut self, now: Instant, o: Opening<'_>, admitted: Admitted) -> CallRef {
+        let Opening {
+            conn,
+            listener,
+            tenant,
+            route,
+            user,
+            msg,
+            from,
+            to,
+            call_id,
+            cseq,
+        } = o;
         let caller = Leg {
             call_id: call_id.to_string(),
             local_tag: self.token(),
@@ -270,7 +327,7 @@ impl B2bua {
                     // Display only; no decision depends on it.
                     start: self.cfg.wall_clock.wall(now),
                     caller: from_user(from),
-                    callee: user.clone().unwrap_or_default(),
+                    callee: user.unwrap_or_default().to_string(),
                     inbound_sip_call_id: caller.call_id.clone(),
                 })
                 .map_err(|e| warn!(error = %e, "call not recorded for the admin plane"))
@@ -279,7 +336,7 @@ impl B2bua {
             r.set_media_ref(&rid, id.0);
             Some(rid)
         });
-        info!(tenant = %tenant, call = id.0, called = %self.cfg.redaction.number(user.as_deref().unwrap_or("")), "call admitted, relaying INVITE");
+        info!(tenant = %tenant, call = id.0, called = %self.cfg.redaction.number(user.unwrap_or("")), "call admitted, relaying INVITE");
         self.calls.insert(
             id,
             Call {
@@ -296,13 +353,8 @@ impl B2bua {
             },
         );
         metrics::gauge!("sbc_sip_active_dialogs").set(self.calls.len() as f64);
-        self.report_usage(&tenant);
-        // 100 Trying at once: the INVITE server transaction is ours now.
-        let trying = response_to(&msg, 100, "Trying", None);
-        self.outputs.push_back(Output::Send { conn, msg: trying });
-        if !self.relay_request(now, id, LegSide::Caller, conn, msg, true) {
-            self.end_call(id, "refused");
-        }
+        self.report_usage(tenant);
+        id
     }
 
     /// The body policy's verdict on a request's body, before anything is forwarded.

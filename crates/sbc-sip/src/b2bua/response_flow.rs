@@ -22,18 +22,74 @@ use crate::message::{default_reason, response_to, tag, Method, SipMessage};
 use crate::routing::TargetId;
 use crate::transaction::{ClientDisposition, ClientTimeout, ServerState};
 
+/// A response the client transaction of pair `id` took, with what the flow needs of the
+/// pair (copied out, so the flow can borrow the core mutably).
+#[derive(Debug)]
+struct Received {
+    id: PairId,
+    code: u16,
+    call: CallRef,
+    /// The leg the request came from (the response goes there).
+    from: LegSide,
+    method: Method,
+    initial: bool,
+    cancel_pending: bool,
+}
+
+impl Received {
+    fn is_2xx(&self) -> bool {
+        (200..300).contains(&self.code)
+    }
+}
+
 impl B2bua {
     pub(super) fn on_response(&mut self, now: Instant, conn: ConnId, msg: SipMessage) {
         let Some(code) = msg.status() else { return };
-        let Some(id) = self.pairs.by_client_via(&msg) else {
+        let Some(id) = self.match_response(conn, &msg, code) else {
+            return;
+        };
+        let Some(pair) = self.pairs.get_mut(id) else {
+            return;
+        };
+        let disposition = pair.client.handle_input(now, code, &self.cfg.timers);
+        let r = Received {
+            id,
+            code,
+            call: pair.call,
+            from: pair.from,
+            method: pair.method.clone(),
+            initial: pair.initial,
+            cancel_pending: pair.cancel_pending,
+        };
+        self.arm_pair(id);
+        match disposition {
+            ClientDisposition::Absorb => {}
+            ClientDisposition::PassAndAck => {
+                let max_forwards = self.cfg.max_forwards;
+                if let Some(ack) = self
+                    .pairs
+                    .get(id)
+                    .map(|p| p.ack_non_2xx(&msg, max_forwards))
+                {
+                    self.send_on(r.call, r.from.other(), ack);
+                }
+                self.on_passed_response(now, &r, &msg);
+            }
+            ClientDisposition::Pass => self.on_passed_response(now, &r, &msg),
+        }
+        self.pairs.remove_if_finished(id);
+    }
+
+    /// The pair a response belongs to: by our Via branch, for the method it answers, from
+    /// a connection that serves the leg it claims. `None`: dropped (counted when stray).
+    fn match_response(&self, conn: ConnId, msg: &SipMessage, code: u16) -> Option<PairId> {
+        let Some(id) = self.pairs.by_client_via(msg) else {
             metrics::counter!("sbc_sip_messages_rejected_total", "reason" => "stray_response")
                 .increment(1);
             debug!(code, "response matching no transaction dropped");
-            return;
+            return None;
         };
-        let Some(pair) = self.pairs.get(id) else {
-            return;
-        };
+        let pair = self.pairs.get(id)?;
         let right_conn = self
             .calls
             .get(pair.call)
@@ -45,105 +101,92 @@ impl B2bua {
                 code,
                 "response not for this transaction's request: absorbed"
             );
-            return;
+            return None;
         }
-        let Some(pair) = self.pairs.get_mut(id) else {
-            return;
-        };
-        let disposition = pair.client.handle_input(now, code, &self.cfg.timers);
-        let (call, from, method, initial, cancel_pending) = (
-            pair.call,
-            pair.from,
-            pair.method.clone(),
-            pair.initial,
-            pair.cancel_pending,
-        );
-        self.arm_pair(id);
-        if disposition == ClientDisposition::Absorb {
-            self.pairs.remove_if_finished(id);
-            return;
-        }
-        if disposition == ClientDisposition::PassAndAck {
-            if let Some(ack) = self
-                .pairs
-                .get(id)
-                .map(|p| p.ack_non_2xx(&msg, self.cfg.max_forwards))
-            {
-                self.send_on(call, from.other(), ack);
-            }
-        }
-        let to_side = from.other();
+        Some(id)
+    }
+
+    /// A response the client transaction passed up.
+    fn on_passed_response(&mut self, now: Instant, r: &Received, msg: &SipMessage) {
+        let to_side = r.from.other();
         let relayed_2xx = self
             .pairs
-            .get(id)
+            .get(r.id)
             .is_some_and(|p| p.server.state() == ServerState::Accepted);
-        if method == Method::Invite && relayed_2xx {
+        if r.method == Method::Invite && relayed_2xx {
             // A 2xx after we relayed one (RFC 6026 §8.4 passes them up): the callee
             // retransmitting while the ACK is on its way is absorbed (our own 2xx
             // retransmission and ACK wait cover the caller's side); a 2xx of another
             // dialog (a fork) is acknowledged and hung up, the call goes on.
             let known = self
                 .calls
-                .get(call)
+                .get(r.call)
                 .and_then(|c| c.leg(to_side).remote_tag.clone());
             if msg.header("to").and_then(tag) != known.as_deref() {
-                self.ack_and_bye_other_dialog(call, to_side, &msg);
+                self.ack_and_bye_other_dialog(r.call, to_side, msg);
             }
-            self.pairs.remove_if_finished(id);
             return;
         }
-        if method == Method::Invite && code > 100 {
-            self.learn_dialog(call, to_side, &msg, initial);
+        if r.method == Method::Invite && r.code > 100 {
+            self.learn_dialog(r.call, to_side, msg, r.initial);
         }
-        if code < 200 && code > 100 && cancel_pending {
-            self.cancel_downstream(now, id);
+        if r.code < 200 && r.code > 100 && r.cancel_pending {
+            self.cancel_downstream(now, r.id);
         }
-        let server_final_sent = self
+        let upstream_answered = self
             .pairs
-            .get(id)
+            .get(r.id)
             .is_some_and(|p| !p.server.awaiting_final());
-        let call_state = self.calls.get(call).map(|c| c.state);
-        if method == Method::Invite && server_final_sent {
+        if r.method == Method::Invite && upstream_answered {
             // Upstream already has its answer (cancelled or timed out): a late 2xx is
             // acknowledged and hung up (RFC 3261 §15), anything else is only absorbed.
-            if (200..300).contains(&code) {
-                self.ack_and_bye_late_answer(call, to_side);
+            if r.is_2xx() {
+                self.ack_and_bye_late_answer(r.call, to_side);
             }
-            if code >= 200 {
-                self.end_call(call, "abandoned");
+            if r.code >= 200 {
+                self.end_call(r.call, "abandoned");
             }
-            self.pairs.remove_if_finished(id);
             return;
         }
-        if code == 100 {
+        if r.code == 100 {
             // 100 Trying is hop-by-hop; we sent our own.
-            self.pairs.remove_if_finished(id);
             return;
         }
-        let body = match self.crossing_body(call, to_side, Carrier::Response(&method, code), &msg) {
+        let call_state = self.calls.get(r.call).map(|c| c.state);
+        if self.relay_upstream(now, r, msg) {
+            self.conclude(r, call_state);
+        }
+    }
+
+    /// Relay the response upstream: its body through the body policy and media, its
+    /// headers through the header policy; a 2xx to INVITE starts the wait for its ACK.
+    /// False when the call ended instead (an answer media refused).
+    fn relay_upstream(&mut self, now: Instant, r: &Received, msg: &SipMessage) -> bool {
+        let to_side = r.from.other();
+        let carrier = Carrier::Response(&r.method, r.code);
+        let body = match self.crossing_body(r.call, to_side, carrier, msg) {
             Ok(body) => body,
             Err(e) => {
                 let tenant = self
                     .calls
-                    .get(call)
+                    .get(r.call)
                     .map(|c| c.tenant.to_string())
                     .unwrap_or_default();
                 metrics::counter!("sbc_media_refused_total", "tenant" => tenant, "reason" => e.as_str()).increment(1);
-                warn!(call = call.0, code, error = %e, "media refused SDP in a response");
-                if initial && method == Method::Invite && (200..300).contains(&code) {
+                warn!(call = r.call.0, code = r.code, error = %e, "media refused SDP in a response");
+                if r.initial && r.method == Method::Invite && r.is_2xx() {
                     // The callee's answer cannot be anchored: hang it up and refuse the
                     // call upstream rather than pass on an answer without media.
-                    self.ack_and_bye_late_answer(call, to_side);
+                    self.ack_and_bye_late_answer(r.call, to_side);
                     // A body the policy refuses in an answer is the callee's fault, not
                     // the caller's: 488, not 415.
                     let status = match e {
                         super::body_flow::BodyError::Refused(_) => 488,
                         _ => e.status(),
                     };
-                    self.respond_upstream_local(now, id, status, default_reason(status));
-                    self.end_call(call, "media answer refused");
-                    self.pairs.remove_if_finished(id);
-                    return;
+                    self.respond_upstream_local(now, r.id, status, default_reason(status));
+                    self.end_call(r.call, "media answer refused");
+                    return false;
                 }
                 // Elsewhere (18x, re-INVITE, UPDATE) the response goes on without the SDP
                 // it carried: passing it on would leak the other side's addresses.
@@ -152,47 +195,50 @@ impl B2bua {
         };
         // A final ends the requester's offer: answered by a 2xx, failed otherwise (RFC 3261
         // §14.1: a failed re-INVITE leaves the session as it was).
-        if code >= 200 && matches!(method, Method::Invite | Method::Update) {
-            if let Some(c) = self.calls.get_mut(call) {
-                if c.media.pending == Some(from) {
+        if r.code >= 200 && matches!(r.method, Method::Invite | Method::Update) {
+            if let Some(c) = self.calls.get_mut(r.call) {
+                if c.media.pending == Some(r.from) {
                     c.media.settle();
                 }
             }
         }
-        let Some(resp) = self.build_upstream_response(id, &msg, body) else {
-            self.pairs.remove_if_finished(id);
-            return;
+        let Some(resp) = self.build_upstream_response(r.id, msg, body) else {
+            return false;
         };
-        let is_2xx_to_invite = method == Method::Invite && (200..300).contains(&code);
-        let sent = self.respond_upstream(now, id, resp.clone());
-        if sent && is_2xx_to_invite {
-            self.await_ack(now, call, from, &resp);
+        let sent = self.respond_upstream(now, r.id, resp.clone());
+        if sent && r.method == Method::Invite && r.is_2xx() {
+            self.await_ack(now, r.call, r.from, &resp);
         }
-        if initial && code >= 200 {
-            let tenant = self.calls.get(call).map(|c| c.tenant.to_string());
+        true
+    }
+
+    /// What a relayed final means for the call: an answered or failed setup (counted, the
+    /// call established or ended), a finished BYE.
+    fn conclude(&mut self, r: &Received, call_state: Option<CallState>) {
+        if r.initial && r.code >= 200 {
+            let tenant = self.calls.get(r.call).map(|c| c.tenant.to_string());
             if let Some(t) = tenant {
-                if (200..300).contains(&code) {
+                if r.is_2xx() {
                     metrics::counter!("sbc_sip_calls_answered_total", "tenant" => t).increment(1);
                 } else {
-                    metrics::counter!("sbc_sip_calls_failed_total", "tenant" => t, "class" => status_class(code)).increment(1);
+                    metrics::counter!("sbc_sip_calls_failed_total", "tenant" => t, "class" => status_class(r.code)).increment(1);
                 }
             }
-            if (200..300).contains(&code) && call_state == Some(CallState::Setup) {
-                if let Some(c) = self.calls.get_mut(call) {
+            if r.is_2xx() && call_state == Some(CallState::Setup) {
+                if let Some(c) = self.calls.get_mut(r.call) {
                     c.state = CallState::Established;
-                    if let (Some(r), Some(rid)) = (&self.registry, &c.registry_id) {
-                        r.set_state(rid, RegistryState::Established);
+                    if let (Some(reg), Some(rid)) = (&self.registry, &c.registry_id) {
+                        reg.set_state(rid, RegistryState::Established);
                     }
-                    debug!(call = call.0, "call established");
+                    debug!(call = r.call.0, "call established");
                 }
-            } else if code >= 300 {
-                self.end_call(call, "rejected");
+            } else if r.code >= 300 {
+                self.end_call(r.call, "rejected");
             }
         }
-        if method == Method::Bye && code >= 200 {
-            self.end_call(call, "bye");
+        if r.method == Method::Bye && r.code >= 200 {
+            self.end_call(r.call, "bye");
         }
-        self.pairs.remove_if_finished(id);
     }
 
     /// Learn the downstream dialog from a response to our INVITE: the peer's tag, its
