@@ -565,7 +565,7 @@ pub const CATALOG: &[MetricDef] = &[
     process(
         "process_virtual_memory_max_bytes",
         Kind::Gauge,
-        "Limit on virtual memory size (absent when unlimited).",
+        "Limit on virtual memory size (0 when unlimited).",
     ),
     process(
         "process_resident_memory_bytes",
