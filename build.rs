@@ -1,8 +1,8 @@
 //! Build script of the sbc-edge binary: the git commit for `sbc_build_info{commit}`.
 //!
 //! `SBC_EDGE_COMMIT` from the environment wins (a packager building from a tarball can
-//! set it); else `git rev-parse` when this is a git checkout and git is installed; else
-//! "unknown". Never fails the build.
+//! set it); else `git rev-parse` when the package root holds `.git` (a checkout or a
+//! worktree) and git is installed; else "unknown". Never fails the build.
 
 use std::process::Command;
 
@@ -21,6 +21,12 @@ fn main() {
         .ok()
         .filter(|c| !c.is_empty())
         .or_else(|| {
+            // Only this checkout's own git (a tarball unpacked inside another repository
+            // must not take that one's commit).
+            let manifest = std::env::var("CARGO_MANIFEST_DIR").ok()?;
+            if !std::path::Path::new(&manifest).join(".git").exists() {
+                return None;
+            }
             // Rebuild when HEAD moves: the checkout's HEAD and its reflog (a commit or a
             // checkout appends to it; in a worktree both live in the worktree's git dir).
             if let Some(dir) = git(&["rev-parse", "--absolute-git-dir"]) {
