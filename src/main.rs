@@ -15,6 +15,8 @@ use sbc_core::registry::{CallRegistry, DrainState};
 use sbc_media::engine::{MediaEngine, MediaSettings};
 use sbc_sip::server::{Hooks, ServerHandle};
 
+mod telemetry;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "sbc-edge",
@@ -144,7 +146,7 @@ fn run(config: Option<PathBuf>, log_json: bool) -> anyhow::Result<()> {
     init_logging(cfg.logging.level.as_deref(), log_json || cfg.logging.json);
     let admin_cfg = admin_config(&cfg).context("admin config")?;
     // Installed before anything records a metric.
-    let prometheus = sbc_admin::install_prometheus().context("metrics exporter")?;
+    let prometheus = telemetry::install(&cfg)?;
     let cfg = Arc::new(cfg);
     let media = start_media(&cfg)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -154,9 +156,11 @@ fn run(config: Option<PathBuf>, log_json: bool) -> anyhow::Result<()> {
     let media_control = media.as_ref().map(MediaEngine::control);
     // Recording taps: the admin plane reaches the relay through sbc-core's `TapControl`.
     let tap_control = media.as_ref().map(MediaEngine::tap_control);
+    let media_gauges = media.clone();
     let result = runtime.block_on(async move {
         let registry = Arc::new(CallRegistry::new());
         let drain = Arc::new(DrainState::new());
+        telemetry::spawn_media_gauges(media_gauges);
         if let Some(media) = &media_control {
             spawn_counter_feed(registry.clone(), media.clone());
         }
@@ -337,6 +341,7 @@ async fn reload(
     match loaded {
         Ok((cfg, admin_cfg)) => {
             tracing::info!(event = "reload", config = %path.display(), "SIGHUP: reloading limits, flood guard, overload settings and admin tokens (listeners, recognition and routes need a restart)");
+            telemetry::tenants_changed(&cfg);
             if let Err(e) = server.reload(Arc::new(cfg)).await {
                 tracing::error!(event = "reload_failed", error = %e, "reload not applied");
             }

@@ -151,67 +151,6 @@ fn bad_config_exits_2_naming_the_key() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
 }
 
-/// Every `sbc_*` metric name in `text`.
-fn metric_names(text: &str) -> Vec<String> {
-    let mut names = Vec::new();
-    let bytes = text.as_bytes();
-    let mut i = 0;
-    while let Some(p) = text[i..].find("sbc_") {
-        let start = i + p;
-        let boundary =
-            start == 0 || !(bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
-        let mut end = start;
-        while end < bytes.len()
-            && (bytes[end].is_ascii_lowercase()
-                || bytes[end].is_ascii_digit()
-                || bytes[end] == b'_')
-        {
-            end += 1;
-        }
-        if boundary {
-            names.push(text[start..end].to_string());
-        }
-        i = end;
-    }
-    names
-}
-
-/// The dashboard and alert rules only use metrics the code records.
-#[test]
-fn dashboards_and_alerts_use_metrics_that_exist() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut source = String::new();
-    let mut stack = vec![root.join("crates"), root.join("src")];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "rs") {
-                source.push_str(&std::fs::read_to_string(&p).unwrap());
-            }
-        }
-    }
-    let recorded: std::collections::HashSet<String> = metric_names(&source)
-        .into_iter()
-        .filter(|n| source.contains(&format!("\"{n}\"")))
-        .collect();
-    for file in [
-        "deploy/grafana/sbc-edge-dashboard.json",
-        "deploy/prometheus/sbc-edge-alerts.yml",
-    ] {
-        let text = std::fs::read_to_string(root.join(file)).unwrap();
-        let used = metric_names(&text);
-        assert!(!used.is_empty(), "{file} uses metrics");
-        for name in used {
-            assert!(
-                recorded.contains(&name),
-                "{file} uses {name}, which the code never records"
-            );
-        }
-    }
-}
-
 #[test]
 fn audit_verify_command_reports_the_broken_line() {
     let dir = temp_dir("auditcli");

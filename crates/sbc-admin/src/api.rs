@@ -282,6 +282,8 @@ async fn readyz(State(app): State<App>) -> Response {
 }
 
 async fn metrics_text(State(app): State<App>) -> Response {
+    // CPU, memory, descriptors and threads as of this scrape (reads /proc/self; cheap).
+    crate::process_metrics().collect();
     let body = app.state.prometheus.render();
     (
         [(

@@ -136,10 +136,30 @@ const PROMETHEUS_UPKEEP: Duration = Duration::from_secs(5);
 /// return the handle that renders it. Call once per process, before anything records a
 /// metric that should be seen; a second call fails. Starts a small thread that runs the
 /// recorder's upkeep every 5 seconds, so histogram data does not pile up between scrapes.
+///
+/// The histograms get the buckets the metrics catalog gives them
+/// (`sbc_core::metrics_catalog`), every metric its HELP text, and the `process_*` metrics
+/// (metrics-process) are described here and refreshed on each scrape of `/metrics`.
 pub fn install_prometheus() -> Result<PrometheusHandle, AdminError> {
-    let handle = PrometheusBuilder::new()
+    use sbc_core::metrics_catalog::{self, Kind};
+    let mut builder = PrometheusBuilder::new();
+    for m in metrics_catalog::CATALOG
+        .iter()
+        .filter(|m| m.kind == Kind::Histogram)
+    {
+        builder = builder
+            .set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Full(m.name.to_string()),
+                m.buckets,
+            )
+            .map_err(|e| AdminError::Prometheus(e.to_string()))?;
+    }
+    let handle = builder
         .install_recorder()
         .map_err(|e| AdminError::Prometheus(e.to_string()))?;
+    metrics_catalog::describe_all();
+    process_metrics().describe();
+    process_metrics().collect();
     let upkeep = handle.clone();
     std::thread::Builder::new()
         .name("prometheus-upkeep".to_string())
@@ -149,6 +169,12 @@ pub fn install_prometheus() -> Result<PrometheusHandle, AdminError> {
         })
         .map_err(|e| AdminError::Prometheus(format!("cannot start the upkeep thread: {e}")))?;
     Ok(handle)
+}
+
+/// The `process_*` collector, refreshed by each scrape of `/metrics`.
+pub(crate) fn process_metrics() -> &'static metrics_process::Collector {
+    static COLLECTOR: std::sync::OnceLock<metrics_process::Collector> = std::sync::OnceLock::new();
+    COLLECTOR.get_or_init(metrics_process::Collector::default)
 }
 
 /// Bind the admin listener on `cfg.address` and serve until the returned handle is shut

@@ -266,8 +266,18 @@ impl Admission {
         }
     }
 
-    /// Admit a new call of `tenant` at `now`, or say why not.
+    /// Admit a new call of `tenant` at `now`, or say why not. The decision's own duration
+    /// (locks included) goes to `sbc_admission_decision_seconds`: the one clock read in
+    /// sbc-core, which measures the decision and never feeds it (`now` does).
     pub fn admit_call(&self, tenant: &TenantId, now: Instant) -> Result<Admitted, Refusal> {
+        let started = Instant::now();
+        let result = self.decide(tenant, now);
+        metrics::histogram!("sbc_admission_decision_seconds")
+            .record(started.elapsed().as_secs_f64());
+        result
+    }
+
+    fn decide(&self, tenant: &TenantId, now: Instant) -> Result<Admitted, Refusal> {
         let Some(slot) = self.slots.get(tenant) else {
             return Err(Refusal {
                 cause: RefusalCause::UnknownTenant,

@@ -1,6 +1,7 @@
 //! sbc-core: configuration and its validation, tenants and their recognition, admission
 //! (token buckets and quotas), and the interfaces the protocol crates meet through. Opens
-//! no sockets, reads no clock (`now` is passed in), and depends on no other sbc crate.
+//! no sockets, reads no clock for a decision (`now` is passed in; admission times its
+//! own decision for a histogram), and depends on no other sbc crate.
 #![forbid(unsafe_code)]
 
 pub mod admission;
@@ -8,6 +9,7 @@ pub mod config;
 pub mod flood;
 pub mod log_agg;
 pub mod media;
+pub mod metrics_catalog;
 pub mod redact;
 pub mod registry;
 pub mod tap;

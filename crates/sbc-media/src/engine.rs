@@ -272,6 +272,9 @@ struct Inner {
     /// Round-robin worker choice for new calls (call numbers come from signaling and need
     /// not be spread: the SIP side's are all even).
     next_worker: AtomicUsize,
+    /// Tenants whose `sbc_tenant_media_streams` was last published non-zero (so a tenant
+    /// whose last stream ended is set back to 0).
+    published: Mutex<Vec<TenantId>>,
 }
 
 impl Drop for Inner {
@@ -361,6 +364,7 @@ impl MediaEngine {
                         stats,
                         rng: SystemRandom::new(),
                         next_worker: AtomicUsize::new(0),
+                        published: Mutex::new(Vec::new()),
                     });
                     return Err(e.into());
                 }
@@ -378,6 +382,7 @@ impl MediaEngine {
                 stats,
                 rng: SystemRandom::new(),
                 next_worker: AtomicUsize::new(0),
+                published: Mutex::new(Vec::new()),
             }),
         })
     }
@@ -436,6 +441,38 @@ impl MediaEngine {
             .map(|(r, n)| (r.as_str(), n))
             .collect();
         s
+    }
+
+    /// Publishes the usage gauges: `sbc_media_ports_in_use`, `sbc_media_ports_capacity`
+    /// and `sbc_tenant_media_streams{tenant}` (streams holding ports, as the tenant's
+    /// `max_streams` counts them). Takes the control locks briefly, never a worker's: call
+    /// it periodically (the binary does every second), not per packet.
+    pub fn publish_gauges(&self) {
+        let (in_use, capacity) = {
+            let pool = ports::lock(&self.inner.pool);
+            (pool.ports_in_use(), 2 * pool.capacity())
+        };
+        metrics::gauge!("sbc_media_ports_in_use").set(in_use as f64);
+        metrics::gauge!("sbc_media_ports_capacity").set(capacity as f64);
+        let mut streams: HashMap<TenantId, usize> = HashMap::new();
+        for c in lock_calls(&self.inner.calls).values() {
+            *streams.entry(c.tenant.clone()).or_default() +=
+                c.streams.iter().filter(|s| s.is_some()).count();
+        }
+        let mut published = self
+            .inner
+            .published
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for t in published.iter() {
+            if !streams.contains_key(t) {
+                metrics::gauge!("sbc_tenant_media_streams", "tenant" => t.to_string()).set(0.0);
+            }
+        }
+        for (t, n) in &streams {
+            metrics::gauge!("sbc_tenant_media_streams", "tenant" => t.to_string()).set(*n as f64);
+        }
+        *published = streams.into_keys().collect();
     }
 
     /// The settings the engine runs with.

@@ -784,3 +784,53 @@ fn a_paced_worker_relays_everything_too() {
     relay_burst(&e, CallRef(14));
     e.shutdown();
 }
+
+/// `publish_gauges`: ports in use against the pool's size, and streams per tenant, back
+/// to 0 when the tenant's last call ends.
+#[test]
+fn usage_gauges_follow_ports_and_tenant_streams() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    let e = engine(43600, 43699, Duration::from_secs(60));
+    let (t, other) = (TenantId::from("acme"), TenantId::from("globex"));
+    let pol = policy(SrtpMode::Required, SrtpMode::Required);
+    let caller = peer();
+    let k = key(SrtpProfile::AesCm128HmacSha1_80, 7);
+    let offer = peer_sdp(&caller, &[(1, SrtpProfile::AesCm128HmacSha1_80, &k)], true);
+    e.offer(CallRef(1), &t, LegSide::Caller, &offer, &pol)
+        .unwrap();
+    e.offer(CallRef(2), &t, LegSide::Caller, &offer, &pol)
+        .unwrap();
+    e.offer(CallRef(3), &other, LegSide::Caller, &offer, &pol)
+        .unwrap();
+    let gauges = |e: &MediaEngine| {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        metrics::with_local_recorder(&recorder, || e.publish_gauges());
+        let mut out: Vec<(String, f64)> = snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .map(|(k, _, _, v)| {
+                let label: Vec<String> = k.key().labels().map(|l| l.value().to_string()).collect();
+                let DebugValue::Gauge(g) = v else {
+                    panic!("not a gauge")
+                };
+                (format!("{}{label:?}", k.key().name()), g.into_inner())
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    };
+    let g = |v: &[(String, f64)], name: &str| v.iter().find(|(n, _)| n == name).map(|x| x.1);
+    let now = gauges(&e);
+    // Three calls, one stream each, two ports per leg: 12 of the range's 100.
+    assert_eq!(g(&now, "sbc_media_ports_in_use[]"), Some(12.0));
+    assert_eq!(g(&now, "sbc_media_ports_capacity[]"), Some(100.0));
+    assert_eq!(g(&now, "sbc_tenant_media_streams[\"acme\"]"), Some(2.0));
+    assert_eq!(g(&now, "sbc_tenant_media_streams[\"globex\"]"), Some(1.0));
+    e.delete(CallRef(3));
+    let now = gauges(&e);
+    assert_eq!(g(&now, "sbc_media_ports_in_use[]"), Some(8.0));
+    assert_eq!(g(&now, "sbc_tenant_media_streams[\"globex\"]"), Some(0.0));
+    assert_eq!(g(&now, "sbc_tenant_media_streams[\"acme\"]"), Some(2.0));
+}

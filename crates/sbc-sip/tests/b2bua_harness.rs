@@ -1055,6 +1055,52 @@ fn pending_invite_gauge_follows_the_answer() {
     });
 }
 
+/// `sbc_sip_call_setup_seconds`: the virtual time from the INVITE to the final sent up,
+/// once per call (a retransmitted 2xx is not a second observation), per tenant.
+#[test]
+fn call_setup_time_is_observed_from_the_invite_to_the_final() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        let mut h = Harness::new();
+        h.caller_sends(invite("st1", "z9hG4bK-st1"));
+        let down = h.take_to(To::Callee).remove(0);
+        h.advance(Duration::from_millis(1500));
+        let ok = respond(&down, 200, "t", true);
+        h.callee_sends(ok.clone());
+        h.callee_sends(ok);
+        // A refused call: answered at once (404 from the callee after 250 ms).
+        h.caller_sends(invite("st2", "z9hG4bK-st2"));
+        let down = h.take_to(To::Callee).remove(0);
+        h.advance(Duration::from_millis(250));
+        h.callee_sends(respond(&down, 404, "u", false));
+    });
+    let samples: Vec<(String, Vec<f64>)> = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter(|(k, _, _, _)| k.key().name() == "sbc_sip_call_setup_seconds")
+        .map(|(k, _, _, v)| {
+            let tenant = k
+                .key()
+                .labels()
+                .find(|l| l.key() == "tenant")
+                .map(|l| l.value().to_string())
+                .unwrap_or_default();
+            let DebugValue::Histogram(v) = v else {
+                panic!("not a histogram")
+            };
+            (tenant, v.into_iter().map(|x| x.into_inner()).collect())
+        })
+        .collect();
+    assert_eq!(samples.len(), 1, "{samples:?}");
+    let (tenant, mut values) = samples.into_iter().next().unwrap();
+    assert_eq!(tenant, "acme");
+    values.sort_by(f64::total_cmp);
+    assert_eq!(values, vec![0.25, 1.5]);
+}
+
 #[test]
 fn a_retransmitted_2xx_is_absorbed_and_a_forked_2xx_is_hung_up_alone() {
     let mut h = Harness::new();

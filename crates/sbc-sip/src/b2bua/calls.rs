@@ -139,6 +139,9 @@ pub(crate) struct Call {
     pub registry_id: Option<RegistryId>,
     /// A 2xx awaiting its ACK, if any.
     pub ack_wait: Option<AckWait>,
+    /// When the initial INVITE arrived (the `now` it came with), for
+    /// `sbc_sip_call_setup_seconds`.
+    pub invite_at: Instant,
 }
 
 impl Call {

@@ -350,6 +350,7 @@ impl B2bua {
                 media: OfferAnswer::default(),
                 registry_id,
                 ack_wait: None,
+                invite_at: now,
             },
         );
         metrics::gauge!("sbc_sip_active_dialogs").set(self.calls.len() as f64);

@@ -314,9 +314,11 @@ impl B2bua {
             // The INVITE has its answer: it no longer counts as pending.
             let tenant = self.calls.get_mut(call).map(|c| {
                 c.admitted.answered();
-                c.tenant.clone()
+                (c.tenant.clone(), now.saturating_duration_since(c.invite_at))
             });
-            if let Some(t) = tenant {
+            if let Some((t, setup)) = tenant {
+                metrics::histogram!("sbc_sip_call_setup_seconds", "tenant" => t.to_string())
+                    .record(setup.as_secs_f64());
                 self.report_usage(&t);
             }
         }
