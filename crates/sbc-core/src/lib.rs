@@ -10,5 +10,6 @@ pub mod log_agg;
 pub mod media;
 pub mod redact;
 pub mod registry;
+pub mod reload;
 pub mod tap;
 pub mod tenant;
