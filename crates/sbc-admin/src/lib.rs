@@ -62,6 +62,7 @@ use sbc_core::tenant::TenantId;
 
 mod api;
 pub mod audit;
+mod log_level;
 pub mod auth;
 pub mod config;
 mod server;
@@ -171,6 +172,12 @@ pub async fn serve(cfg: AdminConfig, state: AdminState) -> Result<AdminHandle, A
 }
 
 impl AdminHandle {
+    /// Lets `GET`/`PUT /v1/log-level` read and change the process's log filter through
+    /// `control` (until then they answer 501).
+    pub fn set_log_level_control(&self, control: Arc<dyn sbc_core::reload::LogLevelControl>) {
+        self.shared.log_level.set(control);
+    }
+
     /// Applies a reloaded `[admin]` section: its tokens and `redact_numbers` take effect
     /// for the next request (a removed token is refused from then on; requests already
     /// authenticated finish). The address, TLS material and audit log need a restart: a
