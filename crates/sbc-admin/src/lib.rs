@@ -62,9 +62,9 @@ use sbc_core::tenant::TenantId;
 
 mod api;
 pub mod audit;
-mod log_level;
 pub mod auth;
 pub mod config;
+mod log_level;
 mod server;
 pub mod time;
 mod ws_tap;

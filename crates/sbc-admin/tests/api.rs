@@ -308,7 +308,10 @@ async fn log_level_is_read_by_any_token_and_changed_by_operators_audited() {
                 addr,
                 "PUT",
                 "/v1/log-level",
-                &[("Authorization", &auth), ("Content-Type", "application/json")],
+                &[
+                    ("Authorization", &auth),
+                    ("Content-Type", "application/json"),
+                ],
                 Some(body),
             )
             .await
@@ -320,13 +323,21 @@ async fn log_level_is_read_by_any_token_and_changed_by_operators_audited() {
     let level = Arc::new(FakeLevel(std::sync::Mutex::new("info".into())));
     f.handle.set_log_level_control(level.clone());
     let r = request(f.addr, "GET", "/v1/log-level", bearer(VIEW_A)).await;
-    assert_eq!((r.status, r.json()), (200, serde_json::json!({"level": "info"})));
+    assert_eq!(
+        (r.status, r.json()),
+        (200, serde_json::json!({"level": "info"}))
+    );
     for tok in [VIEW_A, REC_A] {
         let r = put(tok, r#"{"level":"debug"}"#).await;
         assert_eq!(r.status, 403, "{tok}");
     }
     assert_eq!(level.current(), "info");
-    for bad in [r#"{"level":"debug; rm"}"#, r#"{"lvl":"debug"}"#, "debug", r#"{"level":""}"#] {
+    for bad in [
+        r#"{"level":"debug; rm"}"#,
+        r#"{"lvl":"debug"}"#,
+        "debug",
+        r#"{"level":""}"#,
+    ] {
         let r = put(OPS, bad).await;
         assert_eq!(r.status, 400, "{bad}: {}", r.text());
     }
@@ -343,7 +354,12 @@ async fn log_level_is_read_by_any_token_and_changed_by_operators_audited() {
     let puts: Vec<_> = audit_lines(&f.audit_path)
         .into_iter()
         .filter(|l| l["method"] == "PUT" && l["path"] == "/v1/log-level")
-        .map(|l| (l["token"].as_str().unwrap_or("").to_string(), l["status"].as_u64()))
+        .map(|l| {
+            (
+                l["token"].as_str().unwrap_or("").to_string(),
+                l["status"].as_u64(),
+            )
+        })
         .collect();
     assert_eq!(puts.len(), 7, "{puts:?}");
     assert_eq!(puts.last(), Some(&("ops".to_string(), Some(200))));

@@ -360,7 +360,9 @@ struct ListenerTls(Vec<(String, SharedAcceptor)>);
 
 impl std::fmt::Debug for ListenerTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list().entries(self.0.iter().map(|(n, _)| n)).finish()
+        f.debug_list()
+            .entries(self.0.iter().map(|(n, _)| n))
+            .finish()
     }
 }
 
@@ -779,10 +781,7 @@ async fn accept_loop(
         // The settings in force when the connection came: a reload during its handshake
         // does not change them.
         let acceptor = acceptor.read().unwrap_or_else(|p| p.into_inner()).clone();
-        let recognizer = recognizer
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let recognizer = recognizer.read().unwrap_or_else(|p| p.into_inner()).clone();
         let events = events.clone();
         let settings = settings.clone();
         let conn = ConnId(conn_ids.fetch_add(1, Ordering::Relaxed));

@@ -220,8 +220,14 @@ mod tests {
             &in_use,
         );
         let (a2, b2) = (target_of(&table, "a", "1"), target_of(&table, "b", "1"));
-        assert_eq!(b2, b1, "unchanged target keeps its id (and pooled connection)");
-        assert_ne!(a2, a1, "changed target gets a fresh id: no reuse of the old pool");
+        assert_eq!(
+            b2, b1,
+            "unchanged target keeps its id (and pooled connection)"
+        );
+        assert_ne!(
+            a2, a1,
+            "changed target gets a fresh id: no reuse of the old pool"
+        );
         assert_eq!(
             done,
             Installed {
@@ -255,6 +261,9 @@ mod tests {
             &HashSet::new(),
         );
         assert_eq!(done.added, 1);
-        assert_eq!(target_of(&table, "a", "+1555"), target_of(&table, "a", "+4420"));
+        assert_eq!(
+            target_of(&table, "a", "+1555"),
+            target_of(&table, "a", "+4420")
+        );
     }
 }
