@@ -76,7 +76,10 @@ async fn ready_reloading_stopping_and_watchdog_reach_the_notify_socket() {
     tokio::time::sleep(Duration::from_millis(800)).await;
     gw.signal(Signal::SIGHUP);
     let (reloading, pings) = next_state(&sock);
-    assert!(pings >= 2, "{pings} watchdog pings in 800 ms at a 250 ms period");
+    assert!(
+        pings >= 2,
+        "{pings} watchdog pings in 800 ms at a 250 ms period"
+    );
     let mut lines = reloading.lines();
     assert_eq!(lines.next(), Some("RELOADING=1"), "{reloading}");
     let usec: u64 = lines
@@ -90,6 +93,9 @@ async fn ready_reloading_stopping_and_watchdog_reach_the_notify_socket() {
 
     gw.signal(Signal::SIGTERM);
     assert_eq!(next_state(&sock).0, "STOPPING=1\n");
-    let status = gw.exited(NOTIFY_WITHIN).await.expect("exits after draining");
+    let status = gw
+        .exited(NOTIFY_WITHIN)
+        .await
+        .expect("exits after draining");
     assert!(status.success(), "{status:?}");
 }

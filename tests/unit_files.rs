@@ -43,7 +43,11 @@ fn check_as_unprivileged(bin: &Path, config: &Path) -> std::process::Output {
 #[test]
 #[ignore = "needs root (changes uid and file owners): run by .ci/run's unit-files stage"]
 fn check_config_passes_as_the_units_dynamic_user() {
-    if std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(1) != 0 {
+    if std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(1)
+        != 0
+    {
         eprintln!("skipped: needs root to run check-config as uid {UNPRIVILEGED}");
         return;
     }
