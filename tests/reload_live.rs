@@ -213,7 +213,5 @@ async fn admin_log_level_changes_what_is_logged() {
     std::fs::write(&file, config(&world, by_source, callee, "t1_ms = 300")).unwrap();
     gw.signal(Signal::SIGHUP);
     gw.logged(&["config_reloaded"], RELOAD_WITHIN).await;
-    for secret in [OPS] {
-        assert!(!gw.logs().contains(secret), "a token in the logs");
-    }
+    assert!(!gw.logs().contains(OPS), "a token in the logs");
 }

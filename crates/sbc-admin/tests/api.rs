@@ -289,10 +289,10 @@ struct FakeLevel(std::sync::Mutex<String>);
 
 impl sbc_core::reload::LogLevelControl for FakeLevel {
     fn current(&self) -> String {
-        self.0.lock().unwrap().clone()
+        self.0.lock().expect("not poisoned").clone()
     }
     fn set(&self, filter: &str) -> Result<(), String> {
-        *self.0.lock().unwrap() = filter.to_string();
+        *self.0.lock().expect("not poisoned") = filter.to_string();
         Ok(())
     }
 }
