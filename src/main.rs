@@ -15,6 +15,9 @@ use sbc_core::registry::{CallRegistry, DrainState};
 use sbc_media::engine::{MediaEngine, MediaSettings};
 use sbc_sip::server::{Hooks, ServerHandle};
 
+mod logging;
+mod reload;
+mod systemd;
 mod telemetry;
 
 #[derive(Parser, Debug)]
@@ -58,11 +61,8 @@ enum AuditCommand {
     },
 }
 
-/// How long SIGTERM waits for running calls to finish before stopping anyway.
-const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
-
 /// Load the admin section of `cfg` (defaults when absent) and check its tenants.
-fn admin_config(cfg: &Config) -> anyhow::Result<AdminConfig> {
+pub(crate) fn admin_config(cfg: &Config) -> anyhow::Result<AdminConfig> {
     let admin = match &cfg.admin_section {
         Some(v) => AdminConfig::from_toml_value(v.clone(), &cfg.base_dir)?,
         None => AdminConfig::default(),
@@ -80,6 +80,7 @@ fn main() -> ExitCode {
                 .map_err(anyhow::Error::from)
                 .and_then(|cfg| {
                     admin_config(&cfg)?;
+                    sbc_sip::server::check_config(&cfg)?;
                     Ok(cfg)
                 }) {
                 Ok(cfg) => {
@@ -120,30 +121,12 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logging to stderr: `RUST_LOG` if set, else `logging.level`, else `info`; JSON lines if
-/// `--log-json` or `logging.format = "json"`. Timestamps are RFC 3339 in UTC.
-fn init_logging(level: Option<&str>, json: bool) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(level.unwrap_or("info")))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
 fn run(config: Option<PathBuf>, log_json: bool) -> anyhow::Result<()> {
     let cfg = match &config {
         Some(path) => Config::load(path).with_context(|| format!("config {}", path.display()))?,
         None => Config::embedded_default().context("embedded default config")?,
     };
-    init_logging(cfg.logging.level.as_deref(), log_json || cfg.logging.json);
+    let log = logging::init(cfg.logging.level.as_deref(), log_json || cfg.logging.json);
     let admin_cfg = admin_config(&cfg).context("admin config")?;
     // Installed before anything records a metric.
     let prometheus = telemetry::install(&cfg)?;
@@ -195,6 +178,9 @@ fn run(config: Option<PathBuf>, log_json: bool) -> anyhow::Result<()> {
         .await
         .context("starting the admin plane")?;
         drain.set_ready(true);
+        admin.set_log_level_control(log.clone());
+        systemd::ready();
+        systemd::spawn_watchdog();
         match &config {
             Some(path) => println!("sbc-edge: config {}", path.display()),
             None => println!("sbc-edge: embedded default config (demo; pass --config FILE for real use)"),
@@ -216,9 +202,10 @@ fn run(config: Option<PathBuf>, log_json: bool) -> anyhow::Result<()> {
             audit_path.display()
         );
         println!("{}", cfg.summary());
-        println!("SIGHUP reloads limits and admin tokens from the config file; SIGTERM or Ctrl-C drains (twice: stops at once).");
-        reload_until_shutdown(&server, &admin, config.as_deref()).await;
-        drain_then_stop(&server, &drain).await;
+        println!("SIGHUP reloads the config file (and logs each changed key); SIGTERM or Ctrl-C drains (twice: stops at once).");
+        let mut running = reload::Running { started: cfg.clone(), current: cfg.clone() };
+        reload_until_shutdown(&server, &admin, &log, config.as_deref(), &mut running).await;
+        drain_then_stop(&server, &drain, running.current.sip.drain_deadline).await;
         admin.shutdown().await;
         server.shutdown().await;
         Ok(())
@@ -264,18 +251,19 @@ fn start_media(cfg: &Config) -> anyhow::Result<Option<MediaEngine>> {
         .context("starting the media relay")
 }
 
-/// Refuse new calls (503) and wait for running ones to end, up to [`DRAIN_DEADLINE`] or a
-/// second signal.
-async fn drain_then_stop(server: &ServerHandle, drain: &DrainState) {
+/// Refuse new calls (503) and wait for running ones to end, up to `deadline`
+/// (`sip.drain_deadline_secs`) or a second signal.
+async fn drain_then_stop(server: &ServerHandle, drain: &DrainState, deadline: Duration) {
+    systemd::stopping();
     drain.start_drain();
     let active = server.stats().active_calls;
     tracing::info!(
         event = "drain",
         active_calls = active,
-        deadline_secs = DRAIN_DEADLINE.as_secs(),
+        deadline_secs = deadline.as_secs(),
         "draining: new calls refused, waiting for running calls"
     );
-    let deadline = tokio::time::Instant::now() + DRAIN_DEADLINE;
+    let deadline = tokio::time::Instant::now() + deadline;
     let wait = async {
         while server.stats().active_calls > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -296,7 +284,9 @@ async fn drain_then_stop(server: &ServerHandle, drain: &DrainState) {
 async fn reload_until_shutdown(
     server: &sbc_sip::server::ServerHandle,
     admin: &sbc_admin::AdminHandle,
+    log: &logging::LogControl,
     path: Option<&std::path::Path>,
+    running: &mut reload::Running,
 ) {
     #[cfg(unix)]
     {
@@ -310,48 +300,18 @@ async fn reload_until_shutdown(
         loop {
             tokio::select! {
                 _ = &mut stop => return,
-                _ = hup.recv() => reload(server, admin, path).await,
+                _ = hup.recv() => {
+                    systemd::reloading();
+                    reload::reload(server, admin, log, path, running).await;
+                    systemd::ready();
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = (path, server, admin);
+        let _ = (path, server, admin, log, running);
         shutdown_signal().await;
-    }
-}
-
-/// Reload the config file; a config that does not validate (its `[admin]` section
-/// included) is refused and the running one kept.
-async fn reload(
-    server: &ServerHandle,
-    admin: &sbc_admin::AdminHandle,
-    path: Option<&std::path::Path>,
-) {
-    let Some(path) = path else {
-        tracing::warn!(
-            event = "reload_skipped",
-            "SIGHUP: running on the embedded default, nothing to reload"
-        );
-        return;
-    };
-    let loaded = Config::load(path)
-        .map_err(anyhow::Error::from)
-        .and_then(|cfg| admin_config(&cfg).map(|a| (cfg, a)));
-    match loaded {
-        Ok((cfg, admin_cfg)) => {
-            tracing::info!(event = "reload", config = %path.display(), "SIGHUP: reloading limits, flood guard, overload settings and admin tokens (listeners, recognition and routes need a restart)");
-            telemetry::tenants_changed(&cfg);
-            if let Err(e) = server.reload(Arc::new(cfg)).await {
-                tracing::error!(event = "reload_failed", error = %e, "reload not applied");
-            }
-            if let Err(e) = admin.reload(&admin_cfg) {
-                tracing::error!(event = "reload_failed", error = %e, "admin tokens not reloaded; keeping the running ones");
-            }
-        }
-        Err(e) => {
-            tracing::error!(event = "reload_rejected", config = %path.display(), error = %e, "SIGHUP: config invalid; keeping the running one");
-        }
     }
 }
 

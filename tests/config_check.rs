@@ -151,6 +151,88 @@ fn bad_config_exits_2_naming_the_key() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
 }
 
+/// A listener section named `name` on `address` with the given files.
+fn listener(name: &str, address: &str, cert: &str, key: &str) -> String {
+    format!("[[listeners]]\nname = \"{name}\"\naddress = \"{address}\"\ncertificate = {cert:?}\nprivate_key = {key:?}\n")
+}
+
+#[test]
+fn a_certificate_that_does_not_match_its_key_is_refused_naming_the_listener() {
+    let world = World::new("cfg-keymismatch");
+    let other = world.gw_ca.issue(&["localhost"]);
+    let other_key = write(&world.dir, "other.key", &other.key_pem);
+    let tenant = world.tenant(
+        "demo",
+        "source_cidrs = [\"127.0.0.0/8\"]",
+        "",
+        "127.0.0.1:9".parse().unwrap(),
+    );
+    let file = world.dir.join("mismatch.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "{}{tenant}",
+            listener("edge-a", "127.0.0.1:0", &world.gw_cert, &other_key)
+        ),
+    )
+    .unwrap();
+    let out = check_config(&file);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("listener \"edge-a\"") && err.contains("does not match the private key"),
+        "{err}"
+    );
+    assert!(!err.contains("PRIVATE KEY"), "{err}");
+    // The matching key passes.
+    std::fs::write(
+        &file,
+        format!(
+            "{}{tenant}",
+            listener("edge-a", "127.0.0.1:0", &world.gw_cert, &world.gw_key)
+        ),
+    )
+    .unwrap();
+    let out = check_config(&file);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn two_listeners_on_one_address_are_refused_naming_both() {
+    let world = World::new("cfg-samelistener");
+    let tenant = world.tenant(
+        "demo",
+        "source_cidrs = [\"127.0.0.0/8\"]",
+        "",
+        "127.0.0.1:9".parse().unwrap(),
+    );
+    let file = world.dir.join("same.toml");
+    for second in ["127.0.0.1:5061", "0.0.0.0:5061"] {
+        std::fs::write(
+            &file,
+            format!(
+                "{}{}{tenant}",
+                listener("public", "127.0.0.1:5061", &world.gw_cert, &world.gw_key),
+                listener("inside", second, &world.gw_cert, &world.gw_key)
+            ),
+        )
+        .unwrap();
+        let out = check_config(&file);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains("listeners[1].address")
+                && err.contains("\"inside\"")
+                && err.contains("\"public\""),
+            "{err}"
+        );
+    }
+}
+
 #[test]
 fn audit_verify_command_reports_the_broken_line() {
     let dir = temp_dir("auditcli");

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use sbc_core::metrics_catalog::{self as catalog, Kind, MetricDef, Values, CATALOG};
-use sbc_testkit::process::Gateway;
+use sbc_testkit::process::Spawned;
 use sbc_testkit::*;
 
 fn root() -> &'static Path {
@@ -268,8 +268,8 @@ async fn the_first_scrape_has_every_known_series_at_zero() {
     );
     let file = world.dir.join("sbc-edge.toml");
     std::fs::write(&file, text).unwrap();
-    let gw = Gateway::spawn(env!("CARGO_BIN_EXE_sbc-edge"), &file);
-    let (status, body) = http(gw.addrs.admin, "GET", "/metrics", None, "").await;
+    let gw = Spawned::start(env!("CARGO_BIN_EXE_sbc-edge"), &file, &[]);
+    let (status, body) = http(gw.printed.admin, "GET", "/metrics", None, "").await;
     assert_eq!(status, 200);
 
     let tenants = ["demo", "other"];
@@ -345,7 +345,7 @@ async fn the_first_scrape_has_every_known_series_at_zero() {
     // The port-pool gauge is filled within a second: 100 ports.
     let mut capacity = None;
     for _ in 0..50 {
-        let (_, body) = http(gw.addrs.admin, "GET", "/metrics", None, "").await;
+        let (_, body) = http(gw.printed.admin, "GET", "/metrics", None, "").await;
         capacity = sample(&body, "sbc_media_ports_capacity", &[]);
         if capacity == Some(100.0) {
             break;

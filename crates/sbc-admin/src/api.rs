@@ -13,6 +13,8 @@
 //! | `GET /v1/calls/{id}/taps` | any | the call's taps and their counters |
 //! | `DELETE /v1/taps/{tap_id}` | operator, recorder | stops a tap: 204 |
 //! | `GET /v1/calls/{id}/tap/ws[?legs=]` | operator, recorder | a live tap over a WebSocket (see `ws_tap.rs`) |
+//! | `GET /v1/log-level` | any | the log filter in force (501 if `main` wired no control) |
+//! | `PUT /v1/log-level` | operator | `{"level": "debug"}` replaces the log filter (see `log_level.rs`) |
 //!
 //! Taps answer 501 when no media relay is wired ([`AdminState::taps`] is `None`). A
 //! recorder token reaches only its tenant's calls and taps; another tenant's look like none
@@ -71,6 +73,8 @@ pub(crate) struct Shared {
     pub(crate) live: RwLock<Arc<Live>>,
     /// Bounds the WebSocket taps open at once.
     pub(crate) ws_taps: Arc<Semaphore>,
+    /// The process's log filter, once `main` hands its control over.
+    pub(crate) log_level: crate::log_level::Slot,
 }
 
 impl Shared {
@@ -79,6 +83,7 @@ impl Shared {
             state,
             live: RwLock::new(Arc::new(live)),
             ws_taps: Arc::new(Semaphore::new(crate::ws_tap::MAX_WS_TAPS)),
+            log_level: crate::log_level::Slot::default(),
         }
     }
 
@@ -120,6 +125,10 @@ pub(crate) fn router(app: App) -> Router {
         .route("/v1/calls/{id}/taps", get(list_taps).post(start_tap))
         .route("/v1/taps/{tap_id}", delete(stop_tap))
         .route("/v1/calls/{id}/tap/ws", get(crate::ws_tap::tap_ws))
+        .route(
+            "/v1/log-level",
+            get(crate::log_level::get_level).put(crate::log_level::set_level),
+        )
         .route_layer(middleware::from_fn_with_state(
             app.clone(),
             authorize_and_audit,

@@ -64,6 +64,7 @@ mod api;
 pub mod audit;
 pub mod auth;
 pub mod config;
+mod log_level;
 mod server;
 pub mod time;
 mod ws_tap;
@@ -197,6 +198,12 @@ pub async fn serve(cfg: AdminConfig, state: AdminState) -> Result<AdminHandle, A
 }
 
 impl AdminHandle {
+    /// Lets `GET`/`PUT /v1/log-level` read and change the process's log filter through
+    /// `control` (until then they answer 501).
+    pub fn set_log_level_control(&self, control: Arc<dyn sbc_core::reload::LogLevelControl>) {
+        self.shared.log_level.set(control);
+    }
+
     /// Applies a reloaded `[admin]` section: its tokens and `redact_numbers` take effect
     /// for the next request (a removed token is refused from then on; requests already
     /// authenticated finish). The address, TLS material and audit log need a restart: a

@@ -5,6 +5,7 @@ use std::io::Write;
 use std::sync::Arc;
 
 use sbc_admin::{AdminError, AuditLog};
+use sbc_core::reload::LogLevelControl;
 use sbc_core::tenant::TenantId;
 use sbc_testkit::admin::*;
 use sbc_testkit::http::*;
@@ -283,6 +284,88 @@ async fn drain_is_for_operators() {
     f.handle.shutdown().await;
 }
 
+/// A log filter held in memory, standing in for `main`'s subscriber handle.
+struct FakeLevel(std::sync::Mutex<String>);
+
+impl sbc_core::reload::LogLevelControl for FakeLevel {
+    fn current(&self) -> String {
+        self.0.lock().expect("not poisoned").clone()
+    }
+    fn set(&self, filter: &str) -> Result<(), String> {
+        *self.0.lock().expect("not poisoned") = filter.to_string();
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn log_level_is_read_by_any_token_and_changed_by_operators_audited() {
+    let f = start("log-level", config(false)).await;
+    let put = |tok: &'static str, body: &'static str| {
+        let addr = f.addr;
+        async move {
+            let auth = format!("Bearer {tok}");
+            request_with(
+                addr,
+                "PUT",
+                "/v1/log-level",
+                &[
+                    ("Authorization", &auth),
+                    ("Content-Type", "application/json"),
+                ],
+                Some(body),
+            )
+            .await
+        }
+    };
+    // Nothing wired: 501.
+    let r = request(f.addr, "GET", "/v1/log-level", bearer(VIEW_A)).await;
+    assert_eq!(r.status, 501);
+    let level = Arc::new(FakeLevel(std::sync::Mutex::new("info".into())));
+    f.handle.set_log_level_control(level.clone());
+    let r = request(f.addr, "GET", "/v1/log-level", bearer(VIEW_A)).await;
+    assert_eq!(
+        (r.status, r.json()),
+        (200, serde_json::json!({"level": "info"}))
+    );
+    for tok in [VIEW_A, REC_A] {
+        let r = put(tok, r#"{"level":"debug"}"#).await;
+        assert_eq!(r.status, 403, "{tok}");
+    }
+    assert_eq!(level.current(), "info");
+    for bad in [
+        r#"{"level":"debug; rm"}"#,
+        r#"{"lvl":"debug"}"#,
+        "debug",
+        r#"{"level":""}"#,
+    ] {
+        let r = put(OPS, bad).await;
+        assert_eq!(r.status, 400, "{bad}: {}", r.text());
+    }
+    assert_eq!(level.current(), "info");
+    let r = put(OPS, r#"{"level":"sbc_sip=debug,info"}"#).await;
+    assert_eq!(
+        (r.status, r.json()),
+        (
+            200,
+            serde_json::json!({"level": "sbc_sip=debug,info", "previous": "info"})
+        )
+    );
+    assert_eq!(level.current(), "sbc_sip=debug,info");
+    let puts: Vec<_> = audit_lines(&f.audit_path)
+        .into_iter()
+        .filter(|l| l["method"] == "PUT" && l["path"] == "/v1/log-level")
+        .map(|l| {
+            (
+                l["token"].as_str().unwrap_or("").to_string(),
+                l["status"].as_u64(),
+            )
+        })
+        .collect();
+    assert_eq!(puts.len(), 7, "{puts:?}");
+    assert_eq!(puts.last(), Some(&("ops".to_string(), Some(200))));
+    f.handle.shutdown().await;
+}
+
 #[tokio::test]
 async fn numbers_are_redacted_when_configured() {
     let f = start("redact", config(true)).await;
@@ -484,6 +567,7 @@ fn openapi_documents_exactly_the_served_paths() {
             "/v1/calls/{id}/taps",
             "/v1/taps/{tap_id}",
             "/v1/calls/{id}/tap/ws",
+            "/v1/log-level",
         ]
     );
 }

@@ -80,6 +80,9 @@ pub struct SipSettings {
     /// Most connections of one source IP that may hold an incomplete message at once;
     /// the one that would exceed it is closed.
     pub max_partial_connections_per_source: u32,
+    /// On SIGTERM, how long running calls may go on before the gateway stops anyway
+    /// (`sip.drain_deadline_secs`; 0: stop at once).
+    pub drain_deadline: Duration,
 }
 
 /// A PEM private key. Zeroized on drop; `Debug` never shows it.
@@ -132,7 +135,7 @@ impl Listener {
 }
 
 /// How a tenant's peers are recognised.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Recognition {
     pub client_cert_san: Vec<String>,
     pub client_cert_sha256: Vec<[u8; 32]>,
@@ -159,7 +162,7 @@ impl fmt::Display for TargetUri {
 }
 
 /// One route of a tenant: called numbers starting with `prefix` go to `target`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
     pub prefix: String,
     pub target: TargetUri,
@@ -450,6 +453,7 @@ struct RawSip {
     max_forwards: u32,
     message_timeout_ms: u64,
     max_partial_connections_per_source: u32,
+    drain_deadline_secs: u64,
 }
 
 /// Default `sip.message_timeout_ms`. A peer writes a message at once, so it normally
@@ -464,6 +468,15 @@ const DEFAULT_MESSAGE_TIMEOUT_MS: u64 = 10_000;
 /// 8 × `max_message_bytes` (512 KiB at the default) of buffers.
 const DEFAULT_MAX_PARTIAL_CONNECTIONS_PER_SOURCE: u32 = 8;
 
+/// Default `sip.drain_deadline_secs`: most calls a drain waits for are short ones in
+/// setup or ending; 30 s lets those finish and fits inside systemd's default stop timeout
+/// (90 s) with room for the rest of the shutdown.
+const DEFAULT_DRAIN_DEADLINE_SECS: u64 = 30;
+
+/// Longest `sip.drain_deadline_secs`: a day, past which a "drain" is an outage of the
+/// process manager's stop, not a drain.
+const MAX_DRAIN_DEADLINE_SECS: u64 = 86_400;
+
 impl Default for RawSip {
     fn default() -> Self {
         RawSip {
@@ -475,6 +488,7 @@ impl Default for RawSip {
             max_forwards: 70,
             message_timeout_ms: DEFAULT_MESSAGE_TIMEOUT_MS,
             max_partial_connections_per_source: DEFAULT_MAX_PARTIAL_CONNECTIONS_PER_SOURCE,
+            drain_deadline_secs: DEFAULT_DRAIN_DEADLINE_SECS,
         }
     }
 }
@@ -606,14 +620,15 @@ impl Config {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "sip: max_message_bytes={} max_headers={} idle_timeout={}s t1={}ms max_ringing={}s message_timeout={}ms max_partial_connections_per_source={}",
+            "sip: max_message_bytes={} max_headers={} idle_timeout={}s t1={}ms max_ringing={}s message_timeout={}ms max_partial_connections_per_source={} drain_deadline={}s",
             self.sip.max_message_bytes,
             self.sip.max_headers,
             self.sip.idle_timeout.as_secs(),
             self.sip.t1.as_millis(),
             self.sip.max_ringing.as_secs(),
             self.sip.message_timeout.as_millis(),
-            self.sip.max_partial_connections_per_source
+            self.sip.max_partial_connections_per_source,
+            self.sip.drain_deadline.as_secs()
         );
         for l in &self.listeners {
             let cert = l
@@ -661,13 +676,23 @@ impl Config {
     }
 }
 
+/// Longest log filter accepted (`logging.level`, `PUT /v1/log-level`): a filter naming a
+/// level for each crate of the gateway fits in a tenth of it.
+pub const MAX_LOG_FILTER_LEN: usize = 1024;
+
+/// True if `filter` is a log filter as `logging.level` takes it: a level (`info`) or
+/// comma-separated `target=level` directives, of `[A-Za-z0-9_=,:-]` only.
+pub fn valid_log_filter(filter: &str) -> bool {
+    !filter.is_empty()
+        && filter.len() <= MAX_LOG_FILTER_LEN
+        && filter
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_=,:-".contains(c))
+}
+
 fn validate_logging(l: &RawLogging) -> Result<LoggingSettings, ConfigError> {
     if let Some(level) = &l.level {
-        let ok = !level.is_empty()
-            && level
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "_=,:-".contains(c));
-        if !ok {
+        if !valid_log_filter(level) {
             return Err(invalid(
                 "logging.level",
                 format!("{level:?} is not a log filter"),
@@ -1178,7 +1203,20 @@ fn validate(raw: &RawConfig, base: &Path) -> Result<Config, ConfigError> {
                 format!("{:?} is also the name of listeners[{j}]", l.name),
             ));
         }
-        listeners.push(validate_listener(l, &key, base)?);
+        let listener = validate_listener(l, &key, base)?;
+        if let Some(j) = listeners
+            .iter()
+            .position(|o: &Listener| addresses_clash(o.address, listener.address))
+        {
+            return Err(invalid(
+                format!("{key}.address"),
+                format!(
+                    "listener {:?} ({}) and listener {:?} (listeners[{j}], {}) cannot both bind it",
+                    listener.name, listener.address, listeners[j].name, listeners[j].address
+                ),
+            ));
+        }
+        listeners.push(listener);
     }
     let mut tenants = Vec::new();
     let mut ids = HashMap::new();
@@ -1239,6 +1277,16 @@ fn validate(raw: &RawConfig, base: &Path) -> Result<Config, ConfigError> {
         flood_guard: validate_flood(&raw.flood_guard)?,
         overload: validate_overload(&raw.overload)?,
     })
+}
+
+/// True if two listeners cannot both bind: the same port (not 0, which the kernel picks
+/// afresh for each) on the same address, or on the same IP family where one address is
+/// the wildcard (`0.0.0.0` or `::` takes the port on every address of its family).
+fn addresses_clash(a: SocketAddr, b: SocketAddr) -> bool {
+    if a.port() == 0 || a.port() != b.port() || a.is_ipv4() != b.is_ipv4() {
+        return false;
+    }
+    a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified()
 }
 
 fn validate_flood(f: &RawFlood) -> Result<FloodSettings, ConfigError> {
@@ -1395,6 +1443,12 @@ fn validate_sip(raw: &RawSip) -> Result<SipSettings, ConfigError> {
             "must be between 1 and 10000",
         ));
     }
+    if raw.drain_deadline_secs > MAX_DRAIN_DEADLINE_SECS {
+        return Err(invalid(
+            "sip.drain_deadline_secs",
+            format!("must be between 0 and {MAX_DRAIN_DEADLINE_SECS}"),
+        ));
+    }
     Ok(SipSettings {
         max_message_bytes: raw.max_message_bytes,
         max_headers: raw.max_headers,
@@ -1404,6 +1458,7 @@ fn validate_sip(raw: &RawSip) -> Result<SipSettings, ConfigError> {
         max_forwards: raw.max_forwards,
         message_timeout: Duration::from_millis(raw.message_timeout_ms),
         max_partial_connections_per_source: raw.max_partial_connections_per_source,
+        drain_deadline: Duration::from_secs(raw.drain_deadline_secs),
     })
 }
 
@@ -1776,6 +1831,48 @@ mod tests {
         );
         assert!(cfg.summary().contains("tenant t1"));
         assert_eq!(cfg.tenants[0].media.record, None);
+    }
+
+    #[test]
+    fn drain_deadline_defaults_to_30s_and_is_bounded() {
+        let f = files();
+        let cfg = Config::from_toml_str(&format!("{LISTENER}{TENANT}"), &f.dir).expect("valid");
+        assert_eq!(cfg.sip.drain_deadline, Duration::from_secs(30));
+        let text = format!("[sip]\ndrain_deadline_secs = 0\n{LISTENER}{TENANT}");
+        let cfg = Config::from_toml_str(&text, &f.dir).expect("valid");
+        assert_eq!(cfg.sip.drain_deadline, Duration::ZERO);
+        let e = err(
+            &f,
+            &format!("[sip]\ndrain_deadline_secs = 86401\n{LISTENER}{TENANT}"),
+        );
+        assert!(e.contains("sip.drain_deadline_secs"), "{e}");
+    }
+
+    #[test]
+    fn two_listeners_on_one_address_are_refused_by_name() {
+        let f = files();
+        let second = |addr: &str| {
+            format!("{LISTENER}[[listeners]]\nname=\"second\"\naddress=\"{addr}\"\ncertificate=\"cert.pem\"\nprivate_key=\"key.pem\"\n{TENANT}")
+        };
+        for clash in ["127.0.0.1:5061", "0.0.0.0:5061"] {
+            let e = err(&f, &second(clash));
+            assert!(
+                e.contains("listeners[1].address")
+                    && e.contains("\"second\"")
+                    && e.contains("\"l\""),
+                "{e}"
+            );
+        }
+        for fine in ["127.0.0.1:5062", "127.0.0.2:5061", "[::1]:5061"] {
+            Config::from_toml_str(&second(fine), &f.dir).expect(fine);
+        }
+        // Port 0: each bind gets its own port.
+        let zero = LISTENER.replace("5061", "0");
+        let text = format!(
+            "{zero}{}",
+            second("127.0.0.1:0").trim_start_matches(LISTENER)
+        );
+        Config::from_toml_str(&text, &f.dir).expect("two port-0 listeners");
     }
 
     #[test]

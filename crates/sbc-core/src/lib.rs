@@ -12,5 +12,6 @@ pub mod media;
 pub mod metrics_catalog;
 pub mod redact;
 pub mod registry;
+pub mod reload;
 pub mod tap;
 pub mod tenant;

@@ -8,6 +8,7 @@ pub mod framing;
 pub mod message;
 pub mod routing;
 pub mod server;
+mod targets;
 pub mod tls;
 pub mod transaction;
 

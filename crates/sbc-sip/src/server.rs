@@ -37,7 +37,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
-use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn, Level};
 
 use crate::b2bua::{
@@ -47,7 +47,8 @@ use crate::b2bua::{
 use crate::error::SipError;
 use crate::framing::{Frame, FrameError, Framer};
 use crate::message::{salvage_request, tag, Limits, Method, SipMessage};
-use crate::routing::{RouteEntry, RouteTable, TargetId};
+use crate::routing::TargetId;
+use crate::targets::{PreparedRoute, Target, TargetTable};
 use crate::tls;
 use crate::transaction::TimerConfig;
 
@@ -308,14 +309,6 @@ impl SlowSources {
     }
 }
 
-/// A route target's connector.
-#[derive(Clone)]
-struct Target {
-    addr: String,
-    name: rustls::pki_types::ServerName<'static>,
-    tls: TlsConnector,
-}
-
 enum Event {
     Core(Input),
     Registered {
@@ -327,7 +320,10 @@ enum Event {
         target: TargetId,
         error: String,
     },
-    Reload(Arc<Config>),
+    Reload {
+        config: Arc<Config>,
+        routes: Vec<PreparedRoute>,
+    },
 }
 
 /// The core's handle on a connection: its write queue and a way to close it.
@@ -353,7 +349,26 @@ pub struct ServerHandle {
     events: mpsc::Sender<Event>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// Tenant recognition in use (swapped on reload); read when a connection is accepted.
+    recognizer: Arc<RwLock<Arc<Recognizer>>>,
+    /// Each listener's name and TLS acceptor (swapped on reload), in config order.
+    acceptors: ListenerTls,
 }
+
+/// Each listener's name and TLS acceptor, in config order.
+struct ListenerTls(Vec<(String, SharedAcceptor)>);
+
+impl std::fmt::Debug for ListenerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(n, _)| n))
+            .finish()
+    }
+}
+
+/// A listener's TLS settings, replaced whole on reload; read when a connection is
+/// accepted, so handshakes under way finish with the settings they started with.
+type SharedAcceptor = Arc<RwLock<TlsAcceptor>>;
 
 impl ServerHandle {
     /// Sizes of the B2BUA's tables as of its last step.
@@ -369,13 +384,40 @@ impl ServerHandle {
 
     /// Apply a reloaded config: tenant limits (running calls keep their slots; a quota
     /// lowered below current usage refuses new calls only), the flood guard and overload
-    /// settings. Listeners, recognition and routes need a restart; a change to them is
-    /// logged and not applied.
+    /// settings, header, body and media policies, routes and their targets (new calls take
+    /// the new routes; running calls keep their target and its connection; a target whose
+    /// address, TLS name or CA changed gets a fresh connection), tenant recognition and each
+    /// listener's certificate, key and client CA (both for connections accepted from now
+    /// on). Everything is prepared first: if a route or listener certificate cannot be
+    /// used, nothing is applied and the error says which. Listener addresses and the set
+    /// of listeners need a restart (see `sbc_core::reload::diff`): when the listener names
+    /// differ from the running ones, their TLS settings are left as they are.
     pub async fn reload(&self, config: Arc<Config>) -> Result<(), SipError> {
+        let routes = crate::targets::prepare(&config)?;
+        let same_listeners = config.listeners.len() == self.acceptors.0.len()
+            && config
+                .listeners
+                .iter()
+                .zip(&self.acceptors.0)
+                .all(|(l, (name, _))| *name == l.name);
+        let acceptors = if same_listeners {
+            Some(listener_acceptors(&config)?)
+        } else {
+            None
+        };
+        let recognizer = Arc::new(Recognizer::new(&config));
         self.events
-            .send(Event::Reload(config))
+            .send(Event::Reload {
+                config: config.clone(),
+                routes,
+            })
             .await
-            .map_err(|_| SipError::Config("the SIP core has stopped".to_string()))
+            .map_err(|_| SipError::Config("the SIP core has stopped".to_string()))?;
+        *self.recognizer.write().unwrap_or_else(|p| p.into_inner()) = recognizer;
+        for (new, (_, shared)) in acceptors.into_iter().flatten().zip(&self.acceptors.0) {
+            *shared.write().unwrap_or_else(|p| p.into_inner()) = new;
+        }
+        Ok(())
     }
 
     /// A tenant's usage against its limits, as admission sees it now.
@@ -555,46 +597,21 @@ pub async fn start_with(config: Arc<Config>, hooks: Hooks) -> Result<ServerHandl
     };
 
     // Routes and their connectors.
-    let mut routes = RouteTable::new();
-    let mut targets = Vec::new();
-    for tenant in &config.tenants {
-        for route in &tenant.routes {
-            let id = TargetId(targets.len());
-            let host = route.target.host.clone();
-            let host_port = if host.contains(':') {
-                format!("[{host}]:{}", route.target.port)
-            } else {
-                format!("{host}:{}", route.target.port)
-            };
-            let name = tls::server_name(route.server_name.as_deref().unwrap_or(&host))?;
-            let client = tls::client_config(route.ca_pem.as_deref())?;
-            targets.push(Target {
-                addr: host_port.clone(),
-                name,
-                tls: TlsConnector::from(client),
-            });
-            routes.insert(
-                tenant.id.clone(),
-                RouteEntry {
-                    prefix: route.prefix.clone(),
-                    target: id,
-                    host_port,
-                },
-            );
-        }
-    }
-    let recognizer = Arc::new(Recognizer::new(&config));
+    let mut targets = TargetTable::default();
+    let (routes, _) = targets.install(
+        crate::targets::prepare(&config)?,
+        &std::collections::HashSet::new(),
+    );
+    let recognizer = Arc::new(RwLock::new(Arc::new(Recognizer::new(&config))));
+    let tls_configs = listener_acceptors(&config)?;
+    let mut acceptors = Vec::new();
 
     let mut tasks = Vec::new();
     let mut sip_addrs = Vec::new();
     let mut advertised = Vec::new();
-    for (index, listener) in config.listeners.iter().enumerate() {
-        let tls = tls::server_config(
-            &listener.certificate_pem,
-            listener.private_key.pem(),
-            listener.client_ca_pem.as_deref(),
-            listener.require_client_cert,
-        )?;
+    for ((index, listener), tls) in config.listeners.iter().enumerate().zip(tls_configs) {
+        let acceptor = Arc::new(RwLock::new(tls));
+        acceptors.push((listener.name.clone(), acceptor.clone()));
         let socket = TcpListener::bind(listener.address)
             .await
             .map_err(|source| SipError::Bind {
@@ -618,7 +635,7 @@ pub async fn start_with(config: Arc<Config>, hooks: Hooks) -> Result<ServerHandl
         tasks.push(tokio::spawn(accept_loop(
             index,
             socket,
-            TlsAcceptor::from(tls),
+            acceptor,
             recognizer.clone(),
             events_tx.clone(),
             conn_ids.clone(),
@@ -691,15 +708,46 @@ pub async fn start_with(config: Arc<Config>, hooks: Hooks) -> Result<ServerHandl
         events: events_tx_handle,
         shutdown: shutdown_tx,
         tasks,
+        recognizer,
+        acceptors: ListenerTls(acceptors),
     })
+}
+
+/// Each listener's TLS acceptor, in config order; fails naming the listener whose
+/// certificate, key or client CA is unusable (a certificate that does not match its key
+/// included).
+fn listener_acceptors(config: &Config) -> Result<Vec<TlsAcceptor>, SipError> {
+    config
+        .listeners
+        .iter()
+        .map(|l| {
+            tls::server_config(
+                &l.certificate_pem,
+                l.private_key.pem(),
+                l.client_ca_pem.as_deref(),
+                l.require_client_cert,
+            )
+            .map(TlsAcceptor::from)
+            .map_err(|e| SipError::Tls(format!("listener {:?}: {e}", l.name)))
+        })
+        .collect()
+}
+
+/// Check that `config` can be served, without binding anything: every listener's
+/// certificate, key (and that they match) and client CA, and every route's TLS name and
+/// CA. What `sbc-edge check-config` runs after the config's own validation.
+pub fn check_config(config: &Config) -> Result<(), SipError> {
+    listener_acceptors(config)?;
+    crate::targets::prepare(config)?;
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
 async fn accept_loop(
     listener_index: usize,
     socket: TcpListener,
-    acceptor: TlsAcceptor,
-    recognizer: Arc<Recognizer>,
+    acceptor: SharedAcceptor,
+    recognizer: Arc<RwLock<Arc<Recognizer>>>,
     events: mpsc::Sender<Event>,
     conn_ids: Arc<AtomicU64>,
     settings: ConnSettings,
@@ -730,8 +778,10 @@ async fn accept_loop(
             }
         };
         let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let recognizer = recognizer.clone();
+        // The settings in force when the connection came: a reload during its handshake
+        // does not change them.
+        let acceptor = acceptor.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let recognizer = recognizer.read().unwrap_or_else(|p| p.into_inner()).clone();
         let events = events.clone();
         let settings = settings.clone();
         let conn = ConnId(conn_ids.fetch_add(1, Ordering::Relaxed));
@@ -1120,7 +1170,7 @@ fn screen(
 async fn core_loop(
     mut core: B2bua,
     shared_admission: Arc<RwLock<Arc<Admission>>>,
-    targets: Vec<Target>,
+    mut targets: TargetTable,
     mut events: mpsc::Receiver<Event>,
     events_tx: mpsc::Sender<Event>,
     conn_ids: Arc<AtomicU64>,
@@ -1173,10 +1223,26 @@ async fn core_loop(
                     }
                 }
             }
-            Some(Event::Reload(config)) => {
+            Some(Event::Reload { config, routes }) => {
                 let admission = Arc::new(core.admission().reloaded(&config));
                 *shared_admission.write().unwrap_or_else(|p| p.into_inner()) = admission.clone();
-                core.reconfigure(core.routes(), admission);
+                let (table, done) = targets.install(routes, &core.targets_in_use());
+                for id in &done.retired {
+                    // No route names it and no call uses it: its connection can go.
+                    if let Some(PoolEntry::Up(conn)) = pool.remove(id) {
+                        if let Some(h) = writers.remove(&conn) {
+                            h.close.notify_one();
+                        }
+                    }
+                }
+                info!(
+                    event = "routes_reloaded",
+                    targets_kept = done.kept,
+                    targets_new = done.added,
+                    targets_retired = done.retired.len(),
+                    "routes replaced: new calls take them, running calls keep their target"
+                );
+                core.reconfigure(Arc::new(table), admission);
                 core.set_media_policies(media_policies(&config));
                 core.set_sip_policies(sip_policies(&config));
                 settings.guards.reload(&config);
@@ -1217,7 +1283,7 @@ async fn core_loop(
                         }
                     }
                     Some(PoolEntry::Connecting(queue)) => queue.push(msg),
-                    None => match targets.get(target.0) {
+                    None => match targets.get(target) {
                         Some(t) => {
                             pool.insert(target, PoolEntry::Connecting(vec![msg]));
                             tokio::spawn(connect(

@@ -63,9 +63,12 @@ pub fn server_config(
         }
         None => builder.with_no_client_auth(),
     };
-    let cfg = builder
-        .with_single_cert(chain, key)
-        .map_err(|e| SipError::Tls(format!("listener certificate and key: {e}")))?;
+    let cfg = builder.with_single_cert(chain, key).map_err(|e| match e {
+        rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
+            SipError::Tls("the certificate does not match the private key".to_string())
+        }
+        e => SipError::Tls(format!("listener certificate and key: {e}")),
+    })?;
     Ok(Arc::new(cfg))
 }
 

@@ -1,50 +1,127 @@
-//! The `sbc-edge` binary as a child process: started on a config file, its addresses read
-//! from the banner, killed when the test ends however it ends.
+//! A spawned `sbc-edge` process in a test ([`Spawned`]): started on a config file with its
+//! stdout banner read ([`crate::sip::printed_addresses`]) and its stderr (the logs)
+//! collected, signalled by the test, killed when the test ends however it ends. Also the
+//! bounded wait every such test needs ([`eventually`]).
 
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+pub use nix::sys::signal::Signal;
 
 use crate::sip::{printed_addresses, Printed};
 
-/// How long the binary may take to print its addresses (a debug build under a loaded
-/// host binds, makes keys and starts workers in well under a second; 20 s is slack).
-pub const START_WAIT: Duration = Duration::from_secs(20);
+/// How long a spawned gateway may take to print its addresses.
+pub const START_WITHIN: Duration = Duration::from_secs(20);
 
-/// A running `sbc-edge`; killed and reaped on drop.
-pub struct Gateway {
-    pub child: Child,
+/// A running `sbc-edge`.
+pub struct Spawned {
+    child: Child,
     /// Where it said it listens.
-    pub addrs: Printed,
+    pub printed: Printed,
+    logs: Arc<Mutex<String>>,
 }
 
-impl Gateway {
-    /// Starts `bin` (pass `env!("CARGO_BIN_EXE_sbc-edge")`) with `--config config` and
-    /// waits, at most [`START_WAIT`], for its banner. stderr (the logs) is discarded.
-    pub fn spawn(bin: &str, config: &Path) -> Gateway {
-        let mut child = Command::new(bin)
-            .arg("--config")
+impl Spawned {
+    /// Run `bin` (`env!("CARGO_BIN_EXE_sbc-edge")`) with `--config config`, `RUST_LOG=info`
+    /// unless `env` sets it, and `env`; panics if it does not print its addresses in time.
+    pub fn start(bin: &str, config: &Path, env: &[(&str, &str)]) -> Spawned {
+        let mut cmd = Command::new(bin);
+        cmd.arg("--config")
             .arg(config)
+            .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("runs sbc-edge");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let addrs = match printed_addresses(stdout, START_WAIT) {
-            Some(a) => a,
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("runs sbc-edge");
+        let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take().expect("stderr");
+        let logs = Arc::new(Mutex::new(String::new()));
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let printed = match printed_addresses(stdout, START_WITHIN) {
+            Some(p) => p,
             None => {
                 let _ = child.kill();
-                let _ = child.wait();
-                panic!("sbc-edge did not print its addresses within {START_WAIT:?}");
+                panic!(
+                    "sbc-edge did not print its addresses; its logs:\n{}",
+                    logs.lock().unwrap()
+                );
             }
         };
-        Gateway { child, addrs }
+        Spawned {
+            child,
+            printed,
+            logs,
+        }
+    }
+
+    /// Send `signal` to the process.
+    pub fn signal(&self, signal: Signal) {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).expect("pid"));
+        nix::sys::signal::kill(pid, signal).expect("signal sbc-edge");
+    }
+
+    /// Everything it has logged so far.
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// The log lines that contain every one of `parts`.
+    pub fn lines_with(&self, parts: &[&str]) -> Vec<String> {
+        self.logs()
+            .lines()
+            .filter(|l| parts.iter().all(|p| l.contains(p)))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Wait (at most `within`) until a logged line contains every one of `parts`.
+    pub async fn logged(&self, parts: &[&str], within: Duration) {
+        let found = eventually(within, async || !self.lines_with(parts).is_empty()).await;
+        assert!(found, "no log line with {parts:?}; logs:\n{}", self.logs());
+    }
+
+    /// Wait (at most `within`) for the process to exit.
+    pub async fn exited(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
     }
 }
 
-impl Drop for Gateway {
+impl Drop for Spawned {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Poll `pred` every 50 ms until it holds (true) or `within` passes (false).
+pub async fn eventually(within: Duration, mut pred: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if pred().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

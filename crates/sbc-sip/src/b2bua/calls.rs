@@ -212,6 +212,11 @@ impl Calls {
     pub fn len(&self) -> usize {
         self.calls.len()
     }
+
+    /// Every call held.
+    pub fn iter(&self) -> impl Iterator<Item = &Call> {
+        self.calls.values()
+    }
 }
 
 /// The value of a From or To header with its `tag` parameter removed.

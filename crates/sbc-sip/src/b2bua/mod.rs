@@ -329,7 +329,8 @@ impl B2bua {
         self.media_policies = policies;
     }
 
-    /// Swap routes and admission (config reload). Running calls keep their slots.
+    /// Swap routes and admission (config reload). Running calls keep their slots and
+    /// their target; new calls take the new routes.
     pub fn reconfigure(&mut self, routes: Arc<RouteTable>, admission: Arc<Admission>) {
         self.routes = routes;
         self.admission = admission;
@@ -343,6 +344,12 @@ impl B2bua {
     /// The route table in use.
     pub fn routes(&self) -> Arc<RouteTable> {
         self.routes.clone()
+    }
+
+    /// The route targets that calls held now send to: a reload keeps their connectors
+    /// (running calls keep their target) while new calls take the new routes.
+    pub fn targets_in_use(&self) -> std::collections::HashSet<TargetId> {
+        self.calls.iter().map(|c| c.target).collect()
     }
 
     /// Sizes of the core's tables.
