@@ -118,19 +118,26 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logging to stderr: `RUST_LOG` if set, else `logging.level`, else `info`; JSON lines if
-/// `--log-json` or `logging.format = "json"`. Timestamps are RFC 3339 in UTC.
+/// Added to `logging.level` (not to `RUST_LOG`, which is taken as written): rustls warns
+/// once per handshake when a peer sends an IP address as SNI (RFC 6066 allows only host
+/// names, and many SIP trunks do it anyway); the handshake goes on, and recognition by SNI
+/// never sees the address, so at our level that line is noise.
+const QUIET_RUSTLS: &str = "rustls::msgs::handshake=error";
+
+/// Logging to stderr: `RUST_LOG` if set, else `logging.level` (default `info`) plus
+/// [`QUIET_RUSTLS`]; JSON lines (fields flat beside `message`) if `--log-json` or
+/// `logging.format = "json"`. Timestamps are RFC 3339 in UTC.
 fn init_logging(level: Option<&str>, json: bool) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(level.unwrap_or("info")))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+        .or_else(|_| EnvFilter::try_new(format!("{},{QUIET_RUSTLS}", level.unwrap_or("info"))))
+        .unwrap_or_else(|_| EnvFilter::new(format!("info,{QUIET_RUSTLS}")));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if json {
-        builder.json().init();
+        builder.json().flatten_event(true).init();
     } else {
         builder.init();
     }
