@@ -1,5 +1,7 @@
 //! sbc-edge: command line, wiring and signals. No protocol logic lives here.
 
+mod ctl;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -40,6 +42,8 @@ enum Command {
         /// The file to check.
         file: PathBuf,
     },
+    /// Talk to a running gateway's admin API (calls, usage, taps, drain, reload, log level).
+    Ctl(ctl::CtlArgs),
     /// Audit log tools.
     Audit {
         #[command(subcommand)]
@@ -91,6 +95,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Some(Command::Ctl(args)) => ctl::run(args),
         Some(Command::Audit {
             command: AuditCommand::Verify { file },
         }) => match sbc_admin::verify_audit(&file) {
@@ -197,6 +202,8 @@ fn run(config: Option<PathBuf>, log_json: bool) -> anyhow::Result<()> {
         )
         .await
         .context("starting the admin plane")?;
+        let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel(RELOAD_QUEUE);
+        admin.on_reload(reload_hook(reload_tx));
         drain.set_ready(true);
         match &config {
             Some(path) => println!("sbc-edge: config {}", path.display()),
@@ -220,7 +227,7 @@ fn run(config: Option<PathBuf>, log_json: bool) -> anyhow::Result<()> {
         );
         println!("{}", cfg.summary());
         println!("SIGHUP reloads limits and admin tokens from the config file; SIGTERM or Ctrl-C drains (twice: stops at once).");
-        reload_until_shutdown(&server, &admin, config.as_deref()).await;
+        reload_until_shutdown(&server, &admin, config.as_deref(), &mut reload_rx).await;
         drain_then_stop(&server, &drain).await;
         admin.shutdown().await;
         server.shutdown().await;
@@ -295,11 +302,32 @@ async fn drain_then_stop(server: &ServerHandle, drain: &DrainState) {
     );
 }
 
-/// Serve SIGHUP (reload) until SIGTERM or Ctrl-C.
+/// Reload requests from the admin API waiting at once (each waits for its answer).
+const RELOAD_QUEUE: usize = 4;
+
+/// A reload request from `POST /v1/reload`: where its outcome goes.
+type ReloadReply = tokio::sync::oneshot::Sender<Result<String, String>>;
+
+/// `POST /v1/reload` queues a request for the signal loop, which runs the same reload as
+/// SIGHUP and answers with its outcome.
+fn reload_hook(tx: tokio::sync::mpsc::Sender<ReloadReply>) -> sbc_admin::ReloadHook {
+    Arc::new(move || {
+        let tx = tx.clone();
+        Box::pin(async move {
+            let stopping = || "the gateway is stopping".to_string();
+            let (reply, outcome) = tokio::sync::oneshot::channel();
+            tx.send(reply).await.map_err(|_| stopping())?;
+            outcome.await.map_err(|_| stopping())?
+        })
+    })
+}
+
+/// Serve SIGHUP and admin reloads until SIGTERM or Ctrl-C.
 async fn reload_until_shutdown(
     server: &sbc_sip::server::ServerHandle,
     admin: &sbc_admin::AdminHandle,
     path: Option<&std::path::Path>,
+    requests: &mut tokio::sync::mpsc::Receiver<ReloadReply>,
 ) {
     #[cfg(unix)]
     {
@@ -313,30 +341,33 @@ async fn reload_until_shutdown(
         loop {
             tokio::select! {
                 _ = &mut stop => return,
-                _ = hup.recv() => reload(server, admin, path).await,
+                _ = hup.recv() => { let _ = reload(server, admin, path).await; }
+                Some(reply) = requests.recv() => {
+                    let _ = reply.send(reload(server, admin, path).await);
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = (path, server, admin);
+        let _ = (path, server, admin, requests);
         shutdown_signal().await;
     }
 }
 
 /// Reload the config file; a config that does not validate (its `[admin]` section
-/// included) is refused and the running one kept.
+/// included) is refused and the running one kept. The outcome, for `POST /v1/reload`.
 async fn reload(
     server: &ServerHandle,
     admin: &sbc_admin::AdminHandle,
     path: Option<&std::path::Path>,
-) {
+) -> Result<String, String> {
     let Some(path) = path else {
         tracing::warn!(
             event = "reload_skipped",
             "SIGHUP: running on the embedded default, nothing to reload"
         );
-        return;
+        return Err("running on the embedded default config: nothing to reload".to_string());
     };
     let loaded = Config::load(path)
         .map_err(anyhow::Error::from)
@@ -346,13 +377,20 @@ async fn reload(
             tracing::info!(event = "reload", config = %path.display(), "SIGHUP: reloading limits, flood guard, overload settings and admin tokens (listeners, recognition and routes need a restart)");
             if let Err(e) = server.reload(Arc::new(cfg)).await {
                 tracing::error!(event = "reload_failed", error = %e, "reload not applied");
+                return Err(format!("reload not applied: {e}"));
             }
             if let Err(e) = admin.reload(&admin_cfg) {
                 tracing::error!(event = "reload_failed", error = %e, "admin tokens not reloaded; keeping the running ones");
+                return Err(format!("limits reloaded; admin tokens not reloaded: {e}"));
             }
+            Ok(format!("{}: limits, flood guard, overload settings, media and header/body policies and admin tokens reloaded", path.display()))
         }
         Err(e) => {
             tracing::error!(event = "reload_rejected", config = %path.display(), error = %e, "SIGHUP: config invalid; keeping the running one");
+            Err(format!(
+                "{}: invalid, the running config is kept: {e:#}",
+                path.display()
+            ))
         }
     }
 }

@@ -9,6 +9,7 @@
 //! | `GET /v1/calls/{id}` | any | one call, 404 if absent or another tenant's |
 //! | `GET /v1/tenants/{id}/usage` | any | usage against limits, 404 for another tenant |
 //! | `POST /v1/drain` | operator | starts draining (readyz then 503) |
+//! | `POST /v1/reload` | operator | the SIGHUP reload, through [`crate::ReloadHook`]: 200 applied, 409 refused, 501 not wired |
 //! | `POST /v1/calls/{id}/taps` | operator, recorder | starts a recording tap: 201 with its id (and SRTP key, once) |
 //! | `GET /v1/calls/{id}/taps` | any | the call's taps and their counters |
 //! | `DELETE /v1/taps/{tap_id}` | operator, recorder | stops a tap: 204 |
@@ -71,6 +72,18 @@ pub(crate) struct Shared {
     pub(crate) live: RwLock<Arc<Live>>,
     /// Bounds the WebSocket taps open at once.
     pub(crate) ws_taps: Arc<Semaphore>,
+    /// What `POST /v1/reload` runs; set once by [`crate::AdminHandle::on_reload`].
+    pub(crate) reload: ReloadSlot,
+}
+
+/// Where the reload hook is kept (a `Debug` wrapper around it).
+#[derive(Default)]
+pub(crate) struct ReloadSlot(pub(crate) std::sync::OnceLock<crate::ReloadHook>);
+
+impl std::fmt::Debug for ReloadSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ReloadSlot(wired: {})", self.0.get().is_some())
+    }
 }
 
 impl Shared {
@@ -79,6 +92,7 @@ impl Shared {
             state,
             live: RwLock::new(Arc::new(live)),
             ws_taps: Arc::new(Semaphore::new(crate::ws_tap::MAX_WS_TAPS)),
+            reload: ReloadSlot::default(),
         }
     }
 
@@ -117,6 +131,7 @@ pub(crate) fn router(app: App) -> Router {
         .route("/v1/calls/{id}", get(get_call))
         .route("/v1/tenants/{id}/usage", get(tenant_usage))
         .route("/v1/drain", post(drain))
+        .route("/v1/reload", post(reload))
         .route("/v1/calls/{id}/taps", get(list_taps).post(start_tap))
         .route("/v1/taps/{tap_id}", delete(stop_tap))
         .route("/v1/calls/{id}/tap/ws", get(crate::ws_tap::tap_ws))
@@ -503,6 +518,32 @@ async fn drain(State(app): State<App>, Extension(Caller(token)): Extension<Calle
         Json(serde_json::json!({ "draining": true, "already_draining": !started })),
     )
         .into_response()
+}
+
+/// `POST /v1/reload`: what SIGHUP does, for operators; the answer says what happened.
+async fn reload(State(app): State<App>, Extension(Caller(token)): Extension<Caller>) -> Response {
+    if token.role != Role::Operator {
+        return json_error(StatusCode::FORBIDDEN, "reload needs an operator token");
+    }
+    let Some(hook) = app.reload.0.get().cloned() else {
+        return json_error(
+            StatusCode::NOT_IMPLEMENTED,
+            "reload is not available on this gateway",
+        );
+    };
+    warn!(token = %token.id, "reload requested through the admin API");
+    match hook().await {
+        Ok(detail) => (
+            StatusCode::OK,
+            Json(serde_json::json!({ "reloaded": true, "detail": detail })),
+        )
+            .into_response(),
+        Err(reason) => (
+            StatusCode::CONFLICT,
+            Json(serde_json::json!({ "reloaded": false, "error": reason })),
+        )
+            .into_response(),
+    }
 }
 
 // ---- recording taps ----
