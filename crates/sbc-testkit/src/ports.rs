@@ -34,7 +34,7 @@ pub fn free_udp_range(len: u16) -> (u16, u16) {
         Ordering::Relaxed,
     );
     for _ in 0..ATTEMPTS {
-        let offset = CURSOR.fetch_add(len, Ordering::Relaxed) % window & !1;
+        let offset = (CURSOR.fetch_add(len, Ordering::Relaxed) % window) & !1;
         let min = FLOOR + offset;
         let max = min + len - 1;
         if (min..=max).all(|p| UdpSocket::bind(("127.0.0.1", p as u16)).is_ok()) {
