@@ -10,6 +10,12 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{reload, EnvFilter, Registry};
 
+/// Added to `logging.level` (not to `RUST_LOG`, which is taken as written): rustls warns
+/// once per handshake when a peer sends an IP address as SNI (RFC 6066 allows only host
+/// names, and many SIP trunks do it anyway); the handshake goes on, and recognition by SNI
+/// never sees the address, so at our level that line is noise.
+pub const QUIET_RUSTLS: &str = "rustls::msgs::handshake=error";
+
 /// The filter in force and the handle that replaces it.
 pub struct LogControl {
     handle: reload::Handle<EnvFilter, Registry>,
@@ -37,8 +43,8 @@ impl LogLevelControl for LogControl {
     }
 }
 
-/// Logging to stderr: `RUST_LOG` if set, else `logging.level`, else `info`; JSON lines if
-/// `json`. Timestamps are RFC 3339 in UTC. The returned control replaces the filter.
+/// Logging to stderr: `RUST_LOG` if set, else `logging.level` (default `info`) plus
+/// [`QUIET_RUSTLS`]; JSON lines (fields flat beside `message`) if `json`. Timestamps are RFC 3339 in UTC. The returned control replaces the filter.
 pub fn init(level: Option<&str>, json: bool) -> Arc<LogControl> {
     let (text, filter) = match std::env::var("RUST_LOG")
         .ok()
@@ -46,10 +52,14 @@ pub fn init(level: Option<&str>, json: bool) -> Arc<LogControl> {
     {
         Some(found) => found,
         None => {
-            let text = level.unwrap_or("info").to_string();
+            let text = format!("{},{QUIET_RUSTLS}", level.unwrap_or("info"));
             match EnvFilter::try_new(&text) {
                 Ok(f) => (text, f),
-                Err(_) => ("info".to_string(), EnvFilter::new("info")),
+                Err(_) => {
+                    let text = format!("info,{QUIET_RUSTLS}");
+                    let f = EnvFilter::new(&text);
+                    (text, f)
+                }
             }
         }
     };
@@ -63,6 +73,7 @@ pub fn init(level: Option<&str>, json: bool) -> Arc<LogControl> {
     let json_layer = json.then(|| {
         tracing_subscriber::fmt::layer()
             .json()
+            .flatten_event(true)
             .with_writer(std::io::stderr)
     });
     tracing_subscriber::registry()

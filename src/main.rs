@@ -1,5 +1,7 @@
 //! sbc-edge: command line, wiring and signals. No protocol logic lives here.
 
+mod ctl;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -45,6 +47,8 @@ enum Command {
         /// The file to check.
         file: PathBuf,
     },
+    /// Talk to a running gateway's admin API (calls, usage, taps, drain, reload, log level).
+    Ctl(ctl::CtlArgs),
     /// Audit log tools.
     Audit {
         #[command(subcommand)]
@@ -94,6 +98,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Some(Command::Ctl(args)) => ctl::run(args),
         Some(Command::Audit {
             command: AuditCommand::Verify { file },
         }) => match sbc_admin::verify_audit(&file) {
@@ -177,6 +182,8 @@ fn run(config: Option<PathBuf>, log_json: bool) -> anyhow::Result<()> {
         )
         .await
         .context("starting the admin plane")?;
+        let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel(RELOAD_QUEUE);
+        admin.on_reload(reload_hook(reload_tx));
         drain.set_ready(true);
         admin.set_log_level_control(log.clone());
         systemd::ready();
@@ -202,9 +209,9 @@ fn run(config: Option<PathBuf>, log_json: bool) -> anyhow::Result<()> {
             audit_path.display()
         );
         println!("{}", cfg.summary());
-        println!("SIGHUP reloads the config file (and logs each changed key); SIGTERM or Ctrl-C drains (twice: stops at once).");
+        println!("SIGHUP (or `sbc-edge ctl reload`) reloads the config file and logs each changed key; SIGTERM or Ctrl-C drains (twice: stops at once).");
         let mut running = reload::Running { started: cfg.clone(), current: cfg.clone() };
-        reload_until_shutdown(&server, &admin, &log, config.as_deref(), &mut running).await;
+        reload_until_shutdown(&server, &admin, &log, config.as_deref(), &mut running, &mut reload_rx).await;
         drain_then_stop(&server, &drain, running.current.sip.drain_deadline).await;
         admin.shutdown().await;
         server.shutdown().await;
@@ -280,13 +287,34 @@ async fn drain_then_stop(server: &ServerHandle, drain: &DrainState, deadline: Du
     );
 }
 
-/// Serve SIGHUP (reload) until SIGTERM or Ctrl-C.
+/// Reload requests from the admin API waiting at once (each waits for its answer).
+const RELOAD_QUEUE: usize = 4;
+
+/// A reload request from `POST /v1/reload`: where its outcome goes.
+type ReloadReply = tokio::sync::oneshot::Sender<Result<String, String>>;
+
+/// `POST /v1/reload` queues a request for the signal loop, which runs the same reload as
+/// SIGHUP and answers with its outcome.
+fn reload_hook(tx: tokio::sync::mpsc::Sender<ReloadReply>) -> sbc_admin::ReloadHook {
+    Arc::new(move || {
+        let tx = tx.clone();
+        Box::pin(async move {
+            let stopping = || "the gateway is stopping".to_string();
+            let (reply, outcome) = tokio::sync::oneshot::channel();
+            tx.send(reply).await.map_err(|_| stopping())?;
+            outcome.await.map_err(|_| stopping())?
+        })
+    })
+}
+
+/// Serve SIGHUP and admin reloads until SIGTERM or Ctrl-C.
 async fn reload_until_shutdown(
     server: &sbc_sip::server::ServerHandle,
     admin: &sbc_admin::AdminHandle,
     log: &logging::LogControl,
     path: Option<&std::path::Path>,
     running: &mut reload::Running,
+    requests: &mut tokio::sync::mpsc::Receiver<ReloadReply>,
 ) {
     #[cfg(unix)]
     {
@@ -302,7 +330,12 @@ async fn reload_until_shutdown(
                 _ = &mut stop => return,
                 _ = hup.recv() => {
                     systemd::reloading();
-                    reload::reload(server, admin, log, path, running).await;
+                    let _ = reload::reload(server, admin, log, path, running).await;
+                    systemd::ready();
+                }
+                Some(reply) = requests.recv() => {
+                    systemd::reloading();
+                    let _ = reply.send(reload::reload(server, admin, log, path, running).await);
                     systemd::ready();
                 }
             }
@@ -310,7 +343,7 @@ async fn reload_until_shutdown(
     }
     #[cfg(not(unix))]
     {
-        let _ = (path, server, admin, log, running);
+        let _ = (path, server, admin, log, running, requests);
         shutdown_signal().await;
     }
 }

@@ -42,13 +42,13 @@ pub async fn reload(
     log: &LogControl,
     path: Option<&Path>,
     running: &mut Running,
-) {
+) -> Result<String, String> {
     let Some(path) = path else {
         tracing::warn!(
             event = "reload_skipped",
             "SIGHUP: running on the embedded default, nothing to reload"
         );
-        return;
+        return Err("running on the embedded default config: nothing to reload".to_string());
     };
     let loaded = Config::load(path)
         .map_err(anyhow::Error::from)
@@ -57,24 +57,33 @@ pub async fn reload(
         Ok(x) => x,
         Err(e) => {
             tracing::error!(event = "reload_rejected", config = %path.display(), error = %e, "SIGHUP: config invalid; keeping the running one");
-            return;
+            return Err(format!(
+                "{}: invalid, the running config is kept: {e:#}",
+                path.display()
+            ));
         }
     };
     let cfg = Arc::new(cfg);
     let changes = changes(running, &cfg);
     if let Err(e) = server.reload(cfg.clone()).await {
         tracing::error!(event = "reload_rejected", config = %path.display(), error = %e, "SIGHUP: config cannot be served; nothing applied, keeping the running one");
-        return;
+        return Err(format!(
+            "{}: cannot be served, nothing applied: {e}",
+            path.display()
+        ));
     }
     // New tenants' series exist at 0 from the next scrape.
     crate::telemetry::tenants_changed(&cfg);
+    let mut problems = Vec::new();
     if let Err(e) = admin.reload(&admin_cfg) {
         tracing::error!(event = "reload_failed", error = %e, "admin tokens not reloaded; keeping the running ones");
+        problems.push(format!("admin tokens not reloaded: {e}"));
     }
     if cfg.logging.level != running.current.logging.level {
         let level = cfg.logging.level.as_deref().unwrap_or("info");
         if let Err(e) = log.set(level) {
             tracing::error!(event = "reload_failed", key = "logging.level", error = %e, "log level not changed");
+            problems.push(format!("log level not changed: {e}"));
         }
     }
     let mut not_applied = 0;
@@ -101,4 +110,14 @@ pub async fn reload(
         "SIGHUP: config reloaded"
     );
     running.current = cfg;
+    let mut summary = format!(
+        "{}: {} changed key(s), {not_applied} not applied (see the log)",
+        path.display(),
+        changes.len()
+    );
+    for p in problems {
+        summary.push_str("; ");
+        summary.push_str(&p);
+    }
+    Ok(summary)
 }

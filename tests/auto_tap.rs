@@ -20,7 +20,13 @@ async fn record_to_forks_every_packet_of_the_tenants_calls() {
         sbc_admin::token_sha256_hex(OPS)
     );
     let media = format!("record_to = \"{dest}\"\nrecord_legs = \"both\"");
-    let rig = Rig::start("auto-tap", (32600, 32699), &tokens, &media).await;
+    let rig = Rig::start(
+        "auto-tap",
+        sbc_testkit::ports::free_udp_range(100),
+        &tokens,
+        &media,
+    )
+    .await;
     let a = rig.admin_addr();
     let mut call = TapCall::place(&rig, "auto-tap-1@platform").await;
 

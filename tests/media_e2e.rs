@@ -117,7 +117,8 @@ async fn srtp_call_is_anchored_rekeyed_and_relayed_both_ways() {
     let world = World::new("media-e2e");
     let callee = Callee::new(&world.callee_leaf).await;
     let registry = Arc::new(CallRegistry::new());
-    let (gw, engine) = gateway_hooks(&world, &callee, (32000, 32099), Some(registry.clone())).await;
+    let ports = sbc_testkit::ports::free_udp_range(100);
+    let (gw, engine) = gateway_hooks(&world, &callee, ports, Some(registry.clone())).await;
 
     let caller_rtp = media::peer();
     let callee_rtp = media::peer();
@@ -147,7 +148,7 @@ async fn srtp_call_is_anchored_rekeyed_and_relayed_both_ways() {
         gw_callee_port, caller_port,
         "the callee sees the gateway's port, not the caller's"
     );
-    assert!((32000..=32099).contains(&gw_callee_port));
+    assert!((ports.0..=ports.1).contains(&gw_callee_port));
     assert!(!offered.is_empty());
     assert!(
         offered.iter().all(|(_, _, k)| k != &k1),
@@ -272,7 +273,7 @@ async fn srtp_call_is_anchored_rekeyed_and_relayed_both_ways() {
 async fn offer_without_acceptable_srtp_gets_488_and_is_not_forwarded() {
     let world = World::new("media-488");
     let callee = Callee::new(&world.callee_leaf).await;
-    let (gw, engine) = gateway(&world, &callee, (32100, 32199)).await;
+    let (gw, engine) = gateway(&world, &callee, sbc_testkit::ports::free_udp_range(100)).await;
     // Plain RTP to a tenant whose caller leg requires SRTP (the default policy).
     let plain = "v=0\r\no=peer 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n";
     let mut caller = Peer::connect(gw.sip_addrs[0], &world.gw_ca.pem, None).await;
@@ -303,7 +304,8 @@ async fn offer_without_acceptable_srtp_gets_488_and_is_not_forwarded() {
 async fn media_timeout_ends_the_call_with_bye_on_both_legs() {
     let world = World::new("media-timeout");
     let callee = Callee::new(&world.callee_leaf).await;
-    let (gw, engine) = gateway_with(&world, &callee, (32200, 32299), 1).await;
+    let (gw, engine) =
+        gateway_with(&world, &callee, sbc_testkit::ports::free_udp_range(100), 1).await;
     let k1 = material("AES_CM_128_HMAC_SHA1_80".parse().unwrap(), 1);
     let offer = peer_sdp("127.0.0.1", 4000, &[(1, "AES_CM_128_HMAC_SHA1_80", &k1)]);
     let mut caller = Peer::connect(gw.sip_addrs[0], &world.gw_ca.pem, None).await;
@@ -354,7 +356,7 @@ async fn media_timeout_ends_the_call_with_bye_on_both_legs() {
 async fn an_answer_media_cannot_take_is_hung_up_and_refused() {
     let world = World::new("media-bad-answer");
     let callee = Callee::new(&world.callee_leaf).await;
-    let (gw, engine) = gateway(&world, &callee, (32300, 32399)).await;
+    let (gw, engine) = gateway(&world, &callee, sbc_testkit::ports::free_udp_range(100)).await;
     let k1 = material("AES_CM_128_HMAC_SHA1_80".parse().unwrap(), 1);
     let offer = peer_sdp("127.0.0.1", 4000, &[(1, "AES_CM_128_HMAC_SHA1_80", &k1)]);
     let mut caller = Peer::connect(gw.sip_addrs[0], &world.gw_ca.pem, None).await;
@@ -392,8 +394,14 @@ async fn an_answer_media_cannot_take_is_hung_up_and_refused() {
 async fn tenant_media_stream_limit_refuses_the_next_call_with_503() {
     let world = World::new("media-streams");
     let callee = Callee::new(&world.callee_leaf).await;
-    let (gw, engine) =
-        gateway_limits(&world, &callee, (32400, 32499), 60, "max_media_streams = 1").await;
+    let (gw, engine) = gateway_limits(
+        &world,
+        &callee,
+        sbc_testkit::ports::free_udp_range(100),
+        60,
+        "max_media_streams = 1",
+    )
+    .await;
     let k1 = material("AES_CM_128_HMAC_SHA1_80".parse().unwrap(), 1);
     let offer = peer_sdp("127.0.0.1", 4000, &[(1, "AES_CM_128_HMAC_SHA1_80", &k1)]);
     let mut caller = Peer::connect(gw.sip_addrs[0], &world.gw_ca.pem, None).await;

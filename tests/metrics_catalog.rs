@@ -248,8 +248,9 @@ fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
 #[tokio::test]
 async fn the_first_scrape_has_every_known_series_at_zero() {
     let world = World::new("metrics-first-scrape");
+    let (port_min, port_max) = sbc_testkit::ports::free_udp_range(100);
     let text = format!(
-        "[media]\nport_min = 43800\nport_max = 43899\n\
+        "[media]\nport_min = {port_min}\nport_max = {port_max}\n\
 [admin]\naddress = \"127.0.0.1:0\"\naudit_log = {:?}\n{}\n{}\n{}",
         world.dir.join("audit.log"),
         world.listener(""),

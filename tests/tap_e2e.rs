@@ -18,7 +18,13 @@ async fn a_live_call_is_tapped_through_the_admin_api() {
         sbc_admin::token_sha256_hex(op),
         sbc_admin::token_sha256_hex(rec_other),
     );
-    let rig = Rig::start("tap-e2e", (32400, 32499), &tokens, "").await;
+    let rig = Rig::start(
+        "tap-e2e",
+        sbc_testkit::ports::free_udp_range(100),
+        &tokens,
+        "",
+    )
+    .await;
     let a = rig.admin_addr();
 
     // An SRTP call, answered.

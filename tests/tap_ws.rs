@@ -98,7 +98,13 @@ async fn until_taps(admin: SocketAddr, call: &str, n: usize) {
 
 #[tokio::test]
 async fn a_call_is_heard_over_a_websocket_until_it_ends() {
-    let rig = Rig::start("tap-ws", (32500, 32599), &tokens(), "").await;
+    let rig = Rig::start(
+        "tap-ws",
+        sbc_testkit::ports::free_udp_range(100),
+        &tokens(),
+        "",
+    )
+    .await;
     let a = rig.admin_addr();
     let mut call = TapCall::place(&rig, "tap-ws-1@platform").await;
     let (_, calls) = http(a, "GET", "/v1/calls", Some(OPS), "").await;

@@ -9,6 +9,7 @@
 //! | `GET /v1/calls/{id}` | any | one call, 404 if absent or another tenant's |
 //! | `GET /v1/tenants/{id}/usage` | any | usage against limits, 404 for another tenant |
 //! | `POST /v1/drain` | operator | starts draining (readyz then 503) |
+//! | `POST /v1/reload` | operator | the SIGHUP reload, through [`crate::ReloadHook`]: 200 applied, 409 refused, 501 not wired |
 //! | `POST /v1/calls/{id}/taps` | operator, recorder | starts a recording tap: 201 with its id (and SRTP key, once) |
 //! | `GET /v1/calls/{id}/taps` | any | the call's taps and their counters |
 //! | `DELETE /v1/taps/{tap_id}` | operator, recorder | stops a tap: 204 |
@@ -75,6 +76,18 @@ pub(crate) struct Shared {
     pub(crate) ws_taps: Arc<Semaphore>,
     /// The process's log filter, once `main` hands its control over.
     pub(crate) log_level: crate::log_level::Slot,
+    /// What `POST /v1/reload` runs; set once by [`crate::AdminHandle::on_reload`].
+    pub(crate) reload: ReloadSlot,
+}
+
+/// Where the reload hook is kept (a `Debug` wrapper around it).
+#[derive(Default)]
+pub(crate) struct ReloadSlot(pub(crate) std::sync::OnceLock<crate::ReloadHook>);
+
+impl std::fmt::Debug for ReloadSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ReloadSlot(wired: {})", self.0.get().is_some())
+    }
 }
 
 impl Shared {
@@ -84,6 +97,7 @@ impl Shared {
             live: RwLock::new(Arc::new(live)),
             ws_taps: Arc::new(Semaphore::new(crate::ws_tap::MAX_WS_TAPS)),
             log_level: crate::log_level::Slot::default(),
+            reload: ReloadSlot::default(),
         }
     }
 
@@ -122,6 +136,7 @@ pub(crate) fn router(app: App) -> Router {
         .route("/v1/calls/{id}", get(get_call))
         .route("/v1/tenants/{id}/usage", get(tenant_usage))
         .route("/v1/drain", post(drain))
+        .route("/v1/reload", post(reload))
         .route("/v1/calls/{id}/taps", get(list_taps).post(start_tap))
         .route("/v1/taps/{tap_id}", delete(stop_tap))
         .route("/v1/calls/{id}/tap/ws", get(crate::ws_tap::tap_ws))
@@ -514,6 +529,32 @@ async fn drain(State(app): State<App>, Extension(Caller(token)): Extension<Calle
         Json(serde_json::json!({ "draining": true, "already_draining": !started })),
     )
         .into_response()
+}
+
+/// `POST /v1/reload`: what SIGHUP does, for operators; the answer says what happened.
+async fn reload(State(app): State<App>, Extension(Caller(token)): Extension<Caller>) -> Response {
+    if token.role != Role::Operator {
+        return json_error(StatusCode::FORBIDDEN, "reload needs an operator token");
+    }
+    let Some(hook) = app.reload.0.get().cloned() else {
+        return json_error(
+            StatusCode::NOT_IMPLEMENTED,
+            "reload is not available on this gateway",
+        );
+    };
+    warn!(token = %token.id, "reload requested through the admin API");
+    match hook().await {
+        Ok(detail) => (
+            StatusCode::OK,
+            Json(serde_json::json!({ "reloaded": true, "detail": detail })),
+        )
+            .into_response(),
+        Err(reason) => (
+            StatusCode::CONFLICT,
+            Json(serde_json::json!({ "reloaded": false, "error": reason })),
+        )
+            .into_response(),
+    }
 }
 
 // ---- recording taps ----

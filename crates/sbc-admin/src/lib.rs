@@ -13,7 +13,10 @@
 //! Recording taps (`/v1/calls/{id}/taps`, `/v1/taps/{tap_id}`, and the WebSocket tap
 //! `/v1/calls/{id}/tap/ws`) go through [`sbc_core::tap::TapControl`] when
 //! [`AdminState::taps`] is set, else they answer 501. The tokens and `redact_numbers`
-//! can be replaced while serving ([`AdminHandle::reload`], on SIGHUP).
+//! can be replaced while serving ([`AdminHandle::reload`], on SIGHUP). `POST /v1/reload`
+//! runs the gateway's reload through the [`ReloadHook`] the binary hands in
+//! ([`AdminHandle::on_reload`]). [`client`] is the HTTP client of this API that
+//! `sbc-edge ctl` uses.
 //!
 //! Wiring, in the gateway's `main`:
 //!
@@ -63,6 +66,7 @@ use sbc_core::tenant::TenantId;
 mod api;
 pub mod audit;
 pub mod auth;
+pub mod client;
 pub mod config;
 mod log_level;
 mod server;
@@ -78,6 +82,17 @@ pub use server::AdminHandle;
 /// A tenant's usage against its limits, or `None` for a tenant admission does not know.
 /// Typically `Arc::new(move |t| admission.load().usage(t))` over the current generation.
 pub use sbc_core::admission::UsageSource;
+
+/// What `POST /v1/reload` runs: the gateway's own reload (the one SIGHUP triggers), handed
+/// in by the binary with [`AdminHandle::on_reload`], so this crate needs nothing of the
+/// SIP side. Resolves to what was applied (`Ok`, a line for the answer) or why nothing
+/// was (`Err`: an invalid file, no file to reload); either way the running config stays
+/// consistent.
+pub type ReloadHook = Arc<
+    dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, String>> + Send>>
+        + Send
+        + Sync,
+>;
 
 /// What the admin plane reads and writes. Cheap to clone.
 #[derive(Clone)]
@@ -202,6 +217,12 @@ impl AdminHandle {
     /// `control` (until then they answer 501).
     pub fn set_log_level_control(&self, control: Arc<dyn sbc_core::reload::LogLevelControl>) {
         self.shared.log_level.set(control);
+    }
+
+    /// Wires `POST /v1/reload` to `hook` (until then it answers 501). Once: a second call
+    /// returns false and changes nothing.
+    pub fn on_reload(&self, hook: ReloadHook) -> bool {
+        self.shared.reload.0.set(hook).is_ok()
     }
 
     /// Applies a reloaded `[admin]` section: its tokens and `redact_numbers` take effect

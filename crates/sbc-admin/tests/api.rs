@@ -564,6 +564,7 @@ fn openapi_documents_exactly_the_served_paths() {
             "/v1/calls/{id}",
             "/v1/tenants/{id}/usage",
             "/v1/drain",
+            "/v1/reload",
             "/v1/calls/{id}/taps",
             "/v1/taps/{tap_id}",
             "/v1/calls/{id}/tap/ws",

@@ -12,13 +12,17 @@ use std::fmt;
 
 use crate::tenant::TenantId;
 
-/// A call, as the signaling side numbers it.
+/// A call, as the signaling side numbers it. The B2BUA draws the number at random, so it
+/// reveals nothing about how many calls there were; its [`Display`](fmt::Display) form,
+/// 16 hex digits, is the call's one id everywhere: every log line that names the call (SIP,
+/// media, admin), the registry and so the admin API and the audit log
+/// ([`crate::registry::CallId::from_call_ref`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct CallRef(pub u64);
 
 impl fmt::Display for CallRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
+        write!(f, "{:016x}", self.0)
     }
 }
 

@@ -4,6 +4,12 @@
 //! (`+1555****34`); `hash` replaces the number by the first 12 hex digits of its
 //! SHA-256 (`#3f2a...`), so one number can be followed across log lines without being
 //! shown. `off` logs numbers as they are.
+//!
+//! SIP Call-IDs follow the same switch ([`Redaction::call_id`]): with `mask` or `hash` a
+//! Call-ID is logged as its `#`-prefixed hash (a Call-ID often holds a host name or
+//! address, and masking part of it would not hide that), so one leg can still be found in
+//! the logs from a packet capture by hashing its Call-ID the same way
+//! (`printf %s CALL-ID | sha256sum | cut -c1-12`).
 
 use std::fmt;
 
@@ -32,6 +38,19 @@ impl Redaction {
     /// A value that displays `number` redacted as configured.
     pub fn number<'a>(self, number: &'a str) -> Redacted<'a> {
         Redacted { mode: self, number }
+    }
+
+    /// A value that displays a SIP Call-ID as configured: as it is with `off`, hashed
+    /// (`#` and 12 hex digits of its SHA-256) with `mask` or `hash`.
+    pub fn call_id(self, call_id: &str) -> Redacted<'_> {
+        let mode = match self {
+            Redaction::Off => Redaction::Off,
+            Redaction::Mask | Redaction::Hash => Redaction::Hash,
+        };
+        Redacted {
+            mode,
+            number: call_id,
+        }
     }
 }
 
@@ -91,6 +110,12 @@ mod tests {
             "stable"
         );
         assert_eq!(Redaction::parse("mask"), Some(Redaction::Mask));
+        let cid = "a84b4c76e66710@pbx.acme.example";
+        assert_eq!(Redaction::Off.call_id(cid).to_string(), cid);
+        let hashed = Redaction::Mask.call_id(cid).to_string();
+        assert_eq!(hashed, Redaction::Hash.call_id(cid).to_string());
+        assert_eq!(hashed, Redaction::Hash.number(cid).to_string());
+        assert!(hashed.starts_with('#') && hashed.len() == 13 && !hashed.contains("pbx"));
         assert_eq!(Redaction::parse("bogus"), None);
     }
 }

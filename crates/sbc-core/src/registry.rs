@@ -29,12 +29,21 @@ use crate::tenant::TenantId;
 /// (a snapshot of 100,000 calls is ~20 MB of JSON, the most an operator list should be).
 pub const MAX_CALLS: usize = 100_000;
 
-/// A call's identifier in the registry and the admin API: 16 hex digits, unpredictable
-/// (a keyed hash of a counter), unrelated to any SIP Call-ID. Cheap to clone.
+/// A call's identifier in the registry and the admin API: 16 hex digits, unpredictable,
+/// unrelated to any SIP Call-ID. The SIP side registers each call under its
+/// [`CallRef`](crate::media::CallRef)'s text ([`CallId::from_call_ref`],
+/// [`CallRegistry::register_as`]), so logs, the API and the audit log name a call by the
+/// same string; [`CallRegistry::register`] makes one of its own (a keyed hash of a
+/// counter). Cheap to clone.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct CallId(Arc<str>);
 
 impl CallId {
+    /// The id of the call the signaling side numbers `call`: its 16 hex digits.
+    pub fn from_call_ref(call: crate::media::CallRef) -> CallId {
+        CallId(Arc::from(call.to_string()))
+    }
+
     /// The identifier as text.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -152,6 +161,9 @@ pub enum RegistryError {
     /// [`MAX_CALLS`] calls are recorded already.
     #[error("call registry full ({0} calls)")]
     Full(usize),
+    /// [`CallRegistry::register_as`] with an id that is recorded already.
+    #[error("call {0} is recorded already")]
+    Duplicate(CallId),
 }
 
 #[derive(Debug)]
@@ -248,8 +260,27 @@ impl CallRegistry {
             return Err(RegistryError::Full(MAX_CALLS));
         }
         let id = self.fresh_id(&calls);
+        Self::insert(&mut calls, id.clone(), record);
+        Ok(id)
+    }
+
+    /// Record a new call under `id` (the signaling side's [`CallId::from_call_ref`]), as
+    /// [`CallRegistry::register`] does otherwise.
+    pub fn register_as(&self, id: CallId, record: CallRecord) -> Result<CallId, RegistryError> {
+        let mut calls = self.lock();
+        if calls.len() >= MAX_CALLS {
+            return Err(RegistryError::Full(MAX_CALLS));
+        }
+        if calls.contains_key(&id) {
+            return Err(RegistryError::Duplicate(id));
+        }
+        Self::insert(&mut calls, id.clone(), record);
+        Ok(id)
+    }
+
+    fn insert(calls: &mut HashMap<CallId, Entry>, id: CallId, record: CallRecord) {
         calls.insert(
-            id.clone(),
+            id,
             Entry {
                 tenant: record.tenant,
                 start: record.start,
@@ -264,7 +295,6 @@ impl CallRegistry {
                 media_ref: None,
             },
         );
-        Ok(id)
     }
 
     /// Record the media side's number for a call (the `CallRef` its `MediaControl` calls
@@ -472,6 +502,24 @@ mod tests {
             callee: "+15559870002".to_string(),
             inbound_sip_call_id: sip.to_string(),
         }
+    }
+
+    #[test]
+    fn register_as_uses_the_call_ref_text() {
+        let r = CallRegistry::new();
+        let call = crate::media::CallRef(0x00ab_cdef_0123_4567);
+        let id = CallId::from_call_ref(call);
+        assert_eq!(id.as_str(), "00abcdef01234567");
+        let got = r
+            .register_as(id.clone(), record("a", 10, "sip-a"))
+            .expect("room");
+        assert_eq!(got, id);
+        assert_eq!(r.get(&id).map(|c| c.id), Some(id.clone()));
+        assert_eq!(
+            r.register_as(id.clone(), record("a", 11, "sip-b")),
+            Err(RegistryError::Duplicate(id))
+        );
+        assert_eq!(r.len(), 1);
     }
 
     #[test]

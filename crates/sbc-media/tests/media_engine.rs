@@ -160,7 +160,7 @@ fn setup_srtp_call_for(
 
 #[test]
 fn srtp_call_end_to_end_both_directions() {
-    let e = engine(42000, 42099, Duration::from_secs(60));
+    let e = engine(100, Duration::from_secs(60));
     let c = setup_srtp_call(&e, CallRef(1), true);
 
     // SDP: our address, our ports, mux kept, codecs untouched, no key echoed.
@@ -223,7 +223,7 @@ fn srtp_call_end_to_end_both_directions() {
 
 #[test]
 fn forged_packet_is_dropped_and_does_not_latch() {
-    let e = engine(42100, 42199, Duration::from_secs(60));
+    let e = engine(100, Duration::from_secs(60));
     let c = setup_srtp_call(&e, CallRef(7), false);
     let attacker = peer();
     attacker
@@ -284,7 +284,7 @@ fn forged_packet_is_dropped_and_does_not_latch() {
 
 #[test]
 fn plain_rtp_inside_leg() {
-    let e = engine(42200, 42299, Duration::from_secs(60));
+    let e = engine(100, Duration::from_secs(60));
     let caller = peer();
     let callee = peer();
     let p = SrtpProfile::AesCm128HmacSha1_80;
@@ -333,7 +333,7 @@ fn plain_rtp_inside_leg() {
 
 #[test]
 fn media_timeout_emits_event_and_frees_ports() {
-    let e = engine(42300, 42399, Duration::from_millis(400));
+    let e = engine(100, Duration::from_millis(400));
     let c = setup_srtp_call(&e, CallRef(9), true);
     assert_eq!(e.stats().ports_in_use, 4);
     // Keep a second call alive with traffic while the first times out.
@@ -377,7 +377,7 @@ fn media_timeout_emits_event_and_frees_ports() {
 #[test]
 fn port_exhaustion_gives_no_ports() {
     // Two pairs: one call with one stream takes both.
-    let e = engine(42400, 42403, Duration::from_secs(60));
+    let e = engine(4, Duration::from_secs(60));
     let p = SrtpProfile::AesCm128HmacSha1_80;
     let k = key(p, 1);
     let caller = peer();
@@ -407,7 +407,7 @@ fn port_exhaustion_gives_no_ports() {
 
 #[test]
 fn not_acceptable_cases() {
-    let e = engine(42500, 42599, Duration::from_secs(60));
+    let e = engine(100, Duration::from_secs(60));
     let caller = peer();
     let t = TenantId::from("t1");
     let pol = policy(SrtpMode::Required, SrtpMode::Required);
@@ -495,7 +495,7 @@ fn not_acceptable_cases() {
 
 #[test]
 fn reoffer_same_keys_keeps_state_and_new_keys_rekey() {
-    let e = engine(42600, 42699, Duration::from_secs(60));
+    let e = engine(100, Duration::from_secs(60));
     let call = CallRef(5);
     let c = setup_srtp_call(&e, call, true);
     let mut tx1 = ctx_for(c.k1.0, &c.k1.1);
@@ -577,29 +577,30 @@ fn reoffer_same_keys_keeps_state_and_new_keys_rekey() {
 fn start_refuses_bad_settings() {
     use sbc_media::engine::MediaStartError;
     let lo: std::net::IpAddr = "127.0.0.1".parse().unwrap();
-    let odd = MediaSettings::new(lo, lo, 42801, 42899);
+    let (min, max) = sbc_testkit::ports::free_udp_range(100);
+    let odd = MediaSettings::new(lo, lo, min + 1, max);
     assert!(matches!(
         MediaEngine::start(odd),
         Err(MediaStartError::PortRange(_))
     ));
-    let mut zero = MediaSettings::new(lo, lo, 42800, 42899);
+    let mut zero = MediaSettings::new(lo, lo, min, max);
     zero.workers = 0;
     assert!(matches!(
         MediaEngine::start(zero),
         Err(MediaStartError::Invalid(_))
     ));
-    let unspecified = MediaSettings::new(lo, "0.0.0.0".parse().unwrap(), 42800, 42899);
+    let unspecified = MediaSettings::new(lo, "0.0.0.0".parse().unwrap(), min, max);
     assert!(matches!(
         MediaEngine::start(unspecified),
         Err(MediaStartError::Invalid(_))
     ));
     // TEST-NET-1 is not an address of this host.
-    let foreign = MediaSettings::new("192.0.2.1".parse().unwrap(), lo, 42800, 42899);
+    let foreign = MediaSettings::new("192.0.2.1".parse().unwrap(), lo, min, max);
     assert!(matches!(
         MediaEngine::start(foreign),
         Err(MediaStartError::Invalid(_))
     ));
-    let ok = MediaEngine::start(MediaSettings::new(lo, lo, 42800, 42899)).unwrap();
+    let ok = MediaEngine::start(MediaSettings::new(lo, lo, min, max)).unwrap();
     let ctl = ok.control();
     assert!(ctl.poll_events().is_empty());
     assert_eq!(
@@ -615,7 +616,7 @@ fn start_refuses_bad_settings() {
 /// same worker loses nothing.
 #[test]
 fn tenant_bandwidth_limit_drops_only_that_tenants_excess() {
-    let e = engine(42900, 42999, Duration::from_secs(60));
+    let e = engine(100, Duration::from_secs(60));
     let mut limited = policy(SrtpMode::Required, SrtpMode::Required);
     // 100 kbit/s = 12,500 bytes/s; the engine in these tests runs 2 workers, so each
     // enforces half; one second deep.
@@ -695,7 +696,7 @@ fn tenant_bandwidth_limit_drops_only_that_tenants_excess() {
 fn calls_are_spread_over_the_workers_whatever_their_numbers() {
     // The SIP side numbers calls 2, 4, 6, ...: a choice by call number would put them
     // all on one of two workers.
-    let e = engine(42700, 42799, Duration::from_secs(60));
+    let e = engine(100, Duration::from_secs(60));
     let _calls: Vec<Call> = [2u64, 4, 6, 8]
         .into_iter()
         .map(|n| setup_srtp_call(&e, CallRef(n), true))
@@ -764,7 +765,7 @@ fn a_burst_larger_than_a_batch_is_relayed_whole_and_in_order() {
     // Several batches queue on the caller-facing socket before the worker reads: all
     // of them must go out (a worker that read one batch per readiness event would strand
     // the rest until the next packet), in order, and count once each.
-    let e = engine(42800, 42899, Duration::from_secs(60));
+    let e = engine(100, Duration::from_secs(60));
     relay_burst(&e, CallRef(10));
     e.shutdown();
 }
@@ -775,7 +776,8 @@ fn a_paced_worker_relays_everything_too() {
     // packets that arrive meanwhile are all relayed on the next look, and a packet after
     // silence still gets through (the worker went back to blocking in epoll).
     let lo = "127.0.0.1".parse().unwrap();
-    let mut settings = MediaSettings::new(lo, lo, 43500, 43599);
+    let free = sbc_testkit::ports::free_udp_range(100);
+    let mut settings = MediaSettings::new(lo, lo, free.0, free.1);
     settings.workers = 1;
     settings.batch_interval = Duration::from_millis(2);
     let e = MediaEngine::start(settings).unwrap();
@@ -790,7 +792,7 @@ fn a_paced_worker_relays_everything_too() {
 #[test]
 fn usage_gauges_follow_ports_and_tenant_streams() {
     use metrics_util::debugging::{DebugValue, DebuggingRecorder};
-    let e = engine(43600, 43699, Duration::from_secs(60));
+    let e = engine(100, Duration::from_secs(60));
     let (t, other) = (TenantId::from("acme"), TenantId::from("globex"));
     let pol = policy(SrtpMode::Required, SrtpMode::Required);
     let caller = peer();

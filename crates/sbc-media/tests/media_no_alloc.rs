@@ -131,7 +131,8 @@ fn run(e: &MediaEngine, call: CallRef, callee_plain: bool, tap: bool) -> usize {
 
 fn main() {
     let lo = "127.0.0.1".parse().unwrap();
-    let mut s = MediaSettings::new(lo, lo, 42700, 42799);
+    let (min, max) = sbc_testkit::ports::free_udp_range(100);
+    let mut s = MediaSettings::new(lo, lo, min, max);
     s.workers = 1;
     let e = MediaEngine::start(s).unwrap();
     // The counter works at all.

@@ -138,6 +138,9 @@ enum LogEvent {
     Overload,
     MessageTimeout,
     SlowSource,
+    /// A message for a connection whose write queue was full (or that was closing):
+    /// dropped. Keyed by the connection's peer address.
+    WriteQueueFull,
 }
 
 impl LogEvent {
@@ -156,6 +159,7 @@ impl LogEvent {
             LogEvent::Overload => "overload",
             LogEvent::MessageTimeout => "message_timeout",
             LogEvent::SlowSource => "slow_source",
+            LogEvent::WriteQueueFull => "write_queue_full",
         }
     }
 
@@ -330,6 +334,8 @@ enum Event {
 struct ConnHandle {
     writer: mpsc::Sender<Bytes>,
     close: Arc<Notify>,
+    /// The peer's address: the source of this connection's aggregated log lines.
+    peer: IpAddr,
 }
 
 enum PoolEntry {
@@ -871,6 +877,7 @@ async fn run_connection<S>(
             handle: ConnHandle {
                 writer: wtx.clone(),
                 close: close.clone(),
+                peer: source,
             },
         })
         .await
@@ -1207,7 +1214,7 @@ async fn core_loop(
                         pool.insert(*target, PoolEntry::Up(conn))
                     {
                         for msg in queued {
-                            write_to(&writers, conn, &msg);
+                            write_to(&writers, &settings.guards.logs, conn, &msg);
                         }
                     }
                 }
@@ -1216,7 +1223,8 @@ async fn core_loop(
             Some(Event::ConnectFailed { target, error }) => {
                 metrics::counter!("sbc_tls_handshakes_failed_total", "side" => "outbound")
                     .increment(1);
-                warn!(event = "target_connect_failed", target = target.0, error = %error, "cannot reach route target");
+                let addr = targets.get(target).map_or("", |t| t.addr.as_str());
+                warn!(event = "target_connect_failed", target_addr = %addr, error = %error, "cannot reach route target");
                 if let Some(PoolEntry::Connecting(queued)) = pool.remove(&target) {
                     for msg in queued {
                         core.handle_input(now, Input::SendFailed { target, msg });
@@ -1268,7 +1276,7 @@ async fn core_loop(
         while let Some(out) = core.poll_output() {
             match out {
                 Output::Send { conn, msg } => {
-                    write_to(&writers, conn, &msg);
+                    write_to(&writers, &settings.guards.logs, conn, &msg);
                 }
                 Output::Close { conn } => {
                     if let Some(h) = writers.remove(&conn) {
@@ -1278,7 +1286,7 @@ async fn core_loop(
                 Output::SendToTarget { target, msg } => match pool.get_mut(&target) {
                     Some(PoolEntry::Up(conn)) => {
                         let conn = *conn;
-                        if !write_to(&writers, conn, &msg) {
+                        if !write_to(&writers, &settings.guards.logs, conn, &msg) {
                             core.handle_input(now, Input::SendFailed { target, msg });
                         }
                     }
@@ -1326,17 +1334,25 @@ async fn forward_media_events(
 
 /// Queue a message for a connection's writer; false if the connection is gone or its
 /// queue is full.
-fn write_to(writers: &HashMap<ConnId, ConnHandle>, conn: ConnId, msg: &SipMessage) -> bool {
-    let Some(w) = writers.get(&conn).map(|h| &h.writer) else {
+/// Queue `msg` on `conn`'s writer; false if it was dropped. A full queue is counted per
+/// message and logged through the aggregator: one line per peer and interval, then a
+/// summary, however many messages a stalled peer makes us drop.
+fn write_to(
+    writers: &HashMap<ConnId, ConnHandle>,
+    logs: &Logs,
+    conn: ConnId,
+    msg: &SipMessage,
+) -> bool {
+    let Some(h) = writers.get(&conn) else {
         debug!(conn = %conn, "message for a closed connection dropped");
         return false;
     };
-    match w.try_send(Bytes::from(msg.to_bytes())) {
+    match h.writer.try_send(Bytes::from(msg.to_bytes())) {
         Ok(()) => true,
         Err(_) => {
             metrics::counter!("sbc_sip_messages_dropped_total", "reason" => "write_queue_full")
                 .increment(1);
-            warn!(conn = %conn, "write queue full or closed: message dropped");
+            log_first!(logs, warn, LogEvent::WriteQueueFull, h.peer, peer = %h.peer, conn = %conn, "write queue full or closed: message dropped");
             false
         }
     }
@@ -1366,7 +1382,7 @@ async fn connect(
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, attempt).await {
         Ok(Ok((stream, ip))) => {
             metrics::counter!("sbc_tls_handshakes_total", "side" => "outbound").increment(1);
-            info!(target = %t.addr, "connected to route target");
+            info!(target_addr = %t.addr, "connected to route target");
             run_connection(
                 conn,
                 ConnKind::Outbound { target },

@@ -363,9 +363,11 @@ pub fn recv_srtp(sock: &UdpSocket, c: &mut SrtpContext) -> Vec<u8> {
     p
 }
 
-/// A media engine on 127.0.0.1 with two workers, ports `port_min..=port_max`.
-pub fn engine(port_min: u16, port_max: u16, timeout: Duration) -> MediaEngine {
+/// A media engine on 127.0.0.1 with two workers, on a free range of `ports` ports
+/// ([`crate::ports::free_udp_range`]).
+pub fn engine(ports: u16, timeout: Duration) -> MediaEngine {
     let lo = "127.0.0.1".parse().unwrap();
+    let (port_min, port_max) = crate::ports::free_udp_range(ports);
     let mut s = MediaSettings::new(lo, lo, port_min, port_max);
     s.media_timeout = timeout;
     s.workers = 2;

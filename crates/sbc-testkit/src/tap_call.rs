@@ -74,6 +74,18 @@ impl Rig {
     /// `admin_tokens`: `[[admin.tokens]]` sections; `demo_media`: lines of demo's
     /// `[tenants.media]` (none when empty); `ports`: the media port range.
     pub async fn start(tag: &str, ports: (u16, u16), admin_tokens: &str, demo_media: &str) -> Rig {
+        Rig::start_with(tag, ports, admin_tokens, demo_media, "").await
+    }
+
+    /// As [`Rig::start`], with `top` (whole sections, e.g. `[logging]`) at the head of
+    /// the config.
+    pub async fn start_with(
+        tag: &str,
+        ports: (u16, u16),
+        admin_tokens: &str,
+        demo_media: &str,
+        top: &str,
+    ) -> Rig {
         let prometheus = prometheus();
         let world = World::new(tag);
         let callee = Callee::new(&world.callee_leaf).await;
@@ -83,7 +95,7 @@ impl Rig {
             format!("[tenants.media]\n{demo_media}\n")
         };
         let text = format!(
-            "[media]\nport_min = {}\nport_max = {}\n\
+            "{top}\n[media]\nport_min = {}\nport_max = {}\n\
 [admin]\naddress = \"127.0.0.1:0\"\n{admin_tokens}\n{}\n{}{demo_media}\n{}",
             ports.0,
             ports.1,
@@ -153,6 +165,7 @@ pub struct TapCall {
     callee: Peer,
     ok: SipMessage,
     sip_call_id: String,
+    callee_sip_call_id: String,
     caller_rtp: UdpSocket,
     callee_rtp: UdpSocket,
     tx_a: SrtpContext,
@@ -182,6 +195,7 @@ impl TapCall {
         let inv = callee
             .recv_where(|m| m.method() == Some(&Method::Invite))
             .await;
+        let callee_sip_call_id = inv.header("call-id").unwrap().to_string();
         let offered = parse_sdp(inv.body());
         let gw_callee_port = offered.port;
         let (tag, k2) = offered.crypto_for(SUITE);
@@ -198,6 +212,7 @@ impl TapCall {
             callee,
             ok,
             sip_call_id: sip_call_id.to_string(),
+            callee_sip_call_id,
             caller_rtp,
             callee_rtp,
             tx_a: ctx(SUITE, &k1),
@@ -207,6 +222,11 @@ impl TapCall {
             gw_caller_port,
             gw_callee_port,
         }
+    }
+
+    /// The Call-ID of the callee's leg (the gateway's own), as the callee got it.
+    pub fn callee_sip_call_id(&self) -> &str {
+        &self.callee_sip_call_id
     }
 
     /// The caller sends packet `seq`; the callee gets it. Returns the clear packet.

@@ -131,6 +131,8 @@ pub(crate) struct Call {
     pub caller: Leg,
     pub callee: Leg,
     pub target: TargetId,
+    /// The route target's `host:port` (as the route names it), for log lines.
+    pub target_addr: String,
     pub listener: usize,
     pub state: CallState,
     /// Offer/answer state of the call's media.
@@ -165,15 +167,18 @@ impl Call {
 pub(crate) struct Calls {
     calls: HashMap<CallRef, Call>,
     by_tag: HashMap<String, (CallRef, LegSide)>,
-    /// Last call number given out.
-    last: u64,
 }
 
 impl Calls {
-    /// A fresh call number.
-    pub fn next_ref(&mut self) -> CallRef {
-        self.last += 1;
-        CallRef(self.last)
+    /// A fresh call number: the first of `draw`'s numbers (the core's seeded RNG) that is
+    /// not 0 and not held, so call ids reveal nothing about how many calls there were.
+    pub fn next_ref(&mut self, mut draw: impl FnMut() -> u64) -> CallRef {
+        loop {
+            let id = CallRef(draw());
+            if id.0 != 0 && !self.calls.contains_key(&id) {
+                return id;
+            }
+        }
     }
 
     /// Hold `call` as `id` (from [`Calls::next_ref`]).

@@ -533,7 +533,15 @@ impl B2bua {
             r.remove(id);
         }
         metrics::gauge!("sbc_sip_active_dialogs").set(self.calls.len() as f64);
-        info!(call = call.0, tenant = %c.tenant, why, "call ended");
+        info!(
+            call = %call,
+            tenant = %c.tenant,
+            why,
+            sip_call_id_in = %self.cfg.redaction.call_id(&c.caller.call_id),
+            sip_call_id_out = %self.cfg.redaction.call_id(&c.callee.call_id),
+            target_addr = %c.target_addr,
+            "call ended"
+        );
         let tenant = c.tenant.clone();
         // Dropping the call releases its admission slot; report usage after that.
         drop(c);
@@ -564,7 +572,7 @@ impl B2bua {
         if self.log_now(now, event, &tenant) {
             warn!(
                 event = event.as_str(),
-                call = call.0,
+                call = %call,
                 tenant,
                 why,
                 "call ended by the gateway: BYE sent on both legs"

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use sbc_core::admission::Admitted;
 use sbc_core::media::{CallRef, LegSide};
-use sbc_core::registry::CallRecord;
+use sbc_core::registry::{CallId as RegistryId, CallRecord};
 use sbc_core::tenant::TenantId;
 use tracing::{debug, info, warn};
 
@@ -319,24 +319,37 @@ impl B2bua {
             route_set: Vec::new(),
             conn: None,
         };
-        let id = self.calls.next_ref();
+        let rng = &mut self.rng;
+        let id = self.calls.next_ref(|| rand::Rng::gen::<u64>(rng));
         let registry_id = self.registry.as_ref().and_then(|r| {
             let rid = r
-                .register(CallRecord {
-                    tenant: tenant.clone(),
-                    // Display only; no decision depends on it.
-                    start: self.cfg.wall_clock.wall(now),
-                    caller: from_user(from),
-                    callee: user.unwrap_or_default().to_string(),
-                    inbound_sip_call_id: caller.call_id.clone(),
-                })
+                .register_as(
+                    RegistryId::from_call_ref(id),
+                    CallRecord {
+                        tenant: tenant.clone(),
+                        // Display only; no decision depends on it.
+                        start: self.cfg.wall_clock.wall(now),
+                        caller: from_user(from),
+                        callee: user.unwrap_or_default().to_string(),
+                        inbound_sip_call_id: caller.call_id.clone(),
+                    },
+                )
                 .map_err(|e| warn!(error = %e, "call not recorded for the admin plane"))
                 .ok()?;
             r.add_outbound_leg(&rid, callee.call_id.clone());
             r.set_media_ref(&rid, id.0);
             Some(rid)
         });
-        info!(tenant = %tenant, call = id.0, called = %self.cfg.redaction.number(user.unwrap_or("")), "call admitted, relaying INVITE");
+        let redaction = self.cfg.redaction;
+        info!(
+            tenant = %tenant,
+            call = %id,
+            sip_call_id_in = %redaction.call_id(&caller.call_id),
+            sip_call_id_out = %redaction.call_id(&callee.call_id),
+            target_addr = %route.host_port,
+            called = %redaction.number(user.unwrap_or("")),
+            "call admitted, relaying INVITE"
+        );
         self.calls.insert(
             id,
             Call {
@@ -345,6 +358,7 @@ impl B2bua {
                 caller,
                 callee,
                 target: route.target,
+                target_addr: route.host_port.clone(),
                 listener,
                 state: CallState::Setup,
                 media: OfferAnswer::default(),
@@ -398,7 +412,7 @@ impl B2bua {
                 c.state = CallState::Abandoned;
             }
             self.cancel_downstream(now, id);
-            info!(call = call.0, "caller cancelled");
+            info!(call = %call, "caller cancelled");
             return;
         }
         if *method == Method::Cancel {
@@ -580,7 +594,7 @@ impl B2bua {
         let tenant = self.calls.get(call).map(|c| c.tenant.clone());
         let label = tenant.as_ref().map(ToString::to_string).unwrap_or_default();
         metrics::counter!("sbc_media_refused_total", "tenant" => label.clone(), "reason" => e.as_str()).increment(1);
-        warn!(call = call.0, tenant = %label, error = %e, "media refused the offer");
+        warn!(call = %call, tenant = %label, error = %e, "media refused the offer");
         let refusal = Refusal::Media(e.status(), e.to_string());
         let failed_tenant = if initial { tenant.as_ref() } else { None };
         self.refuse(conn, msg, &refusal, failed_tenant);
@@ -593,7 +607,7 @@ impl B2bua {
             Err(e) => {
                 // An ACK cannot be refused: the call cannot go on without that answer.
                 metrics::counter!("sbc_media_refused_total", "tenant" => "", "reason" => e.as_str()).increment(1);
-                warn!(call = call.0, error = %e, "media refused the answer in an ACK: ending the call");
+                warn!(call = %call, error = %e, "media refused the answer in an ACK: ending the call");
                 self.terminate(now, call, "media answer refused");
                 return;
             }

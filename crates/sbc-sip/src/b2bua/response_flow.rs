@@ -173,7 +173,7 @@ impl B2bua {
                     .map(|c| c.tenant.to_string())
                     .unwrap_or_default();
                 metrics::counter!("sbc_media_refused_total", "tenant" => tenant, "reason" => e.as_str()).increment(1);
-                warn!(call = r.call.0, code = r.code, error = %e, "media refused SDP in a response");
+                warn!(call = %r.call, code = r.code, error = %e, "media refused SDP in a response");
                 if r.initial && r.method == Method::Invite && r.is_2xx() {
                     // The callee's answer cannot be anchored: hang it up and refuse the
                     // call upstream rather than pass on an answer without media.
@@ -230,7 +230,7 @@ impl B2bua {
                     if let (Some(reg), Some(rid)) = (&self.registry, &c.registry_id) {
                         reg.set_state(rid, RegistryState::Established);
                     }
-                    debug!(call = r.call.0, "call established");
+                    debug!(call = %r.call, "call established");
                 }
             } else if r.code >= 300 {
                 self.end_call(r.call, "rejected");
@@ -376,7 +376,7 @@ impl B2bua {
             self.send_on(call, side, m);
         }
         debug!(
-            call = call.0,
+            call = %call,
             "late answer after cancel or timeout: ACK and BYE sent"
         );
     }
@@ -418,7 +418,7 @@ impl B2bua {
         };
         let ack = other.request(Method::Ack, other.invite_cseq, hop(&ack_branch));
         let bye = other.request(Method::Bye, other.next_cseq, hop(&bye_branch));
-        debug!(call = call.0, "2xx of another dialog: ACK and BYE sent");
+        debug!(call = %call, "2xx of another dialog: ACK and BYE sent");
         self.send_on(call, side, ack);
         self.send_on(call, side, bye);
     }
@@ -436,7 +436,7 @@ impl B2bua {
         if missed_ack {
             metrics::counter!("sbc_sip_transaction_timeouts_total", "timer" => "H").increment(1);
             debug!(
-                call = call.0,
+                call = %call,
                 "timer H: ACK for a non-2xx final never arrived"
             );
         }
@@ -449,7 +449,7 @@ impl B2bua {
                     .map(|c| c.tenant.to_string())
                     .unwrap_or_default();
                 if self.log_now(now, super::CoreLog::NoResponse, &tenant) {
-                    warn!(event = "no_response", call = call.0, tenant, method = %method, "no response from the other side: 408");
+                    warn!(event = "no_response", call = %call, tenant, method = %method, "no response from the other side: 408");
                 }
                 self.respond_upstream_local(now, id, 408, "Request Timeout");
                 if method == Method::Bye || (method == Method::Invite && !self.established(call)) {
@@ -460,7 +460,7 @@ impl B2bua {
                 metrics::counter!("sbc_sip_transaction_timeouts_total", "timer" => "ringing")
                     .increment(1);
                 info!(
-                    call = call.0,
+                    call = %call,
                     "maximum ringing time reached: CANCEL and 408"
                 );
                 self.respond_upstream_local(now, id, 408, "Request Timeout (Ringing Too Long)");
@@ -474,7 +474,7 @@ impl B2bua {
         self.pairs.remove_if_finished(id);
     }
 
-    pub(super) fn on_send_failed(&mut self, now: Instant, target: TargetId, msg: &SipMessage) {
+    pub(super) fn on_send_failed(&mut self, now: Instant, _target: TargetId, msg: &SipMessage) {
         let Some(id) = self.pairs.by_client_via(msg) else {
             return;
         };
@@ -485,15 +485,16 @@ impl B2bua {
             return;
         }
         let call = pair.call;
-        let tenant = self
+        let (tenant, target_addr) = self
             .calls
             .get(call)
-            .map(|c| c.tenant.to_string())
+            .map(|c| (c.tenant.to_string(), c.target_addr.clone()))
             .unwrap_or_default();
         if self.log_now(now, super::CoreLog::TargetUnreachable, &tenant) {
             warn!(
                 event = "target_unreachable",
-                target = target.0,
+                call = %call,
+                target_addr = %target_addr,
                 tenant,
                 "route target unreachable: 503"
             );
@@ -521,7 +522,7 @@ impl B2bua {
             };
             let call = pair.call;
             debug!(
-                call = call.0,
+                call = %call,
                 "caller's connection closed during setup: cancelling"
             );
             // Nobody to answer upstream: mark the server side final without sending.
