@@ -4,7 +4,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
+
+use sbc_testkit::process::Spawned;
 use std::time::Duration;
 
 use sbc_testkit::tap_call::*;
@@ -124,16 +126,6 @@ async fn ctl_lists_shows_and_drains_a_live_gateway() {
     rig.shutdown().await;
 }
 
-/// The process, killed when the test ends however it ends.
-struct Gateway(Child);
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctl_reload_runs_the_binarys_reload() {
     let world = World::new("ctl-reload");
@@ -148,19 +140,12 @@ async fn ctl_reload_runs_the_binarys_reload() {
         )
     };
     std::fs::write(&file, config("")).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sbc-edge"))
-        .arg("--config")
-        .arg(&file)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("runs sbc-edge");
-    let stdout = child.stdout.take().unwrap();
-    let _gw = Gateway(child);
-    let admin = printed_addresses(stdout, Duration::from_secs(20))
-        .expect("the gateway prints its addresses")
-        .admin;
+    let gw = Spawned::start(
+        env!("CARGO_BIN_EXE_sbc-edge"),
+        &file,
+        &[("RUST_LOG", "warn")],
+    );
+    let admin = gw.printed.admin;
 
     let o = ctl(admin, OPS, &["reload"]).await;
     assert!(o.status.success(), "{}", err(&o));
@@ -179,6 +164,16 @@ async fn ctl_reload_runs_the_binarys_reload() {
     let o = ctl(admin, OPS, &["calls"]).await;
     assert!(o.status.success(), "{}", err(&o));
     assert_eq!(out(&o).trim(), "no calls");
+
+    // The log level through the admin plane's endpoint (GET shows what PUT set).
+    let o = ctl(admin, OPS, &["log-level", "debug"]).await;
+    assert!(o.status.success(), "{}", err(&o));
+    let (status, body) = http(admin, "GET", "/v1/log-level", Some(OPS), "").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("debug"), "{body}");
+    let o = ctl(admin, VIEW, &["log-level", "trace"]).await;
+    assert!(!o.status.success());
+    assert!(err(&o).contains("403"), "{}", err(&o));
 
     // Both reloads are in the audit log as operator requests.
     let audit = std::fs::read_to_string(world.dir.join("audit.log")).unwrap();
