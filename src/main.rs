@@ -1,5 +1,8 @@
 //! sbc-edge: command line, wiring and signals. No protocol logic lives here.
 
+mod demo;
+mod probe_cli;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -29,6 +32,14 @@ struct Cli {
     /// Log as JSON lines instead of human-readable text.
     #[arg(long)]
     log_json: bool,
+    /// The embedded default's demo directory (its CA, the state `call` reads, the operator
+    /// token) [default: $XDG_RUNTIME_DIR/sbc-edge-demo, else /tmp/sbc-edge-demo-UID].
+    #[arg(long, global = true)]
+    demo_dir: Option<PathBuf>,
+    /// Embedded default only: bind its SIP listener, demo endpoint and admin plane on free
+    /// ports instead of 5061, 5062 and 9090 (`call` finds them in the demo directory).
+    #[arg(long)]
+    demo_any_port: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -40,6 +51,14 @@ enum Command {
         /// The file to check.
         file: PathBuf,
     },
+    /// Place one SRTP call through a gateway (by default the running embedded default),
+    /// send media both ways, hang up; prints setup time, packets each way, loss, suites.
+    Call(probe_cli::CallArgs),
+    /// Send and check SRTP through both relay ports of a call set up by someone else
+    /// (the sipp interop run).
+    MediaCheck(probe_cli::MediaCheckArgs),
+    /// Write the embedded default as a starting configuration file (to stdout).
+    PrintDefaultConfig(probe_cli::PrintDefaultArgs),
     /// Audit log tools.
     Audit {
         #[command(subcommand)]
@@ -108,7 +127,23 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
-        None => match run(cli.config, cli.log_json) {
+        Some(Command::Call(args)) => probe_cli::call(&args, cli.demo_dir.as_deref()),
+        Some(Command::MediaCheck(args)) => probe_cli::media_check(&args),
+        Some(Command::PrintDefaultConfig(args)) => match probe_cli::print_default_config(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("print-default-config: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        None => match run(
+            cli.config,
+            cli.log_json,
+            demo::DemoOptions {
+                dir: cli.demo_dir,
+                any_port: cli.demo_any_port,
+            },
+        ) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("sbc-edge: {e:#}");
@@ -136,13 +171,19 @@ fn init_logging(level: Option<&str>, json: bool) {
     }
 }
 
-fn run(config: Option<PathBuf>, log_json: bool) -> anyhow::Result<()> {
+fn run(config: Option<PathBuf>, log_json: bool, demo_opts: demo::DemoOptions) -> anyhow::Result<()> {
     let cfg = match &config {
         Some(path) => Config::load(path).with_context(|| format!("config {}", path.display()))?,
         None => Config::embedded_default().context("embedded default config")?,
     };
     init_logging(cfg.logging.level.as_deref(), log_json || cfg.logging.json);
-    let admin_cfg = admin_config(&cfg).context("admin config")?;
+    let mut admin_cfg = admin_config(&cfg).context("admin config")?;
+    let mut cfg = cfg;
+    // The embedded default runs the demo: its answering endpoint behind the demo route.
+    let mut demo = match config {
+        Some(_) => None,
+        None => Some(demo::prepare(&mut cfg, &mut admin_cfg, &demo_opts)?),
+    };
     // Installed before anything records a metric.
     let prometheus = sbc_admin::install_prometheus().context("metrics exporter")?;
     let cfg = Arc::new(cfg);
@@ -154,7 +195,10 @@ fn run(config: Option<PathBuf>, log_json: bool) -> anyhow::Result<()> {
     let media_control = media.as_ref().map(MediaEngine::control);
     // Recording taps: the admin plane reaches the relay through sbc-core's `TapControl`.
     let tap_control = media.as_ref().map(MediaEngine::tap_control);
-    let result = runtime.block_on(async move {
+    let result = runtime.block_on(async {
+        if let Some(d) = demo.as_mut() {
+            d.start_endpoint()?;
+        }
         let registry = Arc::new(CallRegistry::new());
         let drain = Arc::new(DrainState::new());
         if let Some(media) = &media_control {
@@ -211,7 +255,13 @@ fn run(config: Option<PathBuf>, log_json: bool) -> anyhow::Result<()> {
             admin.local_addr(),
             audit_path.display()
         );
+        if let (Some(d), Some(sip)) = (&demo, server.sip_addrs.first()) {
+            d.announce(*sip, admin.local_addr())?;
+        }
         println!("{}", cfg.summary());
+        if demo.is_some() {
+            println!("Try a call from a second terminal: cargo run --release -- call   (or: sbc-edge call)");
+        }
         println!("SIGHUP reloads limits and admin tokens from the config file; SIGTERM or Ctrl-C drains (twice: stops at once).");
         reload_until_shutdown(&server, &admin, config.as_deref()).await;
         drain_then_stop(&server, &drain).await;
@@ -221,6 +271,9 @@ fn run(config: Option<PathBuf>, log_json: bool) -> anyhow::Result<()> {
     });
     if let Some(media) = media {
         media.shutdown();
+    }
+    if let Some(d) = demo {
+        d.shutdown();
     }
     result
 }
