@@ -109,8 +109,9 @@ impl Demo {
         Ok(())
     }
 
-    /// Writes the state file once the gateway listens, and prints where things are.
-    pub fn announce(&self, sip: SocketAddr, admin: SocketAddr) -> anyhow::Result<()> {
+    /// Writes the state file `call` reads, once the gateway listens (before the banner,
+    /// so whoever reads the banner finds the file).
+    pub fn write_state(&self, sip: SocketAddr, admin: SocketAddr) -> anyhow::Result<()> {
         self.dir
             .write_state(&DemoState {
                 pid: std::process::id(),
@@ -118,7 +119,11 @@ impl Demo {
                 admin: Some(admin),
                 server_name: DEMO_SERVER_NAME.to_string(),
             })
-            .context("demo state file")?;
+            .context("demo state file")
+    }
+
+    /// Prints where the demo's parts are (part of the start banner).
+    pub fn announce(&self) {
         println!(
             "  demo answering endpoint (demo only: answers every call, echoes its SRTP): sips:{}, behind the demo route",
             self.endpoint_addr
@@ -133,7 +138,6 @@ impl Demo {
                 self.dir.token_path().display()
             );
         }
-        Ok(())
     }
 
     /// Stops the endpoint and removes the state file and token.

@@ -235,6 +235,9 @@ fn run(config: Option<PathBuf>, log_json: bool, demo_opts: demo::DemoOptions) ->
         .await
         .context("starting the admin plane")?;
         drain.set_ready(true);
+        if let (Some(d), Some(sip)) = (&demo, server.sip_addrs.first()) {
+            d.write_state(*sip, admin.local_addr())?;
+        }
         match &config {
             Some(path) => println!("sbc-edge: config {}", path.display()),
             None => println!("sbc-edge: embedded default config (demo; pass --config FILE for real use)"),
@@ -255,8 +258,8 @@ fn run(config: Option<PathBuf>, log_json: bool, demo_opts: demo::DemoOptions) ->
             admin.local_addr(),
             audit_path.display()
         );
-        if let (Some(d), Some(sip)) = (&demo, server.sip_addrs.first()) {
-            d.announce(*sip, admin.local_addr())?;
+        if let Some(d) = &demo {
+            d.announce();
         }
         println!("{}", cfg.summary());
         if demo.is_some() {

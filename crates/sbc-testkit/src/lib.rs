@@ -3,7 +3,7 @@
 //! This crate owns every helper more than one test binary (or a bench) needs: a throwaway
 //! PKI ([`pki`]), temp files ([`files`]), SIP-over-TLS peers and the in-process gateway
 //! ([`sip`]), RTP/SDP builders and SRTP helpers ([`media`]), one HTTP/1.1 client
-//! ([`http`]), log capture ([`logs`]), the admin-plane fixture ([`admin`]) and the recording-tap call rig
+//! ([`http`]), log capture ([`logs`]), spawned `sbc-edge` processes ([`process`]), the admin-plane fixture ([`admin`]) and the recording-tap call rig
 //! ([`tap_call`]). It must never be a normal dependency of a shipped crate: it is
 //! `publish = false` and taken only under `[dev-dependencies]`. Helpers local to one test
 //! binary stay in that binary. A unit test inside a crate's `src/` cannot use it (it would
@@ -24,6 +24,7 @@ pub mod http;
 pub mod logs;
 pub mod media;
 pub mod pki;
+pub mod process;
 pub mod sip;
 pub mod tap_call;
 
