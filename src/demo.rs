@@ -36,8 +36,15 @@ pub struct Demo {
 
 /// Rewrites the embedded default `cfg` and `admin` for the demo: certificates from a demo
 /// CA, the route to the answering endpoint (bound here), an operator token.
-pub fn prepare(cfg: &mut Config, admin: &mut AdminConfig, opts: &DemoOptions) -> anyhow::Result<Demo> {
-    let dir_path = opts.dir.clone().unwrap_or_else(sbc_probe::demo::default_dir);
+pub fn prepare(
+    cfg: &mut Config,
+    admin: &mut AdminConfig,
+    opts: &DemoOptions,
+) -> anyhow::Result<Demo> {
+    let dir_path = opts
+        .dir
+        .clone()
+        .unwrap_or_else(sbc_probe::demo::default_dir);
     let dir = DemoDir::create(&dir_path).context("demo directory")?;
     let pki = DemoPki::new().context("demo certificates")?;
     dir.write_ca(&pki.ca_pem).context("demo CA file")?;
@@ -47,8 +54,9 @@ pub fn prepare(cfg: &mut Config, admin: &mut AdminConfig, opts: &DemoOptions) ->
         .first_mut()
         .context("the embedded default has a listener")?;
     listener.certificate_pem = pki.gateway.cert_pem.clone().into_bytes();
-    listener.private_key =
-        PrivateKeyPem::new(zeroize::Zeroizing::new(pki.gateway.key_pem.as_bytes().to_vec()));
+    listener.private_key = PrivateKeyPem::new(zeroize::Zeroizing::new(
+        pki.gateway.key_pem.as_bytes().to_vec(),
+    ));
     if opts.any_port {
         listener.address.set_port(0);
         admin.address.set_port(0);
@@ -60,7 +68,9 @@ pub fn prepare(cfg: &mut Config, admin: &mut AdminConfig, opts: &DemoOptions) ->
     let endpoint_listener = std::net::TcpListener::bind((lo, port))
         .or_else(|_| std::net::TcpListener::bind((lo, 0)))
         .context("demo answering endpoint: bind")?;
-    let endpoint_addr = endpoint_listener.local_addr().context("demo endpoint address")?;
+    let endpoint_addr = endpoint_listener
+        .local_addr()
+        .context("demo endpoint address")?;
     let route = cfg
         .tenants
         .first_mut()

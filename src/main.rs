@@ -171,7 +171,11 @@ fn init_logging(level: Option<&str>, json: bool) {
     }
 }
 
-fn run(config: Option<PathBuf>, log_json: bool, demo_opts: demo::DemoOptions) -> anyhow::Result<()> {
+fn run(
+    config: Option<PathBuf>,
+    log_json: bool,
+    demo_opts: demo::DemoOptions,
+) -> anyhow::Result<()> {
     let cfg = match &config {
         Some(path) => Config::load(path).with_context(|| format!("config {}", path.display()))?,
         None => Config::embedded_default().context("embedded default config")?,

@@ -179,11 +179,14 @@ fn call_options(args: &CallArgs, demo_dir: Option<&Path>) -> anyhow::Result<Call
         .collect::<anyhow::Result<Vec<_>>>()?;
     Ok(CallOptions {
         gateway,
-        server_name: args.server_name.clone().unwrap_or(if args.gateway.is_some() {
-            default_name
-        } else {
-            DEMO_SERVER_NAME.to_string()
-        }),
+        server_name: args
+            .server_name
+            .clone()
+            .unwrap_or(if args.gateway.is_some() {
+                default_name
+            } else {
+                DEMO_SERVER_NAME.to_string()
+            }),
         tls,
         called: args.number.clone(),
         duration: duration(args.duration)?,
@@ -194,13 +197,14 @@ fn call_options(args: &CallArgs, demo_dir: Option<&Path>) -> anyhow::Result<Call
 /// `sbc-edge call`: 0 when the call was answered and media went both ways within the loss
 /// bound, 1 otherwise (2 for bad arguments).
 pub fn call(args: &CallArgs, demo_dir: Option<&Path>) -> ExitCode {
-    let (opts, max_loss) = match call_options(args, demo_dir).and_then(|o| Ok((o, loss(args.max_loss)?))) {
-        Ok(v) => v,
-        Err(e) => {
-            eprintln!("call: {e:#}");
-            return ExitCode::from(2);
-        }
-    };
+    let (opts, max_loss) =
+        match call_options(args, demo_dir).and_then(|o| Ok((o, loss(args.max_loss)?))) {
+            Ok(v) => v,
+            Err(e) => {
+                eprintln!("call: {e:#}");
+                return ExitCode::from(2);
+            }
+        };
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => return failed(args.json, "call", &format!("{e:#}")),
@@ -277,7 +281,8 @@ pub fn media_check(args: &MediaCheckArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let report = match runtime().and_then(|rt| Ok(rt.block_on(sbc_probe::check::check(&a, &b, d))?)) {
+    let report = match runtime().and_then(|rt| Ok(rt.block_on(sbc_probe::check::check(&a, &b, d))?))
+    {
         Ok(r) => r,
         Err(e) => return failed(args.json, "media-check", &format!("{e:#}")),
     };
@@ -308,16 +313,20 @@ pub fn print_default_config(args: &PrintDefaultArgs) -> anyhow::Result<()> {
         }
         Some(dir) => {
             std::fs::create_dir_all(dir).with_context(|| format!("{}", dir.display()))?;
-            let dir = dir.canonicalize().with_context(|| format!("{}", dir.display()))?;
-            let (cert_pem, key_pem) = sbc_core::config::self_signed(&[
-                "localhost".to_string(),
-                "127.0.0.1".to_string(),
-            ])?;
+            let dir = dir
+                .canonicalize()
+                .with_context(|| format!("{}", dir.display()))?;
+            let (cert_pem, key_pem) =
+                sbc_core::config::self_signed(&["localhost".to_string(), "127.0.0.1".to_string()])?;
             let key_pem = zeroize::Zeroizing::new(key_pem);
             let (c, k) = (dir.join("sbc-edge.crt"), dir.join("sbc-edge.key"));
             std::fs::write(&c, cert_pem).with_context(|| format!("{}", c.display()))?;
             write_private(&k, key_pem.as_bytes())?;
-            eprintln!("print-default-config: made {} and {}", c.display(), k.display());
+            eprintln!(
+                "print-default-config: made {} and {}",
+                c.display(),
+                k.display()
+            );
             (c.display().to_string(), k.display().to_string())
         }
     };

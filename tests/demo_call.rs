@@ -24,7 +24,10 @@ async fn the_default_and_call_complete_an_srtp_call() {
     assert!(has_mode(&dir, 0o700));
     assert!(has_mode(&dir.join("operator.token"), 0o600));
     let state = std::fs::read_to_string(dir.join("state")).unwrap();
-    assert!(state.contains(&format!("sip={}", gw.printed.sip)), "{state}");
+    assert!(
+        state.contains(&format!("sip={}", gw.printed.sip)),
+        "{state}"
+    );
 
     let (code, out, err) = run(
         BIN,
@@ -38,16 +41,29 @@ async fn the_default_and_call_complete_an_srtp_call() {
         let sent = r[dir]["sent"].as_u64().unwrap();
         let received = r[dir]["received"].as_u64().unwrap();
         assert_eq!(sent, 50, "{dir}: 1 s of 20 ms packets: {r}");
-        assert!(received >= 48, "{dir}: {received} of {sent} on loopback: {r}");
+        assert!(
+            received >= 48,
+            "{dir}: {received} of {sent} on loopback: {r}"
+        );
     }
     assert_eq!(r["caller_suite"], "AES_CM_128_HMAC_SHA1_80", "{r}");
-    assert!(r["callee_suite"].as_str().is_some(), "the endpoint reports its suite: {r}");
+    assert!(
+        r["callee_suite"].as_str().is_some(),
+        "the endpoint reports its suite: {r}"
+    );
     assert!(r["setup_ms"].as_f64().unwrap() > 0.0);
 
     // The human report says the same.
-    let (code, out, err) = run(BIN, &[&"call", &"--demo-dir", &dir, &"-d", &"0.2"], CALL_WAIT);
+    let (code, out, err) = run(
+        BIN,
+        &[&"call", &"--demo-dir", &dir, &"-d", &"0.2"],
+        CALL_WAIT,
+    );
     assert_eq!(code, 0, "{out}\n{err}");
-    assert!(out.contains("answered in") && out.contains("caller -> callee: sent    10"), "{out}");
+    assert!(
+        out.contains("answered in") && out.contains("caller -> callee: sent    10"),
+        "{out}"
+    );
     assert!(out.trim_end().ends_with("call: OK"), "{out}");
 
     // The operator token works on the admin plane; it is never in the logs.
@@ -55,7 +71,14 @@ async fn the_default_and_call_complete_an_srtp_call() {
     let token = token.trim();
     let (status, ..) = http(gw.printed.admin, "GET", "/v1/calls", Some(token), "").await;
     assert_eq!(status, 200);
-    let (status, ..) = http(gw.printed.admin, "GET", "/v1/calls", Some("not-the-token"), "").await;
+    let (status, ..) = http(
+        gw.printed.admin,
+        "GET",
+        "/v1/calls",
+        Some("not-the-token"),
+        "",
+    )
+    .await;
     assert_eq!(status, 401);
     let logs = gw.logs();
     assert!(logs.contains("demo answering endpoint"), "{logs}");
@@ -67,7 +90,10 @@ async fn the_default_and_call_complete_an_srtp_call() {
 async fn call_through_a_route_that_goes_nowhere_fails_clearly() {
     let world = World::new("demo-call-nowhere");
     // A port nobody listens on: bound, noted, closed.
-    let nowhere = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let nowhere = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let file = world.dir.join("sbc-edge.toml");
     std::fs::write(
         &file,
@@ -84,7 +110,17 @@ async fn call_through_a_route_that_goes_nowhere_fails_clearly() {
     let gateway = gw.printed.sip.to_string();
     let (code, out, err) = run(
         BIN,
-        &[&"call", &"--gateway", &gateway, &"--ca", &ca, &"--server-name", &"localhost", &"-d", &"0.2"],
+        &[
+            &"call",
+            &"--gateway",
+            &gateway,
+            &"--ca",
+            &ca,
+            &"--server-name",
+            &"localhost",
+            &"-d",
+            &"0.2",
+        ],
         CALL_WAIT,
     );
     assert_eq!(code, 1, "{out}\n{err}");
@@ -104,7 +140,11 @@ async fn call_through_a_route_that_goes_nowhere_fails_clearly() {
 #[test]
 fn print_default_config_passes_check_config() {
     let dir = temp_dir("print-default");
-    let (code, out, err) = run(BIN, &[&"print-default-config", &"--cert-dir", &dir], CALL_WAIT);
+    let (code, out, err) = run(
+        BIN,
+        &[&"print-default-config", &"--cert-dir", &dir],
+        CALL_WAIT,
+    );
     assert_eq!(code, 0, "{err}");
     assert!(has_mode(&dir.join("sbc-edge.key"), 0o600));
     let file = write(&dir, "sbc-edge.toml", &out);

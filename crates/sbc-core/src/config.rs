@@ -2187,11 +2187,17 @@ mod tests {
             file.tenants[0].routes[0].target.to_string(),
             embedded.tenants[0].routes[0].target.to_string()
         );
-        assert_eq!(file.summary().lines().count(), embedded.summary().lines().count());
+        assert_eq!(
+            file.summary().lines().count(),
+            embedded.summary().lines().count()
+        );
         // Paths are written as TOML strings, whatever they hold.
         let odd: toml::Value =
             toml::from_str(&default_config_file("a \"b\".pem", "k")).expect("toml");
-        assert_eq!(odd["listeners"][0]["certificate"].as_str(), Some("a \"b\".pem"));
+        assert_eq!(
+            odd["listeners"][0]["certificate"].as_str(),
+            Some("a \"b\".pem")
+        );
     }
 
     #[test]

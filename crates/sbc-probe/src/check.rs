@@ -68,9 +68,7 @@ impl CheckReport {
     }
 
     pub fn to_json(&self) -> serde_json::Value {
-        let dir = |d: Direction| {
-            serde_json::json!({"sent": d.sent, "received": d.received, "loss": d.loss()})
-        };
+        let dir = |d: Direction| serde_json::json!({"sent": d.sent, "received": d.received, "loss": d.loss()});
         serde_json::json!({
             "a_to_b": dir(self.a_to_b),
             "b_to_a": dir(self.b_to_a),
@@ -115,7 +113,11 @@ fn any_of(relay: SocketAddr) -> SocketAddr {
 }
 
 /// Sends `duration` of 20 ms packets on both legs at once and counts what arrives.
-pub async fn check(a: &LegSpec, b: &LegSpec, duration: Duration) -> Result<CheckReport, ProbeError> {
+pub async fn check(
+    a: &LegSpec,
+    b: &LegSpec,
+    duration: Duration,
+) -> Result<CheckReport, ProbeError> {
     if duration > MAX_DURATION {
         return Err(ProbeError::BadInput(format!(
             "duration above {} s",

@@ -113,7 +113,10 @@ impl CallReport {
                     .into(),
             );
         }
-        for (name, d) in [("caller -> callee", self.to_callee), ("callee -> caller", self.to_caller)] {
+        for (name, d) in [
+            ("caller -> callee", self.to_callee),
+            ("callee -> caller", self.to_caller),
+        ] {
             if d.loss() > max_loss {
                 return Err(format!(
                     "{name}: loss {:.1}% is above {:.1}%",
@@ -127,9 +130,7 @@ impl CallReport {
 
     /// The report as a JSON object.
     pub fn to_json(&self) -> serde_json::Value {
-        let dir = |d: Direction| {
-            serde_json::json!({"sent": d.sent, "received": d.received, "loss": d.loss()})
-        };
+        let dir = |d: Direction| serde_json::json!({"sent": d.sent, "received": d.received, "loss": d.loss()});
         serde_json::json!({
             "gateway": self.gateway.to_string(),
             "called": self.called,
@@ -164,10 +165,21 @@ impl fmt::Display for CallReport {
             self.setup.as_secs_f64() * 1000.0,
             if self.ringing { ", 180 first" } else { "" }
         )?;
-        writeln!(f, "  suite, caller leg:  {} (the gateway's answer)", self.caller_suite.as_str())?;
+        writeln!(
+            f,
+            "  suite, caller leg:  {} (the gateway's answer)",
+            self.caller_suite.as_str()
+        )?;
         match self.callee_suite {
-            Some(s) => writeln!(f, "  suite, callee leg:  {} (reported by the far end)", s.as_str())?,
-            None => writeln!(f, "  suite, callee leg:  not reported (the far end is not an echoing probe)")?,
+            Some(s) => writeln!(
+                f,
+                "  suite, callee leg:  {} (reported by the far end)",
+                s.as_str()
+            )?,
+            None => writeln!(
+                f,
+                "  suite, callee leg:  not reported (the far end is not an echoing probe)"
+            )?,
         }
         writeln!(f, "  media {:.1} s of 20 ms packets:", self.media_secs)?;
         writeln!(f, "    caller -> callee: {}", dir(self.to_callee))?;
@@ -196,7 +208,10 @@ impl Dialog {
     fn request(&self, method: Method, cseq: u32, branch: &str) -> SipMessage {
         let name = method.as_str().to_string();
         let mut m = SipMessage::new_request(method, self.target.clone());
-        m.push_header("Via", format!("SIP/2.0/TLS {};branch=z9hG4bK{branch}", self.via_host));
+        m.push_header(
+            "Via",
+            format!("SIP/2.0/TLS {};branch=z9hG4bK{branch}", self.via_host),
+        );
         for r in &self.routes {
             m.push_header("Route", r.clone());
         }
@@ -220,8 +235,9 @@ pub async fn place_call(opts: &CallOptions) -> Result<CallReport, ProbeError> {
     if opts.suites.is_empty() {
         return Err(ProbeError::BadInput("offer at least one suite".into()));
     }
-    let name = ServerName::try_from(opts.server_name.clone())
-        .map_err(|_| ProbeError::BadInput(format!("{:?} is not a server name", opts.server_name)))?;
+    let name = ServerName::try_from(opts.server_name.clone()).map_err(|_| {
+        ProbeError::BadInput(format!("{:?} is not a server name", opts.server_name))
+    })?;
     let connect = async {
         let tcp = TcpStream::connect(opts.gateway)
             .await
@@ -255,7 +271,11 @@ pub async fn place_call(opts: &CallOptions) -> Result<CallReport, ProbeError> {
     let host = opts.gateway.to_string();
     let mut dialog = Dialog {
         call_id: format!("{}@sbc-edge-call", token()),
-        from: format!("\"sbc-edge call\" <sips:probe@{}>;tag={}", local.ip(), token()),
+        from: format!(
+            "\"sbc-edge call\" <sips:probe@{}>;tag={}",
+            local.ip(),
+            token()
+        ),
         to: format!("<sips:{}@{host}>", opts.called),
         target: format!("sips:{}@{host}", opts.called),
         routes: Vec::new(),
@@ -266,7 +286,10 @@ pub async fn place_call(opts: &CallOptions) -> Result<CallReport, ProbeError> {
     let mut invite = dialog.request(Method::Invite, 1, &branch);
     invite.push_header("Contact", format!("<sips:probe@{local}>"));
     invite.push_header("Allow", "INVITE, ACK, BYE, CANCEL, OPTIONS");
-    invite.push_header("User-Agent", concat!("sbc-edge-call/", env!("CARGO_PKG_VERSION")));
+    invite.push_header(
+        "User-Agent",
+        concat!("sbc-edge-call/", env!("CARGO_PKG_VERSION")),
+    );
     invite.push_header("Content-Type", "application/sdp");
     invite.set_body(offer.into_bytes());
 

@@ -129,7 +129,13 @@ mod tests {
             .expect(Duration::from_millis(50), "nothing")
             .await
             .expect_err("times out");
-        assert!(matches!(err, ProbeError::Timeout { what: "nothing", .. }));
+        assert!(matches!(
+            err,
+            ProbeError::Timeout {
+                what: "nothing",
+                ..
+            }
+        ));
         drop(b);
         let err = conn
             .expect(Duration::from_secs(2), "a BYE")

@@ -64,14 +64,17 @@ impl DemoPki {
     pub fn new() -> Result<DemoPki, ProbeError> {
         let mut params = CertificateParams::new(Vec::<String>::new()).map_err(pki_err)?;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "sbc-edge demo CA (made at start, demo only)");
+        params.distinguished_name.push(
+            DnType::CommonName,
+            "sbc-edge demo CA (made at start, demo only)",
+        );
         let ca_key = KeyPair::generate().map_err(pki_err)?;
         let ca = params.self_signed(&ca_key).map_err(pki_err)?;
         let issue = |cn: &str| -> Result<Leaf, ProbeError> {
-            let mut p = CertificateParams::new(DEMO_NAMES.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-                .map_err(pki_err)?;
+            let mut p = CertificateParams::new(
+                DEMO_NAMES.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            )
+            .map_err(pki_err)?;
             p.distinguished_name.push(DnType::CommonName, cn);
             let key = KeyPair::generate().map_err(pki_err)?;
             let cert = p.signed_by(&key, &ca, &ca_key).map_err(pki_err)?;
@@ -252,7 +255,10 @@ mod tests {
     fn files_modes_and_state_round_trip() {
         let base = std::env::temp_dir().join(format!("sbc-probe-demo-{}", rand::random::<u64>()));
         let dir = DemoDir::create(&base).expect("dir");
-        assert_eq!(std::fs::metadata(&base).expect("meta").permissions().mode() & 0o777, 0o700);
+        assert_eq!(
+            std::fs::metadata(&base).expect("meta").permissions().mode() & 0o777,
+            0o700
+        );
         let pki = DemoPki::new().expect("pki");
         assert!(pki.gateway.cert_pem.contains("BEGIN CERTIFICATE"));
         dir.write_ca(&pki.ca_pem).expect("ca");
@@ -261,7 +267,10 @@ mod tests {
         assert_eq!(token.trim().len(), 2 * TOKEN_BYTES);
         let want: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
         assert_eq!(sha, want);
-        let mode = std::fs::metadata(dir.token_path()).expect("meta").permissions().mode();
+        let mode = std::fs::metadata(dir.token_path())
+            .expect("meta")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         let err = dir.read_state().expect_err("no state yet");
         assert!(err.to_string().contains("cargo run --release"), "{err}");

@@ -92,7 +92,10 @@ impl EndpointHandle {
 }
 
 /// Serves on `listener` (already bound) until the handle is shut down.
-pub fn serve(listener: std::net::TcpListener, cfg: EndpointConfig) -> Result<EndpointHandle, ProbeError> {
+pub fn serve(
+    listener: std::net::TcpListener,
+    cfg: EndpointConfig,
+) -> Result<EndpointHandle, ProbeError> {
     listener
         .set_nonblocking(true)
         .map_err(|e| ProbeError::io("demo endpoint listener", e))?;
@@ -121,8 +124,12 @@ async fn accept_loop(listener: TcpListener, cfg: EndpointConfig) {
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        let (acceptor, calls, call_slots, media_ip) =
-            (acceptor.clone(), calls.clone(), call_slots.clone(), cfg.media_ip);
+        let (acceptor, calls, call_slots, media_ip) = (
+            acceptor.clone(),
+            calls.clone(),
+            call_slots.clone(),
+            cfg.media_ip,
+        );
         tokio::spawn(async move {
             let _permit = permit;
             let tls = match tokio::time::timeout(HANDSHAKE_WAIT, acceptor.accept(tcp)).await {
@@ -136,7 +143,10 @@ async fn accept_loop(listener: TcpListener, cfg: EndpointConfig) {
             let local = tls.get_ref().0.local_addr().ok();
             let mut conn = SipConn::new(tls);
             loop {
-                let m = match conn.recv(Instant::now() + CONNECTION_IDLE, "a request").await {
+                let m = match conn
+                    .recv(Instant::now() + CONNECTION_IDLE, "a request")
+                    .await
+                {
                     Ok(Some(m)) => m,
                     Ok(None) | Err(_) => return,
                 };
@@ -266,8 +276,8 @@ async fn answer_call(
         None,
     )
     .map_err(|e| (500, format!("Server Internal Error ({e})")))?;
-    let answer = sdes::answer_sdp(media_ip, port, &agreed, &ours, rand::random::<u32>().into())
-        .into_bytes();
+    let answer =
+        sdes::answer_sdp(media_ip, port, &agreed, &ours, rand::random::<u32>().into()).into_bytes();
     let (stop_tx, stop_rx) = oneshot::channel();
     let call_id = req.call_id().unwrap_or_default().to_string();
     calls.lock().insert(
@@ -284,7 +294,13 @@ async fn answer_call(
         let _permit = permit;
         let stats = echo(leg, stop_rx).await;
         calls.lock().remove(&call_id);
-        tracing::info!(event = "demo_call_ended", received = stats.received, echoed = stats.sent, refused = stats.refused, "demo endpoint call ended");
+        tracing::info!(
+            event = "demo_call_ended",
+            received = stats.received,
+            echoed = stats.sent,
+            refused = stats.refused,
+            "demo endpoint call ended"
+        );
     });
     Ok(answer)
 }

@@ -173,16 +173,17 @@ impl Leg {
     /// The next datagram, unprotected and counted; `Ok(None)` at `deadline`.
     pub async fn recv(&mut self, deadline: Instant) -> Result<Option<Got>, ProbeError> {
         self.buf.resize(MAX_DATAGRAM, 0);
-        let (n, from) = match tokio::time::timeout_at(deadline, self.sock.recv_from(&mut self.buf)).await {
-            Err(_) => return Ok(None),
-            Ok(Ok(v)) => v,
-            // ICMP port unreachable from an earlier send (Linux reports it on the next
-            // receive): the far side is not there yet, not an error of ours.
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                return Ok(Some(Got::Refused));
-            }
-            Ok(Err(e)) => return Err(ProbeError::io("UDP receive", e)),
-        };
+        let (n, from) =
+            match tokio::time::timeout_at(deadline, self.sock.recv_from(&mut self.buf)).await {
+                Err(_) => return Ok(None),
+                Ok(Ok(v)) => v,
+                // ICMP port unreachable from an earlier send (Linux reports it on the next
+                // receive): the far side is not there yet, not an error of ours.
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    return Ok(Some(Got::Refused));
+                }
+                Ok(Err(e)) => return Err(ProbeError::io("UDP receive", e)),
+            };
         let Ok(clear) = self.rx.unprotect_rtp(&mut self.buf[..n]) else {
             self.clear_len = 0;
             self.stats.refused += 1;
@@ -238,13 +239,28 @@ mod tests {
         }
         assert_eq!((a.stats.sent, b.stats.received), (3, 3));
         b.send_next().await.expect("send");
-        assert!(matches!(a.recv(wait()).await.expect("recv"), Some(Got::Probe { .. })));
+        assert!(matches!(
+            a.recv(wait()).await.expect("recv"),
+            Some(Got::Probe { .. })
+        ));
         // A third party with another key: refused, not counted.
-        let mut c = Leg::new(Leg::bind(lo).await.expect("bind"), (p, &random_key(p)), (p, &kb), ab, 1, None)
-            .expect("c");
+        let mut c = Leg::new(
+            Leg::bind(lo).await.expect("bind"),
+            (p, &random_key(p)),
+            (p, &kb),
+            ab,
+            1,
+            None,
+        )
+        .expect("c");
         c.send_next().await.expect("send");
         assert_eq!(b.recv(wait()).await.expect("recv"), Some(Got::Refused));
         assert_eq!((b.stats.received, b.stats.refused), (3, 1));
-        assert_eq!(b.recv(Instant::now() + Duration::from_millis(30)).await.expect("recv"), None);
+        assert_eq!(
+            b.recv(Instant::now() + Duration::from_millis(30))
+                .await
+                .expect("recv"),
+            None
+        );
     }
 }

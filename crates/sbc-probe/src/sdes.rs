@@ -113,7 +113,13 @@ pub fn offer_sdp(addr: IpAddr, port: u16, keys: &[LocalKey], session_id: u64) ->
 }
 
 /// The answer to `agreed`: one audio stream at `addr:port` with our key.
-pub fn answer_sdp(addr: IpAddr, port: u16, agreed: &Agreed, ours: &LocalKey, session_id: u64) -> String {
+pub fn answer_sdp(
+    addr: IpAddr,
+    port: u16,
+    agreed: &Agreed,
+    ours: &LocalKey,
+    session_id: u64,
+) -> String {
     let mut s = session(addr, session_id, "sbc-edge demo answering endpoint");
     s.push_str(&format!(
         "m=audio {port} {} {}\r\n",

@@ -16,7 +16,9 @@ fn certs(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>, ProbeEr
         .collect::<Result<_, _>>()
         .map_err(|e| ProbeError::Tls(format!("{what}: {e}")))?;
     if v.is_empty() {
-        return Err(ProbeError::Tls(format!("{what}: no certificate in the PEM")));
+        return Err(ProbeError::Tls(format!(
+            "{what}: no certificate in the PEM"
+        )));
     }
     Ok(v)
 }
@@ -55,7 +57,10 @@ pub fn server_config(
 ) -> Result<Arc<rustls::ServerConfig>, ProbeError> {
     let cfg = rustls::ServerConfig::builder()
         .with_no_client_auth()
-        .with_single_cert(certs(cert_pem, "certificate")?, key(key_pem, "private key")?)
+        .with_single_cert(
+            certs(cert_pem, "certificate")?,
+            key(key_pem, "private key")?,
+        )
         .map_err(|e| ProbeError::Tls(format!("certificate: {e}")))?;
     Ok(Arc::new(cfg))
 }

@@ -75,7 +75,11 @@ impl Drop for Spawned {
 }
 
 /// Runs `bin` with `args` to completion (bounded by `within`): exit code, stdout, stderr.
-pub fn run(bin: &str, args: &[&dyn AsRef<std::ffi::OsStr>], within: Duration) -> (i32, String, String) {
+pub fn run(
+    bin: &str,
+    args: &[&dyn AsRef<std::ffi::OsStr>],
+    within: Duration,
+) -> (i32, String, String) {
     let mut cmd = Command::new(bin);
     for a in args {
         cmd.arg(a);
@@ -95,7 +99,12 @@ pub fn run(bin: &str, args: &[&dyn AsRef<std::ffi::OsStr>], within: Duration) ->
         Err(_) => {
             // Bounded: kill it by its pid (the child was moved to the waiting thread).
             let _ = Command::new("kill").arg("-9").arg(id.to_string()).status();
-            panic!("{bin} {:?} did not finish within {within:?}", args.iter().map(|a| a.as_ref().to_string_lossy().into_owned()).collect::<Vec<_>>());
+            panic!(
+                "{bin} {:?} did not finish within {within:?}",
+                args.iter()
+                    .map(|a| a.as_ref().to_string_lossy().into_owned())
+                    .collect::<Vec<_>>()
+            );
         }
     };
     (
