@@ -186,3 +186,85 @@ pub async fn check(
 
 /// Marks a priming packet's stream.
 const PRIME: u8 = 0x40;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sdes::random_key;
+    use std::sync::Arc;
+    use tokio::net::UdpSocket;
+
+    /// A stand-in relay that forwards bytes unchanged between two ports, each latched on
+    /// the last source it heard (keys therefore go end to end).
+    async fn forwarder() -> (SocketAddr, SocketAddr) {
+        let ra = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind"));
+        let rb = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind"));
+        let addrs = (ra.local_addr().expect("a"), rb.local_addr().expect("b"));
+        let peers = Arc::new(std::sync::Mutex::new((
+            None::<SocketAddr>,
+            None::<SocketAddr>,
+        )));
+        for (from, to, side) in [(ra.clone(), rb.clone(), 0), (rb, ra, 1)] {
+            let peers = peers.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 2048];
+                while let Ok((n, src)) = from.recv_from(&mut buf).await {
+                    let dst = {
+                        let mut p = peers.lock().expect("lock");
+                        if side == 0 {
+                            p.0 = Some(src);
+                            p.1
+                        } else {
+                            p.1 = Some(src);
+                            p.0
+                        }
+                    };
+                    if let Some(d) = dst {
+                        let _ = to.send_to(&buf[..n], d).await;
+                    }
+                }
+            });
+        }
+        addrs
+    }
+
+    #[tokio::test]
+    async fn media_goes_both_ways_and_a_wrong_key_fails_the_check() {
+        let p = SrtpProfile::AesCm128HmacSha1_80;
+        let (ka, kb) = (random_key(p), random_key(p));
+        let (ra, rb) = forwarder().await;
+        let a = LegSpec {
+            relay: ra,
+            send: (p, ka.clone()),
+            recv: (p, kb.clone()),
+        };
+        let b = LegSpec {
+            relay: rb,
+            send: (p, kb.clone()),
+            recv: (p, ka.clone()),
+        };
+        let r = check(&a, &b, Duration::from_millis(400))
+            .await
+            .expect("check");
+        assert_eq!(r.a_to_b.sent, 20);
+        assert_eq!((r.a_to_b.received, r.b_to_a.received), (20, 20), "{r}");
+        assert_eq!(r.refused, 0);
+        assert!(r.verdict(0.05).is_ok());
+
+        // B decrypts with a key nobody sends with: A -> B is refused, so the check fails.
+        let (ra, rb) = forwarder().await;
+        let wrong = LegSpec {
+            relay: rb,
+            send: (p, kb.clone()),
+            recv: (p, random_key(p)),
+        };
+        let a = LegSpec { relay: ra, ..a };
+        let r = check(&a, &wrong, Duration::from_millis(200))
+            .await
+            .expect("check");
+        assert_eq!(r.a_to_b.received, 0, "{r}");
+        assert!(r.refused >= 10, "{r}");
+        let why = r.verdict(0.05).expect_err("no media A -> B");
+        assert!(why.contains("A -> B: no packet arrived"), "{why}");
+    }
+}
