@@ -1,6 +1,8 @@
 //! sbc-edge: command line, wiring and signals. No protocol logic lives here.
 
 mod ctl;
+mod demo;
+mod probe_cli;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -36,6 +38,14 @@ struct Cli {
     /// Log as JSON lines instead of human-readable text.
     #[arg(long)]
     log_json: bool,
+    /// The embedded default's demo directory (its CA, the state `call` reads, the operator
+    /// token) [default: $XDG_RUNTIME_DIR/sbc-edge-demo, else /tmp/sbc-edge-demo-UID].
+    #[arg(long, global = true)]
+    demo_dir: Option<PathBuf>,
+    /// Embedded default only: bind its SIP listener, demo endpoint and admin plane on free
+    /// ports instead of 5061, 5062 and 9090 (`call` finds them in the demo directory).
+    #[arg(long)]
+    demo_any_port: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -49,6 +59,14 @@ enum Command {
     },
     /// Talk to a running gateway's admin API (calls, usage, taps, drain, reload, log level).
     Ctl(ctl::CtlArgs),
+    /// Place one SRTP call through a gateway (by default the running embedded default),
+    /// send media both ways, hang up; prints setup time, packets each way, loss, suites.
+    Call(probe_cli::CallArgs),
+    /// Send and check SRTP through both relay ports of a call set up by someone else
+    /// (the sipp interop run).
+    MediaCheck(probe_cli::MediaCheckArgs),
+    /// Write the embedded default as a starting configuration file (to stdout).
+    PrintDefaultConfig(probe_cli::PrintDefaultArgs),
     /// Audit log tools.
     Audit {
         #[command(subcommand)]
@@ -116,7 +134,23 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
-        None => match run(cli.config, cli.log_json) {
+        Some(Command::Call(args)) => probe_cli::call(&args, cli.demo_dir.as_deref()),
+        Some(Command::MediaCheck(args)) => probe_cli::media_check(&args),
+        Some(Command::PrintDefaultConfig(args)) => match probe_cli::print_default_config(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("print-default-config: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        None => match run(
+            cli.config,
+            cli.log_json,
+            demo::DemoOptions {
+                dir: cli.demo_dir,
+                any_port: cli.demo_any_port,
+            },
+        ) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("sbc-edge: {e:#}");
@@ -126,13 +160,23 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(config: Option<PathBuf>, log_json: bool) -> anyhow::Result<()> {
+fn run(
+    config: Option<PathBuf>,
+    log_json: bool,
+    demo_opts: demo::DemoOptions,
+) -> anyhow::Result<()> {
     let cfg = match &config {
         Some(path) => Config::load(path).with_context(|| format!("config {}", path.display()))?,
         None => Config::embedded_default().context("embedded default config")?,
     };
     let log = logging::init(cfg.logging.level.as_deref(), log_json || cfg.logging.json);
-    let admin_cfg = admin_config(&cfg).context("admin config")?;
+    let mut admin_cfg = admin_config(&cfg).context("admin config")?;
+    let mut cfg = cfg;
+    // The embedded default runs the demo: its answering endpoint behind the demo route.
+    let mut demo = match config {
+        Some(_) => None,
+        None => Some(demo::prepare(&mut cfg, &mut admin_cfg, &demo_opts)?),
+    };
     // Installed before anything records a metric.
     let prometheus = telemetry::install(&cfg)?;
     let cfg = Arc::new(cfg);
@@ -145,7 +189,10 @@ fn run(config: Option<PathBuf>, log_json: bool) -> anyhow::Result<()> {
     // Recording taps: the admin plane reaches the relay through sbc-core's `TapControl`.
     let tap_control = media.as_ref().map(MediaEngine::tap_control);
     let media_gauges = media.clone();
-    let result = runtime.block_on(async move {
+    let result = runtime.block_on(async {
+        if let Some(d) = demo.as_mut() {
+            d.start_endpoint()?;
+        }
         let registry = Arc::new(CallRegistry::new());
         let drain = Arc::new(DrainState::new());
         telemetry::spawn_media_gauges(media_gauges);
@@ -185,6 +232,9 @@ fn run(config: Option<PathBuf>, log_json: bool) -> anyhow::Result<()> {
         let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel(RELOAD_QUEUE);
         admin.on_reload(reload_hook(reload_tx));
         drain.set_ready(true);
+        if let (Some(d), Some(sip)) = (&demo, server.sip_addrs.first()) {
+            d.write_state(*sip, admin.local_addr())?;
+        }
         admin.set_log_level_control(log.clone());
         systemd::ready();
         systemd::spawn_watchdog();
@@ -208,7 +258,13 @@ fn run(config: Option<PathBuf>, log_json: bool) -> anyhow::Result<()> {
             admin.local_addr(),
             audit_path.display()
         );
+        if let Some(d) = &demo {
+            d.announce();
+        }
         println!("{}", cfg.summary());
+        if demo.is_some() {
+            println!("Try a call from a second terminal: cargo run --release -- call   (or: sbc-edge call)");
+        }
         println!("SIGHUP (or `sbc-edge ctl reload`) reloads the config file and logs each changed key; SIGTERM or Ctrl-C drains (twice: stops at once).");
         let mut running = reload::Running { started: cfg.clone(), current: cfg.clone() };
         reload_until_shutdown(&server, &admin, &log, config.as_deref(), &mut running, &mut reload_rx).await;
@@ -219,6 +275,9 @@ fn run(config: Option<PathBuf>, log_json: bool) -> anyhow::Result<()> {
     });
     if let Some(media) = media {
         media.shutdown();
+    }
+    if let Some(d) = demo {
+        d.shutdown();
     }
     result
 }

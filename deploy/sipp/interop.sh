@@ -8,7 +8,12 @@
 #   1. basic call: 500 calls at 25 calls/s
 #   2. hold re-INVITE (sendonly, then sendrecv): a few calls
 #   3. CANCEL after 180 (UAS answers 487): a few calls
-#   4. max-rate probe (informational, never fails CI): a rate ramp of basic calls; reports
+#   4. media: a few calls, one at a time, signalled by sipp (uac_media.xml, uas_media.xml);
+#      during each call `sbc-edge media-check` (the SRTP sender/receiver of `sbc-edge call`)
+#      plays both ends of its media: SRTP sent to the caller-side relay port with the
+#      caller's offered key must arrive decryptable with the gateway's key toward the
+#      callee, and the other way; no packet may be missing beyond media-check's loss bound
+#   5. max-rate probe (informational, never fails CI): a rate ramp of basic calls; reports
 #      the highest rate held with zero failures and the CPU used by each process.
 #
 # Needs: sipp (Debian: sip-tester), stunnel4, openssl, cargo, coreutils timeout.
@@ -19,6 +24,7 @@
 #   SBC_INTEROP_UAS_PORT=5072          ports on 127.0.0.1
 #   SBC_INTEROP_CALLS=500 SBC_INTEROP_RATE=25   stage 1 size and rate
 #   SBC_INTEROP_SMALL_CALLS=5          calls in stages 2 and 3
+#   SBC_INTEROP_MEDIA_CALLS=3          calls in stage 4 (media), each with 1 s of SRTP each way
 #   SBC_INTEROP_PROBE_RATES="50 100 200 400 800 1600"  ramp (calls/s); empty: skip stage 4
 #   SBC_INTEROP_PROBE_SECS=5           seconds of calls per ramp step
 #   SBC_INTEROP_BUILD_TIMEOUT=2400     bound on `cargo build --release` (seconds)
@@ -39,6 +45,7 @@ UAS_PORT=${SBC_INTEROP_UAS_PORT:-5072}
 CALLS=${SBC_INTEROP_CALLS:-500}
 RATE=${SBC_INTEROP_RATE:-25}
 SMALL=${SBC_INTEROP_SMALL_CALLS:-5}
+MEDIA_CALLS=${SBC_INTEROP_MEDIA_CALLS:-3}
 PROBE_RATES=${SBC_INTEROP_PROBE_RATES-50 100 200 400 800 1600}
 PROBE_SECS=${SBC_INTEROP_PROBE_SECS:-5}
 BUILD_TIMEOUT=${SBC_INTEROP_BUILD_TIMEOUT:-2400}
@@ -275,7 +282,66 @@ stage basic basic "$CALLS" "$RATE" 1000
 stage hold hold "$SMALL" 5 300 --trace
 stage cancel cancel "$SMALL" 5 300 --trace
 
-# The gateway's own account must agree with sipp's: every basic and hold call answered,
+# --- stage media: sipp signals, sbc-edge media-check carries SRTP through the relay ------
+# The scenarios write each call's SDP facts to $dir/sdp/{uac,uas}-N (N = call number; one
+# call at a time, so N is the same call on both sides): "IP PORT TAG SUITE KEY" of the SDP
+# the gateway sent to that side. The keys each sipp side offered or answered are fixed in
+# its scenario; read them from there.
+scenario_key() { # scenario_key FILE TAG SUITE: the inline key of "a=crypto:TAG SUITE" in FILE
+  sed -n "s|.*a=crypto:$2 $3 inline:\([A-Za-z0-9+/=]*\).*|\1|p" "$1" | head -n 1
+}
+media_stage() {
+  local dir=$work/media i f uac_pid uac_rc=0 uas_rc=0 asend
+  local aip aport atag asuite akey bip bport btag bsuite bkey
+  local uac_128 uac_256 uas_128
+  uac_128=$(scenario_key "$HERE/uac_media.xml" 1 AES_CM_128_HMAC_SHA1_80)
+  uac_256=$(scenario_key "$HERE/uac_media.xml" 2 AES_256_CM_HMAC_SHA1_80)
+  uas_128=$(sed -n 's|.*AES_CM_128_HMAC_SHA1_80 inline:\([A-Za-z0-9+/=]*\).*|\1|p' "$HERE/uas_media.xml" | tail -n 1)
+  [ -n "$uac_128" ] && [ -n "$uac_256" ] && [ -n "$uas_128" ] || fail "stage media: keys not found in the media scenarios"
+  say "stage media: $MEDIA_CALLS calls one at a time, -d 4000 ms; sbc-edge media-check sends 1 s of SRTP each way through each call's relay ports"
+  mkdir -p "$dir/sdp"
+  start_uas media "$dir" -- -key media_dir "$dir/sdp"
+  timeout -k 10 $((MEDIA_CALLS * 10 + 60)) "$RUN" media --tcp "127.0.0.1:$UAC_PORT" \
+    -g "127.0.0.1:$GW_PORT" -r 1 -l 1 -m "$MEDIA_CALLS" -d 4000 --out "$dir" \
+    -- -key media_dir "$dir/sdp" >"$dir.uac.out" 2>&1 &
+  uac_pid=$!
+  local media_failed=0
+  for i in $(seq "$MEDIA_CALLS"); do
+    for f in uac uas; do
+      for _ in $(seq 200); do
+        [ -s "$dir/sdp/$f-$i" ] && break
+        kill -0 "$uac_pid" 2>/dev/null || break
+        sleep 0.05
+      done
+      [ -s "$dir/sdp/$f-$i" ] || { media_failed=1; echo "call $i: no $f SDP facts in $dir/sdp/$f-$i"; }
+    done
+    [ "$media_failed" = 0 ] || break
+    read -r aip aport atag asuite akey <"$dir/sdp/uac-$i"
+    read -r bip bport btag bsuite bkey <"$dir/sdp/uas-$i"
+    case "$atag:$asuite" in
+      1:AES_CM_128_HMAC_SHA1_80) asend="AES_CM_128_HMAC_SHA1_80:$uac_128" ;;
+      2:AES_256_CM_HMAC_SHA1_80) asend="AES_256_CM_HMAC_SHA1_80:$uac_256" ;;
+      *) media_failed=1; echo "call $i: the gateway answered the caller with tag $atag $asuite"; break ;;
+    esac
+    echo "call $i: caller leg relay $aip:$aport ($asuite, tag $atag), callee leg relay $bip:$bport ($bsuite, tag $btag)"
+    timeout -k 5 30 "$bin" media-check --a-relay "$aip:$aport" --a-send "$asend" \
+      --a-recv "$asuite:$akey" --b-relay "$bip:$bport" \
+      --b-send "AES_CM_128_HMAC_SHA1_80:$uas_128" --b-recv "$bsuite:$bkey" --duration 1 \
+      || { media_failed=1; echo "call $i: media-check failed"; }
+  done
+  wait "$uac_pid" || uac_rc=$?
+  cat "$dir.uac.out"
+  stop_uas || uas_rc=$?
+  echo "--- trunk side (sipp UAS) of stage media:"
+  uas_summary "$dir"
+  [ "$uac_rc" = 0 ] || fail "stage media: calls failed on the caller side (run.sh exit $uac_rc)"
+  [ "$uas_rc" = 0 ] || fail "stage media: calls failed on the trunk side (run.sh exit $uas_rc)"
+  [ "$media_failed" = 0 ] || fail "stage media: SRTP did not go through the relay both ways (above)"
+  kill -0 "$gw_pid" 2>/dev/null || fail "the gateway exited during stage media"
+}
+if [ "$MEDIA_CALLS" -gt 0 ]; then media_stage; fi
+
+# The gateway's own account must agree with sipp's: every basic, hold and media call answered,
 # every cancelled call failed 4xx (487), nothing else.
 admin=$(sed -n 's|^  admin plane: http://\([^ ]*\) .*|\1|p' "$work/gateway.out" | head -n 1)
 [ -n "$admin" ] || fail "the gateway did not print its admin address"
@@ -284,13 +350,13 @@ metric() { printf '%s\n' "$metrics" | awk -v k="$1" '$1 == k { print $2 }'; }
 answered=$(metric 'sbc_sip_calls_answered_total{tenant="demo"}')
 failed4xx=$(metric 'sbc_sip_calls_failed_total{tenant="demo",class="4xx"}')
 echo "gateway metrics: answered=$answered failed_4xx=${failed4xx:-0}"
-[ "${answered:-0}" = "$((CALLS + SMALL))" ] || fail "gateway counted ${answered:-0} answered calls, expected $((CALLS + SMALL))"
+[ "${answered:-0}" = "$((CALLS + SMALL + MEDIA_CALLS))" ] || fail "gateway counted ${answered:-0} answered calls, expected $((CALLS + SMALL + MEDIA_CALLS))"
 [ "${failed4xx:-0}" = "$SMALL" ] || fail "gateway counted ${failed4xx:-0} 4xx calls, expected $SMALL (the CANCELs)"
 
-say "interop PASSED: $CALLS basic calls at $RATE calls/s, $SMALL hold, $SMALL cancel; no failed call"
+say "interop PASSED: $CALLS basic calls at $RATE calls/s, $SMALL hold, $SMALL cancel, $MEDIA_CALLS with SRTP checked both ways through the relay; no failed call"
 summary_line=$(grep '^== basic (uac)' "$work/basic.uac.out" 2>/dev/null || true)
 
-# --- stage 4: max-rate probe (informational) --------------------------------------------
+# --- stage 5: max-rate probe (informational) --------------------------------------------
 [ -n "$PROBE_RATES" ] || exit 0
 hz=$(getconf CLK_TCK 2>/dev/null || echo 100)
 ticks() { # ticks PID: user+system CPU ticks so far (0 if gone)

@@ -132,7 +132,7 @@ else
     uas:flood) sf=$HERE/uas_basic.xml ;;
     *) sf=$HERE/${role}_${scenario}.xml ;;
   esac
-  [ -f "$sf" ] || die "no scenario $sf (basic, hold, cancel, flood or a file)"
+  [ -f "$sf" ] || die "no scenario $sf (basic, hold, cancel, media, flood or a file)"
 fi
 
 host_of() { local a=$1; a=${a%:*}; a=${a#[}; echo "${a%]}"; }

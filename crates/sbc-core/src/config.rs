@@ -90,6 +90,11 @@ pub struct SipSettings {
 pub struct PrivateKeyPem(Zeroizing<Vec<u8>>);
 
 impl PrivateKeyPem {
+    /// Wraps the PEM text of a key made in code (the embedded default's).
+    pub fn new(pem: Zeroizing<Vec<u8>>) -> PrivateKeyPem {
+        PrivateKeyPem(pem)
+    }
+
     /// The PEM text.
     pub fn pem(&self) -> &[u8] {
         &self.0
@@ -1393,6 +1398,30 @@ prefix = ""
 target = "sips:127.0.0.1:5062"
 "#;
 
+/// The embedded default as a starting file (`sbc-edge print-default-config`): the same
+/// listener, tenant and route as [`Config::embedded_default`], the listener's certificate
+/// and key read from the paths given (relative paths: from the file's directory).
+pub fn default_config_file(certificate: &str, private_key: &str) -> String {
+    let q = |s: &str| toml::Value::String(s.to_string()).to_string();
+    format!(
+        r#"# sbc-edge: a starting configuration, written by `sbc-edge print-default-config`.
+# It is the embedded default (`cargo run --release` without --config) as a file; check it
+# with `sbc-edge check-config FILE` and run it with `sbc-edge --config FILE`.
+# Without --config the gateway also runs a demo answering endpoint behind the demo route
+# and trusts it; a file does not: point the route at your trunk (and give its CA with
+# `ca_file = "trunk-ca.pem"`). Every key is described in deploy/sbc-edge.example.toml.
+
+[[listeners]]
+name = "default"
+address = "127.0.0.1:5061"
+certificate = {cert}
+private_key = {key}
+{EMBEDDED_DEFAULT_WITHOUT_LISTENER}"#,
+        cert = q(certificate),
+        key = q(private_key),
+    )
+}
+
 /// A self-signed certificate and key (PEM) for `names`.
 pub fn self_signed(names: &[String]) -> Result<(String, String), ConfigError> {
     let key = rcgen::KeyPair::generate()
@@ -2239,6 +2268,33 @@ mod tests {
         let not_after = cfg.listeners[0].certificate_not_after().expect("expiry");
         // rcgen's default validity runs to 4096.
         assert!(not_after > std::time::SystemTime::now() + Duration::from_secs(365 * 86_400));
+    }
+
+    #[test]
+    fn default_config_file_is_the_embedded_default() {
+        let f = files();
+        let text = default_config_file("cert.pem", "key.pem");
+        let file = Config::from_toml_str(&text, &f.dir).expect("the starting file validates");
+        let embedded = Config::embedded_default().expect("default");
+        assert_eq!(file.listeners[0].address, embedded.listeners[0].address);
+        assert_eq!(file.listeners[0].name, embedded.listeners[0].name);
+        assert_eq!(file.tenants.len(), embedded.tenants.len());
+        assert_eq!(file.tenants[0].id, embedded.tenants[0].id);
+        assert_eq!(
+            file.tenants[0].routes[0].target.to_string(),
+            embedded.tenants[0].routes[0].target.to_string()
+        );
+        assert_eq!(
+            file.summary().lines().count(),
+            embedded.summary().lines().count()
+        );
+        // Paths are written as TOML strings, whatever they hold.
+        let odd: toml::Value =
+            toml::from_str(&default_config_file("a \"b\".pem", "k")).expect("toml");
+        assert_eq!(
+            odd["listeners"][0]["certificate"].as_str(),
+            Some("a \"b\".pem")
+        );
     }
 
     #[test]

@@ -19,9 +19,10 @@ const SRTP_TAILROOM: usize = 64;
 
 // ---------------------------------------------------------------- RTP
 
-/// A clear RTP packet: version 2, payload type 0, timestamp `seq * 160`.
+/// A clear RTP packet: version 2, payload type 0, timestamp `seq * 160` (sbc-probe's
+/// builder, the one `sbc-edge call` sends with).
 pub fn rtp(seq: u16, ssrc: u32, payload: &[u8]) -> Vec<u8> {
-    Rtp::new(seq, ssrc).payload(payload).build()
+    sbc_probe::rtp::packet(seq, ssrc, payload)
 }
 
 /// An RTP packet to build: payload type, timestamp, CSRCs and a header extension can be

@@ -1,7 +1,8 @@
 //! A spawned `sbc-edge` process in a test ([`Spawned`]): started on a config file with its
 //! stdout banner read ([`crate::sip::printed_addresses`]) and its stderr (the logs)
 //! collected, signalled by the test, killed when the test ends however it ends. Also the
-//! bounded wait every such test needs ([`eventually`]).
+//! bounded wait every such test needs ([`eventually`]), a bounded run to completion
+//! ([`run`], for `call`, `ctl`, `check-config`) and a file-mode check ([`has_mode`]).
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -28,10 +29,21 @@ impl Spawned {
     /// Run `bin` (`env!("CARGO_BIN_EXE_sbc-edge")`) with `--config config`, `RUST_LOG=info`
     /// unless `env` sets it, and `env`; panics if it does not print its addresses in time.
     pub fn start(bin: &str, config: &Path, env: &[(&str, &str)]) -> Spawned {
+        Spawned::with_args(bin, &[&"--config", &config], env)
+    }
+
+    /// Run `bin` with `args` (the embedded default with `--demo-dir`, say), `RUST_LOG=info`
+    /// unless `env` sets it, and `env`; panics if it does not print its addresses in time.
+    pub fn with_args(
+        bin: &str,
+        args: &[&dyn AsRef<std::ffi::OsStr>],
+        env: &[(&str, &str)],
+    ) -> Spawned {
         let mut cmd = Command::new(bin);
-        cmd.arg("--config")
-            .arg(config)
-            .env("RUST_LOG", "info")
+        for a in args {
+            cmd.arg(a);
+        }
+        cmd.env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         for (k, v) in env {
@@ -124,4 +136,52 @@ pub async fn eventually(within: Duration, mut pred: impl AsyncFnMut() -> bool) -
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Runs `bin` with `args` to completion (bounded by `within`): exit code, stdout, stderr.
+pub fn run(
+    bin: &str,
+    args: &[&dyn AsRef<std::ffi::OsStr>],
+    within: Duration,
+) -> (i32, String, String) {
+    let mut cmd = Command::new(bin);
+    for a in args {
+        cmd.arg(a);
+    }
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("runs sbc-edge");
+    let id = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let out = match rx.recv_timeout(within) {
+        Ok(out) => out.expect("waits for sbc-edge"),
+        Err(_) => {
+            // Bounded: kill it by its pid (the child was moved to the waiting thread).
+            if let Ok(pid) = i32::try_from(id) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+            }
+            panic!(
+                "{bin} {:?} did not finish within {within:?}",
+                args.iter()
+                    .map(|a| a.as_ref().to_string_lossy().into_owned())
+                    .collect::<Vec<_>>()
+            );
+        }
+    };
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// True if `path` exists with exactly `mode` permission bits.
+pub fn has_mode(path: &Path, mode: u32) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o777 == mode)
 }
