@@ -56,19 +56,13 @@ impl CheckReport {
             if d.received == 0 {
                 return Err(format!("{name}: no packet arrived"));
             }
-            if d.loss() > max_loss {
-                return Err(format!(
-                    "{name}: loss {:.1}% is above {:.1}%",
-                    100.0 * d.loss(),
-                    100.0 * max_loss
-                ));
-            }
+            d.within(name, max_loss)?;
         }
         Ok(())
     }
 
     pub fn to_json(&self) -> serde_json::Value {
-        let dir = |d: Direction| serde_json::json!({"sent": d.sent, "received": d.received, "loss": d.loss()});
+        let dir = |d: Direction| d.to_json();
         serde_json::json!({
             "a_to_b": dir(self.a_to_b),
             "b_to_a": dir(self.b_to_a),

@@ -77,6 +77,23 @@ impl Direction {
         }
         f64::from(self.sent.saturating_sub(self.received)) / f64::from(self.sent)
     }
+
+    /// `Err` naming the direction when its loss is above `max_loss` (a fraction).
+    pub fn within(&self, name: &str, max_loss: f64) -> Result<(), String> {
+        if self.loss() > max_loss {
+            return Err(format!(
+                "{name}: loss {:.1}% is above {:.1}%",
+                100.0 * self.loss(),
+                100.0 * max_loss
+            ));
+        }
+        Ok(())
+    }
+
+    /// `{"sent", "received", "loss"}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({"sent": self.sent, "received": self.received, "loss": self.loss()})
+    }
 }
 
 /// What a call did.
@@ -117,20 +134,14 @@ impl CallReport {
             ("caller -> callee", self.to_callee),
             ("callee -> caller", self.to_caller),
         ] {
-            if d.loss() > max_loss {
-                return Err(format!(
-                    "{name}: loss {:.1}% is above {:.1}%",
-                    100.0 * d.loss(),
-                    100.0 * max_loss
-                ));
-            }
+            d.within(name, max_loss)?;
         }
         Ok(())
     }
 
     /// The report as a JSON object.
     pub fn to_json(&self) -> serde_json::Value {
-        let dir = |d: Direction| serde_json::json!({"sent": d.sent, "received": d.received, "loss": d.loss()});
+        let dir = |d: Direction| d.to_json();
         serde_json::json!({
             "gateway": self.gateway.to_string(),
             "called": self.called,
