@@ -640,7 +640,7 @@ impl Config {
                 .certificate_path
                 .as_ref()
                 .map(|p| p.display().to_string())
-                .unwrap_or_else(|| "self-signed, made at start".to_string());
+                .unwrap_or_else(|| "made at start (no file)".to_string());
             let _ = writeln!(
                 s,
                 "listener {:?}: {} certificate={} mtls={}",
