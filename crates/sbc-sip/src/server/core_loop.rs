@@ -1,0 +1,253 @@
+//! The task that drives the sans-IO B2BUA: it feeds inputs with `now`, carries out the
+//! outputs, and owns the outbound connection pool to route targets.
+//!
+//! Owns: the writers of every connection, the pool (one connection per target, messages
+//! queued while it connects) and the target connectors. Must not: block on a peer (a
+//! full write queue drops the message, counted).
+
+use super::*;
+
+/// Messages queued for one connection's writer. At ~1 KB a message this is 1 MB; a peer
+/// that lets its queue fill is not reading and loses messages (counted) rather than
+/// stalling the core.
+pub(super) const WRITE_QUEUE: usize = 1024;
+
+pub(super) enum PoolEntry {
+    Connecting(Vec<SipMessage>),
+    Up(ConnId),
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn core_loop(
+    mut core: B2bua,
+    shared_admission: Arc<RwLock<Arc<Admission>>>,
+    mut targets: TargetTable,
+    mut events: mpsc::Receiver<Event>,
+    events_tx: mpsc::Sender<Event>,
+    conn_ids: Arc<AtomicU64>,
+    settings: ConnSettings,
+    stats: Arc<Mutex<B2buaStats>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut writers: HashMap<ConnId, ConnHandle> = HashMap::new();
+    let mut pool: HashMap<TargetId, PoolEntry> = HashMap::new();
+    let mut pooled_conn: HashMap<ConnId, TargetId> = HashMap::new();
+    let tokio_start = tokio::time::Instant::now();
+    let std_start = Instant::now();
+    loop {
+        let deadline = core.poll_timeout();
+        let sleep_until = deadline.map(|d| tokio_start + d.saturating_duration_since(std_start));
+        let event = tokio::select! {
+            e = events.recv() => match e { Some(e) => Some(e), None => return },
+            _ = async {
+                match sleep_until {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending::<()>().await,
+                }
+            } => None,
+            _ = shutdown.changed() => return,
+        };
+        let now = Instant::now();
+        match event {
+            None => core.handle_timeout(now),
+            Some(Event::Registered { conn, kind, handle }) => {
+                writers.insert(conn, handle);
+                if let ConnKind::Outbound { target } = &kind {
+                    pooled_conn.insert(conn, *target);
+                    if let Some(PoolEntry::Connecting(queued)) =
+                        pool.insert(*target, PoolEntry::Up(conn))
+                    {
+                        for msg in queued {
+                            write_to(&writers, &settings.guards.logs, conn, &msg);
+                        }
+                    }
+                }
+                core.handle_input(now, Input::Connected { conn, kind });
+            }
+            Some(Event::ConnectFailed { target, error }) => {
+                metrics::counter!("sbc_tls_handshakes_failed_total", "side" => "outbound")
+                    .increment(1);
+                let addr = targets.get(target).map_or("", |t| t.addr.as_str());
+                warn!(event = "target_connect_failed", target_addr = %addr, error = %error, "cannot reach route target");
+                if let Some(PoolEntry::Connecting(queued)) = pool.remove(&target) {
+                    for msg in queued {
+                        core.handle_input(now, Input::SendFailed { target, msg });
+                    }
+                }
+            }
+            Some(Event::Reload { config, routes }) => {
+                let admission = Arc::new(core.admission().reloaded(&config));
+                *shared_admission.write().unwrap_or_else(|p| p.into_inner()) = admission.clone();
+                let (table, done) = targets.install(routes, &core.targets_in_use());
+                for id in &done.retired {
+                    // No route names it and no call uses it: its connection can go.
+                    if let Some(PoolEntry::Up(conn)) = pool.remove(id) {
+                        if let Some(h) = writers.remove(&conn) {
+                            h.close.notify_one();
+                        }
+                    }
+                }
+                info!(
+                    event = "routes_reloaded",
+                    targets_kept = done.kept,
+                    targets_new = done.added,
+                    targets_retired = done.retired.len(),
+                    "routes replaced: new calls take them, running calls keep their target"
+                );
+                core.reconfigure(Arc::new(table), admission);
+                core.set_media_policies(media_policies(&config));
+                core.set_sip_policies(sip_policies(&config));
+                settings.guards.reload(&config);
+                info!(
+                    event = "config_reloaded",
+                    tenants = config.tenants.len(),
+                    "limits, flood guard, overload settings, media and header/body policies reloaded"
+                );
+            }
+            Some(Event::Core(input)) => {
+                if let Input::Closed { conn } = &input {
+                    writers.remove(conn);
+                    if let Some(target) = pooled_conn.remove(conn) {
+                        if matches!(pool.get(&target), Some(PoolEntry::Up(c)) if c == conn) {
+                            pool.remove(&target);
+                        }
+                    }
+                }
+                core.handle_input(now, input);
+                core.handle_timeout(now);
+            }
+        }
+        while let Some(out) = core.poll_output() {
+            match out {
+                Output::Send { conn, msg } => {
+                    write_to(&writers, &settings.guards.logs, conn, &msg);
+                }
+                Output::Close { conn } => {
+                    if let Some(h) = writers.remove(&conn) {
+                        h.close.notify_one();
+                    }
+                }
+                Output::SendToTarget { target, msg } => match pool.get_mut(&target) {
+                    Some(PoolEntry::Up(conn)) => {
+                        let conn = *conn;
+                        if !write_to(&writers, &settings.guards.logs, conn, &msg) {
+                            core.handle_input(now, Input::SendFailed { target, msg });
+                        }
+                    }
+                    Some(PoolEntry::Connecting(queue)) => queue.push(msg),
+                    None => match targets.get(target) {
+                        Some(t) => {
+                            pool.insert(target, PoolEntry::Connecting(vec![msg]));
+                            tokio::spawn(connect(
+                                target,
+                                t.clone(),
+                                events_tx.clone(),
+                                ConnId(conn_ids.fetch_add(1, Ordering::Relaxed)),
+                                settings.clone(),
+                            ));
+                        }
+                        None => core.handle_input(now, Input::SendFailed { target, msg }),
+                    },
+                },
+            }
+        }
+        if let Ok(mut s) = stats.lock() {
+            *s = core.stats();
+        }
+    }
+}
+
+/// Hand media events to the core. The channel from media is unbounded (one event per
+/// call at most) and the core's is bounded: this waits for room rather than lose an
+/// event, so a call whose media timed out is always torn down.
+pub(super) async fn forward_media_events(
+    mut media: mpsc::UnboundedReceiver<sbc_core::media::MediaEvent>,
+    events: mpsc::Sender<Event>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let event = tokio::select! {
+            e = media.recv() => match e { Some(e) => e, None => return },
+            _ = shutdown.changed() => return,
+        };
+        if events.send(Event::Core(Input::Media(event))).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Queue a message for a connection's writer; false if the connection is gone or its
+/// queue is full.
+/// Queue `msg` on `conn`'s writer; false if it was dropped. A full queue is counted per
+/// message and logged through the aggregator: one line per peer and interval, then a
+/// summary, however many messages a stalled peer makes us drop.
+pub(super) fn write_to(
+    writers: &HashMap<ConnId, ConnHandle>,
+    logs: &Logs,
+    conn: ConnId,
+    msg: &SipMessage,
+) -> bool {
+    let Some(h) = writers.get(&conn) else {
+        debug!(conn = %conn, "message for a closed connection dropped");
+        return false;
+    };
+    match h.writer.try_send(Bytes::from(msg.to_bytes())) {
+        Ok(()) => true,
+        Err(_) => {
+            metrics::counter!("sbc_sip_messages_dropped_total", "reason" => "write_queue_full")
+                .increment(1);
+            log_first!(logs, warn, LogEvent::WriteQueueFull, h.peer, peer = %h.peer, conn = %conn, "write queue full or closed: message dropped");
+            false
+        }
+    }
+}
+
+pub(super) async fn connect(
+    target: TargetId,
+    t: Target,
+    events: mpsc::Sender<Event>,
+    conn: ConnId,
+    settings: ConnSettings,
+) {
+    let attempt = async {
+        let tcp = TcpStream::connect(&t.addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = tcp.set_nodelay(true);
+        let ip = tcp
+            .peer_addr()
+            .map_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), |a| a.ip());
+        t.tls
+            .connect(t.name.clone(), tcp)
+            .await
+            .map(|s| (s, ip))
+            .map_err(|e| e.to_string())
+    };
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, attempt).await {
+        Ok(Ok((stream, ip))) => {
+            metrics::counter!("sbc_tls_handshakes_total", "side" => "outbound").increment(1);
+            info!(target_addr = %t.addr, "connected to route target");
+            run_connection(
+                conn,
+                ConnKind::Outbound { target },
+                ip,
+                stream,
+                events,
+                settings,
+                None,
+            )
+            .await;
+        }
+        Ok(Err(error)) => {
+            let _ = events.send(Event::ConnectFailed { target, error }).await;
+        }
+        Err(_) => {
+            let _ = events
+                .send(Event::ConnectFailed {
+                    target,
+                    error: "timed out".into(),
+                })
+                .await;
+        }
+    }
+}

@@ -1,0 +1,469 @@
+//! The SIP-over-TLS server: listeners, connections, the outbound connection pool, and the
+//! task that drives the sans-IO [`B2bua`].
+//!
+//! Owns: sockets, TLS handshakes, stream framing per connection, timers (tokio clock).
+//! Must not: make protocol decisions (those are in [`crate::b2bua`]).
+//!
+//! Shape: one reader and one writer task per connection; readers frame and parse in
+//! parallel and hand parsed messages to one core task that owns the B2BUA state. Writers
+//! have bounded queues; the core never waits on a slow peer (a full queue drops the
+//! message, counted). Garbage is answered (400) or dropped by the reader itself, so a flood
+//! of it on one connection never reaches the core that serves every other call.
+//!
+//! Every state a peer can hold open is bounded in time or count: a TLS handshake by
+//! [`HANDSHAKE_TIMEOUT`], a silent connection by `sip.idle_timeout_secs`, a message being
+//! received by `sip.message_timeout_ms` (from its first byte to its last, so dribbling
+//! bytes does not keep it alive), and the connections of one source holding an incomplete
+//! message by `sip.max_partial_connections_per_source`. Each close is counted by reason
+//! (`sbc_sip_connections_closed_total`). Log lines a peer can trigger at will go through a
+//! [`LogAggregator`]: the first per (event, source) and interval is logged with its
+//! details, the rest are summed into one line at the end of the interval.
+//!
+//! Split by the state each part owns: `connection.rs` (accept, handshake, the reader and
+//! its screens, slow sources), `core_loop.rs` (the B2BUA driver, writers and the outbound
+//! pool), `logs.rs` (close reasons and aggregated log lines); this file starts the parts
+//! and holds the handle operators and the binary use.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use sbc_core::admission::{Admission, RefusalCause, TokenBucket};
+use sbc_core::config::{Config, Limits as TenantLimits, CORE_QUEUE_CAPACITY};
+use sbc_core::flood::{FloodAction, FloodGuard, Verdict};
+use sbc_core::log_agg::{LogAggregator, Summary, DEFAULT_INTERVAL, DEFAULT_MAX_KEYS};
+use sbc_core::media::MediaControl;
+use sbc_core::registry::{CallRegistry, DrainState};
+use sbc_core::tenant::{PeerIdentity, Recognizer, TenantId};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, info, warn, Level};
+
+use crate::b2bua::{
+    malformed_response, service_unavailable, B2bua, B2buaConfig, B2buaStats, ConnId, ConnKind,
+    Input, Output,
+};
+use crate::error::SipError;
+use crate::framing::{Frame, FrameError, Framer};
+use crate::message::{salvage_request, tag, Limits, Method, SipMessage};
+use crate::routing::TargetId;
+use crate::targets::{PreparedRoute, Target, TargetTable};
+use crate::tls;
+use crate::transaction::TimerConfig;
+
+#[macro_use]
+mod logs;
+mod connection;
+mod core_loop;
+
+pub use connection::{HANDSHAKE_TIMEOUT, MAX_MALFORMED_PER_CONNECTION};
+
+use connection::*;
+use core_loop::*;
+use logs::*;
+
+/// Inputs queued for the core task. Readers wait when it is full, which slows their TCP
+/// peers (backpressure) instead of growing memory; past `overload.max_core_queue` new
+/// INVITEs are refused 503 by the readers themselves.
+const CORE_QUEUE: usize = CORE_QUEUE_CAPACITY;
+
+enum Event {
+    Core(Input),
+    Registered {
+        conn: ConnId,
+        kind: ConnKind,
+        handle: ConnHandle,
+    },
+    ConnectFailed {
+        target: TargetId,
+        error: String,
+    },
+    Reload {
+        config: Arc<Config>,
+        routes: Vec<PreparedRoute>,
+    },
+}
+
+/// The core's handle on a connection: its write queue and a way to close it.
+struct ConnHandle {
+    writer: mpsc::Sender<Bytes>,
+    close: Arc<Notify>,
+    /// The peer's address: the source of this connection's aggregated log lines.
+    peer: IpAddr,
+}
+
+/// A running SIP server.
+#[derive(Debug)]
+pub struct ServerHandle {
+    /// Bound SIP-over-TLS listener addresses, in config order.
+    pub sip_addrs: Vec<SocketAddr>,
+    stats: Arc<Mutex<B2buaStats>>,
+    slow: SlowSources,
+    /// The admission control in use (swapped on reload), for usage reports.
+    admission: Arc<RwLock<Arc<Admission>>>,
+    events: mpsc::Sender<Event>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    /// Tenant recognition in use (swapped on reload); read when a connection is accepted.
+    recognizer: Arc<RwLock<Arc<Recognizer>>>,
+    /// Each listener's name and TLS acceptor (swapped on reload), in config order.
+    acceptors: ListenerTls,
+}
+
+/// Each listener's name and TLS acceptor, in config order.
+struct ListenerTls(Vec<(String, SharedAcceptor)>);
+
+impl std::fmt::Debug for ListenerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(n, _)| n))
+            .finish()
+    }
+}
+
+/// A listener's TLS settings, replaced whole on reload; read when a connection is
+/// accepted, so handshakes under way finish with the settings they started with.
+type SharedAcceptor = Arc<RwLock<TlsAcceptor>>;
+
+impl ServerHandle {
+    /// Sizes of the B2BUA's tables as of its last step.
+    pub fn stats(&self) -> B2buaStats {
+        self.stats.lock().map(|s| *s).unwrap_or_default()
+    }
+
+    /// Inbound connections holding an incomplete message now (all sources): what
+    /// `sip.max_partial_connections_per_source` bounds per source.
+    pub fn partial_connections(&self) -> usize {
+        self.slow.total()
+    }
+
+    /// Apply a reloaded config: tenant limits (running calls keep their slots; a quota
+    /// lowered below current usage refuses new calls only), the flood guard and overload
+    /// settings, header, body and media policies, routes and their targets (new calls take
+    /// the new routes; running calls keep their target and its connection; a target whose
+    /// address, TLS name or CA changed gets a fresh connection), tenant recognition and each
+    /// listener's certificate, key and client CA (both for connections accepted from now
+    /// on). Everything is prepared first: if a route or listener certificate cannot be
+    /// used, nothing is applied and the error says which. Listener addresses and the set
+    /// of listeners need a restart (see `sbc_core::reload::diff`): when the listener names
+    /// differ from the running ones, their TLS settings are left as they are.
+    pub async fn reload(&self, config: Arc<Config>) -> Result<(), SipError> {
+        let routes = crate::targets::prepare(&config)?;
+        let same_listeners = config.listeners.len() == self.acceptors.0.len()
+            && config
+                .listeners
+                .iter()
+                .zip(&self.acceptors.0)
+                .all(|(l, (name, _))| *name == l.name);
+        let acceptors = if same_listeners {
+            Some(listener_acceptors(&config)?)
+        } else {
+            None
+        };
+        let recognizer = Arc::new(Recognizer::new(&config));
+        self.events
+            .send(Event::Reload {
+                config: config.clone(),
+                routes,
+            })
+            .await
+            .map_err(|_| SipError::Config("the SIP core has stopped".to_string()))?;
+        *self.recognizer.write().unwrap_or_else(|p| p.into_inner()) = recognizer;
+        for (new, (_, shared)) in acceptors.into_iter().flatten().zip(&self.acceptors.0) {
+            *shared.write().unwrap_or_else(|p| p.into_inner()) = new;
+        }
+        Ok(())
+    }
+
+    /// A tenant's usage against its limits, as admission sees it now.
+    pub fn usage(&self, tenant: &TenantId) -> Option<sbc_core::admission::Usage> {
+        self.admission
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .usage(tenant)
+    }
+
+    /// A shareable function giving [`ServerHandle::usage`].
+    pub fn usage_source(&self) -> sbc_core::admission::UsageSource {
+        let admission = self.admission.clone();
+        Arc::new(move |t: &TenantId| admission.read().unwrap_or_else(|p| p.into_inner()).usage(t))
+    }
+
+    /// Stop accepting and stop the core.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Each tenant's media policy (with its media limits).
+fn media_policies(config: &Config) -> HashMap<TenantId, sbc_core::media::MediaPolicy> {
+    config
+        .tenants
+        .iter()
+        .map(|t| (t.id.clone(), t.media.clone()))
+        .collect()
+}
+
+/// Each tenant's header and body policy.
+fn sip_policies(config: &Config) -> HashMap<TenantId, crate::b2bua::topology::TenantPolicy> {
+    config
+        .tenants
+        .iter()
+        .map(|t| (t.id.clone(), crate::b2bua::topology::TenantPolicy::new(t)))
+        .collect()
+}
+
+/// Each tenant's limits as gauges, so dashboards show usage against them.
+fn report_limits(config: &Config) {
+    for t in &config.tenants {
+        let id = t.id.to_string();
+        let l = &t.limits;
+        for (name, value) in [
+            ("calls_per_second", l.calls_per_second),
+            ("call_burst", f64::from(l.call_burst)),
+            ("max_concurrent_calls", f64::from(l.max_concurrent_calls)),
+            ("max_pending_invites", f64::from(l.max_pending_invites)),
+            (
+                "requests_per_second_per_connection",
+                l.requests_per_second_per_connection,
+            ),
+        ] {
+            metrics::gauge!("sbc_tenant_limit", "tenant" => id.clone(), "limit" => name).set(value);
+        }
+    }
+}
+
+/// What the SIP server is wired to besides its config.
+#[derive(Clone, Default)]
+pub struct Hooks {
+    /// Calls are recorded here for the admin plane.
+    pub registry: Option<Arc<CallRegistry>>,
+    /// Readiness and drain (new calls refused 503 while draining).
+    pub drain: Option<Arc<DrainState>>,
+    /// Media anchoring; `None`: SDP passes untouched.
+    pub media: Option<Arc<dyn MediaControl>>,
+}
+
+impl std::fmt::Debug for Hooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hooks")
+            .field("registry", &self.registry.is_some())
+            .field("drain", &self.drain.is_some())
+            .field("media", &self.media.is_some())
+            .finish()
+    }
+}
+
+/// Bind the listeners in `config` and start serving, with no admin plane or media.
+pub async fn start(config: Arc<Config>) -> Result<ServerHandle, SipError> {
+    start_with(config, Hooks::default()).await
+}
+
+/// Bind the listeners in `config` and start serving, wired to `hooks`.
+pub async fn start_with(config: Arc<Config>, hooks: Hooks) -> Result<ServerHandle, SipError> {
+    let conn_ids = Arc::new(AtomicU64::new(1));
+    let (events_tx, events_rx) = mpsc::channel::<Event>(CORE_QUEUE);
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let admission = Arc::new(Admission::new(&config));
+    let shared_admission = Arc::new(RwLock::new(admission.clone()));
+    let settings = ConnSettings {
+        max_message_bytes: config.sip.max_message_bytes,
+        limits: Limits {
+            max_headers: config.sip.max_headers,
+        },
+        idle: config.sip.idle_timeout,
+        message_timeout: config.sip.message_timeout,
+        guards: Guards::new(&config, shared_admission.clone()),
+    };
+
+    // Routes and their connectors.
+    let mut targets = TargetTable::default();
+    let (routes, _) = targets.install(
+        crate::targets::prepare(&config)?,
+        &std::collections::HashSet::new(),
+    );
+    let recognizer = Arc::new(RwLock::new(Arc::new(Recognizer::new(&config))));
+    let tls_configs = listener_acceptors(&config)?;
+    let mut acceptors = Vec::new();
+
+    let mut tasks = Vec::new();
+    let mut sip_addrs = Vec::new();
+    let mut advertised = Vec::new();
+    for ((index, listener), tls) in config.listeners.iter().enumerate().zip(tls_configs) {
+        let acceptor = Arc::new(RwLock::new(tls));
+        acceptors.push((listener.name.clone(), acceptor.clone()));
+        let socket = TcpListener::bind(listener.address)
+            .await
+            .map_err(|source| SipError::Bind {
+                addr: listener.address,
+                source,
+            })?;
+        let local = socket.local_addr().map_err(|source| SipError::Bind {
+            addr: listener.address,
+            source,
+        })?;
+        let host = match &listener.advertised_host {
+            Some(h) => h.clone(),
+            None => match local.ip() {
+                IpAddr::V6(v6) => format!("[{v6}]"),
+                IpAddr::V4(v4) => v4.to_string(),
+            },
+        };
+        advertised.push(format!("{host}:{}", local.port()));
+        sip_addrs.push(local);
+        info!(listener = %listener.name, address = %local, "SIP over TLS listening");
+        tasks.push(tokio::spawn(accept_loop(
+            index,
+            socket,
+            acceptor,
+            recognizer.clone(),
+            events_tx.clone(),
+            conn_ids.clone(),
+            settings.clone(),
+            shutdown_rx.clone(),
+        )));
+    }
+
+    tasks.push(tokio::spawn(watch_certificates(
+        config.clone(),
+        shutdown_rx.clone(),
+    )));
+    tasks.push(tokio::spawn(flush_logs(
+        settings.guards.logs.clone(),
+        shutdown_rx.clone(),
+    )));
+    let slow = settings.guards.slow.clone();
+    let events_tx_handle = events_tx.clone();
+    let core = B2bua::new(
+        B2buaConfig {
+            timers: TimerConfig {
+                t1: config.sip.t1,
+                max_ringing: config.sip.max_ringing,
+            },
+            max_forwards: config.sip.max_forwards,
+            advertised,
+            redaction: config.logging.redact_numbers,
+            seed: rand::random(),
+            wall_clock: crate::b2bua::WallClock::system(),
+        },
+        Arc::new(routes),
+        admission,
+    );
+    let mut core = core;
+    core.set_sip_policies(sip_policies(&config));
+    if let (Some(registry), Some(drain)) = (hooks.registry, hooks.drain) {
+        core.set_admin(registry, drain);
+    }
+    if let Some(media) = hooks.media {
+        // Media events (timeouts) come in as core inputs the moment they happen.
+        let (media_tx, media_rx) = mpsc::unbounded_channel();
+        media.set_event_sink(Arc::new(move |e| {
+            let _ = media_tx.send(e);
+        }));
+        tasks.push(tokio::spawn(forward_media_events(
+            media_rx,
+            events_tx.clone(),
+            shutdown_rx.clone(),
+        )));
+        core.set_media(media, media_policies(&config));
+    }
+    let stats = Arc::new(Mutex::new(B2buaStats::default()));
+    let core_admission = shared_admission.clone();
+    tasks.push(tokio::spawn(core_loop(
+        core,
+        core_admission,
+        targets,
+        events_rx,
+        events_tx,
+        conn_ids,
+        settings,
+        stats.clone(),
+        shutdown_rx,
+    )));
+    Ok(ServerHandle {
+        sip_addrs,
+        stats,
+        slow,
+        admission: shared_admission,
+        events: events_tx_handle,
+        shutdown: shutdown_tx,
+        tasks,
+        recognizer,
+        acceptors: ListenerTls(acceptors),
+    })
+}
+
+/// Each listener's TLS acceptor, in config order; fails naming the listener whose
+/// certificate, key or client CA is unusable (a certificate that does not match its key
+/// included).
+fn listener_acceptors(config: &Config) -> Result<Vec<TlsAcceptor>, SipError> {
+    config
+        .listeners
+        .iter()
+        .map(|l| {
+            tls::server_config(
+                &l.certificate_pem,
+                l.private_key.pem(),
+                l.client_ca_pem.as_deref(),
+                l.require_client_cert,
+            )
+            .map(TlsAcceptor::from)
+            .map_err(|e| SipError::Tls(format!("listener {:?}: {e}", l.name)))
+        })
+        .collect()
+}
+
+/// Check that `config` can be served, without binding anything: every listener's
+/// certificate, key (and that they match) and client CA, and every route's TLS name and
+/// CA. What `sbc-edge check-config` runs after the config's own validation.
+pub fn check_config(config: &Config) -> Result<(), SipError> {
+    listener_acceptors(config)?;
+    crate::targets::prepare(config)?;
+    Ok(())
+}
+
+/// A certificate closer to expiry than this is warned about at every check.
+pub const CERTIFICATE_WARNING: Duration = Duration::from_secs(30 * 86_400);
+
+/// How often listener certificates are checked for expiry.
+const CERTIFICATE_CHECK_EVERY: Duration = Duration::from_secs(3600);
+
+/// Publish each listener certificate's time to expiry as a gauge, and warn from 30 days
+/// before it (at start, then hourly).
+async fn watch_certificates(config: Arc<Config>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let now = std::time::SystemTime::now();
+        for l in &config.listeners {
+            let Some(not_after) = l.certificate_not_after() else {
+                continue;
+            };
+            let left = match not_after.duration_since(now) {
+                Ok(d) => d.as_secs_f64(),
+                Err(e) => -e.duration().as_secs_f64(),
+            };
+            metrics::gauge!("sbc_tls_certificate_expiry_seconds", "listener" => l.name.clone())
+                .set(left);
+            if left < CERTIFICATE_WARNING.as_secs_f64() {
+                warn!(
+                    event = "certificate_expiring",
+                    listener = %l.name,
+                    days_left = (left / 86_400.0).floor(),
+                    "listener certificate expires soon (or has expired): renew it"
+                );
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(CERTIFICATE_CHECK_EVERY) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
