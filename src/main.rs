@@ -190,6 +190,10 @@ fn run(
     let tap_control = media.as_ref().map(MediaEngine::tap_control);
     let media_gauges = media.clone();
     let result = runtime.block_on(async {
+        // Before anything is announced (banner, READY=1): a SIGHUP or SIGTERM that
+        // arrives early is then queued for the loop below, never the default action
+        // (which kills the process).
+        let mut signals = Signals::install();
         if let Some(d) = demo.as_mut() {
             d.start_endpoint()?;
         }
@@ -267,8 +271,8 @@ fn run(
         }
         println!("SIGHUP (or `sbc-edge ctl reload`) reloads the config file and logs each changed key; SIGTERM or Ctrl-C drains (twice: stops at once).");
         let mut running = reload::Running { started: cfg.clone(), current: cfg.clone() };
-        reload_until_shutdown(&server, &admin, &log, config.as_deref(), &mut running, &mut reload_rx).await;
-        drain_then_stop(&server, &drain, running.current.sip.drain_deadline).await;
+        reload_until_shutdown(&mut signals, &server, &admin, &log, config.as_deref(), &mut running, &mut reload_rx).await;
+        drain_then_stop(&mut signals, &server, &drain, running.current.sip.drain_deadline).await;
         admin.shutdown().await;
         server.shutdown().await;
         Ok(())
@@ -319,7 +323,12 @@ fn start_media(cfg: &Config) -> anyhow::Result<Option<MediaEngine>> {
 
 /// Refuse new calls (503) and wait for running ones to end, up to `deadline`
 /// (`sip.drain_deadline_secs`) or a second signal.
-async fn drain_then_stop(server: &ServerHandle, drain: &DrainState, deadline: Duration) {
+async fn drain_then_stop(
+    signals: &mut Signals,
+    server: &ServerHandle,
+    drain: &DrainState,
+    deadline: Duration,
+) {
     systemd::stopping();
     drain.start_drain();
     let active = server.stats().active_calls;
@@ -337,7 +346,7 @@ async fn drain_then_stop(server: &ServerHandle, drain: &DrainState, deadline: Du
     };
     tokio::select! {
         _ = wait => {}
-        _ = shutdown_signal() => tracing::warn!("second signal: stopping now"),
+        _ = signals.term.next() => tracing::warn!("second signal: stopping now"),
     }
     tracing::info!(
         event = "stopped",
@@ -368,6 +377,7 @@ fn reload_hook(tx: tokio::sync::mpsc::Sender<ReloadReply>) -> sbc_admin::ReloadH
 
 /// Serve SIGHUP and admin reloads until SIGTERM or Ctrl-C.
 async fn reload_until_shutdown(
+    signals: &mut Signals,
     server: &sbc_sip::server::ServerHandle,
     admin: &sbc_admin::AdminHandle,
     log: &logging::LogControl,
@@ -375,56 +385,84 @@ async fn reload_until_shutdown(
     running: &mut reload::Running,
     requests: &mut tokio::sync::mpsc::Receiver<ReloadReply>,
 ) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let Ok(mut hup) = signal(SignalKind::hangup()) else {
-            shutdown_signal().await;
-            return;
-        };
-        let stop = shutdown_signal();
-        tokio::pin!(stop);
-        loop {
-            tokio::select! {
-                _ = &mut stop => return,
-                _ = hup.recv() => {
-                    systemd::reloading();
-                    let _ = reload::reload(server, admin, log, path, running).await;
-                    systemd::ready();
-                }
-                Some(reply) = requests.recv() => {
-                    systemd::reloading();
-                    let _ = reply.send(reload::reload(server, admin, log, path, running).await);
-                    systemd::ready();
-                }
+    loop {
+        tokio::select! {
+            _ = signals.term.next() => return,
+            _ = signals.hup.next() => {
+                systemd::reloading();
+                let _ = reload::reload(server, admin, log, path, running).await;
+                systemd::ready();
+            }
+            Some(reply) = requests.recv() => {
+                systemd::reloading();
+                let _ = reply.send(reload::reload(server, admin, log, path, running).await);
+                systemd::ready();
             }
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = (path, server, admin, log, running, requests);
-        shutdown_signal().await;
     }
 }
 
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {},
-                    _ = term.recv() => {},
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+/// The process's signal streams, created once before the gateway says it is ready.
+struct Signals {
+    hup: Hangup,
+    term: Stop,
+}
+
+/// SIGHUP: reload.
+struct Hangup(#[cfg(unix)] Option<tokio::signal::unix::Signal>);
+
+/// SIGTERM or Ctrl-C: drain, then (a second one) stop.
+struct Stop(#[cfg(unix)] Option<tokio::signal::unix::Signal>);
+
+impl Signals {
+    fn install() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let hup = signal(SignalKind::hangup())
+                .map_err(|e| tracing::warn!(error = %e, "SIGHUP cannot be handled: reload through the admin API only"))
+                .ok();
+            let term = signal(SignalKind::terminate())
+                .map_err(
+                    |e| tracing::warn!(error = %e, "SIGTERM cannot be handled: stop with Ctrl-C"),
+                )
+                .ok();
+            Signals {
+                hup: Hangup(hup),
+                term: Stop(term),
             }
         }
+        #[cfg(not(unix))]
+        Signals {
+            hup: Hangup(),
+            term: Stop(),
+        }
     }
-    #[cfg(not(unix))]
-    {
+}
+
+impl Hangup {
+    /// The next SIGHUP (never, where it cannot be handled).
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        if let Some(h) = self.0.as_mut() {
+            h.recv().await;
+            return;
+        }
+        std::future::pending::<()>().await
+    }
+}
+
+impl Stop {
+    /// The next SIGTERM or Ctrl-C.
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        if let Some(t) = self.0.as_mut() {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {},
+                _ = t.recv() => {},
+            }
+            return;
+        }
         let _ = tokio::signal::ctrl_c().await;
     }
 }
