@@ -22,6 +22,13 @@ use crate::redact::Redaction;
 use crate::tap::{TapLegs, TapSpec, TapTransport};
 use crate::tenant::TenantId;
 
+mod routes;
+pub use routes::{
+    Failover, HealthSettings, Route, RouteTarget, DEFAULT_FAILOVER_ON, DEFAULT_TRY_TIMEOUT,
+    MAX_FAILOVER_CODES, MAX_TARGETS_PER_ROUTE,
+};
+use routes::RawRoute;
+
 /// Most per-source entries the flood guard may be configured to track.
 pub const MAX_TRACKED_SOURCES: usize = 10_000_000;
 /// Capacity of the queue in front of the SIP core (see `sbc-sip`'s server).
@@ -164,17 +171,6 @@ impl fmt::Display for TargetUri {
             write!(f, "sips:{}:{}", self.host, self.port)
         }
     }
-}
-
-/// One route of a tenant: called numbers starting with `prefix` go to `target`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Route {
-    pub prefix: String,
-    pub target: TargetUri,
-    /// Name verified in the target's certificate (default: the target host).
-    pub server_name: Option<String>,
-    /// CA bundle trusted for this target (default: the public web PKI roots).
-    pub ca_pem: Option<Vec<u8>>,
 }
 
 /// A tenant's limits.
@@ -539,16 +535,6 @@ struct RawRecognition {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRoute {
-    #[serde(default)]
-    prefix: String,
-    target: String,
-    ca_file: Option<PathBuf>,
-    server_name: Option<String>,
-}
-
-#[derive(Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct RawLimits {
     calls_per_second: f64,
@@ -674,7 +660,17 @@ impl Config {
                 } else {
                     &route.prefix
                 };
-                let _ = writeln!(s, "  route {prefix} -> {}", route.target);
+                let targets: Vec<String> = route
+                    .targets
+                    .iter()
+                    .map(|t| format!("{} (priority {}, weight {})", t.uri, t.priority, t.weight))
+                    .collect();
+                let health = if route.health.is_some() { "on" } else { "off" };
+                let _ = writeln!(
+                    s,
+                    "  route {prefix} -> {}; health checks {health}",
+                    targets.join(", ")
+                );
             }
         }
         s.trim_end().to_string()
@@ -1640,56 +1636,7 @@ fn validate_tenant(t: &RawTenant, key: &str, base: &Path) -> Result<Tenant, Conf
         })?;
         cidrs.push(net);
     }
-    if t.routes.is_empty() {
-        return Err(invalid(
-            format!("{key}.routes"),
-            "at least one route is required",
-        ));
-    }
-    let mut routes = Vec::new();
-    let mut prefixes = HashMap::new();
-    for (i, r) in t.routes.iter().enumerate() {
-        let k = format!("{key}.routes[{i}]");
-        if !r
-            .prefix
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"+*#-._".contains(&b))
-        {
-            return Err(invalid(
-                format!("{k}.prefix"),
-                format!("{:?} is not a number prefix", r.prefix),
-            ));
-        }
-        if let Some(j) = prefixes.insert(r.prefix.clone(), i) {
-            return Err(invalid(
-                format!("{k}.prefix"),
-                format!("{:?} is also the prefix of routes[{j}]", r.prefix),
-            ));
-        }
-        let target = parse_target(&r.target).map_err(|m| invalid(format!("{k}.target"), m))?;
-        let ca_pem = match &r.ca_file {
-            Some(p) => {
-                let (path, pem) = read_file(&format!("{k}.ca_file"), base, p)?;
-                certificates(&format!("{k}.ca_file"), &path, &pem)?;
-                Some(pem)
-            }
-            None => None,
-        };
-        if let Some(n) = &r.server_name {
-            if rustls_pki_types::ServerName::try_from(n.as_str()).is_err() {
-                return Err(invalid(
-                    format!("{k}.server_name"),
-                    format!("{n:?} is not a server name"),
-                ));
-            }
-        }
-        routes.push(Route {
-            prefix: r.prefix.clone(),
-            target,
-            server_name: r.server_name.clone(),
-            ca_pem,
-        });
-    }
+    let routes = routes::validate_routes(&t.routes, key, base)?;
     let l = &t.limits;
     let lkey = format!("{key}.limits");
     if !(l.calls_per_second.is_finite() && l.calls_per_second > 0.0 && l.calls_per_second <= 1e6) {
@@ -1846,7 +1793,7 @@ mod tests {
         assert_eq!(cfg.sip.message_timeout, Duration::from_secs(10));
         assert_eq!(cfg.sip.max_partial_connections_per_source, 8);
         assert_eq!(
-            cfg.tenants[0].routes[0].target,
+            cfg.tenants[0].routes[0].targets[0].uri,
             TargetUri {
                 host: "pbx.example".into(),
                 port: 5061
@@ -2281,8 +2228,8 @@ mod tests {
         assert_eq!(file.tenants.len(), embedded.tenants.len());
         assert_eq!(file.tenants[0].id, embedded.tenants[0].id);
         assert_eq!(
-            file.tenants[0].routes[0].target.to_string(),
-            embedded.tenants[0].routes[0].target.to_string()
+            file.tenants[0].routes[0].targets[0].uri.to_string(),
+            embedded.tenants[0].routes[0].targets[0].uri.to_string()
         );
         assert_eq!(
             file.summary().lines().count(),
@@ -2306,7 +2253,7 @@ mod tests {
         );
         assert_eq!(cfg.tenants[0].id.as_str(), "demo");
         assert_eq!(
-            cfg.tenants[0].routes[0].target.to_string(),
+            cfg.tenants[0].routes[0].targets[0].uri.to_string(),
             "sips:127.0.0.1:5062"
         );
     }
