@@ -15,3 +15,4 @@ pub mod registry;
 pub mod reload;
 pub mod tap;
 pub mod tenant;
+pub mod trunks;

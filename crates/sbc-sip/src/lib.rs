@@ -5,6 +5,7 @@
 pub mod b2bua;
 pub mod error;
 pub mod framing;
+pub mod health;
 pub mod message;
 pub mod routing;
 pub mod server;

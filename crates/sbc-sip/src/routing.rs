@@ -1,25 +1,121 @@
-//! Tenant route tables: which target trunk an admitted call goes to.
+//! Tenant route tables: which targets an admitted call tries, in which order.
 //!
-//! Owns: longest-prefix matching of the Request-URI user part against a tenant's routes.
-//! Must not: open connections (the transport owns one TLS connector per [`TargetId`]).
+//! Owns: longest-prefix matching of the Request-URI user part against a tenant's routes,
+//! and the ordering of a route's targets into a call's candidate list: by priority (lower
+//! first), weighted random order among equal priority (RFC 2782 §"Usage rules"), targets
+//! that health checks or a Retry-After quarantine put out left out.
+//! Must not: open connections (the transport owns one TLS connector per [`TargetId`]),
+//! read a clock or draw randomness of its own (the B2BUA passes its seeded RNG, so a test
+//! replays the same order).
 
 use std::collections::HashMap;
 
+use rand::Rng;
+use sbc_core::config::{Failover, HealthSettings};
 use sbc_core::tenant::TenantId;
 
 /// Index of a route target in the transport's connector table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TargetId(pub usize);
+
+/// One target of a route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteTarget {
+    /// Connector to use.
+    pub target: TargetId,
+    /// `host` or `host:port` (IPv6 in brackets) for the outbound Request-URI.
+    pub host_port: String,
+    /// The URI as configured: the `target` label of trunk metrics and `/v1/trunks`.
+    pub uri: String,
+    /// Lower first.
+    pub priority: u16,
+    /// Share among targets of equal priority.
+    pub weight: u16,
+}
+
+/// Where one try of a call goes. One configured target gives one candidate today; a
+/// target named by DNS can later expand into one candidate per resolved address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    /// Connector to use.
+    pub target: TargetId,
+    /// `host:port` for the outbound Request-URI.
+    pub host_port: String,
+}
 
 /// One route of one tenant.
 #[derive(Debug, Clone)]
 pub struct RouteEntry {
     /// Prefix of the Request-URI user part; empty matches everything.
     pub prefix: String,
-    /// Connector to use.
-    pub target: TargetId,
-    /// `host` or `host:port` (IPv6 in brackets) for the outbound Request-URI.
-    pub host_port: String,
+    /// Its targets, in config order (at least one).
+    pub targets: Vec<RouteTarget>,
+    /// When a call leaves a target for the next.
+    pub failover: Failover,
+    /// OPTIONS health checks of its targets, if configured.
+    pub health: Option<HealthSettings>,
+}
+
+impl RouteEntry {
+    /// A route with one target, default failover settings and no health checks.
+    pub fn single(prefix: &str, target: TargetId, host_port: &str) -> RouteEntry {
+        RouteEntry {
+            prefix: prefix.to_string(),
+            targets: vec![RouteTarget {
+                target,
+                host_port: host_port.to_string(),
+                uri: format!("sips:{host_port}"),
+                priority: 0,
+                weight: 1,
+            }],
+            failover: Failover::default(),
+            health: None,
+        }
+    }
+
+    /// The order one call tries this route's targets in: priority groups lowest first,
+    /// each group in RFC 2782 weighted random order drawn from `rng`, targets for which
+    /// `usable` is false left out (an empty list: none usable).
+    pub fn candidates(
+        &self,
+        rng: &mut impl Rng,
+        usable: impl Fn(TargetId) -> bool,
+    ) -> Vec<Candidate> {
+        let mut left: Vec<&RouteTarget> =
+            self.targets.iter().filter(|t| usable(t.target)).collect();
+        left.sort_by_key(|t| t.priority);
+        let mut out = Vec::with_capacity(left.len());
+        while let Some(first) = left.first() {
+            let priority = first.priority;
+            let end = left
+                .iter()
+                .position(|t| t.priority != priority)
+                .unwrap_or(left.len());
+            let mut group: Vec<&RouteTarget> = left.drain(..end).collect();
+            // RFC 2782: zero-weight targets first in the running sum, so they are picked
+            // only when the draw is 0 or nothing else is left.
+            group.sort_by_key(|t| t.weight != 0);
+            while !group.is_empty() {
+                let total: u32 = group.iter().map(|t| u32::from(t.weight)).sum();
+                let draw = rng.gen_range(0..=total);
+                let mut sum = 0u32;
+                let mut pick = group.len() - 1;
+                for (i, t) in group.iter().enumerate() {
+                    sum += u32::from(t.weight);
+                    if sum >= draw {
+                        pick = i;
+                        break;
+                    }
+                }
+                let t = group.remove(pick);
+                out.push(Candidate {
+                    target: t.target,
+                    host_port: t.host_port.clone(),
+                });
+            }
+        }
+        out
+    }
 }
 
 /// All tenants' routes.
@@ -49,18 +145,29 @@ impl RouteTable {
             .iter()
             .find(|r| user.starts_with(r.prefix.as_str()))
     }
+
+    /// Every route of every tenant (tenants sorted by id, routes longest prefix first).
+    pub fn iter(&self) -> impl Iterator<Item = (&TenantId, &RouteEntry)> {
+        let mut tenants: Vec<&TenantId> = self.tenants.keys().collect();
+        tenants.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        tenants
+            .into_iter()
+            .flat_map(move |t| self.tenants[t].iter().map(move |r| (t, r)))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
 
     fn entry(prefix: &str, t: usize) -> RouteEntry {
-        RouteEntry {
-            prefix: prefix.into(),
-            target: TargetId(t),
-            host_port: format!("h{t}"),
-        }
+        RouteEntry::single(prefix, TargetId(t), &format!("h{t}"))
+    }
+
+    fn first_target(r: Option<&RouteEntry>) -> Option<TargetId> {
+        r.map(|r| r.targets[0].target)
     }
 
     #[test]
@@ -70,20 +177,73 @@ mod tests {
         rt.insert(acme.clone(), entry("+1", 1));
         rt.insert(acme.clone(), entry("+1555", 2));
         assert_eq!(
-            rt.lookup(&acme, Some("+15551234")).map(|r| r.target),
+            first_target(rt.lookup(&acme, Some("+15551234"))),
             Some(TargetId(2))
         );
         assert_eq!(
-            rt.lookup(&acme, Some("+1212")).map(|r| r.target),
+            first_target(rt.lookup(&acme, Some("+1212"))),
             Some(TargetId(1))
         );
         assert!(rt.lookup(&acme, Some("+44")).is_none());
         assert!(rt.lookup(&acme, None).is_none());
         rt.insert(acme.clone(), entry("", 0));
         assert_eq!(
-            rt.lookup(&acme, Some("+44")).map(|r| r.target),
+            first_target(rt.lookup(&acme, Some("+44"))),
             Some(TargetId(0))
         );
         assert!(rt.lookup(&TenantId::from("other"), Some("+1")).is_none());
+    }
+
+    fn route(targets: &[(usize, u16, u16)]) -> RouteEntry {
+        let mut r = entry("", 0);
+        r.targets = targets
+            .iter()
+            .map(|&(t, priority, weight)| RouteTarget {
+                target: TargetId(t),
+                host_port: format!("h{t}"),
+                uri: format!("sips:h{t}"),
+                priority,
+                weight,
+            })
+            .collect();
+        r
+    }
+
+    fn order(c: &[Candidate]) -> Vec<usize> {
+        c.iter().map(|c| c.target.0).collect()
+    }
+
+    #[test]
+    fn priority_first_then_weight_and_unusable_left_out() {
+        let r = route(&[(0, 20, 1), (1, 10, 1), (2, 30, 1), (3, 10, 0)]);
+        let mut rng = StdRng::seed_from_u64(1);
+        for _ in 0..50 {
+            let c = order(&r.candidates(&mut rng, |_| true));
+            assert_eq!(c.len(), 4);
+            assert!(c[..2].contains(&1) && c[..2].contains(&3), "{c:?}");
+            assert_eq!(&c[2..], &[0, 2]);
+        }
+        let c = order(&r.candidates(&mut rng, |t| t != TargetId(1)));
+        assert_eq!(c, vec![3, 0, 2]);
+        assert!(r.candidates(&mut rng, |_| false).is_empty());
+    }
+
+    #[test]
+    fn weights_share_first_place_among_equal_priority() {
+        // 60/30/10: over 10 000 draws each target comes first in proportion to its weight
+        // (RFC 2782 draws from 0..=total, so the zero-draw goes to the first: a hair more).
+        let r = route(&[(0, 5, 60), (1, 5, 30), (2, 5, 10)]);
+        let mut rng = StdRng::seed_from_u64(42);
+        let mut first = [0u32; 3];
+        for _ in 0..10_000 {
+            first[r.candidates(&mut rng, |_| true)[0].target.0] += 1;
+        }
+        for (i, expected) in [6000, 3000, 1000].into_iter().enumerate() {
+            let got = first[i] as i32;
+            assert!(
+                (got - expected).abs() < 300,
+                "target {i}: {got} firsts, expected about {expected} ({first:?})"
+            );
+        }
     }
 }

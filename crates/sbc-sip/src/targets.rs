@@ -1,5 +1,7 @@
 //! Route targets' TLS connectors under stable ids, across reloads.
 //!
+//! One connector per configured target of every route (a route may list several).
+//!
 //! Owns: making a connector per configured route (before anything is swapped, so a reload
 //! whose routes cannot be served changes nothing), and the table from [`TargetId`] to
 //! connector that the transport sends through. A target whose address, TLS name and CA are
@@ -19,7 +21,7 @@ use sbc_core::tenant::TenantId;
 use tokio_rustls::TlsConnector;
 
 use crate::error::SipError;
-use crate::routing::{RouteEntry, RouteTable, TargetId};
+use crate::routing::{RouteEntry, RouteTable, RouteTarget, TargetId};
 use crate::tls;
 
 /// What makes two targets the same: where, which name is verified, which CA is trusted.
@@ -41,47 +43,69 @@ pub(crate) struct Target {
     key: TargetKey,
 }
 
-/// One configured route with its connector made.
+/// One configured target of a route with its connector made.
+pub(crate) struct PreparedTarget {
+    target: Target,
+    /// The URI as configured (label of trunk metrics and `/v1/trunks`).
+    uri: String,
+    priority: u16,
+    weight: u16,
+}
+
+/// One configured route with its targets' connectors made.
 pub(crate) struct PreparedRoute {
     tenant: TenantId,
     prefix: String,
-    target: Target,
+    targets: Vec<PreparedTarget>,
+    failover: sbc_core::config::Failover,
+    health: Option<sbc_core::config::HealthSettings>,
 }
 
-/// Make the connector of every route in `config`; fails (naming the route) if one cannot
-/// be made.
+/// Make the connector of every route target in `config`; fails (naming the route and
+/// target) if one cannot be made.
 pub(crate) fn prepare(config: &Config) -> Result<Vec<PreparedRoute>, SipError> {
     let mut out = Vec::new();
     for tenant in &config.tenants {
         for route in &tenant.routes {
-            let host = &route.target.host;
-            let addr = if host.contains(':') {
-                format!("[{host}]:{}", route.target.port)
-            } else {
-                format!("{host}:{}", route.target.port)
-            };
-            let server_name = route.server_name.clone().unwrap_or_else(|| host.clone());
-            let named = |e: SipError| {
-                SipError::Config(format!(
-                    "tenant {} route {:?} -> {}: {e}",
-                    tenant.id, route.prefix, route.target
-                ))
-            };
-            let name = tls::server_name(&server_name).map_err(named)?;
-            let client = tls::client_config(route.ca_pem.as_deref()).map_err(named)?;
+            let mut targets = Vec::new();
+            for t in &route.targets {
+                let host = &t.uri.host;
+                let addr = if host.contains(':') {
+                    format!("[{host}]:{}", t.uri.port)
+                } else {
+                    format!("{host}:{}", t.uri.port)
+                };
+                let server_name = route.server_name.clone().unwrap_or_else(|| host.clone());
+                let named = |e: SipError| {
+                    SipError::Config(format!(
+                        "tenant {} route {:?} -> {}: {e}",
+                        tenant.id, route.prefix, t.uri
+                    ))
+                };
+                let name = tls::server_name(&server_name).map_err(named)?;
+                let client = tls::client_config(route.ca_pem.as_deref()).map_err(named)?;
+                targets.push(PreparedTarget {
+                    target: Target {
+                        addr: addr.clone(),
+                        name,
+                        tls: TlsConnector::from(client),
+                        key: TargetKey {
+                            addr,
+                            server_name,
+                            ca_pem: route.ca_pem.clone(),
+                        },
+                    },
+                    uri: t.uri.to_string(),
+                    priority: t.priority,
+                    weight: t.weight,
+                });
+            }
             out.push(PreparedRoute {
                 tenant: tenant.id.clone(),
                 prefix: route.prefix.clone(),
-                target: Target {
-                    addr: addr.clone(),
-                    name,
-                    tls: TlsConnector::from(client),
-                    key: TargetKey {
-                        addr,
-                        server_name,
-                        ca_pem: route.ca_pem.clone(),
-                    },
-                },
+                targets,
+                failover: route.failover.clone(),
+                health: route.health,
             });
         }
     }
@@ -128,33 +152,44 @@ impl TargetTable {
         let mut named = HashSet::new();
         let mut done = Installed::default();
         for route in routes {
-            let existing = self
-                .by_id
-                .iter()
-                .find(|(_, t)| t.key == route.target.key)
-                .map(|(id, _)| *id);
-            let id = match existing {
-                Some(id) => {
-                    if named.insert(id) {
-                        done.kept += 1;
+            let mut targets = Vec::new();
+            for t in route.targets {
+                let existing = self
+                    .by_id
+                    .iter()
+                    .find(|(_, known)| known.key == t.target.key)
+                    .map(|(id, _)| *id);
+                let id = match existing {
+                    Some(id) => {
+                        if named.insert(id) {
+                            done.kept += 1;
+                        }
+                        id
                     }
-                    id
-                }
-                None => {
-                    let id = TargetId(self.next);
-                    self.next += 1;
-                    self.by_id.insert(id, route.target.clone());
-                    named.insert(id);
-                    done.added += 1;
-                    id
-                }
-            };
+                    None => {
+                        let id = TargetId(self.next);
+                        self.next += 1;
+                        self.by_id.insert(id, t.target.clone());
+                        named.insert(id);
+                        done.added += 1;
+                        id
+                    }
+                };
+                targets.push(RouteTarget {
+                    target: id,
+                    host_port: t.target.addr,
+                    uri: t.uri,
+                    priority: t.priority,
+                    weight: t.weight,
+                });
+            }
             table.insert(
                 route.tenant,
                 RouteEntry {
                     prefix: route.prefix,
-                    target: id,
-                    host_port: route.target.addr,
+                    targets,
+                    failover: route.failover,
+                    health: route.health,
                 },
             );
         }
@@ -182,16 +217,23 @@ mod tests {
         PreparedRoute {
             tenant: TenantId::from(tenant),
             prefix: prefix.into(),
-            target: Target {
-                addr: addr.into(),
-                name: tls::server_name("pbx.example").expect("name"),
-                tls: TlsConnector::from(client),
-                key: TargetKey {
+            targets: vec![PreparedTarget {
+                target: Target {
                     addr: addr.into(),
-                    server_name: "pbx.example".into(),
-                    ca_pem: None,
+                    name: tls::server_name("pbx.example").expect("name"),
+                    tls: TlsConnector::from(client),
+                    key: TargetKey {
+                        addr: addr.into(),
+                        server_name: "pbx.example".into(),
+                        ca_pem: None,
+                    },
                 },
-            },
+                uri: format!("sips:{addr}"),
+                priority: 0,
+                weight: 1,
+            }],
+            failover: Default::default(),
+            health: None,
         }
     }
 
@@ -199,6 +241,7 @@ mod tests {
         table
             .lookup(&TenantId::from(tenant), Some(user))
             .expect("a route")
+            .targets[0]
             .target
     }
 

@@ -266,6 +266,17 @@ impl ServerTransaction {
         }
     }
 
+    /// A server side that is already over: the place of the caller's transaction in a
+    /// try the call has left for another target (the caller's transaction moved on with
+    /// the call; this try only winds down its client side).
+    pub fn none(kind: TxKind) -> Self {
+        Self {
+            kind,
+            state: ServerState::Terminated,
+            deadline: None,
+        }
+    }
+
     /// Current state.
     pub fn state(&self) -> ServerState {
         self.state

@@ -7,7 +7,7 @@
 //! Must not: decide what crosses between legs (`topology.rs`) or drive transactions
 //! (`pairs.rs`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use sbc_core::admission::Admitted;
@@ -18,7 +18,7 @@ use sbc_core::tenant::TenantId;
 use super::offer_answer::OfferAnswer;
 use super::ConnId;
 use crate::message::{parse_name_addr, parse_uri, with_tag, Method, SipMessage};
-use crate::routing::TargetId;
+use crate::routing::{Candidate, TargetId};
 
 /// One dialog: the caller's leg (with the tenant's platform) or the callee's leg (with
 /// the tenant's route target).
@@ -130,9 +130,19 @@ pub(crate) struct Call {
     pub admitted: Admitted,
     pub caller: Leg,
     pub callee: Leg,
+    /// The route target the callee's leg is on (the current try's, during setup).
     pub target: TargetId,
     /// The route target's `host:port` (as the route names it), for log lines.
     pub target_addr: String,
+    /// Targets still to try if the current one fails during setup, in order.
+    pub candidates: VecDeque<Candidate>,
+    /// When setup leaves a target for the next (the route's settings).
+    pub failover: sbc_core::config::Failover,
+    /// The called user part with its `@` (empty without one): the Request-URI of each try
+    /// is `sips:{user}{host_port}`.
+    pub request_user: String,
+    /// Tries made so far (1 for the first target).
+    pub tries: u32,
     pub listener: usize,
     pub state: CallState,
     /// Offer/answer state of the call's media.
@@ -196,6 +206,17 @@ impl Calls {
         self.by_tag.remove(&call.caller.local_tag);
         self.by_tag.remove(&call.callee.local_tag);
         Some(call)
+    }
+
+    /// Put `leg` in place of `side`'s leg of call `id` (a new try gets a fresh callee
+    /// dialog), re-indexing its tag; returns the old leg.
+    pub fn replace_leg(&mut self, id: CallRef, side: LegSide, leg: Leg) -> Option<Leg> {
+        let call = self.calls.get_mut(&id)?;
+        let new_tag = leg.local_tag.clone();
+        let old = std::mem::replace(call.leg_mut(side), leg);
+        self.by_tag.remove(&old.local_tag);
+        self.by_tag.insert(new_tag, (id, side));
+        Some(old)
     }
 
     pub fn get(&self, id: CallRef) -> Option<&Call> {

@@ -13,6 +13,7 @@
 //! | `responses.rs` | the responses the gateway builds itself (400/505, 503, refusals) |
 //! | `request_flow.rs` | what a request does (new call, in transaction, in dialog) |
 //! | `response_flow.rs` | what a response does (relay upstream, learn the dialog, end calls) |
+//! | `failover.rs` | a call's next try when its target fails during setup; retired tries; trunk pings |
 //!
 //! Must not: touch sockets, TLS or the clock. Drivers feed [`Input`]s with `now` and carry
 //! out the [`Output`]s from [`B2bua::poll_output`]; time ([`Instant`] and a
@@ -22,6 +23,7 @@
 
 mod body_flow;
 pub mod calls;
+mod failover;
 pub mod offer_answer;
 pub mod pairs;
 mod request_flow;
@@ -44,6 +46,7 @@ use sbc_core::tenant::TenantId;
 use tracing::{debug, info, warn};
 
 use crate::message::{Method, SipMessage};
+use crate::health::TrunkHealth;
 use crate::routing::{RouteTable, TargetId};
 use crate::transaction::TimerConfig;
 use calls::{CallState, Calls, Hop};
@@ -272,12 +275,19 @@ pub struct B2bua {
     default_policy: Arc<topology::TenantPolicy>,
     /// Aggregated warnings, keyed by tenant (`""` for an unrecognised peer).
     logs: LogAggregator<CoreLog, String>,
+    /// Route targets' health (OPTIONS pings) and Retry-After quarantines.
+    health: TrunkHealth,
+    /// The latest `now` seen (for work that comes without one, like a reload).
+    clock: Instant,
 }
 
 impl B2bua {
     /// A B2BUA with the given settings, routes and admission control.
     pub fn new(cfg: B2buaConfig, routes: Arc<RouteTable>, admission: Arc<Admission>) -> Self {
         let rng = StdRng::seed_from_u64(cfg.seed);
+        let clock = cfg.wall_clock.at;
+        let mut health = TrunkHealth::default();
+        health.install(&routes, clock);
         Self {
             cfg,
             routes,
@@ -295,7 +305,15 @@ impl B2bua {
             sip_policies: HashMap::new(),
             default_policy: Arc::default(),
             logs: LogAggregator::new(DEFAULT_INTERVAL, DEFAULT_MAX_KEYS),
+            health,
+            clock,
         }
+    }
+
+    /// Publish route targets' health to `board` (the admin plane's `/v1/trunks`).
+    pub fn set_trunk_board(&mut self, board: Arc<sbc_core::trunks::TrunkBoard>) {
+        self.health.set_board(board, self.cfg.wall_clock);
+        self.health.install(&self.routes, self.clock);
     }
 
     /// Replace the tenants' header and body policies (config reload): they apply to the
@@ -332,6 +350,7 @@ impl B2bua {
     /// Swap routes and admission (config reload). Running calls keep their slots and
     /// their target; new calls take the new routes.
     pub fn reconfigure(&mut self, routes: Arc<RouteTable>, admission: Arc<Admission>) {
+        self.health.install(&routes, self.clock);
         self.routes = routes;
         self.admission = admission;
     }
@@ -349,7 +368,11 @@ impl B2bua {
     /// The route targets that calls held now send to: a reload keeps their connectors
     /// (running calls keep their target) while new calls take the new routes.
     pub fn targets_in_use(&self) -> std::collections::HashSet<TargetId> {
-        self.calls.iter().map(|c| c.target).collect()
+        self.calls
+            .iter()
+            .flat_map(|c| std::iter::once(c.target).chain(c.candidates.iter().map(|x| x.target)))
+            .chain(self.pairs.targets())
+            .collect()
     }
 
     /// Sizes of the core's tables.
@@ -369,20 +392,27 @@ impl B2bua {
     pub fn poll_timeout(&mut self) -> Option<Instant> {
         let (pairs, calls) = (&self.pairs, &self.calls);
         let timers = self.timers.next(|t| deadline_of(pairs, calls, t));
-        match (timers, self.logs.poll_timeout()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [timers, self.logs.poll_timeout(), self.health.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Feed one input.
     pub fn handle_input(&mut self, now: Instant, input: Input) {
+        self.clock = self.clock.max(now);
         match input {
             Input::Connected { conn, kind } => {
                 self.conns.insert(conn, ConnState { kind, refusals: 0 });
             }
             Input::Closed { conn } => {
-                self.conns.remove(&conn);
+                if let Some(ConnState {
+                    kind: ConnKind::Outbound { target },
+                    ..
+                }) = self.conns.remove(&conn)
+                {
+                    self.target_lost(now, target);
+                }
                 self.abandon_setups_on(now, conn);
             }
             Input::Message { conn, msg } => {
@@ -399,12 +429,14 @@ impl B2bua {
 
     /// Fire expired timers.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.clock = self.clock.max(now);
         while let Some(timer) = self.timers.pop_due(now) {
             match timer {
                 Timer::Pair(id) => self.pair_timeout(now, id),
                 Timer::Ack(call) => self.ack_timeout(now, call),
             }
         }
+        self.ping_targets(now);
         for s in self.logs.flush(now) {
             warn!(
                 event = s.event.as_str(),

@@ -15,6 +15,7 @@ use sbc_core::media::{CallRef, LegSide};
 
 use super::ConnId;
 use crate::message::{parse_via, tag, Method, SipMessage};
+use crate::routing::TargetId;
 use crate::transaction::{ClientState, ClientTransaction, ServerState, ServerTransaction};
 
 /// The magic cookie that starts every RFC 3261 branch (§8.1.1.7).
@@ -87,15 +88,35 @@ pub(crate) struct Pair {
     pub cancel_pending: bool,
     /// Last response sent upstream, for retransmitted requests.
     pub last_response: Option<SipMessage>,
+    /// The route target the client request went to (requests towards the callee): its
+    /// CANCEL and ACK go there too, even after the call moved to another target.
+    pub target: Option<TargetId>,
+    /// The initial INVITE's per-try timeout: with nothing heard by then (not even 100),
+    /// the call tries its next target. `None` for the last candidate and other requests.
+    pub try_deadline: Option<Instant>,
+    /// A try the call has left for another target: it only winds down (CANCEL once a
+    /// provisional came, ACK for its non-2xx, ACK and BYE for a 2xx); nothing of it
+    /// reaches the caller. Its server side is [`ServerTransaction::none`].
+    pub retired: bool,
 }
 
 impl Pair {
-    /// Earliest timer of either transaction.
+    /// Earliest timer of either transaction (and of the per-try timeout).
     pub fn deadline(&self) -> Option<Instant> {
-        match (self.client.poll_timeout(), self.server.poll_timeout()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            self.client.poll_timeout(),
+            self.server.poll_timeout(),
+            self.try_pending(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// The per-try deadline while it still applies (nothing heard yet).
+    pub fn try_pending(&self) -> Option<Instant> {
+        self.try_deadline
+            .filter(|_| self.client.state() == ClientState::Calling && !self.retired)
     }
 
     /// Both transactions are over.
@@ -150,6 +171,48 @@ impl Pair {
         }
         ack
     }
+}
+
+/// The ACK and BYE that end the dialog a 2xx to a retired try's INVITE opened (RFC 3261
+/// §13.2.2.4, §15): built from the try's own request (its Via with a fresh branch, From,
+/// Call-ID), the 2xx's To, Contact and Record-Route; the call's legs are not involved.
+pub(crate) fn hang_up_2xx(
+    req: &SipMessage,
+    resp: &SipMessage,
+    branches: (&str, &str),
+    max_forwards: u32,
+) -> [SipMessage; 2] {
+    let uri = resp
+        .header("contact")
+        .and_then(super::calls::contact_uri)
+        .unwrap_or_else(|| req.request_uri().unwrap_or_default().to_string());
+    let mut routes: Vec<&str> = resp.header_values("record-route").collect();
+    routes.reverse();
+    let invite_cseq = req.cseq().map(|(n, _)| n).unwrap_or(1);
+    let via = req.header("via").unwrap_or_default();
+    let via_base = via.split(";branch=").next().unwrap_or(via);
+    let build = |method: Method, cseq: u32, branch: &str| {
+        let mut m = SipMessage::new_request(method.clone(), uri.clone());
+        m.push_header("Via", format!("{via_base};branch={branch}"));
+        m.push_header("Max-Forwards", max_forwards.to_string());
+        for r in &routes {
+            m.push_header("Route", *r);
+        }
+        for name in ["From", "Call-ID"] {
+            if let Some(v) = req.header(name) {
+                m.push_header(name, v);
+            }
+        }
+        if let Some(v) = resp.header("to") {
+            m.push_header("To", v);
+        }
+        m.push_header("CSeq", format!("{cseq} {}", method.as_str()));
+        m
+    };
+    [
+        build(Method::Ack, invite_cseq, branches.0),
+        build(Method::Bye, invite_cseq.wrapping_add(1), branches.1),
+    ]
 }
 
 /// Every transaction pair and how requests and responses find theirs.
@@ -217,6 +280,11 @@ impl Pairs {
 
     pub fn len(&self) -> usize {
         self.pairs.len()
+    }
+
+    /// The route targets client requests went to, of every pair held.
+    pub fn targets(&self) -> impl Iterator<Item = TargetId> + '_ {
+        self.pairs.values().filter_map(|p| p.target)
     }
 }
 

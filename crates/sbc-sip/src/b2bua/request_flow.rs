@@ -22,6 +22,10 @@ use super::offer_answer::{Carrier, OfferAnswer};
 use super::pairs::{Pair, ServerKey};
 use super::responses::{self, status_class, Refusal, ALLOW};
 use super::{B2bua, ConnId, ConnKind, Dest, Output, DRAIN_RETRY_AFTER};
+
+/// Retry-After when every target of the route is down or quarantined: about one health
+/// check interval (30 s by default), after which a target may be back.
+const NO_TARGET_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
 use crate::message::{check_request_uri, response_to, tag, Method, SipMessage};
 use crate::transaction::{ClientTransaction, ServerDisposition, ServerState, TxKind};
 
@@ -31,12 +35,15 @@ use crate::transaction::{ClientTransaction, ServerDisposition, ServerState, TxKi
 const SUPPORTED_REQUIRE: &[&str] = &["timer"];
 
 /// What a new call is opened from: the request and what admission and routing decided.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 struct Opening<'a> {
     conn: ConnId,
     listener: usize,
     tenant: &'a TenantId,
     route: &'a crate::routing::RouteEntry,
+    /// The target this call tries first, and the ones after it in order.
+    first: crate::routing::Candidate,
+    candidates: std::collections::VecDeque<crate::routing::Candidate>,
     /// The called user part (checked Request-URI).
     user: Option<&'a str>,
     msg: &'a SipMessage,
@@ -218,6 +225,20 @@ impl B2bua {
             self.refuse(conn, &msg, &Refusal::NoRoute, Some(&tenant));
             return;
         };
+        let health = &self.health;
+        let mut candidates: std::collections::VecDeque<_> = route
+            .candidates(&mut self.rng, |t| health.usable(t, now))
+            .into();
+        let Some(first) = candidates.pop_front() else {
+            // Every target is down or quarantined: refused before admission, like
+            // Kamailio's dispatcher when no destination is left.
+            metrics::counter!("sbc_sip_no_target_available_total", "tenant" => t.clone())
+                .increment(1);
+            info!(tenant = %tenant, "every route target is down or quarantined: 503");
+            let refusal = Refusal::Unavailable(NO_TARGET_RETRY_AFTER, "no route target available");
+            self.refuse(conn, &msg, &refusal, Some(&tenant));
+            return;
+        };
         if self.drain.as_ref().is_some_and(|d| d.is_draining()) {
             metrics::counter!("sbc_admission_refused_total", "tenant" => t.clone(), "cause" => "draining").increment(1);
             info!(tenant = %tenant, "draining: new call refused 503");
@@ -256,6 +277,8 @@ impl B2bua {
                 listener,
                 tenant: &tenant,
                 route: &route,
+                first,
+                candidates,
                 user: user.as_deref(),
                 msg: &msg,
                 from,
@@ -281,6 +304,8 @@ impl B2bua {
             listener,
             tenant,
             route,
+            first,
+            candidates,
             user,
             msg,
             from,
@@ -315,7 +340,7 @@ impl B2bua {
             remote_party: without_tag(to),
             next_cseq: 1,
             invite_cseq: 0,
-            remote_target: format!("sips:{user_part}{}", route.host_port),
+            remote_target: format!("sips:{user_part}{}", first.host_port),
             route_set: Vec::new(),
             conn: None,
         };
@@ -346,7 +371,7 @@ impl B2bua {
             call = %id,
             sip_call_id_in = %redaction.call_id(&caller.call_id),
             sip_call_id_out = %redaction.call_id(&callee.call_id),
-            target_addr = %route.host_port,
+            target_addr = %first.host_port,
             called = %redaction.number(user.unwrap_or("")),
             "call admitted, relaying INVITE"
         );
@@ -357,8 +382,12 @@ impl B2bua {
                 admitted,
                 caller,
                 callee,
-                target: route.target,
-                target_addr: route.host_port.clone(),
+                target: first.target,
+                target_addr: first.host_port.clone(),
+                candidates,
+                failover: route.failover.clone(),
+                request_user: user_part,
+                tries: 1,
                 listener,
                 state: CallState::Setup,
                 media: OfferAnswer::default(),
@@ -551,10 +580,12 @@ impl B2bua {
             out.push_header("Contact", contact);
         }
         set_body(&mut out, body);
-        let dest = match to_side {
-            LegSide::Callee => Dest::Target(c.target),
-            LegSide::Caller => Dest::Conn(leg.conn),
+        let (dest, target) = match to_side {
+            LegSide::Callee => (Dest::Target(c.target), Some(c.target)),
+            LegSide::Caller => (Dest::Conn(leg.conn), None),
         };
+        let try_deadline = (initial && !c.candidates.is_empty())
+            .then(|| now + c.failover.try_timeout);
         let kind = if method == Method::Invite {
             TxKind::Invite
         } else {
@@ -574,6 +605,9 @@ impl B2bua {
             initial,
             cancel_pending: false,
             last_response: None,
+            target,
+            try_deadline,
+            retired: false,
         };
         let id = self.pairs.insert(pair);
         self.arm_pair(id);

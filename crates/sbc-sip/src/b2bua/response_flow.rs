@@ -17,6 +17,7 @@ use super::offer_answer::Carrier;
 use super::pairs::PairId;
 use super::request_flow::set_body;
 use super::responses::status_class;
+use super::failover::TryFailure;
 use super::{B2bua, ConnId};
 use crate::message::{default_reason, response_to, tag, Method, SipMessage};
 use crate::routing::TargetId;
@@ -45,12 +46,18 @@ impl Received {
 impl B2bua {
     pub(super) fn on_response(&mut self, now: Instant, conn: ConnId, msg: SipMessage) {
         let Some(code) = msg.status() else { return };
+        if self.ping_answered(now, conn, &msg) {
+            return;
+        }
         let Some(id) = self.match_response(conn, &msg, code) else {
             return;
         };
         let Some(pair) = self.pairs.get_mut(id) else {
             return;
         };
+        // Something was heard: the try's own timers apply from now on.
+        pair.try_deadline = None;
+        let retired = pair.retired;
         let disposition = pair.client.handle_input(now, code, &self.cfg.timers);
         let r = Received {
             id,
@@ -66,15 +73,18 @@ impl B2bua {
             ClientDisposition::Absorb => {}
             ClientDisposition::PassAndAck => {
                 let max_forwards = self.cfg.max_forwards;
-                if let Some(ack) = self
+                let ack = self
                     .pairs
                     .get(id)
-                    .map(|p| p.ack_non_2xx(&msg, max_forwards))
-                {
-                    self.send_on(r.call, r.from.other(), ack);
+                    .map(|p| p.ack_non_2xx(&msg, max_forwards));
+                if let (Some(ack), Some(dest)) = (ack, self.client_dest(id)) {
+                    self.send(dest, ack);
                 }
-                self.on_passed_response(now, &r, &msg);
+                if !retired {
+                    self.on_passed_response(now, &r, &msg);
+                }
             }
+            ClientDisposition::Pass if retired => self.on_retired_response(now, id, &msg),
             ClientDisposition::Pass => self.on_passed_response(now, &r, &msg),
         }
         self.pairs.remove_if_finished(id);
@@ -90,10 +100,18 @@ impl B2bua {
             return None;
         };
         let pair = self.pairs.get(id)?;
-        let right_conn = self
-            .calls
-            .get(pair.call)
-            .is_some_and(|c| self.conn_serves(conn, c, pair.from.other()));
+        // A request sent to a route target is answered by that target's connection (a
+        // retired try's target may no longer be the call's).
+        let right_conn = match pair.target {
+            Some(t) => matches!(
+                self.conns.get(&conn).map(|c| &c.kind),
+                Some(super::ConnKind::Outbound { target }) if *target == t
+            ),
+            None => self
+                .calls
+                .get(pair.call)
+                .is_some_and(|c| self.conn_serves(conn, c, pair.from.other())),
+        };
         if msg.cseq().map(|c| c.1).as_ref() != Some(&pair.method) || !right_conn {
             // The 200 for our CANCEL carries the INVITE's branch; it is not the INVITE's
             // answer. Responses from the wrong peer are dropped too.
@@ -108,6 +126,13 @@ impl B2bua {
 
     /// A response the client transaction passed up.
     fn on_passed_response(&mut self, now: Instant, r: &Received, msg: &SipMessage) {
+        if r.initial && r.method == Method::Invite && r.code >= 300 {
+            // A final in the route's `failover_on` sends the call to its next target
+            // instead of the caller (already ACKed by the transaction).
+            if self.final_fails_over(now, r.id, msg) {
+                return;
+            }
+        }
         let to_side = r.from.other();
         let relayed_2xx = self
             .pairs
@@ -360,11 +385,12 @@ impl B2bua {
         // The INVITE must now end within 64·T1 (RFC 3261 §9.1).
         pair.client.cancel_sent(now);
         let cancel = pair.cancel(self.cfg.max_forwards);
-        let (call, to_side) = (pair.call, pair.from.other());
         self.arm_pair(id);
         // The CANCEL's own 200 comes back with the INVITE's branch and method CANCEL; it is
         // absorbed as a stray response (the INVITE's final is what matters).
-        self.send_on(call, to_side, cancel);
+        if let Some(dest) = self.client_dest(id) {
+            self.send(dest, cancel);
+        }
     }
 
     /// A 2xx arrived after upstream was already answered: ACK it and hang up.
@@ -429,6 +455,23 @@ impl B2bua {
         let Some(pair) = self.pairs.get_mut(id) else {
             return;
         };
+        if pair.try_pending().is_some_and(|d| now >= d) {
+            pair.try_deadline = None;
+            if self.fail_over(now, id, TryFailure::Timeout) {
+                return;
+            }
+            self.arm_pair(id);
+            return;
+        }
+        if pair.retired {
+            // A try the call left: its timers only end it (no 408 upstream, no call end).
+            if pair.client.handle_timeout(now) == Some(ClientTimeout::RingingTooLong) {
+                self.cancel_downstream(now, id);
+            }
+            self.arm_pair(id);
+            self.pairs.remove_if_finished(id);
+            return;
+        }
         let client_result = pair.client.handle_timeout(now);
         let missed_ack = pair.server.handle_timeout(now);
         let (call, method) = (pair.call, pair.method.clone());
@@ -475,6 +518,9 @@ impl B2bua {
     }
 
     pub(super) fn on_send_failed(&mut self, now: Instant, _target: TargetId, msg: &SipMessage) {
+        if self.ping_failed(now, msg) {
+            return;
+        }
         let Some(id) = self.pairs.by_client_via(msg) else {
             return;
         };
@@ -484,7 +530,20 @@ impl B2bua {
         if msg.method() != Some(&pair.method) {
             return;
         }
-        let call = pair.call;
+        if pair.retired {
+            // A retired try's CANCEL or ACK that could not go: nothing more can come.
+            if let Some(p) = self.pairs.get_mut(id) {
+                p.client.abort();
+            }
+            self.pairs.remove_if_finished(id);
+            return;
+        }
+        if self.fail_over(now, id, TryFailure::Transport) {
+            return;
+        }
+        let Some(call) = self.pairs.get(id).map(|p| p.call) else {
+            return;
+        };
         let (tenant, target_addr) = self
             .calls
             .get(call)

@@ -1,0 +1,387 @@
+//! Failover during setup, and trunk pings.
+//!
+//! A call tries its route's candidates in order (see [`crate::routing`]). The try in
+//! progress fails when its INVITE cannot be sent or its connection is lost (transport),
+//! when nothing at all (not even 100) is heard within the route's `try_timeout` while
+//! another candidate is left (timeout), or when its final is in the route's `failover_on`
+//! (response). Then [`B2bua::fail_over`] retires the try and sends the INVITE to the next
+//! candidate: a new client transaction with a fresh callee dialog (Call-ID, tag) and the
+//! same body (the offer media already rewrote), while the caller's server transaction
+//! moves to the new try. The caller sees provisionals of any try with the same To tag (the
+//! caller's leg is ours), and only the last try's final, or 503 / 408 when the last one
+//! fails by transport or timeout.
+//!
+//! A retired try only winds down, with no way to reach the caller: CANCEL once it has
+//! heard a provisional (RFC 3261 §9.1), the transaction's ACK for its non-2xx, ACK and BYE
+//! for a 2xx that raced the failover. Its early dialog (an 18x with a To tag) died with it:
+//! the call's callee leg is new.
+//!
+//! A 503 with Retry-After to an initial INVITE quarantines its target for new calls
+//! (`crate::health`); OPTIONS pings leave from here through the same outbound path as
+//! calls, and their answers and failed sends are handed to `crate::health`.
+//!
+//! Owns: no state of its own (a call's candidates are in `calls.rs`, a try's in
+//! `pairs.rs`, targets' health in `crate::health`). Must not: relay anything of a retired
+//! try upstream, or leave a try without a way to end (every one ends by its timers).
+
+use std::time::{Duration, Instant};
+
+use sbc_core::media::LegSide;
+use tracing::{debug, info};
+
+use super::calls::{CallState, Hop, Leg};
+use super::pairs::{hang_up_2xx, Pair, PairId};
+use super::{B2bua, ConnId, ConnKind, Dest};
+use crate::message::{parse_via, Method, SipMessage};
+use crate::routing::TargetId;
+use crate::transaction::{ClientState, ClientTransaction, ServerTransaction, TxKind};
+
+/// Why a try failed: the `reason` label of `sbc_sip_failovers_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TryFailure {
+    /// A final in the route's `failover_on`.
+    Response,
+    /// Nothing heard within the try timeout.
+    Timeout,
+    /// The INVITE could not be sent, or the connection went before an answer.
+    Transport,
+}
+
+impl TryFailure {
+    /// Every label value, for the metrics catalog.
+    pub const ALL: [TryFailure; 3] = [
+        TryFailure::Response,
+        TryFailure::Timeout,
+        TryFailure::Transport,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TryFailure::Response => "response",
+            TryFailure::Timeout => "timeout",
+            TryFailure::Transport => "transport",
+        }
+    }
+}
+
+/// The seconds of a Retry-After value (`120`, `120;duration=60`, `120 (comment)`).
+fn retry_after(msg: &SipMessage) -> Option<Duration> {
+    let v = msg.header("retry-after")?.trim();
+    let digits: String = v.chars().take_while(char::is_ascii_digit).collect();
+    digits
+        .parse::<u64>()
+        .ok()
+        .filter(|s| *s > 0)
+        .map(Duration::from_secs)
+}
+
+impl B2bua {
+    /// Where a pair's client request (and its CANCEL and ACK) goes: the target it was sent
+    /// to, or the leg's peer for requests towards the caller.
+    pub(super) fn client_dest(&self, id: PairId) -> Option<Dest> {
+        let pair = self.pairs.get(id)?;
+        match pair.target {
+            Some(t) => Some(Dest::Target(t)),
+            None => self.dest(pair.call, pair.from.other()),
+        }
+    }
+
+    /// A final to the initial INVITE of pair `id`: quarantine its target on a 503 with
+    /// Retry-After, and fail over if the route says so. True if the call moved on (the
+    /// final goes no further).
+    pub(super) fn final_fails_over(&mut self, now: Instant, id: PairId, msg: &SipMessage) -> bool {
+        let Some(code) = msg.status() else {
+            return false;
+        };
+        let Some(pair) = self.pairs.get(id) else {
+            return false;
+        };
+        if code == 503 {
+            if let (Some(t), Some(d)) = (pair.target, retry_after(msg)) {
+                self.health.quarantine(t, d, now);
+            }
+        }
+        let listed = self
+            .calls
+            .get(pair.call)
+            .is_some_and(|c| c.failover.on.contains(&code));
+        listed && self.fail_over(now, id, TryFailure::Response)
+    }
+
+    /// Leave the try of pair `id` for the call's next candidate. False (nothing done) when
+    /// it is not a setup try that can move: not the initial INVITE, already answered
+    /// upstream, cancelled, or no candidate left.
+    pub(super) fn fail_over(&mut self, now: Instant, id: PairId, why: TryFailure) -> bool {
+        let Some(pair) = self.pairs.get(id) else {
+            return false;
+        };
+        let call = pair.call;
+        let movable = !pair.retired
+            && pair.initial
+            && pair.method == Method::Invite
+            && !pair.cancel_pending
+            && pair.server.awaiting_final();
+        let Some(c) = self.calls.get_mut(call) else {
+            return false;
+        };
+        if !movable || c.state != CallState::Setup {
+            return false;
+        }
+        let Some(next) = c.candidates.pop_front() else {
+            return false;
+        };
+        let (old_target, tenant) = (c.target_addr.clone(), c.tenant.to_string());
+        let last = c.candidates.is_empty();
+        let try_timeout = c.failover.try_timeout;
+        // The caller's transaction moves to the new try; the old one keeps its client side.
+        let Some(old) = self.pairs.get_mut(id) else {
+            return false;
+        };
+        old.retired = true;
+        old.try_deadline = None;
+        let server = std::mem::replace(&mut old.server, ServerTransaction::none(TxKind::Invite));
+        let server_req = old.server_req.clone();
+        let (server_conn, server_key) = (old.server_conn, old.server_key.clone());
+        let last_response = old.last_response.take();
+        let body = (
+            old.client_req.header("content-type").map(str::to_string),
+            old.client_req.body().to_vec(),
+        );
+        let max_forwards = old
+            .client_req
+            .max_forwards()
+            .unwrap_or(self.cfg.max_forwards);
+        if why == TryFailure::Transport {
+            old.client.abort();
+        }
+        self.wind_down(now, id);
+
+        // A fresh callee dialog towards the next target.
+        let leg = self.fresh_callee_leg(call, &next.host_port);
+        let Some(leg) = leg else {
+            return false;
+        };
+        let new_call_id = leg.call_id.clone();
+        self.calls.replace_leg(call, LegSide::Callee, leg);
+        let branch = self.branch();
+        let Some(c) = self.calls.get_mut(call) else {
+            return false;
+        };
+        c.target = next.target;
+        c.target_addr = next.host_port.clone();
+        c.tries += 1;
+        // An answer of the failed try (in an 18x) is not the new try's.
+        c.media.last_answer = None;
+        if let (Some(r), Some(rid)) = (&self.registry, &c.registry_id) {
+            r.add_outbound_leg(rid, new_call_id);
+        }
+        let (listener, tenant_id) = (c.listener, c.tenant.clone());
+        let advertised = self.advertised(listener).to_string();
+        let contact = self.contact(listener);
+        let policy = self.tenant_policy(&tenant_id);
+        let Some(c) = self.calls.get(call) else {
+            return false;
+        };
+        let mut out = c.callee.request(
+            Method::Invite,
+            1,
+            Hop {
+                advertised: &advertised,
+                branch: &branch,
+                max_forwards,
+            },
+        );
+        policy.headers.copy_across(&server_req, &mut out, LegSide::Callee);
+        out.push_header("Contact", contact);
+        if let (Some(ct), false) = (body.0, body.1.is_empty()) {
+            out.push_header("Content-Type", ct);
+            out.set_body(body.1);
+        }
+        let new = Pair {
+            call,
+            from: LegSide::Caller,
+            method: Method::Invite,
+            server_req,
+            server_conn,
+            server_key,
+            server,
+            client: ClientTransaction::new(TxKind::Invite, now, &self.cfg.timers),
+            client_req: out.clone(),
+            client_branch: branch,
+            initial: true,
+            cancel_pending: false,
+            last_response,
+            target: Some(next.target),
+            try_deadline: (!last).then(|| now + try_timeout),
+            retired: false,
+        };
+        let new_id = self.pairs.insert(new);
+        self.arm_pair(new_id);
+        metrics::counter!("sbc_sip_failovers_total", "tenant" => tenant.clone(), "reason" => why.as_str()).increment(1);
+        info!(
+            event = "call_failover",
+            call = %call,
+            tenant,
+            reason = why.as_str(),
+            from_target = %old_target,
+            to_target = %next.host_port,
+            "route target failed during setup: trying the next"
+        );
+        self.send(Dest::Target(next.target), out);
+        true
+    }
+
+    /// A fresh callee leg of `call` towards `host_port` (new Call-ID and tag, no remote
+    /// tag, no route set), the parties of the old one.
+    fn fresh_callee_leg(&mut self, call: super::CallRef, host_port: &str) -> Option<Leg> {
+        let call_id = format!("{}{}", self.token(), self.token());
+        let local_tag = self.token();
+        let c = self.calls.get(call)?;
+        Some(Leg {
+            call_id,
+            local_tag,
+            remote_tag: None,
+            local_party: c.callee.local_party.clone(),
+            remote_party: c.callee.remote_party.clone(),
+            next_cseq: 2,
+            invite_cseq: 1,
+            remote_target: format!("sips:{}{host_port}", c.request_user),
+            route_set: Vec::new(),
+            conn: None,
+        })
+    }
+
+    /// Let a retired try end: CANCEL it now if it heard a provisional and has no final,
+    /// else once a provisional comes; its timers end it if nothing does.
+    fn wind_down(&mut self, now: Instant, id: PairId) {
+        let Some(pair) = self.pairs.get_mut(id) else {
+            return;
+        };
+        if pair.client.state() == ClientState::Proceeding {
+            self.cancel_downstream(now, id);
+        } else if pair.client.state() == ClientState::Calling {
+            pair.cancel_pending = true;
+        }
+        self.arm_pair(id);
+        self.pairs.remove_if_finished(id);
+    }
+
+    /// A response (other than a non-2xx final, which its transaction ACKs) to a retired
+    /// try: the pending CANCEL once a provisional came, ACK and BYE for a 2xx.
+    pub(super) fn on_retired_response(&mut self, now: Instant, id: PairId, msg: &SipMessage) {
+        let Some(code) = msg.status() else {
+            return;
+        };
+        let Some(pair) = self.pairs.get(id) else {
+            return;
+        };
+        if (101..200).contains(&code) && pair.cancel_pending {
+            self.cancel_downstream(now, id);
+        } else if (200..300).contains(&code) {
+            let (ack_branch, bye_branch) = (self.branch(), self.branch());
+            let Some(pair) = self.pairs.get(id) else {
+                return;
+            };
+            let msgs = hang_up_2xx(
+                &pair.client_req,
+                msg,
+                (&ack_branch, &bye_branch),
+                self.cfg.max_forwards,
+            );
+            let call = pair.call;
+            debug!(call = %call, "2xx to a try the call left: ACK and BYE sent");
+            if let Some(dest) = self.client_dest(id) {
+                for m in msgs {
+                    self.send(dest, m);
+                }
+            }
+        }
+    }
+
+    /// The connection to `target` closed: setup tries on it that have no final yet move
+    /// to their next candidate (nothing can come back on it); retired tries on it end.
+    pub(super) fn target_lost(&mut self, now: Instant, target: TargetId) {
+        let tries = self.pairs.select(|p| {
+            p.target == Some(target)
+                && p.initial
+                && matches!(
+                    p.client.state(),
+                    ClientState::Calling | ClientState::Proceeding
+                )
+        });
+        for id in tries {
+            let retired = self.pairs.get(id).is_some_and(|p| p.retired);
+            if retired {
+                if let Some(p) = self.pairs.get_mut(id) {
+                    p.client.abort();
+                }
+                self.pairs.remove_if_finished(id);
+            } else {
+                self.fail_over(now, id, TryFailure::Transport);
+            }
+        }
+    }
+
+    /// Send the OPTIONS pings that are due, through the pooled connection of each target.
+    pub(super) fn ping_targets(&mut self, now: Instant) {
+        for target in self.health.due(now) {
+            let host_port = self
+                .routes
+                .iter()
+                .flat_map(|(_, r)| r.targets.iter())
+                .find(|t| t.target == target)
+                .map(|t| t.host_port.clone());
+            let Some(host_port) = host_port else {
+                continue;
+            };
+            let (branch, tag) = (self.branch(), self.token());
+            let call_id = format!("{}{}", self.token(), self.token());
+            let advertised = self.advertised(0).to_string();
+            let mut m = SipMessage::new_request(Method::Options, format!("sips:{host_port}"));
+            m.push_header("Via", format!("SIP/2.0/TLS {advertised};branch={branch}"));
+            m.push_header("Max-Forwards", "70");
+            m.push_header("From", format!("<sips:sbc@{advertised}>;tag={tag}"));
+            m.push_header("To", format!("<sips:{host_port}>"));
+            m.push_header("Call-ID", call_id);
+            m.push_header("CSeq", "1 OPTIONS");
+            self.health.sent(target, branch, now);
+            self.send(Dest::Target(target), m);
+        }
+    }
+
+    /// The answer to one of our pings: true if it was one (handed to health). Only the
+    /// pinged target's connection may answer it.
+    pub(super) fn ping_answered(&mut self, now: Instant, conn: ConnId, msg: &SipMessage) -> bool {
+        let Some(branch) = msg.header("via").and_then(parse_via).and_then(|v| v.branch) else {
+            return false;
+        };
+        let Some(target) = self.health.target_of(branch) else {
+            return false;
+        };
+        let from_target = matches!(
+            self.conns.get(&conn).map(|c| &c.kind),
+            Some(ConnKind::Outbound { target: t }) if *t == target
+        );
+        if from_target && msg.cseq().map(|c| c.1) == Some(Method::Options) {
+            let branch = branch.to_string();
+            self.health.on_response(&branch, msg.status().unwrap_or(0), now);
+        }
+        true
+    }
+
+    /// A ping that could not be sent: true if `msg` was one (handed to health).
+    pub(super) fn ping_failed(&mut self, now: Instant, msg: &SipMessage) -> bool {
+        if msg.method() != Some(&Method::Options) {
+            return false;
+        }
+        let Some(branch) = msg.header("via").and_then(parse_via).and_then(|v| v.branch) else {
+            return false;
+        };
+        if self.health.target_of(branch).is_none() {
+            return false;
+        }
+        let branch = branch.to_string();
+        self.health.on_send_failed(&branch, now);
+        true
+    }
+}
