@@ -76,8 +76,13 @@ pub fn prepare(
         .first_mut()
         .and_then(|t| t.routes.first_mut())
         .context("the embedded default has a demo route")?;
-    route.target = sbc_core::config::parse_target(&format!("sips:{endpoint_addr}"))
+    let uri = sbc_core::config::parse_target(&format!("sips:{endpoint_addr}"))
         .map_err(anyhow::Error::msg)?;
+    route.targets = vec![sbc_core::config::RouteTarget {
+        uri,
+        priority: 0,
+        weight: 1,
+    }];
     route.server_name = Some(DEMO_SERVER_NAME.to_string());
     route.ca_pem = Some(pki.ca_pem.clone().into_bytes());
 

@@ -235,6 +235,7 @@ fn run(
         .context("starting the admin plane")?;
         let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel(RELOAD_QUEUE);
         admin.on_reload(reload_hook(reload_tx));
+        admin.set_trunk_board(server.trunks());
         drain.set_ready(true);
         if let (Some(d), Some(sip)) = (&demo, server.sip_addrs.first()) {
             d.write_state(*sip, admin.local_addr())?;

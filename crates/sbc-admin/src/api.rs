@@ -8,6 +8,7 @@
 //! | `GET /v1/calls[?tenant=T]` | any | calls the token may see |
 //! | `GET /v1/calls/{id}` | any | one call, 404 if absent or another tenant's |
 //! | `GET /v1/tenants/{id}/usage` | any | usage against limits, 404 for another tenant |
+//! | `GET /v1/trunks[?tenant=T]` | any | route targets the token may see: priority, weight, up/down, last change, failed pings, quarantine left (501 if not wired) |
 //! | `POST /v1/drain` | operator | starts draining (readyz then 503) |
 //! | `POST /v1/reload` | operator | the SIGHUP reload, through [`crate::ReloadHook`]: 200 applied, 409 refused, 501 not wired |
 //! | `POST /v1/calls/{id}/taps` | operator, recorder | starts a recording tap: 201 with its id (and SRTP key, once) |
@@ -46,6 +47,7 @@ use sbc_core::tap::{
     TapControl, TapError, TapId, TapLegs, TapSpec, TapStatus, TapSuite, TapTransport,
 };
 use sbc_core::tenant::TenantId;
+use sbc_core::trunks::{TrunkBoard, TrunkStatus};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 use tracing::{error, warn};
@@ -78,6 +80,8 @@ pub(crate) struct Shared {
     pub(crate) log_level: crate::log_level::Slot,
     /// What `POST /v1/reload` runs; set once by [`crate::AdminHandle::on_reload`].
     pub(crate) reload: ReloadSlot,
+    /// Route targets' health; set once by [`crate::AdminHandle::set_trunk_board`].
+    pub(crate) trunks: std::sync::OnceLock<Arc<TrunkBoard>>,
 }
 
 /// Where the reload hook is kept (a `Debug` wrapper around it).
@@ -98,6 +102,7 @@ impl Shared {
             ws_taps: Arc::new(Semaphore::new(crate::ws_tap::MAX_WS_TAPS)),
             log_level: crate::log_level::Slot::default(),
             reload: ReloadSlot::default(),
+            trunks: std::sync::OnceLock::new(),
         }
     }
 
@@ -135,6 +140,7 @@ pub(crate) fn router(app: App) -> Router {
         .route("/v1/calls", get(list_calls))
         .route("/v1/calls/{id}", get(get_call))
         .route("/v1/tenants/{id}/usage", get(tenant_usage))
+        .route("/v1/trunks", get(list_trunks))
         .route("/v1/drain", post(drain))
         .route("/v1/reload", post(reload))
         .route("/v1/calls/{id}/taps", get(list_taps).post(start_tap))
@@ -426,6 +432,79 @@ async fn list_calls(
         calls: calls
             .iter()
             .map(|c| call_json(c, app.redact_numbers()))
+            .collect(),
+    };
+    with_audit(Json(body).into_response(), scope, None)
+}
+
+#[derive(Debug, Serialize)]
+struct TrunkJson {
+    tenant: String,
+    target: String,
+    priority: u16,
+    weight: u16,
+    state: &'static str,
+    health_checks: bool,
+    last_change: Option<String>,
+    consecutive_failures: u32,
+    quarantine_remaining_secs: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct TrunkListJson {
+    trunks: Vec<TrunkJson>,
+}
+
+fn trunk_json(t: &TrunkStatus, now: SystemTime) -> TrunkJson {
+    let remaining = t
+        .quarantined_until
+        .and_then(|u| u.duration_since(now).ok())
+        .map_or(0, |d| d.as_secs_f64().ceil() as u64);
+    TrunkJson {
+        tenant: t.tenant.to_string(),
+        target: t.target.clone(),
+        priority: t.priority,
+        weight: t.weight,
+        state: if t.up { "up" } else { "down" },
+        health_checks: t.checked,
+        last_change: t.last_change.map(crate::time::rfc3339),
+        consecutive_failures: t.consecutive_failures,
+        quarantine_remaining_secs: remaining,
+    }
+}
+
+/// `GET /v1/trunks`: route targets scoped like `/v1/calls` (a tenant token sees its own).
+async fn list_trunks(
+    State(app): State<App>,
+    Extension(Caller(token)): Extension<Caller>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Response {
+    let Ok(Query(query)) = query else {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "the only query parameter is `tenant`",
+        );
+    };
+    let scope = match (&query.tenant, token.role.tenant()) {
+        (Some(asked), _) => match visible_tenant(&app, &token.role, asked) {
+            Some(t) => Some(t),
+            None => return json_error(StatusCode::NOT_FOUND, "no such tenant"),
+        },
+        (None, own) => own.cloned(),
+    };
+    let Some(board) = app.trunks.get() else {
+        return with_audit(
+            json_error(StatusCode::NOT_IMPLEMENTED, "trunk health is not wired"),
+            scope,
+            None,
+        );
+    };
+    let now = SystemTime::now();
+    let body = TrunkListJson {
+        trunks: board
+            .snapshot(scope.as_ref())
+            .iter()
+            .map(|t| trunk_json(t, now))
             .collect(),
     };
     with_audit(Json(body).into_response(), scope, None)

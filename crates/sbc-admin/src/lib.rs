@@ -219,6 +219,12 @@ impl AdminHandle {
         self.shared.log_level.set(control);
     }
 
+    /// Lets `GET /v1/trunks` answer from `board` (the SIP server's; until then it
+    /// answers 501). Once: a second call returns false and changes nothing.
+    pub fn set_trunk_board(&self, board: Arc<sbc_core::trunks::TrunkBoard>) -> bool {
+        self.shared.trunks.set(board).is_ok()
+    }
+
     /// Wires `POST /v1/reload` to `hook` (until then it answers 501). Once: a second call
     /// returns false and changes nothing.
     pub fn on_reload(&self, hook: ReloadHook) -> bool {

@@ -16,6 +16,9 @@
 
 use crate::tenant::TenantId;
 
+/// Why a setup try failed over (sbc-sip's `TryFailure`).
+pub const FAILOVER_REASONS: &[&str] = &["response", "timeout", "transport"];
+
 /// A metric's Prometheus type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -460,6 +463,32 @@ pub const CATALOG: &[MetricDef] = &[
         "sbc_sip_target_unreachable_total",
         "Requests answered 503 because their route target could not be reached.",
         &[],
+    ),
+    counter(
+        "sbc_sip_failovers_total",
+        "Calls moved to their route's next target during setup, by why the try failed.",
+        &[tenant(), closed("reason", FAILOVER_REASONS)],
+    ),
+    counter(
+        "sbc_sip_no_target_available_total",
+        "Calls refused 503 because every target of their route was down or quarantined.",
+        &[tenant()],
+    ),
+    // Trunks (route targets).
+    gauge(
+        "sbc_trunk_up",
+        "1 while a route target is up (health checks pass or are off), 0 while down.",
+        &[tenant(), open("target")],
+    ),
+    counter(
+        "sbc_trunk_state_changes_total",
+        "Route targets going up or down by OPTIONS health checks.",
+        &[tenant(), open("target"), closed("state", &["up", "down"])],
+    ),
+    counter(
+        "sbc_trunk_quarantines_total",
+        "503s with Retry-After that took a route target out of new calls' candidates.",
+        &[tenant(), open("target")],
     ),
     // Media.
     counter(

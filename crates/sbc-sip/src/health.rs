@@ -360,7 +360,7 @@ mod tests {
         h.install(&table(Some(settings())), t0);
         assert_eq!(h.poll_timeout(), Some(t0), "the first ping is due at once");
         let mut now = t0;
-        let mut ping = |h: &mut TrunkHealth, now: Instant, n: u32| {
+        let ping = |h: &mut TrunkHealth, now: Instant, n: u32| {
             assert_eq!(h.due(now), vec![TargetId(0)]);
             let b = format!("b{n}");
             h.sent(TargetId(0), b.clone(), now);

@@ -28,6 +28,9 @@ const CALLER: ConnId = ConnId(1);
 const CALLEE: ConnId = ConnId(2);
 const OTHER_TENANT: ConnId = ConnId(3);
 const TARGET: TargetId = TargetId(0);
+/// Connections to further route targets (`TargetId(1)`, `TargetId(2)`), for failover.
+const TRUNK1: ConnId = ConnId(11);
+const TRUNK2: ConnId = ConnId(12);
 const OFFER: &str = "v=0\r\no=- 1 1 IN IP4 10.1.1.1\r\ns=-\r\nc=IN IP4 10.1.1.1\r\nt=0 0\r\nm=audio 4000 RTP/SAVP 0\r\n";
 
 /// Media control that records what signaling asked of it. The real engine needs sockets;
@@ -81,8 +84,21 @@ impl MediaControl for FakeMedia {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum To {
     Caller,
+    /// The first route target (`TARGET`, connection `CALLEE`).
     Callee,
+    /// Route target `n` ≥ 1 (connection `TRUNK1`, `TRUNK2`).
+    Trunk(usize),
     Other,
+}
+
+/// The connection a target's messages come from.
+fn conn_of(to: To) -> ConnId {
+    match to {
+        To::Trunk(1) => TRUNK1,
+        To::Trunk(_) => TRUNK2,
+        To::Caller => CALLER,
+        _ => CALLEE,
+    }
 }
 
 struct Harness {
@@ -106,6 +122,11 @@ fn tenant_limits() -> Limits {
 
 impl Harness {
     fn new() -> Harness {
+        Harness::with_route(RouteEntry::single("", TARGET, "pbx.inside:5061"))
+    }
+
+    /// A harness whose tenants both route everything by `route`.
+    fn with_route(route: RouteEntry) -> Harness {
         let tenant = TenantId::from("acme");
         let other = TenantId::from("globex");
         let admission = Arc::new(Admission::with_limits([
@@ -114,14 +135,7 @@ impl Harness {
         ]));
         let mut routes = RouteTable::new();
         for t in [&tenant, &other] {
-            routes.insert(
-                t.clone(),
-                RouteEntry {
-                    prefix: String::new(),
-                    target: TARGET,
-                    host_port: "pbx.inside:5061".into(),
-                },
-            );
+            routes.insert(t.clone(), route.clone());
         }
         let now = Instant::now();
         let cfg = B2buaConfig {
@@ -164,6 +178,14 @@ impl Harness {
             conn: CALLEE,
             kind: ConnKind::Outbound { target: TARGET },
         });
+        for (conn, n) in [(TRUNK1, 1), (TRUNK2, 2)] {
+            h.input(Input::Connected {
+                conn,
+                kind: ConnKind::Outbound {
+                    target: TargetId(n),
+                },
+            });
+        }
         h.input(Input::Connected {
             conn: OTHER_TENANT,
             kind: ConnKind::Inbound {
@@ -187,11 +209,19 @@ impl Harness {
                     let to = match conn {
                         CALLER => To::Caller,
                         CALLEE => To::Callee,
+                        TRUNK1 => To::Trunk(1),
+                        TRUNK2 => To::Trunk(2),
                         _ => To::Other,
                     };
                     self.sent.push((to, msg));
                 }
-                Output::SendToTarget { msg, .. } => self.sent.push((To::Callee, msg)),
+                Output::SendToTarget { target, msg } => {
+                    let to = match target.0 {
+                        0 => To::Callee,
+                        n => To::Trunk(n),
+                    };
+                    self.sent.push((to, msg));
+                }
                 Output::Close { conn } => self.closed.push(conn),
             }
         }
@@ -203,6 +233,14 @@ impl Harness {
 
     fn callee_sends(&mut self, msg: SipMessage) {
         self.input(Input::Message { conn: CALLEE, msg });
+    }
+
+    /// Target `to` (`To::Callee` or `To::Trunk(n)`) sends `msg` on its connection.
+    fn target_sends(&mut self, to: To, msg: SipMessage) {
+        self.input(Input::Message {
+            conn: conn_of(to),
+            msg,
+        });
     }
 
     /// Move the virtual clock, firing every timer on the way.

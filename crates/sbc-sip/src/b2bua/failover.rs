@@ -49,6 +49,7 @@ pub(crate) enum TryFailure {
 
 impl TryFailure {
     /// Every label value, for the metrics catalog.
+    #[cfg(test)]
     pub const ALL: [TryFailure; 3] = [
         TryFailure::Response,
         TryFailure::Timeout,
@@ -383,5 +384,27 @@ impl B2bua {
         let branch = branch.to_string();
         self.health.on_send_failed(&branch, now);
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failover_reasons_match_the_metrics_catalog() {
+        let names: Vec<&str> = TryFailure::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(names, sbc_core::metrics_catalog::FAILOVER_REASONS);
+    }
+
+    #[test]
+    fn retry_after_takes_the_leading_seconds() {
+        let mut m = SipMessage::new_response(503, "Service Unavailable");
+        assert_eq!(retry_after(&m), None);
+        m.push_header("Retry-After", "120;duration=60");
+        assert_eq!(retry_after(&m), Some(Duration::from_secs(120)));
+        let mut m = SipMessage::new_response(503, "Service Unavailable");
+        m.push_header("Retry-After", "junk");
+        assert_eq!(retry_after(&m), None);
     }
 }

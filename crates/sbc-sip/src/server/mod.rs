@@ -114,6 +114,8 @@ pub struct ServerHandle {
     recognizer: Arc<RwLock<Arc<Recognizer>>>,
     /// Each listener's name and TLS acceptor (swapped on reload), in config order.
     acceptors: ListenerTls,
+    /// Route targets' health, published by the core for the admin plane.
+    trunks: Arc<sbc_core::trunks::TrunkBoard>,
 }
 
 /// Each listener's name and TLS acceptor, in config order.
@@ -187,6 +189,11 @@ impl ServerHandle {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .usage(tenant)
+    }
+
+    /// Route targets' health as the core last published it (`GET /v1/trunks`).
+    pub fn trunks(&self) -> Arc<sbc_core::trunks::TrunkBoard> {
+        self.trunks.clone()
     }
 
     /// A shareable function giving [`ServerHandle::usage`].
@@ -359,6 +366,8 @@ pub async fn start_with(config: Arc<Config>, hooks: Hooks) -> Result<ServerHandl
         admission,
     );
     let mut core = core;
+    let trunks = Arc::new(sbc_core::trunks::TrunkBoard::new());
+    core.set_trunk_board(trunks.clone());
     core.set_sip_policies(sip_policies(&config));
     if let (Some(registry), Some(drain)) = (hooks.registry, hooks.drain) {
         core.set_admin(registry, drain);
@@ -399,6 +408,7 @@ pub async fn start_with(config: Arc<Config>, hooks: Hooks) -> Result<ServerHandl
         tasks,
         recognizer,
         acceptors: ListenerTls(acceptors),
+        trunks,
     })
 }
 
