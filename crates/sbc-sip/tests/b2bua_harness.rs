@@ -1199,3 +1199,523 @@ fn an_unrecognised_peer_gets_403_whatever_it_sends_and_is_cut_off() {
     assert_eq!(statuses(&h.take_to(To::Other)), vec![403; 5]);
     assert_eq!(h.closed, vec![STRANGER], "closed after repeated refusals");
 }
+
+// ----- failover across route targets -----
+
+/// A route over targets 0, 1, 2 as (priority, weight); the first `n` of them.
+fn failover_route(targets: &[(u16, u16)], try_timeout: Duration) -> RouteEntry {
+    let mut r = RouteEntry::single("", TARGET, "pbx.inside:5061");
+    r.targets = targets
+        .iter()
+        .enumerate()
+        .map(|(i, &(priority, weight))| sbc_sip::routing::RouteTarget {
+            target: TargetId(i),
+            host_port: format!("pbx{i}.inside:5061"),
+            uri: format!("sips:pbx{i}.inside:5061"),
+            priority,
+            weight,
+        })
+        .collect();
+    r.failover.try_timeout = try_timeout;
+    r
+}
+
+const TRY: Duration = Duration::from_secs(1);
+
+/// Where the latest INVITE went, and the INVITE.
+fn invite_sent(h: &mut Harness) -> (To, SipMessage) {
+    let sent = h.take();
+    let mut invites: Vec<(To, SipMessage)> = sent
+        .iter()
+        .filter(|(_, m)| m.method() == Some(&Method::Invite))
+        .cloned()
+        .collect();
+    h.sent = sent
+        .into_iter()
+        .filter(|(_, m)| m.method() != Some(&Method::Invite))
+        .collect();
+    assert_eq!(invites.len(), 1, "one INVITE sent");
+    invites.remove(0)
+}
+
+fn to_tag(m: &SipMessage) -> String {
+    m.header("to").and_then(tag).unwrap_or_default().to_string()
+}
+
+#[test]
+fn first_target_refuses_503_and_the_call_lands_on_the_second() {
+    let mut h = Harness::with_route(failover_route(&[(0, 1), (1, 1)], TRY));
+    h.caller_sends(invite("fo1", "z9hG4bK-fo1"));
+    let (to, first) = invite_sent(&mut h);
+    assert_eq!(to, To::Callee);
+    h.target_sends(to, respond(&first, 100, "x", false));
+    h.target_sends(to, respond(&first, 180, "first-tag", false));
+    h.target_sends(to, respond(&first, 503, "first-tag", false));
+    // The 503 is ACKed on its own transaction, and the INVITE goes to the second target
+    // with a fresh dialog.
+    let acks = h.take_to(To::Callee);
+    assert_eq!(acks.len(), 1);
+    assert_eq!(acks[0].method(), Some(&Method::Ack));
+    let (to2, second) = invite_sent(&mut h);
+    assert_eq!(to2, To::Trunk(1));
+    assert_ne!(second.call_id(), first.call_id(), "fresh Call-ID");
+    assert_ne!(
+        second.header("from").and_then(tag),
+        first.header("from").and_then(tag),
+        "fresh From tag"
+    );
+    assert!(second.request_uri().unwrap().ends_with("@pbx1.inside:5061"));
+    assert_eq!(second.body(), first.body(), "the same (anchored) offer");
+    h.target_sends(to2, respond(&second, 180, "second-tag", false));
+    h.target_sends(to2, respond(&second, 200, "second-tag", true));
+    let up = h.take_to(To::Caller);
+    assert_eq!(statuses(&up), vec![100, 180, 180, 200], "no 503 upstream");
+    let tags: HashSet<String> = up[1..].iter().map(to_tag).collect();
+    assert_eq!(tags.len(), 1, "one To tag towards the caller: {tags:?}");
+    // ACK and BYE go to the second target, in its dialog.
+    let ok = up[3].clone();
+    h.caller_sends(in_dialog(Method::Ack, &ok, 1, "z9hG4bK-fo1a", true));
+    let ack = h.take_to(To::Trunk(1));
+    assert_eq!(ack.len(), 1);
+    assert_eq!(ack[0].call_id(), second.call_id());
+    assert_eq!(to_tag(&ack[0]), "second-tag");
+    // The first target's early dialog is gone: its BYE gets 481.
+    let early = respond(&first, 180, "first-tag", false);
+    let bye = in_dialog(Method::Bye, &early, 5, "z9hG4bK-fo1e", false);
+    h.callee_sends(bye);
+    assert_eq!(statuses(&h.take_to(To::Callee)), vec![481]);
+    h.caller_sends(in_dialog(Method::Bye, &ok, 2, "z9hG4bK-fo1b", true));
+    let bye = h.take_to(To::Trunk(1));
+    assert_eq!(bye[0].method(), Some(&Method::Bye));
+    h.target_sends(To::Trunk(1), respond(&bye[0], 200, "second-tag", false));
+    h.advance(T1 * 64 + Duration::from_millis(1));
+    h.assert_nothing_held();
+}
+
+#[test]
+fn first_target_never_answers_and_the_call_lands_on_the_second_within_the_try_timeout() {
+    let mut h = Harness::with_route(failover_route(&[(0, 1), (1, 1)], TRY));
+    let start = h.now;
+    h.caller_sends(invite("fo2", "z9hG4bK-fo2"));
+    let (to, first) = invite_sent(&mut h);
+    assert_eq!(to, To::Callee);
+    h.advance(TRY - Duration::from_millis(1));
+    assert!(h.take_to(To::Trunk(1)).is_empty(), "not before the try timeout");
+    h.advance(Duration::from_millis(1));
+    let (to2, second) = invite_sent(&mut h);
+    assert_eq!(to2, To::Trunk(1));
+    assert_eq!(h.now - start, TRY, "failover exactly at the try timeout");
+    assert!(
+        h.take_to(To::Callee).is_empty(),
+        "no CANCEL before a provisional"
+    );
+    // The first wakes up late: its 180 gets the CANCEL, its 487 the ACK; nothing upstream.
+    h.callee_sends(respond(&first, 180, "late", false));
+    let cancel = h.take_to(To::Callee);
+    assert_eq!(cancel.len(), 1);
+    assert_eq!(cancel[0].method(), Some(&Method::Cancel));
+    assert_eq!(cancel[0].call_id(), first.call_id());
+    h.callee_sends(respond(&first, 487, "late", false));
+    let ack = h.take_to(To::Callee);
+    assert_eq!(ack[0].method(), Some(&Method::Ack));
+    assert_eq!(statuses(&h.take_to(To::Caller)), vec![100]);
+    h.target_sends(to2, respond(&second, 200, "second", true));
+    let up = h.take_to(To::Caller);
+    assert_eq!(statuses(&up), vec![200]);
+    h.caller_sends(in_dialog(Method::Ack, &up[0], 1, "z9hG4bK-fo2a", true));
+    h.caller_sends(in_dialog(Method::Bye, &up[0], 2, "z9hG4bK-fo2b", true));
+    let bye = h.take_to(To::Trunk(1));
+    let bye = bye.iter().find(|m| m.method() == Some(&Method::Bye)).unwrap();
+    h.target_sends(to2, respond(bye, 200, "second", false));
+    h.advance(T1 * 64 + Duration::from_millis(1));
+    h.assert_nothing_held();
+}
+
+#[test]
+fn a_late_2xx_from_a_left_target_is_acked_and_hung_up_and_never_reaches_the_caller() {
+    let mut h = Harness::with_route(failover_route(&[(0, 1), (1, 1)], TRY));
+    h.caller_sends(invite("fo3", "z9hG4bK-fo3"));
+    let (_, first) = invite_sent(&mut h);
+    h.advance(TRY);
+    let (to2, second) = invite_sent(&mut h);
+    h.callee_sends(respond(&first, 200, "late", true));
+    let down = h.take_to(To::Callee);
+    let methods: Vec<_> = down.iter().filter_map(|m| m.method().cloned()).collect();
+    assert_eq!(methods, vec![Method::Ack, Method::Bye]);
+    assert!(down.iter().all(|m| m.call_id() == first.call_id()));
+    assert_eq!(statuses(&h.take_to(To::Caller)), vec![100]);
+    h.target_sends(to2, respond(&second, 486, "busy", false));
+    assert_eq!(statuses(&h.take_to(To::Caller)), vec![486]);
+    h.advance(T1 * 64 * 2);
+    h.assert_nothing_held();
+}
+
+#[test]
+fn retry_after_quarantines_the_target_for_new_calls_then_it_comes_back() {
+    let mut h = Harness::with_route(failover_route(&[(0, 1), (1, 1)], TRY));
+    h.caller_sends(invite("q1", "z9hG4bK-q1"));
+    let (to, first) = invite_sent(&mut h);
+    assert_eq!(to, To::Callee);
+    let mut busy = respond(&first, 503, "q", false);
+    busy.push_header("Retry-After", "10");
+    h.callee_sends(busy);
+    let (to2, second) = invite_sent(&mut h);
+    assert_eq!(to2, To::Trunk(1));
+    h.target_sends(to2, respond(&second, 486, "busy", false));
+    assert_eq!(statuses(&h.take_to(To::Caller)), vec![100, 486]);
+    // Within the 10 s the next call goes straight to the second target.
+    h.advance(Duration::from_secs(9));
+    h.caller_sends(invite("q2", "z9hG4bK-q2"));
+    let (to, inv) = invite_sent(&mut h);
+    assert_eq!(to, To::Trunk(1), "quarantined target skipped");
+    h.target_sends(to, respond(&inv, 486, "busy", false));
+    // After it, the first is back.
+    h.advance(Duration::from_secs(1));
+    h.caller_sends(invite("q3", "z9hG4bK-q3"));
+    let (to, inv) = invite_sent(&mut h);
+    assert_eq!(to, To::Callee, "quarantine over");
+    h.target_sends(to, respond(&inv, 486, "busy", false));
+    h.advance(T1 * 64 * 2);
+    h.assert_nothing_held();
+}
+
+#[test]
+fn weights_among_equal_priority_share_the_first_try() {
+    // 75/25 over 1000 calls on the seeded RNG: the first tries split about 750/250.
+    let mut h = Harness::with_route(failover_route(&[(5, 75), (5, 25)], TRY));
+    let mut first = [0u32; 2];
+    for i in 0..1000 {
+        h.caller_sends(invite(&format!("w{i}"), &format!("z9hG4bK-w{i}")));
+        let (to, inv) = invite_sent(&mut h);
+        first[match to {
+            To::Callee => 0,
+            _ => 1,
+        }] += 1;
+        h.target_sends(to, respond(&inv, 486, "busy", false));
+        h.take();
+    }
+    assert!((690..=810).contains(&first[0]), "{first:?}");
+    assert_eq!(first[0] + first[1], 1000);
+    h.advance(T1 * 64 * 2);
+    h.assert_nothing_held();
+}
+
+#[test]
+fn when_every_target_fails_the_caller_gets_one_final() {
+    // Refusals: the last target's final goes up, once.
+    let mut h = Harness::with_route(failover_route(&[(0, 1), (1, 1), (2, 1)], TRY));
+    h.caller_sends(invite("all1", "z9hG4bK-all1"));
+    for expected in [To::Callee, To::Trunk(1), To::Trunk(2)] {
+        let (to, inv) = invite_sent(&mut h);
+        assert_eq!(to, expected);
+        h.target_sends(to, respond(&inv, 503, "n", false));
+    }
+    assert_eq!(statuses(&h.take_to(To::Caller)), vec![100, 503]);
+    h.advance(T1 * 64 * 2);
+    h.assert_nothing_held();
+
+    // Transport failures: one 503.
+    h.caller_sends(invite("all2", "z9hG4bK-all2"));
+    for _ in 0..3 {
+        let (to, inv) = invite_sent(&mut h);
+        let target = match to {
+            To::Callee => TARGET,
+            To::Trunk(n) => TargetId(n),
+            _ => unreachable!(),
+        };
+        h.input(Input::SendFailed { target, msg: inv });
+    }
+    assert_eq!(statuses(&h.take_to(To::Caller)), vec![100, 503]);
+    h.advance(T1 * 64 * 2);
+    h.assert_nothing_held();
+
+    // Silence everywhere: two try timeouts, then Timer B of the last: one 408.
+    h.caller_sends(invite("all3", "z9hG4bK-all3"));
+    h.advance(TRY * 2);
+    h.advance(T1 * 64);
+    let up = h.take_to(To::Caller);
+    assert_eq!(statuses(&up), vec![100, 408]);
+    h.advance(T1 * 64 * 2);
+    h.assert_nothing_held();
+}
+
+#[test]
+fn a_lost_connection_before_the_answer_moves_the_call_on() {
+    let mut h = Harness::with_route(failover_route(&[(0, 1), (1, 1)], TRY));
+    h.caller_sends(invite("lost", "z9hG4bK-lost"));
+    let (_, first) = invite_sent(&mut h);
+    h.callee_sends(respond(&first, 180, "a", false));
+    h.input(Input::Closed { conn: CALLEE });
+    let (to2, second) = invite_sent(&mut h);
+    assert_eq!(to2, To::Trunk(1));
+    h.target_sends(to2, respond(&second, 480, "gone", false));
+    assert_eq!(statuses(&h.take_to(To::Caller)), vec![100, 180, 480]);
+    h.advance(T1 * 64 * 2);
+    h.assert_nothing_held();
+}
+
+#[test]
+fn targets_down_by_options_pings_are_skipped_and_come_back() {
+    let mut route = failover_route(&[(0, 1), (1, 1)], TRY);
+    route.health = Some(sbc_core::config::HealthSettings {
+        interval: Duration::from_secs(5),
+        timeout: Duration::from_secs(1),
+        down_after: 2,
+        up_after: 1,
+    });
+    let mut h = Harness::with_route(route);
+    let board = Arc::new(sbc_core::trunks::TrunkBoard::new());
+    h.core.set_trunk_board(board.clone());
+    let acme = TenantId::from("acme");
+    let up_of = |b: &sbc_core::trunks::TrunkBoard, target: &str| {
+        b.snapshot(Some(&acme))
+            .iter()
+            .find(|r| r.target == target)
+            .map(|r| (r.up, r.consecutive_failures))
+    };
+    // Pings at once, to both targets; only the second answers, twice in a row.
+    for round in 0..2 {
+        h.advance(Duration::ZERO);
+        let pings = h.take();
+        let options: Vec<&(To, SipMessage)> = pings
+            .iter()
+            .filter(|(_, m)| m.method() == Some(&Method::Options))
+            .collect();
+        assert_eq!(options.len(), 2, "round {round}: {pings:?}");
+        for (to, m) in options {
+            if *to == To::Trunk(1) {
+                h.target_sends(*to, respond(m, 200, "p", false));
+            }
+        }
+        h.advance(Duration::from_secs(5));
+    }
+    assert_eq!(up_of(&board, "sips:pbx0.inside:5061"), Some((false, 2)));
+    assert_eq!(up_of(&board, "sips:pbx1.inside:5061"), Some((true, 0)));
+    // The pings of the third round, sent at 10 s.
+    let pings = h.take();
+    h.caller_sends(invite("down1", "z9hG4bK-down1"));
+    let (to, inv) = invite_sent(&mut h);
+    assert_eq!(to, To::Trunk(1), "the down target is skipped");
+    h.target_sends(to, respond(&inv, 486, "busy", false));
+    // The first answers its next ping: up again (up_after = 1).
+    let ping = pings
+        .iter()
+        .find(|(to, m)| *to == To::Callee && m.method() == Some(&Method::Options))
+        .map(|(_, m)| m.clone())
+        .expect("a ping to the first target");
+    h.callee_sends(respond(&ping, 200, "p", false));
+    assert_eq!(up_of(&board, "sips:pbx0.inside:5061"), Some((true, 0)));
+    h.caller_sends(invite("down2", "z9hG4bK-down2"));
+    let (to, inv) = invite_sent(&mut h);
+    assert_eq!(to, To::Callee);
+    h.target_sends(to, respond(&inv, 486, "busy", false));
+    // Every target down: the call is refused 503 before admission.
+    for _ in 0..3 {
+        h.advance(Duration::from_secs(5));
+        h.advance(Duration::from_secs(1));
+    }
+    assert_eq!(up_of(&board, "sips:pbx1.inside:5061").map(|x| x.0), Some(false));
+    h.take();
+    h.caller_sends(invite("down3", "z9hG4bK-down3"));
+    let up = h.take_to(To::Caller);
+    assert_eq!(statuses(&up), vec![503]);
+    assert!(up[0].header("retry-after").is_some());
+    h.advance(T1 * 64 * 2);
+    h.assert_nothing_held();
+}
+
+// ----- the property: no failover path leaks -----
+
+#[derive(Debug, Clone)]
+enum FoOp {
+    Invite(u8),
+    /// The target holding call `n`'s latest request answers it (503 + Retry-After: 5031).
+    TargetAnswers(u8, u16),
+    /// Call `n`'s latest request towards a target could not be sent.
+    SendFails(u8),
+    /// The connection to target `k` closes and comes back.
+    TrunkCloses(u8),
+    CallerCancels(u8),
+    CallerAcks(u8),
+    CallerByes(u8),
+    Advance(u32),
+}
+
+fn fo_op() -> impl Strategy<Value = FoOp> {
+    let n = 0u8..3;
+    prop_oneof![
+        3 => n.clone().prop_map(FoOp::Invite),
+        6 => (n.clone(), prop::sample::select(vec![100u16, 180, 183, 200, 486, 503, 5031, 408, 500])).prop_map(|(n, c)| FoOp::TargetAnswers(n, c)),
+        1 => n.clone().prop_map(FoOp::SendFails),
+        1 => (0u8..3).prop_map(FoOp::TrunkCloses),
+        1 => n.clone().prop_map(FoOp::CallerCancels),
+        2 => n.clone().prop_map(FoOp::CallerAcks),
+        1 => n.clone().prop_map(FoOp::CallerByes),
+        3 => (0u32..3_000).prop_map(FoOp::Advance),
+    ]
+}
+
+#[derive(Default, Clone)]
+struct FoView {
+    invite: Option<SipMessage>,
+    down: Option<(To, SipMessage)>,
+    ok: Option<SipMessage>,
+}
+
+/// The caller's INVITE of call `n` number `seq`: its From user names the call, so the
+/// INVITE of every try (fresh Call-ID) can be traced back to it.
+fn fo_invite(n: u8, seq: u32) -> SipMessage {
+    let call_id = format!("f{n}-{seq}");
+    let text = String::from_utf8_lossy(&invite(&call_id, &format!("z9hG4bK-{call_id}")).to_bytes())
+        .replace("sips:alice@", &format!("sips:caller{n}@"));
+    SipMessage::parse(text.as_bytes()).unwrap()
+}
+
+fn fo_learn(views: &mut [FoView; 3], sent: Vec<(To, SipMessage)>) {
+    for (to, m) in sent {
+        if to == To::Caller {
+            if !m.is_request()
+                && (200..300).contains(&status(&m))
+                && m.cseq().map(|c| c.1) == Some(Method::Invite)
+            {
+                let from = m.header("from").unwrap_or_default().to_string();
+                if let Some(v) = (0..3).find(|n| from.contains(&format!("caller{n}@"))) {
+                    views[v].ok = Some(m);
+                }
+            }
+            continue;
+        }
+        if !m.is_request() || m.method() == Some(&Method::Options) {
+            continue;
+        }
+        let from = m.header("from").unwrap_or_default().to_string();
+        if let Some(v) = (0..3).find(|n| from.contains(&format!("caller{n}@"))) {
+            views[v].down = Some((to, m));
+        }
+    }
+}
+
+/// Per caller Call-ID, the final statuses to its initial INVITE the caller got.
+type Finals = HashMap<String, HashSet<u16>>;
+
+fn run_failover(ops: &[FoOp]) -> (Harness, Finals) {
+    let mut finals = Finals::new();
+    let mut answered: Vec<SipMessage> = Vec::new();
+    let mut h = Harness::with_route(failover_route(&[(0, 1), (0, 1), (1, 1)], TRY));
+    let mut views: [FoView; 3] = Default::default();
+    let mut seq = 0u32;
+    for op in ops {
+        match op.clone() {
+            FoOp::Invite(n) => {
+                seq += 1;
+                let inv = fo_invite(n, seq);
+                // The call this one replaces in the view is hung up at the end.
+                answered.extend(views[n as usize].ok.take());
+                views[n as usize] = FoView {
+                    invite: Some(inv.clone()),
+                    ..FoView::default()
+                };
+                h.caller_sends(inv);
+            }
+            FoOp::TargetAnswers(n, code) => {
+                if let Some((to, down)) = views[n as usize].down.clone() {
+                    if down.method() != Some(&Method::Ack) {
+                        let real = if code == 5031 { 503 } else { code };
+                        let sdp = real == 200 || real == 183;
+                        let mut r = respond(&down, real, &format!("t{n}"), sdp);
+                        if code == 5031 {
+                            r.push_header("Retry-After", "5");
+                        }
+                        h.target_sends(to, r);
+                    }
+                }
+            }
+            FoOp::SendFails(n) => {
+                if let Some((to, down)) = views[n as usize].down.clone() {
+                    let target = match to {
+                        To::Trunk(k) => TargetId(k),
+                        _ => TARGET,
+                    };
+                    h.input(Input::SendFailed { target, msg: down });
+                }
+            }
+            FoOp::TrunkCloses(k) => {
+                let conn = conn_of(if k == 0 { To::Callee } else { To::Trunk(k as usize) });
+                h.input(Input::Closed { conn });
+                h.input(Input::Connected {
+                    conn,
+                    kind: ConnKind::Outbound {
+                        target: TargetId(k as usize),
+                    },
+                });
+            }
+            FoOp::CallerCancels(n) => {
+                if let Some(inv) = views[n as usize].invite.clone() {
+                    let text = String::from_utf8_lossy(&inv.to_bytes())
+                        .replacen("INVITE ", "CANCEL ", 1)
+                        .replace(" INVITE\r\n", " CANCEL\r\n");
+                    if let Ok(mut c) = SipMessage::parse(text.as_bytes()) {
+                        c.set_body(Vec::new());
+                        h.caller_sends(c);
+                    }
+                }
+            }
+            FoOp::CallerAcks(n) => {
+                if let Some(ok) = views[n as usize].ok.clone() {
+                    let cseq = ok.cseq().map(|c| c.0).unwrap_or(1);
+                    h.caller_sends(in_dialog(Method::Ack, &ok, cseq, &format!("z9hG4bK-fa{seq}"), true));
+                }
+            }
+            FoOp::CallerByes(n) => {
+                if let Some(ok) = views[n as usize].ok.clone() {
+                    seq += 1;
+                    h.caller_sends(in_dialog(Method::Bye, &ok, 100 + seq, &format!("z9hG4bK-fb{seq}"), true));
+                }
+            }
+            FoOp::Advance(ms) => h.advance(Duration::from_millis(u64::from(ms))),
+        }
+        let sent = h.take();
+        for (to, m) in &sent {
+            let invite_final = *to == To::Caller
+                && status(m) >= 200
+                && m.cseq() == Some((1, Method::Invite));
+            if invite_final {
+                finals
+                    .entry(m.call_id().unwrap_or_default().to_string())
+                    .or_default()
+                    .insert(status(m));
+            }
+        }
+        fo_learn(&mut views, sent);
+    }
+    answered.extend(views.iter().filter_map(|v| v.ok.clone()));
+    for (i, ok) in answered.iter().enumerate() {
+        {
+            let cseq = ok.cseq().map(|c| c.0).unwrap_or(1);
+            h.caller_sends(in_dialog(Method::Ack, ok, cseq, &format!("z9hG4bK-wa{i}"), true));
+            h.caller_sends(in_dialog(Method::Bye, ok, 1000, &format!("z9hG4bK-wb{i}"), true));
+        }
+    }
+    for _ in 0..4 {
+        h.advance(MAX_RINGING + T1 * 64 * 2);
+    }
+    (h, finals)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Random refusals, silences, failed sends and lost connections across three targets:
+    /// once every transaction has ended nothing is held (slots, pairs, timers, registry,
+    /// media), and the caller never got more than one final per INVITE.
+    #[test]
+    fn no_failover_path_leaks(ops in prop::collection::vec(fo_op(), 0..40)) {
+        let (mut h, finals) = run_failover(&ops);
+        h.assert_nothing_held();
+        for (call_id, codes) in finals {
+            prop_assert!(codes.len() <= 1, "{call_id}: finals {codes:?}");
+        }
+        prop_assert!(h.core.poll_timeout().is_none(), "a timer is left");
+    }
+}
+

@@ -563,6 +563,8 @@ impl B2bua {
         if let Some(p) = self.pairs.get_mut(id) {
             p.client.abort();
         }
+        // The pair's deadline moved (timer B gone, timer H left): file it again.
+        self.arm_pair(id);
         if !self.established(call) || msg.method() == Some(&Method::Bye) {
             self.end_call(call, "target_unreachable");
         }
