@@ -207,9 +207,9 @@ impl TrunkHealth {
             .targets
             .iter()
             .filter(|(_, h)| {
-                h.probe.as_ref().is_some_and(|p| {
-                    p.outstanding.is_none() && now >= p.next_at
-                })
+                h.probe
+                    .as_ref()
+                    .is_some_and(|p| p.outstanding.is_none() && now >= p.next_at)
             })
             .map(|(id, _)| *id)
             .collect();

@@ -1300,7 +1300,10 @@ fn first_target_never_answers_and_the_call_lands_on_the_second_within_the_try_ti
     let (to, first) = invite_sent(&mut h);
     assert_eq!(to, To::Callee);
     h.advance(TRY - Duration::from_millis(1));
-    assert!(h.take_to(To::Trunk(1)).is_empty(), "not before the try timeout");
+    assert!(
+        h.take_to(To::Trunk(1)).is_empty(),
+        "not before the try timeout"
+    );
     h.advance(Duration::from_millis(1));
     let (to2, second) = invite_sent(&mut h);
     assert_eq!(to2, To::Trunk(1));
@@ -1325,7 +1328,10 @@ fn first_target_never_answers_and_the_call_lands_on_the_second_within_the_try_ti
     h.caller_sends(in_dialog(Method::Ack, &up[0], 1, "z9hG4bK-fo2a", true));
     h.caller_sends(in_dialog(Method::Bye, &up[0], 2, "z9hG4bK-fo2b", true));
     let bye = h.take_to(To::Trunk(1));
-    let bye = bye.iter().find(|m| m.method() == Some(&Method::Bye)).unwrap();
+    let bye = bye
+        .iter()
+        .find(|m| m.method() == Some(&Method::Bye))
+        .unwrap();
     h.target_sends(to2, respond(bye, 200, "second", false));
     h.advance(T1 * 64 + Duration::from_millis(1));
     h.assert_nothing_held();
@@ -1514,7 +1520,10 @@ fn targets_down_by_options_pings_are_skipped_and_come_back() {
         h.advance(Duration::from_secs(5));
         h.advance(Duration::from_secs(1));
     }
-    assert_eq!(up_of(&board, "sips:pbx1.inside:5061").map(|x| x.0), Some(false));
+    assert_eq!(
+        up_of(&board, "sips:pbx1.inside:5061").map(|x| x.0),
+        Some(false)
+    );
     h.take();
     h.caller_sends(invite("down3", "z9hG4bK-down3"));
     let up = h.take_to(To::Caller);
@@ -1640,7 +1649,11 @@ fn run_failover(ops: &[FoOp]) -> (Harness, Finals) {
                 }
             }
             FoOp::TrunkCloses(k) => {
-                let conn = conn_of(if k == 0 { To::Callee } else { To::Trunk(k as usize) });
+                let conn = conn_of(if k == 0 {
+                    To::Callee
+                } else {
+                    To::Trunk(k as usize)
+                });
                 h.input(Input::Closed { conn });
                 h.input(Input::Connected {
                     conn,
@@ -1663,22 +1676,33 @@ fn run_failover(ops: &[FoOp]) -> (Harness, Finals) {
             FoOp::CallerAcks(n) => {
                 if let Some(ok) = views[n as usize].ok.clone() {
                     let cseq = ok.cseq().map(|c| c.0).unwrap_or(1);
-                    h.caller_sends(in_dialog(Method::Ack, &ok, cseq, &format!("z9hG4bK-fa{seq}"), true));
+                    h.caller_sends(in_dialog(
+                        Method::Ack,
+                        &ok,
+                        cseq,
+                        &format!("z9hG4bK-fa{seq}"),
+                        true,
+                    ));
                 }
             }
             FoOp::CallerByes(n) => {
                 if let Some(ok) = views[n as usize].ok.clone() {
                     seq += 1;
-                    h.caller_sends(in_dialog(Method::Bye, &ok, 100 + seq, &format!("z9hG4bK-fb{seq}"), true));
+                    h.caller_sends(in_dialog(
+                        Method::Bye,
+                        &ok,
+                        100 + seq,
+                        &format!("z9hG4bK-fb{seq}"),
+                        true,
+                    ));
                 }
             }
             FoOp::Advance(ms) => h.advance(Duration::from_millis(u64::from(ms))),
         }
         let sent = h.take();
         for (to, m) in &sent {
-            let invite_final = *to == To::Caller
-                && status(m) >= 200
-                && m.cseq() == Some((1, Method::Invite));
+            let invite_final =
+                *to == To::Caller && status(m) >= 200 && m.cseq() == Some((1, Method::Invite));
             if invite_final {
                 finals
                     .entry(m.call_id().unwrap_or_default().to_string())
@@ -1692,8 +1716,20 @@ fn run_failover(ops: &[FoOp]) -> (Harness, Finals) {
     for (i, ok) in answered.iter().enumerate() {
         {
             let cseq = ok.cseq().map(|c| c.0).unwrap_or(1);
-            h.caller_sends(in_dialog(Method::Ack, ok, cseq, &format!("z9hG4bK-wa{i}"), true));
-            h.caller_sends(in_dialog(Method::Bye, ok, 1000, &format!("z9hG4bK-wb{i}"), true));
+            h.caller_sends(in_dialog(
+                Method::Ack,
+                ok,
+                cseq,
+                &format!("z9hG4bK-wa{i}"),
+                true,
+            ));
+            h.caller_sends(in_dialog(
+                Method::Bye,
+                ok,
+                1000,
+                &format!("z9hG4bK-wb{i}"),
+                true,
+            ));
         }
     }
     for _ in 0..4 {
@@ -1718,4 +1754,3 @@ proptest! {
         prop_assert!(h.core.poll_timeout().is_none(), "a timer is left");
     }
 }
-

@@ -76,6 +76,27 @@ impl World {
         )
     }
 
+    /// A tenant section whose one route lists `targets` as (address, priority, weight),
+    /// then `route_extra` lines of that route (`failover_on`, `try_timeout_ms`, and a
+    /// `[tenants.routes.health]` table last, if any).
+    pub fn tenant_targets(
+        &self,
+        id: &str,
+        recognition: &str,
+        targets: &[(SocketAddr, u16, u16)],
+        route_extra: &str,
+    ) -> String {
+        let list: Vec<String> = targets
+            .iter()
+            .map(|(a, p, w)| format!("{{ uri = \"sips:{a}\", priority = {p}, weight = {w} }}"))
+            .collect();
+        format!(
+            "[[tenants]]\nid = \"{id}\"\n[tenants.recognition]\n{recognition}\n[[tenants.routes]]\nprefix = \"\"\ntargets = [{}]\nca_file = {:?}\n{route_extra}\n",
+            list.join(", "),
+            self.callee_ca_file
+        )
+    }
+
     pub fn config(&self, text: &str) -> Config {
         Config::from_toml_str(text, &self.dir)
             .unwrap_or_else(|e| panic!("test config: {e}\n{text}"))
@@ -112,6 +133,40 @@ pub async fn loopback_gateway(
     );
     let gw = start_gateway(world.config(&text)).await;
     (world, gw, callee)
+}
+
+/// A gateway like [`loopback_gateway`] whose tenant's one route lists `n` fresh callees
+/// as targets, priorities 0, 1, 2, ... in order (weight 1), with `route_extra` lines of the
+/// route (see [`World::tenant_targets`]).
+pub async fn loopback_gateway_targets(
+    tag: &str,
+    tenant: &str,
+    n: usize,
+    before: &str,
+    route_extra: &str,
+) -> (World, sbc_sip::server::ServerHandle, Vec<Callee>) {
+    let world = World::new(tag);
+    let mut callees = Vec::new();
+    for _ in 0..n {
+        callees.push(Callee::new(&world.callee_leaf).await);
+    }
+    let targets: Vec<(SocketAddr, u16, u16)> = callees
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.addr, i as u16, 1))
+        .collect();
+    let text = format!(
+        "{before}\n{}\n{}\n",
+        world.listener(""),
+        world.tenant_targets(
+            tenant,
+            "source_cidrs = [\"127.0.0.0/8\"]",
+            &targets,
+            route_extra
+        )
+    );
+    let gw = start_gateway(world.config(&text)).await;
+    (world, gw, callees)
 }
 
 pub async fn start_gateway(cfg: Config) -> sbc_sip::server::ServerHandle {

@@ -23,11 +23,11 @@ use crate::tap::{TapLegs, TapSpec, TapTransport};
 use crate::tenant::TenantId;
 
 mod routes;
+use routes::RawRoute;
 pub use routes::{
     Failover, HealthSettings, Route, RouteTarget, DEFAULT_FAILOVER_ON, DEFAULT_TRY_TIMEOUT,
     MAX_FAILOVER_CODES, MAX_TARGETS_PER_ROUTE,
 };
-use routes::RawRoute;
 
 /// Most per-source entries the flood guard may be configured to track.
 pub const MAX_TRACKED_SOURCES: usize = 10_000_000;

@@ -400,7 +400,12 @@ mod tests {
         assert_eq!(r.failover.try_timeout.as_millis(), 500);
         let h = r.health.expect("health");
         assert_eq!(
-            (h.interval.as_secs(), h.timeout.as_millis(), h.down_after, h.up_after),
+            (
+                h.interval.as_secs(),
+                h.timeout.as_millis(),
+                h.down_after,
+                h.up_after
+            ),
             (30, 2000, 2, 2)
         );
     }

@@ -192,7 +192,9 @@ impl B2bua {
                 max_forwards,
             },
         );
-        policy.headers.copy_across(&server_req, &mut out, LegSide::Callee);
+        policy
+            .headers
+            .copy_across(&server_req, &mut out, LegSide::Callee);
         out.push_header("Contact", contact);
         if let (Some(ct), false) = (body.0, body.1.is_empty()) {
             out.push_header("Content-Type", ct);
@@ -365,7 +367,8 @@ impl B2bua {
         );
         if from_target && msg.cseq().map(|c| c.1) == Some(Method::Options) {
             let branch = branch.to_string();
-            self.health.on_response(&branch, msg.status().unwrap_or(0), now);
+            self.health
+                .on_response(&branch, msg.status().unwrap_or(0), now);
         }
         true
     }

@@ -45,8 +45,8 @@ use sbc_core::registry::{CallRegistry, DrainState};
 use sbc_core::tenant::TenantId;
 use tracing::{debug, info, warn};
 
-use crate::message::{Method, SipMessage};
 use crate::health::TrunkHealth;
+use crate::message::{Method, SipMessage};
 use crate::routing::{RouteTable, TargetId};
 use crate::transaction::TimerConfig;
 use calls::{CallState, Calls, Hop};

@@ -584,8 +584,8 @@ impl B2bua {
             LegSide::Callee => (Dest::Target(c.target), Some(c.target)),
             LegSide::Caller => (Dest::Conn(leg.conn), None),
         };
-        let try_deadline = (initial && !c.candidates.is_empty())
-            .then(|| now + c.failover.try_timeout);
+        let try_deadline =
+            (initial && !c.candidates.is_empty()).then(|| now + c.failover.try_timeout);
         let kind = if method == Method::Invite {
             TxKind::Invite
         } else {

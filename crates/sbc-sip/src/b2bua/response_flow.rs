@@ -13,11 +13,11 @@ use sbc_core::registry::CallState as RegistryState;
 use tracing::{debug, info, warn};
 
 use super::calls::{contact_uri, CallState, Hop, Leg};
+use super::failover::TryFailure;
 use super::offer_answer::Carrier;
 use super::pairs::PairId;
 use super::request_flow::set_body;
 use super::responses::status_class;
-use super::failover::TryFailure;
 use super::{B2bua, ConnId};
 use crate::message::{default_reason, response_to, tag, Method, SipMessage};
 use crate::routing::TargetId;
