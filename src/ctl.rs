@@ -51,6 +51,12 @@ pub enum CtlCommand {
     Usage { tenant: String },
     /// A call's recording taps and their counters.
     Taps { call: String },
+    /// Route targets: priority, weight, up/down, last change, failed pings, quarantine.
+    Trunks {
+        /// Only this tenant's targets.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
     /// Start draining: new calls are refused (503), running calls finish.
     Drain,
     /// Reload the config file, as SIGHUP does; prints what was applied.
@@ -72,6 +78,10 @@ impl CtlCommand {
                 Request::get(format!("/v1/tenants/{}/usage", encode(tenant)))
             }
             CtlCommand::Taps { call } => Request::get(format!("/v1/calls/{}/taps", encode(call))),
+            CtlCommand::Trunks { tenant: None } => Request::get("/v1/trunks"),
+            CtlCommand::Trunks { tenant: Some(t) } => {
+                Request::get(format!("/v1/trunks?tenant={}", encode(t)))
+            }
             CtlCommand::Drain => Request::post("/v1/drain"),
             CtlCommand::Reload => Request::post("/v1/reload"),
             CtlCommand::LogLevel { level } => {
@@ -87,6 +97,7 @@ impl CtlCommand {
             CtlCommand::Call { .. } => call_detail(v),
             CtlCommand::Usage { .. } => usage(v),
             CtlCommand::Taps { .. } => taps_table(v),
+            CtlCommand::Trunks { .. } => trunks_table(v),
             CtlCommand::Drain => {
                 if v["already_draining"].as_bool() == Some(true) {
                     "draining (it already was)".to_string()
@@ -280,6 +291,48 @@ fn calls_table(v: &Value) -> String {
     out
 }
 
+fn trunks_table(v: &Value) -> String {
+    let trunks = v["trunks"].as_array().cloned().unwrap_or_default();
+    if trunks.is_empty() {
+        return "no route targets".to_string();
+    }
+    let rows: Vec<Vec<String>> = trunks
+        .iter()
+        .map(|t| {
+            let checks = if t["health_checks"].as_bool() == Some(true) {
+                "on"
+            } else {
+                "off"
+            };
+            vec![
+                text(&t["tenant"]),
+                text(&t["target"]),
+                text(&t["priority"]),
+                text(&t["weight"]),
+                text(&t["state"]),
+                checks.to_string(),
+                text(&t["last_change"]),
+                text(&t["consecutive_failures"]),
+                text(&t["quarantine_remaining_secs"]),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "TENANT",
+            "TARGET",
+            "PRIORITY",
+            "WEIGHT",
+            "STATE",
+            "CHECKS",
+            "LAST CHANGE",
+            "FAILED PINGS",
+            "QUARANTINE S",
+        ],
+        &rows,
+    )
+}
+
 fn call_detail(c: &Value) -> String {
     let mut out = vec![
         format!("id:      {}", text(&c["id"])),
@@ -392,6 +445,14 @@ mod tests {
             ),
             (CtlCommand::Drain, "POST", "/v1/drain"),
             (CtlCommand::Reload, "POST", "/v1/reload"),
+            (CtlCommand::Trunks { tenant: None }, "GET", "/v1/trunks"),
+            (
+                CtlCommand::Trunks {
+                    tenant: Some("acme".into()),
+                },
+                "GET",
+                "/v1/trunks?tenant=acme",
+            ),
         ];
         for (cmd, method, path) in cases {
             let r = cmd.request();
@@ -454,5 +515,27 @@ mod tests {
         .human(&u);
         assert!(t.contains("active calls:    3 of 100"), "{t}");
         assert!(t.contains("refused total:   2"), "{t}");
+        let v = serde_json::json!({ "trunks": [{ "tenant": "acme", "target": "sips:a:5061",
+            "priority": 10, "weight": 60, "state": "down", "health_checks": true,
+            "last_change": null, "consecutive_failures": 3, "quarantine_remaining_secs": 0 }] });
+        let t = CtlCommand::Trunks { tenant: None }.human(&v);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].starts_with("TENANT"), "{t}");
+        let cells: Vec<&str> = lines[1].split_whitespace().collect();
+        assert_eq!(
+            cells,
+            vec![
+                "acme",
+                "sips:a:5061",
+                "10",
+                "60",
+                "down",
+                "on",
+                "-",
+                "3",
+                "0"
+            ],
+            "{t}"
+        );
     }
 }
