@@ -183,9 +183,9 @@ impl TrunkHealth {
         self.targets
             .values()
             .filter_map(|h| h.probe.as_ref())
-            .filter_map(|p| match &p.outstanding {
-                Some((_, deadline)) => Some(*deadline),
-                None => Some(p.next_at),
+            .map(|p| match &p.outstanding {
+                Some((_, deadline)) => *deadline,
+                None => p.next_at,
             })
             .min()
     }
