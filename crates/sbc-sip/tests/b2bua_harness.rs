@@ -884,6 +884,11 @@ fn never_acked_invites_log_one_line_and_one_summary_not_one_each() {
     // Finding 11: each never-ACKed INVITE used to write a WARN and three INFO lines.
     let capture = Capture::default();
     let subscriber = capture.subscriber(tracing::Level::WARN);
+    // tracing-core caches a callsite's interest from the registering thread's subscriber
+    // while only one dispatcher exists: a callsite first hit by another test's thread (no
+    // subscriber there) during this test would be cached "never" here too, and the
+    // summary line lost. A second live dispatcher makes it ask every registered one.
+    let _second = tracing::Dispatch::new(Capture::default().subscriber(tracing::Level::ERROR));
     let _logs = tracing::subscriber::set_default(subscriber);
     let mut h = Harness::new();
     for i in 0..50 {
