@@ -1595,9 +1595,13 @@ fn fo_learn(views: &mut [FoView; 3], sent: Vec<(To, SipMessage)>) {
                 // By Call-ID: a retransmitted 2xx of an earlier call of the same number
                 // must not replace this call's.
                 let id = m.call_id().map(str::to_string);
-                let found = views
-                    .iter_mut()
-                    .find(|v| v.invite.as_ref().and_then(|i| i.call_id()).map(str::to_string) == id);
+                let found = views.iter_mut().find(|v| {
+                    v.invite
+                        .as_ref()
+                        .and_then(|i| i.call_id())
+                        .map(str::to_string)
+                        == id
+                });
                 if let Some(v) = found {
                     v.ok = Some(m);
                 }
@@ -1764,4 +1768,3 @@ proptest! {
         prop_assert!(h.core.poll_timeout().is_none(), "a timer is left");
     }
 }
-

@@ -65,6 +65,21 @@ impl TryFailure {
     }
 }
 
+/// What moves from a retired try to the next: the caller's INVITE transaction and what
+/// the next INVITE is built from.
+#[derive(Debug)]
+struct MovingServer {
+    server: ServerTransaction,
+    server_req: SipMessage,
+    server_conn: ConnId,
+    server_key: super::pairs::ServerKey,
+    last_response: Option<SipMessage>,
+    /// The anchored offer the first try carried, if any.
+    content_type: Option<String>,
+    body: Vec<u8>,
+    max_forwards: u32,
+}
+
 /// The seconds of a Retry-After value (`120`, `120;duration=60`, `120 (comment)`).
 fn retry_after(msg: &SipMessage) -> Option<Duration> {
     let v = msg.header("retry-after")?.trim();
@@ -131,42 +146,72 @@ impl B2bua {
         let Some(next) = c.candidates.pop_front() else {
             return false;
         };
-        let (old_target, tenant) = (c.target_addr.clone(), c.tenant.to_string());
-        let last = c.candidates.is_empty();
-        let try_timeout = c.failover.try_timeout;
-        // The caller's transaction moves to the new try; the old one keeps its client side.
-        let Some(old) = self.pairs.get_mut(id) else {
+        let (old_target, tenant, tries) = (c.target_addr.clone(), c.tenant.to_string(), c.tries);
+        let try_deadline = (!c.candidates.is_empty()).then(|| now + c.failover.try_timeout);
+        let Some(moving) = self.retire(now, id, why) else {
             return false;
         };
+        metrics::counter!("sbc_sip_failovers_total", "tenant" => tenant.clone(), "reason" => why.as_str()).increment(1);
+        info!(
+            event = "call_failover",
+            call = %call,
+            tenant,
+            reason = why.as_str(),
+            next_try = tries + 1,
+            from_target = %old_target,
+            to_target = %next.host_port,
+            "route target failed during setup: trying the next"
+        );
+        self.start_try(now, call, &next, try_deadline, moving);
+        true
+    }
+
+    /// Retire the try of pair `id`: its caller-side transaction (and what the next try
+    /// needs of it) is handed back; its client side winds down (aborted on a transport
+    /// failure, where nothing more can come).
+    fn retire(&mut self, now: Instant, id: PairId, why: TryFailure) -> Option<MovingServer> {
+        let old = self.pairs.get_mut(id)?;
         old.retired = true;
         old.try_deadline = None;
-        let server = std::mem::replace(&mut old.server, ServerTransaction::none(TxKind::Invite));
-        let server_req = old.server_req.clone();
-        let (server_conn, server_key) = (old.server_conn, old.server_key.clone());
-        let last_response = old.last_response.take();
-        let body = (
-            old.client_req.header("content-type").map(str::to_string),
-            old.client_req.body().to_vec(),
-        );
-        let max_forwards = old
-            .client_req
-            .max_forwards()
-            .unwrap_or(self.cfg.max_forwards);
+        let moving = MovingServer {
+            server: std::mem::replace(&mut old.server, ServerTransaction::none(TxKind::Invite)),
+            server_req: old.server_req.clone(),
+            server_conn: old.server_conn,
+            server_key: old.server_key.clone(),
+            last_response: old.last_response.take(),
+            content_type: old.client_req.header("content-type").map(str::to_string),
+            body: old.client_req.body().to_vec(),
+            max_forwards: old
+                .client_req
+                .max_forwards()
+                .unwrap_or(self.cfg.max_forwards),
+        };
         if why == TryFailure::Transport {
             old.client.abort();
         }
         self.wind_down(now, id);
+        Some(moving)
+    }
 
-        // A fresh callee dialog towards the next target.
-        let leg = self.fresh_callee_leg(call, &next.host_port);
-        let Some(leg) = leg else {
-            return false;
+    /// The next try of `call`: a fresh callee dialog towards `next`, the INVITE built
+    /// from the caller's (headers through the tenant's policy, the offer media already
+    /// rewrote), its client transaction paired with the caller's transaction.
+    fn start_try(
+        &mut self,
+        now: Instant,
+        call: super::CallRef,
+        next: &crate::routing::Candidate,
+        try_deadline: Option<Instant>,
+        moving: MovingServer,
+    ) {
+        let Some(leg) = self.fresh_callee_leg(call, &next.host_port) else {
+            return;
         };
         let new_call_id = leg.call_id.clone();
         self.calls.replace_leg(call, LegSide::Callee, leg);
         let branch = self.branch();
         let Some(c) = self.calls.get_mut(call) else {
-            return false;
+            return;
         };
         c.target = next.target;
         c.target_addr = next.host_port.clone();
@@ -176,62 +221,48 @@ impl B2bua {
         if let (Some(r), Some(rid)) = (&self.registry, &c.registry_id) {
             r.add_outbound_leg(rid, new_call_id);
         }
-        let (listener, tenant_id) = (c.listener, c.tenant.clone());
+        let (listener, tenant) = (c.listener, c.tenant.clone());
+        let policy = self.tenant_policy(&tenant);
         let advertised = self.advertised(listener).to_string();
         let contact = self.contact(listener);
-        let policy = self.tenant_policy(&tenant_id);
         let Some(c) = self.calls.get(call) else {
-            return false;
+            return;
         };
-        let mut out = c.callee.request(
-            Method::Invite,
-            1,
-            Hop {
-                advertised: &advertised,
-                branch: &branch,
-                max_forwards,
-            },
-        );
+        let hop = Hop {
+            advertised: &advertised,
+            branch: &branch,
+            max_forwards: moving.max_forwards,
+        };
+        let mut out = c.callee.request(Method::Invite, 1, hop);
         policy
             .headers
-            .copy_across(&server_req, &mut out, LegSide::Callee);
+            .copy_across(&moving.server_req, &mut out, LegSide::Callee);
         out.push_header("Contact", contact);
-        if let (Some(ct), false) = (body.0, body.1.is_empty()) {
+        if let (Some(ct), false) = (moving.content_type, moving.body.is_empty()) {
             out.push_header("Content-Type", ct);
-            out.set_body(body.1);
+            out.set_body(moving.body);
         }
-        let new = Pair {
+        let pair = Pair {
             call,
             from: LegSide::Caller,
             method: Method::Invite,
-            server_req,
-            server_conn,
-            server_key,
-            server,
+            server_req: moving.server_req,
+            server_conn: moving.server_conn,
+            server_key: moving.server_key,
+            server: moving.server,
             client: ClientTransaction::new(TxKind::Invite, now, &self.cfg.timers),
             client_req: out.clone(),
             client_branch: branch,
             initial: true,
             cancel_pending: false,
-            last_response,
+            last_response: moving.last_response,
             target: Some(next.target),
-            try_deadline: (!last).then(|| now + try_timeout),
+            try_deadline,
             retired: false,
         };
-        let new_id = self.pairs.insert(new);
-        self.arm_pair(new_id);
-        metrics::counter!("sbc_sip_failovers_total", "tenant" => tenant.clone(), "reason" => why.as_str()).increment(1);
-        info!(
-            event = "call_failover",
-            call = %call,
-            tenant,
-            reason = why.as_str(),
-            from_target = %old_target,
-            to_target = %next.host_port,
-            "route target failed during setup: trying the next"
-        );
+        let id = self.pairs.insert(pair);
+        self.arm_pair(id);
         self.send(Dest::Target(next.target), out);
-        true
     }
 
     /// A fresh callee leg of `call` towards `host_port` (new Call-ID and tag, no remote
