@@ -96,6 +96,15 @@ impl RouteEntry {
             // only when the draw is 0 or nothing else is left.
             group.sort_by_key(|t| t.weight != 0);
             while !group.is_empty() {
+                if group.len() == 1 {
+                    // Nothing to draw (and a one-target route costs no randomness).
+                    let t = group.remove(0);
+                    out.push(Candidate {
+                        target: t.target,
+                        host_port: t.host_port.clone(),
+                    });
+                    break;
+                }
                 let total: u32 = group.iter().map(|t| u32::from(t.weight)).sum();
                 let draw = rng.gen_range(0..=total);
                 let mut sum = 0u32;
