@@ -258,6 +258,24 @@ async fn a_target_that_stops_answering_options_is_marked_down_skipped_and_comes_
         !seen.is_empty() && seen.iter().all(|t| *t == "other"),
         "{seen:?}"
     );
+    let (status, _) = http(a, "GET", "/v1/trunks?tenant=acme", Some(viewer_other), "").await;
+    assert_eq!(status, 404, "another tenant's trunks look like none");
+    let (_, body) = http(a, "GET", "/v1/trunks?tenant=acme", Some(bearer), "").await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let first_row = v["trunks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["target"] == first_uri.as_str())
+        .cloned()
+        .unwrap();
+    assert_eq!(first_row["priority"], 0);
+    assert_eq!(first_row["health_checks"], true);
+    assert!(
+        first_row["consecutive_failures"].as_u64().unwrap() >= 2,
+        "{first_row}"
+    );
+    assert!(first_row["last_change"].is_string(), "{first_row}");
 
     // A call skips the down target.
     let mut caller = call(&gw, &world, "fohealth1").await;
