@@ -22,6 +22,8 @@ use crate::redact::Redaction;
 use crate::tap::{TapLegs, TapSpec, TapTransport};
 use crate::tenant::TenantId;
 
+pub mod certs;
+
 /// Most per-source entries the flood guard may be configured to track.
 pub const MAX_TRACKED_SOURCES: usize = 10_000_000;
 /// Capacity of the queue in front of the SIP core (see `sbc-sip`'s server).
@@ -83,6 +85,9 @@ pub struct SipSettings {
     /// On SIGTERM, how long running calls may go on before the gateway stops anyway
     /// (`sip.drain_deadline_secs`; 0: stop at once).
     pub drain_deadline: Duration,
+    /// How often certificate, key and CA files are read again to pick up a change
+    /// (`sip.cert_poll_secs`; `None`: only on SIGHUP). See [`certs`].
+    pub cert_poll: Option<Duration>,
 }
 
 /// A PEM private key. Zeroized on drop; `Debug` never shows it.
@@ -118,7 +123,11 @@ pub struct Listener {
     pub certificate_path: Option<PathBuf>,
     /// PEM chain, leaf first.
     pub certificate_pem: Vec<u8>,
+    /// Where the private key came from (`None` for the embedded default).
+    pub private_key_path: Option<PathBuf>,
     pub private_key: PrivateKeyPem,
+    /// Where the client CA bundle came from.
+    pub client_ca_path: Option<PathBuf>,
     /// CA bundle that client certificates are verified against (mutual TLS).
     pub client_ca_pem: Option<Vec<u8>>,
     /// Refuse handshakes without a valid client certificate.
@@ -175,6 +184,8 @@ pub struct Route {
     pub server_name: Option<String>,
     /// CA bundle trusted for this target (default: the public web PKI roots).
     pub ca_pem: Option<Vec<u8>>,
+    /// Where `ca_pem` came from.
+    pub ca_path: Option<PathBuf>,
 }
 
 /// A tenant's limits.
@@ -459,6 +470,7 @@ struct RawSip {
     message_timeout_ms: u64,
     max_partial_connections_per_source: u32,
     drain_deadline_secs: u64,
+    cert_poll_secs: u64,
 }
 
 /// Default `sip.message_timeout_ms`. A peer writes a message at once, so it normally
@@ -494,6 +506,7 @@ impl Default for RawSip {
             message_timeout_ms: DEFAULT_MESSAGE_TIMEOUT_MS,
             max_partial_connections_per_source: DEFAULT_MAX_PARTIAL_CONNECTIONS_PER_SOURCE,
             drain_deadline_secs: DEFAULT_DRAIN_DEADLINE_SECS,
+            cert_poll_secs: certs::DEFAULT_CERT_POLL_SECS,
         }
     }
 }
@@ -613,7 +626,9 @@ impl Config {
             advertised_host: None,
             certificate_path: None,
             certificate_pem: cert.into_bytes(),
+            private_key_path: None,
             private_key: PrivateKeyPem(Zeroizing::new(key.into_bytes())),
+            client_ca_path: None,
             client_ca_pem: None,
             require_client_cert: false,
         }];
@@ -1488,6 +1503,7 @@ fn validate_sip(raw: &RawSip) -> Result<SipSettings, ConfigError> {
         message_timeout: Duration::from_millis(raw.message_timeout_ms),
         max_partial_connections_per_source: raw.max_partial_connections_per_source,
         drain_deadline: Duration::from_secs(raw.drain_deadline_secs),
+        cert_poll: certs::poll_interval(raw.cert_poll_secs)?,
     })
 }
 
@@ -1548,13 +1564,13 @@ fn validate_listener(l: &RawListener, key: &str, base: &Path) -> Result<Listener
             format!("{}: no PEM private key in the file", key_path.display()),
         ));
     }
-    let client_ca_pem = match &l.client_ca {
+    let (client_ca_path, client_ca_pem) = match &l.client_ca {
         Some(p) => {
             let (path, pem) = read_file(&format!("{key}.client_ca"), base, p)?;
             certificates(&format!("{key}.client_ca"), &path, &pem)?;
-            Some(pem)
+            (Some(path), Some(pem))
         }
-        None => None,
+        None => (None, None),
     };
     if l.require_client_cert && client_ca_pem.is_none() {
         return Err(invalid(
@@ -1568,7 +1584,9 @@ fn validate_listener(l: &RawListener, key: &str, base: &Path) -> Result<Listener
         advertised_host: l.advertised_host.clone(),
         certificate_path: Some(cert_path),
         certificate_pem,
+        private_key_path: Some(key_path),
         private_key: PrivateKeyPem(key_pem),
+        client_ca_path,
         client_ca_pem,
         require_client_cert: l.require_client_cert,
     })
@@ -1667,13 +1685,13 @@ fn validate_tenant(t: &RawTenant, key: &str, base: &Path) -> Result<Tenant, Conf
             ));
         }
         let target = parse_target(&r.target).map_err(|m| invalid(format!("{k}.target"), m))?;
-        let ca_pem = match &r.ca_file {
+        let (ca_path, ca_pem) = match &r.ca_file {
             Some(p) => {
                 let (path, pem) = read_file(&format!("{k}.ca_file"), base, p)?;
                 certificates(&format!("{k}.ca_file"), &path, &pem)?;
-                Some(pem)
+                (Some(path), Some(pem))
             }
-            None => None,
+            None => (None, None),
         };
         if let Some(n) = &r.server_name {
             if rustls_pki_types::ServerName::try_from(n.as_str()).is_err() {
@@ -1688,6 +1706,7 @@ fn validate_tenant(t: &RawTenant, key: &str, base: &Path) -> Result<Tenant, Conf
             target,
             server_name: r.server_name.clone(),
             ca_pem,
+            ca_path,
         });
     }
     let l = &t.limits;
