@@ -42,6 +42,31 @@ pub(super) fn poll_interval(secs: u64) -> Result<Option<Duration>, ConfigError> 
     Ok((secs > 0).then(|| Duration::from_secs(secs)))
 }
 
+/// `t` as UTC text, `2027-03-01 12:00:00 UTC` (for "not after" in reload results).
+pub fn utc_text(t: std::time::SystemTime) -> String {
+    let secs = match t.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
+    };
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Days since 1970-01-01 to a civil date (H. Hinnant's `civil_from_days`).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
 /// A certificate, key or CA file that cannot be used: which one (config key and path) and
 /// why. Never holds the file's content.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -253,6 +278,14 @@ mod tests {
         let e = cfg.tenants[0].routes[0].reread_ca("t").expect_err("gone");
         assert_eq!(e.key, "tenants.t.routes[\"\"].ca_file");
         assert!(e.why.starts_with("cannot read"), "{e}");
+    }
+
+    #[test]
+    fn utc_text_is_a_calendar_date() {
+        let at = |s: u64| std::time::UNIX_EPOCH + Duration::from_secs(s);
+        assert_eq!(utc_text(at(0)), "1970-01-01 00:00:00 UTC");
+        assert_eq!(utc_text(at(951_827_696)), "2000-02-29 12:34:56 UTC");
+        assert_eq!(utc_text(at(1_803_859_200)), "2027-03-01 00:00:00 UTC");
     }
 
     #[test]
