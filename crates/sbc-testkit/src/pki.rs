@@ -42,11 +42,29 @@ impl Ca {
         self.issue_leaf(sans, Some(usage))
     }
 
+    /// A leaf for `sans` that expires on 1 January of `year` (to tell two certificates
+    /// apart by their expiry).
+    pub fn issue_until(&self, sans: &[&str], year: i32) -> Leaf {
+        self.issue_leaf_with(sans, None, Some(year))
+    }
+
     fn issue_leaf(&self, sans: &[&str], usage: Option<ExtendedKeyUsagePurpose>) -> Leaf {
+        self.issue_leaf_with(sans, usage, None)
+    }
+
+    fn issue_leaf_with(
+        &self,
+        sans: &[&str],
+        usage: Option<ExtendedKeyUsagePurpose>,
+        until: Option<i32>,
+    ) -> Leaf {
         let mut params =
             CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
         if let Some(u) = usage {
             params.extended_key_usages = vec![u];
+        }
+        if let Some(year) = until {
+            params.not_after = rcgen::date_time_ymd(year, 1, 1);
         }
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
@@ -63,6 +81,11 @@ impl Leaf {
         CertificateDer::pem_slice_iter(self.cert_pem.as_bytes())
             .map(|c| c.unwrap())
             .collect()
+    }
+
+    /// The leaf certificate, DER (what a TLS peer presents first).
+    pub fn leaf_der(&self) -> Vec<u8> {
+        self.chain()[0].as_ref().to_vec()
     }
 
     /// The private key, DER.
