@@ -95,7 +95,10 @@ fn args() -> Args {
         }
         i += 2;
     }
-    assert!(a.secs > 0 && a.clients > 0, "--secs and --clients must be > 0");
+    assert!(
+        a.secs > 0 && a.clients > 0,
+        "--secs and --clients must be > 0"
+    );
     a
 }
 
@@ -239,10 +242,7 @@ async fn run(mode: Mode, args: &Args, world: &World, gw: &Spawned) -> u64 {
         let _ = t.await;
     }
     let elapsed = t0.elapsed().as_secs_f64();
-    let (gw_cpu, me_cpu) = (
-        cpu_seconds(&pid) - gw_cpu0,
-        cpu_seconds("self") - me_cpu0,
-    );
+    let (gw_cpu, me_cpu) = (cpu_seconds(&pid) - gw_cpu0, cpu_seconds("self") - me_cpu0);
     let (full1, resumed1) = scrape_handshakes(gw.printed.admin).await;
     let ok = tally.ok.load(Ordering::Relaxed);
     let failed = tally.failed.load(Ordering::Relaxed);
@@ -256,7 +256,11 @@ async fn run(mode: Mode, args: &Args, world: &World, gw: &Spawned) -> u64 {
         resumed,
         full1 - full0,
         resumed1 - resumed0,
-        if ok > 0 { gw_cpu / ok as f64 * 1e6 } else { f64::NAN },
+        if ok > 0 {
+            gw_cpu / ok as f64 * 1e6
+        } else {
+            f64::NAN
+        },
         gw_cpu / elapsed * 100.0,
         me_cpu / elapsed * 100.0,
     );
@@ -265,7 +269,8 @@ async fn run(mode: Mode, args: &Args, world: &World, gw: &Spawned) -> u64 {
 
 fn main() -> ExitCode {
     let args = args();
-    let bin = std::env::var("SBC_EDGE_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_sbc-edge").into());
+    let bin =
+        std::env::var("SBC_EDGE_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_sbc-edge").into());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -176,9 +176,12 @@ impl Peer {
         let tcp = TcpStream::connect(addr).await?;
         tcp.set_nodelay(true)?;
         let name = ServerName::try_from("localhost").unwrap();
-        let tls = tokio::time::timeout(WAIT, tokio_rustls::TlsConnector::from(cfg).connect(name, tcp))
-            .await
-            .map_err(|_| std::io::Error::other("TLS handshake timed out"))??;
+        let tls = tokio::time::timeout(
+            WAIT,
+            tokio_rustls::TlsConnector::from(cfg).connect(name, tcp),
+        )
+        .await
+        .map_err(|_| std::io::Error::other("TLS handshake timed out"))??;
         let session = tls.get_ref().1;
         let hs = Handshake {
             leaf: session

@@ -90,14 +90,11 @@ impl std::error::Error for TlsFileError {}
 /// it is counted as a refused certificate reload too).
 pub fn is_tls_file_error(e: &ConfigError) -> bool {
     match e {
-        ConfigError::Invalid { key, .. } => [
-            ".certificate",
-            ".private_key",
-            ".client_ca",
-            ".ca_file",
-        ]
-        .iter()
-        .any(|k| key.ends_with(k)),
+        ConfigError::Invalid { key, .. } => {
+            [".certificate", ".private_key", ".client_ca", ".ca_file"]
+                .iter()
+                .any(|k| key.ends_with(k))
+        }
         _ => false,
     }
 }
@@ -227,10 +224,7 @@ mod tests {
         let (_, cfg) = setup("poll-off", "cert_poll_secs = 0");
         assert_eq!(cfg.sip.cert_poll, None);
         assert!(poll_interval(MAX_CERT_POLL_SECS + 1).is_err());
-        assert_eq!(
-            poll_interval(5).expect("ok"),
-            Some(Duration::from_secs(5))
-        );
+        assert_eq!(poll_interval(5).expect("ok"), Some(Duration::from_secs(5)));
     }
 
     #[test]
@@ -249,7 +243,10 @@ mod tests {
         let (cert, key) = pair();
         std::fs::write(dir.join("cert.pem"), &cert).expect("w");
         std::fs::write(dir.join("key.pem"), &key).expect("w");
-        let new = cfg.listeners[0].reread_files().expect("read").expect("changed");
+        let new = cfg.listeners[0]
+            .reread_files()
+            .expect("read")
+            .expect("changed");
         assert_eq!(new.certificate_pem, cert.as_bytes());
         assert_eq!(new.private_key.pem(), key.as_bytes());
         assert_eq!(new.name, "l");
@@ -291,7 +288,10 @@ mod tests {
     #[test]
     fn tls_file_errors_are_recognised() {
         assert!(is_tls_file_error(&invalid("listeners[0].certificate", "x")));
-        assert!(is_tls_file_error(&invalid("tenants[1].routes[0].ca_file", "x")));
+        assert!(is_tls_file_error(&invalid(
+            "tenants[1].routes[0].ca_file",
+            "x"
+        )));
         assert!(!is_tls_file_error(&invalid("sip.t1_ms", "x")));
     }
 }
