@@ -8,6 +8,9 @@
 //!   once the key is replaced too, the poll swaps both.
 //! - A second connection with the same client session store resumes (the client sees a
 //!   resumed handshake) and the gateway counts it as resumed.
+//! - The flood guard bounds the handshakes one source can start per second: past
+//!   `max_handshakes_per_second` its connections are closed before the handshake, counted
+//!   by reason, and the next second it is served again.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
@@ -264,4 +267,67 @@ async fn a_second_connection_resumes_and_is_counted_resumed() {
     };
     assert_eq!(count("resumed"), 1.0, "{text}");
     assert_eq!(count("full"), 1.0, "{text}");
+}
+
+#[tokio::test]
+async fn handshakes_past_the_per_source_rate_are_refused_before_the_handshake() {
+    let world = World::new("tls-handshake-rate");
+    let callee = Callee::new(&world.callee_leaf).await;
+    let file = world.dir.join("sbc-edge.toml");
+    let text = config(&world, callee.addr, "").replace(
+        LOOPBACK_FLOOD_GUARD,
+        "[flood_guard]\nmax_handshakes_per_second = 5\nmax_connections_per_source = 1000\n",
+    );
+    std::fs::write(&file, text).unwrap();
+    let gw = Spawned::start(env!("CARGO_BIN_EXE_sbc-edge"), &file, &[]);
+    let sip = gw.printed.sip;
+    let cfg = client_config(&world.gw_ca.pem, None);
+
+    // A burst of 15 connections from 127.0.0.1, as fast as they go.
+    let attempts = 15;
+    let mut done = 0;
+    let t0 = std::time::Instant::now();
+    for _ in 0..attempts {
+        if Peer::handshake(sip, cfg.clone()).await.is_ok() {
+            done += 1;
+        }
+    }
+    let burst = t0.elapsed();
+    let refused = metric(
+        &gw,
+        "sbc_flood_refused_total",
+        &["reason=\"handshakes_per_source\""],
+    )
+    .await;
+    // 5 per second: exactly 5 if the burst fit in one second, one more window otherwise.
+    let windows = burst.as_secs() + 1;
+    assert!(
+        done >= 5 && done <= 5 * windows,
+        "{done} handshakes in {burst:?}"
+    );
+    assert_eq!(
+        done as f64 + refused,
+        f64::from(attempts),
+        "refused {refused}"
+    );
+    let inbound = metric_sample(
+        &scrape(&gw).await,
+        "sbc_tls_handshakes_total",
+        &["side=\"inbound\"", "kind=\"full\""],
+    )
+    .unwrap_or(0.0)
+        + metric(
+            &gw,
+            "sbc_tls_handshakes_total",
+            &["side=\"inbound\"", "kind=\"resumed\""],
+        )
+        .await;
+    assert_eq!(
+        inbound, done as f64,
+        "refused connections never reach a handshake"
+    );
+
+    // The next second, the source is served again.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(Peer::handshake(sip, cfg).await.is_ok());
 }
