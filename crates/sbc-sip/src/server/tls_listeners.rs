@@ -45,10 +45,15 @@ struct InUse {
     resumption: tls::Resumption,
 }
 
-/// A listener's new acceptor, built and checked, not yet in use.
+/// A listener's new acceptor, built and checked, not yet in use; or (`swap: None`) only
+/// new file paths for the same material (a reload that renamed the files).
 pub(super) struct Prepared {
     index: usize,
     listener: Listener,
+    swap: Option<Swap>,
+}
+
+struct Swap {
     acceptor: TlsAcceptor,
     resumption: tls::Resumption,
     what: String,
@@ -133,13 +138,22 @@ impl ListenerTls {
         self.in_use.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A new acceptor for `new` if its material differs from what is in use (`None`
-    /// if it does not). A changed client CA gets fresh resumption state.
+    /// A new acceptor for `new` if its material differs from what is in use, new paths
+    /// to poll if only those differ, `None` if nothing does. A changed client CA gets
+    /// fresh resumption state.
     fn prepare(&self, index: usize, new: &Listener) -> Result<Option<Prepared>, SipError> {
         let in_use = self.lock();
         let what = what_changed(&in_use.listener, new);
         if what.is_empty() {
-            return Ok(None);
+            let old = &in_use.listener;
+            let moved = old.certificate_path != new.certificate_path
+                || old.private_key_path != new.private_key_path
+                || old.client_ca_path != new.client_ca_path;
+            return Ok(moved.then(|| Prepared {
+                index,
+                listener: new.clone(),
+                swap: None,
+            }));
         }
         let resumption = if in_use.listener.client_ca_pem != new.client_ca_pem {
             tls::Resumption::new()?
@@ -151,18 +165,22 @@ impl ListenerTls {
         Ok(Some(Prepared {
             index,
             listener: new.clone(),
-            acceptor,
-            resumption,
-            what,
+            swap: Some(Swap {
+                acceptor,
+                resumption,
+                what,
+            }),
         }))
     }
 
-    /// Puts `p` in use for new handshakes; returns what the reload result says.
-    fn install(&self, p: Prepared) -> String {
+    /// Puts `p` in use for new handshakes; returns what the reload result says (`None`
+    /// if only the paths changed).
+    fn install(&self, p: Prepared) -> Option<String> {
         let mut in_use = self.lock();
-        *self.acceptor.write().unwrap_or_else(|e| e.into_inner()) = p.acceptor;
         in_use.listener = p.listener;
-        in_use.resumption = p.resumption;
+        let swap = p.swap?;
+        *self.acceptor.write().unwrap_or_else(|e| e.into_inner()) = swap.acceptor;
+        in_use.resumption = swap.resumption;
         let l = &in_use.listener;
         if let Some(left) = seconds_left(l, SystemTime::now()) {
             metrics::gauge!("sbc_tls_certificate_expiry_seconds", "listener" => l.name.clone())
@@ -172,11 +190,11 @@ impl ListenerTls {
         let line = format!(
             "listener {}: {}, not after {}",
             l.name,
-            p.what,
+            swap.what,
             not_after_text(l)
         );
-        info!(event = "certificate_swapped", listener = %l.name, change = %p.what, not_after = %not_after_text(l), "new TLS handshakes use the new material; established connections keep theirs");
-        line
+        info!(event = "certificate_swapped", listener = %l.name, change = %swap.what, not_after = %not_after_text(l), "new TLS handshakes use the new material; established connections keep theirs");
+        Some(line)
     }
 }
 
@@ -229,7 +247,7 @@ impl TlsListeners {
     pub(super) fn install(&self, prepared: Vec<Prepared>) -> Vec<String> {
         prepared
             .into_iter()
-            .filter_map(|p| self.0.get(p.index).map(|t| t.install(p)))
+            .filter_map(|p| self.0.get(p.index).and_then(|t| t.install(p)))
             .collect()
     }
 
@@ -254,7 +272,7 @@ impl TlsListeners {
             match t.prepare(index, &new) {
                 Ok(Some(p)) => {
                     refusals.clear_listener(&t.name);
-                    out.push(t.install(p));
+                    out.extend(t.install(p));
                 }
                 Ok(None) => {}
                 Err(e) => refusals.refuse(TlsFileError {
@@ -440,5 +458,91 @@ async fn apply_route_cas(shared: &PollShared, new: Config, refusals: &mut Refusa
     for line in lines {
         count("swapped");
         info!(event = "certificate_swapped", change = %line, "new connections to the route target verify it with the new CA bundle");
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    /// The embedded default: a listener with a self-signed certificate made now (a
+    /// fresh key pair each call).
+    fn config() -> Config {
+        Config::embedded_default().expect("default")
+    }
+
+    /// `l` with the certificate of `cert` and the key of `key`.
+    fn with_pair(l: &Listener, cert: &Listener, key: &Listener) -> Listener {
+        let mut l = l.clone();
+        l.certificate_pem = cert.certificate_pem.clone();
+        l.private_key = key.private_key.clone();
+        l
+    }
+
+    #[test]
+    fn what_changed_names_each_part() {
+        let cfg = config();
+        let l = &cfg.listeners[0];
+        let other = config().listeners[0].clone();
+        assert_eq!(what_changed(l, l), "");
+        assert_eq!(
+            what_changed(l, &with_pair(l, &other, &other)),
+            "certificate and key swapped"
+        );
+        assert_eq!(what_changed(l, &with_pair(l, l, &other)), "key swapped");
+        let mut ca = l.clone();
+        ca.client_ca_pem = Some(other.certificate_pem.clone());
+        ca.require_client_cert = true;
+        assert_eq!(
+            what_changed(l, &ca),
+            "client CA swapped; client certificates now required"
+        );
+    }
+
+    #[test]
+    fn a_mismatched_pair_is_refused_and_a_good_one_swapped() {
+        let cfg = config();
+        let tls = TlsListeners::new(&cfg).unwrap();
+        let l = &cfg.listeners[0];
+        assert!(tls.prepare(&cfg.listeners).unwrap().is_empty(), "unchanged");
+        let other = config().listeners[0].clone();
+        let mismatched = with_pair(l, &other, l);
+        let e = tls
+            .prepare(std::slice::from_ref(&mismatched))
+            .err()
+            .unwrap();
+        assert!(
+            e.to_string().contains("does not match the private key"),
+            "{e}"
+        );
+        // Still the old material in use.
+        assert!(tls.prepare(&cfg.listeners).unwrap().is_empty());
+        let good = with_pair(l, &other, &other);
+        let prepared = tls.prepare(std::slice::from_ref(&good)).unwrap();
+        let lines = tls.install(prepared);
+        assert_eq!(lines.len(), 1);
+        assert!(
+            lines[0].starts_with("listener default: certificate and key swapped, not after "),
+            "{}",
+            lines[0]
+        );
+        assert!(!lines[0].contains("PRIVATE KEY"));
+        assert!(tls.prepare(std::slice::from_ref(&good)).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_file_that_stays_bad_is_refused_once() {
+        let mut r = Refusals::default();
+        let e = TlsFileError {
+            key: "listeners.l.certificate".into(),
+            path: "/x/cert.pem".into(),
+            why: "no PEM certificate in the file".into(),
+        };
+        r.refuse(e.clone());
+        r.refuse(e.clone());
+        assert_eq!(r.0.len(), 1);
+        r.clear_listener("l");
+        assert!(r.0.is_empty());
     }
 }
