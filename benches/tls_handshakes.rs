@@ -2,8 +2,8 @@
 //! not reuse connections behave, against the real gateway process.
 //!
 //! Starts `sbc-edge` as a separate process (the binary cargo built for this bench, or
-//! `SBC_EDGE_BIN`) on loopback with the testkit's throwaway PKI (ECDSA P-256 leaf, as
-//! rcgen makes it), the flood guard's allowlist covering 127.0.0.0/8 (every client shares
+//! `SBC_EDGE_BIN`) on loopback with the testkit's throwaway PKI (an ECDSA P-256 leaf, or
+//! RSA 2048 with `--key rsa`), the flood guard's allowlist covering 127.0.0.0/8 (every client shares
 //! that source: the per-source handshake limit would otherwise stop the load at 20/s, which
 //! is its job). Then `--clients` tasks (default 16) each loop as fast as they can for
 //! `--secs` (default 60): TCP connect, TLS handshake, one SIP OPTIONS and its answer,
@@ -22,7 +22,8 @@
 //! generator runs on the same machine and its CPU is printed too. Exits non-zero if any
 //! connection failed.
 //!
-//! Run: `cargo bench --bench tls_handshakes -- --secs 60 [--clients 16] [--mode both]`
+//! Run: `cargo bench --bench tls_handshakes -- --secs 60 [--clients 16] [--mode both]
+//! [--key ecdsa|rsa]`
 //! (`SBC_TLS_CLIENTS` also sets the default of `--clients`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -49,6 +50,8 @@ struct Args {
     secs: u64,
     clients: usize,
     modes: Vec<Mode>,
+    /// The listener's key: ECDSA P-256 (default) or RSA 2048 (`--key rsa`).
+    rsa: bool,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -71,6 +74,7 @@ fn args() -> Args {
         secs: 60,
         clients: env("SBC_TLS_CLIENTS", 16) as usize,
         modes: vec![Mode::Full, Mode::Resumed],
+        rsa: false,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -85,6 +89,13 @@ fn args() -> Args {
                     "resumed" => vec![Mode::Resumed],
                     "both" => vec![Mode::Full, Mode::Resumed],
                     m => panic!("--mode full|resumed|both, not {m:?}"),
+                }
+            }
+            "--key" => {
+                a.rsa = match value.as_str() {
+                    "ecdsa" => false,
+                    "rsa" => true,
+                    k => panic!("--key ecdsa|rsa, not {k:?}"),
                 }
             }
             // cargo bench passes `--bench`; anything else is not ours either.
@@ -277,13 +288,19 @@ fn main() -> ExitCode {
         .build()
         .unwrap();
     let world = World::new("tls-handshakes");
+    if args.rsa {
+        let leaf = world.gw_ca.issue_rsa(&["localhost", "127.0.0.1"]);
+        std::fs::write(&world.gw_cert, &leaf.cert_pem).unwrap();
+        std::fs::write(&world.gw_key, &leaf.key_pem).unwrap();
+    }
     let callee = rt.block_on(Callee::new(&world.callee_leaf));
     let config = write_config(&world, callee.addr);
     let gw = Spawned::start(&bin, &config, &[("RUST_LOG", "warn")]);
     println!(
-        "tls_handshakes: gateway pid {} (SIP {}), {} client tasks, {} s per mode, {} cores",
+        "tls_handshakes: gateway pid {} (SIP {}), listener key {}, {} client tasks, {} s per mode, {} cores",
         gw.pid(),
         gw.printed.sip,
+        if args.rsa { "RSA 2048" } else { "ECDSA P-256" },
         args.clients,
         args.secs,
         std::thread::available_parallelism().map_or(0, |n| n.get())
