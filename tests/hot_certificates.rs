@@ -8,6 +8,9 @@
 //!   once the key is replaced too, the poll swaps both.
 //! - A second connection with the same client session store resumes (the client sees a
 //!   resumed handshake) and the gateway counts it as resumed.
+//! - The poll swaps a route's CA bundle: calls to a target the old bundle could not verify
+//!   get through once the file holds the right CA.
+//! - The gateway resumes its TLS session when it reconnects to a route target.
 //! - The flood guard bounds the handshakes one source can start per second: past
 //!   `max_handshakes_per_second` its connections are closed before the handshake, counted
 //!   by reason, and the next second it is served again.
@@ -330,4 +333,91 @@ async fn handshakes_past_the_per_source_rate_are_refused_before_the_handshake() 
     // The next second, the source is served again.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert!(Peer::handshake(sip, cfg).await.is_ok());
+}
+
+/// One call from a new connection to the tenant's route; returns the final status the
+/// caller got and, if the callee was reached, its leg (to hang up or drop).
+async fn call(sip: SocketAddr, world: &World, callee: &Callee, n: u32) -> (u16, Option<Peer>) {
+    let mut caller = Peer::connect(sip, &world.gw_ca.pem, None).await;
+    let call_id = format!("ca-{n}@platform");
+    caller
+        .send(&invite(
+            "+15551234",
+            &call_id,
+            &format!("z9hG4bKca{n}"),
+            "atag",
+        ))
+        .await;
+    let mut leg = None;
+    if let Some(Ok(mut l)) = callee.try_accept(Duration::from_secs(2)).await {
+        let inv = l.recv_where(is_method(Method::Invite)).await;
+        l.send(&answer(&inv, 486, "btag")).await;
+        leg = Some(l);
+    }
+    let fin = caller
+        .recv_where(|m| m.status().is_some_and(|s| s >= 200))
+        .await;
+    (fin.status().unwrap_or(0), leg)
+}
+
+#[tokio::test]
+async fn the_poll_swaps_a_route_ca_bundle_for_new_connections_to_the_target() {
+    let world = World::new("hot-route-ca");
+    let callee = Callee::new(&world.callee_leaf).await;
+    // The route trusts the wrong CA: the gateway cannot verify the callee.
+    let wrong = Ca::new("not the callee's CA");
+    std::fs::write(&world.callee_ca_file, &wrong.pem).unwrap();
+    let file = world.dir.join("sbc-edge.toml");
+    std::fs::write(&file, config(&world, callee.addr, "cert_poll_secs = 1")).unwrap();
+    let gw = Spawned::start(env!("CARGO_BIN_EXE_sbc-edge"), &file, &[]);
+    let sip = gw.printed.sip;
+    let (status, _) = call(sip, &world, &callee, 1).await;
+    assert_eq!(status, 503, "the target's certificate is not trusted yet");
+
+    // The right CA bundle lands in the file: the poll swaps it, new calls get through.
+    std::fs::write(&world.callee_ca_file, &world.callee_ca.pem).unwrap();
+    gw.logged(&["certificate_swapped", "CA bundle swapped"], WITHIN)
+        .await;
+    let (status, leg) = call(sip, &world, &callee, 2).await;
+    assert_eq!(status, 486, "relayed from the callee");
+    assert!(leg.is_some());
+    assert_eq!(
+        metric(&gw, "sbc_tls_reload_total", &["result=\"swapped\""]).await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn the_gateway_resumes_its_session_when_it_reconnects_to_a_trunk() {
+    let world = World::new("tls-resume-out");
+    let callee = Callee::new(&world.callee_leaf).await;
+    let file = world.dir.join("sbc-edge.toml");
+    std::fs::write(&file, config(&world, callee.addr, "")).unwrap();
+    let gw = Spawned::start(env!("CARGO_BIN_EXE_sbc-edge"), &file, &[]);
+    let sip = gw.printed.sip;
+
+    // The first call opens the pooled connection (a full handshake); the callee then
+    // closes it, so the next call reconnects, resuming the session.
+    let (status, leg) = call(sip, &world, &callee, 1).await;
+    assert_eq!(status, 486);
+    drop(leg);
+    let outbound = |kind: &'static str| {
+        let gw = &gw;
+        async move {
+            metric(
+                gw,
+                "sbc_tls_handshakes_total",
+                &["side=\"outbound\"", &format!("kind=\"{kind}\"")],
+            )
+            .await
+        }
+    };
+    assert_eq!(outbound("full").await, 1.0);
+    // The gateway notices the close before the next call (or that call reconnects).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, leg) = call(sip, &world, &callee, 2).await;
+    assert_eq!(status, 486);
+    assert!(leg.is_some());
+    assert_eq!(outbound("resumed").await, 1.0, "{}", scrape(&gw).await);
+    assert_eq!(outbound("full").await, 1.0);
 }

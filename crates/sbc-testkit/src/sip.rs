@@ -344,6 +344,22 @@ impl Callee {
         Peer::new(Box::new(tls))
     }
 
+    /// Accept the gateway's next connection within `wait`: `None` if none came,
+    /// `Some(Err)` if its TLS handshake failed (say the gateway does not trust us).
+    pub async fn try_accept(&self, wait: Duration) -> Option<std::io::Result<Peer>> {
+        let (tcp, _) = tokio::time::timeout(wait, self.listener.accept())
+            .await
+            .ok()?
+            .ok()?;
+        let _ = tcp.set_nodelay(true);
+        Some(
+            tokio::time::timeout(WAIT, self.acceptor.accept(tcp))
+                .await
+                .unwrap_or_else(|_| Err(std::io::Error::other("TLS accept timed out")))
+                .map(|tls| Peer::new(Box::new(tls))),
+        )
+    }
+
     /// True if nobody connected within `wait`.
     pub async fn no_connection_within(&self, wait: Duration) -> bool {
         tokio::time::timeout(wait, self.listener.accept())
