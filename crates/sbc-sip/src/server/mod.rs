@@ -21,8 +21,10 @@
 //!
 //! Split by the state each part owns: `connection.rs` (accept, handshake, the reader and
 //! its screens, slow sources), `core_loop.rs` (the B2BUA driver, writers and the outbound
-//! pool), `logs.rs` (close reasons and aggregated log lines); this file starts the parts
-//! and holds the handle operators and the binary use.
+//! pool), `logs.rs` (close reasons and aggregated log lines), `tls_listeners.rs` (each
+//! listener's acceptor, swapped for new handshakes on reload and by the certificate file
+//! poll, and its session resumption state); this file starts the parts and holds the
+//! handle operators and the binary use.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};

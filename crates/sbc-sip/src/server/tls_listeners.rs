@@ -31,6 +31,11 @@ pub(super) type SharedAcceptor = Arc<RwLock<TlsAcceptor>>;
 /// turning it on by a reload takes effect without a restart.
 const POLL_OFF_RECHECK: Duration = Duration::from_secs(5);
 
+/// Longest one poll pass (a few small file reads and key parses, normally well under a
+/// millisecond) may hold the reload lock: a read that hangs (a dead network mount) is
+/// abandoned after this, so SIGHUP and later polls are never blocked by it.
+const POLL_PASS_WITHIN: Duration = Duration::from_secs(10);
+
 /// One listener's TLS.
 pub(super) struct ListenerTls {
     pub(super) name: String,
@@ -368,6 +373,8 @@ pub(super) struct PollShared {
 /// reads listener and route CA files again and swaps what changed.
 pub(super) async fn poll_certificates(shared: PollShared, mut shutdown: watch::Receiver<bool>) {
     let mut refusals = Refusals::default();
+    // A pass whose file reads did not return in time (its thread cannot be cancelled).
+    let mut stuck: Option<tokio::task::JoinHandle<_>> = None;
     loop {
         let every = current_config(&shared.current).sip.cert_poll;
         tokio::select! {
@@ -379,14 +386,29 @@ pub(super) async fn poll_certificates(shared: PollShared, mut shutdown: watch::R
         if config.sip.cert_poll.is_none() {
             continue;
         }
+        if stuck.as_ref().is_some_and(|h| !h.is_finished()) {
+            // A read of the previous pass still hangs: do not pile up another.
+            continue;
+        }
         let tls = shared.tls.clone();
         let mut moved = std::mem::take(&mut refusals);
-        let polled = tokio::task::spawn_blocking(move || {
+        let mut pass = tokio::task::spawn_blocking(move || {
             let lines = tls.poll(&mut moved);
             let routes = reread_route_cas(&config, &mut moved);
             (lines, routes, moved)
-        })
-        .await;
+        });
+        let polled = match tokio::time::timeout(POLL_PASS_WITHIN, &mut pass).await {
+            Ok(r) => r,
+            Err(_) => {
+                warn!(
+                    event = "certificate_poll_stuck",
+                    within_secs = POLL_PASS_WITHIN.as_secs(),
+                    "reading the certificate files hangs (a stale network mount?): this poll is abandoned, reloads go on"
+                );
+                stuck = Some(pass);
+                continue;
+            }
+        };
         let Ok((lines, routes, moved)) = polled else {
             continue;
         };
