@@ -11,9 +11,10 @@
 //! default both):
 //!
 //! - **full**: a client config without session storage, so every handshake is full;
-//! - **resumed**: one client config shared by every task, with rustls' in-memory session
-//!   store: after the first connection each handshake resumes with a TLS 1.3 ticket (the
-//!   gateway sends two per connection).
+//! - **resumed**: a client config per task, each with rustls' in-memory session store (one
+//!   platform node each): after a priming connection each handshake resumes with a TLS 1.3
+//!   ticket (the gateway sends two per connection and a resumption uses one, so the store
+//!   never runs dry).
 //!
 //! Prints per mode: connections per second sustained, failures (connect, handshake or
 //! answer, each bounded by a 10 s timeout), how many handshakes the client saw resumed,
@@ -227,16 +228,21 @@ async fn scrape_handshakes(admin: SocketAddr) -> (f64, f64) {
 
 /// One mode for `secs`; returns the number of failures.
 async fn run(mode: Mode, args: &Args, world: &World, gw: &Spawned) -> u64 {
-    let mut cfg = (*client_config(&world.gw_ca.pem, None)).clone();
-    if mode == Mode::Full {
-        cfg.resumption = rustls::client::Resumption::disabled();
-    }
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg));
     let addr = gw.printed.sip;
-    if mode == Mode::Resumed {
-        // Prime the session store: the first connection of a store is always full.
-        let options = sip(&options_text("z9hG4bKprime")).to_bytes();
-        one(addr, &tls, &options).await.expect("priming connection");
+    // One client config (so one session store) per task, like one platform node each.
+    let mut connectors = Vec::new();
+    for i in 0..args.clients {
+        let mut cfg = (*client_config(&world.gw_ca.pem, None)).clone();
+        if mode == Mode::Full {
+            cfg.resumption = rustls::client::Resumption::disabled();
+        }
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+        if mode == Mode::Resumed {
+            // Prime the store: the first connection of a store is always full.
+            let options = sip(&options_text(&format!("z9hG4bKprime{i}"))).to_bytes();
+            one(addr, &tls, &options).await.expect("priming connection");
+        }
+        connectors.push(tls);
     }
     let pid = gw.pid().to_string();
     let (full0, resumed0) = scrape_handshakes(gw.printed.admin).await;
@@ -244,8 +250,10 @@ async fn run(mode: Mode, args: &Args, world: &World, gw: &Spawned) -> u64 {
     let tally = Arc::new(Tally::default());
     let (gw_cpu0, me_cpu0) = (cpu_seconds(&pid), cpu_seconds("self"));
     let t0 = Instant::now();
-    let tasks: Vec<_> = (0..args.clients)
-        .map(|i| tokio::spawn(client(addr, tls.clone(), i, stop.clone(), tally.clone())))
+    let tasks: Vec<_> = connectors
+        .into_iter()
+        .enumerate()
+        .map(|(i, tls)| tokio::spawn(client(addr, tls, i, stop.clone(), tally.clone())))
         .collect();
     tokio::time::sleep(Duration::from_secs(args.secs)).await;
     stop.store(true, Ordering::Relaxed);
