@@ -56,6 +56,13 @@ pub async fn reload(
     let (cfg, admin_cfg) = match loaded {
         Ok(x) => x,
         Err(e) => {
+            let tls_file = e
+                .downcast_ref::<sbc_core::config::ConfigError>()
+                .is_some_and(sbc_core::config::certs::is_tls_file_error);
+            if tls_file {
+                // A certificate, key or CA file that cannot be used: its swap is refused.
+                metrics::counter!("sbc_tls_reload_total", "result" => "refused").increment(1);
+            }
             tracing::error!(event = "reload_rejected", config = %path.display(), error = %e, "SIGHUP: config invalid; keeping the running one");
             return Err(format!(
                 "{}: invalid, the running config is kept: {e:#}",
@@ -65,13 +72,16 @@ pub async fn reload(
     };
     let cfg = Arc::new(cfg);
     let changes = changes(running, &cfg);
-    if let Err(e) = server.reload(cfg.clone()).await {
-        tracing::error!(event = "reload_rejected", config = %path.display(), error = %e, "SIGHUP: config cannot be served; nothing applied, keeping the running one");
-        return Err(format!(
-            "{}: cannot be served, nothing applied: {e}",
-            path.display()
-        ));
-    }
+    let tls_swapped = match server.reload(cfg.clone()).await {
+        Ok(lines) => lines,
+        Err(e) => {
+            tracing::error!(event = "reload_rejected", config = %path.display(), error = %e, "SIGHUP: config cannot be served; nothing applied, keeping the running one");
+            return Err(format!(
+                "{}: cannot be served, nothing applied: {e}",
+                path.display()
+            ));
+        }
+    };
     // New tenants' series exist at 0 from the next scrape.
     crate::telemetry::tenants_changed(&cfg);
     let mut problems = Vec::new();
@@ -115,9 +125,9 @@ pub async fn reload(
         path.display(),
         changes.len()
     );
-    for p in problems {
+    for line in tls_swapped.into_iter().chain(problems) {
         summary.push_str("; ");
-        summary.push_str(&p);
+        summary.push_str(&line);
     }
     Ok(summary)
 }

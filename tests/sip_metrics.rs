@@ -88,11 +88,19 @@ async fn calls_handshakes_and_rejections_are_counted_by_tenant_and_class() {
     );
     assert_eq!(get(&s, "sbc_sip_active_dialogs", &[]), 1.0);
     assert_eq!(
-        get(&s, "sbc_tls_handshakes_total", &[("side", "inbound")]),
+        get(
+            &s,
+            "sbc_tls_handshakes_total",
+            &[("side", "inbound"), ("kind", "full")]
+        ),
         1.0
     );
     assert_eq!(
-        get(&s, "sbc_tls_handshakes_total", &[("side", "outbound")]),
+        get(
+            &s,
+            "sbc_tls_handshakes_total",
+            &[("side", "outbound"), ("kind", "full")]
+        ),
         1.0
     );
     assert_eq!(

@@ -233,8 +233,10 @@ impl AdminHandle {
 
     /// Applies a reloaded `[admin]` section: its tokens and `redact_numbers` take effect
     /// for the next request (a removed token is refused from then on; requests already
-    /// authenticated finish). The address, TLS material and audit log need a restart: a
-    /// change there is logged and not applied. Fails, changing nothing, if a token names a
+    /// authenticated finish), and a changed HTTPS certificate, key or client CA is swapped
+    /// in for new connections (one that cannot be used is refused, logged and counted,
+    /// the old kept). The address, turning HTTPS on or off, and the audit log need a
+    /// restart: a change there is logged and not applied. Fails, changing nothing, if a token names a
     /// tenant the gateway does not have.
     pub fn reload(&self, cfg: &AdminConfig) -> Result<(), AdminError> {
         cfg.check_tenants(&self.shared.state.tenants)?;
@@ -243,12 +245,7 @@ impl AdminHandle {
             tracing::warn!(event = "reload_needs_restart", old = %was.address, new = %cfg.address,
                 "admin.address changed: needs a restart, not applied");
         }
-        if !same_tls(cfg.tls.as_ref(), was.tls.as_ref()) {
-            tracing::warn!(
-                event = "reload_needs_restart",
-                "admin certificate, private key or client CA changed: needs a restart, not applied"
-            );
-        }
+        self.reload_tls(cfg.tls.as_ref());
         if cfg.audit_log != was.audit_log {
             tracing::warn!(
                 event = "reload_needs_restart",
@@ -266,6 +263,46 @@ impl AdminHandle {
             "admin tokens reloaded"
         );
         Ok(())
+    }
+}
+
+impl AdminHandle {
+    /// Swaps the HTTPS certificate, key and client CA for new connections when they
+    /// changed (connections already accepted keep theirs); material that cannot be used
+    /// is refused and the old kept. Turning HTTPS on or off needs a restart.
+    fn reload_tls(&self, new: Option<&AdminTls>) {
+        let (hot, new) = match (&self.tls, new) {
+            (None, None) => return,
+            (Some(hot), Some(new)) => (hot, new),
+            _ => {
+                tracing::warn!(
+                    event = "reload_needs_restart",
+                    "admin HTTPS turned on or off: needs a restart, not applied"
+                );
+                return;
+            }
+        };
+        let mut in_use = hot.in_use.lock().unwrap_or_else(|p| p.into_inner());
+        if same_tls(Some(&in_use), Some(new)) {
+            return;
+        }
+        match server::tls_acceptor(new) {
+            Ok(acceptor) => {
+                *hot.acceptor.write().unwrap_or_else(|p| p.into_inner()) = acceptor;
+                *in_use = new.clone();
+                metrics::counter!("sbc_tls_reload_total", "result" => "swapped").increment(1);
+                tracing::info!(
+                    event = "certificate_swapped",
+                    listener = "admin",
+                    "admin HTTPS certificate, key or client CA swapped for new connections"
+                );
+            }
+            Err(e) => {
+                metrics::counter!("sbc_tls_reload_total", "result" => "refused").increment(1);
+                tracing::warn!(event = "certificate_reload_refused", listener = "admin", reason = %e,
+                    "admin HTTPS material cannot be used: the material in use is kept");
+            }
+        }
     }
 }
 

@@ -52,6 +52,23 @@ pub struct AdminHandle {
     pub(crate) shared: Arc<Shared>,
     /// The settings served with; a reload that changes their listener part is not applied.
     pub(crate) started: AdminConfig,
+    /// The HTTPS acceptor and the material it was built from (swapped by a reload that
+    /// changes the certificate, key or client CA); `None` when serving plain HTTP.
+    pub(crate) tls: Option<HotTls>,
+}
+
+/// The admin listener's HTTPS settings, replaced whole by a reload; read when a
+/// connection is accepted, so a connection keeps the acceptor it was accepted with.
+#[derive(Clone)]
+pub(crate) struct HotTls {
+    pub(crate) acceptor: Arc<std::sync::RwLock<TlsAcceptor>>,
+    pub(crate) in_use: Arc<std::sync::Mutex<AdminTls>>,
+}
+
+impl std::fmt::Debug for HotTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HotTls")
+    }
 }
 
 impl AdminHandle {
@@ -103,6 +120,13 @@ pub(crate) async fn start(
     tls: Option<TlsAcceptor>,
     shared: Arc<Shared>,
 ) -> Result<AdminHandle, AdminError> {
+    let tls = match (tls, &started.tls) {
+        (Some(acceptor), Some(material)) => Some(HotTls {
+            acceptor: Arc::new(std::sync::RwLock::new(acceptor)),
+            in_use: Arc::new(std::sync::Mutex::new(material.clone())),
+        }),
+        _ => None,
+    };
     let address = started.address;
     let router = crate::api::router(Arc::clone(&shared));
     let listener = TcpListener::bind(address)
@@ -116,19 +140,25 @@ pub(crate) async fn start(
     }
     info!(address = %local_addr, https = tls.is_some(), "admin plane listening");
     let (tx, rx) = watch::channel(false);
-    let task = tokio::spawn(accept_loop(listener, tls, router, rx));
+    let task = tokio::spawn(accept_loop(
+        listener,
+        tls.as_ref().map(|t| t.acceptor.clone()),
+        router,
+        rx,
+    ));
     Ok(AdminHandle {
         local_addr,
         shutdown: tx,
         task,
         shared,
         started,
+        tls,
     })
 }
 
 async fn accept_loop(
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<std::sync::RwLock<TlsAcceptor>>>,
     router: Router,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -155,7 +185,9 @@ async fn accept_loop(
             continue;
         };
         let router = router.clone();
-        let tls = tls.clone();
+        let tls = tls
+            .as_ref()
+            .map(|t| t.read().unwrap_or_else(|p| p.into_inner()).clone());
         let stop = shutdown.clone();
         tokio::spawn(async move {
             let _slot = slot;

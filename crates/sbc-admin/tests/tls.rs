@@ -160,3 +160,44 @@ async fn https_without_client_certificates() {
     assert_eq!(r.json()["caller"], CALLER_A);
     f.handle.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_reload_swaps_the_https_certificate_for_new_connections_and_refuses_a_mismatched_key() {
+    let dir = temp_dir("tls-hot");
+    let old_ca = Ca::new("admin server ca, old");
+    let new_ca = Ca::new("admin server ca, new");
+    let old = old_ca.issue_with_usage(&["localhost"], ExtendedKeyUsagePurpose::ServerAuth);
+    let new = new_ca.issue_with_usage(&["localhost"], ExtendedKeyUsagePurpose::ServerAuth);
+    let text = "[admin]\ncertificate = \"c.pem\"\nprivate_key = \"k.pem\"\n";
+    let load = |cert: &Leaf, key: &Leaf| {
+        write(&dir, "c.pem", &cert.cert_pem);
+        write(&dir, "k.pem", &key.key_pem);
+        let mut cfg = AdminConfig::from_config_file_str(text, &dir)
+            .expect("valid")
+            .expect("section");
+        cfg.tokens = tokens();
+        cfg
+    };
+    let f = start("tls-hot", load(&old, &old)).await;
+    let healthz = |ca: &Ca| {
+        let connector = client(ca, None);
+        let addr = f.addr;
+        async move { https(&connector, addr, "GET", "/healthz", None).await }
+    };
+    assert_eq!(healthz(&old_ca).await.expect("old cert").status, 200);
+
+    // New certificate and key: new connections get them.
+    f.handle.reload(&load(&new, &new)).expect("reload");
+    assert_eq!(healthz(&new_ca).await.expect("new cert").status, 200);
+    assert!(
+        healthz(&old_ca).await.is_err(),
+        "the old certificate is gone"
+    );
+
+    // The old certificate with the new key: refused, the new one stays in use.
+    f.handle
+        .reload(&load(&old, &new))
+        .expect("tokens still reload");
+    assert_eq!(healthz(&new_ca).await.expect("kept").status, 200);
+    f.handle.shutdown().await;
+}

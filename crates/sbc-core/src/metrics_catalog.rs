@@ -279,6 +279,10 @@ pub const TENANT_LIMITS: &[&str] = &[
 ];
 
 const SIDES: &[&str] = &["inbound", "outbound"];
+/// `kind` of `sbc_tls_handshakes_total` (sbc-sip's `tls::handshake_kind`).
+const HANDSHAKE_KINDS: &[&str] = &["full", "resumed"];
+/// `result` of `sbc_tls_reload_total`.
+const TLS_RELOAD_RESULTS: &[&str] = &["swapped", "refused"];
 
 /// Call setup (INVITE to final response): from a LAN answer (~10 ms) to a long ring (the
 /// default maximum ringing time is 180 s).
@@ -397,8 +401,8 @@ pub const CATALOG: &[MetricDef] = &[
     ),
     counter(
         "sbc_tls_handshakes_total",
-        "TLS handshakes completed, inbound (peers) and outbound (route targets).",
-        &[closed("side", SIDES)],
+        "TLS handshakes completed, inbound (peers) and outbound (route targets), full or resumed (session ticket or id).",
+        &[closed("side", SIDES), closed("kind", HANDSHAKE_KINDS)],
     ),
     counter(
         "sbc_tls_handshakes_failed_total",
@@ -407,8 +411,13 @@ pub const CATALOG: &[MetricDef] = &[
     ),
     gauge(
         "sbc_tls_certificate_expiry_seconds",
-        "Time until the listener certificate expires.",
+        "Time until the listener certificate in use expires.",
         &[open("listener")],
+    ),
+    counter(
+        "sbc_tls_reload_total",
+        "Certificate, key or CA bundle swaps (SIGHUP or a file change seen by the poll): swapped, or refused (the material in use kept).",
+        &[closed("result", TLS_RELOAD_RESULTS)],
     ),
     counter(
         "sbc_tenant_recognition_failed_total",

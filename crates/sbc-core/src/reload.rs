@@ -135,6 +135,9 @@ pub fn diff(old: &Config, new: &Config) -> Vec<Change> {
     if a.drain_deadline != b.drain_deadline {
         out.push(Change::live("sip.drain_deadline_secs"));
     }
+    if a.cert_poll != b.cert_poll {
+        out.push(Change::live("sip.cert_poll_secs"));
+    }
     // media
     let (a, b) = (&old.media, &new.media);
     for (key, changed) in [

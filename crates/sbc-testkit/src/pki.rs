@@ -42,11 +42,50 @@ impl Ca {
         self.issue_leaf(sans, Some(usage))
     }
 
+    /// A leaf for `sans` that expires on 1 January of `year` (to tell two certificates
+    /// apart by their expiry).
+    pub fn issue_until(&self, sans: &[&str], year: i32) -> Leaf {
+        self.issue_leaf_with(sans, None, Some(year))
+    }
+
+    /// A leaf for `sans` with an RSA 2048 key (signed PKCS#1 SHA-256 by this CA's key):
+    /// what many deployments still use, and far costlier to sign with than ECDSA P-256
+    /// (the load benches compare the two).
+    pub fn issue_rsa(&self, sans: &[&str]) -> Leaf {
+        use aws_lc_rs::encoding::AsDer;
+        let rsa = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+        let der = rsa.as_der().unwrap();
+        let key = KeyPair::from_pkcs8_der_and_sign_algo(
+            &rustls::pki_types::PrivatePkcs8KeyDer::from(der.as_ref().to_vec()),
+            &rcgen::PKCS_RSA_SHA256,
+        )
+        .unwrap();
+        let params =
+            CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
+        Leaf {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+
     fn issue_leaf(&self, sans: &[&str], usage: Option<ExtendedKeyUsagePurpose>) -> Leaf {
+        self.issue_leaf_with(sans, usage, None)
+    }
+
+    fn issue_leaf_with(
+        &self,
+        sans: &[&str],
+        usage: Option<ExtendedKeyUsagePurpose>,
+        until: Option<i32>,
+    ) -> Leaf {
         let mut params =
             CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
         if let Some(u) = usage {
             params.extended_key_usages = vec![u];
+        }
+        if let Some(year) = until {
+            params.not_after = rcgen::date_time_ymd(year, 1, 1);
         }
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
@@ -63,6 +102,11 @@ impl Leaf {
         CertificateDer::pem_slice_iter(self.cert_pem.as_bytes())
             .map(|c| c.unwrap())
             .collect()
+    }
+
+    /// The leaf certificate, DER (what a TLS peer presents first).
+    pub fn leaf_der(&self) -> Vec<u8> {
+        self.chain()[0].as_ref().to_vec()
     }
 
     /// The private key, DER.

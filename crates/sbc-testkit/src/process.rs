@@ -78,6 +78,11 @@ impl Spawned {
         }
     }
 
+    /// The process id (for its CPU time in `/proc/PID/stat`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Send `signal` to the process.
     pub fn signal(&self, signal: Signal) {
         let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).expect("pid"));

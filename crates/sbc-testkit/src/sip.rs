@@ -220,6 +220,35 @@ impl Peer {
         Ok(Peer::new(Box::new(tls)))
     }
 
+    /// Connect to the gateway with the client config `cfg` (its session store decides
+    /// whether the handshake can resume) and say what the handshake was: the leaf
+    /// certificate the gateway presented (on a resumed handshake, the one of the session
+    /// resumed) and whether it was resumed.
+    pub async fn handshake(
+        addr: SocketAddr,
+        cfg: Arc<rustls::ClientConfig>,
+    ) -> std::io::Result<(Peer, Handshake)> {
+        let tcp = TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        let name = ServerName::try_from("localhost").unwrap();
+        let tls = tokio::time::timeout(
+            WAIT,
+            tokio_rustls::TlsConnector::from(cfg).connect(name, tcp),
+        )
+        .await
+        .map_err(|_| std::io::Error::other("TLS handshake timed out"))??;
+        let session = tls.get_ref().1;
+        let hs = Handshake {
+            leaf: session
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| c.as_ref().to_vec())
+                .unwrap_or_default(),
+            resumed: session.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
+        };
+        Ok((Peer::new(Box::new(tls)), hs))
+    }
+
     pub async fn send_raw(&mut self, bytes: &[u8]) {
         self.io.write_all(bytes).await.expect("write");
         self.io.flush().await.expect("flush");
@@ -318,6 +347,28 @@ impl Peer {
     }
 }
 
+/// What a client saw of a TLS handshake with the gateway ([`Peer::handshake`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handshake {
+    /// The leaf certificate presented, DER.
+    pub leaf: Vec<u8>,
+    /// A session ticket or id was accepted.
+    pub resumed: bool,
+}
+
+/// The value of the sample `name{labels...}` in a Prometheus text (a `/metrics` body),
+/// where `labels` are `key="value"` pairs in any order; `None` if there is no such series.
+pub fn metric_sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| {
+            let (series, _) = l.rsplit_once(' ').unwrap_or((l, ""));
+            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+            n == name && labels.iter().all(|kv| rest.contains(kv))
+        })
+        .and_then(|l| l.rsplit_once(' ')?.1.parse().ok())
+}
+
 /// A TLS server standing in for a tenant's route target.
 pub struct Callee {
     listener: TcpListener,
@@ -346,6 +397,22 @@ impl Callee {
         let _ = tcp.set_nodelay(true);
         let tls = self.acceptor.accept(tcp).await.expect("callee TLS accept");
         Peer::new(Box::new(tls))
+    }
+
+    /// Accept the gateway's next connection within `wait`: `None` if none came,
+    /// `Some(Err)` if its TLS handshake failed (say the gateway does not trust us).
+    pub async fn try_accept(&self, wait: Duration) -> Option<std::io::Result<Peer>> {
+        let (tcp, _) = tokio::time::timeout(wait, self.listener.accept())
+            .await
+            .ok()?
+            .ok()?;
+        let _ = tcp.set_nodelay(true);
+        Some(
+            tokio::time::timeout(WAIT, self.acceptor.accept(tcp))
+                .await
+                .unwrap_or_else(|_| Err(std::io::Error::other("TLS accept timed out")))
+                .map(|tls| Peer::new(Box::new(tls))),
+        )
     }
 
     /// True if nobody connected within `wait`.

@@ -28,6 +28,7 @@ pub use routes::{
     Failover, HealthSettings, Route, RouteTarget, DEFAULT_FAILOVER_ON, DEFAULT_TRY_TIMEOUT,
     MAX_FAILOVER_CODES, MAX_TARGETS_PER_ROUTE,
 };
+pub mod certs;
 
 /// Most per-source entries the flood guard may be configured to track.
 pub const MAX_TRACKED_SOURCES: usize = 10_000_000;
@@ -90,6 +91,9 @@ pub struct SipSettings {
     /// On SIGTERM, how long running calls may go on before the gateway stops anyway
     /// (`sip.drain_deadline_secs`; 0: stop at once).
     pub drain_deadline: Duration,
+    /// How often certificate, key and CA files are read again to pick up a change
+    /// (`sip.cert_poll_secs`; `None`: only on SIGHUP). See [`certs`].
+    pub cert_poll: Option<Duration>,
 }
 
 /// A PEM private key. Zeroized on drop; `Debug` never shows it.
@@ -125,7 +129,11 @@ pub struct Listener {
     pub certificate_path: Option<PathBuf>,
     /// PEM chain, leaf first.
     pub certificate_pem: Vec<u8>,
+    /// Where the private key came from (`None` for the embedded default).
+    pub private_key_path: Option<PathBuf>,
     pub private_key: PrivateKeyPem,
+    /// Where the client CA bundle came from.
+    pub client_ca_path: Option<PathBuf>,
     /// CA bundle that client certificates are verified against (mutual TLS).
     pub client_ca_pem: Option<Vec<u8>>,
     /// Refuse handshakes without a valid client certificate.
@@ -455,6 +463,7 @@ struct RawSip {
     message_timeout_ms: u64,
     max_partial_connections_per_source: u32,
     drain_deadline_secs: u64,
+    cert_poll_secs: u64,
 }
 
 /// Default `sip.message_timeout_ms`. A peer writes a message at once, so it normally
@@ -490,6 +499,7 @@ impl Default for RawSip {
             message_timeout_ms: DEFAULT_MESSAGE_TIMEOUT_MS,
             max_partial_connections_per_source: DEFAULT_MAX_PARTIAL_CONNECTIONS_PER_SOURCE,
             drain_deadline_secs: DEFAULT_DRAIN_DEADLINE_SECS,
+            cert_poll_secs: certs::DEFAULT_CERT_POLL_SECS,
         }
     }
 }
@@ -599,7 +609,9 @@ impl Config {
             advertised_host: None,
             certificate_path: None,
             certificate_pem: cert.into_bytes(),
+            private_key_path: None,
             private_key: PrivateKeyPem(Zeroizing::new(key.into_bytes())),
+            client_ca_path: None,
             client_ca_pem: None,
             require_client_cert: false,
         }];
@@ -1484,6 +1496,7 @@ fn validate_sip(raw: &RawSip) -> Result<SipSettings, ConfigError> {
         message_timeout: Duration::from_millis(raw.message_timeout_ms),
         max_partial_connections_per_source: raw.max_partial_connections_per_source,
         drain_deadline: Duration::from_secs(raw.drain_deadline_secs),
+        cert_poll: certs::poll_interval(raw.cert_poll_secs)?,
     })
 }
 
@@ -1544,13 +1557,13 @@ fn validate_listener(l: &RawListener, key: &str, base: &Path) -> Result<Listener
             format!("{}: no PEM private key in the file", key_path.display()),
         ));
     }
-    let client_ca_pem = match &l.client_ca {
+    let (client_ca_path, client_ca_pem) = match &l.client_ca {
         Some(p) => {
             let (path, pem) = read_file(&format!("{key}.client_ca"), base, p)?;
             certificates(&format!("{key}.client_ca"), &path, &pem)?;
-            Some(pem)
+            (Some(path), Some(pem))
         }
-        None => None,
+        None => (None, None),
     };
     if l.require_client_cert && client_ca_pem.is_none() {
         return Err(invalid(
@@ -1564,7 +1577,9 @@ fn validate_listener(l: &RawListener, key: &str, base: &Path) -> Result<Listener
         advertised_host: l.advertised_host.clone(),
         certificate_path: Some(cert_path),
         certificate_pem,
+        private_key_path: Some(key_path),
         private_key: PrivateKeyPem(key_pem),
+        client_ca_path,
         client_ca_pem,
         require_client_cert: l.require_client_cert,
     })

@@ -118,6 +118,8 @@ pub struct Route {
     pub server_name: Option<String>,
     /// CA bundle trusted for these targets (default: the public web PKI roots).
     pub ca_pem: Option<Vec<u8>>,
+    /// Where `ca_pem` came from (the certificate poll re-reads it).
+    pub ca_path: Option<PathBuf>,
     pub failover: Failover,
     /// OPTIONS pings to the targets; `None` (no `[tenants.routes.health]`): no pings,
     /// every target counts as up.
@@ -217,13 +219,13 @@ pub(super) fn validate_routes(
 
 fn validate_route(r: &RawRoute, k: &str, base: &Path) -> Result<Route, ConfigError> {
     let targets = validate_targets(r, k)?;
-    let ca_pem = match &r.ca_file {
+    let (ca_path, ca_pem) = match &r.ca_file {
         Some(p) => {
             let (path, pem) = read_file(&format!("{k}.ca_file"), base, p)?;
             certificates(&format!("{k}.ca_file"), &path, &pem)?;
-            Some(pem)
+            (Some(path), Some(pem))
         }
-        None => None,
+        None => (None, None),
     };
     if let Some(n) = &r.server_name {
         if rustls_pki_types::ServerName::try_from(n.as_str()).is_err() {
@@ -238,6 +240,7 @@ fn validate_route(r: &RawRoute, k: &str, base: &Path) -> Result<Route, ConfigErr
         targets,
         server_name: r.server_name.clone(),
         ca_pem,
+        ca_path,
         failover: validate_failover(r, k)?,
         health: r
             .health

@@ -217,8 +217,8 @@ pub(super) async fn accept_loop(
                     return;
                 }
             };
-            metrics::counter!("sbc_tls_handshakes_total", "side" => "inbound").increment(1);
             let (_, session) = tls.get_ref();
+            metrics::counter!("sbc_tls_handshakes_total", "side" => "inbound", "kind" => crate::tls::handshake_kind(session.handshake_kind())).increment(1);
             let client_cert = session
                 .peer_certificates()
                 .and_then(|c| c.first())

@@ -225,7 +225,9 @@ pub(super) async fn connect(
     };
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, attempt).await {
         Ok(Ok((stream, ip))) => {
-            metrics::counter!("sbc_tls_handshakes_total", "side" => "outbound").increment(1);
+            let kind = crate::tls::handshake_kind(stream.get_ref().1.handshake_kind());
+            metrics::counter!("sbc_tls_handshakes_total", "side" => "outbound", "kind" => kind)
+                .increment(1);
             info!(target_addr = %t.addr, "connected to route target");
             run_connection(
                 conn,

@@ -21,11 +21,14 @@
 //!
 //! Split by the state each part owns: `connection.rs` (accept, handshake, the reader and
 //! its screens, slow sources), `core_loop.rs` (the B2BUA driver, writers and the outbound
-//! pool), `logs.rs` (close reasons and aggregated log lines); this file starts the parts
-//! and holds the handle operators and the binary use.
+//! pool), `logs.rs` (close reasons and aggregated log lines), `tls_listeners.rs` (each
+//! listener's acceptor, swapped for new handshakes on reload and by the certificate file
+//! poll, and its session resumption state); this file starts the parts and holds the
+//! handle operators and the binary use.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -61,12 +64,14 @@ use crate::transaction::TimerConfig;
 mod logs;
 mod connection;
 mod core_loop;
+mod tls_listeners;
 
 pub use connection::{HANDSHAKE_TIMEOUT, MAX_MALFORMED_PER_CONNECTION};
 
 use connection::*;
 use core_loop::*;
 use logs::*;
+use tls_listeners::*;
 
 /// Inputs queued for the core task. Readers wait when it is full, which slows their TCP
 /// peers (backpressure) instead of growing memory; past `overload.max_core_queue` new
@@ -112,26 +117,16 @@ pub struct ServerHandle {
     tasks: Vec<JoinHandle<()>>,
     /// Tenant recognition in use (swapped on reload); read when a connection is accepted.
     recognizer: Arc<RwLock<Arc<Recognizer>>>,
-    /// Each listener's name and TLS acceptor (swapped on reload), in config order.
-    acceptors: ListenerTls,
+    /// Each listener's TLS acceptor and the material it was built from (swapped on
+    /// reload and by the certificate poll), in config order.
+    tls: Arc<TlsListeners>,
+    /// The config in force, as the certificate poll sees it.
+    current: Arc<RwLock<Arc<Config>>>,
+    /// Serialises reloads and certificate poll passes.
+    reload_lock: Arc<tokio::sync::Mutex<()>>,
     /// Route targets' health, published by the core for the admin plane.
     trunks: Arc<sbc_core::trunks::TrunkBoard>,
 }
-
-/// Each listener's name and TLS acceptor, in config order.
-struct ListenerTls(Vec<(String, SharedAcceptor)>);
-
-impl std::fmt::Debug for ListenerTls {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list()
-            .entries(self.0.iter().map(|(n, _)| n))
-            .finish()
-    }
-}
-
-/// A listener's TLS settings, replaced whole on reload; read when a connection is
-/// accepted, so handshakes under way finish with the settings they started with.
-type SharedAcceptor = Arc<RwLock<TlsAcceptor>>;
 
 impl ServerHandle {
     /// Sizes of the B2BUA's tables as of its last step.
@@ -151,22 +146,20 @@ impl ServerHandle {
     /// the new routes; running calls keep their target and its connection; a target whose
     /// address, TLS name or CA changed gets a fresh connection), tenant recognition and each
     /// listener's certificate, key and client CA (both for connections accepted from now
-    /// on). Everything is prepared first: if a route or listener certificate cannot be
-    /// used, nothing is applied and the error says which. Listener addresses and the set
-    /// of listeners need a restart (see `sbc_core::reload::diff`): when the listener names
-    /// differ from the running ones, their TLS settings are left as they are.
-    pub async fn reload(&self, config: Arc<Config>) -> Result<(), SipError> {
+    /// on; established connections keep theirs). Everything is prepared first: if a route
+    /// or listener certificate cannot be used, nothing is applied and the error says
+    /// which (a refused certificate is counted in `sbc_tls_reload_total`). Listener
+    /// addresses and the set of listeners need a restart (see `sbc_core::reload::diff`):
+    /// when the listener names differ from the running ones, their TLS settings are left
+    /// as they are. Returns one line per certificate or CA bundle swapped ("listener
+    /// tls-0: certificate and key swapped, not after 2027-03-01 00:00:00 UTC").
+    pub async fn reload(&self, config: Arc<Config>) -> Result<Vec<String>, SipError> {
+        let _reload = self.reload_lock.lock().await;
         let routes = crate::targets::prepare(&config)?;
-        let same_listeners = config.listeners.len() == self.acceptors.0.len()
-            && config
-                .listeners
-                .iter()
-                .zip(&self.acceptors.0)
-                .all(|(l, (name, _))| *name == l.name);
-        let acceptors = if same_listeners {
-            Some(listener_acceptors(&config)?)
+        let prepared = if self.tls.same_set(&config.listeners) {
+            self.tls.prepare(&config.listeners)?
         } else {
-            None
+            Vec::new()
         };
         let recognizer = Arc::new(Recognizer::new(&config));
         self.events
@@ -177,10 +170,17 @@ impl ServerHandle {
             .await
             .map_err(|_| SipError::Config("the SIP core has stopped".to_string()))?;
         *self.recognizer.write().unwrap_or_else(|p| p.into_inner()) = recognizer;
-        for (new, (_, shared)) in acceptors.into_iter().flatten().zip(&self.acceptors.0) {
-            *shared.write().unwrap_or_else(|p| p.into_inner()) = new;
+        let mut changes = self.tls.install(prepared);
+        let old = std::mem::replace(
+            &mut *self.current.write().unwrap_or_else(|p| p.into_inner()),
+            config.clone(),
+        );
+        let routes_changed = route_ca_changes(&old, &config);
+        for _ in &routes_changed {
+            metrics::counter!("sbc_tls_reload_total", "result" => "swapped").increment(1);
         }
-        Ok(())
+        changes.extend(routes_changed);
+        Ok(changes)
     }
 
     /// A tenant's usage against its limits, as admission sees it now.
@@ -299,15 +299,13 @@ pub async fn start_with(config: Arc<Config>, hooks: Hooks) -> Result<ServerHandl
         &std::collections::HashSet::new(),
     );
     let recognizer = Arc::new(RwLock::new(Arc::new(Recognizer::new(&config))));
-    let tls_configs = listener_acceptors(&config)?;
-    let mut acceptors = Vec::new();
+    let tls = Arc::new(TlsListeners::new(&config)?);
 
     let mut tasks = Vec::new();
     let mut sip_addrs = Vec::new();
     let mut advertised = Vec::new();
-    for ((index, listener), tls) in config.listeners.iter().enumerate().zip(tls_configs) {
-        let acceptor = Arc::new(RwLock::new(tls));
-        acceptors.push((listener.name.clone(), acceptor.clone()));
+    for ((index, listener), listener_tls) in config.listeners.iter().enumerate().zip(&tls.0) {
+        let acceptor = listener_tls.acceptor.clone();
         let socket = TcpListener::bind(listener.address)
             .await
             .map_err(|source| SipError::Bind {
@@ -341,7 +339,18 @@ pub async fn start_with(config: Arc<Config>, hooks: Hooks) -> Result<ServerHandl
     }
 
     tasks.push(tokio::spawn(watch_certificates(
-        config.clone(),
+        tls.clone(),
+        shutdown_rx.clone(),
+    )));
+    let current = Arc::new(RwLock::new(config.clone()));
+    let reload_lock = Arc::new(tokio::sync::Mutex::new(()));
+    tasks.push(tokio::spawn(poll_certificates(
+        PollShared {
+            tls: tls.clone(),
+            current: current.clone(),
+            reload_lock: reload_lock.clone(),
+            events: events_tx.clone(),
+        },
         shutdown_rx.clone(),
     )));
     tasks.push(tokio::spawn(flush_logs(
@@ -407,7 +416,9 @@ pub async fn start_with(config: Arc<Config>, hooks: Hooks) -> Result<ServerHandl
         shutdown: shutdown_tx,
         tasks,
         recognizer,
-        acceptors: ListenerTls(acceptors),
+        tls,
+        current,
+        reload_lock,
         trunks,
     })
 }
@@ -447,30 +458,11 @@ pub const CERTIFICATE_WARNING: Duration = Duration::from_secs(30 * 86_400);
 /// How often listener certificates are checked for expiry.
 const CERTIFICATE_CHECK_EVERY: Duration = Duration::from_secs(3600);
 
-/// Publish each listener certificate's time to expiry as a gauge, and warn from 30 days
-/// before it (at start, then hourly).
-async fn watch_certificates(config: Arc<Config>, mut shutdown: watch::Receiver<bool>) {
+/// Publish each listener certificate's time to expiry as a gauge (the certificate in use:
+/// a swap updates it at once), and warn from 30 days before it (at start, then hourly).
+async fn watch_certificates(tls: Arc<TlsListeners>, mut shutdown: watch::Receiver<bool>) {
     loop {
-        let now = std::time::SystemTime::now();
-        for l in &config.listeners {
-            let Some(not_after) = l.certificate_not_after() else {
-                continue;
-            };
-            let left = match not_after.duration_since(now) {
-                Ok(d) => d.as_secs_f64(),
-                Err(e) => -e.duration().as_secs_f64(),
-            };
-            metrics::gauge!("sbc_tls_certificate_expiry_seconds", "listener" => l.name.clone())
-                .set(left);
-            if left < CERTIFICATE_WARNING.as_secs_f64() {
-                warn!(
-                    event = "certificate_expiring",
-                    listener = %l.name,
-                    days_left = (left / 86_400.0).floor(),
-                    "listener certificate expires soon (or has expired): renew it"
-                );
-            }
-        }
+        tls.publish_expiry();
         tokio::select! {
             _ = tokio::time::sleep(CERTIFICATE_CHECK_EVERY) => {}
             _ = shutdown.changed() => return,
