@@ -187,3 +187,6 @@ pub const LOOKUP_RESULTS: &[&str] = &[
     "bad_transport",
     "no_server",
 ];
+
+/// Every `what` label of `sbc_dns_answers_capped_total` (copied in sbc-core's catalog).
+pub const CAP_LABELS: &[&str] = &["records", "srv_targets", "candidates"];

@@ -305,7 +305,13 @@ impl Resolver {
         };
         let lookup = match self.inner.lookup(qname.clone(), record_type).await {
             Ok(l) => l,
-            Err(e) => return (Err(map_error(name, &qname, e)), 0),
+            Err(e) => {
+                let e = match map_error(name, &qname, e) {
+                    DnsError::Timeout(_) => DnsError::Timeout(self.timeout),
+                    other => other,
+                };
+                return (Err(e), 0);
+            }
         };
         let mut ttl = u32::MAX;
         let mut cnames = 0usize;
