@@ -19,7 +19,10 @@ pub(super) const OUTBOUND_CONNECT_BUDGET: Duration = Duration::from_secs(32);
 /// The resolver of route targets given by domain name (RFC 3263), rebuilt when a reload
 /// changes `sip.dns_servers` or `sip.dns_timeout_ms` (its cache starts empty then).
 #[derive(Clone)]
-pub(super) struct Dns(Arc<RwLock<(DnsSettings, Result<Arc<sbc_dns::Resolver>, String>)>>);
+pub(super) struct Dns(Arc<RwLock<(DnsSettings, Built)>>);
+
+/// A resolver made from the settings, or why none could be (no nameserver).
+type Built = Result<Arc<sbc_dns::Resolver>, String>;
 
 impl Dns {
     pub(super) fn new(settings: &DnsSettings) -> Dns {
