@@ -25,7 +25,7 @@ use crate::order::{
     self, Naptr, Srv, MAX_ADDRS_PER_HOST, MAX_CANDIDATES, MAX_CNAME_CHAIN, MAX_RECORDS_PER_ANSWER,
     MAX_SRV_TARGETS,
 };
-use crate::{Candidate, DnsConfig, DnsError, TargetName, Transport};
+use crate::{Candidate, DnsConfig, DnsError, Scheme, TargetName, Transport};
 
 /// Where the cache reads the time. [`Resolver::new`] uses the system clock; tests pass one
 /// they can move to expire entries without sleeping.
@@ -40,6 +40,16 @@ impl Clock for SystemClock {
     fn now(&self) -> Instant {
         Instant::now()
     }
+}
+
+/// What walking the SRV names found.
+#[derive(Default)]
+struct SrvWalk {
+    out: Vec<Candidate>,
+    /// Some SRV name had records (so no A/AAAA fallback, §4.2).
+    srv_found: bool,
+    /// The first failure other than "no such record", reported if nothing was found.
+    first_err: Option<DnsError>,
 }
 
 /// An RFC 3263 resolver with its cache. Cheap to share behind an `Arc`.
@@ -171,60 +181,17 @@ impl Resolver {
                 .map(|ip| plain(SocketAddr::new(ip, port), fixed))
                 .collect());
         }
-        // §4.1: no transport: NAPTR, then SRV of what it names; none usable: SRV directly.
-        let services = match transport {
-            Some(tr) => order::srv_names(&host, t.scheme, Some(tr)),
-            None => match self.query(&host, Rtype::Naptr, deadline).await {
-                Ok(Records::Naptr(recs)) => {
-                    let picked = order::select_naptr(&recs, t.scheme);
-                    if picked.is_empty() {
-                        order::srv_names(&host, t.scheme, None)
-                    } else {
-                        picked
-                    }
-                }
-                Ok(_) | Err(DnsError::NotFound(_)) => order::srv_names(&host, t.scheme, None),
-                Err(e) => return Err(e),
-            },
-        };
-        let mut out: Vec<Candidate> = Vec::new();
-        let mut srv_found = false;
-        let mut first_err: Option<DnsError> = None;
-        let mut srv_targets = 0usize;
-        'services: for (tr, name) in services {
-            let recs = match self.query(&name, Rtype::Srv, deadline).await {
-                Ok(Records::Srv(recs)) => recs,
-                Ok(_) | Err(DnsError::NotFound(_)) => continue,
-                Err(e) => {
-                    first_err.get_or_insert(e);
-                    continue;
-                }
-            };
-            srv_found = true;
-            for srv in order::srv_order(&recs, rng) {
-                if srv.target == "." {
-                    continue; // RFC 2782: service decidedly not available there.
-                }
-                if srv_targets == MAX_SRV_TARGETS || out.len() >= MAX_CANDIDATES {
-                    capped("srv_targets");
-                    break 'services;
-                }
-                srv_targets += 1;
-                match self.addresses(&srv.target, deadline).await {
-                    Ok(ips) => push_all(&mut out, &ips, &srv, tr),
-                    Err(e) => {
-                        first_err.get_or_insert(e);
-                    }
-                }
-            }
+        let services = self.services(&host, t.scheme, transport, deadline).await?;
+        let walk = self.srv_candidates(services, rng, deadline).await;
+        if !walk.out.is_empty() {
+            return Ok(walk.out);
         }
-        if !out.is_empty() {
-            return Ok(out);
+        if walk.srv_found {
+            return Err(walk
+                .first_err
+                .unwrap_or_else(|| DnsError::NotFound(t.to_string())));
         }
-        if srv_found {
-            return Err(first_err.unwrap_or_else(|| DnsError::NotFound(t.to_string())));
-        }
-        if let Some(e) = first_err {
+        if let Some(e) = walk.first_err {
             return Err(e);
         }
         // §4.2: no SRV: A/AAAA of the host on the transport's default port.
@@ -233,6 +200,76 @@ impl Resolver {
             .into_iter()
             .map(|ip| plain(SocketAddr::new(ip, fixed.default_port()), fixed))
             .collect())
+    }
+
+    /// The SRV names to ask (§4.1): those of the usable NAPTR records when no transport is
+    /// given; none usable (or a transport given): the constructed `_sips._tcp` etc.
+    async fn services(
+        &self,
+        host: &str,
+        scheme: Scheme,
+        transport: Option<Transport>,
+        deadline: tokio::time::Instant,
+    ) -> Result<Vec<(Transport, String)>, DnsError> {
+        if transport.is_some() {
+            return Ok(order::srv_names(host, scheme, transport));
+        }
+        match self.query(host, Rtype::Naptr, deadline).await {
+            Ok(Records::Naptr(recs)) => {
+                let picked = order::select_naptr(&recs, scheme);
+                if picked.is_empty() {
+                    Ok(order::srv_names(host, scheme, None))
+                } else {
+                    Ok(picked)
+                }
+            }
+            Ok(_) | Err(DnsError::NotFound(_)) => Ok(order::srv_names(host, scheme, None)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Ask each SRV name in turn and turn its targets, in RFC 2782 order, into candidates,
+    /// within [`MAX_SRV_TARGETS`] and [`MAX_CANDIDATES`].
+    async fn srv_candidates<R: Rng + Send + ?Sized>(
+        &self,
+        services: Vec<(Transport, String)>,
+        rng: &mut R,
+        deadline: tokio::time::Instant,
+    ) -> SrvWalk {
+        let mut walk = SrvWalk::default();
+        let mut srv_targets = 0usize;
+        for (tr, name) in services {
+            let recs = match self.query(&name, Rtype::Srv, deadline).await {
+                Ok(Records::Srv(recs)) => recs,
+                Ok(_) | Err(DnsError::NotFound(_)) => continue,
+                Err(e) => {
+                    walk.first_err.get_or_insert(e);
+                    continue;
+                }
+            };
+            walk.srv_found = true;
+            for srv in order::srv_order(&recs, rng) {
+                if srv.target == "." {
+                    continue; // RFC 2782: service decidedly not available there.
+                }
+                if walk.out.len() >= MAX_CANDIDATES {
+                    capped("candidates");
+                    return walk;
+                }
+                if srv_targets == MAX_SRV_TARGETS {
+                    capped("srv_targets");
+                    return walk;
+                }
+                srv_targets += 1;
+                match self.addresses(&srv.target, deadline).await {
+                    Ok(ips) => push_all(&mut walk.out, &ips, &srv, tr),
+                    Err(e) => {
+                        walk.first_err.get_or_insert(e);
+                    }
+                }
+            }
+        }
+        walk
     }
 
     /// A then AAAA addresses of `host` (asked at once); an error only if neither has any.
