@@ -284,6 +284,28 @@ const HANDSHAKE_KINDS: &[&str] = &["full", "resumed"];
 /// `result` of `sbc_tls_reload_total`.
 const TLS_RELOAD_RESULTS: &[&str] = &["swapped", "refused"];
 
+/// `sbc_dns_lookups_total{result}`: sbc-dns's `LOOKUP_RESULTS` (its tests check the copy).
+pub const DNS_RESULTS: &[&str] = &[
+    "ok",
+    "not_found",
+    "timeout",
+    "cname_chain",
+    "server_failure",
+    "bad_name",
+    "bad_transport",
+    "no_server",
+];
+
+/// `sbc_dns_answers_capped_total{what}`: which bound of sbc-dns's `order` cut an answer.
+pub const DNS_CAPS: &[&str] = &["records", "srv_targets", "candidates"];
+
+/// One target's resolution: a cache hit takes µs, a LAN resolver ms, a cold recursive
+/// lookup hundreds of ms; the deadline (`sip.dns_timeout_ms`, default 2 s, at most 30 s)
+/// ends it.
+pub const DNS_BUCKETS: &[f64] = &[
+    0.000_1, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 30.0,
+];
+
 /// Call setup (INVITE to final response): from a LAN answer (~10 ms) to a long ring (the
 /// default maximum ringing time is 180 s).
 pub const SETUP_BUCKETS: &[f64] = &[
@@ -423,6 +445,28 @@ pub const CATALOG: &[MetricDef] = &[
         "sbc_tenant_recognition_failed_total",
         "Connections from peers that map to no tenant.",
         &[],
+    ),
+    // DNS (route targets given by name, RFC 3263).
+    counter(
+        "sbc_dns_lookups_total",
+        "Resolutions of route targets given by name, by result.",
+        &[closed("result", DNS_RESULTS)],
+    ),
+    histogram(
+        "sbc_dns_lookup_duration_seconds",
+        "Time to resolve one route target (NAPTR, SRV and A/AAAA queries, cache included).",
+        &[],
+        DNS_BUCKETS,
+    ),
+    counter(
+        "sbc_dns_cache_hits_total",
+        "DNS queries answered from the resolver's cache.",
+        &[],
+    ),
+    counter(
+        "sbc_dns_answers_capped_total",
+        "DNS answers cut at a bound (records per answer, SRV targets or candidates per target).",
+        &[closed("what", DNS_CAPS)],
     ),
     // SIP messages.
     counter(

@@ -138,6 +138,13 @@ pub fn diff(old: &Config, new: &Config) -> Vec<Change> {
     if a.cert_poll != b.cert_poll {
         out.push(Change::live("sip.cert_poll_secs"));
     }
+    // The resolver is rebuilt (empty cache) for connections opened from then on.
+    if a.dns.servers != b.dns.servers {
+        out.push(Change::live("sip.dns_servers"));
+    }
+    if a.dns.timeout != b.dns.timeout {
+        out.push(Change::live("sip.dns_timeout_ms"));
+    }
     // media
     let (a, b) = (&old.media, &new.media);
     for (key, changed) in [
@@ -334,6 +341,20 @@ mod tests {
 
     fn keys(changes: &[Change]) -> Vec<&str> {
         changes.iter().map(|c| c.key.as_str()).collect()
+    }
+
+    #[test]
+    fn dns_settings_apply_live() {
+        let d = dir();
+        let old = cfg(&d, "a", T1);
+        let new = cfg(
+            &d,
+            "a",
+            &format!("[sip]\ndns_servers=[\"127.0.0.1:5353\"]\ndns_timeout_ms=500\n{T1}"),
+        );
+        let changes = diff(&old, &new);
+        assert_eq!(keys(&changes), ["sip.dns_servers", "sip.dns_timeout_ms"]);
+        assert_eq!(changes[0].to_string(), "sip.dns_servers: applied");
     }
 
     #[test]

@@ -11,9 +11,13 @@
 //! uses is retired at the next reload, so the table is bounded by the routes plus the
 //! targets of calls still running.
 //!
+//! A target given by domain name is resolved when its connection is opened (RFC 3263, by
+//! `sbc-dns`), never here: this module only records what to resolve ([`Dest`]).
+//!
 //! Must not: open connections (the server does) or decide routing (see [`crate::routing`]).
 
 use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
 
 use rustls::pki_types::ServerName;
 use sbc_core::config::Config;
@@ -32,11 +36,23 @@ struct TargetKey {
     ca_pem: Option<Vec<u8>>,
 }
 
+/// Where a target's connection goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Dest {
+    /// A numeric IP in the URI: used as it is (RFC 3263 §4).
+    Addr(SocketAddr),
+    /// A domain name: resolved by the connection task (NAPTR/SRV without a port, A/AAAA
+    /// with one), each candidate tried in order.
+    Name(sbc_dns::TargetName),
+}
+
 /// A route target's connector.
 #[derive(Clone)]
 pub(crate) struct Target {
-    /// `host:port` (IPv6 in brackets) to connect to.
+    /// `host:port`, or `host` alone for a name resolved by NAPTR/SRV (IPv6 in brackets):
+    /// for logs and the Request-URI.
     pub addr: String,
+    pub dest: Dest,
     /// The name verified in its certificate.
     pub name: ServerName<'static>,
     pub tls: TlsConnector,
@@ -70,11 +86,30 @@ pub(crate) fn prepare(config: &Config) -> Result<Vec<PreparedRoute>, SipError> {
             let mut targets = Vec::new();
             for t in &route.targets {
                 let host = &t.uri.host;
-                let addr = if host.contains(':') {
-                    format!("[{host}]:{}", t.uri.port)
-                } else {
-                    format!("{host}:{}", t.uri.port)
+                let port = t.uri.port;
+                let (addr, dest) = match host.parse::<IpAddr>() {
+                    Ok(ip) => {
+                        let sa = SocketAddr::new(ip, port);
+                        (sa.to_string(), Dest::Addr(sa))
+                    }
+                    Err(_) => {
+                        let explicit = t.uri.port_explicit.then_some(port);
+                        let addr = match explicit {
+                            Some(p) => format!("{host}:{p}"),
+                            None => host.clone(),
+                        };
+                        let name = sbc_dns::TargetName {
+                            scheme: sbc_dns::Scheme::Sips,
+                            host: host.clone(),
+                            port: explicit,
+                            transport: None,
+                        };
+                        (addr, Dest::Name(name))
+                    }
                 };
+                // RFC 5922 §4 (and RFC 3263 §4.1's note on TLS): the certificate is checked
+                // against the host of the configured URI (or `server_name`), never against a
+                // NAPTR replacement or SRV target, which an unsigned DNS answer could forge.
                 let server_name = route.server_name.clone().unwrap_or_else(|| host.clone());
                 let named = |e: SipError| {
                     SipError::Config(format!(
@@ -87,6 +122,7 @@ pub(crate) fn prepare(config: &Config) -> Result<Vec<PreparedRoute>, SipError> {
                 targets.push(PreparedTarget {
                     target: Target {
                         addr: addr.clone(),
+                        dest,
                         name,
                         tls: TlsConnector::from(client),
                         key: TargetKey {
@@ -220,6 +256,7 @@ mod tests {
             targets: vec![PreparedTarget {
                 target: Target {
                     addr: addr.into(),
+                    dest: Dest::Addr("192.0.2.1:5061".parse().expect("addr")),
                     name: tls::server_name("pbx.example").expect("name"),
                     tls: TlsConnector::from(client),
                     key: TargetKey {
@@ -308,5 +345,53 @@ mod tests {
             target_of(&table, "a", "+1555"),
             target_of(&table, "a", "+4420")
         );
+    }
+
+    #[test]
+    fn names_are_resolved_later_and_ips_are_used_as_they_are() {
+        let mut cfg = Config::embedded_default().expect("default config");
+        let route = |prefix: &str, uri: &str| sbc_core::config::Route {
+            prefix: prefix.into(),
+            targets: vec![sbc_core::config::RouteTarget {
+                uri: sbc_core::config::parse_target(uri).expect("target"),
+                priority: 0,
+                weight: 1,
+            }],
+            server_name: None,
+            ca_pem: None,
+            ca_path: None,
+            failover: Default::default(),
+            health: None,
+        };
+        cfg.tenants.truncate(1);
+        cfg.tenants[0].routes = vec![
+            route("1", "sips:trunk.example"),
+            route("2", "sips:trunk.example:5070"),
+            route("3", "sips:[2001:db8::1]"),
+        ];
+        let routes = prepare(&cfg).expect("prepare");
+        let by_prefix = |p: &str| {
+            routes.iter().find(|r| r.prefix == p).map(|r| {
+                (
+                    r.targets[0].target.addr.clone(),
+                    r.targets[0].target.dest.clone(),
+                )
+            })
+        };
+        let name = |port| {
+            Dest::Name(sbc_dns::TargetName {
+                scheme: sbc_dns::Scheme::Sips,
+                host: "trunk.example".into(),
+                port,
+                transport: None,
+            })
+        };
+        assert_eq!(by_prefix("1"), Some(("trunk.example".into(), name(None))));
+        assert_eq!(
+            by_prefix("2"),
+            Some(("trunk.example:5070".into(), name(Some(5070))))
+        );
+        let v6: SocketAddr = "[2001:db8::1]:5061".parse().expect("addr");
+        assert_eq!(by_prefix("3"), Some((v6.to_string(), Dest::Addr(v6))));
     }
 }

@@ -29,6 +29,8 @@ pub use routes::{
     MAX_FAILOVER_CODES, MAX_TARGETS_PER_ROUTE,
 };
 pub mod certs;
+mod dns;
+pub use dns::DnsSettings;
 
 /// Most per-source entries the flood guard may be configured to track.
 pub const MAX_TRACKED_SOURCES: usize = 10_000_000;
@@ -94,6 +96,8 @@ pub struct SipSettings {
     /// How often certificate, key and CA files are read again to pick up a change
     /// (`sip.cert_poll_secs`; `None`: only on SIGHUP). See [`certs`].
     pub cert_poll: Option<Duration>,
+    /// Resolution of route targets given by name (`sip.dns_servers`, `sip.dns_timeout_ms`).
+    pub dns: DnsSettings,
 }
 
 /// A PEM private key. Zeroized on drop; `Debug` never shows it.
@@ -168,12 +172,20 @@ pub struct Recognition {
 pub struct TargetUri {
     /// Host name or IP address (IPv6 without brackets).
     pub host: String,
+    /// The URI's port, or 5061 when it has none.
     pub port: u16,
+    /// True if the URI gave the port. A host name without a port is resolved by NAPTR and
+    /// SRV (RFC 3263 §4.1); with one, by A/AAAA only (§4.2).
+    pub port_explicit: bool,
 }
 
 impl fmt::Display for TargetUri {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.host.contains(':') {
+        let is_ip = self.host.parse::<IpAddr>().is_ok();
+        if !self.port_explicit && !is_ip {
+            // Resolved by NAPTR/SRV: the port comes from DNS.
+            write!(f, "sips:{}", self.host)
+        } else if self.host.contains(':') {
             write!(f, "sips:[{}]:{}", self.host, self.port)
         } else {
             write!(f, "sips:{}:{}", self.host, self.port)
@@ -464,6 +476,8 @@ struct RawSip {
     max_partial_connections_per_source: u32,
     drain_deadline_secs: u64,
     cert_poll_secs: u64,
+    dns_timeout_ms: u64,
+    dns_servers: Vec<String>,
 }
 
 /// Default `sip.message_timeout_ms`. A peer writes a message at once, so it normally
@@ -500,6 +514,8 @@ impl Default for RawSip {
             max_partial_connections_per_source: DEFAULT_MAX_PARTIAL_CONNECTIONS_PER_SOURCE,
             drain_deadline_secs: DEFAULT_DRAIN_DEADLINE_SECS,
             cert_poll_secs: certs::DEFAULT_CERT_POLL_SECS,
+            dns_timeout_ms: dns::DEFAULT_DNS_TIMEOUT_MS,
+            dns_servers: Vec::new(),
         }
     }
 }
@@ -1497,6 +1513,7 @@ fn validate_sip(raw: &RawSip) -> Result<SipSettings, ConfigError> {
         max_partial_connections_per_source: raw.max_partial_connections_per_source,
         drain_deadline: Duration::from_secs(raw.drain_deadline_secs),
         cert_poll: certs::poll_interval(raw.cert_poll_secs)?,
+        dns: dns::validate(raw.dns_timeout_ms, &raw.dns_servers)?,
     })
 }
 
@@ -1756,6 +1773,7 @@ pub fn parse_target(s: &str) -> Result<TargetUri, String> {
     if host.is_empty() {
         return Err(format!("{s:?}: empty host"));
     }
+    let port_explicit = port.is_some();
     let port = match port {
         None => 5061,
         Some(p) => match p.parse::<u16>() {
@@ -1763,7 +1781,11 @@ pub fn parse_target(s: &str) -> Result<TargetUri, String> {
             _ => return Err(format!("{s:?}: {p:?} is not a port")),
         },
     };
-    Ok(TargetUri { host, port })
+    Ok(TargetUri {
+        host,
+        port,
+        port_explicit,
+    })
 }
 
 #[cfg(test)]
@@ -1811,7 +1833,8 @@ mod tests {
             cfg.tenants[0].routes[0].targets[0].uri,
             TargetUri {
                 host: "pbx.example".into(),
-                port: 5061
+                port: 5061,
+                port_explicit: false,
             }
         );
         assert_eq!(cfg.tenants[0].limits, Limits::default());
@@ -2198,19 +2221,30 @@ mod tests {
             parse_target("sips:[2001:db8::1]:5070"),
             Ok(TargetUri {
                 host: "2001:db8::1".into(),
-                port: 5070
+                port: 5070,
+                port_explicit: true,
             })
         );
         assert_eq!(
             parse_target("sips:10.0.0.1"),
             Ok(TargetUri {
                 host: "10.0.0.1".into(),
-                port: 5061
+                port: 5061,
+                port_explicit: false,
             })
         );
         assert_eq!(
             parse_target("sips:[2001:db8::1]").map(|t| t.to_string()),
             Ok("sips:[2001:db8::1]:5061".to_string())
+        );
+        assert_eq!(
+            parse_target("sips:trunk.example").map(|t| (t.port_explicit, t.to_string())),
+            Ok((false, "sips:trunk.example".to_string())),
+            "a name without a port is resolved by NAPTR/SRV, shown without one"
+        );
+        assert_eq!(
+            parse_target("sips:trunk.example:5062").map(|t| t.to_string()),
+            Ok("sips:trunk.example:5062".to_string())
         );
         for bad in [
             "sips:",

@@ -378,7 +378,8 @@ mod tests {
         let cfg = parse("target=\"sips:a.example\"\n").expect("shorthand");
         let r = &cfg.tenants[0].routes[0];
         assert_eq!(r.targets.len(), 1);
-        assert_eq!(r.targets[0].uri.to_string(), "sips:a.example:5061");
+        // No port: resolved by NAPTR/SRV (RFC 3263), so none is shown.
+        assert_eq!(r.targets[0].uri.to_string(), "sips:a.example");
         assert_eq!(r.failover.on, vec![408, 500, 503]);
         assert_eq!(r.failover.try_timeout, super::DEFAULT_TRY_TIMEOUT);
         assert_eq!(r.health, None);
@@ -396,7 +397,7 @@ mod tests {
                 .collect::<Vec<_>>(),
             vec![
                 ("sips:a:5061".to_string(), 10, 60),
-                ("sips:b:5061".to_string(), 0, 1)
+                ("sips:b".to_string(), 0, 1)
             ]
         );
         assert_eq!(r.failover.on, vec![503]);
@@ -430,7 +431,7 @@ mod tests {
                 "tenants[0].routes[0].targets[1].uri",
             ),
             (
-                "targets=[{uri=\"sips:a\"},{uri=\"sips:a:5061\"}]\n",
+                "targets=[{uri=\"sips:a:5061\"},{uri=\"sips:a:5061\"}]\n",
                 "tenants[0].routes[0].targets[1].uri",
             ),
             (

@@ -95,6 +95,8 @@ pub(super) struct ConnSettings {
     /// `sip.message_timeout_ms`: first byte to last byte of one message.
     pub(super) message_timeout: Duration,
     pub(super) guards: Guards,
+    /// Resolver of route targets given by name (outbound connections only).
+    pub(super) dns: Dns,
 }
 
 /// Load and abuse protection that readers apply before a message reaches the core.

@@ -2,10 +2,67 @@
 //! outputs, and owns the outbound connection pool to route targets.
 //!
 //! Owns: the writers of every connection, the pool (one connection per target, messages
-//! queued while it connects) and the target connectors. Must not: block on a peer (a
-//! full write queue drops the message, counted).
+//! queued while it connects), the target connectors and the resolver of targets given by
+//! name ([`Dns`]). Must not: block on a peer (a full write queue drops the message,
+//! counted) or on DNS: a target given by name is resolved inside its connection task
+//! ([`connect`]), so the core goes on serving every other call meanwhile.
 
 use super::*;
+use crate::targets::Dest;
+use sbc_core::config::DnsSettings;
+
+/// Longest one outbound connection attempt may take over all its candidates (DNS
+/// included): 32 s, timer B at the default T1, after which the INVITE that asked for the
+/// connection has failed anyway. Each candidate also has [`HANDSHAKE_TIMEOUT`].
+pub(super) const OUTBOUND_CONNECT_BUDGET: Duration = Duration::from_secs(32);
+
+/// The resolver of route targets given by domain name (RFC 3263), rebuilt when a reload
+/// changes `sip.dns_servers` or `sip.dns_timeout_ms` (its cache starts empty then).
+#[derive(Clone)]
+pub(super) struct Dns(Arc<RwLock<(DnsSettings, Built)>>);
+
+/// A resolver made from the settings, or why none could be (no nameserver).
+type Built = Result<Arc<sbc_dns::Resolver>, String>;
+
+impl Dns {
+    pub(super) fn new(settings: &DnsSettings) -> Dns {
+        Dns(Arc::new(RwLock::new((
+            settings.clone(),
+            Dns::build(settings),
+        ))))
+    }
+
+    fn build(settings: &DnsSettings) -> Result<Arc<sbc_dns::Resolver>, String> {
+        let cfg = sbc_dns::DnsConfig {
+            servers: settings.servers.clone(),
+            timeout: settings.timeout,
+        };
+        sbc_dns::Resolver::new(&cfg).map(Arc::new).map_err(|e| {
+            // Only targets given by name need it: they fail to connect (logged, counted);
+            // targets given by IP are unaffected.
+            warn!(event = "dns_unavailable", error = %e, "no DNS resolver: route targets given by name cannot be reached");
+            e.to_string()
+        })
+    }
+
+    /// Take the reloaded settings; a change rebuilds the resolver.
+    pub(super) fn reload(&self, settings: &DnsSettings) {
+        let mut cur = self.0.write().unwrap_or_else(|p| p.into_inner());
+        if cur.0 != *settings {
+            *cur = (settings.clone(), Dns::build(settings));
+            info!(
+                event = "dns_reloaded",
+                servers = settings.servers.len(),
+                timeout_ms = settings.timeout.as_millis() as u64,
+                "DNS resolver settings replaced"
+            );
+        }
+    }
+
+    fn resolver(&self) -> Result<Arc<sbc_dns::Resolver>, String> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).1.clone()
+    }
+}
 
 /// Messages queued for one connection's writer. At ~1 KB a message this is 1 MB; a peer
 /// that lets its queue fill is not reading and loses messages (counted) rather than
@@ -98,6 +155,7 @@ pub(super) async fn core_loop(
                 core.set_media_policies(media_policies(&config));
                 core.set_sip_policies(sip_policies(&config));
                 settings.guards.reload(&config);
+                settings.dns.reload(&config.sip.dns);
                 info!(
                     event = "config_reloaded",
                     tenants = config.tenants.len(),
@@ -202,6 +260,34 @@ pub(super) fn write_to(
     }
 }
 
+/// The addresses to try for `t`, in order: its IP, or its name resolved (RFC 3263) to
+/// the TLS candidates.
+async fn addresses(t: &Target, dns: &Dns) -> Result<Vec<SocketAddr>, String> {
+    match &t.dest {
+        Dest::Addr(sa) => Ok(vec![*sa]),
+        Dest::Name(name) => {
+            let resolver = dns.resolver()?;
+            let candidates = resolver
+                .candidates(name)
+                .await
+                .map_err(|e| format!("DNS: {e}"))?;
+            let addrs: Vec<SocketAddr> = candidates
+                .iter()
+                .filter(|c| c.transport == sbc_dns::Transport::Tls)
+                .map(|c| c.addr)
+                .collect();
+            if addrs.is_empty() {
+                return Err(format!("DNS: no TLS candidate for {name}"));
+            }
+            debug!(target_uri = %name, candidates = addrs.len(), "route target resolved");
+            Ok(addrs)
+        }
+    }
+}
+
+/// Open the TLS connection of `target`: resolve it, then try each candidate in order (a
+/// refused, unreachable or failed handshake moves on to the next), the certificate checked
+/// against the configured name for every candidate (RFC 5922 §4).
 pub(super) async fn connect(
     target: TargetId,
     t: Target,
@@ -210,29 +296,36 @@ pub(super) async fn connect(
     settings: ConnSettings,
 ) {
     let attempt = async {
-        let tcp = TcpStream::connect(&t.addr)
-            .await
-            .map_err(|e| e.to_string())?;
-        let _ = tcp.set_nodelay(true);
-        let ip = tcp
-            .peer_addr()
-            .map_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), |a| a.ip());
-        t.tls
-            .connect(t.name.clone(), tcp)
-            .await
-            .map(|s| (s, ip))
-            .map_err(|e| e.to_string())
+        let addrs = addresses(&t, &settings.dns).await?;
+        let mut last = String::new();
+        for addr in addrs {
+            let one = async {
+                let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+                let _ = tcp.set_nodelay(true);
+                t.tls
+                    .connect(t.name.clone(), tcp)
+                    .await
+                    .map_err(|e| e.to_string())
+            };
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, one).await {
+                Ok(Ok(stream)) => return Ok((stream, addr)),
+                Ok(Err(e)) => last = format!("{addr}: {e}"),
+                Err(_) => last = format!("{addr}: timed out"),
+            }
+            debug!(target_addr = %t.addr, candidate = %addr, error = %last, "route target candidate failed, trying the next");
+        }
+        Err(last)
     };
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, attempt).await {
-        Ok(Ok((stream, ip))) => {
+    match tokio::time::timeout(OUTBOUND_CONNECT_BUDGET, attempt).await {
+        Ok(Ok((stream, addr))) => {
             let kind = crate::tls::handshake_kind(stream.get_ref().1.handshake_kind());
             metrics::counter!("sbc_tls_handshakes_total", "side" => "outbound", "kind" => kind)
                 .increment(1);
-            info!(target_addr = %t.addr, "connected to route target");
+            info!(target_addr = %t.addr, connected_to = %addr, "connected to route target");
             run_connection(
                 conn,
                 ConnKind::Outbound { target },
-                ip,
+                addr.ip(),
                 stream,
                 events,
                 settings,

@@ -290,6 +290,7 @@ pub async fn start_with(config: Arc<Config>, hooks: Hooks) -> Result<ServerHandl
         idle: config.sip.idle_timeout,
         message_timeout: config.sip.message_timeout,
         guards: Guards::new(&config, shared_admission.clone()),
+        dns: Dns::new(&config.sip.dns),
     };
 
     // Routes and their connectors.
