@@ -22,6 +22,9 @@ use crate::redact::Redaction;
 use crate::tap::{TapLegs, TapSpec, TapTransport};
 use crate::tenant::TenantId;
 
+pub mod cluster;
+pub use cluster::{ClusterSettings, RedisEndpoint};
+
 /// Most per-source entries the flood guard may be configured to track.
 pub const MAX_TRACKED_SOURCES: usize = 10_000_000;
 /// Capacity of the queue in front of the SIP core (see `sbc-sip`'s server).
@@ -312,6 +315,8 @@ pub struct Config {
     pub tenants: Vec<Tenant>,
     pub flood_guard: FloodSettings,
     pub overload: OverloadSettings,
+    /// `[cluster]`: quotas shared with other gateways through Redis; `None`: this node alone.
+    pub cluster: Option<ClusterSettings>,
 }
 
 // ---- the file as written ----
@@ -335,6 +340,7 @@ struct RawConfig {
     flood_guard: RawFlood,
     #[serde(default)]
     overload: RawOverload,
+    cluster: Option<cluster::RawCluster>,
 }
 
 #[derive(Deserialize)]
@@ -1281,6 +1287,7 @@ fn validate(raw: &RawConfig, base: &Path) -> Result<Config, ConfigError> {
         tenants,
         flood_guard: validate_flood(&raw.flood_guard)?,
         overload: validate_overload(&raw.overload)?,
+        cluster: raw.cluster.as_ref().map(cluster::validate_cluster).transpose()?,
     })
 }
 

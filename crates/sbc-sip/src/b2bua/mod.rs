@@ -13,6 +13,7 @@
 //! | `responses.rs` | the responses the gateway builds itself (400/505, 503, refusals) |
 //! | `request_flow.rs` | what a request does (new call, in transaction, in dialog) |
 //! | `response_flow.rs` | what a response does (relay upstream, learn the dialog, end calls) |
+//! | `cluster_flow.rs` | INVITEs parked while the cluster decides their admission |
 //!
 //! Must not: touch sockets, TLS or the clock. Drivers feed [`Input`]s with `now` and carry
 //! out the [`Output`]s from [`B2bua::poll_output`]; time ([`Instant`] and a
@@ -22,6 +23,7 @@
 
 mod body_flow;
 pub mod calls;
+mod cluster_flow;
 pub mod offer_answer;
 pub mod pairs;
 mod request_flow;
@@ -36,6 +38,7 @@ use std::time::{Duration, Instant, SystemTime};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sbc_core::admission::Admission;
+use sbc_core::cluster::{ClusterAdmission, ClusterAnswer};
 use sbc_core::log_agg::{LogAggregator, DEFAULT_INTERVAL, DEFAULT_MAX_KEYS};
 use sbc_core::media::{CallRef, LegSide, MediaControl, MediaEvent, MediaPolicy};
 use sbc_core::redact::Redaction;
@@ -123,6 +126,8 @@ pub enum Input {
     },
     /// Something media control reported (a media timeout ends the call).
     Media(MediaEvent),
+    /// The cluster's admission answer for a parked INVITE.
+    Cluster(ClusterAnswer),
 }
 
 /// Actions for the driver.
@@ -272,6 +277,10 @@ pub struct B2bua {
     default_policy: Arc<topology::TenantPolicy>,
     /// Aggregated warnings, keyed by tenant (`""` for an unrecognised peer).
     logs: LogAggregator<CoreLog, String>,
+    /// Cluster-wide admission; `None`: local admission decides alone.
+    cluster: Option<Arc<dyn ClusterAdmission>>,
+    /// INVITEs waiting for the cluster's answer.
+    parked: cluster_flow::Parked,
 }
 
 impl B2bua {
@@ -295,7 +304,20 @@ impl B2bua {
             sip_policies: HashMap::new(),
             default_policy: Arc::default(),
             logs: LogAggregator::new(DEFAULT_INTERVAL, DEFAULT_MAX_KEYS),
+            cluster: None,
+            parked: cluster_flow::Parked::default(),
         }
+    }
+
+    /// Decide new calls cluster-wide too: after local admission each new INVITE is parked
+    /// until `cluster` answers (as [`Input::Cluster`]; the driver installs the sink).
+    pub fn set_cluster(&mut self, cluster: Arc<dyn ClusterAdmission>) {
+        self.cluster = Some(cluster);
+    }
+
+    /// INVITEs waiting for the cluster's answer now.
+    pub fn parked_calls(&self) -> usize {
+        self.parked.len()
     }
 
     /// Replace the tenants' header and body policies (config reload): they apply to the
@@ -394,6 +416,7 @@ impl B2bua {
             }
             Input::SendFailed { target, msg } => self.on_send_failed(now, target, &msg),
             Input::Media(MediaEvent::Timeout(call)) => self.terminate(now, call, "media timeout"),
+            Input::Cluster(answer) => self.on_cluster_answer(now, answer),
         }
     }
 

@@ -140,7 +140,11 @@ impl B2bua {
                         self.outputs.push_back(Output::Send { conn, msg: resp });
                     }
                     Method::Ack => debug!(conn = %conn, "stray ACK dropped"),
-                    Method::Cancel => self.refuse(conn, &msg, &Refusal::NoTransaction, None),
+                    Method::Cancel => {
+                        if !self.cancel_parked(conn, &msg) {
+                            self.refuse(conn, &msg, &Refusal::NoTransaction, None);
+                        }
+                    }
                     m if dialog_only(&m) => self.refuse(conn, &msg, &Refusal::NoTransaction, None),
                     _ => self.refuse(conn, &msg, &Refusal::MethodNotAllowed, None),
                 }
@@ -202,6 +206,10 @@ impl B2bua {
         tenant: TenantId,
         msg: SipMessage,
     ) {
+        if self.parked_retransmission(conn, &msg) {
+            debug!(conn = %conn, "retransmitted INVITE of a call awaiting admission absorbed");
+            return;
+        }
         let t = tenant.to_string();
         metrics::counter!("sbc_sip_calls_attempted_total", "tenant" => t.clone()).increment(1);
         // Everything that can refuse the call without a slot comes first.
@@ -225,20 +233,12 @@ impl B2bua {
             self.refuse(conn, &msg, &refusal, Some(&tenant));
             return;
         }
-        let (Some(from), Some(to), Some(call_id), Some((cseq, _))) = (
-            msg.header("from"),
-            msg.header("to"),
-            msg.call_id(),
-            msg.cseq(),
-        ) else {
-            // The parser guarantees these on requests; answer rather than panic.
-            self.refuse(conn, &msg, &Refusal::MissingDialogHeaders, Some(&tenant));
-            return;
-        };
         let admitted = match self.admission.admit_call(&tenant, now) {
             Ok(a) => {
-                metrics::counter!("sbc_admission_admitted_total", "tenant" => t.clone())
-                    .increment(1);
+                if self.cluster.is_none() {
+                    metrics::counter!("sbc_admission_admitted_total", "tenant" => t.clone())
+                        .increment(1);
+                }
                 a
             }
             Err(refusal) => {
@@ -249,14 +249,53 @@ impl B2bua {
                 return;
             }
         };
+        // With a cluster, the call waits (parked, 100 Trying sent) for its cluster-wide
+        // decision; the core goes on meanwhile (cluster_flow.rs).
+        match self.park_for_cluster(conn, listener, tenant, route, user, msg, admitted) {
+            Ok(()) => {}
+            Err(p) => {
+                let p = *p;
+                self.open_admitted(
+                    now, p.conn, p.listener, &p.tenant, &p.route, p.user.as_deref(), p.msg,
+                    p.admitted, false,
+                );
+            }
+        }
+    }
+
+    /// Open a call that admission let in: both legs, 100 Trying (unless sent while it
+    /// was parked), the INVITE relayed.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn open_admitted(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        listener: usize,
+        tenant: &TenantId,
+        route: &crate::routing::RouteEntry,
+        user: Option<&str>,
+        msg: SipMessage,
+        admitted: Admitted,
+        trying_sent: bool,
+    ) {
+        let (Some(from), Some(to), Some(call_id), Some((cseq, _))) = (
+            msg.header("from"),
+            msg.header("to"),
+            msg.call_id(),
+            msg.cseq(),
+        ) else {
+            // The parser guarantees these on requests; answer rather than panic.
+            self.refuse(conn, &msg, &Refusal::MissingDialogHeaders, Some(tenant));
+            return;
+        };
         let id = self.open_call(
             now,
             Opening {
                 conn,
                 listener,
-                tenant: &tenant,
-                route: &route,
-                user: user.as_deref(),
+                tenant,
+                route,
+                user,
                 msg: &msg,
                 from,
                 to,
@@ -266,8 +305,10 @@ impl B2bua {
             admitted,
         );
         // 100 Trying at once: the INVITE server transaction is ours now.
-        let trying = response_to(&msg, 100, "Trying", None);
-        self.outputs.push_back(Output::Send { conn, msg: trying });
+        if !trying_sent {
+            let trying = response_to(&msg, 100, "Trying", None);
+            self.outputs.push_back(Output::Send { conn, msg: trying });
+        }
         if !self.relay_request(now, id, LegSide::Caller, conn, msg, true) {
             self.end_call(id, "refused");
         }
