@@ -677,6 +677,39 @@ impl Worker {
                 metrics::gauge!("sbc_cluster_live_nodes").set(f64::from(n));
                 s.leave_fallback();
             }
+            Err(e) => {
+                self.fail(&e);
+                return;
+            }
+        }
+        // Refresh the cluster-wide counts a fallback's share starts from, so they are at
+        // most one heartbeat old when Redis goes away.
+        let tenants = s.lock_share().known_tenants();
+        if tenants.is_empty() {
+            return;
+        }
+        let prefix = format!("{}:", s.settings.node_id);
+        let calls: Vec<(Vec<String>, Vec<String>)> = tenants
+            .iter()
+            .map(|t| (vec![s.keys.leases(t.as_str())], vec![prefix.clone()]))
+            .collect();
+        let Some(link) = self.link.as_mut() else {
+            return;
+        };
+        match with_deadline(MAINTENANCE_TIMEOUT, run_scripts(link, USAGE, &calls)).await {
+            Ok(replies) => {
+                let mut share = s.lock_share();
+                for (t, v) in tenants.iter().zip(replies) {
+                    let total = v
+                        .array()
+                        .and_then(|a| a.first())
+                        .and_then(Value::int)
+                        .and_then(|n| u32::try_from(n).ok());
+                    if let Some(total) = total {
+                        share.note_exact(t, total);
+                    }
+                }
+            }
             Err(e) => self.fail(&e),
         }
     }

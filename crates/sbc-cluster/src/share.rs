@@ -71,6 +71,14 @@ impl LocalShare {
         }
     }
 
+    /// Tenants whose cluster-wide count is worth refreshing (seen or held here).
+    pub fn known_tenants(&self) -> Vec<TenantId> {
+        let mut t: Vec<TenantId> = self.seen.keys().chain(self.live.keys()).cloned().collect();
+        t.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        t.dedup();
+        t
+    }
+
     /// Calls of `tenant` this node holds.
     pub fn live(&self, tenant: &TenantId) -> u32 {
         self.live.get(tenant).copied().unwrap_or(0)

@@ -293,6 +293,18 @@ impl Callee {
         Peer::new(Box::new(tls))
     }
 
+    /// Accept the next connection if one comes within `wait` (a long-lived callee loops
+    /// on this).
+    pub async fn accept_within(&self, wait: Duration) -> Option<Peer> {
+        let (tcp, _) = tokio::time::timeout(wait, self.listener.accept())
+            .await
+            .ok()?
+            .ok()?;
+        let _ = tcp.set_nodelay(true);
+        let tls = self.acceptor.accept(tcp).await.ok()?;
+        Some(Peer::new(Box::new(tls)))
+    }
+
     /// True if nobody connected within `wait`.
     pub async fn no_connection_within(&self, wait: Duration) -> bool {
         tokio::time::timeout(wait, self.listener.accept())
