@@ -202,6 +202,16 @@ fn leaf_for(world: &World, name: &str) -> Leaf {
 }
 
 fn node_config(world: &World, i: usize, redis: &str, callee: SocketAddr, prefix: &str) -> String {
+    node_config_with(world, i, &format!("redis = \"{redis}\""), callee, prefix)
+}
+
+fn node_config_with(
+    world: &World,
+    i: usize,
+    redis: &str,
+    callee: SocketAddr,
+    prefix: &str,
+) -> String {
     let tenant = |id: &str, limits: &str| {
         format!(
             "{}[tenants.limits]\n{limits}\n",
@@ -217,7 +227,7 @@ fn node_config(world: &World, i: usize, redis: &str, callee: SocketAddr, prefix:
         "[media]\nenabled = false\n{LOOPBACK_FLOOD_GUARD}\
 [admin]\naddress = \"127.0.0.1:0\"\naudit_log = {:?}\n\
 [[admin.tokens]]\nid = \"ops\"\nsha256 = \"{}\"\nrole = \"operator\"\n\
-[cluster]\nnode_id = \"n{i}\"\nredis = \"{redis}\"\nlease_ttl_secs = {TTL_SECS}\nrenew_secs = 1\nheartbeat_ms = 200\nkey_prefix = \"{prefix}\"\n\
+[cluster]\nnode_id = \"n{i}\"\n{redis}\nlease_ttl_secs = {TTL_SECS}\nrenew_secs = 1\nheartbeat_ms = 200\nkey_prefix = \"{prefix}\"\n\
 {}\n{}{}{}",
         world.dir.join(format!("audit-{i}.log")),
         sbc_admin::token_sha256_hex("ops-token-0123456789abcdef"),
@@ -466,4 +476,92 @@ async fn three_gateways_share_one_tenants_quotas() {
     assert_eq!(ok, 12, "exact again after Redis restart");
     assert!(gws[1].lines_with(&["cluster_fallback_entered"]).len() == 1, "logged once per episode");
     drop(gws);
+}
+
+/// A Sentinel promotion under load: the master is SIGKILLed while a gateway places calls;
+/// the sentinel promotes the replica, the gateway follows it without a restart, and no
+/// call of the tenant is refused meanwhile (the local share bridges the gap).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_promotion_is_followed_without_restart() {
+    if skip() {
+        return;
+    }
+    let world = World::new("cluster-sentinel");
+    let mut master = RedisProcess::server(&world.dir);
+    let replica = RedisProcess::replica(&world.dir, master.port);
+    // Redis 7 delays a replica's first sync by 5 s: wait for the link before killing.
+    assert!(
+        replica.wait_info("master_link_status:up", Duration::from_secs(20)),
+        "replica never synced"
+    );
+    let sentinel = RedisProcess::sentinel(&world.dir, master.port, "sbcmaster");
+    // The sentinel learns the replica from the master's INFO (every 10 s at first).
+    let known = process::eventually(Duration::from_secs(20), async || {
+        sentinel
+            .command("SENTINEL replicas sbcmaster")
+            .is_some_and(|r| r.contains(&replica.port.to_string()))
+    })
+    .await;
+    assert!(known, "sentinel never saw the replica");
+    let callee = Callee::new(&world.callee_leaf).await;
+    let callee_addr = callee.addr;
+    serve_callee(callee);
+    let file = world.dir.join("n0.toml");
+    let redis = format!(
+        "sentinels = [\"{}\"]\nmaster_name = \"sbcmaster\"",
+        sentinel.addr()
+    );
+    std::fs::write(&file, node_config_with(&world, 0, &redis, callee_addr, "sent")).unwrap();
+    let gw = Spawned::start(env!("CARGO_BIN_EXE_sbc-edge"), &file, &[]);
+    gw.logged(&["cluster_fallback_left"], Duration::from_secs(10)).await;
+    let calm = leaf_for(&world, "calm.example");
+    let mut caller = Caller::new(gw.printed.sip, &world, &calm, "sent").await;
+    let held = leaf_for(&world, "held.example");
+    let mut holder = Caller::new(gw.printed.sip, &world, &held, "senth").await;
+    assert_eq!(holder.hold(3).await, 3);
+
+    // Load: 20 calls/s, bounded to 30 s, stopping 2 s after the gateway is exact again
+    // on the promoted replica.
+    let started = Instant::now();
+    let mut killed_at = None;
+    let mut back_at: Option<Instant> = None;
+    let (mut ok, mut refused) = (0, 0);
+    while started.elapsed() < Duration::from_secs(30) {
+        match caller.call("5553000").await {
+            486 => ok += 1,
+            503 => refused += 1,
+            s => panic!("call answered {s}"),
+        }
+        if killed_at.is_none() && started.elapsed() > Duration::from_secs(1) {
+            master.kill();
+            killed_at = Some(Instant::now());
+        }
+        if killed_at.is_some()
+            && back_at.is_none()
+            && !gw
+                .lines_with(&["cluster_connected", &format!(":{}", replica.port)])
+                .is_empty()
+            && gw.lines_with(&["cluster_fallback_left"]).len() >= 2
+        {
+            back_at = Some(Instant::now());
+        }
+        if back_at.is_some_and(|b| b.elapsed() > Duration::from_secs(2)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let killed_at = killed_at.expect("master killed");
+    let back_at = back_at.unwrap_or_else(|| {
+        panic!("gateway never followed the promotion; logs:\n{}", gw.logs())
+    });
+    println!(
+        "sentinel promotion: exact again on the promoted replica {:?} after the master died; {ok} calls admitted, {refused} refused",
+        back_at - killed_at
+    );
+    assert_eq!(refused, 0, "no call of a tenant under its limits refused during failover");
+    // The leases held through the failover are on the new master (renewed there).
+    let card = replica.command("ZCARD sent:calls:{held}").unwrap_or_default();
+    assert!(card.contains(":3"), "held calls' leases on the new master: {card}");
+    // Exact there: the limit of 20 counts the 3 held calls.
+    assert_eq!(holder.hold(20).await, 17);
 }
