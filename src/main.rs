@@ -245,6 +245,9 @@ fn run(
             d.write_state(*sip, admin.local_addr())?;
         }
         admin.set_log_level_control(log.clone());
+        if let Some(c) = &cluster {
+            admin.set_cluster(c.clone());
+        }
         systemd::ready();
         systemd::spawn_watchdog();
         match &config {

@@ -196,6 +196,7 @@ async fn redis_latency() {
 // ---------- three gateway processes ----------
 
 const TTL_SECS: u64 = 3;
+const TOKEN: &str = "ops-token-0123456789abcdef";
 
 fn leaf_for(world: &World, name: &str) -> Leaf {
     world.client_ca.issue(&[name])
@@ -230,7 +231,7 @@ fn node_config_with(
 [cluster]\nnode_id = \"n{i}\"\n{redis}\nlease_ttl_secs = {TTL_SECS}\nrenew_secs = 1\nheartbeat_ms = 200\nkey_prefix = \"{prefix}\"\n\
 {}\n{}{}{}",
         world.dir.join(format!("audit-{i}.log")),
-        sbc_admin::token_sha256_hex("ops-token-0123456789abcdef"),
+        sbc_admin::token_sha256_hex(TOKEN),
         world.listener(&format!("client_ca = {:?}", world.client_ca_file)),
         tenant(
             "noisy",
@@ -439,6 +440,22 @@ async fn three_gateways_share_one_tenants_quotas() {
         panic!("{more} of 10 on node 2 (8 expected); node 2 logs:\n{}\nredis: {:?}", gws[2].lines_with(&["refused"]).join("\n"), redis.command("ZRANGE e2e:calls:{held} 0 -1 WITHSCORES"));
     }
 
+    // The usage API shows the cluster-wide count and this node's part.
+    let (status, body) = http(
+        gws[1].printed.admin,
+        "GET",
+        "/v1/tenants/held/usage",
+        Some(TOKEN),
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["cluster"]["active_calls"], 20, "{body}");
+    assert_eq!(v["cluster"]["node_active_calls"], 12, "{body}");
+    assert_eq!(v["cluster"]["live_nodes"], 2, "{body}");
+    assert_eq!(v["cluster"]["fallback"], false, "{body}");
+
     // 4. Redis stopped: the local share (what each node held plus its part of the
     // headroom: none) holds the tenant at its limit; other tenants go on.
     // (One heartbeat, 200 ms, for every node to learn the cluster-wide counts: the share
@@ -448,6 +465,9 @@ async fn three_gateways_share_one_tenants_quotas() {
     for g in &gws[1..] {
         g.logged(&["cluster_fallback_entered"], Duration::from_secs(5)).await;
     }
+    let (status, body) = http(gws[1].printed.admin, "GET", "/readyz", None, "").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("local share"), "{body}");
     assert_eq!(h[1].hold(5).await, 0, "node 1 at its share");
     assert_eq!(h[2].hold(5).await, 0, "node 2 at its share");
     let mut c1 = Caller::new(gws[1].printed.sip, &world, &calm, "calm1").await;

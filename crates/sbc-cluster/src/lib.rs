@@ -36,8 +36,8 @@ use std::time::{Duration, Instant};
 
 use sbc_core::admission::{Refusal, RefusalCause, QUOTA_RETRY_AFTER};
 use sbc_core::cluster::{
-    AnswerSink, ClusterAdmission, ClusterAnswer, ClusterRequest, ClusterVerdict, DecisionMode,
-    LeaseGuard, Ticket,
+    AnswerSink, CallsFuture, ClusterAdmission, ClusterAnswer, ClusterInfo, ClusterRequest,
+    ClusterStatus, ClusterVerdict, DecisionMode, LeaseGuard, Ticket,
 };
 use sbc_core::config::cluster::HEARTBEAT_LIVE_FACTOR;
 use sbc_core::config::{ClusterSettings, RedisEndpoint};
@@ -69,13 +69,6 @@ pub struct ClusterUsage {
     /// Of those, this node's.
     pub node_calls: u32,
     /// Live nodes (from heartbeats).
-    pub live_nodes: u32,
-}
-
-/// This node's view of the cluster, for `/readyz` and the usage API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClusterStatus {
-    pub fallback: bool,
     pub live_nodes: u32,
 }
 
@@ -268,6 +261,20 @@ impl RedisCluster {
     /// Calls of `tenant` this node holds a lease for.
     pub fn node_calls(&self, tenant: &TenantId) -> u32 {
         self.shared.lock_share().live(tenant)
+    }
+}
+
+impl ClusterInfo for RedisCluster {
+    fn status(&self) -> ClusterStatus {
+        RedisCluster::status(self)
+    }
+
+    fn node_calls(&self, tenant: &TenantId) -> u32 {
+        RedisCluster::node_calls(self, tenant)
+    }
+
+    fn cluster_calls<'a>(&'a self, tenant: &'a TenantId) -> CallsFuture<'a> {
+        Box::pin(async move { self.usage(tenant).await.map(|u| u.cluster_calls) })
     }
 }
 
@@ -787,5 +794,19 @@ async fn worker(
             _ = heartbeat.tick() => w.heartbeat().await,
             _ = renew.tick() => w.renew().await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_label_sets_match_the_catalog() {
+        let mut kinds = ClusterError::KINDS.to_vec();
+        kinds.push("queue_full");
+        assert_eq!(kinds, sbc_core::metrics_catalog::CLUSTER_ERRORS);
+        let modes = [DecisionMode::Exact, DecisionMode::LocalShare].map(DecisionMode::as_str);
+        assert_eq!(modes, sbc_core::metrics_catalog::CLUSTER_MODES);
     }
 }

@@ -8,6 +8,8 @@
 //! Must not: talk to Redis or read a clock.
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use crate::admission::Refusal;
@@ -82,6 +84,28 @@ pub trait ClusterAdmission: Send + Sync + fmt::Debug {
     fn request(&self, req: ClusterRequest);
     /// Where answers go from now on.
     fn set_answer_sink(&self, sink: AnswerSink);
+}
+
+/// This node's view of the cluster, for `/readyz` and the usage API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClusterStatus {
+    /// Redis is not answering: admission uses this node's local share.
+    pub fallback: bool,
+    /// Gateway nodes with a live heartbeat (this one included; the last known count
+    /// while Redis does not answer).
+    pub live_nodes: u32,
+}
+
+/// A tenant's live calls cluster-wide, from Redis (`None`: Redis did not answer).
+pub type CallsFuture<'a> = Pin<Box<dyn Future<Output = Option<u32>> + Send + 'a>>;
+
+/// What the admin plane may see of cluster admission.
+pub trait ClusterInfo: Send + Sync + fmt::Debug {
+    fn status(&self) -> ClusterStatus;
+    /// Calls of `tenant` this node holds a lease for.
+    fn node_calls(&self, tenant: &TenantId) -> u32;
+    /// Live calls of `tenant` on every node, asked from Redis.
+    fn cluster_calls<'a>(&'a self, tenant: &'a TenantId) -> CallsFuture<'a>;
 }
 
 /// One node's share of a cluster-wide limit when Redis cannot be asked: `limit / nodes`,
