@@ -3,7 +3,7 @@
 //! | endpoint | token | answers |
 //! |---|---|---|
 //! | `GET /healthz` | none | 200 `ok` while the process serves HTTP |
-//! | `GET /readyz` | none | 200 `ready` when ready and not draining, else 503 |
+//! | `GET /readyz` | none | 200 `ready` when ready and not draining (saying so when the cluster admits from its local share), else 503 |
 //! | `GET /metrics` | none | Prometheus text (no secrets: counters labelled by tenant, direction, reason) |
 //! | `GET /v1/calls[?tenant=T]` | any | calls the token may see |
 //! | `GET /v1/calls/{id}` | any | one call, 404 if absent or another tenant's |
