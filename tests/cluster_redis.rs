@@ -45,7 +45,13 @@ fn settings(redis: &str, prefix: &str) -> ClusterSettings {
 }
 
 /// A RedisCluster whose answers land in a channel.
-async fn direct(redis: &str, prefix: &str) -> (Arc<RedisCluster>, tokio::sync::mpsc::UnboundedReceiver<ClusterAnswer>) {
+async fn direct(
+    redis: &str,
+    prefix: &str,
+) -> (
+    Arc<RedisCluster>,
+    tokio::sync::mpsc::UnboundedReceiver<ClusterAnswer>,
+) {
     let c = RedisCluster::start(settings(redis, prefix));
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     c.set_answer_sink(Arc::new(move |a| {
@@ -64,7 +70,11 @@ async fn ask(
     limits: Limits,
 ) -> ClusterAnswer {
     // The rate part uses its own tenant: a GCRA state made at 1/s is not the one of 1000/s.
-    let tenant = if limits.calls_per_second < 10.0 { "r" } else { "t" };
+    let tenant = if limits.calls_per_second < 10.0 {
+        "r"
+    } else {
+        "t"
+    };
     c.request(ClusterRequest {
         ticket: Ticket(n),
         tenant: TenantId::from(tenant),
@@ -113,7 +123,10 @@ async fn admission_script_semantics() {
         }
         ClusterVerdict::Admit(_) => panic!("4th call of a burst of 3 admitted"),
     }
-    assert_eq!(c.usage(&TenantId::from("r")).await.map(|u| u.cluster_calls), Some(3));
+    assert_eq!(
+        c.usage(&TenantId::from("r")).await.map(|u| u.cluster_calls),
+        Some(3)
+    );
     leases.clear();
     let l = limits(1000.0, 1000, 3);
     for i in 4..7 {
@@ -158,7 +171,10 @@ async fn admission_script_semantics() {
 
     // Leases are renewed past their 2 s TTL while held.
     tokio::time::sleep(Duration::from_millis(3500)).await;
-    assert_eq!(c.usage(&TenantId::from("t")).await.map(|u| u.cluster_calls), Some(3));
+    assert_eq!(
+        c.usage(&TenantId::from("t")).await.map(|u| u.cluster_calls),
+        Some(3)
+    );
     drop(leases);
 }
 
@@ -315,7 +331,9 @@ impl Caller {
             .await;
         let r = self
             .peer
-            .recv_where(|m| m.status().is_some_and(|s| s > 100) && m.call_id() == Some(call_id.as_str()))
+            .recv_where(|m| {
+                m.status().is_some_and(|s| s > 100) && m.call_id() == Some(call_id.as_str())
+            })
             .await;
         r.status().unwrap_or(0)
     }
@@ -336,7 +354,11 @@ impl Caller {
 
 /// Calls of `noisy` from every caller at `per_node` calls/s each for `dur`: (admitted,
 /// placed, seconds from the first call to the last).
-async fn rate_run(callers: Vec<Caller>, per_node: f64, dur: Duration) -> (Vec<Caller>, usize, usize, f64) {
+async fn rate_run(
+    callers: Vec<Caller>,
+    per_node: f64,
+    dur: Duration,
+) -> (Vec<Caller>, usize, usize, f64) {
     let start = tokio::time::Instant::now() + Duration::from_millis(50);
     let n = (per_node * dur.as_secs_f64()) as u32;
     let interval = Duration::from_secs_f64(1.0 / per_node);
@@ -380,12 +402,17 @@ async fn three_gateways_share_one_tenants_quotas() {
     let gws: Vec<Spawned> = (0..3)
         .map(|i| {
             let file = world.dir.join(format!("n{i}.toml"));
-            std::fs::write(&file, node_config(&world, i, &redis.addr(), callee_addr, "e2e")).unwrap();
+            std::fs::write(
+                &file,
+                node_config(&world, i, &redis.addr(), callee_addr, "e2e"),
+            )
+            .unwrap();
             Spawned::start(env!("CARGO_BIN_EXE_sbc-edge"), &file, &[])
         })
         .collect();
     for g in &gws {
-        g.logged(&["cluster_fallback_left"], Duration::from_secs(10)).await;
+        g.logged(&["cluster_fallback_left"], Duration::from_secs(10))
+            .await;
     }
     let noisy = leaf_for(&world, "noisy.example");
     let held = leaf_for(&world, "held.example");
@@ -399,9 +426,14 @@ async fn three_gateways_share_one_tenants_quotas() {
     let (noisy_callers, admitted, placed, t) =
         rate_run(noisy_callers, 50.0 / 3.0, Duration::from_secs(4)).await;
     let bound = 5.0 * t + 5.0;
-    println!("rate, exact: {admitted} of {placed} admitted in {t:.2} s; bound rate*t+burst = {bound:.1}");
+    println!(
+        "rate, exact: {admitted} of {placed} admitted in {t:.2} s; bound rate*t+burst = {bound:.1}"
+    );
     assert!((admitted as f64) <= bound, "{admitted} > {bound}");
-    assert!((admitted as f64) >= 5.0 * t * 0.7, "admission not closed: {admitted}");
+    assert!(
+        (admitted as f64) >= 5.0 * t * 0.7,
+        "admission not closed: {admitted}"
+    );
 
     // 2. A concurrent-call limit of 20, exact across nodes.
     let mut h: Vec<Caller> = Vec::new();
@@ -429,15 +461,25 @@ async fn three_gateways_share_one_tenants_quotas() {
     assert!(freed_after <= Duration::from_secs(TTL_SECS) + Duration::from_millis(1500));
     // Every lease of the dead node was renewed last before it died: all are gone by
     // kill + TTL (plus scheduling).
-    tokio::time::sleep_until((killed + Duration::from_secs(TTL_SECS) + Duration::from_millis(300)).into()).await;
+    tokio::time::sleep_until(
+        (killed + Duration::from_secs(TTL_SECS) + Duration::from_millis(300)).into(),
+    )
+    .await;
     let more = h[1].hold(11).await;
     if more != 11 {
-        panic!("{more} of 11 after the TTL; node 1 logs:\n{}", gws[1].lines_with(&["refused"]).join("\n"));
+        panic!(
+            "{more} of 11 after the TTL; node 1 logs:\n{}",
+            gws[1].lines_with(&["refused"]).join("\n")
+        );
     }
     println!("all 20 slots free {:?} after the SIGKILL", killed.elapsed());
     let more = h[2].hold(10).await;
     if more != 8 {
-        panic!("{more} of 10 on node 2 (8 expected); node 2 logs:\n{}\nredis: {:?}", gws[2].lines_with(&["refused"]).join("\n"), redis.command("ZRANGE e2e:calls:{held} 0 -1 WITHSCORES"));
+        panic!(
+            "{more} of 10 on node 2 (8 expected); node 2 logs:\n{}\nredis: {:?}",
+            gws[2].lines_with(&["refused"]).join("\n"),
+            redis.command("ZRANGE e2e:calls:{held} 0 -1 WITHSCORES")
+        );
     }
 
     // The usage API shows the cluster-wide count and this node's part.
@@ -463,7 +505,8 @@ async fn three_gateways_share_one_tenants_quotas() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     redis.kill();
     for g in &gws[1..] {
-        g.logged(&["cluster_fallback_entered"], Duration::from_secs(5)).await;
+        g.logged(&["cluster_fallback_entered"], Duration::from_secs(5))
+            .await;
     }
     let (status, body) = http(gws[1].printed.admin, "GET", "/readyz", None, "").await;
     assert_eq!(status, 200);
@@ -472,7 +515,11 @@ async fn three_gateways_share_one_tenants_quotas() {
     assert_eq!(h[2].hold(5).await, 0, "node 2 at its share");
     let mut c1 = Caller::new(gws[1].printed.sip, &world, &calm, "calm1").await;
     for _ in 0..6 {
-        assert_eq!(c1.call("5552000").await, 486, "another tenant's calls go on");
+        assert_eq!(
+            c1.call("5552000").await,
+            486,
+            "another tenant's calls go on"
+        );
     }
     let live: Vec<Caller> = noisy_callers.into_iter().skip(1).collect();
     let (_, admitted, placed, t) = rate_run(live, 25.0, Duration::from_secs(3)).await;
@@ -484,8 +531,11 @@ async fn three_gateways_share_one_tenants_quotas() {
     // 5. Redis back (empty): leases are re-added by their owners, exact again.
     redis.restart();
     for g in &gws[1..] {
-        g.logged(&["cluster_fallback_left", "Redis answering again"], Duration::from_secs(10))
-            .await;
+        g.logged(
+            &["cluster_fallback_left", "Redis answering again"],
+            Duration::from_secs(10),
+        )
+        .await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     // Node 1's 12 calls end with its caller's connection.
@@ -494,7 +544,10 @@ async fn three_gateways_share_one_tenants_quotas() {
     let ok = h[1].hold(14).await;
     println!("concurrency after Redis restart: {ok} of 14 admitted with 8 held (limit 20)");
     assert_eq!(ok, 12, "exact again after Redis restart");
-    assert!(gws[1].lines_with(&["cluster_fallback_entered"]).len() == 1, "logged once per episode");
+    assert!(
+        gws[1].lines_with(&["cluster_fallback_entered"]).len() == 1,
+        "logged once per episode"
+    );
     drop(gws);
 }
 
@@ -531,9 +584,14 @@ async fn sentinel_promotion_is_followed_without_restart() {
         "sentinels = [\"{}\"]\nmaster_name = \"sbcmaster\"",
         sentinel.addr()
     );
-    std::fs::write(&file, node_config_with(&world, 0, &redis, callee_addr, "sent")).unwrap();
+    std::fs::write(
+        &file,
+        node_config_with(&world, 0, &redis, callee_addr, "sent"),
+    )
+    .unwrap();
     let gw = Spawned::start(env!("CARGO_BIN_EXE_sbc-edge"), &file, &[]);
-    gw.logged(&["cluster_fallback_left"], Duration::from_secs(10)).await;
+    gw.logged(&["cluster_fallback_left"], Duration::from_secs(10))
+        .await;
     let calm = leaf_for(&world, "calm.example");
     let mut caller = Caller::new(gw.printed.sip, &world, &calm, "sent").await;
     let held = leaf_for(&world, "held.example");
@@ -571,17 +629,24 @@ async fn sentinel_promotion_is_followed_without_restart() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let killed_at = killed_at.expect("master killed");
-    let back_at = back_at.unwrap_or_else(|| {
-        panic!("gateway never followed the promotion; logs:\n{}", gw.logs())
-    });
+    let back_at = back_at
+        .unwrap_or_else(|| panic!("gateway never followed the promotion; logs:\n{}", gw.logs()));
     println!(
         "sentinel promotion: exact again on the promoted replica {:?} after the master died; {ok} calls admitted, {refused} refused",
         back_at - killed_at
     );
-    assert_eq!(refused, 0, "no call of a tenant under its limits refused during failover");
+    assert_eq!(
+        refused, 0,
+        "no call of a tenant under its limits refused during failover"
+    );
     // The leases held through the failover are on the new master (renewed there).
-    let card = replica.command("ZCARD sent:calls:{held}").unwrap_or_default();
-    assert!(card.contains(":3"), "held calls' leases on the new master: {card}");
+    let card = replica
+        .command("ZCARD sent:calls:{held}")
+        .unwrap_or_default();
+    assert!(
+        card.contains(":3"),
+        "held calls' leases on the new master: {card}"
+    );
     // Exact there: the limit of 20 counts the 3 held calls.
     assert_eq!(holder.hold(20).await, 17);
 }

@@ -84,7 +84,9 @@ pub(crate) struct Shared {
 
 /// Where the cluster view is kept.
 #[derive(Default)]
-pub(crate) struct ClusterSlot(pub(crate) std::sync::OnceLock<Arc<dyn sbc_core::cluster::ClusterInfo>>);
+pub(crate) struct ClusterSlot(
+    pub(crate) std::sync::OnceLock<Arc<dyn sbc_core::cluster::ClusterInfo>>,
+);
 
 impl std::fmt::Debug for ClusterSlot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -307,12 +309,7 @@ async fn readyz(State(app): State<App>) -> Response {
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
     } else if !drain.is_ready() {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
-    } else if app
-        .cluster
-        .0
-        .get()
-        .is_some_and(|c| c.status().fallback)
-    {
+    } else if app.cluster.0.get().is_some_and(|c| c.status().fallback) {
         // Still serving: admission uses this node's share of each limit.
         (
             StatusCode::OK,

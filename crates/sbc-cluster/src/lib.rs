@@ -96,11 +96,7 @@ impl Shared {
     }
 
     fn send(&self, answer: ClusterAnswer) {
-        let sink = self
-            .sink
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let sink = self.sink.lock().unwrap_or_else(|p| p.into_inner()).clone();
         match sink {
             Some(sink) => sink(answer),
             None => debug!("cluster answer without a sink dropped"),
@@ -125,9 +121,9 @@ impl Shared {
     /// Decide from the local share and answer.
     fn answer_share(self: &Arc<Self>, req: &ClusterRequest) {
         let nodes = self.live_nodes.load(Ordering::Relaxed).max(1);
-        let decided =
-            self.lock_share()
-                .decide(&req.tenant, &req.limits, nodes, Instant::now());
+        let decided = self
+            .lock_share()
+            .decide(&req.tenant, &req.limits, nodes, Instant::now());
         let verdict = match decided {
             Ok(()) => ClusterVerdict::Admit(self.lease(&req.tenant, self.member(req.ticket))),
             Err(r) => ClusterVerdict::Refuse(r),
@@ -249,9 +245,7 @@ impl RedisCluster {
     /// A tenant's cluster-wide usage from Redis (`None` if Redis does not answer).
     pub async fn usage(&self, tenant: &TenantId) -> Option<ClusterUsage> {
         let (tx, rx) = oneshot::channel();
-        self.work
-            .try_send(Work::Usage(tenant.clone(), tx))
-            .ok()?;
+        self.work.try_send(Work::Usage(tenant.clone(), tx)).ok()?;
         tokio::time::timeout(MAINTENANCE_TIMEOUT * 2, rx)
             .await
             .ok()?
@@ -417,15 +411,22 @@ async fn run_scripts(
     calls: &[(Vec<String>, Vec<String>)],
 ) -> Result<Vec<Value>, ClusterError> {
     let started = Instant::now();
-    let push = |conn: &mut Connection, cmd: &[u8], body: &[u8], keys: &[String], args: &[String]| {
-        let n = keys.len().to_string();
-        let mut a: Vec<&[u8]> = vec![cmd, body, n.as_bytes()];
-        a.extend(keys.iter().map(|k| k.as_bytes()));
-        a.extend(args.iter().map(|k| k.as_bytes()));
-        conn.push(&a);
-    };
+    let push =
+        |conn: &mut Connection, cmd: &[u8], body: &[u8], keys: &[String], args: &[String]| {
+            let n = keys.len().to_string();
+            let mut a: Vec<&[u8]> = vec![cmd, body, n.as_bytes()];
+            a.extend(keys.iter().map(|k| k.as_bytes()));
+            a.extend(args.iter().map(|k| k.as_bytes()));
+            conn.push(&a);
+        };
     for (keys, args) in calls {
-        push(&mut link.conn, b"EVALSHA", link.shas[which].as_bytes(), keys, args);
+        push(
+            &mut link.conn,
+            b"EVALSHA",
+            link.shas[which].as_bytes(),
+            keys,
+            args,
+        );
     }
     link.conn.flush().await?;
     let mut out = Vec::with_capacity(calls.len());
@@ -438,7 +439,13 @@ async fn run_scripts(
     if !missing.is_empty() {
         for i in &missing {
             let (keys, args) = &calls[*i];
-            push(&mut link.conn, b"EVAL", script::ALL[which].as_bytes(), keys, args);
+            push(
+                &mut link.conn,
+                b"EVAL",
+                script::ALL[which].as_bytes(),
+                keys,
+                args,
+            );
         }
         link.conn.flush().await?;
         for i in missing {
@@ -531,7 +538,11 @@ impl Worker {
                 )
             })
             .collect();
-        let oldest = jobs.iter().map(|j| j.asked).min().unwrap_or_else(Instant::now);
+        let oldest = jobs
+            .iter()
+            .map(|j| j.asked)
+            .min()
+            .unwrap_or_else(Instant::now);
         let left = s.settings.timeout.saturating_sub(oldest.elapsed());
         let replies = with_deadline(left, run_scripts(link, ADMIT, &calls)).await;
         let replies = match replies {
@@ -563,7 +574,10 @@ impl Worker {
                 }
                 continue;
             }
-            let live = nums.get(2).and_then(|n| u32::try_from(*n).ok()).unwrap_or(0);
+            let live = nums
+                .get(2)
+                .and_then(|n| u32::try_from(*n).ok())
+                .unwrap_or(0);
             let verdict = match code {
                 0 => {
                     let lease = s.lease(&j.req.tenant, member);
@@ -573,8 +587,10 @@ impl Worker {
                 1 => {
                     s.lock_share().note_exact(&j.req.tenant, live);
                     ClusterVerdict::Refuse(Refusal {
-                    cause: RefusalCause::CallRate,
-                    retry_after: Duration::from_millis(u64::try_from(retry_ms).unwrap_or(1).max(1)),
+                        cause: RefusalCause::CallRate,
+                        retry_after: Duration::from_millis(
+                            u64::try_from(retry_ms).unwrap_or(1).max(1),
+                        ),
                     })
                 }
                 2 => {
@@ -651,8 +667,7 @@ impl Worker {
         let Some(link) = self.link.as_mut() else {
             return;
         };
-        if let Err(e) = with_deadline(MAINTENANCE_TIMEOUT, run_scripts(link, RENEW, &calls)).await
-        {
+        if let Err(e) = with_deadline(MAINTENANCE_TIMEOUT, run_scripts(link, RENEW, &calls)).await {
             self.fail(&e);
         }
     }
@@ -679,7 +694,11 @@ impl Worker {
                     .unwrap_or(1)
                     .max(1);
                 if s.live_nodes.swap(n, Ordering::Relaxed) != n {
-                    info!(event = "cluster_nodes", live_nodes = n, "live gateway nodes changed");
+                    info!(
+                        event = "cluster_nodes",
+                        live_nodes = n,
+                        "live gateway nodes changed"
+                    );
                 }
                 metrics::gauge!("sbc_cluster_live_nodes").set(f64::from(n));
                 s.leave_fallback();

@@ -175,7 +175,10 @@ mod tests {
         let l = limits(1000.0, 1000, 20);
         let now = Instant::now();
         assert!(a.decide(&t, &l, 2, now).is_err());
-        assert!(b.decide(&t, &l, 2, now).is_err(), "10 would be B's plain share");
+        assert!(
+            b.decide(&t, &l, 2, now).is_err(),
+            "10 would be B's plain share"
+        );
         // With 6 of headroom, each of 2 nodes gets 3 more.
         a.note_exact(&t, 14);
         for _ in 0..6 {
@@ -204,7 +207,9 @@ mod tests {
         // Over 2 s of steady arrivals at 100/s: ~20 admitted.
         let mut n = 0;
         for i in 0..200u64 {
-            if s.decide(&t, &l, 3, t1 + Duration::from_millis(10 * i)).is_ok() {
+            if s.decide(&t, &l, 3, t1 + Duration::from_millis(10 * i))
+                .is_ok()
+            {
                 n += 1;
             }
         }

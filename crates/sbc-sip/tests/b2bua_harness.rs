@@ -1208,7 +1208,10 @@ fn cluster_admission_parks_the_invite_until_the_answer() {
     // 1. Parked: 100 Trying at once, nothing downstream; a retransmission is absorbed.
     h.caller_sends(invite("k1", "z9hG4bK-k1"));
     assert_eq!(statuses(&h.take_to(To::Caller)), vec![100]);
-    assert!(h.take_to(To::Callee).is_empty(), "nothing relayed before the answer");
+    assert!(
+        h.take_to(To::Callee).is_empty(),
+        "nothing relayed before the answer"
+    );
     h.caller_sends(invite("k1", "z9hG4bK-k1"));
     assert!(h.take().is_empty(), "retransmission absorbed");
     let asked: Vec<_> = cluster.asked.lock().unwrap().drain(..).collect();

@@ -15,9 +15,8 @@ const START_WITHIN: Duration = Duration::from_secs(10);
 /// Why cluster tests cannot run here (`None`: they can).
 pub fn missing() -> Option<String> {
     for bin in ["redis-server", "redis-sentinel"] {
-        let found = std::env::var_os("PATH").is_some_and(|p| {
-            std::env::split_paths(&p).any(|d| d.join(bin).is_file())
-        });
+        let found = std::env::var_os("PATH")
+            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()));
         if !found {
             return Some(format!(
                 "{bin} is not on PATH (apt-get install redis-server redis-sentinel; .ci/run's cluster stage does)"

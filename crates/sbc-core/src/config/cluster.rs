@@ -244,7 +244,10 @@ mod tests {
                 "node_id = \"a\"\nredis = \"h:1\"\nsentinels = [\"h:2\"]\nmaster_name = \"m\"\n",
                 "cluster.redis",
             ),
-            ("node_id = \"a\"\nsentinels = [\"h:2\"]\n", "cluster.master_name"),
+            (
+                "node_id = \"a\"\nsentinels = [\"h:2\"]\n",
+                "cluster.master_name",
+            ),
             (
                 "node_id = \"a\"\nredis = \"h:1\"\ntimeout_ms = 0\n",
                 "cluster.timeout_ms",

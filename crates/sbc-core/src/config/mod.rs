@@ -1287,7 +1287,11 @@ fn validate(raw: &RawConfig, base: &Path) -> Result<Config, ConfigError> {
         tenants,
         flood_guard: validate_flood(&raw.flood_guard)?,
         overload: validate_overload(&raw.overload)?,
-        cluster: raw.cluster.as_ref().map(cluster::validate_cluster).transpose()?,
+        cluster: raw
+            .cluster
+            .as_ref()
+            .map(cluster::validate_cluster)
+            .transpose()?,
     })
 }
 

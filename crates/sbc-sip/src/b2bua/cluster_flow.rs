@@ -120,10 +120,8 @@ impl B2bua {
         };
         if self.parked.len() >= MAX_PARKED {
             metrics::counter!("sbc_admission_refused_total", "tenant" => parked.tenant.to_string(), "cause" => "overload").increment(1);
-            let r = Refusal::Unavailable(
-                sbc_core::admission::QUOTA_RETRY_AFTER,
-                "gateway overloaded",
-            );
+            let r =
+                Refusal::Unavailable(sbc_core::admission::QUOTA_RETRY_AFTER, "gateway overloaded");
             self.refuse(conn, &parked.msg, &r, Some(&parked.tenant));
             return Ok(());
         }

@@ -256,8 +256,15 @@ impl B2bua {
             Err(p) => {
                 let p = *p;
                 self.open_admitted(
-                    now, p.conn, p.listener, &p.tenant, &p.route, p.user.as_deref(), p.msg,
-                    p.admitted, false,
+                    now,
+                    p.conn,
+                    p.listener,
+                    &p.tenant,
+                    &p.route,
+                    p.user.as_deref(),
+                    p.msg,
+                    p.admitted,
+                    false,
                 );
             }
         }

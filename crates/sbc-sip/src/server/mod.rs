@@ -393,7 +393,11 @@ pub async fn start_with(config: Arc<Config>, hooks: Hooks) -> Result<ServerHandl
                     a = rx.recv() => match a { Some(a) => a, None => return },
                     _ = shutdown.changed() => return,
                 };
-                if events.send(Event::Core(Input::Cluster(answer))).await.is_err() {
+                if events
+                    .send(Event::Core(Input::Cluster(answer)))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
