@@ -180,10 +180,10 @@ mod tests {
             "10 would be B's plain share"
         );
         // With 6 of headroom, each of 2 nodes gets 3 more.
-        a.note_exact(&t, 14);
         for _ in 0..6 {
             a.call_ended(&t);
         }
+        a.note_exact(&t, 14);
         assert_eq!(a.concurrent_share(&t, 20, 2), 6 + 3);
         assert_eq!(LocalShare::default().concurrent_share(&t, 20, 3), 6);
     }
