@@ -203,10 +203,15 @@ fn run(
         if let Some(media) = &media_control {
             spawn_counter_feed(registry.clone(), media.clone());
         }
+        // `[cluster]`: tenant quotas shared with the other gateways through Redis.
+        let cluster = cfg.cluster.clone().map(sbc_cluster::RedisCluster::start);
         let hooks = Hooks {
             registry: Some(registry.clone()),
             drain: Some(drain.clone()),
             media: media_control,
+            cluster: cluster
+                .clone()
+                .map(|c| c as Arc<dyn sbc_core::cluster::ClusterAdmission>),
         };
         let server = sbc_sip::server::start_with(cfg.clone(), hooks)
             .await
@@ -241,6 +246,9 @@ fn run(
             d.write_state(*sip, admin.local_addr())?;
         }
         admin.set_log_level_control(log.clone());
+        if let Some(c) = &cluster {
+            admin.set_cluster(c.clone());
+        }
         systemd::ready();
         systemd::spawn_watchdog();
         match &config {

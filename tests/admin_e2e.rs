@@ -39,6 +39,7 @@ async fn admin_plane_sees_calls_usage_metrics_and_drains() {
             registry: Some(registry.clone()),
             drain: Some(drain.clone()),
             media: None,
+            cluster: None,
         },
     )
     .await

@@ -105,6 +105,7 @@ async fn gateway_full(
             media: Some(engine.control()),
             drain: registry.as_ref().map(|_| Arc::new(DrainState::new())),
             registry,
+            cluster: None,
         },
     )
     .await

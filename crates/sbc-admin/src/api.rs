@@ -3,7 +3,7 @@
 //! | endpoint | token | answers |
 //! |---|---|---|
 //! | `GET /healthz` | none | 200 `ok` while the process serves HTTP |
-//! | `GET /readyz` | none | 200 `ready` when ready and not draining, else 503 |
+//! | `GET /readyz` | none | 200 `ready` when ready and not draining (saying so when the cluster admits from its local share), else 503 |
 //! | `GET /metrics` | none | Prometheus text (no secrets: counters labelled by tenant, direction, reason) |
 //! | `GET /v1/calls[?tenant=T]` | any | calls the token may see |
 //! | `GET /v1/calls/{id}` | any | one call, 404 if absent or another tenant's |
@@ -82,6 +82,20 @@ pub(crate) struct Shared {
     pub(crate) reload: ReloadSlot,
     /// Route targets' health; set once by [`crate::AdminHandle::set_trunk_board`].
     pub(crate) trunks: std::sync::OnceLock<Arc<TrunkBoard>>,
+    /// Cluster admission (`[cluster]`); set once by [`crate::AdminHandle::set_cluster`].
+    pub(crate) cluster: ClusterSlot,
+}
+
+/// Where the cluster view is kept.
+#[derive(Default)]
+pub(crate) struct ClusterSlot(
+    pub(crate) std::sync::OnceLock<Arc<dyn sbc_core::cluster::ClusterInfo>>,
+);
+
+impl std::fmt::Debug for ClusterSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ClusterSlot(wired: {})", self.0.get().is_some())
+    }
 }
 
 /// Where the reload hook is kept (a `Debug` wrapper around it).
@@ -103,6 +117,7 @@ impl Shared {
             log_level: crate::log_level::Slot::default(),
             reload: ReloadSlot::default(),
             trunks: std::sync::OnceLock::new(),
+            cluster: ClusterSlot::default(),
         }
     }
 
@@ -300,6 +315,12 @@ async fn readyz(State(app): State<App>) -> Response {
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
     } else if !drain.is_ready() {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    } else if app.cluster.0.get().is_some_and(|c| c.status().fallback) {
+        // Still serving: admission uses this node's share of each limit.
+        (
+            StatusCode::OK,
+            "ready (cluster: Redis not answering, admitting from this node's local share)\n",
+        )
     } else {
         (StatusCode::OK, "ready\n")
     };
@@ -558,6 +579,23 @@ struct UsageJson {
     admitted_total: u64,
     refused_total: u64,
     limits: LimitsJson,
+    /// With `[cluster]`: the tenant's calls on every node and this node's share.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster: Option<ClusterUsageJson>,
+}
+
+#[derive(Debug, Serialize)]
+struct ClusterUsageJson {
+    /// Live calls on every node, from Redis (null when Redis does not answer).
+    active_calls: Option<u32>,
+    /// This node's calls among them.
+    node_active_calls: u32,
+    live_nodes: u32,
+    /// True while Redis does not answer (admission by local share).
+    fallback: bool,
+    /// `max_concurrent_calls / live_nodes`: what this node may hold in a fallback
+    /// (less when other nodes held more than theirs when Redis went away).
+    node_share_max_concurrent_calls: u32,
 }
 
 async fn tenant_usage(
@@ -591,7 +629,22 @@ async fn tenant_usage(
             max_pending_invites: u.limits.max_pending_invites,
             requests_per_second_per_connection: u.limits.requests_per_second_per_connection,
         },
+        cluster: None,
     };
+    let mut body = body;
+    if let Some(c) = app.cluster.0.get() {
+        let status = c.status();
+        body.cluster = Some(ClusterUsageJson {
+            active_calls: c.cluster_calls(&tenant).await,
+            node_active_calls: c.node_calls(&tenant),
+            live_nodes: status.live_nodes,
+            fallback: status.fallback,
+            node_share_max_concurrent_calls: sbc_core::cluster::share_of(
+                u.limits.max_concurrent_calls,
+                status.live_nodes,
+            ),
+        });
+    }
     with_audit(Json(body).into_response(), Some(tenant), None)
 }
 

@@ -213,6 +213,12 @@ pub async fn serve(cfg: AdminConfig, state: AdminState) -> Result<AdminHandle, A
 }
 
 impl AdminHandle {
+    /// Shows cluster admission in `/readyz` and `GET /v1/tenants/{id}/usage` (once; a
+    /// second call changes nothing).
+    pub fn set_cluster(&self, info: Arc<dyn sbc_core::cluster::ClusterInfo>) {
+        let _ = self.shared.cluster.0.set(info);
+    }
+
     /// Lets `GET`/`PUT /v1/log-level` read and change the process's log filter through
     /// `control` (until then they answer 501).
     pub fn set_log_level_control(&self, control: Arc<dyn sbc_core::reload::LogLevelControl>) {

@@ -169,9 +169,16 @@ pub type UsageSource = Arc<dyn Fn(&TenantId) -> Option<Usage> + Send + Sync>;
 pub struct Admitted {
     slot: Arc<TenantSlot>,
     pending: bool,
+    /// The call's cluster-wide lease, released with the call (dropped with this).
+    lease: Option<crate::cluster::LeaseGuard>,
 }
 
 impl Admitted {
+    /// Hold the call's cluster-wide lease for as long as the call holds its slot.
+    pub fn hold(&mut self, lease: crate::cluster::LeaseGuard) {
+        self.lease = Some(lease);
+    }
+
     /// The call got its final answer: it no longer counts as a pending INVITE.
     pub fn answered(&mut self) {
         if std::mem::take(&mut self.pending) {
@@ -330,6 +337,7 @@ impl Admission {
         result.map(|()| Admitted {
             slot: slot.clone(),
             pending: true,
+            lease: None,
         })
     }
 

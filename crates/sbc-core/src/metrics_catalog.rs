@@ -326,6 +326,27 @@ pub const ADMISSION_BUCKETS: &[f64] = &[
     0.01,
 ];
 
+/// Redis round trips: ~100 µs on loopback (tests/cluster_redis.rs measures it), a
+/// millisecond or two across a zone; the 50 ms default deadline is the top of interest.
+pub const CLUSTER_BUCKETS: &[f64] = &[
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5,
+];
+
+/// `sbc_cluster_redis_errors_total{kind}`: sbc-cluster's `ClusterError::KINDS`, plus
+/// `queue_full` (the worker is behind; the request was decided from the local share).
+pub const CLUSTER_ERRORS: &[&str] = &[
+    "connect",
+    "io",
+    "protocol",
+    "timeout",
+    "readonly",
+    "server",
+    "queue_full",
+];
+
+/// `sbc_cluster_decisions_total{mode}`: sbc-core's `DecisionMode` names.
+pub const CLUSTER_MODES: &[&str] = &["exact", "local_share"];
+
 /// Relay latency (receive to send of one packet): tens of µs on an idle worker; the
 /// batch interval (default 0) and a busy worker add to it; past 20 ms (one audio frame)
 /// the relay adds jitter a receiver notices.
@@ -404,6 +425,38 @@ pub const CATALOG: &[MetricDef] = &[
         "sbc_tenant_limit",
         "Each configured tenant limit, to plot usage against.",
         &[tenant(), closed("limit", TENANT_LIMITS)],
+    ),
+    // Cluster admission (`[cluster]`, sbc-cluster).
+    histogram(
+        "sbc_cluster_redis_seconds",
+        "Round trip of one pipelined batch of Redis commands (admission, renewal, heartbeat).",
+        &[],
+        CLUSTER_BUCKETS,
+    ),
+    counter(
+        "sbc_cluster_redis_errors_total",
+        "Failed Redis round trips, by kind.",
+        &[closed("kind", CLUSTER_ERRORS)],
+    ),
+    gauge(
+        "sbc_cluster_fallback",
+        "1 while Redis does not answer and admission uses this node's local share, else 0.",
+        &[],
+    ),
+    counter(
+        "sbc_cluster_fallbacks_total",
+        "Fallback episodes entered (Redis stopped answering).",
+        &[],
+    ),
+    counter(
+        "sbc_cluster_decisions_total",
+        "Cluster admission decisions, exact (by Redis) or from the local share.",
+        &[closed("mode", CLUSTER_MODES)],
+    ),
+    gauge(
+        "sbc_cluster_live_nodes",
+        "Gateway nodes with a live heartbeat in Redis, this one included.",
+        &[],
     ),
     // Flood guard and TLS.
     counter(

@@ -187,6 +187,12 @@ pub fn diff(old: &Config, new: &Config) -> Vec<Change> {
         // The admin plane says itself which of its keys need a restart.
         out.push(Change::live("admin"));
     }
+    if old.cluster != new.cluster {
+        out.push(Change::restart(
+            "cluster",
+            "the Redis connection, node id and lease timings are set at start",
+        ));
+    }
     out
 }
 

@@ -1768,3 +1768,124 @@ proptest! {
         prop_assert!(h.core.poll_timeout().is_none(), "a timer is left");
     }
 }
+
+// ----- cluster admission: INVITEs parked until the cluster answers -----
+
+/// A cluster that records requests; the test answers them.
+#[derive(Debug, Default)]
+struct FakeCluster {
+    asked: Mutex<Vec<sbc_core::cluster::ClusterRequest>>,
+}
+
+impl sbc_core::cluster::ClusterAdmission for FakeCluster {
+    fn request(&self, req: sbc_core::cluster::ClusterRequest) {
+        self.asked.lock().unwrap().push(req);
+    }
+    fn set_answer_sink(&self, _: sbc_core::cluster::AnswerSink) {}
+}
+
+/// A lease that counts its own release.
+struct CountedLease(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for CountedLease {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+fn cancel_of(inv: &SipMessage) -> SipMessage {
+    let text = String::from_utf8_lossy(&inv.to_bytes())
+        .replace("INVITE sips", "CANCEL sips")
+        .replace("1 INVITE", "1 CANCEL");
+    let mut m = SipMessage::parse(text.as_bytes()).unwrap();
+    m.set_body(Vec::new());
+    m.remove_header("content-type");
+    m
+}
+
+#[test]
+fn cluster_admission_parks_the_invite_until_the_answer() {
+    use sbc_core::cluster::{ClusterAnswer, ClusterVerdict, DecisionMode, LeaseGuard};
+    let mut h = Harness::new();
+    let cluster = Arc::new(FakeCluster::default());
+    h.core.set_cluster(cluster.clone());
+    let released = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let lease = || LeaseGuard(Box::new(CountedLease(released.clone())));
+
+    // 1. Parked: 100 Trying at once, nothing downstream; a retransmission is absorbed.
+    h.caller_sends(invite("k1", "z9hG4bK-k1"));
+    assert_eq!(statuses(&h.take_to(To::Caller)), vec![100]);
+    assert!(
+        h.take_to(To::Callee).is_empty(),
+        "nothing relayed before the answer"
+    );
+    h.caller_sends(invite("k1", "z9hG4bK-k1"));
+    assert!(h.take().is_empty(), "retransmission absorbed");
+    let asked: Vec<_> = cluster.asked.lock().unwrap().drain(..).collect();
+    assert_eq!(asked.len(), 1);
+    assert_eq!(asked[0].tenant, h.tenant);
+    assert_eq!(h.core.parked_calls(), 1);
+    // Admitted: the INVITE goes on; no second 100.
+    h.input(Input::Cluster(ClusterAnswer {
+        ticket: asked[0].ticket,
+        mode: DecisionMode::Exact,
+        verdict: ClusterVerdict::Admit(lease()),
+    }));
+    assert!(h.take_to(To::Caller).is_empty());
+    let down = h.take_to(To::Callee);
+    assert_eq!(down[0].method(), Some(&Method::Invite));
+    assert_eq!(h.usage().active_calls, 1);
+    // The call ends: the lease goes with it.
+    h.callee_sends(respond(&down[0], 486, "t", false));
+    assert_eq!(statuses(&h.take_to(To::Caller)), vec![486]);
+    assert_eq!(released.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    // 2. Refused: 503 with Retry-After, the local slot released.
+    h.caller_sends(invite("k2", "z9hG4bK-k2"));
+    h.take();
+    let t = cluster.asked.lock().unwrap().pop().unwrap().ticket;
+    h.input(Input::Cluster(ClusterAnswer {
+        ticket: t,
+        mode: DecisionMode::LocalShare,
+        verdict: ClusterVerdict::Refuse(sbc_core::admission::Refusal {
+            cause: sbc_core::admission::RefusalCause::CallRate,
+            retry_after: Duration::from_secs(2),
+        }),
+    }));
+    let up = h.take_to(To::Caller);
+    assert_eq!(statuses(&up), vec![503]);
+    assert_eq!(up[0].header("retry-after"), Some("2"));
+    assert!(h.take_to(To::Callee).is_empty());
+
+    // 3. CANCEL while parked: 200 and 487 at once; the late admission's lease is dropped.
+    h.caller_sends(invite("k3", "z9hG4bK-k3"));
+    h.take();
+    let t = cluster.asked.lock().unwrap().pop().unwrap().ticket;
+    h.caller_sends(cancel_of(&invite("k3", "z9hG4bK-k3")));
+    let mut up = statuses(&h.take_to(To::Caller));
+    up.sort();
+    assert_eq!(up, vec![200, 487]);
+    h.input(Input::Cluster(ClusterAnswer {
+        ticket: t,
+        mode: DecisionMode::Exact,
+        verdict: ClusterVerdict::Admit(lease()),
+    }));
+    assert!(h.take().is_empty(), "nothing sent for a cancelled call");
+    assert_eq!(released.load(std::sync::atomic::Ordering::SeqCst), 2);
+
+    // 4. The caller's connection closes while parked: the answer opens nothing.
+    h.caller_sends(invite("k4", "z9hG4bK-k4"));
+    h.take();
+    let t = cluster.asked.lock().unwrap().pop().unwrap().ticket;
+    h.input(Input::Closed { conn: CALLER });
+    h.input(Input::Cluster(ClusterAnswer {
+        ticket: t,
+        mode: DecisionMode::Exact,
+        verdict: ClusterVerdict::Admit(lease()),
+    }));
+    assert!(h.take_to(To::Callee).is_empty());
+    assert_eq!(released.load(std::sync::atomic::Ordering::SeqCst), 3);
+    assert_eq!(h.core.parked_calls(), 0);
+    h.advance(T1 * 64);
+    h.assert_nothing_held();
+}

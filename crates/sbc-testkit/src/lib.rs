@@ -27,6 +27,7 @@ pub mod media;
 pub mod pki;
 pub mod ports;
 pub mod process;
+pub mod redis;
 pub mod sip;
 pub mod tap_call;
 

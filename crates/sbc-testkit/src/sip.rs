@@ -415,6 +415,12 @@ impl Callee {
         )
     }
 
+    /// Accept the next connection if one comes within `wait` and its handshake succeeds
+    /// (a long-lived callee loops on this).
+    pub async fn accept_within(&self, wait: Duration) -> Option<Peer> {
+        self.try_accept(wait).await?.ok()
+    }
+
     /// True if nobody connected within `wait`.
     pub async fn no_connection_within(&self, wait: Duration) -> bool {
         tokio::time::timeout(wait, self.listener.accept())

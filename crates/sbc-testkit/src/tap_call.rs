@@ -119,6 +119,7 @@ impl Rig {
                 registry: Some(registry.clone()),
                 drain: Some(drain.clone()),
                 media: Some(engine.control()),
+                cluster: None,
             },
         )
         .await

@@ -31,6 +31,8 @@ pub use routes::{
 pub mod certs;
 mod dns;
 pub use dns::DnsSettings;
+pub mod cluster;
+pub use cluster::{ClusterSettings, RedisEndpoint};
 
 /// Most per-source entries the flood guard may be configured to track.
 pub const MAX_TRACKED_SOURCES: usize = 10_000_000;
@@ -328,6 +330,8 @@ pub struct Config {
     pub tenants: Vec<Tenant>,
     pub flood_guard: FloodSettings,
     pub overload: OverloadSettings,
+    /// `[cluster]`: quotas shared with other gateways through Redis; `None`: this node alone.
+    pub cluster: Option<ClusterSettings>,
 }
 
 // ---- the file as written ----
@@ -351,6 +355,7 @@ struct RawConfig {
     flood_guard: RawFlood,
     #[serde(default)]
     overload: RawOverload,
+    cluster: Option<cluster::RawCluster>,
 }
 
 #[derive(Deserialize)]
@@ -1305,6 +1310,11 @@ fn validate(raw: &RawConfig, base: &Path) -> Result<Config, ConfigError> {
         tenants,
         flood_guard: validate_flood(&raw.flood_guard)?,
         overload: validate_overload(&raw.overload)?,
+        cluster: raw
+            .cluster
+            .as_ref()
+            .map(cluster::validate_cluster)
+            .transpose()?,
     })
 }
 

@@ -14,6 +14,7 @@
 //! | `request_flow.rs` | what a request does (new call, in transaction, in dialog) |
 //! | `response_flow.rs` | what a response does (relay upstream, learn the dialog, end calls) |
 //! | `failover.rs` | a call's next try when its target fails during setup; retired tries; trunk pings |
+//! | `cluster_flow.rs` | INVITEs parked while the cluster decides their admission |
 //!
 //! Must not: touch sockets, TLS or the clock. Drivers feed [`Input`]s with `now` and carry
 //! out the [`Output`]s from [`B2bua::poll_output`]; time ([`Instant`] and a
@@ -23,6 +24,7 @@
 
 mod body_flow;
 pub mod calls;
+mod cluster_flow;
 mod failover;
 pub mod offer_answer;
 pub mod pairs;
@@ -38,6 +40,7 @@ use std::time::{Duration, Instant, SystemTime};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sbc_core::admission::Admission;
+use sbc_core::cluster::{ClusterAdmission, ClusterAnswer};
 use sbc_core::log_agg::{LogAggregator, DEFAULT_INTERVAL, DEFAULT_MAX_KEYS};
 use sbc_core::media::{CallRef, LegSide, MediaControl, MediaEvent, MediaPolicy};
 use sbc_core::redact::Redaction;
@@ -126,6 +129,8 @@ pub enum Input {
     },
     /// Something media control reported (a media timeout ends the call).
     Media(MediaEvent),
+    /// The cluster's admission answer for a parked INVITE.
+    Cluster(ClusterAnswer),
 }
 
 /// Actions for the driver.
@@ -279,6 +284,10 @@ pub struct B2bua {
     health: TrunkHealth,
     /// The latest `now` seen (for work that comes without one, like a reload).
     clock: Instant,
+    /// Cluster-wide admission; `None`: local admission decides alone.
+    cluster: Option<Arc<dyn ClusterAdmission>>,
+    /// INVITEs waiting for the cluster's answer.
+    parked: cluster_flow::Parked,
 }
 
 impl B2bua {
@@ -307,7 +316,20 @@ impl B2bua {
             logs: LogAggregator::new(DEFAULT_INTERVAL, DEFAULT_MAX_KEYS),
             health,
             clock,
+            cluster: None,
+            parked: cluster_flow::Parked::default(),
         }
+    }
+
+    /// Decide new calls cluster-wide too: after local admission each new INVITE is parked
+    /// until `cluster` answers (as [`Input::Cluster`]; the driver installs the sink).
+    pub fn set_cluster(&mut self, cluster: Arc<dyn ClusterAdmission>) {
+        self.cluster = Some(cluster);
+    }
+
+    /// INVITEs waiting for the cluster's answer now.
+    pub fn parked_calls(&self) -> usize {
+        self.parked.len()
     }
 
     /// Publish route targets' health to `board` (the admin plane's `/v1/trunks`).
@@ -424,6 +446,7 @@ impl B2bua {
             }
             Input::SendFailed { target, msg } => self.on_send_failed(now, target, &msg),
             Input::Media(MediaEvent::Timeout(call)) => self.terminate(now, call, "media timeout"),
+            Input::Cluster(answer) => self.on_cluster_answer(now, answer),
         }
     }
 

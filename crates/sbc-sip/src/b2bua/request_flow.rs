@@ -34,6 +34,23 @@ use crate::transaction::{ClientTransaction, ServerDisposition, ServerState, TxKi
 /// requires it gets 420.
 const SUPPORTED_REQUIRE: &[&str] = &["timer"];
 
+/// A new INVITE that passed local admission, with where it goes: opened at once, or
+/// parked first while the cluster decides (cluster_flow.rs).
+#[derive(Debug)]
+pub(super) struct AdmittedInvite {
+    pub conn: ConnId,
+    pub listener: usize,
+    pub tenant: TenantId,
+    pub route: crate::routing::RouteEntry,
+    /// The target this call tries first, and the ones after it in order.
+    pub first: crate::routing::Candidate,
+    pub candidates: std::collections::VecDeque<crate::routing::Candidate>,
+    /// The called user part (checked Request-URI).
+    pub user: Option<String>,
+    pub msg: SipMessage,
+    pub admitted: Admitted,
+}
+
 /// What a new call is opened from: the request and what admission and routing decided.
 #[derive(Debug)]
 struct Opening<'a> {
@@ -147,7 +164,11 @@ impl B2bua {
                         self.outputs.push_back(Output::Send { conn, msg: resp });
                     }
                     Method::Ack => debug!(conn = %conn, "stray ACK dropped"),
-                    Method::Cancel => self.refuse(conn, &msg, &Refusal::NoTransaction, None),
+                    Method::Cancel => {
+                        if !self.cancel_parked(conn, &msg) {
+                            self.refuse(conn, &msg, &Refusal::NoTransaction, None);
+                        }
+                    }
                     m if dialog_only(&m) => self.refuse(conn, &msg, &Refusal::NoTransaction, None),
                     _ => self.refuse(conn, &msg, &Refusal::MethodNotAllowed, None),
                 }
@@ -209,6 +230,10 @@ impl B2bua {
         tenant: TenantId,
         msg: SipMessage,
     ) {
+        if self.parked_retransmission(conn, &msg) {
+            debug!(conn = %conn, "retransmitted INVITE of a call awaiting admission absorbed");
+            return;
+        }
         let t = tenant.to_string();
         metrics::counter!("sbc_sip_calls_attempted_total", "tenant" => t.clone()).increment(1);
         // Everything that can refuse the call without a slot comes first.
@@ -246,20 +271,12 @@ impl B2bua {
             self.refuse(conn, &msg, &refusal, Some(&tenant));
             return;
         }
-        let (Some(from), Some(to), Some(call_id), Some((cseq, _))) = (
-            msg.header("from"),
-            msg.header("to"),
-            msg.call_id(),
-            msg.cseq(),
-        ) else {
-            // The parser guarantees these on requests; answer rather than panic.
-            self.refuse(conn, &msg, &Refusal::MissingDialogHeaders, Some(&tenant));
-            return;
-        };
         let admitted = match self.admission.admit_call(&tenant, now) {
             Ok(a) => {
-                metrics::counter!("sbc_admission_admitted_total", "tenant" => t.clone())
-                    .increment(1);
+                if self.cluster.is_none() {
+                    metrics::counter!("sbc_admission_admitted_total", "tenant" => t.clone())
+                        .increment(1);
+                }
                 a
             }
             Err(refusal) => {
@@ -269,6 +286,53 @@ impl B2bua {
                 self.refuse(conn, &msg, &r, Some(&tenant));
                 return;
             }
+        };
+        // With a cluster, the call waits (parked, 100 Trying sent) for its cluster-wide
+        // decision; the core goes on meanwhile (cluster_flow.rs).
+        let invite = AdmittedInvite {
+            conn,
+            listener,
+            tenant,
+            route,
+            first,
+            candidates,
+            user,
+            msg,
+            admitted,
+        };
+        if let Err(invite) = self.park_for_cluster(invite) {
+            self.open_admitted(now, *invite, false);
+        }
+    }
+
+    /// Open a call that admission let in: both legs, 100 Trying (unless sent while it
+    /// was parked), the INVITE relayed.
+    pub(super) fn open_admitted(
+        &mut self,
+        now: Instant,
+        invite: AdmittedInvite,
+        trying_sent: bool,
+    ) {
+        let AdmittedInvite {
+            conn,
+            listener,
+            tenant,
+            route,
+            first,
+            candidates,
+            user,
+            msg,
+            admitted,
+        } = invite;
+        let (Some(from), Some(to), Some(call_id), Some((cseq, _))) = (
+            msg.header("from"),
+            msg.header("to"),
+            msg.call_id(),
+            msg.cseq(),
+        ) else {
+            // The parser guarantees these on requests; answer rather than panic.
+            self.refuse(conn, &msg, &Refusal::MissingDialogHeaders, Some(&tenant));
+            return;
         };
         let id = self.open_call(
             now,
@@ -289,8 +353,10 @@ impl B2bua {
             admitted,
         );
         // 100 Trying at once: the INVITE server transaction is ours now.
-        let trying = response_to(&msg, 100, "Trying", None);
-        self.outputs.push_back(Output::Send { conn, msg: trying });
+        if !trying_sent {
+            let trying = response_to(&msg, 100, "Trying", None);
+            self.outputs.push_back(Output::Send { conn, msg: trying });
+        }
         if !self.relay_request(now, id, LegSide::Caller, conn, msg, true) {
             self.end_call(id, "refused");
         }

@@ -258,6 +258,8 @@ pub struct Hooks {
     pub drain: Option<Arc<DrainState>>,
     /// Media anchoring; `None`: SDP passes untouched.
     pub media: Option<Arc<dyn MediaControl>>,
+    /// Cluster-wide admission (`[cluster]`); `None`: local admission alone.
+    pub cluster: Option<Arc<dyn sbc_core::cluster::ClusterAdmission>>,
 }
 
 impl std::fmt::Debug for Hooks {
@@ -266,6 +268,7 @@ impl std::fmt::Debug for Hooks {
             .field("registry", &self.registry.is_some())
             .field("drain", &self.drain.is_some())
             .field("media", &self.media.is_some())
+            .field("cluster", &self.cluster.is_some())
             .finish()
     }
 }
@@ -394,6 +397,31 @@ pub async fn start_with(config: Arc<Config>, hooks: Hooks) -> Result<ServerHandl
             shutdown_rx.clone(),
         )));
         core.set_media(media, media_policies(&config));
+    }
+    if let Some(cluster) = hooks.cluster {
+        // Cluster answers come in as core inputs, like media events.
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        cluster.set_answer_sink(Arc::new(move |a| {
+            let _ = tx.send(a);
+        }));
+        let events = events_tx.clone();
+        let mut shutdown = shutdown_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let answer = tokio::select! {
+                    a = rx.recv() => match a { Some(a) => a, None => return },
+                    _ = shutdown.changed() => return,
+                };
+                if events
+                    .send(Event::Core(Input::Cluster(answer)))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }));
+        core.set_cluster(cluster);
     }
     let stats = Arc::new(Mutex::new(B2buaStats::default()));
     let core_admission = shared_admission.clone();

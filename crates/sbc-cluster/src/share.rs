@@ -1,0 +1,222 @@
+//! This node's local share of each tenant's limits, used while Redis does not answer:
+//! calls per second `rate / live nodes` (burst likewise, at least one), concurrent calls
+//! `limit / live nodes` counted against this node's own live calls. Sans-IO: `now` is
+//! passed in.
+//!
+//! The shares of all live nodes add up to at most the limit; entering a fallback episode
+//! starts each share bucket full, which is the "one burst of slack" the bound allows.
+//!
+//! Owns: per-tenant share buckets and this node's live-call counts. Must not: talk to
+//! Redis.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use sbc_core::admission::{Refusal, RefusalCause, TokenBucket, QUOTA_RETRY_AFTER};
+use sbc_core::cluster::{rate_share, share_of};
+use sbc_core::config::Limits;
+use sbc_core::tenant::TenantId;
+
+#[derive(Debug)]
+struct TenantShare {
+    bucket: TokenBucket,
+    /// The (rate, burst, nodes) the bucket was made for.
+    made_for: (u64, u32, u32),
+}
+
+/// Share state of every tenant.
+#[derive(Debug, Default)]
+pub struct LocalShare {
+    shares: HashMap<TenantId, TenantShare>,
+    live: HashMap<TenantId, u32>,
+    /// Per tenant, from the last exact decision: (live calls cluster-wide, this node's).
+    seen: HashMap<TenantId, (u32, u32)>,
+}
+
+impl LocalShare {
+    /// A fallback episode starts: every share bucket starts full again.
+    pub fn reset_buckets(&mut self) {
+        self.shares.clear();
+    }
+
+    /// This node holds one more call of `tenant`.
+    pub fn call_started(&mut self, tenant: &TenantId) {
+        *self.live.entry(tenant.clone()).or_default() += 1;
+    }
+
+    /// One call of `tenant` ended here.
+    pub fn call_ended(&mut self, tenant: &TenantId) {
+        if let Some(n) = self.live.get_mut(tenant) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.live.remove(tenant);
+            }
+        }
+    }
+
+    /// An exact decision saw `cluster` live calls of `tenant` (this node's included).
+    pub fn note_exact(&mut self, tenant: &TenantId, cluster: u32) {
+        let own = self.live(tenant);
+        self.seen.insert(tenant.clone(), (cluster, own));
+    }
+
+    /// The most calls of `tenant` this node may hold in a fallback among `nodes` nodes:
+    /// what it held when Redis last answered plus its part of the headroom left then
+    /// (`(limit - cluster) / nodes`), so nodes that held more than `limit / nodes` do not
+    /// push the sum past the limit; `limit / nodes` if Redis never counted this tenant.
+    pub fn concurrent_share(&self, tenant: &TenantId, limit: u32, nodes: u32) -> u32 {
+        match self.seen.get(tenant) {
+            Some((cluster, own)) => own + share_of(limit.saturating_sub(*cluster), nodes),
+            None => share_of(limit, nodes),
+        }
+    }
+
+    /// Tenants whose cluster-wide count is worth refreshing (seen or held here).
+    pub fn known_tenants(&self) -> Vec<TenantId> {
+        let mut t: Vec<TenantId> = self.seen.keys().chain(self.live.keys()).cloned().collect();
+        t.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        t.dedup();
+        t
+    }
+
+    /// Calls of `tenant` this node holds.
+    pub fn live(&self, tenant: &TenantId) -> u32 {
+        self.live.get(tenant).copied().unwrap_or(0)
+    }
+
+    /// Decide a call of `tenant` from this node's share among `nodes` live nodes.
+    pub fn decide(
+        &mut self,
+        tenant: &TenantId,
+        limits: &Limits,
+        nodes: u32,
+        now: Instant,
+    ) -> Result<(), Refusal> {
+        if self.live(tenant) >= self.concurrent_share(tenant, limits.max_concurrent_calls, nodes) {
+            return Err(Refusal {
+                cause: RefusalCause::ConcurrentCalls,
+                retry_after: QUOTA_RETRY_AFTER,
+            });
+        }
+        let (rate, burst) = rate_share(limits.calls_per_second, limits.call_burst, nodes);
+        let key = (rate.to_bits(), burst, nodes);
+        let share = self
+            .shares
+            .entry(tenant.clone())
+            .or_insert_with(|| TenantShare {
+                bucket: TokenBucket::new(rate, burst),
+                made_for: key,
+            });
+        if share.made_for != key {
+            share.bucket.set_limits(rate, burst);
+            share.made_for = key;
+        }
+        share.bucket.try_take(now).map_err(|wait| Refusal {
+            cause: RefusalCause::CallRate,
+            retry_after: wait.max(Duration::from_millis(1)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(cps: f64, burst: u32, max: u32) -> Limits {
+        Limits {
+            calls_per_second: cps,
+            call_burst: burst,
+            max_concurrent_calls: max,
+            ..Limits::default()
+        }
+    }
+
+    #[test]
+    fn concurrency_share_counts_this_nodes_calls() {
+        let t = TenantId::from("t");
+        let mut s = LocalShare::default();
+        let l = limits(1000.0, 1000, 20);
+        let now = Instant::now();
+        // 3 nodes: 6 each.
+        for _ in 0..6 {
+            assert!(s.decide(&t, &l, 3, now).is_ok());
+            s.call_started(&t);
+        }
+        let r = s.decide(&t, &l, 3, now).expect_err("share full");
+        assert_eq!(r.cause, RefusalCause::ConcurrentCalls);
+        s.call_ended(&t);
+        assert!(s.decide(&t, &l, 3, now).is_ok());
+        // Fewer live nodes: a larger share.
+        s.call_started(&t);
+        assert!(s.decide(&t, &l, 2, now).is_ok());
+        s.call_ended(&t);
+        s.call_ended(&t);
+        s.call_ended(&t); // more ends than starts never goes negative
+        for _ in 0..10 {
+            s.call_ended(&t);
+        }
+        assert_eq!(s.live(&t), 0);
+    }
+
+    #[test]
+    fn headroom_share_keeps_the_sum_under_the_limit() {
+        let t = TenantId::from("t");
+        // Node A held 12 and node B 8 of a limit of 20 when Redis went away.
+        let mut a = LocalShare::default();
+        let mut b = LocalShare::default();
+        for _ in 0..12 {
+            a.call_started(&t);
+        }
+        for _ in 0..8 {
+            b.call_started(&t);
+        }
+        a.note_exact(&t, 20);
+        b.note_exact(&t, 20);
+        let l = limits(1000.0, 1000, 20);
+        let now = Instant::now();
+        assert!(a.decide(&t, &l, 2, now).is_err());
+        assert!(
+            b.decide(&t, &l, 2, now).is_err(),
+            "10 would be B's plain share"
+        );
+        // With 6 of headroom, each of 2 nodes gets 3 more.
+        for _ in 0..6 {
+            a.call_ended(&t);
+        }
+        a.note_exact(&t, 14);
+        assert_eq!(a.concurrent_share(&t, 20, 2), 6 + 3);
+        assert_eq!(LocalShare::default().concurrent_share(&t, 20, 3), 6);
+    }
+
+    #[test]
+    fn rate_share_is_rate_over_nodes() {
+        let t = TenantId::from("t");
+        let mut s = LocalShare::default();
+        let l = limits(30.0, 9, 1000);
+        let t0 = Instant::now();
+        // 3 nodes: 10/s, burst 3.
+        let admitted = (0..10).filter(|_| s.decide(&t, &l, 3, t0).is_ok()).count();
+        assert_eq!(admitted, 3);
+        let r = s.decide(&t, &l, 3, t0).expect_err("empty");
+        assert_eq!(r.cause, RefusalCause::CallRate);
+        assert_eq!(r.retry_after, Duration::from_millis(100));
+        // One second later: 10 more at most (burst 3 caps what rests).
+        let t1 = t0 + Duration::from_secs(1);
+        let admitted = (0..20).filter(|_| s.decide(&t, &l, 3, t1).is_ok()).count();
+        assert_eq!(admitted, 3);
+        // Over 2 s of steady arrivals at 100/s: ~20 admitted.
+        let mut n = 0;
+        for i in 0..200u64 {
+            if s.decide(&t, &l, 3, t1 + Duration::from_millis(10 * i))
+                .is_ok()
+            {
+                n += 1;
+            }
+        }
+        assert!((19..=21).contains(&n), "{n}");
+        // A new episode starts full.
+        s.reset_buckets();
+        let admitted = (0..10).filter(|_| s.decide(&t, &l, 3, t1).is_ok()).count();
+        assert_eq!(admitted, 3);
+    }
+}

@@ -1,0 +1,145 @@
+//! The interface the SIP core meets cluster-wide admission through (`sbc-cluster`
+//! implements it over Redis), shaped like [`crate::media::MediaControl`]: the core hands
+//! a request over without waiting and the answer comes back later through a sink the
+//! driver installs, as a core input.
+//!
+//! Owns: the request and answer types, the lease guard a cluster admission attaches to an
+//! [`crate::admission::Admitted`], and the arithmetic of a node's local share.
+//! Must not: talk to Redis or read a clock.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use crate::admission::Refusal;
+use crate::config::Limits;
+use crate::tenant::TenantId;
+
+/// Names one parked admission request (drawn by the core, unique among its parked ones).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Ticket(pub u64);
+
+/// A request for a cluster-wide admission decision.
+#[derive(Debug, Clone)]
+pub struct ClusterRequest {
+    pub ticket: Ticket,
+    pub tenant: TenantId,
+    /// The tenant's limits as configured (cluster-wide).
+    pub limits: Limits,
+}
+
+/// How a decision was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecisionMode {
+    /// By Redis, counting every node.
+    Exact,
+    /// Redis did not answer in time: by this node's share of the limits.
+    LocalShare,
+}
+
+impl DecisionMode {
+    /// A stable name for metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DecisionMode::Exact => "exact",
+            DecisionMode::LocalShare => "local_share",
+        }
+    }
+}
+
+/// What the cluster decided.
+#[derive(Debug)]
+pub enum ClusterVerdict {
+    /// Admitted: the guard holds the call's concurrent-call lease until dropped.
+    Admit(LeaseGuard),
+    /// Refused (503 + Retry-After, as a local refusal).
+    Refuse(Refusal),
+}
+
+/// The answer to one [`ClusterRequest`].
+#[derive(Debug)]
+pub struct ClusterAnswer {
+    pub ticket: Ticket,
+    pub mode: DecisionMode,
+    pub verdict: ClusterVerdict,
+}
+
+/// Holds a cluster lease; dropping it releases the lease (the implementation's drop).
+pub struct LeaseGuard(pub Box<dyn Send + Sync>);
+
+impl fmt::Debug for LeaseGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("LeaseGuard")
+    }
+}
+
+/// Where answers go (installed by the driver; called from the cluster's own task).
+pub type AnswerSink = Arc<dyn Fn(ClusterAnswer) + Send + Sync>;
+
+/// Cluster-wide admission. Every request gets exactly one answer, within the configured
+/// deadline plus scheduling (the implementation falls back to the local share itself).
+pub trait ClusterAdmission: Send + Sync + fmt::Debug {
+    /// Ask for a decision; never blocks.
+    fn request(&self, req: ClusterRequest);
+    /// Where answers go from now on.
+    fn set_answer_sink(&self, sink: AnswerSink);
+}
+
+/// This node's view of the cluster, for `/readyz` and the usage API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClusterStatus {
+    /// Redis is not answering: admission uses this node's local share.
+    pub fallback: bool,
+    /// Gateway nodes with a live heartbeat (this one included; the last known count
+    /// while Redis does not answer).
+    pub live_nodes: u32,
+}
+
+/// A tenant's live calls cluster-wide, from Redis (`None`: Redis did not answer).
+pub type CallsFuture<'a> = Pin<Box<dyn Future<Output = Option<u32>> + Send + 'a>>;
+
+/// What the admin plane may see of cluster admission.
+pub trait ClusterInfo: Send + Sync + fmt::Debug {
+    fn status(&self) -> ClusterStatus;
+    /// Calls of `tenant` this node holds a lease for.
+    fn node_calls(&self, tenant: &TenantId) -> u32;
+    /// Live calls of `tenant` on every node, asked from Redis.
+    fn cluster_calls<'a>(&'a self, tenant: &'a TenantId) -> CallsFuture<'a>;
+}
+
+/// One node's share of a cluster-wide limit when Redis cannot be asked: `limit / nodes`,
+/// rounded down, so the shares of all live nodes never add up past the limit (a limit
+/// below the node count gives some nodes nothing rather than the cluster too much).
+pub fn share_of(limit: u32, live_nodes: u32) -> u32 {
+    limit / live_nodes.max(1)
+}
+
+/// A node's share of a call rate and burst: `rate / nodes`, and `burst / nodes` rounded
+/// down but at least one (a bucket needs a token to admit anything; the slack this adds
+/// is at most one call per node and burst).
+pub fn rate_share(rate: f64, burst: u32, live_nodes: u32) -> (f64, u32) {
+    let n = live_nodes.max(1);
+    (rate / f64::from(n), (burst / n).max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_never_add_up_past_the_limit() {
+        for limit in 0..50u32 {
+            for nodes in 0..8u32 {
+                let s = share_of(limit, nodes);
+                assert!(s * nodes.max(1) <= limit, "{limit}/{nodes}");
+                assert!(limit - s * nodes.max(1) < nodes.max(1));
+            }
+        }
+        assert_eq!(share_of(20, 3), 6);
+        assert_eq!(share_of(20, 0), 20);
+        assert_eq!(rate_share(30.0, 10, 3), (10.0, 3));
+        assert_eq!(rate_share(30.0, 2, 3), (10.0, 1));
+        assert_eq!(rate_share(30.0, 10, 0), (30.0, 10));
+    }
+}
