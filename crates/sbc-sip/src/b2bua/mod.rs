@@ -9,6 +9,7 @@
 //! | `calls.rs` | the call table: [`calls::Calls`], `Call`, `Leg` (one builder of in-dialog requests) |
 //! | `pairs.rs` | transaction pairs, server-transaction matching, the timer heap |
 //! | `offer_answer.rs` | per-call SDP offer/answer state and its pure classifier |
+//! | `reliable.rs` | reliable provisionals and PRACK (RFC 3262): per-leg RSeq, RAck mapping |
 //! | `topology.rs` | the one place that decides which headers and bodies cross |
 //! | `responses.rs` | the responses the gateway builds itself (400/505, 503, refusals) |
 //! | `request_flow.rs` | what a request does (new call, in transaction, in dialog) |
@@ -24,6 +25,7 @@ mod body_flow;
 pub mod calls;
 pub mod offer_answer;
 pub mod pairs;
+mod reliable;
 mod request_flow;
 mod response_flow;
 pub mod responses;
