@@ -563,7 +563,20 @@ enum Op {
     StrayResponse(u16),
     /// The caller's connection closes and comes back.
     CallerReconnects,
+    /// The callee sends a reliable provisional (code, RSeq) to call `n`'s INVITE.
+    CalleeReliable(u8, u16, u32),
+    /// The caller PRACKs the last reliable provisional it got on call `n`.
+    CallerPracks(u8, PrackKind),
+    /// The caller sends an UPDATE with an offer in call `n`'s (early) dialog.
+    CallerUpdates(u8),
     Advance(u32),
+}
+
+#[derive(Debug, Clone, Copy)]
+enum PrackKind {
+    Right,
+    UnknownRSeq,
+    BadRAck,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -575,6 +588,8 @@ enum Variant {
     UnknownRequire,
     MaxForwardsZero,
     NoRouteUser,
+    /// Supported: 100rel.
+    Reliable,
 }
 
 fn variant() -> impl Strategy<Value = Variant> {
@@ -586,6 +601,7 @@ fn variant() -> impl Strategy<Value = Variant> {
         1 => Just(Variant::UnknownRequire),
         1 => Just(Variant::MaxForwardsZero),
         1 => Just(Variant::NoRouteUser),
+        3 => Just(Variant::Reliable),
     ]
 }
 
@@ -596,9 +612,12 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (n.clone(), prop::sample::select(vec![100u16, 180, 183, 200, 486, 503, 408])).prop_map(|(n, c)| Op::CalleeAnswers(n, c)),
         2 => n.clone().prop_map(Op::CallerAcks),
         1 => n.clone().prop_map(Op::CallerCancels),
-        1 => n.prop_map(Op::CallerByes),
+        1 => n.clone().prop_map(Op::CallerByes),
         1 => prop::sample::select(vec![180u16, 200, 481]).prop_map(Op::StrayResponse),
         1 => Just(Op::CallerReconnects),
+        2 => (n.clone(), prop::sample::select(vec![180u16, 183]), 1u32..4).prop_map(|(n, c, r)| Op::CalleeReliable(n, c, r)),
+        2 => (n.clone(), prop::sample::select(vec![PrackKind::Right, PrackKind::Right, PrackKind::UnknownRSeq, PrackKind::BadRAck])).prop_map(|(n, k)| Op::CallerPracks(n, k)),
+        1 => n.clone().prop_map(Op::CallerUpdates),
         2 => (0u32..40_000).prop_map(Op::Advance),
     ]
 }
@@ -621,6 +640,7 @@ fn variant_invite(n: u8, v: Variant, seq: u32) -> SipMessage {
         Variant::MaxForwardsZero => text.replace("Max-Forwards: 70", "Max-Forwards: 0"),
         // Routes match every user here; a malformed user part is refused before routing.
         Variant::NoRouteUser => text.replace("sips:+15551234@sbc", "sips:+1@5551234@sbc"),
+        Variant::Reliable => text.replace("Max-Forwards: 70", "Max-Forwards: 70\r\nSupported: 100rel"),
     };
     SipMessage::parse(text.as_bytes()).unwrap_or_else(|_| invite(&call_id, "z9hG4bK-fallback"))
 }
@@ -631,6 +651,10 @@ struct CallView {
     invite: Option<SipMessage>,
     /// Last request the callee got for this call.
     down: Option<SipMessage>,
+    /// Last INVITE the callee got for this call.
+    down_invite: Option<SipMessage>,
+    /// Last reliable provisional the caller got.
+    prov: Option<SipMessage>,
     /// Last 2xx to INVITE the caller got.
     ok: Option<SipMessage>,
 }
@@ -665,7 +689,21 @@ impl Views {
                         None => None,
                     };
                     if let Some(v) = index.and_then(|i| self.calls.get_mut(i)) {
+                        if m.method() == Some(&Method::Invite) {
+                            v.down_invite = Some(m.clone());
+                        }
                         v.down = Some(m);
+                    }
+                }
+                To::Caller if !m.is_request() && m.header("rseq").is_some() => {
+                    let id = m.call_id().unwrap_or_default();
+                    let found = self
+                        .calls
+                        .iter_mut()
+                        .rev()
+                        .find(|v| v.invite.as_ref().and_then(|i| i.call_id()) == Some(id));
+                    if let Some(v) = found {
+                        v.prov = Some(m);
                     }
                 }
                 To::Caller if !m.is_request() => {
@@ -751,6 +789,40 @@ fn run(ops: &[Op]) -> Harness {
                     listener: 0,
                 };
                 h.input(Input::Connected { conn: CALLER, kind });
+            }
+            Op::CalleeReliable(n, code, r) => {
+                if let Some(down) = views.latest(n).and_then(|v| v.down_invite.clone()) {
+                    let mut resp = respond(&down, code, &format!("callee-{n}"), code == 183);
+                    resp.push_header("Require", "100rel");
+                    resp.push_header("RSeq", r.to_string());
+                    h.callee_sends(resp);
+                }
+            }
+            Op::CallerPracks(n, kind) => {
+                if let Some(prov) = views.latest(n).and_then(|v| v.prov.clone()) {
+                    seq += 1;
+                    let n = prov.header("rseq").and_then(|v| v.parse::<u32>().ok()).unwrap_or(1);
+                    let rack = match kind {
+                        PrackKind::Right => format!("{n} 1 INVITE"),
+                        PrackKind::UnknownRSeq => format!("{} 1 INVITE", n.wrapping_add(100)),
+                        PrackKind::BadRAck => "x y".to_string(),
+                    };
+                    let branch = format!("z9hG4bK-p{seq}");
+                    let mut m = in_dialog(Method::Prack, &prov, 100 + seq, &branch, true);
+                    m.push_header("RAck", rack);
+                    h.caller_sends(m);
+                }
+            }
+            Op::CallerUpdates(n) => {
+                let view = views.latest(n);
+                if let Some(base) = view.and_then(|v| v.ok.clone().or_else(|| v.prov.clone())) {
+                    seq += 1;
+                    let branch = format!("z9hG4bK-u{seq}");
+                    let mut m = in_dialog(Method::Update, &base, 100 + seq, &branch, true);
+                    m.push_header("Content-Type", "application/sdp");
+                    m.set_body(OFFER.as_bytes().to_vec());
+                    h.caller_sends(m);
+                }
             }
             Op::Advance(ms) => h.advance(Duration::from_millis(u64::from(ms))),
         }
@@ -1389,3 +1461,4 @@ fn a_caller_requiring_100rel_meets_the_callees_420() {
     h.advance(T1 * 64);
     h.assert_nothing_held();
 }
+
