@@ -546,7 +546,9 @@ async fn prack_is_relayed_with_rseq_and_rack_mapped_per_leg() {
     let call_id = "call-prack@platform";
     let from = "\"Alice\" <sips:alice@platform.example>;tag=atag";
     // The platform's INVITE offers 100rel (Supported: timer, 100rel).
-    caller.send(&invite("+15551234", call_id, "z9hG4bKp1", "atag")).await;
+    caller
+        .send(&invite("+15551234", call_id, "z9hG4bKp1", "atag"))
+        .await;
     assert_eq!(caller.recv().await.status(), Some(100));
     let mut callee = s.callee.accept().await;
     let out_inv = callee.recv_where(is_method(Method::Invite)).await;
@@ -562,7 +564,15 @@ async fn prack_is_relayed_with_rseq_and_rack_mapped_per_leg() {
     let caller_rseq: u32 = got183.header("rseq").unwrap().parse().unwrap();
     assert!((1..1u32 << 31).contains(&caller_rseq));
     let to = got183.header("to").unwrap().to_string();
-    let mut prack = in_dialog("PRACK", "sips:sbc@127.0.0.1", "z9hG4bKp2", from, &to, call_id, 2);
+    let mut prack = in_dialog(
+        "PRACK",
+        "sips:sbc@127.0.0.1",
+        "z9hG4bKp2",
+        from,
+        &to,
+        call_id,
+        2,
+    );
     prack.push_header("RAck", format!("{caller_rseq} 1 INVITE"));
     caller.send(&prack).await;
     // "PRACK relayed": the UAS gets a PRACK whose RAck matches its own RSeq.
@@ -582,12 +592,31 @@ async fn prack_is_relayed_with_rseq_and_rack_mapped_per_leg() {
     callee.send(&answer(&out_inv, 200, "btag")).await;
     let ok = caller.recv_where(is_status(200)).await;
     assert_eq!(ok.cseq(), Some((1, Method::Invite)));
-    let ack = in_dialog("ACK", "sips:sbc@127.0.0.1", "z9hG4bKp3", from, &to, call_id, 1);
+    let ack = in_dialog(
+        "ACK",
+        "sips:sbc@127.0.0.1",
+        "z9hG4bKp3",
+        from,
+        &to,
+        call_id,
+        1,
+    );
     caller.send(&ack).await;
     callee.recv_where(is_method(Method::Ack)).await;
-    let bye = in_dialog("BYE", "sips:sbc@127.0.0.1", "z9hG4bKp4", from, &to, call_id, 3);
+    let bye = in_dialog(
+        "BYE",
+        "sips:sbc@127.0.0.1",
+        "z9hG4bKp4",
+        from,
+        &to,
+        call_id,
+        3,
+    );
     caller.send(&bye).await;
     let out_bye = callee.recv_where(is_method(Method::Bye)).await;
     callee.send(&answer(&out_bye, 200, "btag")).await;
-    assert_eq!(caller.recv_where(is_status(200)).await.cseq(), Some((3, Method::Bye)));
+    assert_eq!(
+        caller.recv_where(is_status(200)).await.cseq(),
+        Some((3, Method::Bye))
+    );
 }

@@ -640,7 +640,9 @@ fn variant_invite(n: u8, v: Variant, seq: u32) -> SipMessage {
         Variant::MaxForwardsZero => text.replace("Max-Forwards: 70", "Max-Forwards: 0"),
         // Routes match every user here; a malformed user part is refused before routing.
         Variant::NoRouteUser => text.replace("sips:+15551234@sbc", "sips:+1@5551234@sbc"),
-        Variant::Reliable => text.replace("Max-Forwards: 70", "Max-Forwards: 70\r\nSupported: 100rel"),
+        Variant::Reliable => {
+            text.replace("Max-Forwards: 70", "Max-Forwards: 70\r\nSupported: 100rel")
+        }
     };
     SipMessage::parse(text.as_bytes()).unwrap_or_else(|_| invite(&call_id, "z9hG4bK-fallback"))
 }
@@ -801,7 +803,10 @@ fn run(ops: &[Op]) -> Harness {
             Op::CallerPracks(n, kind) => {
                 if let Some(prov) = views.latest(n).and_then(|v| v.prov.clone()) {
                     seq += 1;
-                    let n = prov.header("rseq").and_then(|v| v.parse::<u32>().ok()).unwrap_or(1);
+                    let n = prov
+                        .header("rseq")
+                        .and_then(|v| v.parse::<u32>().ok())
+                        .unwrap_or(1);
                     let rack = match kind {
                         PrackKind::Right => format!("{n} 1 INVITE"),
                         PrackKind::UnknownRSeq => format!("{} 1 INVITE", n.wrapping_add(100)),
@@ -1288,7 +1293,10 @@ fn reliable_183_is_relayed_with_the_callers_rseq_and_prack_is_mapped_back() {
     assert!((1..1 << 31).contains(&n), "RSeq {n} in 1..2^31-1");
     assert_ne!(n, 5000, "the callee's RSeq does not cross");
     assert!(p183.header_values("require").any(|t| t == "100rel"));
-    assert!(body(&p183).contains("a=answer-from-callee"), "answer anchored");
+    assert!(
+        body(&p183).contains("a=answer-from-callee"),
+        "answer anchored"
+    );
     // The caller's PRACK reaches the callee with the callee's RSeq and INVITE CSeq.
     h.caller_sends(prack(&p183, 2, "z9hG4bK-pr1", &format!("{n} 1 INVITE")));
     let pracks = h.take_to(To::Callee);
@@ -1311,15 +1319,30 @@ fn reliable_183_is_relayed_with_the_callers_rseq_and_prack_is_mapped_back() {
     assert_eq!(statuses(&up), vec![180], "duplicate absorbed");
     assert_eq!(rseq(&up[0]), n + 1);
     // A PRACK for an RSeq never sent: 481; a malformed RAck: 400; neither crosses.
-    h.caller_sends(prack(&up[0], 3, "z9hG4bK-pr2", &format!("{} 1 INVITE", n + 7)));
+    h.caller_sends(prack(
+        &up[0],
+        3,
+        "z9hG4bK-pr2",
+        &format!("{} 1 INVITE", n + 7),
+    ));
     h.caller_sends(prack(&up[0], 4, "z9hG4bK-pr3", "one 1 INVITE"));
-    h.caller_sends(prack(&up[0], 5, "z9hG4bK-pr4", &format!("{} 9 INVITE", n + 1)));
+    h.caller_sends(prack(
+        &up[0],
+        5,
+        "z9hG4bK-pr4",
+        &format!("{} 9 INVITE", n + 1),
+    ));
     let refused = h.take_to(To::Caller);
     assert_eq!(statuses(&refused), vec![481, 400, 481]);
     assert_eq!(refused[1].reason(), Some("Bad Request (Malformed RAck)"));
     assert!(h.take_to(To::Callee).is_empty());
     // The right PRACK for the 180, then the 200 to the INVITE repeats the early answer.
-    h.caller_sends(prack(&up[0], 6, "z9hG4bK-pr5", &format!("{} 1 INVITE", n + 1)));
+    h.caller_sends(prack(
+        &up[0],
+        6,
+        "z9hG4bK-pr5",
+        &format!("{} 1 INVITE", n + 1),
+    ));
     let pr = h.take_to(To::Callee).remove(0);
     assert_eq!(pr.header("rack"), Some("5001 1 INVITE"));
     assert_eq!(pr.cseq(), Some((3, Method::Prack)));
@@ -1327,7 +1350,11 @@ fn reliable_183_is_relayed_with_the_callers_rseq_and_prack_is_mapped_back() {
     h.callee_sends(respond(&down, 200, "callee-tag", true));
     let up = h.take_to(To::Caller);
     assert_eq!(statuses(&up), vec![200, 200]);
-    assert_eq!(body(&up[1]), body(&p183), "the 2xx repeats the anchored answer");
+    assert_eq!(
+        body(&up[1]),
+        body(&p183),
+        "the 2xx repeats the anchored answer"
+    );
     let ok = up[1].clone();
     h.caller_sends(in_dialog(Method::Ack, &ok, 1, "z9hG4bK-ack-r1", true));
     assert_eq!(h.take_to(To::Callee)[0].method(), Some(&Method::Ack));
@@ -1389,14 +1416,25 @@ fn offer_in_a_reliable_183_is_answered_in_the_prack() {
     assert!(down.body().is_empty());
     h.callee_sends(reliable(&down, 183, 1, true));
     let p183 = h.take_to(To::Caller).pop().unwrap();
-    assert!(body(&p183).contains("a=offer-from-callee"), "offer anchored");
-    let mut pr = prack(&p183, 2, "z9hG4bK-pr-r3", &format!("{} 1 INVITE", rseq(&p183)));
+    assert!(
+        body(&p183).contains("a=offer-from-callee"),
+        "offer anchored"
+    );
+    let mut pr = prack(
+        &p183,
+        2,
+        "z9hG4bK-pr-r3",
+        &format!("{} 1 INVITE", rseq(&p183)),
+    );
     pr.push_header("Content-Type", "application/sdp");
     pr.set_body(OFFER.as_bytes().to_vec());
     h.caller_sends(pr);
     let pr = h.take_to(To::Callee).remove(0);
     assert_eq!(pr.header("rack"), Some("1 1 INVITE"));
-    assert!(body(&pr).contains("a=answer-from-caller"), "answer anchored");
+    assert!(
+        body(&pr).contains("a=answer-from-caller"),
+        "answer anchored"
+    );
     h.callee_sends(respond(&pr, 200, "callee-tag", false));
     assert_eq!(statuses(&h.take_to(To::Caller)), vec![200]);
 }
@@ -1408,7 +1446,12 @@ fn update_in_the_early_dialog_is_anchored_and_glare_gets_491() {
     let down = h.take_to(To::Callee).remove(0);
     h.callee_sends(reliable(&down, 183, 10, true));
     let p183 = h.take_to(To::Caller).pop().unwrap();
-    h.caller_sends(prack(&p183, 2, "z9hG4bK-pr-r4", &format!("{} 1 INVITE", rseq(&p183))));
+    h.caller_sends(prack(
+        &p183,
+        2,
+        "z9hG4bK-pr-r4",
+        &format!("{} 1 INVITE", rseq(&p183)),
+    ));
     let pr = h.take_to(To::Callee).remove(0);
     h.callee_sends(respond(&pr, 200, "callee-tag", false));
     h.take();
@@ -1461,4 +1504,3 @@ fn a_caller_requiring_100rel_meets_the_callees_420() {
     h.advance(T1 * 64);
     h.assert_nothing_held();
 }
-

@@ -340,6 +340,20 @@ mod tests {
     }
 
     #[test]
+    fn outcomes_are_the_catalogs() {
+        let mut names: Vec<&str> = [
+            Delivery::Reliable(1),
+            Delivery::AckedHere,
+            Delivery::Stripped,
+        ]
+        .iter()
+        .map(|d| d.outcome())
+        .collect();
+        names.push("duplicate");
+        assert_eq!(names, sbc_core::metrics_catalog::RELIABLE_OUTCOMES);
+    }
+
+    #[test]
     fn rack_parses_and_refuses_garbage() {
         assert_eq!(
             rack_of(&prack("RAck: 776656 1 INVITE\r\n")),
@@ -374,7 +388,10 @@ mod tests {
         Delivery::AckedHere.stamp(&mut plain);
         assert_eq!(plain.header("rseq"), None);
         assert_eq!(plain.header("require"), None);
-        assert_eq!(plain.header_values("supported").collect::<Vec<_>>(), ["timer"]);
+        assert_eq!(
+            plain.header_values("supported").collect::<Vec<_>>(),
+            ["timer"]
+        );
         let invite = msg(
             "INVITE sips:b@x SIP/2.0\r\nVia: SIP/2.0/TLS h;branch=z9hG4bKi\r\n\
              From: <sips:a@x>;tag=1\r\nTo: <sips:b@x>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n\

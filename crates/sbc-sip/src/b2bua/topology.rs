@@ -989,7 +989,10 @@ mod tests {
         let mut out = out;
         strip_100rel(&mut out);
         assert!(!has_100rel(&out, "supported") && out.header("require").is_none());
-        assert_eq!(out.header_values("supported").collect::<Vec<_>>(), ["timer", "replaces"]);
+        assert_eq!(
+            out.header_values("supported").collect::<Vec<_>>(),
+            ["timer", "replaces"]
+        );
         assert_eq!(out.header("subject"), Some("project call"));
     }
 
