@@ -1504,3 +1504,51 @@ fn a_caller_requiring_100rel_meets_the_callees_420() {
     h.advance(T1 * 64);
     h.assert_nothing_held();
 }
+
+#[test]
+fn past_the_cap_of_unacknowledged_reliable_provisionals_the_gateway_pracks_itself() {
+    let mut h = Harness::new();
+    h.caller_sends(invite_100rel("r6", true));
+    let down = h.take_to(To::Callee).remove(0);
+    // A callee sending reliable 180s without waiting for PRACKs (RFC 3262 §3 says wait).
+    for r in 1..=10u32 {
+        h.callee_sends(reliable(&down, 180, r, false));
+    }
+    let up: Vec<SipMessage> = h
+        .take_to(To::Caller)
+        .into_iter()
+        .filter(|m| status(m) == 180)
+        .collect();
+    assert_eq!(up.len(), 10, "every new one relayed once");
+    let reliably = up.iter().filter(|m| m.header("rseq").is_some()).count();
+    assert_eq!(reliably, sbc_sip::b2bua::MAX_UNACKED_RELIABLE);
+    let first = rseq(&up[0]);
+    let seq: Vec<u32> = up[..reliably].iter().map(rseq).collect();
+    assert_eq!(seq, (first..first + 8).collect::<Vec<_>>(), "RSeq +1 each");
+    let own: Vec<String> = h
+        .take_to(To::Callee)
+        .iter()
+        .filter_map(|m| m.header("rack").map(str::to_string))
+        .collect();
+    assert_eq!(
+        own,
+        ["9 1 INVITE", "10 1 INVITE"],
+        "the rest PRACKed by the gateway"
+    );
+    // The INVITE's final ends it all: a late PRACK is outside the early dialog.
+    h.callee_sends(respond(&down, 486, "callee-tag", false));
+    h.caller_sends(prack(
+        &up[0],
+        2,
+        "z9hG4bK-pr-r6",
+        &format!("{first} 1 INVITE"),
+    ));
+    let to_caller = h.take_to(To::Caller);
+    assert_eq!(statuses(&to_caller), vec![486, 481]);
+    assert_eq!(
+        to_caller[1].reason(),
+        Some("Call/Transaction Does Not Exist")
+    );
+    h.advance(T1 * 64);
+    h.assert_nothing_held();
+}

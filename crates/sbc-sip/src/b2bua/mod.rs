@@ -51,6 +51,7 @@ use crate::transaction::TimerConfig;
 use calls::{CallState, Calls, Hop};
 use pairs::{PairId, Pairs, Timer, Timers, BRANCH_COOKIE};
 
+pub use reliable::MAX_UNACKED_RELIABLE;
 pub use responses::{malformed_response, service_unavailable, ALLOW};
 
 /// Identifies one transport connection (numbered by the driver).
