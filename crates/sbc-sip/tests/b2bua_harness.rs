@@ -1525,16 +1525,24 @@ fn past_the_cap_of_unacknowledged_reliable_provisionals_the_gateway_pracks_itsel
     let first = rseq(&up[0]);
     let seq: Vec<u32> = up[..reliably].iter().map(rseq).collect();
     assert_eq!(seq, (first..first + 8).collect::<Vec<_>>(), "RSeq +1 each");
-    let own: Vec<String> = h
-        .take_to(To::Callee)
-        .iter()
-        .filter_map(|m| m.header("rack").map(str::to_string))
-        .collect();
+    let pracks = h.take_to(To::Callee);
+    let own: Vec<&str> = pracks.iter().filter_map(|m| m.header("rack")).collect();
     assert_eq!(
         own,
         ["9 1 INVITE", "10 1 INVITE"],
         "the rest PRACKed by the gateway"
     );
+    // The 200s to both of the gateway's PRACKs are absorbed; a retransmitted 9 gets its
+    // own PRACK again.
+    for p in &pracks {
+        h.callee_sends(respond(p, 200, "callee-tag", false));
+    }
+    assert!(h.take().is_empty(), "absorbed");
+    h.callee_sends(reliable(&down, 180, 9, false));
+    let again = h.take_to(To::Callee);
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].header("rack"), Some("9 1 INVITE"));
+    assert!(h.take_to(To::Caller).is_empty());
     // The INVITE's final ends it all: a late PRACK is outside the early dialog.
     h.callee_sends(respond(&down, 486, "callee-tag", false));
     h.caller_sends(prack(

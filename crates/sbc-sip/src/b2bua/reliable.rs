@@ -24,6 +24,8 @@
 //! retransmission every T1 matters on UDP only; the caller's leg is TLS or TCP), and so is
 //! the gateway's own PRACK (a retransmitted provisional triggers it again).
 
+use std::collections::VecDeque;
+
 use sbc_core::media::{CallRef, LegSide};
 use tracing::debug;
 
@@ -122,9 +124,20 @@ pub(crate) struct Reliable {
     heard: Option<Heard>,
     /// The initial INVITE's server transaction has its final: PRACKs get 481.
     invite_over: bool,
-    /// The PRACK the gateway sent itself (its branch and the message, sent again when the
-    /// provisional it acknowledges comes again).
-    own_prack: Option<(String, SipMessage)>,
+    /// The PRACKs the gateway sent itself, newest last, at most [`MAX_UNACKED_RELIABLE`]:
+    /// their 200s are absorbed, and one is sent again when the provisional it acknowledges
+    /// comes again.
+    own_pracks: VecDeque<OwnPrack>,
+}
+
+/// A PRACK the gateway sent itself.
+#[derive(Debug)]
+struct OwnPrack {
+    /// The RSeq it acknowledges.
+    rseq: u32,
+    /// Its Via branch (its 200 carries it).
+    branch: String,
+    msg: SipMessage,
 }
 
 impl Reliable {
@@ -141,7 +154,7 @@ impl Reliable {
         self.invite_over = true;
         self.unacked.clear();
         self.mapped_rack = None;
-        self.own_prack = None;
+        self.own_pracks.clear();
     }
 
     /// The mapped RAck for the PRACK being relayed (taken once).
@@ -213,7 +226,11 @@ impl B2bua {
                 // RFC 3262 §4: a retransmission is discarded. If the gateway PRACKed it, the
                 // PRACK may have been lost: send it again.
                 count("duplicate");
-                let again = r.own_prack.as_ref().map(|(_, m)| m.clone());
+                let again = r
+                    .own_pracks
+                    .iter()
+                    .find(|p| p.rseq == rseq)
+                    .map(|p| p.msg.clone());
                 if let Some(prack) = again {
                     self.send_on(call, responder, prack);
                 }
@@ -262,7 +279,15 @@ impl B2bua {
             .unwrap_or_default()
             .to_string();
         if let Some(c) = self.calls.get_mut(call) {
-            c.reliable.own_prack = Some((branch, prack.clone()));
+            let own = &mut c.reliable.own_pracks;
+            if own.len() >= MAX_UNACKED_RELIABLE {
+                own.pop_front();
+            }
+            own.push_back(OwnPrack {
+                rseq,
+                branch,
+                msg: prack.clone(),
+            });
         }
         debug!(call = %call, rseq, "reliable provisional acknowledged by the gateway");
         self.send_on(call, side, prack);
@@ -311,10 +336,12 @@ impl B2bua {
             return false;
         };
         let branch = msg.header("via").and_then(parse_via).and_then(|v| v.branch);
-        self.calls
-            .get(call)
-            .and_then(|c| c.reliable.own_prack.as_ref())
-            .is_some_and(|(b, _)| Some(b.as_str()) == branch)
+        self.calls.get(call).is_some_and(|c| {
+            c.reliable
+                .own_pracks
+                .iter()
+                .any(|p| Some(p.branch.as_str()) == branch)
+        })
     }
 }
 
