@@ -922,8 +922,7 @@ fn fifty_branchless_invites_do_not_lock_the_tenant_out() {
 fn never_acked_invites_log_one_line_and_one_summary_not_one_each() {
     // Finding 11: each never-ACKed INVITE used to write a WARN and three INFO lines.
     let capture = Capture::default();
-    let subscriber = capture.subscriber(tracing::Level::WARN);
-    let _logs = tracing::subscriber::set_default(subscriber);
+    let _logs = capture.install(tracing::Level::WARN);
     let mut h = Harness::new();
     for i in 0..50 {
         h.caller_sends(invite(&format!("na{i}"), &format!("z9hG4bK-na{i}")));
