@@ -8,6 +8,8 @@
 #   1. basic call: 500 calls at 25 calls/s
 #   2. hold re-INVITE (sendonly, then sendrecv): a few calls
 #   3. CANCEL after 180 (UAS answers 487): a few calls
+#   3b. reliable 183 and PRACK (RFC 3262; uac_prack.xml, uas_prack.xml): a few calls; the
+#      UAS checks that the PRACK's RAck carries its own RSeq (the caller saw another one)
 #   4. media: a few calls, one at a time, signalled by sipp (uac_media.xml, uas_media.xml);
 #      during each call `sbc-edge media-check` (the SRTP sender/receiver of `sbc-edge call`)
 #      plays both ends of its media: SRTP sent to the caller-side relay port with the
@@ -281,6 +283,7 @@ stage() { # stage NAME SCENARIO CALLS RATE DURATION [--trace]: UAS + UAC; fail o
 stage basic basic "$CALLS" "$RATE" 1000
 stage hold hold "$SMALL" 5 300 --trace
 stage cancel cancel "$SMALL" 5 300 --trace
+stage prack prack "$SMALL" 5 300 --trace
 
 # --- stage media: sipp signals, sbc-edge media-check carries SRTP through the relay ------
 # The scenarios write each call's SDP facts to $dir/sdp/{uac,uas}-N (N = call number; one
@@ -341,7 +344,7 @@ media_stage() {
 }
 if [ "$MEDIA_CALLS" -gt 0 ]; then media_stage; fi
 
-# The gateway's own account must agree with sipp's: every basic, hold and media call answered,
+# The gateway's own account must agree with sipp's: every basic, hold, prack and media call answered,
 # every cancelled call failed 4xx (487), nothing else.
 admin=$(sed -n 's|^  admin plane: http://\([^ ]*\) .*|\1|p' "$work/gateway.out" | head -n 1)
 [ -n "$admin" ] || fail "the gateway did not print its admin address"
@@ -350,10 +353,10 @@ metric() { printf '%s\n' "$metrics" | awk -v k="$1" '$1 == k { print $2 }'; }
 answered=$(metric 'sbc_sip_calls_answered_total{tenant="demo"}')
 failed4xx=$(metric 'sbc_sip_calls_failed_total{tenant="demo",class="4xx"}')
 echo "gateway metrics: answered=$answered failed_4xx=${failed4xx:-0}"
-[ "${answered:-0}" = "$((CALLS + SMALL + MEDIA_CALLS))" ] || fail "gateway counted ${answered:-0} answered calls, expected $((CALLS + SMALL + MEDIA_CALLS))"
+[ "${answered:-0}" = "$((CALLS + 2 * SMALL + MEDIA_CALLS))" ] || fail "gateway counted ${answered:-0} answered calls, expected $((CALLS + 2 * SMALL + MEDIA_CALLS))"
 [ "${failed4xx:-0}" = "$SMALL" ] || fail "gateway counted ${failed4xx:-0} 4xx calls, expected $SMALL (the CANCELs)"
 
-say "interop PASSED: $CALLS basic calls at $RATE calls/s, $SMALL hold, $SMALL cancel, $MEDIA_CALLS with SRTP checked both ways through the relay; no failed call"
+say "interop PASSED: $CALLS basic calls at $RATE calls/s, $SMALL hold, $SMALL cancel, $SMALL prack, $MEDIA_CALLS with SRTP checked both ways through the relay; no failed call"
 summary_line=$(grep '^== basic (uac)' "$work/basic.uac.out" 2>/dev/null || true)
 
 # --- stage 5: max-rate probe (informational) --------------------------------------------

@@ -4,7 +4,7 @@
 #
 #   deploy/sipp/run.sh SCENARIO [options] [-- extra sipp arguments]
 #
-# SCENARIO: basic | hold | cancel | flood, or the path of a scenario XML file.
+# SCENARIO: basic | hold | cancel | prack | flood, or the path of a scenario XML file.
 #   (UAC: uac_SCENARIO.xml; UAS: uas_SCENARIO.xml, flood uses uas_basic.xml.)
 #
 # TLS: Debian's sipp (package sip-tester) has no TLS. If the local sipp has TLS (`-t l1`
@@ -132,7 +132,7 @@ else
     uas:flood) sf=$HERE/uas_basic.xml ;;
     *) sf=$HERE/${role}_${scenario}.xml ;;
   esac
-  [ -f "$sf" ] || die "no scenario $sf (basic, hold, cancel, media, flood or a file)"
+  [ -f "$sf" ] || die "no scenario $sf (basic, hold, cancel, prack, media, flood or a file)"
 fi
 
 host_of() { local a=$1; a=${a%:*}; a=${a#[}; echo "${a%]}"; }

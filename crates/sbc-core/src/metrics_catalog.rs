@@ -191,7 +191,15 @@ pub const SIP_REFUSALS: &[&str] = &[
     "no_route",
     "unavailable",
     "missing_dialog_headers",
+    "bad_rack",
+    "prack_unknown_rseq",
+    "prack_outside_early_dialog",
 ];
+
+/// What sbc-sip's `reliable.rs` does with a reliable provisional: relayed reliably with
+/// the caller leg's RSeq, PRACKed by the gateway and relayed unreliably, relayed
+/// unreliably for want of an RSeq, absorbed as a retransmission.
+pub const RELIABLE_OUTCOMES: &[&str] = &["relayed", "acked_by_gateway", "no_rseq", "duplicate"];
 
 /// sbc-sip's `BodyRefusal::ALL` names.
 pub const BODY_REFUSALS: &[&str] = &[
@@ -554,6 +562,11 @@ pub const CATALOG: &[MetricDef] = &[
         "sbc_sip_requests_refused_total",
         "Requests the gateway answered itself, by reason (connection_rate also carries tenant).",
         &[closed("reason", SIP_REFUSALS)],
+    ),
+    counter(
+        "sbc_sip_reliable_provisionals_total",
+        "Reliable provisionals (RFC 3262) from the callee, by what the gateway did with them.",
+        &[closed("outcome", RELIABLE_OUTCOMES)],
     ),
     counter(
         "sbc_sip_bodies_refused_total",

@@ -145,8 +145,11 @@ impl ClientTransaction {
             (_, ClientState::Calling | ClientState::Proceeding) if provisional => {
                 if self.kind == TxKind::NonInvite {
                     // Timer F keeps running for non-INVITE (RFC 3261 §17.1.2.2).
-                } else {
+                } else if self.state == ClientState::Calling {
                     // Timer B stops once something was heard; the ringing limit remains.
+                    // Later provisionals leave the deadline alone: after a CANCEL or the
+                    // ringing limit it is the 64·T1 wait for the final, which a callee
+                    // that keeps ringing must not stop (else the call is held forever).
                     self.deadline = None;
                 }
                 self.state = ClientState::Proceeding;
@@ -431,6 +434,9 @@ mod tests {
         let mut tx = ClientTransaction::new(TxKind::Invite, t0, &t);
         tx.handle_input(t0, 180, &t);
         tx.cancel_sent(t0 + Duration::from_secs(5));
+        assert_eq!(tx.poll_timeout(), Some(t0 + Duration::from_secs(37)));
+        // A callee that keeps ringing (a reliable 180, a 183) does not stop the wait.
+        tx.handle_input(t0 + Duration::from_secs(6), 183, &t);
         assert_eq!(tx.poll_timeout(), Some(t0 + Duration::from_secs(37)));
         assert_eq!(
             tx.handle_timeout(t0 + Duration::from_secs(37)),

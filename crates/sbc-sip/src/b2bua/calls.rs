@@ -1,7 +1,8 @@
 //! The call table: every call the B2BUA holds, its two legs and their dialogs.
 //!
 //! Owns: [`Calls`] (calls by [`CallRef`] and the index from our local tags), [`Call`]
-//! (tenant, admission proof, state, offer/answer state, the wait for an ACK) and [`Leg`]
+//! (tenant, admission proof, state, offer/answer and reliable provisional state, the wait
+//! for an ACK) and [`Leg`]
 //! (one dialog: Call-ID, tags, parties, CSeq, remote target, route set), and the one
 //! builder of in-dialog requests, [`Leg::request`].
 //! Must not: decide what crosses between legs (`topology.rs`) or drive transactions
@@ -16,6 +17,7 @@ use sbc_core::registry::CallId as RegistryId;
 use sbc_core::tenant::TenantId;
 
 use super::offer_answer::OfferAnswer;
+use super::reliable::Reliable;
 use super::ConnId;
 use crate::message::{parse_name_addr, parse_uri, with_tag, Method, SipMessage};
 use crate::routing::{Candidate, TargetId};
@@ -147,6 +149,8 @@ pub(crate) struct Call {
     pub state: CallState,
     /// Offer/answer state of the call's media.
     pub media: OfferAnswer,
+    /// Reliable provisionals and PRACK (RFC 3262) of the initial INVITE.
+    pub reliable: Reliable,
     /// The call's id in the admin plane's registry.
     pub registry_id: Option<RegistryId>,
     /// A 2xx awaiting its ACK, if any.

@@ -9,6 +9,7 @@
 //! | `calls.rs` | the call table: [`calls::Calls`], `Call`, `Leg` (one builder of in-dialog requests) |
 //! | `pairs.rs` | transaction pairs, server-transaction matching, the timer heap |
 //! | `offer_answer.rs` | per-call SDP offer/answer state and its pure classifier |
+//! | `reliable.rs` | reliable provisionals and PRACK (RFC 3262): per-leg RSeq, RAck mapping |
 //! | `topology.rs` | the one place that decides which headers and bodies cross |
 //! | `responses.rs` | the responses the gateway builds itself (400/505, 503, refusals) |
 //! | `request_flow.rs` | what a request does (new call, in transaction, in dialog) |
@@ -28,6 +29,7 @@ mod cluster_flow;
 mod failover;
 pub mod offer_answer;
 pub mod pairs;
+mod reliable;
 mod request_flow;
 mod response_flow;
 pub mod responses;
@@ -55,6 +57,7 @@ use crate::transaction::TimerConfig;
 use calls::{CallState, Calls, Hop};
 use pairs::{PairId, Pairs, Timer, Timers, BRANCH_COOKIE};
 
+pub use reliable::MAX_UNACKED_RELIABLE;
 pub use responses::{malformed_response, service_unavailable, ALLOW};
 
 /// Identifies one transport connection (numbered by the driver).

@@ -30,9 +30,10 @@ use crate::message::{check_request_uri, response_to, tag, Method, SipMessage};
 use crate::transaction::{ClientTransaction, ServerDisposition, ServerState, TxKind};
 
 /// Option tags of Require the gateway honours (RFC 3261 §8.2.2.3): `timer` (RFC 4028)
-/// because Session-Expires crosses end to end. `100rel` is not relayed yet, so a peer that
-/// requires it gets 420.
-const SUPPORTED_REQUIRE: &[&str] = &["timer"];
+/// because Session-Expires crosses end to end, `100rel` because reliable provisionals are
+/// relayed per leg (`reliable.rs`; a callee that does not support it answers 420 itself,
+/// as behind a proxy).
+const SUPPORTED_REQUIRE: &[&str] = &["timer", "100rel"];
 
 /// A new INVITE that passed local admission, with where it goes: opened at once, or
 /// parked first while the cluster decides (cluster_flow.rs).
@@ -457,6 +458,7 @@ impl B2bua {
                 listener,
                 state: CallState::Setup,
                 media: OfferAnswer::default(),
+                reliable: super::reliable::Reliable::new(msg),
                 registry_id,
                 ack_wait: None,
                 invite_at: now,
@@ -581,6 +583,12 @@ impl B2bua {
                         c.leg_mut(side).invite_cseq = n;
                     }
                 }
+                if method == Method::Prack {
+                    if let Err(refusal) = self.map_prack(call, side, &msg) {
+                        self.refuse(conn, &msg, &refusal, None);
+                        return;
+                    }
+                }
                 self.relay_request(now, call, side, conn, msg, false);
             }
         }
@@ -626,6 +634,10 @@ impl B2bua {
         let Some(c) = self.calls.get_mut(call) else {
             return false;
         };
+        // A PRACK carries the RAck `reliable.rs` mapped onto this leg.
+        let rack = (method == Method::Prack)
+            .then(|| c.reliable.take_mapped_rack())
+            .flatten();
         let to_side = from.other();
         let leg = c.leg_mut(to_side);
         let cseq = if initial { 1 } else { leg.take_cseq() };
@@ -646,6 +658,9 @@ impl B2bua {
             out.push_header("Contact", contact);
         }
         set_body(&mut out, body);
+        if let Some(rack) = rack {
+            out.push_header("RAck", rack);
+        }
         let (dest, target) = match to_side {
             LegSide::Callee => (Dest::Target(c.target), Some(c.target)),
             LegSide::Caller => (Dest::Conn(leg.conn), None),

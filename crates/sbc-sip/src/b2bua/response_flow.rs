@@ -14,8 +14,8 @@ use tracing::{debug, info, warn};
 
 use super::calls::{contact_uri, CallState, Hop, Leg};
 use super::failover::TryFailure;
-use super::offer_answer::Carrier;
 use super::pairs::PairId;
+use super::reliable::Delivery;
 use super::request_flow::set_body;
 use super::responses::status_class;
 use super::{B2bua, ConnId};
@@ -46,7 +46,7 @@ impl Received {
 impl B2bua {
     pub(super) fn on_response(&mut self, now: Instant, conn: ConnId, msg: SipMessage) {
         let Some(code) = msg.status() else { return };
-        if self.ping_answered(now, conn, &msg) {
+        if self.ping_answered(now, conn, &msg) || self.own_prack_answered(&msg) {
             return;
         }
         let Some(id) = self.match_response(conn, &msg, code) else {
@@ -177,8 +177,11 @@ impl B2bua {
             // 100 Trying is hop-by-hop; we sent our own.
             return;
         }
+        let Some(delivery) = self.provisional_delivery(r.call, r.from, r.initial, msg) else {
+            return;
+        };
         let call_state = self.calls.get(r.call).map(|c| c.state);
-        if self.relay_upstream(now, r, msg) {
+        if self.relay_upstream(now, r, msg, delivery) {
             self.conclude(r, call_state);
         }
     }
@@ -186,9 +189,15 @@ impl B2bua {
     /// Relay the response upstream: its body through the body policy and media, its
     /// headers through the header policy; a 2xx to INVITE starts the wait for its ACK.
     /// False when the call ended instead (an answer media refused).
-    fn relay_upstream(&mut self, now: Instant, r: &Received, msg: &SipMessage) -> bool {
+    fn relay_upstream(
+        &mut self,
+        now: Instant,
+        r: &Received,
+        msg: &SipMessage,
+        delivery: Delivery,
+    ) -> bool {
         let to_side = r.from.other();
-        let carrier = Carrier::Response(&r.method, r.code);
+        let carrier = delivery.carrier(&r.method, r.code);
         let body = match self.crossing_body(r.call, to_side, carrier, msg) {
             Ok(body) => body,
             Err(e) => {
@@ -220,16 +229,20 @@ impl B2bua {
         };
         // A final ends the requester's offer: answered by a 2xx, failed otherwise (RFC 3261
         // §14.1: a failed re-INVITE leaves the session as it was).
-        if r.code >= 200 && matches!(r.method, Method::Invite | Method::Update) {
+        if r.code >= 200 && matches!(r.method, Method::Invite | Method::Update | Method::Prack) {
             if let Some(c) = self.calls.get_mut(r.call) {
                 if c.media.pending == Some(r.from) {
                     c.media.settle();
                 }
+                if r.method == Method::Invite {
+                    c.media.early_answer = false;
+                }
             }
         }
-        let Some(resp) = self.build_upstream_response(r.id, msg, body) else {
+        let Some(mut resp) = self.build_upstream_response(r.id, msg, body) else {
             return false;
         };
+        delivery.stamp(&mut resp);
         let sent = self.respond_upstream(now, r.id, resp.clone());
         if sent && r.method == Method::Invite && r.is_2xx() {
             self.await_ack(now, r.call, r.from, &resp);
@@ -339,6 +352,7 @@ impl B2bua {
             // The INVITE has its answer: it no longer counts as pending.
             let tenant = self.calls.get_mut(call).map(|c| {
                 c.admitted.answered();
+                c.reliable.invite_ended();
                 (c.tenant.clone(), now.saturating_duration_since(c.invite_at))
             });
             if let Some((t, setup)) = tenant {
