@@ -22,6 +22,9 @@ use crate::redact::Redaction;
 use crate::tap::{TapLegs, TapSpec, TapTransport};
 use crate::tenant::TenantId;
 
+mod transport;
+pub use transport::{parse_target, TargetUri, Transport, SIPS_DEFAULT_PORT, SIP_DEFAULT_PORT};
+
 /// Most per-source entries the flood guard may be configured to track.
 pub const MAX_TRACKED_SOURCES: usize = 10_000_000;
 /// Capacity of the queue in front of the SIP core (see `sbc-sip`'s server).
@@ -107,11 +110,13 @@ impl fmt::Debug for PrivateKeyPem {
     }
 }
 
-/// A SIP-over-TLS listener.
+/// A SIP listener: TLS (the default), or plain TCP or UDP for inside networks.
 #[derive(Debug, Clone)]
 pub struct Listener {
     pub name: String,
     pub address: SocketAddr,
+    /// `transport`: TLS, or plain TCP / UDP (whose TLS fields below are empty).
+    pub transport: Transport,
     /// Host written into Via, Contact and Record-Route (default: the bound address).
     pub advertised_host: Option<String>,
     /// Where the certificate came from (`None` for the embedded default).
@@ -146,24 +151,6 @@ pub struct Recognition {
     pub client_cert_sha256: Vec<[u8; 32]>,
     pub sni: Vec<String>,
     pub source_cidrs: Vec<IpNet>,
-}
-
-/// A `sips:` route target.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TargetUri {
-    /// Host name or IP address (IPv6 without brackets).
-    pub host: String,
-    pub port: u16,
-}
-
-impl fmt::Display for TargetUri {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.host.contains(':') {
-            write!(f, "sips:[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "sips:{}:{}", self.host, self.port)
-        }
-    }
 }
 
 /// One route of a tenant: called numbers starting with `prefix` go to `target`.
@@ -504,8 +491,10 @@ struct RawListener {
     name: String,
     address: String,
     advertised_host: Option<String>,
-    certificate: PathBuf,
-    private_key: PathBuf,
+    #[serde(default)]
+    transport: Transport,
+    certificate: Option<PathBuf>,
+    private_key: Option<PathBuf>,
     client_ca: Option<PathBuf>,
     #[serde(default)]
     require_client_cert: bool,
@@ -610,6 +599,7 @@ impl Config {
         cfg.listeners = vec![Listener {
             name: "default".to_string(),
             address: SocketAddr::from(([127, 0, 0, 1], 5061)),
+            transport: Transport::Tls,
             advertised_host: None,
             certificate_path: None,
             certificate_pem: cert.into_bytes(),
@@ -636,6 +626,14 @@ impl Config {
             self.sip.drain_deadline.as_secs()
         );
         for l in &self.listeners {
+            if l.transport != Transport::Tls {
+                let _ = writeln!(
+                    s,
+                    "listener {:?}: {} transport={} (plain: inside networks only)",
+                    l.name, l.address, l.transport
+                );
+                continue;
+            }
             let cert = l
                 .certificate_path
                 .as_ref()
@@ -1211,7 +1209,7 @@ fn validate(raw: &RawConfig, base: &Path) -> Result<Config, ConfigError> {
         let listener = validate_listener(l, &key, base)?;
         if let Some(j) = listeners
             .iter()
-            .position(|o: &Listener| addresses_clash(o.address, listener.address))
+            .position(|o: &Listener| transport::listeners_clash(o, &listener))
         {
             return Err(invalid(
                 format!("{key}.address"),
@@ -1271,6 +1269,7 @@ fn validate(raw: &RawConfig, base: &Path) -> Result<Config, ConfigError> {
         }
         tenants.push(tenant);
     }
+    transport::check_route_transports(&listeners, &tenants, &raw.tenants)?;
     Ok(Config {
         admin_section: raw.admin.clone(),
         base_dir: base.to_path_buf(),
@@ -1282,16 +1281,6 @@ fn validate(raw: &RawConfig, base: &Path) -> Result<Config, ConfigError> {
         flood_guard: validate_flood(&raw.flood_guard)?,
         overload: validate_overload(&raw.overload)?,
     })
-}
-
-/// True if two listeners cannot both bind: the same port (not 0, which the kernel picks
-/// afresh for each) on the same address, or on the same IP family where one address is
-/// the wildcard (`0.0.0.0` or `::` takes the port on every address of its family).
-fn addresses_clash(a: SocketAddr, b: SocketAddr) -> bool {
-    if a.port() == 0 || a.port() != b.port() || a.is_ipv4() != b.is_ipv4() {
-        return false;
-    }
-    a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified()
 }
 
 fn validate_flood(f: &RawFlood) -> Result<FloodSettings, ConfigError> {
@@ -1537,10 +1526,22 @@ fn validate_listener(l: &RawListener, key: &str, base: &Path) -> Result<Listener
             ));
         }
     }
-    let (cert_path, certificate_pem) =
-        read_file(&format!("{key}.certificate"), base, &l.certificate)?;
+    let Some((cert_file, key_file)) = transport::listener_tls_paths(l, key)? else {
+        return Ok(Listener {
+            name: l.name.clone(),
+            address,
+            transport: l.transport,
+            advertised_host: l.advertised_host.clone(),
+            certificate_path: None,
+            certificate_pem: Vec::new(),
+            private_key: PrivateKeyPem(Zeroizing::new(Vec::new())),
+            client_ca_pem: None,
+            require_client_cert: false,
+        });
+    };
+    let (cert_path, certificate_pem) = read_file(&format!("{key}.certificate"), base, cert_file)?;
     certificates(&format!("{key}.certificate"), &cert_path, &certificate_pem)?;
-    let (key_path, key_pem) = read_file(&format!("{key}.private_key"), base, &l.private_key)?;
+    let (key_path, key_pem) = read_file(&format!("{key}.private_key"), base, key_file)?;
     let key_pem = Zeroizing::new(key_pem);
     if PrivateKeyDer::from_pem_slice(&key_pem).is_err() {
         return Err(invalid(
@@ -1565,6 +1566,7 @@ fn validate_listener(l: &RawListener, key: &str, base: &Path) -> Result<Listener
     Ok(Listener {
         name: l.name.clone(),
         address,
+        transport: Transport::Tls,
         advertised_host: l.advertised_host.clone(),
         certificate_path: Some(cert_path),
         certificate_pem,
@@ -1762,48 +1764,6 @@ fn validate_tenant(t: &RawTenant, key: &str, base: &Path) -> Result<Tenant, Conf
     })
 }
 
-/// `sips:host[:port]`, host a name, an IPv4 address or a bracketed IPv6 address; port
-/// 5061 when absent. No user part or parameters: a route target is a trunk.
-pub fn parse_target(s: &str) -> Result<TargetUri, String> {
-    let rest = s
-        .strip_prefix("sips:")
-        .ok_or_else(|| format!("{s:?} must be a sips: URI (TLS only)"))?;
-    if rest.contains(['@', ';', '?', '/', ' ']) {
-        return Err(format!("{s:?}: only sips:host[:port] is allowed"));
-    }
-    let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
-        let (h, after) = v6
-            .split_once(']')
-            .ok_or_else(|| format!("{s:?}: unclosed IPv6 bracket"))?;
-        h.parse::<std::net::Ipv6Addr>()
-            .map_err(|_| format!("{s:?}: {h:?} is not an IPv6 address"))?;
-        let port = match after {
-            "" => None,
-            p => Some(
-                p.strip_prefix(':')
-                    .ok_or_else(|| format!("{s:?}: junk after ]"))?,
-            ),
-        };
-        (h.to_string(), port)
-    } else {
-        match rest.split_once(':') {
-            Some((h, p)) => (h.to_string(), Some(p)),
-            None => (rest.to_string(), None),
-        }
-    };
-    if host.is_empty() {
-        return Err(format!("{s:?}: empty host"));
-    }
-    let port = match port {
-        None => 5061,
-        Some(p) => match p.parse::<u16>() {
-            Ok(n) if n > 0 => n,
-            _ => return Err(format!("{s:?}: {p:?} is not a port")),
-        },
-    };
-    Ok(TargetUri { host, port })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1848,6 +1808,7 @@ mod tests {
         assert_eq!(
             cfg.tenants[0].routes[0].target,
             TargetUri {
+                transport: Transport::Tls,
                 host: "pbx.example".into(),
                 port: 5061
             }
@@ -2227,38 +2188,6 @@ mod tests {
         for (text, key) in cases {
             let e = err(&f, text);
             assert!(e.contains(key), "error {e:?} should name {key:?}");
-        }
-    }
-
-    #[test]
-    fn targets() {
-        assert_eq!(
-            parse_target("sips:[2001:db8::1]:5070"),
-            Ok(TargetUri {
-                host: "2001:db8::1".into(),
-                port: 5070
-            })
-        );
-        assert_eq!(
-            parse_target("sips:10.0.0.1"),
-            Ok(TargetUri {
-                host: "10.0.0.1".into(),
-                port: 5061
-            })
-        );
-        assert_eq!(
-            parse_target("sips:[2001:db8::1]").map(|t| t.to_string()),
-            Ok("sips:[2001:db8::1]:5061".to_string())
-        );
-        for bad in [
-            "sips:",
-            "sips:h:0",
-            "sips:h:99999",
-            "sips:u@h",
-            "tls:h",
-            "sips:h;transport=tls",
-        ] {
-            assert!(parse_target(bad).is_err(), "{bad}");
         }
     }
 
