@@ -277,6 +277,16 @@ pub const TENANT_LIMITS: &[&str] = &[
 
 const SIDES: &[&str] = &["inbound", "outbound"];
 
+/// sbc-sip's `transport::UdpDrop` names (checked there against the enum).
+pub const UDP_DROPS: &[&str] = &[
+    "not_sip",
+    "answer_too_large",
+    "oversized",
+    "queue_full",
+    "source_table_full",
+    "flood",
+];
+
 /// Call setup (INVITE to final response): from a LAN answer (~10 ms) to a long ring (the
 /// default maximum ringing time is 180 s).
 pub const SETUP_BUCKETS: &[f64] = &[
@@ -459,6 +469,26 @@ pub const CATALOG: &[MetricDef] = &[
     counter(
         "sbc_sip_target_unreachable_total",
         "Requests answered 503 because their route target could not be reached.",
+        &[],
+    ),
+    counter(
+        "sbc_sip_udp_dropped_total",
+        "SIP datagrams dropped on a UDP listener, by reason (never answered larger than they came).",
+        &[closed("reason", UDP_DROPS)],
+    ),
+    gauge(
+        "sbc_sip_udp_sources",
+        "UDP sources (pseudo-connections) the UDP listeners hold.",
+        &[],
+    ),
+    counter(
+        "sbc_sip_retransmissions_total",
+        "SIP messages sent again over UDP (kind: request for timers A/E, response for timer G).",
+        &[closed("kind", &["request", "response"])],
+    ),
+    counter(
+        "sbc_sip_retransmissions_absorbed_total",
+        "Retransmitted requests matched to a transaction and answered with its last response.",
         &[],
     ),
     // Media.

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 
+use sbc_core::config::Transport;
 use sbc_core::tenant::TenantId;
 
 /// Index of a route target in the transport's connector table.
@@ -20,6 +21,8 @@ pub struct RouteEntry {
     pub target: TargetId,
     /// `host` or `host:port` (IPv6 in brackets) for the outbound Request-URI.
     pub host_port: String,
+    /// How the target is reached: Via, Contact and the transaction timers follow it.
+    pub transport: Transport,
 }
 
 /// All tenants' routes.
@@ -41,6 +44,15 @@ impl RouteTable {
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
     }
 
+    /// The transport of a target some route names (`None`: no route names it).
+    pub fn transport_of(&self, target: TargetId) -> Option<Transport> {
+        self.tenants
+            .values()
+            .flatten()
+            .find(|r| r.target == target)
+            .map(|r| r.transport)
+    }
+
     /// The route for a call of `tenant` to `user` (the Request-URI user part, if any).
     pub fn lookup(&self, tenant: &TenantId, user: Option<&str>) -> Option<&RouteEntry> {
         let user = user.unwrap_or("");
@@ -60,6 +72,7 @@ mod tests {
             prefix: prefix.into(),
             target: TargetId(t),
             host_port: format!("h{t}"),
+            transport: Transport::Tls,
         }
     }
 

@@ -1,4 +1,4 @@
-//! Route targets' TLS connectors under stable ids, across reloads.
+//! Route targets' connectors (TLS, plain TCP, UDP) under stable ids, across reloads.
 //!
 //! Owns: making a connector per configured route (before anything is swapped, so a reload
 //! whose routes cannot be served changes nothing), and the table from [`TargetId`] to
@@ -21,10 +21,12 @@ use tokio_rustls::TlsConnector;
 use crate::error::SipError;
 use crate::routing::{RouteEntry, RouteTable, TargetId};
 use crate::tls;
+use crate::transport::Transport;
 
 /// What makes two targets the same: where, which name is verified, which CA is trusted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct TargetKey {
+    transport: Transport,
     addr: String,
     server_name: String,
     ca_pem: Option<Vec<u8>>,
@@ -35,10 +37,19 @@ struct TargetKey {
 pub(crate) struct Target {
     /// `host:port` (IPv6 in brackets) to connect to.
     pub addr: String,
+    /// How it is reached (a UDP target's large requests go over TCP to `addr`).
+    pub transport: Transport,
+    /// TLS targets: the name verified in its certificate and the connector.
+    pub tls: Option<TargetTls>,
+    key: TargetKey,
+}
+
+/// The TLS side of a `sips:` target.
+#[derive(Clone)]
+pub(crate) struct TargetTls {
     /// The name verified in its certificate.
     pub name: ServerName<'static>,
-    pub tls: TlsConnector,
-    key: TargetKey,
+    pub connector: TlsConnector,
 }
 
 /// One configured route with its connector made.
@@ -55,11 +66,8 @@ pub(crate) fn prepare(config: &Config) -> Result<Vec<PreparedRoute>, SipError> {
     for tenant in &config.tenants {
         for route in &tenant.routes {
             let host = &route.target.host;
-            let addr = if host.contains(':') {
-                format!("[{host}]:{}", route.target.port)
-            } else {
-                format!("{host}:{}", route.target.port)
-            };
+            let transport = route.target.transport;
+            let addr = route.target.host_port();
             let server_name = route.server_name.clone().unwrap_or_else(|| host.clone());
             let named = |e: SipError| {
                 SipError::Config(format!(
@@ -67,16 +75,25 @@ pub(crate) fn prepare(config: &Config) -> Result<Vec<PreparedRoute>, SipError> {
                     tenant.id, route.prefix, route.target
                 ))
             };
-            let name = tls::server_name(&server_name).map_err(named)?;
-            let client = tls::client_config(route.ca_pem.as_deref()).map_err(named)?;
+            let tls = if transport == Transport::Tls {
+                let name = tls::server_name(&server_name).map_err(named)?;
+                let client = tls::client_config(route.ca_pem.as_deref()).map_err(named)?;
+                Some(TargetTls {
+                    name,
+                    connector: TlsConnector::from(client),
+                })
+            } else {
+                None
+            };
             out.push(PreparedRoute {
                 tenant: tenant.id.clone(),
                 prefix: route.prefix.clone(),
                 target: Target {
                     addr: addr.clone(),
-                    name,
-                    tls: TlsConnector::from(client),
+                    transport,
+                    tls,
                     key: TargetKey {
+                        transport,
                         addr,
                         server_name,
                         ca_pem: route.ca_pem.clone(),
@@ -155,6 +172,7 @@ impl TargetTable {
                     prefix: route.prefix,
                     target: id,
                     host_port: route.target.addr,
+                    transport: route.target.transport,
                 },
             );
         }
@@ -184,9 +202,13 @@ mod tests {
             prefix: prefix.into(),
             target: Target {
                 addr: addr.into(),
-                name: tls::server_name("pbx.example").expect("name"),
-                tls: TlsConnector::from(client),
+                transport: Transport::Tls,
+                tls: Some(TargetTls {
+                    name: tls::server_name("pbx.example").expect("name"),
+                    connector: TlsConnector::from(client),
+                }),
                 key: TargetKey {
+                    transport: Transport::Tls,
                     addr: addr.into(),
                     server_name: "pbx.example".into(),
                     ca_pem: None,

@@ -20,6 +20,7 @@ use sbc_sip::b2bua::{B2bua, B2buaConfig, ConnId, ConnKind, Input, Output, WallCl
 use sbc_sip::message::{tag, Method, SipMessage};
 use sbc_sip::routing::{RouteEntry, RouteTable, TargetId};
 use sbc_sip::transaction::TimerConfig;
+use sbc_sip::transport::Transport;
 use sbc_testkit::logs::Capture;
 
 const T1: Duration = Duration::from_millis(500);
@@ -120,6 +121,7 @@ impl Harness {
                     prefix: String::new(),
                     target: TARGET,
                     host_port: "pbx.inside:5061".into(),
+                    transport: Transport::Tls,
                 },
             );
         }
@@ -131,6 +133,7 @@ impl Harness {
             },
             max_forwards: 70,
             advertised: vec!["sbc.example.net:5061".into()],
+            transports: vec![Transport::Tls],
             redaction: Redaction::default(),
             seed: 7,
             wall_clock: WallClock {

@@ -24,6 +24,7 @@ use super::responses::{self, status_class, Refusal, ALLOW};
 use super::{B2bua, ConnId, ConnKind, Dest, Output, DRAIN_RETRY_AFTER};
 use crate::message::{check_request_uri, response_to, tag, Method, SipMessage};
 use crate::transaction::{ClientTransaction, ServerDisposition, ServerState, TxKind};
+use crate::transport::Transport;
 
 /// Option tags of Require the gateway honours (RFC 3261 §8.2.2.3): `timer` (RFC 4028)
 /// because Session-Expires crosses end to end. `100rel` is not relayed yet, so a peer that
@@ -315,7 +316,11 @@ impl B2bua {
             remote_party: without_tag(to),
             next_cseq: 1,
             invite_cseq: 0,
-            remote_target: format!("sips:{user_part}{}", route.host_port),
+            remote_target: match route.transport {
+                Transport::Tls => format!("sips:{user_part}{}", route.host_port),
+                Transport::Udp => format!("sip:{user_part}{}", route.host_port),
+                Transport::Tcp => format!("sip:{user_part}{};transport=tcp", route.host_port),
+            },
             route_set: Vec::new(),
             conn: None,
         };
@@ -358,6 +363,7 @@ impl B2bua {
                 caller,
                 callee,
                 target: route.target,
+                target_transport: route.transport,
                 target_addr: route.host_port.clone(),
                 listener,
                 state: CallState::Setup,
@@ -433,7 +439,15 @@ impl B2bua {
         let is_ack = *method == Method::Ack;
         match pair.server.handle_input(is_ack) {
             ServerDisposition::Retransmit => {
-                if let Some(resp) = pair.last_response.clone() {
+                // The last response again; an INVITE not answered beyond our own 100
+                // Trying gets another (RFC 3261 §17.2.1).
+                let resp = match (&pair.last_response, pair.method == Method::Invite) {
+                    (Some(r), _) => Some(r.clone()),
+                    (None, true) => Some(response_to(&msg, 100, "Trying", None)),
+                    (None, false) => None,
+                };
+                metrics::counter!("sbc_sip_retransmissions_absorbed_total").increment(1);
+                if let Some(resp) = resp {
                     self.outputs.push_back(Output::Send { conn, msg: resp });
                 }
             }
@@ -524,14 +538,14 @@ impl B2bua {
         let Some(c) = self.calls.get(call) else {
             return false;
         };
-        let (listener, tenant) = (c.listener, c.tenant.clone());
-        let advertised = self.advertised(listener).to_string();
-        let contact = self.contact(listener);
+        let tenant = c.tenant.clone();
+        let to_side = from.other();
+        let (transport, advertised) = self.via_of(c, to_side);
+        let contact = self.contact_on(c, to_side);
         let policy = self.tenant_policy(&tenant);
         let Some(c) = self.calls.get_mut(call) else {
             return false;
         };
-        let to_side = from.other();
         let leg = c.leg_mut(to_side);
         let cseq = if initial { 1 } else { leg.take_cseq() };
         if initial {
@@ -541,6 +555,7 @@ impl B2bua {
             leg.invite_cseq = cseq;
         }
         let hop = Hop {
+            transport,
             advertised: &advertised,
             branch: &client_branch,
             max_forwards,
@@ -560,6 +575,16 @@ impl B2bua {
         } else {
             TxKind::NonInvite
         };
+        // The transport each transaction runs over decides its retransmissions: the
+        // request's own connection upstream; downstream the target's or the caller's,
+        // after the size rule (a large request for UDP goes over TCP, unretransmitted).
+        let server_reliable = self.conn_transport(conn).is_reliable();
+        let client_transport = match dest {
+            Dest::Target(_) => crate::transport::apply_size_rule(&mut out),
+            Dest::Conn(Some(c)) => Some(self.conn_transport(c)),
+            Dest::Conn(None) => None,
+        };
+        let client_reliable = client_transport.is_none_or(Transport::is_reliable);
         let pair = Pair {
             call,
             from,
@@ -567,8 +592,8 @@ impl B2bua {
             server_req: msg,
             server_conn: conn,
             server_key,
-            server: crate::transaction::ServerTransaction::new(kind),
-            client: ClientTransaction::new(kind, now, &self.cfg.timers),
+            server: crate::transaction::ServerTransaction::new_over(kind, server_reliable),
+            client: ClientTransaction::new_over(kind, now, &self.cfg.timers, client_reliable),
             client_req: out.clone(),
             client_branch,
             initial,
@@ -620,15 +645,16 @@ impl B2bua {
         let Some(c) = self.calls.get(call) else {
             return;
         };
-        let advertised = self.advertised(c.listener).to_string();
-        let policy = self.tenant_policy(&c.tenant);
         let to_side = from.other();
+        let (transport, advertised) = self.via_of(c, to_side);
+        let policy = self.tenant_policy(&c.tenant);
         let leg = c.leg(to_side);
         let max_forwards = msg
             .max_forwards()
             .map(|m| m.saturating_sub(1))
             .unwrap_or(self.cfg.max_forwards);
         let hop = Hop {
+            transport,
             advertised: &advertised,
             branch: &branch,
             max_forwards,

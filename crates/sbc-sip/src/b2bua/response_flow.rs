@@ -64,6 +64,17 @@ impl B2bua {
         self.arm_pair(id);
         match disposition {
             ClientDisposition::Absorb => {}
+            ClientDisposition::AckAgain => {
+                // A retransmitted non-2xx final over UDP: our ACK was lost; send it again.
+                let max_forwards = self.cfg.max_forwards;
+                if let Some(ack) = self
+                    .pairs
+                    .get(id)
+                    .map(|p| p.ack_non_2xx(&msg, max_forwards))
+                {
+                    self.send_on(r.call, r.from.other(), ack);
+                }
+            }
             ClientDisposition::PassAndAck => {
                 let max_forwards = self.cfg.max_forwards;
                 if let Some(ack) = self
@@ -289,7 +300,7 @@ impl B2bua {
             .headers
             .copy_across(down, &mut resp, pair.from);
         if (101..300).contains(&code) && matches!(pair.method, Method::Invite | Method::Update) {
-            resp.push_header("Contact", self.contact(c.listener));
+            resp.push_header("Contact", self.contact_on(c, pair.from));
         }
         set_body(&mut resp, body);
         Some(resp)
@@ -389,7 +400,7 @@ impl B2bua {
         let Some(c) = self.calls.get(call) else {
             return;
         };
-        let advertised = self.advertised(c.listener).to_string();
+        let (transport, advertised) = self.via_of(c, side);
         let leg = c.leg(side);
         let mut route_set: Vec<String> = resp
             .header_values("record-route")
@@ -412,6 +423,7 @@ impl B2bua {
             conn: leg.conn,
         };
         let hop = |branch| Hop {
+            transport,
             advertised: &advertised,
             branch,
             max_forwards,
@@ -432,7 +444,27 @@ impl B2bua {
         let client_result = pair.client.handle_timeout(now);
         let missed_ack = pair.server.handle_timeout(now);
         let (call, method) = (pair.call, pair.method.clone());
+        // Over UDP: timer A/E sends our request again, timer G our non-2xx final.
+        let request_again = pair
+            .client
+            .retransmit_due(now)
+            .then(|| pair.client_req.clone());
+        let final_again = if pair.server.retransmit_due(now) {
+            pair.last_response.clone().map(|r| (pair.server_conn, r))
+        } else {
+            None
+        };
+        let to_side = pair.from.other();
         self.arm_pair(id);
+        if let Some(req) = request_again {
+            metrics::counter!("sbc_sip_retransmissions_total", "kind" => "request").increment(1);
+            self.send_on(call, to_side, req);
+        }
+        if let Some((conn, resp)) = final_again {
+            metrics::counter!("sbc_sip_retransmissions_total", "kind" => "response").increment(1);
+            self.outputs
+                .push_back(super::Output::Send { conn, msg: resp });
+        }
         if missed_ack {
             metrics::counter!("sbc_sip_transaction_timeouts_total", "timer" => "H").increment(1);
             debug!(

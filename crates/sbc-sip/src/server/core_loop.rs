@@ -1,9 +1,14 @@
 //! The task that drives the sans-IO B2BUA: it feeds inputs with `now`, carries out the
 //! outputs, and owns the outbound connection pool to route targets.
 //!
-//! Owns: the writers of every connection, the pool (one connection per target, messages
-//! queued while it connects) and the target connectors. Must not: block on a peer (a
-//! full write queue drops the message, counted).
+//! Owns: the writers of every connection, the pool (one connection per target and
+//! transport, messages queued while it connects) and the target connectors. A message for
+//! a target goes over the transport its top Via names (the B2BUA applied RFC 3261
+//! §18.1.1 there): a UDP target's pseudo-connection on the first UDP listener's socket,
+//! or a plain TCP connection to the same `host:port` for its large requests; a `sips:`
+//! target always over TLS. Idle UDP sources no call uses are expired here, because only
+//! the core knows which are in use. Must not: block on a peer (a full write queue drops
+//! the message, counted).
 
 use super::*;
 
@@ -17,10 +22,23 @@ pub(super) enum PoolEntry {
     Up(ConnId),
 }
 
+/// A pooled connection's key: a target, and the transport used to it.
+pub(super) type PoolKey = (TargetId, Transport);
+
+/// The transport a message for `t` goes over: what its Via names, except that a `sips:`
+/// target is only ever reached over TLS and a plain one never over TLS.
+fn transport_for(t: &Target, msg: &SipMessage) -> Transport {
+    match (t.transport, crate::transport::via_transport(msg)) {
+        (Transport::Udp, Some(Transport::Tcp)) => Transport::Tcp,
+        (tr, _) => tr,
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn core_loop(
     mut core: B2bua,
     shared_admission: Arc<RwLock<Arc<Admission>>>,
+    udp: Vec<Arc<UdpEndpoint>>,
     mut targets: TargetTable,
     mut events: mpsc::Receiver<Event>,
     events_tx: mpsc::Sender<Event>,
@@ -30,10 +48,14 @@ pub(super) async fn core_loop(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut writers: HashMap<ConnId, ConnHandle> = HashMap::new();
-    let mut pool: HashMap<TargetId, PoolEntry> = HashMap::new();
-    let mut pooled_conn: HashMap<ConnId, TargetId> = HashMap::new();
+    let mut pool: HashMap<PoolKey, PoolEntry> = HashMap::new();
+    let mut pooled_conn: HashMap<ConnId, PoolKey> = HashMap::new();
+    // Registrations of outbound connections say which pool entry they fill.
+    let mut opening: HashMap<ConnId, PoolKey> = HashMap::new();
     let tokio_start = tokio::time::Instant::now();
     let std_start = Instant::now();
+    let mut sweep = tokio::time::interval(UDP_SWEEP_EVERY);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let deadline = core.poll_timeout();
         let sleep_until = deadline.map(|d| tokio_start + d.saturating_duration_since(std_start));
@@ -45,6 +67,17 @@ pub(super) async fn core_loop(
                     None => std::future::pending::<()>().await,
                 }
             } => None,
+            _ = sweep.tick(), if !udp.is_empty() => {
+                let used = core.conns_in_use();
+                for ep in &udp {
+                    for conn in ep.idle(Instant::now(), settings.idle) {
+                        if !used.contains(&conn) {
+                            ep.expire(conn);
+                        }
+                    }
+                }
+                continue;
+            }
             _ = shutdown.changed() => return,
         };
         let now = Instant::now();
@@ -53,9 +86,11 @@ pub(super) async fn core_loop(
             Some(Event::Registered { conn, kind, handle }) => {
                 writers.insert(conn, handle);
                 if let ConnKind::Outbound { target } = &kind {
-                    pooled_conn.insert(conn, *target);
+                    // A source a UDP target talked from unasked fills the UDP entry.
+                    let key = opening.remove(&conn).unwrap_or((*target, Transport::Udp));
+                    pooled_conn.insert(conn, key);
                     if let Some(PoolEntry::Connecting(queued)) =
-                        pool.insert(*target, PoolEntry::Up(conn))
+                        pool.insert(key, PoolEntry::Up(conn))
                     {
                         for msg in queued {
                             write_to(&writers, &settings.guards.logs, conn, &msg);
@@ -64,12 +99,20 @@ pub(super) async fn core_loop(
                 }
                 core.handle_input(now, Input::Connected { conn, kind });
             }
-            Some(Event::ConnectFailed { target, error }) => {
-                metrics::counter!("sbc_tls_handshakes_failed_total", "side" => "outbound")
-                    .increment(1);
+            Some(Event::ConnectFailed {
+                target,
+                transport,
+                conn,
+                error,
+            }) => {
+                opening.remove(&conn);
+                if transport == Transport::Tls {
+                    metrics::counter!("sbc_tls_handshakes_failed_total", "side" => "outbound")
+                        .increment(1);
+                }
                 let addr = targets.get(target).map_or("", |t| t.addr.as_str());
-                warn!(event = "target_connect_failed", target_addr = %addr, error = %error, "cannot reach route target");
-                if let Some(PoolEntry::Connecting(queued)) = pool.remove(&target) {
+                warn!(event = "target_connect_failed", target_addr = %addr, transport = transport.as_str(), error = %error, "cannot reach route target");
+                if let Some(PoolEntry::Connecting(queued)) = pool.remove(&(target, transport)) {
                     for msg in queued {
                         core.handle_input(now, Input::SendFailed { target, msg });
                     }
@@ -80,12 +123,17 @@ pub(super) async fn core_loop(
                 *shared_admission.write().unwrap_or_else(|p| p.into_inner()) = admission.clone();
                 let (table, done) = targets.install(routes, &core.targets_in_use());
                 for id in &done.retired {
-                    // No route names it and no call uses it: its connection can go.
-                    if let Some(PoolEntry::Up(conn)) = pool.remove(id) {
-                        if let Some(h) = writers.remove(&conn) {
-                            h.close.notify_one();
+                    // No route names it and no call uses it: its connections can go.
+                    for tr in [Transport::Tls, Transport::Tcp, Transport::Udp] {
+                        if let Some(PoolEntry::Up(conn)) = pool.remove(&(*id, tr)) {
+                            if let Some(h) = writers.remove(&conn) {
+                                h.close.notify_one();
+                            }
                         }
                     }
+                }
+                for ep in &udp {
+                    ep.retire_targets(&done.retired);
                 }
                 info!(
                     event = "routes_reloaded",
@@ -107,9 +155,9 @@ pub(super) async fn core_loop(
             Some(Event::Core(input)) => {
                 if let Input::Closed { conn } = &input {
                     writers.remove(conn);
-                    if let Some(target) = pooled_conn.remove(conn) {
-                        if matches!(pool.get(&target), Some(PoolEntry::Up(c)) if c == conn) {
-                            pool.remove(&target);
+                    if let Some(key) = pooled_conn.remove(conn) {
+                        if matches!(pool.get(&key), Some(PoolEntry::Up(c)) if c == conn) {
+                            pool.remove(&key);
                         }
                     }
                 }
@@ -127,28 +175,38 @@ pub(super) async fn core_loop(
                         h.close.notify_one();
                     }
                 }
-                Output::SendToTarget { target, msg } => match pool.get_mut(&target) {
-                    Some(PoolEntry::Up(conn)) => {
-                        let conn = *conn;
-                        if !write_to(&writers, &settings.guards.logs, conn, &msg) {
-                            core.handle_input(now, Input::SendFailed { target, msg });
+                Output::SendToTarget { target, msg } => {
+                    let Some(t) = targets.get(target) else {
+                        core.handle_input(now, Input::SendFailed { target, msg });
+                        continue;
+                    };
+                    let key = (target, transport_for(t, &msg));
+                    match pool.get_mut(&key) {
+                        Some(PoolEntry::Up(conn)) => {
+                            let conn = *conn;
+                            if !write_to(&writers, &settings.guards.logs, conn, &msg) {
+                                core.handle_input(now, Input::SendFailed { target, msg });
+                            }
                         }
-                    }
-                    Some(PoolEntry::Connecting(queue)) => queue.push(msg),
-                    None => match targets.get(target) {
-                        Some(t) => {
-                            pool.insert(target, PoolEntry::Connecting(vec![msg]));
+                        Some(PoolEntry::Connecting(queue)) => queue.push(msg),
+                        None => {
+                            pool.insert(key, PoolEntry::Connecting(vec![msg]));
+                            let conn = ConnId(conn_ids.fetch_add(1, Ordering::Relaxed));
+                            opening.insert(conn, key);
                             tokio::spawn(connect(
-                                target,
-                                t.clone(),
+                                Dial {
+                                    target,
+                                    transport: key.1,
+                                    t: t.clone(),
+                                    conn,
+                                    udp: udp.first().cloned(),
+                                },
                                 events_tx.clone(),
-                                ConnId(conn_ids.fetch_add(1, Ordering::Relaxed)),
                                 settings.clone(),
                             ));
                         }
-                        None => core.handle_input(now, Input::SendFailed { target, msg }),
-                    },
-                },
+                    }
+                }
             }
         }
         if let Ok(mut s) = stats.lock() {
@@ -202,14 +260,44 @@ pub(super) fn write_to(
     }
 }
 
-pub(super) async fn connect(
-    target: TargetId,
-    t: Target,
-    events: mpsc::Sender<Event>,
-    conn: ConnId,
-    settings: ConnSettings,
-) {
-    let attempt = async {
+/// One outbound connection to open.
+pub(super) struct Dial {
+    pub(super) target: TargetId,
+    /// The transport to use (a UDP target's large requests: TCP).
+    pub(super) transport: Transport,
+    pub(super) t: Target,
+    pub(super) conn: ConnId,
+    /// The UDP listener UDP targets are sent from.
+    pub(super) udp: Option<Arc<UdpEndpoint>>,
+}
+
+/// Open `d`'s connection (TLS, plain TCP, or a UDP pseudo-connection) and pump it; a
+/// failure comes back to the core as `ConnectFailed`, queued messages as `SendFailed`.
+pub(super) async fn connect(d: Dial, events: mpsc::Sender<Event>, settings: ConnSettings) {
+    let Dial {
+        target,
+        transport,
+        t,
+        conn,
+        udp,
+    } = d;
+    let failed = |error: String| Event::ConnectFailed {
+        target,
+        transport,
+        conn,
+        error,
+    };
+    if transport == Transport::Udp {
+        let result = match udp {
+            Some(ep) => ep.open_outbound(conn, target, &t.addr).await,
+            None => Err("no UDP listener to send from".to_string()),
+        };
+        if let Err(error) = result {
+            let _ = events.send(failed(error)).await;
+        }
+        return;
+    }
+    let tcp = async {
         let tcp = TcpStream::connect(&t.addr)
             .await
             .map_err(|e| e.to_string())?;
@@ -217,37 +305,50 @@ pub(super) async fn connect(
         let ip = tcp
             .peer_addr()
             .map_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), |a| a.ip());
-        t.tls
-            .connect(t.name.clone(), tcp)
-            .await
-            .map(|s| (s, ip))
-            .map_err(|e| e.to_string())
+        Ok::<_, String>((tcp, ip))
     };
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, attempt).await {
-        Ok(Ok((stream, ip))) => {
-            metrics::counter!("sbc_tls_handshakes_total", "side" => "outbound").increment(1);
-            info!(target_addr = %t.addr, "connected to route target");
-            run_connection(
-                conn,
-                ConnKind::Outbound { target },
-                ip,
-                stream,
-                events,
-                settings,
-                None,
-            )
-            .await;
+    let kind = ConnKind::Outbound { target };
+    match (transport, &t.tls) {
+        (Transport::Tls, Some(tls)) => {
+            let attempt = async {
+                let (tcp, ip) = tcp.await?;
+                tls.connector
+                    .connect(tls.name.clone(), tcp)
+                    .await
+                    .map(|s| (s, ip))
+                    .map_err(|e| e.to_string())
+            };
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, attempt).await {
+                Ok(Ok((stream, ip))) => {
+                    metrics::counter!("sbc_tls_handshakes_total", "side" => "outbound")
+                        .increment(1);
+                    info!(target_addr = %t.addr, "connected to route target");
+                    run_connection(conn, kind, ip, stream, events, settings, None).await;
+                }
+                Ok(Err(error)) => {
+                    let _ = events.send(failed(error)).await;
+                }
+                Err(_) => {
+                    let _ = events.send(failed("timed out".into())).await;
+                }
+            }
         }
-        Ok(Err(error)) => {
-            let _ = events.send(Event::ConnectFailed { target, error }).await;
-        }
-        Err(_) => {
+        (Transport::Tls, None) => {
             let _ = events
-                .send(Event::ConnectFailed {
-                    target,
-                    error: "timed out".into(),
-                })
+                .send(failed("TLS target without TLS settings".into()))
                 .await;
         }
+        _ => match tokio::time::timeout(HANDSHAKE_TIMEOUT, tcp).await {
+            Ok(Ok((stream, ip))) => {
+                info!(target_addr = %t.addr, transport = "tcp", "connected to route target");
+                run_connection(conn, kind, ip, stream, events, settings, None).await;
+            }
+            Ok(Err(error)) => {
+                let _ = events.send(failed(error)).await;
+            }
+            Err(_) => {
+                let _ = events.send(failed("timed out".into())).await;
+            }
+        },
     }
 }
