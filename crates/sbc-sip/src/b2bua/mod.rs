@@ -249,7 +249,7 @@ impl CoreLog {
 
 /// Where a message goes: the pooled connection to a target, or one connection.
 #[derive(Debug, Clone, Copy)]
-enum Dest {
+pub(crate) enum Dest {
     Target(TargetId),
     Conn(Option<ConnId>),
 }
@@ -566,6 +566,18 @@ impl B2bua {
             LegSide::Callee => Dest::Target(c.target),
             LegSide::Caller => Dest::Conn(c.caller.conn),
         })
+    }
+
+    /// True if a message from `conn` may come from where `dest` points: the connection
+    /// itself, or a pooled connection to the target.
+    fn conn_reaches(&self, conn: ConnId, dest: Dest) -> bool {
+        match dest {
+            Dest::Conn(c) => c == Some(conn),
+            Dest::Target(t) => matches!(
+                self.conns.get(&conn).map(|c| &c.kind),
+                Some(ConnKind::Outbound { target }) if *target == t
+            ),
+        }
     }
 
     fn send(&mut self, dest: Dest, mut msg: SipMessage) {

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use sbc_core::media::{CallRef, LegSide};
 
-use super::ConnId;
+use super::{ConnId, Dest};
 use crate::message::{parse_via, tag, Method, SipMessage};
 use crate::transaction::{ClientState, ClientTransaction, ServerState, ServerTransaction};
 
@@ -81,6 +81,9 @@ pub(crate) struct Pair {
     pub client: ClientTransaction,
     pub client_req: SipMessage,
     pub client_branch: String,
+    /// Where the client request went: retransmissions, and the ACK for a retransmitted
+    /// non-2xx final after the call has gone (UDP, RFC 3261 §17.1.1.2), go there too.
+    pub client_dest: Dest,
     /// True for the call's initial INVITE.
     pub initial: bool,
     /// CANCEL to send downstream once a provisional arrives (RFC 3261 §9.1).

@@ -596,6 +596,7 @@ impl B2bua {
             client: ClientTransaction::new_over(kind, now, &self.cfg.timers, client_reliable),
             client_req: out.clone(),
             client_branch,
+            client_dest: dest,
             initial,
             cancel_pending: false,
             last_response: None,

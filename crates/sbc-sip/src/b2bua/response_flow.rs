@@ -67,12 +67,12 @@ impl B2bua {
             ClientDisposition::AckAgain => {
                 // A retransmitted non-2xx final over UDP: our ACK was lost; send it again.
                 let max_forwards = self.cfg.max_forwards;
-                if let Some(ack) = self
+                if let Some((dest, ack)) = self
                     .pairs
                     .get(id)
-                    .map(|p| p.ack_non_2xx(&msg, max_forwards))
+                    .map(|p| (p.client_dest, p.ack_non_2xx(&msg, max_forwards)))
                 {
-                    self.send_on(r.call, r.from.other(), ack);
+                    self.send(dest, ack);
                 }
             }
             ClientDisposition::PassAndAck => {
@@ -101,10 +101,12 @@ impl B2bua {
             return None;
         };
         let pair = self.pairs.get(id)?;
-        let right_conn = self
-            .calls
-            .get(pair.call)
-            .is_some_and(|c| self.conn_serves(conn, c, pair.from.other()));
+        let right_conn = match self.calls.get(pair.call) {
+            Some(c) => self.conn_serves(conn, c, pair.from.other()),
+            // The call has ended (a final was relayed); over UDP its client transaction
+            // still absorbs retransmitted finals from where its request went.
+            None => self.conn_reaches(conn, pair.client_dest),
+        };
         if msg.cseq().map(|c| c.1).as_ref() != Some(&pair.method) || !right_conn {
             // The 200 for our CANCEL carries the INVITE's branch; it is not the INVITE's
             // answer. Responses from the wrong peer are dropped too.
@@ -454,11 +456,11 @@ impl B2bua {
         } else {
             None
         };
-        let to_side = pair.from.other();
+        let dest = pair.client_dest;
         self.arm_pair(id);
         if let Some(req) = request_again {
             metrics::counter!("sbc_sip_retransmissions_total", "kind" => "request").increment(1);
-            self.send_on(call, to_side, req);
+            self.send(dest, req);
         }
         if let Some((conn, resp)) = final_again {
             metrics::counter!("sbc_sip_retransmissions_total", "kind" => "response").increment(1);
