@@ -1,7 +1,8 @@
 //! Bad datagrams on a UDP listener (one test per binary: the metrics recorder is
 //! process-global): what is not SIP is dropped and counted, never answered; a request too
 //! broken to serve is answered 400 only when the answer is no larger than the request
-//! (a forged source must not make the gateway an amplifier).
+//! (a forged source must not make the gateway an amplifier), and so is the 403 the core
+//! gives a source no tenant claims.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
@@ -35,7 +36,7 @@ async fn non_sip_datagrams_are_dropped_counted_and_never_amplified() {
 
     let world = World::new("udp-drops");
     let text = format!(
-        "{}\n{}\n[[tenants]]\nid = \"demo\"\n[tenants.recognition]\nsource_cidrs = [\"127.0.0.0/8\"]\n[[tenants.routes]]\nprefix = \"\"\ntarget = \"sip:127.0.0.1:9;transport=udp\"\n",
+        "{}\n{}\n[[tenants]]\nid = \"demo\"\n[tenants.recognition]\nsource_cidrs = [\"10.0.0.0/8\"]\n[[tenants.routes]]\nprefix = \"\"\ntarget = \"sip:127.0.0.1:9;transport=udp\"\n",
         world.listener(""),
         world.plain_listener("inside", "udp"),
     );
@@ -84,27 +85,57 @@ async fn non_sip_datagrams_are_dropped_counted_and_never_amplified() {
     );
 
     // The same broken request without padding: its 400 would be larger, so dropped.
+    // (167 bytes; the 400 echoes its Via, From, To, Call-ID and CSeq and adds a tag.)
     let bare = "OPTIONS sip:sbc SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bKp2\r\nFrom: <sip:a@x>;tag=1\r\nTo: <sip:b@y>\r\nCall-ID: p2\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: banana\r\n\r\n";
     peer.send_raw_to(gw_udp, bare.as_bytes()).await;
-    match peer.recv_raw_within(Duration::from_millis(700)).await {
-        Some((a, _)) => assert!(
-            a.len() <= bare.len(),
-            "amplified: {} > {}",
-            a.len(),
-            bare.len()
-        ),
-        None => assert!(
-            eventually(Duration::from_secs(2), async || counter(
-                &snap,
-                "answer_too_large"
-            ) == 1)
-            .await
-        ),
-    }
+    let before = dropped_as_too_large(&peer, &snap, 0).await;
+
+    // A well-formed request from a source no tenant claims (this peer: the tenant owns
+    // 10.0.0.0/8) gets the core's 403, but only when it is no larger than the request.
+    let padded = options("z9hG4bKo1", 600);
+    peer.send_raw_to(gw_udp, padded.as_bytes()).await;
+    let (answer, _) = peer
+        .recv_raw_within(Duration::from_secs(2))
+        .await
+        .expect("an unrecognised source gets its 403");
+    assert!(String::from_utf8_lossy(&answer).starts_with("SIP/2.0 403"));
+    assert!(answer.len() <= padded.len());
+    let tiny = options("z9hG4bKo2", 0);
+    peer.send_raw_to(gw_udp, tiny.as_bytes()).await;
+    dropped_as_too_large(&peer, &snap, before).await;
     assert_eq!(
         counter(&snap, "not_sip"),
         2,
         "the keep-alive was not counted"
     );
     gw.shutdown().await;
+}
+
+/// An OPTIONS padded by a Subject of `pad` bytes (no answer echoes it).
+fn options(branch: &str, pad: usize) -> String {
+    let subject = if pad > 0 {
+        format!("Subject: {}\r\n", "x".repeat(pad))
+    } else {
+        String::new()
+    };
+    format!(
+        "OPTIONS sip:s SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5999;branch={branch}\r\nFrom: <sip:a@x>;tag=1\r\nTo: <sip:b@y>\r\nCall-ID: {branch}\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\n{subject}\r\n"
+    )
+}
+
+/// Nothing comes back within 700 ms, and `answer_too_large` goes from `before` to
+/// `before + 1` (its answer would have been larger than the request). Returns it.
+async fn dropped_as_too_large(
+    peer: &UdpPeer,
+    snap: &metrics_util::debugging::Snapshotter,
+    before: u64,
+) -> u64 {
+    let got = peer.recv_raw_within(Duration::from_millis(700)).await;
+    assert!(got.is_none(), "answered larger than the request: {got:?}");
+    let counted = eventually(Duration::from_secs(2), async || {
+        counter(snap, "answer_too_large") == before + 1
+    })
+    .await;
+    assert!(counted, "the dropped answer is counted");
+    before + 1
 }

@@ -106,10 +106,10 @@ pub(super) async fn core_loop(
                 error,
             }) => {
                 opening.remove(&conn);
-                if transport == Transport::Tls {
-                    metrics::counter!("sbc_tls_handshakes_failed_total", "side" => "outbound")
-                        .increment(1);
-                }
+                // Counted for every transport, as the metric's help says ("or, outbound,
+                // connections"); the log line names the transport.
+                metrics::counter!("sbc_tls_handshakes_failed_total", "side" => "outbound")
+                    .increment(1);
                 let addr = targets.get(target).map_or("", |t| t.addr.as_str());
                 warn!(event = "target_connect_failed", target_addr = %addr, transport = transport.as_str(), error = %error, "cannot reach route target");
                 if let Some(PoolEntry::Connecting(queued)) = pool.remove(&(target, transport)) {

@@ -5,7 +5,8 @@
 //! [`MAX_UDP_SOURCES`], expired when idle and no call or transaction uses it), each
 //! source's writer task, the screens a datagram passes (the flood guard per source IP and
 //! recognition by source CIDR as on TLS, the core queue bound) and the answers to bad
-//! datagrams, never larger than the datagram (no amplification towards a forged source).
+//! datagrams, never larger than the datagram (no amplification towards a forged source;
+//! for a source no tenant claims, this bounds the core's answers, its 403s, too).
 //! Outbound: a UDP route target is a source too, opened by the pool as an
 //! `Outbound` pseudo-connection, so its answers and in-dialog requests find their call.
 //! Must not: make protocol decisions (the B2BUA does) or block on the core (a full queue
@@ -38,6 +39,19 @@ struct Source {
     close: Arc<Notify>,
     /// The flood guard's per-IP connection slot, held while the source is.
     _slot: Option<sbc_core::flood::ConnectionSlot>,
+    /// An unrecognised source (its address may be forged): the size of its last datagram,
+    /// which bounds what is sent back to it (the core's 403s included).
+    answer_bound: Option<Arc<AtomicUsize>>,
+}
+
+/// A source about to be held (see [`UdpEndpoint::open`]).
+struct NewSource {
+    conn: ConnId,
+    addr: SocketAddr,
+    kind: ConnKind,
+    check: Option<InboundCheck>,
+    slot: Option<sbc_core::flood::ConnectionSlot>,
+    answer_bound: Option<Arc<AtomicUsize>>,
 }
 
 #[derive(Default)]
@@ -139,7 +153,7 @@ impl UdpEndpoint {
                 return;
             }
         };
-        let Some(conn) = self.source_for(from, &msg) else {
+        let Some(conn) = self.source_for(from, &msg, bytes.len()) else {
             return;
         };
         if let Err(TrySendError::Full(_)) = self
@@ -173,12 +187,20 @@ impl UdpEndpoint {
 
     /// The pseudo-connection of `from`, made if new, with the request screens applied.
     /// `None`: the datagram stops here (dropped or answered, counted).
-    fn source_for(self: &Arc<Self>, from: SocketAddr, msg: &SipMessage) -> Option<ConnId> {
+    fn source_for(
+        self: &Arc<Self>,
+        from: SocketAddr,
+        msg: &SipMessage,
+        len: usize,
+    ) -> Option<ConnId> {
         let now = Instant::now();
         let guards = &self.acceptance.settings.guards;
         let mut table = self.lock();
         if let Some(s) = table.by_addr.get_mut(&from) {
             s.last = now;
+            if let Some(b) = &s.answer_bound {
+                b.store(len, Ordering::Relaxed);
+            }
             let conn = s.conn;
             if let Some(check) = s.check.as_mut() {
                 if let Some(answer) = screen(check, msg, &self.acceptance.events, guards) {
@@ -231,8 +253,18 @@ impl UdpEndpoint {
                 return None;
             }
         }
+        let unrecognised = matches!(kind, ConnKind::Inbound { tenant: None, .. });
+        let bound = unrecognised.then(|| Arc::new(AtomicUsize::new(len)));
         let conn = ConnId(self.acceptance.conn_ids.fetch_add(1, Ordering::Relaxed));
-        if !self.open(&mut table, conn, from, kind, check, slot) {
+        let new = NewSource {
+            conn,
+            addr: from,
+            kind,
+            check,
+            slot,
+            answer_bound: bound,
+        };
+        if !self.open(&mut table, new) {
             drop_counted(UdpDrop::QueueFull);
             return None;
         }
@@ -251,15 +283,15 @@ impl UdpEndpoint {
 
     /// Hold a new source: its writer task, and its registration with the core (which
     /// must get through now, or the source is not made).
-    fn open(
-        self: &Arc<Self>,
-        table: &mut SourceTable,
-        conn: ConnId,
-        addr: SocketAddr,
-        kind: ConnKind,
-        check: Option<InboundCheck>,
-        slot: Option<sbc_core::flood::ConnectionSlot>,
-    ) -> bool {
+    fn open(self: &Arc<Self>, table: &mut SourceTable, new: NewSource) -> bool {
+        let NewSource {
+            conn,
+            addr,
+            kind,
+            check,
+            slot,
+            answer_bound,
+        } = new;
         let (wtx, wrx) = mpsc::channel::<Bytes>(UDP_WRITE_QUEUE);
         let close = Arc::new(Notify::new());
         let registered = self.acceptance.events.try_send(Event::Registered {
@@ -282,10 +314,11 @@ impl UdpEndpoint {
                 check,
                 close: close.clone(),
                 _slot: slot,
+                answer_bound: answer_bound.clone(),
             },
         );
         metrics::gauge!("sbc_sip_udp_sources").set(table.by_addr.len() as f64);
-        tokio::spawn(self.clone().writer(conn, addr, wrx, close));
+        tokio::spawn(self.clone().writer(conn, addr, wrx, close, answer_bound));
         true
     }
 
@@ -296,11 +329,19 @@ impl UdpEndpoint {
         addr: SocketAddr,
         mut rx: mpsc::Receiver<Bytes>,
         close: Arc<Notify>,
+        answer_bound: Option<Arc<AtomicUsize>>,
     ) {
         let closed_here = loop {
             tokio::select! {
                 b = rx.recv() => match b {
                     Some(b) => {
+                        if answer_bound
+                            .as_ref()
+                            .is_some_and(|l| !answer_allowed(l.load(Ordering::Relaxed), b.len()))
+                        {
+                            drop_counted(UdpDrop::AnswerTooLarge);
+                            continue;
+                        }
                         if let Err(e) = self.socket.send_to(&b, addr).await {
                             debug!(error = %e, peer = %addr, "UDP send failed");
                         }
@@ -350,7 +391,15 @@ impl UdpEndpoint {
             return Err("UDP source table full".into());
         }
         let kind = ConnKind::Outbound { target };
-        if self.open(&mut table, conn, resolved, kind, None, None) {
+        let new = NewSource {
+            conn,
+            addr: resolved,
+            kind,
+            check: None,
+            slot: None,
+            answer_bound: None,
+        };
+        if self.open(&mut table, new) {
             Ok(())
         } else {
             Err("core queue full".into())
