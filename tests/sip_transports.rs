@@ -243,3 +243,51 @@ async fn call_through_a_plain_tcp_listener() {
     assert_eq!(gw.stats().active_calls, 1);
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn call_to_a_plain_tcp_target_through_the_pool() {
+    let world = World::new("tcp-target");
+    let target = Callee::plain("127.0.0.1:0".parse().unwrap()).await;
+    let text = format!(
+        "{}\n{}\n{}",
+        world.listener(""),
+        world.plain_listener("inside", "tcp"),
+        tenant_to(&format!("sip:{};transport=tcp", target.addr))
+    );
+    let gw = start_gateway(world.config(&text)).await;
+    let gw_tcp = gw.sip_addrs[1];
+    let mut caller = Peer::connect(gw.sip_addrs[0], &world.gw_ca.pem, None).await;
+    let mut c = None;
+    for (n, call_id) in ["p-1@platform", "p-2@platform"].iter().enumerate() {
+        caller
+            .send(&invite(
+                "+15551234",
+                call_id,
+                &format!("z9hG4bKp{n}"),
+                "atag",
+            ))
+            .await;
+        if c.is_none() {
+            c = Some(target.accept().await);
+        }
+        let conn = c.as_mut().unwrap();
+        let inv = conn.recv_where(is_method(Method::Invite)).await;
+        let via = inv.header("via").unwrap();
+        assert!(via.starts_with(&format!("SIP/2.0/TCP {gw_tcp};")), "{via}");
+        assert_eq!(
+            inv.header("contact"),
+            Some(format!("<sip:sbc@{gw_tcp};transport=tcp>").as_str())
+        );
+        assert!(inv.request_uri().unwrap().ends_with(";transport=tcp"));
+        conn.send(&answer(&inv, 486, "btag")).await;
+        caller.recv_where(is_status(486)).await;
+        conn.recv_where(is_method(Method::Ack)).await;
+    }
+    assert!(
+        target
+            .no_connection_within(Duration::from_millis(300))
+            .await,
+        "the second call reused the pooled TCP connection"
+    );
+    gw.shutdown().await;
+}
