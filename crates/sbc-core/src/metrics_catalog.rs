@@ -314,6 +314,16 @@ pub const DNS_BUCKETS: &[f64] = &[
     0.000_1, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 30.0,
 ];
 
+/// sbc-sip's `transport::UdpDrop` names (checked there against the enum).
+pub const UDP_DROPS: &[&str] = &[
+    "not_sip",
+    "answer_too_large",
+    "oversized",
+    "queue_full",
+    "source_table_full",
+    "flood",
+];
+
 /// Call setup (INVITE to final response): from a LAN answer (~10 ms) to a long ring (the
 /// default maximum ringing time is 180 s).
 pub const SETUP_BUCKETS: &[f64] = &[
@@ -608,6 +618,26 @@ pub const CATALOG: &[MetricDef] = &[
         "sbc_trunk_quarantines_total",
         "503s with Retry-After that took a route target out of new calls' candidates.",
         &[tenant(), open("target")],
+    ),
+    counter(
+        "sbc_sip_udp_dropped_total",
+        "SIP datagrams dropped on a UDP listener, by reason (never answered larger than they came).",
+        &[closed("reason", UDP_DROPS)],
+    ),
+    gauge(
+        "sbc_sip_udp_sources",
+        "UDP sources (pseudo-connections) the UDP listeners hold.",
+        &[],
+    ),
+    counter(
+        "sbc_sip_retransmissions_total",
+        "SIP messages sent again over UDP (kind: request for timers A/E, response for timer G).",
+        &[closed("kind", &["request", "response"])],
+    ),
+    counter(
+        "sbc_sip_retransmissions_absorbed_total",
+        "Retransmitted requests matched to a transaction and answered with its last response.",
+        &[],
     ),
     // Media.
     counter(

@@ -20,6 +20,7 @@ use sbc_sip::b2bua::{B2bua, B2buaConfig, ConnId, ConnKind, Input, Output, WallCl
 use sbc_sip::message::{tag, Method, SipMessage};
 use sbc_sip::routing::{RouteEntry, RouteTable, TargetId};
 use sbc_sip::transaction::TimerConfig;
+use sbc_sip::transport::Transport;
 use sbc_testkit::logs::Capture;
 
 const T1: Duration = Duration::from_millis(500);
@@ -125,8 +126,21 @@ impl Harness {
         Harness::with_route(RouteEntry::single("", TARGET, "pbx.inside:5061"))
     }
 
+    /// A harness whose caller comes in on a `listener` listener and whose route target is
+    /// reached over `target`.
+    fn with_transports(listener: Transport, target: Transport) -> Harness {
+        let mut route = RouteEntry::single("", TARGET, "pbx.inside:5061");
+        route.targets[0].transport = target;
+        Harness::build(listener, route)
+    }
+
     /// A harness whose tenants both route everything by `route`.
     fn with_route(route: RouteEntry) -> Harness {
+        Harness::build(Transport::Tls, route)
+    }
+
+    /// A harness whose caller comes in on a `listener` listener, routing by `route`.
+    fn build(listener: Transport, route: RouteEntry) -> Harness {
         let tenant = TenantId::from("acme");
         let other = TenantId::from("globex");
         let admission = Arc::new(Admission::with_limits([
@@ -145,6 +159,7 @@ impl Harness {
             },
             max_forwards: 70,
             advertised: vec!["sbc.example.net:5061".into()],
+            transports: vec![listener],
             redaction: Redaction::default(),
             seed: 7,
             wall_clock: WallClock {
@@ -968,6 +983,10 @@ fn never_acked_invites_log_one_line_and_one_summary_not_one_each() {
         h.callee_sends(respond(&down, 200, "t", true));
         h.take();
     }
+    // Another test thread may have registered the summary's callsite while this thread's
+    // subscriber was being installed, caching "never" for it (tracing's per-callsite
+    // interest is global): recompute it now that the subscriber is in place.
+    tracing::callsite::rebuild_interest_cache();
     h.advance(T1 * 64 + Duration::from_secs(11));
     h.assert_nothing_held();
     let text = capture.text();
@@ -1288,6 +1307,7 @@ fn failover_route(targets: &[(u16, u16)], try_timeout: Duration) -> RouteEntry {
             target: TargetId(i),
             host_port: format!("pbx{i}.inside:5061"),
             uri: format!("sips:pbx{i}.inside:5061"),
+            transport: Transport::Tls,
             priority,
             weight,
         })
@@ -2280,5 +2300,109 @@ fn past_the_cap_of_unacknowledged_reliable_provisionals_the_gateway_pracks_itsel
         Some("Call/Transaction Does Not Exist")
     );
     h.advance(T1 * 64);
+    h.assert_nothing_held();
+}
+
+// ----- UDP transaction timers -----
+
+/// The callee-bound INVITEs sent within `window`, stepping the virtual clock by 10 ms:
+/// the offsets (from the start of the window) at which each went out.
+fn invites_to_callee_over(h: &mut Harness, window: Duration) -> Vec<Duration> {
+    let mut at = Vec::new();
+    let step = Duration::from_millis(10);
+    let mut t = Duration::ZERO;
+    while t < window {
+        h.advance(step);
+        t += step;
+        for m in h.take_to(To::Callee) {
+            if m.method() == Some(&Method::Invite) {
+                at.push(t);
+            }
+        }
+    }
+    at
+}
+
+#[test]
+fn udp_target_invite_retransmitted_by_timer_a_until_provisional_and_final_reacked() {
+    let mut h = Harness::with_transports(Transport::Tls, Transport::Udp);
+    h.caller_sends(invite("u1", "z9hG4bK-u1"));
+    let down = h.take_to(To::Callee).remove(0);
+    let via = down.header("via").unwrap().to_string();
+    assert!(via.starts_with("SIP/2.0/UDP "), "{via}");
+    // Timer A: T1, 2·T1, 4·T1 ... after the first send (0.5, 1.5, 3.5 s).
+    let resent = invites_to_callee_over(&mut h, Duration::from_millis(3600));
+    let ms: Vec<u128> = resent.iter().map(|d| d.as_millis()).collect();
+    assert_eq!(ms, vec![500, 1500, 3500]);
+    // A provisional stops it.
+    h.callee_sends(respond(&down, 180, "t", false));
+    assert!(invites_to_callee_over(&mut h, Duration::from_secs(10)).is_empty());
+    // A non-2xx final is ACKed; its retransmission is ACKed again and not relayed twice.
+    h.callee_sends(respond(&down, 486, "t", false));
+    let acks = h.take_to(To::Callee);
+    assert_eq!(acks.len(), 1);
+    assert_eq!(acks[0].method(), Some(&Method::Ack));
+    assert_eq!(statuses(&h.take_to(To::Caller)), vec![100, 180, 486]);
+    h.callee_sends(respond(&down, 486, "t", false));
+    let again = h.take_to(To::Callee);
+    assert_eq!(again.len(), 1, "the ACK again");
+    assert_eq!(again[0].method(), Some(&Method::Ack));
+    assert!(h.take_to(To::Caller).is_empty(), "one 486 upstream");
+    h.advance(T1 * 64 + Duration::from_secs(33));
+    h.assert_nothing_held();
+}
+
+#[test]
+fn udp_caller_final_retransmitted_by_timer_g_until_ack_and_request_copies_absorbed() {
+    let mut h = Harness::with_transports(Transport::Udp, Transport::Tls);
+    let inv = invite("u2", "z9hG4bK-u2");
+    h.caller_sends(inv.clone());
+    h.caller_sends(inv.clone());
+    assert_eq!(statuses(&h.take_to(To::Caller)), vec![100, 100]);
+    let down = h.take_to(To::Callee);
+    assert_eq!(down.len(), 1, "one INVITE downstream for two copies");
+    let down = down[0].clone();
+    // Over TLS downstream: no timer A.
+    assert!(invites_to_callee_over(&mut h, Duration::from_secs(5)).is_empty());
+    h.callee_sends(respond(&down, 503, "t", false));
+    h.take_to(To::Callee);
+    let busy = h.take_to(To::Caller);
+    assert_eq!(statuses(&busy), vec![503]);
+    // Timer G: T1, then doubling up to T2 (0.5, 1.5, 3.5, 7.5, 11.5 s after the final).
+    let mut resent = Vec::new();
+    let step = Duration::from_millis(10);
+    let mut t = Duration::ZERO;
+    while t < Duration::from_millis(11_600) {
+        h.advance(step);
+        t += step;
+        for m in h.take_to(To::Caller) {
+            assert_eq!(status(&m), 503);
+            resent.push(t.as_millis());
+        }
+    }
+    assert_eq!(resent, vec![500, 1500, 3500, 7500, 11_500]);
+    // The ACK (same branch) stops it.
+    let mut ack = in_dialog(Method::Ack, &busy[0], 1, "z9hG4bK-u2", true);
+    ack.set_request_uri("sips:+15551234@sbc.example.net");
+    h.caller_sends(ack);
+    h.advance(Duration::from_secs(20));
+    assert!(h.take_to(To::Caller).is_empty(), "no 503 after the ACK");
+    h.advance(T1 * 64);
+    h.assert_nothing_held();
+}
+
+#[test]
+fn udp_caller_without_ack_is_bounded_by_timer_h() {
+    let mut h = Harness::with_transports(Transport::Udp, Transport::Tls);
+    h.caller_sends(invite("u3", "z9hG4bK-u3"));
+    let down = h.take_to(To::Callee).remove(0);
+    h.callee_sends(respond(&down, 486, "t", false));
+    h.take();
+    h.advance(T1 * 64 + Duration::from_millis(1));
+    let resent = h.take_to(To::Caller).len();
+    // 0.5, 1.5, 3.5, 7.5, then every 4 s up to 32 s: 11.5 ... 31.5.
+    assert_eq!(resent, 10);
+    h.advance(Duration::from_secs(60));
+    assert!(h.take_to(To::Caller).is_empty(), "timer H ended timer G");
     h.assert_nothing_held();
 }
