@@ -38,32 +38,8 @@ pub enum Scheme {
     Sips,
 }
 
-/// Transport of a candidate (RFC 3263 §4.1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Transport {
-    Udp,
-    Tcp,
-    Tls,
-}
-
-impl Transport {
-    /// Default port when neither the URI nor SRV gives one (RFC 3261 §19.1.2).
-    pub fn default_port(self) -> u16 {
-        match self {
-            Transport::Tls => 5061,
-            Transport::Udp | Transport::Tcp => 5060,
-        }
-    }
-
-    /// Lower-case name, as in a `transport=` parameter.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Transport::Udp => "udp",
-            Transport::Tcp => "tcp",
-            Transport::Tls => "tls",
-        }
-    }
-}
+/// Transport of a candidate (RFC 3263 §4.1): the gateway's one transport vocabulary.
+pub use sbc_core::config::Transport;
 
 /// The parts of a target URI that resolution needs.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

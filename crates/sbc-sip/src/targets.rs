@@ -94,23 +94,13 @@ pub(crate) struct PreparedRoute {
 fn dns_name(uri: &sbc_core::config::TargetUri) -> sbc_dns::TargetName {
     let (scheme, transport) = match uri.transport {
         Transport::Tls => (sbc_dns::Scheme::Sips, None),
-        Transport::Tcp => (sbc_dns::Scheme::Sip, Some(sbc_dns::Transport::Tcp)),
-        Transport::Udp => (sbc_dns::Scheme::Sip, Some(sbc_dns::Transport::Udp)),
+        t => (sbc_dns::Scheme::Sip, Some(t)),
     };
     sbc_dns::TargetName {
         scheme,
         host: uri.host.clone(),
         port: uri.port_explicit.then_some(uri.port),
         transport,
-    }
-}
-
-/// The resolver's name for `transport`.
-pub(crate) fn dns_transport(transport: Transport) -> sbc_dns::Transport {
-    match transport {
-        Transport::Tls => sbc_dns::Transport::Tls,
-        Transport::Tcp => sbc_dns::Transport::Tcp,
-        Transport::Udp => sbc_dns::Transport::Udp,
     }
 }
 

@@ -59,6 +59,14 @@ impl Transport {
             .find(|t| t.via_token().eq_ignore_ascii_case(token))
     }
 
+    /// Default port when neither the URI nor DNS SRV gives one (RFC 3261 §19.1.2).
+    pub fn default_port(self) -> u16 {
+        match self {
+            Transport::Tls => SIPS_DEFAULT_PORT,
+            Transport::Udp | Transport::Tcp => SIP_DEFAULT_PORT,
+        }
+    }
+
     /// True for TCP and TLS: no retransmissions, stream framing (RFC 3261 §17.1.1.2).
     pub fn is_reliable(self) -> bool {
         self != Transport::Udp

@@ -330,10 +330,9 @@ async fn addresses(t: &Target, dns: &Dns) -> Result<Vec<SocketAddr>, String> {
                 .candidates(name)
                 .await
                 .map_err(|e| format!("DNS: {e}"))?;
-            let want = crate::targets::dns_transport(t.transport);
             let addrs: Vec<SocketAddr> = candidates
                 .iter()
-                .filter(|c| c.transport == want)
+                .filter(|c| c.transport == t.transport)
                 .map(|c| c.addr)
                 .collect();
             if addrs.is_empty() {
