@@ -1,8 +1,9 @@
 //! Route targets given by domain name, end to end: a call through the gateway to
 //! `sips:trunk.test` (no port) resolved NAPTR → SRV → A against a DNS server on loopback
 //! (`sip.dns_servers`), the first SRV candidate broken (accepts, then closes before the
-//! TLS handshake) so the call lands on the second; and a name whose DNS never answers giving 503 within the deadline while
-//! a call to another target goes through.
+//! TLS handshake) so the call lands on the second; a name whose DNS never answers giving
+//! 503 within the deadline while a call to another target goes through; and, on a route
+//! with a second target, that silence failing the call over to it within the deadline.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
@@ -159,5 +160,45 @@ async fn silent_dns_fails_the_call_within_the_deadline_and_other_targets_still_w
     assert!(
         took < Duration::from_secs(3),
         "deadline 500 ms, took {took:?}"
+    );
+}
+
+/// Bad input (issue 14): a target whose DNS never answers falls back to the route's next
+/// target within `sip.dns_timeout_ms`, and the caller sees only the second target's answer.
+#[tokio::test]
+async fn silent_dns_of_the_first_target_fails_over_to_the_next_within_the_deadline() {
+    let world = World::new("dns-failover");
+    let (silent, _keep) = silent_server().await;
+    let callee = Callee::new(&world.callee_leaf).await;
+    let routes = format!(
+        "[[tenants.routes]]\nprefix = \"\"\ntargets = [{{ uri = \"sips:slow.test\", priority = 1 }}, {{ uri = \"sips:{}\", priority = 2 }}]\nca_file = {:?}\ntry_timeout_ms = 5000\n",
+        callee.addr, world.callee_ca_file
+    );
+    let text = format!(
+        "{}\n{}\n{}",
+        dns_section(silent, 500),
+        world.listener(""),
+        tenant(&routes)
+    );
+    let gw = start_gateway(world.config(&text)).await;
+
+    let t0 = Instant::now();
+    let mut caller = Peer::connect(gw.sip_addrs[0], &world.gw_ca.pem, None).await;
+    caller
+        .send(&invite("+1555", "call-dns-4@platform", "z9hG4bKd4", "dtag"))
+        .await;
+    let mut c = callee.accept().await;
+    let inv = c.recv_where(|m| m.method() == Some(&Method::Invite)).await;
+    let reached = t0.elapsed();
+    c.send(&answer(&inv, 200, "etag")).await;
+    let r = caller
+        .recv_where(|m| m.status().is_some_and(|s| s >= 200))
+        .await;
+    assert_eq!(r.status(), Some(200), "the second target answered");
+    // The DNS deadline (500 ms), not the try timeout (5 s), moved the call on.
+    assert!(reached >= Duration::from_millis(400), "{reached:?}");
+    assert!(
+        reached < Duration::from_secs(3),
+        "failover within the DNS deadline, took {reached:?}"
     );
 }
