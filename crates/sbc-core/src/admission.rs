@@ -34,6 +34,9 @@ pub enum RefusalCause {
     PendingInvites,
     /// The gateway as a whole is over its call rate or its internal queue is too deep.
     Overload,
+    /// The tenant's offered media streams would pass `max_media_streams` cluster-wide
+    /// (cluster admission only; a single node's engine refuses at offer time).
+    MediaStreams,
 }
 
 impl RefusalCause {
@@ -45,6 +48,7 @@ impl RefusalCause {
             RefusalCause::ConcurrentCalls => "concurrent_calls",
             RefusalCause::PendingInvites => "pending_invites",
             RefusalCause::Overload => "overload",
+            RefusalCause::MediaStreams => "media_streams",
         }
     }
 
@@ -56,6 +60,7 @@ impl RefusalCause {
             RefusalCause::ConcurrentCalls => "tenant concurrent call limit",
             RefusalCause::PendingInvites => "tenant pending INVITE limit",
             RefusalCause::Overload => "gateway overloaded",
+            RefusalCause::MediaStreams => "tenant media stream limit",
         }
     }
 }
