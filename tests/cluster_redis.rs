@@ -270,7 +270,7 @@ async fn stream_leases_semantics() {
     tokio::time::sleep(Duration::from_millis(3500)).await;
     let u = c.usage(&tenant).await.expect("usage");
     assert_eq!((u.cluster_calls, u.cluster_streams), (3, 4));
-    drop(held);
+    held.clear();
     let gone = process::eventually(Duration::from_secs(2), async || {
         c.usage(&tenant)
             .await
@@ -278,6 +278,42 @@ async fn stream_leases_semantics() {
     })
     .await;
     assert!(gone, "every lease released");
+
+    // Streams added mid-call (a re-INVITE offering more m-lines): checked without Redis,
+    // leased asynchronously, counted by the next admission, released with the call.
+    let mut grown = match ask_streams(20, 1).await.verdict {
+        ClusterVerdict::Admit(g) => g,
+        ClusterVerdict::Refuse(r) => panic!("refused: {r:?}"),
+    };
+    grown.grow_streams(3, 4).expect("1 + 2 of 4 streams");
+    grown.grow_streams(2, 4).expect("fewer streams change nothing");
+    let r = grown.grow_streams(5, 4).expect_err("3 + 2 of 4 streams");
+    assert_eq!(r.cause, sbc_core::admission::RefusalCause::MediaStreams);
+    let added = process::eventually(Duration::from_secs(2), async || {
+        c.usage(&tenant).await.map(|u| u.cluster_streams) == Some(3)
+    })
+    .await;
+    assert!(added, "added streams reach Redis without anyone waiting");
+    assert!(
+        matches!(ask_streams(21, 2).await.verdict, ClusterVerdict::Refuse(r) if r.cause == sbc_core::admission::RefusalCause::MediaStreams),
+        "a new call sees the added streams"
+    );
+    match ask_streams(22, 1).await.verdict {
+        ClusterVerdict::Admit(g) => held.push(g),
+        ClusterVerdict::Refuse(r) => panic!("the 4th stream refused: {r:?}"),
+    }
+    // Renewed with the call past the TTL.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(c.usage(&tenant).await.map(|u| u.cluster_streams), Some(4));
+    drop(grown);
+    drop(held);
+    let gone = process::eventually(Duration::from_secs(2), async || {
+        c.usage(&tenant)
+            .await
+            .is_some_and(|u| (u.cluster_calls, u.cluster_streams) == (0, 0))
+    })
+    .await;
+    assert!(gone, "added streams released with their call");
 }
 
 /// The admission latency Redis adds, on loopback: `cargo test --test cluster_redis

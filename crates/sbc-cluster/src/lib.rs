@@ -5,9 +5,12 @@
 //! concurrent-call leases (a sorted set, member = node:call, score = expiry, expired ones
 //! removed in the same script), its media-stream leases (a second sorted set, one member
 //! node:call:i per stream the INVITE's offer opens) and its call rate (GCRA on Redis'
-//! clock), and adds the call's leases. Streams a re-INVITE or UPDATE adds later are not
-//! leased (the SIP core must not wait on Redis mid-call): the media engine's per-node
-//! `max_media_streams` check governs them, as without a cluster. The owner renews its leases every `renew_secs`; a dead node's leases
+//! clock), and adds the call's leases. Streams a re-INVITE or UPDATE adds later
+//! ([`CallLease::grow_streams`]) are checked without waiting: against the tenant's
+//! cluster-wide stream count this node learned at its last heartbeat (or admission) plus
+//! its own leases since, and leased asynchronously (fire and forget, renewed and released
+//! with the call). Bound: nodes adding streams mid-call within one heartbeat interval
+//! can together pass the limit by at most what they added in that interval. The owner renews its leases every `renew_secs`; a dead node's leases
 //! expire within `lease_ttl_secs`. Leases, never INCR/DECR counters: nothing can go
 //! negative or leak.
 //!
@@ -39,7 +42,7 @@ use std::time::{Duration, Instant};
 
 use sbc_core::admission::{Refusal, RefusalCause, QUOTA_RETRY_AFTER};
 use sbc_core::cluster::{
-    AnswerSink, ClusterAdmission, ClusterAnswer, ClusterCounts, ClusterInfo, ClusterRequest,
+    AnswerSink, CallLease, ClusterAdmission, ClusterAnswer, ClusterCounts, ClusterInfo, ClusterRequest,
     ClusterStatus, ClusterVerdict, CountsFuture, DecisionMode, LeaseGuard, Ticket,
 };
 use sbc_core::config::cluster::HEARTBEAT_LIVE_FACTOR;
@@ -89,8 +92,16 @@ struct Shared {
     leases: Mutex<HashMap<String, String>>,
     fallback: AtomicBool,
     live_nodes: AtomicU32,
-    /// Leases to remove: (set key, member).
-    releases: mpsc::UnboundedSender<(String, String)>,
+    /// Lease changes for the worker, in order (an add and a later remove of the same
+    /// member are never reordered).
+    releases: mpsc::UnboundedSender<LeaseOp>,
+}
+
+/// A lease change the worker sends to Redis: (set key, member).
+#[derive(Debug)]
+enum LeaseOp {
+    Add(String, String),
+    Remove(String, String),
 }
 
 impl Shared {
@@ -148,8 +159,8 @@ impl Shared {
     /// Give back leases Redis granted to a call no one holds (answered from the share
     /// meanwhile).
     fn give_back(&self, tenant: &TenantId, member: &str, streams: u32) {
-        for item in self.lease_members(tenant, member, streams) {
-            let _ = self.releases.send(item);
+        for (k, m) in self.lease_members(tenant, member, streams) {
+            let _ = self.releases.send(LeaseOp::Remove(k, m));
         }
     }
 
@@ -223,9 +234,46 @@ impl Drop for Lease {
         self.shared
             .lock_share()
             .call_ended(&self.tenant, self.streams);
-        for item in std::mem::take(&mut self.members) {
-            let _ = self.shared.releases.send(item);
+        for (k, m) in std::mem::take(&mut self.members) {
+            let _ = self.shared.releases.send(LeaseOp::Remove(k, m));
         }
+    }
+}
+
+impl CallLease for Lease {
+    fn grow_streams(&mut self, streams: u32, limit: u32) -> Result<(), Refusal> {
+        if streams <= self.streams {
+            return Ok(());
+        }
+        let extra = streams - self.streams;
+        let s = &self.shared;
+        let fallback = s.fallback.load(Ordering::Relaxed);
+        let nodes = s.live_nodes.load(Ordering::Relaxed).max(1);
+        {
+            let mut share = s.lock_share();
+            if limit > 0 && !share.may_add_streams(&self.tenant, extra, limit, nodes, fallback) {
+                return Err(Refusal {
+                    cause: RefusalCause::MediaStreams,
+                    retry_after: QUOTA_RETRY_AFTER,
+                });
+            }
+            share.streams_added(&self.tenant, extra);
+        }
+        let key = s.keys.streams(self.tenant.as_str());
+        let call_member = self
+            .members
+            .first()
+            .map(|(_, m)| m.clone())
+            .unwrap_or_default();
+        let mut leases = s.lock_leases();
+        for i in self.streams + 1..=streams {
+            let m = format!("{call_member}:{i}");
+            leases.insert(m.clone(), key.clone());
+            self.members.push((key.clone(), m.clone()));
+            let _ = s.releases.send(LeaseOp::Add(key.clone(), m));
+        }
+        self.streams = streams;
+        Ok(())
     }
 }
 
@@ -685,14 +733,37 @@ impl Worker {
         }
     }
 
-    async fn release(&mut self, items: Vec<(String, String)>) {
+    /// Apply lease changes in order: adds (streams a call grew by) through the renew
+    /// script, removals as ZREM.
+    async fn release(&mut self, ops: Vec<LeaseOp>) {
         let Some(link) = self.link.as_mut() else {
-            // Redis is away: the lease expires within its TTL there.
+            // Redis is away: a removed lease expires within its TTL there; an added one
+            // is re-added by the renewal after reconnecting.
             return;
         };
+        let ttl = micros(self.shared.settings.lease_ttl);
+        let mut items = Vec::with_capacity(ops.len());
+        for op in &ops {
+            match op {
+                LeaseOp::Add(k, m) => {
+                    let args: [&[u8]; 6] = [
+                        b"EVALSHA",
+                        link.shas[RENEW].as_bytes(),
+                        b"1",
+                        k.as_bytes(),
+                        ttl.as_bytes(),
+                        m.as_bytes(),
+                    ];
+                    items.push(args.to_vec());
+                }
+                LeaseOp::Remove(k, m) => {
+                    items.push(vec![b"ZREM".as_slice(), k.as_bytes(), m.as_bytes()]);
+                }
+            }
+        }
         let r = with_deadline(MAINTENANCE_TIMEOUT, async {
-            for (k, m) in &items {
-                link.conn.push(&[b"ZREM", k.as_bytes(), m.as_bytes()]);
+            for a in &items {
+                link.conn.push(a);
             }
             link.conn.flush().await?;
             for _ in &items {
@@ -850,7 +921,7 @@ impl Worker {
 async fn worker(
     shared: Arc<Shared>,
     mut work: mpsc::Receiver<Work>,
-    mut releases: mpsc::UnboundedReceiver<(String, String)>,
+    mut releases: mpsc::UnboundedReceiver<LeaseOp>,
 ) {
     let mut w = Worker { shared, link: None };
     let mut heartbeat = tokio::time::interval(w.shared.settings.heartbeat_interval);

@@ -1,6 +1,8 @@
 //! This node's local share of each tenant's limits, used while Redis does not answer:
 //! calls per second `rate / live nodes` (burst likewise, at least one), concurrent calls
-//! `limit / live nodes` counted against this node's own live calls. Sans-IO: `now` is
+//! and media streams `limit / live nodes` counted against this node's own live calls and
+//! streams; and the check of streams a live call adds mid-call (against the last
+//! cluster-wide count, never waiting on Redis). Sans-IO: `now` is
 //! passed in.
 //!
 //! The shares of all live nodes add up to at most the limit; entering a fallback episode
@@ -115,6 +117,35 @@ impl LocalShare {
     /// The same for media streams.
     pub fn stream_share(&self, tenant: &TenantId, limit: u32, nodes: u32) -> u32 {
         self.streams.share(tenant, limit, nodes)
+    }
+
+    /// May a live call of `tenant` add `extra` media streams under `limit` (above 0),
+    /// decided without Redis? Exact mode: the cluster-wide count Redis gave last (at a
+    /// heartbeat or an admission) with this node's part of it replaced by what it holds
+    /// now; other nodes' additions since then are not seen (the documented bound).
+    /// Fallback: this node's share of the limit, as for a new call.
+    pub fn may_add_streams(
+        &self,
+        tenant: &TenantId,
+        extra: u32,
+        limit: u32,
+        nodes: u32,
+        fallback: bool,
+    ) -> bool {
+        let own = self.live_streams(tenant);
+        if fallback {
+            return own.saturating_add(extra) <= self.stream_share(tenant, limit, nodes);
+        }
+        let estimate = match self.streams.seen.get(tenant) {
+            Some((cluster, own_then)) => cluster.saturating_sub(*own_then).saturating_add(own),
+            None => own,
+        };
+        estimate.saturating_add(extra) <= limit
+    }
+
+    /// A live call of `tenant` added `extra` media streams here.
+    pub fn streams_added(&mut self, tenant: &TenantId, extra: u32) {
+        self.streams.add(tenant, extra);
     }
 
     /// Tenants whose cluster-wide count is worth refreshing (seen or held here).
@@ -293,6 +324,31 @@ mod tests {
         }
         assert_eq!(s.live_streams(&t), 0);
         assert_eq!(s.live(&t), 0);
+    }
+
+    #[test]
+    fn added_streams_are_checked_against_the_last_count() {
+        let t = TenantId::from("t");
+        let mut s = LocalShare::default();
+        // This node holds one call of 2 streams; Redis counted 6 of them cluster-wide.
+        s.call_started(&t, 2);
+        s.note_exact(&t, 3, Some(6));
+        // Limit 8: the other nodes' 4 + this node's 2 + 2 more fits, 3 more does not.
+        assert!(s.may_add_streams(&t, 2, 8, 2, false));
+        assert!(!s.may_add_streams(&t, 3, 8, 2, false));
+        s.streams_added(&t, 2);
+        assert_eq!(s.live_streams(&t), 4);
+        assert!(!s.may_add_streams(&t, 1, 8, 2, false), "own additions count at once");
+        // Never counted: this node's own streams only.
+        let u = TenantId::from("u");
+        assert!(s.may_add_streams(&u, 8, 8, 2, false));
+        assert!(!s.may_add_streams(&u, 9, 8, 2, false));
+        // Fallback: the share (held 4 when Redis counted 6 of 8... after the add, the
+        // seen count is still 6 with 2 own then: 2 + (8 - 6) / 2 = 3 < 4 held).
+        assert!(!s.may_add_streams(&t, 1, 8, 2, true));
+        // The call ends with all its streams.
+        s.call_ended(&t, 4);
+        assert_eq!(s.live_streams(&t), 0);
     }
 
     #[test]

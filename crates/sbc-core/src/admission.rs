@@ -184,6 +184,16 @@ impl Admitted {
         self.lease = Some(lease);
     }
 
+    /// The call's offer now opens `streams` media streams: grow its cluster lease (see
+    /// [`crate::cluster::CallLease::grow_streams`]; never waits). Without a cluster lease
+    /// there is nothing to check here (the media engine's per-node quota applies).
+    pub fn grow_streams(&mut self, streams: u32, limit: u32) -> Result<(), Refusal> {
+        match &mut self.lease {
+            Some(l) => l.grow_streams(streams, limit),
+            None => Ok(()),
+        }
+    }
+
     /// The call got its final answer: it no longer counts as a pending INVITE.
     pub fn answered(&mut self) {
         if std::mem::take(&mut self.pending) {

@@ -69,8 +69,31 @@ pub struct ClusterAnswer {
     pub verdict: ClusterVerdict,
 }
 
+/// A call's cluster-wide leases (its call slot and its media streams), as the
+/// implementation holds them; dropping releases them all.
+pub trait CallLease: Send + Sync {
+    /// The call's latest offer opens `streams` media streams (a re-INVITE or UPDATE
+    /// adding m-lines): lease those past what the call holds, checked against `limit`
+    /// (0: none) WITHOUT waiting on Redis: against the tenant's cluster-wide count this
+    /// node learned at its last heartbeat or admission plus its own leases since (its
+    /// local share while Redis does not answer); the new leases reach Redis
+    /// asynchronously. Fewer streams than held changes nothing (the leases are released
+    /// with the call). The default: nothing to lease (tests' stand-ins).
+    fn grow_streams(&mut self, streams: u32, limit: u32) -> Result<(), Refusal> {
+        let _ = (streams, limit);
+        Ok(())
+    }
+}
+
 /// Holds a cluster lease; dropping it releases the lease (the implementation's drop).
-pub struct LeaseGuard(pub Box<dyn Send + Sync>);
+pub struct LeaseGuard(pub Box<dyn CallLease>);
+
+impl LeaseGuard {
+    /// See [`CallLease::grow_streams`].
+    pub fn grow_streams(&mut self, streams: u32, limit: u32) -> Result<(), Refusal> {
+        self.0.grow_streams(streams, limit)
+    }
+}
 
 impl fmt::Debug for LeaseGuard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

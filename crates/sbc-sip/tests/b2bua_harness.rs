@@ -1787,6 +1787,8 @@ impl sbc_core::cluster::ClusterAdmission for FakeCluster {
 /// A lease that counts its own release.
 struct CountedLease(Arc<std::sync::atomic::AtomicUsize>);
 
+impl sbc_core::cluster::CallLease for CountedLease {}
+
 impl Drop for CountedLease {
     fn drop(&mut self) {
         self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
