@@ -234,7 +234,10 @@ async fn stream_leases_semantics() {
     let u = c.usage(&tenant).await.expect("usage");
     assert_eq!((u.cluster_calls, u.cluster_streams), (3, 4));
     assert_eq!((u.node_calls, u.node_streams), (3, 4));
-    assert_eq!(sbc_core::cluster::ClusterInfo::node_streams(&*c, &tenant), 4);
+    assert_eq!(
+        sbc_core::cluster::ClusterInfo::node_streams(&*c, &tenant),
+        4
+    );
 
     // Ending a call releases its streams' leases with its call lease.
     held.remove(0);
@@ -286,7 +289,9 @@ async fn stream_leases_semantics() {
         ClusterVerdict::Refuse(r) => panic!("refused: {r:?}"),
     };
     grown.grow_streams(3, 4).expect("1 + 2 of 4 streams");
-    grown.grow_streams(2, 4).expect("fewer streams change nothing");
+    grown
+        .grow_streams(2, 4)
+        .expect("fewer streams change nothing");
     let r = grown.grow_streams(5, 4).expect_err("3 + 2 of 4 streams");
     assert_eq!(r.cause, sbc_core::admission::RefusalCause::MediaStreams);
     let added = process::eventually(Duration::from_secs(2), async || {
@@ -862,7 +867,10 @@ async fn media_stream_limit_is_cluster_wide() {
     assert_eq!(status(&r), 503, "call 3: streams 5 and 6 of 4");
     let reason = r.header("reason").unwrap_or_default().to_string();
     assert!(reason.contains("tenant media stream limit"), "{reason}");
-    let retry = sbc_core::admission::QUOTA_RETRY_AFTER.as_secs().max(1).to_string();
+    let retry = sbc_core::admission::QUOTA_RETRY_AFTER
+        .as_secs()
+        .max(1)
+        .to_string();
     assert_eq!(r.header("retry-after"), Some(retry.as_str()));
     let r = b1.call_sdp(&sdp).await;
     assert_eq!(status(&r), 503, "node 1 sees node 0's streams");
@@ -898,7 +906,10 @@ async fn media_stream_limit_is_cluster_wide() {
         }
     }
     assert!(admitted, "streams of an ended call free again");
-    println!("streams of an ended call free again after {:?}", ended.elapsed());
+    println!(
+        "streams of an ended call free again after {:?}",
+        ended.elapsed()
+    );
     assert_eq!(status(&c0.call_sdp(&sdp).await), 503, "limit exact again");
 
     // SIGKILL node 0 holding 4 stream leases: free within the lease TTL.
@@ -917,7 +928,9 @@ async fn media_stream_limit_is_cluster_wide() {
         }
     }
     let freed_after = freed_after.expect("stream leases of the dead node expire");
-    println!("stream leases of a SIGKILLed node free again after {freed_after:?} (TTL {TTL_SECS} s)");
+    println!(
+        "stream leases of a SIGKILLed node free again after {freed_after:?} (TTL {TTL_SECS} s)"
+    );
     assert!(freed_after <= Duration::from_secs(TTL_SECS) + Duration::from_millis(1500));
     tokio::time::sleep_until(
         (killed + Duration::from_secs(TTL_SECS) + Duration::from_millis(300)).into(),

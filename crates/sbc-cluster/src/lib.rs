@@ -42,8 +42,8 @@ use std::time::{Duration, Instant};
 
 use sbc_core::admission::{Refusal, RefusalCause, QUOTA_RETRY_AFTER};
 use sbc_core::cluster::{
-    AnswerSink, CallLease, ClusterAdmission, ClusterAnswer, ClusterCounts, ClusterInfo, ClusterRequest,
-    ClusterStatus, ClusterVerdict, CountsFuture, DecisionMode, LeaseGuard, Ticket,
+    AnswerSink, CallLease, ClusterAdmission, ClusterAnswer, ClusterCounts, ClusterInfo,
+    ClusterRequest, ClusterStatus, ClusterVerdict, CountsFuture, DecisionMode, LeaseGuard, Ticket,
 };
 use sbc_core::config::cluster::HEARTBEAT_LIVE_FACTOR;
 use sbc_core::config::{ClusterSettings, RedisEndpoint};
@@ -128,7 +128,12 @@ impl Shared {
 
     /// The (set key, member) pairs of a call's leases: its call member, then one per
     /// stream (`member:i`, 1-based, as [`script::ADMIT`] names them).
-    fn lease_members(&self, tenant: &TenantId, member: &str, streams: u32) -> Vec<(String, String)> {
+    fn lease_members(
+        &self,
+        tenant: &TenantId,
+        member: &str,
+        streams: u32,
+    ) -> Vec<(String, String)> {
         let t = tenant.as_str();
         let mut v = Vec::with_capacity(1 + streams as usize);
         v.push((self.keys.leases(t), member.to_string()));
@@ -167,15 +172,13 @@ impl Shared {
     /// Decide from the local share and answer.
     fn answer_share(self: &Arc<Self>, req: &ClusterRequest) {
         let nodes = self.live_nodes.load(Ordering::Relaxed).max(1);
-        let decided = self
-            .lock_share()
-            .decide(&req.tenant, &req.limits, req.streams, nodes, Instant::now());
+        let decided =
+            self.lock_share()
+                .decide(&req.tenant, &req.limits, req.streams, nodes, Instant::now());
         let verdict = match decided {
-            Ok(()) => ClusterVerdict::Admit(self.lease(
-                &req.tenant,
-                self.member(req.ticket),
-                req.streams,
-            )),
+            Ok(()) => {
+                ClusterVerdict::Admit(self.lease(&req.tenant, self.member(req.ticket), req.streams))
+            }
             Err(r) => ClusterVerdict::Refuse(r),
         };
         self.send(ClusterAnswer {
@@ -689,13 +692,11 @@ impl Worker {
             let verdict = match code {
                 0 => {
                     let lease = s.lease(&j.req.tenant, member, j.req.streams);
-                    s.lock_share()
-                        .note_exact(&j.req.tenant, live, live_streams);
+                    s.lock_share().note_exact(&j.req.tenant, live, live_streams);
                     ClusterVerdict::Admit(lease)
                 }
                 1 => {
-                    s.lock_share()
-                        .note_exact(&j.req.tenant, live, live_streams);
+                    s.lock_share().note_exact(&j.req.tenant, live, live_streams);
                     ClusterVerdict::Refuse(Refusal {
                         cause: RefusalCause::CallRate,
                         retry_after: Duration::from_millis(
@@ -704,16 +705,14 @@ impl Worker {
                     })
                 }
                 2 => {
-                    s.lock_share()
-                        .note_exact(&j.req.tenant, live, live_streams);
+                    s.lock_share().note_exact(&j.req.tenant, live, live_streams);
                     ClusterVerdict::Refuse(Refusal {
                         cause: RefusalCause::ConcurrentCalls,
                         retry_after: QUOTA_RETRY_AFTER,
                     })
                 }
                 3 => {
-                    s.lock_share()
-                        .note_exact(&j.req.tenant, live, live_streams);
+                    s.lock_share().note_exact(&j.req.tenant, live, live_streams);
                     ClusterVerdict::Refuse(Refusal {
                         cause: RefusalCause::MediaStreams,
                         retry_after: QUOTA_RETRY_AFTER,
@@ -860,7 +859,10 @@ impl Worker {
             .iter()
             .map(|t| {
                 let t = t.as_str();
-                (vec![s.keys.leases(t), s.keys.streams(t)], vec![prefix.clone()])
+                (
+                    vec![s.keys.leases(t), s.keys.streams(t)],
+                    vec![prefix.clone()],
+                )
             })
             .collect();
         let Some(link) = self.link.as_mut() else {
@@ -892,7 +894,10 @@ impl Worker {
         let s = self.shared.clone();
         let link = self.link.as_mut()?;
         let calls = [(
-            vec![s.keys.leases(tenant.as_str()), s.keys.streams(tenant.as_str())],
+            vec![
+                s.keys.leases(tenant.as_str()),
+                s.keys.streams(tenant.as_str()),
+            ],
             vec![format!("{}:", s.settings.node_id)],
         )];
         match with_deadline(MAINTENANCE_TIMEOUT, run_scripts(link, USAGE, &calls)).await {

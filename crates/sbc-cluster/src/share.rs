@@ -338,7 +338,10 @@ mod tests {
         assert!(!s.may_add_streams(&t, 3, 8, 2, false));
         s.streams_added(&t, 2);
         assert_eq!(s.live_streams(&t), 4);
-        assert!(!s.may_add_streams(&t, 1, 8, 2, false), "own additions count at once");
+        assert!(
+            !s.may_add_streams(&t, 1, 8, 2, false),
+            "own additions count at once"
+        );
         // Never counted: this node's own streams only.
         let u = TenantId::from("u");
         assert!(s.may_add_streams(&u, 8, 8, 2, false));
@@ -358,14 +361,18 @@ mod tests {
         let l = limits(30.0, 9, 1000);
         let t0 = Instant::now();
         // 3 nodes: 10/s, burst 3.
-        let admitted = (0..10).filter(|_| s.decide(&t, &l, 0, 3, t0).is_ok()).count();
+        let admitted = (0..10)
+            .filter(|_| s.decide(&t, &l, 0, 3, t0).is_ok())
+            .count();
         assert_eq!(admitted, 3);
         let r = s.decide(&t, &l, 0, 3, t0).expect_err("empty");
         assert_eq!(r.cause, RefusalCause::CallRate);
         assert_eq!(r.retry_after, Duration::from_millis(100));
         // One second later: 10 more at most (burst 3 caps what rests).
         let t1 = t0 + Duration::from_secs(1);
-        let admitted = (0..20).filter(|_| s.decide(&t, &l, 0, 3, t1).is_ok()).count();
+        let admitted = (0..20)
+            .filter(|_| s.decide(&t, &l, 0, 3, t1).is_ok())
+            .count();
         assert_eq!(admitted, 3);
         // Over 2 s of steady arrivals at 100/s: ~20 admitted.
         let mut n = 0;
@@ -379,7 +386,9 @@ mod tests {
         assert!((19..=21).contains(&n), "{n}");
         // A new episode starts full.
         s.reset_buckets();
-        let admitted = (0..10).filter(|_| s.decide(&t, &l, 0, 3, t1).is_ok()).count();
+        let admitted = (0..10)
+            .filter(|_| s.decide(&t, &l, 0, 3, t1).is_ok())
+            .count();
         assert_eq!(admitted, 3);
     }
 }
