@@ -4,7 +4,9 @@
 //! driver installs, as a core input.
 //!
 //! Owns: the request and answer types, the lease guard a cluster admission attaches to an
-//! [`crate::admission::Admitted`], and the arithmetic of a node's local share.
+//! [`crate::admission::Admitted`] (and its [`CallLease::grow_streams`] for streams added
+//! mid-call), the media-stream count of an SDP offer, and the arithmetic of a node's
+//! local share.
 //! Must not: talk to Redis or read a clock.
 
 use std::fmt;
