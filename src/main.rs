@@ -256,7 +256,16 @@ fn run(
             None => println!("sbc-edge: embedded default config (demo; pass --config FILE for real use)"),
         }
         for (listener, addr) in cfg.listeners.iter().zip(&server.sip_addrs) {
-            println!("  SIP over TLS listener {:?}: sips:{addr}", listener.name);
+            match listener.transport {
+                sbc_core::config::Transport::Tls => {
+                    println!("  SIP over TLS listener {:?}: sips:{addr}", listener.name)
+                }
+                t => println!(
+                    "  SIP over {} listener {:?} (inside networks only): sip:{addr};transport={t}",
+                    t.via_token(),
+                    listener.name
+                ),
+            }
         }
         if cfg.media.enabled {
             println!(

@@ -105,9 +105,9 @@ async fn basic_call_invite_ringing_answer_ack_bye_with_topology_hiding() {
     let contact = out_inv.header("contact").unwrap();
     assert!(contact.contains("127.0.0.1"), "our own Contact: {contact}");
     assert_eq!(
-        out_inv.header("supported"),
-        Some("timer"),
-        "end-to-end headers cross, without 100rel"
+        out_inv.header_values("supported").collect::<Vec<_>>(),
+        ["timer", "100rel"],
+        "end-to-end headers cross, 100rel too (relayed per leg)"
     );
     assert_eq!(
         out_inv.header("user-agent"),
@@ -534,4 +534,89 @@ async fn unreachable_target_gives_503() {
     assert_eq!(r.status(), Some(503));
     assert!(r.reason().unwrap().contains("Unreachable"));
     assert_eq!(gw.stats().active_calls, 0);
+}
+
+/// RFC 3262 over real TLS: the callee's reliable 183 reaches the caller with the caller
+/// leg's own RSeq; the caller's PRACK reaches the callee with an RAck that matches the
+/// callee's own RSeq and INVITE CSeq; the PRACK's 200 comes back; then 200, ACK, BYE.
+#[tokio::test]
+async fn prack_is_relayed_with_rseq_and_rack_mapped_per_leg() {
+    let s = setup("prack", "").await;
+    let mut caller = s.caller().await;
+    let call_id = "call-prack@platform";
+    let from = "\"Alice\" <sips:alice@platform.example>;tag=atag";
+    // The platform's INVITE offers 100rel (Supported: timer, 100rel).
+    caller
+        .send(&invite("+15551234", call_id, "z9hG4bKp1", "atag"))
+        .await;
+    assert_eq!(caller.recv().await.status(), Some(100));
+    let mut callee = s.callee.accept().await;
+    let out_inv = callee.recv_where(is_method(Method::Invite)).await;
+    assert!(out_inv.header_values("supported").any(|t| t == "100rel"));
+    let callee_rseq = 4711u32;
+    let mut p183 = answer(&out_inv, 183, "btag");
+    p183.push_header("Require", "100rel");
+    p183.push_header("RSeq", callee_rseq.to_string());
+    callee.send(&p183).await;
+    let got183 = caller.recv_where(is_status(183)).await;
+    assert_no_leak(&got183, CALLEE_INSIDE);
+    assert!(got183.header_values("require").any(|t| t == "100rel"));
+    let caller_rseq: u32 = got183.header("rseq").unwrap().parse().unwrap();
+    assert!((1..1u32 << 31).contains(&caller_rseq));
+    let to = got183.header("to").unwrap().to_string();
+    let mut prack = in_dialog(
+        "PRACK",
+        "sips:sbc@127.0.0.1",
+        "z9hG4bKp2",
+        from,
+        &to,
+        call_id,
+        2,
+    );
+    prack.push_header("RAck", format!("{caller_rseq} 1 INVITE"));
+    caller.send(&prack).await;
+    // "PRACK relayed": the UAS gets a PRACK whose RAck matches its own RSeq.
+    let out_prack = callee.recv_where(is_method(Method::Prack)).await;
+    assert_no_leak(&out_prack, CALLER_INSIDE);
+    let invite_cseq = out_inv.cseq().unwrap().0;
+    assert_eq!(
+        out_prack.header("rack"),
+        Some(format!("{callee_rseq} {invite_cseq} INVITE").as_str())
+    );
+    assert_eq!(out_prack.call_id(), out_inv.call_id());
+    assert_eq!(tag(out_prack.header("to").unwrap()), Some("btag"));
+    callee.send(&answer(&out_prack, 200, "btag")).await;
+    let prack_ok = caller.recv_where(is_status(200)).await;
+    assert_eq!(prack_ok.cseq(), Some((2, Method::Prack)));
+    // The call is answered and acknowledged as usual.
+    callee.send(&answer(&out_inv, 200, "btag")).await;
+    let ok = caller.recv_where(is_status(200)).await;
+    assert_eq!(ok.cseq(), Some((1, Method::Invite)));
+    let ack = in_dialog(
+        "ACK",
+        "sips:sbc@127.0.0.1",
+        "z9hG4bKp3",
+        from,
+        &to,
+        call_id,
+        1,
+    );
+    caller.send(&ack).await;
+    callee.recv_where(is_method(Method::Ack)).await;
+    let bye = in_dialog(
+        "BYE",
+        "sips:sbc@127.0.0.1",
+        "z9hG4bKp4",
+        from,
+        &to,
+        call_id,
+        3,
+    );
+    caller.send(&bye).await;
+    let out_bye = callee.recv_where(is_method(Method::Bye)).await;
+    callee.send(&answer(&out_bye, 200, "btag")).await;
+    assert_eq!(
+        caller.recv_where(is_status(200)).await.cseq(),
+        Some((3, Method::Bye))
+    );
 }

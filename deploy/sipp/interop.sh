@@ -4,15 +4,24 @@
 #   sipp UAC --TCP--> stunnel client --TLS--> sbc-edge --TLS--> stunnel server --TCP--> sipp UAS
 #   (127.0.0.1:UAC_TCP)              (127.0.0.1:GW)            (127.0.0.1:TRUNK)      (127.0.0.1:UAS)
 #
+# and, for the UDP variant (a PBX inside over plain UDP; sipp speaks UDP natively):
+#
+#   sipp UAC --TCP--> stunnel client --TLS--> sbc-edge ==UDP (from its UDP listener GW_UDP)==> sipp UAS
+#                                                                                   (127.0.0.1:UDP_UAS)
+#
 # Stages (each must have zero failed calls on BOTH sipp sides, or the script fails):
 #   1. basic call: 500 calls at 25 calls/s
 #   2. hold re-INVITE (sendonly, then sendrecv): a few calls
 #   3. CANCEL after 180 (UAS answers 487): a few calls
+#   3b. reliable 183 and PRACK (RFC 3262; uac_prack.xml, uas_prack.xml): a few calls; the
+#      UAS checks that the PRACK's RAck carries its own RSeq (the caller saw another one)
 #   4. media: a few calls, one at a time, signalled by sipp (uac_media.xml, uas_media.xml);
 #      during each call `sbc-edge media-check` (the SRTP sender/receiver of `sbc-edge call`)
 #      plays both ends of its media: SRTP sent to the caller-side relay port with the
 #      caller's offered key must arrive decryptable with the gateway's key toward the
 #      callee, and the other way; no packet may be missing beyond media-check's loss bound
+#   4b. udp: basic calls whose route (called numbers starting with 2) is
+#      sip:127.0.0.1:UDP_UAS;transport=udp, the UAS being sipp over plain UDP
 #   5. max-rate probe (informational, never fails CI): a rate ramp of basic calls; reports
 #      the highest rate held with zero failures and the CPU used by each process.
 #
@@ -22,6 +31,8 @@
 # Environment (all optional):
 #   SBC_INTEROP_GW_PORT=5061 SBC_INTEROP_TRUNK_PORT=5062 SBC_INTEROP_UAC_PORT=5071
 #   SBC_INTEROP_UAS_PORT=5072          ports on 127.0.0.1
+#   SBC_INTEROP_GW_UDP_PORT=5060 SBC_INTEROP_UDP_UAS_PORT=5074  UDP ports on 127.0.0.1
+#   SBC_INTEROP_UDP_CALLS=200 SBC_INTEROP_UDP_RATE=20  stage udp size and rate (0 calls: skip)
 #   SBC_INTEROP_CALLS=500 SBC_INTEROP_RATE=25   stage 1 size and rate
 #   SBC_INTEROP_SMALL_CALLS=5          calls in stages 2 and 3
 #   SBC_INTEROP_MEDIA_CALLS=3          calls in stage 4 (media), each with 1 s of SRTP each way
@@ -42,6 +53,10 @@ GW_PORT=${SBC_INTEROP_GW_PORT:-5061}
 TRUNK_PORT=${SBC_INTEROP_TRUNK_PORT:-5062}
 UAC_PORT=${SBC_INTEROP_UAC_PORT:-5071}
 UAS_PORT=${SBC_INTEROP_UAS_PORT:-5072}
+GW_UDP_PORT=${SBC_INTEROP_GW_UDP_PORT:-5060}
+UDP_UAS_PORT=${SBC_INTEROP_UDP_UAS_PORT:-5074}
+UDP_CALLS=${SBC_INTEROP_UDP_CALLS:-200}
+UDP_RATE=${SBC_INTEROP_UDP_RATE:-20}
 CALLS=${SBC_INTEROP_CALLS:-500}
 RATE=${SBC_INTEROP_RATE:-25}
 SMALL=${SBC_INTEROP_SMALL_CALLS:-5}
@@ -173,6 +188,13 @@ address = "127.0.0.1:$GW_PORT"
 certificate = "pki/gw.pem"
 private_key = "pki/gw.key"
 
+# inside: a plain UDP listener, for inside networks only; UDP route targets are sent to
+# from its socket
+[[listeners]]
+name = "inside-udp"
+transport = "udp"
+address = "127.0.0.1:$GW_UDP_PORT"
+
 [[tenants]]
 id = "demo"
 [tenants.recognition]
@@ -181,6 +203,10 @@ source_cidrs = ["127.0.0.0/8"]
 prefix = ""
 target = "sips:127.0.0.1:$TRUNK_PORT"
 ca_file = "pki/ca.pem"
+# called numbers starting with 2: the PBX inside, over plain UDP (stage udp)
+[[tenants.routes]]
+prefix = "2"
+target = "sip:127.0.0.1:$UDP_UAS_PORT;transport=udp"
 [tenants.limits]
 # high enough that the max-rate probe measures the path, not admission
 calls_per_second = 5000.0
@@ -281,6 +307,7 @@ stage() { # stage NAME SCENARIO CALLS RATE DURATION [--trace]: UAS + UAC; fail o
 stage basic basic "$CALLS" "$RATE" 1000
 stage hold hold "$SMALL" 5 300 --trace
 stage cancel cancel "$SMALL" 5 300 --trace
+stage prack prack "$SMALL" 5 300 --trace
 
 # --- stage media: sipp signals, sbc-edge media-check carries SRTP through the relay ------
 # The scenarios write each call's SDP facts to $dir/sdp/{uac,uas}-N (N = call number; one
@@ -341,7 +368,29 @@ media_stage() {
 }
 if [ "$MEDIA_CALLS" -gt 0 ]; then media_stage; fi
 
-# The gateway's own account must agree with sipp's: every basic, hold and media call answered,
+# --- stage udp: TLS outside, sipp UAS over plain UDP inside -------------------------------
+udp_stage() {
+  local dir=$work/udp uac_rc=0 uas_rc=0
+  say "stage udp: $UDP_CALLS basic calls at $UDP_RATE calls/s, TLS outside -> sbc-edge -> UDP inside (sipp UAS on udp 127.0.0.1:$UDP_UAS_PORT, route sip:127.0.0.1:$UDP_UAS_PORT;transport=udp)"
+  start_uas basic "$dir" --udp --listen "127.0.0.1:$UDP_UAS_PORT" --contact "127.0.0.1:$UDP_UAS_PORT"
+  timeout -k 10 $((UDP_CALLS / UDP_RATE + 120)) "$RUN" basic --tcp "127.0.0.1:$UAC_PORT" \
+    -g "127.0.0.1:$GW_PORT" -r "$UDP_RATE" -m "$UDP_CALLS" -d 1000 -s 25551230000 \
+    --out "$dir" >"$dir.uac.out" 2>&1 || uac_rc=$?
+  cat "$dir.uac.out"
+  stop_uas || uas_rc=$?
+  echo "--- inside (sipp UAS over UDP) of stage udp:"
+  uas_summary "$dir"
+  if [ "$uas_rc" != 0 ]; then
+    sed -n '/Scenario Screen/,/Statistics Screen/p' "$dir.uas.out" | tail -n 25
+    head -n 40 "$dir/basic-uas.errors.log" 2>/dev/null || true
+  fi
+  [ "$uac_rc" = 0 ] || fail "stage udp: calls failed on the caller side (run.sh exit $uac_rc)"
+  [ "$uas_rc" = 0 ] || fail "stage udp: calls failed on the UDP side (run.sh exit $uas_rc)"
+  kill -0 "$gw_pid" 2>/dev/null || fail "the gateway exited during stage udp"
+}
+if [ "$UDP_CALLS" -gt 0 ]; then udp_stage; fi
+
+# The gateway's own account must agree with sipp's: every basic, hold, prack and media call answered,
 # every cancelled call failed 4xx (487), nothing else.
 admin=$(sed -n 's|^  admin plane: http://\([^ ]*\) .*|\1|p' "$work/gateway.out" | head -n 1)
 [ -n "$admin" ] || fail "the gateway did not print its admin address"
@@ -350,10 +399,11 @@ metric() { printf '%s\n' "$metrics" | awk -v k="$1" '$1 == k { print $2 }'; }
 answered=$(metric 'sbc_sip_calls_answered_total{tenant="demo"}')
 failed4xx=$(metric 'sbc_sip_calls_failed_total{tenant="demo",class="4xx"}')
 echo "gateway metrics: answered=$answered failed_4xx=${failed4xx:-0}"
-[ "${answered:-0}" = "$((CALLS + SMALL + MEDIA_CALLS))" ] || fail "gateway counted ${answered:-0} answered calls, expected $((CALLS + SMALL + MEDIA_CALLS))"
+expected=$((CALLS + 2 * SMALL + MEDIA_CALLS + UDP_CALLS))
+[ "${answered:-0}" = "$expected" ] || fail "gateway counted ${answered:-0} answered calls, expected $expected"
 [ "${failed4xx:-0}" = "$SMALL" ] || fail "gateway counted ${failed4xx:-0} 4xx calls, expected $SMALL (the CANCELs)"
 
-say "interop PASSED: $CALLS basic calls at $RATE calls/s, $SMALL hold, $SMALL cancel, $MEDIA_CALLS with SRTP checked both ways through the relay; no failed call"
+say "interop PASSED: $CALLS basic calls at $RATE calls/s, $SMALL hold, $SMALL cancel, $SMALL prack, $MEDIA_CALLS with SRTP checked both ways through the relay, $UDP_CALLS to a UDP PBX inside; no failed call"
 summary_line=$(grep '^== basic (uac)' "$work/basic.uac.out" 2>/dev/null || true)
 
 # --- stage 5: max-rate probe (informational) --------------------------------------------

@@ -4,7 +4,7 @@
 #
 #   deploy/sipp/run.sh SCENARIO [options] [-- extra sipp arguments]
 #
-# SCENARIO: basic | hold | cancel | flood, or the path of a scenario XML file.
+# SCENARIO: basic | hold | cancel | prack | flood, or the path of a scenario XML file.
 #   (UAC: uac_SCENARIO.xml; UAS: uas_SCENARIO.xml, flood uses uas_basic.xml.)
 #
 # TLS: Debian's sipp (package sip-tester) has no TLS. If the local sipp has TLS (`-t l1`
@@ -43,6 +43,8 @@
 #       --tls-listen HOST:PORT  also start stunnel in server mode here (TLS -> --listen);
 #                            needs --cert/--key (a certificate the route's ca_file trusts)
 #       --contact HOST:PORT  address written in the UAS Contact     [--tls-listen or --listen]
+#       --udp                listen on plain UDP instead of TCP (a PBX inside, reached by
+#                            a route target sip:HOST:PORT;transport=udp)
 #   -m N ends after N calls; without -m it runs until SIGTERM/SIGINT/SIGUSR1 or --timeout.
 #
 # Examples:
@@ -79,6 +81,7 @@ trace=0
 listen=127.0.0.1:5072
 tls_listen=""
 contact=""
+uas_transport=t1
 extra=()
 
 need_arg() { [ $# -ge 2 ] || die "$1 needs a value"; }
@@ -108,6 +111,7 @@ while [ $# -gt 0 ]; do
     --listen) need_arg "$@"; listen=$2; shift ;;
     --tls-listen) need_arg "$@"; tls_listen=$2; shift ;;
     --contact) need_arg "$@"; contact=$2; shift ;;
+    --udp) uas_transport=u1 ;;
     --) shift; extra=("$@"); break ;;
     -*) die "unknown option $1 (see --help)" ;;
     *) [ -z "$scenario" ] || die "one scenario only (got $scenario and $1)"; scenario=$1 ;;
@@ -132,7 +136,7 @@ else
     uas:flood) sf=$HERE/uas_basic.xml ;;
     *) sf=$HERE/${role}_${scenario}.xml ;;
   esac
-  [ -f "$sf" ] || die "no scenario $sf (basic, hold, cancel, media, flood or a file)"
+  [ -f "$sf" ] || die "no scenario $sf (basic, hold, cancel, prack, media, flood or a file)"
 fi
 
 host_of() { local a=$1; a=${a%:*}; a=${a#[}; echo "${a%]}"; }
@@ -329,10 +333,11 @@ else
   fi
   : "${contact:=${tls_listen:-$listen}}"
   : "${run_timeout:=3600}"
-  sipp_args=("${common[@]}" -t t1 -i "$(host_of "$listen")" -p "$(port_of "$listen")"
+  sipp_args=("${common[@]}" -t "$uas_transport" -i "$(host_of "$listen")" -p "$(port_of "$listen")"
              -key contact "$contact" -recv_timeout "$recv_timeout" -timeout "${run_timeout}s")
   [ -n "$calls" ] && sipp_args+=(-m "$calls")
-  echo "run.sh: UAS $name on TCP $listen${tls_listen:+ (TLS $tls_listen via stunnel)}, Contact $contact, logs in $out"
+  proto=TCP; [ "$uas_transport" = u1 ] && proto=UDP
+  echo "run.sh: UAS $name on $proto $listen${tls_listen:+ (TLS $tls_listen via stunnel)}, Contact $contact, logs in $out"
   sipp "${sipp_args[@]}" "${extra[@]}" >/dev/null 2>"$out/$name-$role.stderr" &
   spid=$!
   pids+=("$spid")

@@ -192,7 +192,15 @@ pub const SIP_REFUSALS: &[&str] = &[
     "no_route",
     "unavailable",
     "missing_dialog_headers",
+    "bad_rack",
+    "prack_unknown_rseq",
+    "prack_outside_early_dialog",
 ];
+
+/// What sbc-sip's `reliable.rs` does with a reliable provisional: relayed reliably with
+/// the caller leg's RSeq, PRACKed by the gateway and relayed unreliably, relayed
+/// unreliably for want of an RSeq, absorbed as a retransmission.
+pub const RELIABLE_OUTCOMES: &[&str] = &["relayed", "acked_by_gateway", "no_rseq", "duplicate"];
 
 /// sbc-sip's `BodyRefusal::ALL` names.
 pub const BODY_REFUSALS: &[&str] = &[
@@ -305,6 +313,16 @@ pub const DNS_CAPS: &[&str] = &["records", "srv_targets", "candidates"];
 /// ends it.
 pub const DNS_BUCKETS: &[f64] = &[
     0.000_1, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 30.0,
+];
+
+/// sbc-sip's `transport::UdpDrop` names (checked there against the enum).
+pub const UDP_DROPS: &[&str] = &[
+    "not_sip",
+    "answer_too_large",
+    "oversized",
+    "queue_full",
+    "source_table_full",
+    "flood",
 ];
 
 /// Call setup (INVITE to final response): from a LAN answer (~10 ms) to a long ring (the
@@ -557,6 +575,11 @@ pub const CATALOG: &[MetricDef] = &[
         &[closed("reason", SIP_REFUSALS)],
     ),
     counter(
+        "sbc_sip_reliable_provisionals_total",
+        "Reliable provisionals (RFC 3262) from the callee, by what the gateway did with them.",
+        &[closed("outcome", RELIABLE_OUTCOMES)],
+    ),
+    counter(
         "sbc_sip_bodies_refused_total",
         "Bodies the tenant's body policy refused (415).",
         &[tenant(), closed("reason", BODY_REFUSALS)],
@@ -596,6 +619,26 @@ pub const CATALOG: &[MetricDef] = &[
         "sbc_trunk_quarantines_total",
         "503s with Retry-After that took a route target out of new calls' candidates.",
         &[tenant(), open("target")],
+    ),
+    counter(
+        "sbc_sip_udp_dropped_total",
+        "SIP datagrams dropped on a UDP listener, by reason (never answered larger than they came).",
+        &[closed("reason", UDP_DROPS)],
+    ),
+    gauge(
+        "sbc_sip_udp_sources",
+        "UDP sources (pseudo-connections) the UDP listeners hold.",
+        &[],
+    ),
+    counter(
+        "sbc_sip_retransmissions_total",
+        "SIP messages sent again over UDP (kind: request for timers A/E, response for timer G).",
+        &[closed("kind", &["request", "response"])],
+    ),
+    counter(
+        "sbc_sip_retransmissions_absorbed_total",
+        "Retransmitted requests matched to a transaction and answered with its last response.",
+        &[],
     ),
     // Media.
     counter(

@@ -205,7 +205,7 @@ fn listeners(old: &[Listener], new: &[Listener], out: &mut Vec<Change>) {
     }
     for (a, b) in old.iter().zip(new) {
         let key = |k: &str| format!("listeners.{}.{k}", a.name);
-        if a.address != b.address {
+        if a.address != b.address || a.transport != b.transport {
             out.push(Change::restart(key("address"), WHY_LISTENER_ADDR));
         }
         if a.advertised_host != b.advertised_host {

@@ -1,4 +1,4 @@
-//! sbc-sip: SIP message parsing and building, TLS transport, transactions, B2BUA dialogs,
+//! sbc-sip: SIP message parsing and building, TLS, TCP and UDP transports, transactions, B2BUA dialogs,
 //! routing and topology hiding. Never touches UDP media or SRTP.
 #![forbid(unsafe_code)]
 
@@ -12,5 +12,6 @@ pub mod server;
 mod targets;
 pub mod tls;
 pub mod transaction;
+pub mod transport;
 
 pub use error::SipError;

@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 
 use rand::Rng;
+use sbc_core::config::Transport;
 use sbc_core::config::{Failover, HealthSettings};
 use sbc_core::tenant::TenantId;
 
@@ -27,6 +28,8 @@ pub struct RouteTarget {
     pub host_port: String,
     /// The URI as configured: the `target` label of trunk metrics and `/v1/trunks`.
     pub uri: String,
+    /// How the target is reached: Via, Contact and the transaction timers follow it.
+    pub transport: Transport,
     /// Lower first.
     pub priority: u16,
     /// Share among targets of equal priority.
@@ -41,6 +44,16 @@ pub struct Candidate {
     pub target: TargetId,
     /// `host:port` for the outbound Request-URI.
     pub host_port: String,
+    /// How it is reached.
+    pub transport: Transport,
+}
+
+impl Candidate {
+    /// The Request-URI (and remote target) of a call to `user_part` (`user@` or "") on
+    /// this candidate: `sips:` over TLS, `sip:` over UDP, `sip:...;transport=tcp` over TCP.
+    pub fn request_uri(&self, user_part: &str) -> String {
+        self.transport.uri(user_part, &self.host_port)
+    }
 }
 
 /// One route of one tenant.
@@ -65,6 +78,7 @@ impl RouteEntry {
                 target,
                 host_port: host_port.to_string(),
                 uri: format!("sips:{host_port}"),
+                transport: Transport::Tls,
                 priority: 0,
                 weight: 1,
             }],
@@ -102,6 +116,7 @@ impl RouteEntry {
                     out.push(Candidate {
                         target: t.target,
                         host_port: t.host_port.clone(),
+                        transport: t.transport,
                     });
                     break;
                 }
@@ -120,6 +135,7 @@ impl RouteEntry {
                 out.push(Candidate {
                     target: t.target,
                     host_port: t.host_port.clone(),
+                    transport: t.transport,
                 });
             }
         }
@@ -144,6 +160,16 @@ impl RouteTable {
         let routes = self.tenants.entry(tenant).or_default();
         routes.push(entry);
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
+    }
+
+    /// The transport of a target some route names (`None`: no route names it).
+    pub fn transport_of(&self, target: TargetId) -> Option<Transport> {
+        self.tenants
+            .values()
+            .flatten()
+            .flat_map(|r| &r.targets)
+            .find(|t| t.target == target)
+            .map(|t| t.transport)
     }
 
     /// The route for a call of `tenant` to `user` (the Request-URI user part, if any).
@@ -211,6 +237,7 @@ mod tests {
                 target: TargetId(t),
                 host_port: format!("h{t}"),
                 uri: format!("sips:h{t}"),
+                transport: Transport::Tls,
                 priority,
                 weight,
             })

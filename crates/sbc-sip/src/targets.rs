@@ -1,4 +1,4 @@
-//! Route targets' TLS connectors under stable ids, across reloads.
+//! Route targets' connectors (TLS, plain TCP, UDP) under stable ids, across reloads.
 //!
 //! One connector per configured target of every route (a route may list several).
 //!
@@ -27,10 +27,12 @@ use tokio_rustls::TlsConnector;
 use crate::error::SipError;
 use crate::routing::{RouteEntry, RouteTable, RouteTarget, TargetId};
 use crate::tls;
+use crate::transport::Transport;
 
 /// What makes two targets the same: where, which name is verified, which CA is trusted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct TargetKey {
+    transport: Transport,
     addr: String,
     server_name: String,
     ca_pem: Option<Vec<u8>>,
@@ -53,10 +55,19 @@ pub(crate) struct Target {
     /// for logs and the Request-URI.
     pub addr: String,
     pub dest: Dest,
+    /// How it is reached (a UDP target's large requests go over TCP to `addr`).
+    pub transport: Transport,
+    /// TLS targets: the name verified in its certificate and the connector.
+    pub tls: Option<TargetTls>,
+    key: TargetKey,
+}
+
+/// The TLS side of a `sips:` target.
+#[derive(Clone)]
+pub(crate) struct TargetTls {
     /// The name verified in its certificate.
     pub name: ServerName<'static>,
-    pub tls: TlsConnector,
-    key: TargetKey,
+    pub connector: TlsConnector,
 }
 
 /// One configured target of a route with its connector made.
@@ -77,6 +88,32 @@ pub(crate) struct PreparedRoute {
     health: Option<sbc_core::config::HealthSettings>,
 }
 
+/// What the resolver looks up for a target given by name: a `sips:` target by its scheme
+/// alone (NAPTR picks TLS), a `sip:` one with its transport (SRV `_sip._udp` / `_sip._tcp`,
+/// RFC 3263 §4.1: the transport is known, so no NAPTR).
+fn dns_name(uri: &sbc_core::config::TargetUri) -> sbc_dns::TargetName {
+    let (scheme, transport) = match uri.transport {
+        Transport::Tls => (sbc_dns::Scheme::Sips, None),
+        Transport::Tcp => (sbc_dns::Scheme::Sip, Some(sbc_dns::Transport::Tcp)),
+        Transport::Udp => (sbc_dns::Scheme::Sip, Some(sbc_dns::Transport::Udp)),
+    };
+    sbc_dns::TargetName {
+        scheme,
+        host: uri.host.clone(),
+        port: uri.port_explicit.then_some(uri.port),
+        transport,
+    }
+}
+
+/// The resolver's name for `transport`.
+pub(crate) fn dns_transport(transport: Transport) -> sbc_dns::Transport {
+    match transport {
+        Transport::Tls => sbc_dns::Transport::Tls,
+        Transport::Tcp => sbc_dns::Transport::Tcp,
+        Transport::Udp => sbc_dns::Transport::Udp,
+    }
+}
+
 /// Make the connector of every route target in `config`; fails (naming the route and
 /// target) if one cannot be made.
 pub(crate) fn prepare(config: &Config) -> Result<Vec<PreparedRoute>, SipError> {
@@ -87,6 +124,7 @@ pub(crate) fn prepare(config: &Config) -> Result<Vec<PreparedRoute>, SipError> {
             for t in &route.targets {
                 let host = &t.uri.host;
                 let port = t.uri.port;
+                let transport = t.uri.transport;
                 let (addr, dest) = match host.parse::<IpAddr>() {
                     Ok(ip) => {
                         let sa = SocketAddr::new(ip, port);
@@ -98,13 +136,7 @@ pub(crate) fn prepare(config: &Config) -> Result<Vec<PreparedRoute>, SipError> {
                             Some(p) => format!("{host}:{p}"),
                             None => host.clone(),
                         };
-                        let name = sbc_dns::TargetName {
-                            scheme: sbc_dns::Scheme::Sips,
-                            host: host.clone(),
-                            port: explicit,
-                            transport: None,
-                        };
-                        (addr, Dest::Name(name))
+                        (addr, Dest::Name(dns_name(&t.uri)))
                     }
                 };
                 // RFC 5922 §4 (and RFC 3263 §4.1's note on TLS): the certificate is checked
@@ -117,15 +149,24 @@ pub(crate) fn prepare(config: &Config) -> Result<Vec<PreparedRoute>, SipError> {
                         tenant.id, route.prefix, t.uri
                     ))
                 };
-                let name = tls::server_name(&server_name).map_err(named)?;
-                let client = tls::client_config(route.ca_pem.as_deref()).map_err(named)?;
+                let tls = if transport == Transport::Tls {
+                    let name = tls::server_name(&server_name).map_err(named)?;
+                    let client = tls::client_config(route.ca_pem.as_deref()).map_err(named)?;
+                    Some(TargetTls {
+                        name,
+                        connector: TlsConnector::from(client),
+                    })
+                } else {
+                    None
+                };
                 targets.push(PreparedTarget {
                     target: Target {
                         addr: addr.clone(),
                         dest,
-                        name,
-                        tls: TlsConnector::from(client),
+                        transport,
+                        tls,
                         key: TargetKey {
+                            transport,
                             addr,
                             server_name,
                             ca_pem: route.ca_pem.clone(),
@@ -213,6 +254,7 @@ impl TargetTable {
                 };
                 targets.push(RouteTarget {
                     target: id,
+                    transport: t.target.transport,
                     host_port: t.target.addr,
                     uri: t.uri,
                     priority: t.priority,
@@ -257,9 +299,13 @@ mod tests {
                 target: Target {
                     addr: addr.into(),
                     dest: Dest::Addr("192.0.2.1:5061".parse().expect("addr")),
-                    name: tls::server_name("pbx.example").expect("name"),
-                    tls: TlsConnector::from(client),
+                    transport: Transport::Tls,
+                    tls: Some(TargetTls {
+                        name: tls::server_name("pbx.example").expect("name"),
+                        connector: TlsConnector::from(client),
+                    }),
                     key: TargetKey {
+                        transport: Transport::Tls,
                         addr: addr.into(),
                         server_name: "pbx.example".into(),
                         ca_pem: None,

@@ -3,15 +3,37 @@
 //! Owns: the client and server transaction states for INVITE and non-INVITE, and their
 //! timers. Must not: touch sockets or read the clock (`now` is always passed in).
 //!
-//! The gateway speaks SIP only over TLS, a reliable transport, so the retransmission
-//! timers A, E and G never run and the wait timers D, I, J and K are zero (RFC 3261
-//! §17.1.1.2, §17.1.2.2, §17.2.1, §17.2.2). What remains are the timeouts that end a
-//! transaction whose peer went quiet: timer B (INVITE client), timer F (non-INVITE client),
-//! timer H (INVITE server waiting for the ACK of a non-2xx final), timer L (RFC 6026
-//! "Accepted" state absorbing 2xx retransmissions), plus the gateway's own maximum ringing
-//! time for INVITE client transactions.
+//! One layer for every transport: a transaction is made for a reliable transport (TLS,
+//! TCP) or an unreliable one (UDP), and only the timers differ. Over TLS and TCP the
+//! retransmission timers A, E and G never run and the wait timers D, J and K are zero
+//! (RFC 3261 §17.1.1.2, §17.1.2.2, §17.2.1, §17.2.2). Over UDP a client retransmits its
+//! request (timer A for INVITE, doubling from T1 until a response; timer E for the others,
+//! doubling up to T2, then every T2 once a provisional arrived) and stays Completed for
+//! timer D (32 s, INVITE: re-ACKs retransmitted finals) or K (T4, non-INVITE: absorbs
+//! them); a server retransmits its non-2xx final to INVITE until the ACK (timer G, T1
+//! doubling up to T2) and absorbs retransmitted non-INVITE requests for timer J (64·T1).
+//! On every transport: timer B (INVITE client), timer F (non-INVITE client), timer H
+//! (INVITE server waiting for the ACK of a non-2xx final), timer L (RFC 6026 "Accepted"
+//! state absorbing 2xx retransmissions), plus the gateway's own maximum ringing time for
+//! INVITE client transactions. A transaction only says *when* to retransmit; its owner
+//! keeps the message and sends it.
 
 use std::time::{Duration, Instant};
+
+/// RFC 3261 T2: the cap of non-INVITE request and INVITE response retransmission
+/// intervals (Table 4).
+pub const T2: Duration = Duration::from_secs(4);
+/// RFC 3261 T4: how long a message may stay in the network; timer K over UDP (Table 4).
+pub const T4: Duration = Duration::from_secs(5);
+/// RFC 3261 timer D over UDP: "at least 32 seconds" (Table 4).
+pub const TIMER_D: Duration = Duration::from_secs(32);
+
+/// The retransmission schedule of one message over UDP: when next, and the interval.
+#[derive(Debug, Clone, Copy)]
+struct Retransmit {
+    at: Instant,
+    interval: Duration,
+}
 
 /// Timer values shared by all transactions of a gateway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +77,9 @@ pub enum ClientState {
     Calling,
     /// A provisional response arrived.
     Proceeding,
+    /// UDP only: a non-2xx final arrived; retransmissions of it are absorbed (INVITE:
+    /// answered with the ACK again) until timer D or K.
+    Completed,
     /// INVITE only: a 2xx arrived; further 2xx retransmissions are passed up (RFC 6026).
     Accepted,
     /// Finished: a final response arrived or a timer fired.
@@ -71,6 +96,9 @@ pub enum ClientDisposition {
     PassAndAck,
     /// A duplicate or late response; drop it (counted by the caller).
     Absorb,
+    /// INVITE over UDP: a retransmission of the non-2xx final already passed up; send the
+    /// ACK again, pass nothing up (RFC 3261 §17.1.1.2).
+    AckAgain,
 }
 
 /// Why a client transaction gave up.
@@ -95,11 +123,21 @@ pub struct ClientTransaction {
     ringing_deadline: Option<Instant>,
     /// 64·T1, kept for the wait after the ringing limit.
     t64: Duration,
+    /// Over UDP: true. Over TLS and TCP: false.
+    unreliable: bool,
+    /// Over UDP, while the request is retransmitted: timer A or E.
+    retransmit: Option<Retransmit>,
 }
 
 impl ClientTransaction {
-    /// A transaction whose request has just been sent at `now`.
+    /// A transaction whose request has just been sent at `now` over a reliable transport.
     pub fn new(kind: TxKind, now: Instant, timers: &TimerConfig) -> Self {
+        Self::new_over(kind, now, timers, true)
+    }
+
+    /// A transaction whose request has just been sent at `now` over a reliable transport
+    /// (`reliable`: TLS, TCP) or UDP (timers A/E retransmit it, D/K absorb late finals).
+    pub fn new_over(kind: TxKind, now: Instant, timers: &TimerConfig, reliable: bool) -> Self {
         let ringing_deadline = match kind {
             TxKind::Invite => Some(now + timers.max_ringing),
             TxKind::NonInvite => None,
@@ -110,7 +148,30 @@ impl ClientTransaction {
             deadline: Some(now + timers.t64()),
             ringing_deadline,
             t64: timers.t64(),
+            unreliable: !reliable,
+            retransmit: (!reliable).then_some(Retransmit {
+                at: now + timers.t1,
+                interval: timers.t1,
+            }),
         }
+    }
+
+    /// Timer A or E: true if the request is to be sent again now (the schedule then moves
+    /// on: INVITE doubling, non-INVITE doubling up to T2). Never true over TLS or TCP, nor
+    /// once a response stopped the retransmissions.
+    pub fn retransmit_due(&mut self, now: Instant) -> bool {
+        let Some(r) = self.retransmit.as_mut() else {
+            return false;
+        };
+        if now < r.at {
+            return false;
+        }
+        r.interval = match self.kind {
+            TxKind::Invite => r.interval.saturating_mul(2),
+            TxKind::NonInvite => r.interval.saturating_mul(2).min(T2),
+        };
+        r.at = now + r.interval;
+        true
     }
 
     /// Current state.
@@ -133,6 +194,8 @@ impl ClientTransaction {
         let provisional = code < 200;
         match (self.kind, self.state) {
             (_, ClientState::Terminated) => ClientDisposition::Absorb,
+            (TxKind::Invite, ClientState::Completed) if !provisional => ClientDisposition::AckAgain,
+            (_, ClientState::Completed) => ClientDisposition::Absorb,
             (TxKind::Invite, ClientState::Accepted) => {
                 // RFC 6026 §8.4: 2xx retransmissions (possibly from other forks) go up so
                 // the dialog layer can ACK them; anything else is absorbed.
@@ -144,10 +207,22 @@ impl ClientTransaction {
             }
             (_, ClientState::Calling | ClientState::Proceeding) if provisional => {
                 if self.kind == TxKind::NonInvite {
-                    // Timer F keeps running for non-INVITE (RFC 3261 §17.1.2.2).
+                    // Timer F keeps running for non-INVITE (RFC 3261 §17.1.2.2), and over
+                    // UDP timer E goes on every T2.
+                    if let Some(r) = self.retransmit.as_mut() {
+                        r.interval = T2;
+                        r.at = now + T2;
+                    }
                 } else {
-                    // Timer B stops once something was heard; the ringing limit remains.
-                    self.deadline = None;
+                    // Timer A stops once something was heard (RFC 3261 §17.1.1.2).
+                    self.retransmit = None;
+                    if self.state == ClientState::Calling {
+                        // Timer B stops too; the ringing limit remains. Later provisionals
+                        // leave the deadline alone: after a CANCEL or the ringing limit it
+                        // is the 64·T1 wait for the final, which a callee that keeps
+                        // ringing must not stop (else the call is held forever).
+                        self.deadline = None;
+                    }
                 }
                 self.state = ClientState::Proceeding;
                 ClientDisposition::Pass
@@ -155,27 +230,45 @@ impl ClientTransaction {
             (TxKind::Invite, _) if (200..300).contains(&code) => {
                 self.state = ClientState::Accepted;
                 self.ringing_deadline = None;
+                self.retransmit = None;
                 self.deadline = Some(now + timers.t64());
                 ClientDisposition::Pass
             }
             (TxKind::Invite, _) => {
                 // Non-2xx final: timer D is zero over a reliable transport.
-                self.terminate();
+                self.complete(now, TIMER_D);
                 ClientDisposition::PassAndAck
             }
             (TxKind::NonInvite, _) => {
                 // Timer K is zero over a reliable transport.
-                self.terminate();
+                self.complete(now, T4);
                 ClientDisposition::Pass
             }
         }
     }
 
-    /// Earliest instant at which `handle_timeout` has something to do.
+    /// Earliest instant at which `handle_timeout` or `retransmit_due` has something to do.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        match (self.deadline, self.ringing_deadline) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        [
+            self.deadline,
+            self.ringing_deadline,
+            self.retransmit.map(|r| r.at),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// A final response ended the exchange: over UDP stay Completed for `wait` (timer D
+    /// or K) to absorb its retransmissions; over TLS and TCP end now.
+    fn complete(&mut self, now: Instant, wait: Duration) {
+        if self.unreliable {
+            self.state = ClientState::Completed;
+            self.deadline = Some(now + wait);
+            self.ringing_deadline = None;
+            self.retransmit = None;
+        } else {
+            self.terminate();
         }
     }
 
@@ -189,7 +282,7 @@ impl ClientTransaction {
             let was = self.state;
             self.terminate();
             return match was {
-                ClientState::Accepted => None,
+                ClientState::Accepted | ClientState::Completed => None,
                 _ => Some(ClientTimeout::NoResponse),
             };
         }
@@ -206,7 +299,7 @@ impl ClientTransaction {
     /// INVITE only: a CANCEL went out. The final response (487, or a 2xx that crossed it)
     /// must arrive within 64·T1; the ringing limit no longer applies.
     pub fn cancel_sent(&mut self, now: Instant) {
-        if self.state != ClientState::Terminated {
+        if matches!(self.state, ClientState::Calling | ClientState::Proceeding) {
             self.ringing_deadline = None;
             self.deadline = Some(now + self.t64);
         }
@@ -221,6 +314,7 @@ impl ClientTransaction {
         self.state = ClientState::Terminated;
         self.deadline = None;
         self.ringing_deadline = None;
+        self.retransmit = None;
     }
 }
 
@@ -229,7 +323,9 @@ impl ClientTransaction {
 pub enum ServerState {
     /// Request received, no final response sent yet.
     Proceeding,
-    /// INVITE only: a non-2xx final was sent; waiting for the ACK (timer H).
+    /// A final was sent: INVITE (non-2xx) waits for the ACK (timer H; over UDP the final
+    /// is retransmitted, timer G); non-INVITE over UDP absorbs retransmitted requests
+    /// (timer J).
     Completed,
     /// INVITE only: a 2xx was sent; the ACK is end to end and not ours (timer L).
     Accepted,
@@ -254,15 +350,27 @@ pub struct ServerTransaction {
     kind: TxKind,
     state: ServerState,
     deadline: Option<Instant>,
+    /// Over UDP: true.
+    unreliable: bool,
+    /// Over UDP, a non-2xx final to INVITE awaiting its ACK: timer G.
+    retransmit: Option<Retransmit>,
 }
 
 impl ServerTransaction {
-    /// A transaction for a request received at `_now`.
+    /// A transaction for a request received over a reliable transport.
     pub fn new(kind: TxKind) -> Self {
+        Self::new_over(kind, true)
+    }
+
+    /// A transaction for a request received over a reliable transport (`reliable`: TLS,
+    /// TCP) or UDP.
+    pub fn new_over(kind: TxKind, reliable: bool) -> Self {
         Self {
             kind,
             state: ServerState::Proceeding,
             deadline: None,
+            unreliable: !reliable,
+            retransmit: None,
         }
     }
 
@@ -274,7 +382,23 @@ impl ServerTransaction {
             kind,
             state: ServerState::Terminated,
             deadline: None,
+            unreliable: false,
+            retransmit: None,
         }
+    }
+
+    /// Timer G: true if the non-2xx final is to be sent again now (T1 doubling up to T2,
+    /// until the ACK or timer H). Never true over TLS or TCP.
+    pub fn retransmit_due(&mut self, now: Instant) -> bool {
+        let Some(r) = self.retransmit.as_mut() else {
+            return false;
+        };
+        if self.state != ServerState::Completed || now < r.at {
+            return false;
+        }
+        r.interval = r.interval.saturating_mul(2).min(T2);
+        r.at = now + r.interval;
+        true
     }
 
     /// Current state.
@@ -304,6 +428,17 @@ impl ServerTransaction {
             TxKind::Invite => {
                 self.state = ServerState::Completed;
                 self.deadline = Some(now + timers.t64());
+                if self.unreliable {
+                    self.retransmit = Some(Retransmit {
+                        at: now + timers.t1,
+                        interval: timers.t1,
+                    });
+                }
+            }
+            TxKind::NonInvite if self.unreliable => {
+                // Timer J: retransmitted requests get the final again.
+                self.state = ServerState::Completed;
+                self.deadline = Some(now + timers.t64());
             }
             TxKind::NonInvite => {
                 // Timer J is zero over a reliable transport.
@@ -317,10 +452,12 @@ impl ServerTransaction {
     /// INVITE transaction by branch).
     pub fn handle_input(&mut self, is_ack: bool) -> ServerDisposition {
         match (self.state, is_ack) {
-            (ServerState::Completed, true) => {
-                // Timer I is zero over a reliable transport.
+            (ServerState::Completed, true) if self.kind == TxKind::Invite => {
+                // Timer I (T4 over UDP) is not kept: a retransmitted ACK then matches no
+                // transaction and is dropped, which is all timer I would do with it.
                 self.state = ServerState::Terminated;
                 self.deadline = None;
+                self.retransmit = None;
                 ServerDisposition::AckAbsorbed
             }
             (_, true) | (ServerState::Terminated, false) => ServerDisposition::Absorb,
@@ -328,9 +465,12 @@ impl ServerTransaction {
         }
     }
 
-    /// Earliest instant at which `handle_timeout` has something to do.
+    /// Earliest instant at which `handle_timeout` or `retransmit_due` has something to do.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.deadline
+        match (self.deadline, self.retransmit.map(|r| r.at)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Fire expired timers. Returns true if timer H fired (the ACK for a non-2xx final never
@@ -338,9 +478,11 @@ impl ServerTransaction {
     pub fn handle_timeout(&mut self, now: Instant) -> bool {
         match self.deadline {
             Some(d) if now >= d => {
-                let missed_ack = self.state == ServerState::Completed;
+                let missed_ack =
+                    self.state == ServerState::Completed && self.kind == TxKind::Invite;
                 self.state = ServerState::Terminated;
                 self.deadline = None;
+                self.retransmit = None;
                 missed_ack
             }
             _ => false,
@@ -432,6 +574,9 @@ mod tests {
         tx.handle_input(t0, 180, &t);
         tx.cancel_sent(t0 + Duration::from_secs(5));
         assert_eq!(tx.poll_timeout(), Some(t0 + Duration::from_secs(37)));
+        // A callee that keeps ringing (a reliable 180, a 183) does not stop the wait.
+        tx.handle_input(t0 + Duration::from_secs(6), 183, &t);
+        assert_eq!(tx.poll_timeout(), Some(t0 + Duration::from_secs(37)));
         assert_eq!(
             tx.handle_timeout(t0 + Duration::from_secs(37)),
             Some(ClientTimeout::NoResponse)
@@ -498,5 +643,157 @@ mod tests {
         assert!(tx.send_response(t0, 200, &t));
         assert_eq!(tx.state(), ServerState::Terminated);
         assert!(!tx.send_response(t0, 200, &t));
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    /// The instants at which `due` says "send again", stepping the clock to each deadline
+    /// `poll` names, up to `end`.
+    fn schedule(
+        t0: Instant,
+        end: Duration,
+        mut poll: impl FnMut() -> Option<Instant>,
+        mut due: impl FnMut(Instant) -> bool,
+    ) -> Vec<Duration> {
+        let mut out = Vec::new();
+        while let Some(at) = poll() {
+            if at > t0 + end {
+                break;
+            }
+            if due(at) {
+                out.push(at - t0);
+            } else {
+                break;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn udp_invite_client_timer_a_doubles_until_a_provisional() {
+        let t = timers();
+        let t0 = Instant::now();
+        let mut tx = ClientTransaction::new_over(TxKind::Invite, t0, &t, false);
+        let cell = std::cell::RefCell::new(&mut tx);
+        let sent = schedule(
+            t0,
+            ms(8000),
+            || cell.borrow().poll_timeout(),
+            |at| cell.borrow_mut().retransmit_due(at),
+        );
+        assert_eq!(sent, [ms(500), ms(1500), ms(3500), ms(7500)]);
+        assert_eq!(
+            tx.handle_input(t0 + ms(7600), 100, &t),
+            ClientDisposition::Pass
+        );
+        assert!(
+            !tx.retransmit_due(t0 + ms(60_000)),
+            "a provisional stops timer A"
+        );
+        // Over TLS/TCP nothing is ever retransmitted.
+        let mut tls = ClientTransaction::new(TxKind::Invite, t0, &t);
+        assert!(!tls.retransmit_due(t0 + ms(20_000)));
+    }
+
+    #[test]
+    fn udp_non_invite_client_timer_e_caps_at_t2_and_goes_on_at_t2_after_provisional() {
+        let t = timers();
+        let t0 = Instant::now();
+        let mut tx = ClientTransaction::new_over(TxKind::NonInvite, t0, &t, false);
+        let cell = std::cell::RefCell::new(&mut tx);
+        let sent = schedule(
+            t0,
+            ms(20_000),
+            || cell.borrow().poll_timeout(),
+            |at| cell.borrow_mut().retransmit_due(at),
+        );
+        assert_eq!(
+            sent,
+            [500, 1500, 3500, 7500, 11_500, 15_500, 19_500].map(ms)
+        );
+        let now = t0 + ms(19_600);
+        assert_eq!(tx.handle_input(now, 100, &t), ClientDisposition::Pass);
+        assert_eq!(tx.poll_timeout(), Some(now + T2));
+        assert!(tx.retransmit_due(now + T2));
+        // A final stops it; over UDP the transaction waits timer K absorbing copies.
+        assert_eq!(
+            tx.handle_input(now + ms(4100), 200, &t),
+            ClientDisposition::Pass
+        );
+        assert_eq!(tx.state(), ClientState::Completed);
+        assert_eq!(
+            tx.handle_input(now + ms(4200), 200, &t),
+            ClientDisposition::Absorb
+        );
+        assert!(!tx.retransmit_due(now + ms(30_000)));
+        assert_eq!(tx.handle_timeout(now + ms(4100) + T4), None);
+        assert_eq!(tx.state(), ClientState::Terminated);
+    }
+
+    #[test]
+    fn udp_invite_client_acks_retransmitted_finals_until_timer_d() {
+        let t = timers();
+        let t0 = Instant::now();
+        let mut tx = ClientTransaction::new_over(TxKind::Invite, t0, &t, false);
+        assert_eq!(tx.handle_input(t0, 486, &t), ClientDisposition::PassAndAck);
+        assert_eq!(tx.state(), ClientState::Completed);
+        assert_eq!(
+            tx.handle_input(t0 + ms(500), 486, &t),
+            ClientDisposition::AckAgain
+        );
+        assert_eq!(
+            tx.handle_input(t0 + ms(600), 180, &t),
+            ClientDisposition::Absorb
+        );
+        assert_eq!(tx.poll_timeout(), Some(t0 + TIMER_D));
+        assert_eq!(tx.handle_timeout(t0 + TIMER_D), None);
+        assert_eq!(tx.state(), ClientState::Terminated);
+    }
+
+    #[test]
+    fn udp_invite_server_timer_g_retransmits_the_final_until_ack() {
+        let t = timers();
+        let t0 = Instant::now();
+        let mut tx = ServerTransaction::new_over(TxKind::Invite, false);
+        assert!(tx.send_response(t0, 180, &t));
+        assert!(
+            !tx.retransmit_due(t0 + ms(10_000)),
+            "provisionals are not timer G's"
+        );
+        assert!(tx.send_response(t0, 486, &t));
+        let cell = std::cell::RefCell::new(&mut tx);
+        let sent = schedule(
+            t0,
+            ms(16_000),
+            || cell.borrow().poll_timeout(),
+            |at| cell.borrow_mut().retransmit_due(at),
+        );
+        assert_eq!(sent, [500, 1500, 3500, 7500, 11_500, 15_500].map(ms));
+        assert_eq!(tx.handle_input(true), ServerDisposition::AckAbsorbed);
+        assert!(!tx.retransmit_due(t0 + ms(30_000)), "the ACK stops timer G");
+        assert_eq!(tx.state(), ServerState::Terminated);
+        // Timer H still bounds it when no ACK comes.
+        let mut tx = ServerTransaction::new_over(TxKind::Invite, false);
+        assert!(tx.send_response(t0, 503, &t));
+        assert!(tx.handle_timeout(t0 + t.t64()));
+        assert!(!tx.retransmit_due(t0 + t.t64() + ms(1)));
+    }
+
+    #[test]
+    fn udp_non_invite_server_absorbs_retransmissions_for_timer_j() {
+        let t = timers();
+        let t0 = Instant::now();
+        let mut tx = ServerTransaction::new_over(TxKind::NonInvite, false);
+        assert!(tx.send_response(t0, 200, &t));
+        assert_eq!(tx.state(), ServerState::Completed);
+        assert_eq!(tx.handle_input(false), ServerDisposition::Retransmit);
+        assert!(
+            !tx.retransmit_due(t0 + ms(5000)),
+            "no timer G for non-INVITE"
+        );
+        assert!(!tx.handle_timeout(t0 + t.t64()), "timer J is no missed ACK");
+        assert_eq!(tx.state(), ServerState::Terminated);
     }
 }

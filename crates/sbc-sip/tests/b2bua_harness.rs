@@ -20,6 +20,7 @@ use sbc_sip::b2bua::{B2bua, B2buaConfig, ConnId, ConnKind, Input, Output, WallCl
 use sbc_sip::message::{tag, Method, SipMessage};
 use sbc_sip::routing::{RouteEntry, RouteTable, TargetId};
 use sbc_sip::transaction::TimerConfig;
+use sbc_sip::transport::Transport;
 use sbc_testkit::logs::Capture;
 
 const T1: Duration = Duration::from_millis(500);
@@ -125,8 +126,21 @@ impl Harness {
         Harness::with_route(RouteEntry::single("", TARGET, "pbx.inside:5061"))
     }
 
+    /// A harness whose caller comes in on a `listener` listener and whose route target is
+    /// reached over `target`.
+    fn with_transports(listener: Transport, target: Transport) -> Harness {
+        let mut route = RouteEntry::single("", TARGET, "pbx.inside:5061");
+        route.targets[0].transport = target;
+        Harness::build(listener, route)
+    }
+
     /// A harness whose tenants both route everything by `route`.
     fn with_route(route: RouteEntry) -> Harness {
+        Harness::build(Transport::Tls, route)
+    }
+
+    /// A harness whose caller comes in on a `listener` listener, routing by `route`.
+    fn build(listener: Transport, route: RouteEntry) -> Harness {
         let tenant = TenantId::from("acme");
         let other = TenantId::from("globex");
         let admission = Arc::new(Admission::with_limits([
@@ -145,6 +159,7 @@ impl Harness {
             },
             max_forwards: 70,
             advertised: vec!["sbc.example.net:5061".into()],
+            transports: vec![listener],
             redaction: Redaction::default(),
             seed: 7,
             wall_clock: WallClock {
@@ -601,7 +616,20 @@ enum Op {
     StrayResponse(u16),
     /// The caller's connection closes and comes back.
     CallerReconnects,
+    /// The callee sends a reliable provisional (code, RSeq) to call `n`'s INVITE.
+    CalleeReliable(u8, u16, u32),
+    /// The caller PRACKs the last reliable provisional it got on call `n`.
+    CallerPracks(u8, PrackKind),
+    /// The caller sends an UPDATE with an offer in call `n`'s (early) dialog.
+    CallerUpdates(u8),
     Advance(u32),
+}
+
+#[derive(Debug, Clone, Copy)]
+enum PrackKind {
+    Right,
+    UnknownRSeq,
+    BadRAck,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -613,6 +641,8 @@ enum Variant {
     UnknownRequire,
     MaxForwardsZero,
     NoRouteUser,
+    /// Supported: 100rel.
+    Reliable,
 }
 
 fn variant() -> impl Strategy<Value = Variant> {
@@ -624,6 +654,7 @@ fn variant() -> impl Strategy<Value = Variant> {
         1 => Just(Variant::UnknownRequire),
         1 => Just(Variant::MaxForwardsZero),
         1 => Just(Variant::NoRouteUser),
+        3 => Just(Variant::Reliable),
     ]
 }
 
@@ -634,9 +665,12 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (n.clone(), prop::sample::select(vec![100u16, 180, 183, 200, 486, 503, 408])).prop_map(|(n, c)| Op::CalleeAnswers(n, c)),
         2 => n.clone().prop_map(Op::CallerAcks),
         1 => n.clone().prop_map(Op::CallerCancels),
-        1 => n.prop_map(Op::CallerByes),
+        1 => n.clone().prop_map(Op::CallerByes),
         1 => prop::sample::select(vec![180u16, 200, 481]).prop_map(Op::StrayResponse),
         1 => Just(Op::CallerReconnects),
+        2 => (n.clone(), prop::sample::select(vec![180u16, 183]), 1u32..4).prop_map(|(n, c, r)| Op::CalleeReliable(n, c, r)),
+        2 => (n.clone(), prop::sample::select(vec![PrackKind::Right, PrackKind::Right, PrackKind::UnknownRSeq, PrackKind::BadRAck])).prop_map(|(n, k)| Op::CallerPracks(n, k)),
+        1 => n.clone().prop_map(Op::CallerUpdates),
         2 => (0u32..40_000).prop_map(Op::Advance),
     ]
 }
@@ -659,6 +693,9 @@ fn variant_invite(n: u8, v: Variant, seq: u32) -> SipMessage {
         Variant::MaxForwardsZero => text.replace("Max-Forwards: 70", "Max-Forwards: 0"),
         // Routes match every user here; a malformed user part is refused before routing.
         Variant::NoRouteUser => text.replace("sips:+15551234@sbc", "sips:+1@5551234@sbc"),
+        Variant::Reliable => {
+            text.replace("Max-Forwards: 70", "Max-Forwards: 70\r\nSupported: 100rel")
+        }
     };
     SipMessage::parse(text.as_bytes()).unwrap_or_else(|_| invite(&call_id, "z9hG4bK-fallback"))
 }
@@ -669,6 +706,10 @@ struct CallView {
     invite: Option<SipMessage>,
     /// Last request the callee got for this call.
     down: Option<SipMessage>,
+    /// Last INVITE the callee got for this call.
+    down_invite: Option<SipMessage>,
+    /// Last reliable provisional the caller got.
+    prov: Option<SipMessage>,
     /// Last 2xx to INVITE the caller got.
     ok: Option<SipMessage>,
 }
@@ -703,7 +744,21 @@ impl Views {
                         None => None,
                     };
                     if let Some(v) = index.and_then(|i| self.calls.get_mut(i)) {
+                        if m.method() == Some(&Method::Invite) {
+                            v.down_invite = Some(m.clone());
+                        }
                         v.down = Some(m);
+                    }
+                }
+                To::Caller if !m.is_request() && m.header("rseq").is_some() => {
+                    let id = m.call_id().unwrap_or_default();
+                    let found = self
+                        .calls
+                        .iter_mut()
+                        .rev()
+                        .find(|v| v.invite.as_ref().and_then(|i| i.call_id()) == Some(id));
+                    if let Some(v) = found {
+                        v.prov = Some(m);
                     }
                 }
                 To::Caller if !m.is_request() => {
@@ -789,6 +844,43 @@ fn run(ops: &[Op]) -> Harness {
                     listener: 0,
                 };
                 h.input(Input::Connected { conn: CALLER, kind });
+            }
+            Op::CalleeReliable(n, code, r) => {
+                if let Some(down) = views.latest(n).and_then(|v| v.down_invite.clone()) {
+                    let mut resp = respond(&down, code, &format!("callee-{n}"), code == 183);
+                    resp.push_header("Require", "100rel");
+                    resp.push_header("RSeq", r.to_string());
+                    h.callee_sends(resp);
+                }
+            }
+            Op::CallerPracks(n, kind) => {
+                if let Some(prov) = views.latest(n).and_then(|v| v.prov.clone()) {
+                    seq += 1;
+                    let n = prov
+                        .header("rseq")
+                        .and_then(|v| v.parse::<u32>().ok())
+                        .unwrap_or(1);
+                    let rack = match kind {
+                        PrackKind::Right => format!("{n} 1 INVITE"),
+                        PrackKind::UnknownRSeq => format!("{} 1 INVITE", n.wrapping_add(100)),
+                        PrackKind::BadRAck => "x y".to_string(),
+                    };
+                    let branch = format!("z9hG4bK-p{seq}");
+                    let mut m = in_dialog(Method::Prack, &prov, 100 + seq, &branch, true);
+                    m.push_header("RAck", rack);
+                    h.caller_sends(m);
+                }
+            }
+            Op::CallerUpdates(n) => {
+                let view = views.latest(n);
+                if let Some(base) = view.and_then(|v| v.ok.clone().or_else(|| v.prov.clone())) {
+                    seq += 1;
+                    let branch = format!("z9hG4bK-u{seq}");
+                    let mut m = in_dialog(Method::Update, &base, 100 + seq, &branch, true);
+                    m.push_header("Content-Type", "application/sdp");
+                    m.set_body(OFFER.as_bytes().to_vec());
+                    h.caller_sends(m);
+                }
             }
             Op::Advance(ms) => h.advance(Duration::from_millis(u64::from(ms))),
         }
@@ -883,13 +975,7 @@ fn fifty_branchless_invites_do_not_lock_the_tenant_out() {
 fn never_acked_invites_log_one_line_and_one_summary_not_one_each() {
     // Finding 11: each never-ACKed INVITE used to write a WARN and three INFO lines.
     let capture = Capture::default();
-    let subscriber = capture.subscriber(tracing::Level::WARN);
-    // tracing-core caches a callsite's interest from the registering thread's subscriber
-    // while only one dispatcher exists: a callsite first hit by another test's thread (no
-    // subscriber there) during this test would be cached "never" here too, and the
-    // summary line lost. A second live dispatcher makes it ask every registered one.
-    let _second = tracing::Dispatch::new(Capture::default().subscriber(tracing::Level::ERROR));
-    let _logs = tracing::subscriber::set_default(subscriber);
+    let _logs = capture.install(tracing::Level::WARN);
     let mut h = Harness::new();
     for i in 0..50 {
         h.caller_sends(invite(&format!("na{i}"), &format!("z9hG4bK-na{i}")));
@@ -897,6 +983,10 @@ fn never_acked_invites_log_one_line_and_one_summary_not_one_each() {
         h.callee_sends(respond(&down, 200, "t", true));
         h.take();
     }
+    // Another test thread may have registered the summary's callsite while this thread's
+    // subscriber was being installed, caching "never" for it (tracing's per-callsite
+    // interest is global): recompute it now that the subscriber is in place.
+    tracing::callsite::rebuild_interest_cache();
     h.advance(T1 * 64 + Duration::from_secs(11));
     h.assert_nothing_held();
     let text = capture.text();
@@ -1217,6 +1307,7 @@ fn failover_route(targets: &[(u16, u16)], try_timeout: Duration) -> RouteEntry {
             target: TargetId(i),
             host_port: format!("pbx{i}.inside:5061"),
             uri: format!("sips:pbx{i}.inside:5061"),
+            transport: Transport::Tls,
             priority,
             weight,
         })
@@ -1891,6 +1982,434 @@ fn cluster_admission_parks_the_invite_until_the_answer() {
     h.advance(T1 * 64);
     h.assert_nothing_held();
 }
+
+// ----- reliable provisionals, PRACK and early UPDATE (RFC 3262, RFC 3311) -----
+
+/// The caller's INVITE offering `100rel` (Supported), with SDP or without (late offer).
+fn invite_100rel(call_id: &str, sdp: bool) -> SipMessage {
+    let mut m = invite(call_id, &format!("z9hG4bK-{call_id}"));
+    m.push_header("Supported", "100rel, timer");
+    if !sdp {
+        m.remove_header("content-type");
+        m.set_body(Vec::new());
+    }
+    m
+}
+
+/// The callee's reliable provisional to `req`: Require: 100rel and RSeq.
+fn reliable(req: &SipMessage, code: u16, rseq: u32, sdp: bool) -> SipMessage {
+    let mut r = respond(req, code, "callee-tag", sdp);
+    r.push_header("Require", "100rel");
+    r.push_header("RSeq", rseq.to_string());
+    r
+}
+
+/// The caller's PRACK to the reliable provisional `prov` it got, with `rack`.
+fn prack(prov: &SipMessage, cseq: u32, branch: &str, rack: &str) -> SipMessage {
+    let mut m = in_dialog(Method::Prack, prov, cseq, branch, true);
+    m.push_header("RAck", rack);
+    m
+}
+
+fn rseq(m: &SipMessage) -> u32 {
+    m.header("rseq").and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+fn body(m: &SipMessage) -> String {
+    String::from_utf8_lossy(m.body()).to_string()
+}
+
+#[test]
+fn reliable_183_is_relayed_with_the_callers_rseq_and_prack_is_mapped_back() {
+    let mut h = Harness::new();
+    h.caller_sends(invite_100rel("r1", true));
+    let down = h.take_to(To::Callee).remove(0);
+    assert!(
+        down.header_values("supported").any(|t| t == "100rel"),
+        "100rel is no longer stripped"
+    );
+    // A reliable 183 with the answer: relayed reliably, RSeq from the caller leg's space.
+    h.callee_sends(reliable(&down, 183, 5000, true));
+    let up = h.take_to(To::Caller);
+    assert_eq!(statuses(&up), vec![100, 183]);
+    let p183 = up[1].clone();
+    let n = rseq(&p183);
+    assert!((1..1 << 31).contains(&n), "RSeq {n} in 1..2^31-1");
+    assert_ne!(n, 5000, "the callee's RSeq does not cross");
+    assert!(p183.header_values("require").any(|t| t == "100rel"));
+    assert!(
+        body(&p183).contains("a=answer-from-callee"),
+        "answer anchored"
+    );
+    // The caller's PRACK reaches the callee with the callee's RSeq and INVITE CSeq.
+    h.caller_sends(prack(&p183, 2, "z9hG4bK-pr1", &format!("{n} 1 INVITE")));
+    let pracks = h.take_to(To::Callee);
+    assert_eq!(pracks.len(), 1);
+    let pr = &pracks[0];
+    assert_eq!(pr.method(), Some(&Method::Prack));
+    assert_eq!(pr.header("rack"), Some("5000 1 INVITE"));
+    assert_eq!(pr.call_id(), down.call_id(), "the callee leg's dialog");
+    assert_eq!(pr.header("to").and_then(tag), Some("callee-tag"));
+    assert_eq!(pr.cseq(), Some((2, Method::Prack)));
+    // Its 200 goes back to the caller.
+    h.callee_sends(respond(pr, 200, "callee-tag", false));
+    let ok = h.take_to(To::Caller);
+    assert_eq!(statuses(&ok), vec![200]);
+    assert_eq!(ok[0].cseq(), Some((2, Method::Prack)));
+    // A second reliable provisional takes the next RSeq; its retransmission is absorbed.
+    h.callee_sends(reliable(&down, 180, 5001, false));
+    h.callee_sends(reliable(&down, 180, 5001, false));
+    let up = h.take_to(To::Caller);
+    assert_eq!(statuses(&up), vec![180], "duplicate absorbed");
+    assert_eq!(rseq(&up[0]), n + 1);
+    // A PRACK for an RSeq never sent: 481; a malformed RAck: 400; neither crosses.
+    h.caller_sends(prack(
+        &up[0],
+        3,
+        "z9hG4bK-pr2",
+        &format!("{} 1 INVITE", n + 7),
+    ));
+    h.caller_sends(prack(&up[0], 4, "z9hG4bK-pr3", "one 1 INVITE"));
+    h.caller_sends(prack(
+        &up[0],
+        5,
+        "z9hG4bK-pr4",
+        &format!("{} 9 INVITE", n + 1),
+    ));
+    let refused = h.take_to(To::Caller);
+    assert_eq!(statuses(&refused), vec![481, 400, 481]);
+    assert_eq!(refused[1].reason(), Some("Bad Request (Malformed RAck)"));
+    assert!(h.take_to(To::Callee).is_empty());
+    // The right PRACK for the 180, then the 200 to the INVITE repeats the early answer.
+    h.caller_sends(prack(
+        &up[0],
+        6,
+        "z9hG4bK-pr5",
+        &format!("{} 1 INVITE", n + 1),
+    ));
+    let pr = h.take_to(To::Callee).remove(0);
+    assert_eq!(pr.header("rack"), Some("5001 1 INVITE"));
+    assert_eq!(pr.cseq(), Some((3, Method::Prack)));
+    h.callee_sends(respond(&pr, 200, "callee-tag", false));
+    h.callee_sends(respond(&down, 200, "callee-tag", true));
+    let up = h.take_to(To::Caller);
+    assert_eq!(statuses(&up), vec![200, 200]);
+    assert_eq!(
+        body(&up[1]),
+        body(&p183),
+        "the 2xx repeats the anchored answer"
+    );
+    let ok = up[1].clone();
+    h.caller_sends(in_dialog(Method::Ack, &ok, 1, "z9hG4bK-ack-r1", true));
+    assert_eq!(h.take_to(To::Callee)[0].method(), Some(&Method::Ack));
+    // A PRACK now is outside the early dialog: 481.
+    h.caller_sends(prack(&ok, 7, "z9hG4bK-pr6", &format!("{} 1 INVITE", n + 1)));
+    assert_eq!(statuses(&h.take_to(To::Caller)), vec![481]);
+    h.caller_sends(in_dialog(Method::Bye, &ok, 8, "z9hG4bK-bye-r1", true));
+    let bye = h.take_to(To::Callee).remove(0);
+    h.callee_sends(respond(&bye, 200, "callee-tag", false));
+    h.advance(T1 * 64);
+    h.assert_nothing_held();
+}
+
+#[test]
+fn the_gateway_pracks_itself_when_the_caller_did_not_offer_100rel() {
+    let mut h = Harness::new();
+    h.caller_sends(invite("r2", "z9hG4bK-r2"));
+    let down = h.take_to(To::Callee).remove(0);
+    assert!(down.header("supported").is_none());
+    // The callee sends a reliable 183 anyway.
+    h.callee_sends(reliable(&down, 183, 77, true));
+    let pr = h.take_to(To::Callee);
+    assert_eq!(pr.len(), 1, "the gateway PRACKs on the callee leg");
+    assert_eq!(pr[0].method(), Some(&Method::Prack));
+    assert_eq!(pr[0].header("rack"), Some("77 1 INVITE"));
+    assert_eq!(pr[0].header("to").and_then(tag), Some("callee-tag"));
+    let up = h.take_to(To::Caller);
+    assert_eq!(statuses(&up), vec![100, 183]);
+    assert_eq!(up[1].header("rseq"), None, "relayed unreliably");
+    assert_eq!(up[1].header("require"), None, "100rel removed");
+    assert!(body(&up[1]).contains("a=answer-from-callee"));
+    // The 200 to our own PRACK goes nowhere.
+    h.callee_sends(respond(&pr[0], 200, "callee-tag", false));
+    assert!(h.take().is_empty(), "absorbed");
+    // The provisional again (our PRACK lost): PRACKed again, not relayed twice.
+    h.callee_sends(reliable(&down, 183, 77, true));
+    let again = h.take_to(To::Callee);
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].header("rack"), Some("77 1 INVITE"));
+    assert!(h.take_to(To::Caller).is_empty());
+    h.callee_sends(respond(&down, 200, "callee-tag", true));
+    let ok = h.take_to(To::Caller).remove(0);
+    assert_eq!(status(&ok), 200);
+    assert!(body(&ok).contains("a=answer-from-callee"));
+    h.caller_sends(in_dialog(Method::Ack, &ok, 1, "z9hG4bK-ack-r2", true));
+    h.caller_sends(in_dialog(Method::Bye, &ok, 2, "z9hG4bK-bye-r2", true));
+    let to_callee = h.take_to(To::Callee);
+    let bye = to_callee.iter().find(|m| m.method() == Some(&Method::Bye));
+    h.callee_sends(respond(bye.unwrap(), 200, "callee-tag", false));
+    h.advance(T1 * 64);
+    h.assert_nothing_held();
+}
+
+#[test]
+fn offer_in_a_reliable_183_is_answered_in_the_prack() {
+    let mut h = Harness::new();
+    h.caller_sends(invite_100rel("r3", false));
+    let down = h.take_to(To::Callee).remove(0);
+    assert!(down.body().is_empty());
+    h.callee_sends(reliable(&down, 183, 1, true));
+    let p183 = h.take_to(To::Caller).pop().unwrap();
+    assert!(
+        body(&p183).contains("a=offer-from-callee"),
+        "offer anchored"
+    );
+    let mut pr = prack(
+        &p183,
+        2,
+        "z9hG4bK-pr-r3",
+        &format!("{} 1 INVITE", rseq(&p183)),
+    );
+    pr.push_header("Content-Type", "application/sdp");
+    pr.set_body(OFFER.as_bytes().to_vec());
+    h.caller_sends(pr);
+    let pr = h.take_to(To::Callee).remove(0);
+    assert_eq!(pr.header("rack"), Some("1 1 INVITE"));
+    assert!(
+        body(&pr).contains("a=answer-from-caller"),
+        "answer anchored"
+    );
+    h.callee_sends(respond(&pr, 200, "callee-tag", false));
+    assert_eq!(statuses(&h.take_to(To::Caller)), vec![200]);
+}
+
+#[test]
+fn update_in_the_early_dialog_is_anchored_and_glare_gets_491() {
+    let mut h = Harness::new();
+    h.caller_sends(invite_100rel("r4", true));
+    let down = h.take_to(To::Callee).remove(0);
+    h.callee_sends(reliable(&down, 183, 10, true));
+    let p183 = h.take_to(To::Caller).pop().unwrap();
+    h.caller_sends(prack(
+        &p183,
+        2,
+        "z9hG4bK-pr-r4",
+        &format!("{} 1 INVITE", rseq(&p183)),
+    ));
+    let pr = h.take_to(To::Callee).remove(0);
+    h.callee_sends(respond(&pr, 200, "callee-tag", false));
+    h.take();
+    // The offer/answer completed in the 183: the caller may UPDATE before the 200.
+    let mut update = in_dialog(Method::Update, &p183, 3, "z9hG4bK-up-r4", true);
+    update.push_header("Contact", "<sips:alice@10.88.0.5:5061>");
+    update.push_header("Content-Type", "application/sdp");
+    update.set_body(OFFER.as_bytes().to_vec());
+    h.caller_sends(update);
+    let up = h.take_to(To::Callee).remove(0);
+    assert_eq!(up.method(), Some(&Method::Update));
+    assert_eq!(up.call_id(), down.call_id());
+    assert_eq!(up.header("to").and_then(tag), Some("callee-tag"));
+    assert!(body(&up).contains("a=offer-from-caller"), "offer anchored");
+    assert!(!body(&up).contains("10.1.1.1"), "no caller address crosses");
+    // The callee offers at the same time: glare, 491.
+    let callee_view = respond(&down, 183, "callee-tag", false);
+    let mut glare = in_dialog(Method::Update, &callee_view, 1, "z9hG4bK-up-g", false);
+    glare.push_header("Content-Type", "application/sdp");
+    glare.set_body(OFFER.as_bytes().to_vec());
+    h.callee_sends(glare);
+    assert_eq!(statuses(&h.take_to(To::Callee)), vec![491]);
+    // The answer in the UPDATE's 200 is anchored toward the caller.
+    h.callee_sends(respond(&up, 200, "callee-tag", true));
+    let ok = h.take_to(To::Caller);
+    assert_eq!(statuses(&ok), vec![200]);
+    assert_eq!(ok[0].cseq(), Some((3, Method::Update)));
+    assert!(body(&ok[0]).contains("a=answer-from-callee"));
+    // Then the call is answered.
+    h.callee_sends(respond(&down, 200, "callee-tag", true));
+    let ok = h.take_to(To::Caller).remove(0);
+    assert_eq!(status(&ok), 200);
+    assert_eq!(h.usage().active_calls, 1);
+}
+
+#[test]
+fn a_caller_requiring_100rel_meets_the_callees_420() {
+    let mut h = Harness::new();
+    let mut inv = invite("r5", "z9hG4bK-r5");
+    inv.push_header("Require", "100rel");
+    h.caller_sends(inv);
+    let down = h.take_to(To::Callee).remove(0);
+    assert!(down.header_values("require").any(|t| t == "100rel"));
+    let mut refuse = respond(&down, 420, "callee-tag", false);
+    refuse.push_header("Unsupported", "100rel");
+    h.callee_sends(refuse);
+    let up = h.take_to(To::Caller);
+    assert_eq!(statuses(&up), vec![100, 420]);
+    assert_eq!(up[1].header("unsupported"), Some("100rel"));
+    h.advance(T1 * 64);
+    h.assert_nothing_held();
+}
+
+#[test]
+fn past_the_cap_of_unacknowledged_reliable_provisionals_the_gateway_pracks_itself() {
+    let mut h = Harness::new();
+    h.caller_sends(invite_100rel("r6", true));
+    let down = h.take_to(To::Callee).remove(0);
+    // A callee sending reliable 180s without waiting for PRACKs (RFC 3262 §3 says wait).
+    for r in 1..=10u32 {
+        h.callee_sends(reliable(&down, 180, r, false));
+    }
+    let up: Vec<SipMessage> = h
+        .take_to(To::Caller)
+        .into_iter()
+        .filter(|m| status(m) == 180)
+        .collect();
+    assert_eq!(up.len(), 10, "every new one relayed once");
+    let reliably = up.iter().filter(|m| m.header("rseq").is_some()).count();
+    assert_eq!(reliably, sbc_sip::b2bua::MAX_UNACKED_RELIABLE);
+    let first = rseq(&up[0]);
+    let seq: Vec<u32> = up[..reliably].iter().map(rseq).collect();
+    assert_eq!(seq, (first..first + 8).collect::<Vec<_>>(), "RSeq +1 each");
+    let pracks = h.take_to(To::Callee);
+    let own: Vec<&str> = pracks.iter().filter_map(|m| m.header("rack")).collect();
+    assert_eq!(
+        own,
+        ["9 1 INVITE", "10 1 INVITE"],
+        "the rest PRACKed by the gateway"
+    );
+    // The 200s to both of the gateway's PRACKs are absorbed; a retransmitted 9 gets its
+    // own PRACK again.
+    for p in &pracks {
+        h.callee_sends(respond(p, 200, "callee-tag", false));
+    }
+    assert!(h.take().is_empty(), "absorbed");
+    h.callee_sends(reliable(&down, 180, 9, false));
+    let again = h.take_to(To::Callee);
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].header("rack"), Some("9 1 INVITE"));
+    assert!(h.take_to(To::Caller).is_empty());
+    // The INVITE's final ends it all: a late PRACK is outside the early dialog.
+    h.callee_sends(respond(&down, 486, "callee-tag", false));
+    h.caller_sends(prack(
+        &up[0],
+        2,
+        "z9hG4bK-pr-r6",
+        &format!("{first} 1 INVITE"),
+    ));
+    let to_caller = h.take_to(To::Caller);
+    assert_eq!(statuses(&to_caller), vec![486, 481]);
+    assert_eq!(
+        to_caller[1].reason(),
+        Some("Call/Transaction Does Not Exist")
+    );
+    h.advance(T1 * 64);
+    h.assert_nothing_held();
+}
+
+// ----- UDP transaction timers -----
+
+/// The callee-bound INVITEs sent within `window`, stepping the virtual clock by 10 ms:
+/// the offsets (from the start of the window) at which each went out.
+fn invites_to_callee_over(h: &mut Harness, window: Duration) -> Vec<Duration> {
+    let mut at = Vec::new();
+    let step = Duration::from_millis(10);
+    let mut t = Duration::ZERO;
+    while t < window {
+        h.advance(step);
+        t += step;
+        for m in h.take_to(To::Callee) {
+            if m.method() == Some(&Method::Invite) {
+                at.push(t);
+            }
+        }
+    }
+    at
+}
+
+#[test]
+fn udp_target_invite_retransmitted_by_timer_a_until_provisional_and_final_reacked() {
+    let mut h = Harness::with_transports(Transport::Tls, Transport::Udp);
+    h.caller_sends(invite("u1", "z9hG4bK-u1"));
+    let down = h.take_to(To::Callee).remove(0);
+    let via = down.header("via").unwrap().to_string();
+    assert!(via.starts_with("SIP/2.0/UDP "), "{via}");
+    // Timer A: T1, 2·T1, 4·T1 ... after the first send (0.5, 1.5, 3.5 s).
+    let resent = invites_to_callee_over(&mut h, Duration::from_millis(3600));
+    let ms: Vec<u128> = resent.iter().map(|d| d.as_millis()).collect();
+    assert_eq!(ms, vec![500, 1500, 3500]);
+    // A provisional stops it.
+    h.callee_sends(respond(&down, 180, "t", false));
+    assert!(invites_to_callee_over(&mut h, Duration::from_secs(10)).is_empty());
+    // A non-2xx final is ACKed; its retransmission is ACKed again and not relayed twice.
+    h.callee_sends(respond(&down, 486, "t", false));
+    let acks = h.take_to(To::Callee);
+    assert_eq!(acks.len(), 1);
+    assert_eq!(acks[0].method(), Some(&Method::Ack));
+    assert_eq!(statuses(&h.take_to(To::Caller)), vec![100, 180, 486]);
+    h.callee_sends(respond(&down, 486, "t", false));
+    let again = h.take_to(To::Callee);
+    assert_eq!(again.len(), 1, "the ACK again");
+    assert_eq!(again[0].method(), Some(&Method::Ack));
+    assert!(h.take_to(To::Caller).is_empty(), "one 486 upstream");
+    h.advance(T1 * 64 + Duration::from_secs(33));
+    h.assert_nothing_held();
+}
+
+#[test]
+fn udp_caller_final_retransmitted_by_timer_g_until_ack_and_request_copies_absorbed() {
+    let mut h = Harness::with_transports(Transport::Udp, Transport::Tls);
+    let inv = invite("u2", "z9hG4bK-u2");
+    h.caller_sends(inv.clone());
+    h.caller_sends(inv.clone());
+    assert_eq!(statuses(&h.take_to(To::Caller)), vec![100, 100]);
+    let down = h.take_to(To::Callee);
+    assert_eq!(down.len(), 1, "one INVITE downstream for two copies");
+    let down = down[0].clone();
+    // Over TLS downstream: no timer A.
+    assert!(invites_to_callee_over(&mut h, Duration::from_secs(5)).is_empty());
+    h.callee_sends(respond(&down, 503, "t", false));
+    h.take_to(To::Callee);
+    let busy = h.take_to(To::Caller);
+    assert_eq!(statuses(&busy), vec![503]);
+    // Timer G: T1, then doubling up to T2 (0.5, 1.5, 3.5, 7.5, 11.5 s after the final).
+    let mut resent = Vec::new();
+    let step = Duration::from_millis(10);
+    let mut t = Duration::ZERO;
+    while t < Duration::from_millis(11_600) {
+        h.advance(step);
+        t += step;
+        for m in h.take_to(To::Caller) {
+            assert_eq!(status(&m), 503);
+            resent.push(t.as_millis());
+        }
+    }
+    assert_eq!(resent, vec![500, 1500, 3500, 7500, 11_500]);
+    // The ACK (same branch) stops it.
+    let mut ack = in_dialog(Method::Ack, &busy[0], 1, "z9hG4bK-u2", true);
+    ack.set_request_uri("sips:+15551234@sbc.example.net");
+    h.caller_sends(ack);
+    h.advance(Duration::from_secs(20));
+    assert!(h.take_to(To::Caller).is_empty(), "no 503 after the ACK");
+    h.advance(T1 * 64);
+    h.assert_nothing_held();
+}
+
+#[test]
+fn udp_caller_without_ack_is_bounded_by_timer_h() {
+    let mut h = Harness::with_transports(Transport::Udp, Transport::Tls);
+    h.caller_sends(invite("u3", "z9hG4bK-u3"));
+    let down = h.take_to(To::Callee).remove(0);
+    h.callee_sends(respond(&down, 486, "t", false));
+    h.take();
+    h.advance(T1 * 64 + Duration::from_millis(1));
+    let resent = h.take_to(To::Caller).len();
+    // 0.5, 1.5, 3.5, 7.5, then every 4 s up to 32 s: 11.5 ... 31.5.
+    assert_eq!(resent, 10);
+    h.advance(Duration::from_secs(60));
+    assert!(h.take_to(To::Caller).is_empty(), "timer H ended timer G");
+    h.assert_nothing_held();
+}
+
+// ----- cluster admission: media-stream leases -----
 
 /// A lease that records the stream counts it is asked to grow to and refuses past 2.
 struct CappedLease(Arc<Mutex<Vec<u32>>>);

@@ -24,6 +24,9 @@ fn refusal_reasons_are_the_catalogs() {
         Refusal::NoRoute,
         Refusal::Unavailable(std::time::Duration::from_secs(1), "x"),
         Refusal::MissingDialogHeaders,
+        Refusal::BadRAck,
+        Refusal::PrackUnknownRSeq,
+        Refusal::PrackOutsideEarlyDialog,
     ];
     let names: Vec<&str> = all.iter().map(Refusal::as_str).collect();
     assert_eq!(names, catalog::SIP_REFUSALS);

@@ -22,6 +22,21 @@ impl Capture {
             .with_max_level(level)
             .finish()
     }
+
+    /// Install [`Capture::subscriber`] for the current thread, safely beside tests on other
+    /// threads. With a single scoped subscriber, tracing-core computes a newly hit
+    /// callsite's cached interest from the *hitting thread's* default only: another test's
+    /// thread (no subscriber) hitting a `warn!` first caches it as "never" for every
+    /// thread, and this capture loses that line (a flaky one-line-short capture). A second
+    /// registered dispatcher (a no-op one, kept for the process) makes tracing-core ask
+    /// every dispatcher, and the interest cache is rebuilt for callsites hit before.
+    pub fn install(&self, level: tracing::Level) -> tracing::subscriber::DefaultGuard {
+        static SECOND: std::sync::OnceLock<tracing::Dispatch> = std::sync::OnceLock::new();
+        SECOND.get_or_init(|| tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default()));
+        let guard = tracing::subscriber::set_default(self.subscriber(level));
+        tracing::callsite::rebuild_interest_cache();
+        guard
+    }
 }
 
 impl Write for Capture {

@@ -1,5 +1,6 @@
-//! SIP over TLS in a test: the gateway started in-process on loopback ([`World`],
-//! [`start_gateway`]), peers on either side ([`Peer`], [`Callee`]), the requests and
+//! SIP in a test: the gateway started in-process on loopback ([`World`],
+//! [`start_gateway`]), peers on either side over TLS ([`Peer`], [`Callee`]), plain TCP
+//! ([`Peer::plain`], [`Callee::plain`]) or UDP ([`UdpPeer`]), the requests and
 //! answers a platform and a callee send ([`invite`], [`in_dialog`], [`answer`],
 //! [`options_text`]), leak checks ([`all_text`], [`assert_no_leak`]) and the start banner
 //! of a spawned `sbc-edge` ([`printed_addresses`]).
@@ -94,6 +95,13 @@ impl World {
             "[[tenants]]\nid = \"{id}\"\n[tenants.recognition]\n{recognition}\n[[tenants.routes]]\nprefix = \"\"\ntargets = [{}]\nca_file = {:?}\n{route_extra}\n",
             list.join(", "),
             self.callee_ca_file
+        )
+    }
+
+    /// A plain (`tcp` or `udp`) listener section named `name` on an ephemeral loopback port.
+    pub fn plain_listener(&self, name: &str, transport: &str) -> String {
+        format!(
+            "[[listeners]]\nname = \"{name}\"\ntransport = \"{transport}\"\naddress = \"127.0.0.1:0\"\n"
         )
     }
 
@@ -194,6 +202,15 @@ impl Peer {
             pending: Default::default(),
             pongs: 0,
         }
+    }
+
+    /// Connect to a plain TCP listener of the gateway.
+    pub async fn plain(addr: SocketAddr) -> Peer {
+        let tcp = TcpStream::connect(addr)
+            .await
+            .expect("TCP connect to gateway");
+        tcp.set_nodelay(true).expect("nodelay");
+        Peer::new(Box::new(tcp))
     }
 
     /// Connect to the gateway as a client trusting `ca_pem`, with an optional client cert.
@@ -369,10 +386,11 @@ pub fn metric_sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
         .and_then(|l| l.rsplit_once(' ')?.1.parse().ok())
 }
 
-/// A TLS server standing in for a tenant's route target.
+/// A TLS (or, made with [`Callee::plain`], plain TCP) server standing in for a tenant's
+/// route target.
 pub struct Callee {
     listener: TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
     pub addr: SocketAddr,
 }
 
@@ -383,7 +401,18 @@ impl Callee {
         let addr = listener.local_addr().unwrap();
         Callee {
             listener,
-            acceptor: tokio_rustls::TlsAcceptor::from(cfg),
+            acceptor: Some(tokio_rustls::TlsAcceptor::from(cfg)),
+            addr,
+        }
+    }
+
+    /// A plain TCP route target, on `addr` (port 0: an ephemeral one).
+    pub async fn plain(addr: SocketAddr) -> Callee {
+        let listener = TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        Callee {
+            listener,
+            acceptor: None,
             addr,
         }
     }
@@ -395,7 +424,10 @@ impl Callee {
             .expect("gateway connects to callee")
             .unwrap();
         let _ = tcp.set_nodelay(true);
-        let tls = self.acceptor.accept(tcp).await.expect("callee TLS accept");
+        let Some(acceptor) = &self.acceptor else {
+            return Peer::new(Box::new(tcp));
+        };
+        let tls = acceptor.accept(tcp).await.expect("callee TLS accept");
         Peer::new(Box::new(tls))
     }
 
@@ -407,8 +439,11 @@ impl Callee {
             .ok()?
             .ok()?;
         let _ = tcp.set_nodelay(true);
+        let Some(acceptor) = &self.acceptor else {
+            return Some(Ok(Peer::new(Box::new(tcp))));
+        };
         Some(
-            tokio::time::timeout(WAIT, self.acceptor.accept(tcp))
+            tokio::time::timeout(WAIT, acceptor.accept(tcp))
                 .await
                 .unwrap_or_else(|_| Err(std::io::Error::other("TLS accept timed out")))
                 .map(|tls| Peer::new(Box::new(tls))),
@@ -426,6 +461,73 @@ impl Callee {
         tokio::time::timeout(wait, self.listener.accept())
             .await
             .is_err()
+    }
+}
+
+/// A SIP peer over UDP: one socket on loopback, sending datagrams and receiving them
+/// with the address they came from.
+pub struct UdpPeer {
+    pub socket: tokio::net::UdpSocket,
+    pub addr: SocketAddr,
+}
+
+impl UdpPeer {
+    /// A socket on an ephemeral loopback port.
+    pub async fn new() -> UdpPeer {
+        Self::bind("127.0.0.1:0".parse().unwrap()).await
+    }
+
+    pub async fn bind(addr: SocketAddr) -> UdpPeer {
+        let socket = tokio::net::UdpSocket::bind(addr).await.expect("UDP bind");
+        let addr = socket.local_addr().unwrap();
+        UdpPeer { socket, addr }
+    }
+
+    pub async fn send_raw_to(&self, to: SocketAddr, bytes: &[u8]) {
+        self.socket.send_to(bytes, to).await.expect("UDP send");
+    }
+
+    pub async fn send_to(&self, to: SocketAddr, msg: &SipMessage) {
+        self.send_raw_to(to, &msg.to_bytes()).await;
+    }
+
+    /// The next datagram and its source, or None after `wait`.
+    pub async fn recv_raw_within(&self, wait: Duration) -> Option<(Vec<u8>, SocketAddr)> {
+        let mut buf = vec![0u8; 65_536];
+        let (n, from) = tokio::time::timeout(wait, self.socket.recv_from(&mut buf))
+            .await
+            .ok()?
+            .expect("UDP receive");
+        buf.truncate(n);
+        Some((buf, from))
+    }
+
+    /// The next SIP message and its source, or None after `wait`.
+    pub async fn recv_within(&self, wait: Duration) -> Option<(SipMessage, SocketAddr)> {
+        let (b, from) = self.recv_raw_within(wait).await?;
+        let m = SipMessage::parse(&b).unwrap_or_else(|e| {
+            panic!(
+                "gateway sent an unparseable datagram ({e:?}):\n{}",
+                String::from_utf8_lossy(&b)
+            )
+        });
+        Some((m, from))
+    }
+
+    pub async fn recv(&self) -> (SipMessage, SocketAddr) {
+        self.recv_within(WAIT)
+            .await
+            .expect("expected a SIP datagram")
+    }
+
+    /// Wait for a message matching `pred`, skipping others (e.g. 100 Trying).
+    pub async fn recv_where(&self, pred: impl Fn(&SipMessage) -> bool) -> (SipMessage, SocketAddr) {
+        loop {
+            let (m, from) = self.recv().await;
+            if pred(&m) {
+                return (m, from);
+            }
+        }
     }
 }
 

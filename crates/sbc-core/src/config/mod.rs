@@ -33,6 +33,8 @@ mod dns;
 pub use dns::DnsSettings;
 pub mod cluster;
 pub use cluster::{ClusterSettings, RedisEndpoint};
+mod transport;
+pub use transport::{parse_target, TargetUri, Transport, SIPS_DEFAULT_PORT, SIP_DEFAULT_PORT};
 
 /// Most per-source entries the flood guard may be configured to track.
 pub const MAX_TRACKED_SOURCES: usize = 10_000_000;
@@ -124,11 +126,13 @@ impl fmt::Debug for PrivateKeyPem {
     }
 }
 
-/// A SIP-over-TLS listener.
+/// A SIP listener: TLS (the default), or plain TCP or UDP for inside networks.
 #[derive(Debug, Clone)]
 pub struct Listener {
     pub name: String,
     pub address: SocketAddr,
+    /// `transport`: TLS, or plain TCP / UDP (whose TLS fields below are empty).
+    pub transport: Transport,
     /// Host written into Via, Contact and Record-Route (default: the bound address).
     pub advertised_host: Option<String>,
     /// Where the certificate came from (`None` for the embedded default).
@@ -167,32 +171,6 @@ pub struct Recognition {
     pub client_cert_sha256: Vec<[u8; 32]>,
     pub sni: Vec<String>,
     pub source_cidrs: Vec<IpNet>,
-}
-
-/// A `sips:` route target.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TargetUri {
-    /// Host name or IP address (IPv6 without brackets).
-    pub host: String,
-    /// The URI's port, or 5061 when it has none.
-    pub port: u16,
-    /// True if the URI gave the port. A host name without a port is resolved by NAPTR and
-    /// SRV (RFC 3263 §4.1); with one, by A/AAAA only (§4.2).
-    pub port_explicit: bool,
-}
-
-impl fmt::Display for TargetUri {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let is_ip = self.host.parse::<IpAddr>().is_ok();
-        if !self.port_explicit && !is_ip {
-            // Resolved by NAPTR/SRV: the port comes from DNS.
-            write!(f, "sips:{}", self.host)
-        } else if self.host.contains(':') {
-            write!(f, "sips:[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "sips:{}:{}", self.host, self.port)
-        }
-    }
 }
 
 /// A tenant's limits.
@@ -531,8 +509,10 @@ struct RawListener {
     name: String,
     address: String,
     advertised_host: Option<String>,
-    certificate: PathBuf,
-    private_key: PathBuf,
+    #[serde(default)]
+    transport: Transport,
+    certificate: Option<PathBuf>,
+    private_key: Option<PathBuf>,
     client_ca: Option<PathBuf>,
     #[serde(default)]
     require_client_cert: bool,
@@ -627,6 +607,7 @@ impl Config {
         cfg.listeners = vec![Listener {
             name: "default".to_string(),
             address: SocketAddr::from(([127, 0, 0, 1], 5061)),
+            transport: Transport::Tls,
             advertised_host: None,
             certificate_path: None,
             certificate_pem: cert.into_bytes(),
@@ -655,6 +636,14 @@ impl Config {
             self.sip.drain_deadline.as_secs()
         );
         for l in &self.listeners {
+            if l.transport != Transport::Tls {
+                let _ = writeln!(
+                    s,
+                    "listener {:?}: {} transport={} (plain: inside networks only)",
+                    l.name, l.address, l.transport
+                );
+                continue;
+            }
             let cert = l
                 .certificate_path
                 .as_ref()
@@ -1240,7 +1229,7 @@ fn validate(raw: &RawConfig, base: &Path) -> Result<Config, ConfigError> {
         let listener = validate_listener(l, &key, base)?;
         if let Some(j) = listeners
             .iter()
-            .position(|o: &Listener| addresses_clash(o.address, listener.address))
+            .position(|o: &Listener| transport::listeners_clash(o, &listener))
         {
             return Err(invalid(
                 format!("{key}.address"),
@@ -1300,6 +1289,7 @@ fn validate(raw: &RawConfig, base: &Path) -> Result<Config, ConfigError> {
         }
         tenants.push(tenant);
     }
+    transport::check_route_transports(&listeners, &tenants, &raw.tenants)?;
     Ok(Config {
         admin_section: raw.admin.clone(),
         base_dir: base.to_path_buf(),
@@ -1316,16 +1306,6 @@ fn validate(raw: &RawConfig, base: &Path) -> Result<Config, ConfigError> {
             .map(cluster::validate_cluster)
             .transpose()?,
     })
-}
-
-/// True if two listeners cannot both bind: the same port (not 0, which the kernel picks
-/// afresh for each) on the same address, or on the same IP family where one address is
-/// the wildcard (`0.0.0.0` or `::` takes the port on every address of its family).
-fn addresses_clash(a: SocketAddr, b: SocketAddr) -> bool {
-    if a.port() == 0 || a.port() != b.port() || a.is_ipv4() != b.is_ipv4() {
-        return false;
-    }
-    a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified()
 }
 
 fn validate_flood(f: &RawFlood) -> Result<FloodSettings, ConfigError> {
@@ -1573,10 +1553,24 @@ fn validate_listener(l: &RawListener, key: &str, base: &Path) -> Result<Listener
             ));
         }
     }
-    let (cert_path, certificate_pem) =
-        read_file(&format!("{key}.certificate"), base, &l.certificate)?;
+    let Some((cert_file, key_file)) = transport::listener_tls_paths(l, key)? else {
+        return Ok(Listener {
+            name: l.name.clone(),
+            address,
+            transport: l.transport,
+            advertised_host: l.advertised_host.clone(),
+            certificate_path: None,
+            certificate_pem: Vec::new(),
+            private_key_path: None,
+            private_key: PrivateKeyPem(Zeroizing::new(Vec::new())),
+            client_ca_path: None,
+            client_ca_pem: None,
+            require_client_cert: false,
+        });
+    };
+    let (cert_path, certificate_pem) = read_file(&format!("{key}.certificate"), base, cert_file)?;
     certificates(&format!("{key}.certificate"), &cert_path, &certificate_pem)?;
-    let (key_path, key_pem) = read_file(&format!("{key}.private_key"), base, &l.private_key)?;
+    let (key_path, key_pem) = read_file(&format!("{key}.private_key"), base, key_file)?;
     let key_pem = Zeroizing::new(key_pem);
     if PrivateKeyDer::from_pem_slice(&key_pem).is_err() {
         return Err(invalid(
@@ -1601,6 +1595,7 @@ fn validate_listener(l: &RawListener, key: &str, base: &Path) -> Result<Listener
     Ok(Listener {
         name: l.name.clone(),
         address,
+        transport: Transport::Tls,
         advertised_host: l.advertised_host.clone(),
         certificate_path: Some(cert_path),
         certificate_pem,
@@ -1751,53 +1746,6 @@ fn validate_tenant(t: &RawTenant, key: &str, base: &Path) -> Result<Tenant, Conf
     })
 }
 
-/// `sips:host[:port]`, host a name, an IPv4 address or a bracketed IPv6 address; port
-/// 5061 when absent. No user part or parameters: a route target is a trunk.
-pub fn parse_target(s: &str) -> Result<TargetUri, String> {
-    let rest = s
-        .strip_prefix("sips:")
-        .ok_or_else(|| format!("{s:?} must be a sips: URI (TLS only)"))?;
-    if rest.contains(['@', ';', '?', '/', ' ']) {
-        return Err(format!("{s:?}: only sips:host[:port] is allowed"));
-    }
-    let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
-        let (h, after) = v6
-            .split_once(']')
-            .ok_or_else(|| format!("{s:?}: unclosed IPv6 bracket"))?;
-        h.parse::<std::net::Ipv6Addr>()
-            .map_err(|_| format!("{s:?}: {h:?} is not an IPv6 address"))?;
-        let port = match after {
-            "" => None,
-            p => Some(
-                p.strip_prefix(':')
-                    .ok_or_else(|| format!("{s:?}: junk after ]"))?,
-            ),
-        };
-        (h.to_string(), port)
-    } else {
-        match rest.split_once(':') {
-            Some((h, p)) => (h.to_string(), Some(p)),
-            None => (rest.to_string(), None),
-        }
-    };
-    if host.is_empty() {
-        return Err(format!("{s:?}: empty host"));
-    }
-    let port_explicit = port.is_some();
-    let port = match port {
-        None => 5061,
-        Some(p) => match p.parse::<u16>() {
-            Ok(n) if n > 0 => n,
-            _ => return Err(format!("{s:?}: {p:?} is not a port")),
-        },
-    };
-    Ok(TargetUri {
-        host,
-        port,
-        port_explicit,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1842,6 +1790,7 @@ mod tests {
         assert_eq!(
             cfg.tenants[0].routes[0].targets[0].uri,
             TargetUri {
+                transport: Transport::Tls,
                 host: "pbx.example".into(),
                 port: 5061,
                 port_explicit: false,
@@ -2222,49 +2171,6 @@ mod tests {
         for (text, key) in cases {
             let e = err(&f, text);
             assert!(e.contains(key), "error {e:?} should name {key:?}");
-        }
-    }
-
-    #[test]
-    fn targets() {
-        assert_eq!(
-            parse_target("sips:[2001:db8::1]:5070"),
-            Ok(TargetUri {
-                host: "2001:db8::1".into(),
-                port: 5070,
-                port_explicit: true,
-            })
-        );
-        assert_eq!(
-            parse_target("sips:10.0.0.1"),
-            Ok(TargetUri {
-                host: "10.0.0.1".into(),
-                port: 5061,
-                port_explicit: false,
-            })
-        );
-        assert_eq!(
-            parse_target("sips:[2001:db8::1]").map(|t| t.to_string()),
-            Ok("sips:[2001:db8::1]:5061".to_string())
-        );
-        assert_eq!(
-            parse_target("sips:trunk.example").map(|t| (t.port_explicit, t.to_string())),
-            Ok((false, "sips:trunk.example".to_string())),
-            "a name without a port is resolved by NAPTR/SRV, shown without one"
-        );
-        assert_eq!(
-            parse_target("sips:trunk.example:5062").map(|t| t.to_string()),
-            Ok("sips:trunk.example:5062".to_string())
-        );
-        for bad in [
-            "sips:",
-            "sips:h:0",
-            "sips:h:99999",
-            "sips:u@h",
-            "tls:h",
-            "sips:h;transport=tls",
-        ] {
-            assert!(parse_target(bad).is_err(), "{bad}");
         }
     }
 

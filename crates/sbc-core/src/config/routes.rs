@@ -131,10 +131,10 @@ pub struct Route {
 pub(super) struct RawRoute {
     #[serde(default)]
     prefix: String,
-    target: Option<String>,
+    pub(super) target: Option<String>,
     targets: Option<Vec<RawTarget>>,
-    ca_file: Option<PathBuf>,
-    server_name: Option<String>,
+    pub(super) ca_file: Option<PathBuf>,
+    pub(super) server_name: Option<String>,
     failover_on: Option<Vec<u16>>,
     try_timeout_ms: Option<u64>,
     health: Option<RawHealth>,

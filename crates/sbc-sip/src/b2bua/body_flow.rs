@@ -8,10 +8,11 @@
 
 use sbc_core::media::{CallRef, LegSide, MediaError};
 
-use super::offer_answer::{classify, Carrier, SdpRole};
+use super::calls::CallState;
+use super::offer_answer::{Carrier, SdpRole};
 use super::topology::{classify_body, BodyRefusal};
 use super::B2bua;
-use crate::message::SipMessage;
+use crate::message::{Method, SipMessage};
 
 /// Why a body cannot cross.
 #[derive(Debug)]
@@ -140,17 +141,33 @@ impl B2bua {
         let Some(c) = self.calls.get(call) else {
             return Err(BodyError::Media(MediaError::UnknownCall(call)));
         };
-        match classify(c.media.pending, sender, carrier) {
+        match c.media.role(sender, carrier) {
             SdpRole::Ignore => Ok(None),
             SdpRole::Unexpected => Err(BodyError::Unexpected),
             SdpRole::Glare => Err(BodyError::Glare),
+            SdpRole::Repeat => Ok(c.media.repeated_answer(sdp).map(<[u8]>::to_vec)),
             SdpRole::Answer => {
-                if let Some(out) = c.media.repeated_answer(sdp) {
-                    return Ok(Some(out.to_vec()));
-                }
-                let out = media.answer(call, sender, sdp).map_err(BodyError::Media)?;
+                // An answer in a reliable provisional or a PRACK exchange completes the
+                // offer/answer before the 2xx (RFC 3262 §5), as does an early UPDATE's
+                // 2xx (RFC 3311 §5.1, settled by the response flow).
+                let completes = matches!(
+                    carrier,
+                    Carrier::ReliableProvisional { .. }
+                        | Carrier::Request(Method::Prack)
+                        | Carrier::Response(Method::Prack, _)
+                );
+                let early = c.state == CallState::Setup
+                    && (completes || matches!(carrier, Carrier::Response(Method::Update, _)));
+                let out = match c.media.repeated_answer(sdp) {
+                    Some(out) => out.to_vec(),
+                    None => media.answer(call, sender, sdp).map_err(BodyError::Media)?,
+                };
                 if let Some(c) = self.calls.get_mut(call) {
                     c.media.last_answer = Some((sdp.to_vec(), out.clone()));
+                    if completes {
+                        c.media.settle();
+                    }
+                    c.media.early_answer |= early;
                 }
                 Ok(Some(out))
             }

@@ -1,7 +1,8 @@
 //! The call table: every call the B2BUA holds, its two legs and their dialogs.
 //!
 //! Owns: [`Calls`] (calls by [`CallRef`] and the index from our local tags), [`Call`]
-//! (tenant, admission proof, state, offer/answer state, the wait for an ACK) and [`Leg`]
+//! (tenant, admission proof, state, offer/answer and reliable provisional state, the wait
+//! for an ACK) and [`Leg`]
 //! (one dialog: Call-ID, tags, parties, CSeq, remote target, route set), and the one
 //! builder of in-dialog requests, [`Leg::request`].
 //! Must not: decide what crosses between legs (`topology.rs`) or drive transactions
@@ -16,9 +17,11 @@ use sbc_core::registry::CallId as RegistryId;
 use sbc_core::tenant::TenantId;
 
 use super::offer_answer::OfferAnswer;
+use super::reliable::Reliable;
 use super::ConnId;
 use crate::message::{parse_name_addr, parse_uri, with_tag, Method, SipMessage};
 use crate::routing::{Candidate, TargetId};
+use crate::transport::Transport;
 
 /// One dialog: the caller's leg (with the tenant's platform) or the callee's leg (with
 /// the tenant's route target).
@@ -51,7 +54,9 @@ pub(crate) struct Leg {
 /// How a request built by [`Leg::request`] leaves: our Via and hop count.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Hop<'a> {
-    /// Advertised `host:port` of the listener the call belongs to.
+    /// The transport the request goes over (the Via's protocol).
+    pub transport: Transport,
+    /// Advertised `host:port` of the listener the leg speaks from (the Via's sent-by).
     pub advertised: &'a str,
     /// Branch of our Via (RFC 3261 §8.1.1.7).
     pub branch: &'a str,
@@ -74,7 +79,12 @@ impl Leg {
         let mut out = SipMessage::new_request(method.clone(), self.remote_target.clone());
         out.push_header(
             "Via",
-            format!("SIP/2.0/TLS {};branch={}", hop.advertised, hop.branch),
+            format!(
+                "SIP/2.0/{} {};branch={}",
+                hop.transport.via_token(),
+                hop.advertised,
+                hop.branch
+            ),
         );
         out.push_header("Max-Forwards", hop.max_forwards.to_string());
         for r in &self.route_set {
@@ -132,6 +142,8 @@ pub(crate) struct Call {
     pub callee: Leg,
     /// The route target the callee's leg is on (the current try's, during setup).
     pub target: TargetId,
+    /// How the route target is reached.
+    pub target_transport: Transport,
     /// The route target's `host:port` (as the route names it), for log lines.
     pub target_addr: String,
     /// Targets still to try if the current one fails during setup, in order.
@@ -147,6 +159,8 @@ pub(crate) struct Call {
     pub state: CallState,
     /// Offer/answer state of the call's media.
     pub media: OfferAnswer,
+    /// Reliable provisionals and PRACK (RFC 3262) of the initial INVITE.
+    pub reliable: Reliable,
     /// The call's id in the admin plane's registry.
     pub registry_id: Option<RegistryId>,
     /// A 2xx awaiting its ACK, if any.

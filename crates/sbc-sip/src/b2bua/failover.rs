@@ -95,11 +95,7 @@ impl B2bua {
     /// Where a pair's client request (and its CANCEL and ACK) goes: the target it was sent
     /// to, or the leg's peer for requests towards the caller.
     pub(super) fn client_dest(&self, id: PairId) -> Option<Dest> {
-        let pair = self.pairs.get(id)?;
-        match pair.target {
-            Some(t) => Some(Dest::Target(t)),
-            None => self.dest(pair.call, pair.from.other()),
-        }
+        self.pairs.get(id).map(|p| p.client_dest)
     }
 
     /// A final to the initial INVITE of pair `id`: quarantine its target on a 503 with
@@ -113,7 +109,7 @@ impl B2bua {
             return false;
         };
         if code == 503 {
-            if let (Some(t), Some(d)) = (pair.target, retry_after(msg)) {
+            if let (Some(t), Some(d)) = (pair.target(), retry_after(msg)) {
                 self.health.quarantine(t, d, now);
             }
         }
@@ -204,7 +200,7 @@ impl B2bua {
         try_deadline: Option<Instant>,
         moving: MovingServer,
     ) {
-        let Some(leg) = self.fresh_callee_leg(call, &next.host_port) else {
+        let Some(leg) = self.fresh_callee_leg(call, next) else {
             return;
         };
         let new_call_id = leg.call_id.clone();
@@ -214,6 +210,7 @@ impl B2bua {
             return;
         };
         c.target = next.target;
+        c.target_transport = next.transport;
         c.target_addr = next.host_port.clone();
         c.tries += 1;
         // An answer of the failed try (in an 18x) is not the new try's.
@@ -221,14 +218,16 @@ impl B2bua {
         if let (Some(r), Some(rid)) = (&self.registry, &c.registry_id) {
             r.add_outbound_leg(rid, new_call_id);
         }
-        let (listener, tenant) = (c.listener, c.tenant.clone());
+        let tenant = c.tenant.clone();
         let policy = self.tenant_policy(&tenant);
-        let advertised = self.advertised(listener).to_string();
-        let contact = self.contact(listener);
         let Some(c) = self.calls.get(call) else {
             return;
         };
+        // The leg speaks the next target's transport, from a listener of it.
+        let (transport, advertised) = self.via_of(c, LegSide::Callee);
+        let contact = self.contact_on(c, LegSide::Callee);
         let hop = Hop {
+            transport,
             advertised: &advertised,
             branch: &branch,
             max_forwards: moving.max_forwards,
@@ -242,6 +241,9 @@ impl B2bua {
             out.push_header("Content-Type", ct);
             out.set_body(moving.body);
         }
+        // RFC 3261 §18.1.1: too large for a UDP target goes over TCP, unretransmitted.
+        let reliable = crate::transport::apply_size_rule(&mut out)
+            .is_none_or(crate::transport::Transport::is_reliable);
         let pair = Pair {
             call,
             from: LegSide::Caller,
@@ -250,13 +252,13 @@ impl B2bua {
             server_conn: moving.server_conn,
             server_key: moving.server_key,
             server: moving.server,
-            client: ClientTransaction::new(TxKind::Invite, now, &self.cfg.timers),
+            client: ClientTransaction::new_over(TxKind::Invite, now, &self.cfg.timers, reliable),
             client_req: out.clone(),
             client_branch: branch,
+            client_dest: Dest::Target(next.target),
             initial: true,
             cancel_pending: false,
             last_response: moving.last_response,
-            target: Some(next.target),
             try_deadline,
             retired: false,
         };
@@ -265,9 +267,13 @@ impl B2bua {
         self.send(Dest::Target(next.target), out);
     }
 
-    /// A fresh callee leg of `call` towards `host_port` (new Call-ID and tag, no remote
-    /// tag, no route set), the parties of the old one.
-    fn fresh_callee_leg(&mut self, call: super::CallRef, host_port: &str) -> Option<Leg> {
+    /// A fresh callee leg of `call` towards `next` (new Call-ID and tag, no remote tag, no
+    /// route set), the parties of the old one.
+    fn fresh_callee_leg(
+        &mut self,
+        call: super::CallRef,
+        next: &crate::routing::Candidate,
+    ) -> Option<Leg> {
         let call_id = format!("{}{}", self.token(), self.token());
         let local_tag = self.token();
         let c = self.calls.get(call)?;
@@ -279,7 +285,7 @@ impl B2bua {
             remote_party: c.callee.remote_party.clone(),
             next_cseq: 2,
             invite_cseq: 1,
-            remote_target: format!("sips:{}{host_port}", c.request_user),
+            remote_target: next.request_uri(&c.request_user),
             route_set: Vec::new(),
             conn: None,
         })
@@ -336,7 +342,7 @@ impl B2bua {
     /// to their next candidate (nothing can come back on it); retired tries on it end.
     pub(super) fn target_lost(&mut self, now: Instant, target: TargetId) {
         let tries = self.pairs.select(|p| {
-            p.target == Some(target)
+            p.target() == Some(target)
                 && p.initial
                 && matches!(
                     p.client.state(),
@@ -359,23 +365,36 @@ impl B2bua {
     /// Send the OPTIONS pings that are due, through the pooled connection of each target.
     pub(super) fn ping_targets(&mut self, now: Instant) {
         for target in self.health.due(now) {
-            let host_port = self
+            let candidate = self
                 .routes
                 .iter()
                 .flat_map(|(_, r)| r.targets.iter())
                 .find(|t| t.target == target)
-                .map(|t| t.host_port.clone());
-            let Some(host_port) = host_port else {
+                .map(|t| crate::routing::Candidate {
+                    target,
+                    host_port: t.host_port.clone(),
+                    transport: t.transport,
+                });
+            let Some(candidate) = candidate else {
                 continue;
             };
             let (branch, tag) = (self.branch(), self.token());
             let call_id = format!("{}{}", self.token(), self.token());
-            let advertised = self.advertised(0).to_string();
-            let mut m = SipMessage::new_request(Method::Options, format!("sips:{host_port}"));
-            m.push_header("Via", format!("SIP/2.0/TLS {advertised};branch={branch}"));
+            // Sent from a listener of the target's transport (a UDP target answers there).
+            let listener = self.listener_for(candidate.transport, 0);
+            let advertised = self.advertised(listener).to_string();
+            let uri = candidate.request_uri("");
+            let mut m = SipMessage::new_request(Method::Options, uri.clone());
+            m.push_header(
+                "Via",
+                format!(
+                    "SIP/2.0/{} {advertised};branch={branch}",
+                    candidate.transport.via_token()
+                ),
+            );
             m.push_header("Max-Forwards", "70");
-            m.push_header("From", format!("<sips:sbc@{advertised}>;tag={tag}"));
-            m.push_header("To", format!("<sips:{host_port}>"));
+            m.push_header("From", format!("{};tag={tag}", self.contact_of(listener)));
+            m.push_header("To", format!("<{uri}>"));
             m.push_header("Call-ID", call_id);
             m.push_header("CSeq", "1 OPTIONS");
             self.health.sent(target, branch, now);

@@ -9,6 +9,7 @@
 //! | `calls.rs` | the call table: [`calls::Calls`], `Call`, `Leg` (one builder of in-dialog requests) |
 //! | `pairs.rs` | transaction pairs, server-transaction matching, the timer heap |
 //! | `offer_answer.rs` | per-call SDP offer/answer state and its pure classifier |
+//! | `reliable.rs` | reliable provisionals and PRACK (RFC 3262): per-leg RSeq, RAck mapping |
 //! | `topology.rs` | the one place that decides which headers and bodies cross |
 //! | `responses.rs` | the responses the gateway builds itself (400/505, 503, refusals) |
 //! | `request_flow.rs` | what a request does (new call, in transaction, in dialog) |
@@ -28,6 +29,7 @@ mod cluster_flow;
 mod failover;
 pub mod offer_answer;
 pub mod pairs;
+mod reliable;
 mod request_flow;
 mod response_flow;
 pub mod responses;
@@ -52,9 +54,11 @@ use crate::health::TrunkHealth;
 use crate::message::{Method, SipMessage};
 use crate::routing::{RouteTable, TargetId};
 use crate::transaction::TimerConfig;
+use crate::transport::Transport;
 use calls::{CallState, Calls, Hop};
 use pairs::{PairId, Pairs, Timer, Timers, BRANCH_COOKIE};
 
+pub use reliable::MAX_UNACKED_RELIABLE;
 pub use responses::{malformed_response, service_unavailable, ALLOW};
 
 /// Identifies one transport connection (numbered by the driver).
@@ -195,6 +199,9 @@ pub struct B2buaConfig {
     pub max_forwards: u32,
     /// Advertised `host:port` per listener index, used in Via, Contact and Call-IDs.
     pub advertised: Vec<String>,
+    /// Transport per listener index (missing: TLS). A leg towards a target speaks from a
+    /// listener of the target's transport when there is one.
+    pub transports: Vec<Transport>,
     /// How called numbers appear in logs.
     pub redaction: Redaction,
     /// Seed of the RNG that makes tags, branches and Call-IDs. The driver passes a random
@@ -217,6 +224,9 @@ pub struct B2buaStats {
 struct ConnState {
     kind: ConnKind,
     refusals: u32,
+    /// The connection's transport: its listener's, or its target's. Decides the
+    /// retransmission timers of server transactions on it.
+    transport: Transport,
 }
 
 /// Warnings a peer can trigger at will, logged through the aggregator: the first per
@@ -250,7 +260,7 @@ impl CoreLog {
 
 /// Where a message goes: the pooled connection to a target, or one connection.
 #[derive(Debug, Clone, Copy)]
-enum Dest {
+pub(crate) enum Dest {
     Target(TargetId),
     Conn(Option<ConnId>),
 }
@@ -397,6 +407,27 @@ impl B2bua {
             .collect()
     }
 
+    /// The connections a call or transaction still needs: the callers' connections,
+    /// those of server transactions, and the pooled connections of targets calls use.
+    /// A UDP source (a pseudo-connection) in this set is not expired when idle: an
+    /// answered call may be silent for hours and still be hung up through it.
+    pub fn conns_in_use(&self) -> std::collections::HashSet<ConnId> {
+        let targets = self.targets_in_use();
+        let mut used: std::collections::HashSet<ConnId> =
+            self.calls.iter().filter_map(|c| c.caller.conn).collect();
+        used.extend(
+            self.pairs
+                .select(|_| true)
+                .into_iter()
+                .filter_map(|id| self.pairs.get(id).map(|p| p.server_conn)),
+        );
+        used.extend(self.conns.iter().filter_map(|(id, c)| match &c.kind {
+            ConnKind::Outbound { target } if targets.contains(target) => Some(*id),
+            _ => None,
+        }));
+        used
+    }
+
     /// Sizes of the core's tables.
     pub fn stats(&self) -> B2buaStats {
         B2buaStats {
@@ -425,7 +456,18 @@ impl B2bua {
         self.clock = self.clock.max(now);
         match input {
             Input::Connected { conn, kind } => {
-                self.conns.insert(conn, ConnState { kind, refusals: 0 });
+                let transport = match &kind {
+                    ConnKind::Inbound { listener, .. } => self.listener_transport(*listener),
+                    ConnKind::Outbound { target } => self.target_transport(*target),
+                };
+                self.conns.insert(
+                    conn,
+                    ConnState {
+                        kind,
+                        refusals: 0,
+                        transport,
+                    },
+                );
             }
             Input::Closed { conn } => {
                 if let Some(ConnState {
@@ -507,9 +549,83 @@ impl B2bua {
             .unwrap_or("")
     }
 
-    /// Our Contact for a listener.
-    fn contact(&self, listener: usize) -> String {
-        format!("<sips:sbc@{}>", self.advertised(listener))
+    /// The transport of a listener.
+    fn listener_transport(&self, listener: usize) -> Transport {
+        self.cfg
+            .transports
+            .get(listener)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// The transport of a route target (a running call's target a reload dropped keeps
+    /// the one its call recorded).
+    fn target_transport(&self, target: TargetId) -> Transport {
+        self.routes
+            .transport_of(target)
+            .or_else(|| {
+                self.calls
+                    .iter()
+                    .find(|c| c.target == target)
+                    .map(|c| c.target_transport)
+            })
+            .unwrap_or_default()
+    }
+
+    /// The transport of a connection (TLS if unknown).
+    fn conn_transport(&self, conn: ConnId) -> Transport {
+        self.conns
+            .get(&conn)
+            .map(|c| c.transport)
+            .unwrap_or_default()
+    }
+
+    /// How `side` of a call speaks: the transport its requests go over, and the listener
+    /// whose address is its Via sent-by and Contact. The caller's leg: the listener the
+    /// call came in on. The callee's leg: the target's transport, from that listener if
+    /// it is of the target's transport, else the first listener that is (a UDP target is
+    /// sent to from a UDP listener's socket, so its answers come back there, RFC 3261
+    /// §18.2.2), else the call's listener.
+    fn local_side(&self, c: &calls::Call, side: LegSide) -> (Transport, usize) {
+        match side {
+            LegSide::Caller => (self.listener_transport(c.listener), c.listener),
+            LegSide::Callee => (
+                c.target_transport,
+                self.listener_for(c.target_transport, c.listener),
+            ),
+        }
+    }
+
+    /// The listener a request over `want` speaks from: `preferred` if it is of that
+    /// transport, else the first listener that is, else `preferred`.
+    fn listener_for(&self, want: Transport, preferred: usize) -> usize {
+        if self.listener_transport(preferred) == want {
+            return preferred;
+        }
+        (0..self.cfg.advertised.len())
+            .find(|i| self.listener_transport(*i) == want)
+            .unwrap_or(preferred)
+    }
+
+    /// Our Contact URI on `listener` (`<sips:sbc@host:port>`, or `sip:` with its transport).
+    fn contact_of(&self, listener: usize) -> String {
+        let adv = self.advertised(listener);
+        match self.listener_transport(listener) {
+            Transport::Tls => format!("<sips:sbc@{adv}>"),
+            t => format!("<sip:sbc@{adv};transport={}>", t.as_str()),
+        }
+    }
+
+    /// The Via transport and sent-by for a request on `side` of a call.
+    fn via_of(&self, c: &calls::Call, side: LegSide) -> (Transport, String) {
+        let (transport, listener) = self.local_side(c, side);
+        (transport, self.advertised(listener).to_string())
+    }
+
+    /// Our Contact on `side` of a call: the URI of the listener that leg speaks from.
+    fn contact_on(&self, c: &calls::Call, side: LegSide) -> String {
+        let (_, listener) = self.local_side(c, side);
+        self.contact_of(listener)
     }
 
     fn dest(&self, call: CallRef, side: LegSide) -> Option<Dest> {
@@ -520,9 +636,28 @@ impl B2bua {
         })
     }
 
-    fn send(&mut self, dest: Dest, msg: SipMessage) {
+    /// True if a message from `conn` may come from where `dest` points: the connection
+    /// itself, or a pooled connection to the target.
+    fn conn_reaches(&self, conn: ConnId, dest: Dest) -> bool {
         match dest {
-            Dest::Target(target) => self.outputs.push_back(Output::SendToTarget { target, msg }),
+            Dest::Conn(c) => c == Some(conn),
+            Dest::Target(t) => matches!(
+                self.conns.get(&conn).map(|c| &c.kind),
+                Some(ConnKind::Outbound { target }) if *target == t
+            ),
+        }
+    }
+
+    fn send(&mut self, dest: Dest, mut msg: SipMessage) {
+        match dest {
+            Dest::Target(target) => {
+                if msg.is_request() {
+                    // RFC 3261 §18.1.1: too large for UDP goes over TCP (the Via says so,
+                    // and the driver sends by the Via).
+                    crate::transport::apply_size_rule(&mut msg);
+                }
+                self.outputs.push_back(Output::SendToTarget { target, msg })
+            }
             Dest::Conn(Some(conn)) => self.outputs.push_back(Output::Send { conn, msg }),
             Dest::Conn(None) => debug!("no connection for leg; message dropped"),
         }
@@ -547,7 +682,7 @@ impl B2bua {
         let branch = self.branch();
         let max_forwards = self.cfg.max_forwards;
         let c = self.calls.get(call)?;
-        let advertised = self.advertised(c.listener).to_string();
+        let (transport, advertised) = self.via_of(c, side);
         let c = self.calls.get_mut(call)?;
         let leg = c.leg_mut(side);
         let n = match cseq {
@@ -558,6 +693,7 @@ impl B2bua {
             method,
             n,
             Hop {
+                transport,
                 advertised: &advertised,
                 branch: &branch,
                 max_forwards,

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use sbc_core::media::{CallRef, LegSide};
 
-use super::ConnId;
+use super::{ConnId, Dest};
 use crate::message::{parse_via, tag, Method, SipMessage};
 use crate::routing::TargetId;
 use crate::transaction::{ClientState, ClientTransaction, ServerState, ServerTransaction};
@@ -82,15 +82,15 @@ pub(crate) struct Pair {
     pub client: ClientTransaction,
     pub client_req: SipMessage,
     pub client_branch: String,
+    /// Where the client request went: retransmissions, and the ACK for a retransmitted
+    /// non-2xx final after the call has gone (UDP, RFC 3261 §17.1.1.2), go there too.
+    pub client_dest: Dest,
     /// True for the call's initial INVITE.
     pub initial: bool,
     /// CANCEL to send downstream once a provisional arrives (RFC 3261 §9.1).
     pub cancel_pending: bool,
     /// Last response sent upstream, for retransmitted requests.
     pub last_response: Option<SipMessage>,
-    /// The route target the client request went to (requests towards the callee): its
-    /// CANCEL and ACK go there too, even after the call moved to another target.
-    pub target: Option<TargetId>,
     /// The initial INVITE's per-try timeout: with nothing heard by then (not even 100),
     /// the call tries its next target. `None` for the last candidate and other requests.
     pub try_deadline: Option<Instant>,
@@ -101,6 +101,15 @@ pub(crate) struct Pair {
 }
 
 impl Pair {
+    /// The route target the client request went to (requests towards the callee): its
+    /// CANCEL and ACK go there too, even after the call moved to another target.
+    pub fn target(&self) -> Option<TargetId> {
+        match self.client_dest {
+            super::Dest::Target(t) => Some(t),
+            super::Dest::Conn(_) => None,
+        }
+    }
+
     /// Earliest timer of either transaction (and of the per-try timeout).
     pub fn deadline(&self) -> Option<Instant> {
         [
@@ -284,7 +293,7 @@ impl Pairs {
 
     /// The route targets client requests went to, of every pair held.
     pub fn targets(&self) -> impl Iterator<Item = TargetId> + '_ {
-        self.pairs.values().filter_map(|p| p.target)
+        self.pairs.values().filter_map(Pair::target)
     }
 }
 

@@ -28,11 +28,13 @@ use super::{B2bua, ConnId, ConnKind, Dest, Output, DRAIN_RETRY_AFTER};
 const NO_TARGET_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
 use crate::message::{check_request_uri, response_to, tag, Method, SipMessage};
 use crate::transaction::{ClientTransaction, ServerDisposition, ServerState, TxKind};
+use crate::transport::Transport;
 
 /// Option tags of Require the gateway honours (RFC 3261 §8.2.2.3): `timer` (RFC 4028)
-/// because Session-Expires crosses end to end. `100rel` is not relayed yet, so a peer that
-/// requires it gets 420.
-const SUPPORTED_REQUIRE: &[&str] = &["timer"];
+/// because Session-Expires crosses end to end, `100rel` because reliable provisionals are
+/// relayed per leg (`reliable.rs`; a callee that does not support it answers 420 itself,
+/// as behind a proxy).
+const SUPPORTED_REQUIRE: &[&str] = &["timer", "100rel"];
 
 /// A new INVITE that passed local admission, with where it goes: opened at once, or
 /// parked first while the cluster decides (cluster_flow.rs).
@@ -406,7 +408,7 @@ impl B2bua {
             remote_party: without_tag(to),
             next_cseq: 1,
             invite_cseq: 0,
-            remote_target: format!("sips:{user_part}{}", first.host_port),
+            remote_target: first.request_uri(&user_part),
             route_set: Vec::new(),
             conn: None,
         };
@@ -454,9 +456,11 @@ impl B2bua {
                 failover: route.failover.clone(),
                 request_user: user_part,
                 tries: 1,
+                target_transport: first.transport,
                 listener,
                 state: CallState::Setup,
                 media: OfferAnswer::default(),
+                reliable: super::reliable::Reliable::new(msg),
                 registry_id,
                 ack_wait: None,
                 invite_at: now,
@@ -528,7 +532,15 @@ impl B2bua {
         let is_ack = *method == Method::Ack;
         match pair.server.handle_input(is_ack) {
             ServerDisposition::Retransmit => {
-                if let Some(resp) = pair.last_response.clone() {
+                // The last response again; an INVITE not answered beyond our own 100
+                // Trying gets another (RFC 3261 §17.2.1).
+                let resp = match (&pair.last_response, pair.method == Method::Invite) {
+                    (Some(r), _) => Some(r.clone()),
+                    (None, true) => Some(response_to(&msg, 100, "Trying", None)),
+                    (None, false) => None,
+                };
+                metrics::counter!("sbc_sip_retransmissions_absorbed_total").increment(1);
+                if let Some(resp) = resp {
                     self.outputs.push_back(Output::Send { conn, msg: resp });
                 }
             }
@@ -581,6 +593,12 @@ impl B2bua {
                         c.leg_mut(side).invite_cseq = n;
                     }
                 }
+                if method == Method::Prack {
+                    if let Err(refusal) = self.map_prack(call, side, &msg) {
+                        self.refuse(conn, &msg, &refusal, None);
+                        return;
+                    }
+                }
                 self.relay_request(now, call, side, conn, msg, false);
             }
         }
@@ -619,14 +637,18 @@ impl B2bua {
         let Some(c) = self.calls.get(call) else {
             return false;
         };
-        let (listener, tenant) = (c.listener, c.tenant.clone());
-        let advertised = self.advertised(listener).to_string();
-        let contact = self.contact(listener);
+        let tenant = c.tenant.clone();
+        let to_side = from.other();
+        let (transport, advertised) = self.via_of(c, to_side);
+        let contact = self.contact_on(c, to_side);
         let policy = self.tenant_policy(&tenant);
         let Some(c) = self.calls.get_mut(call) else {
             return false;
         };
-        let to_side = from.other();
+        // A PRACK carries the RAck `reliable.rs` mapped onto this leg.
+        let rack = (method == Method::Prack)
+            .then(|| c.reliable.take_mapped_rack())
+            .flatten();
         let leg = c.leg_mut(to_side);
         let cseq = if initial { 1 } else { leg.take_cseq() };
         if initial {
@@ -636,6 +658,7 @@ impl B2bua {
             leg.invite_cseq = cseq;
         }
         let hop = Hop {
+            transport,
             advertised: &advertised,
             branch: &client_branch,
             max_forwards,
@@ -646,9 +669,12 @@ impl B2bua {
             out.push_header("Contact", contact);
         }
         set_body(&mut out, body);
-        let (dest, target) = match to_side {
-            LegSide::Callee => (Dest::Target(c.target), Some(c.target)),
-            LegSide::Caller => (Dest::Conn(leg.conn), None),
+        if let Some(rack) = rack {
+            out.push_header("RAck", rack);
+        }
+        let dest = match to_side {
+            LegSide::Callee => Dest::Target(c.target),
+            LegSide::Caller => Dest::Conn(leg.conn),
         };
         let try_deadline =
             (initial && !c.candidates.is_empty()).then(|| now + c.failover.try_timeout);
@@ -657,6 +683,16 @@ impl B2bua {
         } else {
             TxKind::NonInvite
         };
+        // The transport each transaction runs over decides its retransmissions: the
+        // request's own connection upstream; downstream the target's or the caller's,
+        // after the size rule (a large request for UDP goes over TCP, unretransmitted).
+        let server_reliable = self.conn_transport(conn).is_reliable();
+        let client_transport = match dest {
+            Dest::Target(_) => crate::transport::apply_size_rule(&mut out),
+            Dest::Conn(Some(c)) => Some(self.conn_transport(c)),
+            Dest::Conn(None) => None,
+        };
+        let client_reliable = client_transport.is_none_or(Transport::is_reliable);
         let pair = Pair {
             call,
             from,
@@ -664,14 +700,14 @@ impl B2bua {
             server_req: msg,
             server_conn: conn,
             server_key,
-            server: crate::transaction::ServerTransaction::new(kind),
-            client: ClientTransaction::new(kind, now, &self.cfg.timers),
+            server: crate::transaction::ServerTransaction::new_over(kind, server_reliable),
+            client: ClientTransaction::new_over(kind, now, &self.cfg.timers, client_reliable),
             client_req: out.clone(),
             client_branch,
+            client_dest: dest,
             initial,
             cancel_pending: false,
             last_response: None,
-            target,
             try_deadline,
             retired: false,
         };
@@ -720,15 +756,16 @@ impl B2bua {
         let Some(c) = self.calls.get(call) else {
             return;
         };
-        let advertised = self.advertised(c.listener).to_string();
-        let policy = self.tenant_policy(&c.tenant);
         let to_side = from.other();
+        let (transport, advertised) = self.via_of(c, to_side);
+        let policy = self.tenant_policy(&c.tenant);
         let leg = c.leg(to_side);
         let max_forwards = msg
             .max_forwards()
             .map(|m| m.saturating_sub(1))
             .unwrap_or(self.cfg.max_forwards);
         let hop = Hop {
+            transport,
             advertised: &advertised,
             branch: &branch,
             max_forwards,

@@ -14,8 +14,8 @@ use tracing::{debug, info, warn};
 
 use super::calls::{contact_uri, CallState, Hop, Leg};
 use super::failover::TryFailure;
-use super::offer_answer::Carrier;
 use super::pairs::PairId;
+use super::reliable::Delivery;
 use super::request_flow::set_body;
 use super::responses::status_class;
 use super::{B2bua, ConnId};
@@ -46,7 +46,7 @@ impl Received {
 impl B2bua {
     pub(super) fn on_response(&mut self, now: Instant, conn: ConnId, msg: SipMessage) {
         let Some(code) = msg.status() else { return };
-        if self.ping_answered(now, conn, &msg) {
+        if self.ping_answered(now, conn, &msg) || self.own_prack_answered(&msg) {
             return;
         }
         let Some(id) = self.match_response(conn, &msg, code) else {
@@ -71,6 +71,17 @@ impl B2bua {
         self.arm_pair(id);
         match disposition {
             ClientDisposition::Absorb => {}
+            ClientDisposition::AckAgain => {
+                // A retransmitted non-2xx final over UDP: our ACK was lost; send it again.
+                let max_forwards = self.cfg.max_forwards;
+                if let Some((dest, ack)) = self
+                    .pairs
+                    .get(id)
+                    .map(|p| (p.client_dest, p.ack_non_2xx(&msg, max_forwards)))
+                {
+                    self.send(dest, ack);
+                }
+            }
             ClientDisposition::PassAndAck => {
                 let max_forwards = self.cfg.max_forwards;
                 let ack = self
@@ -100,17 +111,13 @@ impl B2bua {
             return None;
         };
         let pair = self.pairs.get(id)?;
-        // A request sent to a route target is answered by that target's connection (a
-        // retired try's target may no longer be the call's).
-        let right_conn = match pair.target {
-            Some(t) => matches!(
-                self.conns.get(&conn).map(|c| &c.kind),
-                Some(super::ConnKind::Outbound { target }) if *target == t
-            ),
-            None => self
-                .calls
-                .get(pair.call)
-                .is_some_and(|c| self.conn_serves(conn, c, pair.from.other())),
+        // A request sent to a route target is answered from there (a retired try's target
+        // may no longer be the call's), and so is one whose call has ended (over UDP its
+        // client transaction still absorbs retransmitted finals); towards the caller, by
+        // a connection serving the caller's leg.
+        let right_conn = match (pair.target(), self.calls.get(pair.call)) {
+            (None, Some(c)) => self.conn_serves(conn, c, pair.from.other()),
+            _ => self.conn_reaches(conn, pair.client_dest),
         };
         if msg.cseq().map(|c| c.1).as_ref() != Some(&pair.method) || !right_conn {
             // The 200 for our CANCEL carries the INVITE's branch; it is not the INVITE's
@@ -177,8 +184,11 @@ impl B2bua {
             // 100 Trying is hop-by-hop; we sent our own.
             return;
         }
+        let Some(delivery) = self.provisional_delivery(r.call, r.from, r.initial, msg) else {
+            return;
+        };
         let call_state = self.calls.get(r.call).map(|c| c.state);
-        if self.relay_upstream(now, r, msg) {
+        if self.relay_upstream(now, r, msg, delivery) {
             self.conclude(r, call_state);
         }
     }
@@ -186,9 +196,15 @@ impl B2bua {
     /// Relay the response upstream: its body through the body policy and media, its
     /// headers through the header policy; a 2xx to INVITE starts the wait for its ACK.
     /// False when the call ended instead (an answer media refused).
-    fn relay_upstream(&mut self, now: Instant, r: &Received, msg: &SipMessage) -> bool {
+    fn relay_upstream(
+        &mut self,
+        now: Instant,
+        r: &Received,
+        msg: &SipMessage,
+        delivery: Delivery,
+    ) -> bool {
         let to_side = r.from.other();
-        let carrier = Carrier::Response(&r.method, r.code);
+        let carrier = delivery.carrier(&r.method, r.code);
         let body = match self.crossing_body(r.call, to_side, carrier, msg) {
             Ok(body) => body,
             Err(e) => {
@@ -220,16 +236,20 @@ impl B2bua {
         };
         // A final ends the requester's offer: answered by a 2xx, failed otherwise (RFC 3261
         // §14.1: a failed re-INVITE leaves the session as it was).
-        if r.code >= 200 && matches!(r.method, Method::Invite | Method::Update) {
+        if r.code >= 200 && matches!(r.method, Method::Invite | Method::Update | Method::Prack) {
             if let Some(c) = self.calls.get_mut(r.call) {
                 if c.media.pending == Some(r.from) {
                     c.media.settle();
                 }
+                if r.method == Method::Invite {
+                    c.media.early_answer = false;
+                }
             }
         }
-        let Some(resp) = self.build_upstream_response(r.id, msg, body) else {
+        let Some(mut resp) = self.build_upstream_response(r.id, msg, body) else {
             return false;
         };
+        delivery.stamp(&mut resp);
         let sent = self.respond_upstream(now, r.id, resp.clone());
         if sent && r.method == Method::Invite && r.is_2xx() {
             self.await_ack(now, r.call, r.from, &resp);
@@ -314,7 +334,7 @@ impl B2bua {
             .headers
             .copy_across(down, &mut resp, pair.from);
         if (101..300).contains(&code) && matches!(pair.method, Method::Invite | Method::Update) {
-            resp.push_header("Contact", self.contact(c.listener));
+            resp.push_header("Contact", self.contact_on(c, pair.from));
         }
         set_body(&mut resp, body);
         Some(resp)
@@ -339,6 +359,7 @@ impl B2bua {
             // The INVITE has its answer: it no longer counts as pending.
             let tenant = self.calls.get_mut(call).map(|c| {
                 c.admitted.answered();
+                c.reliable.invite_ended();
                 (c.tenant.clone(), now.saturating_duration_since(c.invite_at))
             });
             if let Some((t, setup)) = tenant {
@@ -415,7 +436,7 @@ impl B2bua {
         let Some(c) = self.calls.get(call) else {
             return;
         };
-        let advertised = self.advertised(c.listener).to_string();
+        let (transport, advertised) = self.via_of(c, side);
         let leg = c.leg(side);
         let mut route_set: Vec<String> = resp
             .header_values("record-route")
@@ -438,6 +459,7 @@ impl B2bua {
             conn: leg.conn,
         };
         let hop = |branch| Hop {
+            transport,
             advertised: &advertised,
             branch,
             max_forwards,
@@ -475,7 +497,27 @@ impl B2bua {
         let client_result = pair.client.handle_timeout(now);
         let missed_ack = pair.server.handle_timeout(now);
         let (call, method) = (pair.call, pair.method.clone());
+        // Over UDP: timer A/E sends our request again, timer G our non-2xx final.
+        let request_again = pair
+            .client
+            .retransmit_due(now)
+            .then(|| pair.client_req.clone());
+        let final_again = if pair.server.retransmit_due(now) {
+            pair.last_response.clone().map(|r| (pair.server_conn, r))
+        } else {
+            None
+        };
+        let dest = pair.client_dest;
         self.arm_pair(id);
+        if let Some(req) = request_again {
+            metrics::counter!("sbc_sip_retransmissions_total", "kind" => "request").increment(1);
+            self.send(dest, req);
+        }
+        if let Some((conn, resp)) = final_again {
+            metrics::counter!("sbc_sip_retransmissions_total", "kind" => "response").increment(1);
+            self.outputs
+                .push_back(super::Output::Send { conn, msg: resp });
+        }
         if missed_ack {
             metrics::counter!("sbc_sip_transaction_timeouts_total", "timer" => "H").increment(1);
             debug!(

@@ -1,6 +1,6 @@
 //! The answers the gateway builds itself: 400/505 to what did not parse, 503 for limits
 //! and load, and the other locally generated refusals (403, 404, 405, 415, 416, 420, 481,
-//! 483, 501).
+//! 483, 501, and 400/481 to a PRACK that matches nothing).
 //!
 //! Owns: the shape of each locally built response and the metric label of its status
 //! class. Must not: decide when to refuse (the B2BUA's request flow and the transport's
@@ -14,10 +14,9 @@ use crate::message::{
 };
 
 /// Methods the gateway handles; sent in Allow on OPTIONS, 405 and 501 answers.
-pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, NOTIFY";
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, NOTIFY, PRACK";
 
-/// True for a method the gateway relays (the ones in [`ALLOW`], plus PRACK inside a
-/// dialog).
+/// True for a method the gateway relays (the ones in [`ALLOW`]).
 pub fn allowed(m: &Method) -> bool {
     matches!(
         m,
@@ -115,6 +114,13 @@ pub enum Refusal {
     Unavailable(Duration, &'static str),
     /// From/To/Call-ID/CSeq missing (the parser makes this unreachable): 400.
     MissingDialogHeaders,
+    /// A PRACK whose RAck is missing or malformed (RFC 3262 §7.2): 400.
+    BadRAck,
+    /// A PRACK whose RAck matches no unacknowledged reliable provisional (RFC 3262 §3): 481.
+    PrackUnknownRSeq,
+    /// A PRACK outside an early dialog (the INVITE already has its final, or from the
+    /// callee's side, which never gets a reliable provisional from us): 481.
+    PrackOutsideEarlyDialog,
 }
 
 impl Refusal {
@@ -124,13 +130,15 @@ impl Refusal {
             Refusal::NotImplemented => 501,
             Refusal::MethodNotAllowed => 405,
             Refusal::UnsupportedScheme => 416,
-            Refusal::MalformedUri(_) | Refusal::MissingDialogHeaders => 400,
+            Refusal::MalformedUri(_) | Refusal::MissingDialogHeaders | Refusal::BadRAck => 400,
             Refusal::TooManyHops => 483,
             Refusal::BadExtension(_) => 420,
             Refusal::UnsupportedMediaType(..) => BodyRefusal::STATUS,
             Refusal::Media(code, _) => *code,
             Refusal::NotATrunkPeer | Refusal::UnrecognisedPeer => 403,
-            Refusal::NoTransaction => 481,
+            Refusal::NoTransaction
+            | Refusal::PrackUnknownRSeq
+            | Refusal::PrackOutsideEarlyDialog => 481,
             Refusal::NoRoute => 404,
             Refusal::Unavailable(..) => 503,
         }
@@ -153,6 +161,9 @@ impl Refusal {
             Refusal::NoRoute => "no_route",
             Refusal::Unavailable(..) => "unavailable",
             Refusal::MissingDialogHeaders => "missing_dialog_headers",
+            Refusal::BadRAck => "bad_rack",
+            Refusal::PrackUnknownRSeq => "prack_unknown_rseq",
+            Refusal::PrackOutsideEarlyDialog => "prack_outside_early_dialog",
         }
     }
 
@@ -165,6 +176,7 @@ impl Refusal {
             Refusal::UnrecognisedPeer => "Forbidden (Unrecognised Peer)".into(),
             Refusal::NoRoute => "Not Found (No Route)".into(),
             Refusal::MissingDialogHeaders => "Bad Request (Missing Dialog Headers)".into(),
+            Refusal::BadRAck => "Bad Request (Malformed RAck)".into(),
             Refusal::UnsupportedMediaType(why, _) => why.reason_phrase().into(),
             _ => default_reason(code).to_string(),
         };

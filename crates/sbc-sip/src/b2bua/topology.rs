@@ -21,8 +21,10 @@
 //!   and not in the tenant's `strip` list for that direction;
 //! - or in the tenant's `pass` list for that direction.
 //!
-//! `Supported` and `Require` lose the `100rel` option tag (reliable provisionals, RFC 3262,
-//! are not relayed yet); a line left empty is dropped.
+//! `Supported` and `Require` cross with their `100rel` option tag (reliable provisionals,
+//! RFC 3262, are relayed per leg by `reliable.rs`, which owns `RSeq` and `RAck`). A
+//! provisional the gateway acknowledges itself and relays unreliably loses the tag
+//! ([`strip_100rel`]); a line left empty is dropped.
 //!
 //! Everything else is stripped, among others: `P-Preferred-Identity`, `Diversion`,
 //! `History-Info`, `Warning` (carries host names), `User-Agent`, `Server`, `X-*`,
@@ -113,8 +115,8 @@ pub const DEFAULT_CROSSING: [&str; 23] = [
     "unsupported",
 ];
 
-/// The option tag removed from Supported / Require: reliable provisionals (RFC 3262) are
-/// not relayed, so neither side may be told the other supports them.
+/// The option tag of reliable provisionals (RFC 3262): it crosses, except on a provisional
+/// the gateway acknowledged itself and relays unreliably ([`strip_100rel`]).
 const RELIABLE_PROVISIONALS: &str = "100rel";
 
 /// `Privacy` values (RFC 3323 §4.2, RFC 3325 §9.3) that remove P-Asserted-Identity when a
@@ -295,10 +297,6 @@ impl HeaderPolicy {
             if !dir.crosses(long) {
                 continue;
             }
-            if long.eq_ignore_ascii_case("supported") || long.eq_ignore_ascii_case("require") {
-                push_without_100rel(to, name, value);
-                continue;
-            }
             to.push_header(name, value);
         }
         if let Some(ua) = &self.user_agent {
@@ -312,6 +310,34 @@ impl HeaderPolicy {
         for (n, v) in &dir.add {
             to.push_header(&**n, &**v);
         }
+    }
+}
+
+/// True if `msg` carries the `100rel` option tag in header `name` (Supported or Require).
+pub fn has_100rel(msg: &SipMessage, name: &str) -> bool {
+    msg.header_values(name)
+        .any(|t| t.eq_ignore_ascii_case(RELIABLE_PROVISIONALS))
+}
+
+/// Remove the `100rel` tag from every Supported / Require line of `msg` (a line left empty
+/// is dropped; the lines keep their order among themselves, after the other headers): a
+/// provisional relayed unreliably must not claim to be reliable (RFC 3262 §3).
+pub fn strip_100rel(msg: &mut SipMessage) {
+    let lines: Vec<(String, String)> = msg
+        .headers()
+        .filter(|(n, _)| {
+            let long = long_header_name(n);
+            long.eq_ignore_ascii_case("supported") || long.eq_ignore_ascii_case("require")
+        })
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect();
+    if lines.is_empty() {
+        return;
+    }
+    msg.remove_header("supported");
+    msg.remove_header("require");
+    for (name, value) in lines {
+        push_without_100rel(msg, &name, &value);
     }
 }
 
@@ -926,7 +952,7 @@ mod tests {
     }
 
     #[test]
-    fn call_headers_cross_and_100rel_is_removed() {
+    fn call_headers_cross_with_100rel_and_strip_removes_it() {
         let p = HeaderPolicy::default();
         let msg = invite(
             "Supported: 100rel, timer, replaces\r\n\
@@ -945,7 +971,8 @@ mod tests {
             .map(|(n, v)| (n.to_string(), v.to_string()))
             .collect();
         let want: Vec<(String, String)> = [
-            ("Supported", "timer, replaces"),
+            ("Supported", "100rel, timer, replaces"),
+            ("Require", "100rel"),
             ("Allow", "INVITE, ACK, BYE, CANCEL, OPTIONS"),
             ("Session-Expires", "1800;refresher=uac"),
             ("Min-SE", "90"),
@@ -957,6 +984,16 @@ mod tests {
         .map(|(n, v)| (n.to_string(), v.to_string()))
         .collect();
         assert_eq!(got, want);
+        assert!(has_100rel(&out, "require") && has_100rel(&out, "k"));
+        // Relayed unreliably: the tag goes, an emptied Require line goes with it.
+        let mut out = out;
+        strip_100rel(&mut out);
+        assert!(!has_100rel(&out, "supported") && out.header("require").is_none());
+        assert_eq!(
+            out.header_values("supported").collect::<Vec<_>>(),
+            ["timer", "replaces"]
+        );
+        assert_eq!(out.header("subject"), Some("project call"));
     }
 
     #[test]
@@ -974,7 +1011,7 @@ mod tests {
         assert_eq!(
             got,
             vec![
-                ("k", "timer"),
+                ("k", "100rel, timer"),
                 ("s", "hi"),
                 ("x", "300"),
                 ("u", "talk"),

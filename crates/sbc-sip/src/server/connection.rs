@@ -160,15 +160,23 @@ pub(super) fn starts_something(msg: &SipMessage) -> bool {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What an accepted connection needs besides its socket: the listener, its TLS (`None`:
+/// a plain TCP listener), recognition, and the way to the core.
+#[derive(Clone)]
+pub(super) struct Acceptance {
+    pub(super) listener_index: usize,
+    pub(super) tls: Option<SharedAcceptor>,
+    pub(super) recognizer: Arc<RwLock<Arc<Recognizer>>>,
+    pub(super) events: mpsc::Sender<Event>,
+    pub(super) conn_ids: Arc<AtomicU64>,
+    pub(super) settings: ConnSettings,
+}
+
+/// Accept connections of a TLS or plain TCP listener: the flood guard's per-source slot,
+/// then (TLS) the handshake, then recognition and the reader, the same for both.
 pub(super) async fn accept_loop(
-    listener_index: usize,
     socket: TcpListener,
-    acceptor: SharedAcceptor,
-    recognizer: Arc<RwLock<Arc<Recognizer>>>,
-    events: mpsc::Sender<Event>,
-    conn_ids: Arc<AtomicU64>,
-    settings: ConnSettings,
+    a: Acceptance,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -185,7 +193,12 @@ pub(super) async fn accept_loop(
                 continue;
             }
         };
-        let slot = match settings.guards.flood.connection(peer.ip(), Instant::now()) {
+        let slot = match a
+            .settings
+            .guards
+            .flood
+            .connection(peer.ip(), Instant::now())
+        {
             Ok(slot) => slot,
             Err(refusal) => {
                 metrics::counter!("sbc_flood_refused_total", "reason" => refusal.as_str())
@@ -198,24 +211,42 @@ pub(super) async fn accept_loop(
         let _ = tcp.set_nodelay(true);
         // The settings in force when the connection came: a reload during its handshake
         // does not change them.
-        let acceptor = acceptor.read().unwrap_or_else(|p| p.into_inner()).clone();
-        let recognizer = recognizer.read().unwrap_or_else(|p| p.into_inner()).clone();
-        let events = events.clone();
-        let settings = settings.clone();
-        let conn = ConnId(conn_ids.fetch_add(1, Ordering::Relaxed));
+        let acceptor = a
+            .tls
+            .as_ref()
+            .map(|t| t.read().unwrap_or_else(|p| p.into_inner()).clone());
+        let recognizer = a
+            .recognizer
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let a = a.clone();
+        let conn = ConnId(a.conn_ids.fetch_add(1, Ordering::Relaxed));
         tokio::spawn(async move {
+            let logs = &a.settings.guards.logs;
+            let Some(acceptor) = acceptor else {
+                // Plain TCP: no handshake, recognised by source address only.
+                let identity = PeerIdentity {
+                    client_cert_der: None,
+                    sni: None,
+                    source: peer.ip(),
+                };
+                serve_inbound(conn, peer, &recognizer, &identity, tcp, &a).await;
+                drop(slot);
+                return;
+            };
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     metrics::counter!("sbc_tls_handshakes_failed_total", "side" => "inbound")
                         .increment(1);
-                    log_first!(settings.guards.logs, warn, LogEvent::HandshakeFailed, peer.ip(), peer = %peer, error = %e, "inbound TLS handshake failed");
+                    log_first!(logs, warn, LogEvent::HandshakeFailed, peer.ip(), peer = %peer, error = %e, "inbound TLS handshake failed");
                     return;
                 }
                 Err(_) => {
                     metrics::counter!("sbc_tls_handshakes_failed_total", "side" => "inbound")
                         .increment(1);
-                    log_first!(settings.guards.logs, warn, LogEvent::HandshakeTimeout, peer.ip(), peer = %peer, "inbound TLS handshake timed out");
+                    log_first!(logs, warn, LogEvent::HandshakeTimeout, peer.ip(), peer = %peer, "inbound TLS handshake timed out");
                     return;
                 }
             };
@@ -231,38 +262,69 @@ pub(super) async fn accept_loop(
                 sni: sni.as_deref(),
                 source: peer.ip(),
             };
-            let tenant = match recognizer.recognize(&identity) {
-                Ok(t) => {
-                    log_first!(settings.guards.logs, info, LogEvent::PeerRecognised, peer.ip(), peer = %peer, tenant = %t, "connection recognised");
-                    Some(t)
-                }
-                Err(e) => {
-                    metrics::counter!("sbc_tenant_recognition_failed_total").increment(1);
-                    log_first!(settings.guards.logs, warn, LogEvent::RecognitionFailed, peer.ip(), peer = %peer, reason = %e, "connection from unrecognised peer");
-                    None
-                }
-            };
-            let rate = tenant
-                .as_ref()
-                .and_then(|t| settings.guards.limits_of(t))
-                .map(|l| {
-                    let rps = l.requests_per_second_per_connection;
-                    TokenBucket::new(rps, rps.ceil().clamp(1.0, f64::from(u32::MAX)) as u32)
-                });
-            let check = InboundCheck {
-                source: peer.ip(),
-                tenant: tenant.as_ref().map(TenantId::to_string).unwrap_or_default(),
-                rate,
-            };
-            let kind = ConnKind::Inbound {
-                tenant,
-                listener: listener_index,
-            };
-            run_connection(conn, kind, peer.ip(), tls, events, settings, Some(check)).await;
+            serve_inbound(conn, peer, &recognizer, &identity, tls, &a).await;
             // The source's connection slot is held until here.
             drop(slot);
         });
     }
+}
+
+/// Recognise an inbound peer (a tenant or nobody), and the screens its requests pass.
+pub(super) fn recognise(
+    recognizer: &Recognizer,
+    identity: &PeerIdentity<'_>,
+    guards: &Guards,
+) -> (Option<TenantId>, InboundCheck) {
+    let peer = identity.source;
+    let tenant = match recognizer.recognize(identity) {
+        Ok(t) => {
+            log_first!(guards.logs, info, LogEvent::PeerRecognised, peer, peer = %peer, tenant = %t, "connection recognised");
+            Some(t)
+        }
+        Err(e) => {
+            metrics::counter!("sbc_tenant_recognition_failed_total").increment(1);
+            log_first!(guards.logs, warn, LogEvent::RecognitionFailed, peer, peer = %peer, reason = %e, "connection from unrecognised peer");
+            None
+        }
+    };
+    let rate = tenant.as_ref().and_then(|t| guards.limits_of(t)).map(|l| {
+        let rps = l.requests_per_second_per_connection;
+        TokenBucket::new(rps, rps.ceil().clamp(1.0, f64::from(u32::MAX)) as u32)
+    });
+    let check = InboundCheck {
+        source: peer,
+        tenant: tenant.as_ref().map(TenantId::to_string).unwrap_or_default(),
+        rate,
+    };
+    (tenant, check)
+}
+
+/// Recognise an accepted stream (TLS or plain TCP) and pump it until it closes.
+async fn serve_inbound<S>(
+    conn: ConnId,
+    peer: SocketAddr,
+    recognizer: &Recognizer,
+    identity: &PeerIdentity<'_>,
+    stream: S,
+    a: &Acceptance,
+) where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let (tenant, check) = recognise(recognizer, identity, &a.settings.guards);
+    let kind = ConnKind::Inbound {
+        tenant,
+        listener: a.listener_index,
+    };
+    run_connection(
+        conn,
+        kind,
+        peer.ip(),
+        stream,
+        a.events.clone(),
+        a.settings.clone(),
+        Some(check),
+    )
+    .await;
 }
 
 /// Register a connection with the core, then pump it until it closes. Everything the

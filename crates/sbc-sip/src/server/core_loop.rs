@@ -1,11 +1,16 @@
 //! The task that drives the sans-IO B2BUA: it feeds inputs with `now`, carries out the
 //! outputs, and owns the outbound connection pool to route targets.
 //!
-//! Owns: the writers of every connection, the pool (one connection per target, messages
-//! queued while it connects), the target connectors and the resolver of targets given by
-//! name ([`Dns`]). Must not: block on a peer (a full write queue drops the message,
-//! counted) or on DNS: a target given by name is resolved inside its connection task
-//! ([`connect`]), so the core goes on serving every other call meanwhile.
+//! Owns: the writers of every connection, the pool (one connection per target and
+//! transport, messages queued while it connects), the target connectors and the resolver
+//! of targets given by name ([`Dns`]). A message for a target goes over the transport its
+//! top Via names (the B2BUA applied RFC 3261 §18.1.1 there): a UDP target's
+//! pseudo-connection on the first UDP listener's socket, or a plain TCP connection to the
+//! same `host:port` for its large requests; a `sips:` target always over TLS. Idle UDP
+//! sources no call uses are expired here, because only the core knows which are in use.
+//! Must not: block on a peer (a full write queue drops the message, counted) or on DNS: a
+//! target given by name is resolved inside its connection task ([`connect`]), so the core
+//! goes on serving every other call meanwhile.
 
 use super::*;
 use crate::targets::Dest;
@@ -74,10 +79,23 @@ pub(super) enum PoolEntry {
     Up(ConnId),
 }
 
+/// A pooled connection's key: a target, and the transport used to it.
+pub(super) type PoolKey = (TargetId, Transport);
+
+/// The transport a message for `t` goes over: what its Via names, except that a `sips:`
+/// target is only ever reached over TLS and a plain one never over TLS.
+fn transport_for(t: &Target, msg: &SipMessage) -> Transport {
+    match (t.transport, crate::transport::via_transport(msg)) {
+        (Transport::Udp, Some(Transport::Tcp)) => Transport::Tcp,
+        (tr, _) => tr,
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn core_loop(
     mut core: B2bua,
     shared_admission: Arc<RwLock<Arc<Admission>>>,
+    udp: Vec<Arc<UdpEndpoint>>,
     mut targets: TargetTable,
     mut events: mpsc::Receiver<Event>,
     events_tx: mpsc::Sender<Event>,
@@ -87,10 +105,14 @@ pub(super) async fn core_loop(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut writers: HashMap<ConnId, ConnHandle> = HashMap::new();
-    let mut pool: HashMap<TargetId, PoolEntry> = HashMap::new();
-    let mut pooled_conn: HashMap<ConnId, TargetId> = HashMap::new();
+    let mut pool: HashMap<PoolKey, PoolEntry> = HashMap::new();
+    let mut pooled_conn: HashMap<ConnId, PoolKey> = HashMap::new();
+    // Registrations of outbound connections say which pool entry they fill.
+    let mut opening: HashMap<ConnId, PoolKey> = HashMap::new();
     let tokio_start = tokio::time::Instant::now();
     let std_start = Instant::now();
+    let mut sweep = tokio::time::interval(UDP_SWEEP_EVERY);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let deadline = core.poll_timeout();
         let sleep_until = deadline.map(|d| tokio_start + d.saturating_duration_since(std_start));
@@ -102,6 +124,17 @@ pub(super) async fn core_loop(
                     None => std::future::pending::<()>().await,
                 }
             } => None,
+            _ = sweep.tick(), if !udp.is_empty() => {
+                let used = core.conns_in_use();
+                for ep in &udp {
+                    for conn in ep.idle(Instant::now(), settings.idle) {
+                        if !used.contains(&conn) {
+                            ep.expire(conn);
+                        }
+                    }
+                }
+                continue;
+            }
             _ = shutdown.changed() => return,
         };
         let now = Instant::now();
@@ -110,9 +143,11 @@ pub(super) async fn core_loop(
             Some(Event::Registered { conn, kind, handle }) => {
                 writers.insert(conn, handle);
                 if let ConnKind::Outbound { target } = &kind {
-                    pooled_conn.insert(conn, *target);
+                    // A source a UDP target talked from unasked fills the UDP entry.
+                    let key = opening.remove(&conn).unwrap_or((*target, Transport::Udp));
+                    pooled_conn.insert(conn, key);
                     if let Some(PoolEntry::Connecting(queued)) =
-                        pool.insert(*target, PoolEntry::Up(conn))
+                        pool.insert(key, PoolEntry::Up(conn))
                     {
                         for msg in queued {
                             write_to(&writers, &settings.guards.logs, conn, &msg);
@@ -121,12 +156,20 @@ pub(super) async fn core_loop(
                 }
                 core.handle_input(now, Input::Connected { conn, kind });
             }
-            Some(Event::ConnectFailed { target, error }) => {
+            Some(Event::ConnectFailed {
+                target,
+                transport,
+                conn,
+                error,
+            }) => {
+                opening.remove(&conn);
+                // Counted for every transport, as the metric's help says ("or, outbound,
+                // connections"); the log line names the transport.
                 metrics::counter!("sbc_tls_handshakes_failed_total", "side" => "outbound")
                     .increment(1);
                 let addr = targets.get(target).map_or("", |t| t.addr.as_str());
-                warn!(event = "target_connect_failed", target_addr = %addr, error = %error, "cannot reach route target");
-                if let Some(PoolEntry::Connecting(queued)) = pool.remove(&target) {
+                warn!(event = "target_connect_failed", target_addr = %addr, transport = transport.as_str(), error = %error, "cannot reach route target");
+                if let Some(PoolEntry::Connecting(queued)) = pool.remove(&(target, transport)) {
                     for msg in queued {
                         core.handle_input(now, Input::SendFailed { target, msg });
                     }
@@ -137,12 +180,17 @@ pub(super) async fn core_loop(
                 *shared_admission.write().unwrap_or_else(|p| p.into_inner()) = admission.clone();
                 let (table, done) = targets.install(routes, &core.targets_in_use());
                 for id in &done.retired {
-                    // No route names it and no call uses it: its connection can go.
-                    if let Some(PoolEntry::Up(conn)) = pool.remove(id) {
-                        if let Some(h) = writers.remove(&conn) {
-                            h.close.notify_one();
+                    // No route names it and no call uses it: its connections can go.
+                    for tr in [Transport::Tls, Transport::Tcp, Transport::Udp] {
+                        if let Some(PoolEntry::Up(conn)) = pool.remove(&(*id, tr)) {
+                            if let Some(h) = writers.remove(&conn) {
+                                h.close.notify_one();
+                            }
                         }
                     }
+                }
+                for ep in &udp {
+                    ep.retire_targets(&done.retired);
                 }
                 info!(
                     event = "routes_reloaded",
@@ -165,9 +213,9 @@ pub(super) async fn core_loop(
             Some(Event::Core(input)) => {
                 if let Input::Closed { conn } = &input {
                     writers.remove(conn);
-                    if let Some(target) = pooled_conn.remove(conn) {
-                        if matches!(pool.get(&target), Some(PoolEntry::Up(c)) if c == conn) {
-                            pool.remove(&target);
+                    if let Some(key) = pooled_conn.remove(conn) {
+                        if matches!(pool.get(&key), Some(PoolEntry::Up(c)) if c == conn) {
+                            pool.remove(&key);
                         }
                     }
                 }
@@ -185,28 +233,38 @@ pub(super) async fn core_loop(
                         h.close.notify_one();
                     }
                 }
-                Output::SendToTarget { target, msg } => match pool.get_mut(&target) {
-                    Some(PoolEntry::Up(conn)) => {
-                        let conn = *conn;
-                        if !write_to(&writers, &settings.guards.logs, conn, &msg) {
-                            core.handle_input(now, Input::SendFailed { target, msg });
+                Output::SendToTarget { target, msg } => {
+                    let Some(t) = targets.get(target) else {
+                        core.handle_input(now, Input::SendFailed { target, msg });
+                        continue;
+                    };
+                    let key = (target, transport_for(t, &msg));
+                    match pool.get_mut(&key) {
+                        Some(PoolEntry::Up(conn)) => {
+                            let conn = *conn;
+                            if !write_to(&writers, &settings.guards.logs, conn, &msg) {
+                                core.handle_input(now, Input::SendFailed { target, msg });
+                            }
                         }
-                    }
-                    Some(PoolEntry::Connecting(queue)) => queue.push(msg),
-                    None => match targets.get(target) {
-                        Some(t) => {
-                            pool.insert(target, PoolEntry::Connecting(vec![msg]));
+                        Some(PoolEntry::Connecting(queue)) => queue.push(msg),
+                        None => {
+                            pool.insert(key, PoolEntry::Connecting(vec![msg]));
+                            let conn = ConnId(conn_ids.fetch_add(1, Ordering::Relaxed));
+                            opening.insert(conn, key);
                             tokio::spawn(connect(
-                                target,
-                                t.clone(),
+                                Dial {
+                                    target,
+                                    transport: key.1,
+                                    t: t.clone(),
+                                    conn,
+                                    udp: udp.first().cloned(),
+                                },
                                 events_tx.clone(),
-                                ConnId(conn_ids.fetch_add(1, Ordering::Relaxed)),
                                 settings.clone(),
                             ));
                         }
-                        None => core.handle_input(now, Input::SendFailed { target, msg }),
-                    },
-                },
+                    }
+                }
             }
         }
         if let Ok(mut s) = stats.lock() {
@@ -260,8 +318,9 @@ pub(super) fn write_to(
     }
 }
 
-/// The addresses to try for `t`, in order: its IP, or its name resolved (RFC 3263) to
-/// the TLS candidates.
+/// The addresses to try for `t`, in order: its IP, or its name resolved (RFC 3263) to the
+/// candidates of its own transport (a UDP target's large requests go over TCP to the same
+/// addresses, RFC 3261 §18.1.1).
 async fn addresses(t: &Target, dns: &Dns) -> Result<Vec<SocketAddr>, String> {
     match &t.dest {
         Dest::Addr(sa) => Ok(vec![*sa]),
@@ -271,13 +330,14 @@ async fn addresses(t: &Target, dns: &Dns) -> Result<Vec<SocketAddr>, String> {
                 .candidates(name)
                 .await
                 .map_err(|e| format!("DNS: {e}"))?;
+            let want = crate::targets::dns_transport(t.transport);
             let addrs: Vec<SocketAddr> = candidates
                 .iter()
-                .filter(|c| c.transport == sbc_dns::Transport::Tls)
+                .filter(|c| c.transport == want)
                 .map(|c| c.addr)
                 .collect();
             if addrs.is_empty() {
-                return Err(format!("DNS: no TLS candidate for {name}"));
+                return Err(format!("DNS: no {} candidate for {name}", t.transport));
             }
             debug!(target_uri = %name, candidates = addrs.len(), "route target resolved");
             Ok(addrs)
@@ -285,30 +345,71 @@ async fn addresses(t: &Target, dns: &Dns) -> Result<Vec<SocketAddr>, String> {
     }
 }
 
-/// Open the TLS connection of `target`: resolve it, then try each candidate in order (a
-/// refused, unreachable or failed handshake moves on to the next), the certificate checked
-/// against the configured name for every candidate (RFC 5922 §4).
-pub(super) async fn connect(
-    target: TargetId,
-    t: Target,
-    events: mpsc::Sender<Event>,
-    conn: ConnId,
-    settings: ConnSettings,
-) {
+/// One outbound connection to open.
+pub(super) struct Dial {
+    pub(super) target: TargetId,
+    /// The transport to use (a UDP target's large requests: TCP).
+    pub(super) transport: Transport,
+    pub(super) t: Target,
+    pub(super) conn: ConnId,
+    /// The UDP listener UDP targets are sent from.
+    pub(super) udp: Option<Arc<UdpEndpoint>>,
+}
+
+/// What opening a [`Dial`] gave.
+enum Opened {
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>, SocketAddr),
+    Tcp(TcpStream, SocketAddr),
+    /// A UDP pseudo-connection, registered with its listener (no stream to pump here).
+    Udp,
+}
+
+/// One stream connection to `addr` over `transport`: TCP, then TLS for a `sips:` target
+/// (the certificate checked against the configured name for every address, RFC 5922 §4).
+async fn open_stream(t: &Target, transport: Transport, addr: SocketAddr) -> Result<Opened, String> {
+    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let _ = tcp.set_nodelay(true);
+    match (transport, &t.tls) {
+        (Transport::Tls, Some(tls)) => tls
+            .connector
+            .connect(tls.name.clone(), tcp)
+            .await
+            .map(|s| Opened::Tls(Box::new(s), addr))
+            .map_err(|e| e.to_string()),
+        (Transport::Tls, None) => Err("TLS target without TLS settings".into()),
+        _ => Ok(Opened::Tcp(tcp, addr)),
+    }
+}
+
+/// Open `d`'s connection (TLS, plain TCP, or a UDP pseudo-connection) and pump it: the
+/// target is resolved first, then each address tried in order (a refused, unreachable or
+/// failed handshake moves on to the next; UDP takes the first). A failure comes back to
+/// the core as `ConnectFailed`, queued messages as `SendFailed`.
+pub(super) async fn connect(d: Dial, events: mpsc::Sender<Event>, settings: ConnSettings) {
+    let Dial {
+        target,
+        transport,
+        t,
+        conn,
+        udp,
+    } = d;
+    let failed = |error: String| Event::ConnectFailed {
+        target,
+        transport,
+        conn,
+        error,
+    };
     let attempt = async {
         let addrs = addresses(&t, &settings.dns).await?;
+        if transport == Transport::Udp {
+            let ep = udp.ok_or_else(|| "no UDP listener to send from".to_string())?;
+            ep.open_outbound(conn, target, addrs[0]).await?;
+            return Ok(Opened::Udp);
+        }
         let mut last = String::new();
         for addr in addrs {
-            let one = async {
-                let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-                let _ = tcp.set_nodelay(true);
-                t.tls
-                    .connect(t.name.clone(), tcp)
-                    .await
-                    .map_err(|e| e.to_string())
-            };
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, one).await {
-                Ok(Ok(stream)) => return Ok((stream, addr)),
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, open_stream(&t, transport, addr)).await {
+                Ok(Ok(opened)) => return Ok(opened),
                 Ok(Err(e)) => last = format!("{addr}: {e}"),
                 Err(_) => last = format!("{addr}: timed out"),
             }
@@ -316,33 +417,25 @@ pub(super) async fn connect(
         }
         Err(last)
     };
+    let kind = ConnKind::Outbound { target };
     match tokio::time::timeout(OUTBOUND_CONNECT_BUDGET, attempt).await {
-        Ok(Ok((stream, addr))) => {
-            let kind = crate::tls::handshake_kind(stream.get_ref().1.handshake_kind());
-            metrics::counter!("sbc_tls_handshakes_total", "side" => "outbound", "kind" => kind)
+        Ok(Ok(Opened::Udp)) => {}
+        Ok(Ok(Opened::Tls(stream, addr))) => {
+            let handshake = crate::tls::handshake_kind(stream.get_ref().1.handshake_kind());
+            metrics::counter!("sbc_tls_handshakes_total", "side" => "outbound", "kind" => handshake)
                 .increment(1);
             info!(target_addr = %t.addr, connected_to = %addr, "connected to route target");
-            run_connection(
-                conn,
-                ConnKind::Outbound { target },
-                addr.ip(),
-                stream,
-                events,
-                settings,
-                None,
-            )
-            .await;
+            run_connection(conn, kind, addr.ip(), *stream, events, settings, None).await;
+        }
+        Ok(Ok(Opened::Tcp(stream, addr))) => {
+            info!(target_addr = %t.addr, connected_to = %addr, transport = "tcp", "connected to route target");
+            run_connection(conn, kind, addr.ip(), stream, events, settings, None).await;
         }
         Ok(Err(error)) => {
-            let _ = events.send(Event::ConnectFailed { target, error }).await;
+            let _ = events.send(failed(error)).await;
         }
         Err(_) => {
-            let _ = events
-                .send(Event::ConnectFailed {
-                    target,
-                    error: "timed out".into(),
-                })
-                .await;
+            let _ = events.send(failed("timed out".into())).await;
         }
     }
 }

@@ -1,7 +1,9 @@
-//! The SIP-over-TLS server: listeners, connections, the outbound connection pool, and the
-//! task that drives the sans-IO [`B2bua`].
+//! The SIP server: listeners (TLS, and plain TCP or UDP for inside networks),
+//! connections, the outbound connection pool, and the task that drives the sans-IO
+//! [`B2bua`].
 //!
-//! Owns: sockets, TLS handshakes, stream framing per connection, timers (tokio clock).
+//! Owns: sockets, TLS handshakes, stream framing per connection, UDP sources as
+//! pseudo-connections, timers (tokio clock).
 //! Must not: make protocol decisions (those are in [`crate::b2bua`]).
 //!
 //! Shape: one reader and one writer task per connection; readers frame and parse in
@@ -20,11 +22,12 @@
 //! details, the rest are summed into one line at the end of the interval.
 //!
 //! Split by the state each part owns: `connection.rs` (accept, handshake, the reader and
-//! its screens, slow sources), `core_loop.rs` (the B2BUA driver, writers and the outbound
-//! pool), `logs.rs` (close reasons and aggregated log lines), `tls_listeners.rs` (each
-//! listener's acceptor, swapped for new handshakes on reload and by the certificate file
-//! poll, and its session resumption state); this file starts the parts and holds the
-//! handle operators and the binary use.
+//! its screens, slow sources; plain TCP is the same path without the handshake),
+//! `udp.rs` (UDP sockets, their sources and bounded receive path), `core_loop.rs` (the
+//! B2BUA driver, writers and the outbound pool), `logs.rs` (close reasons and aggregated
+//! log lines), `tls_listeners.rs` (each TLS listener's acceptor, swapped for new
+//! handshakes on reload and by the certificate file poll, and its session resumption
+//! state); this file starts the parts and holds the handle operators and the binary use.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -59,12 +62,14 @@ use crate::routing::TargetId;
 use crate::targets::{PreparedRoute, Target, TargetTable};
 use crate::tls;
 use crate::transaction::TimerConfig;
+use crate::transport::Transport;
 
 #[macro_use]
 mod logs;
 mod connection;
 mod core_loop;
 mod tls_listeners;
+mod udp;
 
 pub use connection::{HANDSHAKE_TIMEOUT, MAX_MALFORMED_PER_CONNECTION};
 
@@ -72,6 +77,7 @@ use connection::*;
 use core_loop::*;
 use logs::*;
 use tls_listeners::*;
+use udp::*;
 
 /// Inputs queued for the core task. Readers wait when it is full, which slows their TCP
 /// peers (backpressure) instead of growing memory; past `overload.max_core_queue` new
@@ -87,6 +93,8 @@ enum Event {
     },
     ConnectFailed {
         target: TargetId,
+        transport: Transport,
+        conn: ConnId,
         error: String,
     },
     Reload {
@@ -106,7 +114,7 @@ struct ConnHandle {
 /// A running SIP server.
 #[derive(Debug)]
 pub struct ServerHandle {
-    /// Bound SIP-over-TLS listener addresses, in config order.
+    /// Bound listener addresses (TLS, TCP or UDP, as configured), in config order.
     pub sip_addrs: Vec<SocketAddr>,
     stats: Arc<Mutex<B2buaStats>>,
     slow: SlowSources,
@@ -308,18 +316,41 @@ pub async fn start_with(config: Arc<Config>, hooks: Hooks) -> Result<ServerHandl
     let mut tasks = Vec::new();
     let mut sip_addrs = Vec::new();
     let mut advertised = Vec::new();
+    let mut udp = Vec::new();
     for ((index, listener), listener_tls) in config.listeners.iter().enumerate().zip(&tls.0) {
-        let acceptor = listener_tls.acceptor.clone();
-        let socket = TcpListener::bind(listener.address)
-            .await
-            .map_err(|source| SipError::Bind {
-                addr: listener.address,
-                source,
-            })?;
-        let local = socket.local_addr().map_err(|source| SipError::Bind {
+        let acceptance = Acceptance {
+            listener_index: index,
+            tls: listener_tls.acceptor.clone(),
+            recognizer: recognizer.clone(),
+            events: events_tx.clone(),
+            conn_ids: conn_ids.clone(),
+            settings: settings.clone(),
+        };
+        let bind_err = |source| SipError::Bind {
             addr: listener.address,
             source,
-        })?;
+        };
+        let local = if listener.transport == Transport::Udp {
+            let socket = tokio::net::UdpSocket::bind(listener.address)
+                .await
+                .map_err(bind_err)?;
+            let local = socket.local_addr().map_err(bind_err)?;
+            let ep = UdpEndpoint::new(index, socket, acceptance);
+            tasks.push(tokio::spawn(ep.clone().run(shutdown_rx.clone())));
+            udp.push(ep);
+            local
+        } else {
+            let socket = TcpListener::bind(listener.address)
+                .await
+                .map_err(bind_err)?;
+            let local = socket.local_addr().map_err(bind_err)?;
+            tasks.push(tokio::spawn(accept_loop(
+                socket,
+                acceptance,
+                shutdown_rx.clone(),
+            )));
+            local
+        };
         let host = match &listener.advertised_host {
             Some(h) => h.clone(),
             None => match local.ip() {
@@ -329,17 +360,7 @@ pub async fn start_with(config: Arc<Config>, hooks: Hooks) -> Result<ServerHandl
         };
         advertised.push(format!("{host}:{}", local.port()));
         sip_addrs.push(local);
-        info!(listener = %listener.name, address = %local, "SIP over TLS listening");
-        tasks.push(tokio::spawn(accept_loop(
-            index,
-            socket,
-            acceptor,
-            recognizer.clone(),
-            events_tx.clone(),
-            conn_ids.clone(),
-            settings.clone(),
-            shutdown_rx.clone(),
-        )));
+        info!(listener = %listener.name, address = %local, transport = listener.transport.as_str(), "SIP listening");
     }
 
     tasks.push(tokio::spawn(watch_certificates(
@@ -371,6 +392,7 @@ pub async fn start_with(config: Arc<Config>, hooks: Hooks) -> Result<ServerHandl
             },
             max_forwards: config.sip.max_forwards,
             advertised,
+            transports: config.listeners.iter().map(|l| l.transport).collect(),
             redaction: config.logging.redact_numbers,
             seed: rand::random(),
             wall_clock: crate::b2bua::WallClock::system(),
@@ -428,6 +450,7 @@ pub async fn start_with(config: Arc<Config>, hooks: Hooks) -> Result<ServerHandl
     tasks.push(tokio::spawn(core_loop(
         core,
         core_admission,
+        udp,
         targets,
         events_rx,
         events_tx,
@@ -452,21 +475,24 @@ pub async fn start_with(config: Arc<Config>, hooks: Hooks) -> Result<ServerHandl
     })
 }
 
-/// Each listener's TLS acceptor, in config order; fails naming the listener whose
-/// certificate, key or client CA is unusable (a certificate that does not match its key
-/// included).
-fn listener_acceptors(config: &Config) -> Result<Vec<TlsAcceptor>, SipError> {
+/// Each listener's TLS acceptor (`None` for a plain TCP or UDP listener), in config
+/// order; fails naming the listener whose certificate, key or client CA is unusable (a
+/// certificate that does not match its key included).
+fn listener_acceptors(config: &Config) -> Result<Vec<Option<TlsAcceptor>>, SipError> {
     config
         .listeners
         .iter()
         .map(|l| {
+            if l.transport != Transport::Tls {
+                return Ok(None);
+            }
             tls::server_config(
                 &l.certificate_pem,
                 l.private_key.pem(),
                 l.client_ca_pem.as_deref(),
                 l.require_client_cert,
             )
-            .map(TlsAcceptor::from)
+            .map(|c| Some(TlsAcceptor::from(c)))
             .map_err(|e| SipError::Tls(format!("listener {:?}: {e}", l.name)))
         })
         .collect()

@@ -39,7 +39,8 @@ const POLL_PASS_WITHIN: Duration = Duration::from_secs(10);
 /// One listener's TLS.
 pub(super) struct ListenerTls {
     pub(super) name: String,
-    pub(super) acceptor: SharedAcceptor,
+    /// `None`: a plain (TCP or UDP) listener, nothing to swap.
+    pub(super) acceptor: Option<SharedAcceptor>,
     /// Held while a swap of this listener is prepared and installed.
     in_use: Mutex<InUse>,
 }
@@ -147,6 +148,9 @@ impl ListenerTls {
     /// to poll if only those differ, `None` if nothing does. A changed client CA gets
     /// fresh resumption state.
     fn prepare(&self, index: usize, new: &Listener) -> Result<Option<Prepared>, SipError> {
+        if self.acceptor.is_none() {
+            return Ok(None);
+        }
         let in_use = self.lock();
         let what = what_changed(&in_use.listener, new);
         if what.is_empty() {
@@ -184,7 +188,8 @@ impl ListenerTls {
         let mut in_use = self.lock();
         in_use.listener = p.listener;
         let swap = p.swap?;
-        *self.acceptor.write().unwrap_or_else(|e| e.into_inner()) = swap.acceptor;
+        let shared = self.acceptor.as_ref()?;
+        *shared.write().unwrap_or_else(|e| e.into_inner()) = swap.acceptor;
         in_use.resumption = swap.resumption;
         let l = &in_use.listener;
         if let Some(left) = seconds_left(l, SystemTime::now()) {
@@ -210,11 +215,16 @@ impl TlsListeners {
         let mut out = Vec::new();
         for l in &config.listeners {
             let resumption = tls::Resumption::new()?;
-            let acceptor = acceptor(l, &resumption)
-                .map_err(|e| SipError::Tls(format!("listener {:?}: {e}", l.name)))?;
+            let acceptor = if l.transport == Transport::Tls {
+                let a = acceptor(l, &resumption)
+                    .map_err(|e| SipError::Tls(format!("listener {:?}: {e}", l.name)))?;
+                Some(Arc::new(RwLock::new(a)))
+            } else {
+                None
+            };
             out.push(ListenerTls {
                 name: l.name.clone(),
-                acceptor: Arc::new(RwLock::new(acceptor)),
+                acceptor,
                 in_use: Mutex::new(InUse {
                     listener: l.clone(),
                     resumption,
