@@ -79,6 +79,7 @@ async fn ask(
         ticket: Ticket(n),
         tenant: TenantId::from(tenant),
         limits,
+        streams: 0,
     });
     tokio::time::timeout(Duration::from_secs(2), rx.recv())
         .await
@@ -178,6 +179,148 @@ async fn admission_script_semantics() {
     drop(leases);
 }
 
+/// Media-stream leases in the admission script: a limit of 4 streams, calls of 2.
+#[tokio::test]
+async fn stream_leases_semantics() {
+    if skip() {
+        return;
+    }
+    let dir = files::temp_dir("cluster-streams");
+    let redis = RedisProcess::server(&dir);
+    let (c, mut rx) = direct(&redis.addr(), "u2").await;
+    let tenant = TenantId::from("s");
+    let l = Limits {
+        max_media_streams: 4,
+        ..limits(1000.0, 1000, 100)
+    };
+    let mut ask_streams = async |n: u64, streams: u32| {
+        c.request(ClusterRequest {
+            ticket: Ticket(n),
+            tenant: tenant.clone(),
+            limits: l,
+            streams,
+        });
+        tokio::time::timeout(Duration::from_secs(2), rx.recv())
+            .await
+            .expect("answer within the deadline")
+            .expect("answer")
+    };
+    let mut held = Vec::new();
+    for i in 0..2 {
+        match ask_streams(i, 2).await.verdict {
+            ClusterVerdict::Admit(g) => held.push(g),
+            ClusterVerdict::Refuse(r) => panic!("call {i} refused: {r:?}"),
+        }
+    }
+    match ask_streams(2, 2).await.verdict {
+        ClusterVerdict::Refuse(r) => {
+            assert_eq!(r.cause, sbc_core::admission::RefusalCause::MediaStreams);
+            assert_eq!(r.retry_after, sbc_core::admission::QUOTA_RETRY_AFTER);
+        }
+        ClusterVerdict::Admit(_) => panic!("a 5th and 6th stream admitted past 4"),
+    }
+    // Nothing was leased for the refused call; one stream more does not fit either, a
+    // call without media does.
+    let card = redis.command("ZCARD u2:streams:{s}").unwrap();
+    assert!(card.contains(":4"), "4 stream leases: {card}");
+    assert!(matches!(
+        ask_streams(3, 1).await.verdict,
+        ClusterVerdict::Refuse(_)
+    ));
+    match ask_streams(4, 0).await.verdict {
+        ClusterVerdict::Admit(g) => held.push(g),
+        ClusterVerdict::Refuse(r) => panic!("a call without streams refused: {r:?}"),
+    }
+    let u = c.usage(&tenant).await.expect("usage");
+    assert_eq!((u.cluster_calls, u.cluster_streams), (3, 4));
+    assert_eq!((u.node_calls, u.node_streams), (3, 4));
+    assert_eq!(
+        sbc_core::cluster::ClusterInfo::node_streams(&*c, &tenant),
+        4
+    );
+
+    // Ending a call releases its streams' leases with its call lease.
+    held.remove(0);
+    let freed = process::eventually(Duration::from_secs(2), async || {
+        c.usage(&tenant)
+            .await
+            .is_some_and(|u| (u.cluster_calls, u.cluster_streams) == (2, 2))
+    })
+    .await;
+    assert!(freed, "a dropped call's stream leases are removed");
+    match ask_streams(5, 2).await.verdict {
+        ClusterVerdict::Admit(g) => held.push(g),
+        ClusterVerdict::Refuse(r) => panic!("refused after release: {r:?}"),
+    }
+
+    // Expired stream members (a dead node's) do not count: the script removes them.
+    redis
+        .command("ZADD u2:streams:{s} 1 ghost:1:1 1 ghost:1:2")
+        .unwrap();
+    held.remove(0);
+    process::eventually(Duration::from_secs(2), async || {
+        c.usage(&tenant).await.map(|u| u.cluster_streams) == Some(2)
+    })
+    .await;
+    match ask_streams(6, 2).await.verdict {
+        ClusterVerdict::Admit(g) => held.push(g),
+        ClusterVerdict::Refuse(r) => panic!("an expired stream lease counted: {r:?}"),
+    }
+    let card = redis.command("ZCARD u2:streams:{s}").unwrap();
+    assert!(card.contains(":4"), "ghosts removed, 4 live: {card}");
+
+    // Stream leases are renewed past their 2 s TTL while held.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let u = c.usage(&tenant).await.expect("usage");
+    assert_eq!((u.cluster_calls, u.cluster_streams), (3, 4));
+    held.clear();
+    let gone = process::eventually(Duration::from_secs(2), async || {
+        c.usage(&tenant)
+            .await
+            .is_some_and(|u| (u.cluster_calls, u.cluster_streams) == (0, 0))
+    })
+    .await;
+    assert!(gone, "every lease released");
+
+    // Streams added mid-call (a re-INVITE offering more m-lines): checked without Redis,
+    // leased asynchronously, counted by the next admission, released with the call.
+    let mut grown = match ask_streams(20, 1).await.verdict {
+        ClusterVerdict::Admit(g) => g,
+        ClusterVerdict::Refuse(r) => panic!("refused: {r:?}"),
+    };
+    grown.grow_streams(3, 4).expect("1 + 2 of 4 streams");
+    grown
+        .grow_streams(2, 4)
+        .expect("fewer streams change nothing");
+    let r = grown.grow_streams(5, 4).expect_err("3 + 2 of 4 streams");
+    assert_eq!(r.cause, sbc_core::admission::RefusalCause::MediaStreams);
+    let added = process::eventually(Duration::from_secs(2), async || {
+        c.usage(&tenant).await.map(|u| u.cluster_streams) == Some(3)
+    })
+    .await;
+    assert!(added, "added streams reach Redis without anyone waiting");
+    assert!(
+        matches!(ask_streams(21, 2).await.verdict, ClusterVerdict::Refuse(r) if r.cause == sbc_core::admission::RefusalCause::MediaStreams),
+        "a new call sees the added streams"
+    );
+    match ask_streams(22, 1).await.verdict {
+        ClusterVerdict::Admit(g) => held.push(g),
+        ClusterVerdict::Refuse(r) => panic!("the 4th stream refused: {r:?}"),
+    }
+    // Renewed with the call past the TTL.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(c.usage(&tenant).await.map(|u| u.cluster_streams), Some(4));
+    drop(grown);
+    drop(held);
+    let gone = process::eventually(Duration::from_secs(2), async || {
+        c.usage(&tenant)
+            .await
+            .is_some_and(|u| (u.cluster_calls, u.cluster_streams) == (0, 0))
+    })
+    .await;
+    assert!(gone, "added streams released with their call");
+}
+
 /// The admission latency Redis adds, on loopback: `cargo test --test cluster_redis
 /// redis_latency -- --nocapture` prints p50 / p99 of request → answer.
 #[tokio::test]
@@ -261,6 +404,9 @@ fn node_config_with(
             "calm",
             "calls_per_second = 1000.0\ncall_burst = 1000\nmax_concurrent_calls = 1000\nmax_pending_invites = 1000\nrequests_per_second_per_connection = 10000.0"
         ),
+    ) + &tenant(
+        "streamy",
+        "calls_per_second = 1000.0\ncall_burst = 1000\nmax_concurrent_calls = 1000\nmax_pending_invites = 1000\nrequests_per_second_per_connection = 10000.0\nmax_media_streams = 4",
     )
 }
 
@@ -336,6 +482,24 @@ impl Caller {
             })
             .await;
         r.status().unwrap_or(0)
+    }
+
+    /// Place a held call offering `sdp`: the first response past 100.
+    async fn call_sdp(&mut self, sdp: &str) -> SipMessage {
+        self.n += 1;
+        let call_id = format!("{}-{}@platform", self.tag, self.n);
+        let inv = invite(
+            "hold1",
+            &call_id,
+            &format!("z9hG4bK{}x{}", self.tag, self.n),
+            "atag",
+        );
+        self.peer.send(&media::with_sdp(inv, sdp)).await;
+        self.peer
+            .recv_where(|m| {
+                m.status().is_some_and(|s| s > 100) && m.call_id() == Some(call_id.as_str())
+            })
+            .await
     }
 
     /// Place `n` held calls: how many ring (admitted).
@@ -649,4 +813,130 @@ async fn sentinel_promotion_is_followed_without_restart() {
     );
     // Exact there: the limit of 20 counts the 3 held calls.
     assert_eq!(holder.hold(20).await, 17);
+}
+
+/// An SDP offer opening two SRTP audio streams.
+fn two_streams() -> String {
+    let second = "m=audio 49172 RTP/SAVP 0 101
+a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz
+a=rtpmap:101 telephone-event/8000
+";
+    format!("{}{second}", sip::SDP).replace('\n', "\r\n")
+}
+
+/// A tenant's `max_media_streams = 4` across two gateways (media anchored), calls of two
+/// streams each: two calls cluster-wide, the third refused 503; one ends, a new one gets
+/// in; a SIGKILLed node's stream leases are free again within the lease TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_stream_limit_is_cluster_wide() {
+    if skip() {
+        return;
+    }
+    let world = World::new("cluster-streams-e2e");
+    let redis = RedisProcess::server(&world.dir);
+    let callee = Callee::new(&world.callee_leaf).await;
+    let callee_addr = callee.addr;
+    serve_callee(callee);
+    let gws: Vec<Spawned> = (0..2)
+        .map(|i| {
+            let (lo, hi) = ports::free_udp_range(100);
+            let media = format!(
+                "[media]\naddress = \"127.0.0.1\"\nport_min = {lo}\nport_max = {hi}\nworkers = 1\ntimeout_secs = 120\n"
+            );
+            let file = world.dir.join(format!("n{i}.toml"));
+            let text = node_config(&world, i, &redis.addr(), callee_addr, "st")
+                .replacen("[media]\nenabled = false\n", &media, 1);
+            std::fs::write(&file, text).unwrap();
+            Spawned::start(env!("CARGO_BIN_EXE_sbc-edge"), &file, &[])
+        })
+        .collect();
+    for g in &gws {
+        g.logged(&["cluster_fallback_left"], Duration::from_secs(10))
+            .await;
+    }
+    let leaf = leaf_for(&world, "streamy.example");
+    let sdp = two_streams();
+    assert_eq!(sbc_core::cluster::offer_streams(sdp.as_bytes()), 2);
+    let mut a0 = Caller::new(gws[0].printed.sip, &world, &leaf, "sa0").await;
+    let mut b1 = Caller::new(gws[1].printed.sip, &world, &leaf, "sb1").await;
+    let mut c0 = Caller::new(gws[0].printed.sip, &world, &leaf, "sc0").await;
+    let status = |m: &SipMessage| m.status().unwrap_or(0);
+    assert_eq!(status(&a0.call_sdp(&sdp).await), 180, "call 1 on node 0");
+    assert_eq!(status(&b1.call_sdp(&sdp).await), 180, "call 2 on node 1");
+    let r = c0.call_sdp(&sdp).await;
+    assert_eq!(status(&r), 503, "call 3: streams 5 and 6 of 4");
+    let reason = r.header("reason").unwrap_or_default().to_string();
+    assert!(reason.contains("tenant media stream limit"), "{reason}");
+    let retry = sbc_core::admission::QUOTA_RETRY_AFTER
+        .as_secs()
+        .max(1)
+        .to_string();
+    assert_eq!(r.header("retry-after"), Some(retry.as_str()));
+    let r = b1.call_sdp(&sdp).await;
+    assert_eq!(status(&r), 503, "node 1 sees node 0's streams");
+    println!("media streams, exact: 2 calls of 2 streams admitted of 4 (limit 4 streams)");
+
+    // The usage API: streams cluster-wide and this node's.
+    let (code, body) = http(
+        gws[0].printed.admin,
+        "GET",
+        "/v1/tenants/streamy/usage",
+        Some(TOKEN),
+        "",
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["cluster"]["media_streams"], 4, "{body}");
+    assert_eq!(v["cluster"]["node_media_streams"], 2, "{body}");
+    assert_eq!(v["cluster"]["active_calls"], 2, "{body}");
+
+    // Node 1's call ends with its caller's connection: a new call on node 0 gets in.
+    drop(b1);
+    let ended = Instant::now();
+    let mut admitted = false;
+    while ended.elapsed() < Duration::from_secs(5) {
+        match status(&c0.call_sdp(&sdp).await) {
+            180 => {
+                admitted = true;
+                break;
+            }
+            503 => tokio::time::sleep(Duration::from_millis(100)).await,
+            s => panic!("call answered {s}"),
+        }
+    }
+    assert!(admitted, "streams of an ended call free again");
+    println!(
+        "streams of an ended call free again after {:?}",
+        ended.elapsed()
+    );
+    assert_eq!(status(&c0.call_sdp(&sdp).await), 503, "limit exact again");
+
+    // SIGKILL node 0 holding 4 stream leases: free within the lease TTL.
+    gws[0].signal(Signal::SIGKILL);
+    let killed = Instant::now();
+    let mut d1 = Caller::new(gws[1].printed.sip, &world, &leaf, "sd1").await;
+    let mut freed_after = None;
+    while killed.elapsed() < Duration::from_secs(TTL_SECS + 5) {
+        match status(&d1.call_sdp(&sdp).await) {
+            180 => {
+                freed_after = Some(killed.elapsed());
+                break;
+            }
+            503 => tokio::time::sleep(Duration::from_millis(200)).await,
+            s => panic!("call answered {s}"),
+        }
+    }
+    let freed_after = freed_after.expect("stream leases of the dead node expire");
+    println!(
+        "stream leases of a SIGKILLed node free again after {freed_after:?} (TTL {TTL_SECS} s)"
+    );
+    assert!(freed_after <= Duration::from_secs(TTL_SECS) + Duration::from_millis(1500));
+    tokio::time::sleep_until(
+        (killed + Duration::from_secs(TTL_SECS) + Duration::from_millis(300)).into(),
+    )
+    .await;
+    assert_eq!(status(&d1.call_sdp(&sdp).await), 180, "all 4 streams free");
+    assert_eq!(status(&d1.call_sdp(&sdp).await), 503, "and the limit holds");
+    drop(gws);
 }

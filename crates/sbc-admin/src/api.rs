@@ -590,6 +590,11 @@ struct ClusterUsageJson {
     active_calls: Option<u32>,
     /// This node's calls among them.
     node_active_calls: u32,
+    /// Live media streams (leased at call admission) on every node, from Redis (null
+    /// when Redis does not answer).
+    media_streams: Option<u32>,
+    /// This node's streams among them.
+    node_media_streams: u32,
     live_nodes: u32,
     /// True while Redis does not answer (admission by local share).
     fallback: bool,
@@ -634,9 +639,12 @@ async fn tenant_usage(
     let mut body = body;
     if let Some(c) = app.cluster.0.get() {
         let status = c.status();
+        let counts = c.cluster_counts(&tenant).await;
         body.cluster = Some(ClusterUsageJson {
-            active_calls: c.cluster_calls(&tenant).await,
+            active_calls: counts.map(|n| n.calls),
             node_active_calls: c.node_calls(&tenant),
+            media_streams: counts.map(|n| n.streams),
+            node_media_streams: c.node_streams(&tenant),
             live_nodes: status.live_nodes,
             fallback: status.fallback,
             node_share_max_concurrent_calls: sbc_core::cluster::share_of(

@@ -3,8 +3,14 @@
 //!
 //! Per admission, one round trip: a Lua script ([`script::ADMIT`]) checks the tenant's
 //! concurrent-call leases (a sorted set, member = node:call, score = expiry, expired ones
-//! removed in the same script) and its call rate (GCRA on Redis' clock), and adds the
-//! call's lease. The owner renews its leases every `renew_secs`; a dead node's leases
+//! removed in the same script), its media-stream leases (a second sorted set, one member
+//! node:call:i per stream the INVITE's offer opens) and its call rate (GCRA on Redis'
+//! clock), and adds the call's leases. Streams a re-INVITE or UPDATE adds later
+//! ([`CallLease::grow_streams`]) are checked without waiting: against the tenant's
+//! cluster-wide stream count this node learned at its last heartbeat (or admission) plus
+//! its own leases since, and leased asynchronously (fire and forget, renewed and released
+//! with the call). Bound: nodes adding streams mid-call within one heartbeat interval
+//! can together pass the limit by at most what they added in that interval. The owner renews its leases every `renew_secs`; a dead node's leases
 //! expire within `lease_ttl_secs`. Leases, never INCR/DECR counters: nothing can go
 //! negative or leak.
 //!
@@ -36,8 +42,8 @@ use std::time::{Duration, Instant};
 
 use sbc_core::admission::{Refusal, RefusalCause, QUOTA_RETRY_AFTER};
 use sbc_core::cluster::{
-    AnswerSink, CallsFuture, ClusterAdmission, ClusterAnswer, ClusterInfo, ClusterRequest,
-    ClusterStatus, ClusterVerdict, DecisionMode, LeaseGuard, Ticket,
+    AnswerSink, CallLease, ClusterAdmission, ClusterAnswer, ClusterCounts, ClusterInfo,
+    ClusterRequest, ClusterStatus, ClusterVerdict, CountsFuture, DecisionMode, LeaseGuard, Ticket,
 };
 use sbc_core::config::cluster::HEARTBEAT_LIVE_FACTOR;
 use sbc_core::config::{ClusterSettings, RedisEndpoint};
@@ -68,6 +74,10 @@ pub struct ClusterUsage {
     pub cluster_calls: u32,
     /// Of those, this node's.
     pub node_calls: u32,
+    /// Live media-stream leases of the tenant, all nodes.
+    pub cluster_streams: u32,
+    /// Of those, this node's.
+    pub node_streams: u32,
     /// Live nodes (from heartbeats).
     pub live_nodes: u32,
 }
@@ -78,11 +88,20 @@ struct Shared {
     runtime: tokio::runtime::Handle,
     sink: Mutex<Option<AnswerSink>>,
     share: Mutex<LocalShare>,
-    /// This node's leases: member → tenant.
-    leases: Mutex<HashMap<String, TenantId>>,
+    /// This node's leases (calls' and streams'): member → its lease set's key.
+    leases: Mutex<HashMap<String, String>>,
     fallback: AtomicBool,
     live_nodes: AtomicU32,
-    releases: mpsc::UnboundedSender<(TenantId, String)>,
+    /// Lease changes for the worker, in order (an add and a later remove of the same
+    /// member are never reordered).
+    releases: mpsc::UnboundedSender<LeaseOp>,
+}
+
+/// A lease change the worker sends to Redis: (set key, member).
+#[derive(Debug)]
+enum LeaseOp {
+    Add(String, String),
+    Remove(String, String),
 }
 
 impl Shared {
@@ -91,7 +110,7 @@ impl Shared {
         self.share.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn lock_leases(&self) -> std::sync::MutexGuard<'_, HashMap<String, TenantId>> {
+    fn lock_leases(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
         self.leases.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -107,25 +126,59 @@ impl Shared {
         format!("{}:{:016x}", self.settings.node_id, ticket.0)
     }
 
-    /// A lease for an admitted call (registered for renewal, counted in the share).
-    fn lease(self: &Arc<Self>, tenant: &TenantId, member: String) -> LeaseGuard {
-        self.lock_leases().insert(member.clone(), tenant.clone());
-        self.lock_share().call_started(tenant);
+    /// The (set key, member) pairs of a call's leases: its call member, then one per
+    /// stream (`member:i`, 1-based, as [`script::ADMIT`] names them).
+    fn lease_members(
+        &self,
+        tenant: &TenantId,
+        member: &str,
+        streams: u32,
+    ) -> Vec<(String, String)> {
+        let t = tenant.as_str();
+        let mut v = Vec::with_capacity(1 + streams as usize);
+        v.push((self.keys.leases(t), member.to_string()));
+        let sk = self.keys.streams(t);
+        v.extend((1..=streams).map(|i| (sk.clone(), format!("{member}:{i}"))));
+        v
+    }
+
+    /// The leases of an admitted call and its `streams` media streams (registered for
+    /// renewal, counted in the share).
+    fn lease(self: &Arc<Self>, tenant: &TenantId, member: String, streams: u32) -> LeaseGuard {
+        let members = self.lease_members(tenant, &member, streams);
+        {
+            let mut leases = self.lock_leases();
+            for (k, m) in &members {
+                leases.insert(m.clone(), k.clone());
+            }
+        }
+        self.lock_share().call_started(tenant, streams);
         LeaseGuard(Box::new(Lease {
             shared: self.clone(),
             tenant: tenant.clone(),
-            member,
+            streams,
+            members,
         }))
+    }
+
+    /// Give back leases Redis granted to a call no one holds (answered from the share
+    /// meanwhile).
+    fn give_back(&self, tenant: &TenantId, member: &str, streams: u32) {
+        for (k, m) in self.lease_members(tenant, member, streams) {
+            let _ = self.releases.send(LeaseOp::Remove(k, m));
+        }
     }
 
     /// Decide from the local share and answer.
     fn answer_share(self: &Arc<Self>, req: &ClusterRequest) {
         let nodes = self.live_nodes.load(Ordering::Relaxed).max(1);
-        let decided = self
-            .lock_share()
-            .decide(&req.tenant, &req.limits, nodes, Instant::now());
+        let decided =
+            self.lock_share()
+                .decide(&req.tenant, &req.limits, req.streams, nodes, Instant::now());
         let verdict = match decided {
-            Ok(()) => ClusterVerdict::Admit(self.lease(&req.tenant, self.member(req.ticket))),
+            Ok(()) => {
+                ClusterVerdict::Admit(self.lease(&req.tenant, self.member(req.ticket), req.streams))
+            }
             Err(r) => ClusterVerdict::Refuse(r),
         };
         self.send(ClusterAnswer {
@@ -163,21 +216,67 @@ impl Shared {
     }
 }
 
-/// A call's lease: dropping it releases the lease (ZREM, queued to the worker).
+/// A call's leases (the call's and its streams'): dropping it releases them all (ZREM,
+/// queued to the worker).
 struct Lease {
     shared: Arc<Shared>,
     tenant: TenantId,
-    member: String,
+    streams: u32,
+    /// (set key, member) of each lease.
+    members: Vec<(String, String)>,
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.shared.lock_leases().remove(&self.member);
-        self.shared.lock_share().call_ended(&self.tenant);
-        let _ = self
-            .shared
-            .releases
-            .send((self.tenant.clone(), std::mem::take(&mut self.member)));
+        {
+            let mut leases = self.shared.lock_leases();
+            for (_, m) in &self.members {
+                leases.remove(m);
+            }
+        }
+        self.shared
+            .lock_share()
+            .call_ended(&self.tenant, self.streams);
+        for (k, m) in std::mem::take(&mut self.members) {
+            let _ = self.shared.releases.send(LeaseOp::Remove(k, m));
+        }
+    }
+}
+
+impl CallLease for Lease {
+    fn grow_streams(&mut self, streams: u32, limit: u32) -> Result<(), Refusal> {
+        if streams <= self.streams {
+            return Ok(());
+        }
+        let extra = streams - self.streams;
+        let s = &self.shared;
+        let fallback = s.fallback.load(Ordering::Relaxed);
+        let nodes = s.live_nodes.load(Ordering::Relaxed).max(1);
+        {
+            let mut share = s.lock_share();
+            if limit > 0 && !share.may_add_streams(&self.tenant, extra, limit, nodes, fallback) {
+                return Err(Refusal {
+                    cause: RefusalCause::MediaStreams,
+                    retry_after: QUOTA_RETRY_AFTER,
+                });
+            }
+            share.streams_added(&self.tenant, extra);
+        }
+        let key = s.keys.streams(self.tenant.as_str());
+        let call_member = self
+            .members
+            .first()
+            .map(|(_, m)| m.clone())
+            .unwrap_or_default();
+        let mut leases = s.lock_leases();
+        for i in self.streams + 1..=streams {
+            let m = format!("{call_member}:{i}");
+            leases.insert(m.clone(), key.clone());
+            self.members.push((key.clone(), m.clone()));
+            let _ = s.releases.send(LeaseOp::Add(key.clone(), m));
+        }
+        self.streams = streams;
+        Ok(())
     }
 }
 
@@ -267,8 +366,17 @@ impl ClusterInfo for RedisCluster {
         RedisCluster::node_calls(self, tenant)
     }
 
-    fn cluster_calls<'a>(&'a self, tenant: &'a TenantId) -> CallsFuture<'a> {
-        Box::pin(async move { self.usage(tenant).await.map(|u| u.cluster_calls) })
+    fn node_streams(&self, tenant: &TenantId) -> u32 {
+        self.shared.lock_share().live_streams(tenant)
+    }
+
+    fn cluster_counts<'a>(&'a self, tenant: &'a TenantId) -> CountsFuture<'a> {
+        Box::pin(async move {
+            self.usage(tenant).await.map(|u| ClusterCounts {
+                calls: u.cluster_calls,
+                streams: u.cluster_streams,
+            })
+        })
     }
 }
 
@@ -527,13 +635,15 @@ impl Worker {
                     f64::MAX
                 };
                 (
-                    vec![s.keys.rate(t), s.keys.leases(t)],
+                    vec![s.keys.rate(t), s.keys.leases(t), s.keys.streams(t)],
                     vec![
                         format!("{interval:.3}"),
                         l.call_burst.max(1).to_string(),
                         l.max_concurrent_calls.to_string(),
                         s.member(j.req.ticket),
                         ttl.clone(),
+                        l.max_media_streams.to_string(),
+                        j.req.streams.to_string(),
                     ],
                 )
             })
@@ -570,7 +680,7 @@ impl Worker {
             if j.answered.swap(true, Ordering::SeqCst) {
                 // Answered from the share meanwhile: give back what Redis granted.
                 if code == 0 {
-                    let _ = s.releases.send((j.req.tenant.clone(), member));
+                    s.give_back(&j.req.tenant, &member, j.req.streams);
                 }
                 continue;
             }
@@ -578,14 +688,15 @@ impl Worker {
                 .get(2)
                 .and_then(|n| u32::try_from(*n).ok())
                 .unwrap_or(0);
+            let live_streams = nums.get(3).and_then(|n| u32::try_from(*n).ok());
             let verdict = match code {
                 0 => {
-                    let lease = s.lease(&j.req.tenant, member);
-                    s.lock_share().note_exact(&j.req.tenant, live);
+                    let lease = s.lease(&j.req.tenant, member, j.req.streams);
+                    s.lock_share().note_exact(&j.req.tenant, live, live_streams);
                     ClusterVerdict::Admit(lease)
                 }
                 1 => {
-                    s.lock_share().note_exact(&j.req.tenant, live);
+                    s.lock_share().note_exact(&j.req.tenant, live, live_streams);
                     ClusterVerdict::Refuse(Refusal {
                         cause: RefusalCause::CallRate,
                         retry_after: Duration::from_millis(
@@ -594,9 +705,16 @@ impl Worker {
                     })
                 }
                 2 => {
-                    s.lock_share().note_exact(&j.req.tenant, live);
+                    s.lock_share().note_exact(&j.req.tenant, live, live_streams);
                     ClusterVerdict::Refuse(Refusal {
                         cause: RefusalCause::ConcurrentCalls,
+                        retry_after: QUOTA_RETRY_AFTER,
+                    })
+                }
+                3 => {
+                    s.lock_share().note_exact(&j.req.tenant, live, live_streams);
+                    ClusterVerdict::Refuse(Refusal {
+                        cause: RefusalCause::MediaStreams,
                         retry_after: QUOTA_RETRY_AFTER,
                     })
                 }
@@ -614,16 +732,37 @@ impl Worker {
         }
     }
 
-    async fn release(&mut self, items: Vec<(TenantId, String)>) {
+    /// Apply lease changes in order: adds (streams a call grew by) through the renew
+    /// script, removals as ZREM.
+    async fn release(&mut self, ops: Vec<LeaseOp>) {
         let Some(link) = self.link.as_mut() else {
-            // Redis is away: the lease expires within its TTL there.
+            // Redis is away: a removed lease expires within its TTL there; an added one
+            // is re-added by the renewal after reconnecting.
             return;
         };
-        let keys = self.shared.keys.clone();
+        let ttl = micros(self.shared.settings.lease_ttl);
+        let mut items = Vec::with_capacity(ops.len());
+        for op in &ops {
+            match op {
+                LeaseOp::Add(k, m) => {
+                    let args: [&[u8]; 6] = [
+                        b"EVALSHA",
+                        link.shas[RENEW].as_bytes(),
+                        b"1",
+                        k.as_bytes(),
+                        ttl.as_bytes(),
+                        m.as_bytes(),
+                    ];
+                    items.push(args.to_vec());
+                }
+                LeaseOp::Remove(k, m) => {
+                    items.push(vec![b"ZREM".as_slice(), k.as_bytes(), m.as_bytes()]);
+                }
+            }
+        }
         let r = with_deadline(MAINTENANCE_TIMEOUT, async {
-            for (t, m) in &items {
-                let k = keys.leases(t.as_str());
-                link.conn.push(&[b"ZREM", k.as_bytes(), m.as_bytes()]);
+            for a in &items {
+                link.conn.push(a);
             }
             link.conn.flush().await?;
             for _ in &items {
@@ -644,24 +783,25 @@ impl Worker {
     }
 
     async fn renew(&mut self) {
-        let by_tenant: HashMap<TenantId, Vec<String>> = {
+        // Grouped by lease set: a tenant's calls and its streams.
+        let by_set: HashMap<String, Vec<String>> = {
             let leases = self.shared.lock_leases();
-            let mut m: HashMap<TenantId, Vec<String>> = HashMap::new();
-            for (member, t) in leases.iter() {
-                m.entry(t.clone()).or_default().push(member.clone());
+            let mut m: HashMap<String, Vec<String>> = HashMap::new();
+            for (member, key) in leases.iter() {
+                m.entry(key.clone()).or_default().push(member.clone());
             }
             m
         };
-        if by_tenant.is_empty() {
+        if by_set.is_empty() {
             return;
         }
         let ttl = micros(self.shared.settings.lease_ttl);
         let mut calls = Vec::new();
-        for (t, members) in &by_tenant {
+        for (key, members) in &by_set {
             for chunk in members.chunks(RENEW_CHUNK) {
                 let mut args = vec![ttl.clone()];
                 args.extend(chunk.iter().cloned());
-                calls.push((vec![self.shared.keys.leases(t.as_str())], args));
+                calls.push((vec![key.clone()], args));
             }
         }
         let Some(link) = self.link.as_mut() else {
@@ -717,7 +857,13 @@ impl Worker {
         let prefix = format!("{}:", s.settings.node_id);
         let calls: Vec<(Vec<String>, Vec<String>)> = tenants
             .iter()
-            .map(|t| (vec![s.keys.leases(t.as_str())], vec![prefix.clone()]))
+            .map(|t| {
+                let t = t.as_str();
+                (
+                    vec![s.keys.leases(t), s.keys.streams(t)],
+                    vec![prefix.clone()],
+                )
+            })
             .collect();
         let Some(link) = self.link.as_mut() else {
             return;
@@ -726,13 +872,17 @@ impl Worker {
             Ok(replies) => {
                 let mut share = s.lock_share();
                 for (t, v) in tenants.iter().zip(replies) {
-                    let total = v
+                    let nums: Vec<u32> = v
                         .array()
-                        .and_then(|a| a.first())
-                        .and_then(Value::int)
-                        .and_then(|n| u32::try_from(n).ok());
-                    if let Some(total) = total {
-                        share.note_exact(t, total);
+                        .map(|a| {
+                            a.iter()
+                                .filter_map(Value::int)
+                                .filter_map(|n| u32::try_from(n).ok())
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    if let Some(total) = nums.first() {
+                        share.note_exact(t, *total, nums.get(2).copied());
                     }
                 }
             }
@@ -744,7 +894,10 @@ impl Worker {
         let s = self.shared.clone();
         let link = self.link.as_mut()?;
         let calls = [(
-            vec![s.keys.leases(tenant.as_str())],
+            vec![
+                s.keys.leases(tenant.as_str()),
+                s.keys.streams(tenant.as_str()),
+            ],
             vec![format!("{}:", s.settings.node_id)],
         )];
         match with_deadline(MAINTENANCE_TIMEOUT, run_scripts(link, USAGE, &calls)).await {
@@ -757,6 +910,8 @@ impl Worker {
                 Some(ClusterUsage {
                     cluster_calls: nums.first().and_then(|n| u32::try_from(*n).ok())?,
                     node_calls: nums.get(1).and_then(|n| u32::try_from(*n).ok())?,
+                    cluster_streams: nums.get(2).and_then(|n| u32::try_from(*n).ok())?,
+                    node_streams: nums.get(3).and_then(|n| u32::try_from(*n).ok())?,
                     live_nodes: s.live_nodes.load(Ordering::Relaxed),
                 })
             }
@@ -771,7 +926,7 @@ impl Worker {
 async fn worker(
     shared: Arc<Shared>,
     mut work: mpsc::Receiver<Work>,
-    mut releases: mpsc::UnboundedReceiver<(TenantId, String)>,
+    mut releases: mpsc::UnboundedReceiver<LeaseOp>,
 ) {
     let mut w = Worker { shared, link: None };
     let mut heartbeat = tokio::time::interval(w.shared.settings.heartbeat_interval);

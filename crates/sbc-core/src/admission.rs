@@ -34,6 +34,9 @@ pub enum RefusalCause {
     PendingInvites,
     /// The gateway as a whole is over its call rate or its internal queue is too deep.
     Overload,
+    /// The tenant's offered media streams would pass `max_media_streams` cluster-wide
+    /// (cluster admission only; a single node's engine refuses at offer time).
+    MediaStreams,
 }
 
 impl RefusalCause {
@@ -45,6 +48,7 @@ impl RefusalCause {
             RefusalCause::ConcurrentCalls => "concurrent_calls",
             RefusalCause::PendingInvites => "pending_invites",
             RefusalCause::Overload => "overload",
+            RefusalCause::MediaStreams => "media_streams",
         }
     }
 
@@ -56,6 +60,7 @@ impl RefusalCause {
             RefusalCause::ConcurrentCalls => "tenant concurrent call limit",
             RefusalCause::PendingInvites => "tenant pending INVITE limit",
             RefusalCause::Overload => "gateway overloaded",
+            RefusalCause::MediaStreams => "tenant media stream limit",
         }
     }
 }
@@ -177,6 +182,16 @@ impl Admitted {
     /// Hold the call's cluster-wide lease for as long as the call holds its slot.
     pub fn hold(&mut self, lease: crate::cluster::LeaseGuard) {
         self.lease = Some(lease);
+    }
+
+    /// The call's offer now opens `streams` media streams: grow its cluster lease (see
+    /// [`crate::cluster::CallLease::grow_streams`]; never waits). Without a cluster lease
+    /// there is nothing to check here (the media engine's per-node quota applies).
+    pub fn grow_streams(&mut self, streams: u32, limit: u32) -> Result<(), Refusal> {
+        match &mut self.lease {
+            Some(l) => l.grow_streams(streams, limit),
+            None => Ok(()),
+        }
     }
 
     /// The call got its final answer: it no longer counts as a pending INVITE.

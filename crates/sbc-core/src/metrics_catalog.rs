@@ -150,6 +150,7 @@ pub const ADMISSION_CAUSES: &[&str] = &[
     "concurrent_calls",
     "pending_invites",
     "overload",
+    "media_streams",
     "draining",
 ];
 
@@ -869,6 +870,7 @@ mod tests {
             ConcurrentCalls,
             PendingInvites,
             Overload,
+            MediaStreams,
         ]
         .map(RefusalCause::as_str)
         .to_vec();

@@ -1878,6 +1878,8 @@ impl sbc_core::cluster::ClusterAdmission for FakeCluster {
 /// A lease that counts its own release.
 struct CountedLease(Arc<std::sync::atomic::AtomicUsize>);
 
+impl sbc_core::cluster::CallLease for CountedLease {}
+
 impl Drop for CountedLease {
     fn drop(&mut self) {
         self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -2405,4 +2407,69 @@ fn udp_caller_without_ack_is_bounded_by_timer_h() {
     h.advance(Duration::from_secs(60));
     assert!(h.take_to(To::Caller).is_empty(), "timer H ended timer G");
     h.assert_nothing_held();
+}
+
+// ----- cluster admission: media-stream leases -----
+
+/// A lease that records the stream counts it is asked to grow to and refuses past 2.
+struct CappedLease(Arc<Mutex<Vec<u32>>>);
+
+impl sbc_core::cluster::CallLease for CappedLease {
+    fn grow_streams(
+        &mut self,
+        streams: u32,
+        _limit: u32,
+    ) -> Result<(), sbc_core::admission::Refusal> {
+        self.0.lock().unwrap().push(streams);
+        if streams > 2 {
+            return Err(sbc_core::admission::Refusal {
+                cause: sbc_core::admission::RefusalCause::MediaStreams,
+                retry_after: Duration::from_secs(5),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn cluster_leases_the_offered_streams_and_a_reinvite_adding_past_them_gets_503() {
+    use sbc_core::cluster::{ClusterAnswer, ClusterVerdict, DecisionMode, LeaseGuard};
+    let mut h = Harness::new();
+    let cluster = Arc::new(FakeCluster::default());
+    h.core.set_cluster(cluster.clone());
+    let grown = Arc::new(Mutex::new(Vec::new()));
+    h.caller_sends(invite("s1", "z9hG4bK-s1"));
+    let asked: Vec<_> = cluster.asked.lock().unwrap().drain(..).collect();
+    assert_eq!(asked[0].streams, 1, "the offer's one m-line is leased");
+    h.input(Input::Cluster(ClusterAnswer {
+        ticket: asked[0].ticket,
+        mode: DecisionMode::Exact,
+        verdict: ClusterVerdict::Admit(LeaseGuard(Box::new(CappedLease(grown.clone())))),
+    }));
+    let down = h.take_to(To::Callee).remove(0);
+    h.callee_sends(respond(&down, 200, "callee-tag", true));
+    let up = h.take_to(To::Caller);
+    let ok = up.iter().find(|m| m.status() == Some(200)).unwrap().clone();
+    h.caller_sends(in_dialog(Method::Ack, &ok, 1, "z9hG4bK-s1ack", true));
+    h.take();
+    // A re-INVITE opening 3 streams: refused 503 without reaching the callee.
+    let three = format!(
+        "{OFFER}m=video 4002 RTP/SAVP 96\r\nm=audio 4004 RTP/SAVP 0\r\nm=audio 0 RTP/SAVP 0\r\n"
+    );
+    let mut reinvite = in_dialog(Method::Invite, &ok, 2, "z9hG4bK-s1re", true);
+    reinvite.push_header("Content-Type", "application/sdp");
+    reinvite.set_body(three.into_bytes());
+    h.caller_sends(reinvite);
+    let up = h.take_to(To::Caller);
+    assert_eq!(statuses(&up), vec![503]);
+    assert!(h.take_to(To::Callee).is_empty(), "nothing crossed");
+    // One stream again: crosses (the initial offer asked to grow to 1 as well).
+    let mut reinvite = in_dialog(Method::Invite, &ok, 3, "z9hG4bK-s1re2", true);
+    reinvite.push_header("Content-Type", "application/sdp");
+    reinvite.set_body(OFFER.as_bytes().to_vec());
+    h.caller_sends(reinvite);
+    let relayed = h.take_to(To::Callee);
+    assert_eq!(relayed[0].method(), Some(&Method::Invite));
+    assert_eq!(*grown.lock().unwrap(), vec![1, 3, 1]);
+    assert_eq!(h.usage().active_calls, 1, "the call goes on");
 }

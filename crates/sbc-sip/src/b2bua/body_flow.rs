@@ -107,6 +107,25 @@ impl B2bua {
         Err(BodyError::Refused(BodyRefusal::MalformedMultipart))
     }
 
+    /// An offer opening more media streams than the call's cluster lease holds (a
+    /// re-INVITE or UPDATE adding m-lines) grows the lease first, never waiting on
+    /// Redis; past the tenant's `max_media_streams` cluster-wide it is refused as the
+    /// engine's quota is (503). Without a cluster lease nothing happens here.
+    fn lease_offered_streams(&mut self, call: CallRef, sdp: &[u8]) -> Result<(), BodyError> {
+        let Some(c) = self.calls.get_mut(call) else {
+            return Err(BodyError::Media(MediaError::UnknownCall(call)));
+        };
+        let limit = self
+            .media_policies
+            .get(&c.tenant)
+            .map_or(0, |p| p.max_streams);
+        let streams = sbc_core::cluster::offer_streams(sdp);
+        c.admitted.grow_streams(streams, limit).map_err(|_| {
+            tracing::info!(tenant = %c.tenant, streams, limit, "tenant media stream limit (cluster): offer refused");
+            BodyError::Media(MediaError::TenantStreams)
+        })
+    }
+
     /// Pass an SDP body through media control per its offer/answer role. `Ok(None)`: drop
     /// the SDP (not part of offer/answer).
     fn anchor_sdp(
@@ -153,6 +172,10 @@ impl B2bua {
                 Ok(Some(out))
             }
             SdpRole::Offer => {
+                self.lease_offered_streams(call, sdp)?;
+                let Some(c) = self.calls.get(call) else {
+                    return Err(BodyError::Media(MediaError::UnknownCall(call)));
+                };
                 let default_policy;
                 let policy = match self.media_policies.get(&c.tenant) {
                     Some(p) => p,

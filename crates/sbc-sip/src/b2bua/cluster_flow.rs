@@ -5,7 +5,9 @@
 //! [`Ticket`] while the cluster decides; the core goes on serving everything else. The
 //! answer comes back as [`super::Input::Cluster`]: admitted → the lease joins the call's
 //! `Admitted` and the call opens as without a cluster; refused → 503 with Retry-After as
-//! a local refusal. A retransmitted INVITE of a parked call is absorbed; a CANCEL gets
+//! a local refusal. The request carries the media streams the INVITE's SDP offer opens
+//! (with media anchored), leased with the call; streams a re-INVITE or UPDATE adds later
+//! are checked by the media engine's per-node quota only. A retransmitted INVITE of a parked call is absorbed; a CANCEL gets
 //! 200 and the INVITE 487; a closed connection drops the call when its answer comes.
 //!
 //! Owns: the parked table. Must not: wait for the answer, or talk to Redis (the
@@ -118,6 +120,7 @@ impl B2bua {
         let trying = response_to(&parked.invite.msg, 100, "Trying", None);
         self.outputs.push_back(Output::Send { conn, msg: trying });
         let tenant = parked.invite.tenant.clone();
+        let streams = self.offered_streams(&parked.invite);
         if let Some(k) = &parked.key {
             self.parked.by_key.insert(k.clone(), ticket);
         }
@@ -126,8 +129,23 @@ impl B2bua {
             ticket,
             tenant,
             limits,
+            streams,
         });
         Ok(())
+    }
+
+    /// Media streams a new call's offer opens: its SDP's m-lines with a port (plain or
+    /// the multipart's SDP part), 0 without media anchoring (the gateway holds no
+    /// streams then) or when the body is not SDP (a refused body fails the call later).
+    fn offered_streams(&self, invite: &AdmittedInvite) -> u32 {
+        if self.media.is_none() {
+            return 0;
+        }
+        let policy = self.tenant_policy(&invite.tenant);
+        super::topology::classify_body(&invite.msg, &policy.bodies)
+            .ok()
+            .and_then(|b| b.sdp())
+            .map_or(0, sbc_core::cluster::offer_streams)
     }
 
     /// The cluster's answer for a parked INVITE.
