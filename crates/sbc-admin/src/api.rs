@@ -429,23 +429,36 @@ fn visible_tenant(app: &Shared, role: &Role, asked: &str) -> Option<TenantId> {
     (role.may_see(&tenant) && app.state.tenants.contains(&tenant)).then_some(tenant)
 }
 
+/// The tenant a list (`/v1/calls`, `/v1/trunks`) is scoped to: `?tenant=` if the caller may
+/// see it, else the caller's own tenant (`None`: every tenant, for operators); 400 for any
+/// other query parameter, 404 for a tenant the caller may not see.
+fn list_scope(
+    app: &Shared,
+    role: &Role,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Option<TenantId>, Response> {
+    let Ok(Query(query)) = query else {
+        return Err(json_error(
+            StatusCode::BAD_REQUEST,
+            "the only query parameter is `tenant`",
+        ));
+    };
+    match (&query.tenant, role.tenant()) {
+        (Some(asked), _) => visible_tenant(app, role, asked)
+            .map(Some)
+            .ok_or_else(|| json_error(StatusCode::NOT_FOUND, "no such tenant")),
+        (None, own) => Ok(own.cloned()),
+    }
+}
+
 async fn list_calls(
     State(app): State<App>,
     Extension(Caller(token)): Extension<Caller>,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Response {
-    let Ok(Query(query)) = query else {
-        return json_error(
-            StatusCode::BAD_REQUEST,
-            "the only query parameter is `tenant`",
-        );
-    };
-    let scope = match (&query.tenant, token.role.tenant()) {
-        (Some(asked), _) => match visible_tenant(&app, &token.role, asked) {
-            Some(t) => Some(t),
-            None => return json_error(StatusCode::NOT_FOUND, "no such tenant"),
-        },
-        (None, own) => own.cloned(),
+    let scope = match list_scope(&app, &token.role, query) {
+        Ok(scope) => scope,
+        Err(refused) => return refused,
     };
     // `snapshot` copies under the registry lock and releases it before returning.
     let calls = app.state.registry.snapshot(scope.as_ref());
@@ -500,18 +513,9 @@ async fn list_trunks(
     Extension(Caller(token)): Extension<Caller>,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Response {
-    let Ok(Query(query)) = query else {
-        return json_error(
-            StatusCode::BAD_REQUEST,
-            "the only query parameter is `tenant`",
-        );
-    };
-    let scope = match (&query.tenant, token.role.tenant()) {
-        (Some(asked), _) => match visible_tenant(&app, &token.role, asked) {
-            Some(t) => Some(t),
-            None => return json_error(StatusCode::NOT_FOUND, "no such tenant"),
-        },
-        (None, own) => own.cloned(),
+    let scope = match list_scope(&app, &token.role, query) {
+        Ok(scope) => scope,
+        Err(refused) => return refused,
     };
     let Some(board) = app.trunks.get() else {
         return with_audit(

@@ -135,39 +135,49 @@ pub fn srv_names(
         .collect()
 }
 
-/// SRV records in the order to try them (RFC 2782, "Usage rules"): ascending priority;
-/// within one priority, repeatedly pick at random with probability proportional to
-/// weight (weight-0 records first in the running sum, so they are picked rarely but can
-/// be), removing each pick. `rng` is passed in so tests can seed it.
+/// SRV records in the order to try them (RFC 2782, "Usage rules"): see [`rfc2782_order`].
+/// `rng` is passed in so tests can seed it.
 pub fn srv_order<R: Rng + ?Sized>(records: &[Srv], rng: &mut R) -> Vec<Srv> {
-    let mut by_priority: Vec<Srv> = records.to_vec();
-    by_priority.sort_by_key(|r| r.priority);
-    let mut out = Vec::with_capacity(by_priority.len());
-    let mut i = 0;
-    while i < by_priority.len() {
-        let prio = by_priority[i].priority;
-        let mut group: Vec<Srv> = by_priority[i..]
+    rfc2782_order(records.to_vec(), |r| (r.priority, r.weight), rng)
+}
+
+/// Items in the order RFC 2782's "Usage rules" give to SRV records, by `key` = (priority,
+/// weight): ascending priority; within one priority, repeatedly pick at random with
+/// probability proportional to weight (weight-0 items first in the running sum, so they
+/// are picked rarely but can be), removing each pick. A group of one draws nothing. The
+/// one implementation for SRV answers and for configured route targets
+/// (`sbc_sip::routing`).
+pub fn rfc2782_order<T, R: Rng + ?Sized>(
+    mut items: Vec<T>,
+    key: impl Fn(&T) -> (u16, u16),
+    rng: &mut R,
+) -> Vec<T> {
+    // Stable sorts: equal keys keep their given order.
+    items.sort_by_key(|t| key(t).0);
+    let mut out = Vec::with_capacity(items.len());
+    while let Some(first) = items.first() {
+        let priority = key(first).0;
+        let end = items
             .iter()
-            .take_while(|r| r.priority == prio)
-            .cloned()
-            .collect();
-        i += group.len();
-        // Weight-0 records at the beginning (RFC 2782).
-        group.sort_by_key(|r| r.weight != 0);
-        while !group.is_empty() {
-            let total: u32 = group.iter().map(|r| u32::from(r.weight)).sum();
-            let pick = rng.gen_range(0..=total);
+            .position(|t| key(t).0 != priority)
+            .unwrap_or(items.len());
+        let mut group: Vec<T> = items.drain(..end).collect();
+        group.sort_by_key(|t| key(t).1 != 0);
+        while group.len() > 1 {
+            let total: u32 = group.iter().map(|t| u32::from(key(t).1)).sum();
+            let draw = rng.gen_range(0..=total);
             let mut running = 0u32;
             let mut chosen = group.len() - 1;
-            for (k, r) in group.iter().enumerate() {
-                running += u32::from(r.weight);
-                if running >= pick {
+            for (k, t) in group.iter().enumerate() {
+                running += u32::from(key(t).1);
+                if running >= draw {
                     chosen = k;
                     break;
                 }
             }
             out.push(group.remove(chosen));
         }
+        out.extend(group);
     }
     out
 }

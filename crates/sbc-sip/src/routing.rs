@@ -95,51 +95,15 @@ impl RouteEntry {
         rng: &mut impl Rng,
         usable: impl Fn(TargetId) -> bool,
     ) -> Vec<Candidate> {
-        let mut left: Vec<&RouteTarget> =
-            self.targets.iter().filter(|t| usable(t.target)).collect();
-        left.sort_by_key(|t| t.priority);
-        let mut out = Vec::with_capacity(left.len());
-        while let Some(first) = left.first() {
-            let priority = first.priority;
-            let end = left
-                .iter()
-                .position(|t| t.priority != priority)
-                .unwrap_or(left.len());
-            let mut group: Vec<&RouteTarget> = left.drain(..end).collect();
-            // RFC 2782: zero-weight targets first in the running sum, so they are picked
-            // only when the draw is 0 or nothing else is left.
-            group.sort_by_key(|t| t.weight != 0);
-            while !group.is_empty() {
-                if group.len() == 1 {
-                    // Nothing to draw (and a one-target route costs no randomness).
-                    let t = group.remove(0);
-                    out.push(Candidate {
-                        target: t.target,
-                        host_port: t.host_port.clone(),
-                        transport: t.transport,
-                    });
-                    break;
-                }
-                let total: u32 = group.iter().map(|t| u32::from(t.weight)).sum();
-                let draw = rng.gen_range(0..=total);
-                let mut sum = 0u32;
-                let mut pick = group.len() - 1;
-                for (i, t) in group.iter().enumerate() {
-                    sum += u32::from(t.weight);
-                    if sum >= draw {
-                        pick = i;
-                        break;
-                    }
-                }
-                let t = group.remove(pick);
-                out.push(Candidate {
-                    target: t.target,
-                    host_port: t.host_port.clone(),
-                    transport: t.transport,
-                });
-            }
-        }
-        out
+        let usable: Vec<&RouteTarget> = self.targets.iter().filter(|t| usable(t.target)).collect();
+        sbc_dns::order::rfc2782_order(usable, |t| (t.priority, t.weight), rng)
+            .into_iter()
+            .map(|t| Candidate {
+                target: t.target,
+                host_port: t.host_port.clone(),
+                transport: t.transport,
+            })
+            .collect()
     }
 }
 
