@@ -436,17 +436,17 @@ fn list_scope(
     app: &Shared,
     role: &Role,
     query: Result<Query<ListQuery>, QueryRejection>,
-) -> Result<Option<TenantId>, Response> {
+) -> Result<Option<TenantId>, Box<Response>> {
     let Ok(Query(query)) = query else {
-        return Err(json_error(
+        return Err(Box::new(json_error(
             StatusCode::BAD_REQUEST,
             "the only query parameter is `tenant`",
-        ));
+        )));
     };
     match (&query.tenant, role.tenant()) {
         (Some(asked), _) => visible_tenant(app, role, asked)
             .map(Some)
-            .ok_or_else(|| json_error(StatusCode::NOT_FOUND, "no such tenant")),
+            .ok_or_else(|| Box::new(json_error(StatusCode::NOT_FOUND, "no such tenant"))),
         (None, own) => Ok(own.cloned()),
     }
 }
@@ -458,7 +458,7 @@ async fn list_calls(
 ) -> Response {
     let scope = match list_scope(&app, &token.role, query) {
         Ok(scope) => scope,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     // `snapshot` copies under the registry lock and releases it before returning.
     let calls = app.state.registry.snapshot(scope.as_ref());
@@ -515,7 +515,7 @@ async fn list_trunks(
 ) -> Response {
     let scope = match list_scope(&app, &token.role, query) {
         Ok(scope) => scope,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     let Some(board) = app.trunks.get() else {
         return with_audit(
