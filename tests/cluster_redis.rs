@@ -422,7 +422,8 @@ fn serve_callee(callee: Callee) {
             };
             tokio::spawn(async move {
                 let mut invites: HashMap<String, SipMessage> = HashMap::new();
-                while let Some(m) = conn.recv_within(Duration::from_secs(120)).await {
+                // Ends when the gateway goes away (the tests SIGKILL nodes).
+                while let Some(m) = conn.recv_or_closed_within(Duration::from_secs(120)).await {
                     match m.method() {
                         Some(Method::Invite) => {
                             let hold = m.request_uri().is_some_and(|u| u.contains(":hold"));

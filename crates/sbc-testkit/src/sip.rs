@@ -285,19 +285,38 @@ impl Peer {
     /// The next framed message as raw bytes, or None after `wait`. Panics if the
     /// connection closes.
     pub async fn recv_raw_within(&mut self, wait: Duration) -> Option<bytes::Bytes> {
+        match self.read_frame_within(wait).await {
+            Ok(b) => b,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// The next message, or `None` after `wait` or once the connection closed: for a
+    /// long-lived server loop whose peer may go away (a gateway killed by the test).
+    pub async fn recv_or_closed_within(&mut self, wait: Duration) -> Option<SipMessage> {
+        if let Some(m) = self.pending.pop_front() {
+            return Some(m);
+        }
+        let b = self.read_frame_within(wait).await.ok()??;
+        SipMessage::parse(&b).ok()
+    }
+
+    /// The next framed message: `Ok(None)` after `wait`, `Err` if the connection closed
+    /// or failed.
+    async fn read_frame_within(&mut self, wait: Duration) -> Result<Option<bytes::Bytes>, String> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             match self.framer.next_frame().expect("framing") {
-                Some(Frame::Message(b)) => return Some(b),
+                Some(Frame::Message(b)) => return Ok(Some(b)),
                 Some(Frame::KeepAlivePing) => continue,
                 None => {}
             }
             let mut buf = [0u8; 8192];
             let n = match tokio::time::timeout_at(deadline, self.io.read(&mut buf)).await {
-                Err(_) => return None,
-                Ok(Ok(0)) => panic!("connection closed while waiting for a message"),
+                Err(_) => return Ok(None),
+                Ok(Ok(0)) => return Err("connection closed while waiting for a message".into()),
                 Ok(Ok(n)) => n,
-                Ok(Err(e)) => panic!("read error: {e}"),
+                Ok(Err(e)) => return Err(format!("read error: {e}")),
             };
             // A lone CRLF is a keep-alive pong (RFC 5626).
             if &buf[..n] == b"\r\n" {
