@@ -586,8 +586,8 @@ pub const CATALOG: &[MetricDef] = &[
     ),
     counter(
         "sbc_sip_transaction_timeouts_total",
-        "SIP transaction timers that fired (ack: a 2xx never acknowledged, the call is ended).",
-        &[closed("timer", &["B", "F", "H", "ringing", "ack"])],
+        "SIP transaction timers that fired (ack: a 2xx never acknowledged, the call is ended; prack: a reliable provisional never PRACKed, the INVITE gets 504).",
+        &[closed("timer", &["B", "F", "H", "ringing", "ack", "prack"])],
     ),
     counter(
         "sbc_sip_target_unreachable_total",
@@ -632,7 +632,7 @@ pub const CATALOG: &[MetricDef] = &[
     ),
     counter(
         "sbc_sip_retransmissions_total",
-        "SIP messages sent again over UDP (kind: request for timers A/E, response for timer G).",
+        "SIP messages sent again over UDP (kind: request for timers A/E, own PRACKs and OPTIONS pings included; response for timer G and reliable provisionals).",
         &[closed("kind", &["request", "response"])],
     ),
     counter(

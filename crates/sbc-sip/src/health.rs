@@ -15,10 +15,14 @@
 //! - `down_after` consecutive failures mark an up target down; `up_after` consecutive
 //!   answers mark a down target up. A target starts up.
 //! - A quarantine lasts the Retry-After seconds, capped by [`MAX_QUARANTINE`].
+//! - Over UDP a ping in flight is sent again by its non-INVITE client transaction (timer
+//!   E: T1 doubling up to T2, every T2 after a provisional) until its final or the ping
+//!   timeout, so one lost datagram is not a failed ping; over TLS and TCP it is sent once.
 //!
-//! Must not: build or send messages (the B2BUA builds the OPTIONS and sends it through
-//! the same outbound path as calls), read a clock (`now` comes in) or decide routing (see
-//! [`crate::routing`], which asks [`TrunkHealth::usable`]).
+//! Must not: build or send messages (the B2BUA builds the OPTIONS and sends it, and its
+//! copies, through the same outbound path as calls; health only keeps it in flight), read
+//! a clock (`now` comes in) or decide routing (see [`crate::routing`], which asks
+//! [`TrunkHealth::usable`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -29,7 +33,9 @@ use sbc_core::tenant::TenantId;
 use sbc_core::trunks::{TrunkBoard, TrunkStatus};
 use tracing::warn;
 
+use crate::message::SipMessage;
 use crate::routing::{RouteTable, TargetId};
+use crate::transaction::{ClientTransaction, TimerConfig};
 
 /// Longest a 503's Retry-After keeps a target out: a trunk asking for an hour is more
 /// likely misconfigured than down for an hour, and health checks (or the next 503) bring a
@@ -50,8 +56,20 @@ struct Probe {
     settings: HealthSettings,
     /// Next ping.
     next_at: Instant,
-    /// The ping in flight: its branch and when it counts as failed.
-    outstanding: Option<(String, Instant)>,
+    /// The ping in flight.
+    outstanding: Option<InFlight>,
+}
+
+/// A ping sent and not yet answered.
+#[derive(Debug)]
+struct InFlight {
+    branch: String,
+    /// When it counts as failed (the ping timeout).
+    deadline: Instant,
+    /// The OPTIONS, for timer E over UDP.
+    msg: SipMessage,
+    /// Its client transaction: retransmissions over UDP (none over TLS and TCP).
+    tx: ClientTransaction,
 }
 
 #[derive(Debug)]
@@ -184,7 +202,10 @@ impl TrunkHealth {
             .values()
             .filter_map(|h| h.probe.as_ref())
             .map(|p| match &p.outstanding {
-                Some((_, deadline)) => *deadline,
+                Some(f) => {
+                    f.tx.poll_timeout()
+                        .map_or(f.deadline, |t| t.min(f.deadline))
+                }
                 None => p.next_at,
             })
             .min()
@@ -197,8 +218,8 @@ impl TrunkHealth {
             .targets
             .values()
             .filter_map(|h| h.probe.as_ref()?.outstanding.as_ref())
-            .filter(|(_, deadline)| now >= *deadline)
-            .map(|(b, _)| b.clone())
+            .filter(|f| now >= f.deadline)
+            .map(|f| f.branch.clone())
             .collect();
         for b in timed_out {
             self.finish(&b, Outcome::Failed, now);
@@ -217,15 +238,46 @@ impl TrunkHealth {
         due
     }
 
-    /// A ping to `target` left with `branch` at `now`.
-    pub fn sent(&mut self, target: TargetId, branch: String, now: Instant) {
+    /// A ping `msg` to `target` left with `branch` at `now`; `tx` is its client
+    /// transaction (made for the target's transport: it says when to send it again).
+    pub fn sent(
+        &mut self,
+        target: TargetId,
+        branch: String,
+        msg: SipMessage,
+        tx: ClientTransaction,
+        now: Instant,
+    ) {
         let Some(p) = self.targets.get_mut(&target).and_then(|h| h.probe.as_mut()) else {
             return;
         };
         let deadline = now + p.settings.timeout;
         p.next_at = now + p.settings.interval;
-        p.outstanding = Some((branch.clone(), deadline));
+        p.outstanding = Some(InFlight {
+            branch: branch.clone(),
+            deadline,
+            msg,
+            tx,
+        });
         self.by_branch.insert(branch, target);
+    }
+
+    /// Timer E of the pings in flight: the ones to send again at `now` (over UDP only).
+    /// Call after [`TrunkHealth::due`], which ends the pings past their timeout.
+    pub fn retransmissions(&mut self, now: Instant) -> Vec<(TargetId, SipMessage)> {
+        let mut out = Vec::new();
+        for (id, h) in &mut self.targets {
+            let Some(f) = h.probe.as_mut().and_then(|p| p.outstanding.as_mut()) else {
+                continue;
+            };
+            // Timer F (64·T1) only stops the copies; the ping timeout decides the result.
+            f.tx.handle_timeout(now);
+            if f.tx.retransmit_due(now) {
+                out.push((*id, f.msg.clone()));
+            }
+        }
+        out.sort_by_key(|(id, _)| *id);
+        out
     }
 
     /// The target a ping with this branch went to, if it is one of ours in flight.
@@ -233,9 +285,19 @@ impl TrunkHealth {
         self.by_branch.get(branch).copied()
     }
 
-    /// A response to the ping with `branch`; provisionals are ignored (the final decides).
-    pub fn on_response(&mut self, branch: &str, code: u16, now: Instant) {
+    /// A response to the ping with `branch`; a provisional only slows its timer E to T2
+    /// (the final decides).
+    pub fn on_response(&mut self, branch: &str, code: u16, now: Instant, timers: &TimerConfig) {
         if code < 200 {
+            if let Some(f) = self
+                .by_branch
+                .get(branch)
+                .and_then(|t| self.targets.get_mut(t))
+                .and_then(|h| h.probe.as_mut()?.outstanding.as_mut())
+                .filter(|f| f.branch == branch)
+            {
+                f.tx.handle_input(now, code, timers);
+            }
             return;
         }
         let outcome = if code == 408 || code == 503 {
@@ -261,7 +323,7 @@ impl TrunkHealth {
         let Some(p) = h.probe.as_mut() else {
             return;
         };
-        if p.outstanding.as_ref().map(|(b, _)| b.as_str()) != Some(branch) {
+        if p.outstanding.as_ref().map(|f| f.branch.as_str()) != Some(branch) {
             return;
         }
         p.outstanding = None;
@@ -344,6 +406,18 @@ mod tests {
         t
     }
 
+    fn options() -> SipMessage {
+        SipMessage::new_request(crate::message::Method::Options, "sips:pbx:5061")
+    }
+
+    fn tls_tx(now: Instant) -> ClientTransaction {
+        ClientTransaction::new(
+            crate::transaction::TxKind::NonInvite,
+            now,
+            &TimerConfig::default(),
+        )
+    }
+
     fn settings() -> HealthSettings {
         HealthSettings {
             interval: Duration::from_secs(10),
@@ -363,7 +437,7 @@ mod tests {
         let ping = |h: &mut TrunkHealth, now: Instant, n: u32| {
             assert_eq!(h.due(now), vec![TargetId(0)]);
             let b = format!("b{n}");
-            h.sent(TargetId(0), b.clone(), now);
+            h.sent(TargetId(0), b.clone(), options(), tls_tx(now), now);
             assert!(h.due(now).is_empty(), "one ping in flight at a time");
             b
         };
@@ -378,19 +452,62 @@ mod tests {
         assert!(!h.usable(TargetId(0), now));
         // A 503 answer is still a failure; then two answers: up.
         let b = ping(&mut h, now, 2);
-        h.on_response(&b, 503, now);
+        h.on_response(&b, 503, now, &TimerConfig::default());
         assert!(!h.usable(TargetId(0), now));
         now += Duration::from_secs(10);
         let b = ping(&mut h, now, 3);
-        h.on_response(&b, 100, now);
-        h.on_response(&b, 404, now);
+        h.on_response(&b, 100, now, &TimerConfig::default());
+        h.on_response(&b, 404, now, &TimerConfig::default());
         assert!(!h.usable(TargetId(0), now), "one answer is not enough");
         now += Duration::from_secs(10);
         let b = ping(&mut h, now, 4);
-        h.on_response(&b, 200, now);
+        h.on_response(&b, 200, now, &TimerConfig::default());
         assert!(h.usable(TargetId(0), now));
         // A late answer to an old ping changes nothing.
-        h.on_response("b0", 200, now);
+        h.on_response("b0", 200, now, &TimerConfig::default());
+    }
+
+    #[test]
+    fn udp_ping_is_sent_again_by_timer_e_until_its_timeout_and_a_late_answer_counts() {
+        let t0 = Instant::now();
+        let timers = TimerConfig::default();
+        let mut h = TrunkHealth::default();
+        h.install(&table(Some(settings())), t0);
+        let ms = Duration::from_millis;
+        let udp = |now| {
+            ClientTransaction::new_over(crate::transaction::TxKind::NonInvite, now, &timers, false)
+        };
+        assert_eq!(h.due(t0), vec![TargetId(0)]);
+        h.sent(TargetId(0), "b0".into(), options(), udp(t0), t0);
+        assert_eq!(h.poll_timeout(), Some(t0 + ms(500)));
+        assert!(h.retransmissions(t0 + ms(499)).is_empty());
+        assert_eq!(h.retransmissions(t0 + ms(500)).len(), 1);
+        assert_eq!(
+            h.poll_timeout(),
+            Some(t0 + ms(1000)),
+            "the ping timeout first"
+        );
+        // The answer to a copy, before the timeout: answered.
+        h.on_response("b0", 200, t0 + ms(900), &timers);
+        assert!(h.usable(TargetId(0), t0 + ms(900)));
+        assert_eq!(h.poll_timeout(), Some(t0 + Duration::from_secs(10)));
+        // The next one is never answered: copies until the timeout, then a failure.
+        let t1 = t0 + Duration::from_secs(10);
+        assert_eq!(h.due(t1), vec![TargetId(0)]);
+        h.sent(TargetId(0), "b1".into(), options(), udp(t1), t1);
+        assert_eq!(h.retransmissions(t1 + ms(500)).len(), 1);
+        assert!(h.due(t1 + ms(1000)).is_empty());
+        assert!(
+            h.retransmissions(t1 + ms(1500)).is_empty(),
+            "timed out: no copies"
+        );
+        assert_eq!(h.poll_timeout(), Some(t1 + Duration::from_secs(10)));
+        // Over TLS: never sent again.
+        let t2 = t1 + Duration::from_secs(10);
+        assert_eq!(h.due(t2), vec![TargetId(0)]);
+        h.sent(TargetId(0), "b2".into(), options(), tls_tx(t2), t2);
+        assert_eq!(h.poll_timeout(), Some(t2 + ms(1000)));
+        assert!(h.retransmissions(t2 + ms(999)).is_empty());
     }
 
     #[test]

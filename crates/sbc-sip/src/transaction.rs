@@ -29,10 +29,39 @@ pub const T4: Duration = Duration::from_secs(5);
 pub const TIMER_D: Duration = Duration::from_secs(32);
 
 /// The retransmission schedule of one message over UDP: when next, and the interval.
+/// Transactions keep theirs; the B2BUA keeps one for what it sends again outside a
+/// transaction pair (a reliable provisional until its PRACK, RFC 3262 §3).
 #[derive(Debug, Clone, Copy)]
-struct Retransmit {
+pub struct Retransmit {
     at: Instant,
     interval: Duration,
+}
+
+impl Retransmit {
+    /// A message sent at `now`: the first copy goes T1 later.
+    pub fn starting(now: Instant, t1: Duration) -> Self {
+        Retransmit {
+            at: now + t1,
+            interval: t1,
+        }
+    }
+
+    /// When the next copy is due.
+    pub fn at(&self) -> Instant {
+        self.at
+    }
+
+    /// True if a copy is due at `now`; the schedule then moves on with the interval
+    /// doubled (capped at `cap` when given: T2 for timers E and G).
+    pub fn due(&mut self, now: Instant, cap: Option<Duration>) -> bool {
+        if now < self.at {
+            return false;
+        }
+        let doubled = self.interval.saturating_mul(2);
+        self.interval = cap.map_or(doubled, |c| doubled.min(c));
+        self.at = now + self.interval;
+        true
+    }
 }
 
 /// Timer values shared by all transactions of a gateway.
@@ -669,6 +698,30 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn retransmit_schedule_doubles_and_caps_when_asked() {
+        let t0 = Instant::now();
+        let mut free = Retransmit::starting(t0, ms(500));
+        let mut capped = free;
+        let mut sent = (Vec::new(), Vec::new());
+        let mut now = t0;
+        while now < t0 + ms(20_000) {
+            now += ms(10);
+            if free.due(now, None) {
+                sent.0.push(now - t0);
+            }
+            if capped.due(now, Some(T2)) {
+                sent.1.push(now - t0);
+            }
+        }
+        assert_eq!(sent.0, [500, 1500, 3500, 7500, 15_500].map(ms));
+        assert_eq!(
+            sent.1,
+            [500, 1500, 3500, 7500, 11_500, 15_500, 19_500].map(ms)
+        );
+        assert_eq!(free.at(), t0 + ms(31_500));
     }
 
     #[test]

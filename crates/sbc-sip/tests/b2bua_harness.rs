@@ -2409,6 +2409,271 @@ fn udp_caller_without_ack_is_bounded_by_timer_h() {
     h.assert_nothing_held();
 }
 
+// ----- UDP: reliable provisionals, own PRACKs and trunk pings sent again -----
+
+/// The messages to `to` that `pick` selects, sent within `window` while the virtual clock
+/// steps by 10 ms: each with its offset in ms from the start of the window. Other messages
+/// stay in the log.
+fn picked_over(
+    h: &mut Harness,
+    to: To,
+    window: Duration,
+    pick: impl Fn(&SipMessage) -> bool,
+) -> Vec<(u128, SipMessage)> {
+    let mut out = Vec::new();
+    let step = Duration::from_millis(10);
+    let mut t = Duration::ZERO;
+    while t < window {
+        h.advance(step);
+        t += step;
+        let (mine, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut h.sent)
+            .into_iter()
+            .partition(|(dest, m)| *dest == to && pick(m));
+        h.sent = rest;
+        out.extend(mine.into_iter().map(|(_, m)| (t.as_millis(), m)));
+    }
+    out
+}
+
+fn offsets(picked: &[(u128, SipMessage)]) -> Vec<u128> {
+    picked.iter().map(|(t, _)| *t).collect()
+}
+
+fn is_status(code: u16) -> impl Fn(&SipMessage) -> bool {
+    move |m| m.status() == Some(code)
+}
+
+fn is_method(method: Method) -> impl Fn(&SipMessage) -> bool {
+    move |m| m.method() == Some(&method)
+}
+
+#[test]
+fn udp_caller_reliable_183_is_sent_again_doubling_until_its_prack() {
+    let mut h = Harness::with_transports(Transport::Udp, Transport::Tls);
+    h.caller_sends(invite_100rel("ur1", true));
+    let down = h.take_to(To::Callee).remove(0);
+    h.callee_sends(reliable(&down, 183, 9, true));
+    let up = h.take_to(To::Caller);
+    assert_eq!(statuses(&up), vec![100, 183]);
+    let p183 = up[1].clone();
+    let n = rseq(&p183);
+    // RFC 3262 §3: T1, doubling: 0.5, 1.5, 3.5, 7.5 s after the first send, the same 183.
+    let copies = picked_over(
+        &mut h,
+        To::Caller,
+        Duration::from_millis(7600),
+        is_status(183),
+    );
+    assert_eq!(offsets(&copies), vec![500, 1500, 3500, 7500]);
+    for (_, m) in &copies {
+        assert_eq!(m.to_bytes(), p183.to_bytes(), "the same provisional");
+    }
+    // Its PRACK stops it, and crosses as usual.
+    h.caller_sends(prack(&p183, 2, "z9hG4bK-upr1", &format!("{n} 1 INVITE")));
+    let pr = h.take_to(To::Callee);
+    assert_eq!(pr.len(), 1);
+    assert_eq!(pr[0].header("rack"), Some("9 1 INVITE"));
+    let after = picked_over(&mut h, To::Caller, Duration::from_secs(30), is_status(183));
+    assert!(after.is_empty(), "sent again after its PRACK: {after:?}");
+    assert!(h.take_to(To::Caller).is_empty(), "no 504: it was PRACKed");
+    h.callee_sends(respond(&pr[0], 200, "callee-tag", false));
+    h.callee_sends(respond(&down, 200, "callee-tag", true));
+    let up = h.take_to(To::Caller);
+    assert_eq!(statuses(&up), vec![200, 200]);
+    let ok = up[1].clone();
+    h.caller_sends(in_dialog(Method::Ack, &ok, 1, "z9hG4bK-ack-ur1", true));
+    h.caller_sends(in_dialog(Method::Bye, &ok, 3, "z9hG4bK-bye-ur1", true));
+    let bye = h
+        .take_to(To::Callee)
+        .into_iter()
+        .find(|m| m.method() == Some(&Method::Bye))
+        .unwrap();
+    h.callee_sends(respond(&bye, 200, "callee-tag", false));
+    h.advance(T1 * 64);
+    h.assert_nothing_held();
+}
+
+#[test]
+fn udp_caller_that_never_pracks_gets_504_after_64_t1_and_the_callee_is_cancelled() {
+    let mut h = Harness::with_transports(Transport::Udp, Transport::Tls);
+    h.caller_sends(invite_100rel("ur2", true));
+    let down = h.take_to(To::Callee).remove(0);
+    h.callee_sends(reliable(&down, 183, 9, true));
+    h.take();
+    let copies = picked_over(
+        &mut h,
+        To::Caller,
+        T1 * 64 + Duration::from_millis(10),
+        is_status(183),
+    );
+    assert_eq!(
+        offsets(&copies),
+        vec![500, 1500, 3500, 7500, 15_500, 31_500],
+        "doubling without a cap"
+    );
+    // 64·T1 without a PRACK: 504 upstream, CANCEL downstream.
+    let up = h.take_to(To::Caller);
+    assert_eq!(statuses(&up), vec![504]);
+    let to_callee = h.take_to(To::Callee);
+    assert_eq!(to_callee.len(), 1);
+    assert_eq!(to_callee[0].method(), Some(&Method::Cancel));
+    // The callee's 487 ends the call; nothing more reaches the caller but the 504's copies.
+    h.callee_sends(respond(&down, 487, "callee-tag", false));
+    assert_eq!(h.take_to(To::Callee)[0].method(), Some(&Method::Ack));
+    assert!(h.take_to(To::Caller).is_empty());
+    h.advance(T1 * 64 + Duration::from_millis(1));
+    assert!(statuses(&h.take_to(To::Caller)).iter().all(|c| *c == 504));
+    h.assert_nothing_held();
+}
+
+#[test]
+fn over_tls_reliable_183_and_own_prack_are_sent_once_and_never_time_out() {
+    // The caller offered 100rel: the 183 is relayed reliably, once.
+    let mut h = Harness::new();
+    h.caller_sends(invite_100rel("ur3", true));
+    let down = h.take_to(To::Callee).remove(0);
+    h.callee_sends(reliable(&down, 183, 9, true));
+    assert_eq!(statuses(&h.take_to(To::Caller)), vec![100, 183]);
+    h.advance(T1 * 64 + Duration::from_secs(1));
+    assert!(h.take().is_empty(), "nothing sent again, no 504 over TLS");
+    h.callee_sends(respond(&down, 486, "callee-tag", false));
+    assert_eq!(statuses(&h.take_to(To::Caller)), vec![486]);
+    h.take();
+    // The caller did not: the gateway's own PRACK goes once.
+    h.caller_sends(invite("ur4", "z9hG4bK-ur4"));
+    let down = h.take_to(To::Callee).remove(0);
+    h.callee_sends(reliable(&down, 183, 77, true));
+    assert_eq!(h.take_to(To::Callee).len(), 1, "one PRACK");
+    h.advance(Duration::from_secs(20));
+    assert!(
+        h.take_to(To::Callee).is_empty(),
+        "no PRACK sent again over TLS"
+    );
+    h.callee_sends(respond(&down, 486, "callee-tag", false));
+    h.advance(T1 * 64);
+    h.assert_nothing_held();
+}
+
+#[test]
+fn own_prack_to_a_udp_callee_is_sent_again_by_timer_e_until_its_200() {
+    let mut h = Harness::with_transports(Transport::Tls, Transport::Udp);
+    h.caller_sends(invite("ur5", "z9hG4bK-ur5"));
+    let down = h.take_to(To::Callee).remove(0);
+    h.callee_sends(reliable(&down, 183, 77, true));
+    let pr = h.take_to(To::Callee);
+    assert_eq!(pr.len(), 1);
+    let pr = pr[0].clone();
+    assert_eq!(pr.method(), Some(&Method::Prack));
+    assert!(pr.header("via").unwrap().starts_with("SIP/2.0/UDP "));
+    h.take();
+    // Timer E: 0.5, 1.5, 3.5, 7.5, then capped at T2: 11.5 s.
+    let copies = picked_over(
+        &mut h,
+        To::Callee,
+        Duration::from_millis(11_600),
+        is_method(Method::Prack),
+    );
+    assert_eq!(offsets(&copies), vec![500, 1500, 3500, 7500, 11_500]);
+    for (_, m) in &copies {
+        assert_eq!(m.to_bytes(), pr.to_bytes(), "the same PRACK (same branch)");
+    }
+    // Its 200 stops it and goes nowhere.
+    h.callee_sends(respond(&pr, 200, "callee-tag", false));
+    assert!(h.take().is_empty(), "absorbed");
+    let after = picked_over(
+        &mut h,
+        To::Callee,
+        Duration::from_secs(20),
+        is_method(Method::Prack),
+    );
+    assert!(after.is_empty(), "sent again after its 200: {after:?}");
+    // A copy of the 200 is still absorbed.
+    h.callee_sends(respond(&pr, 200, "callee-tag", false));
+    assert!(h.take().is_empty());
+    h.callee_sends(respond(&down, 486, "callee-tag", false));
+    assert_eq!(statuses(&h.take_to(To::Caller)), vec![486]);
+    h.advance(T1 * 64 + Duration::from_secs(33));
+    h.assert_nothing_held();
+}
+
+#[test]
+fn options_ping_to_a_udp_target_is_sent_again_and_a_late_answer_counts() {
+    let health = sbc_core::config::HealthSettings {
+        interval: Duration::from_secs(10),
+        timeout: Duration::from_secs(2),
+        down_after: 1,
+        up_after: 1,
+    };
+    let mut route = RouteEntry::single("", TARGET, "pbx.inside:5061");
+    route.targets[0].transport = Transport::Udp;
+    route.health = Some(health);
+    let mut h = Harness::build(Transport::Tls, route);
+    let board = Arc::new(sbc_core::trunks::TrunkBoard::new());
+    h.core.set_trunk_board(board.clone());
+    let acme = TenantId::from("acme");
+    let state = |b: &sbc_core::trunks::TrunkBoard| {
+        let rows = b.snapshot(Some(&acme));
+        (rows[0].up, rows[0].consecutive_failures)
+    };
+    h.advance(Duration::ZERO);
+    let ping = h.take_to(To::Callee);
+    assert_eq!(ping.len(), 1);
+    let ping = ping[0].clone();
+    assert_eq!(ping.method(), Some(&Method::Options));
+    assert!(ping.header("via").unwrap().starts_with("SIP/2.0/UDP "));
+    // Timer E within the 2 s timeout: 0.5 and 1.5 s, the same request.
+    let copies = picked_over(
+        &mut h,
+        To::Callee,
+        Duration::from_millis(1600),
+        is_method(Method::Options),
+    );
+    assert_eq!(offsets(&copies), vec![500, 1500]);
+    for (_, m) in &copies {
+        assert_eq!(m.to_bytes(), ping.to_bytes());
+    }
+    // The first copy was lost; the answer to a later one, 1.6 s in, still counts.
+    h.callee_sends(respond(&ping, 200, "p", false));
+    assert_eq!(state(&board), (true, 0));
+    assert!(
+        picked_over(
+            &mut h,
+            To::Callee,
+            Duration::from_millis(8300),
+            is_method(Method::Options)
+        )
+        .is_empty(),
+        "answered: no more copies before the next ping"
+    );
+    // The next ping (10 s) is never answered: copies until its timeout, then down.
+    let next = picked_over(
+        &mut h,
+        To::Callee,
+        Duration::from_secs(4),
+        is_method(Method::Options),
+    );
+    assert_eq!(
+        offsets(&next),
+        vec![100, 600, 1600],
+        "sent, then 0.5 and 1.5 s"
+    );
+    assert_eq!(state(&board), (false, 1));
+
+    // Over TLS a ping goes once.
+    let mut route = RouteEntry::single("", TARGET, "pbx.inside:5061");
+    route.health = Some(health);
+    let mut h = Harness::build(Transport::Tls, route);
+    h.advance(Duration::ZERO);
+    assert_eq!(h.take_to(To::Callee).len(), 1);
+    let copies = picked_over(
+        &mut h,
+        To::Callee,
+        Duration::from_millis(1900),
+        is_method(Method::Options),
+    );
+    assert!(copies.is_empty(), "no copies over TLS: {copies:?}");
+}
+
 // ----- cluster admission: media-stream leases -----
 
 /// A lease that records the stream counts it is asked to grow to and refuses past 2.

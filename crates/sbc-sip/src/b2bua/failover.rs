@@ -362,9 +362,15 @@ impl B2bua {
         }
     }
 
-    /// Send the OPTIONS pings that are due, through the pooled connection of each target.
+    /// Send the OPTIONS pings that are due, through the pooled connection of each target,
+    /// and over UDP the copies of those in flight that timer E asks for.
     pub(super) fn ping_targets(&mut self, now: Instant) {
-        for target in self.health.due(now) {
+        let due = self.health.due(now);
+        for (target, m) in self.health.retransmissions(now) {
+            metrics::counter!("sbc_sip_retransmissions_total", "kind" => "request").increment(1);
+            self.send(Dest::Target(target), m);
+        }
+        for target in due {
             let candidate = self
                 .routes
                 .iter()
@@ -397,7 +403,10 @@ impl B2bua {
             m.push_header("To", format!("<{uri}>"));
             m.push_header("Call-ID", call_id);
             m.push_header("CSeq", "1 OPTIONS");
-            self.health.sent(target, branch, now);
+            let reliable = candidate.transport.is_reliable();
+            let tx =
+                ClientTransaction::new_over(TxKind::NonInvite, now, &self.cfg.timers, reliable);
+            self.health.sent(target, branch, m.clone(), tx, now);
             self.send(Dest::Target(target), m);
         }
     }
@@ -417,8 +426,9 @@ impl B2bua {
         );
         if from_target && msg.cseq().map(|c| c.1) == Some(Method::Options) {
             let branch = branch.to_string();
+            let timers = self.cfg.timers;
             self.health
-                .on_response(&branch, msg.status().unwrap_or(0), now);
+                .on_response(&branch, msg.status().unwrap_or(0), now, &timers);
         }
         true
     }

@@ -9,7 +9,7 @@
 //! | `calls.rs` | the call table: [`calls::Calls`], `Call`, `Leg` (one builder of in-dialog requests) |
 //! | `pairs.rs` | transaction pairs, server-transaction matching, the timer heap |
 //! | `offer_answer.rs` | per-call SDP offer/answer state and its pure classifier |
-//! | `reliable.rs` | reliable provisionals and PRACK (RFC 3262): per-leg RSeq, RAck mapping |
+//! | `reliable.rs` | reliable provisionals and PRACK (RFC 3262): per-leg RSeq, RAck mapping, UDP resends |
 //! | `topology.rs` | the one place that decides which headers and bodies cross |
 //! | `responses.rs` | the responses the gateway builds itself (400/505, 503, refusals) |
 //! | `request_flow.rs` | what a request does (new call, in transaction, in dialog) |
@@ -499,6 +499,7 @@ impl B2bua {
             match timer {
                 Timer::Pair(id) => self.pair_timeout(now, id),
                 Timer::Ack(call) => self.ack_timeout(now, call),
+                Timer::Reliable(call) => self.reliable_timeout(now, call),
             }
         }
         self.ping_targets(now);
@@ -854,5 +855,6 @@ fn deadline_of(pairs: &Pairs, calls: &Calls, timer: Timer) -> Option<Instant> {
             .get(call)
             .and_then(|c| c.ack_wait.as_ref())
             .map(|w| w.next_retransmit.min(w.give_up)),
+        Timer::Reliable(call) => calls.get(call).and_then(|c| c.reliable.poll_timeout()),
     }
 }

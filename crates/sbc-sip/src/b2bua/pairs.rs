@@ -304,6 +304,8 @@ pub(crate) enum Timer {
     Pair(PairId),
     /// A call's 2xx awaiting its ACK (retransmission and give-up).
     Ack(CallRef),
+    /// A call's reliable provisionals and own PRACKs sent again over UDP (RFC 3262 §3).
+    Reliable(CallRef),
 }
 
 /// The core's timer heap. Entries are not removed when a deadline moves or its owner

@@ -15,25 +15,37 @@
 //! pair). An SDP answer in such a provisional is anchored; an SDP offer in it is dropped,
 //! since nobody could answer it.
 //!
-//! Owns: per call [`Reliable`] (the caller leg's RSeq space, the map of unacknowledged
-//! reliable provisionals, the last RSeq heard per INVITE transaction, the PRACK the gateway
-//! sent itself), and the B2BUA steps that use it. Must not: decide which other headers
-//! cross (`topology.rs`), anchor SDP (`body_flow.rs`), or build transaction pairs.
+//! Over UDP (RFC 3262 §3): a reliable provisional relayed to a UDP caller is sent again at
+//! T1, 2·T1, 4·T1 ... (doubling, no cap) until its PRACK arrives or the INVITE has its
+//! final; with no PRACK after 64·T1 the caller's INVITE is answered 504 and the callee
+//! leg is cancelled (the RFC's "SHOULD reject the original request with a 5xx": the same
+//! steps as the maximum ringing time, so the call winds down by the paths every call
+//! uses). The PRACK the gateway sends a UDP callee itself runs a non-INVITE client
+//! transaction ([`ClientTransaction`]): timer E until its final, timer F gives up (the
+//! callee's retransmitted provisional then triggers it again). Over TLS and TCP nothing
+//! is sent again (the transport is reliable) and nothing times out.
 //!
-//! Not done: the reliable provisional is sent once toward the caller (RFC 3262 §3's
-//! retransmission every T1 matters on UDP only; the caller's leg is TLS or TCP), and so is
-//! the gateway's own PRACK (a retransmitted provisional triggers it again).
+//! Owns: per call [`Reliable`] (the caller leg's RSeq space, the map of unacknowledged
+//! reliable provisionals with their retransmission schedules, the last RSeq heard per
+//! INVITE transaction, the PRACKs the gateway sent itself with their client transactions),
+//! and the B2BUA steps that use it. Must not: decide which other headers cross
+//! (`topology.rs`), anchor SDP (`body_flow.rs`), or build transaction pairs.
 
 use std::collections::VecDeque;
+use std::time::Instant;
 
 use sbc_core::media::{CallRef, LegSide};
-use tracing::debug;
+use tracing::{debug, info};
 
+use super::calls::CallState;
 use super::offer_answer::Carrier;
+use super::pairs::Timer;
 use super::responses::Refusal;
 use super::topology::{has_100rel, strip_100rel};
 use super::B2bua;
 use crate::message::{parse_via, tag, Method, SipMessage};
+use crate::transaction::{ClientTimeout, ClientTransaction, Retransmit, TxKind};
+use crate::transport::Transport;
 
 /// Reliable provisionals relayed to the caller and not yet PRACKed, per call. A UAS sends
 /// a second reliable provisional only once the first is acknowledged (RFC 3262 §3), so a
@@ -92,12 +104,32 @@ impl Delivery {
 }
 
 /// One reliable provisional relayed to the caller and not yet PRACKed.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Unacked {
     /// The RSeq the caller saw.
     caller_rseq: u32,
     /// The RSeq the callee sent.
     callee_rseq: u32,
+    /// Over UDP: the provisional as sent, sent again until its PRACK.
+    resend: Option<Resend>,
+}
+
+/// A reliable provisional sent again to a UDP caller (RFC 3262 §3).
+#[derive(Debug, Clone)]
+struct Resend {
+    msg: SipMessage,
+    schedule: Retransmit,
+    /// 64·T1 after the first send: no PRACK by then, the INVITE is refused 504.
+    give_up: Instant,
+}
+
+/// What came due in a call's reliable provisional timers.
+#[derive(Debug, Default)]
+struct Due {
+    /// Messages to send again, and to which side.
+    resend: Vec<(LegSide, SipMessage)>,
+    /// A reliable provisional went 64·T1 without its PRACK.
+    prack_timeout: bool,
 }
 
 /// The last reliable provisional heard on a leg: for one INVITE (its CSeq on that leg),
@@ -138,6 +170,8 @@ struct OwnPrack {
     /// Its Via branch (its 200 carries it).
     branch: String,
     msg: SipMessage,
+    /// Over UDP: its client transaction (timer E sends it again until a final).
+    tx: Option<ClientTransaction>,
 }
 
 impl Reliable {
@@ -166,6 +200,53 @@ impl Reliable {
     #[cfg(test)]
     fn unacked(&self) -> usize {
         self.unacked.len()
+    }
+
+    /// Earliest instant a reliable provisional or an own PRACK is to be sent again (or
+    /// given up); `None` over TLS and TCP.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let resends = self
+            .unacked
+            .iter()
+            .filter_map(|u| u.resend.as_ref())
+            .map(|r| r.schedule.at().min(r.give_up));
+        let pracks = self
+            .own_pracks
+            .iter()
+            .filter_map(|p| p.tx.as_ref()?.poll_timeout());
+        resends.chain(pracks).min()
+    }
+
+    /// Fire what is due at `now`.
+    fn fire(&mut self, now: Instant) -> Due {
+        let mut due = Due::default();
+        for u in &mut self.unacked {
+            let Some(r) = u.resend.as_mut() else {
+                continue;
+            };
+            if now >= r.give_up {
+                u.resend = None;
+                due.prack_timeout = true;
+            } else if r.schedule.due(now, None) {
+                due.resend.push((LegSide::Caller, r.msg.clone()));
+            }
+        }
+        for p in &mut self.own_pracks {
+            let Some(tx) = p.tx.as_mut() else {
+                continue;
+            };
+            if tx.handle_timeout(now) == Some(ClientTimeout::NoResponse) {
+                // Timer F: the callee never answered our PRACK. Nothing to answer for it;
+                // its retransmitted provisional triggers a new one.
+                metrics::counter!("sbc_sip_transaction_timeouts_total", "timer" => "F")
+                    .increment(1);
+                debug!(rseq = p.rseq, "timer F: our PRACK was never answered");
+            }
+            if tx.retransmit_due(now) {
+                due.resend.push((LegSide::Callee, p.msg.clone()));
+            }
+        }
+        due
     }
 }
 
@@ -204,6 +285,7 @@ impl B2bua {
     /// from it (the gateway's own PRACK needs the peer's tag and Contact).
     pub(super) fn provisional_delivery(
         &mut self,
+        now: Instant,
         call: CallRef,
         from: LegSide,
         initial: bool,
@@ -257,20 +339,31 @@ impl B2bua {
             r.unacked.push(Unacked {
                 caller_rseq,
                 callee_rseq: rseq,
+                resend: None,
             });
             count(Delivery::Reliable(caller_rseq).outcome());
             return Some(Delivery::Reliable(caller_rseq));
         }
-        self.prack_here(call, responder, rseq, cseq);
+        self.prack_here(now, call, responder, rseq, cseq);
         count(Delivery::AckedHere.outcome());
         Some(Delivery::AckedHere)
     }
 
     /// PRACK a reliable provisional on `side` ourselves (we are its UAC there).
-    fn prack_here(&mut self, call: CallRef, side: LegSide, rseq: u32, invite_cseq: u32) {
+    fn prack_here(
+        &mut self,
+        now: Instant,
+        call: CallRef,
+        side: LegSide,
+        rseq: u32,
+        invite_cseq: u32,
+    ) {
         let Some(mut prack) = self.own_request(call, side, Method::Prack, None) else {
             return;
         };
+        let udp = self.leg_transport(call, side) == Some(Transport::Udp);
+        let tx = udp
+            .then(|| ClientTransaction::new_over(TxKind::NonInvite, now, &self.cfg.timers, false));
         prack.push_header("RAck", format!("{rseq} {invite_cseq} INVITE"));
         let branch = prack
             .header("via")
@@ -287,10 +380,101 @@ impl B2bua {
                 rseq,
                 branch,
                 msg: prack.clone(),
+                tx,
             });
         }
+        self.arm_reliable(call);
         debug!(call = %call, rseq, "reliable provisional acknowledged by the gateway");
         self.send_on(call, side, prack);
+    }
+
+    /// The transport `side` of `call` speaks over.
+    fn leg_transport(&self, call: CallRef, side: LegSide) -> Option<Transport> {
+        let c = self.calls.get(call)?;
+        Some(self.local_side(c, side).0)
+    }
+
+    /// The reliable provisional `resp` with the caller leg's `rseq` went to the caller at
+    /// `now`: over UDP, keep it to send again until its PRACK (RFC 3262 §3).
+    pub(super) fn reliable_sent(
+        &mut self,
+        now: Instant,
+        call: CallRef,
+        rseq: u32,
+        resp: &SipMessage,
+    ) {
+        if self.leg_transport(call, LegSide::Caller) != Some(Transport::Udp) {
+            return;
+        }
+        let (t1, t64) = (self.cfg.timers.t1, self.cfg.timers.t64());
+        let Some(c) = self.calls.get_mut(call) else {
+            return;
+        };
+        if let Some(u) = c
+            .reliable
+            .unacked
+            .iter_mut()
+            .find(|u| u.caller_rseq == rseq)
+        {
+            u.resend = Some(Resend {
+                msg: resp.clone(),
+                schedule: Retransmit::starting(now, t1),
+                give_up: now + t64,
+            });
+        }
+        self.arm_reliable(call);
+    }
+
+    /// File the call's next reliable provisional timer (after any change to it).
+    pub(super) fn arm_reliable(&mut self, call: CallRef) {
+        if let Some(at) = self.calls.get(call).and_then(|c| c.reliable.poll_timeout()) {
+            self.timers.push(at, Timer::Reliable(call));
+        }
+    }
+
+    /// The call's reliable provisional timer: send again what is due; a provisional
+    /// never PRACKed within 64·T1 refuses the INVITE 504 and cancels the callee leg.
+    pub(super) fn reliable_timeout(&mut self, now: Instant, call: CallRef) {
+        let Some(c) = self.calls.get_mut(call) else {
+            return;
+        };
+        // Several heap entries may name the same instant: only the first finds work.
+        if c.reliable.poll_timeout().is_none_or(|at| at > now) {
+            return;
+        }
+        let due = c.reliable.fire(now);
+        self.arm_reliable(call);
+        for (side, msg) in due.resend {
+            let kind = if msg.is_request() {
+                "request"
+            } else {
+                "response"
+            };
+            metrics::counter!("sbc_sip_retransmissions_total", "kind" => kind).increment(1);
+            self.send_on(call, side, msg);
+        }
+        if due.prack_timeout {
+            self.prack_timed_out(now, call);
+        }
+    }
+
+    /// RFC 3262 §3: a reliable provisional went 64·T1 without its PRACK. The caller's
+    /// INVITE gets 504 and the callee's is cancelled (its final then ends the call; a 2xx
+    /// that crosses the CANCEL is acknowledged and hung up).
+    fn prack_timed_out(&mut self, now: Instant, call: CallRef) {
+        let setup = self
+            .pairs
+            .select(|p| p.call == call && p.initial && !p.retired && p.server.awaiting_final());
+        let Some(id) = setup.into_iter().next() else {
+            return;
+        };
+        metrics::counter!("sbc_sip_transaction_timeouts_total", "timer" => "prack").increment(1);
+        info!(call = %call, "no PRACK for a reliable provisional within 64*T1: 504 and CANCEL");
+        self.respond_upstream_local(now, id, 504, "Server Time-out (No PRACK)");
+        if let Some(c) = self.calls.get_mut(call) {
+            c.state = CallState::Abandoned;
+        }
+        self.cancel_downstream(now, id);
     }
 
     /// A PRACK from `side` of `call`: map its RAck onto the other leg (kept for
@@ -320,12 +504,14 @@ impl B2bua {
             .ok_or(Refusal::PrackUnknownRSeq)?;
         let u = r.unacked.remove(at);
         r.mapped_rack = Some(format!("{} {} INVITE", u.callee_rseq, c.callee.invite_cseq));
+        // Its retransmission stops; the call's next reliable timer may have moved.
+        self.arm_reliable(call);
         Ok(())
     }
 
     /// True if `msg` answers a PRACK the gateway sent itself: absorbed (nobody upstream
-    /// asked for it).
-    pub(super) fn own_prack_answered(&self, msg: &SipMessage) -> bool {
+    /// asked for it). Over UDP it stops the PRACK's timer E (a provisional slows it to T2).
+    pub(super) fn own_prack_answered(&mut self, now: Instant, msg: &SipMessage) -> bool {
         if msg.cseq().map(|c| c.1) != Some(Method::Prack) {
             return false;
         }
@@ -335,13 +521,24 @@ impl B2bua {
         let Some((call, _)) = self.calls.by_dialog(from_tag, msg.call_id()) else {
             return false;
         };
-        let branch = msg.header("via").and_then(parse_via).and_then(|v| v.branch);
-        self.calls.get(call).is_some_and(|c| {
+        let Some(branch) = msg.header("via").and_then(parse_via).and_then(|v| v.branch) else {
+            return false;
+        };
+        let code = msg.status().unwrap_or(0);
+        let timers = self.cfg.timers;
+        let Some(p) = self.calls.get_mut(call).and_then(|c| {
             c.reliable
                 .own_pracks
-                .iter()
-                .any(|p| Some(p.branch.as_str()) == branch)
-        })
+                .iter_mut()
+                .find(|p| p.branch == branch)
+        }) else {
+            return false;
+        };
+        if let Some(tx) = p.tx.as_mut() {
+            tx.handle_input(now, code, &timers);
+            self.arm_reliable(call);
+        }
+        true
     }
 }
 

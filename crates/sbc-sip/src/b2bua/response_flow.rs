@@ -46,7 +46,7 @@ impl Received {
 impl B2bua {
     pub(super) fn on_response(&mut self, now: Instant, conn: ConnId, msg: SipMessage) {
         let Some(code) = msg.status() else { return };
-        if self.ping_answered(now, conn, &msg) || self.own_prack_answered(&msg) {
+        if self.ping_answered(now, conn, &msg) || self.own_prack_answered(now, &msg) {
             return;
         }
         let Some(id) = self.match_response(conn, &msg, code) else {
@@ -184,7 +184,7 @@ impl B2bua {
             // 100 Trying is hop-by-hop; we sent our own.
             return;
         }
-        let Some(delivery) = self.provisional_delivery(r.call, r.from, r.initial, msg) else {
+        let Some(delivery) = self.provisional_delivery(now, r.call, r.from, r.initial, msg) else {
             return;
         };
         let call_state = self.calls.get(r.call).map(|c| c.state);
@@ -253,6 +253,10 @@ impl B2bua {
         let sent = self.respond_upstream(now, r.id, resp.clone());
         if sent && r.method == Method::Invite && r.is_2xx() {
             self.await_ack(now, r.call, r.from, &resp);
+        }
+        if let (true, Delivery::Reliable(rseq)) = (sent, delivery) {
+            // Over UDP it is sent again until its PRACK (RFC 3262 §3).
+            self.reliable_sent(now, r.call, rseq, &resp);
         }
         true
     }
