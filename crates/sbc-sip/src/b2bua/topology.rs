@@ -1424,7 +1424,8 @@ mod tests {
             assert_eq!(kept.body(), want);
             assert_eq!(kept.msg().to_bytes(), msg.to_bytes());
         }
-        let refused = Classified::new(with_body("application/isup", "x"), &p).unwrap_err();
+        let refused = Classified::new(with_body("application/isup", "x"), &p)
+            .expect_err("isup is not allowed");
         assert_eq!(refused.refusal, BodyRefusal::UnsupportedType);
         assert_eq!(refused.msg.body(), b"x");
     }
