@@ -1,6 +1,8 @@
 //! Bodies crossing the B2BUA: the body policy of `topology.rs` says what a body is, the
 //! offer/answer classifier of `offer_answer.rs` says what its SDP means, and this drives
-//! media control with it and builds the body for the other leg.
+//! media control with it and builds the body for the other leg. A request's body was
+//! classified once already, before anything was forwarded
+//! ([`super::topology::Classified`]); a response's or an ACK's is classified here.
 //!
 //! Owns: no state of its own (the call's offer/answer state is in `calls.rs`).
 //! Must not: build messages or decide what to answer (the request and response flows do,
@@ -10,7 +12,7 @@ use sbc_core::media::{CallRef, LegSide, MediaError};
 
 use super::calls::CallState;
 use super::offer_answer::{Carrier, SdpRole};
-use super::topology::{classify_body, BodyRefusal};
+use super::topology::{classify_body, Body, BodyRefusal};
 use super::B2bua;
 use crate::message::{Method, SipMessage};
 
@@ -69,8 +71,9 @@ pub(crate) type Crossing = Option<(String, Vec<u8>)>;
 
 impl B2bua {
     /// The body `msg` (sent by `sender` of `call`, in `carrier`) has on the other leg:
-    /// classified by the tenant's body policy, its SDP (plain or a multipart part)
-    /// anchored per its offer/answer role, rebuilt with a fresh boundary.
+    /// classified by the tenant's body policy, then as [`B2bua::crossing`]. For a message
+    /// no check classified before (a response, an ACK); a request is relayed from its
+    /// [`super::topology::Classified`] body.
     pub(crate) fn crossing_body(
         &mut self,
         call: CallRef,
@@ -89,6 +92,25 @@ impl B2bua {
             metrics::counter!("sbc_sip_bodies_refused_total", "tenant" => tenant.to_string(), "reason" => r.as_str()).increment(1);
             BodyError::Refused(r)
         })?;
+        self.crossing(call, sender, carrier, &body)
+    }
+
+    /// The body a classified `body` (sent by `sender` of `call`, in `carrier`) has on
+    /// the other leg: its SDP (plain or a multipart part) anchored per its offer/answer
+    /// role, rebuilt with a fresh boundary.
+    pub(crate) fn crossing(
+        &mut self,
+        call: CallRef,
+        sender: LegSide,
+        carrier: Carrier<'_>,
+        body: &Body<'_>,
+    ) -> Result<Crossing, BodyError> {
+        if matches!(body, Body::Empty) {
+            return Ok(None);
+        }
+        if self.calls.get(call).is_none() {
+            return Err(BodyError::Media(MediaError::UnknownCall(call)));
+        }
         let new_sdp = match body.sdp() {
             Some(sdp) => match self.anchor_sdp(call, sender, carrier, sdp)? {
                 Some(out) => Some(out),

@@ -79,7 +79,12 @@ impl B2bua {
         let ok = response_to(cancel, 200, "OK", None);
         self.outputs.push_back(Output::Send { conn, msg: ok });
         let tag = self.token();
-        let resp = response_to(&p.invite.msg, 487, "Request Terminated", Some(&tag));
+        let resp = response_to(
+            p.invite.request.msg(),
+            487,
+            "Request Terminated",
+            Some(&tag),
+        );
         self.outputs.push_back(Output::Send { conn, msg: resp });
         info!(tenant = %p.invite.tenant, "caller cancelled while admission was pending");
         self.report_usage(&p.invite.tenant);
@@ -97,14 +102,19 @@ impl B2bua {
         };
         let conn = invite.conn;
         let parked = ParkedCall {
-            key: ServerKey::of(conn, &invite.msg),
+            key: ServerKey::of(conn, invite.request.msg()),
             invite,
         };
         if self.parked.len() >= MAX_PARKED {
             metrics::counter!("sbc_admission_refused_total", "tenant" => parked.invite.tenant.to_string(), "cause" => "overload").increment(1);
             let r =
                 Refusal::Unavailable(sbc_core::admission::QUOTA_RETRY_AFTER, "gateway overloaded");
-            self.refuse(conn, &parked.invite.msg, &r, Some(&parked.invite.tenant));
+            self.refuse(
+                conn,
+                parked.invite.request.msg(),
+                &r,
+                Some(&parked.invite.tenant),
+            );
             return Ok(());
         }
         let limits = self
@@ -117,7 +127,7 @@ impl B2bua {
             ticket = Ticket(rand::Rng::gen::<u64>(&mut self.rng));
         }
         // 100 Trying at once: the caller stops retransmitting while the cluster decides.
-        let trying = response_to(&parked.invite.msg, 100, "Trying", None);
+        let trying = response_to(parked.invite.request.msg(), 100, "Trying", None);
         self.outputs.push_back(Output::Send { conn, msg: trying });
         let tenant = parked.invite.tenant.clone();
         let streams = self.offered_streams(&parked.invite);
@@ -136,15 +146,16 @@ impl B2bua {
 
     /// Media streams a new call's offer opens: its SDP's m-lines with a port (plain or
     /// the multipart's SDP part), 0 without media anchoring (the gateway holds no
-    /// streams then) or when the body is not SDP (a refused body fails the call later).
+    /// streams then) or when the body has no SDP.
     fn offered_streams(&self, invite: &AdmittedInvite) -> u32 {
         if self.media.is_none() {
             return 0;
         }
-        let policy = self.tenant_policy(&invite.tenant);
-        super::topology::classify_body(&invite.msg, &policy.bodies)
-            .ok()
-            .and_then(|b| b.sdp())
+        // Classified before admission, never again.
+        invite
+            .request
+            .body()
+            .sdp()
             .map_or(0, sbc_core::cluster::offer_streams)
     }
 
@@ -175,7 +186,12 @@ impl B2bua {
                 info!(tenant = %t, cause = refusal.cause.as_str(), mode = answer.mode.as_str(), "call refused by cluster admission: 503");
                 drop(p.invite.admitted);
                 let r = Refusal::Unavailable(refusal.retry_after, refusal.cause.text());
-                self.refuse(p.invite.conn, &p.invite.msg, &r, Some(&p.invite.tenant));
+                self.refuse(
+                    p.invite.conn,
+                    p.invite.request.msg(),
+                    &r,
+                    Some(&p.invite.tenant),
+                );
                 self.report_usage(&p.invite.tenant);
             }
         }

@@ -24,6 +24,8 @@
 //! in this crate).
 
 mod body_flow;
+#[cfg(test)]
+mod body_once_tests;
 pub mod calls;
 mod cluster_flow;
 mod failover;

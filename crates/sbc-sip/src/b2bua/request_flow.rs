@@ -21,6 +21,7 @@ use super::calls::{contact_uri, from_user, without_tag, Call, CallState, Hop, Le
 use super::offer_answer::{Carrier, OfferAnswer};
 use super::pairs::{Pair, ServerKey};
 use super::responses::{self, status_class, Refusal, ALLOW};
+use super::topology::Classified;
 use super::{B2bua, ConnId, ConnKind, Dest, Output, DRAIN_RETRY_AFTER};
 
 /// Retry-After when every target of the route is down or quarantined: about one health
@@ -49,7 +50,8 @@ pub(super) struct AdmittedInvite {
     pub candidates: std::collections::VecDeque<crate::routing::Candidate>,
     /// The called user part (checked Request-URI).
     pub user: Option<String>,
-    pub msg: SipMessage,
+    /// The INVITE, its body classified (once, before admission).
+    pub request: Classified,
     pub admitted: Admitted,
 }
 
@@ -239,17 +241,17 @@ impl B2bua {
         let t = tenant.to_string();
         metrics::counter!("sbc_sip_calls_attempted_total", "tenant" => t.clone()).increment(1);
         // Everything that can refuse the call without a slot comes first.
-        if let Err(refusal) = self.body_acceptable(&tenant, &msg) {
-            self.refuse(conn, &msg, &refusal, Some(&tenant));
+        let Some(request) = self.accept_body(conn, &tenant, msg, true) else {
             return;
-        }
+        };
+        let msg = request.msg();
         let user = msg
             .request_uri()
             .and_then(check_request_uri_ok)
             .and_then(|u| u.user.map(str::to_string));
         let Some(route) = self.routes.lookup(&tenant, user.as_deref()).cloned() else {
             info!(tenant = %tenant, called = %self.cfg.redaction.number(user.as_deref().unwrap_or("")), "no route: 404");
-            self.refuse(conn, &msg, &Refusal::NoRoute, Some(&tenant));
+            self.refuse(conn, msg, &Refusal::NoRoute, Some(&tenant));
             return;
         };
         let health = &self.health;
@@ -263,14 +265,14 @@ impl B2bua {
                 .increment(1);
             info!(tenant = %tenant, "every route target is down or quarantined: 503");
             let refusal = Refusal::Unavailable(NO_TARGET_RETRY_AFTER, "no route target available");
-            self.refuse(conn, &msg, &refusal, Some(&tenant));
+            self.refuse(conn, msg, &refusal, Some(&tenant));
             return;
         };
         if self.drain.as_ref().is_some_and(|d| d.is_draining()) {
             metrics::counter!("sbc_admission_refused_total", "tenant" => t.clone(), "cause" => "draining").increment(1);
             info!(tenant = %tenant, "draining: new call refused 503");
             let refusal = Refusal::Unavailable(DRAIN_RETRY_AFTER, "gateway draining");
-            self.refuse(conn, &msg, &refusal, Some(&tenant));
+            self.refuse(conn, msg, &refusal, Some(&tenant));
             return;
         }
         let admitted = match self.admission.admit_call(&tenant, now) {
@@ -285,7 +287,7 @@ impl B2bua {
                 metrics::counter!("sbc_admission_refused_total", "tenant" => t.clone(), "cause" => refusal.cause.as_str()).increment(1);
                 info!(tenant = %tenant, cause = refusal.cause.as_str(), "call refused: 503");
                 let r = Refusal::Unavailable(refusal.retry_after, refusal.cause.text());
-                self.refuse(conn, &msg, &r, Some(&tenant));
+                self.refuse(conn, msg, &r, Some(&tenant));
                 return;
             }
         };
@@ -299,7 +301,7 @@ impl B2bua {
             first,
             candidates,
             user,
-            msg,
+            request,
             admitted,
         };
         if let Err(invite) = self.park_for_cluster(invite) {
@@ -323,9 +325,10 @@ impl B2bua {
             first,
             candidates,
             user,
-            msg,
+            request,
             admitted,
         } = invite;
+        let msg = request.msg();
         let (Some(from), Some(to), Some(call_id), Some((cseq, _))) = (
             msg.header("from"),
             msg.header("to"),
@@ -333,7 +336,7 @@ impl B2bua {
             msg.cseq(),
         ) else {
             // The parser guarantees these on requests; answer rather than panic.
-            self.refuse(conn, &msg, &Refusal::MissingDialogHeaders, Some(&tenant));
+            self.refuse(conn, msg, &Refusal::MissingDialogHeaders, Some(&tenant));
             return;
         };
         let id = self.open_call(
@@ -346,7 +349,7 @@ impl B2bua {
                 first,
                 candidates,
                 user: user.as_deref(),
-                msg: &msg,
+                msg,
                 from,
                 to,
                 call_id,
@@ -356,10 +359,10 @@ impl B2bua {
         );
         // 100 Trying at once: the INVITE server transaction is ours now.
         if !trying_sent {
-            let trying = response_to(&msg, 100, "Trying", None);
+            let trying = response_to(msg, 100, "Trying", None);
             self.outputs.push_back(Output::Send { conn, msg: trying });
         }
-        if !self.relay_request(now, id, LegSide::Caller, conn, msg, true) {
+        if !self.relay_request(now, id, LegSide::Caller, conn, request, true) {
             self.end_call(id, "refused");
         }
     }
@@ -471,18 +474,28 @@ impl B2bua {
         id
     }
 
-    /// The body policy's verdict on a request's body, before anything is forwarded.
-    fn body_acceptable(&self, tenant: &TenantId, msg: &SipMessage) -> Result<(), Refusal> {
+    /// The body policy's verdict on a request's body, before anything is forwarded: the
+    /// request with its body classified (relayed from that, never classified again), or
+    /// `None` when it was refused 415 (counted; `initial`: a failed call of `tenant`).
+    fn accept_body(
+        &mut self,
+        conn: ConnId,
+        tenant: &TenantId,
+        msg: SipMessage,
+        initial: bool,
+    ) -> Option<Classified> {
         let policy = self.tenant_policy(tenant);
-        match super::topology::classify_body(msg, &policy.bodies) {
-            Ok(_) => Ok(()),
-            Err(r) => {
+        match Classified::new(msg, &policy.bodies) {
+            Ok(request) => Some(request),
+            Err(refused) => {
+                let r = refused.refusal;
                 metrics::counter!("sbc_sip_bodies_refused_total", "tenant" => tenant.to_string(), "reason" => r.as_str()).increment(1);
                 debug!(tenant = %tenant, reason = r.as_str(), "body refused: 415");
-                Err(Refusal::UnsupportedMediaType(
-                    r,
-                    policy.bodies.accept_header().to_string(),
-                ))
+                let refusal =
+                    Refusal::UnsupportedMediaType(r, policy.bodies.accept_header().to_string());
+                let failed = initial.then_some(tenant);
+                self.refuse(conn, &refused.msg, &refusal, failed);
+                None
             }
         }
     }
@@ -581,25 +594,26 @@ impl B2bua {
             Method::Ack => self.relay_ack(now, call, side, &msg),
             Method::Cancel => self.refuse(conn, &msg, &Refusal::NoTransaction, None),
             _ => {
-                let tenant = self.calls.get(call).map(|c| c.tenant.clone());
-                if let Some(t) = tenant {
-                    if let Err(refusal) = self.body_acceptable(&t, &msg) {
-                        self.refuse(conn, &msg, &refusal, None);
-                        return;
-                    }
-                }
+                // The call was found above: it has a tenant.
+                let Some(tenant) = self.calls.get(call).map(|c| c.tenant.clone()) else {
+                    return;
+                };
+                let Some(req) = self.accept_body(conn, &tenant, msg, false) else {
+                    return;
+                };
+                let msg = req.msg();
                 if method == Method::Invite {
                     if let (Some(c), Some((n, _))) = (self.calls.get_mut(call), msg.cseq()) {
                         c.leg_mut(side).invite_cseq = n;
                     }
                 }
                 if method == Method::Prack {
-                    if let Err(refusal) = self.map_prack(call, side, &msg) {
-                        self.refuse(conn, &msg, &refusal, None);
+                    if let Err(refusal) = self.map_prack(call, side, msg) {
+                        self.refuse(conn, msg, &refusal, None);
                         return;
                     }
                 }
-                self.relay_request(now, call, side, conn, msg, false);
+                self.relay_request(now, call, side, conn, req, false);
             }
         }
     }
@@ -612,24 +626,25 @@ impl B2bua {
         call: CallRef,
         from: LegSide,
         conn: ConnId,
-        msg: SipMessage,
+        req: Classified,
         initial: bool,
     ) -> bool {
+        let msg = req.msg();
         let Some(method) = msg.method().cloned() else {
             return false;
         };
-        let Some(server_key) = ServerKey::of(conn, &msg) else {
-            self.refuse(conn, &msg, &Refusal::MissingDialogHeaders, None);
+        let Some(server_key) = ServerKey::of(conn, msg) else {
+            self.refuse(conn, msg, &Refusal::MissingDialogHeaders, None);
             return false;
         };
         let max_forwards = msg
             .max_forwards()
             .map(|m| m.saturating_sub(1))
             .unwrap_or(self.cfg.max_forwards);
-        let body = match self.crossing_body(call, from, Carrier::Request(&method), &msg) {
+        let body = match self.crossing(call, from, Carrier::Request(&method), &req.body()) {
             Ok(b) => b,
             Err(e) => {
-                self.media_refused_request(call, conn, &msg, &e, initial);
+                self.media_refused_request(call, conn, msg, &e, initial);
                 return false;
             }
         };
@@ -664,7 +679,7 @@ impl B2bua {
             max_forwards,
         };
         let mut out = leg.request(method.clone(), cseq, hop);
-        policy.headers.copy_across(&msg, &mut out, to_side);
+        policy.headers.copy_across(msg, &mut out, to_side);
         if matches!(method, Method::Invite | Method::Update) {
             out.push_header("Contact", contact);
         }
@@ -697,7 +712,7 @@ impl B2bua {
             call,
             from,
             method,
-            server_req: msg,
+            server_req: req.into_msg(),
             server_conn: conn,
             server_key,
             server: crate::transaction::ServerTransaction::new_over(kind, server_reliable),

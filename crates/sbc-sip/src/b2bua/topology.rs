@@ -549,6 +549,8 @@ pub struct Part<'m> {
     pub body: &'m [u8],
     /// This is the SDP part.
     pub sdp: bool,
+    /// Where `body` starts in the message's body ([`Classified`] keeps it).
+    at: usize,
 }
 
 /// A multipart/mixed body that passed the policy: every part crosses.
@@ -691,6 +693,123 @@ fn rebuild_multipart<'a>(
     Ok(Rebuilt { content_type, body })
 }
 
+/// A message with its body classified once by [`classify_body`]: the message, owned, and
+/// where each piece of its [`Body`] lies, so that [`Classified::body`] gives the same
+/// [`Body`] again without parsing (a multipart request is parsed once, before admission,
+/// and relayed from this, even after waiting for the cluster).
+#[derive(Debug)]
+pub struct Classified {
+    msg: SipMessage,
+    shape: Shape,
+}
+
+/// A [`Body`] as positions in its message's body (Content-Type values copied).
+#[derive(Debug)]
+enum Shape {
+    Empty,
+    Sdp,
+    Other { content_type: String },
+    Multipart(Vec<PartShape>),
+}
+
+#[derive(Debug)]
+struct PartShape {
+    content_type: String,
+    content_id: Option<String>,
+    content_disposition: Option<String>,
+    body: std::ops::Range<usize>,
+    sdp: bool,
+}
+
+impl Shape {
+    fn of(body: &Body<'_>) -> Shape {
+        match body {
+            Body::Empty => Shape::Empty,
+            Body::Sdp(_) => Shape::Sdp,
+            Body::Other { content_type, .. } => Shape::Other {
+                content_type: (*content_type).to_string(),
+            },
+            Body::Multipart(m) => Shape::Multipart(
+                m.parts
+                    .iter()
+                    .map(|p| PartShape {
+                        content_type: p.content_type.to_string(),
+                        content_id: p.content_id.map(str::to_string),
+                        content_disposition: p.content_disposition.map(str::to_string),
+                        body: p.at..p.at + p.body.len(),
+                        sdp: p.sdp,
+                    })
+                    .collect(),
+            ),
+        }
+    }
+}
+
+/// The body policy refused a message's body: why, and the message (to answer it).
+#[derive(Debug)]
+pub struct Unclassified {
+    pub refusal: BodyRefusal,
+    pub msg: SipMessage,
+}
+
+impl Classified {
+    /// Classify `msg`'s body under `policy` ([`classify_body`]).
+    pub fn new(msg: SipMessage, policy: &BodyPolicy) -> Result<Classified, Box<Unclassified>> {
+        match classify_body(&msg, policy) {
+            Ok(body) => {
+                let shape = Shape::of(&body);
+                Ok(Classified { msg, shape })
+            }
+            Err(refusal) => Err(Box::new(Unclassified { refusal, msg })),
+        }
+    }
+
+    /// The message.
+    pub fn msg(&self) -> &SipMessage {
+        &self.msg
+    }
+
+    /// The message, for keeping once its body is no longer needed.
+    pub fn into_msg(self) -> SipMessage {
+        self.msg
+    }
+
+    /// The body as [`classify_body`] found it, read from the positions kept.
+    pub fn body(&self) -> Body<'_> {
+        let whole = self.msg.body();
+        match &self.shape {
+            Shape::Empty => Body::Empty,
+            Shape::Sdp => Body::Sdp(whole),
+            Shape::Other { content_type } => Body::Other {
+                content_type,
+                body: whole,
+            },
+            Shape::Multipart(parts) => Body::Multipart(Multipart {
+                parts: parts
+                    .iter()
+                    .map(|p| Part {
+                        content_type: &p.content_type,
+                        content_id: p.content_id.as_deref(),
+                        content_disposition: p.content_disposition.as_deref(),
+                        // The message is ours and unchanged since `new`: every range
+                        // was cut from this body, so it lies in it.
+                        body: &whole[p.body.clone()],
+                        sdp: p.sdp,
+                        at: p.body.start,
+                    })
+                    .collect(),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// How many times [`classify_body`] ran on this thread (tests check that a request's
+    /// body is classified once, `b2bua/body_once_tests.rs`).
+    pub(crate) static CLASSIFIED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 /// Decide what `msg`'s body is under `policy`, before anything is forwarded. A refusal
 /// is answered 415 with [`BodyPolicy::accept_header`] (and
 /// [`BodyRefusal::accept_encoding`]).
@@ -698,6 +817,8 @@ pub fn classify_body<'m>(
     msg: &'m SipMessage,
     policy: &BodyPolicy,
 ) -> Result<Body<'m>, BodyRefusal> {
+    #[cfg(test)]
+    CLASSIFIED.with(|n| n.set(n.get() + 1));
     let body = msg.body();
     if body.is_empty() {
         return Ok(Body::Empty);
@@ -787,7 +908,9 @@ fn parse_multipart<'m>(
         if parts.len() == MAX_PARTS {
             return Err(BodyRefusal::TooManyParts);
         }
-        let part = parse_part(&body[start..end], policy)?;
+        let mut part = parse_part(&body[start..end], policy)?;
+        // The content is a suffix of the part (its headers come first).
+        part.at = end - part.body.len();
         if part.sdp && parts.iter().any(|p| p.sdp) {
             return Err(BodyRefusal::TwoSdpParts);
         }
@@ -822,6 +945,7 @@ fn parse_part<'m>(raw: &'m [u8], policy: &BodyPolicy) -> Result<Part<'m>, BodyRe
         content_disposition: None,
         body: content,
         sdp: false,
+        at: 0,
     };
     let mut typed = false;
     for (n, line) in head.lines().filter(|l| !l.is_empty()).enumerate() {
@@ -1268,6 +1392,42 @@ mod tests {
             panic!("{body:?}")
         };
         assert_eq!(m.parts()[0].body, b"<x/>");
+    }
+
+    #[test]
+    fn a_classified_message_gives_its_body_again_without_parsing() {
+        let p = BodyPolicy::new(&BodySettings {
+            allow: vec!["application/pidf+xml".into(), "text/plain".into()],
+        });
+        let parts = [
+            ("Content-Type: application/sdp\r\n", SDP),
+            (
+                "Content-Type: application/pidf+xml\r\nContent-ID: <l@x>\r\n\
+                 Content-Disposition: render\r\n",
+                PIDF,
+            ),
+            ("", "no headers: text/plain"),
+        ];
+        let bodies = [
+            with_body("application/sdp", SDP),
+            with_body("Application/PIDF+xml", PIDF),
+            with_body("multipart/mixed;boundary=b", &multipart("b", &parts)),
+            with_body(
+                "multipart/mixed;boundary=b",
+                "--b\nContent-Type: application/pidf+xml\n\n<x/>\n--b--\n",
+            ),
+            invite("", ""),
+        ];
+        for msg in bodies {
+            let want = classify_body(&msg, &p).expect("allowed");
+            let kept = Classified::new(msg.clone(), &p).expect("allowed");
+            assert_eq!(kept.body(), want);
+            assert_eq!(kept.msg().to_bytes(), msg.to_bytes());
+        }
+        let refused = Classified::new(with_body("application/isup", "x"), &p)
+            .expect_err("isup is not allowed");
+        assert_eq!(refused.refusal, BodyRefusal::UnsupportedType);
+        assert_eq!(refused.msg.body(), b"x");
     }
 
     #[test]
