@@ -402,7 +402,8 @@ pub(super) async fn connect(d: Dial, events: mpsc::Sender<Event>, settings: Conn
         let addrs = addresses(&t, &settings.dns).await?;
         if transport == Transport::Udp {
             let ep = udp.ok_or_else(|| "no UDP listener to send from".to_string())?;
-            ep.open_outbound(conn, target, addrs[0]).await?;
+            let first = addrs.first().copied().ok_or("no address to send to")?;
+            ep.open_outbound(conn, target, first).await?;
             return Ok(Opened::Udp);
         }
         let mut last = String::new();
