@@ -11,6 +11,7 @@ pub mod flood;
 pub mod log_agg;
 pub mod media;
 pub mod metrics_catalog;
+pub mod recording;
 pub mod redact;
 pub mod registry;
 pub mod reload;
