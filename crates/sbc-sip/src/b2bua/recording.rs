@@ -119,6 +119,14 @@ impl RecordingBoard {
         }
     }
 
+    /// The calls the core tracks (recorded or recordable), in no order.
+    pub fn calls(&self) -> Vec<CallRef> {
+        self.calls
+            .lock()
+            .map(|m| m.keys().copied().collect())
+            .unwrap_or_default()
+    }
+
     /// True if the core tracks `call` (recorded or recordable).
     pub fn knows(&self, call: CallRef) -> bool {
         self.calls.lock().is_ok_and(|m| m.contains_key(&call))
@@ -191,6 +199,8 @@ pub(crate) struct CallRecording {
     pub held: Option<Held>,
     /// Paused from the admin plane.
     pub paused: bool,
+    /// `required`: the callee's INVITE is about to be held; cleared by a failure first.
+    pub required_pending: bool,
     /// Per side (caller, callee): its media is on hold (its stream `a=inactive`).
     pub held_sides: [bool; 2],
     /// The call's RFC 7989 Session-ID, or one we made.

@@ -61,15 +61,14 @@ impl B2bua {
         if recorder.settings.mode != RecordingMode::Always {
             return false;
         }
-        self.start_session(now, call, 0);
         let required = recorder.settings.on_failure == OnFailure::Required;
-        // Still offering (not failed at once): a required call waits for the SRS.
+        if required {
+            if let Some(r) = self.recordings.get_mut(call) {
+                r.required_pending = true;
+            }
+        }
+        self.start_session(now, call, 0);
         required
-            && self
-                .recordings
-                .get(call)
-                .and_then(|r| r.session.as_ref())
-                .is_some_and(|s| s.state == RecordingState::Offering)
     }
 
     fn new_recording(
@@ -96,6 +95,7 @@ impl B2bua {
             held: None,
             paused: false,
             held_sides: [false, false],
+            required_pending: false,
             session_id,
             parties: [
                 invite.header("from").unwrap_or_default().to_string(),
@@ -110,8 +110,13 @@ impl B2bua {
             // The try's timeout starts when the INVITE leaves.
             p.try_deadline = None;
         }
-        if let Some(r) = self.recordings.get_mut(call) {
-            r.held = Some(held);
+        let Some(r) = self.recordings.get_mut(call) else {
+            return;
+        };
+        r.held = Some(held);
+        // The recording may have failed before the INVITE could be held.
+        if !std::mem::take(&mut r.required_pending) {
+            self.recording_given_up(self.clock, call);
         }
     }
 
@@ -662,7 +667,12 @@ impl B2bua {
 
     /// No SRS took the call: a held call is refused 503; otherwise it goes on.
     fn recording_given_up(&mut self, now: Instant, call: CallRef) {
-        let Some(h) = self.recordings.get_mut(call).and_then(|r| r.held.take()) else {
+        let Some(rec) = self.recordings.get_mut(call) else {
+            return;
+        };
+        // Not held yet (failed while the INVITE is being relayed): the hold refuses.
+        rec.required_pending = false;
+        let Some(h) = rec.held.take() else {
             self.recordings.publish(call);
             return;
         };
@@ -687,8 +697,10 @@ impl B2bua {
             self.respond_upstream(now, h.pair, resp);
         }
         if let Some(p) = self.pairs.get_mut(h.pair) {
+            // The held INVITE never left: nothing to wait for downstream.
             p.client.abort();
         }
+        self.arm_pair(h.pair);
         self.pairs.remove_if_finished(h.pair);
         self.end_call(call, "recording unavailable");
     }
