@@ -212,6 +212,11 @@ fn run(
             cluster: cluster
                 .clone()
                 .map(|c| c as Arc<dyn sbc_core::cluster::ClusterAdmission>),
+            // WIRING (issue 17, for the lead): once sbc-media's `impl RecordingMedia for
+            // MediaEngine` is merged, pass the engine here:
+            //   recording: media.clone().map(|m| Arc::new(m) as Arc<dyn RecordingMedia>),
+            // and give the admin plane `recordings: Some(server.recording_control())`.
+            recording: None,
         };
         let server = sbc_sip::server::start_with(cfg.clone(), hooks)
             .await

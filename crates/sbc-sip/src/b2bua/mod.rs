@@ -444,6 +444,7 @@ impl B2bua {
             .iter()
             .flat_map(|c| std::iter::once(c.target).chain(c.candidates.iter().map(|x| x.target)))
             .chain(self.pairs.targets())
+            .chain(self.recordings.targets())
             .collect()
     }
 

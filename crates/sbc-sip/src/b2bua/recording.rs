@@ -20,7 +20,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use sbc_core::config::RecordingSettings;
+use sbc_core::config::{RecordingMode, RecordingSettings};
 use sbc_core::media::{CallRef, LegSide};
 use sbc_core::recording::{
     RecordingCommand, RecordingId, RecordingMedia, RecordingState, RecordingStatus, RtpFormat,
@@ -98,18 +98,23 @@ pub const OUTCOMES: [&str; 3] = ["accepted", "failed", "stopped"];
 /// plane (one short lock each side; the core never waits on a reader for long).
 #[derive(Debug, Default)]
 pub struct RecordingBoard {
-    calls: Mutex<HashMap<CallRef, Vec<RecordingStatus>>>,
+    calls: Mutex<HashMap<CallRef, (RecordingMode, Vec<RecordingStatus>)>>,
 }
 
 impl RecordingBoard {
     /// The call's sessions, oldest first.
     pub fn get(&self, call: CallRef) -> Option<Vec<RecordingStatus>> {
-        self.calls.lock().ok()?.get(&call).cloned()
+        self.calls.lock().ok()?.get(&call).map(|(_, l)| l.clone())
     }
 
-    fn set(&self, call: CallRef, list: Vec<RecordingStatus>) {
+    /// The recording mode of the call's tenant (`None`: the call is not recordable).
+    pub fn mode(&self, call: CallRef) -> Option<RecordingMode> {
+        self.calls.lock().ok()?.get(&call).map(|(m, _)| *m)
+    }
+
+    fn set(&self, call: CallRef, mode: RecordingMode, list: Vec<RecordingStatus>) {
         if let Ok(mut m) = self.calls.lock() {
-            m.insert(call, list);
+            m.insert(call, (mode, list));
         }
     }
 
@@ -305,7 +310,7 @@ impl Recordings {
     /// Copy the call's status to the board.
     pub fn publish(&self, call: CallRef) {
         if let Some(r) = self.calls.get(&call) {
-            self.board.set(call, r.statuses());
+            self.board.set(call, r.recorder.settings.mode, r.statuses());
         }
     }
 
@@ -330,6 +335,17 @@ impl Recordings {
             .pending
             .as_ref()
             .map(|p| p.deadline)
+    }
+
+    /// The SRS targets of every session running now (kept across a reload).
+    pub fn targets(&self) -> Vec<crate::routing::TargetId> {
+        self.calls
+            .values()
+            .filter_map(|r| {
+                let s = r.session.as_ref()?;
+                r.recorder.srs.get(s.target).map(|c| c.target)
+            })
+            .collect()
     }
 
     /// Calls whose current session runs over SRS target `target`.
