@@ -485,6 +485,10 @@ fn the_src_invite_carries_sdp_and_metadata_and_streams_start_on_the_answer() {
     assert!(inv.header("contact").unwrap().ends_with(";+sip.src"));
     assert_eq!(inv.header("require"), Some("siprec"));
     let (sdp, xml) = parts(&inv);
+    // RFC 7865's rules, checked with a real XML parser (sbc-testkit's SRS peer).
+    let meta = sbc_testkit::srs::validate_metadata(&xml).expect("valid metadata");
+    assert_eq!(meta.labels, vec!["1", "2"]);
+    assert_eq!(meta.senders[0].1, vec!["1"], "the caller sends stream 1");
     assert_eq!(sdp.matches("m=audio ").count(), 2, "{sdp}");
     assert_eq!(sdp.matches("a=sendonly").count(), 2);
     assert!(sdp.contains("a=label:1\r\n") && sdp.contains("a=label:2\r\n"));
@@ -706,6 +710,11 @@ fn an_srs_lost_mid_call_is_replaced_by_the_next_with_the_gap_in_metadata() {
     assert!(
         xml.contains(&format!("<gap xmlns=\"{}\">", siprec::EXTENSION_NS)),
         "{xml}"
+    );
+    let meta = sbc_testkit::srs::validate_metadata(&xml).expect("valid metadata");
+    assert_eq!(
+        meta.extensions,
+        vec!["gap", "previous-recording", "from", "until"]
     );
     h.send_from(
         SRS2,
