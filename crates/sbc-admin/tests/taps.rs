@@ -75,6 +75,8 @@ impl TapControl for FakeTaps {
                 destination: s.destination,
                 packets_sent: 42,
                 packets_dropped: 3,
+                recording: false,
+                paused: false,
             })
             .collect();
         v.sort_by_key(|t| t.id);

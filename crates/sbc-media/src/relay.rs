@@ -627,14 +627,23 @@ pub fn relay_packet(
 /// tap costs a copy, maybe an SRTP protect and a send per packet on the call's worker.
 pub const MAX_TAPS_PER_CALL: usize = 4;
 
-/// A tap's counters (written by its worker, read by the control side) and its stop flag
+/// Most recorded streams (SIPREC, `sbc_core::recording`) on one call, counted apart from
+/// [`MAX_TAPS_PER_CALL`] so API taps never crowd out compliance recording: one per leg,
+/// times two for the overlap while a failed SRS's session is replaced by the next
+/// target's (the old streams are released once the new ones are up).
+pub const MAX_RECORDED_STREAMS_PER_CALL: usize = 4;
+
+/// A tap's counters (written by its worker, read by the control side), its stop flag
 /// (set by the control side, so no copy leaves after `stop_tap` returns, even before the
-/// worker has applied the `RemoveTap` command).
+/// worker has applied the `RemoveTap` command) and its pause flag (a paused recorded
+/// stream makes no copy at all, so its SRTP contexts do not move and a resumed stream
+/// never reuses keystream).
 #[derive(Debug, Default)]
 pub struct TapCounters {
     pub sent: AtomicU64,
     pub dropped: AtomicU64,
     pub stopped: AtomicBool,
+    pub paused: AtomicBool,
 }
 
 /// A recording tap, as its call's worker runs it.
@@ -642,6 +651,9 @@ pub struct TapCounters {
 pub struct TapSetup {
     pub id: TapId,
     pub legs: TapLegs,
+    /// Only this m-line's packets (a recorded stream forks one stream of one leg);
+    /// `None`: every stream of the call.
+    pub stream: Option<usize>,
     pub destination: SocketAddr,
     /// Non-blocking, never read: its send buffer is the tap's bounded queue.
     pub socket: std::net::UdpSocket,
@@ -721,10 +733,11 @@ struct TapMetrics {
     dropped: [metrics::Counter; 3],
 }
 
-/// Copies one clear RTP packet received on `leg` to the taps that want that leg.
+/// Copies one clear RTP packet received on `leg` of m-line `stream` to the taps that want
+/// it.
 fn copy_to_taps(
     taps: &mut [TapSetup],
-    leg: usize,
+    (stream, leg): (usize, usize),
     clear: &[u8],
     tap_buf: &mut [u8],
     metrics: &TapMetrics,
@@ -735,10 +748,12 @@ fn copy_to_taps(
         LegSide::Callee
     };
     let len = clear.len();
-    for tap in taps
-        .iter_mut()
-        .filter(|t| t.legs.includes(side) && !t.counters.stopped.load(Ordering::Acquire))
-    {
+    for tap in taps.iter_mut().filter(|t| {
+        t.legs.includes(side)
+            && t.stream.is_none_or(|s| s == stream)
+            && !t.counters.stopped.load(Ordering::Acquire)
+            && !t.counters.paused.load(Ordering::Acquire)
+    }) {
         let result = (|| {
             tap_buf
                 .get_mut(..len)
@@ -829,6 +844,13 @@ pub enum Command {
     AddTap { call: CallRef, tap: Box<TapSetup> },
     /// Stop a recording tap.
     RemoveTap { call: CallRef, id: TapId },
+    /// Send a tap's copies to a new destination, keeping its SRTP state (an SRS
+    /// re-INVITE moved a recorded stream).
+    MoveTap {
+        call: CallRef,
+        id: TapId,
+        destination: SocketAddr,
+    },
     /// The call belongs to `tenant`, whose media may use `bytes_per_second` on this worker
     /// (its share of the tenant's bandwidth limit).
     Bandwidth {
@@ -1109,6 +1131,19 @@ impl Worker {
                         c.taps.retain(|t| t.id != id);
                     }
                 }
+                Ok(Command::MoveTap {
+                    call,
+                    id,
+                    destination,
+                }) => {
+                    let tap = self
+                        .calls
+                        .get_mut(&call)
+                        .and_then(|c| c.taps.iter_mut().find(|t| t.id == id));
+                    if let Some(t) = tap {
+                        t.destination = destination;
+                    }
+                }
                 Ok(Command::Bandwidth {
                     call,
                     tenant,
@@ -1139,7 +1174,10 @@ impl Worker {
 
     fn add_tap(&mut self, call: CallRef, tap: TapSetup) {
         match self.calls.get_mut(&call) {
-            Some(c) if c.taps.len() < MAX_TAPS_PER_CALL => c.taps.push(tap),
+            // The control side bounds taps and recorded streams apart; this is the sum.
+            Some(c) if c.taps.len() < MAX_TAPS_PER_CALL + MAX_RECORDED_STREAMS_PER_CALL => {
+                c.taps.push(tap)
+            }
             Some(_) => tracing::warn!(%call, tap = %tap.id, "tap refused: call has too many"),
             None => tracing::debug!(%call, tap = %tap.id, "tap for a call that has ended"),
         }
@@ -1393,7 +1431,13 @@ impl Worker {
                             |kind, clear| {
                                 if kind == PacketKind::Rtp {
                                     track.on_rtp(clear, leg_counters);
-                                    copy_to_taps(taps, slot.leg, clear, tap_buf, &counters.taps);
+                                    copy_to_taps(
+                                        taps,
+                                        (slot.stream, slot.leg),
+                                        clear,
+                                        tap_buf,
+                                        &counters.taps,
+                                    );
                                 }
                             },
                         )
@@ -1849,6 +1893,7 @@ mod tests {
             TapSetup {
                 id: TapId(id),
                 legs,
+                stream: None,
                 destination,
                 socket,
                 srtp,
@@ -1879,7 +1924,7 @@ mod tests {
         };
         let pkt = rtp(1, b"clear voice");
         let mut tap_buf = vec![0u8; BUF_LEN];
-        copy_to_taps(&mut taps, 0, &pkt, &mut tap_buf, &m);
+        copy_to_taps(&mut taps, (0, 0), &pkt, &mut tap_buf, &m);
         let counts: Vec<(u64, u64)> = taps
             .iter()
             .map(|t| {
@@ -1901,10 +1946,62 @@ mod tests {
 
         // The callee leg with the caller's SSRC: refused by the SRTP tap (same key, same
         // SSRC and index would reuse keystream); the plain callee tap still sends it.
-        copy_to_taps(&mut taps, 1, &pkt, &mut tap_buf, &m);
+        copy_to_taps(&mut taps, (0, 1), &pkt, &mut tap_buf, &m);
         assert_eq!(taps[1].counters.sent.load(Ordering::Relaxed), 1);
         assert_eq!(taps[3].counters.sent.load(Ordering::Relaxed), 1);
         assert_eq!(taps[3].counters.dropped.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn recorded_stream_copies_one_m_line_of_one_leg_and_nothing_while_paused() {
+        let rec = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        rec.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket.set_nonblocking(true).unwrap();
+        let k = key(9);
+        let mut taps = vec![TapSetup {
+            id: TapId(1),
+            legs: TapLegs::Callee,
+            stream: Some(1),
+            destination: rec.local_addr().unwrap(),
+            socket,
+            srtp: Some([k.context().unwrap(), k.context().unwrap()]),
+            counters: Arc::default(),
+            ssrcs: Default::default(),
+        }];
+        let m = TapMetrics {
+            sent: metrics::Counter::noop(),
+            dropped: [
+                metrics::Counter::noop(),
+                metrics::Counter::noop(),
+                metrics::Counter::noop(),
+            ],
+        };
+        let mut tap_buf = vec![0u8; BUF_LEN];
+        let sent = |t: &[TapSetup]| t[0].counters.sent.load(Ordering::Relaxed);
+        // Other leg, other m-line: not copied.
+        copy_to_taps(&mut taps, (1, 0), &rtp(1, b"a"), &mut tap_buf, &m);
+        copy_to_taps(&mut taps, (0, 1), &rtp(1, b"b"), &mut tap_buf, &m);
+        assert_eq!(sent(&taps), 0);
+        copy_to_taps(&mut taps, (1, 1), &rtp(1, b"c"), &mut tap_buf, &m);
+        assert_eq!(sent(&taps), 1);
+        let mut rx = k.context().unwrap();
+        let mut got = [0u8; 2048];
+        let (n, _) = rec.recv_from(&mut got).unwrap();
+        let n = rx.unprotect_rtp(&mut got[..n]).unwrap();
+        assert_eq!(&got[..n], &rtp(1, b"c")[..]);
+        // Paused: no copy, no count, the SRTP context untouched.
+        taps[0].counters.paused.store(true, Ordering::Release);
+        copy_to_taps(&mut taps, (1, 1), &rtp(2, b"d"), &mut tap_buf, &m);
+        assert_eq!(sent(&taps), 1);
+        assert_eq!(taps[0].counters.dropped.load(Ordering::Relaxed), 0);
+        assert!(rec.recv_from(&mut got).is_err(), "nothing while paused");
+        taps[0].counters.paused.store(false, Ordering::Release);
+        copy_to_taps(&mut taps, (1, 1), &rtp(3, b"e"), &mut tap_buf, &m);
+        let (n, _) = rec.recv_from(&mut got).unwrap();
+        let n = rx.unprotect_rtp(&mut got[..n]).unwrap();
+        assert_eq!(&got[..n], &rtp(3, b"e")[..]);
     }
 
     #[test]
