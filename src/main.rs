@@ -188,6 +188,10 @@ fn run(
     let media_control = media.as_ref().map(MediaEngine::control);
     // Recording taps: the admin plane reaches the relay through sbc-core's `TapControl`.
     let tap_control = media.as_ref().map(MediaEngine::tap_control);
+    // SIPREC: recorded streams are taps of the same engine (sbc-core's `RecordingMedia`).
+    let recording_media = media
+        .as_ref()
+        .map(|m| Arc::new(m.clone()) as Arc<dyn sbc_core::recording::RecordingMedia>);
     let media_gauges = media.clone();
     let result = runtime.block_on(async {
         // Before anything is announced (banner, READY=1): a SIGHUP or SIGTERM that
@@ -212,11 +216,10 @@ fn run(
             cluster: cluster
                 .clone()
                 .map(|c| c as Arc<dyn sbc_core::cluster::ClusterAdmission>),
-            // WIRING (issue 17, for the lead): once sbc-media's `impl RecordingMedia for
-            // MediaEngine` is merged, pass the engine here:
-            //   recording: media.clone().map(|m| Arc::new(m) as Arc<dyn RecordingMedia>),
-            // and give the admin plane `recordings: Some(server.recording_control())`.
-            recording: None,
+            // SIPREC recording: the B2BUA forks recorded legs through the engine.
+            // WIRING (issue 17, for the lead): the admin plane takes
+            // `recordings: Some(server.recording_control())` once `AdminState` has the field.
+            recording: recording_media,
         };
         let server = sbc_sip::server::start_with(cfg.clone(), hooks)
             .await
