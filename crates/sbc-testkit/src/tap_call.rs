@@ -120,7 +120,7 @@ impl Rig {
                 drain: Some(drain.clone()),
                 media: Some(engine.control()),
                 cluster: None,
-                recording: None,
+                recording: Some(Arc::new(engine.clone())),
             },
         )
         .await
