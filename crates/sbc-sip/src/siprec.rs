@@ -441,14 +441,14 @@ mod tests {
         let streams = [
             OfferStream {
                 label: 1,
-                local: "127.0.0.1:30000".parse().unwrap(),
+                local: "127.0.0.1:30000".parse().expect("addr"),
                 crypto: Some((TapSuite::AesCm128HmacSha1_80, "inline:KEY1")),
                 formats: &f,
                 active: true,
             },
             OfferStream {
                 label: 2,
-                local: "127.0.0.1:30002".parse().unwrap(),
+                local: "127.0.0.1:30002".parse().expect("addr"),
                 crypto: None,
                 formats: &f,
                 active: false,
@@ -467,9 +467,9 @@ mod tests {
         assert_eq!(
             parse_answer(a, 3),
             Ok(vec![
-                Some("10.0.0.1:4000".parse().unwrap()),
+                Some("10.0.0.1:4000".parse().expect("addr")),
                 None,
-                Some("10.0.0.2:4002".parse().unwrap())
+                Some("10.0.0.2:4002".parse().expect("addr"))
             ])
         );
         assert_eq!(
@@ -526,7 +526,7 @@ mod tests {
         assert_eq!(xml.matches("<send>").count(), 2);
         assert_eq!(xml.matches("<recv>").count(), 2);
         let (ctype, body) = multipart("b0undary", "v=0\r\n", &xml);
-        let body = String::from_utf8(body).unwrap();
+        let body = String::from_utf8(body).expect("utf8");
         let parts = split_multipart(&ctype, &body).expect("parts");
         assert_eq!(parts.len(), 2);
         assert_eq!(parts[0], ("application/sdp".to_string(), "v=0\r\n"));

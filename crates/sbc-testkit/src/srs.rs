@@ -233,13 +233,19 @@ pub struct SrsStream {
     pub label: String,
     pub socket: UdpSocket,
     /// (suite, key || salt) from the offer's `a=crypto`; `None` for plain RTP.
-    pub crypto: Option<(String, Vec<u8>)>,
+    pub crypto: Option<Crypto>,
     pub inactive: bool,
 }
 
+/// An SDES suite and its key || salt.
+type Crypto = (String, Vec<u8>);
+
+/// One offered m-line: (label, crypto, inactive).
+type OfferLine = (String, Option<Crypto>, bool);
+
 /// The SRS's view of one offer: its m-lines with labels, keys and directions.
-fn offer_lines(sdp: &str) -> Vec<(String, Option<(String, Vec<u8>)>, bool)> {
-    let mut out: Vec<(String, Option<(String, Vec<u8>)>, bool)> = Vec::new();
+fn offer_lines(sdp: &str) -> Vec<OfferLine> {
+    let mut out: Vec<OfferLine> = Vec::new();
     for line in sdp.lines().map(str::trim_end) {
         if line.starts_with("m=") {
             out.push((String::new(), None, false));
