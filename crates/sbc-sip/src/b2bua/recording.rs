@@ -43,6 +43,17 @@ pub struct Recorder {
     pub srs: Vec<Candidate>,
 }
 
+impl Recorder {
+    /// SRS target `index` as configured (empty if there is none).
+    pub fn srs_uri(&self, index: usize) -> String {
+        self.settings
+            .srs
+            .get(index)
+            .map(|t| t.to_string())
+            .unwrap_or_default()
+    }
+}
+
 /// Why a recording session failed (a closed set: the `reason` label of
 /// `sbc_recording_failures_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -234,12 +245,7 @@ impl Session {
     pub fn status(&self, recorder: &Recorder, failovers: u32) -> RecordingStatus {
         RecordingStatus {
             id: self.id,
-            srs: recorder
-                .settings
-                .srs
-                .get(self.target)
-                .map(|t| t.to_string())
-                .unwrap_or_default(),
+            srs: recorder.srs_uri(self.target),
             state: self.state,
             streams: self.streams.iter().map(|s| s.id).collect(),
             started_unix: self.accepted_unix,

@@ -470,15 +470,7 @@ impl B2bua {
             RecordingState::Recording
         };
         s.accepted_unix = Some(unix(wall));
-        let (id, srs) = (
-            s.id,
-            rec.recorder
-                .settings
-                .srs
-                .get(s.target)
-                .map(|t| t.to_string())
-                .unwrap_or_default(),
-        );
+        let (id, srs) = (s.id, rec.recorder.srs_uri(s.target));
         let tenant = rec.tenant.clone();
         rec.gap_from = None;
         let held = rec.held.take();
@@ -641,13 +633,7 @@ impl B2bua {
         let Some(rec) = self.recordings.get_mut(call) else {
             return;
         };
-        let srs = rec
-            .recorder
-            .settings
-            .srs
-            .get(target)
-            .map(|t| t.to_string())
-            .unwrap_or_default();
+        let srs = rec.recorder.srs_uri(target);
         let tenant = rec.tenant.clone();
         metrics::counter!("sbc_recording_failures_total", "tenant" => tenant.to_string(), "reason" => why.as_str()).increment(1);
         audit_failure(call, &tenant, id, &srs, why, status);
@@ -748,13 +734,7 @@ impl B2bua {
         let Some(rec) = self.recordings.get_mut(call) else {
             return;
         };
-        let srs = rec
-            .recorder
-            .settings
-            .srs
-            .get(target)
-            .map(|t| t.to_string())
-            .unwrap_or_default();
+        let srs = rec.recorder.srs_uri(target);
         let tenant = rec.tenant.clone();
         rec.history.push(sbc_core::recording::RecordingStatus {
             id,
@@ -789,16 +769,15 @@ impl B2bua {
         if let Some((dest, bye)) = bye {
             self.send(dest, bye);
         }
+        self.count_stopped(call, id, target, "recording_stopped");
+    }
+
+    /// Count and audit a session that ended normally (`event`: who ended it).
+    fn count_stopped(&self, call: CallRef, id: RecordingId, target: usize, event: &'static str) {
         if let Some(rec) = self.recordings.get(call) {
-            let srs = rec
-                .recorder
-                .settings
-                .srs
-                .get(target)
-                .map(|t| t.to_string())
-                .unwrap_or_default();
+            let srs = rec.recorder.srs_uri(target);
             metrics::counter!("sbc_recording_sessions_total", "tenant" => rec.tenant.to_string(), "outcome" => "stopped").increment(1);
-            audit("recording_stopped", call, &rec.tenant, id, &srs);
+            audit(event, call, &rec.tenant, id, &srs);
         }
     }
 
@@ -864,17 +843,7 @@ impl B2bua {
             if let Some((id, target, _)) =
                 self.close_session(now, call, RecordingState::Stopped, None)
             {
-                if let Some(rec) = self.recordings.get(call) {
-                    let srs = rec
-                        .recorder
-                        .settings
-                        .srs
-                        .get(target)
-                        .map(|t| t.to_string())
-                        .unwrap_or_default();
-                    metrics::counter!("sbc_recording_sessions_total", "tenant" => rec.tenant.to_string(), "outcome" => "stopped").increment(1);
-                    audit("recording_stopped_by_srs", call, &rec.tenant, id, &srs);
-                }
+                self.count_stopped(call, id, target, "recording_stopped_by_srs");
             }
         }
         true
@@ -952,15 +921,7 @@ impl B2bua {
                 m.pause_stream(st.id, paused || held[side_index(st.side)]);
             }
         }
-        let (id, srs) = (
-            s.id,
-            rec.recorder
-                .settings
-                .srs
-                .get(s.target)
-                .map(|t| t.to_string())
-                .unwrap_or_default(),
-        );
+        let (id, srs) = (s.id, rec.recorder.srs_uri(s.target));
         audit(
             if paused {
                 "recording_paused"
