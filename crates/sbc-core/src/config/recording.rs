@@ -173,6 +173,16 @@ fn validate_srs(r: &RawRecording, k: &str) -> Result<Vec<TargetUri>, ConfigError
     let mut out = Vec::new();
     for (i, s) in r.srs.iter().enumerate() {
         let t = parse_target(s).map_err(|e| invalid(format!("{k}.srs[{i}]"), e))?;
+        if t.transport == super::Transport::Udp {
+            // The INVITE's multipart body (SDP and metadata) outgrows a datagram, and the
+            // recording client keeps no UDP retransmission state.
+            return Err(invalid(
+                format!("{k}.srs[{i}]"),
+                format!(
+                    "{s:?}: an SRS is reached over TLS (sips:) or TCP (;transport=tcp), not UDP"
+                ),
+            ));
+        }
         if out.contains(&t) {
             return Err(invalid(
                 format!("{k}.srs[{i}]"),
@@ -384,6 +394,10 @@ mod tests {
             ("srs=[]\n", "recording.srs"),
             ("srs=[\"http://x\"]\n", "recording.srs[0]"),
             ("srs=[\"sips:a\",\"sips:a\"]\n", "recording.srs[1]"),
+            (
+                "srs=[\"sips:a\",\"sip:b;transport=udp\"]\n",
+                "recording.srs[1]",
+            ),
             ("srs=[\"sips:a\"]\nmode=\"sometimes\"\n", "recording.mode"),
             ("srs=[\"sips:a\"]\nlegs=\"left\"\n", "recording.legs"),
             ("srs=[\"sips:a\"]\nmedia=\"dtls\"\n", "recording.media"),
