@@ -8,8 +8,11 @@
 
 use std::time::Duration;
 
+use sbc_core::media::CallRef;
+use sbc_core::recording::{RecordingCommand, RecordingState};
 use sbc_sip::message::Method;
 use sbc_testkit::files::{temp_dir, write};
+use sbc_testkit::http::http;
 use sbc_testkit::pki::Ca;
 use sbc_testkit::srs::Srs;
 use sbc_testkit::tap_call::*;
@@ -24,10 +27,15 @@ async fn both_legs_reach_the_srs_decrypted_equal_to_what_was_sent() {
         "\n[tenants.recording]\nsrs = [\"sips:{}\"]\nca_file = {ca_file:?}\nidentities = \"hash\"\n",
         srs.addr
     );
+    let op = "operator-token-0123456789";
+    let tokens = format!(
+        "[[admin.tokens]]\nid = \"ops\"\nsha256 = \"{}\"\nrole = \"operator\"\n",
+        sbc_admin::token_sha256_hex(op)
+    );
     let rig = Rig::start(
         "siprec-e2e",
         sbc_testkit::ports::free_udp_range(100),
-        "",
+        &tokens,
         &demo,
     )
     .await;
@@ -67,6 +75,36 @@ async fn both_legs_reach_the_srs_decrypted_equal_to_what_was_sent() {
             "the callee's packet {seq}, decrypted by the SRS"
         );
     }
+    // Pause from the admin plane's handle (payment-card entry): a re-INVITE with both
+    // streams inactive; nothing reaches the SRS while paused; resume re-offers sendonly.
+    let (_, calls) = http(rig.admin_addr(), "GET", "/v1/calls", Some(op), "").await;
+    let call_ref = CallRef(u64::from_str_radix(&field(&calls, "id"), 16).unwrap());
+    let control = rig.gw.recording_control();
+    control.command(call_ref, RecordingCommand::Pause).unwrap();
+    let re = session.serve_next().await;
+    assert_eq!(re.method(), Some(&Method::Invite));
+    assert!(
+        session.streams.iter().all(|s| s.inactive),
+        "a=inactive on both"
+    );
+    session.serve_next().await; // ACK
+    let listed = control.recordings(call_ref).unwrap();
+    assert_eq!(listed[0].state, RecordingState::Paused);
+    call.caller_sends(6);
+    assert_eq!(session.recv_clear("1"), None, "paused: nothing forked");
+    control.command(call_ref, RecordingCommand::Resume).unwrap();
+    session.serve_next().await;
+    assert!(
+        session.streams.iter().all(|s| !s.inactive),
+        "sendonly again"
+    );
+    session.serve_next().await; // ACK
+    let from_caller = call.caller_sends(7);
+    assert_eq!(
+        session.recv_clear("1").as_deref(),
+        Some(from_caller.as_slice())
+    );
+    assert_eq!(session.metadata.len(), 3, "every offer carried metadata");
     call.hang_up().await;
     let bye = session.serve_next().await;
     assert_eq!(
