@@ -132,6 +132,7 @@ pub async fn start(name: &str, mut cfg: AdminConfig) -> Fixture {
         tenants: vec![TenantId::from("a"), TenantId::from("b")],
         audit: Arc::new(AuditLog::open(&audit_path).expect("audit log")),
         taps: None,
+        recordings: None,
     };
     cfg.address = "127.0.0.1:0".parse().expect("addr");
     let handle = sbc_admin::serve(cfg, state).await.expect("serve");
