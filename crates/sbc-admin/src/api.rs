@@ -984,19 +984,28 @@ async fn list_taps(
     let Some(taps) = app.state.taps.clone() else {
         return taps_unavailable();
     };
-    let (id, call) = match tap_call(&app, &token.role, id) {
+    call_listing(&app, &token.role, id.ok().map(|Path(id)| id), |media| {
+        let list = media.map(|m| taps.list_taps(m)).unwrap_or_default();
+        TapListJson {
+            taps: list.iter().map(tap_json).collect(),
+        }
+    })
+}
+
+/// A listing about one call (its taps, its recordings): the call the caller may see
+/// (else the 404 of [`visible_call`]), `list` run on the call's media number (`None`
+/// before it has one), the answer audited with the call and its tenant.
+pub(crate) fn call_listing<T: Serialize>(
+    app: &Shared,
+    role: &Role,
+    id: Option<String>,
+    list: impl FnOnce(Option<CallRef>) -> T,
+) -> Response {
+    let (id, call) = match visible_call(app, role, id) {
         Ok(c) => c,
         Err(resp) => return *resp,
     };
-    let list = app
-        .state
-        .registry
-        .media_ref(&id)
-        .map(|m| taps.list_taps(CallRef(m)))
-        .unwrap_or_default();
-    let body = TapListJson {
-        taps: list.iter().map(tap_json).collect(),
-    };
+    let body = list(app.state.registry.media_ref(&id).map(CallRef));
     with_audit(Json(body).into_response(), Some(call.tenant), Some(id))
 }
 

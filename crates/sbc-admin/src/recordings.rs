@@ -32,7 +32,7 @@ use sbc_core::media::CallRef;
 use sbc_core::recording::{RecordingCommand, RecordingError, RecordingStatus};
 use serde::Serialize;
 
-use crate::api::{json_error, visible_call, with_audit, App, Caller};
+use crate::api::{call_listing, json_error, visible_call, with_audit, App, Caller};
 use crate::config::Role;
 
 #[derive(Debug, Serialize)]
@@ -105,20 +105,14 @@ pub(crate) async fn list_recordings(
     let Some(control) = app.state.recordings.clone() else {
         return unavailable();
     };
-    let (id, call) = match visible_call(&app, &token.role, id.ok().map(|Path(id)| id)) {
-        Ok(c) => c,
-        Err(resp) => return *resp,
-    };
-    let list = app
-        .state
-        .registry
-        .media_ref(&id)
-        .and_then(|m| control.recordings(CallRef(m)))
-        .unwrap_or_default();
-    let body = RecordingListJson {
-        recordings: list.iter().map(recording_json).collect(),
-    };
-    with_audit(Json(body).into_response(), Some(call.tenant), Some(id))
+    call_listing(&app, &token.role, id.ok().map(|Path(id)| id), |media| {
+        let list = media
+            .and_then(|m| control.recordings(m))
+            .unwrap_or_default();
+        RecordingListJson {
+            recordings: list.iter().map(recording_json).collect(),
+        }
+    })
 }
 
 /// `POST /v1/calls/{id}/recordings/{action}`.

@@ -5,19 +5,15 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
 
-use sbc_admin::{AdminConfig, AdminState, AuditLog};
 use sbc_core::media::CallRef;
 use sbc_core::recording::{
     RecordingCommand, RecordingControl, RecordingError, RecordingId, RecordingState,
     RecordingStatus,
 };
-use sbc_core::registry::{CallId, CallRecord, CallRegistry, DrainState};
+use sbc_core::registry::CallId;
 use sbc_core::tap::TapId;
-use sbc_core::tenant::TenantId;
-use sbc_testkit::admin::{audit_lines, prometheus, tokens, OPS, REC_A, VIEW_A};
-use sbc_testkit::files::temp_dir;
+use sbc_testkit::admin::{audit_lines, config, start_with, Fixture, OPS, REC_A, VIEW_A};
 use sbc_testkit::http::request_with;
 
 /// The recording client: calls 1 (tenant a) and 2 (tenant b) have one session each;
@@ -51,58 +47,15 @@ impl RecordingControl for FakeRecording {
     }
 }
 
-struct Fixture {
-    addr: SocketAddr,
-    _handle: sbc_admin::AdminHandle,
-    audit_path: std::path::PathBuf,
-    fake: Arc<FakeRecording>,
-    call_a: CallId,
-    call_b: CallId,
-}
-
-fn record(tenant: &str) -> CallRecord {
-    CallRecord {
-        tenant: TenantId::from(tenant),
-        start: SystemTime::now(),
-        caller: "+15551230001".to_string(),
-        callee: "+15559870002".to_string(),
-        inbound_sip_call_id: format!("{tenant}-sip@example"),
-    }
-}
-
-async fn fixture(name: &str, wired: bool) -> Fixture {
-    let dir = temp_dir(name);
-    let registry = Arc::new(CallRegistry::new());
-    let call_a = registry.register(record("a")).expect("room");
-    let call_b = registry.register(record("b")).expect("room");
-    assert!(registry.set_media_ref(&call_a, 1));
-    assert!(registry.set_media_ref(&call_b, 2));
+/// The shared admin fixture (calls of tenants a and b) with the fake recording client
+/// wired, or none; the calls get media numbers 1 (a) and 2 (b).
+async fn fixture(name: &str, wired: bool) -> (Fixture, Arc<FakeRecording>) {
     let fake = Arc::new(FakeRecording::default());
-    let audit_path = dir.join("audit.jsonl");
-    let state = AdminState {
-        registry,
-        usage: Arc::new(|_: &TenantId| None),
-        drain: Arc::new(DrainState::new()),
-        prometheus: prometheus(),
-        tenants: vec![TenantId::from("a"), TenantId::from("b")],
-        audit: Arc::new(AuditLog::open(&audit_path).expect("audit log")),
-        taps: None,
-        recordings: wired.then(|| fake.clone() as Arc<dyn RecordingControl>),
-    };
-    let cfg = AdminConfig {
-        tokens: tokens(),
-        address: "127.0.0.1:0".parse().expect("addr"),
-        ..AdminConfig::default()
-    };
-    let handle = sbc_admin::serve(cfg, state).await.expect("serve");
-    Fixture {
-        addr: handle.local_addr(),
-        _handle: handle,
-        audit_path,
-        fake,
-        call_a,
-        call_b,
-    }
+    let control = wired.then(|| fake.clone() as Arc<dyn RecordingControl>);
+    let w = start_with(name, config(false), control).await;
+    assert!(w.registry.set_media_ref(&w.call_a, 1));
+    assert!(w.registry.set_media_ref(&w.call_b, 2));
+    (w, fake)
 }
 
 async fn http_json(
@@ -138,7 +91,7 @@ fn action(call: &CallId, action: &str) -> String {
 
 #[tokio::test]
 async fn operator_lists_and_commands_and_every_request_is_audited() {
-    let w = fixture("rec-ops", true).await;
+    let (w, fake) = fixture("rec-ops", true).await;
     let (st, j) = http_json(w.addr, "GET", &list(&w.call_a), OPS).await;
     assert_eq!(st, 200, "{j}");
     let r = &j["recordings"][0];
@@ -160,7 +113,7 @@ async fn operator_lists_and_commands_and_every_request_is_audited() {
         assert_eq!(j["action"], name);
         assert_eq!(j["call"], w.call_b.as_str());
         assert_eq!(
-            w.fake.commands.lock().expect("lock").last(),
+            fake.commands.lock().expect("lock").last(),
             Some(&(CallRef(2), cmd))
         );
     }
@@ -168,7 +121,7 @@ async fn operator_lists_and_commands_and_every_request_is_audited() {
     assert_eq!(st, 404, "unknown action");
     let (st, _) = http_json(w.addr, "GET", &action(&w.call_a, "start"), OPS).await;
     assert_eq!(st, 405, "commands are POST");
-    assert_eq!(w.fake.commands.lock().expect("lock").len(), 4);
+    assert_eq!(fake.commands.lock().expect("lock").len(), 4);
 
     let lines = audit_lines(&w.audit_path);
     let commands: Vec<_> = lines
@@ -194,7 +147,7 @@ async fn operator_lists_and_commands_and_every_request_is_audited() {
 
 #[tokio::test]
 async fn recorder_is_scoped_to_its_tenant_and_viewer_may_only_list() {
-    let w = fixture("rec-scope", true).await;
+    let (w, fake) = fixture("rec-scope", true).await;
     let (st, _) = http_json(w.addr, "POST", &action(&w.call_a, "pause"), REC_A).await;
     assert_eq!(st, 202);
     // Another tenant's call looks like no call, for listing and commands.
@@ -217,7 +170,7 @@ async fn recorder_is_scoped_to_its_tenant_and_viewer_may_only_list() {
     let (st, _) = http_json(w.addr, "POST", &action(&w.call_a, "stop"), VIEW_A).await;
     assert_eq!(st, 403);
     assert_eq!(
-        *w.fake.commands.lock().expect("lock"),
+        *fake.commands.lock().expect("lock"),
         vec![(CallRef(1), RecordingCommand::Pause)],
         "only the allowed command reached the recording client"
     );
@@ -238,7 +191,7 @@ async fn recorder_is_scoped_to_its_tenant_and_viewer_may_only_list() {
 
 #[tokio::test]
 async fn refusals_map_to_statuses_and_unwired_is_501() {
-    let w = fixture("rec-errors", true).await;
+    let (w, fake) = fixture("rec-errors", true).await;
     for (e, status) in [
         (RecordingError::UnknownCall(CallRef(1)), 404),
         (RecordingError::NotConfigured, 409),
@@ -247,21 +200,21 @@ async fn refusals_map_to_statuses_and_unwired_is_501() {
         (RecordingError::Unavailable("queue full"), 503),
     ] {
         let msg = e.to_string();
-        *w.fake.refuse.lock().expect("lock") = Some(e);
+        *fake.refuse.lock().expect("lock") = Some(e);
         let (st, j) = http_json(w.addr, "POST", &action(&w.call_a, "start"), OPS).await;
         assert_eq!(st, status, "{msg}: {j}");
         if status == 409 {
             assert_eq!(j["error"], msg.as_str(), "the reason is in the answer");
         }
     }
-    assert!(w.fake.commands.lock().expect("lock").is_empty());
+    assert!(fake.commands.lock().expect("lock").is_empty());
     let audited = audit_lines(&w.audit_path)
         .iter()
         .filter(|l| l["method"] == "POST" && l["call"] == w.call_a.as_str())
         .count();
     assert_eq!(audited, 5, "every refused command audited with its call");
 
-    let w = fixture("rec-unwired", false).await;
+    let (w, _) = fixture("rec-unwired", false).await;
     let (st, j) = http_json(w.addr, "GET", &list(&w.call_a), OPS).await;
     assert_eq!(st, 501);
     assert!(j["error"].as_str().is_some_and(|m| m.contains("recording")));
