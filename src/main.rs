@@ -242,6 +242,8 @@ fn run(
                 tenants: cfg.tenants.iter().map(|t| t.id.clone()).collect(),
                 audit,
                 taps: tap_control,
+                // The SIPREC recording client (sbc-sip) hands its control in here.
+                recordings: None,
             },
         )
         .await
