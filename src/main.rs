@@ -217,8 +217,6 @@ fn run(
                 .clone()
                 .map(|c| c as Arc<dyn sbc_core::cluster::ClusterAdmission>),
             // SIPREC recording: the B2BUA forks recorded legs through the engine.
-            // WIRING (issue 17, for the lead): the admin plane takes
-            // `recordings: Some(server.recording_control())` once `AdminState` has the field.
             recording: recording_media,
         };
         let server = sbc_sip::server::start_with(cfg.clone(), hooks)
@@ -243,7 +241,8 @@ fn run(
                 audit,
                 taps: tap_control,
                 // The SIPREC recording client (sbc-sip) hands its control in here.
-                recordings: None,
+                // SIPREC: `/v1/calls/{id}/recordings` reads and commands the recording client.
+                recordings: Some(server.recording_control()),
             },
         )
         .await

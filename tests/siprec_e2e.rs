@@ -2,14 +2,14 @@
 //! a call to a Rust SRS on loopback (`sbc_testkit::srs`): the SRS gets the INVITE with its
 //! multipart body (metadata validated against RFC 7865's rules with a real XML parser),
 //! answers with its own UDP ports, and decrypts both recorded streams with the keys the
-//! gateway offered: their clear packets equal what the caller and the callee sent. The
-//! call's end sends BYE to the SRS.
+//! gateway offered: their clear packets equal what the caller and the callee sent. Pause
+//! and resume through the admin API (`/v1/calls/{id}/recordings`) re-INVITE the SRS
+//! (`a=inactive`, then `a=sendonly`) and stop the fork meanwhile. The call's end sends BYE
+//! to the SRS.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
 
-use sbc_core::media::CallRef;
-use sbc_core::recording::{RecordingCommand, RecordingState};
 use sbc_sip::message::Method;
 use sbc_testkit::files::{temp_dir, write};
 use sbc_testkit::http::http;
@@ -23,6 +23,7 @@ async fn both_legs_reach_the_srs_decrypted_equal_to_what_was_sent() {
     let srs = Srs::new(&srs_ca.issue(&["localhost", "127.0.0.1"])).await;
     let ca_file = write(&temp_dir("siprec-e2e"), "srs-ca.pem", &srs_ca.pem);
     // `[tenants.media]` of the demo tenant stays empty; the recording section follows it.
+    let srs_addr = srs.addr;
     let demo = format!(
         "\n[tenants.recording]\nsrs = [\"sips:{}\"]\nca_file = {ca_file:?}\nidentities = \"hash\"\n",
         srs.addr
@@ -75,12 +76,17 @@ async fn both_legs_reach_the_srs_decrypted_equal_to_what_was_sent() {
             "the callee's packet {seq}, decrypted by the SRS"
         );
     }
-    // Pause from the admin plane's handle (payment-card entry): a re-INVITE with both
-    // streams inactive; nothing reaches the SRS while paused; resume re-offers sendonly.
-    let (_, calls) = http(rig.admin_addr(), "GET", "/v1/calls", Some(op), "").await;
-    let call_ref = CallRef(u64::from_str_radix(&field(&calls, "id"), 16).unwrap());
-    let control = rig.gw.recording_control();
-    control.command(call_ref, RecordingCommand::Pause).unwrap();
+    // Pause through the admin API (payment-card entry): a re-INVITE with both streams
+    // inactive; nothing reaches the SRS while paused; resume re-offers sendonly.
+    let a = rig.admin_addr();
+    let (_, calls) = http(a, "GET", "/v1/calls", Some(op), "").await;
+    let recordings = format!("/v1/calls/{}/recordings", field(&calls, "id"));
+    let (status, listed) = http(a, "GET", &recordings, Some(op), "").await;
+    assert_eq!(status, 200, "{listed}");
+    assert_eq!(field(&listed, "state"), "recording");
+    assert_eq!(field(&listed, "srs"), format!("sips:{srs_addr}"));
+    let (status, body) = http(a, "POST", &format!("{recordings}/pause"), Some(op), "").await;
+    assert_eq!(status, 202, "{body}");
     let re = session.serve_next().await;
     assert_eq!(re.method(), Some(&Method::Invite));
     assert!(
@@ -88,11 +94,15 @@ async fn both_legs_reach_the_srs_decrypted_equal_to_what_was_sent() {
         "a=inactive on both"
     );
     session.serve_next().await; // ACK
-    let listed = control.recordings(call_ref).unwrap();
-    assert_eq!(listed[0].state, RecordingState::Paused);
+    let (_, listed) = http(a, "GET", &recordings, Some(op), "").await;
+    assert_eq!(field(&listed, "state"), "paused");
     call.caller_sends(6);
     assert_eq!(session.recv_clear("1"), None, "paused: nothing forked");
-    control.command(call_ref, RecordingCommand::Resume).unwrap();
+    // api-only commands are refused for an `always` tenant.
+    let (status, _) = http(a, "POST", &format!("{recordings}/stop"), Some(op), "").await;
+    assert_eq!(status / 100, 4, "stop is for api mode");
+    let (status, _) = http(a, "POST", &format!("{recordings}/resume"), Some(op), "").await;
+    assert_eq!(status, 202);
     session.serve_next().await;
     assert!(
         session.streams.iter().all(|s| !s.inactive),
