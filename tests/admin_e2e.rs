@@ -40,6 +40,7 @@ async fn admin_plane_sees_calls_usage_metrics_and_drains() {
             drain: Some(drain.clone()),
             media: None,
             cluster: None,
+            recording: None,
         },
     )
     .await
