@@ -492,7 +492,7 @@ expected=$((CALLS + 2 * SMALL + MEDIA_CALLS + UDP_CALLS))
 [ "${answered:-0}" = "$expected" ] || fail "gateway counted ${answered:-0} answered calls, expected $expected"
 [ "${failed4xx:-0}" = "$SMALL" ] || fail "gateway counted ${failed4xx:-0} 4xx calls, expected $SMALL (the CANCELs)"
 
-say "interop PASSED: $CALLS basic calls at $RATE calls/s, $SMALL hold, $SMALL cancel, $SMALL prack, $MEDIA_CALLS with SRTP checked both ways through the relay, $UDP_CALLS to a UDP PBX inside; no failed call"
+say "interop PASSED: $CALLS basic calls at $RATE calls/s, $SMALL hold, $SMALL cancel, $SMALL prack, $MEDIA_CALLS with SRTP checked both ways through the relay, $UDP_CALLS to a UDP PBX inside, $REC_CALLS recorded to a SIPREC SRS; no failed call"
 summary_line=$(grep '^== basic (uac)' "$work/basic.uac.out" 2>/dev/null || true)
 
 # --- stage 5: max-rate probe (informational) --------------------------------------------
