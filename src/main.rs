@@ -209,6 +209,14 @@ fn run(
         }
         // `[cluster]`: tenant quotas shared with the other gateways through Redis.
         let cluster = cfg.cluster.clone().map(sbc_cluster::RedisCluster::start);
+        let audit_path = admin_cfg
+            .audit_log
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join("sbc-edge-audit.log"));
+        let audit = Arc::new(
+            AuditLog::open(&audit_path)
+                .map_err(|e| anyhow::anyhow!("audit log {}: {e}", audit_path.display()))?,
+        );
         let hooks = Hooks {
             registry: Some(registry.clone()),
             drain: Some(drain.clone()),
@@ -218,18 +226,12 @@ fn run(
                 .map(|c| c as Arc<dyn sbc_core::cluster::ClusterAdmission>),
             // SIPREC recording: the B2BUA forks recorded legs through the engine.
             recording: recording_media,
+            // Recording start/stop/pause/resume/failure lines in the hash-chained log.
+            audit: Some(audit.clone() as Arc<dyn sbc_core::audit::AuditSink>),
         };
         let server = sbc_sip::server::start_with(cfg.clone(), hooks)
             .await
             .context("starting SIP server")?;
-        let audit_path = admin_cfg
-            .audit_log
-            .clone()
-            .unwrap_or_else(|| std::env::temp_dir().join("sbc-edge-audit.log"));
-        let audit = Arc::new(
-            AuditLog::open(&audit_path)
-                .map_err(|e| anyhow::anyhow!("audit log {}: {e}", audit_path.display()))?,
-        );
         let admin = sbc_admin::serve(
             admin_cfg,
             AdminState {

@@ -41,6 +41,7 @@ async fn admin_plane_sees_calls_usage_metrics_and_drains() {
             media: None,
             cluster: None,
             recording: None,
+            audit: None,
         },
     )
     .await

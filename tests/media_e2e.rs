@@ -107,6 +107,7 @@ async fn gateway_full(
             registry,
             cluster: None,
             recording: None,
+            audit: None,
         },
     )
     .await

@@ -80,7 +80,8 @@ async fn both_legs_reach_the_srs_decrypted_equal_to_what_was_sent() {
     // inactive; nothing reaches the SRS while paused; resume re-offers sendonly.
     let a = rig.admin_addr();
     let (_, calls) = http(a, "GET", "/v1/calls", Some(op), "").await;
-    let recordings = format!("/v1/calls/{}/recordings", field(&calls, "id"));
+    let call_id = field(&calls, "id");
+    let recordings = format!("/v1/calls/{call_id}/recordings");
     let (status, listed) = http(a, "GET", &recordings, Some(op), "").await;
     assert_eq!(status, 200, "{listed}");
     assert_eq!(field(&listed, "state"), "recording");
@@ -122,5 +123,39 @@ async fn both_legs_reach_the_srs_decrypted_equal_to_what_was_sent() {
         Some(&Method::Bye),
         "the call's end ends the recording"
     );
+    // The recording's life is in the hash-chained audit log, written off the core loop.
+    let events = ["started", "paused", "resumed", "stopped"];
+    let mut lines = Vec::new();
+    for _ in 0..100 {
+        lines = siprec_audit_lines(&rig.audit_path, &call_id);
+        if lines.len() >= events.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let paths: Vec<String> = lines.iter().map(|l| l["path"].to_string()).collect();
+    for (event, line) in events.iter().zip(&lines) {
+        let want = format!("recording/{event}?srs=sips:{srs_addr}");
+        assert_eq!(line["path"], want.as_str(), "{paths:?}");
+        assert_eq!(line["tenant"], "demo");
+        assert_eq!(line["status"], 0);
+        assert!(line["token"].is_null());
+    }
+    assert_eq!(lines.len(), events.len(), "{paths:?}");
+    let verified = sbc_admin::verify_audit(&rig.audit_path).expect("the audit chain holds");
+    assert!(
+        verified > events.len(),
+        "admin requests are in the same chain"
+    );
     rig.shutdown().await;
+}
+
+/// The audit log's SIPREC lines of `call`, in order.
+fn siprec_audit_lines(path: &std::path::Path, call: &str) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["method"] == "SIPREC" && v["call"] == call)
+        .collect()
 }

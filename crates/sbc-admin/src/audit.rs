@@ -7,7 +7,12 @@
 //! (what the request was about, when known), `method`, `path` (with query), `status` (the
 //! HTTP status answered), `prev` and `sha256`. A WebSocket tap writes a second line when it
 //! ends: method `WS-CLOSE`, the upgrade's path, and the WebSocket close code as `status`.
-//! The chain fields:
+//! A SIPREC recording's life (sbc-core's `AuditSink`, fed by the SIP server off its core
+//! loop) writes lines in the same order: `token`, `role` and `token_tenant` `null`,
+//! `tenant` and `call` of the recorded call, method `SIPREC`, path
+//! `recording/<event>?srs=<SRS URI>` (`<event>`: `started`, `stopped`, `stopped_by_srs`,
+//! `paused`, `resumed`, `failed`), and as `status` the SIP status that decided it (an
+//! SRS's refusal) or 0. The chain fields:
 //!
 //! - `prev`: hex SHA-256 of the whole previous line (its bytes without the newline); 64
 //!   zeros on the first line.
@@ -194,6 +199,22 @@ impl AuditLog {
                 Err(e)
             }
         }
+    }
+}
+
+impl sbc_core::audit::AuditSink for AuditLog {
+    fn recording(&self, ev: &sbc_core::audit::RecordingAudit) -> io::Result<()> {
+        self.record(&AuditEntry {
+            time: SystemTime::now(),
+            token: None,
+            role: None,
+            token_tenant: None,
+            tenant: Some(ev.tenant.to_string()),
+            call: Some(ev.call.clone()),
+            method: "SIPREC".into(),
+            path: format!("recording/{}?srs={}", ev.event.as_str(), ev.srs),
+            status: ev.status,
+        })
     }
 }
 

@@ -113,6 +113,8 @@ impl Rig {
         let engine = MediaEngine::start(settings).unwrap();
         let registry = Arc::new(CallRegistry::new());
         let drain = Arc::new(DrainState::new());
+        let audit_path = world.dir.join("audit.log");
+        let audit = Arc::new(AuditLog::open(&audit_path).unwrap());
         let gw = sbc_sip::server::start_with(
             cfg.clone(),
             Hooks {
@@ -121,11 +123,11 @@ impl Rig {
                 media: Some(engine.control()),
                 cluster: None,
                 recording: Some(Arc::new(engine.clone())),
+                audit: Some(audit.clone()),
             },
         )
         .await
         .unwrap();
-        let audit_path = world.dir.join("audit.log");
         let admin = sbc_admin::serve(
             admin_cfg,
             AdminState {
@@ -134,7 +136,7 @@ impl Rig {
                 drain,
                 prometheus,
                 tenants: cfg.tenants.iter().map(|t| t.id.clone()).collect(),
-                audit: Arc::new(AuditLog::open(&audit_path).unwrap()),
+                audit,
                 taps: Some(engine.tap_control()),
                 recordings: Some(gw.recording_control()),
             },

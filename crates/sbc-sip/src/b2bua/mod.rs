@@ -310,6 +310,8 @@ pub struct B2bua {
     parked: cluster_flow::Parked,
     /// SIPREC recording of calls (tenants with `[tenants.recording]`).
     recordings: recording::Recordings,
+    /// The hash-chained audit log's queue (recording events); `None`: log lines only.
+    audit: Option<Arc<sbc_core::audit::AuditQueue>>,
 }
 
 impl B2bua {
@@ -341,6 +343,7 @@ impl B2bua {
             cluster: None,
             parked: cluster_flow::Parked::default(),
             recordings: recording::Recordings::default(),
+            audit: None,
         }
     }
 
@@ -355,6 +358,12 @@ impl B2bua {
         self.recordings.media = Some(media);
         self.recordings.board = board;
         self.set_recorders(recorders);
+    }
+
+    /// Hand recording events (start, stop, pause, resume, failure) to the audit log
+    /// through `queue` (never waiting on it).
+    pub fn set_audit(&mut self, queue: Arc<sbc_core::audit::AuditQueue>) {
+        self.audit = Some(queue);
     }
 
     /// Replace the tenants' recording settings (config reload): calls recording now keep

@@ -20,6 +20,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use sbc_core::audit::{AuditQueue, RecordingEvent};
 use sbc_core::config::{RecordingMode, RecordingSettings};
 use sbc_core::media::{CallRef, LegSide};
 use sbc_core::recording::{
@@ -369,46 +370,83 @@ impl Recordings {
     }
 }
 
-/// An audit line of the recording's life (the `recording` event field says which).
-pub(crate) fn audit(
-    event: &'static str,
-    call: CallRef,
-    tenant: &TenantId,
-    id: RecordingId,
-    srs: &str,
-) {
-    info!(
-        audit = true,
-        event,
-        call = %call,
-        tenant = %tenant,
-        recording = %id,
-        srs,
-        "recording {}",
-        event.trim_start_matches("recording_")
-    );
+/// Where a recording's audit events go: the log (always, `audit = true`) and, when the
+/// server has one, the hash-chained audit log through its queue (never waiting on it).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AuditTo<'a>(pub Option<&'a AuditQueue>);
+
+/// One audit event of a recording.
+pub(crate) struct AuditEvent<'a> {
+    pub event: RecordingEvent,
+    pub call: CallRef,
+    pub tenant: &'a TenantId,
+    pub id: RecordingId,
+    pub srs: &'a str,
+    /// The SIP status that decided it, when one did.
+    pub status: Option<u16>,
 }
 
-/// An audit line of a failure.
-pub(crate) fn audit_failure(
-    call: CallRef,
-    tenant: &TenantId,
-    id: RecordingId,
-    srs: &str,
-    why: RecordingFailure,
-    status: Option<u16>,
-) {
-    warn!(
-        audit = true,
-        event = "recording_failed",
-        call = %call,
-        tenant = %tenant,
-        recording = %id,
-        srs,
-        reason = why.as_str(),
-        status = status.unwrap_or(0),
-        "recording session failed"
-    );
+impl AuditTo<'_> {
+    /// An audit line of the recording's life (the `event` field says which).
+    pub fn event(self, e: AuditEvent<'_>) {
+        let name = match e.event {
+            RecordingEvent::Started => "recording_started",
+            RecordingEvent::Stopped => "recording_stopped",
+            RecordingEvent::StoppedBySrs => "recording_stopped_by_srs",
+            RecordingEvent::Paused => "recording_paused",
+            RecordingEvent::Resumed => "recording_resumed",
+            RecordingEvent::Failed => "recording_failed",
+        };
+        info!(
+            audit = true,
+            event = name,
+            call = %e.call,
+            tenant = %e.tenant,
+            recording = %e.id,
+            srs = e.srs,
+            status = e.status.unwrap_or(0),
+            "recording {}",
+            e.event.as_str()
+        );
+        self.send(&e);
+    }
+
+    /// An audit line of a failure.
+    pub fn failure(self, e: AuditEvent<'_>, why: RecordingFailure) {
+        warn!(
+            audit = true,
+            event = "recording_failed",
+            call = %e.call,
+            tenant = %e.tenant,
+            recording = %e.id,
+            srs = e.srs,
+            reason = why.as_str(),
+            status = e.status.unwrap_or(0),
+            "recording session failed"
+        );
+        self.send(&e);
+    }
+
+    fn send(self, e: &AuditEvent<'_>) {
+        let Some(q) = self.0 else {
+            return;
+        };
+        let sent = q.send(sbc_core::audit::RecordingAudit {
+            tenant: e.tenant.clone(),
+            call: e.call.to_string(),
+            event: e.event,
+            srs: e.srs.to_string(),
+            status: e.status.unwrap_or(0),
+        });
+        if !sent {
+            warn!(
+                event = "audit_queue_full",
+                call = %e.call,
+                dropped = q.dropped(),
+                "audit log queue full: a recording event was not written to the audit log"
+            );
+        }
+    }
 }
 
 /// A command's refusal text when it does not fit the state.

@@ -16,7 +16,7 @@ use tracing::{debug, info};
 use super::calls::{contact_uri, Hop, Leg};
 use super::pairs::Timer;
 use super::recording::{
-    audit, audit_failure, command_fits, side_index, unix, CallRecording, Held, Pending,
+    command_fits, side_index, unix, AuditEvent, AuditTo, CallRecording, Held, Pending,
     RecordingFailure, Session, Stream,
 };
 use super::responses::Refusal;
@@ -25,6 +25,7 @@ use crate::message::{response_to, tag, Method, SipMessage};
 use crate::routing::TargetId;
 use crate::siprec::{self, MetaStream, OfferStream, Participant};
 use crate::transaction::TimerConfig;
+use sbc_core::audit::RecordingEvent;
 
 /// The sides a `legs` setting records, caller first.
 fn sides(legs: TapLegs) -> Vec<LegSide> {
@@ -476,7 +477,14 @@ impl B2bua {
         let held = rec.held.take();
         metrics::counter!("sbc_recording_sessions_total", "tenant" => tenant.to_string(), "outcome" => "accepted").increment(1);
         metrics::gauge!("sbc_recording_active").set(self.recordings.active() as f64);
-        audit("recording_started", call, &tenant, id, &srs);
+        AuditTo(self.audit.as_deref()).event(AuditEvent {
+            event: RecordingEvent::Started,
+            call,
+            tenant: &tenant,
+            id,
+            srs: &srs,
+            status: None,
+        });
         if let Some(h) = held {
             self.release_held(now, h);
         }
@@ -636,7 +644,17 @@ impl B2bua {
         let srs = rec.recorder.srs_uri(target);
         let tenant = rec.tenant.clone();
         metrics::counter!("sbc_recording_failures_total", "tenant" => tenant.to_string(), "reason" => why.as_str()).increment(1);
-        audit_failure(call, &tenant, id, &srs, why, status);
+        AuditTo(self.audit.as_deref()).failure(
+            AuditEvent {
+                event: RecordingEvent::Failed,
+                call,
+                tenant: &tenant,
+                id,
+                srs: &srs,
+                status,
+            },
+            why,
+        );
         if mid_call {
             rec.gap_from = Some((id, self.cfg.wall_clock.wall(now)));
         }
@@ -746,7 +764,17 @@ impl B2bua {
         });
         metrics::counter!("sbc_recording_failures_total", "tenant" => tenant.to_string(), "reason" => why.as_str()).increment(1);
         metrics::counter!("sbc_recording_sessions_total", "tenant" => tenant.to_string(), "outcome" => "failed").increment(1);
-        audit_failure(call, &tenant, id, &srs, why, None);
+        AuditTo(self.audit.as_deref()).failure(
+            AuditEvent {
+                event: RecordingEvent::Failed,
+                call,
+                tenant: &tenant,
+                id,
+                srs: &srs,
+                status: None,
+            },
+            why,
+        );
         self.recording_given_up(now, call);
     }
 
@@ -769,15 +797,22 @@ impl B2bua {
         if let Some((dest, bye)) = bye {
             self.send(dest, bye);
         }
-        self.count_stopped(call, id, target, "recording_stopped");
+        self.count_stopped(call, id, target, RecordingEvent::Stopped);
     }
 
     /// Count and audit a session that ended normally (`event`: who ended it).
-    fn count_stopped(&self, call: CallRef, id: RecordingId, target: usize, event: &'static str) {
+    fn count_stopped(&self, call: CallRef, id: RecordingId, target: usize, event: RecordingEvent) {
         if let Some(rec) = self.recordings.get(call) {
             let srs = rec.recorder.srs_uri(target);
             metrics::counter!("sbc_recording_sessions_total", "tenant" => rec.tenant.to_string(), "outcome" => "stopped").increment(1);
-            audit(event, call, &rec.tenant, id, &srs);
+            AuditTo(self.audit.as_deref()).event(AuditEvent {
+                event,
+                call,
+                tenant: &rec.tenant,
+                id,
+                srs: &srs,
+                status: None,
+            });
         }
     }
 
@@ -843,7 +878,7 @@ impl B2bua {
             if let Some((id, target, _)) =
                 self.close_session(now, call, RecordingState::Stopped, None)
             {
-                self.count_stopped(call, id, target, "recording_stopped_by_srs");
+                self.count_stopped(call, id, target, RecordingEvent::StoppedBySrs);
             }
         }
         true
@@ -922,17 +957,18 @@ impl B2bua {
             }
         }
         let (id, srs) = (s.id, rec.recorder.srs_uri(s.target));
-        audit(
-            if paused {
-                "recording_paused"
+        AuditTo(self.audit.as_deref()).event(AuditEvent {
+            event: if paused {
+                RecordingEvent::Paused
             } else {
-                "recording_resumed"
+                RecordingEvent::Resumed
             },
             call,
-            &tenant,
+            tenant: &tenant,
             id,
-            &srs,
-        );
+            srs: &srs,
+            status: None,
+        });
         self.recording_update(now, call);
     }
 }

@@ -282,6 +282,9 @@ pub struct Hooks {
     pub cluster: Option<Arc<dyn sbc_core::cluster::ClusterAdmission>>,
     /// SIPREC recording's media (the relay's forks); `None`: no call is recorded.
     pub recording: Option<Arc<dyn sbc_core::recording::RecordingMedia>>,
+    /// The audit log recording events go to (through a bounded queue drained by its own
+    /// thread, never written on the core loop); `None`: log lines only.
+    pub audit: Option<Arc<dyn sbc_core::audit::AuditSink>>,
 }
 
 impl std::fmt::Debug for Hooks {
@@ -292,6 +295,7 @@ impl std::fmt::Debug for Hooks {
             .field("media", &self.media.is_some())
             .field("cluster", &self.cluster.is_some())
             .field("recording", &self.recording.is_some())
+            .field("audit", &self.audit.is_some())
             .finish()
     }
 }
@@ -420,6 +424,11 @@ pub async fn start_with(config: Arc<Config>, hooks: Hooks) -> Result<ServerHandl
     if let Some(rec_media) = hooks.recording {
         let recorders = recording::recorders(&config, &core.routes());
         core.set_recording(rec_media, recorders, recordings.clone());
+    }
+    if let Some(sink) = hooks.audit {
+        let queue = sbc_core::audit::AuditQueue::start(sink)
+            .map_err(|e| SipError::Config(format!("audit writer thread: {e}")))?;
+        core.set_audit(Arc::new(queue));
     }
     let trunks = Arc::new(sbc_core::trunks::TrunkBoard::new());
     core.set_trunk_board(trunks.clone());

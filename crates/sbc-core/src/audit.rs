@@ -1,0 +1,182 @@
+//! Audit events of the protocol crates (today: a SIPREC recording's life) and the hand-off
+//! that takes them to the audit log.
+//!
+//! Owns: [`RecordingAudit`] (one event: tenant, call, kind, SRS target, outcome), the
+//! [`AuditSink`] trait the admin plane's hash-chained log implements, and [`AuditQueue`],
+//! a bounded queue drained by one thread so the caller (the SIP core loop) never waits
+//! on a file write.
+//!
+//! Must not: format or chain lines (sbc-admin's `AuditLog` does), or block the sender: a
+//! full queue drops the event, counts it ([`AuditQueue::dropped`]) and the caller logs it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::Arc;
+
+use crate::tenant::TenantId;
+
+/// Events waiting for the writer thread. A recording makes a handful of events in its
+/// life (start, pause, resume, stop); 4096 covers ~1000 calls starting at once while the
+/// disk stalls, a burst well above the calls-per-second the bench (`sip_calls`) drives.
+pub const AUDIT_QUEUE: usize = 4096;
+
+/// What happened to a recording.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordingEvent {
+    Started,
+    Stopped,
+    StoppedBySrs,
+    Paused,
+    Resumed,
+    Failed,
+}
+
+impl RecordingEvent {
+    /// The word in the audit line's path (`recording/<word>`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordingEvent::Started => "started",
+            RecordingEvent::Stopped => "stopped",
+            RecordingEvent::StoppedBySrs => "stopped_by_srs",
+            RecordingEvent::Paused => "paused",
+            RecordingEvent::Resumed => "resumed",
+            RecordingEvent::Failed => "failed",
+        }
+    }
+}
+
+/// One recording event for the audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordingAudit {
+    pub tenant: TenantId,
+    /// The call, as the admin plane names it.
+    pub call: String,
+    pub event: RecordingEvent,
+    /// The SRS target (its URI).
+    pub srs: String,
+    /// The SIP status that decided it (an SRS's refusal), 0 when none did.
+    pub status: u16,
+}
+
+/// Where audit events are written (sbc-admin's `AuditLog`).
+pub trait AuditSink: Send + Sync {
+    /// Write one event; an error means it was not recorded.
+    fn recording(&self, event: &RecordingAudit) -> std::io::Result<()>;
+}
+
+/// A bounded queue to an [`AuditSink`], drained by its own thread.
+#[derive(Debug, Clone)]
+pub struct AuditQueue {
+    tx: SyncSender<RecordingAudit>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl AuditQueue {
+    /// Start the writer thread; it ends when every clone of the queue is dropped.
+    pub fn start(sink: Arc<dyn AuditSink>) -> std::io::Result<AuditQueue> {
+        AuditQueue::with_capacity(sink, AUDIT_QUEUE)
+    }
+
+    /// [`AuditQueue::start`] with another bound (tests).
+    pub fn with_capacity(sink: Arc<dyn AuditSink>, cap: usize) -> std::io::Result<AuditQueue> {
+        let (tx, rx) = sync_channel::<RecordingAudit>(cap);
+        std::thread::Builder::new()
+            .name("sbc-audit".into())
+            .spawn(move || {
+                for ev in rx {
+                    if let Err(e) = sink.recording(&ev) {
+                        tracing::error!(error = %e, event = ev.event.as_str(), "audit write failed");
+                    }
+                }
+            })?;
+        Ok(AuditQueue {
+            tx,
+            dropped: Arc::default(),
+        })
+    }
+
+    /// Queue an event without waiting; false (and counted) when the queue is full or the
+    /// writer is gone.
+    pub fn send(&self, event: RecordingAudit) -> bool {
+        match self.tx.try_send(event) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+        }
+    }
+
+    /// Events dropped so far.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::sync::{Condvar, Mutex};
+
+    /// A sink that blocks until released, then records what it got.
+    #[derive(Default)]
+    struct Gate {
+        open: Mutex<bool>,
+        cv: Condvar,
+        got: Mutex<Vec<RecordingEvent>>,
+    }
+
+    impl AuditSink for Gate {
+        fn recording(&self, event: &RecordingAudit) -> std::io::Result<()> {
+            let mut open = self.open.lock().unwrap();
+            while !*open {
+                open = self.cv.wait(open).unwrap();
+            }
+            self.got.lock().unwrap().push(event.event);
+            Ok(())
+        }
+    }
+
+    fn ev(event: RecordingEvent) -> RecordingAudit {
+        RecordingAudit {
+            tenant: TenantId::from("t"),
+            call: "c".into(),
+            event,
+            srs: "sips:srs".into(),
+            status: 0,
+        }
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts_without_blocking() {
+        let gate = Arc::new(Gate::default());
+        let q = AuditQueue::with_capacity(gate.clone(), 1).unwrap();
+        // The writer takes one and blocks on the gate; the queue holds one more.
+        let sent: Vec<bool> = (0..10)
+            .map(|_| q.send(ev(RecordingEvent::Started)))
+            .collect();
+        assert!(sent.iter().filter(|s| !**s).count() >= 8);
+        assert_eq!(q.dropped() as usize, sent.iter().filter(|s| !**s).count());
+        *gate.open.lock().unwrap() = true;
+        gate.cv.notify_all();
+        // Once the writer drains, the queue takes events again.
+        let mut accepted = false;
+        for _ in 0..200 {
+            if q.send(ev(RecordingEvent::Stopped)) {
+                accepted = true;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(accepted, "the queue drains once the writer is free");
+        drop(q);
+        for _ in 0..200 {
+            if gate.got.lock().unwrap().last() == Some(&RecordingEvent::Stopped) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        panic!("the writer never wrote the last event");
+    }
+}
