@@ -69,6 +69,11 @@ pub trait RecordingMedia: Send + Sync + fmt::Debug {
 
     /// Stop and release a prepared or started stream. False for an unknown stream.
     fn release_stream(&self, stream: TapId) -> bool;
+
+    /// The RTP formats the stream's leg sends now (its latest SDP, after a re-INVITE
+    /// changed the codec); `None` for an unknown stream or a leg with no formats yet.
+    /// A re-offer to the SRS carries these, not the ones from prepare time.
+    fn stream_formats(&self, stream: TapId) -> Option<Vec<RtpFormat>>;
 }
 
 /// A recording session, as the SRC numbers it (unpredictable, 16 hex digits).

@@ -1413,6 +1413,27 @@ impl RecordingMedia for MediaEngine {
         true
     }
 
+    fn stream_formats(&self, stream: TapId) -> Option<Vec<RtpFormat>> {
+        // One lock at a time (never taps inside calls here): copy what the tap knows.
+        let (call, leg) = {
+            let taps = lock_taps(&self.inner.taps);
+            let t = taps.get(&stream).filter(|t| t.recorded.is_some())?;
+            let leg = match t.spec.legs {
+                TapLegs::Callee => LegSide::Callee,
+                _ => LegSide::Caller,
+            };
+            (t.call, leg)
+        };
+        let calls = lock_calls(&self.inner.calls);
+        let ctl = calls.get(&call)?;
+        // Like prepare: a leg that has not sent SDP yet sends what the other offered.
+        [idx(leg), idx(leg.other())]
+            .iter()
+            .map(|i| &ctl.formats[*i])
+            .find(|f| !f.is_empty())
+            .cloned()
+    }
+
     fn release_stream(&self, stream: TapId) -> bool {
         let calls = lock_calls(&self.inner.calls);
         let Some(t) = take_tap(&self.inner.taps, stream, true) else {

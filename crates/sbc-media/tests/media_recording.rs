@@ -401,3 +401,45 @@ fn limits_refusals_and_the_call_end_releasing_prepared_streams() {
     }
     e.shutdown();
 }
+
+#[test]
+fn stream_formats_follow_a_re_offer() {
+    let e = engine(100, Duration::from_secs(30));
+    let mut c = Call::offer(&e, CallRef(4));
+    c.answer(&e);
+    let a = e.prepare_stream(c.id, LegSide::Caller, SRTP128).unwrap();
+    let b = e.prepare_stream(c.id, LegSide::Callee, SRTP128).unwrap();
+    assert_eq!(
+        e.stream_formats(a.id),
+        Some(vec![
+            format(0, "PCMU", None),
+            format(101, "telephone-event", Some("0-16")),
+        ])
+    );
+    assert_eq!(e.stream_formats(b.id), Some(vec![format(0, "PCMU", None)]));
+    // The caller re-offers G.722 on the same port and key (a re-INVITE changing codec).
+    let k1 = MasterKey::new(&[0x11; 16], &[0x12; 14]);
+    let g722 = String::from_utf8(caller_sdp(&c.caller, &k1))
+        .unwrap()
+        .replace(" 0 101\r\n", " 9\r\n")
+        .replace("a=rtpmap:0 PCMU/8000", "a=rtpmap:9 G722/8000")
+        .replace(
+            "a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\n",
+            "",
+        );
+    e.offer(
+        c.id,
+        &TenantId::from("t1"),
+        LegSide::Caller,
+        g722.as_bytes(),
+        &policy(),
+    )
+    .unwrap();
+    assert_eq!(
+        e.stream_formats(a.id),
+        Some(vec![format(9, "G722", None)]),
+        "the caller's stream names what the re-offer lists"
+    );
+    assert!(e.release_stream(a.id));
+    assert_eq!(e.stream_formats(a.id), None, "released: unknown");
+}

@@ -123,6 +123,10 @@ impl RecordingMedia for FakeRecMedia {
     fn release_stream(&self, stream: TapId) -> bool {
         self.streams.lock().unwrap().remove(&stream)
     }
+    fn stream_formats(&self, _stream: TapId) -> Option<Vec<sbc_core::recording::RtpFormat>> {
+        // The leak property does not change codecs: the prepare-time formats stand.
+        None
+    }
 }
 
 /// SRS targets of a recording tenant, and their connections.

@@ -82,6 +82,8 @@ struct FakeRecMedia {
     streams: Mutex<HashMap<TapId, FakeStream>>,
     next: Mutex<u64>,
     refuse: Mutex<bool>,
+    /// What the legs send now (set by a test to model a codec change); `None`: unknown.
+    now_formats: Mutex<Option<Vec<RtpFormat>>>,
 }
 
 impl RecordingMedia for FakeRecMedia {
@@ -140,6 +142,12 @@ impl RecordingMedia for FakeRecMedia {
     }
     fn release_stream(&self, stream: TapId) -> bool {
         self.streams.lock().unwrap().remove(&stream).is_some()
+    }
+    fn stream_formats(&self, stream: TapId) -> Option<Vec<RtpFormat>> {
+        if !self.streams.lock().unwrap().contains_key(&stream) {
+            return None;
+        }
+        self.now_formats.lock().unwrap().clone()
     }
 }
 
@@ -682,6 +690,34 @@ fn hold_resume_and_pause_re_invite_the_srs() {
     let (sdp, _) = parts(&after[1]);
     assert!(sdp.contains("a=label:1\r\na=sendonly"), "{sdp}");
     assert!(sdp.contains("a=label:2\r\na=inactive"), "still held: {sdp}");
+}
+
+#[test]
+fn a_codec_change_re_offers_the_new_formats_to_the_srs() {
+    let mut h = Harness::new(OnFailure::Continue, RecordingMode::Always);
+    let (_call, inv, _ok, caller_ok) = recorded_call(&mut h, "r7c");
+    let (sdp, _) = parts(&inv);
+    assert!(sdp.contains("a=rtpmap:0 PCMU/8000"), "{sdp}");
+    // The caller re-offers G.722; the relay now reports it for the streams.
+    *h.rec.now_formats.lock().unwrap() = Some(vec![RtpFormat {
+        payload_type: 9,
+        encoding: "G722".into(),
+        clock_rate: 8000,
+        channels: None,
+        fmtp: None,
+    }]);
+    let mut re_offer = in_dialog(Method::Invite, &caller_ok, 2, "z9hG4bK-codec");
+    re_offer.push_header("Content-Type", "application/sdp");
+    re_offer.set_body(OFFER.replace("RTP/SAVP 0", "RTP/SAVP 9").into_bytes());
+    h.send_from(CALLER, re_offer);
+    let re = h.take_to(To::Srs(1));
+    assert_eq!(re.len(), 1);
+    let (sdp, _) = parts(&re[0]);
+    assert!(sdp.contains("a=rtpmap:9 G722/8000"), "{sdp}");
+    assert!(
+        !sdp.contains("PCMU"),
+        "the prepare-time codec is gone: {sdp}"
+    );
 }
 
 #[test]

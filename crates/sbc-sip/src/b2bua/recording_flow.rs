@@ -533,6 +533,7 @@ impl B2bua {
     /// Re-offer to the SRS (hold, resume, codec change, pause): now, or after the
     /// transaction in flight.
     pub(super) fn recording_update(&mut self, now: Instant, call: CallRef) {
+        let media = self.recordings.media.clone();
         let Some(s) = self
             .recordings
             .get_mut(call)
@@ -547,6 +548,14 @@ impl B2bua {
             return;
         }
         s.sdp_version += 1;
+        // A re-INVITE of the call may have changed the codec: offer what the legs send now.
+        if let Some(m) = &media {
+            for st in &mut s.streams {
+                if let Some(f) = m.stream_formats(st.id).filter(|f| !f.is_empty()) {
+                    st.formats = f;
+                }
+            }
+        }
         self.send_srs_invite(now, call, None);
     }
 
