@@ -159,3 +159,38 @@ fn siprec_audit_lines(path: &std::path::Path, call: &str) -> Vec<serde_json::Val
         .filter(|v| v["method"] == "SIPREC" && v["call"] == call)
         .collect()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_call_of_a_tenant_without_recording_answers_not_configured() {
+    let op = "operator-token-0123456789";
+    let tokens = format!(
+        "[[admin.tokens]]\nid = \"ops\"\nsha256 = \"{}\"\nrole = \"operator\"\n",
+        sbc_admin::token_sha256_hex(op)
+    );
+    // No `[tenants.recording]`: the demo tenant's calls are not recordable.
+    let rig = Rig::start(
+        "siprec-unconfigured",
+        sbc_testkit::ports::free_udp_range(100),
+        &tokens,
+        "",
+    )
+    .await;
+    let mut call = TapCall::place(&rig, "siprec-2@platform").await;
+    let a = rig.admin_addr();
+    let (_, calls) = http(a, "GET", "/v1/calls", Some(op), "").await;
+    let recordings = format!("/v1/calls/{}/recordings", field(&calls, "id"));
+    let (status, body) = http(a, "POST", &format!("{recordings}/pause"), Some(op), "").await;
+    assert_eq!(status, 409, "a live call, recording not configured: {body}");
+    assert!(body.contains("not configured"), "{body}");
+    let (status, body) = http(
+        a,
+        "POST",
+        "/v1/calls/no-such-call/recordings/pause",
+        Some(op),
+        "",
+    )
+    .await;
+    assert_eq!(status, 404, "an unknown call stays 404: {body}");
+    call.hang_up().await;
+    rig.shutdown().await;
+}

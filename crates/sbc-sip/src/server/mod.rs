@@ -137,6 +137,9 @@ pub struct ServerHandle {
     trunks: Arc<sbc_core::trunks::TrunkBoard>,
     /// Calls' SIPREC recording status, published by the core for the admin plane.
     recordings: Arc<crate::b2bua::recording::RecordingBoard>,
+    /// The live calls (admin hooks), so a command on a live call of a tenant without
+    /// recording is told apart from one on an unknown call.
+    registry: Option<Arc<CallRegistry>>,
 }
 
 impl ServerHandle {
@@ -213,6 +216,7 @@ impl ServerHandle {
         Arc::new(recording::Control {
             board: self.recordings.clone(),
             events: self.events.clone(),
+            registry: self.registry.clone(),
         })
     }
 
@@ -433,6 +437,7 @@ pub async fn start_with(config: Arc<Config>, hooks: Hooks) -> Result<ServerHandl
     let trunks = Arc::new(sbc_core::trunks::TrunkBoard::new());
     core.set_trunk_board(trunks.clone());
     core.set_sip_policies(sip_policies(&config));
+    let registry_for_control = hooks.registry.clone();
     if let (Some(registry), Some(drain)) = (hooks.registry, hooks.drain) {
         core.set_admin(registry, drain);
     }
@@ -502,6 +507,7 @@ pub async fn start_with(config: Arc<Config>, hooks: Hooks) -> Result<ServerHandl
         reload_lock,
         trunks,
         recordings,
+        registry: registry_for_control,
     })
 }
 

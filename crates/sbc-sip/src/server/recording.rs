@@ -44,6 +44,7 @@ pub(super) fn recorders(config: &Config, routes: &RouteTable) -> HashMap<TenantI
 pub(super) struct Control {
     pub board: Arc<RecordingBoard>,
     pub events: mpsc::Sender<Event>,
+    pub registry: Option<Arc<sbc_core::registry::CallRegistry>>,
 }
 
 impl std::fmt::Debug for Control {
@@ -59,7 +60,17 @@ impl RecordingControl for Control {
 
     fn command(&self, call: CallRef, cmd: RecordingCommand) -> Result<(), RecordingError> {
         let Some(mode) = self.board.mode(call) else {
-            return Err(RecordingError::UnknownCall(call));
+            // The board holds the calls of recording tenants only: a live call it does
+            // not hold belongs to a tenant without `[tenants.recording]`.
+            let live = self
+                .registry
+                .as_ref()
+                .is_some_and(|r| r.find_by_media_ref(call.0).is_some());
+            return Err(if live {
+                RecordingError::NotConfigured
+            } else {
+                RecordingError::UnknownCall(call)
+            });
         };
         if matches!(cmd, RecordingCommand::Start | RecordingCommand::Stop)
             && mode != RecordingMode::Api
