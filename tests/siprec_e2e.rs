@@ -28,11 +28,7 @@ async fn both_legs_reach_the_srs_decrypted_equal_to_what_was_sent() {
         "\n[tenants.recording]\nsrs = [\"sips:{}\"]\nca_file = {ca_file:?}\nidentities = \"hash\"\n",
         srs.addr
     );
-    let op = "operator-token-0123456789";
-    let tokens = format!(
-        "[[admin.tokens]]\nid = \"ops\"\nsha256 = \"{}\"\nrole = \"operator\"\n",
-        sbc_admin::token_sha256_hex(op)
-    );
+    let (op, tokens) = operator();
     let rig = Rig::start(
         "siprec-e2e",
         sbc_testkit::ports::free_udp_range(100),
@@ -162,11 +158,7 @@ fn siprec_audit_lines(path: &std::path::Path, call: &str) -> Vec<serde_json::Val
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_call_of_a_tenant_without_recording_answers_not_configured() {
-    let op = "operator-token-0123456789";
-    let tokens = format!(
-        "[[admin.tokens]]\nid = \"ops\"\nsha256 = \"{}\"\nrole = \"operator\"\n",
-        sbc_admin::token_sha256_hex(op)
-    );
+    let (op, tokens) = operator();
     // No `[tenants.recording]`: the demo tenant's calls are not recordable.
     let rig = Rig::start(
         "siprec-unconfigured",
@@ -193,4 +185,14 @@ async fn a_live_call_of_a_tenant_without_recording_answers_not_configured() {
     assert_eq!(status, 404, "an unknown call stays 404: {body}");
     call.hang_up().await;
     rig.shutdown().await;
+}
+
+/// An operator token and its `[[admin.tokens]]` entry.
+fn operator() -> (&'static str, String) {
+    let op = "operator-token-0123456789";
+    let tokens = format!(
+        "[[admin.tokens]]\nid = \"ops\"\nsha256 = \"{}\"\nrole = \"operator\"\n",
+        sbc_admin::token_sha256_hex(op)
+    );
+    (op, tokens)
 }

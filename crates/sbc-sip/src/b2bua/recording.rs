@@ -386,6 +386,26 @@ pub(crate) struct AuditEvent<'a> {
     pub status: Option<u16>,
 }
 
+impl<'a> AuditEvent<'a> {
+    /// A failure of the session `id` with `srs` (`status`: the SRS's refusal, if any).
+    pub fn failed(
+        call: CallRef,
+        tenant: &'a TenantId,
+        id: RecordingId,
+        srs: &'a str,
+        status: Option<u16>,
+    ) -> AuditEvent<'a> {
+        AuditEvent {
+            event: RecordingEvent::Failed,
+            call,
+            tenant,
+            id,
+            srs,
+            status,
+        }
+    }
+}
+
 impl AuditTo<'_> {
     /// An audit line of the recording's life (the `event` field says which).
     pub fn event(self, e: AuditEvent<'_>) {

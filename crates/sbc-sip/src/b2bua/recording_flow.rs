@@ -653,17 +653,8 @@ impl B2bua {
         let srs = rec.recorder.srs_uri(target);
         let tenant = rec.tenant.clone();
         metrics::counter!("sbc_recording_failures_total", "tenant" => tenant.to_string(), "reason" => why.as_str()).increment(1);
-        AuditTo(self.audit.as_deref()).failure(
-            AuditEvent {
-                event: RecordingEvent::Failed,
-                call,
-                tenant: &tenant,
-                id,
-                srs: &srs,
-                status,
-            },
-            why,
-        );
+        AuditTo(self.audit.as_deref())
+            .failure(AuditEvent::failed(call, &tenant, id, &srs, status), why);
         if mid_call {
             rec.gap_from = Some((id, self.cfg.wall_clock.wall(now)));
         }
@@ -773,17 +764,8 @@ impl B2bua {
         });
         metrics::counter!("sbc_recording_failures_total", "tenant" => tenant.to_string(), "reason" => why.as_str()).increment(1);
         metrics::counter!("sbc_recording_sessions_total", "tenant" => tenant.to_string(), "outcome" => "failed").increment(1);
-        AuditTo(self.audit.as_deref()).failure(
-            AuditEvent {
-                event: RecordingEvent::Failed,
-                call,
-                tenant: &tenant,
-                id,
-                srs: &srs,
-                status: None,
-            },
-            why,
-        );
+        AuditTo(self.audit.as_deref())
+            .failure(AuditEvent::failed(call, &tenant, id, &srs, None), why);
         self.recording_given_up(now, call);
     }
 
