@@ -9,8 +9,10 @@
 //! start) and touches only that worker's state.
 //!
 //! Batching: a ready socket is read with one `recvmmsg` (up to [`BATCH`] datagrams) and
-//! what it relays leaves with one `sendmmsg` per outgoing socket ([`crate::udp_batch`]);
-//! a loaded worker finds many sockets ready per `epoll_wait` by itself. A worker may also
+//! what it relays leaves with one `sendmmsg` per outgoing socket ([`crate::udp_batch`]),
+//! then the recording taps' copies with one `sendmmsg` per tap; a loaded worker finds many
+//! sockets ready per `epoll_wait` by itself. Relayed and dropped packets are counted in
+//! plain integers and published ([`WorkerStats`], metrics) once per wake-up. A worker may also
 //! pace itself (`batch_interval`, off by default): after a wake-up that found packets it
 //! sleeps that long before looking again, so one wake-up serves every packet that
 //! arrived meanwhile. When a look finds nothing it blocks in `epoll_wait` again, so an
@@ -884,6 +886,8 @@ fn copy_one(
 // Worker: sockets and threads.
 
 /// Counters one worker writes and anyone may read (no lock; each worker has its own).
+/// Updated once per wake-up that found packets, so they lag the packets by at most one
+/// wake-up.
 #[derive(Debug, Default)]
 pub struct WorkerStats {
     pub relayed: AtomicU64,
