@@ -16,6 +16,13 @@
 //! With `SBC_MEDIA_TAPS=N` (1-4), every call gets N recording taps (plain RTP, both legs)
 //! through the admin API, all to one recorder socket of the generator that counts them.
 //!
+//! With `SBC_MEDIA_RECORDING=1`, one run measures recording off, then on, over the same
+//! calls: a send phase without forks, then every call gets the forks a SIPREC recording
+//! with SRTP to the recording server makes (one SRTP fork per leg under its own key, the
+//! relay path of `RecordingMedia` streams; started here through the admin tap API, not
+//! SIPREC signaling) and a second send phase on fresh SSRCs. It prints both reports and
+//! the relay's CPU per packet relayed in each, with their ratio.
+//!
 //! Prints packets sent / received / lost / failed to decrypt, latency p50/p99/max, the
 //! gateway's CPU seconds (utime + stime from `/proc/PID/stat`) per million packets relayed
 //! (its `/metrics` counter, sampled before and after the send phase), packets per relay
@@ -145,7 +152,8 @@ fn main() -> ExitCode {
         r.set_nonblocking(true).unwrap();
         let _ = socket2::SockRef::from(&r).set_recv_buffer_size(RX_SOCKET_BUFFER);
         let dest = r.local_addr().unwrap();
-        let made = rt.block_on(start_taps(gw.admin, taps, dest));
+        let both = format!(r#"{{"legs":"both","transport":"rtp","destination":"{dest}"}}"#);
+        let made = rt.block_on(start_taps(gw.admin, &vec![both; taps]));
         println!("media_load: {made} taps started (plain RTP, both legs) towards {dest}");
         assert_eq!(made, taps * calls, "every call gets its taps");
         r
@@ -156,7 +164,12 @@ fn main() -> ExitCode {
         pid: gw.pid,
         admin: Some(gw.admin),
     };
-    let report = run_media(&set_up, socks, recorder, taps, secs, observed);
+    let report = if env("SBC_MEDIA_RECORDING", 0) == 1 {
+        assert_eq!(taps, 0, "SBC_MEDIA_RECORDING compares against no taps");
+        recording_off_on(&rt, gw.admin, &set_up, socks, secs, &observed)
+    } else {
+        run_media(&set_up, socks, recorder, taps, secs, observed, 0)
+    };
 
     let t_bye = Instant::now();
     for c in &set_up {
@@ -174,6 +187,50 @@ fn main() -> ExitCode {
     let _ = std::fs::remove_dir_all(&world.dir);
 
     finish(report)
+}
+
+/// `SBC_MEDIA_RECORDING=1`: a send phase without forks, then one with a SIPREC
+/// recording's forks on every call (an SRTP fork of each leg toward one recorder socket);
+/// prints the first report and the CPU comparison, returns the second.
+fn recording_off_on(
+    rt: &tokio::runtime::Runtime,
+    admin: SocketAddr,
+    calls: &[Call],
+    socks: Arc<Sockets>,
+    secs: u64,
+    observed: &Observed,
+) -> Report {
+    let off = run_media(
+        calls,
+        Arc::clone(&socks),
+        None,
+        0,
+        secs,
+        observed.clone(),
+        0,
+    );
+    off.print();
+    let r = UdpSocket::bind("127.0.0.1:0").unwrap();
+    r.set_nonblocking(true).unwrap();
+    let _ = socket2::SockRef::from(&r).set_recv_buffer_size(RX_SOCKET_BUFFER);
+    let dest = r.local_addr().unwrap();
+    let fork = |leg: &str| {
+        format!(r#"{{"legs":"{leg}","transport":"srtp","suite":"{SUITE}","destination":"{dest}"}}"#)
+    };
+    let made = rt.block_on(start_taps(admin, &[fork("caller"), fork("callee")]));
+    assert_eq!(made, 2 * calls.len(), "every call gets both forks");
+    println!("media_load: recording on: {made} SRTP forks (one per leg per call) towards {dest}");
+    // Fresh SSRCs: the second phase's packets are new streams to every SRTP context.
+    let mut on = run_media(calls, socks, Some(r), 2, secs, observed.clone(), 1);
+    // Each leg has one fork: one copy per relayed packet.
+    on.tap_copies_per_packet = 1;
+    let per_packet = |r: &Report| r.cpu_per_million_relayed().unwrap_or(f64::NAN);
+    let (a, b) = (per_packet(&off), per_packet(&on));
+    println!(
+        "media_load: relay CPU per million packets relayed: recording off {a:.2} s, on {b:.2} s; on/off {:.3}",
+        b / a
+    );
+    on
 }
 
 fn finish(report: Report) -> ExitCode {
@@ -765,6 +822,7 @@ struct Direction {
 }
 
 /// The relay under load, as the generator observes it.
+#[derive(Clone)]
 struct Observed {
     name: &'static str,
     pid: u32,
@@ -783,6 +841,8 @@ struct Report {
     rx_no_timestamp: u64,
     taps: usize,
     tap_received: u64,
+    /// Copies the taps make of each relayed packet (`taps` for both-leg taps).
+    tap_copies_per_packet: u64,
     /// sbc-edge's own counters over the run; none for another relay.
     counted: Option<RelayCounters>,
     gw_cpu_secs: f64,
@@ -824,6 +884,7 @@ impl RelayCounters {
     }
 }
 
+/// `phase` picks the streams' SSRCs, so a second run over the same calls is new streams.
 fn run_media(
     calls: &[Call],
     socks: Arc<Sockets>,
@@ -831,6 +892,7 @@ fn run_media(
     taps: usize,
     secs: u64,
     relay: Observed,
+    phase: u32,
 ) -> Report {
     // Streams 0..c: caller → callee (sent from the call's caller-side socket to the
     // gateway's caller-facing port, arriving from its callee-facing port); c..2c: the
@@ -866,7 +928,7 @@ fn run_media(
                 sock,
                 dest: gw_addr(dest),
                 ctx: ctx(if dir == 0 { SUITE } else { &inside }, k_tx),
-                ssrc: 0x1000_0000 * (dir as u32 + 1) + i as u32,
+                ssrc: 0x1000_0000 * (dir as u32 + 1) + 0x0100_0000 * phase + i as u32,
                 seq: rand::random::<u16>() & 0x7fff,
                 ts: rand::random(),
             });
@@ -934,6 +996,7 @@ fn run_media(
         rx_no_timestamp: no_timestamp,
         taps,
         tap_received,
+        tap_copies_per_packet: taps as u64,
         counted,
         relay_name: relay.name,
         gw_cpu_secs: gw_cpu_after - gw_cpu_before,
@@ -1039,11 +1102,8 @@ impl Report {
         // CPU shares are over the whole sampled window: send phase plus the drain. Per
         // packet: per packet the relay's own counter says it relayed (sbc-edge), and per
         // packet the generator received intact (the same measure for any relay).
-        let per_relayed = self.counted.as_ref().map_or(String::new(), |c| {
-            format!(
-                "{:.2} CPU s per million packets relayed; ",
-                self.gw_cpu_secs / (c.relayed / 1e6).max(1e-9)
-            )
+        let per_relayed = self.cpu_per_million_relayed().map_or(String::new(), |v| {
+            format!("{v:.2} CPU s per million packets relayed; ")
         });
         println!(
             "relay CPU:          {:.2} s ({:.1} % of one core); {per_relayed}{:.2} CPU s per million packets delivered",
@@ -1062,7 +1122,7 @@ impl Report {
                 self.taps,
                 self.taps * self.calls,
                 self.tap_received,
-                self.received() * self.taps as u64,
+                self.received() * self.tap_copies_per_packet,
                 self.counted.as_ref().map_or(0.0, |c| c.tap_dropped)
             );
         }
@@ -1082,6 +1142,12 @@ impl Report {
                 drops.join("  ")
             }
         );
+    }
+
+    /// The relay's CPU seconds per million packets it counted relayed (sbc-edge only).
+    fn cpu_per_million_relayed(&self) -> Option<f64> {
+        let c = self.counted.as_ref()?;
+        Some(self.gw_cpu_secs / (c.relayed / 1e6).max(1e-9))
     }
 
     fn verdict(&self) -> Result<(), String> {
@@ -1124,7 +1190,8 @@ fn pct(sorted_ns: &[u64], q: f64) -> f64 {
 
 /// Lists the calls through the admin API and starts `per_call` plain-RTP taps (both legs)
 /// on each, towards `dest`. Returns how many were started.
-async fn start_taps(admin: SocketAddr, per_call: usize, dest: SocketAddr) -> usize {
+/// Starts the taps `specs` (request bodies) on every call; how many were made.
+async fn start_taps(admin: SocketAddr, specs: &[String]) -> usize {
     let (status, body) = http(admin, "GET", "/v1/calls", Some(ADMIN_TOKEN), "").await;
     assert_eq!(status, 200, "GET /v1/calls: {body}");
     let list: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -1134,16 +1201,15 @@ async fn start_taps(admin: SocketAddr, per_call: usize, dest: SocketAddr) -> usi
         .iter()
         .map(|c| c["id"].as_str().unwrap().to_string())
         .collect();
-    let spec = format!(r#"{{"legs":"both","transport":"rtp","destination":"{dest}"}}"#);
     let mut made = 0;
     for id in &ids {
-        for _ in 0..per_call {
+        for spec in specs {
             let (status, body) = http(
                 admin,
                 "POST",
                 &format!("/v1/calls/{id}/taps"),
                 Some(ADMIN_TOKEN),
-                &spec,
+                spec,
             )
             .await;
             assert_eq!(status, 201, "POST tap: {body}");
@@ -1416,7 +1482,7 @@ mod peer {
             pid: engine.child.id(),
             admin: None,
         };
-        let report = run_media(&set_up, socks, None, 0, secs, observed);
+        let report = run_media(&set_up, socks, None, 0, secs, observed, 0);
         for c in &set_up {
             ng.call(&[
                 ("command", "delete"),

@@ -51,6 +51,15 @@ pub enum CtlCommand {
     Usage { tenant: String },
     /// A call's recording taps and their counters.
     Taps { call: String },
+    /// A call's SIPREC recording sessions.
+    Recordings { call: String },
+    /// Start, stop, pause or resume a call's SIPREC recording (tenants in `api` mode;
+    /// pause and resume in any mode).
+    Recording {
+        call: String,
+        #[arg(value_parser = ["start", "stop", "pause", "resume"])]
+        action: String,
+    },
     /// Route targets: priority, weight, up/down, last change, failed pings, quarantine.
     Trunks {
         /// Only this tenant's targets.
@@ -78,6 +87,14 @@ impl CtlCommand {
                 Request::get(format!("/v1/tenants/{}/usage", encode(tenant)))
             }
             CtlCommand::Taps { call } => Request::get(format!("/v1/calls/{}/taps", encode(call))),
+            CtlCommand::Recordings { call } => {
+                Request::get(format!("/v1/calls/{}/recordings", encode(call)))
+            }
+            CtlCommand::Recording { call, action } => Request::post(format!(
+                "/v1/calls/{}/recordings/{}",
+                encode(call),
+                encode(action)
+            )),
             CtlCommand::Trunks { tenant: None } => Request::get("/v1/trunks"),
             CtlCommand::Trunks { tenant: Some(t) } => {
                 Request::get(format!("/v1/trunks?tenant={}", encode(t)))
@@ -97,6 +114,12 @@ impl CtlCommand {
             CtlCommand::Call { .. } => call_detail(v),
             CtlCommand::Usage { .. } => usage(v),
             CtlCommand::Taps { .. } => taps_table(v),
+            CtlCommand::Recordings { .. } => recordings_table(v),
+            CtlCommand::Recording { call, action } => {
+                format!(
+                    "{action} queued for call {call}: `ctl recordings {call}` shows the outcome"
+                )
+            }
             CtlCommand::Trunks { .. } => trunks_table(v),
             CtlCommand::Drain => {
                 if v["already_draining"].as_bool() == Some(true) {
@@ -392,6 +415,12 @@ fn taps_table(v: &Value) -> String {
                 text(&t["destination"]),
                 text(&t["packets_sent"]),
                 text(&t["packets_dropped"]),
+                match (t["recording"].as_bool(), t["paused"].as_bool()) {
+                    (Some(true), Some(true)) => "recording (paused)",
+                    (Some(true), _) => "recording",
+                    _ => "tap",
+                }
+                .to_string(),
             ]
         })
         .collect();
@@ -404,6 +433,42 @@ fn taps_table(v: &Value) -> String {
             "DESTINATION",
             "SENT",
             "DROPPED",
+            "KIND",
+        ],
+        &rows,
+    )
+}
+
+fn recordings_table(v: &Value) -> String {
+    let list = v["recordings"].as_array().cloned().unwrap_or_default();
+    if list.is_empty() {
+        return "no recordings".to_string();
+    }
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|r| {
+            let streams: Vec<String> = r["streams"]
+                .as_array()
+                .map(|s| s.iter().map(text).collect())
+                .unwrap_or_default();
+            vec![
+                text(&r["recording_id"]),
+                text(&r["state"]),
+                text(&r["srs"]),
+                streams.join(","),
+                text(&r["started"]),
+                text(&r["failovers"]),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "RECORDING",
+            "STATE",
+            "SRS",
+            "STREAMS",
+            "STARTED",
+            "FAILOVERS",
         ],
         &rows,
     )
@@ -443,6 +508,21 @@ mod tests {
                 "GET",
                 "/v1/calls/x%2Fy/taps",
             ),
+            (
+                CtlCommand::Recordings {
+                    call: "00ab".into(),
+                },
+                "GET",
+                "/v1/calls/00ab/recordings",
+            ),
+            (
+                CtlCommand::Recording {
+                    call: "00ab".into(),
+                    action: "pause".into(),
+                },
+                "POST",
+                "/v1/calls/00ab/recordings/pause",
+            ),
             (CtlCommand::Drain, "POST", "/v1/drain"),
             (CtlCommand::Reload, "POST", "/v1/reload"),
             (CtlCommand::Trunks { tenant: None }, "GET", "/v1/trunks"),
@@ -469,6 +549,44 @@ mod tests {
         assert_eq!((r.method, r.path.as_str()), ("PUT", "/v1/log-level"));
         let body: Value = serde_json::from_slice(&r.body.expect("a body")).expect("JSON");
         assert_eq!(body, serde_json::json!({ "level": "info,sbc_sip=debug" }));
+    }
+
+    #[test]
+    fn recording_tables() {
+        let v = serde_json::json!({ "recordings": [{ "recording_id": "123456789abcdef1",
+            "srs": "sips:srs@rec.example", "state": "paused", "streams": ["00000000000000a1",
+            "00000000000000a2"], "started": "2025-01-01T00:00:00.000Z", "failovers": 1 }] });
+        let t = CtlCommand::Recordings { call: "x".into() }.human(&v);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].starts_with("RECORDING"), "{t}");
+        assert_eq!(
+            lines[1].split_whitespace().collect::<Vec<_>>(),
+            [
+                "123456789abcdef1",
+                "paused",
+                "sips:srs@rec.example",
+                "00000000000000a1,00000000000000a2",
+                "2025-01-01T00:00:00.000Z",
+                "1"
+            ],
+            "{t}"
+        );
+        let empty = serde_json::json!({ "recordings": [] });
+        assert_eq!(
+            CtlCommand::Recordings { call: "x".into() }.human(&empty),
+            "no recordings"
+        );
+        let taps = serde_json::json!({ "taps": [{ "tap_id": "00000000000000a1",
+            "legs": "caller", "transport": "srtp", "suite": "AES_CM_128_HMAC_SHA1_80",
+            "destination": "192.0.2.7:4000", "packets_sent": 5, "packets_dropped": 0,
+            "recording": true, "paused": true }] });
+        let t = CtlCommand::Taps { call: "x".into() }.human(&taps);
+        assert!(
+            t.lines()
+                .nth(1)
+                .is_some_and(|l| l.ends_with("recording (paused)")),
+            "{t}"
+        );
     }
 
     #[test]

@@ -188,6 +188,10 @@ fn run(
     let media_control = media.as_ref().map(MediaEngine::control);
     // Recording taps: the admin plane reaches the relay through sbc-core's `TapControl`.
     let tap_control = media.as_ref().map(MediaEngine::tap_control);
+    // SIPREC: recorded streams are taps of the same engine (sbc-core's `RecordingMedia`).
+    let recording_media = media
+        .as_ref()
+        .map(|m| Arc::new(m.clone()) as Arc<dyn sbc_core::recording::RecordingMedia>);
     let media_gauges = media.clone();
     let result = runtime.block_on(async {
         // Before anything is announced (banner, READY=1): a SIGHUP or SIGTERM that
@@ -212,6 +216,8 @@ fn run(
             cluster: cluster
                 .clone()
                 .map(|c| c as Arc<dyn sbc_core::cluster::ClusterAdmission>),
+            // SIPREC recording: the B2BUA forks recorded legs through the engine.
+            recording: recording_media,
         };
         let server = sbc_sip::server::start_with(cfg.clone(), hooks)
             .await
@@ -234,6 +240,9 @@ fn run(
                 tenants: cfg.tenants.iter().map(|t| t.id.clone()).collect(),
                 audit,
                 taps: tap_control,
+                // The SIPREC recording client (sbc-sip) hands its control in here.
+                // SIPREC: `/v1/calls/{id}/recordings` reads and commands the recording client.
+                recordings: Some(server.recording_control()),
             },
         )
         .await

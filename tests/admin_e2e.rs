@@ -40,6 +40,7 @@ async fn admin_plane_sees_calls_usage_metrics_and_drains() {
             drain: Some(drain.clone()),
             media: None,
             cluster: None,
+            recording: None,
         },
     )
     .await
@@ -55,6 +56,7 @@ async fn admin_plane_sees_calls_usage_metrics_and_drains() {
             tenants: cfg.tenants.iter().map(|t| t.id.clone()).collect(),
             audit: Arc::new(AuditLog::open(&audit_path).unwrap()),
             taps: None,
+            recordings: None,
         },
     )
     .await

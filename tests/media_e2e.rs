@@ -106,6 +106,7 @@ async fn gateway_full(
             drain: registry.as_ref().map(|_| Arc::new(DrainState::new())),
             registry,
             cluster: None,
+            recording: None,
         },
     )
     .await

@@ -211,6 +211,7 @@ async fn a_target_that_stops_answering_options_is_marked_down_skipped_and_comes_
             tenants: cfg.tenants.iter().map(|t| t.id.clone()).collect(),
             audit: Arc::new(AuditLog::open(&world.dir.join("audit.log")).unwrap()),
             taps: None,
+            recordings: None,
         },
     )
     .await

@@ -22,6 +22,12 @@
 #      callee, and the other way; no packet may be missing beyond media-check's loss bound
 #   4b. udp: basic calls whose route (called numbers starting with 2) is
 #      sip:127.0.0.1:UDP_UAS;transport=udp, the UAS being sipp over plain UDP
+#   4c. recording: basic calls of tenant `rec` (recognised by the SNI rec.localhost, sent by a
+#      second stunnel client), whose [tenants.recording] (mode always, on_failure required,
+#      SRTP) records every call to a sipp SRS (uas_srs.xml) behind a third stunnel in
+#      server mode: each call must be answered on the trunk and recorded (INVITE with the
+#      multipart SDP + rs-metadata body, 200, ACK, BYE at the call's end) with no failure
+#      on any of the three sipp sides
 #   5. max-rate probe (informational, never fails CI): a rate ramp of basic calls; reports
 #      the highest rate held with zero failures and the CPU used by each process.
 #
@@ -33,6 +39,10 @@
 #   SBC_INTEROP_UAS_PORT=5072          ports on 127.0.0.1
 #   SBC_INTEROP_GW_UDP_PORT=5060 SBC_INTEROP_UDP_UAS_PORT=5074  UDP ports on 127.0.0.1
 #   SBC_INTEROP_UDP_CALLS=200 SBC_INTEROP_UDP_RATE=20  stage udp size and rate (0 calls: skip)
+#   SBC_INTEROP_REC_CALLS=5            calls in stage recording (0: skip)
+#   SBC_INTEROP_REC_UAC_PORT=5073 SBC_INTEROP_SRS_PORT=5064 SBC_INTEROP_SRS_SIPP_PORT=5075
+#                                      the rec tenant's stunnel client, the SRS's TLS and
+#                                      plain ports on 127.0.0.1
 #   SBC_INTEROP_CALLS=500 SBC_INTEROP_RATE=25   stage 1 size and rate
 #   SBC_INTEROP_SMALL_CALLS=5          calls in stages 2 and 3
 #   SBC_INTEROP_MEDIA_CALLS=3          calls in stage 4 (media), each with 1 s of SRTP each way
@@ -57,6 +67,10 @@ GW_UDP_PORT=${SBC_INTEROP_GW_UDP_PORT:-5060}
 UDP_UAS_PORT=${SBC_INTEROP_UDP_UAS_PORT:-5074}
 UDP_CALLS=${SBC_INTEROP_UDP_CALLS:-200}
 UDP_RATE=${SBC_INTEROP_UDP_RATE:-20}
+REC_CALLS=${SBC_INTEROP_REC_CALLS:-5}
+REC_UAC_PORT=${SBC_INTEROP_REC_UAC_PORT:-5073}
+SRS_PORT=${SBC_INTEROP_SRS_PORT:-5064}
+SRS_SIPP_PORT=${SBC_INTEROP_SRS_SIPP_PORT:-5075}
 CALLS=${SBC_INTEROP_CALLS:-500}
 RATE=${SBC_INTEROP_RATE:-25}
 SMALL=${SBC_INTEROP_SMALL_CALLS:-5}
@@ -136,7 +150,7 @@ start_stunnel() { # start_stunnel CONF LOG
   fail "stunnel did not start with $1"
 }
 
-for p in "$GW_PORT" "$TRUNK_PORT" "$UAC_PORT" "$UAS_PORT"; do
+for p in "$GW_PORT" "$TRUNK_PORT" "$UAC_PORT" "$UAS_PORT" "$REC_UAC_PORT" "$SRS_PORT" "$SRS_SIPP_PORT"; do
   tcp_open 127.0.0.1 "$p" && fail "127.0.0.1:$p is already in use (override with SBC_INTEROP_*_PORT)"
 done
 
@@ -216,6 +230,29 @@ max_pending_invites = 50000
 # sipp reaches us through one stunnel connection from one source: lift the
 # per-connection request rate and allowlist loopback in the flood guard
 requests_per_second_per_connection = 100000.0
+
+# stage recording: the same trunk, every call recorded (SIPREC) to the sipp SRS
+[[tenants]]
+id = "rec"
+[tenants.recognition]
+sni = ["rec.localhost"]
+[[tenants.routes]]
+prefix = ""
+target = "sips:127.0.0.1:$TRUNK_PORT"
+ca_file = "pki/ca.pem"
+[tenants.limits]
+calls_per_second = 100.0
+call_burst = 200
+max_concurrent_calls = 1000
+max_pending_invites = 1000
+requests_per_second_per_connection = 100000.0
+[tenants.recording]
+srs = ["sips:127.0.0.1:$SRS_PORT"]
+mode = "always"
+legs = "both"
+media = "srtp"
+on_failure = "required"
+ca_file = "pki/ca.pem"
 
 [flood_guard]
 allowlist = ["127.0.0.0/8"]
@@ -390,6 +427,58 @@ udp_stage() {
 }
 if [ "$UDP_CALLS" -gt 0 ]; then udp_stage; fi
 
+# --- stage recording: tenant rec's calls recorded to a sipp SRS over TLS (SIPREC) ---------
+recording_stage() {
+  local dir=$work/recording uac_rc=0 uas_rc=0 srs_rc=0 srs_pid
+  say "stage recording: $REC_CALLS calls of tenant rec (SNI rec.localhost) at 2 calls/s, -d 2000 ms; each recorded to the sipp SRS (uas_srs.xml) at sips:127.0.0.1:$SRS_PORT"
+  mkdir -p "$dir"
+  sed -e "s|@LOG@|$work/stunnel-srs.log|" -e "s|@ACCEPT@|127.0.0.1:$SRS_PORT|" \
+      -e "s|@CONNECT@|127.0.0.1:$SRS_SIPP_PORT|" -e "s|@CERT@|$pki/trunk.pem|" -e "s|@KEY@|$pki/trunk.key|" \
+      "$HERE/stunnel-server.conf.in" >"$work/stunnel-srs.conf"
+  start_stunnel "$work/stunnel-srs.conf" "$work/stunnel-srs.log"
+  sed -e "s|@LOG@|$work/stunnel-client-rec.log|" -e "s|@ACCEPT@|127.0.0.1:$REC_UAC_PORT|" \
+      -e "s|@CONNECT@|127.0.0.1:$GW_PORT|" -e "s|@SNI@|sni = rec.localhost|" \
+      -e "s|@VERIFY@|CAfile = $pki/ca.pem\nverifyChain = yes\ncheckIP = 127.0.0.1|" \
+      -e "s|@CLIENT_CERT@||" \
+      "$HERE/stunnel-client.conf.in" >"$work/stunnel-client-rec.conf"
+  start_stunnel "$work/stunnel-client-rec.conf" "$work/stunnel-client-rec.log"
+  "$RUN" "$HERE/uas_srs.xml" --role uas --listen "127.0.0.1:$SRS_SIPP_PORT" \
+    --contact "127.0.0.1:$SRS_PORT" --timeout 900 --out "$dir/srs" --trace >"$dir.srs.out" 2>&1 &
+  srs_pid=$!
+  for _ in $(seq 100); do
+    [ -s "$dir/srs/uas_srs-uas.csv" ] && break
+    kill -0 "$srs_pid" 2>/dev/null || { cat "$dir.srs.out" >&2; fail "sipp SRS did not start"; }
+    sleep 0.1
+  done
+  sleep 0.3
+  start_uas basic "$dir"
+  timeout -k 10 $((REC_CALLS + 120)) "$RUN" basic --tcp "127.0.0.1:$REC_UAC_PORT" \
+    -g "127.0.0.1:$GW_PORT" -r 2 -m "$REC_CALLS" -d 2000 --out "$dir" --trace \
+    >"$dir.uac.out" 2>&1 || uac_rc=$?
+  cat "$dir.uac.out"
+  stop_uas || uas_rc=$?
+  # the BYE to the SRS follows the call's end: give the last one a moment
+  sleep 2
+  kill -TERM "$srs_pid" 2>/dev/null || true
+  for _ in $(seq 250); do kill -0 "$srs_pid" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$srs_pid" 2>/dev/null || true
+  wait "$srs_pid" 2>/dev/null || srs_rc=$?
+  echo "--- trunk side (sipp UAS) and recording server (sipp SRS) of stage recording:"
+  uas_summary "$dir"
+  grep '^== ' "$dir.srs.out" || true
+  if [ "$srs_rc" != 0 ]; then
+    sed -n '/Scenario Screen/,/Statistics Screen/p' "$dir.srs.out" | tail -n 30
+    head -n 40 "$dir/srs/uas_srs-uas.errors.log" 2>/dev/null || true
+  fi
+  [ "$uac_rc" = 0 ] || fail "stage recording: calls failed on the caller side (run.sh exit $uac_rc)"
+  [ "$uas_rc" = 0 ] || fail "stage recording: calls failed on the trunk side (run.sh exit $uas_rc)"
+  [ "$srs_rc" = 0 ] || fail "stage recording: recordings failed at the SRS (run.sh exit $srs_rc)"
+  grep -q "^== uas_srs (uas):.*successful=$REC_CALLS\b" "$dir.srs.out" \
+    || fail "stage recording: the SRS did not complete $REC_CALLS recordings"
+  kill -0 "$gw_pid" 2>/dev/null || fail "the gateway exited during stage recording"
+}
+if [ "$REC_CALLS" -gt 0 ]; then recording_stage; fi
+
 # The gateway's own account must agree with sipp's: every basic, hold, prack and media call answered,
 # every cancelled call failed 4xx (487), nothing else.
 admin=$(sed -n 's|^  admin plane: http://\([^ ]*\) .*|\1|p' "$work/gateway.out" | head -n 1)
@@ -403,7 +492,7 @@ expected=$((CALLS + 2 * SMALL + MEDIA_CALLS + UDP_CALLS))
 [ "${answered:-0}" = "$expected" ] || fail "gateway counted ${answered:-0} answered calls, expected $expected"
 [ "${failed4xx:-0}" = "$SMALL" ] || fail "gateway counted ${failed4xx:-0} 4xx calls, expected $SMALL (the CANCELs)"
 
-say "interop PASSED: $CALLS basic calls at $RATE calls/s, $SMALL hold, $SMALL cancel, $SMALL prack, $MEDIA_CALLS with SRTP checked both ways through the relay, $UDP_CALLS to a UDP PBX inside; no failed call"
+say "interop PASSED: $CALLS basic calls at $RATE calls/s, $SMALL hold, $SMALL cancel, $SMALL prack, $MEDIA_CALLS with SRTP checked both ways through the relay, $UDP_CALLS to a UDP PBX inside, $REC_CALLS recorded to a SIPREC SRS; no failed call"
 summary_line=$(grep '^== basic (uac)' "$work/basic.uac.out" 2>/dev/null || true)
 
 # --- stage 5: max-rate probe (informational) --------------------------------------------

@@ -15,6 +15,8 @@
 //! | `GET /v1/calls/{id}/taps` | any | the call's taps and their counters |
 //! | `DELETE /v1/taps/{tap_id}` | operator, recorder | stops a tap: 204 |
 //! | `GET /v1/calls/{id}/tap/ws[?legs=]` | operator, recorder | a live tap over a WebSocket (see `ws_tap.rs`) |
+//! | `GET /v1/calls/{id}/recordings` | any | the call's SIPREC recording sessions (see `recordings.rs`; 501 if not wired) |
+//! | `POST /v1/calls/{id}/recordings/{start,stop,pause,resume}` | operator, recorder | 202: the command is queued for the recording client (see `recordings.rs`) |
 //! | `GET /v1/log-level` | any | the log filter in force (501 if `main` wired no control) |
 //! | `PUT /v1/log-level` | operator | `{"level": "debug"}` replaces the log filter (see `log_level.rs`) |
 //!
@@ -161,6 +163,14 @@ pub(crate) fn router(app: App) -> Router {
         .route("/v1/calls/{id}/taps", get(list_taps).post(start_tap))
         .route("/v1/taps/{tap_id}", delete(stop_tap))
         .route("/v1/calls/{id}/tap/ws", get(crate::ws_tap::tap_ws))
+        .route(
+            "/v1/calls/{id}/recordings",
+            get(crate::recordings::list_recordings),
+        )
+        .route(
+            "/v1/calls/{id}/recordings/{action}",
+            post(crate::recordings::command_recording),
+        )
         .route(
             "/v1/log-level",
             get(crate::log_level::get_level).put(crate::log_level::set_level),
@@ -729,6 +739,10 @@ struct TapJson {
     destination: String,
     packets_sent: u64,
     packets_dropped: u64,
+    /// A stream of a SIPREC recording session (see `recordings.rs`): `DELETE
+    /// /v1/taps/{tap_id}` does not stop it (404); the recording commands do.
+    recording: bool,
+    paused: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -745,6 +759,8 @@ fn tap_json(t: &TapStatus) -> TapJson {
         destination: t.destination.to_string(),
         packets_sent: t.packets_sent,
         packets_dropped: t.packets_dropped,
+        recording: t.recording,
+        paused: t.paused,
     }
 }
 
@@ -765,8 +781,18 @@ fn tap_call(
     role: &Role,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<(CallId, CallSnapshot), Box<Response>> {
+    visible_call(app, role, id.ok().map(|Path(id)| id))
+}
+
+/// The call `id` names (`None`: the path did not parse), if the caller may see it; else
+/// the 404 to answer, alike for another tenant's call (its audit line says whose).
+pub(crate) fn visible_call(
+    app: &Shared,
+    role: &Role,
+    id: Option<String>,
+) -> Result<(CallId, CallSnapshot), Box<Response>> {
     let no_call = || json_error(StatusCode::NOT_FOUND, "no such call");
-    let Ok(Path(id)) = id else {
+    let Some(id) = id else {
         return Err(Box::new(no_call()));
     };
     if id.len() > MAX_CALL_ID_LEN {
@@ -958,19 +984,28 @@ async fn list_taps(
     let Some(taps) = app.state.taps.clone() else {
         return taps_unavailable();
     };
-    let (id, call) = match tap_call(&app, &token.role, id) {
+    call_listing(&app, &token.role, id.ok().map(|Path(id)| id), |media| {
+        let list = media.map(|m| taps.list_taps(m)).unwrap_or_default();
+        TapListJson {
+            taps: list.iter().map(tap_json).collect(),
+        }
+    })
+}
+
+/// A listing about one call (its taps, its recordings): the call the caller may see
+/// (else the 404 of [`visible_call`]), `list` run on the call's media number (`None`
+/// before it has one), the answer audited with the call and its tenant.
+pub(crate) fn call_listing<T: Serialize>(
+    app: &Shared,
+    role: &Role,
+    id: Option<String>,
+    list: impl FnOnce(Option<CallRef>) -> T,
+) -> Response {
+    let (id, call) = match visible_call(app, role, id) {
         Ok(c) => c,
         Err(resp) => return *resp,
     };
-    let list = app
-        .state
-        .registry
-        .media_ref(&id)
-        .map(|m| taps.list_taps(CallRef(m)))
-        .unwrap_or_default();
-    let body = TapListJson {
-        taps: list.iter().map(tap_json).collect(),
-    };
+    let body = list(app.state.registry.media_ref(&id).map(CallRef));
     with_audit(Json(body).into_response(), Some(call.tenant), Some(id))
 }
 

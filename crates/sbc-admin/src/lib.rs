@@ -12,7 +12,10 @@
 //! key, number, address or call id. Everything under `/v1` needs a token and is audited.
 //! Recording taps (`/v1/calls/{id}/taps`, `/v1/taps/{tap_id}`, and the WebSocket tap
 //! `/v1/calls/{id}/tap/ws`) go through [`sbc_core::tap::TapControl`] when
-//! [`AdminState::taps`] is set, else they answer 501. The tokens and `redact_numbers`
+//! [`AdminState::taps`] is set, else they answer 501. SIPREC recording sessions
+//! (`/v1/calls/{id}/recordings[/{action}]`) go through
+//! [`sbc_core::recording::RecordingControl`] when [`AdminState::recordings`] is set, else
+//! they answer 501. The tokens and `redact_numbers`
 //! can be replaced while serving ([`AdminHandle::reload`], on SIGHUP). `POST /v1/reload`
 //! runs the gateway's reload through the [`ReloadHook`] the binary hands in
 //! ([`AdminHandle::on_reload`]). [`client`] is the HTTP client of this API that
@@ -40,6 +43,7 @@
 //!     tenants,
 //!     audit: Arc::new(sbc_admin::AuditLog::open(std::path::Path::new("audit.jsonl"))?),
 //!     taps: None, // or Some(media_engine.tap_control())
+//!     recordings: None, // or Some(the SIP server's recording control)
 //! };
 //! let handle = sbc_admin::serve(cfg, state).await?;
 //! println!("admin on {}", handle.local_addr());
@@ -59,6 +63,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use sbc_core::recording::RecordingControl;
 use sbc_core::registry::{CallRegistry, DrainState};
 use sbc_core::tap::TapControl;
 use sbc_core::tenant::TenantId;
@@ -69,6 +74,7 @@ pub mod auth;
 pub mod client;
 pub mod config;
 mod log_level;
+mod recordings;
 mod server;
 pub mod time;
 mod ws_tap;
@@ -111,6 +117,9 @@ pub struct AdminState {
     pub audit: Arc<AuditLog>,
     /// Recording taps (the media relay); `None`: the tap endpoints answer 501.
     pub taps: Option<Arc<dyn TapControl>>,
+    /// The SIPREC recording client (the B2BUA's); `None`: the recording endpoints answer
+    /// 501.
+    pub recordings: Option<Arc<dyn RecordingControl>>,
 }
 
 impl fmt::Debug for AdminState {
@@ -120,6 +129,7 @@ impl fmt::Debug for AdminState {
             .field("drain", &self.drain)
             .field("tenants", &self.tenants)
             .field("taps", &self.taps.is_some())
+            .field("recordings", &self.recordings.is_some())
             .finish_non_exhaustive()
     }
 }

@@ -498,6 +498,7 @@ async fn unaudited_data_is_not_served() {
         tenants: vec![TenantId::from("a"), TenantId::from("b")],
         audit: Arc::new(AuditLog::to_writer(Box::new(Failing))),
         taps: None,
+        recordings: None,
     };
     let mut cfg = config(false);
     cfg.address = "127.0.0.1:0".parse().expect("addr");
@@ -524,6 +525,7 @@ async fn serve_refuses_tokens_for_unknown_tenants_and_shutdown_closes() {
         tenants,
         audit: Arc::new(AuditLog::to_writer(Box::new(std::io::sink()))),
         taps: None,
+        recordings: None,
     };
     let mut cfg = config(false);
     cfg.address = "127.0.0.1:0".parse().expect("addr");
@@ -568,6 +570,8 @@ fn openapi_documents_exactly_the_served_paths() {
             "/v1/calls/{id}/taps",
             "/v1/taps/{tap_id}",
             "/v1/calls/{id}/tap/ws",
+            "/v1/calls/{id}/recordings",
+            "/v1/calls/{id}/recordings/{action}",
             "/v1/log-level",
         ]
     );

@@ -75,6 +75,8 @@ impl TapControl for FakeTaps {
                 destination: s.destination,
                 packets_sent: 42,
                 packets_dropped: 3,
+                recording: false,
+                paused: false,
             })
             .collect();
         v.sort_by_key(|t| t.id);
@@ -134,6 +136,7 @@ async fn tap_fixture(name: &str, with_taps: bool) -> TapFixture {
         tenants: vec![TenantId::from("a"), TenantId::from("b")],
         audit: Arc::new(AuditLog::open(&audit_path).expect("audit log")),
         taps: with_taps.then(|| fake.clone() as Arc<dyn TapControl>),
+        recordings: None,
     };
     let mut cfg = config();
     cfg.address = "127.0.0.1:0".parse().expect("addr");
@@ -223,6 +226,10 @@ async fn operator_starts_lists_and_stops_a_tap_and_the_key_is_shown_once() {
     assert_eq!(taps[0]["tap_id"], tap_id.as_str());
     assert_eq!(taps[0]["packets_sent"], 42);
     assert_eq!(taps[0]["packets_dropped"], 3);
+    assert_eq!(
+        (&taps[0]["recording"], &taps[0]["paused"]),
+        (&false.into(), &false.into())
+    );
     assert_eq!(taps[2]["transport"], "rtp");
     assert_eq!(taps[2]["legs"], "caller");
     assert!(!j.to_string().contains("inline:"), "no key in the list");

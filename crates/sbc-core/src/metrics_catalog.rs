@@ -195,7 +195,14 @@ pub const SIP_REFUSALS: &[&str] = &[
     "bad_rack",
     "prack_unknown_rseq",
     "prack_outside_early_dialog",
+    "recording_unavailable",
 ];
+
+/// Why a SIPREC recording session failed (sbc-sip's `RecordingFailure`).
+pub const RECORDING_FAILURES: &[&str] = &["refused", "timeout", "transport", "media", "bad_answer"];
+
+/// How a SIPREC recording session ended (sbc-sip's `recording::OUTCOMES`).
+pub const RECORDING_OUTCOMES: &[&str] = &["accepted", "failed", "stopped"];
 
 /// What sbc-sip's `reliable.rs` does with a reliable provisional: relayed reliably with
 /// the caller leg's RSeq, PRACKed by the gateway and relayed unreliably, relayed
@@ -603,6 +610,22 @@ pub const CATALOG: &[MetricDef] = &[
         "sbc_sip_no_target_available_total",
         "Calls refused 503 because every target of their route was down or quarantined.",
         &[tenant()],
+    ),
+    // SIPREC recording (sbc-sip's recording client).
+    counter(
+        "sbc_recording_sessions_total",
+        "SIPREC recording sessions, by how they went: accepted by an SRS, failed on every target, stopped.",
+        &[tenant(), closed("outcome", RECORDING_OUTCOMES)],
+    ),
+    counter(
+        "sbc_recording_failures_total",
+        "SIPREC recording sessions failed on one SRS target, by why (failover or give-up follows).",
+        &[tenant(), closed("reason", RECORDING_FAILURES)],
+    ),
+    gauge(
+        "sbc_recording_active",
+        "SIPREC recording sessions accepted by an SRS and not ended (recording or paused).",
+        &[],
     ),
     // Trunks (route targets).
     gauge(

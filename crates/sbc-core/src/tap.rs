@@ -195,6 +195,11 @@ pub struct TapStatus {
     /// Copies not sent: the tap socket's send buffer was full, the send failed, or the
     /// tap's SRTP transform refused. Call media is never held back for a tap.
     pub packets_dropped: u64,
+    /// A recorded stream of a SIPREC session (`crate::recording`), started and stopped by
+    /// the recording client, not by `start_tap` / `stop_tap`.
+    pub recording: bool,
+    /// A paused recorded stream: no copies leave (`a=inactive` toward the SRS).
+    pub paused: bool,
 }
 
 /// Whose a tap is: for authorization of stop requests.

@@ -27,6 +27,20 @@
 //! taps end with the call: on `delete` and on media timeout. A tenant's automatic tap
 //! (`MediaPolicy::record`) is started the same way when the first answer commits the
 //! call's streams, queued right behind them so it sees the first packet.
+//!
+//! Recorded streams ([`RecordingMedia`], SIPREC): a tap of one m-line (the call's first
+//! audio stream) of one leg, made in two steps because the recording client must offer
+//! the fork's address and key before the recording server answers with a destination.
+//! `prepare_stream` binds the fork's socket on the media bind address (any port, never
+//! connected) and makes its key; the set-up fork is *parked* in the control state. The
+//! first `start_stream` ships it to the call's worker, or, when the call's first answer
+//! has not yet committed its streams, leaves it parked with its destination so that
+//! answer ships it in the same `Upsert` as the streams. Later `start_stream` calls move
+//! the destination (`Command::MoveTap`, SRTP state kept); pause flips the flag the worker
+//! checks before copying. Recorded streams have their own per-call bound
+//! ([`MAX_RECORDED_STREAMS_PER_CALL`]), are listed among the call's taps once started
+//! (`TapStatus::recording`), are not stopped by `stop_tap` (the recording client owns
+//! them), and end with the call like every tap, prepared or started.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -38,9 +52,10 @@ use ring::rand::{SecureRandom, SystemRandom};
 use sbc_core::media::{
     CallRef, LegPolicy, LegSide, MediaControl, MediaError, MediaEvent, MediaPolicy, SrtpMode,
 };
+use sbc_core::recording::{PreparedStream, RecordingMedia, RtpFormat};
 use sbc_core::registry::MediaCounters;
 use sbc_core::tap::{
-    TapControl, TapError, TapId, TapInfo, TapKey, TapOwner, TapSpec, TapStatus, TapSuite,
+    TapControl, TapError, TapId, TapInfo, TapKey, TapLegs, TapOwner, TapSpec, TapStatus, TapSuite,
     TapTransport,
 };
 use sbc_core::tenant::TenantId;
@@ -49,7 +64,8 @@ use zeroize::Zeroizing;
 use crate::ports::{self, BindError, BoundPair, PortPool, PortRangeError, SharedPortPool};
 use crate::relay::{
     spawn_worker, Command, DropReason, KeySpec, LegConfig, LegCounters, StreamSetup, TapCounters,
-    TapSetup, WorkerHandle, WorkerParams, WorkerStats, DEFAULT_BATCH_INTERVAL, MAX_TAPS_PER_CALL,
+    TapSetup, WorkerHandle, WorkerParams, WorkerStats, DEFAULT_BATCH_INTERVAL,
+    MAX_RECORDED_STREAMS_PER_CALL, MAX_TAPS_PER_CALL,
 };
 use crate::sdp::{self, CryptoOut, MediaRewrite, Rewrite, RtpProto, SdpError, SessionDescription};
 use crate::srtp::{MasterKey, SrtpConfig, SrtpContext, SrtpProfile};
@@ -201,6 +217,11 @@ struct CallCtl {
     format: Option<(String, u32)>,
     /// The tenant's automatic tap, started when the first answer commits the streams.
     record: Option<TapSpec>,
+    /// The m-line recorded streams fork: the first relayed audio one (else the first
+    /// relayed one), fixed by the first offer (m-line positions never change, RFC 3264 §8).
+    recorded_line: Option<usize>,
+    /// That m-line's payload formats per leg, from the leg's last offer or answer.
+    formats: [Vec<RtpFormat>; 2],
 }
 
 type CallMap = Arc<Mutex<HashMap<CallRef, CallCtl>>>;
@@ -217,6 +238,20 @@ struct TapCtl {
     tenant: TenantId,
     spec: TapSpec,
     counters: Arc<TapCounters>,
+    /// Set for a recorded stream (SIPREC).
+    recorded: Option<RecordedCtl>,
+}
+
+/// A recorded stream's control state.
+#[derive(Debug)]
+struct RecordedCtl {
+    /// The fork while it is not in the worker: prepared, or started before the call's
+    /// first answer (then shipped by that answer).
+    parked: Option<Box<TapSetup>>,
+    /// `start_stream` was called: `spec.destination` is the SRS's address.
+    started: bool,
+    /// The fork socket's address (for the address family check on start).
+    local: SocketAddr,
 }
 
 type TapMap = Arc<Mutex<HashMap<TapId, TapCtl>>>;
@@ -547,22 +582,31 @@ impl MediaEngine {
     /// A new tap on `call` (whose control state is `ctl`, calls lock held): checks the
     /// limits and picks an id; returns what the worker needs and what the control side
     /// records once the worker has it.
+    /// `recorded_line` is set for a recorded stream: the m-line it forks; it is bounded by
+    /// [`MAX_RECORDED_STREAMS_PER_CALL`] and other taps by [`MAX_TAPS_PER_CALL`].
     fn new_tap(
         &self,
         call: CallRef,
         ctl: &CallCtl,
         spec: TapSpec,
         socket: std::net::UdpSocket,
-        srtp: Option<[SrtpContext; 2]>,
+        (srtp, recorded_line): (Option<[SrtpContext; 2]>, Option<usize>),
     ) -> Result<(Box<TapSetup>, TapCtl), TapError> {
         let taps = lock_taps(&self.inner.taps);
         if taps.len() >= MAX_TAPS {
             return Err(TapError::TooMany { max: MAX_TAPS });
         }
-        if taps.values().filter(|t| t.call == call).count() >= MAX_TAPS_PER_CALL {
-            return Err(TapError::TooMany {
-                max: MAX_TAPS_PER_CALL,
-            });
+        let max = if recorded_line.is_some() {
+            MAX_RECORDED_STREAMS_PER_CALL
+        } else {
+            MAX_TAPS_PER_CALL
+        };
+        let same_kind = taps
+            .values()
+            .filter(|t| t.call == call && t.recorded.is_some() == recorded_line.is_some())
+            .count();
+        if same_kind >= max {
+            return Err(TapError::TooMany { max });
         }
         // 62 random bits: a collision among at most MAX_TAPS live ids is a freak; zero
         // means the system RNG failed, which retrying will not fix for long.
@@ -574,6 +618,7 @@ impl MediaEngine {
         let setup = Box::new(TapSetup {
             id,
             legs: spec.legs,
+            stream: recorded_line,
             destination: spec.destination,
             socket,
             srtp,
@@ -585,8 +630,76 @@ impl MediaEngine {
             tenant: ctl.tenant.clone(),
             spec,
             counters,
+            recorded: None,
         };
         Ok((setup, entry))
+    }
+
+    /// Hands an answer's committed streams to the call's worker (calls lock held, `ctl`
+    /// is the call's state), with the taps that must see its first packet: the tenant's
+    /// automatic tap (on the first commit) and recorded streams started before it.
+    fn ship_commit(
+        &self,
+        call: CallRef,
+        ctl: &mut CallCtl,
+        setups: Vec<StreamSetup>,
+    ) -> Result<(), MediaError> {
+        let tenant = ctl.tenant.clone();
+        let bandwidth_kbps = ctl.pending.as_ref().map_or(0, |p| p.policy.bandwidth_kbps);
+        // The automatic tap is recorded while the calls lock is held, like every tap, so
+        // the per-call limit holds against a tap started through the API meanwhile.
+        let mut taps = Vec::new();
+        let mut record_id = None;
+        if let Some(spec) = ctl.record.take() {
+            if setups.is_empty() {
+                ctl.record = Some(spec);
+            } else if let Some((setup, entry)) = self.new_record_tap(call, ctl, spec) {
+                tracing::info!(%call, %tenant, tap = %setup.id, destination = %spec.destination,
+                    legs = spec.legs.as_str(), "automatic recording tap started (tenant media.record_to)");
+                lock_taps(&self.inner.taps).insert(setup.id, entry);
+                record_id = Some(setup.id);
+                taps.push(*setup);
+            }
+        }
+        let mut recorded = Vec::new();
+        if !setups.is_empty() {
+            for t in lock_taps(&self.inner.taps)
+                .values_mut()
+                .filter(|t| t.call == call)
+            {
+                if let Some(r) = t.recorded.as_mut().filter(|r| r.started) {
+                    if let Some(setup) = r.parked.take() {
+                        recorded.push(setup.id);
+                        taps.push(*setup);
+                    }
+                }
+            }
+        }
+        let Some(w) = self.worker(ctl.worker) else {
+            return Ok(());
+        };
+        if !w.send(Command::Upsert {
+            call,
+            streams: setups,
+            taps,
+        }) {
+            let mut all = lock_taps(&self.inner.taps);
+            for id in record_id.iter().chain(&recorded) {
+                all.remove(id);
+            }
+            tracing::error!(%call, "media worker is gone");
+            return Err(MediaError::NoPorts);
+        }
+        if bandwidth_kbps > 0 {
+            // Each worker enforces an equal share: no state shared across workers.
+            let workers = self.inner.workers.len().max(1) as f64;
+            w.send(Command::Bandwidth {
+                call,
+                tenant,
+                bytes_per_second: f64::from(bandwidth_kbps) * 1000.0 / 8.0 / workers,
+            });
+        }
+        Ok(())
     }
 
     /// A tenant's automatic recording tap (`[tenants.media] record_to`, plain RTP), made
@@ -599,7 +712,7 @@ impl MediaEngine {
         spec: TapSpec,
     ) -> Option<(Box<TapSetup>, TapCtl)> {
         let made = tap_socket(spec.destination)
-            .and_then(|socket| self.new_tap(call, ctl, spec, socket, None));
+            .and_then(|socket| self.new_tap(call, ctl, spec, socket, (None, None)));
         match made {
             Ok(t) => Some(t),
             Err(e) => {
@@ -630,6 +743,13 @@ fn allowed_suites(p: &LegPolicy) -> Vec<SrtpProfile> {
         }
     }
     out
+}
+
+/// The payload formats of m-line `line` when it is relayed.
+fn line_formats(sd: &SessionDescription, line: Option<usize>) -> Option<Vec<RtpFormat>> {
+    line.and_then(|i| sd.media.get(i))
+        .filter(|m| m.is_relayable())
+        .map(sdp::Media::rtp_formats)
 }
 
 fn media_ip(sd: &SessionDescription, m: &sdp::Media) -> Option<IpAddr> {
@@ -786,6 +906,8 @@ impl MediaControl for MediaEngine {
                 .find(|m| m.is_relayable() && m.kind == "audio")
                 .and_then(sdp::Media::first_codec),
             record: policy.record,
+            recorded_line: None,
+            formats: Default::default(),
         });
         if ctl.streams.len() < plan.len() {
             ctl.streams.resize_with(plan.len(), || None);
@@ -857,6 +979,16 @@ impl MediaControl for MediaEngine {
             });
         }
         let out = self.write_for(&mut ctl.origin[t], &sd, rewrites);
+        if ctl.recorded_line.is_none() {
+            let relayed = |i: &usize| plan.get(*i).is_some_and(Option::is_some);
+            ctl.recorded_line = (0..sd.media.len())
+                .filter(relayed)
+                .find(|i| sd.media[*i].kind == "audio")
+                .or_else(|| (0..sd.media.len()).find(relayed));
+        }
+        if let Some(f) = line_formats(&sd, ctl.recorded_line) {
+            ctl.formats[idx(from)] = f;
+        }
         ctl.pending = Some(Pending {
             from,
             policy: policy.clone(),
@@ -1029,46 +1161,14 @@ impl MediaControl for MediaEngine {
             }
         }
         let out = self.write_for(&mut ctl.origin[s], &sd, rewrites);
-        let worker = ctl.worker;
-        let tenant = ctl.tenant.clone();
-        let bandwidth_kbps = ctl.pending.as_ref().map_or(0, |p| p.policy.bandwidth_kbps);
-        // The automatic tap is recorded while the calls lock is held, like every tap, so
-        // the per-call limit holds against a tap started through the API meanwhile.
-        let mut taps = Vec::new();
-        if let Some(spec) = ctl.record.take() {
-            if setups.is_empty() {
-                ctl.record = Some(spec);
-            } else if let Some((setup, entry)) = self.new_record_tap(call, ctl, spec) {
-                tracing::info!(%call, %tenant, tap = %setup.id, destination = %spec.destination,
-                    legs = spec.legs.as_str(), "automatic recording tap started (tenant media.record_to)");
-                lock_taps(&self.inner.taps).insert(setup.id, entry);
-                taps.push(*setup);
-            }
+        if let Some(f) = line_formats(&sd, ctl.recorded_line) {
+            ctl.formats[idx(from)] = f;
         }
+        // Sent before the calls lock is released: a tap or recorded stream started right
+        // after this commit goes to the worker behind this `Upsert`, never before it.
+        let shipped = self.ship_commit(call, ctl, setups);
         drop(calls);
-        if let Some(w) = self.worker(worker) {
-            let record_id = taps.first().map(|t| t.id);
-            if !w.send(Command::Upsert {
-                call,
-                streams: setups,
-                taps,
-            }) {
-                if let Some(id) = record_id {
-                    lock_taps(&self.inner.taps).remove(&id);
-                }
-                tracing::error!(%call, "media worker is gone");
-                return Err(MediaError::NoPorts);
-            }
-            if bandwidth_kbps > 0 {
-                // Each worker enforces an equal share: no state shared across workers.
-                let workers = self.inner.workers.len().max(1) as f64;
-                w.send(Command::Bandwidth {
-                    call,
-                    tenant,
-                    bytes_per_second: f64::from(bandwidth_kbps) * 1000.0 / 8.0 / workers,
-                });
-            }
-        }
+        shipped?;
         Ok(out)
     }
 
@@ -1162,6 +1262,176 @@ fn tap_socket(destination: SocketAddr) -> Result<std::net::UdpSocket, TapError> 
     Ok(sock)
 }
 
+/// Removes tap `id` from the control state if it is of the asked kind (a recorded stream
+/// or an ordinary tap) and sets its stop flag, so no copy leaves from now on.
+fn take_tap(taps: &TapMap, id: TapId, recorded: bool) -> Option<TapCtl> {
+    let mut taps = lock_taps(taps);
+    if taps.get(&id)?.recorded.is_some() != recorded {
+        return None;
+    }
+    let t = taps.remove(&id)?;
+    t.counters.stopped.store(true, Ordering::Release);
+    Some(t)
+}
+
+/// A recorded stream's socket: any port on the media bind address, non-blocking, never
+/// connected (the SRS's address comes later and may change).
+fn fork_socket(bind: IpAddr) -> Result<std::net::UdpSocket, TapError> {
+    let sock = std::net::UdpSocket::bind(SocketAddr::new(bind, 0))
+        .map_err(|e| TapError::Unavailable(format!("recording socket: {e}")))?;
+    sock.set_nonblocking(true)
+        .map_err(|e| TapError::Unavailable(format!("recording socket: {e}")))?;
+    Ok(sock)
+}
+
+impl RecordingMedia for MediaEngine {
+    fn prepare_stream(
+        &self,
+        call: CallRef,
+        leg: LegSide,
+        transport: TapTransport,
+    ) -> Result<PreparedStream, TapError> {
+        let settings = &self.inner.settings;
+        let socket = fork_socket(settings.bind_address)?;
+        let port = socket
+            .local_addr()
+            .map_err(|e| TapError::Unavailable(format!("recording socket: {e}")))?
+            .port();
+        // The SRS sends to what the offer names: the advertised address, like the call's.
+        let local = SocketAddr::new(settings.advertised_address, port);
+        let (srtp, key) = match transport {
+            TapTransport::Rtp => (None, None),
+            TapTransport::Srtp(suite) => {
+                let (ctx, key) = tap_key(&self.inner.rng, suite)?;
+                (Some(ctx), Some(key))
+            }
+        };
+        let calls = lock_calls(&self.inner.calls);
+        let ctl = calls.get(&call).ok_or(TapError::UnknownCall(call))?;
+        let line = ctl
+            .recorded_line
+            .filter(|i| ctl.streams.get(*i).is_some_and(Option::is_some))
+            .ok_or(TapError::NoMedia(call))?;
+        // Until the callee answers, it can only send what the offer listed.
+        let formats = [idx(leg), idx(leg.other())]
+            .iter()
+            .map(|i| &ctl.formats[*i])
+            .find(|f| !f.is_empty())
+            .cloned()
+            .unwrap_or_default();
+        let legs = match leg {
+            LegSide::Caller => TapLegs::Caller,
+            LegSide::Callee => TapLegs::Callee,
+        };
+        let unset = SocketAddr::new(settings.bind_address, 0);
+        let spec = TapSpec {
+            legs,
+            transport,
+            destination: unset,
+        };
+        let (setup, mut entry) = self.new_tap(call, ctl, spec, socket, (srtp, Some(line)))?;
+        let id = setup.id;
+        entry.recorded = Some(RecordedCtl {
+            parked: Some(setup),
+            started: false,
+            local: SocketAddr::new(settings.bind_address, port),
+        });
+        lock_taps(&self.inner.taps).insert(id, entry);
+        tracing::info!(%call, stream = %id, leg = legs.as_str(), transport = transport.as_str(), "recorded stream prepared");
+        Ok(PreparedStream {
+            id,
+            local,
+            key,
+            formats,
+        })
+    }
+
+    fn start_stream(&self, stream: TapId, destination: SocketAddr) -> Result<(), TapError> {
+        if destination.port() == 0
+            || destination.ip().is_unspecified()
+            || destination.ip().is_multicast()
+        {
+            return Err(TapError::Invalid(
+                "destination must be a unicast address with a port",
+            ));
+        }
+        let calls = lock_calls(&self.inner.calls);
+        let mut taps = lock_taps(&self.inner.taps);
+        let t = taps
+            .get_mut(&stream)
+            .filter(|t| t.recorded.is_some())
+            .ok_or(TapError::Invalid("no such recorded stream"))?;
+        let call = t.call;
+        let ctl = calls.get(&call).ok_or(TapError::UnknownCall(call))?;
+        let Some(r) = t.recorded.as_mut() else {
+            return Err(TapError::Invalid("no such recorded stream"));
+        };
+        if r.local.is_ipv4() != destination.is_ipv4() {
+            return Err(TapError::Invalid(
+                "destination address family differs from the media address",
+            ));
+        }
+        let worker = self.worker(ctl.worker);
+        let committed = ctl.streams.iter().flatten().any(|s| s.committed);
+        let sent = match r.parked.take() {
+            Some(mut setup) => {
+                setup.destination = destination;
+                if committed {
+                    worker.is_some_and(|w| w.send(Command::AddTap { call, tap: setup }))
+                } else {
+                    // The call's first answer ships it (`ship_commit`).
+                    r.parked = Some(setup);
+                    true
+                }
+            }
+            None => worker.is_some_and(|w| {
+                w.send(Command::MoveTap {
+                    call,
+                    id: stream,
+                    destination,
+                })
+            }),
+        };
+        if !sent {
+            taps.remove(&stream);
+            return Err(TapError::Unavailable("media worker is gone".into()));
+        }
+        let moved = r.started;
+        r.started = true;
+        t.spec.destination = destination;
+        tracing::info!(%call, %stream, moved, "recorded stream started");
+        Ok(())
+    }
+
+    fn pause_stream(&self, stream: TapId, paused: bool) -> bool {
+        let taps = lock_taps(&self.inner.taps);
+        let Some(t) = taps.get(&stream).filter(|t| t.recorded.is_some()) else {
+            return false;
+        };
+        t.counters.paused.store(paused, Ordering::Release);
+        tracing::info!(call = %t.call, %stream, paused, "recorded stream paused or resumed");
+        true
+    }
+
+    fn release_stream(&self, stream: TapId) -> bool {
+        let calls = lock_calls(&self.inner.calls);
+        let Some(t) = take_tap(&self.inner.taps, stream, true) else {
+            return false;
+        };
+        let in_worker = t.recorded.as_ref().is_some_and(|r| r.parked.is_none());
+        if in_worker {
+            if let Some(w) = calls.get(&t.call).and_then(|c| self.worker(c.worker)) {
+                w.send(Command::RemoveTap {
+                    call: t.call,
+                    id: stream,
+                });
+            }
+        }
+        tracing::info!(call = %t.call, %stream, "recorded stream released");
+        true
+    }
+}
+
 impl TapControl for MediaEngine {
     fn start_tap(&self, call: CallRef, spec: TapSpec) -> Result<TapInfo, TapError> {
         let dest = spec.destination;
@@ -1184,7 +1454,7 @@ impl TapControl for MediaEngine {
         if !ctl.streams.iter().flatten().any(|s| s.committed) {
             return Err(TapError::NoMedia(call));
         }
-        let (setup, entry) = self.new_tap(call, ctl, spec, socket, srtp)?;
+        let (setup, entry) = self.new_tap(call, ctl, spec, socket, (srtp, None))?;
         let id = setup.id;
         let sent = self
             .worker(ctl.worker)
@@ -1197,12 +1467,12 @@ impl TapControl for MediaEngine {
         Ok(TapInfo { id, key })
     }
 
+    /// Recorded streams are not stopped here (false): the recording client owns them.
     fn stop_tap(&self, tap: TapId) -> bool {
         let calls = lock_calls(&self.inner.calls);
-        let Some(t) = lock_taps(&self.inner.taps).remove(&tap) else {
+        let Some(t) = take_tap(&self.inner.taps, tap, false) else {
             return false;
         };
-        t.counters.stopped.store(true, Ordering::Release);
         if let Some(w) = calls.get(&t.call).and_then(|c| self.worker(c.worker)) {
             w.send(Command::RemoveTap {
                 call: t.call,
@@ -1214,9 +1484,10 @@ impl TapControl for MediaEngine {
     }
 
     fn list_taps(&self, call: CallRef) -> Vec<TapStatus> {
+        // A recorded stream is listed once started (before, it has no destination).
         let mut out: Vec<TapStatus> = lock_taps(&self.inner.taps)
             .iter()
-            .filter(|(_, t)| t.call == call)
+            .filter(|(_, t)| t.call == call && t.recorded.as_ref().is_none_or(|r| r.started))
             .map(|(id, t)| TapStatus {
                 id: *id,
                 legs: t.spec.legs,
@@ -1224,6 +1495,8 @@ impl TapControl for MediaEngine {
                 destination: t.spec.destination,
                 packets_sent: t.counters.sent.load(Ordering::Relaxed),
                 packets_dropped: t.counters.dropped.load(Ordering::Relaxed),
+                recording: t.recorded.is_some(),
+                paused: t.counters.paused.load(Ordering::Relaxed),
             })
             .collect();
         out.sort_by_key(|t| t.id);

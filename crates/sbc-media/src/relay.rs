@@ -631,14 +631,23 @@ pub fn relay_packet(
 /// tap costs a copy, maybe an SRTP protect and a send per packet on the call's worker.
 pub const MAX_TAPS_PER_CALL: usize = 4;
 
-/// A tap's counters (written by its worker, read by the control side) and its stop flag
+/// Most recorded streams (SIPREC, `sbc_core::recording`) on one call, counted apart from
+/// [`MAX_TAPS_PER_CALL`] so API taps never crowd out compliance recording: one per leg,
+/// times two for the overlap while a failed SRS's session is replaced by the next
+/// target's (the old streams are released once the new ones are up).
+pub const MAX_RECORDED_STREAMS_PER_CALL: usize = 4;
+
+/// A tap's counters (written by its worker, read by the control side), its stop flag
 /// (set by the control side, so no copy leaves after `stop_tap` returns, even before the
-/// worker has applied the `RemoveTap` command).
+/// worker has applied the `RemoveTap` command) and its pause flag (a paused recorded
+/// stream makes no copy at all, so its SRTP contexts do not move and a resumed stream
+/// never reuses keystream).
 #[derive(Debug, Default)]
 pub struct TapCounters {
     pub sent: AtomicU64,
     pub dropped: AtomicU64,
     pub stopped: AtomicBool,
+    pub paused: AtomicBool,
 }
 
 /// A recording tap, as its call's worker runs it.
@@ -646,6 +655,9 @@ pub struct TapCounters {
 pub struct TapSetup {
     pub id: TapId,
     pub legs: TapLegs,
+    /// Only this m-line's packets (a recorded stream forks one stream of one leg);
+    /// `None`: every stream of the call.
+    pub stream: Option<usize>,
     pub destination: SocketAddr,
     /// Non-blocking, never read: its send buffer is the tap's bounded queue.
     pub socket: std::net::UdpSocket,
@@ -772,15 +784,17 @@ impl TapOutbox {
     }
 
     /// Sends every held copy, one `sendmmsg` per tap, and counts what happened. A tap
-    /// stopped since its copies were made sends nothing (so none leaves after `stop_tap`
-    /// returned) and counts nothing.
+    /// stopped (or paused) since its copies were made sends nothing (so none leaves after
+    /// `stop_tap` returned) and counts nothing.
     fn flush(&mut self, taps: &mut [TapSetup], metrics: &TapMetrics) {
         if self.len == 0 {
             return;
         }
         for (t, tap) in taps.iter_mut().enumerate() {
             let held = self.items[..self.len].iter().any(|(i, _)| *i == t);
-            if !held || tap.counters.stopped.load(Ordering::Acquire) {
+            let off = tap.counters.stopped.load(Ordering::Acquire)
+                || tap.counters.paused.load(Ordering::Acquire);
+            if !held || off {
                 continue;
             }
             let copies = self.items[..self.len]
@@ -808,12 +822,12 @@ impl TapOutbox {
     }
 }
 
-/// Copies one clear RTP packet received on `leg` into `outbox` for each tap that wants
-/// that leg (flushing the outbox first when it is full); a copy an SRTP tap refuses is
+/// Copies one clear RTP packet received on `leg` of m-line `stream` into `outbox` for
+/// each tap that wants it (flushing the outbox first when it is full); a copy an SRTP tap refuses is
 /// counted at once.
 fn copy_to_taps(
     taps: &mut [TapSetup],
-    leg: usize,
+    (stream, leg): (usize, usize),
     clear: &[u8],
     outbox: &mut TapOutbox,
     metrics: &TapMetrics,
@@ -827,7 +841,11 @@ fn copy_to_taps(
         let Some(tap) = taps.get_mut(t) else {
             break;
         };
-        if !tap.legs.includes(side) || tap.counters.stopped.load(Ordering::Acquire) {
+        let wanted = tap.legs.includes(side)
+            && tap.stream.is_none_or(|s| s == stream)
+            && !tap.counters.stopped.load(Ordering::Acquire)
+            && !tap.counters.paused.load(Ordering::Acquire);
+        if !wanted {
             continue;
         }
         if outbox.len >= TAP_SLOTS {
@@ -930,6 +948,13 @@ pub enum Command {
     AddTap { call: CallRef, tap: Box<TapSetup> },
     /// Stop a recording tap.
     RemoveTap { call: CallRef, id: TapId },
+    /// Send a tap's copies to a new destination, keeping its SRTP state (an SRS
+    /// re-INVITE moved a recorded stream).
+    MoveTap {
+        call: CallRef,
+        id: TapId,
+        destination: SocketAddr,
+    },
     /// The call belongs to `tenant`, whose media may use `bytes_per_second` on this worker
     /// (its share of the tenant's bandwidth limit).
     Bandwidth {
@@ -1252,6 +1277,19 @@ impl Worker {
                         c.taps.retain(|t| t.id != id);
                     }
                 }
+                Ok(Command::MoveTap {
+                    call,
+                    id,
+                    destination,
+                }) => {
+                    let tap = self
+                        .calls
+                        .get_mut(&call)
+                        .and_then(|c| c.taps.iter_mut().find(|t| t.id == id));
+                    if let Some(t) = tap {
+                        t.destination = destination;
+                    }
+                }
                 Ok(Command::Bandwidth {
                     call,
                     tenant,
@@ -1282,7 +1320,10 @@ impl Worker {
 
     fn add_tap(&mut self, call: CallRef, tap: TapSetup) {
         match self.calls.get_mut(&call) {
-            Some(c) if c.taps.len() < MAX_TAPS_PER_CALL => c.taps.push(tap),
+            // The control side bounds taps and recorded streams apart; this is the sum.
+            Some(c) if c.taps.len() < MAX_TAPS_PER_CALL + MAX_RECORDED_STREAMS_PER_CALL => {
+                c.taps.push(tap)
+            }
             Some(_) => tracing::warn!(%call, tap = %tap.id, "tap refused: call has too many"),
             None => tracing::debug!(%call, tap = %tap.id, "tap for a call that has ended"),
         }
@@ -1538,7 +1579,13 @@ impl Worker {
                                 }
                             }
                             if kind == PacketKind::Rtp && !taps.is_empty() {
-                                copy_to_taps(taps, slot.leg, clear, tap_out, &counters.taps);
+                                copy_to_taps(
+                                    taps,
+                                    (slot.stream, slot.leg),
+                                    clear,
+                                    tap_out,
+                                    &counters.taps,
+                                );
                             }
                             Ok(())
                         };
@@ -1995,6 +2042,7 @@ mod tests {
             TapSetup {
                 id: TapId(id),
                 legs,
+                stream: None,
                 destination,
                 socket,
                 srtp,
@@ -2025,7 +2073,7 @@ mod tests {
         };
         let pkt = rtp(1, b"clear voice");
         let mut outbox = TapOutbox::new();
-        copy_to_taps(&mut taps, 0, &pkt, &mut outbox, &m);
+        copy_to_taps(&mut taps, (0, 0), &pkt, &mut outbox, &m);
         assert_eq!(outbox.len, 3, "copies wait in the outbox until the flush");
         assert!(taps
             .iter()
@@ -2053,7 +2101,7 @@ mod tests {
 
         // The callee leg with the caller's SSRC: refused by the SRTP tap (same key, same
         // SSRC and index would reuse keystream); the plain callee tap still sends it.
-        copy_to_taps(&mut taps, 1, &pkt, &mut outbox, &m);
+        copy_to_taps(&mut taps, (0, 1), &pkt, &mut outbox, &m);
         outbox.flush(&mut taps, &m);
         assert_eq!(taps[1].counters.sent.load(Ordering::Relaxed), 1);
         assert_eq!(taps[3].counters.sent.load(Ordering::Relaxed), 1);
@@ -2072,6 +2120,7 @@ mod tests {
                 TapSetup {
                     id: TapId(id),
                     legs: TapLegs::Both,
+                    stream: None,
                     destination: to,
                     socket,
                     srtp: None,
@@ -2092,7 +2141,7 @@ mod tests {
         // 20 packets × 2 live taps = 40 copies: more than the outbox holds.
         taps[2].counters.stopped.store(true, Ordering::Release);
         for seq in 0..20u16 {
-            copy_to_taps(&mut taps, 0, &rtp(seq, b"v"), &mut outbox, &m);
+            copy_to_taps(&mut taps, (0, 0), &rtp(seq, b"v"), &mut outbox, &m);
         }
         // Stopped between its copies and their send: none of them leaves.
         taps[1].counters.stopped.store(true, Ordering::Release);
@@ -2113,6 +2162,63 @@ mod tests {
             }
         }
         assert_eq!(n, 36);
+    }
+
+    #[test]
+    fn recorded_stream_copies_one_m_line_of_one_leg_and_nothing_while_paused() {
+        let rec = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        rec.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket.set_nonblocking(true).unwrap();
+        let k = key(9);
+        let mut taps = vec![TapSetup {
+            id: TapId(1),
+            legs: TapLegs::Callee,
+            stream: Some(1),
+            destination: rec.local_addr().unwrap(),
+            socket,
+            srtp: Some([k.context().unwrap(), k.context().unwrap()]),
+            counters: Arc::default(),
+            ssrcs: Default::default(),
+        }];
+        let m = TapMetrics {
+            sent: metrics::Counter::noop(),
+            dropped: [
+                metrics::Counter::noop(),
+                metrics::Counter::noop(),
+                metrics::Counter::noop(),
+            ],
+        };
+        let mut outbox = TapOutbox::new();
+        let sent = |t: &[TapSetup]| t[0].counters.sent.load(Ordering::Relaxed);
+        // Other leg, other m-line: not copied.
+        copy_to_taps(&mut taps, (1, 0), &rtp(1, b"a"), &mut outbox, &m);
+        outbox.flush(&mut taps, &m);
+        copy_to_taps(&mut taps, (0, 1), &rtp(1, b"b"), &mut outbox, &m);
+        outbox.flush(&mut taps, &m);
+        assert_eq!(sent(&taps), 0);
+        copy_to_taps(&mut taps, (1, 1), &rtp(1, b"c"), &mut outbox, &m);
+        outbox.flush(&mut taps, &m);
+        assert_eq!(sent(&taps), 1);
+        let mut rx = k.context().unwrap();
+        let mut got = [0u8; 2048];
+        let (n, _) = rec.recv_from(&mut got).unwrap();
+        let n = rx.unprotect_rtp(&mut got[..n]).unwrap();
+        assert_eq!(&got[..n], &rtp(1, b"c")[..]);
+        // Paused: no copy, no count, the SRTP context untouched.
+        taps[0].counters.paused.store(true, Ordering::Release);
+        copy_to_taps(&mut taps, (1, 1), &rtp(2, b"d"), &mut outbox, &m);
+        outbox.flush(&mut taps, &m);
+        assert_eq!(sent(&taps), 1);
+        assert_eq!(taps[0].counters.dropped.load(Ordering::Relaxed), 0);
+        assert!(rec.recv_from(&mut got).is_err(), "nothing while paused");
+        taps[0].counters.paused.store(false, Ordering::Release);
+        copy_to_taps(&mut taps, (1, 1), &rtp(3, b"e"), &mut outbox, &m);
+        outbox.flush(&mut taps, &m);
+        let (n, _) = rec.recv_from(&mut got).unwrap();
+        let n = rx.unprotect_rtp(&mut got[..n]).unwrap();
+        assert_eq!(&got[..n], &rtp(3, b"e")[..]);
     }
 
     #[test]

@@ -17,6 +17,7 @@ use std::net::IpAddr;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::DecodePaddingMode;
 use base64::Engine as _;
+use sbc_core::recording::RtpFormat;
 
 use crate::srtp::{MasterKey, Mki, SrtpProfile, MAX_MKI_LEN};
 
@@ -215,6 +216,63 @@ impl Media {
             };
             Some((name.to_string(), 8000))
         })
+    }
+}
+
+impl Media {
+    /// Every payload format of the m-line the way a recorder needs it: `a=rtpmap` (name,
+    /// clock rate, channels) and `a=fmtp` per payload type, in m-line order; the static
+    /// audio types of RFC 3551 §6 without an rtpmap are named from the RFC's table. A
+    /// dynamic type without an rtpmap, or a malformed one, is left out (it cannot be
+    /// described to a recorder).
+    pub fn rtp_formats(&self) -> Vec<RtpFormat> {
+        let attr = |prefix: &str, pt: &str| {
+            self.lines.iter().find_map(|l| match l {
+                Line::Raw(text) => {
+                    let (p, rest) = text.strip_prefix(prefix)?.split_once(' ')?;
+                    (p.trim() == pt).then(|| rest.trim().to_string())
+                }
+                _ => None,
+            })
+        };
+        let mut out = Vec::with_capacity(self.formats.len());
+        for pt in &self.formats {
+            let Ok(payload_type) = pt.parse::<u8>() else {
+                continue;
+            };
+            let mapped = attr("a=rtpmap:", pt).and_then(|map| {
+                let mut parts = map.split('/');
+                let encoding = parts.next().filter(|n| !n.is_empty())?.to_string();
+                let clock_rate = parts.next()?.parse::<u32>().ok()?;
+                let channels = match parts.next() {
+                    Some(c) => Some(c.parse::<u8>().ok()?),
+                    None => None,
+                };
+                Some((encoding, clock_rate, channels))
+            });
+            let Some((encoding, clock_rate, channels)) = mapped.or_else(|| {
+                let name = match payload_type {
+                    0 => "PCMU",
+                    3 => "GSM",
+                    4 => "G723",
+                    8 => "PCMA",
+                    9 => "G722",
+                    18 => "G729",
+                    _ => return None,
+                };
+                Some((name.to_string(), 8000, None))
+            }) else {
+                continue;
+            };
+            out.push(RtpFormat {
+                payload_type,
+                encoding,
+                clock_rate,
+                channels,
+                fmtp: attr("a=fmtp:", pt),
+            });
+        }
+        out
     }
 }
 
@@ -783,6 +841,38 @@ m=audio 4000 RTP/AVP {formats}\r\n{attrs}"
         );
         assert_eq!(m("96", ""), None);
         assert_eq!(m("96", "a=rtpmap:96 junk\r\n"), None);
+    }
+
+    #[test]
+    fn rtp_formats_name_every_payload_type_with_fmtp() {
+        let text = "v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\n\
+m=audio 4000 RTP/AVP 111 8 101 96 18\r\na=rtpmap:111 opus/48000/2\r\n\
+a=fmtp:111 minptime=10;useinbandfec=1\r\na=rtpmap:101 telephone-event/8000\r\n\
+a=fmtp:101 0-16\r\na=rtpmap:96 junk\r\n";
+        let f = parse(text.as_bytes()).unwrap().media[0].rtp_formats();
+        let fmt = |pt, name: &str, rate, ch, fmtp: Option<&str>| RtpFormat {
+            payload_type: pt,
+            encoding: name.to_string(),
+            clock_rate: rate,
+            channels: ch,
+            fmtp: fmtp.map(str::to_string),
+        };
+        assert_eq!(
+            f,
+            vec![
+                fmt(
+                    111,
+                    "opus",
+                    48000,
+                    Some(2),
+                    Some("minptime=10;useinbandfec=1")
+                ),
+                fmt(8, "PCMA", 8000, None, None),
+                fmt(101, "telephone-event", 8000, None, Some("0-16")),
+                // 96 has a malformed rtpmap: left out.
+                fmt(18, "G729", 8000, None, None),
+            ]
+        );
     }
 
     #[test]

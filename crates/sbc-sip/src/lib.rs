@@ -9,6 +9,7 @@ pub mod health;
 pub mod message;
 pub mod routing;
 pub mod server;
+pub mod siprec;
 mod targets;
 pub mod tls;
 pub mod transaction;

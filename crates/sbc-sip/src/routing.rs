@@ -111,6 +111,9 @@ impl RouteEntry {
 #[derive(Debug, Clone, Default)]
 pub struct RouteTable {
     tenants: HashMap<TenantId, Vec<RouteEntry>>,
+    /// Each tenant's SIPREC recording servers, in failover order (not routes: no call is
+    /// routed to them).
+    recorders: HashMap<TenantId, Vec<RouteTarget>>,
 }
 
 impl RouteTable {
@@ -126,12 +129,23 @@ impl RouteTable {
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
     }
 
-    /// The transport of a target some route names (`None`: no route names it).
+    /// Set `tenant`'s SIPREC recording servers.
+    pub fn set_recorders(&mut self, tenant: TenantId, targets: Vec<RouteTarget>) {
+        self.recorders.insert(tenant, targets);
+    }
+
+    /// `tenant`'s SIPREC recording servers, in failover order.
+    pub fn recorders(&self, tenant: &TenantId) -> &[RouteTarget] {
+        self.recorders.get(tenant).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// The transport of a target some route (or recorder list) names (`None`: none does).
     pub fn transport_of(&self, target: TargetId) -> Option<Transport> {
         self.tenants
             .values()
             .flatten()
             .flat_map(|r| &r.targets)
+            .chain(self.recorders.values().flatten())
             .find(|t| t.target == target)
             .map(|t| t.transport)
     }

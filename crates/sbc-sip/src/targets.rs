@@ -86,6 +86,8 @@ pub(crate) struct PreparedRoute {
     targets: Vec<PreparedTarget>,
     failover: sbc_core::config::Failover,
     health: Option<sbc_core::config::HealthSettings>,
+    /// The tenant's SIPREC recording servers (not a route calls take).
+    recording: bool,
 }
 
 /// What the resolver looks up for a target given by name: a `sips:` target by its scheme
@@ -104,64 +106,83 @@ fn dns_name(uri: &sbc_core::config::TargetUri) -> sbc_dns::TargetName {
     }
 }
 
-/// Make the connector of every route target in `config`; fails (naming the route and
-/// target) if one cannot be made.
+/// How one configured target is reached and trusted.
+struct TargetSpec<'a> {
+    uri: &'a sbc_core::config::TargetUri,
+    server_name: Option<&'a String>,
+    ca_pem: Option<&'a Vec<u8>>,
+}
+
+/// The connector of one configured target; `named` says whose it is in an error.
+fn prepare_target(
+    spec: &TargetSpec<'_>,
+    named: &dyn Fn(SipError) -> SipError,
+) -> Result<Target, SipError> {
+    let (host, port, transport) = (&spec.uri.host, spec.uri.port, spec.uri.transport);
+    let (addr, dest) = match host.parse::<IpAddr>() {
+        Ok(ip) => {
+            let sa = SocketAddr::new(ip, port);
+            (sa.to_string(), Dest::Addr(sa))
+        }
+        Err(_) => {
+            let explicit = spec.uri.port_explicit.then_some(port);
+            let addr = match explicit {
+                Some(p) => format!("{host}:{p}"),
+                None => host.clone(),
+            };
+            (addr, Dest::Name(dns_name(spec.uri)))
+        }
+    };
+    // RFC 5922 §4 (and RFC 3263 §4.1's note on TLS): the certificate is checked
+    // against the host of the configured URI (or `server_name`), never against a
+    // NAPTR replacement or SRV target, which an unsigned DNS answer could forge.
+    let server_name = spec.server_name.cloned().unwrap_or_else(|| host.clone());
+    let tls = if transport == Transport::Tls {
+        let name = tls::server_name(&server_name).map_err(named)?;
+        let client = tls::client_config(spec.ca_pem.map(Vec::as_slice)).map_err(named)?;
+        Some(TargetTls {
+            name,
+            connector: TlsConnector::from(client),
+        })
+    } else {
+        None
+    };
+    Ok(Target {
+        addr: addr.clone(),
+        dest,
+        transport,
+        tls,
+        key: TargetKey {
+            transport,
+            addr,
+            server_name,
+            ca_pem: spec.ca_pem.cloned(),
+        },
+    })
+}
+
+/// Make the connector of every route target in `config`, and of every tenant's SIPREC
+/// recording servers (as a route marked [`PreparedRoute::recording`]); fails (naming the
+/// route and target) if one cannot be made.
 pub(crate) fn prepare(config: &Config) -> Result<Vec<PreparedRoute>, SipError> {
     let mut out = Vec::new();
     for tenant in &config.tenants {
         for route in &tenant.routes {
             let mut targets = Vec::new();
             for t in &route.targets {
-                let host = &t.uri.host;
-                let port = t.uri.port;
-                let transport = t.uri.transport;
-                let (addr, dest) = match host.parse::<IpAddr>() {
-                    Ok(ip) => {
-                        let sa = SocketAddr::new(ip, port);
-                        (sa.to_string(), Dest::Addr(sa))
-                    }
-                    Err(_) => {
-                        let explicit = t.uri.port_explicit.then_some(port);
-                        let addr = match explicit {
-                            Some(p) => format!("{host}:{p}"),
-                            None => host.clone(),
-                        };
-                        (addr, Dest::Name(dns_name(&t.uri)))
-                    }
-                };
-                // RFC 5922 §4 (and RFC 3263 §4.1's note on TLS): the certificate is checked
-                // against the host of the configured URI (or `server_name`), never against a
-                // NAPTR replacement or SRV target, which an unsigned DNS answer could forge.
-                let server_name = route.server_name.clone().unwrap_or_else(|| host.clone());
                 let named = |e: SipError| {
                     SipError::Config(format!(
                         "tenant {} route {:?} -> {}: {e}",
                         tenant.id, route.prefix, t.uri
                     ))
                 };
-                let tls = if transport == Transport::Tls {
-                    let name = tls::server_name(&server_name).map_err(named)?;
-                    let client = tls::client_config(route.ca_pem.as_deref()).map_err(named)?;
-                    Some(TargetTls {
-                        name,
-                        connector: TlsConnector::from(client),
-                    })
-                } else {
-                    None
+                let spec = TargetSpec {
+                    uri: &t.uri,
+                    server_name: route.server_name.as_ref(),
+                    ca_pem: route.ca_pem.as_ref(),
                 };
                 targets.push(PreparedTarget {
-                    target: Target {
-                        addr: addr.clone(),
-                        dest,
-                        transport,
-                        tls,
-                        key: TargetKey {
-                            transport,
-                            addr,
-                            server_name,
-                            ca_pem: route.ca_pem.clone(),
-                        },
-                    },
+                    target: prepare_target(&spec, &named)?,
                     uri: t.uri.to_string(),
                     priority: t.priority,
                     weight: t.weight,
@@ -173,10 +194,45 @@ pub(crate) fn prepare(config: &Config) -> Result<Vec<PreparedRoute>, SipError> {
                 targets,
                 failover: route.failover.clone(),
                 health: route.health,
+                recording: false,
             });
+        }
+        if let Some(rec) = &tenant.recording {
+            out.push(prepare_recorders(&tenant.id, rec)?);
         }
     }
     Ok(out)
+}
+
+/// A tenant's SRS targets, in failover order, as a route marked `recording`.
+fn prepare_recorders(
+    tenant: &TenantId,
+    rec: &sbc_core::config::RecordingSettings,
+) -> Result<PreparedRoute, SipError> {
+    let mut targets = Vec::new();
+    for (i, uri) in rec.srs.iter().enumerate() {
+        let named =
+            |e: SipError| SipError::Config(format!("tenant {tenant} recording srs {uri}: {e}"));
+        let spec = TargetSpec {
+            uri,
+            server_name: rec.server_name.as_ref(),
+            ca_pem: rec.ca_pem.as_ref(),
+        };
+        targets.push(PreparedTarget {
+            target: prepare_target(&spec, &named)?,
+            uri: uri.to_string(),
+            priority: i as u16,
+            weight: 1,
+        });
+    }
+    Ok(PreparedRoute {
+        tenant: tenant.clone(),
+        prefix: String::new(),
+        targets,
+        failover: Default::default(),
+        health: None,
+        recording: true,
+    })
 }
 
 /// What an [`TargetTable::install`] did.
@@ -251,6 +307,10 @@ impl TargetTable {
                     weight: t.weight,
                 });
             }
+            if route.recording {
+                table.set_recorders(route.tenant, targets);
+                continue;
+            }
             table.insert(
                 route.tenant,
                 RouteEntry {
@@ -307,6 +367,7 @@ mod tests {
             }],
             failover: Default::default(),
             health: None,
+            recording: false,
         }
     }
 
@@ -381,6 +442,39 @@ mod tests {
             target_of(&table, "a", "+1555"),
             target_of(&table, "a", "+4420")
         );
+    }
+
+    #[test]
+    fn recording_servers_get_connectors_but_no_route() {
+        let mut cfg = Config::embedded_default().expect("default config");
+        cfg.tenants.truncate(1);
+        let srs = ["sips:127.0.0.1:5091", "sip:127.0.0.1:5092;transport=tcp"];
+        cfg.tenants[0].recording = Some(sbc_core::config::RecordingSettings {
+            srs: srs
+                .iter()
+                .map(|u| sbc_core::config::parse_target(u).expect("target"))
+                .collect(),
+            mode: sbc_core::config::RecordingMode::Always,
+            legs: sbc_core::tap::TapLegs::Both,
+            transport: sbc_core::tap::TapTransport::Rtp,
+            on_failure: sbc_core::config::OnFailure::Continue,
+            answer_timeout: std::time::Duration::from_secs(4),
+            identities: sbc_core::config::Identities::Clear,
+            server_name: None,
+            ca_pem: None,
+            ca_path: None,
+        });
+        let mut table = TargetTable::default();
+        let (routes, _) = table.install(prepare(&cfg).expect("prepare"), &HashSet::new());
+        let tenant = &cfg.tenants[0].id;
+        let rec = routes.recorders(tenant);
+        let uris: Vec<&str> = rec.iter().map(|r| r.uri.as_str()).collect();
+        assert_eq!(uris, srs);
+        assert_eq!(routes.transport_of(rec[1].target), Some(Transport::Tcp));
+        assert!(table.get(rec[0].target).is_some_and(|t| t.tls.is_some()));
+        // The recorders are no route: the tenant's route still leads to its trunk.
+        let route = routes.lookup(tenant, Some("123")).expect("route");
+        assert!(route.targets.iter().all(|t| !srs.contains(&t.uri.as_str())));
     }
 
     #[test]

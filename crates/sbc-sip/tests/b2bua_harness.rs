@@ -2,7 +2,8 @@
 //! milliseconds (like quinn-proto's `tests/util.rs` `Pair`), and a property test drives
 //! random sequences of valid, malformed and refused requests and responses and checks that
 //! once every transaction has ended nothing is held for those calls: not an admission
-//! slot, not a pending INVITE, not a registry entry, not media.
+//! slot, not a pending INVITE, not a registry entry, not media, and (for calls of a tenant
+//! that records them, SIPREC) not a recording stream.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{HashMap, HashSet};
@@ -12,13 +13,16 @@ use std::time::{Duration, Instant, SystemTime};
 use proptest::prelude::*;
 use sbc_core::admission::{Admission, Usage};
 use sbc_core::config::Limits;
+use sbc_core::config::{OnFailure, RecordingMode, RecordingSettings};
 use sbc_core::media::{CallRef, LegSide, MediaControl, MediaError, MediaEvent, MediaPolicy};
+use sbc_core::recording::{PreparedStream, RecordingMedia};
 use sbc_core::redact::Redaction;
 use sbc_core::registry::{CallRegistry, DrainState};
+use sbc_core::tap::{TapError, TapId, TapKey, TapLegs, TapSuite, TapTransport};
 use sbc_core::tenant::TenantId;
 use sbc_sip::b2bua::{B2bua, B2buaConfig, ConnId, ConnKind, Input, Output, WallClock};
 use sbc_sip::message::{tag, Method, SipMessage};
-use sbc_sip::routing::{RouteEntry, RouteTable, TargetId};
+use sbc_sip::routing::{Candidate, RouteEntry, RouteTable, TargetId};
 use sbc_sip::transaction::TimerConfig;
 use sbc_sip::transport::Transport;
 use sbc_testkit::logs::Capture;
@@ -81,6 +85,96 @@ impl MediaControl for FakeMedia {
     }
 }
 
+/// Recording media that only keeps the books (which streams are prepared), so the leak
+/// check can ask that every recording path released what it prepared.
+#[derive(Debug, Default)]
+struct FakeRecMedia {
+    streams: Mutex<HashSet<TapId>>,
+    next: Mutex<u64>,
+}
+
+impl RecordingMedia for FakeRecMedia {
+    fn prepare_stream(
+        &self,
+        _call: CallRef,
+        _leg: LegSide,
+        transport: TapTransport,
+    ) -> Result<PreparedStream, TapError> {
+        let mut n = self.next.lock().unwrap();
+        *n += 1;
+        self.streams.lock().unwrap().insert(TapId(*n));
+        Ok(PreparedStream {
+            id: TapId(*n),
+            local: "192.0.2.1:40000".parse().unwrap(),
+            key: transport.suite().map(|_| TapKey::new("inline:KEY".into())),
+            formats: Vec::new(),
+        })
+    }
+    fn start_stream(&self, stream: TapId, _d: std::net::SocketAddr) -> Result<(), TapError> {
+        if self.streams.lock().unwrap().contains(&stream) {
+            Ok(())
+        } else {
+            Err(TapError::Invalid("unknown stream"))
+        }
+    }
+    fn pause_stream(&self, stream: TapId, _paused: bool) -> bool {
+        self.streams.lock().unwrap().contains(&stream)
+    }
+    fn release_stream(&self, stream: TapId) -> bool {
+        self.streams.lock().unwrap().remove(&stream)
+    }
+}
+
+/// SRS targets of a recording tenant, and their connections.
+const SRS_TARGETS: [TargetId; 2] = [TargetId(5), TargetId(6)];
+const SRS_CONNS: [ConnId; 2] = [ConnId(21), ConnId(22)];
+
+/// Record every call of both tenants to SRS targets 5 and 6 with `on_failure`.
+fn record_all(h: &mut Harness, on_failure: OnFailure) {
+    let rec = Arc::new(FakeRecMedia::default());
+    let srs = SRS_TARGETS
+        .iter()
+        .map(|t| Candidate {
+            target: *t,
+            host_port: format!("srs{}.example:5061", t.0),
+            transport: Transport::Tls,
+        })
+        .collect::<Vec<_>>();
+    let settings = RecordingSettings {
+        srs: ["sips:srs5.example:5061", "sips:srs6.example:5061"]
+            .iter()
+            .map(|u| sbc_core::config::parse_target(u).unwrap())
+            .collect(),
+        mode: RecordingMode::Always,
+        legs: TapLegs::Both,
+        transport: TapTransport::Srtp(TapSuite::AesCm128HmacSha1_80),
+        on_failure,
+        answer_timeout: Duration::from_millis(1500),
+        identities: sbc_core::config::Identities::Clear,
+        server_name: None,
+        ca_pem: None,
+        ca_path: None,
+    };
+    let recorders = [h.tenant.clone(), TenantId::from("globex")]
+        .into_iter()
+        .map(|t| {
+            let r = sbc_sip::b2bua::recording::Recorder {
+                settings: settings.clone(),
+                srs: srs.clone(),
+            };
+            (t, r)
+        })
+        .collect();
+    h.core.set_recording(rec.clone(), recorders, Arc::default());
+    for (conn, target) in SRS_CONNS.iter().zip(SRS_TARGETS) {
+        h.input(Input::Connected {
+            conn: *conn,
+            kind: ConnKind::Outbound { target },
+        });
+    }
+    h.rec = Some(rec);
+}
+
 /// Where a message the core sent went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum To {
@@ -111,6 +205,8 @@ struct Harness {
     tenant: TenantId,
     sent: Vec<(To, SipMessage)>,
     closed: Vec<ConnId>,
+    /// Recording media, when the tenants record calls ([`record_all`]).
+    rec: Option<Arc<FakeRecMedia>>,
 }
 
 fn tenant_limits() -> Limits {
@@ -181,6 +277,7 @@ impl Harness {
             tenant: tenant.clone(),
             sent: Vec::new(),
             closed: Vec::new(),
+            rec: None,
         };
         h.input(Input::Connected {
             conn: CALLER,
@@ -303,6 +400,12 @@ impl Harness {
         assert_eq!((s.active_calls, s.active_relays), (0, 0), "core tables");
         assert_eq!(self.registry.len(), 0, "registry entries");
         assert!(self.media.live.lock().unwrap().is_empty(), "media held");
+        if let Some(rec) = &self.rec {
+            assert!(
+                rec.streams.lock().unwrap().is_empty(),
+                "recording streams held"
+            );
+        }
     }
 }
 
@@ -622,6 +725,12 @@ enum Op {
     CallerPracks(u8, PrackKind),
     /// The caller sends an UPDATE with an offer in call `n`'s (early) dialog.
     CallerUpdates(u8),
+    /// The SRS answers the last recording INVITE it got (recorded runs only).
+    SrsAnswers(u16),
+    /// The SRS hangs up the last recording dialog it answered.
+    SrsByes,
+    /// An SRS connection closes (and comes back).
+    SrsLost(usize),
     Advance(u32),
 }
 
@@ -672,6 +781,16 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (n.clone(), prop::sample::select(vec![PrackKind::Right, PrackKind::Right, PrackKind::UnknownRSeq, PrackKind::BadRAck])).prop_map(|(n, k)| Op::CallerPracks(n, k)),
         1 => n.clone().prop_map(Op::CallerUpdates),
         2 => (0u32..40_000).prop_map(Op::Advance),
+    ]
+}
+
+/// The ops of a recorded run: the call ops and the SRS's.
+fn recorded_op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => op(),
+        2 => prop::sample::select(vec![200u16, 200, 408, 486, 503]).prop_map(Op::SrsAnswers),
+        1 => Just(Op::SrsByes),
+        1 => (0usize..2).prop_map(Op::SrsLost),
     ]
 }
 
@@ -783,7 +902,85 @@ impl Views {
 }
 
 fn run(ops: &[Op]) -> Harness {
+    run_with(ops, None)
+}
+
+/// The SRS side of a recorded run: the last recording INVITE (and from which SRS), the
+/// last 2xx it sent.
+#[derive(Default)]
+struct SrsView {
+    invite: Option<(usize, SipMessage)>,
+    ok: Option<(usize, SipMessage)>,
+}
+
+impl SrsView {
+    fn learn(&mut self, sent: &[(To, SipMessage)]) {
+        for (to, m) in sent {
+            if let To::Trunk(n @ 5..=6) = to {
+                if m.method() == Some(&Method::Invite) {
+                    self.invite = Some((n - 5, m.clone()));
+                }
+            }
+        }
+    }
+
+    fn op(&mut self, h: &mut Harness, op: &Op) {
+        match op {
+            Op::SrsAnswers(code) => {
+                if let Some((i, inv)) = self.invite.take() {
+                    let mut r = sbc_sip::message::response_to(&inv, *code, "X", Some("srs"));
+                    if *code == 200 {
+                        r.push_header("Contact", "<sips:srs@10.7.7.7>");
+                        r.push_header("Content-Type", "application/sdp");
+                        let m = "m=audio 5000 RTP/SAVP 0\r\n";
+                        let lines = String::from_utf8_lossy(inv.body())
+                            .matches("m=audio")
+                            .count();
+                        r.set_body(
+                            format!("v=0\r\nc=IN IP4 10.7.7.7\r\n{}", m.repeat(lines)).into_bytes(),
+                        );
+                        self.ok = Some((i, r.clone()));
+                    }
+                    h.input(Input::Message {
+                        conn: SRS_CONNS[i],
+                        msg: r,
+                    });
+                }
+            }
+            Op::SrsByes => {
+                if let Some((i, ok)) = self.ok.take() {
+                    let mut bye = in_dialog(Method::Bye, &ok, 9, "z9hG4bK-srsbye", false);
+                    bye.set_header("From", ok.header("to").unwrap());
+                    bye.set_header("To", ok.header("from").unwrap());
+                    h.input(Input::Message {
+                        conn: SRS_CONNS[i],
+                        msg: bye,
+                    });
+                }
+            }
+            Op::SrsLost(i) => {
+                h.input(Input::Closed {
+                    conn: SRS_CONNS[*i],
+                });
+                let kind = ConnKind::Outbound {
+                    target: SRS_TARGETS[*i],
+                };
+                h.input(Input::Connected {
+                    conn: SRS_CONNS[*i],
+                    kind,
+                });
+            }
+            _ => {}
+        }
+    }
+}
+
+fn run_with(ops: &[Op], recording: Option<OnFailure>) -> Harness {
     let mut h = Harness::new();
+    if let Some(on_failure) = recording {
+        record_all(&mut h, on_failure);
+    }
+    let mut srs = SrsView::default();
     let mut views = Views::default();
     let mut seq = 0u32;
     for op in ops {
@@ -883,8 +1080,10 @@ fn run(ops: &[Op]) -> Harness {
                 }
             }
             Op::Advance(ms) => h.advance(Duration::from_millis(u64::from(ms))),
+            Op::SrsAnswers(_) | Op::SrsByes | Op::SrsLost(_) => srs.op(&mut h, op),
         }
         let sent = h.take();
+        srs.learn(&sent);
         views.learn(sent, fresh);
     }
     // Wind down: the caller ACKs and hangs up whatever it saw answered, then every timer
@@ -923,6 +1122,19 @@ proptest! {
     #[test]
     fn no_refusal_path_leaks(ops in prop::collection::vec(op(), 0..40)) {
         let h = run(&ops);
+        h.assert_nothing_held();
+    }
+
+    /// The same for calls recorded (SIPREC) under either failure policy, with the SRS
+    /// accepting, refusing, hanging up or going away at any point: every refusal path
+    /// releases what admission granted and every recording path its prepared streams.
+    #[test]
+    fn no_recorded_call_leaks(
+        ops in prop::collection::vec(recorded_op(), 0..40),
+        required in any::<bool>(),
+    ) {
+        let policy = if required { OnFailure::Required } else { OnFailure::Continue };
+        let h = run_with(&ops, Some(policy));
         h.assert_nothing_held();
     }
 }

@@ -27,6 +27,7 @@ fn refusal_reasons_are_the_catalogs() {
         Refusal::BadRAck,
         Refusal::PrackUnknownRSeq,
         Refusal::PrackOutsideEarlyDialog,
+        Refusal::RecordingUnavailable,
     ];
     let names: Vec<&str> = all.iter().map(Refusal::as_str).collect();
     assert_eq!(names, catalog::SIP_REFUSALS);

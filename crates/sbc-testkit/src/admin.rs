@@ -11,6 +11,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use sbc_admin::{AdminConfig, AdminHandle, AdminState, AuditLog, Role, TokenEntry};
 use sbc_core::admission::{Admission, Admitted};
 use sbc_core::config::Limits;
+use sbc_core::recording::RecordingControl;
 use sbc_core::registry::{
     CallId, CallRecord, CallRegistry, CallState, DrainState, LegDirection, MediaCounters,
 };
@@ -73,7 +74,16 @@ pub struct Fixture {
 
 /// Tenants a and b, one call each (a's established with both legs and counters), tenant a
 /// with one admitted call, the drain state ready.
-pub async fn start(name: &str, mut cfg: AdminConfig) -> Fixture {
+pub async fn start(name: &str, cfg: AdminConfig) -> Fixture {
+    start_with(name, cfg, None).await
+}
+
+/// [`start`] with a recording client (SIPREC) behind `/v1/calls/{id}/recordings`.
+pub async fn start_with(
+    name: &str,
+    mut cfg: AdminConfig,
+    recordings: Option<Arc<dyn RecordingControl>>,
+) -> Fixture {
     let dir = temp_dir(name);
     let registry = Arc::new(CallRegistry::new());
     let call_a = registry
@@ -132,6 +142,7 @@ pub async fn start(name: &str, mut cfg: AdminConfig) -> Fixture {
         tenants: vec![TenantId::from("a"), TenantId::from("b")],
         audit: Arc::new(AuditLog::open(&audit_path).expect("audit log")),
         taps: None,
+        recordings,
     };
     cfg.address = "127.0.0.1:0".parse().expect("addr");
     let handle = sbc_admin::serve(cfg, state).await.expect("serve");

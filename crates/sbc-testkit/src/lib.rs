@@ -29,6 +29,7 @@ pub mod ports;
 pub mod process;
 pub mod redis;
 pub mod sip;
+pub mod srs;
 pub mod tap_call;
 
 pub use crate::http::http;

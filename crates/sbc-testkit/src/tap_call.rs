@@ -120,6 +120,7 @@ impl Rig {
                 drain: Some(drain.clone()),
                 media: Some(engine.control()),
                 cluster: None,
+                recording: Some(Arc::new(engine.clone())),
             },
         )
         .await
@@ -135,6 +136,7 @@ impl Rig {
                 tenants: cfg.tenants.iter().map(|t| t.id.clone()).collect(),
                 audit: Arc::new(AuditLog::open(&audit_path).unwrap()),
                 taps: Some(engine.tap_control()),
+                recordings: Some(gw.recording_control()),
             },
         )
         .await

@@ -71,8 +71,13 @@ pub use policy::{
     MAX_ALLOWED_BODY_TYPES, MAX_CONFIGURED_HEADER_VALUE, MAX_HEADER_RULES,
 };
 mod logging;
+mod recording;
 use logging::RawLogging;
 pub use logging::{valid_log_filter, LoggingSettings, MAX_LOG_FILTER_LEN};
+pub use recording::{
+    Identities, OnFailure, RecordingMode, RecordingSettings, ANSWER_TIMEOUT_RANGE_MS,
+    DEFAULT_ANSWER_TIMEOUT, MAX_SRS_TARGETS,
+};
 mod protection;
 pub use protection::{OverloadSettings, CORE_QUEUE_CAPACITY, MAX_TRACKED_SOURCES};
 use protection::{RawFlood, RawOverload};
@@ -278,7 +283,7 @@ fn validate(raw: &RawConfig, base: &Path) -> Result<Config, ConfigError> {
     let media = media::validate_media(&raw.media)?;
     let sip = sip::validate_sip(&raw.sip)?;
     let listeners = listeners::validate_listeners(&raw.listeners, base)?;
-    let tenants = tenants::validate_tenants(&raw.tenants, base)?;
+    let tenants = tenants::validate_tenants(&raw.tenants, base, logging.redact_numbers)?;
     transport::check_route_transports(&listeners, &tenants, &raw.tenants)?;
     Ok(Config {
         admin_section: raw.admin.clone(),

@@ -17,8 +17,10 @@ use super::media::{validate_tenant_media, RawTenantMedia};
 use super::policy::{
     validate_bodies, validate_headers, BodySettings, HeaderSettings, RawBodies, RawHeaders,
 };
+use super::recording::{validate_recording, RawRecording, RecordingSettings};
 use super::{invalid, parse_net, routes, ConfigError, RawRoute, Route};
 use crate::media::MediaPolicy;
+use crate::redact::Redaction;
 use crate::tenant::TenantId;
 
 /// Largest tenant id, so ids stay usable as metric labels and log fields.
@@ -80,6 +82,8 @@ pub struct Tenant {
     pub headers: HeaderSettings,
     /// Which body types cross besides SDP (`[tenants.bodies]`).
     pub bodies: BodySettings,
+    /// SIPREC recording of the tenant's calls (`[tenants.recording]`), if configured.
+    pub recording: Option<RecordingSettings>,
 }
 
 #[derive(Deserialize)]
@@ -98,6 +102,8 @@ pub(super) struct RawTenant {
     headers: RawHeaders,
     #[serde(default)]
     bodies: RawBodies,
+    #[serde(default)]
+    recording: Option<RawRecording>,
 }
 
 #[derive(Deserialize, Default)]
@@ -144,7 +150,12 @@ fn valid_tenant_id(id: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
-fn validate_tenant(t: &RawTenant, key: &str, base: &Path) -> Result<Tenant, ConfigError> {
+fn validate_tenant(
+    t: &RawTenant,
+    key: &str,
+    base: &Path,
+    logs: Redaction,
+) -> Result<Tenant, ConfigError> {
     if !valid_tenant_id(&t.id) {
         return Err(invalid(
             format!("{key}.id"),
@@ -251,8 +262,14 @@ fn validate_tenant(t: &RawTenant, key: &str, base: &Path) -> Result<Tenant, Conf
     let mut media = validate_tenant_media(&t.media, &format!("{key}.media"))?;
     media.max_streams = l.max_media_streams;
     media.bandwidth_kbps = l.media_bandwidth_kbps;
+    let recording = t
+        .recording
+        .as_ref()
+        .map(|r| validate_recording(r, &format!("{key}.recording"), base, logs))
+        .transpose()?;
     Ok(Tenant {
         media,
+        recording,
         headers: validate_headers(&t.headers, &format!("{key}.headers"), &t.id)?,
         bodies: validate_bodies(&t.bodies, &format!("{key}.bodies"), &t.id)?,
         id: TenantId::from(t.id.as_str()),
@@ -276,13 +293,18 @@ fn validate_tenant(t: &RawTenant, key: &str, base: &Path) -> Result<Tenant, Conf
 }
 
 /// Every `[[tenants]]`: each valid, ids unique, and no identity claimed by two tenants.
-pub(super) fn validate_tenants(raw: &[RawTenant], base: &Path) -> Result<Vec<Tenant>, ConfigError> {
+/// `logs` is `logging.redact_numbers`, which recording metadata follows by default.
+pub(super) fn validate_tenants(
+    raw: &[RawTenant],
+    base: &Path,
+    logs: Redaction,
+) -> Result<Vec<Tenant>, ConfigError> {
     let mut tenants = Vec::new();
     let mut ids = HashMap::new();
     let mut claims: HashMap<String, usize> = HashMap::new();
     for (i, t) in raw.iter().enumerate() {
         let key = format!("tenants[{i}]");
-        let tenant = validate_tenant(t, &key, base)?;
+        let tenant = validate_tenant(t, &key, base, logs)?;
         if let Some(j) = ids.insert(t.id.clone(), i) {
             return Err(invalid(
                 format!("{key}.id"),

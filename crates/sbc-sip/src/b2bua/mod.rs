@@ -31,6 +31,8 @@ mod cluster_flow;
 mod failover;
 pub mod offer_answer;
 pub mod pairs;
+pub mod recording;
+mod recording_flow;
 mod reliable;
 mod request_flow;
 mod response_flow;
@@ -137,6 +139,12 @@ pub enum Input {
     Media(MediaEvent),
     /// The cluster's admission answer for a parked INVITE.
     Cluster(ClusterAnswer),
+    /// An admin plane command for a call's recording (SIPREC); the outcome shows in the
+    /// [`recording::RecordingBoard`].
+    Recording {
+        call: CallRef,
+        cmd: sbc_core::recording::RecordingCommand,
+    },
 }
 
 /// Actions for the driver.
@@ -300,6 +308,8 @@ pub struct B2bua {
     cluster: Option<Arc<dyn ClusterAdmission>>,
     /// INVITEs waiting for the cluster's answer.
     parked: cluster_flow::Parked,
+    /// SIPREC recording of calls (tenants with `[tenants.recording]`).
+    recordings: recording::Recordings,
 }
 
 impl B2bua {
@@ -330,7 +340,35 @@ impl B2bua {
             clock,
             cluster: None,
             parked: cluster_flow::Parked::default(),
+            recordings: recording::Recordings::default(),
         }
+    }
+
+    /// Record calls of the tenants in `recorders` (SIPREC), forking media through
+    /// `media`; `board` is where the admin plane reads each call's recording status.
+    pub fn set_recording(
+        &mut self,
+        media: Arc<dyn sbc_core::recording::RecordingMedia>,
+        recorders: HashMap<TenantId, recording::Recorder>,
+        board: Arc<recording::RecordingBoard>,
+    ) {
+        self.recordings.media = Some(media);
+        self.recordings.board = board;
+        self.set_recorders(recorders);
+    }
+
+    /// Replace the tenants' recording settings (config reload): calls recording now keep
+    /// their settings; new calls take the new ones.
+    pub fn set_recorders(&mut self, recorders: HashMap<TenantId, recording::Recorder>) {
+        self.recordings.tenants = recorders
+            .into_iter()
+            .map(|(t, r)| (t, Arc::new(r)))
+            .collect();
+    }
+
+    /// The admin plane's recording status table.
+    pub fn recording_board(&self) -> Arc<recording::RecordingBoard> {
+        self.recordings.board.clone()
     }
 
     /// Decide new calls cluster-wide too: after local admission each new INVITE is parked
@@ -406,6 +444,7 @@ impl B2bua {
             .iter()
             .flat_map(|c| std::iter::once(c.target).chain(c.candidates.iter().map(|x| x.target)))
             .chain(self.pairs.targets())
+            .chain(self.recordings.targets())
             .collect()
     }
 
@@ -446,7 +485,10 @@ impl B2bua {
     /// Earliest instant at which [`B2bua::handle_timeout`] has something to do.
     pub fn poll_timeout(&mut self) -> Option<Instant> {
         let (pairs, calls) = (&self.pairs, &self.calls);
-        let timers = self.timers.next(|t| deadline_of(pairs, calls, t));
+        let recordings = &self.recordings;
+        let timers = self
+            .timers
+            .next(|t| deadline_of(pairs, calls, t).or_else(|| recording_deadline(recordings, t)));
         [timers, self.logs.poll_timeout(), self.health.poll_timeout()]
             .into_iter()
             .flatten()
@@ -478,6 +520,7 @@ impl B2bua {
                 }) = self.conns.remove(&conn)
                 {
                     self.target_lost(now, target);
+                    self.srs_target_lost(now, target);
                 }
                 self.abandon_setups_on(now, conn);
             }
@@ -491,6 +534,11 @@ impl B2bua {
             Input::SendFailed { target, msg } => self.on_send_failed(now, target, &msg),
             Input::Media(MediaEvent::Timeout(call)) => self.terminate(now, call, "media timeout"),
             Input::Cluster(answer) => self.on_cluster_answer(now, answer),
+            Input::Recording { call, cmd } => {
+                if let Err(e) = self.recording_command(now, call, cmd) {
+                    info!(call = %call, command = cmd.as_str(), error = %e, "recording command refused");
+                }
+            }
         }
     }
 
@@ -502,6 +550,7 @@ impl B2bua {
                 Timer::Pair(id) => self.pair_timeout(now, id),
                 Timer::Ack(call) => self.ack_timeout(now, call),
                 Timer::Reliable(call) => self.reliable_timeout(now, call),
+                Timer::Recording(call) => self.recording_timeout(now, call),
             }
         }
         self.ping_targets(now);
@@ -717,6 +766,11 @@ impl B2bua {
 
     /// Forget a call: media, registry, tags, and (by dropping its `Admitted`) its slot.
     fn end_call(&mut self, call: CallRef, why: &'static str) {
+        if self.calls.get(call).is_none() {
+            return;
+        }
+        // The recording's streams go before the call's media.
+        self.recording_call_ended(self.clock, call);
         let Some(c) = self.calls.remove(call) else {
             return;
         };
@@ -858,5 +912,14 @@ fn deadline_of(pairs: &Pairs, calls: &Calls, timer: Timer) -> Option<Instant> {
             .and_then(|c| c.ack_wait.as_ref())
             .map(|w| w.next_retransmit.min(w.give_up)),
         Timer::Reliable(call) => calls.get(call).and_then(|c| c.reliable.poll_timeout()),
+        Timer::Recording(_) => None,
+    }
+}
+
+/// The deadline of a recording's transaction with its SRS, `None` if none is in flight.
+fn recording_deadline(recordings: &recording::Recordings, timer: Timer) -> Option<Instant> {
+    match timer {
+        Timer::Recording(call) => recordings.deadline(call),
+        _ => None,
     }
 }

@@ -306,6 +306,8 @@ pub(crate) enum Timer {
     Ack(CallRef),
     /// A call's reliable provisionals and own PRACKs sent again over UDP (RFC 3262 §3).
     Reliable(CallRef),
+    /// A call's transaction with its recording server (SIPREC answer deadline).
+    Recording(CallRef),
 }
 
 /// The core's timer heap. Entries are not removed when a deadline moves or its owner

@@ -137,6 +137,9 @@ impl B2bua {
             self.refuse_unrecognised(now, conn, &msg);
             return;
         }
+        if matches!(kind, ConnKind::Outbound { .. }) && self.on_srs_request(now, conn, &msg) {
+            return;
+        }
         if let Err(refusal) = precheck(&msg, &method) {
             self.refuse(conn, &msg, &refusal, None);
             return;
@@ -728,8 +731,43 @@ impl B2bua {
         };
         let id = self.pairs.insert(pair);
         self.arm_pair(id);
+        if self.recording_after_relay(now, id, initial) {
+            // `on_failure = "required"`: the callee's INVITE waits for the SRS.
+            let held = super::recording::Held {
+                pair: id,
+                dest,
+                msg: out,
+            };
+            self.recording_hold(call, held);
+            return true;
+        }
         self.send(dest, out);
         true
+    }
+
+    /// Recording's part once a request of the call went through media: the initial INVITE
+    /// starts it (true: hold the callee's INVITE), a re-INVITE re-offers to the SRS.
+    fn recording_after_relay(
+        &mut self,
+        now: Instant,
+        id: super::pairs::PairId,
+        initial: bool,
+    ) -> bool {
+        let Some(p) = self.pairs.get(id) else {
+            return false;
+        };
+        let (call, from, method) = (p.call, p.from, p.method.clone());
+        if method != Method::Invite {
+            return false;
+        }
+        let req = p.server_req.clone();
+        if initial && from == LegSide::Caller {
+            return self.recording_begin(now, call, &req);
+        }
+        if !initial && !req.body().is_empty() {
+            self.recording_media_changed(now, call, from, req.body());
+        }
+        false
     }
 
     /// Answer a request whose SDP media control refused (or that carried SDP where none

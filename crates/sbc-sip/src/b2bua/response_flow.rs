@@ -46,7 +46,10 @@ impl Received {
 impl B2bua {
     pub(super) fn on_response(&mut self, now: Instant, conn: ConnId, msg: SipMessage) {
         let Some(code) = msg.status() else { return };
-        if self.ping_answered(now, conn, &msg) || self.own_prack_answered(now, &msg) {
+        if self.ping_answered(now, conn, &msg)
+            || self.own_prack_answered(now, &msg)
+            || self.on_srs_response(now, conn, &msg)
+        {
             return;
         }
         let Some(id) = self.match_response(conn, &msg, code) else {
@@ -564,7 +567,7 @@ impl B2bua {
     }
 
     pub(super) fn on_send_failed(&mut self, now: Instant, _target: TargetId, msg: &SipMessage) {
-        if self.ping_failed(now, msg) {
+        if self.ping_failed(now, msg) || self.srs_send_failed(now, msg) {
             return;
         }
         let Some(id) = self.pairs.by_client_via(msg) else {

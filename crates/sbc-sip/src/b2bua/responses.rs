@@ -14,6 +14,10 @@ use crate::message::{
 };
 
 /// Methods the gateway handles; sent in Allow on OPTIONS, 405 and 501 answers.
+/// Retry-After of a call refused because its required recording failed: the SRS targets
+/// all failed just now; a retry within seconds would meet them the same.
+pub const RECORDING_RETRY_AFTER: Duration = Duration::from_secs(30);
+
 pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, NOTIFY, PRACK";
 
 /// True for a method the gateway relays (the ones in [`ALLOW`]).
@@ -121,6 +125,8 @@ pub enum Refusal {
     /// A PRACK outside an early dialog (the INVITE already has its final, or from the
     /// callee's side, which never gets a reliable provisional from us): 481.
     PrackOutsideEarlyDialog,
+    /// The tenant requires recording and no recording server accepted in time: 503.
+    RecordingUnavailable,
 }
 
 impl Refusal {
@@ -140,7 +146,7 @@ impl Refusal {
             | Refusal::PrackUnknownRSeq
             | Refusal::PrackOutsideEarlyDialog => 481,
             Refusal::NoRoute => 404,
-            Refusal::Unavailable(..) => 503,
+            Refusal::Unavailable(..) | Refusal::RecordingUnavailable => 503,
         }
     }
 
@@ -164,6 +170,7 @@ impl Refusal {
             Refusal::BadRAck => "bad_rack",
             Refusal::PrackUnknownRSeq => "prack_unknown_rseq",
             Refusal::PrackOutsideEarlyDialog => "prack_outside_early_dialog",
+            Refusal::RecordingUnavailable => "recording_unavailable",
         }
     }
 
@@ -182,6 +189,14 @@ impl Refusal {
         };
         if let Refusal::Unavailable(retry_after, cause) = self {
             return service_unavailable_tagged(req, *retry_after, cause, to_tag);
+        }
+        if let Refusal::RecordingUnavailable = self {
+            return service_unavailable_tagged(
+                req,
+                RECORDING_RETRY_AFTER,
+                "recording unavailable",
+                to_tag,
+            );
         }
         let mut resp = response_to(req, code, &reason, Some(to_tag));
         match self {

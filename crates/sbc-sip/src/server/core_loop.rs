@@ -199,7 +199,9 @@ pub(super) async fn core_loop(
                     targets_retired = done.retired.len(),
                     "routes replaced: new calls take them, running calls keep their target"
                 );
+                let recorders = super::recording::recorders(&config, &table);
                 core.reconfigure(Arc::new(table), admission);
+                core.set_recorders(recorders);
                 core.set_media_policies(media_policies(&config));
                 core.set_sip_policies(sip_policies(&config));
                 settings.guards.reload(&config);

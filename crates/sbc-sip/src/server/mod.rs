@@ -68,6 +68,7 @@ use crate::transport::Transport;
 mod logs;
 mod connection;
 mod core_loop;
+mod recording;
 mod tls_listeners;
 mod udp;
 
@@ -134,6 +135,8 @@ pub struct ServerHandle {
     reload_lock: Arc<tokio::sync::Mutex<()>>,
     /// Route targets' health, published by the core for the admin plane.
     trunks: Arc<sbc_core::trunks::TrunkBoard>,
+    /// Calls' SIPREC recording status, published by the core for the admin plane.
+    recordings: Arc<crate::b2bua::recording::RecordingBoard>,
 }
 
 impl ServerHandle {
@@ -204,6 +207,15 @@ impl ServerHandle {
         self.trunks.clone()
     }
 
+    /// The admin plane's handle on SIPREC recording (status and start / stop / pause /
+    /// resume commands, handed to the core without blocking).
+    pub fn recording_control(&self) -> Arc<dyn sbc_core::recording::RecordingControl> {
+        Arc::new(recording::Control {
+            board: self.recordings.clone(),
+            events: self.events.clone(),
+        })
+    }
+
     /// A shareable function giving [`ServerHandle::usage`].
     pub fn usage_source(&self) -> sbc_core::admission::UsageSource {
         let admission = self.admission.clone();
@@ -268,6 +280,8 @@ pub struct Hooks {
     pub media: Option<Arc<dyn MediaControl>>,
     /// Cluster-wide admission (`[cluster]`); `None`: local admission alone.
     pub cluster: Option<Arc<dyn sbc_core::cluster::ClusterAdmission>>,
+    /// SIPREC recording's media (the relay's forks); `None`: no call is recorded.
+    pub recording: Option<Arc<dyn sbc_core::recording::RecordingMedia>>,
 }
 
 impl std::fmt::Debug for Hooks {
@@ -277,6 +291,7 @@ impl std::fmt::Debug for Hooks {
             .field("drain", &self.drain.is_some())
             .field("media", &self.media.is_some())
             .field("cluster", &self.cluster.is_some())
+            .field("recording", &self.recording.is_some())
             .finish()
     }
 }
@@ -401,6 +416,11 @@ pub async fn start_with(config: Arc<Config>, hooks: Hooks) -> Result<ServerHandl
         admission,
     );
     let mut core = core;
+    let recordings = Arc::new(crate::b2bua::recording::RecordingBoard::default());
+    if let Some(rec_media) = hooks.recording {
+        let recorders = recording::recorders(&config, &core.routes());
+        core.set_recording(rec_media, recorders, recordings.clone());
+    }
     let trunks = Arc::new(sbc_core::trunks::TrunkBoard::new());
     core.set_trunk_board(trunks.clone());
     core.set_sip_policies(sip_policies(&config));
@@ -472,6 +492,7 @@ pub async fn start_with(config: Arc<Config>, hooks: Hooks) -> Result<ServerHandl
         current,
         reload_lock,
         trunks,
+        recordings,
     })
 }
 
