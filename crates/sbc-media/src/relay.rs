@@ -1722,6 +1722,17 @@ mod tests {
         )
     }
 
+    fn noop_tap_metrics() -> TapMetrics {
+        TapMetrics {
+            sent: metrics::Counter::noop(),
+            dropped: [
+                metrics::Counter::noop(),
+                metrics::Counter::noop(),
+                metrics::Counter::noop(),
+            ],
+        }
+    }
+
     fn addr(s: &str) -> SocketAddr {
         s.parse().unwrap()
     }
@@ -2063,14 +2074,7 @@ mod tests {
                 Some([k.context().unwrap(), k.context().unwrap()]),
             ),
         ];
-        let m = TapMetrics {
-            sent: metrics::Counter::noop(),
-            dropped: [
-                metrics::Counter::noop(),
-                metrics::Counter::noop(),
-                metrics::Counter::noop(),
-            ],
-        };
+        let m = noop_tap_metrics();
         let pkt = rtp(1, b"clear voice");
         let mut outbox = TapOutbox::new();
         copy_to_taps(&mut taps, (0, 0), &pkt, &mut outbox, &m);
@@ -2129,14 +2133,7 @@ mod tests {
                 }
             })
             .collect();
-        let m = TapMetrics {
-            sent: metrics::Counter::noop(),
-            dropped: [
-                metrics::Counter::noop(),
-                metrics::Counter::noop(),
-                metrics::Counter::noop(),
-            ],
-        };
+        let m = noop_tap_metrics();
         let mut outbox = TapOutbox::new();
         // 20 packets × 2 live taps = 40 copies: more than the outbox holds.
         taps[2].counters.stopped.store(true, Ordering::Release);
@@ -2182,14 +2179,7 @@ mod tests {
             counters: Arc::default(),
             ssrcs: Default::default(),
         }];
-        let m = TapMetrics {
-            sent: metrics::Counter::noop(),
-            dropped: [
-                metrics::Counter::noop(),
-                metrics::Counter::noop(),
-                metrics::Counter::noop(),
-            ],
-        };
+        let m = noop_tap_metrics();
         let mut outbox = TapOutbox::new();
         let sent = |t: &[TapSetup]| t[0].counters.sent.load(Ordering::Relaxed);
         // Other leg, other m-line: not copied.
