@@ -14,13 +14,16 @@
 //! - AES-GCM: ring ~135 / ~255, aws-lc-rs ~200-260 / ~420-460, RustCrypto `aes-gcm`
 //!   ~215-280 / ~740-840: ring.
 
-use aes::cipher::{InnerIvInit, KeyInit, StreamCipher, StreamCipherCoreWrapper};
+use aes::cipher::consts::{U16, U64};
+use aes::cipher::typenum::Unsigned;
+use aes::cipher::{
+    Array, Block, BlockCipherEncBackend, BlockCipherEncClosure, BlockCipherEncrypt, BlockSizeUser,
+    KeyInit, ParBlocks,
+};
 use aes::{Aes128, Aes256};
-use ctr::flavors::Ctr128BE;
-use ctr::CtrCore;
-use hmac::{Hmac, Mac};
 use ring::aead::{self, LessSafeKey, UnboundKey};
-use sha1::Sha1;
+use sha1::block_api::compress as sha1_compress;
+use sha1::{Digest, Sha1};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroize;
 
@@ -58,23 +61,180 @@ impl AesCtr {
     /// XORs `data` with the AES-CM keystream starting at counter block `iv` (RFC 3711
     /// §4.1.1: the block counter is the low 16 bits, big-endian).
     pub(crate) fn apply_keystream(&self, iv: &[u8; 16], data: &mut [u8]) {
+        let job = CtrXor {
+            counter: u128::from_be_bytes(*iv),
+            data,
+        };
         match self {
-            AesCtr::A128(c) => {
-                let core = CtrCore::<&Aes128, Ctr128BE>::inner_iv_init(&**c, iv.into());
-                StreamCipherCoreWrapper::from_core(core).apply_keystream(data);
-            }
-            AesCtr::A256(c) => {
-                let core = CtrCore::<&Aes256, Ctr128BE>::inner_iv_init(&**c, iv.into());
-                StreamCipherCoreWrapper::from_core(core).apply_keystream(data);
-            }
+            AesCtr::A128(c) => c.encrypt_with_backend(job),
+            AesCtr::A256(c) => c.encrypt_with_backend(job),
         }
+    }
+}
+
+/// A keystream tail of at most `ParBlocksSize / SERIAL_TAIL_DIVISOR` blocks is encrypted
+/// one block at a time; a longer one gets a whole parallel batch, most of it discarded.
+/// One block alone costs the full AES latency (~50 cycles), a batch costs about its
+/// throughput, so a 64-block VAES-512 batch (~200 cycles) pays off from ~5 blocks and
+/// an 8-block AES-NI batch always. The `ctr` crate encrypts every tail block serially:
+/// 11 of the 75 blocks of a 1200-byte payload and all 10 of a 160-byte one (measured in
+/// `benches/README.md`, SRTP section).
+const SERIAL_TAIL_DIVISOR: usize = 16;
+
+/// One AES-CM keystream application, run inside whichever AES backend (AES-NI, VAES-256,
+/// VAES-512) the CPU has, so keystream is generated a full parallel batch at a time.
+struct CtrXor<'a> {
+    counter: u128,
+    data: &'a mut [u8],
+}
+
+impl BlockSizeUser for CtrXor<'_> {
+    type BlockSize = U16;
+}
+
+impl BlockCipherEncClosure for CtrXor<'_> {
+    #[inline(always)]
+    fn call<B: BlockCipherEncBackend<BlockSize = U16>>(self, backend: &B) {
+        let par = B::ParBlocksSize::USIZE;
+        let mut counter = self.counter;
+        let mut rest = self.data;
+        let mut ks = ParBlocks::<B>::default();
+        while !rest.is_empty() {
+            let blocks = rest.len().div_ceil(16);
+            if blocks < par && blocks <= par / SERIAL_TAIL_DIVISOR {
+                for chunk in rest.chunks_mut(16) {
+                    let mut k = Block::<B>::from(counter.to_be_bytes());
+                    backend.encrypt_block((&mut k).into());
+                    xor_block(chunk, &k.0);
+                    counter = counter.wrapping_add(1);
+                }
+                return;
+            }
+            for k in ks.iter_mut() {
+                *k = counter.to_be_bytes().into();
+                counter = counter.wrapping_add(1);
+            }
+            backend.encrypt_par_blocks((&mut ks).into());
+            let (head, tail) = rest.split_at_mut(rest.len().min(par * 16));
+            for (chunk, k) in head.chunks_mut(16).zip(ks.iter()) {
+                xor_block(chunk, &k.0);
+            }
+            rest = tail;
+        }
+    }
+}
+
+/// `chunk ^= k` for a chunk of at most 16 bytes.
+#[inline(always)]
+fn xor_block(chunk: &mut [u8], k: &[u8; 16]) {
+    if let Ok(full) = <&mut [u8; 16]>::try_from(&mut *chunk) {
+        *full = (u128::from_ne_bytes(*full) ^ u128::from_ne_bytes(*k)).to_ne_bytes();
+    } else {
+        for (d, s) in chunk.iter_mut().zip(k) {
+            *d ^= s;
+        }
+    }
+}
+
+/// SHA-1 initial hash value H(0) (FIPS 180-4 §5.3.1).
+const SHA1_H0: [u32; 5] = [
+    0x6745_2301,
+    0xefcd_ab89,
+    0x98ba_dcfe,
+    0x1032_5476,
+    0xc3d2_e1f0,
+];
+const SHA1_BLOCK: usize = 64;
+
+/// HMAC-SHA1 (RFC 2104) keyed once: the SHA-1 chaining states after the ipad and the
+/// opad block. Per packet, the payload's whole blocks are compressed straight from the
+/// packet buffer and only the last partial block (+ ROC + padding) is copied, so a
+/// packet costs its own blocks plus one or two, and one for the outer hash.
+struct HmacSha1 {
+    inner: [u32; 5],
+    outer: [u32; 5],
+}
+
+impl HmacSha1 {
+    fn new(key: &[u8]) -> Self {
+        let mut k = [0u8; SHA1_BLOCK];
+        if key.len() > SHA1_BLOCK {
+            k[..20].copy_from_slice(&Sha1::digest(key));
+        } else {
+            k[..key.len()].copy_from_slice(key);
+        }
+        let keyed = |pad: u8| {
+            let mut block = [0u8; SHA1_BLOCK];
+            for (b, k) in block.iter_mut().zip(&k) {
+                *b = k ^ pad;
+            }
+            let mut state = SHA1_H0;
+            sha1_compress(&mut state, &[block]);
+            block.zeroize();
+            state
+        };
+        let mac = HmacSha1 {
+            inner: keyed(0x36),
+            outer: keyed(0x5c),
+        };
+        k.zeroize();
+        mac
+    }
+
+    /// HMAC-SHA1 over `data || roc` (the ROC as 4 big-endian bytes, RFC 3711 §4.2).
+    fn mac(&self, data: &[u8], roc: Option<u32>) -> [u8; 20] {
+        let mut state = self.inner;
+        let (blocks, rest) = Array::<u8, U64>::slice_as_chunks(data);
+        sha1_compress(&mut state, Array::cast_slice_to_core(blocks));
+
+        // Last partial block, ROC, 0x80, zeros, 64-bit bit length (FIPS 180-4 §5.1.1):
+        // rest < 64 and ROC 4 bytes, so it all fits in two blocks.
+        let mut tail = [[0u8; SHA1_BLOCK]; 2];
+        let flat = tail.as_flattened_mut();
+        let mut n = rest.len();
+        flat[..n].copy_from_slice(rest);
+        if let Some(roc) = roc {
+            flat[n..n + 4].copy_from_slice(&roc.to_be_bytes());
+            n += 4;
+        }
+        flat[n] = 0x80;
+        let end = if n + 9 <= SHA1_BLOCK {
+            SHA1_BLOCK
+        } else {
+            2 * SHA1_BLOCK
+        };
+        // The ipad block counts towards the length.
+        let bits = (SHA1_BLOCK + data.len() + n - rest.len()) as u64 * 8;
+        flat[end - 8..end].copy_from_slice(&bits.to_be_bytes());
+        sha1_compress(&mut state, &tail[..end / SHA1_BLOCK]);
+
+        let mut block = [0u8; SHA1_BLOCK];
+        for (d, w) in block.chunks_exact_mut(4).zip(state) {
+            d.copy_from_slice(&w.to_be_bytes());
+        }
+        block[20] = 0x80;
+        block[SHA1_BLOCK - 8..].copy_from_slice(&((SHA1_BLOCK + 20) as u64 * 8).to_be_bytes());
+        let mut state = self.outer;
+        sha1_compress(&mut state, &[block]);
+        let mut out = [0u8; 20];
+        for (d, w) in out.chunks_exact_mut(4).zip(state) {
+            d.copy_from_slice(&w.to_be_bytes());
+        }
+        out
+    }
+}
+
+impl Drop for HmacSha1 {
+    fn drop(&mut self) {
+        self.inner.zeroize();
+        self.outer.zeroize();
     }
 }
 
 /// Session keys of an AES-CM + HMAC-SHA1 session.
 pub(crate) struct CmSession {
     aes: AesCtr,
-    mac: Hmac<Sha1>,
+    mac: HmacSha1,
     salt: [u8; 14],
 }
 
@@ -112,8 +272,7 @@ impl SessionCrypto {
     }
 
     pub(crate) fn cm(key: &[u8], auth_key: &[u8], salt: &[u8]) -> Result<Self, SrtpError> {
-        let mac = <Hmac<Sha1> as KeyInit>::new_from_slice(auth_key)
-            .map_err(|_| SrtpError::InvalidConfig("HMAC key"))?;
+        let mac = HmacSha1::new(auth_key);
         let mut s = [0u8; 14];
         if salt.len() != 14 {
             return Err(SrtpError::BadSaltLength {
@@ -179,17 +338,19 @@ impl CmSession {
         self.aes.apply_keystream(&iv, data);
     }
 
-    /// Full 160-bit HMAC-SHA1 over `a || b`.
-    pub(crate) fn mac(&self, a: &[u8], b: &[u8]) -> [u8; 20] {
-        let mut m = self.mac.clone();
-        m.update(a);
-        m.update(b);
-        m.finalize().into_bytes().into()
+    /// Full 160-bit HMAC-SHA1 over `data || roc` (SRTP) or `data` (SRTCP).
+    pub(crate) fn mac(&self, data: &[u8], roc: Option<u32>) -> [u8; 20] {
+        self.mac.mac(data, roc)
     }
 
     /// Constant-time comparison of the truncated tag.
-    pub(crate) fn verify(&self, a: &[u8], b: &[u8], tag: &[u8]) -> Result<(), SrtpError> {
-        let full = self.mac(a, b);
+    pub(crate) fn verify(
+        &self,
+        data: &[u8],
+        roc: Option<u32>,
+        tag: &[u8],
+    ) -> Result<(), SrtpError> {
+        let full = self.mac(data, roc);
         let ok: bool = full[..tag.len()].ct_eq(tag).into();
         if ok {
             Ok(())
@@ -302,6 +463,77 @@ mod tests {
                  6A2CC3787889374FBEB4C81B17BA6C44"
             )[..]
         );
+    }
+
+    // Every length from 0 to 1300 bytes (serial tails, padded batches, several batches)
+    // matches the `ctr` crate's AES-CTR with a 128-bit big-endian counter, also across a
+    // carry out of the low 64 bits.
+    #[test]
+    fn keystream_matches_ctr_crate_at_every_length() {
+        use aes::cipher::{KeyIvInit, StreamCipher};
+        for key in [&[7u8; 16][..], &[9u8; 32][..]] {
+            let c = AesCtr::new(key).unwrap();
+            for iv_tail in [0u64, u64::MAX - 3] {
+                let mut iv = [0x5au8; 16];
+                iv[8..].copy_from_slice(&iv_tail.to_be_bytes());
+                for len in 0..=1300 {
+                    let plain: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+                    let mut ours = plain.clone();
+                    c.apply_keystream(&iv, &mut ours);
+                    let mut theirs = plain;
+                    if key.len() == 16 {
+                        ctr::Ctr128BE::<Aes128>::new_from_slices(key, &iv)
+                            .unwrap()
+                            .apply_keystream(&mut theirs);
+                    } else {
+                        ctr::Ctr128BE::<Aes256>::new_from_slices(key, &iv)
+                            .unwrap()
+                            .apply_keystream(&mut theirs);
+                    }
+                    assert_eq!(ours, theirs, "key {} bytes, len {len}", key.len());
+                }
+            }
+        }
+    }
+
+    // RFC 2202 §3 test cases 1, 2 and 6 (a key longer than a block), then every message
+    // length 0..=300 with and without a ROC against the `hmac` crate.
+    #[test]
+    fn hmac_sha1_matches_rfc2202_and_hmac_crate() {
+        for (key, data, mac) in [
+            (
+                vec![0x0b; 20],
+                b"Hi There".to_vec(),
+                "b617318655057264e28bc0b6fb378c8ef146be00",
+            ),
+            (
+                b"Jefe".to_vec(),
+                b"what do ya want for nothing?".to_vec(),
+                "effcdf6ae5eb2fa2d27416d5f184df9c259a7c79",
+            ),
+            (
+                vec![0xaa; 80],
+                b"Test Using Larger Than Block-Size Key - Hash Key First".to_vec(),
+                "aa4ae5e15272d00e95705637ce8a3b55ed402112",
+            ),
+        ] {
+            assert_eq!(HmacSha1::new(&key).mac(&data, None)[..], unhex(mac)[..]);
+        }
+        use hmac::Mac as _;
+        let key = [0x42u8; 20];
+        let ours = HmacSha1::new(&key);
+        for len in 0..=300 {
+            let data: Vec<u8> = (0..len).map(|i| (i * 13) as u8).collect();
+            for roc in [None, Some(0x0102_0304u32)] {
+                let mut m = <hmac::Hmac<Sha1> as hmac::KeyInit>::new_from_slice(&key).unwrap();
+                m.update(&data);
+                if let Some(r) = roc {
+                    m.update(&r.to_be_bytes());
+                }
+                let want: [u8; 20] = m.finalize().into_bytes().into();
+                assert_eq!(ours.mac(&data, roc), want, "len {len} roc {roc:?}");
+            }
+        }
     }
 
     // RFC 7714 §16.1.1 / §16.2.1 at the primitive level: IV and AEAD output.
