@@ -1,18 +1,35 @@
 //! Session-key primitives: AES counter mode, pre-keyed HMAC-SHA1 and AES-GCM.
 //!
 //! Owns the expanded keys of one session (SRTP or SRTCP) of a context. Everything is
-//! keyed once at context creation; per packet we only build an IV and, for HMAC, clone
-//! the pre-keyed inner/outer SHA-1 state (no re-keying, no allocation).
+//! keyed once at context creation; per packet we only build an IV and, for HMAC, copy
+//! the two pre-keyed SHA-1 chaining states (40 bytes; no re-keying, no allocation).
 //!
 //! Primitive choice, measured on the dev machine (AES-NI, SHA-NI, VAES; two runs of a
 //! timing loop over the same code as `benches/primitives.rs`, median ns per 160 / 1200
 //! byte payload; re-check with `cargo bench -p sbc-media --bench primitives`):
 //! - AES-CTR: RustCrypto `aes`+`ctr` ~70-110 / ~210-280, aws-lc-rs ~70-76 / ~200-265:
-//!   equal within noise, so the pure-Rust crate (no C in this path).
+//!   equal within noise, so the pure-Rust `aes` crate (no C in this path). We drive its
+//!   block backend ourselves ([`CtrXor`]) instead of `ctr`: `ctr` encrypts the blocks
+//!   after the last whole parallel batch one at a time (on this VAES-512 machine the
+//!   batch is 64 blocks, so 11 of a 1200-byte payload's 75 blocks, each paying the full
+//!   AES latency), we pad them into one more batch.
 //! - HMAC-SHA1: RustCrypto (`sha1` SHA-NI backend) ~205 / ~875-1035, aws-lc-rs ~370 /
-//!   ~1040-1080, ring ~910 / ~3900 (no SHA-NI): RustCrypto.
+//!   ~1040-1080, ring ~910 / ~3900 (no SHA-NI): the `sha1` compression function, with
+//!   our own HMAC around it ([`HmacSha1`]: payload blocks compressed in place, no
+//!   `hmac`/`digest` buffering).
 //! - AES-GCM: ring ~135 / ~255, aws-lc-rs ~200-260 / ~420-460, RustCrypto `aes-gcm`
 //!   ~215-280 / ~740-840: ring.
+//!
+//! Effect on whole packets (`cargo bench --bench srtp --features libsrtp`, 2026-12-04,
+//! six runs interleaved before / after on a loaded machine, see `benches/README.md`):
+//! our AES-128-CM time at 1212 bytes, median of three, protect 1118 -> 1024 ns,
+//! unprotect 1183 -> 1034 ns; in the least loaded pair 1099 -> 1016 and 1223 -> 1027
+//! (ratio to libsrtp 0.95 / 1.10 -> 0.95 / 0.95). 172-byte packets unchanged within noise.
+//!
+//! At 1212 bytes SHA-1 is most of the time: ~21 compressions of a serial `sha1rnds4`
+//! chain against ~2 AES batches; a floor below that needs the SHA-1 and AES
+//! instruction streams interleaved inside one function (intrinsics, so `unsafe`, which
+//! this crate forbids).
 
 use aes::cipher::consts::{U16, U64};
 use aes::cipher::typenum::Unsigned;
