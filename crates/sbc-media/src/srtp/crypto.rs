@@ -8,11 +8,11 @@
 //! timing loop over the same code as `benches/primitives.rs`, median ns per 160 / 1200
 //! byte payload; re-check with `cargo bench -p sbc-media --bench primitives`):
 //! - AES-CTR: RustCrypto `aes`+`ctr` ~70-110 / ~210-280, aws-lc-rs ~70-76 / ~200-265:
-//!   equal within noise, so the pure-Rust `aes` crate (no C in this path). We drive its
-//!   block backend ourselves ([`CtrXor`]) instead of `ctr`: `ctr` encrypts the blocks
-//!   after the last whole parallel batch one at a time (on this VAES-512 machine the
-//!   batch is 64 blocks, so 11 of a 1200-byte payload's 75 blocks, each paying the full
-//!   AES latency), we pad them into one more batch.
+//!   equal within noise, so the pure-Rust crate (no C in this path). `ctr` encrypts the
+//!   blocks after the last whole backend batch (64 with VAES-512) one call each, but the
+//!   calls are independent and overlap: padding them into a second batch measured worse
+//!   (`aes-batches-only` rows: a 64-block batch ~180 ns against ~72 ns for the 10
+//!   blocks of a 160-byte payload through `ctr`), so `ctr` stays.
 //! - HMAC-SHA1: RustCrypto (`sha1` SHA-NI backend) ~205 / ~875-1035, aws-lc-rs ~370 /
 //!   ~1040-1080, ring ~910 / ~3900 (no SHA-NI): the `sha1` compression function, with
 //!   our own HMAC around it ([`HmacSha1`]: payload blocks compressed in place, no
@@ -20,24 +20,23 @@
 //! - AES-GCM: ring ~135 / ~255, aws-lc-rs ~200-260 / ~420-460, RustCrypto `aes-gcm`
 //!   ~215-280 / ~740-840: ring.
 //!
-//! Effect on whole packets (`cargo bench --bench srtp --features libsrtp`, 2026-12-04,
-//! six runs interleaved before / after on a loaded machine, see `benches/README.md`):
-//! our AES-128-CM time at 1212 bytes, median of three, protect 1118 -> 1024 ns,
-//! unprotect 1183 -> 1034 ns; in the least loaded pair 1099 -> 1016 and 1223 -> 1027
-//! (ratio to libsrtp 0.95 / 1.10 -> 0.95 / 0.95). 172-byte packets unchanged within noise.
+//! Effect of the HMAC change on whole packets (`cargo bench --bench srtp --features
+//! libsrtp`, 2026-12-04, loaded machine, see `benches/README.md`): AES-128-CM at 172 /
+//! 1212 bytes, protect ~310 -> 216 / ~1100-1250 -> 1005 ns, unprotect ~300-340 -> 249 /
+//! ~1180-1260 -> 1026 ns (ratio to libsrtp in that run 0.54 / 0.92, 0.57 / 0.95).
+//! `sha1-compress-only` (the SHA-1 work alone) is 835 ns at 1200 bytes against 1026 for
+//! `hmac`+`sha1` in the same run: the wrapper cost ~190 ns.
 //!
-//! At 1212 bytes SHA-1 is most of the time: ~21 compressions of a serial `sha1rnds4`
-//! chain against ~2 AES batches; a floor below that needs the SHA-1 and AES
+//! At 1212 bytes SHA-1 is most of the time: 21 compressions of a serial `sha1rnds4`
+//! chain (~835 ns) against ~300 ns of AES-CTR; a floor below that needs the SHA-1 and AES
 //! instruction streams interleaved inside one function (intrinsics, so `unsafe`, which
 //! this crate forbids).
 
-use aes::cipher::consts::{U16, U64};
-use aes::cipher::typenum::Unsigned;
-use aes::cipher::{
-    Array, Block, BlockCipherEncBackend, BlockCipherEncClosure, BlockCipherEncrypt, BlockSizeUser,
-    KeyInit, ParBlocks,
-};
+use aes::cipher::consts::U64;
+use aes::cipher::{Array, InnerIvInit, KeyInit, StreamCipher, StreamCipherCoreWrapper};
 use aes::{Aes128, Aes256};
+use ctr::flavors::Ctr128BE;
+use ctr::CtrCore;
 use ring::aead::{self, LessSafeKey, UnboundKey};
 use sha1::block_api::compress as sha1_compress;
 use sha1::{Digest, Sha1};
@@ -78,77 +77,15 @@ impl AesCtr {
     /// XORs `data` with the AES-CM keystream starting at counter block `iv` (RFC 3711
     /// §4.1.1: the block counter is the low 16 bits, big-endian).
     pub(crate) fn apply_keystream(&self, iv: &[u8; 16], data: &mut [u8]) {
-        let job = CtrXor {
-            counter: u128::from_be_bytes(*iv),
-            data,
-        };
         match self {
-            AesCtr::A128(c) => c.encrypt_with_backend(job),
-            AesCtr::A256(c) => c.encrypt_with_backend(job),
-        }
-    }
-}
-
-/// A keystream tail of at most `ParBlocksSize / SERIAL_TAIL_DIVISOR` blocks is encrypted
-/// one block at a time; a longer one gets a whole parallel batch, most of it discarded.
-/// One block alone costs the full AES latency (~50 cycles), a batch costs about its
-/// throughput, so a 64-block VAES-512 batch (~200 cycles) pays off from ~5 blocks and
-/// an 8-block AES-NI batch always. The `ctr` crate encrypts every tail block serially:
-/// 11 of the 75 blocks of a 1200-byte payload and all 10 of a 160-byte one (measured in
-/// `benches/README.md`, SRTP section).
-const SERIAL_TAIL_DIVISOR: usize = 16;
-
-/// One AES-CM keystream application, run inside whichever AES backend (AES-NI, VAES-256,
-/// VAES-512) the CPU has, so keystream is generated a full parallel batch at a time.
-struct CtrXor<'a> {
-    counter: u128,
-    data: &'a mut [u8],
-}
-
-impl BlockSizeUser for CtrXor<'_> {
-    type BlockSize = U16;
-}
-
-impl BlockCipherEncClosure for CtrXor<'_> {
-    #[inline(always)]
-    fn call<B: BlockCipherEncBackend<BlockSize = U16>>(self, backend: &B) {
-        let par = B::ParBlocksSize::USIZE;
-        let mut counter = self.counter;
-        let mut rest = self.data;
-        let mut ks = ParBlocks::<B>::default();
-        while !rest.is_empty() {
-            let blocks = rest.len().div_ceil(16);
-            if blocks < par && blocks <= par / SERIAL_TAIL_DIVISOR {
-                for chunk in rest.chunks_mut(16) {
-                    let mut k = Block::<B>::from(counter.to_be_bytes());
-                    backend.encrypt_block((&mut k).into());
-                    xor_block(chunk, &k.0);
-                    counter = counter.wrapping_add(1);
-                }
-                return;
+            AesCtr::A128(c) => {
+                let core = CtrCore::<&Aes128, Ctr128BE>::inner_iv_init(&**c, iv.into());
+                StreamCipherCoreWrapper::from_core(core).apply_keystream(data);
             }
-            for k in ks.iter_mut() {
-                *k = counter.to_be_bytes().into();
-                counter = counter.wrapping_add(1);
+            AesCtr::A256(c) => {
+                let core = CtrCore::<&Aes256, Ctr128BE>::inner_iv_init(&**c, iv.into());
+                StreamCipherCoreWrapper::from_core(core).apply_keystream(data);
             }
-            backend.encrypt_par_blocks((&mut ks).into());
-            let (head, tail) = rest.split_at_mut(rest.len().min(par * 16));
-            for (chunk, k) in head.chunks_mut(16).zip(ks.iter()) {
-                xor_block(chunk, &k.0);
-            }
-            rest = tail;
-        }
-    }
-}
-
-/// `chunk ^= k` for a chunk of at most 16 bytes.
-#[inline(always)]
-fn xor_block(chunk: &mut [u8], k: &[u8; 16]) {
-    if let Ok(full) = <&mut [u8; 16]>::try_from(&mut *chunk) {
-        *full = (u128::from_ne_bytes(*full) ^ u128::from_ne_bytes(*k)).to_ne_bytes();
-    } else {
-        for (d, s) in chunk.iter_mut().zip(k) {
-            *d ^= s;
         }
     }
 }
@@ -480,37 +417,6 @@ mod tests {
                  6A2CC3787889374FBEB4C81B17BA6C44"
             )[..]
         );
-    }
-
-    // Every length from 0 to 1300 bytes (serial tails, padded batches, several batches)
-    // matches the `ctr` crate's AES-CTR with a 128-bit big-endian counter, also across a
-    // carry out of the low 64 bits.
-    #[test]
-    fn keystream_matches_ctr_crate_at_every_length() {
-        use aes::cipher::{KeyIvInit, StreamCipher};
-        for key in [&[7u8; 16][..], &[9u8; 32][..]] {
-            let c = AesCtr::new(key).unwrap();
-            for iv_tail in [0u64, u64::MAX - 3] {
-                let mut iv = [0x5au8; 16];
-                iv[8..].copy_from_slice(&iv_tail.to_be_bytes());
-                for len in 0..=1300 {
-                    let plain: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
-                    let mut ours = plain.clone();
-                    c.apply_keystream(&iv, &mut ours);
-                    let mut theirs = plain;
-                    if key.len() == 16 {
-                        ctr::Ctr128BE::<Aes128>::new_from_slices(key, &iv)
-                            .unwrap()
-                            .apply_keystream(&mut theirs);
-                    } else {
-                        ctr::Ctr128BE::<Aes256>::new_from_slices(key, &iv)
-                            .unwrap()
-                            .apply_keystream(&mut theirs);
-                    }
-                    assert_eq!(ours, theirs, "key {} bytes, len {len}", key.len());
-                }
-            }
-        }
     }
 
     // RFC 2202 §3 test cases 1, 2 and 6 (a key longer than a block), then every message
