@@ -9,8 +9,10 @@
 //! start) and touches only that worker's state.
 //!
 //! Batching: a ready socket is read with one `recvmmsg` (up to [`BATCH`] datagrams) and
-//! what it relays leaves with one `sendmmsg` per outgoing socket ([`crate::udp_batch`]);
-//! a loaded worker finds many sockets ready per `epoll_wait` by itself. A worker may also
+//! what it relays leaves with one `sendmmsg` per outgoing socket ([`crate::udp_batch`]),
+//! then the recording taps' copies with one `sendmmsg` per tap; a loaded worker finds many
+//! sockets ready per `epoll_wait` by itself. Relayed and dropped packets are counted in
+//! plain integers and published ([`WorkerStats`], metrics) once per wake-up. A worker may also
 //! pace itself (`batch_interval`, off by default): after a wake-up that found packets it
 //! sleeps that long before looking again, so one wake-up serves every packet that
 //! arrived meanwhile. When a look finds nothing it blocks in `epoll_wait` again, so an
@@ -546,9 +548,12 @@ fn check_plain(kind: PacketKind, pkt: &[u8]) -> Result<(), DropReason> {
 
 /// Relays one packet received on `inbound` from `src`: the first `len` bytes of `buf`
 /// hold it, and `buf` must have [`TAILROOM`] bytes past `len` for the SRTP trailer.
-/// Decrypts with the inbound peer's key, latches, hands the clear packet to `on_clear`
-/// (where recording taps copy it), encrypts with our key for the outbound peer, and says
-/// where to send.
+/// Decrypts with the inbound peer's key, latches, finds where to send, hands the clear
+/// packet to `admit` (the worker's per-call checks: tenant bandwidth, then the recording
+/// taps' copies; an `Err` drops the packet with that reason), encrypts with our key for
+/// the outbound peer, and says where to send. `admit` runs only for a packet the call
+/// will relay as far as this leg's state can tell, so a recorder never gets a copy of a
+/// packet dropped for a missing peer or the tenant's bandwidth.
 // The arguments are the packet and both legs' state; a struct would only rename them.
 #[allow(clippy::too_many_arguments)]
 pub fn relay_packet(
@@ -560,7 +565,7 @@ pub fn relay_packet(
     src: SocketAddr,
     buf: &mut [u8],
     len: usize,
-    on_clear: impl FnOnce(PacketKind, &[u8]),
+    admit: impl FnOnce(PacketKind, &[u8]) -> Result<(), DropReason>,
 ) -> Result<Forward, DropReason> {
     let packet = buf.get_mut(..len).ok_or(DropReason::Truncated)?;
     let plain_len = if inbound.secure {
@@ -579,15 +584,12 @@ pub fn relay_packet(
         PacketKind::Rtcp => &mut inbound.rtcp,
     };
     latch.accept(now, src, inbound.secure, relatch_after)?;
-    if let Some(clear) = buf.get(..plain_len) {
-        on_clear(kind, clear);
-    }
-
     let dest = match kind {
         PacketKind::Rtp => outbound.rtp.dest(),
         PacketKind::Rtcp => outbound.rtcp_dest(),
     }
     .ok_or(DropReason::NoPeer)?;
+    admit(kind, buf.get(..plain_len).ok_or(DropReason::Truncated)?)?;
     let out_len = if outbound.secure {
         let (_, ctx) = outbound.tx.as_mut().ok_or(DropReason::NoCrypto)?;
         match kind {
@@ -616,12 +618,14 @@ pub fn relay_packet(
 // A tap copies the clear RTP a leg sends (after unprotect and latching) to a recording
 // engine: plain, or under the tap's own SRTP key with one context per leg, so the two
 // legs' SSRCs and rollover counters never share state with each other or with the call.
-// The copy is made in the worker's second buffer and sent with a non-blocking `send_to`
-// on the tap's own socket, which nobody reads. The tap's queue is that socket's kernel send
-// buffer: when it is full (`WouldBlock`) or the send fails, the copy is dropped and counted
-// (`sbc_tap_packets_dropped_total{reason}` and the tap's own counter). The call's packet is
-// relayed whatever happens to its copies: a tap never waits and never holds call media.
-// RTCP is not copied.
+// A copy is taken only of a packet the call relays (after latching, the peer check and
+// the tenant's bandwidth), into the worker's tap outbox ([`TapOutbox`]); once the received
+// batch is relayed, each tap's copies leave with one non-blocking `sendmmsg` on the tap's
+// own socket, which nobody reads, like call media. The tap's queue is that socket's
+// kernel send buffer: when it is full (`WouldBlock`) or the send fails, the copy is
+// dropped and counted (`sbc_tap_packets_dropped_total{reason}` and the tap's own
+// counter). The call's packet is relayed whatever happens to its copies: a tap never
+// waits and never holds call media. RTCP is not copied.
 
 /// Most taps on one call: a few recorders (compliance, analytics, a live monitor). Each
 /// tap costs a copy, maybe an SRTP protect and a send per packet on the call's worker.
@@ -733,13 +737,99 @@ struct TapMetrics {
     dropped: [metrics::Counter; 3],
 }
 
-/// Copies one clear RTP packet received on `leg` of m-line `stream` to the taps that want
-/// it.
+impl TapMetrics {
+    fn count_drops(&self, reason: TapDrop, n: usize) {
+        // `reason` is one of `TapDrop::ALL`, in that order.
+        if let (Some(c), true) = (self.dropped.get(reason as usize), n > 0) {
+            c.increment(n as u64);
+        }
+    }
+}
+
+/// Tap copies waiting for their send: [`TAP_SLOTS`] buffers of [`BUF_LEN`] bytes, each
+/// holding one copy (clear, or protected under its tap's key) for one tap of the call
+/// being drained. Flushed after each received batch, and earlier when full.
+struct TapOutbox {
+    bufs: Box<[u8]>,
+    /// (index of the tap in its call's list, length of the copy).
+    items: [(usize, usize); TAP_SLOTS],
+    len: usize,
+}
+
+/// Tap copies held before a flush: a received batch of [`BATCH`] packets with one tap
+/// flushes once; more taps flush when it fills, so a tap's `sendmmsg` never exceeds
+/// [`BATCH`]. 32 × 2068 bytes per worker.
+const TAP_SLOTS: usize = BATCH;
+
+impl TapOutbox {
+    fn new() -> TapOutbox {
+        TapOutbox {
+            bufs: vec![0u8; TAP_SLOTS * BUF_LEN].into_boxed_slice(),
+            items: [(0, 0); TAP_SLOTS],
+            len: 0,
+        }
+    }
+
+    fn slot(&self, i: usize) -> &[u8] {
+        self.bufs.get(i * BUF_LEN..(i + 1) * BUF_LEN).unwrap_or(&[])
+    }
+
+    /// The next free buffer; `None` when full.
+    fn next_mut(&mut self) -> Option<&mut [u8]> {
+        let i = self.len;
+        if i >= TAP_SLOTS {
+            return None;
+        }
+        self.bufs.get_mut(i * BUF_LEN..(i + 1) * BUF_LEN)
+    }
+
+    /// Sends every held copy, one `sendmmsg` per tap, and counts what happened. A tap
+    /// stopped (or paused) since its copies were made sends nothing (so none leaves after
+    /// `stop_tap` returned) and counts nothing.
+    fn flush(&mut self, taps: &mut [TapSetup], metrics: &TapMetrics) {
+        if self.len == 0 {
+            return;
+        }
+        for (t, tap) in taps.iter_mut().enumerate() {
+            let held = self.items[..self.len].iter().any(|(i, _)| *i == t);
+            let off = tap.counters.stopped.load(Ordering::Acquire)
+                || tap.counters.paused.load(Ordering::Acquire);
+            if !held || off {
+                continue;
+            }
+            let copies = self.items[..self.len]
+                .iter()
+                .enumerate()
+                .filter(|(_, (i, _))| *i == t)
+                .map(|(k, &(_, len))| (self.slot(k).get(..len).unwrap_or(&[]), tap.destination));
+            let done = send_batch(tap.socket.as_fd(), copies);
+            if done.sent > 0 {
+                tap.counters
+                    .sent
+                    .fetch_add(done.sent as u64, Ordering::Relaxed);
+                metrics.sent.increment(done.sent as u64);
+            }
+            if done.failed > 0 {
+                tap.counters
+                    .dropped
+                    .fetch_add(done.failed as u64, Ordering::Relaxed);
+                let full = done.full.min(done.failed);
+                metrics.count_drops(TapDrop::QueueFull, full);
+                metrics.count_drops(TapDrop::SendFailed, done.failed - full);
+            }
+        }
+        self.len = 0;
+    }
+}
+
+/// Copies one clear RTP packet received on `leg` of m-line `stream` into `outbox` for
+/// each tap that wants it (flushing the outbox first when it is full); a copy an SRTP tap refuses is
+/// counted at once.
 fn copy_to_taps(
     taps: &mut [TapSetup],
     (stream, leg): (usize, usize),
     clear: &[u8],
-    tap_buf: &mut [u8],
+    outbox: &mut TapOutbox,
     metrics: &TapMetrics,
 ) {
     let side = if leg == 0 {
@@ -747,61 +837,75 @@ fn copy_to_taps(
     } else {
         LegSide::Callee
     };
-    let len = clear.len();
-    for tap in taps.iter_mut().filter(|t| {
-        t.legs.includes(side)
-            && t.stream.is_none_or(|s| s == stream)
-            && !t.counters.stopped.load(Ordering::Acquire)
-            && !t.counters.paused.load(Ordering::Acquire)
-    }) {
-        let result = (|| {
-            tap_buf
-                .get_mut(..len)
-                .ok_or(TapDrop::SendFailed)?
-                .copy_from_slice(clear);
-            let out_len = match tap.srtp.as_mut().and_then(|c| c.get_mut(leg)) {
-                Some(ctx) => {
-                    let ssrc = clear
-                        .get(8..12)
-                        .and_then(|b| <[u8; 4]>::try_from(b).ok())
-                        .map(u32::from_be_bytes)
-                        .ok_or(TapDrop::Srtp)?;
-                    let [s0, s1] = &mut tap.ssrcs;
-                    let (mine, other) = if leg == 0 { (s0, s1) } else { (s1, s0) };
-                    if other.contains(ssrc) || !mine.insert(ssrc) {
-                        return Err(TapDrop::Srtp);
-                    }
-                    ctx.protect_rtp(tap_buf, len).map_err(|_| TapDrop::Srtp)?
+    for t in 0..taps.len() {
+        let Some(tap) = taps.get_mut(t) else {
+            break;
+        };
+        let wanted = tap.legs.includes(side)
+            && tap.stream.is_none_or(|s| s == stream)
+            && !tap.counters.stopped.load(Ordering::Acquire)
+            && !tap.counters.paused.load(Ordering::Acquire);
+        if !wanted {
+            continue;
+        }
+        if outbox.len >= TAP_SLOTS {
+            outbox.flush(taps, metrics);
+        }
+        let Some(tap) = taps.get_mut(t) else {
+            break;
+        };
+        let Some(buf) = outbox.next_mut() else {
+            break;
+        };
+        match copy_one(tap, leg, clear, buf) {
+            Ok(out_len) => {
+                if let Some(item) = outbox.items.get_mut(outbox.len) {
+                    *item = (t, out_len);
+                    outbox.len += 1;
                 }
-                None => len,
-            };
-            let out = tap_buf.get(..out_len).ok_or(TapDrop::SendFailed)?;
-            match tap.socket.send_to(out, tap.destination) {
-                Ok(_) => Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(TapDrop::QueueFull),
-                Err(_) => Err(TapDrop::SendFailed),
-            }
-        })();
-        match result {
-            Ok(()) => {
-                tap.counters.sent.fetch_add(1, Ordering::Relaxed);
-                metrics.sent.increment(1);
             }
             Err(r) => {
                 tap.counters.dropped.fetch_add(1, Ordering::Relaxed);
-                // `r` is one of `TapDrop::ALL`, in that order.
-                if let Some(c) = metrics.dropped.get(r as usize) {
-                    c.increment(1);
-                }
+                metrics.count_drops(r, 1);
             }
         }
     }
+}
+
+/// One tap's copy of `clear` into `buf`, protected under the tap's key for an SRTP tap:
+/// the copy's length.
+fn copy_one(
+    tap: &mut TapSetup,
+    leg: usize,
+    clear: &[u8],
+    buf: &mut [u8],
+) -> Result<usize, TapDrop> {
+    let len = clear.len();
+    buf.get_mut(..len)
+        .ok_or(TapDrop::SendFailed)?
+        .copy_from_slice(clear);
+    let Some(ctx) = tap.srtp.as_mut().and_then(|c| c.get_mut(leg)) else {
+        return Ok(len);
+    };
+    let ssrc = clear
+        .get(8..12)
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .map(u32::from_be_bytes)
+        .ok_or(TapDrop::Srtp)?;
+    let [s0, s1] = &mut tap.ssrcs;
+    let (mine, other) = if leg == 0 { (s0, s1) } else { (s1, s0) };
+    if other.contains(ssrc) || !mine.insert(ssrc) {
+        return Err(TapDrop::Srtp);
+    }
+    ctx.protect_rtp(buf, len).map_err(|_| TapDrop::Srtp)
 }
 
 // ---------------------------------------------------------------------------------------
 // Worker: sockets and threads.
 
 /// Counters one worker writes and anyone may read (no lock; each worker has its own).
+/// Updated once per wake-up that found packets, so they lag the packets by at most one
+/// wake-up.
 #[derive(Debug, Default)]
 pub struct WorkerStats {
     pub relayed: AtomicU64,
@@ -952,6 +1056,43 @@ impl ByteBucket {
     }
 }
 
+/// A worker's relayed and dropped packets, counted in plain integers on the packet path
+/// and published to [`WorkerStats`] and the metrics once per wake-up: two atomic
+/// read-modify-writes per packet (stats and metric) become two per wake-up and reason.
+#[derive(Debug, Default)]
+struct Tally {
+    relayed: u64,
+    dropped: [u64; DropReason::COUNT],
+}
+
+impl Tally {
+    fn drop(&mut self, reason: DropReason, n: u64) {
+        if let Some(d) = self.dropped.get_mut(reason.index()) {
+            *d += n;
+        }
+    }
+
+    fn publish(&mut self, stats: &WorkerStats, counters: &Counters) {
+        if self.relayed > 0 {
+            stats.relayed.fetch_add(self.relayed, Ordering::Relaxed);
+            counters.relayed.increment(self.relayed);
+            self.relayed = 0;
+        }
+        for ((n, stat), metric) in self
+            .dropped
+            .iter_mut()
+            .zip(&stats.dropped)
+            .zip(&counters.dropped)
+        {
+            if *n > 0 {
+                stat.fetch_add(*n, Ordering::Relaxed);
+                metric.increment(*n);
+                *n = 0;
+            }
+        }
+    }
+}
+
 struct Counters {
     relayed: metrics::Counter,
     wakeups: metrics::Counter,
@@ -1014,7 +1155,8 @@ pub fn spawn_worker(id: usize, params: WorkerParams) -> io::Result<WorkerHandle>
                 free_slots: Vec::new(),
                 batch: RecvBatch::new(BUF_LEN),
                 outboxes: Box::new([Outbox::EMPTY; 3]),
-                tap_buf: vec![0u8; BUF_LEN].into_boxed_slice(),
+                tap_out: TapOutbox::new(),
+                tally: Tally::default(),
                 tenant_buckets: HashMap::new(),
                 auth_seen: (0, Instant::now()),
                 latency: LatencySampler::new(metrics::histogram!(
@@ -1043,8 +1185,11 @@ struct Worker {
     /// What one received batch relays, by how it leaves: RTP, RTCP muxed on the RTP
     /// socket, RTCP on the RTCP socket (kept apart so the leg's RTP count is exact).
     outboxes: Box<[Outbox; 3]>,
-    /// Where a tap's copy is made and protected: the call's packet in `batch` is untouched.
-    tap_buf: Box<[u8]>,
+    /// Where taps' copies are made, protected and held until their `sendmmsg`: the call's
+    /// packet in `batch` is untouched.
+    tap_out: TapOutbox,
+    /// Packets relayed and dropped since the counters were last published.
+    tally: Tally,
     /// Bandwidth buckets of the limited tenants this worker relays for.
     tenant_buckets: HashMap<TenantId, ByteBucket>,
     /// SRTP authentication failures seen at the last security check, and when.
@@ -1097,6 +1242,7 @@ impl Worker {
             }
             if sockets > 0 {
                 self.counters.wakeups.increment(1);
+                self.tally.publish(&self.params.stats, &self.counters);
             }
             busy = sockets > 0 && !pace.is_zero();
             if now >= next_tick {
@@ -1360,7 +1506,7 @@ impl Worker {
 
     /// Reads every pending datagram of one socket (mio readiness is edge-triggered), a
     /// batch per `recvmmsg`, and sends what it relays with one `sendmmsg` per outgoing
-    /// socket and kind.
+    /// socket and kind, then the taps' copies with one `sendmmsg` per tap.
     fn drain_socket(&mut self, token: Token, now: Instant) {
         let Some(Some(slot)) = self.slots.get(token.0).copied() else {
             return;
@@ -1370,11 +1516,11 @@ impl Worker {
             calls,
             batch: rx,
             outboxes: out,
-            tap_buf,
-            params,
+            tap_out,
             counters,
             tenant_buckets,
             latency,
+            tally,
             ..
         } = self;
         let Some(call) = calls.get_mut(&slot.call) else {
@@ -1383,6 +1529,8 @@ impl Worker {
         let Some(Some(stream)) = call.streams.get_mut(slot.stream) else {
             return;
         };
+        // One look-up per socket, not per packet: every packet here is this call's.
+        let mut bucket = call.tenant.as_ref().and_then(|t| tenant_buckets.get_mut(t));
         let taps = &mut call.taps;
         let [l0, l1] = &mut stream.legs;
         let (inb, outb) = if slot.leg == 0 { (l0, l1) } else { (l1, l0) };
@@ -1407,6 +1555,7 @@ impl Worker {
             for o in out.iter_mut() {
                 o.len = 0;
             }
+            let mut active = false;
             for i in 0..n {
                 let len = rx.len(i);
                 let result = match rx.source(i) {
@@ -1419,6 +1568,27 @@ impl Worker {
                             PacketKind::classify_muxed(rx.packet(i))
                         };
                         let (track, leg_counters) = (&mut inb.track, &inb.counters);
+                        let admit = |kind, clear: &[u8]| {
+                            if kind == PacketKind::Rtp {
+                                track.on_rtp(clear, leg_counters);
+                            }
+                            // Charged at the size received, before anything is copied.
+                            if let Some(b) = bucket.as_deref_mut() {
+                                if !b.take(now, len) {
+                                    return Err(DropReason::TenantBandwidth);
+                                }
+                            }
+                            if kind == PacketKind::Rtp && !taps.is_empty() {
+                                copy_to_taps(
+                                    taps,
+                                    (slot.stream, slot.leg),
+                                    clear,
+                                    tap_out,
+                                    &counters.taps,
+                                );
+                            }
+                            Ok(())
+                        };
                         relay_packet(
                             now,
                             relatch_after,
@@ -1428,35 +1598,14 @@ impl Worker {
                             src,
                             rx.slot_mut(i),
                             len,
-                            |kind, clear| {
-                                if kind == PacketKind::Rtp {
-                                    track.on_rtp(clear, leg_counters);
-                                    copy_to_taps(
-                                        taps,
-                                        (slot.stream, slot.leg),
-                                        clear,
-                                        tap_buf,
-                                        &counters.taps,
-                                    );
-                                }
-                            },
+                            admit,
                         )
                         .map(|f| (f, kind))
                     }
                 };
-                let result = result.and_then(|(f, kind)| {
-                    call.last_activity = now;
-                    if let Some(bucket) =
-                        call.tenant.as_ref().and_then(|t| tenant_buckets.get_mut(t))
-                    {
-                        if !bucket.take(now, f.len) {
-                            return Err(DropReason::TenantBandwidth);
-                        }
-                    }
-                    Ok((f, kind))
-                });
                 match result {
                     Ok((f, kind)) => {
+                        active = true;
                         let which = match (kind, f.via_rtcp_socket) {
                             (PacketKind::Rtp, _) => 0,
                             (PacketKind::Rtcp, false) => 1,
@@ -1465,47 +1614,47 @@ impl Worker {
                         out[which].push(i, f.len, f.dest);
                     }
                     Err(r) => {
-                        if r.after_accept() {
-                            call.last_activity = now;
-                        }
-                        params.stats.dropped[r.index()].fetch_add(1, Ordering::Relaxed);
-                        counters.dropped[r.index()].increment(1);
+                        active |= r.after_accept();
+                        tally.drop(r, 1);
                     }
                 }
             }
-            for (which, boxed) in out.iter().enumerate() {
-                if boxed.len == 0 {
-                    continue;
-                }
-                let sock = if which == 2 { &outb.rtcp } else { &outb.rtp };
-                let packets = boxed
-                    .items()
-                    .iter()
-                    .map(|&(i, len, dest)| (rx.slot(i).get(..len).unwrap_or(&[]), dest));
-                let done = send_batch(sock.as_fd(), packets);
-                if which == 0 && done.sent > 0 {
-                    let sent = outb.counters.sent.load(Ordering::Relaxed) + done.sent as u64;
-                    outb.counters.sent.store(sent, Ordering::Relaxed);
-                }
-                params
-                    .stats
-                    .relayed
-                    .fetch_add(done.sent as u64, Ordering::Relaxed);
-                counters.relayed.increment(done.sent as u64);
-                if done.failed > 0 {
-                    let r = DropReason::SendFailed.index();
-                    params.stats.dropped[r].fetch_add(done.failed as u64, Ordering::Relaxed);
-                    counters.dropped[r].increment(done.failed as u64);
-                }
+            if active {
+                call.last_activity = now;
             }
+            send_outboxes(out, rx, outb, tally);
             if let Some(t0) = sampled.filter(|_| out.iter().any(|o| o.len > 0)) {
                 latency.push(t0.elapsed());
             }
+            tap_out.flush(taps, &counters.taps);
             // Fewer than a batch: the socket was empty when the call returned.
             if n < BATCH {
                 return;
             }
         }
+    }
+}
+
+/// Sends one received batch's relayed packets, one `sendmmsg` per outbox, from the
+/// outbound leg's sockets, and counts them.
+fn send_outboxes(out: &[Outbox; 3], rx: &RecvBatch, outb: &LegIo, tally: &mut Tally) {
+    for (which, boxed) in out.iter().enumerate() {
+        if boxed.len == 0 {
+            continue;
+        }
+        let sock = if which == 2 { &outb.rtcp } else { &outb.rtp };
+        let packets = boxed
+            .items()
+            .iter()
+            .map(|&(i, len, dest)| (rx.slot(i).get(..len).unwrap_or(&[]), dest));
+        let done = send_batch(sock.as_fd(), packets);
+        if which == 0 && done.sent > 0 {
+            // This worker is the counter's only writer: a load and a store, no RMW.
+            let sent = outb.counters.sent.load(Ordering::Relaxed) + done.sent as u64;
+            outb.counters.sent.store(sent, Ordering::Relaxed);
+        }
+        tally.relayed += done.sent as u64;
+        tally.drop(DropReason::SendFailed, done.failed as u64);
     }
 }
 
@@ -1569,8 +1718,19 @@ mod tests {
             src,
             buf,
             len,
-            |_, _| {},
+            |_, _| Ok(()),
         )
+    }
+
+    fn noop_tap_metrics() -> TapMetrics {
+        TapMetrics {
+            sent: metrics::Counter::noop(),
+            dropped: [
+                metrics::Counter::noop(),
+                metrics::Counter::noop(),
+                metrics::Counter::noop(),
+            ],
+        }
     }
 
     fn addr(s: &str) -> SocketAddr {
@@ -1914,17 +2074,16 @@ mod tests {
                 Some([k.context().unwrap(), k.context().unwrap()]),
             ),
         ];
-        let m = TapMetrics {
-            sent: metrics::Counter::noop(),
-            dropped: [
-                metrics::Counter::noop(),
-                metrics::Counter::noop(),
-                metrics::Counter::noop(),
-            ],
-        };
+        let m = noop_tap_metrics();
         let pkt = rtp(1, b"clear voice");
-        let mut tap_buf = vec![0u8; BUF_LEN];
-        copy_to_taps(&mut taps, (0, 0), &pkt, &mut tap_buf, &m);
+        let mut outbox = TapOutbox::new();
+        copy_to_taps(&mut taps, (0, 0), &pkt, &mut outbox, &m);
+        assert_eq!(outbox.len, 3, "copies wait in the outbox until the flush");
+        assert!(taps
+            .iter()
+            .all(|t| t.counters.sent.load(Ordering::Relaxed) == 0));
+        outbox.flush(&mut taps, &m);
+        assert_eq!(outbox.len, 0);
         let counts: Vec<(u64, u64)> = taps
             .iter()
             .map(|t| {
@@ -1946,10 +2105,60 @@ mod tests {
 
         // The callee leg with the caller's SSRC: refused by the SRTP tap (same key, same
         // SSRC and index would reuse keystream); the plain callee tap still sends it.
-        copy_to_taps(&mut taps, (0, 1), &pkt, &mut tap_buf, &m);
+        copy_to_taps(&mut taps, (0, 1), &pkt, &mut outbox, &m);
+        outbox.flush(&mut taps, &m);
         assert_eq!(taps[1].counters.sent.load(Ordering::Relaxed), 1);
         assert_eq!(taps[3].counters.sent.load(Ordering::Relaxed), 1);
         assert_eq!(taps[3].counters.dropped.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn tap_outbox_flushes_when_full_and_a_stopped_tap_sends_nothing() {
+        let rec = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        rec.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let to = rec.local_addr().unwrap();
+        let mut taps: Vec<TapSetup> = (0..3)
+            .map(|id| {
+                let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+                socket.set_nonblocking(true).unwrap();
+                TapSetup {
+                    id: TapId(id),
+                    legs: TapLegs::Both,
+                    stream: None,
+                    destination: to,
+                    socket,
+                    srtp: None,
+                    counters: Arc::default(),
+                    ssrcs: Default::default(),
+                }
+            })
+            .collect();
+        let m = noop_tap_metrics();
+        let mut outbox = TapOutbox::new();
+        // 20 packets × 2 live taps = 40 copies: more than the outbox holds.
+        taps[2].counters.stopped.store(true, Ordering::Release);
+        for seq in 0..20u16 {
+            copy_to_taps(&mut taps, (0, 0), &rtp(seq, b"v"), &mut outbox, &m);
+        }
+        // Stopped between its copies and their send: none of them leaves.
+        taps[1].counters.stopped.store(true, Ordering::Release);
+        outbox.flush(&mut taps, &m);
+        let sent: Vec<u64> = taps
+            .iter()
+            .map(|t| t.counters.sent.load(Ordering::Relaxed))
+            .collect();
+        // The outbox filled at the 17th packet (32 copies) and was flushed with both taps
+        // live; tap 1's last 4 copies were held when it stopped.
+        assert_eq!(sent, [20, 16, 0]);
+        let mut got = [0u8; 64];
+        let mut n = 0;
+        while rec.recv_from(&mut got).is_ok() {
+            n += 1;
+            if n == 36 {
+                break;
+            }
+        }
+        assert_eq!(n, 36);
     }
 
     #[test]
@@ -1970,21 +2179,17 @@ mod tests {
             counters: Arc::default(),
             ssrcs: Default::default(),
         }];
-        let m = TapMetrics {
-            sent: metrics::Counter::noop(),
-            dropped: [
-                metrics::Counter::noop(),
-                metrics::Counter::noop(),
-                metrics::Counter::noop(),
-            ],
-        };
-        let mut tap_buf = vec![0u8; BUF_LEN];
+        let m = noop_tap_metrics();
+        let mut outbox = TapOutbox::new();
         let sent = |t: &[TapSetup]| t[0].counters.sent.load(Ordering::Relaxed);
         // Other leg, other m-line: not copied.
-        copy_to_taps(&mut taps, (1, 0), &rtp(1, b"a"), &mut tap_buf, &m);
-        copy_to_taps(&mut taps, (0, 1), &rtp(1, b"b"), &mut tap_buf, &m);
+        copy_to_taps(&mut taps, (1, 0), &rtp(1, b"a"), &mut outbox, &m);
+        outbox.flush(&mut taps, &m);
+        copy_to_taps(&mut taps, (0, 1), &rtp(1, b"b"), &mut outbox, &m);
+        outbox.flush(&mut taps, &m);
         assert_eq!(sent(&taps), 0);
-        copy_to_taps(&mut taps, (1, 1), &rtp(1, b"c"), &mut tap_buf, &m);
+        copy_to_taps(&mut taps, (1, 1), &rtp(1, b"c"), &mut outbox, &m);
+        outbox.flush(&mut taps, &m);
         assert_eq!(sent(&taps), 1);
         let mut rx = k.context().unwrap();
         let mut got = [0u8; 2048];
@@ -1993,12 +2198,14 @@ mod tests {
         assert_eq!(&got[..n], &rtp(1, b"c")[..]);
         // Paused: no copy, no count, the SRTP context untouched.
         taps[0].counters.paused.store(true, Ordering::Release);
-        copy_to_taps(&mut taps, (1, 1), &rtp(2, b"d"), &mut tap_buf, &m);
+        copy_to_taps(&mut taps, (1, 1), &rtp(2, b"d"), &mut outbox, &m);
+        outbox.flush(&mut taps, &m);
         assert_eq!(sent(&taps), 1);
         assert_eq!(taps[0].counters.dropped.load(Ordering::Relaxed), 0);
         assert!(rec.recv_from(&mut got).is_err(), "nothing while paused");
         taps[0].counters.paused.store(false, Ordering::Release);
-        copy_to_taps(&mut taps, (1, 1), &rtp(3, b"e"), &mut tap_buf, &m);
+        copy_to_taps(&mut taps, (1, 1), &rtp(3, b"e"), &mut outbox, &m);
+        outbox.flush(&mut taps, &m);
         let (n, _) = rec.recv_from(&mut got).unwrap();
         let n = rx.unprotect_rtp(&mut got[..n]).unwrap();
         assert_eq!(&got[..n], &rtp(3, b"e")[..]);

@@ -309,6 +309,9 @@ pub struct Sent {
     pub sent: usize,
     /// Datagrams refused (full send buffer, unreachable, wrong family): dropped.
     pub failed: usize,
+    /// Of `failed`, those refused because the socket's send buffer was full
+    /// (`EAGAIN`): the receiver, or the path to it, is slow.
+    pub full: usize,
 }
 
 /// Sends `packets` (datagram, destination) from one socket with as few `sendmmsg` calls
@@ -363,11 +366,14 @@ pub fn send_batch<'a>(
             // Nothing taken and no error: do not spin; the rest is dropped.
             out.failed += count - at;
             break;
-        } else if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-            continue;
         } else {
+            let kind = io::Error::last_os_error().kind();
+            if kind == io::ErrorKind::Interrupted {
+                continue;
+            }
             // The datagram at `at` was refused: drop it, go on with the next.
             out.failed += 1;
+            out.full += usize::from(kind == io::ErrorKind::WouldBlock);
             at += 1;
         }
     }
@@ -468,7 +474,14 @@ mod tests {
             .zip(&rxs)
             .map(|(p, r)| (p.as_slice(), r.local_addr().unwrap()))
             .collect();
-        assert_eq!(send_batch(tx.as_fd(), packets), Sent { sent: 4, failed: 0 });
+        assert_eq!(
+            send_batch(tx.as_fd(), packets),
+            Sent {
+                sent: 4,
+                failed: 0,
+                full: 0
+            }
+        );
         let mut b = RecvBatch::new(256);
         for (r, p) in rxs.iter().zip(&payloads) {
             assert_eq!(recv_some(&mut b, r, 200), 1);
@@ -486,7 +499,14 @@ mod tests {
         let bad: SocketAddr = "[::1]:9".parse().unwrap();
         let packets: Vec<(&[u8], SocketAddr)> =
             vec![(b"one", ok), (b"bad", bad), (b"two", ok), (b"bad", bad)];
-        assert_eq!(send_batch(tx.as_fd(), packets), Sent { sent: 2, failed: 2 });
+        assert_eq!(
+            send_batch(tx.as_fd(), packets),
+            Sent {
+                sent: 2,
+                failed: 2,
+                full: 0
+            }
+        );
         let mut b = RecvBatch::new(64);
         let mut got = Vec::new();
         while got.len() < 2 {
@@ -500,7 +520,8 @@ mod tests {
             send_batch(tx.as_fd(), many),
             Sent {
                 sent: BATCH,
-                failed: 3
+                failed: 3,
+                full: 0
             }
         );
     }

@@ -45,6 +45,11 @@ struct Call {
 
 impl Call {
     fn setup(e: &MediaEngine, call: CallRef, tenant: &str) -> Call {
+        Call::setup_limited(e, call, tenant, 0)
+    }
+
+    /// A call of a tenant with a media bandwidth limit (`bandwidth_kbps`, 0: none).
+    fn setup_limited(e: &MediaEngine, call: CallRef, tenant: &str, bandwidth_kbps: u32) -> Call {
         let suites = vec![P128.as_str().to_string()];
         let pol = MediaPolicy {
             caller: LegPolicy {
@@ -55,6 +60,7 @@ impl Call {
                 srtp: SrtpMode::Required,
                 suites,
             },
+            bandwidth_kbps,
             ..MediaPolicy::default()
         };
         let (caller, callee) = (peer(), peer());
@@ -277,6 +283,72 @@ fn stalled_or_absent_recorders_cost_the_call_nothing() {
     }
     let stats = e.stats();
     assert_eq!(stats.packets_dropped_total, 0, "{stats:?}");
+    e.delete(call);
+    e.shutdown();
+}
+
+/// A packet the tenant's bandwidth limit drops is not copied to a tap (the limit is
+/// checked before the copies), and each packet is counted once: relayed, or dropped for
+/// one reason.
+#[test]
+fn packets_over_the_tenant_bandwidth_are_not_copied_to_taps_and_count_once() {
+    let e = engine(100, Duration::from_secs(30));
+    let call = CallRef(11);
+    // 100 kbit/s = 12,500 bytes/s, half per worker (the test engine runs 2), one second
+    // deep: about 34 packets of 182 bytes, then the rest of the burst is over.
+    let mut c = Call::setup_limited(&e, call, "limited", 100);
+    let recorder = peer();
+    e.start_tap(call, spec(TapLegs::Caller, TapTransport::Rtp, &recorder))
+        .unwrap();
+    const N: u16 = 300;
+    for seq in 1..=N {
+        send_srtp(
+            &c.caller,
+            &mut c.k1,
+            &rtp(seq, CALLER_SSRC, &[7; 160]),
+            c.caller_side.port(),
+        );
+    }
+    c.callee
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut relayed = 0u64;
+    while let Some(mut p) = recv_packet(&c.callee) {
+        assert!(c.k2.unprotect_rtp(&mut p).is_ok());
+        relayed += 1;
+    }
+    assert!(
+        relayed > 0 && relayed < u64::from(N),
+        "the limit let {relayed} of {N} through"
+    );
+    let st = wait_counted(&e, call, relayed);
+    assert_eq!(
+        (st[0].packets_sent, st[0].packets_dropped),
+        (relayed, 0),
+        "one copy per relayed packet, none of a dropped one"
+    );
+    let mut copies = 0u64;
+    recorder
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    while recv_packet(&recorder).is_some() {
+        copies += 1;
+    }
+    assert_eq!(copies, relayed);
+    // The worker publishes its counts once per wake-up: wait for the last one.
+    let deadline = Instant::now() + PACKET_WAIT;
+    let mut s = e.stats();
+    while s.packets_relayed + s.packets_dropped_total < u64::from(N) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+        s = e.stats();
+    }
+    let by = |r: &str| s.dropped_by_reason.iter().find(|(x, _)| *x == r).unwrap().1;
+    assert_eq!(by("tenant_bandwidth"), u64::from(N) - relayed);
+    assert_eq!(
+        s.packets_relayed + s.packets_dropped_total,
+        u64::from(N),
+        "every packet counted once: {s:?}"
+    );
     e.delete(call);
     e.shutdown();
 }

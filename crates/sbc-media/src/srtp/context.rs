@@ -423,7 +423,7 @@ impl SrtpContext {
         match &self.rtp {
             SessionCrypto::Cm(cm) => {
                 cm.crypt(hdr.ssrc, index, &mut buf[hdr.len..len]);
-                let tag = cm.mac(&buf[..len], &roc.to_be_bytes());
+                let tag = cm.mac(&buf[..len], Some(roc));
                 if let Some(mki) = &self.mki {
                     buf[len..len + self.mki_len].copy_from_slice(mki.as_bytes());
                 }
@@ -477,11 +477,7 @@ impl SrtpContext {
 
         match &self.rtp {
             SessionCrypto::Cm(cm) => {
-                cm.verify(
-                    &buf[..end],
-                    &roc.to_be_bytes(),
-                    &buf[tag_at..tag_at + tag_len],
-                )?;
+                cm.verify(&buf[..end], Some(roc), &buf[tag_at..tag_at + tag_len])?;
                 cm.crypt(hdr.ssrc, index, &mut buf[hdr.len..end]);
             }
             SessionCrypto::Gcm(gcm) => {
@@ -524,7 +520,7 @@ impl SrtpContext {
                 cm.crypt(ssrc, u64::from(index), &mut buf[RTCP_HEADER_LEN..len]);
                 buf[len..len + SRTCP_INDEX_LEN].copy_from_slice(&e_index);
                 let auth_end = len + SRTCP_INDEX_LEN;
-                let tag = cm.mac(&buf[..auth_end], &[]);
+                let tag = cm.mac(&buf[..auth_end], None);
                 if let Some(mki) = &self.mki {
                     buf[auth_end..auth_end + self.mki_len].copy_from_slice(mki.as_bytes());
                 }
@@ -596,7 +592,7 @@ impl SrtpContext {
             SessionCrypto::Cm(cm) => {
                 cm.verify(
                     &buf[..end + SRTCP_INDEX_LEN],
-                    &[],
+                    None,
                     &buf[tag_at..tag_at + tag_len],
                 )?;
                 if encrypted {

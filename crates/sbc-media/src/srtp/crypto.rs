@@ -1,26 +1,45 @@
 //! Session-key primitives: AES counter mode, pre-keyed HMAC-SHA1 and AES-GCM.
 //!
 //! Owns the expanded keys of one session (SRTP or SRTCP) of a context. Everything is
-//! keyed once at context creation; per packet we only build an IV and, for HMAC, clone
-//! the pre-keyed inner/outer SHA-1 state (no re-keying, no allocation).
+//! keyed once at context creation; per packet we only build an IV and, for HMAC, copy
+//! the two pre-keyed SHA-1 chaining states (40 bytes; no re-keying, no allocation).
 //!
 //! Primitive choice, measured on the dev machine (AES-NI, SHA-NI, VAES; two runs of a
 //! timing loop over the same code as `benches/primitives.rs`, median ns per 160 / 1200
 //! byte payload; re-check with `cargo bench -p sbc-media --bench primitives`):
 //! - AES-CTR: RustCrypto `aes`+`ctr` ~70-110 / ~210-280, aws-lc-rs ~70-76 / ~200-265:
-//!   equal within noise, so the pure-Rust crate (no C in this path).
+//!   equal within noise, so the pure-Rust crate (no C in this path). `ctr` encrypts the
+//!   blocks after the last whole backend batch (64 with VAES-512) one call each, but the
+//!   calls are independent and overlap: padding them into a second batch measured worse
+//!   (`aes-batches-only` rows: a 64-block batch ~180 ns against ~72 ns for the 10
+//!   blocks of a 160-byte payload through `ctr`), so `ctr` stays.
 //! - HMAC-SHA1: RustCrypto (`sha1` SHA-NI backend) ~205 / ~875-1035, aws-lc-rs ~370 /
-//!   ~1040-1080, ring ~910 / ~3900 (no SHA-NI): RustCrypto.
+//!   ~1040-1080, ring ~910 / ~3900 (no SHA-NI): the `sha1` compression function, with
+//!   our own HMAC around it ([`HmacSha1`]: payload blocks compressed in place, no
+//!   `hmac`/`digest` buffering).
 //! - AES-GCM: ring ~135 / ~255, aws-lc-rs ~200-260 / ~420-460, RustCrypto `aes-gcm`
 //!   ~215-280 / ~740-840: ring.
+//!
+//! Effect of the HMAC change on whole packets (`cargo bench --bench srtp --features
+//! libsrtp`, 2026-12-04, loaded machine, see `benches/README.md`): AES-128-CM at 172 /
+//! 1212 bytes, protect ~310 -> 216 / ~1100-1250 -> 1005 ns, unprotect ~300-340 -> 249 /
+//! ~1180-1260 -> 1026 ns (ratio to libsrtp in that run 0.54 / 0.92, 0.57 / 0.95).
+//! `sha1-compress-only` (the SHA-1 work alone) is 835 ns at 1200 bytes against 1026 for
+//! `hmac`+`sha1` in the same run: the wrapper cost ~190 ns.
+//!
+//! At 1212 bytes SHA-1 is most of the time: 21 compressions of a serial `sha1rnds4`
+//! chain (~835 ns) against ~300 ns of AES-CTR; a floor below that needs the SHA-1 and AES
+//! instruction streams interleaved inside one function (intrinsics, so `unsafe`, which
+//! this crate forbids).
 
-use aes::cipher::{InnerIvInit, KeyInit, StreamCipher, StreamCipherCoreWrapper};
+use aes::cipher::consts::U64;
+use aes::cipher::{Array, InnerIvInit, KeyInit, StreamCipher, StreamCipherCoreWrapper};
 use aes::{Aes128, Aes256};
 use ctr::flavors::Ctr128BE;
 use ctr::CtrCore;
-use hmac::{Hmac, Mac};
 use ring::aead::{self, LessSafeKey, UnboundKey};
-use sha1::Sha1;
+use sha1::block_api::compress as sha1_compress;
+use sha1::{Digest, Sha1};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroize;
 
@@ -71,10 +90,105 @@ impl AesCtr {
     }
 }
 
+/// SHA-1 initial hash value H(0) (FIPS 180-4 §5.3.1).
+const SHA1_H0: [u32; 5] = [
+    0x6745_2301,
+    0xefcd_ab89,
+    0x98ba_dcfe,
+    0x1032_5476,
+    0xc3d2_e1f0,
+];
+const SHA1_BLOCK: usize = 64;
+
+/// HMAC-SHA1 (RFC 2104) keyed once: the SHA-1 chaining states after the ipad and the
+/// opad block. Per packet, the payload's whole blocks are compressed straight from the
+/// packet buffer and only the last partial block (+ ROC + padding) is copied, so a
+/// packet costs its own blocks plus one or two, and one for the outer hash.
+struct HmacSha1 {
+    inner: [u32; 5],
+    outer: [u32; 5],
+}
+
+impl HmacSha1 {
+    fn new(key: &[u8]) -> Self {
+        let mut k = [0u8; SHA1_BLOCK];
+        if key.len() > SHA1_BLOCK {
+            k[..20].copy_from_slice(&Sha1::digest(key));
+        } else {
+            k[..key.len()].copy_from_slice(key);
+        }
+        let keyed = |pad: u8| {
+            let mut block = [0u8; SHA1_BLOCK];
+            for (b, k) in block.iter_mut().zip(&k) {
+                *b = k ^ pad;
+            }
+            let mut state = SHA1_H0;
+            sha1_compress(&mut state, &[block]);
+            block.zeroize();
+            state
+        };
+        let mac = HmacSha1 {
+            inner: keyed(0x36),
+            outer: keyed(0x5c),
+        };
+        k.zeroize();
+        mac
+    }
+
+    /// HMAC-SHA1 over `data || roc` (the ROC as 4 big-endian bytes, RFC 3711 §4.2).
+    fn mac(&self, data: &[u8], roc: Option<u32>) -> [u8; 20] {
+        let mut state = self.inner;
+        let (blocks, rest) = Array::<u8, U64>::slice_as_chunks(data);
+        sha1_compress(&mut state, Array::cast_slice_to_core(blocks));
+
+        // Last partial block, ROC, 0x80, zeros, 64-bit bit length (FIPS 180-4 §5.1.1):
+        // rest < 64 and ROC 4 bytes, so it all fits in two blocks.
+        let mut tail = [[0u8; SHA1_BLOCK]; 2];
+        let flat = tail.as_flattened_mut();
+        let mut n = rest.len();
+        flat[..n].copy_from_slice(rest);
+        if let Some(roc) = roc {
+            flat[n..n + 4].copy_from_slice(&roc.to_be_bytes());
+            n += 4;
+        }
+        flat[n] = 0x80;
+        let end = if n + 9 <= SHA1_BLOCK {
+            SHA1_BLOCK
+        } else {
+            2 * SHA1_BLOCK
+        };
+        // The ipad block counts towards the length.
+        let bits = (SHA1_BLOCK + data.len() + n - rest.len()) as u64 * 8;
+        flat[end - 8..end].copy_from_slice(&bits.to_be_bytes());
+        sha1_compress(&mut state, &tail[..end / SHA1_BLOCK]);
+
+        let mut block = [0u8; SHA1_BLOCK];
+        for (d, w) in block.chunks_exact_mut(4).zip(state) {
+            d.copy_from_slice(&w.to_be_bytes());
+        }
+        block[20] = 0x80;
+        block[SHA1_BLOCK - 8..].copy_from_slice(&((SHA1_BLOCK + 20) as u64 * 8).to_be_bytes());
+        let mut state = self.outer;
+        sha1_compress(&mut state, &[block]);
+        let mut out = [0u8; 20];
+        for (d, w) in out.chunks_exact_mut(4).zip(state) {
+            d.copy_from_slice(&w.to_be_bytes());
+        }
+        out
+    }
+}
+
+impl Drop for HmacSha1 {
+    fn drop(&mut self) {
+        self.inner.zeroize();
+        self.outer.zeroize();
+    }
+}
+
 /// Session keys of an AES-CM + HMAC-SHA1 session.
 pub(crate) struct CmSession {
     aes: AesCtr,
-    mac: Hmac<Sha1>,
+    mac: HmacSha1,
     salt: [u8; 14],
 }
 
@@ -112,8 +226,7 @@ impl SessionCrypto {
     }
 
     pub(crate) fn cm(key: &[u8], auth_key: &[u8], salt: &[u8]) -> Result<Self, SrtpError> {
-        let mac = <Hmac<Sha1> as KeyInit>::new_from_slice(auth_key)
-            .map_err(|_| SrtpError::InvalidConfig("HMAC key"))?;
+        let mac = HmacSha1::new(auth_key);
         let mut s = [0u8; 14];
         if salt.len() != 14 {
             return Err(SrtpError::BadSaltLength {
@@ -179,17 +292,19 @@ impl CmSession {
         self.aes.apply_keystream(&iv, data);
     }
 
-    /// Full 160-bit HMAC-SHA1 over `a || b`.
-    pub(crate) fn mac(&self, a: &[u8], b: &[u8]) -> [u8; 20] {
-        let mut m = self.mac.clone();
-        m.update(a);
-        m.update(b);
-        m.finalize().into_bytes().into()
+    /// Full 160-bit HMAC-SHA1 over `data || roc` (SRTP) or `data` (SRTCP).
+    pub(crate) fn mac(&self, data: &[u8], roc: Option<u32>) -> [u8; 20] {
+        self.mac.mac(data, roc)
     }
 
     /// Constant-time comparison of the truncated tag.
-    pub(crate) fn verify(&self, a: &[u8], b: &[u8], tag: &[u8]) -> Result<(), SrtpError> {
-        let full = self.mac(a, b);
+    pub(crate) fn verify(
+        &self,
+        data: &[u8],
+        roc: Option<u32>,
+        tag: &[u8],
+    ) -> Result<(), SrtpError> {
+        let full = self.mac(data, roc);
         let ok: bool = full[..tag.len()].ct_eq(tag).into();
         if ok {
             Ok(())
@@ -302,6 +417,46 @@ mod tests {
                  6A2CC3787889374FBEB4C81B17BA6C44"
             )[..]
         );
+    }
+
+    // RFC 2202 §3 test cases 1, 2 and 6 (a key longer than a block), then every message
+    // length 0..=300 with and without a ROC against the `hmac` crate.
+    #[test]
+    fn hmac_sha1_matches_rfc2202_and_hmac_crate() {
+        for (key, data, mac) in [
+            (
+                vec![0x0b; 20],
+                b"Hi There".to_vec(),
+                "b617318655057264e28bc0b6fb378c8ef146be00",
+            ),
+            (
+                b"Jefe".to_vec(),
+                b"what do ya want for nothing?".to_vec(),
+                "effcdf6ae5eb2fa2d27416d5f184df9c259a7c79",
+            ),
+            (
+                vec![0xaa; 80],
+                b"Test Using Larger Than Block-Size Key - Hash Key First".to_vec(),
+                "aa4ae5e15272d00e95705637ce8a3b55ed402112",
+            ),
+        ] {
+            assert_eq!(HmacSha1::new(&key).mac(&data, None)[..], unhex(mac)[..]);
+        }
+        use hmac::Mac as _;
+        let key = [0x42u8; 20];
+        let ours = HmacSha1::new(&key);
+        for len in 0..=300 {
+            let data: Vec<u8> = (0..len).map(|i| (i * 13) as u8).collect();
+            for roc in [None, Some(0x0102_0304u32)] {
+                let mut m = <hmac::Hmac<Sha1> as hmac::KeyInit>::new_from_slice(&key).unwrap();
+                m.update(&data);
+                if let Some(r) = roc {
+                    m.update(&r.to_be_bytes());
+                }
+                let want: [u8; 20] = m.finalize().into_bytes().into();
+                assert_eq!(ours.mac(&data, roc), want, "len {len} roc {roc:?}");
+            }
+        }
     }
 
     // RFC 7714 §16.1.1 / §16.2.1 at the primitive level: IV and AEAD output.
