@@ -310,6 +310,10 @@ class Stack:
         for p in reversed(self.procs):
             PROCS.stop(p, 15)
         self.procs = []
+        # Kamailio's children close the listener after the main process is gone
+        deadline = time.time() + 10
+        while tcp_open(GW_PORT) and time.time() < deadline:
+            time.sleep(0.2)
 
     def alive(self) -> bool:
         return all(p.poll() is None for p in self.procs)
@@ -573,6 +577,11 @@ def max_rate(stack: Stack, ramp: list[float], secs: float, bisect: int, ref: flo
         mid = round((lo["rate"] + hi["rate"]) / 2)
         if mid in (lo["rate"], hi["rate"]):
             break
+        # a failed step can leave the SUT unusable for a while (rtpengine out of ports
+        # held by calls whose BYE never came, Kamailio's rtpengine module marking the
+        # proxy dead for 60 s): each bisection step starts from a fresh SUT
+        stack.stop()
+        stack.start()
         r = rate_step(stack, mid, secs)
         steps.append(r)
         if r["pass"]:
@@ -673,6 +682,7 @@ def tls_rate(stack: Stack, pki: str, ramp: list[int], secs: float) -> dict:
     ctx = multiprocessing.get_context("fork")
     for clients in ramp:
         pids = stack.sut_pids()
+        n0 = len(pids)
         c0, g0, t0 = cpu_secs(pids), children_cpu(), time.time()
         pool = ctx.Pool(clients, initializer=_worker_init)
         try:
@@ -693,7 +703,7 @@ def tls_rate(stack: Stack, pki: str, ramp: list[int], secs: float) -> dict:
              "gen_pct": 100 * (g1 - g0) / wall, "errors": errors[:3]}
         steps.append(s)
         time.sleep(1.0)
-        if not stack.alive() or len(stack.sut_pids()) < len(pids):
+        if not stack.alive() or len(stack.sut_pids()) < n0:
             s["crashed"] = True
             # its children are gone from /proc: their CPU cannot be summed
             s["sut_us_per_conn"] = s["sut_pct"] = None
@@ -843,6 +853,9 @@ def one_run(i: int, a, work: str, pki: str, gateway: str, bench: str) -> dict:
             # their calls used, and new calls would reuse it (seen: ~0 KiB per call)
             r["mem"] = memory(st, a.mem_calls, a.mem_rate) if a.mem_calls else None
             r["calls"] = max_rate(st, a.ramp, a.step_secs, a.bisect, a.ref_rate)
+            if r["calls"]["first_fail"] is not None:
+                st.stop()
+                st.start()
             # last: a handshake flood may take the SUT down (it did Kamailio 5.6.3)
             r["tls"] = tls_rate(st, pki, a.tls_clients, a.tls_secs)
         except (RuntimeError, OSError, subprocess.SubprocessError) as e:
