@@ -249,23 +249,9 @@ def start_stunnel(conf: str, logfile: str) -> subprocess.Popen:
 
 
 def make_pki(pki: str) -> None:
-    """A throwaway CA and two P-256 leaves (gw, trunk), as deploy/sipp/interop.sh."""
-    os.makedirs(pki, exist_ok=True)
-    sh = """
-set -e
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
-  -subj "/CN=sbc_compare CA" -keyout ca.key -out ca.pem \
-  -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign"
-printf '%s\\n' "subjectAltName=DNS:localhost,IP:127.0.0.1" "basicConstraints=CA:FALSE" \
-  "keyUsage=critical,digitalSignature" "extendedKeyUsage=serverAuth,clientAuth" >leaf.ext
-for n in gw trunk; do
-  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$n.localhost" \
-    -keyout "$n.key" -out "$n.csr"
-  openssl x509 -req -in "$n.csr" -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
-    -extfile leaf.ext -out "$n.pem"
-done
-"""
-    subprocess.run(["bash", "-c", sh], cwd=pki, check=True, capture_output=True, timeout=60)
+    """A throwaway CA and two P-256 leaves (gw, trunk): deploy/sipp/test-pki.sh."""
+    subprocess.run([os.path.join(SIPP, "test-pki.sh"), pki, "sbc_compare test CA"], check=True,
+                   capture_output=True, timeout=60)
 
 
 # ------------------------------------------------------------------ the two stacks
