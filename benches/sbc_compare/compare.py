@@ -117,6 +117,30 @@ def cpu_secs(pids: list[int]) -> float:
     return total / CLK_TCK
 
 
+def task_cpu(pids: list[int]) -> dict[int, float]:
+    """utime + stime per thread (task) of the processes, seconds, by task id."""
+    out = {}
+    for p in pids:
+        try:
+            tids = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for t in tids:
+            try:
+                with open(f"/proc/{p}/task/{t}/stat") as f:
+                    s = f.read()
+            except OSError:
+                continue
+            fields = s[s.rfind(")") + 2 :].split()
+            out[int(t)] = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return out
+
+
+def busiest(before: dict[int, float], after: dict[int, float]) -> float:
+    """The largest CPU time one thread used between two task_cpu samples, seconds."""
+    return max((v - before.get(t, 0.0) for t, v in after.items()), default=0.0)
+
+
 def mem_kib(pids: list[int]) -> tuple[int, int]:
     """(PSS, RSS) summed over the processes, KiB. PSS divides shared pages among the
     processes sharing them (Kamailio's shared memory pool is mapped by every child), so
@@ -487,6 +511,7 @@ class CallRun:
         time.sleep(0.3)
         self.t0 = time.time()
         self.sut0 = cpu_secs(self.stack.sut_pids())
+        self.tasks0 = task_cpu(self.stack.sut_pids())
         self.tun0 = cpu_secs(self.stack.stunnel_pids())
         self.gen0 = children_cpu()
         self.uac = PROCS.start(
@@ -503,6 +528,7 @@ class CallRun:
         PROCS.stop(self.uac, 5)
         t1 = time.time()
         sut1 = cpu_secs(self.stack.sut_pids())
+        top_thread = busiest(self.tasks0, task_cpu(self.stack.sut_pids()))
         tun1 = cpu_secs(self.stack.stunnel_pids())
         # the UAS finishes calls in progress on SIGTERM (run.sh), then exits
         PROCS.stop(self.uas, 30)
@@ -519,6 +545,9 @@ class CallRun:
             "sipp_cpu": gen1 - self.gen0,
         }
         r["sut_ms_per_call"] = 1000 * r["sut_cpu"] / max(ok, 1)
+        # one thread (or single-threaded process) near 100 %: that is what saturates,
+        # whatever the sum says
+        r["sut_top_thread_pct"] = 100 * top_thread / wall
         for k in ("sut", "stunnel", "sipp"):
             r[f"{k}_pct"] = 100 * r[f"{k}_cpu"] / wall
         r["pass"] = (
@@ -542,7 +571,8 @@ def rate_step(stack: Stack, rate: float, secs: float) -> dict:
     r = run.finish()
     log(f"  {stack.name} {rate:g} cps x {calls}: {'pass' if r['pass'] else 'FAIL'}"
         f" ok={r['ok']} failed={r['failed']} measured={r['measured_rate']:.1f}"
-        f" SUT {r['sut_pct']:.0f}% ({r['sut_ms_per_call']:.2f} ms/call)"
+        f" SUT {r['sut_pct']:.0f}% (busiest thread {r['sut_top_thread_pct']:.0f}%,"
+        f" {r['sut_ms_per_call']:.2f} ms/call)"
         f" sipp {r['sipp_pct']:.0f}% stunnel {r['stunnel_pct']:.0f}%"
         f"{'' if r['pass'] else ' (' + r.get('why', '') + ')'}")
     time.sleep(1.0)
@@ -908,6 +938,8 @@ def table(runs: list[dict], a) -> str:
         lambda s: int(s["calls"]["capped"]), ".0f", "", "1: no failure up to the ramp's top")
     sat = lambda key: (lambda s: s["calls"]["at_max"][key])  # noqa: E731
     row("… SUT CPU at that rate (% of one core)", sat("sut_pct"), sat("sut_pct"), ".0f", "")
+    row("… busiest SUT thread at that rate (%)", sat("sut_top_thread_pct"),
+        sat("sut_top_thread_pct"), ".0f", "", "one thread or process near 100 %: saturated")
     row("… sipp CPU at that rate (%)", sat("sipp_pct"), sat("sipp_pct"), ".0f", "")
     row("… stunnel CPU at that rate (%)", sat("stunnel_pct"), sat("stunnel_pct"), ".0f", "")
     ff = lambda key: (lambda s: s["calls"]["first_fail"][key])  # noqa: E731
