@@ -432,7 +432,7 @@ class KamailioRtpengine(Stack):
             os.path.join(HERE, "kamailio.cfg.in"),
             f"{w}/kamailio.cfg",
             {"GW_PORT": str(GW_PORT), "TRUNK_PORT": str(TRUNK_PORT), "NG_PORT": str(NG_PORT),
-             "TLS_CFG": f"{w}/tls.cfg", "TCP_CHILDREN": str(self.tcp_children), "WORKDIR": w},
+             "TLS_CFG": f"{w}/tls.cfg", "TCP_CHILDREN": str(self.tcp_children)},
         )
         subprocess.run(["kamailio", "-c", "-f", f"{w}/kamailio.cfg"], check=True,
                        capture_output=True, timeout=30)
