@@ -57,10 +57,13 @@ PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
 # Ports on 127.0.0.1 (TCP): SUT TLS listener, trunk (stunnel server TLS), the two plain
 # TCP ends of sipp. The stacks run one after the other on the same ports.
 GW_PORT, TRUNK_PORT, UAC_PORT, UAS_PORT = 5161, 5162, 5171, 5172
-NG_PORT = 22222
-# Media ports of both relays: 4 per call (RTP + RTCP on each leg), room for 7,500 calls.
-# media_load.rs uses its own range (40000-49999) while this runner's relays are stopped.
-MEDIA_MIN, MEDIA_MAX = 30000, 59999
+NG_PORT = 9922  # outside the media range below
+# Media ports of both relays: 4 per call (RTP + RTCP on each leg), room for 5,000 calls.
+# Below the kernel's ephemeral range (32768-60999 here): on a shared machine other
+# programs hold thousands of ephemeral UDP ports, and sbc-edge's allocator (16 pairs tried
+# in a row) then refused calls with "no media ports available" (seen: 125 of 4,500 calls,
+# with another helper's udp_floor running). media_load.rs uses its own fixed range.
+MEDIA_MIN, MEDIA_MAX = 10000, 29999
 CALLEE_SUITE = "AES_CM_128_HMAC_SHA1_32"
 HOLD_MS = 500  # call length of the rate steps, both stacks (short: 6,400 calls/s x 0.5 s
 # plus set-up time stays under the 20,000 descriptors at 4 sockets per call)
