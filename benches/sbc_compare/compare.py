@@ -106,18 +106,20 @@ def tree(root: int) -> list[int]:
     return out
 
 
+def stat_cpu(path: str) -> float:
+    """utime + stime from a /proc .../stat file, seconds (0 if it is gone)."""
+    try:
+        with open(path) as f:
+            s = f.read()
+    except OSError:
+        return 0.0
+    fields = s[s.rfind(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
 def cpu_secs(pids: list[int]) -> float:
     """utime + stime of the processes (all threads), seconds."""
-    total = 0
-    for p in pids:
-        try:
-            with open(f"/proc/{p}/stat") as f:
-                s = f.read()
-        except OSError:
-            continue
-        fields = s[s.rfind(")") + 2 :].split()
-        total += int(fields[11]) + int(fields[12])
-    return total / CLK_TCK
+    return sum(stat_cpu(f"/proc/{p}/stat") for p in pids)
 
 
 def task_cpu(pids: list[int]) -> dict[int, float]:
@@ -129,13 +131,7 @@ def task_cpu(pids: list[int]) -> dict[int, float]:
         except OSError:
             continue
         for t in tids:
-            try:
-                with open(f"/proc/{p}/task/{t}/stat") as f:
-                    s = f.read()
-            except OSError:
-                continue
-            fields = s[s.rfind(")") + 2 :].split()
-            out[int(t)] = (int(fields[11]) + int(fields[12])) / CLK_TCK
+            out[int(t)] = stat_cpu(f"/proc/{p}/task/{t}/stat")
     return out
 
 
