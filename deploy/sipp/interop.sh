@@ -157,21 +157,8 @@ done
 # --- throwaway PKI -------------------------------------------------------------------
 say "test PKI in $work"
 pki=$work/pki
-mkdir -p "$pki"
-(
-  cd "$pki"
-  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
-    -subj "/CN=sbc-edge interop test CA" -keyout ca.key -out ca.pem \
-    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign"
-  printf '%s\n' "subjectAltName=DNS:localhost,IP:127.0.0.1" "basicConstraints=CA:FALSE" \
-    "keyUsage=critical,digitalSignature" "extendedKeyUsage=serverAuth,clientAuth" >leaf.ext
-  for n in gw trunk; do
-    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$n.localhost" \
-      -keyout "$n.key" -out "$n.csr"
-    openssl x509 -req -in "$n.csr" -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
-      -extfile leaf.ext -out "$n.pem"
-  done
-) >"$work/pki.log" 2>&1 || { cat "$work/pki.log" >&2; fail "openssl could not make the test PKI"; }
+"$HERE/test-pki.sh" "$pki" "sbc-edge interop test CA" >"$work/pki.log" 2>&1 \
+  || { cat "$work/pki.log" >&2; fail "openssl could not make the test PKI"; }
 
 # --- gateway binary --------------------------------------------------------------------
 if [ -n "${SBC_EDGE_BIN:-}" ]; then
