@@ -337,6 +337,7 @@ fn start_media(cfg: &Config) -> anyhow::Result<Option<MediaEngine>> {
         return Ok(None);
     }
     let m = &cfg.media;
+    sbc_media::ports::warn_if_ephemeral(m.port_min, m.port_max);
     let mut settings = MediaSettings::new(m.address, m.advertised_address, m.port_min, m.port_max);
     settings.media_timeout = m.timeout;
     settings.relatch_after = m.relatch_after;

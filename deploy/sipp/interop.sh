@@ -246,9 +246,11 @@ allowlist = ["127.0.0.0/8"]
 
 [media]
 # the relay anchors every call's media; keep its ports clear of run.sh's stunnel ports
-# (20000-29999)
-port_min = 40000
-port_max = 49999
+# (20000-29999), of the kernel's ephemeral range (32768-60999 on Debian: other programs'
+# sockets took ports of 40000-49999 and calls were refused) and of the port the sipp
+# scenarios' SDP names (16384)
+port_min = 10000
+port_max = 15999
 
 [admin]
 # any free port: the stage reads /metrics at the address the gateway prints

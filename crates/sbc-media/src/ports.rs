@@ -148,6 +148,47 @@ impl BoundPair {
     }
 }
 
+/// Where Linux keeps the range it picks ephemeral ports from (`bind` to port 0, `connect`
+/// without `bind`).
+pub const EPHEMERAL_RANGE_FILE: &str = "/proc/sys/net/ipv4/ip_local_port_range";
+
+/// The part of the media range `min..=max` that the kernel also hands out as ephemeral
+/// ports, given the text of [`EPHEMERAL_RANGE_FILE`] (`"32768\t60999"`); `None` when they
+/// do not overlap or the text is not two port numbers. Any program on the host (an
+/// outbound connection, a resolver, a tap's socket) may then hold ports of the media range,
+/// and after [`BIND_ATTEMPTS`] taken pairs in a row a call is refused: a load test with
+/// many sockets on the host refused 125 of 4,500 calls that way (`benches/sbc_compare`,
+/// issue #18).
+pub fn ephemeral_overlap(kernel_range: &str, min: u16, max: u16) -> Option<(u16, u16)> {
+    let mut parts = kernel_range.split_whitespace().map(str::parse::<u16>);
+    let (Some(Ok(lo)), Some(Ok(hi)), None) = (parts.next(), parts.next(), parts.next()) else {
+        return None;
+    };
+    let (from, to) = (lo.max(min), hi.min(max));
+    (from <= to).then_some((from, to))
+}
+
+/// Logs a warning when the media range overlaps the host's ephemeral port range (see
+/// [`ephemeral_overlap`]); silent when the file cannot be read (not Linux).
+pub fn warn_if_ephemeral(min: u16, max: u16) {
+    let Ok(text) = std::fs::read_to_string(EPHEMERAL_RANGE_FILE) else {
+        return;
+    };
+    if let Some((from, to)) = ephemeral_overlap(&text, min, max) {
+        tracing::warn!(
+            media_port_min = min,
+            media_port_max = max,
+            overlap_from = from,
+            overlap_to = to,
+            kernel_range = text.trim(),
+            "media port range overlaps the kernel's ephemeral port range ({EPHEMERAL_RANGE_FILE}): \
+             other sockets on this host can take media ports and calls may be refused with \
+             \"no media ports available\"; move [media] port_min/port_max below it or narrow \
+             net.ipv4.ip_local_port_range"
+        );
+    }
+}
+
 /// Why no pair could be bound.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum BindError {
@@ -191,6 +232,20 @@ pub fn bind_pair(pool: &SharedPortPool, ip: IpAddr) -> Result<BoundPair, BindErr
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ephemeral_overlap_is_the_shared_part() {
+        let linux = "32768\t60999\n";
+        assert_eq!(ephemeral_overlap(linux, 20000, 29999), None);
+        assert_eq!(ephemeral_overlap(linux, 40000, 49999), Some((40000, 49999)));
+        assert_eq!(ephemeral_overlap(linux, 30000, 40000), Some((32768, 40000)));
+        assert_eq!(ephemeral_overlap(linux, 60000, 65535), Some((60000, 60999)));
+        assert_eq!(ephemeral_overlap(linux, 32768, 32768), Some((32768, 32768)));
+        assert_eq!(ephemeral_overlap("", 40000, 49999), None);
+        assert_eq!(ephemeral_overlap("32768", 40000, 49999), None);
+        assert_eq!(ephemeral_overlap("a b", 40000, 49999), None);
+        assert_eq!(ephemeral_overlap("1 2 3", 1, 3), None);
+    }
 
     #[test]
     fn range_validation() {
