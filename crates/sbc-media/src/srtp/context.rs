@@ -168,7 +168,14 @@ impl Stream {
     }
 }
 
-/// Bounded SSRC table; capacity is reserved up front so inserts never allocate.
+/// Bounded SSRC table, grown one entry at a time as SSRCs appear (never past `max`).
+///
+/// Not reserved up front: a call's four contexts hold eight tables, and sixteen 296-byte
+/// entries each made 37 of the 54 KiB of heap per established call (heaptrack at 1,000
+/// calls, `benches/README.md` "Where a call's memory goes"), while a call normally uses one
+/// SSRC per direction. The cost is one allocation when a new SSRC is admitted (after its
+/// first packet authenticated, for receive), bounded by `max` per table; packets of known
+/// SSRCs still allocate nothing (`tests/srtp_no_alloc.rs`, `tests/media_no_alloc.rs`).
 struct Streams {
     entries: Vec<Stream>,
     max: usize,
@@ -177,7 +184,7 @@ struct Streams {
 impl Streams {
     fn new(max: usize) -> Self {
         Streams {
-            entries: Vec::with_capacity(max),
+            entries: Vec::new(),
             max,
         }
     }
@@ -198,6 +205,8 @@ impl Streams {
         if !self.has_room() {
             return Err(SrtpError::TooManySsrcs);
         }
+        // Exactly one more slot: the table stays as small as the SSRCs in use.
+        self.entries.reserve_exact(1);
         self.entries.push(Stream::new(ssrc));
         Ok(self.entries.len() - 1)
     }
