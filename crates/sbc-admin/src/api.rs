@@ -409,7 +409,7 @@ fn call_json(c: &CallSnapshot, redact: bool) -> CallJson {
     CallJson {
         id: c.id.to_string(),
         tenant: c.tenant.to_string(),
-        start: crate::time::rfc3339(c.start),
+        start: sbc_core::time::rfc3339(c.start),
         state: c.state.as_str(),
         caller: number(&c.caller),
         callee: number(&c.callee),
@@ -511,7 +511,7 @@ fn trunk_json(t: &TrunkStatus, now: SystemTime) -> TrunkJson {
         weight: t.weight,
         state: if t.up { "up" } else { "down" },
         health_checks: t.checked,
-        last_change: t.last_change.map(crate::time::rfc3339),
+        last_change: t.last_change.map(sbc_core::time::rfc3339),
         consecutive_failures: t.consecutive_failures,
         quarantine_remaining_secs: remaining,
     }

@@ -144,7 +144,7 @@ impl AuditLog {
     /// Chain and write one record as one line. Fails if the write fails or an earlier one
     /// did.
     pub fn record(&self, entry: &AuditEntry) -> io::Result<()> {
-        let time = crate::time::rfc3339(entry.time);
+        let time = sbc_core::time::rfc3339(entry.time);
         let path = truncate(&entry.path, MAX_AUDIT_PATH);
         // A poisoned lock means a panic while writing; treat the log as broken.
         let mut inner = match self.inner.lock() {

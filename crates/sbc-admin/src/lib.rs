@@ -76,7 +76,6 @@ pub mod config;
 mod log_level;
 mod recordings;
 mod server;
-pub mod time;
 mod ws_tap;
 
 pub use api::mask_number;

@@ -58,7 +58,7 @@ fn recording_json(r: &RecordingStatus) -> RecordingJson {
         streams: r.streams.iter().map(ToString::to_string).collect(),
         started: r
             .started_unix
-            .map(|s| crate::time::rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(s))),
+            .map(|s| sbc_core::time::rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(s))),
         failovers: r.failovers,
     }
 }

@@ -18,4 +18,5 @@ pub mod registry;
 pub mod reload;
 pub mod tap;
 pub mod tenant;
+pub mod time;
 pub mod trunks;

@@ -9,7 +9,7 @@
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use sbc_core::media::LegSide;
 use sbc_core::recording::RtpFormat;
@@ -266,29 +266,9 @@ pub fn xml_escape(s: &str) -> String {
     out
 }
 
-/// RFC 3339 UTC (`2026-12-04T11:48:01Z`), as xs:dateTime takes it.
+/// `t` as RFC 3339 UTC with whole seconds, the `xs:dateTime` form the metadata uses.
 pub fn rfc3339(t: SystemTime) -> String {
-    let secs = t
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    sbc_core::time::Utc::of(t).rfc3339_secs().to_string()
 }
 
 fn participant_xml(s: &mut String, id: &str, p: &Participant) {
@@ -390,40 +370,10 @@ pub fn multipart(boundary: &str, sdp: &str, xml: &str) -> (String, Vec<u8>) {
     )
 }
 
-/// The parts of a `multipart/mixed` body: (Content-Type, body) each. `None` if the
-/// boundary parameter is missing or the body has no closing delimiter.
-pub fn split_multipart<'a>(content_type: &str, body: &'a str) -> Option<Vec<(String, &'a str)>> {
-    let boundary = content_type
-        .split(';')
-        .skip(1)
-        .filter_map(|p| p.split_once('='))
-        .find(|(k, _)| k.trim().eq_ignore_ascii_case("boundary"))
-        .map(|(_, v)| v.trim().trim_matches('"'))?;
-    let delim = format!("--{boundary}");
-    let mut parts = Vec::new();
-    let mut rest = body.split_once(&delim)?.1;
-    loop {
-        if rest.starts_with("--") {
-            return Some(parts);
-        }
-        let (part, next) = rest.split_once(&delim)?;
-        let part = part.strip_prefix("\r\n").unwrap_or(part);
-        let (head, content) = part.split_once("\r\n\r\n")?;
-        let ctype = head
-            .lines()
-            .filter_map(|l| l.split_once(':'))
-            .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-type"))
-            .map(|(_, v)| v.trim().to_string())
-            .unwrap_or_default();
-        parts.push((ctype, content.strip_suffix("\r\n").unwrap_or(content)));
-        rest = next;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+    use std::time::{Duration, UNIX_EPOCH};
 
     fn pcmu() -> Vec<RtpFormat> {
         vec![RtpFormat {
@@ -527,13 +477,30 @@ mod tests {
         assert_eq!(xml.matches("<recv>").count(), 2);
         let (ctype, body) = multipart("b0undary", "v=0\r\n", &xml);
         let body = String::from_utf8(body).expect("utf8");
-        let parts = split_multipart(&ctype, &body).expect("parts");
+        // Read back by the parser every relayed body goes through.
+        let mut msg = crate::message::SipMessage::new_request(
+            crate::message::Method::Invite,
+            "sip:srs@example.net",
+        );
+        msg.push_header("Content-Type", ctype.as_str());
+        msg.set_body(body.clone().into_bytes());
+        let policy = crate::b2bua::topology::BodyPolicy::new(&sbc_core::config::BodySettings {
+            allow: vec![METADATA_TYPE.to_string()],
+        });
+        let crate::b2bua::topology::Body::Multipart(m) =
+            crate::b2bua::topology::classify_body(&msg, &policy).expect("multipart")
+        else {
+            panic!("not multipart");
+        };
+        let parts = m.parts();
         assert_eq!(parts.len(), 2);
-        assert_eq!(parts[0], ("application/sdp".to_string(), "v=0\r\n"));
-        assert_eq!(parts[1].0, METADATA_TYPE);
-        assert_eq!(parts[1].1, xml);
-        assert!(body.contains("Content-Disposition: recording-session\r\n"));
-        assert!(split_multipart("multipart/mixed", &body).is_none());
+        assert_eq!(
+            (parts[0].content_type, parts[0].body),
+            ("application/sdp", &b"v=0\r\n"[..])
+        );
+        assert_eq!(parts[1].content_type, METADATA_TYPE);
+        assert_eq!(parts[1].content_disposition, Some("recording-session"));
+        assert_eq!(parts[1].body, xml.as_bytes());
     }
 
     #[test]

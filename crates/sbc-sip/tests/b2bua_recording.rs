@@ -432,7 +432,7 @@ fn in_dialog(method: Method, resp: &SipMessage, cseq: u32, branch: &str) -> SipM
 fn parts(m: &SipMessage) -> (String, String) {
     let ctype = m.header("content-type").unwrap();
     let body = String::from_utf8(m.body().to_vec()).unwrap();
-    let parts = siprec::split_multipart(ctype, &body).expect("multipart");
+    let parts = sbc_testkit::srs::split_multipart(ctype, &body).expect("multipart");
     assert_eq!(parts.len(), 2);
     assert_eq!(parts[0].0, "application/sdp");
     assert_eq!(parts[1].0, siprec::METADATA_TYPE);

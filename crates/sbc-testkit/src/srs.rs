@@ -340,7 +340,7 @@ impl SrsSession {
         );
         let ctype = req.header("content-type").expect("Content-Type");
         let body = std::str::from_utf8(req.body()).expect("UTF-8 body");
-        let parts = siprec::split_multipart(ctype, body).expect("multipart/mixed");
+        let parts = split_multipart(ctype, body).expect("multipart/mixed");
         let sdp = parts
             .iter()
             .find(|(t, _)| t == "application/sdp")
@@ -407,6 +407,38 @@ impl SrsSession {
         let n = c.unprotect_rtp(&mut p).ok()?;
         p.truncate(n);
         Some(p)
+    }
+}
+
+/// The parts of a `multipart/mixed` body: (Content-Type, body) each. `None` if the
+/// boundary parameter is missing or the body has no closing delimiter. The test SRS's own
+/// reading, written apart from the gateway's parser so that a fault there cannot hide one
+/// in what the gateway sends.
+pub fn split_multipart<'a>(content_type: &str, body: &'a str) -> Option<Vec<(String, &'a str)>> {
+    let boundary = content_type
+        .split(';')
+        .skip(1)
+        .filter_map(|p| p.split_once('='))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("boundary"))
+        .map(|(_, v)| v.trim().trim_matches('"'))?;
+    let delim = format!("--{boundary}");
+    let mut parts = Vec::new();
+    let mut rest = body.split_once(&delim)?.1;
+    loop {
+        if rest.starts_with("--") {
+            return Some(parts);
+        }
+        let (part, next) = rest.split_once(&delim)?;
+        let part = part.strip_prefix("\r\n").unwrap_or(part);
+        let (head, content) = part.split_once("\r\n\r\n")?;
+        let ctype = head
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-type"))
+            .map(|(_, v)| v.trim().to_string())
+            .unwrap_or_default();
+        parts.push((ctype, content.strip_suffix("\r\n").unwrap_or(content)));
+        rest = next;
     }
 }
 

@@ -5,9 +5,10 @@
 //! Owns: no state of its own (`recording.rs` does). Must not: end or refuse a call
 //! except the `required` refusal while the callee's INVITE is held.
 
+use std::sync::LazyLock;
 use std::time::{Instant, SystemTime};
 
-use sbc_core::config::{OnFailure, RecordingMode};
+use sbc_core::config::{BodySettings, OnFailure, RecordingMode};
 use sbc_core::media::{CallRef, LegSide};
 use sbc_core::recording::{RecordingCommand, RecordingError, RecordingId, RecordingState};
 use sbc_core::tap::TapLegs;
@@ -20,6 +21,7 @@ use super::recording::{
     RecordingFailure, Session, Stream,
 };
 use super::responses::Refusal;
+use super::topology::{self, BodyPolicy};
 use super::{B2bua, ConnId, ConnKind, Dest};
 use crate::message::{response_to, tag, Method, SipMessage};
 use crate::routing::TargetId;
@@ -974,20 +976,18 @@ fn warn_refused(call: CallRef, tenant: Option<&sbc_core::tenant::TenantId>) {
     );
 }
 
+/// The bodies an SRS's answer may carry: SDP, or `multipart/mixed` with the SDP beside
+/// recording metadata. Read by the same bounded parser as every relayed body
+/// ([`topology::classify_body`]).
+static SRS_ANSWER_BODIES: LazyLock<BodyPolicy> = LazyLock::new(|| {
+    BodyPolicy::new(&BodySettings {
+        allow: vec![siprec::METADATA_TYPE.to_string()],
+    })
+});
+
 /// The SDP of an SRS's answer: the body itself, or the `application/sdp` part of a
 /// multipart one.
 fn answer_sdp(msg: &SipMessage) -> Option<String> {
-    let ctype = msg.header("content-type")?.trim().to_ascii_lowercase();
-    let body = std::str::from_utf8(msg.body()).ok()?;
-    if ctype.starts_with("application/sdp") {
-        return Some(body.to_string());
-    }
-    if ctype.starts_with("multipart/") {
-        let raw = msg.header("content-type")?;
-        return siprec::split_multipart(raw, body)?
-            .into_iter()
-            .find(|(t, _)| t.to_ascii_lowercase().starts_with("application/sdp"))
-            .map(|(_, b)| b.to_string());
-    }
-    None
+    let body = topology::classify_body(msg, &SRS_ANSWER_BODIES).ok()?;
+    std::str::from_utf8(body.sdp()?).ok().map(str::to_string)
 }
