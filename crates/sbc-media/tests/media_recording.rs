@@ -5,17 +5,16 @@
 //! moving the destination, release, and the call's end releasing what was only prepared.
 #![allow(clippy::unwrap_used)]
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use sbc_core::media::{CallRef, LegPolicy, LegSide, MediaControl, MediaPolicy, SrtpMode};
+use sbc_core::media::{CallRef, LegSide, MediaControl};
 use sbc_core::recording::{PreparedStream, RecordingMedia, RtpFormat};
 use sbc_core::tap::{TapControl, TapError, TapLegs, TapSpec, TapStatus, TapSuite, TapTransport};
 use sbc_core::tenant::TenantId;
 use sbc_media::engine::MediaEngine;
 use sbc_media::relay::{MAX_RECORDED_STREAMS_PER_CALL, MAX_TAPS_PER_CALL};
-use sbc_media::sdp;
 use sbc_media::srtp::{MasterKey, SrtpContext, SrtpProfile};
 use sbc_testkit::media::*;
 
@@ -23,37 +22,6 @@ const P128: SrtpProfile = SrtpProfile::AesCm128HmacSha1_80;
 const CALLER_SSRC: u32 = 0x1111_1111;
 const CALLEE_SSRC: u32 = 0x2222_2222;
 const SRTP128: TapTransport = TapTransport::Srtp(TapSuite::AesCm128HmacSha1_80);
-
-fn policy() -> MediaPolicy {
-    let suites = vec![P128.as_str().to_string()];
-    MediaPolicy {
-        caller: LegPolicy {
-            srtp: SrtpMode::Required,
-            suites: suites.clone(),
-        },
-        callee: LegPolicy {
-            srtp: SrtpMode::Required,
-            suites,
-        },
-        ..MediaPolicy::default()
-    }
-}
-
-/// The caller's SDP names PCMU and telephone-event (with fmtp); the callee answers PCMU.
-fn caller_sdp(sock: &UdpSocket, key: &MasterKey) -> Vec<u8> {
-    Sdp::audio(sock.local_addr().unwrap().port())
-        .telephone_event(true)
-        .rtcp_mux()
-        .crypto(1, "AES_CM_128_HMAC_SHA1_80", &master_bytes(key))
-        .bytes()
-}
-
-fn callee_sdp(sock: &UdpSocket, key: &MasterKey) -> Vec<u8> {
-    Sdp::audio(sock.local_addr().unwrap().port())
-        .rtcp_mux()
-        .crypto(1, "AES_CM_128_HMAC_SHA1_80", &master_bytes(key))
-        .bytes()
-}
 
 fn format(pt: u8, name: &str, fmtp: Option<&str>) -> RtpFormat {
     RtpFormat {
@@ -65,77 +33,10 @@ fn format(pt: u8, name: &str, fmtp: Option<&str>) -> RtpFormat {
     }
 }
 
-/// An SRTP call in two steps, so recorded streams can be prepared between offer and
-/// answer.
-struct Call {
-    id: CallRef,
-    caller: UdpSocket,
-    callee: UdpSocket,
-    caller_side: SocketAddr,
-    callee_side: SocketAddr,
-    /// caller -> engine, engine -> callee, callee -> engine, engine -> caller.
-    k1: SrtpContext,
-    k2: SrtpContext,
-    k3: SrtpContext,
-    k4: Option<SrtpContext>,
-    k3_key: MasterKey,
-}
-
-impl Call {
-    fn offer(e: &MediaEngine, id: CallRef) -> Call {
-        let (caller, callee) = (peer(), peer());
-        let k1 = MasterKey::new(&[0x11; 16], &[0x12; 14]);
-        let k3_key = MasterKey::new(&[0x33; 16], &[0x34; 14]);
-        let out = e
-            .offer(
-                id,
-                &TenantId::from("t1"),
-                LegSide::Caller,
-                &caller_sdp(&caller, &k1),
-                &policy(),
-            )
-            .unwrap();
-        let offer = sdp::parse(&out).unwrap();
-        let k2 = offer.media[0].crypto[0].key.clone().unwrap();
-        let callee_side = SocketAddr::from(([127, 0, 0, 1], offer.media[0].port));
-        Call {
-            id,
-            caller,
-            callee,
-            caller_side: callee_side,
-            callee_side,
-            k1: ctx_for(P128, &k1),
-            k2: ctx_for(P128, &k2),
-            k3: ctx_for(P128, &k3_key),
-            k4: None,
-            k3_key,
-        }
-    }
-
-    fn answer(&mut self, e: &MediaEngine) {
-        let out = e
-            .answer(
-                self.id,
-                LegSide::Callee,
-                &callee_sdp(&self.callee, &self.k3_key),
-            )
-            .unwrap();
-        let answer = sdp::parse(&out).unwrap();
-        let k4 = answer.media[0].crypto[0].key.clone().unwrap();
-        self.k4 = Some(ctx_for(P128, &k4));
-        self.caller_side = SocketAddr::from(([127, 0, 0, 1], answer.media[0].port));
-    }
-
-    fn caller_to_callee(&mut self, pkt: &[u8]) {
-        send_srtp(&self.caller, &mut self.k1, pkt, self.caller_side.port());
-        assert_eq!(recv_srtp(&self.callee, &mut self.k2), pkt, "relayed");
-    }
-
-    fn callee_to_caller(&mut self, pkt: &[u8]) {
-        send_srtp(&self.callee, &mut self.k3, pkt, self.callee_side.port());
-        let k4 = self.k4.as_mut().expect("answered");
-        assert_eq!(recv_srtp(&self.caller, k4), pkt, "relayed");
-    }
+/// The call of these tests: the caller offers PCMU and telephone-event (with fmtp), so
+/// recorded streams can be prepared between the offer and the callee's PCMU answer.
+fn offer(e: &MediaEngine, id: CallRef) -> SrtpCall {
+    SrtpCall::offer(e, id, "t1", &srtp_call_policy(0), true)
 }
 
 /// The recorder's receiving context for a prepared SRTP stream's key.
@@ -187,7 +88,7 @@ fn recorded(e: &MediaEngine, call: CallRef, sent: u64) -> Vec<TapStatus> {
 #[test]
 fn both_legs_recorded_from_before_the_answer_under_their_own_keys() {
     let e = engine(100, Duration::from_secs(30));
-    let mut c = Call::offer(&e, CallRef(1));
+    let mut c = offer(&e, CallRef(1));
     let (rec_a, rec_b) = (peer(), peer());
 
     // Offer processed, no answer yet: both legs can be prepared and started.
@@ -225,8 +126,8 @@ fn both_legs_recorded_from_before_the_answer_under_their_own_keys() {
     for seq in 1..=N {
         let pa = rtp(seq, CALLER_SSRC, format!("caller says {seq}").as_bytes());
         let pb = rtp(seq, CALLEE_SSRC, format!("callee says {seq}").as_bytes());
-        c.caller_to_callee(&pa);
-        c.callee_to_caller(&pb);
+        assert_eq!(c.caller_to_callee(&pa), pa, "relayed");
+        assert_eq!(c.callee_to_caller(&pb), pb, "relayed");
         let got = recv_packet(&rec_a).expect("a caller fork");
         assert_ne!(got[12..], pa[12..], "the SRTP fork is encrypted");
         let mut got = got;
@@ -272,7 +173,7 @@ fn both_legs_recorded_from_before_the_answer_under_their_own_keys() {
 #[test]
 fn pause_resume_across_a_wrap_then_move_then_release() {
     let e = engine(100, Duration::from_secs(30));
-    let mut c = Call::offer(&e, CallRef(2));
+    let mut c = offer(&e, CallRef(2));
     c.answer(&e);
     let (rec1, rec2) = (peer(), peer());
     let p = e.prepare_stream(c.id, LegSide::Caller, SRTP128).unwrap();
@@ -281,7 +182,7 @@ fn pause_resume_across_a_wrap_then_move_then_release() {
     let pkt = |seq: u16| rtp(seq, CALLER_SSRC, format!("voice {seq}").as_bytes());
 
     for seq in 65_530..=65_532u16 {
-        c.caller_to_callee(&pkt(seq));
+        assert_eq!(c.caller_to_callee(&pkt(seq)), pkt(seq), "relayed");
         assert_eq!(recv_decrypted(&rec1, &mut ctx), pkt(seq));
     }
     // Paused across the wrap: the call goes on, nothing is forked or counted.
@@ -289,7 +190,7 @@ fn pause_resume_across_a_wrap_then_move_then_release() {
     let sent = recorded(&e, c.id, 3)[0].packets_sent;
     assert_eq!(sent, 3);
     for seq in (65_533..=65_535u16).chain(0..=2) {
-        c.caller_to_callee(&pkt(seq));
+        assert_eq!(c.caller_to_callee(&pkt(seq)), pkt(seq), "relayed");
     }
     assert!(quiet(&rec1), "nothing while paused");
     let st = e.list_taps(c.id);
@@ -299,7 +200,7 @@ fn pause_resume_across_a_wrap_then_move_then_release() {
     // Resumed past the wrap: the fork's rollover counter follows, the recorder decrypts.
     assert!(e.pause_stream(p.id, false));
     for seq in 3..=5u16 {
-        c.caller_to_callee(&pkt(seq));
+        assert_eq!(c.caller_to_callee(&pkt(seq)), pkt(seq), "relayed");
         assert_eq!(recv_decrypted(&rec1, &mut ctx), pkt(seq));
     }
     assert!(!e.list_taps(c.id)[0].paused);
@@ -307,7 +208,7 @@ fn pause_resume_across_a_wrap_then_move_then_release() {
     // Moved (SRS re-INVITE): same stream, same SRTP state, new address.
     e.start_stream(p.id, rec2.local_addr().unwrap()).unwrap();
     for seq in 6..=8u16 {
-        c.caller_to_callee(&pkt(seq));
+        assert_eq!(c.caller_to_callee(&pkt(seq)), pkt(seq), "relayed");
         assert_eq!(recv_decrypted(&rec2, &mut ctx), pkt(seq));
     }
     assert!(quiet(&rec1), "nothing to the old address");
@@ -317,7 +218,7 @@ fn pause_resume_across_a_wrap_then_move_then_release() {
     assert!(e.release_stream(p.id));
     assert!(!e.release_stream(p.id));
     assert!(!e.pause_stream(p.id, true));
-    c.caller_to_callee(&pkt(9));
+    assert_eq!(c.caller_to_callee(&pkt(9)), pkt(9), "relayed");
     assert!(quiet(&rec2), "nothing after release");
     assert!(e.list_taps(c.id).is_empty());
     e.delete(c.id);
@@ -339,7 +240,7 @@ fn limits_refusals_and_the_call_end_releasing_prepared_streams() {
     assert!(!e.pause_stream(sbc_core::tap::TapId(7), true));
     assert!(!e.release_stream(sbc_core::tap::TapId(7)));
 
-    let mut c = Call::offer(&e, CallRef(3));
+    let mut c = offer(&e, CallRef(3));
     let mut prepared = Vec::new();
     for i in 0..MAX_RECORDED_STREAMS_PER_CALL {
         let leg = if i % 2 == 0 {
@@ -405,7 +306,7 @@ fn limits_refusals_and_the_call_end_releasing_prepared_streams() {
 #[test]
 fn stream_formats_follow_a_re_offer() {
     let e = engine(100, Duration::from_secs(30));
-    let mut c = Call::offer(&e, CallRef(4));
+    let mut c = offer(&e, CallRef(4));
     c.answer(&e);
     let a = e.prepare_stream(c.id, LegSide::Caller, SRTP128).unwrap();
     let b = e.prepare_stream(c.id, LegSide::Callee, SRTP128).unwrap();
@@ -418,8 +319,7 @@ fn stream_formats_follow_a_re_offer() {
     );
     assert_eq!(e.stream_formats(b.id), Some(vec![format(0, "PCMU", None)]));
     // The caller re-offers G.722 on the same port and key (a re-INVITE changing codec).
-    let k1 = MasterKey::new(&[0x11; 16], &[0x12; 14]);
-    let g722 = String::from_utf8(caller_sdp(&c.caller, &k1))
+    let g722 = String::from_utf8(srtp_call_sdp(&c.caller, &c.caller_key, true))
         .unwrap()
         .replace(" 0 101\r\n", " 9\r\n")
         .replace("a=rtpmap:0 PCMU/8000", "a=rtpmap:9 G722/8000")
@@ -432,7 +332,7 @@ fn stream_formats_follow_a_re_offer() {
         &TenantId::from("t1"),
         LegSide::Caller,
         g722.as_bytes(),
-        &policy(),
+        &srtp_call_policy(0),
     )
     .unwrap();
     assert_eq!(

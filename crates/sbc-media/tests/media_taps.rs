@@ -4,108 +4,23 @@
 //! Each test uses its own port range so they can run in parallel.
 #![allow(clippy::unwrap_used)]
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use sbc_core::media::{
-    CallRef, LegPolicy, LegSide, MediaControl, MediaEvent, MediaPolicy, SrtpMode,
-};
+use sbc_core::media::{CallRef, LegSide, MediaControl, MediaEvent, MediaPolicy};
 use sbc_core::tap::{TapControl, TapError, TapLegs, TapSpec, TapStatus, TapSuite, TapTransport};
 use sbc_core::tenant::TenantId;
 use sbc_media::engine::MediaEngine;
-use sbc_media::sdp;
-use sbc_media::srtp::{MasterKey, SrtpContext, SrtpProfile};
+use sbc_media::srtp::{MasterKey, SrtpProfile};
 use sbc_testkit::media::*;
 
-const P128: SrtpProfile = SrtpProfile::AesCm128HmacSha1_80;
 const CALLER_SSRC: u32 = 0x1111_1111;
 const CALLEE_SSRC: u32 = 0x2222_2222;
 
-/// A peer's SDP: PCMU at `sock`'s port, rtcp-mux, one AES-128 key.
-fn peer_sdp(sock: &UdpSocket, key: &MasterKey) -> Vec<u8> {
-    Sdp::audio(sock.local_addr().unwrap().port())
-        .rtcp_mux()
-        .crypto(1, "AES_CM_128_HMAC_SHA1_80", &master_bytes(key))
-        .bytes()
-}
-
-/// A call with SRTP (AES-128) on both legs, answered, with both peers' contexts.
-struct Call {
-    caller: UdpSocket,
-    callee: UdpSocket,
-    caller_side: SocketAddr,
-    callee_side: SocketAddr,
-    /// caller -> engine, engine -> callee, callee -> engine, engine -> caller.
-    k1: SrtpContext,
-    k2: SrtpContext,
-    k3: SrtpContext,
-    k4: SrtpContext,
-}
-
-impl Call {
-    fn setup(e: &MediaEngine, call: CallRef, tenant: &str) -> Call {
-        Call::setup_limited(e, call, tenant, 0)
-    }
-
-    /// A call of a tenant with a media bandwidth limit (`bandwidth_kbps`, 0: none).
-    fn setup_limited(e: &MediaEngine, call: CallRef, tenant: &str, bandwidth_kbps: u32) -> Call {
-        let suites = vec![P128.as_str().to_string()];
-        let pol = MediaPolicy {
-            caller: LegPolicy {
-                srtp: SrtpMode::Required,
-                suites: suites.clone(),
-            },
-            callee: LegPolicy {
-                srtp: SrtpMode::Required,
-                suites,
-            },
-            bandwidth_kbps,
-            ..MediaPolicy::default()
-        };
-        let (caller, callee) = (peer(), peer());
-        let k1 = MasterKey::new(&[0x11; 16], &[0x12; 14]);
-        let k3 = MasterKey::new(&[0x33; 16], &[0x34; 14]);
-        let out = e
-            .offer(
-                call,
-                &TenantId::from(tenant),
-                LegSide::Caller,
-                &peer_sdp(&caller, &k1),
-                &pol,
-            )
-            .unwrap();
-        let offer = sdp::parse(&out).unwrap();
-        let k2 = offer.media[0].crypto[0].key.clone().unwrap();
-        let callee_side = SocketAddr::from(([127, 0, 0, 1], offer.media[0].port));
-        let out = e
-            .answer(call, LegSide::Callee, &peer_sdp(&callee, &k3))
-            .unwrap();
-        let answer = sdp::parse(&out).unwrap();
-        let k4 = answer.media[0].crypto[0].key.clone().unwrap();
-        let caller_side = SocketAddr::from(([127, 0, 0, 1], answer.media[0].port));
-        Call {
-            caller,
-            callee,
-            caller_side,
-            callee_side,
-            k1: ctx_for(P128, &k1),
-            k2: ctx_for(P128, &k2),
-            k3: ctx_for(P128, &k3),
-            k4: ctx_for(P128, &k4),
-        }
-    }
-
-    /// The caller sends `pkt`; returns what the callee got, decrypted.
-    fn caller_to_callee(&mut self, pkt: &[u8]) -> Vec<u8> {
-        send_srtp(&self.caller, &mut self.k1, pkt, self.caller_side.port());
-        recv_srtp(&self.callee, &mut self.k2)
-    }
-
-    fn callee_to_caller(&mut self, pkt: &[u8]) -> Vec<u8> {
-        send_srtp(&self.callee, &mut self.k3, pkt, self.callee_side.port());
-        recv_srtp(&self.caller, &mut self.k4)
-    }
+/// A call of `tenant` with SRTP (AES-128) on both legs, answered.
+fn setup(e: &MediaEngine, call: CallRef, tenant: &str) -> SrtpCall {
+    SrtpCall::setup(e, call, tenant, &srtp_call_policy(0))
 }
 
 fn spec(legs: TapLegs, transport: TapTransport, to: &UdpSocket) -> TapSpec {
@@ -135,7 +50,7 @@ fn wait_counted(e: &MediaEngine, call: CallRef, expected: u64) -> Vec<TapStatus>
 fn srtp_tap_copies_both_legs_under_its_own_key() {
     let e = engine(100, Duration::from_secs(30));
     let call = CallRef(1);
-    let mut c = Call::setup(&e, call, "t1");
+    let mut c = setup(&e, call, "t1");
     let recorder = peer();
     let info = e
         .start_tap(
@@ -217,7 +132,7 @@ fn srtp_tap_copies_both_legs_under_its_own_key() {
 fn rtp_tap_of_one_leg_is_the_clear_packet() {
     let e = engine(100, Duration::from_secs(30));
     let call = CallRef(7);
-    let mut c = Call::setup(&e, call, "t1");
+    let mut c = setup(&e, call, "t1");
     let recorder = peer();
     let info = e
         .start_tap(call, spec(TapLegs::Caller, TapTransport::Rtp, &recorder))
@@ -246,7 +161,7 @@ fn rtp_tap_of_one_leg_is_the_clear_packet() {
 fn stalled_or_absent_recorders_cost_the_call_nothing() {
     let e = engine(100, Duration::from_secs(30));
     let call = CallRef(3);
-    let mut c = Call::setup(&e, call, "t1");
+    let mut c = setup(&e, call, "t1");
     // Bound and never read: its receive buffer fills, the kernel drops past it.
     let stalled = UdpSocket::bind("127.0.0.1:0").unwrap();
     // A recorder that is not there: TEST-NET-1 (RFC 5737) is routed nowhere, so the sends
@@ -296,7 +211,7 @@ fn packets_over_the_tenant_bandwidth_are_not_copied_to_taps_and_count_once() {
     let call = CallRef(11);
     // 100 kbit/s = 12,500 bytes/s, half per worker (the test engine runs 2), one second
     // deep: about 34 packets of 182 bytes, then the rest of the burst is over.
-    let mut c = Call::setup_limited(&e, call, "limited", 100);
+    let mut c = SrtpCall::setup(&e, call, "limited", &srtp_call_policy(100));
     let recorder = peer();
     e.start_tap(call, spec(TapLegs::Caller, TapTransport::Rtp, &recorder))
         .unwrap();
@@ -306,7 +221,7 @@ fn packets_over_the_tenant_bandwidth_are_not_copied_to_taps_and_count_once() {
             &c.caller,
             &mut c.k1,
             &rtp(seq, CALLER_SSRC, &[7; 160]),
-            c.caller_side.port(),
+            c.caller_side.unwrap().port(),
         );
     }
     c.callee
@@ -370,7 +285,7 @@ fn refusals_and_limits() {
         CallRef(5),
         &TenantId::from("t1"),
         LegSide::Caller,
-        &peer_sdp(&caller, &k),
+        &srtp_call_sdp(&caller, &k, false),
         &pol,
     )
     .unwrap();
@@ -380,7 +295,7 @@ fn refusals_and_limits() {
     );
     e.delete(CallRef(5));
 
-    let _c = Call::setup(&e, CallRef(6), "t1");
+    let _c = setup(&e, CallRef(6), "t1");
     let mut bad = s;
     bad.destination = "127.0.0.1:0".parse().unwrap();
     assert!(matches!(
@@ -413,7 +328,7 @@ fn refusals_and_limits() {
 fn taps_end_when_the_call_times_out() {
     let e = engine(100, Duration::from_millis(300));
     let call = CallRef(11);
-    let mut c = Call::setup(&e, call, "t1");
+    let mut c = setup(&e, call, "t1");
     let recorder = peer();
     let info = e
         .start_tap(call, spec(TapLegs::Both, TapTransport::Rtp, &recorder))

@@ -2,11 +2,13 @@
 //! [`parse_sdp`], [`with_sdp`]), SRTP contexts and loopback UDP peers ([`ctx`],
 //! [`send_srtp`], [`recv_srtp`]), and a media engine on a port range ([`engine`]).
 
-use std::net::UdpSocket;
+use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
 use base64::Engine as _;
 use rand::Rng;
+use sbc_core::media::{CallRef, LegPolicy, LegSide, MediaControl, MediaPolicy, SrtpMode};
+use sbc_core::tenant::TenantId;
 use sbc_media::engine::{MediaEngine, MediaSettings};
 use sbc_media::srtp::{MasterKey, SrtpConfig, SrtpContext, SrtpProfile};
 use sbc_sip::message::SipMessage;
@@ -362,6 +364,125 @@ pub fn recv_srtp(sock: &UdpSocket, c: &mut SrtpContext) -> Vec<u8> {
     let n = c.unprotect_rtp(&mut p).expect("authenticates");
     p.truncate(n);
     p
+}
+
+// ---------------------------------------------------------------- an SRTP call
+
+/// The one suite an [`SrtpCall`] uses on both legs.
+pub const SRTP_CALL_PROFILE: SrtpProfile = SrtpProfile::AesCm128HmacSha1_80;
+
+/// SRTP required on both legs with [`SRTP_CALL_PROFILE`] only, and a tenant bandwidth
+/// limit (`bandwidth_kbps`, 0: none).
+pub fn srtp_call_policy(bandwidth_kbps: u32) -> MediaPolicy {
+    let leg = || LegPolicy {
+        srtp: SrtpMode::Required,
+        suites: vec![SRTP_CALL_PROFILE.as_str().to_string()],
+    };
+    MediaPolicy {
+        caller: leg(),
+        callee: leg(),
+        bandwidth_kbps,
+        ..MediaPolicy::default()
+    }
+}
+
+/// A peer's SDP: PCMU (and telephone-event with `0-16`, if asked) at `sock`'s port,
+/// rtcp-mux, one [`SRTP_CALL_PROFILE`] key.
+pub fn srtp_call_sdp(sock: &UdpSocket, key: &MasterKey, telephone_event: bool) -> Vec<u8> {
+    let mut sdp = Sdp::audio(sock.local_addr().unwrap().port());
+    if telephone_event {
+        sdp = sdp.telephone_event(true);
+    }
+    sdp.rtcp_mux()
+        .crypto(1, SRTP_CALL_PROFILE.as_str(), &master_bytes(key))
+        .bytes()
+}
+
+/// An SRTP call through a media engine on loopback, set up in two steps so a test can act
+/// between the caller's offer and the callee's answer (or in one, [`SrtpCall::setup`]).
+/// The callee answers PCMU only.
+#[derive(Debug)]
+pub struct SrtpCall {
+    pub id: CallRef,
+    pub caller: UdpSocket,
+    pub callee: UdpSocket,
+    /// The engine's caller-facing address (from its answer; `None` before it).
+    pub caller_side: Option<SocketAddr>,
+    /// The engine's callee-facing address (from its offer).
+    pub callee_side: SocketAddr,
+    /// The caller's and callee's own master keys (fixed, so a test can re-offer).
+    pub caller_key: MasterKey,
+    pub callee_key: MasterKey,
+    /// caller -> engine, engine -> callee, callee -> engine, engine -> caller.
+    pub k1: SrtpContext,
+    pub k2: SrtpContext,
+    pub k3: SrtpContext,
+    pub k4: Option<SrtpContext>,
+}
+
+impl SrtpCall {
+    /// The caller offers (with telephone-event if asked) on `tenant`'s call `id`.
+    pub fn offer(
+        e: &dyn MediaControl,
+        id: CallRef,
+        tenant: &str,
+        policy: &MediaPolicy,
+        telephone_event: bool,
+    ) -> SrtpCall {
+        let (caller, callee) = (peer(), peer());
+        let caller_key = MasterKey::new(&[0x11; 16], &[0x12; 14]);
+        let callee_key = MasterKey::new(&[0x33; 16], &[0x34; 14]);
+        let sdp = srtp_call_sdp(&caller, &caller_key, telephone_event);
+        let out = e
+            .offer(id, &TenantId::from(tenant), LegSide::Caller, &sdp, policy)
+            .unwrap();
+        let offer = sbc_media::sdp::parse(&out).unwrap();
+        let k2 = offer.media[0].crypto[0].key.clone().unwrap();
+        SrtpCall {
+            id,
+            caller_side: None,
+            callee_side: SocketAddr::from(([127, 0, 0, 1], offer.media[0].port)),
+            k1: ctx_for(SRTP_CALL_PROFILE, &caller_key),
+            k2: ctx_for(SRTP_CALL_PROFILE, &k2),
+            k3: ctx_for(SRTP_CALL_PROFILE, &callee_key),
+            k4: None,
+            caller,
+            callee,
+            caller_key,
+            callee_key,
+        }
+    }
+
+    /// The callee answers.
+    pub fn answer(&mut self, e: &dyn MediaControl) {
+        let sdp = srtp_call_sdp(&self.callee, &self.callee_key, false);
+        let out = e.answer(self.id, LegSide::Callee, &sdp).unwrap();
+        let answer = sbc_media::sdp::parse(&out).unwrap();
+        let k4 = answer.media[0].crypto[0].key.clone().unwrap();
+        self.k4 = Some(ctx_for(SRTP_CALL_PROFILE, &k4));
+        self.caller_side = Some(SocketAddr::from(([127, 0, 0, 1], answer.media[0].port)));
+    }
+
+    /// Offer and answer in one step (no telephone-event).
+    pub fn setup(e: &dyn MediaControl, id: CallRef, tenant: &str, policy: &MediaPolicy) -> Self {
+        let mut c = SrtpCall::offer(e, id, tenant, policy, false);
+        c.answer(e);
+        c
+    }
+
+    /// The caller sends `pkt` (clear RTP); returns what the callee got, decrypted.
+    pub fn caller_to_callee(&mut self, pkt: &[u8]) -> Vec<u8> {
+        let to = self.caller_side.expect("the callee answered");
+        send_srtp(&self.caller, &mut self.k1, pkt, to.port());
+        recv_srtp(&self.callee, &mut self.k2)
+    }
+
+    /// The callee sends `pkt`; returns what the caller got, decrypted.
+    pub fn callee_to_caller(&mut self, pkt: &[u8]) -> Vec<u8> {
+        send_srtp(&self.callee, &mut self.k3, pkt, self.callee_side.port());
+        let k4 = self.k4.as_mut().expect("the callee answered");
+        recv_srtp(&self.caller, k4)
+    }
 }
 
 /// A media engine on 127.0.0.1 with two workers, on a free range of `ports` ports
