@@ -102,6 +102,15 @@ pub enum RecordingState {
 }
 
 impl RecordingState {
+    /// The state of a session an SRS has accepted: paused from the admin plane or not.
+    pub fn accepted(paused: bool) -> RecordingState {
+        if paused {
+            RecordingState::Paused
+        } else {
+            RecordingState::Recording
+        }
+    }
+
     /// The API name.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -579,6 +579,14 @@ impl MediaEngine {
         self.inner.workers.get(w)
     }
 
+    /// Tells the worker running `call` to drop tap (or recorded stream) `id`; nothing if
+    /// the call has ended.
+    fn remove_in_worker(&self, calls: &HashMap<CallRef, CallCtl>, call: CallRef, id: TapId) {
+        if let Some(w) = calls.get(&call).and_then(|c| self.worker(c.worker)) {
+            w.send(Command::RemoveTap { call, id });
+        }
+    }
+
     /// A new tap on `call` (whose control state is `ctl`, calls lock held): checks the
     /// limits and picks an id; returns what the worker needs and what the control side
     /// records once the worker has it.
@@ -1441,12 +1449,7 @@ impl RecordingMedia for MediaEngine {
         };
         let in_worker = t.recorded.as_ref().is_some_and(|r| r.parked.is_none());
         if in_worker {
-            if let Some(w) = calls.get(&t.call).and_then(|c| self.worker(c.worker)) {
-                w.send(Command::RemoveTap {
-                    call: t.call,
-                    id: stream,
-                });
-            }
+            self.remove_in_worker(&calls, t.call, stream);
         }
         tracing::info!(call = %t.call, %stream, "recorded stream released");
         true
@@ -1494,12 +1497,7 @@ impl TapControl for MediaEngine {
         let Some(t) = take_tap(&self.inner.taps, tap, false) else {
             return false;
         };
-        if let Some(w) = calls.get(&t.call).and_then(|c| self.worker(c.worker)) {
-            w.send(Command::RemoveTap {
-                call: t.call,
-                id: tap,
-            });
-        }
+        self.remove_in_worker(&calls, t.call, tap);
         tracing::info!(call = %t.call, %tap, "recording tap stopped");
         true
     }

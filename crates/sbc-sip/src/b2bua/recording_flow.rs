@@ -467,11 +467,7 @@ impl B2bua {
         let Some(s) = rec.session.as_mut() else {
             return;
         };
-        s.state = if paused {
-            RecordingState::Paused
-        } else {
-            RecordingState::Recording
-        };
+        s.state = RecordingState::accepted(paused);
         s.accepted_unix = Some(unix(wall));
         let (id, srs) = (s.id, rec.recorder.srs_uri(s.target));
         let tenant = rec.tenant.clone();
@@ -939,11 +935,7 @@ impl B2bua {
         let Some(s) = rec.session.as_mut() else {
             return;
         };
-        s.state = if paused {
-            RecordingState::Paused
-        } else {
-            RecordingState::Recording
-        };
+        s.state = RecordingState::accepted(paused);
         if let Some(m) = &media {
             for st in &s.streams {
                 m.pause_stream(st.id, paused || held[side_index(st.side)]);
