@@ -41,6 +41,7 @@ fn settings(redis: &str, prefix: &str) -> ClusterSettings {
         renew_interval: Duration::from_secs(1),
         heartbeat_interval: Duration::from_millis(200),
         key_prefix: prefix.into(),
+        standby: None,
     }
 }
 

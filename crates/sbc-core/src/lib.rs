@@ -16,6 +16,7 @@ pub mod recording;
 pub mod redact;
 pub mod registry;
 pub mod reload;
+pub mod standby;
 pub mod tap;
 pub mod tenant;
 pub mod time;

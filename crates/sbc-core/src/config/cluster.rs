@@ -60,6 +60,87 @@ pub struct ClusterSettings {
     pub heartbeat_interval: Duration,
     /// Prefix of every key, so several clusters can share one Redis.
     pub key_prefix: String,
+    /// `[cluster.standby]`: replicate this node's calls (and, with `peer`, stand by for
+    /// that node's); `None`: quotas only.
+    pub standby: Option<StandbySettings>,
+}
+
+/// Default bound of a node's change stream (XADD MAXLEN ~): a standby that falls further
+/// behind than this reloads the peer's whole call set instead of reading the stream.
+pub const DEFAULT_STREAM_MAXLEN: u64 = 100_000;
+/// Default and longest interval between two writes of a stream's SRTP indexes (issue #16:
+/// at least every 60 s); a rollover is written before it happens whatever this is.
+pub const DEFAULT_INDEX_REFRESH_SECS: u64 = 60;
+
+/// A validated `[cluster.standby]` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StandbySettings {
+    /// The node whose calls this one takes over when it dies (`None`: this node only
+    /// replicates its own calls for its standby).
+    pub peer: Option<String>,
+    /// File holding the cluster key-encryption key (32 bytes as 64 hex digits): SRTP keys
+    /// are encrypted with it before they reach Redis. Read by sbc-cluster at start.
+    pub key_file: std::path::PathBuf,
+    /// Bound of this node's change stream.
+    pub stream_maxlen: u64,
+    /// Longest interval between two writes of a stream's SRTP indexes.
+    pub index_refresh: Duration,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawStandby {
+    peer: Option<String>,
+    key_file: std::path::PathBuf,
+    #[serde(default = "default_stream_maxlen")]
+    stream_maxlen: u64,
+    #[serde(default = "default_index_refresh")]
+    index_refresh_secs: u64,
+}
+
+fn default_stream_maxlen() -> u64 {
+    DEFAULT_STREAM_MAXLEN
+}
+fn default_index_refresh() -> u64 {
+    DEFAULT_INDEX_REFRESH_SECS
+}
+
+fn validate_standby(node_id: &str, s: &RawStandby) -> Result<StandbySettings, ConfigError> {
+    if let Some(peer) = &s.peer {
+        if !name_ok(peer, MAX_NODE_ID) {
+            return Err(invalid(
+                "cluster.standby.peer",
+                format!("1 to {MAX_NODE_ID} characters of A-Z a-z 0-9 . _ -"),
+            ));
+        }
+        if peer == node_id {
+            return Err(invalid(
+                "cluster.standby.peer",
+                "must name another node than cluster.node_id",
+            ));
+        }
+    }
+    if s.key_file.as_os_str().is_empty() {
+        return Err(invalid("cluster.standby.key_file", "must name a file"));
+    }
+    if !(1_000..=10_000_000).contains(&s.stream_maxlen) {
+        return Err(invalid(
+            "cluster.standby.stream_maxlen",
+            "must be between 1000 and 10000000",
+        ));
+    }
+    if !(1..=DEFAULT_INDEX_REFRESH_SECS).contains(&s.index_refresh_secs) {
+        return Err(invalid(
+            "cluster.standby.index_refresh_secs",
+            format!("must be between 1 and {DEFAULT_INDEX_REFRESH_SECS}"),
+        ));
+    }
+    Ok(StandbySettings {
+        peer: s.peer.clone(),
+        key_file: s.key_file.clone(),
+        stream_maxlen: s.stream_maxlen,
+        index_refresh: Duration::from_secs(s.index_refresh_secs),
+    })
 }
 
 #[derive(Deserialize)]
@@ -80,6 +161,7 @@ pub(super) struct RawCluster {
     heartbeat_ms: u64,
     #[serde(default = "default_prefix")]
     key_prefix: String,
+    standby: Option<RawStandby>,
 }
 
 fn default_timeout() -> u64 {
@@ -196,6 +278,11 @@ pub(super) fn validate_cluster(c: &RawCluster) -> Result<ClusterSettings, Config
         renew_interval: Duration::from_secs(c.renew_secs),
         heartbeat_interval: Duration::from_millis(c.heartbeat_ms),
         key_prefix: c.key_prefix.clone(),
+        standby: c
+            .standby
+            .as_ref()
+            .map(|s| validate_standby(&c.node_id, s))
+            .transpose()?,
     })
 }
 
@@ -265,5 +352,35 @@ mod tests {
             assert!(e.contains(key), "{text}: {e}");
         }
         assert!(parse("node_id = \"a\"\nredis = \"h:1\"\nbogus = 1\n").is_err());
+    }
+
+    #[test]
+    fn standby_section() {
+        let base = "node_id = \"a\"\nredis = \"h:1\"\n";
+        assert_eq!(parse(base).expect("ok").standby, None);
+        let c = parse(&format!(
+            "{base}[standby]\npeer = \"b\"\nkey_file = \"/k\"\n"
+        ))
+        .expect("ok");
+        let s = c.standby.expect("standby");
+        assert_eq!(s.peer.as_deref(), Some("b"));
+        assert_eq!(s.stream_maxlen, DEFAULT_STREAM_MAXLEN);
+        assert_eq!(s.index_refresh, Duration::from_secs(60));
+        for (extra, key) in [
+            ("peer = \"a\"\nkey_file = \"/k\"\n", "cluster.standby.peer"),
+            ("key_file = \"\"\n", "cluster.standby.key_file"),
+            (
+                "key_file = \"/k\"\nindex_refresh_secs = 61\n",
+                "cluster.standby.index_refresh_secs",
+            ),
+            (
+                "key_file = \"/k\"\nstream_maxlen = 5\n",
+                "cluster.standby.stream_maxlen",
+            ),
+        ] {
+            let e = parse(&format!("{base}[standby]\n{extra}")).expect_err(extra);
+            assert!(e.contains(key), "{extra}: {e}");
+        }
+        assert!(parse(&format!("{base}[standby]\nkey_file = \"/k\"\nbogus = 1\n")).is_err());
     }
 }

@@ -50,7 +50,7 @@ pub mod certs;
 mod dns;
 pub use dns::DnsSettings;
 pub mod cluster;
-pub use cluster::{ClusterSettings, RedisEndpoint};
+pub use cluster::{ClusterSettings, RedisEndpoint, StandbySettings};
 mod transport;
 pub use transport::{parse_target, TargetUri, Transport, SIPS_DEFAULT_PORT, SIP_DEFAULT_PORT};
 mod sip;
