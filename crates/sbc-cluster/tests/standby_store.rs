@@ -72,20 +72,23 @@ fn settings(
     }
 }
 
+/// One call the fake installer got.
+#[derive(Debug, Clone)]
+struct Installed {
+    call: CallRef,
+    tenant: String,
+    epoch: u64,
+    dialog: Option<Vec<u8>>,
+    media: Option<Vec<u8>>,
+    secret: Option<Vec<u8>>,
+    indexes: Option<Vec<u8>>,
+    lease: bool,
+}
+
 /// What the fake installer got.
 #[derive(Debug, Default)]
 struct Got {
-    /// (call, tenant, epoch, dialog, media public, secret, indexes, lease held).
-    installed: Vec<(
-        CallRef,
-        String,
-        u64,
-        Option<Vec<u8>>,
-        Option<Vec<u8>>,
-        Option<Vec<u8>>,
-        Option<Vec<u8>>,
-        bool,
-    )>,
+    installed: Vec<Installed>,
     fenced: Vec<CallRef>,
     /// The adopted leases, held as a restored call holds them (dropping releases them).
     leases: Vec<sbc_core::cluster::LeaseGuard>,
@@ -110,16 +113,16 @@ impl CallInstaller for FakeInstaller {
                     .refused
                     .push((c.call, sbc_core::standby::InstallRefusal::BadRecord));
             }
-            got.installed.push((
-                c.call,
-                c.tenant.as_str().to_string(),
-                c.epoch,
-                c.dialog.clone(),
+            got.installed.push(Installed {
+                call: c.call,
+                tenant: c.tenant.as_str().to_string(),
+                epoch: c.epoch,
+                dialog: c.dialog.clone(),
                 media,
                 secret,
-                c.indexes.clone(),
-                c.lease.is_some(),
-            ));
+                indexes: c.indexes.clone(),
+                lease: c.lease.is_some(),
+            });
             got.leases.extend(c.lease);
         }
         Box::pin(async move { report })
@@ -289,8 +292,17 @@ async fn claim_moves_owner_epoch_and_leases_once() {
     {
         let got = got.0.lock().unwrap();
         let mut inst = got.installed.clone();
-        inst.sort_by_key(|c| c.0);
-        let (call, tenant, epoch, dialog, media, secret, idx, lease) = &inst[0];
+        inst.sort_by_key(|c| c.call);
+        let Installed {
+            call,
+            tenant,
+            epoch,
+            dialog,
+            media,
+            secret,
+            indexes: idx,
+            lease,
+        } = &inst[0];
         assert_eq!((*call, tenant.as_str(), *epoch), (CallRef(1), "acme", 2));
         assert!(String::from_utf8_lossy(dialog.as_ref().unwrap()).contains("one"));
         assert!(String::from_utf8_lossy(media.as_ref().unwrap()).contains("one"));
@@ -301,7 +313,7 @@ async fn claim_moves_owner_epoch_and_leases_once() {
             "the secret opens with the KEK"
         );
         assert!(*lease, "call 1's leases adopted");
-        assert!(!inst[1].7, "call 2 held no lease");
+        assert!(!inst[1].lease, "call 2 held no lease");
     }
     let key = format!("c:call:{}", id("A", 1));
     assert!(hget(&redis, &key, "owner").contains("\r\nB\r\n"));
@@ -547,7 +559,13 @@ async fn a_moved_or_tampered_secret_is_refused_not_installed() {
     let s = b.control().take_over().await.unwrap();
     assert_eq!((s.claimed, s.installed), (3, 1), "{s:?}");
     let got = got.0.lock().unwrap();
-    for (call, _, _, _, media, secret, _, _) in &got.installed {
+    for Installed {
+        call,
+        media,
+        secret,
+        ..
+    } in &got.installed
+    {
         if *call == CallRef(1) {
             assert_eq!(secret.as_deref(), Some(SECRET));
         } else {
@@ -583,4 +601,71 @@ async fn a_missing_or_short_key_file_is_a_clear_error() {
     let mut none = s.clone();
     none.standby = None;
     assert!(StandbyNode::start(&none, None).is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_leaves_its_dead_calls_to_the_standby_then_clears_them() {
+    if skip() {
+        return;
+    }
+    let dir = temp_dir("standby-rerun");
+    let redis = RedisProcess::server(&dir);
+    let sa = settings(&redis.addr(), "n", "A", None, &dir);
+    let (a1, _) = node(&sa, None);
+    let sink = a1.sink();
+    for call in 1..=3 {
+        put_call(&sink, call, "run1");
+    }
+    wait_until("3 calls stored", Duration::from_secs(5), || {
+        redis
+            .command("SCARD n:node:A:calls")
+            .is_some_and(|r| r.contains(":3"))
+    })
+    .await;
+    a1.stop();
+    drop(sink);
+    drop(a1);
+    // A restarts at once (a process crash and a quick restart).
+    let (a2, _) = node(&sa, None);
+    let sink = a2.sink();
+    // Its new call 1 (same number as a dead one) starts from an empty hash.
+    sink.put(ReplicaUpdate {
+        call: CallRef(1),
+        tenant: TenantId::from("acme"),
+        part: ReplicaPart::Dialog,
+        public: b"{\"v\":1,\"dialog\":\"run2\"}".to_vec(),
+        secret: None,
+    });
+    let k1 = format!("n:call:{}", id("A", 1));
+    wait_until("run 2's call 1", Duration::from_secs(5), || {
+        hget(&redis, &k1, "dialog").contains("run2")
+    })
+    .await;
+    assert!(
+        hget(&redis, &k1, "idx").contains("$-1"),
+        "no field of the dead call 1"
+    );
+    // The dead calls 2 and 3 are still there for a standby to claim...
+    let k2 = format!("n:call:{}", id("A", 2));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(hget(&redis, &k2, "idx").contains("run1"));
+    // ...and gone once the grace has passed.
+    wait_until(
+        "the previous run's calls deleted",
+        sbc_cluster::standby::writer::LEFTOVER_GRACE + Duration::from_secs(5),
+        || {
+            redis
+                .command(&format!("EXISTS {k2}"))
+                .is_some_and(|r| r.contains(":0"))
+        },
+    )
+    .await;
+    assert!(redis
+        .command("SCARD n:node:A:calls")
+        .unwrap()
+        .contains(":1"));
+    assert!(
+        hget(&redis, &k1, "dialog").contains("run2"),
+        "this run's call kept"
+    );
 }
