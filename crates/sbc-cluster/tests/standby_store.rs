@@ -42,6 +42,30 @@ fn skip() -> bool {
     }
 }
 
+/// A fresh redis-server in a fresh directory (`None`, said why: not installed).
+fn redis_server(tag: &str) -> Option<(std::path::PathBuf, RedisProcess)> {
+    if skip() {
+        return None;
+    }
+    let dir = temp_dir(tag);
+    let redis = RedisProcess::server(&dir);
+    Some((dir, redis))
+}
+
+/// Wait until the call set `set` holds `n` calls.
+async fn stored(redis: &RedisProcess, set: &str, n: u32) {
+    wait_until(
+        &format!("{n} calls in {set}"),
+        Duration::from_secs(5),
+        || {
+            redis
+                .command(&format!("SCARD {set}"))
+                .is_some_and(|r| r.contains(&format!(":{n}\r\n")))
+        },
+    )
+    .await;
+}
+
 fn key_file(dir: &Path) -> std::path::PathBuf {
     let p = dir.join("cluster.key");
     std::fs::write(&p, format!("{}\n", "5a".repeat(32))).unwrap();
@@ -183,11 +207,9 @@ fn id(node: &str, call: u64) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parts_reach_the_warm_copy_and_secrets_are_sealed() {
-    if skip() {
+    let Some((dir, redis)) = redis_server("standby-warm") else {
         return;
-    }
-    let dir = temp_dir("standby-warm");
-    let redis = RedisProcess::server(&dir);
+    };
     let (a, _) = node(&settings(&redis.addr(), "w", "A", None, &dir), None);
     let (b, _) = node(&settings(&redis.addr(), "w", "B", Some("A"), &dir), None);
     let sink = a.sink();
@@ -252,11 +274,9 @@ async fn parts_reach_the_warm_copy_and_secrets_are_sealed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claim_moves_owner_epoch_and_leases_once() {
-    if skip() {
+    let Some((dir, redis)) = redis_server("standby-claim") else {
         return;
-    }
-    let dir = temp_dir("standby-claim");
-    let redis = RedisProcess::server(&dir);
+    };
     let (a, _) = node(&settings(&redis.addr(), "c", "A", None, &dir), None);
     let bs = settings(&redis.addr(), "c", "B", Some("A"), &dir);
     let leases = RedisCluster::start(bs.clone());
@@ -376,11 +396,9 @@ async fn claim_moves_owner_epoch_and_leases_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_claimants_leave_exactly_one_owner() {
-    if skip() {
+    let Some((dir, redis)) = redis_server("standby-double") else {
         return;
-    }
-    let dir = temp_dir("standby-double");
-    let redis = RedisProcess::server(&dir);
+    };
     let (a, _) = node(&settings(&redis.addr(), "d", "A", None, &dir), None);
     let (b, _) = node(&settings(&redis.addr(), "d", "B", Some("A"), &dir), None);
     let (c, _) = node(&settings(&redis.addr(), "d", "C", Some("A"), &dir), None);
@@ -388,12 +406,7 @@ async fn two_claimants_leave_exactly_one_owner() {
     for call in 1..=40 {
         put_call(&sink, call, "x");
     }
-    wait_until("40 calls in A's set", Duration::from_secs(5), || {
-        redis
-            .command("SCARD d:node:A:calls")
-            .is_some_and(|r| r.contains(":40"))
-    })
-    .await;
+    stored(&redis, "d:node:A:calls", 40).await;
     let (cb, cc) = (b.control(), c.control());
     let (rb, rc) = tokio::join!(cb.take_over(), cc.take_over());
     let (rb, rc) = (rb.unwrap(), rc.unwrap());
@@ -424,22 +437,15 @@ async fn two_claimants_leave_exactly_one_owner() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_whose_calls_were_claimed_fences_them() {
-    if skip() {
+    let Some((dir, redis)) = redis_server("standby-fence") else {
         return;
-    }
-    let dir = temp_dir("standby-fence");
-    let redis = RedisProcess::server(&dir);
+    };
     let (a, a_got) = node(&settings(&redis.addr(), "f", "A", None, &dir), None);
     let (b, _) = node(&settings(&redis.addr(), "f", "B", Some("A"), &dir), None);
     let sink = a.sink();
     put_call(&sink, 1, "a1");
     put_call(&sink, 2, "a2");
-    wait_until("both calls in the store", Duration::from_secs(5), || {
-        redis
-            .command("SCARD f:node:A:calls")
-            .is_some_and(|r| r.contains(":2"))
-    })
-    .await;
+    stored(&redis, "f:node:A:calls", 2).await;
     // A comes back from a partition after B took its calls.
     let s = b.control().take_over().await.unwrap();
     assert_eq!(s.claimed, 2);
@@ -473,11 +479,9 @@ async fn a_node_whose_calls_were_claimed_fences_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restarted_empty_gets_every_call_again() {
-    if skip() {
+    let Some((dir, mut redis)) = redis_server("standby-restart") else {
         return;
-    }
-    let dir = temp_dir("standby-restart");
-    let mut redis = RedisProcess::server(&dir);
+    };
     let (a, _) = node(&settings(&redis.addr(), "r", "A", None, &dir), None);
     let (b, _) = node(&settings(&redis.addr(), "r", "B", Some("A"), &dir), None);
     let sink = a.sink();
@@ -519,23 +523,16 @@ async fn redis_restarted_empty_gets_every_call_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_moved_or_tampered_secret_is_refused_not_installed() {
-    if skip() {
+    let Some((dir, redis)) = redis_server("standby-tamper") else {
         return;
-    }
-    let dir = temp_dir("standby-tamper");
-    let redis = RedisProcess::server(&dir);
+    };
     let (a, _) = node(&settings(&redis.addr(), "t", "A", None, &dir), None);
     let (b, got) = node(&settings(&redis.addr(), "t", "B", Some("A"), &dir), None);
     let sink = a.sink();
     for call in 1..=3 {
         put_call(&sink, call, "k");
     }
-    wait_until("3 calls in the store", Duration::from_secs(5), || {
-        redis
-            .command("SCARD t:node:A:calls")
-            .is_some_and(|r| r.contains(":3"))
-    })
-    .await;
+    stored(&redis, "t:node:A:calls", 3).await;
     a.stop();
     // Call 1's sealed keys copied onto call 2 (a valid blob, another call); call 3's
     // blob altered.
@@ -605,23 +602,16 @@ async fn a_missing_or_short_key_file_is_a_clear_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_node_leaves_its_dead_calls_to_the_standby_then_clears_them() {
-    if skip() {
+    let Some((dir, redis)) = redis_server("standby-rerun") else {
         return;
-    }
-    let dir = temp_dir("standby-rerun");
-    let redis = RedisProcess::server(&dir);
+    };
     let sa = settings(&redis.addr(), "n", "A", None, &dir);
     let (a1, _) = node(&sa, None);
     let sink = a1.sink();
     for call in 1..=3 {
         put_call(&sink, call, "run1");
     }
-    wait_until("3 calls stored", Duration::from_secs(5), || {
-        redis
-            .command("SCARD n:node:A:calls")
-            .is_some_and(|r| r.contains(":3"))
-    })
-    .await;
+    stored(&redis, "n:node:A:calls", 3).await;
     a1.stop();
     drop(sink);
     drop(a1);
