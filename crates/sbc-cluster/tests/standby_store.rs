@@ -622,6 +622,17 @@ async fn a_moved_or_tampered_secret_is_refused_not_installed() {
             );
         }
     }
+    drop(got);
+    // The refused calls leave the store; the installed one stays, owned by B.
+    wait_until("refused calls deleted", Duration::from_secs(5), || {
+        [&k2, &k3].iter().all(|k| {
+            redis
+                .command(&format!("EXISTS {k}"))
+                .is_some_and(|r| r.contains(":0"))
+        })
+    })
+    .await;
+    assert!(hget(&redis, &k1, "owner").contains("\r\nB\r\n"));
 }
 
 #[tokio::test]
