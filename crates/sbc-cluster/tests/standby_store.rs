@@ -765,3 +765,35 @@ async fn takeover_of_many_calls() {
         s.duration_ms as f64 * 1000.0 / CALLS as f64
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_trimmed_past_the_standby_reloads_the_peers_calls() {
+    let Some((dir, redis)) = redis_server("standby-trim") else {
+        return;
+    };
+    // A tiny stream (below what the config accepts) in one-entry radix nodes, so one
+    // pipelined batch of A's writes trims entries the standby has not read yet.
+    redis
+        .command("CONFIG SET stream-node-max-entries 1")
+        .unwrap();
+    let mut sa = settings(&redis.addr(), "s", "A", None, &dir);
+    sa.standby.as_mut().unwrap().stream_maxlen = 2;
+    let (a, _) = node(&sa, None);
+    let (b, _) = node(&settings(&redis.addr(), "s", "B", Some("A"), &dir), None);
+    let reason = sbc_cluster::standby::ReloadReason::Trimmed;
+    wait_until("B tailing", Duration::from_secs(5), || {
+        b.reloads(sbc_cluster::standby::ReloadReason::Reconnect) == 1
+    })
+    .await;
+    let sink = a.sink();
+    for call in 1..=600 {
+        put_call(&sink, call, "trim");
+    }
+    wait_until("every call warm", Duration::from_secs(10), || {
+        b.warm_calls().len() == 600
+    })
+    .await;
+    let len = redis.command("XLEN s:node:A:changes").unwrap();
+    assert!(!len.contains(":600"), "the stream was trimmed: {len}");
+    assert!(b.reloads(reason) >= 1, "the trim was noticed");
+}

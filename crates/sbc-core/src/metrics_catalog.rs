@@ -379,6 +379,9 @@ pub const STANDBY_PARTS: &[&str] = &["dialog", "media", "idx"];
 /// `sbc_cluster_calls_fenced_total{reason}`: sbc-cluster's `FenceReason` names.
 pub const STANDBY_FENCE_REASONS: &[&str] = &["write_refused", "ownership_lost"];
 
+/// `sbc_cluster_standby_reloads_total{reason}`: sbc-cluster's `ReloadReason` names.
+pub const STANDBY_RELOAD_REASONS: &[&str] = &["reconnect", "trimmed"];
+
 /// Takeover duration (claim script, opening the secrets, installing every call): 2 000
 /// calls took 160-420 ms in a debug build on a shared 2-core machine, 11-20 µs a call of
 /// it in Redis (sbc-cluster's tests/standby_store.rs `takeover_of_many_calls`); the
@@ -524,6 +527,11 @@ pub const CATALOG: &[MetricDef] = &[
         "sbc_cluster_warm_calls",
         "Calls of the peer held in this standby's warm copy.",
         &[],
+    ),
+    counter(
+        "sbc_cluster_standby_reloads_total",
+        "Whole reloads of the peer's calls into the warm copy, by why.",
+        &[closed("reason", STANDBY_RELOAD_REASONS)],
     ),
     gauge(
         "sbc_cluster_replication_lag_seconds",
