@@ -605,13 +605,13 @@ async fn a_moved_or_tampered_secret_is_refused_not_installed() {
     assert!(bent.contains(":1"), "{bent}");
     let s = b.control().take_over().await.unwrap();
     assert_eq!((s.claimed, s.installed), (3, 1), "{s:?}");
-    let got = got.0.lock().unwrap();
+    let installed = got.0.lock().unwrap().installed.clone();
     for Installed {
         call,
         media,
         secret,
         ..
-    } in &got.installed
+    } in &installed
     {
         if *call == CallRef(1) {
             assert_eq!(secret.as_deref(), Some(SECRET));
@@ -622,7 +622,6 @@ async fn a_moved_or_tampered_secret_is_refused_not_installed() {
             );
         }
     }
-    drop(got);
     // The refused calls leave the store; the installed one stays, owned by B.
     wait_until("refused calls deleted", Duration::from_secs(5), || {
         [&k2, &k3].iter().all(|k| {
