@@ -421,6 +421,7 @@ impl B2bua {
         {
             self.pairs.rekey_server(id, conn);
         }
+        metrics::counter!("sbc_sip_restored_caller_total", "event" => "adopted").increment(1);
         info!(event = "caller_leg_adopted", call = %call, conn = %conn, held = w.held.len(), "restored call's caller leg adopted by the tenant's connection");
         for msg in w.held {
             self.outputs.push_back(super::Output::Send { conn, msg });
@@ -445,8 +446,7 @@ impl B2bua {
             return;
         };
         if w.held.len() >= MAX_HELD {
-            metrics::counter!("sbc_sip_messages_rejected_total", "reason" => "caller_wait_full")
-                .increment(1);
+            metrics::counter!("sbc_sip_restored_caller_total", "event" => "dropped").increment(1);
             return;
         }
         w.deadline.get_or_insert(now + CALLER_WAIT);
@@ -468,7 +468,7 @@ impl B2bua {
                 .waiting
                 .remove(&call)
                 .map_or(0, |w| w.held.len());
-            metrics::counter!("sbc_sip_restored_caller_timeouts_total").increment(1);
+            metrics::counter!("sbc_sip_restored_caller_total", "event" => "timed_out").increment(1);
             warn!(event = "restored_caller_absent", call = %call, held, wait_secs = CALLER_WAIT.as_secs(), "the caller of a restored call did not reconnect: call ended");
             let has_dialog = self
                 .calls
