@@ -22,9 +22,8 @@
 //! transaction proceeding), keyed to the caller's connection once adopted. Served: a
 //! CANCEL from the caller (200, 487 upstream, CANCEL downstream, the callee's 487
 //! ACKed), the callee's final over the target's pooled connection (a 2xx relayed
-//! upstream once the caller leg is adopted, by the 2xx retransmission that waits for
-//! the ACK), ringing timeout. Not served: provisionals sent upstream before adoption
-//! (dropped), reliable provisionals in flight (their RSeq state is not replicated: a
+//! upstream, held until the caller leg is adopted, like the responses before it),
+//! ringing timeout. Not served: reliable provisionals in flight (their RSeq state is not replicated: a
 //! PRACK for one is refused 481), a callee final sent on a new inbound connection the
 //! callee opened to our Via (RFC 3261 §18.2.2: such a connection is not the target's
 //! pooled one and is refused as an unrecognised peer), and failover to the route's next
@@ -76,7 +75,7 @@ pub const MAX_HELD: usize = 32;
 
 /// The connection of a rebuilt server transaction before its caller leg is adopted
 /// (drivers number connections from 1).
-const NOT_ADOPTED: ConnId = ConnId(0);
+pub(super) const NOT_ADOPTED: ConnId = ConnId(0);
 
 /// A restored call's caller leg waiting for a connection.
 #[derive(Debug)]
