@@ -2979,7 +2979,10 @@ mod standby {
             assert_eq!(u.part, ReplicaPart::Dialog);
             assert!(u.secret.is_none(), "dialogs carry no secret");
             *self.puts.lock().unwrap() += 1;
-            self.parts.lock().unwrap().insert(u.call, (u.tenant, u.public));
+            self.parts
+                .lock()
+                .unwrap()
+                .insert(u.call, (u.tenant, u.public));
         }
         fn remove(&self, call: CallRef) {
             self.parts.lock().unwrap().remove(&call);
@@ -3105,7 +3108,15 @@ mod standby {
         assert_eq!(*sink.puts.lock().unwrap(), 0, "no callee dialog yet");
         let down = a.take_to(To::Callee).remove(0);
         a.callee_sends(respond(&down, 180, "callee-tag", false));
-        let part = sink.parts.lock().unwrap().values().next().unwrap().1.clone();
+        let part = sink
+            .parts
+            .lock()
+            .unwrap()
+            .values()
+            .next()
+            .unwrap()
+            .1
+            .clone();
         let v: serde_json::Value = serde_json::from_slice(&part).unwrap();
         assert_eq!(v["v"], 1);
         assert_eq!(v["state"], "setup");
@@ -3157,7 +3168,11 @@ mod standby {
         assert_eq!(bye.header("call-id"), down.header("call-id"));
         b.callee_sends(respond(&bye, 200, "callee-tag", false));
         let up = b.take_to(To::Other);
-        assert_eq!(statuses(&up), vec![200], "the 200 goes back on the new connection");
+        assert_eq!(
+            statuses(&up),
+            vec![200],
+            "the 200 goes back on the new connection"
+        );
         b.assert_nothing_held();
     }
 
@@ -3165,8 +3180,17 @@ mod standby {
     fn bye_from_the_callee_waits_for_the_caller_to_reconnect_then_goes_out_on_it() {
         let (_, mut b, down, _) = taken_over("t2");
         let callee_view = respond(&down, 200, "callee-tag", false);
-        b.callee_sends(in_dialog(Method::Bye, &callee_view, 5, "z9hG4bK-t2bye", false));
-        assert!(b.take().is_empty(), "held: the caller has no connection yet");
+        b.callee_sends(in_dialog(
+            Method::Bye,
+            &callee_view,
+            5,
+            "z9hG4bK-t2bye",
+            false,
+        ));
+        assert!(
+            b.take().is_empty(),
+            "held: the caller has no connection yet"
+        );
         b.advance(Duration::from_secs(3));
         reconnect(&mut b);
         let held = b.take_to(To::Other);
@@ -3199,7 +3223,11 @@ mod standby {
             to_callee.iter().any(|m| m.method() == Some(&Method::Bye)),
             "the callee's dialog is ended: {to_callee:?}"
         );
-        assert!(logs.text().contains("restored_caller_absent"), "{}", logs.text());
+        assert!(
+            logs.text().contains("restored_caller_absent"),
+            "{}",
+            logs.text()
+        );
         b.advance(T1 * 64);
         b.assert_nothing_held();
     }
@@ -3226,7 +3254,10 @@ mod standby {
             msg: in_dialog(Method::Ack, &up[0], 2, "z9hG4bK-t4ack", true),
         });
         let ack = b.take_to(To::Callee).remove(0);
-        assert_eq!((ack.method(), cseq(&ack)), (Some(&Method::Ack), cseq(&down_re)));
+        assert_eq!(
+            (ack.method(), cseq(&ack)),
+            (Some(&Method::Ack), cseq(&down_re))
+        );
         // Now the callee re-INVITEs: the caller leg continues from A's too.
         let callee_view = respond(&down, 200, "callee-tag", false);
         let mut reinvite = in_dialog(Method::Invite, &callee_view, 7, "z9hG4bK-t4re2", false);
@@ -3241,7 +3272,13 @@ mod standby {
             conn: RECONNECT,
             msg: respond(&to_caller[0], 200, "x", true),
         });
-        b.callee_sends(in_dialog(Method::Info, &callee_view, 8, "z9hG4bK-t4info", false));
+        b.callee_sends(in_dialog(
+            Method::Info,
+            &callee_view,
+            8,
+            "z9hG4bK-t4info",
+            false,
+        ));
         let info = b
             .take_to(To::Other)
             .into_iter()
@@ -3277,12 +3314,42 @@ mod standby {
         assert_eq!(up[1].header("call-id"), Some("t5"));
         let down_cancel = b.take_to(To::Callee).remove(0);
         assert_eq!(down_cancel.method(), Some(&Method::Cancel));
-        assert_eq!(down_cancel.header("via"), down.header("via"), "CANCEL matches A's INVITE");
+        assert_eq!(
+            down_cancel.header("via"),
+            down.header("via"),
+            "CANCEL matches A's INVITE"
+        );
         b.callee_sends(respond(&down, 487, "callee-tag", false));
         let ack = b.take_to(To::Callee);
         assert_eq!(ack[0].method(), Some(&Method::Ack));
         b.advance(T1 * 64);
         b.assert_nothing_held();
+    }
+
+    #[test]
+    fn a_cancelled_call_leaves_the_store_at_once() {
+        let (mut a, sink) = node_a();
+        let inv = invite("t7", "z9hG4bK-t7");
+        a.caller_sends(inv.clone());
+        let down = a.take_to(To::Callee).remove(0);
+        a.callee_sends(respond(&down, 180, "callee-tag", false));
+        assert_eq!(sink.parts.lock().unwrap().len(), 1);
+        let text = String::from_utf8_lossy(&inv.to_bytes())
+            .replace("INVITE sips", "CANCEL sips")
+            .replace("1 INVITE", "1 CANCEL");
+        let mut cancel = SipMessage::parse(text.as_bytes()).unwrap();
+        cancel.set_body(Vec::new());
+        cancel.remove_header("content-type");
+        a.caller_sends(cancel);
+        assert!(
+            sink.parts.lock().unwrap().is_empty(),
+            "abandoned: nothing to serve"
+        );
+        assert_eq!(sink.removed.lock().unwrap().len(), 1);
+        a.callee_sends(respond(&down, 487, "callee-tag", false));
+        a.advance(T1 * 64);
+        assert_eq!(sink.removed.lock().unwrap().len(), 1, "removed once");
+        a.assert_nothing_held();
     }
 
     #[test]
@@ -3330,7 +3397,10 @@ mod standby {
         assert_eq!(a.core.fence(&[call]), 1);
         assert!(a.take().is_empty(), "no SIP message");
         assert!(a.closed.is_empty());
-        assert!(sink.removed.lock().unwrap().is_empty(), "the new owner's record stays");
+        assert!(
+            sink.removed.lock().unwrap().is_empty(),
+            "the new owner's record stays"
+        );
         a.advance(T1 * 64);
         assert!(a.take().is_empty());
         a.assert_nothing_held();

@@ -51,7 +51,7 @@ use tracing::{info, warn};
 use super::calls::{Call, CallState};
 use super::offer_answer::OfferAnswer;
 use super::pairs::{Pair, ServerKey};
-use super::replica::{side_of, DialogPart, Replica};
+use super::replica::{side_of, DialogPart, PartState, Replica};
 use super::{B2bua, ConnId, Dest};
 use crate::message::{tag, Method, SipMessage};
 use crate::transaction::{ClientTransaction, ServerTransaction, TxKind};
@@ -162,6 +162,16 @@ impl B2bua {
             .and_then(DialogPart::parse)
             .filter(|p| p.tenant == t.tenant.as_str())
             .ok_or(InstallRefusal::BadRecord)?;
+        // A call in setup is served through its initial INVITE's transactions; without
+        // them (or abandoned, which this build never puts) it could never end here.
+        let servable = match part.state {
+            PartState::Established => true,
+            PartState::Setup => part.early.is_some(),
+            PartState::Abandoned => false,
+        };
+        if !servable {
+            return Err(InstallRefusal::BadRecord);
+        }
         let tenant = t.tenant.clone();
         if self.admission.usage(&tenant).is_none() {
             return Err(InstallRefusal::UnknownTenant);
@@ -295,7 +305,7 @@ impl B2bua {
         if let Some(rid) = &rid {
             r.add_outbound_leg(rid, part.callee.call_id.clone());
             r.set_media_ref(rid, id.0);
-            if part.state == super::replica::PartState::Established {
+            if part.state == PartState::Established {
                 r.set_state(rid, RegistryState::Established);
             }
         }
@@ -310,7 +320,7 @@ impl B2bua {
         let Some(early) = part
             .early
             .as_ref()
-            .filter(|_| part.state == super::replica::PartState::Setup)
+            .filter(|_| part.state == PartState::Setup)
         else {
             return;
         };
