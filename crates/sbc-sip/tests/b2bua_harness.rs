@@ -3069,6 +3069,32 @@ mod standby {
         (b, mt)
     }
 
+    /// Install `calls` on B: the route target's connection is re-dialled with one
+    /// OPTIONS, whose answer is absorbed.
+    fn install(b: &mut Harness, calls: Vec<TakenCall>) -> sbc_core::standby::InstallReport {
+        let report = b.core.install(b.now, calls);
+        b.drain_outputs();
+        let redials = b.take_to(To::Callee);
+        assert_eq!(
+            redials
+                .iter()
+                .map(|m| m.method().cloned())
+                .collect::<Vec<_>>(),
+            if report.installed > 0 {
+                vec![Some(Method::Options)]
+            } else {
+                vec![]
+            },
+            "one re-dial per target"
+        );
+        assert!(b.take().is_empty(), "nothing else before a request comes");
+        for m in redials {
+            b.callee_sends(respond(&m, 200, "pbx", false));
+            assert!(b.take().is_empty(), "the answer is absorbed");
+        }
+        report
+    }
+
     /// The caller's platform reconnecting to B: a new connection of the tenant.
     const RECONNECT: ConnId = ConnId(41);
 
@@ -3092,7 +3118,7 @@ mod standby {
         let (mut a, sink) = node_a();
         let (down, ok) = establish(&mut a, call_id);
         let (mut b, _) = node_b();
-        let report = b.core.install(b.now, sink.taken());
+        let report = install(&mut b, sink.taken());
         assert_eq!(report.installed, 1, "{report:?}");
         assert!(report.refused.is_empty());
         assert_eq!(b.usage().active_calls, 1, "the restored call holds a slot");
@@ -3295,7 +3321,7 @@ mod standby {
         let down = a.take_to(To::Callee).remove(0);
         a.callee_sends(respond(&down, 180, "callee-tag", false));
         let (mut b, _) = node_b();
-        let report = b.core.install(b.now, sink.taken());
+        let report = install(&mut b, sink.taken());
         assert_eq!(report.installed, 1, "{report:?}");
         assert_eq!(b.usage().pending_invites, 1, "still a pending INVITE");
         reconnect(&mut b);
@@ -3359,7 +3385,7 @@ mod standby {
         let down = a.take_to(To::Callee).remove(0);
         a.callee_sends(respond(&down, 180, "callee-tag", false));
         let (mut b, _) = node_b();
-        assert_eq!(b.core.install(b.now, sink.taken()).installed, 1);
+        assert_eq!(install(&mut b, sink.taken()).installed, 1);
         // The callee answers over B's (re-dialled) connection before the caller is back.
         b.callee_sends(respond(&down, 200, "callee-tag", true));
         assert!(b.take_to(To::Other).is_empty());
@@ -3410,8 +3436,8 @@ mod standby {
     fn a_corrupt_part_is_refused_as_a_bad_record_and_holds_nothing() {
         let (mut b, _) = node_b();
         let t = TenantId::from("acme");
-        let report = b.core.install(
-            b.now,
+        let report = install(
+            &mut b,
             vec![
                 taken(CallRef(5), t.clone(), Some(b"{not json".to_vec()), b"m"),
                 taken(CallRef(6), t, None, b"m"),
@@ -3532,7 +3558,7 @@ mod standby {
                     s.apply(t)
                 })
                 .collect();
-            let report = b.core.install(b.now, calls);
+            let report = install(&mut b, calls);
             prop_assert_eq!(&report.refused, &want);
             let installed = spoils.len() - want.len();
             prop_assert_eq!(report.installed as usize, installed);

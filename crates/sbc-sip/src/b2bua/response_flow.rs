@@ -47,6 +47,7 @@ impl B2bua {
     pub(super) fn on_response(&mut self, now: Instant, conn: ConnId, msg: SipMessage) {
         let Some(code) = msg.status() else { return };
         if self.ping_answered(now, conn, &msg)
+            || self.redial_answered(&msg)
             || self.own_prack_answered(now, &msg)
             || self.on_srs_response(now, conn, &msg)
         {
