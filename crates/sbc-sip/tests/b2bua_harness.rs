@@ -3454,6 +3454,17 @@ mod standby {
         b.assert_nothing_held();
     }
 
+    #[test]
+    fn a_call_installed_twice_is_refused_the_second_time_and_keeps_one_slot() {
+        let (sink, mut b, _, _) = taken_over("d1");
+        let again = sink.taken();
+        let call = again[0].call;
+        let report = install(&mut b, again);
+        assert_eq!(report.refused, vec![(call, InstallRefusal::BadRecord)]);
+        assert_eq!(b.usage().active_calls, 1);
+        assert_eq!(b.registry.len(), 1);
+    }
+
     /// How one claimed call of the property test is spoiled (or not).
     #[derive(Debug, Clone, Copy)]
     enum Spoil {
