@@ -523,16 +523,7 @@ fn cancel_racing_a_200_gets_487_and_the_late_answer_is_acked_and_hung_up() {
     h.caller_sends(invite("c2", "z9hG4bK-c2"));
     let down = h.take_to(To::Callee).remove(0);
     h.callee_sends(respond(&down, 180, "t", false));
-    let mut cancel = invite("c2", "z9hG4bK-c2");
-    cancel = {
-        let text = String::from_utf8_lossy(&cancel.to_bytes())
-            .replace("INVITE sips", "CANCEL sips")
-            .replace("1 INVITE", "1 CANCEL");
-        let mut m = SipMessage::parse(text.as_bytes()).unwrap();
-        m.set_body(Vec::new());
-        m.remove_header("content-type");
-        m
-    };
+    let cancel = cancel_of(&invite("c2", "z9hG4bK-c2"));
     h.caller_sends(cancel);
     let up = h.take_to(To::Caller);
     assert!(statuses(&up).contains(&487), "{:?}", statuses(&up));
@@ -3238,9 +3229,11 @@ mod standby {
         let _guard = logs.install(tracing::Level::INFO);
         let (_, mut b, down, _) = taken_over("t3");
         let callee_view = respond(&down, 200, "callee-tag", false);
-        let mut reinvite = in_dialog(Method::Invite, &callee_view, 5, "z9hG4bK-t3re", false);
-        reinvite.push_header("Content-Type", "application/sdp");
-        reinvite.set_body(OFFER.as_bytes().to_vec());
+        let reinvite = with_body(
+            in_dialog(Method::Invite, &callee_view, 5, "z9hG4bK-t3re", false),
+            "application/sdp",
+            OFFER,
+        );
         b.callee_sends(reinvite);
         assert!(b.take_to(To::Other).is_empty());
         b.advance(CALLER_WAIT + Duration::from_secs(1));
@@ -3262,9 +3255,11 @@ mod standby {
     fn re_invites_from_either_side_continue_the_cseq_of_each_leg() {
         let (_, mut b, down, ok) = taken_over("t4");
         reconnect(&mut b);
-        let mut reinvite = in_dialog(Method::Invite, &ok, 2, "z9hG4bK-t4re", true);
-        reinvite.push_header("Content-Type", "application/sdp");
-        reinvite.set_body(OFFER.as_bytes().to_vec());
+        let reinvite = with_body(
+            in_dialog(Method::Invite, &ok, 2, "z9hG4bK-t4re", true),
+            "application/sdp",
+            OFFER,
+        );
         b.input(Input::Message {
             conn: RECONNECT,
             msg: reinvite,
@@ -3286,9 +3281,11 @@ mod standby {
         );
         // Now the callee re-INVITEs: the caller leg continues from A's too.
         let callee_view = respond(&down, 200, "callee-tag", false);
-        let mut reinvite = in_dialog(Method::Invite, &callee_view, 7, "z9hG4bK-t4re2", false);
-        reinvite.push_header("Content-Type", "application/sdp");
-        reinvite.set_body(OFFER.as_bytes().to_vec());
+        let reinvite = with_body(
+            in_dialog(Method::Invite, &callee_view, 7, "z9hG4bK-t4re2", false),
+            "application/sdp",
+            OFFER,
+        );
         b.callee_sends(reinvite);
         let to_caller = b.take_to(To::Other);
         assert_eq!(to_caller[0].method(), Some(&Method::Invite));
@@ -3325,12 +3322,7 @@ mod standby {
         assert_eq!(report.installed, 1, "{report:?}");
         assert_eq!(b.usage().pending_invites, 1, "still a pending INVITE");
         reconnect(&mut b);
-        let text = String::from_utf8_lossy(&inv.to_bytes())
-            .replace("INVITE sips", "CANCEL sips")
-            .replace("1 INVITE", "1 CANCEL");
-        let mut cancel = SipMessage::parse(text.as_bytes()).unwrap();
-        cancel.set_body(Vec::new());
-        cancel.remove_header("content-type");
+        let cancel = cancel_of(&inv);
         b.input(Input::Message {
             conn: RECONNECT,
             msg: cancel,
@@ -3360,12 +3352,7 @@ mod standby {
         let down = a.take_to(To::Callee).remove(0);
         a.callee_sends(respond(&down, 180, "callee-tag", false));
         assert_eq!(sink.parts.lock().unwrap().len(), 1);
-        let text = String::from_utf8_lossy(&inv.to_bytes())
-            .replace("INVITE sips", "CANCEL sips")
-            .replace("1 INVITE", "1 CANCEL");
-        let mut cancel = SipMessage::parse(text.as_bytes()).unwrap();
-        cancel.set_body(Vec::new());
-        cancel.remove_header("content-type");
+        let cancel = cancel_of(&inv);
         a.caller_sends(cancel);
         assert!(
             sink.parts.lock().unwrap().is_empty(),
