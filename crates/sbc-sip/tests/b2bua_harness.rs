@@ -3526,8 +3526,8 @@ mod standby {
         #![proptest_config(ProptestConfig::with_cases(48))]
 
         /// Every refusal path of install releases what it took: the admission slot (and
-        /// pending INVITE), media, registry entry; the installed calls hold exactly one of
-        /// each, and fencing them leaves nothing.
+        /// pending INVITE), the moved cluster lease, media, registry entry; the installed
+        /// calls hold exactly one of each, and fencing them leaves nothing.
         #[test]
         fn every_install_refusal_releases_its_admission_slot(
             spoils in prop::collection::vec((spoil(), any::<bool>()), 1..8)
@@ -3546,16 +3546,21 @@ mod standby {
             prop_assert_eq!(claimed.len(), spoils.len());
             let (mut b, mt) = node_b();
             let mut want = Vec::new();
+            let released = Arc::new(std::sync::atomic::AtomicUsize::new(0));
             let calls: Vec<TakenCall> = claimed
                 .into_iter()
                 .zip(&spoils)
-                .map(|(t, (s, _))| {
+                .map(|(mut t, (s, _))| {
                     if let Some(r) = s.expected() {
                         want.push((t.call, r));
                     }
+                    t.lease = Some(sbc_core::cluster::LeaseGuard(Box::new(CountedLease(
+                        released.clone(),
+                    ))));
                     s.apply(t)
                 })
                 .collect();
+            let released_now = || released.load(std::sync::atomic::Ordering::SeqCst);
             let report = install(&mut b, calls);
             prop_assert_eq!(&report.refused, &want);
             let installed = spoils.len() - want.len();
@@ -3564,8 +3569,10 @@ mod standby {
             prop_assert_eq!(u.active_calls as usize, installed);
             prop_assert_eq!(b.registry.len(), installed);
             prop_assert_eq!(b.media.live.lock().unwrap().len(), installed);
+            prop_assert_eq!(released_now(), want.len(), "refused calls' leases released");
             let restored = mt.restored.lock().unwrap().clone();
             prop_assert_eq!(b.core.fence(&restored), installed);
+            prop_assert_eq!(released_now(), spoils.len(), "and the installed ones' with them");
             b.advance(T1 * 64);
             b.assert_nothing_held();
         }
