@@ -3151,6 +3151,21 @@ mod standby {
         // An ACK changes no dialog state: no put.
         a.caller_sends(in_dialog(Method::Ack, &ok, 1, "z9hG4bK-r1a", true));
         assert_eq!(*sink.puts.lock().unwrap(), puts);
+        // A target refresh: the callee answers a re-INVITE from a new Contact.
+        a.caller_sends(in_dialog(Method::Invite, &ok, 2, "z9hG4bK-r1re", true));
+        let re = a
+            .take_to(To::Callee)
+            .into_iter()
+            .find(|m| m.method() == Some(&Method::Invite))
+            .unwrap();
+        let mut moved = sbc_sip::message::response_to(&re, 200, "OK", Some("callee-tag"));
+        moved.push_header("Contact", "<sips:pbx@10.9.9.10:5061>");
+        a.callee_sends(moved);
+        let v = sink.part(call);
+        assert_eq!(v["callee"]["remote_target"], "sips:pbx@10.9.9.10:5061");
+        assert_eq!(v["callee"]["next_cseq"], cseq(&re) + 1);
+        let ok2 = a.take_to(To::Caller).pop().unwrap();
+        a.caller_sends(in_dialog(Method::Ack, &ok2, 2, "z9hG4bK-r1rea", true));
         // The callee's BYE: our caller leg's CSeq is taken (put), then the call ends.
         a.callee_sends(in_dialog(
             Method::Bye,
