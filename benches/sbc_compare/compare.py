@@ -23,6 +23,13 @@ Figures per run, for each stack:
            relay CPU µs per packet and latency p99 at 500 and 1,000 SRTP calls.
 Then the median over --runs runs, printed as one table (and written as JSON).
 
+--recording: sbc-edge only, recording (SIPREC) off against on in the same run: the same
+tenant without, then with [tenants.recording] (mode always, SRTP, on_failure required) to
+a sipp SRS (deploy/sipp/uas_srs.xml behind a third stunnel, as the recording stage of
+deploy/sipp/interop.sh runs it); off and on alternate in every run (which goes first too),
+each on a freshly started gateway; figures cps and cpu only, plus what the SRS saw (a step
+with recording on passes only if the SRS completed a recording for every call).
+
 Stdlib only. Every load step is bounded in calls and time; everything is on loopback;
 everything started here is stopped on exit. Run through run.sh (next to this file).
 """
@@ -50,6 +57,7 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 SIPP = os.path.join(ROOT, "deploy", "sipp")
 RUN_SH = os.path.join(SIPP, "run.sh")
 UAS_SCENARIO = os.path.join(HERE, "uas_srtp32.xml")
+SRS_SCENARIO = os.path.join(SIPP, "uas_srs.xml")
 STUNNEL = shutil.which("stunnel4") or shutil.which("stunnel") or "stunnel4"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
@@ -58,6 +66,8 @@ PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
 # TCP ends of sipp. The stacks run one after the other on the same ports.
 GW_PORT, TRUNK_PORT, UAC_PORT, UAS_PORT = 5161, 5162, 5171, 5172
 NG_PORT = 9922  # outside the media range below
+# --recording: the SRS's TLS port (stunnel server) and the plain TCP port of its sipp
+SRS_PORT, SRS_SIPP_PORT = 5164, 5175
 # Media ports of both relays: 4 per call (RTP + RTCP on each leg), room for 5,000 calls.
 # Below the kernel's ephemeral range (32768-60999 here): on a shared machine other
 # programs hold thousands of ephemeral UDP ports, and sbc-edge's allocator (16 pairs tried
@@ -284,26 +294,25 @@ class Stack:
     """One SUT with its stunnel chain. Subclasses start the SUT itself."""
 
     name = ""
+    srs = False  # --recording: a sipp SRS behind its own stunnel server (see CallRun)
 
     def __init__(self, work: str, pki: str) -> None:
         self.work = os.path.join(work, self.slug())
         self.pki = pki
         os.makedirs(self.work, exist_ok=True)
         self.procs: list[subprocess.Popen] = []
+        self.stunnels: list[subprocess.Popen] = []
 
     def slug(self) -> str:
         return re.sub(r"[^a-z0-9]+", "-", self.name.lower()).strip("-")
 
     def start(self) -> None:
         w = self.work
-        render(
-            os.path.join(SIPP, "stunnel-server.conf.in"),
-            f"{w}/stunnel-server.conf",
-            {"LOG": f"{w}/stunnel-server.log", "ACCEPT": f"127.0.0.1:{TRUNK_PORT}",
-             "CONNECT": f"127.0.0.1:{UAS_PORT}", "CERT": f"{self.pki}/trunk.pem",
-             "KEY": f"{self.pki}/trunk.key"},
-        )
-        self.procs.append(start_stunnel(f"{w}/stunnel-server.conf", f"{w}/stunnel-server.log"))
+        self.stunnels = [self.stunnel_server("stunnel-server", TRUNK_PORT, UAS_PORT)]
+        if self.srs:
+            # the SRS as deploy/sipp/interop.sh's recording stage has it: TLS with the
+            # trunk's certificate in front of the sipp SRS on plain TCP
+            self.stunnels.append(self.stunnel_server("stunnel-srs", SRS_PORT, SRS_SIPP_PORT))
         self.start_sut()
         render(
             os.path.join(SIPP, "stunnel-client.conf.in"),
@@ -313,12 +322,30 @@ class Stack:
              "VERIFY": f"CAfile = {self.pki}/ca.pem\nverifyChain = yes\ncheckIP = 127.0.0.1",
              "CLIENT_CERT": ""},
         )
-        self.procs.append(start_stunnel(f"{w}/stunnel-client.conf", f"{w}/stunnel-client.log"))
+        self.stunnels.append(start_stunnel(f"{w}/stunnel-client.conf",
+                                           f"{w}/stunnel-client.log"))
+        self.procs.append(self.stunnels[-1])
+
+    def stunnel_server(self, name: str, accept: int, connect: int) -> subprocess.Popen:
+        """stunnel in server mode (the trunk's certificate) from TLS `accept` to plain TCP
+        `connect`, both on 127.0.0.1; kept in self.procs."""
+        w = self.work
+        render(
+            os.path.join(SIPP, "stunnel-server.conf.in"),
+            f"{w}/{name}.conf",
+            {"LOG": f"{w}/{name}.log", "ACCEPT": f"127.0.0.1:{accept}",
+             "CONNECT": f"127.0.0.1:{connect}", "CERT": f"{self.pki}/trunk.pem",
+             "KEY": f"{self.pki}/trunk.key"},
+        )
+        p = start_stunnel(f"{w}/{name}.conf", f"{w}/{name}.log")
+        self.procs.append(p)
+        return p
 
     def stop(self) -> None:
         for p in reversed(self.procs):
             PROCS.stop(p, 15)
         self.procs = []
+        self.stunnels = []
         # Kamailio's children close the listener after the main process is gone
         deadline = time.time() + 10
         while tcp_open(GW_PORT) and time.time() < deadline:
@@ -328,7 +355,7 @@ class Stack:
         return all(p.poll() is None for p in self.procs)
 
     def stunnel_pids(self) -> list[int]:
-        return [self.procs[0].pid, self.procs[-1].pid]
+        return [p.pid for p in self.stunnels]
 
     def start_sut(self) -> None:
         raise NotImplementedError
@@ -340,7 +367,12 @@ class Stack:
 class SbcEdge(Stack):
     name = "sbc-edge"
 
-    def __init__(self, work: str, pki: str, binary: str) -> None:
+    def __init__(self, work: str, pki: str, binary: str, recording: bool | None = None) -> None:
+        """recording None: the comparison's gateway; False / True: --recording's off / on
+        (the same configuration, with [tenants.recording] when on)."""
+        if recording is not None:
+            self.name = f"sbc-edge recording {'on' if recording else 'off'}"
+        self.srs = bool(recording)
         super().__init__(work, pki)
         self.binary = binary
 
@@ -375,7 +407,7 @@ call_burst = 100000
 max_concurrent_calls = 100000
 max_pending_invites = 100000
 requests_per_second_per_connection = 1000000.0
-
+{self.recording_toml()}
 [flood_guard]
 allowlist = ["127.0.0.0/8"]
 
@@ -399,6 +431,21 @@ audit_log = "{w}/audit.log"
         self.procs.append(p)
         wait_for(lambda: tcp_open(GW_PORT), 30, "sbc-edge listener", p)
         self.pid = p.pid
+
+    def recording_toml(self) -> str:
+        """[tenants.recording] as deploy/sipp/interop.sh's recording tenant has it."""
+        if not self.srs:
+            return ""
+        return f"""[tenants.recording]
+# --recording: every call recorded (SIPREC) to the sipp SRS, SRTP to it; required: a call
+# no SRS accepted is refused (503), so it counts as a failed call, never as unrecorded
+srs = ["sips:127.0.0.1:{SRS_PORT}"]
+mode = "always"
+legs = "both"
+media = "srtp"
+on_failure = "required"
+ca_file = "{self.pki}/ca.pem"
+"""
 
     def sut_pids(self) -> list[int]:
         return [self.pid]
@@ -487,7 +534,10 @@ def parse_summary(path: str) -> dict:
 
 
 class CallRun:
-    """One sipp UAS + UAC pair through one stack: starts both, samples CPU and memory."""
+    """One sipp UAS + UAC pair through one stack: starts both, samples CPU and memory.
+    With a stack that records (Stack.srs), also the sipp SRS (deploy/sipp/uas_srs.xml,
+    which fails a recording whose INVITE lacks +sip.src, the multipart body, the
+    metadata or the two labelled SRTP m-lines)."""
 
     def __init__(self, stack: Stack, tag: str, rate: float, calls: int, hold_ms: int) -> None:
         self.stack, self.rate, self.calls, self.hold_ms = stack, rate, calls, hold_ms
@@ -500,14 +550,10 @@ class CallRun:
 
     def start(self) -> None:
         d = self.dir
-        self.uas = PROCS.start(
-            [RUN_SH, UAS_SCENARIO, "--role", "uas", "--listen", f"127.0.0.1:{UAS_PORT}",
-             "--contact", f"127.0.0.1:{TRUNK_PORT}", "--timeout", str(self.bound + 30),
-             "--recv-timeout", str(self.recv_timeout), "--out", d], f"{d}/uas.out")
-        csv = os.path.join(d, "uas_srtp32-uas.csv")
-        wait_for(lambda: os.path.exists(csv) and os.path.getsize(csv) > 0, 15, "sipp UAS",
-                 self.uas)
-        time.sleep(0.3)
+        self.srs = None
+        if self.stack.srs:
+            self.srs = self.start_uas(SRS_SCENARIO, SRS_SIPP_PORT, SRS_PORT, "srs")
+        self.uas = self.start_uas(UAS_SCENARIO, UAS_PORT, TRUNK_PORT, "uas")
         self.t0 = time.time()
         self.sut0 = cpu_secs(self.stack.sut_pids())
         self.tasks0 = task_cpu(self.stack.sut_pids())
@@ -518,6 +564,21 @@ class CallRun:
              "-r", f"{self.rate:g}", "-m", str(self.calls), "-d", str(self.hold_ms),
              "--timeout", str(self.bound), "--recv-timeout", str(self.recv_timeout),
              "--out", d], f"{d}/uac.out")
+
+    def start_uas(self, scenario: str, listen: int, contact: int, tag: str) -> subprocess.Popen:
+        """A sipp UAS (deploy/sipp/run.sh) on plain TCP `listen`, reached over TLS at
+        `contact` (its stunnel server); output in tag.out, ready once its stats exist."""
+        d = self.dir
+        p = PROCS.start(
+            [RUN_SH, scenario, "--role", "uas", "--listen", f"127.0.0.1:{listen}",
+             "--contact", f"127.0.0.1:{contact}", "--timeout", str(self.bound + 30),
+             "--recv-timeout", str(self.recv_timeout), "--out", d], f"{d}/{tag}.out")
+        name = os.path.splitext(os.path.basename(scenario))[0]
+        csv = os.path.join(d, f"{name}-uas.csv")
+        wait_for(lambda: os.path.exists(csv) and os.path.getsize(csv) > 0, 15,
+                 f"sipp {tag}", p)
+        time.sleep(0.3)
+        return p
 
     def load_window(self) -> dict | None:
         """CPU shares over the window in which the UAC starts calls (t0 to t0 +
@@ -531,7 +592,7 @@ class CallRun:
             return None
         wall = max(time.time() - self.t0, 1e-3)
         pids = self.stack.sut_pids()
-        gen = tree(self.uac.pid) + tree(self.uas.pid)
+        gen = tree(self.uac.pid) + tree(self.uas.pid) + (tree(self.srs.pid) if self.srs else [])
         return {
             "sut_pct": 100 * (cpu_secs(pids) - self.sut0) / wall,
             "sut_top_thread_pct": 100 * busiest(self.tasks0, task_cpu(pids)) / wall,
@@ -553,6 +614,7 @@ class CallRun:
         tun1 = cpu_secs(self.stack.stunnel_pids())
         # the UAS finishes calls in progress on SIGTERM (run.sh), then exits
         PROCS.stop(self.uas, 30)
+        srs = self.finish_srs()
         gen1 = children_cpu()
         uac = parse_summary(f"{self.dir}/uac.out")
         uas = parse_summary(f"{self.dir}/uas.out")
@@ -565,6 +627,8 @@ class CallRun:
             "wall": wall, "sut_cpu": sut1 - self.sut0, "stunnel_cpu": tun1 - self.tun0,
             "sipp_cpu": gen1 - self.gen0,
         }
+        if srs is not None:
+            r.update(srs)
         r["sut_ms_per_call"] = 1000 * r["sut_cpu"] / max(ok, 1)
         # one thread (or single-threaded process) near 100 %: that is what saturates,
         # whatever the sum says
@@ -577,15 +641,30 @@ class CallRun:
         r["pass"] = (
             self.uac.returncode == 0 and ok == self.calls and r["failed"] == 0
             and uas.get("ok", 0) == self.calls and r["measured_rate"] >= 0.9 * self.rate
+            and (srs is None or (srs["srs_ok"] == self.calls and srs["srs_failed"] == 0))
         )
         if not r["pass"]:
-            if not uac or not uas:
+            if not uac or not uas or (srs is not None and srs["srs_calls"] < 0):
                 r["why"] = "no sipp summary"
+            elif srs is not None and r["failed"] == 0 and srs["srs_ok"] != self.calls:
+                r["why"] = (f"the SRS completed {srs['srs_ok']} recordings of {self.calls}"
+                            f" calls ({srs['srs_failed']} failed)")
             elif r["measured_rate"] < 0.9 * self.rate and r["failed"] == 0:
                 r["why"] = "calls started below 90 % of the rate (sipp throttled: answers late)"
             else:
                 r["why"] = f"{r['failed']} failed calls"
         return r
+
+    def finish_srs(self) -> dict | None:
+        """Stop the SRS once the calls are over (the gateway's BYE to it follows each
+        call's end: a moment first) and read its summary; None without an SRS."""
+        if self.srs is None:
+            return None
+        time.sleep(1.0)
+        PROCS.stop(self.srs, 30)
+        s = parse_summary(f"{self.dir}/srs.out")
+        return {"srs_calls": s.get("calls", -1), "srs_ok": s.get("ok", 0),
+                "srs_failed": s.get("failed", -1)}
 
 
 def rate_step(stack: Stack, rate: float, secs: float) -> dict:
@@ -598,7 +677,9 @@ def rate_step(stack: Stack, rate: float, secs: float) -> dict:
         f" SUT {r['sut_pct']:.0f}% (busiest thread {r['sut_top_thread_pct']:.0f}%,"
         f" {r['sut_ms_per_call']:.2f} ms/call)"
         f" sipp {r['sipp_pct']:.0f}% stunnel {r['stunnel_pct']:.0f}%"
-        f"{'' if r['pass'] else ' (' + r.get('why', '') + ')'}")
+        + (f" SRS recorded {r['srs_ok']}/{r['srs_calls']} (failed {r['srs_failed']})"
+           if "srs_ok" in r else "")
+        + f"{'' if r['pass'] else ' (' + r.get('why', '') + ')'}")
     time.sleep(1.0)
     return r
 
@@ -821,11 +902,15 @@ def media(binary: str, gateway: str, peer: str, calls: int, secs: int, logdir: s
 # ------------------------------------------------------------------ build, run, table
 
 
-def build(target: str) -> tuple[str, str]:
-    """The release gateway and the media_load bench binary (cargo, bounded)."""
-    log("cargo build --release --bin sbc-edge; cargo bench --bench media_load --no-run")
+def build(target: str, with_bench: bool) -> tuple[str, str]:
+    """The release gateway and (with_bench) the media_load bench binary (cargo, bounded)."""
+    log("cargo build --release --bin sbc-edge"
+        + ("; cargo bench --bench media_load --no-run" if with_bench else ""))
     subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "sbc-edge"], cwd=ROOT,
                    check=True, timeout=3600)
+    gateway = os.path.join(target, "release", "sbc-edge")
+    if not with_bench:
+        return gateway, ""
     p = subprocess.run(["cargo", "bench", "--bench", "media_load", "--no-run",
                         "--message-format=json"], cwd=ROOT, check=True, timeout=3600,
                        capture_output=True, text=True)
@@ -840,7 +925,7 @@ def build(target: str) -> tuple[str, str]:
             bench = msg["executable"]
     if not bench:
         raise RuntimeError("cargo did not report the media_load bench executable")
-    return os.path.join(target, "release", "sbc-edge"), bench
+    return gateway, bench
 
 
 def versions(gateway: str) -> dict:
@@ -881,15 +966,20 @@ def loadavg() -> str:
 
 
 def one_run(i: int, a, work: str, pki: str, gateway: str, bench: str) -> dict:
-    stacks: list[Stack] = [SbcEdge(work + f"/run{i}", pki, gateway),
-                           KamailioRtpengine(work + f"/run{i}", pki, a.kamailio_children,
-                                             os.cpu_count() or 2)]
+    stacks: list[Stack]
+    if a.recording:
+        stacks = [SbcEdge(work + f"/run{i}", pki, gateway, recording=False),
+                  SbcEdge(work + f"/run{i}", pki, gateway, recording=True)]
+    else:
+        stacks = [SbcEdge(work + f"/run{i}", pki, gateway),
+                  KamailioRtpengine(work + f"/run{i}", pki, a.kamailio_children,
+                                    os.cpu_count() or 2)]
     if i % 2 == 1:  # alternate which stack goes first: background load drifts
         stacks.reverse()
     res: dict = {"load_start": loadavg()}
     for st in stacks:
-        log(f"run {i + 1}: {st.name}")
-        r: dict = {}
+        log(f"run {i + 1}: {st.name}, load {loadavg()}")
+        r: dict = {"load": loadavg()}
         try:
             st.start()
             time.sleep(1.0)
@@ -901,11 +991,11 @@ def one_run(i: int, a, work: str, pki: str, gateway: str, bench: str) -> dict:
             # their calls used, and new calls would reuse it (seen: ~0 KiB per call)
             r["mem"] = memory(st, a.mem_calls, a.mem_rate) if a.mem_calls else None
             r["calls"] = max_rate(st, a.ramp, a.step_secs, a.bisect, a.ref_rate)
-            if r["calls"]["first_fail"] is not None:
+            if r["calls"]["first_fail"] is not None and a.tls_clients:
                 st.stop()
                 st.start()
             # last: a handshake flood may take the SUT down (it did Kamailio 5.6.3)
-            r["tls"] = tls_rate(st, pki, a.tls_clients, a.tls_secs)
+            r["tls"] = tls_rate(st, pki, a.tls_clients, a.tls_secs) if a.tls_clients else None
         except (RuntimeError, OSError, subprocess.SubprocessError) as e:
             r["error"] = f"{type(e).__name__}: {e}"
             log(f"  {st.name}: ERROR {r['error']}; logs in {st.work}")
@@ -931,8 +1021,12 @@ def fmt(v, spec: str = ".0f", unit: str = "") -> str:
     return "n/a" if v is None else f"{v:{spec}}{unit}"
 
 
+REC_ON, REC_OFF = "sbc-edge recording on", "sbc-edge recording off"
+
+
 def table(runs: list[dict], a) -> str:
-    A, B = "sbc-edge", "Kamailio+rtpengine"
+    """The median table: A against B (--recording: recording on against off)."""
+    A, B = (REC_ON, REC_OFF) if a.recording else ("sbc-edge", "Kamailio+rtpengine")
 
     def col(stack: str, fn) -> list:
         out = []
@@ -984,6 +1078,37 @@ def table(runs: list[dict], a) -> str:
     rows.append(f"| SUT CPU ms per call at the highest ramp rate both passed | {fmt(ma, '.2f')} |"
                 f" {fmt(mb, '.2f')} | {ratio} | {per_run} |"
                 f" at {', '.join(fmt(c) for c in common)} cps |")
+    if a.recording:
+        srs_rows(runs, row, rows)
+    else:
+        other_rows(runs, a, row, rows)
+    heads = ("recording on | recording off | ratio on/off | per run (on/off)" if a.recording
+             else "sbc-edge | Kamailio + rtpengine | ratio A/B | per run (A/B)")
+    head = (f"| figure (median of runs) | {heads} | notes |\n|---|---:|---:|---|---|---|")
+    return head + "\n" + "\n".join(rows)
+
+
+def srs_rows(runs: list[dict], row, rows: list[str]) -> None:
+    """--recording: what the SRS saw, so that "on" cannot be "off" unnoticed."""
+    at = lambda key: (lambda s: s["calls"]["at_max"][key])  # noqa: E731
+    row("… recordings the SRS completed at that rate", at("srs_ok"), at("srs_ok"), ".0f", "",
+        "sipp SRS (deploy/sipp/uas_srs.xml): INVITE checked, 200, ACK, BYE, 200")
+    row("… calls completed at that rate", at("ok"), at("ok"), ".0f", "")
+    row("load average (1 min) when the stack started", lambda s: float(s["load"].split()[0]),
+        lambda s: float(s["load"].split()[0]), ".2f", "", "shared machine")
+    per_run = []
+    for r in runs:
+        try:
+            steps = r[REC_ON]["calls"]["steps"]
+            per_run.append(f"{sum(x['srs_ok'] for x in steps)}/{sum(x['ok'] for x in steps)}")
+        except (KeyError, TypeError):
+            per_run.append("n/a")
+    rows.append("| recordings the SRS completed / calls completed, every step with recording on"
+                f" | | | | {'; '.join(per_run)} | failing steps included |")
+
+
+def other_rows(runs: list[dict], a, row, rows: list[str]) -> None:
+    """The comparison's memory, TLS and media rows."""
     row("memory KiB per established call (PSS)", lambda s: s["mem"]["kib_per_call"],
         lambda s: s["mem"]["kib_per_call"], ".1f", "lower is better",
         f"{a.mem_calls} calls held")
@@ -1019,9 +1144,6 @@ def table(runs: list[dict], a) -> str:
             rows.append(f"| media {calls} calls: {label} | {fmt(ma, spec)} | {fmt(mb, spec)} |"
                         f" {ratio} | {per_run} |"
                         f" benches/media_load.rs, {a.media_secs} s |")
-    head = ("| figure (median of runs) | sbc-edge | Kamailio + rtpengine | ratio A/B |"
-            " per run (A/B) | notes |\n|---|---:|---:|---|---|---|")
-    return head + "\n" + "\n".join(rows)
 
 
 def _common_rate(run: dict, a: str, b: str) -> float | None:
@@ -1045,6 +1167,10 @@ def _ms_at(run: dict, stack: str, rate: float | None) -> float | None:
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="a short smoke run (a few minutes)")
+    p.add_argument("--recording", action="store_true",
+                   help="sbc-edge only: calls/s and CPU per call with SIPREC recording off and"
+                        " on (a sipp SRS), alternating in every run; no Kamailio, memory, TLS"
+                        " or media figures")
     p.add_argument("--runs", type=int, default=None, help="runs to take the median of [3; quick 1]")
     p.add_argument("--mem-calls", type=int, default=None,
                    help="calls held for the memory figure [4500; quick 500]")
@@ -1064,6 +1190,8 @@ def parse_args() -> argparse.Namespace:
     a.tls_clients = [1, 4, 16] if q else [1, 2, 4, 8, 16, 32]
     a.tls_secs = 2.0 if q else 3.0
     a.media_calls = [500] if q else [500, 1000]
+    if a.recording:
+        a.mem_calls, a.tls_clients, a.media_calls = 0, [], []
     a.media_secs = 4 if q else 10
     # Kamailio TCP readers: 2 per vCPU (its docs suggest about as many as cores and more)
     a.kamailio_children = 2 * (os.cpu_count() or 2)
@@ -1072,21 +1200,23 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     a = parse_args()
-    for tool in ("sipp", "kamailio", "rtpengine", "openssl", "cargo"):
+    tools = ("sipp", "openssl", "cargo") + (() if a.recording else ("kamailio", "rtpengine"))
+    for tool in tools:
         if not shutil.which(tool):
             print(f"sbc_compare: {tool} not found (apt-get install kamailio kamailio-tls-modules"
                   " rtpengine-daemon sip-tester stunnel4)", file=sys.stderr)
             return 2
-    for port in (GW_PORT, TRUNK_PORT, UAC_PORT, UAS_PORT):
+    ports = (GW_PORT, TRUNK_PORT, UAC_PORT, UAS_PORT)
+    for port in ports + ((SRS_PORT, SRS_SIPP_PORT) if a.recording else ()):
         if tcp_open(port):
             print(f"sbc_compare: 127.0.0.1:{port} is in use", file=sys.stderr)
             return 2
     target = os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target")
     if a.skip_build:
         gateway = os.environ.get("SBC_EDGE_BIN") or os.path.join(target, "release", "sbc-edge")
-        bench = os.environ["SBC_MEDIA_LOAD_BIN"]
+        bench = "" if a.recording else os.environ["SBC_MEDIA_LOAD_BIN"]
     else:
-        gateway, bench = build(target)
+        gateway, bench = build(target, not a.recording)
     work = a.work or tempfile.mkdtemp(prefix="sbc-compare.")
     os.makedirs(work, exist_ok=True)
     pki = os.path.join(work, "pki")
@@ -1102,7 +1232,8 @@ def main() -> int:
     out = table(runs, a)
     loads = ", ".join(f"{r['load_start']} → {r['load_end']}" for r in runs)
     print()
-    print(f"## sbc_compare: {a.runs} run(s), {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())},"
+    mode = " --recording" if a.recording else ""
+    print(f"## sbc_compare{mode}: {a.runs} run(s), {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())},"
           f" {time.time() - t0:.0f} s")
     print("; ".join(f"{k}: {v}" for k, v in info.items()))
     print(f"load averages (1/5/15 min) per run, start → end: {loads}")

@@ -2,12 +2,14 @@
 # Whole-stack comparison: sbc-edge against Kamailio + rtpengine on this machine, same
 # calls, same run, one table. See benches/sbc_compare/README.md.
 #
-#   benches/sbc_compare/run.sh [--quick] [--runs N] [--mem-calls N] [--skip-build]
+#   benches/sbc_compare/run.sh [--quick] [--recording] [--runs N] [--mem-calls N] [--skip-build]
 #                              [--work DIR] [--json FILE]
 #
 # Needs (Debian): kamailio kamailio-tls-modules rtpengine-daemon sip-tester stunnel4
 # openssl python3, and cargo (it builds the release gateway and the media_load bench;
 # CARGO_TARGET_DIR is respected). Not part of .ci/run: a full run takes ~20 minutes.
+# --recording: sbc-edge only, SIPREC recording off against on (a sipp SRS); needs no
+# Kamailio or rtpengine, ~11 minutes.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
