@@ -407,7 +407,8 @@ fn corrupt_records_are_errors_not_panics() {
     let v2 = String::from_utf8(media.public.clone())
         .unwrap()
         .replacen("\"v\":1", "\"v\":2", 1);
-    let cases: [(&[u8], &SecretBytes, Option<&[u8]>); 6] = [
+    type Case<'a> = (&'a [u8], &'a SecretBytes, Option<&'a [u8]>);
+    let cases: [Case; 6] = [
         (b"", &secret, None),
         (&flipped, &secret, None),
         (v2.as_bytes(), &secret, None),
