@@ -465,3 +465,108 @@ fn restored_streams_count_in_the_tenant_quota_and_taken_ports_are_refused() {
     );
     assert_eq!(r, Err(sbc_core::media::MediaError::TenantStreams));
 }
+
+/// The `o=` line's session id and version.
+fn origin(sdp: &[u8]) -> (String, String) {
+    let s = String::from_utf8_lossy(sdp);
+    let o = s.lines().find(|l| l.starts_with("o=")).unwrap();
+    let f: Vec<&str> = o.split(' ').collect();
+    (f[1].to_string(), f[2].to_string())
+}
+
+#[test]
+fn an_offer_taken_over_before_its_answer_is_answered_on_the_standby() {
+    let sink = Arc::new(RecordingSink::default());
+    let (a, b) = engines(&sink, Duration::from_millis(200));
+    let id = CallRef(17);
+    let p = SrtpProfile::AeadAes256Gcm;
+    let (caller, callee) = (peer(), peer());
+    let (ck, ek) = (key(p, 0x21), key(p, 0x43));
+    let t = TenantId::from(TENANT);
+    let caller_sdp = sdp(&caller, p, &ck);
+    let offer = a
+        .offer(id, &t, LegSide::Caller, &caller_sdp, &policy(p))
+        .unwrap();
+    let parsed = sbc_media::sdp::parse(&offer).unwrap();
+    let k2 = parsed.media[0].crypto[0].key.clone().unwrap();
+    // Ringing: A dies before the callee answers.
+    a.shutdown();
+    let b_sink = Arc::new(RecordingSink::default());
+    b.set_replica_sink(b_sink.clone(), Duration::from_millis(200));
+    restore(&b, &sink, id);
+    assert!(
+        b_sink.get(id, ReplicaPart::Media).is_some(),
+        "put at restore"
+    );
+    let answer = b
+        .answer(id, LegSide::Callee, &sdp(&callee, p, &ek))
+        .unwrap();
+    let ans = sbc_media::sdp::parse(&answer).unwrap();
+    let k4 = ans.media[0].crypto[0].key.clone().unwrap();
+    let mut c = Call {
+        caller_side: ans.media[0].port,
+        callee_side: parsed.media[0].port,
+        k1: ctx_for(p, &ck),
+        k2: ctx_for(p, &k2),
+        k3: ctx_for(p, &ek),
+        k4: ctx_for(p, &k4),
+        keys: [&ck, &ek, &k2, &k4].map(master_bytes).to_vec(),
+        caller,
+        callee,
+    };
+    for seq in 1..=5 {
+        c.both_ways(seq);
+    }
+    // A re-offer through B keeps our key toward the callee and the o= session.
+    let again = b
+        .offer(id, &t, LegSide::Caller, &caller_sdp, &policy(p))
+        .unwrap();
+    let again_parsed = sbc_media::sdp::parse(&again).unwrap();
+    let k2_again = again_parsed.media[0].crypto[0].key.clone().unwrap();
+    assert_eq!(
+        master_bytes(&k2_again),
+        master_bytes(&k2),
+        "same key re-sent"
+    );
+    assert_eq!(again_parsed.media[0].port, parsed.media[0].port);
+    let (sid, ver) = origin(&offer);
+    let (sid2, ver2) = origin(&again);
+    assert_eq!(sid, sid2, "same o= session");
+    assert!(ver2.parse::<u64>().unwrap() >= ver.parse::<u64>().unwrap());
+    b.answer(id, LegSide::Callee, &sdp(&c.callee, p, &ek))
+        .unwrap();
+    for seq in 6..=10 {
+        c.both_ways(seq);
+    }
+    assert_eq!(b.stats().packets_dropped_auth, 0);
+    // B now owns the call: it replicates it itself, committed streams included.
+    let b_media = b_sink
+        .get(id, ReplicaPart::Media)
+        .expect("B puts the media part");
+    let v: serde_json::Value = serde_json::from_slice(&b_media.public).unwrap();
+    assert_eq!(v["streams"][0]["committed"], true, "{v}");
+    assert_no_key(&b_media, &c.keys);
+    b_sink.wait_indexes(id, |v| reported_tx_seq(v) == Some((0, 10)));
+}
+
+#[test]
+fn nothing_is_put_after_delete() {
+    let sink = Arc::new(RecordingSink::default());
+    let (a, _b) = engines(&sink, Duration::from_millis(50));
+    let id = CallRef(19);
+    let mut c = Call::setup(&a, id, SrtpProfile::AesCm128HmacSha1_80);
+    c.both_ways(1);
+    sink.wait_indexes(id, |v| reported_tx_seq(v).is_some());
+    let before = sink.puts.lock().unwrap().len();
+    a.delete(id);
+    // Several refresh periods and ticks: the workers may still report the call once,
+    // but nothing reaches the sink for a deleted call.
+    std::thread::sleep(Duration::from_millis(400));
+    let puts = sink.puts.lock().unwrap();
+    assert_eq!(
+        puts.len(),
+        before,
+        "no put after delete: {:?}",
+        &puts[before..]
+    );
+}
