@@ -114,38 +114,71 @@ fn sdp(sock: &UdpSocket, profile: SrtpProfile, key: &MasterKey) -> Vec<u8> {
         .bytes()
 }
 
-impl Call {
-    fn setup(e: &MediaEngine, id: CallRef, profile: SrtpProfile) -> Call {
+/// A call offered by its caller, not answered yet.
+struct Offered {
+    profile: SrtpProfile,
+    caller: UdpSocket,
+    callee: UdpSocket,
+    caller_key: MasterKey,
+    callee_key: MasterKey,
+    /// The caller's SDP and the engine's offer to the callee.
+    caller_sdp: Vec<u8>,
+    offer: Vec<u8>,
+}
+
+impl Offered {
+    fn new(e: &MediaEngine, id: CallRef, profile: SrtpProfile) -> Offered {
         let (caller, callee) = (peer(), peer());
-        let (ck, ek) = (key(profile, 0x11), key(profile, 0x33));
-        let t = TenantId::from(TENANT);
+        let caller_key = key(profile, 0x11);
+        let caller_sdp = sdp(&caller, profile, &caller_key);
         let offer = e
             .offer(
                 id,
-                &t,
+                &TenantId::from(TENANT),
                 LegSide::Caller,
-                &sdp(&caller, profile, &ck),
+                &caller_sdp,
                 &policy(profile),
             )
             .unwrap();
-        let offer = sbc_media::sdp::parse(&offer).unwrap();
-        let k2 = offer.media[0].crypto[0].key.clone().unwrap();
+        Offered {
+            profile,
+            caller,
+            callee,
+            caller_key,
+            callee_key: key(profile, 0x33),
+            caller_sdp,
+            offer,
+        }
+    }
+
+    /// The callee answers through `e` (which may not be the engine that offered).
+    fn answer(self, e: &MediaEngine, id: CallRef) -> Call {
+        let p = self.profile;
         let answer = e
-            .answer(id, LegSide::Callee, &sdp(&callee, profile, &ek))
+            .answer(id, LegSide::Callee, &sdp(&self.callee, p, &self.callee_key))
             .unwrap();
         let answer = sbc_media::sdp::parse(&answer).unwrap();
+        let offer = sbc_media::sdp::parse(&self.offer).unwrap();
+        let k2 = offer.media[0].crypto[0].key.clone().unwrap();
         let k4 = answer.media[0].crypto[0].key.clone().unwrap();
+        let (ck, ek) = (&self.caller_key, &self.callee_key);
         Call {
             caller_side: answer.media[0].port,
             callee_side: offer.media[0].port,
-            k1: ctx_for(profile, &ck),
-            k2: ctx_for(profile, &k2),
-            k3: ctx_for(profile, &ek),
-            k4: ctx_for(profile, &k4),
-            keys: [&ck, &ek, &k2, &k4].map(master_bytes).to_vec(),
-            caller,
-            callee,
+            k1: ctx_for(p, ck),
+            k2: ctx_for(p, &k2),
+            k3: ctx_for(p, ek),
+            k4: ctx_for(p, &k4),
+            keys: [ck, ek, &k2, &k4].map(master_bytes).to_vec(),
+            caller: self.caller,
+            callee: self.callee,
         }
+    }
+}
+
+impl Call {
+    fn setup(e: &MediaEngine, id: CallRef, profile: SrtpProfile) -> Call {
+        Offered::new(e, id, profile).answer(e, id)
     }
 
     /// One packet each way with sequence number `seq`; both arrive and authenticate.
@@ -480,13 +513,9 @@ fn an_offer_taken_over_before_its_answer_is_answered_on_the_standby() {
     let (a, b) = engines(&sink, Duration::from_millis(200));
     let id = CallRef(17);
     let p = SrtpProfile::AeadAes256Gcm;
-    let (caller, callee) = (peer(), peer());
-    let (ck, ek) = (key(p, 0x21), key(p, 0x43));
     let t = TenantId::from(TENANT);
-    let caller_sdp = sdp(&caller, p, &ck);
-    let offer = a
-        .offer(id, &t, LegSide::Caller, &caller_sdp, &policy(p))
-        .unwrap();
+    let offered = Offered::new(&a, id, p);
+    let (offer, caller_sdp) = (offered.offer.clone(), offered.caller_sdp.clone());
     let parsed = sbc_media::sdp::parse(&offer).unwrap();
     let k2 = parsed.media[0].crypto[0].key.clone().unwrap();
     // Ringing: A dies before the callee answers.
@@ -498,22 +527,8 @@ fn an_offer_taken_over_before_its_answer_is_answered_on_the_standby() {
         b_sink.get(id, ReplicaPart::Media).is_some(),
         "put at restore"
     );
-    let answer = b
-        .answer(id, LegSide::Callee, &sdp(&callee, p, &ek))
-        .unwrap();
-    let ans = sbc_media::sdp::parse(&answer).unwrap();
-    let k4 = ans.media[0].crypto[0].key.clone().unwrap();
-    let mut c = Call {
-        caller_side: ans.media[0].port,
-        callee_side: parsed.media[0].port,
-        k1: ctx_for(p, &ck),
-        k2: ctx_for(p, &k2),
-        k3: ctx_for(p, &ek),
-        k4: ctx_for(p, &k4),
-        keys: [&ck, &ek, &k2, &k4].map(master_bytes).to_vec(),
-        caller,
-        callee,
-    };
+    let ek = offered.callee_key.clone();
+    let mut c = offered.answer(&b, id);
     for seq in 1..=5 {
         c.both_ways(seq);
     }
