@@ -643,26 +643,9 @@ impl MediaEngine {
             .map(|_| TapId(self.random_u64()))
             .find(|id| id.0 != 0 && !taps.contains_key(id))
             .ok_or_else(|| TapError::Unavailable("no randomness for the tap id".into()))?;
-        let counters = Arc::new(TapCounters::default());
-        let setup = Box::new(TapSetup {
-            id,
-            legs: spec.legs,
-            stream: recorded_line,
-            destination: spec.destination,
-            socket,
-            srtp,
-            counters: Arc::clone(&counters),
-            ssrcs: Default::default(),
-        });
-        let entry = TapCtl {
-            call,
-            tenant: ctl.tenant.clone(),
-            spec,
-            counters,
-            recorded: None,
-            key: None,
-        };
-        Ok((setup, entry))
+        let (setup, entry) =
+            tap_parts::tap_pair(id, (call, &ctl.tenant), spec, socket, (srtp, recorded_line));
+        Ok((Box::new(setup), entry))
     }
 
     /// Hands an answer's committed streams to the call's worker (calls lock held, `ctl`

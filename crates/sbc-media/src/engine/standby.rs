@@ -35,14 +35,14 @@ use sbc_core::standby::{
 use sbc_core::tap::{TapId, TapLegs, TapSpec, TapSuite, TapTransport};
 use sbc_core::tenant::TenantId;
 
+use super::tap_parts::tap_pair;
 use super::{
     lock_calls, lock_taps, tap_profile, tap_socket, CallCtl, MediaEngine, OriginState, Pending,
     PendingMedia, StreamCtl, TapCtl,
 };
 use crate::ports::{self, BoundPair};
 use crate::relay::{
-    Command, IndexReport, IndexReporter, KeySpec, LegConfig, StreamSetup, TapCounters, TapSetup,
-    INDEX_QUEUE,
+    Command, IndexReport, IndexReporter, KeySpec, LegConfig, StreamSetup, TapSetup, INDEX_QUEUE,
 };
 use crate::replica::{
     indexes_from_json, indexes_to_json, KeyRef, KeyTable, LegPolicyRecord, LegRecord, MediaRecord,
@@ -493,25 +493,8 @@ fn restore_tap(
             return Err(bad(RecordError::Invalid("SRTP tap without a key")))
         }
     };
-    let counters = Arc::new(TapCounters::default());
-    let setup = TapSetup {
-        id: TapId(r.id),
-        legs: spec.legs,
-        stream: None,
-        destination: spec.destination,
-        socket,
-        srtp,
-        counters: Arc::clone(&counters),
-        ssrcs: Default::default(),
-    };
-    let ctl = TapCtl {
-        call,
-        tenant: tenant.clone(),
-        spec,
-        counters,
-        recorded: None,
-        key,
-    };
+    let (setup, mut ctl) = tap_pair(TapId(r.id), (call, tenant), spec, socket, (srtp, None));
+    ctl.key = key;
     Ok((setup, ctl))
 }
 

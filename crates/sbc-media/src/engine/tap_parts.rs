@@ -11,7 +11,13 @@ use ring::rand::{SecureRandom, SystemRandom};
 use sbc_core::tap::{TapError, TapId, TapKey, TapSuite};
 use zeroize::Zeroizing;
 
+use sbc_core::media::CallRef;
+use sbc_core::tap::TapSpec;
+use sbc_core::tenant::TenantId;
+use std::sync::Arc;
+
 use super::{lock_taps, TapCtl, TapMap};
+use crate::relay::{TapCounters, TapSetup};
 use crate::srtp::{MasterKey, SrtpConfig, SrtpContext, SrtpProfile};
 
 pub(super) fn tap_profile(suite: TapSuite) -> SrtpProfile {
@@ -79,4 +85,35 @@ pub(super) fn fork_socket(bind: IpAddr) -> Result<std::net::UdpSocket, TapError>
     sock.set_nonblocking(true)
         .map_err(|e| TapError::Unavailable(format!("recording socket: {e}")))?;
     Ok(sock)
+}
+
+/// A tap's worker setup and control entry (no key, not a recorded stream: the caller
+/// sets those), sharing one set of counters.
+pub(super) fn tap_pair(
+    id: TapId,
+    (call, tenant): (CallRef, &TenantId),
+    spec: TapSpec,
+    socket: std::net::UdpSocket,
+    (srtp, stream): (Option<[SrtpContext; 2]>, Option<usize>),
+) -> (TapSetup, TapCtl) {
+    let counters = Arc::new(TapCounters::default());
+    let setup = TapSetup {
+        id,
+        legs: spec.legs,
+        stream,
+        destination: spec.destination,
+        socket,
+        srtp,
+        counters: Arc::clone(&counters),
+        ssrcs: Default::default(),
+    };
+    let entry = TapCtl {
+        call,
+        tenant: tenant.clone(),
+        spec,
+        counters,
+        recorded: None,
+        key: None,
+    };
+    (setup, entry)
 }
