@@ -1236,12 +1236,7 @@ impl Worker {
                     call,
                     streams,
                     taps,
-                }) => {
-                    self.upsert(call, streams, now);
-                    for tap in taps {
-                        self.add_tap(call, tap);
-                    }
-                }
+                }) => self.install(call, (streams, taps), None, now),
                 Ok(Command::Remove(call)) => {
                     self.remove(call);
                 }
@@ -1250,15 +1245,7 @@ impl Worker {
                     streams,
                     taps,
                     progress,
-                }) => {
-                    self.upsert(call, streams, now);
-                    for tap in taps {
-                        self.add_tap(call, tap);
-                    }
-                    if let Some(p) = progress {
-                        self.apply_progress(&p);
-                    }
-                }
+                }) => self.install(call, (streams, taps), progress, now),
                 Ok(Command::AddTap { call, tap }) => self.add_tap(call, *tap),
                 Ok(Command::RemoveTap { call, id }) => {
                     if let Some(c) = self.calls.get_mut(&call) {
@@ -1303,6 +1290,23 @@ impl Worker {
                 }
                 Err(TryRecvError::Empty) => return true,
             }
+        }
+    }
+
+    /// Streams, then taps, then (for a restored call) its SRTP progress: one step.
+    fn install(
+        &mut self,
+        call: CallRef,
+        (streams, taps): (Vec<StreamSetup>, Vec<TapSetup>),
+        progress: Option<Box<IndexReport>>,
+        now: Instant,
+    ) {
+        self.upsert(call, streams, now);
+        for tap in taps {
+            self.add_tap(call, tap);
+        }
+        if let Some(p) = progress {
+            self.apply_progress(&p);
         }
     }
 
