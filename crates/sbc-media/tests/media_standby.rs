@@ -585,3 +585,33 @@ fn nothing_is_put_after_delete() {
         &puts[before..]
     );
 }
+
+#[test]
+fn a_stored_address_this_host_does_not_hold_is_bound_with_freebind() {
+    let sink = Arc::new(RecordingSink::default());
+    let (a, b) = engines(&sink, Duration::from_millis(200));
+    let id = CallRef(21);
+    let _c = Call::setup(&a, id, SrtpProfile::AesCm128HmacSha1_80);
+    let media = sink.get(id, ReplicaPart::Media).unwrap();
+    // The record as a node on a virtual IP wrote it (TEST-NET-3, RFC 5737: never here).
+    let on_vip = String::from_utf8(media.public.clone())
+        .unwrap()
+        .replace("\"address\":\"127.0.0.1\"", "\"address\":\"203.0.113.77\"");
+    assert!(on_vip.contains("203.0.113.77"), "{on_vip}");
+    b.takeover()
+        .restore(
+            id,
+            &TenantId::from(TENANT),
+            on_vip.as_bytes(),
+            media.secret.as_ref().unwrap(),
+            None,
+        )
+        .unwrap();
+    let deadline = Instant::now() + PACKET_WAIT;
+    while b.stats().active_streams == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(b.stats().active_streams, 1, "the worker runs the stream");
+    // Outside B's pool: its own accounting is untouched.
+    assert_eq!(b.stats().ports_in_use, 0);
+}
