@@ -615,3 +615,54 @@ fn a_stored_address_this_host_does_not_hold_is_bound_with_freebind() {
     // Outside B's pool: its own accounting is untouched.
     assert_eq!(b.stats().ports_in_use, 0);
 }
+
+#[test]
+fn mutated_records_never_panic() {
+    use rand::{Rng, SeedableRng};
+    let sink = Arc::new(RecordingSink::default());
+    let (a, b) = engines(&sink, Duration::from_millis(100));
+    let id = CallRef(23);
+    let mut c = Call::setup(&a, id, SrtpProfile::AeadAes128Gcm);
+    c.both_ways(1);
+    let idx = sink.wait_indexes(id, |v| reported_tx_seq(v).is_some());
+    let media = sink.get(id, ReplicaPart::Media).unwrap();
+    let secret = media.secret.clone().unwrap();
+    a.shutdown();
+    let t = TenantId::from(TENANT);
+    let m = b.takeover();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(16);
+    let mutate = |rng: &mut rand::rngs::StdRng, v: &[u8]| -> Vec<u8> {
+        let mut v = v.to_vec();
+        match rng.gen_range(0..3) {
+            0 => {
+                let i = rng.gen_range(0..v.len());
+                v[i] = rng.gen();
+            }
+            1 => v.truncate(rng.gen_range(0..v.len())),
+            _ => {
+                let i = rng.gen_range(0..v.len());
+                v.insert(i, b"0123456789-,:{}[]\"e"[rng.gen_range(0..19)]);
+            }
+        }
+        v
+    };
+    let mut refused = 0;
+    for n in 0..300u64 {
+        let call = CallRef(1000 + n);
+        let (public, sec, ix) = match n % 3 {
+            0 => (mutate(&mut rng, &media.public), secret.clone(), idx.clone()),
+            1 => (
+                media.public.clone(),
+                SecretBytes::new(mutate(&mut rng, secret.expose())),
+                idx.clone(),
+            ),
+            _ => (media.public.clone(), secret.clone(), mutate(&mut rng, &idx)),
+        };
+        if m.restore(call, &t, &public, &sec, Some(&ix)).is_err() {
+            refused += 1;
+        } else {
+            b.delete(call);
+        }
+    }
+    assert!(refused > 100, "most mutations are refused: {refused}");
+}
