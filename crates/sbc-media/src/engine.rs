@@ -41,6 +41,9 @@
 //! ([`MAX_RECORDED_STREAMS_PER_CALL`]), are listed among the call's taps once started
 //! (`TapStatus::recording`), are not stopped by `stop_tap` (the recording client owns
 //! them), and end with the call like every tap, prepared or started.
+//!
+//! Hot standby (issue #16): the call's replicated parts and its restore on another node
+//! are in `engine/standby.rs`; this file only calls `replicate` where the state changes.
 
 mod standby;
 mod tap_parts;

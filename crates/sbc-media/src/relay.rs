@@ -27,6 +27,10 @@
 //! a usable SDP address accepts packets only from that IP and sends to the SDP address;
 //! one without (0.0.0.0, an FQDN) latches the first packet's source, with the same
 //! re-latch rule.
+//!
+//! Hot standby (`relay/indexes.rs`): the worker reports each call's SRTP progress and
+//! latches off the packet path, and installs a restored call's progress before its first
+//! packet.
 
 use std::collections::HashMap;
 use std::io;
