@@ -41,6 +41,14 @@
 //! ([`MAX_RECORDED_STREAMS_PER_CALL`]), are listed among the call's taps once started
 //! (`TapStatus::recording`), are not stopped by `stop_tap` (the recording client owns
 //! them), and end with the call like every tap, prepared or started.
+//!
+//! Hot standby (issue #16): the call's replicated parts and its restore on another node
+//! are in `engine/standby.rs`; this file only calls `replicate` where the state changes.
+
+mod standby;
+mod tap_parts;
+
+use tap_parts::{fork_socket, take_tap, tap_key, tap_profile, tap_socket};
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -55,8 +63,7 @@ use sbc_core::media::{
 use sbc_core::recording::{PreparedStream, RecordingMedia, RtpFormat};
 use sbc_core::registry::MediaCounters;
 use sbc_core::tap::{
-    TapControl, TapError, TapId, TapInfo, TapKey, TapLegs, TapOwner, TapSpec, TapStatus, TapSuite,
-    TapTransport,
+    TapControl, TapError, TapId, TapInfo, TapLegs, TapOwner, TapSpec, TapStatus, TapTransport,
 };
 use sbc_core::tenant::TenantId;
 use zeroize::Zeroizing;
@@ -68,7 +75,7 @@ use crate::relay::{
     MAX_RECORDED_STREAMS_PER_CALL, MAX_TAPS_PER_CALL,
 };
 use crate::sdp::{self, CryptoOut, MediaRewrite, Rewrite, RtpProto, SdpError, SessionDescription};
-use crate::srtp::{MasterKey, SrtpConfig, SrtpContext, SrtpProfile};
+use crate::srtp::{MasterKey, SrtpContext, SrtpProfile};
 
 /// Default media timeout: no RTP/RTCP either way for this long ends the call.
 pub const DEFAULT_MEDIA_TIMEOUT: Duration = Duration::from_secs(60);
@@ -98,6 +105,8 @@ pub struct MediaSettings {
     pub workers: usize,
     /// Pause of a busy worker between looks at its sockets (see [`crate::relay`]).
     pub batch_interval: Duration,
+    /// Bind with `IP_FREEBIND`: `bind_address` may be a virtual IP not held yet.
+    pub freebind: bool,
 }
 
 impl MediaSettings {
@@ -118,6 +127,7 @@ impl MediaSettings {
             max_streams: DEFAULT_MAX_STREAMS,
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
             batch_interval: DEFAULT_BATCH_INTERVAL,
+            freebind: false,
         }
     }
 }
@@ -197,6 +207,8 @@ struct StreamCtl {
     committed: bool,
     /// Per-leg packet counters, written by the worker.
     counters: [Arc<LegCounters>; 2],
+    /// What the last answer committed (hot standby replicates it).
+    legs: Option<[LegConfig; 2]>,
 }
 
 #[derive(Debug, Default)]
@@ -222,6 +234,8 @@ struct CallCtl {
     recorded_line: Option<usize>,
     /// That m-line's payload formats per leg, from the leg's last offer or answer.
     formats: [Vec<RtpFormat>; 2],
+    /// The tenant's media bandwidth limit (kbit/s, 0: none), from the first offer.
+    bandwidth_kbps: u32,
 }
 
 type CallMap = Arc<Mutex<HashMap<CallRef, CallCtl>>>;
@@ -240,6 +254,8 @@ struct TapCtl {
     counters: Arc<TapCounters>,
     /// Set for a recorded stream (SIPREC).
     recorded: Option<RecordedCtl>,
+    /// An SRTP tap's key (hot standby replicates it as a secret).
+    key: Option<MasterKey>,
 }
 
 /// A recorded stream's control state.
@@ -310,6 +326,8 @@ struct Inner {
     /// Tenants whose `sbc_tenant_media_streams` was last published non-zero (so a tenant
     /// whose last stream ended is set back to 0).
     published: Mutex<Vec<TenantId>>,
+    /// Hot standby: the replica sink and the workers' index reports.
+    standby: standby::Standby,
 }
 
 impl Drop for Inner {
@@ -356,7 +374,7 @@ impl MediaEngine {
         }
         let pool: SharedPortPool = Arc::new(Mutex::new(pool));
         // Fail at start, not on the first call, when the bind address is not ours.
-        if let Err(e) = ports::bind_pair(&pool, settings.bind_address) {
+        if let Err(e) = ports::bind_pair_on(&pool, settings.bind_address, settings.freebind) {
             tracing::error!(error = %e, address = %settings.bind_address, "media sockets do not bind");
             return Err(MediaStartError::Invalid(
                 "cannot bind media sockets on bind_address in the port range",
@@ -365,6 +383,7 @@ impl MediaEngine {
         let calls: CallMap = Arc::new(Mutex::new(HashMap::new()));
         let taps: TapMap = Arc::new(Mutex::new(HashMap::new()));
         let events = Arc::new(Mutex::new(EventQueue::default()));
+        let (standby, reporter) = standby::Standby::new();
         let mut workers = Vec::with_capacity(settings.workers);
         let mut stats = Vec::with_capacity(settings.workers);
         for id in 0..settings.workers {
@@ -384,6 +403,7 @@ impl MediaEngine {
                         .unwrap_or_else(|e| e.into_inner())
                         .push(MediaEvent::Timeout(call));
                 }),
+                indexes: Some(reporter.clone()),
             };
             match spawn_worker(id, params) {
                 Ok(h) => workers.push(h),
@@ -400,12 +420,15 @@ impl MediaEngine {
                         rng: SystemRandom::new(),
                         next_worker: AtomicUsize::new(0),
                         published: Mutex::new(Vec::new()),
+                        standby,
                     });
                     return Err(e.into());
                 }
             }
             stats.push(st);
         }
+        // Only the workers send: the report channel closes with them.
+        drop(reporter);
         Ok(MediaEngine {
             inner: Arc::new(Inner {
                 settings,
@@ -418,6 +441,7 @@ impl MediaEngine {
                 rng: SystemRandom::new(),
                 next_worker: AtomicUsize::new(0),
                 published: Mutex::new(Vec::new()),
+                standby,
             }),
         })
     }
@@ -622,25 +646,9 @@ impl MediaEngine {
             .map(|_| TapId(self.random_u64()))
             .find(|id| id.0 != 0 && !taps.contains_key(id))
             .ok_or_else(|| TapError::Unavailable("no randomness for the tap id".into()))?;
-        let counters = Arc::new(TapCounters::default());
-        let setup = Box::new(TapSetup {
-            id,
-            legs: spec.legs,
-            stream: recorded_line,
-            destination: spec.destination,
-            socket,
-            srtp,
-            counters: Arc::clone(&counters),
-            ssrcs: Default::default(),
-        });
-        let entry = TapCtl {
-            call,
-            tenant: ctl.tenant.clone(),
-            spec,
-            counters,
-            recorded: None,
-        };
-        Ok((setup, entry))
+        let (setup, entry) =
+            tap_parts::tap_pair(id, (call, &ctl.tenant), spec, socket, (srtp, recorded_line));
+        Ok((Box::new(setup), entry))
     }
 
     /// Hands an answer's committed streams to the call's worker (calls lock held, `ctl`
@@ -916,6 +924,7 @@ impl MediaControl for MediaEngine {
             record: policy.record,
             recorded_line: None,
             formats: Default::default(),
+            bandwidth_kbps: policy.bandwidth_kbps,
         });
         if ctl.streams.len() < plan.len() {
             ctl.streams.resize_with(plan.len(), || None);
@@ -927,11 +936,12 @@ impl MediaControl for MediaEngine {
             if p.is_none() || ctl.streams[i].is_some() {
                 continue;
             }
-            let pair = ports::bind_pair(&self.inner.pool, self.inner.settings.bind_address)
-                .and_then(|a| {
-                    ports::bind_pair(&self.inner.pool, self.inner.settings.bind_address)
-                        .map(|b| [a, b])
-                });
+            let (ip, freebind) = (
+                self.inner.settings.bind_address,
+                self.inner.settings.freebind,
+            );
+            let pair = ports::bind_pair_on(&self.inner.pool, ip, freebind)
+                .and_then(|a| ports::bind_pair_on(&self.inner.pool, ip, freebind).map(|b| [a, b]));
             match pair {
                 Ok(pair) => {
                     ctl.streams[i] = Some(StreamCtl {
@@ -1002,6 +1012,7 @@ impl MediaControl for MediaEngine {
             policy: policy.clone(),
             media: plan,
         });
+        self.replicate(call, ctl);
         Ok(out)
     }
 
@@ -1150,6 +1161,7 @@ impl MediaControl for MediaEngine {
             match d {
                 Some((legs, rw)) => {
                     if let Some(stream) = ctl.streams.get_mut(i).and_then(Option::as_mut) {
+                        stream.legs = Some(legs.clone());
                         setups.push(StreamSetup {
                             index: i,
                             sockets: stream.sockets.take(),
@@ -1175,6 +1187,9 @@ impl MediaControl for MediaEngine {
         // Sent before the calls lock is released: a tap or recorded stream started right
         // after this commit goes to the worker behind this `Upsert`, never before it.
         let shipped = self.ship_commit(call, ctl, setups);
+        if shipped.is_ok() {
+            self.replicate(call, ctl);
+        }
         drop(calls);
         shipped?;
         Ok(out)
@@ -1228,70 +1243,6 @@ impl MediaControl for MediaEngine {
     }
 }
 
-fn tap_profile(suite: TapSuite) -> SrtpProfile {
-    match suite {
-        TapSuite::AesCm128HmacSha1_80 => SrtpProfile::AesCm128HmacSha1_80,
-        TapSuite::Aes256CmHmacSha1_80 => SrtpProfile::Aes256CmHmacSha1_80,
-    }
-}
-
-/// A fresh key for a tap, as per-leg contexts and the inline form handed out once.
-fn tap_key(rng: &SystemRandom, suite: TapSuite) -> Result<([SrtpContext; 2], TapKey), TapError> {
-    use base64::Engine as _;
-    let profile = tap_profile(suite);
-    let n = profile.master_key_len() + profile.master_salt_len();
-    let mut material = Zeroizing::new([0u8; 64]);
-    rng.fill(&mut material[..n])
-        .map_err(|_| TapError::Unavailable("no randomness for the tap key".into()))?;
-    let key = MasterKey::from_concatenated(profile, &material[..n])
-        .map_err(|_| TapError::Unavailable("tap key generation".into()))?;
-    let ctx = || {
-        SrtpContext::new(profile, &key, SrtpConfig::default())
-            .map_err(|e| TapError::Unavailable(format!("tap SRTP context: {e}")))
-    };
-    let contexts = [ctx()?, ctx()?];
-    let mut inline = String::with_capacity(7 + n.div_ceil(3) * 4);
-    inline.push_str("inline:");
-    base64::engine::general_purpose::STANDARD.encode_string(&material[..n], &mut inline);
-    Ok((contexts, TapKey::new(inline)))
-}
-
-/// The tap's socket: any port, the destination's address family, non-blocking.
-fn tap_socket(destination: SocketAddr) -> Result<std::net::UdpSocket, TapError> {
-    let any: SocketAddr = if destination.is_ipv4() {
-        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-    } else {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-    };
-    let sock = std::net::UdpSocket::bind(any)
-        .map_err(|e| TapError::Unavailable(format!("tap socket: {e}")))?;
-    sock.set_nonblocking(true)
-        .map_err(|e| TapError::Unavailable(format!("tap socket: {e}")))?;
-    Ok(sock)
-}
-
-/// Removes tap `id` from the control state if it is of the asked kind (a recorded stream
-/// or an ordinary tap) and sets its stop flag, so no copy leaves from now on.
-fn take_tap(taps: &TapMap, id: TapId, recorded: bool) -> Option<TapCtl> {
-    let mut taps = lock_taps(taps);
-    if taps.get(&id)?.recorded.is_some() != recorded {
-        return None;
-    }
-    let t = taps.remove(&id)?;
-    t.counters.stopped.store(true, Ordering::Release);
-    Some(t)
-}
-
-/// A recorded stream's socket: any port on the media bind address, non-blocking, never
-/// connected (the SRS's address comes later and may change).
-fn fork_socket(bind: IpAddr) -> Result<std::net::UdpSocket, TapError> {
-    let sock = std::net::UdpSocket::bind(SocketAddr::new(bind, 0))
-        .map_err(|e| TapError::Unavailable(format!("recording socket: {e}")))?;
-    sock.set_nonblocking(true)
-        .map_err(|e| TapError::Unavailable(format!("recording socket: {e}")))?;
-    Ok(sock)
-}
-
 impl RecordingMedia for MediaEngine {
     fn prepare_stream(
         &self,
@@ -1310,7 +1261,7 @@ impl RecordingMedia for MediaEngine {
         let (srtp, key) = match transport {
             TapTransport::Rtp => (None, None),
             TapTransport::Srtp(suite) => {
-                let (ctx, key) = tap_key(&self.inner.rng, suite)?;
+                let (ctx, key, _) = tap_key(&self.inner.rng, suite)?;
                 (Some(ctx), Some(key))
             }
         };
@@ -1466,11 +1417,11 @@ impl TapControl for MediaEngine {
         }
         // Socket and key before the locks: neither needs them.
         let socket = tap_socket(dest)?;
-        let (srtp, key) = match spec.transport {
-            TapTransport::Rtp => (None, None),
+        let (srtp, key, master) = match spec.transport {
+            TapTransport::Rtp => (None, None, None),
             TapTransport::Srtp(suite) => {
-                let (ctx, key) = tap_key(&self.inner.rng, suite)?;
-                (Some(ctx), Some(key))
+                let (ctx, key, master) = tap_key(&self.inner.rng, suite)?;
+                (Some(ctx), Some(key), Some(master))
             }
         };
         let calls = lock_calls(&self.inner.calls);
@@ -1478,7 +1429,8 @@ impl TapControl for MediaEngine {
         if !ctl.streams.iter().flatten().any(|s| s.committed) {
             return Err(TapError::NoMedia(call));
         }
-        let (setup, entry) = self.new_tap(call, ctl, spec, socket, (srtp, None))?;
+        let (setup, mut entry) = self.new_tap(call, ctl, spec, socket, (srtp, None))?;
+        entry.key = master;
         let id = setup.id;
         let sent = self
             .worker(ctl.worker)
@@ -1487,6 +1439,7 @@ impl TapControl for MediaEngine {
             return Err(TapError::Unavailable("media worker is gone".into()));
         }
         lock_taps(&self.inner.taps).insert(id, entry);
+        self.replicate(call, ctl);
         tracing::info!(%call, tap = %id, legs = spec.legs.as_str(), transport = spec.transport.as_str(), "recording tap started");
         Ok(TapInfo { id, key })
     }
@@ -1498,6 +1451,9 @@ impl TapControl for MediaEngine {
             return false;
         };
         self.remove_in_worker(&calls, t.call, tap);
+        if let Some(ctl) = calls.get(&t.call) {
+            self.replicate(t.call, ctl);
+        }
         tracing::info!(call = %t.call, %tap, "recording tap stopped");
         true
     }
