@@ -395,7 +395,7 @@ pub(crate) async fn tap_ws(
             transport: TapTransport::Rtp,
             destination,
         };
-        match taps.start_tap(call_ref, spec) {
+        match taps.start_local_tap(call_ref, spec) {
             Ok(started) => guard.ids.push(started.id),
             Err(e) => return audited(tap_error(&e)),
         }
