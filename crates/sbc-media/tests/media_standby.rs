@@ -688,7 +688,10 @@ fn a_node_local_tap_is_not_replicated_and_not_resumed() {
     assert_eq!(a.list_taps(id).len(), 2, "both run on A");
     c.both_ways(1);
     assert!(recv_packet(&recorder).is_some(), "the recorder hears A");
-    assert!(recv_packet(&ws_reader).is_some(), "the local reader hears A");
+    assert!(
+        recv_packet(&ws_reader).is_some(),
+        "the local reader hears A"
+    );
     let media = sink.get(id, ReplicaPart::Media).unwrap();
     let part: serde_json::Value = serde_json::from_slice(&media.public).unwrap();
     let ids: Vec<u64> = part["taps"]
@@ -711,5 +714,9 @@ fn a_node_local_tap_is_not_replicated_and_not_resumed() {
     assert!(b.tap_owner(local.id).is_none());
     c.both_ways(2);
     assert!(recv_packet(&recorder).is_some(), "the recorder hears B");
-    assert_eq!(recv_packet(&ws_reader), None, "nothing reaches the loopback");
+    assert_eq!(
+        recv_packet(&ws_reader),
+        None,
+        "nothing reaches the loopback"
+    );
 }
