@@ -2,16 +2,70 @@
 //! client that reconnects with `resume_after_ms` (the unix ms of its last frame) gets
 //! `"resumed":true` in `start` and a `gap` message before each leg's first frame, from
 //! its last frame to the first packet this node forwards; a value more than 2 s in the
-//! future or older than 1 h is a 400 saying which. A test binary of its own: the
-//! metrics registry is per process.
+//! future or older than 1 h is a 400 saying which. The tap's loopback forks are not in
+//! the replicated media part (a standby must not re-create them), while an ordinary
+//! recorder tap is. A test binary of its own: the metrics registry is per process.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod ws_tap_support;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sbc_core::standby::{ReplicaPart, ReplicaSink, ReplicaUpdate};
 
 use sbc_testkit::tap_call::*;
 use sbc_testkit::*;
 use tokio_tungstenite::tungstenite::Message;
 use ws_tap_support::*;
+
+/// The latest media part the gateway's engine replicated.
+#[derive(Debug, Default)]
+struct LastMedia(Mutex<Option<Vec<u8>>>);
+
+impl ReplicaSink for LastMedia {
+    fn put(&self, u: ReplicaUpdate) {
+        if u.part == ReplicaPart::Media {
+            *self.0.lock().unwrap() = Some(u.public);
+        }
+    }
+    fn remove(&self, _: sbc_core::media::CallRef) {}
+}
+
+impl LastMedia {
+    /// The ids of the taps in the latest media part.
+    fn tap_ids(&self) -> Vec<u64> {
+        let part = self.0.lock().unwrap().clone().expect("a media part");
+        let v: serde_json::Value = serde_json::from_slice(&part).unwrap();
+        v["taps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["id"].as_u64().unwrap())
+            .collect()
+    }
+}
+
+/// The ids `GET /v1/calls/{id}/taps` lists, as numbers.
+async fn listed_tap_ids(admin: std::net::SocketAddr, call: &str) -> Vec<u64> {
+    let (_, body) = http(
+        admin,
+        "GET",
+        &format!("/v1/calls/{call}/taps"),
+        Some(OPS),
+        "",
+    )
+    .await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let mut ids: Vec<u64> = v["taps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| u64::from_str_radix(t["tap_id"].as_str().unwrap(), 16).unwrap())
+        .collect();
+    ids.sort_unstable();
+    ids
+}
 
 fn unix_ms() -> u64 {
     let d = std::time::SystemTime::now()
@@ -29,6 +83,9 @@ async fn a_reconnecting_client_resumes_with_a_gap_per_leg() {
         "",
     )
     .await;
+    let replica = Arc::new(LastMedia::default());
+    rig.engine
+        .set_replica_sink(replica.clone(), Duration::from_secs(60));
     let a = rig.admin_addr();
     let mut call = TapCall::place(&rig, "tap-ws-resume-1@platform").await;
     let (_, calls) = http(a, "GET", "/v1/calls", Some(OPS), "").await;
@@ -64,6 +121,34 @@ async fn a_reconnecting_client_resumes_with_a_gap_per_leg() {
     let start = next_json(&mut ws).await;
     assert_eq!(start["resumed"], true, "{start}");
     assert_eq!(start["call"], call_id.as_str());
+    // Its forks run here but are not replicated; a recorder tap is.
+    assert_eq!(listed_tap_ids(a, &call_id).await.len(), 2);
+    assert_eq!(
+        replica.tap_ids(),
+        Vec::<u64>::new(),
+        "no WebSocket fork stored"
+    );
+    let recorder = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let body = format!(
+        r#"{{"legs":"caller","transport":"rtp","destination":"{}"}}"#,
+        recorder.local_addr().unwrap()
+    );
+    let (status, created) = http(
+        a,
+        "POST",
+        &format!("/v1/calls/{call_id}/taps"),
+        Some(OPS),
+        &body,
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let recorder_tap = u64::from_str_radix(&field(&created, "tap_id"), 16).unwrap();
+    assert_eq!(listed_tap_ids(a, &call_id).await.len(), 3);
+    assert_eq!(
+        replica.tap_ids(),
+        vec![recorder_tap],
+        "only the recorder tap"
+    );
     // Packets sent before the gap's `to_ms` can only be later than this.
     let before_send = unix_ms();
     const PACKETS: u16 = 5;
@@ -102,7 +187,8 @@ async fn a_reconnecting_client_resumes_with_a_gap_per_leg() {
         );
     }
     ws.close(None).await.unwrap();
-    until_taps(a, &call_id, 0).await;
+    until_taps(a, &call_id, 1).await;
+    assert_eq!(listed_tap_ids(a, &call_id).await, vec![recorder_tap]);
     let (_, metrics) = http(a, "GET", "/metrics", None, "").await;
     assert!(metrics.contains("sbc_tap_ws_resumed_total 1"), "{metrics}");
     call.hang_up().await;

@@ -32,9 +32,10 @@
 //! node, so they are left out of the replicated media part and a standby that takes the
 //! call over never re-creates them (clear media would go to whatever listens on that
 //! port there). Instead the client reconnects to the new owner's admin plane with the
-//! same call id (the id is the call's signaling number, kept by the takeover) and
-//! `resume_after_ms=<unix ms of the last frame it got>`. Then the start message says
-//! `"resumed":true` and, before the first frame of each leg, the server sends
+//! same call id (the id is the call's signaling number, which the takeover keeps unless
+//! the standby already uses that 64-bit random number, a freak that gives the call a new
+//! id) and `resume_after_ms=<unix ms of the last frame it got>`. Then the start message
+//! says `"resumed":true` and, before the first frame of each leg, the server sends
 //! `{"type":"gap","leg":"caller","from_ms":F,"to_ms":T}`: F is the client's
 //! `resume_after_ms`, T the wall-clock time this node read the leg's first packet (at
 //! least F). The value may be at most [`RESUME_CLOCK_SKEW`] ahead of this node's clock
