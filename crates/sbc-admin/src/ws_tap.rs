@@ -441,6 +441,43 @@ fn parse_query(
     Ok((legs, resume))
 }
 
+/// One loopback socket and one node-local plain-RTP tap toward it per leg; the guard
+/// stops the taps already started if a later one fails (or the session ends).
+async fn start_forks(
+    taps: &Arc<dyn TapControl>,
+    call: sbc_core::media::CallRef,
+    legs: TapLegs,
+) -> Result<(TapGuard, Vec<(u8, UdpSocket)>), TapError> {
+    let sides: &[(u8, TapLegs)] = match legs {
+        TapLegs::Both => &[(0, TapLegs::Caller), (1, TapLegs::Callee)],
+        TapLegs::Caller => &[(0, TapLegs::Caller)],
+        TapLegs::Callee => &[(1, TapLegs::Callee)],
+    };
+    // Dropped on an early return: stops the taps already started.
+    let mut guard = TapGuard {
+        taps: Arc::clone(taps),
+        ids: Vec::new(),
+    };
+    let mut sockets = Vec::with_capacity(sides.len());
+    for &(leg, one) in sides {
+        let bound = match UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await {
+            Ok(s) => s.local_addr().map(|a| (s, a)),
+            Err(e) => Err(e),
+        };
+        let Ok((sock, destination)) = bound else {
+            return Err(TapError::Unavailable("no local socket".to_string()));
+        };
+        let spec = TapSpec {
+            legs: one,
+            transport: TapTransport::Rtp,
+            destination,
+        };
+        guard.ids.push(taps.start_local_tap(call, spec)?.id);
+        sockets.push((leg, sock));
+    }
+    Ok((guard, sockets))
+}
+
 /// `GET /v1/calls/{id}/tap/ws`: see the module documentation.
 pub(crate) async fn tap_ws(
     State(app): State<App>,
@@ -481,38 +518,10 @@ pub(crate) async fn tap_ws(
         Err(resp) => return audited(*resp),
     };
     let TapStart { taps, id, tenant } = &start;
-    let sides: &[(u8, TapLegs)] = match legs {
-        TapLegs::Both => &[(0, TapLegs::Caller), (1, TapLegs::Callee)],
-        TapLegs::Caller => &[(0, TapLegs::Caller)],
-        TapLegs::Callee => &[(1, TapLegs::Callee)],
+    let (guard, sockets) = match start_forks(taps, call_ref, legs).await {
+        Ok(f) => f,
+        Err(e) => return audited(tap_error(&e)),
     };
-    // Dropped on any early return below: stops the taps already started.
-    let mut guard = TapGuard {
-        taps: Arc::clone(taps),
-        ids: Vec::new(),
-    };
-    let mut sockets = Vec::with_capacity(sides.len());
-    for &(leg, one) in sides {
-        let bound = match UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await {
-            Ok(s) => s.local_addr().map(|a| (s, a)),
-            Err(e) => Err(e),
-        };
-        let Ok((sock, destination)) = bound else {
-            return audited(tap_error(&TapError::Unavailable(
-                "no local socket".to_string(),
-            )));
-        };
-        let spec = TapSpec {
-            legs: one,
-            transport: TapTransport::Rtp,
-            destination,
-        };
-        match taps.start_local_tap(call_ref, spec) {
-            Ok(started) => guard.ids.push(started.id),
-            Err(e) => return audited(tap_error(&e)),
-        }
-        sockets.push((leg, sock));
-    }
     let format = taps.media_format(call_ref);
     let start = serde_json::json!({
         "type": "start",
