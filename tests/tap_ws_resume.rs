@@ -46,27 +46,6 @@ impl LastMedia {
     }
 }
 
-/// The ids `GET /v1/calls/{id}/taps` lists, as numbers.
-async fn listed_tap_ids(admin: std::net::SocketAddr, call: &str) -> Vec<u64> {
-    let (_, body) = http(
-        admin,
-        "GET",
-        &format!("/v1/calls/{call}/taps"),
-        Some(OPS),
-        "",
-    )
-    .await;
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let mut ids: Vec<u64> = v["taps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| u64::from_str_radix(t["tap_id"].as_str().unwrap(), 16).unwrap())
-        .collect();
-    ids.sort_unstable();
-    ids
-}
-
 fn unix_ms() -> u64 {
     let d = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -68,8 +68,8 @@ pub async fn next_json(ws: &mut Ws) -> serde_json::Value {
     }
 }
 
-/// The number of taps `GET /v1/calls/{id}/taps` lists.
-pub async fn tap_count(admin: SocketAddr, call: &str) -> usize {
+/// The ids `GET /v1/calls/{id}/taps` lists, as numbers.
+pub async fn listed_tap_ids(admin: SocketAddr, call: &str) -> Vec<u64> {
     let (status, body) = http(
         admin,
         "GET",
@@ -79,7 +79,20 @@ pub async fn tap_count(admin: SocketAddr, call: &str) -> usize {
     )
     .await;
     assert_eq!(status, 200, "{body}");
-    body.matches("\"tap_id\"").count()
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let mut ids: Vec<u64> = v["taps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| u64::from_str_radix(t["tap_id"].as_str().unwrap(), 16).unwrap())
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
+/// The number of taps `GET /v1/calls/{id}/taps` lists.
+pub async fn tap_count(admin: SocketAddr, call: &str) -> usize {
+    listed_tap_ids(admin, call).await.len()
 }
 
 pub async fn until_taps(admin: SocketAddr, call: &str, n: usize) {
