@@ -5,96 +5,12 @@
 //! another tenant's recorder gets 404, a viewer 403, no token 401.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::SocketAddr;
-use std::time::Duration;
+mod ws_tap_support;
 
-use futures_util::StreamExt;
 use sbc_testkit::tap_call::*;
 use sbc_testkit::*;
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-const OPS: &str = "operator-token-0123456789";
-const REC: &str = "recorder-demo-0123456789";
-const REC_OTHER: &str = "recorder-other-0123456789";
-const VIEW: &str = "viewer-demo-0123456789";
-
-fn tokens() -> String {
-    [
-        ("ops", OPS, "operator", ""),
-        ("rec", REC, "recorder", "tenant = \"demo\""),
-        ("rec-other", REC_OTHER, "recorder", "tenant = \"other\""),
-        ("view", VIEW, "viewer", "tenant = \"demo\""),
-    ]
-    .iter()
-    .map(|(id, token, role, tenant)| {
-        format!(
-            "[[admin.tokens]]\nid = \"{id}\"\nsha256 = \"{}\"\nrole = \"{role}\"\n{tenant}\n",
-            sbc_admin::token_sha256_hex(token)
-        )
-    })
-    .collect()
-}
-
-/// Opens the WebSocket tap, or the HTTP status it was refused with.
-async fn open(admin: SocketAddr, path: &str, token: Option<&str>) -> Result<Ws, u16> {
-    let mut req = format!("ws://{admin}{path}").into_client_request().unwrap();
-    if let Some(t) = token {
-        req.headers_mut()
-            .insert("Authorization", format!("Bearer {t}").parse().unwrap());
-    }
-    match tokio_tungstenite::connect_async(req).await {
-        Ok((ws, resp)) => {
-            assert_eq!(resp.status(), 101);
-            Ok(ws)
-        }
-        Err(WsError::Http(resp)) => Err(resp.status().as_u16()),
-        Err(e) => panic!("WebSocket connect: {e}"),
-    }
-}
-
-async fn next(ws: &mut Ws) -> Message {
-    tokio::time::timeout(WAIT, ws.next())
-        .await
-        .expect("a message in time")
-        .expect("the socket open")
-        .expect("a valid message")
-}
-
-async fn next_json(ws: &mut Ws) -> serde_json::Value {
-    match next(ws).await {
-        Message::Text(t) => serde_json::from_str(t.as_str()).unwrap(),
-        other => panic!("expected a text message, got {other:?}"),
-    }
-}
-
-/// The number of taps `GET /v1/calls/{id}/taps` lists.
-async fn tap_count(admin: SocketAddr, call: &str) -> usize {
-    let (status, body) = http(
-        admin,
-        "GET",
-        &format!("/v1/calls/{call}/taps"),
-        Some(OPS),
-        "",
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
-    body.matches("\"tap_id\"").count()
-}
-
-async fn until_taps(admin: SocketAddr, call: &str, n: usize) {
-    for _ in 0..200 {
-        if tap_count(admin, call).await == n {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("the call never had {n} taps");
-}
+use tokio_tungstenite::tungstenite::Message;
+use ws_tap_support::*;
 
 #[tokio::test]
 async fn a_call_is_heard_over_a_websocket_until_it_ends() {
@@ -140,7 +56,7 @@ async fn a_call_is_heard_over_a_websocket_until_it_ends() {
     assert_eq!(
         start,
         serde_json::json!({"type": "start", "call": call_id, "tenant": "demo", "legs": "both",
-            "codec": "PCMU", "clock_rate": 8000})
+            "codec": "PCMU", "clock_rate": 8000, "resumed": false})
     );
     assert_eq!(tap_count(a, &call_id).await, 2);
     const PACKETS: u16 = 10;

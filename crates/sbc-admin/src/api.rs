@@ -14,7 +14,7 @@
 //! | `POST /v1/calls/{id}/taps` | operator, recorder | starts a recording tap: 201 with its id (and SRTP key, once) |
 //! | `GET /v1/calls/{id}/taps` | any | the call's taps and their counters |
 //! | `DELETE /v1/taps/{tap_id}` | operator, recorder | stops a tap: 204 |
-//! | `GET /v1/calls/{id}/tap/ws[?legs=]` | operator, recorder | a live tap over a WebSocket (see `ws_tap.rs`) |
+//! | `GET /v1/calls/{id}/tap/ws[?legs=&resume_after_ms=]` | operator, recorder | a live tap over a WebSocket (see `ws_tap.rs`) |
 //! | `GET /v1/calls/{id}/recordings` | any | the call's SIPREC recording sessions (see `recordings.rs`; 501 if not wired) |
 //! | `POST /v1/calls/{id}/recordings/{start,stop,pause,resume}` | operator, recorder | 202: the command is queued for the recording client (see `recordings.rs`) |
 //! | `GET /v1/log-level` | any | the log filter in force (501 if `main` wired no control) |

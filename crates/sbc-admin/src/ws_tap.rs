@@ -1,12 +1,13 @@
-//! The WebSocket tap: `GET /v1/calls/{id}/tap/ws[?legs=both|caller|callee]`, a live
-//! listener on one call's media without a UDP recorder.
+//! The WebSocket tap: `GET /v1/calls/{id}/tap/ws[?legs=both|caller|callee]
+//! [&resume_after_ms=MS]`, a live listener on one call's media without a UDP recorder.
 //!
 //! The handler binds one loopback UDP socket per leg and starts ordinary plain-RTP taps
 //! toward them through [`TapControl`] (the relay knows nothing of WebSockets; the leg is
 //! known by the socket a copy arrives on), then sends over the WebSocket:
 //!
 //! 1. a text message `{"type":"start","call":ID,"tenant":T,"legs":"both","codec":"PCMU",
-//!    "clock_rate":8000}`: the call's first audio format (`null`s when unknown);
+//!    "clock_rate":8000,"resumed":false}`: the call's first audio format (`null`s when
+//!    unknown); `resumed` says whether `resume_after_ms` was given (see below);
 //! 2. one binary message per RTP packet: byte 0 the leg (0 caller, 1 callee), bytes 1..5
 //!    the RTP timestamp (big-endian), then the RTP payload (after the fixed header, CSRCs
 //!    and extension, padding removed, RFC 3550 §5.1). Datagrams that are not RTP are
@@ -26,11 +27,26 @@
 //! WebSocket send may take [`SEND_TIMEOUT`], a slower client is disconnected. The taps are
 //! stopped however the session ends (client close, slow client, call end, error).
 //!
+//! Hot standby (issue #16): the forks are node-local taps
+//! ([`TapControl::start_local_tap`]): their loopback destinations mean nothing on another
+//! node, so they are left out of the replicated media part and a standby that takes the
+//! call over never re-creates them (clear media would go to whatever listens on that
+//! port there). Instead the client reconnects to the new owner's admin plane with the
+//! same call id (the id is the call's signaling number, which the takeover keeps unless
+//! the standby already uses that 64-bit random number, a freak that gives the call a new
+//! id) and `resume_after_ms=<unix ms of the last frame it got>`. Then the start message
+//! says `"resumed":true` and, before the first frame of each leg, the server sends
+//! `{"type":"gap","leg":"caller","from_ms":F,"to_ms":T}`: F is the client's
+//! `resume_after_ms`, T the wall-clock time this node read the leg's first packet (at
+//! least F). The value may be at most [`RESUME_CLOCK_SKEW`] ahead of this node's clock
+//! and at most [`MAX_RESUME_AGE`] old; otherwise the upgrade is a 400 saying which. A
+//! resume works the same after a mere network break toward the same node.
+//!
 //! Must not: block the relay (it only ever sees ordinary taps), log a token.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::rejection::{PathRejection, QueryRejection};
@@ -70,6 +86,14 @@ const MAX_DATAGRAM: usize = 4096;
 /// Largest message accepted from the client, which has nothing to say but close.
 const MAX_CLIENT_MESSAGE: usize = 4096;
 
+/// Oldest `resume_after_ms` accepted: a takeover or a network break is over in seconds;
+/// a client away for an hour has lost the thread and opens the tap afresh.
+pub const MAX_RESUME_AGE: Duration = Duration::from_secs(3600);
+/// How far ahead of this node's clock `resume_after_ms` may be: the client stamps its
+/// last frame with its own clock. NTP keeps hosts within milliseconds; 2 s covers an
+/// unsynchronised client's usual drift without accepting a made-up future.
+pub const RESUME_CLOCK_SKEW: Duration = Duration::from_secs(2);
+
 /// WebSocket close codes (RFC 6455 §7.4.1).
 const CLOSE_NORMAL: u16 = 1000;
 const CLOSE_POLICY: u16 = 1008;
@@ -79,6 +103,54 @@ const CLOSE_ERROR: u16 = 1011;
 #[serde(deny_unknown_fields)]
 pub(crate) struct WsQuery {
     legs: Option<String>,
+    resume_after_ms: Option<u64>,
+}
+
+/// Milliseconds since the Unix epoch (0 for a clock set before it).
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Checks a client's `resume_after_ms` against this node's clock `now_ms`.
+fn check_resume(after_ms: u64, now_ms: u64) -> Result<u64, &'static str> {
+    let skew = u64::try_from(RESUME_CLOCK_SKEW.as_millis()).unwrap_or(u64::MAX);
+    let age = u64::try_from(MAX_RESUME_AGE.as_millis()).unwrap_or(u64::MAX);
+    if after_ms > now_ms.saturating_add(skew) {
+        return Err("resume_after_ms is in the future (more than 2 s ahead of this node's clock)");
+    }
+    if now_ms.saturating_sub(after_ms) > age {
+        return Err("resume_after_ms is older than 1 h; open the tap without it");
+    }
+    Ok(after_ms)
+}
+
+/// What the UDP readers queue for the WebSocket writer.
+#[derive(Debug)]
+enum Out {
+    /// One binary frame.
+    Frame(Bytes),
+    /// A resumed session's gap before a leg's first frame.
+    Gap { leg: u8, from_ms: u64, to_ms: u64 },
+}
+
+impl Out {
+    fn message(self) -> Message {
+        match self {
+            Out::Frame(f) => Message::Binary(f),
+            Out::Gap {
+                leg,
+                from_ms,
+                to_ms,
+            } => {
+                let leg = if leg == 0 { "caller" } else { "callee" };
+                let gap = serde_json::json!({
+                    "type": "gap", "leg": leg, "from_ms": from_ms, "to_ms": to_ms,
+                });
+                Message::Text(gap.to_string().into())
+            }
+        }
+    }
 }
 
 /// Stops the session's taps when dropped, whatever ends the session (a failed upgrade
@@ -164,10 +236,12 @@ fn frame(leg: u8, ts: u32, payload: &[u8]) -> Bytes {
 
 /// Reads one leg's tap copies and queues them as frames, never waiting for the writer.
 /// Only the first source heard is taken (the relay's tap socket); the socket is on
-/// loopback, but another local process could aim at it.
-async fn read_leg(sock: UdpSocket, leg: u8, tx: mpsc::Sender<Bytes>) {
+/// loopback, but another local process could aim at it. A resumed session (`gap_from`
+/// set) queues the leg's gap before its first frame, stamped when that packet was read.
+async fn read_leg(sock: UdpSocket, leg: u8, tx: mpsc::Sender<Out>, gap_from: Option<u64>) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut source: Option<SocketAddr> = None;
+    let mut gap = gap_from.map(|from_ms| (from_ms, None::<u64>));
     loop {
         let (n, from) = match sock.recv_from(&mut buf).await {
             Ok(r) => r,
@@ -182,7 +256,24 @@ async fn read_leg(sock: UdpSocket, leg: u8, tx: mpsc::Sender<Bytes>) {
             dropped("malformed");
             continue;
         };
-        match tx.try_send(frame(leg, ts, payload)) {
+        if let Some((from_ms, first)) = &mut gap {
+            let to_ms = *first.get_or_insert_with(|| unix_ms(SystemTime::now()).max(*from_ms));
+            let mark = Out::Gap {
+                leg,
+                from_ms: *from_ms,
+                to_ms,
+            };
+            match tx.try_send(mark) {
+                Ok(()) => gap = None,
+                // The frame may not go before its gap: both wait for room.
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    dropped("queue_full");
+                    continue;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => return,
+            }
+        }
+        match tx.try_send(Out::Frame(frame(leg, ts, payload))) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => dropped("queue_full"),
             Err(mpsc::error::TrySendError::Closed(_)) => return,
@@ -199,9 +290,12 @@ async fn send(ws: &mut WebSocket, msg: Message) -> Result<(), End> {
     }
 }
 
-async fn send_frame(ws: &mut WebSocket, f: Bytes) -> Result<(), End> {
-    send(ws, Message::Binary(f)).await?;
-    metrics::counter!("sbc_tap_ws_frames_sent_total").increment(1);
+async fn send_out(ws: &mut WebSocket, out: Out) -> Result<(), End> {
+    let is_frame = matches!(out, Out::Frame(_));
+    send(ws, out.message()).await?;
+    if is_frame {
+        metrics::counter!("sbc_tap_ws_frames_sent_total").increment(1);
+    }
     Ok(())
 }
 
@@ -213,6 +307,8 @@ struct Session {
     call: CallId,
     path: String,
     start: String,
+    /// A resumed session's `resume_after_ms`.
+    resume_after_ms: Option<u64>,
     guard: TapGuard,
     sockets: Vec<(u8, UdpSocket)>,
     _permit: OwnedSemaphorePermit,
@@ -227,6 +323,7 @@ impl Session {
             call,
             path,
             start,
+            resume_after_ms,
             guard,
             sockets,
             _permit,
@@ -235,7 +332,7 @@ impl Session {
         // Dropping the set aborts the readers.
         let mut readers = JoinSet::new();
         for (leg, sock) in sockets {
-            readers.spawn(read_leg(sock, leg, tx.clone()));
+            readers.spawn(read_leg(sock, leg, tx.clone(), resume_after_ms));
         }
         drop(tx);
         let end = forward(&mut ws, &mut rx, &app, &call, &guard, start).await;
@@ -267,7 +364,7 @@ impl Session {
 /// Sends `start`, then frames until the call ends, the client leaves or is too slow.
 async fn forward(
     ws: &mut WebSocket,
-    rx: &mut mpsc::Receiver<Bytes>,
+    rx: &mut mpsc::Receiver<Out>,
     app: &App,
     call: &CallId,
     guard: &TapGuard,
@@ -282,7 +379,7 @@ async fn forward(
         tokio::select! {
             f = rx.recv() => match f {
                 Some(f) => {
-                    if let Err(end) = send_frame(ws, f).await {
+                    if let Err(end) = send_out(ws, f).await {
                         return end;
                     }
                 }
@@ -305,7 +402,7 @@ async fn forward(
                 }
                 // What arrived before the end still goes out.
                 while let Ok(f) = rx.try_recv() {
-                    if let Err(end) = send_frame(ws, f).await {
+                    if let Err(end) = send_out(ws, f).await {
                         return end;
                     }
                 }
@@ -318,6 +415,67 @@ async fn forward(
             }
         }
     }
+}
+
+/// The legs and the checked `resume_after_ms` of the query, or the 400's message.
+fn parse_query(
+    query: Result<Query<WsQuery>, QueryRejection>,
+) -> Result<(TapLegs, Option<u64>), String> {
+    let Ok(Query(q)) = query else {
+        return Err(
+            "query parameters: `legs` (both, caller or callee) and `resume_after_ms` \
+             (unix milliseconds)"
+                .to_string(),
+        );
+    };
+    let legs = match q.legs {
+        None => TapLegs::Both,
+        Some(l) => l.parse::<TapLegs>().map_err(|e| e.to_string())?,
+    };
+    let now_ms = unix_ms(SystemTime::now());
+    let resume = q
+        .resume_after_ms
+        .map(|ms| check_resume(ms, now_ms))
+        .transpose()
+        .map_err(str::to_string)?;
+    Ok((legs, resume))
+}
+
+/// One loopback socket and one node-local plain-RTP tap toward it per leg; the guard
+/// stops the taps already started if a later one fails (or the session ends).
+async fn start_forks(
+    taps: &Arc<dyn TapControl>,
+    call: sbc_core::media::CallRef,
+    legs: TapLegs,
+) -> Result<(TapGuard, Vec<(u8, UdpSocket)>), TapError> {
+    let sides: &[(u8, TapLegs)] = match legs {
+        TapLegs::Both => &[(0, TapLegs::Caller), (1, TapLegs::Callee)],
+        TapLegs::Caller => &[(0, TapLegs::Caller)],
+        TapLegs::Callee => &[(1, TapLegs::Callee)],
+    };
+    // Dropped on an early return: stops the taps already started.
+    let mut guard = TapGuard {
+        taps: Arc::clone(taps),
+        ids: Vec::new(),
+    };
+    let mut sockets = Vec::with_capacity(sides.len());
+    for &(leg, one) in sides {
+        let bound = match UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await {
+            Ok(s) => s.local_addr().map(|a| (s, a)),
+            Err(e) => Err(e),
+        };
+        let Ok((sock, destination)) = bound else {
+            return Err(TapError::Unavailable("no local socket".to_string()));
+        };
+        let spec = TapSpec {
+            legs: one,
+            transport: TapTransport::Rtp,
+            destination,
+        };
+        guard.ids.push(taps.start_local_tap(call, spec)?.id);
+        sockets.push((leg, sock));
+    }
+    Ok((guard, sockets))
 }
 
 /// `GET /v1/calls/{id}/tap/ws`: see the module documentation.
@@ -339,18 +497,9 @@ pub(crate) async fn tap_ws(
         Err(resp) => return *resp,
     };
     let audited = |resp: Response| start.audited(resp);
-    let legs = match query.map(|Query(q)| q.legs) {
-        Ok(None) => TapLegs::Both,
-        Ok(Some(l)) => match l.parse::<TapLegs>() {
-            Ok(l) => l,
-            Err(e) => return audited(json_error(StatusCode::BAD_REQUEST, &e.to_string())),
-        },
-        Err(_) => {
-            return audited(json_error(
-                StatusCode::BAD_REQUEST,
-                "the only query parameter is `legs`",
-            ))
-        }
+    let (legs, resume_after_ms) = match parse_query(query) {
+        Ok(q) => q,
+        Err(msg) => return audited(json_error(StatusCode::BAD_REQUEST, &msg)),
     };
     let Ok(ws) = ws else {
         return audited(json_error(
@@ -369,38 +518,10 @@ pub(crate) async fn tap_ws(
         Err(resp) => return audited(*resp),
     };
     let TapStart { taps, id, tenant } = &start;
-    let sides: &[(u8, TapLegs)] = match legs {
-        TapLegs::Both => &[(0, TapLegs::Caller), (1, TapLegs::Callee)],
-        TapLegs::Caller => &[(0, TapLegs::Caller)],
-        TapLegs::Callee => &[(1, TapLegs::Callee)],
+    let (guard, sockets) = match start_forks(taps, call_ref, legs).await {
+        Ok(f) => f,
+        Err(e) => return audited(tap_error(&e)),
     };
-    // Dropped on any early return below: stops the taps already started.
-    let mut guard = TapGuard {
-        taps: Arc::clone(taps),
-        ids: Vec::new(),
-    };
-    let mut sockets = Vec::with_capacity(sides.len());
-    for &(leg, one) in sides {
-        let bound = match UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await {
-            Ok(s) => s.local_addr().map(|a| (s, a)),
-            Err(e) => Err(e),
-        };
-        let Ok((sock, destination)) = bound else {
-            return audited(tap_error(&TapError::Unavailable(
-                "no local socket".to_string(),
-            )));
-        };
-        let spec = TapSpec {
-            legs: one,
-            transport: TapTransport::Rtp,
-            destination,
-        };
-        match taps.start_tap(call_ref, spec) {
-            Ok(started) => guard.ids.push(started.id),
-            Err(e) => return audited(tap_error(&e)),
-        }
-        sockets.push((leg, sock));
-    }
     let format = taps.media_format(call_ref);
     let start = serde_json::json!({
         "type": "start",
@@ -409,11 +530,15 @@ pub(crate) async fn tap_ws(
         "legs": legs.as_str(),
         "codec": format.as_ref().map(|f| f.0.as_str()),
         "clock_rate": format.as_ref().map(|f| f.1),
+        "resumed": resume_after_ms.is_some(),
     })
     .to_string();
     let tap_ids: Vec<String> = guard.ids.iter().map(TapId::to_string).collect();
     info!(token = %token.id, tenant = %tenant, call = %id, taps = ?tap_ids,
-        legs = legs.as_str(), "WebSocket tap started");
+        legs = legs.as_str(), resume_after_ms, "WebSocket tap started");
+    if resume_after_ms.is_some() {
+        metrics::counter!("sbc_tap_ws_resumed_total").increment(1);
+    }
     let session = Session {
         app: Arc::clone(&app),
         token,
@@ -423,6 +548,7 @@ pub(crate) async fn tap_ws(
             .path_and_query()
             .map_or_else(|| uri.path().to_string(), |p| p.as_str().to_string()),
         start,
+        resume_after_ms,
         guard,
         sockets,
         _permit: permit,
@@ -467,6 +593,39 @@ mod tests {
         zero_pad[0] = 0xa0;
         zero_pad.push(0);
         assert_eq!(rtp_payload(&zero_pad), None);
+    }
+
+    #[test]
+    fn resume_bounds() {
+        let now = 1_700_000_000_000;
+        assert_eq!(check_resume(now - 5_000, now), Ok(now - 5_000));
+        assert_eq!(check_resume(now, now), Ok(now));
+        // Within the clock skew, and just past it.
+        assert_eq!(check_resume(now + 2_000, now), Ok(now + 2_000));
+        assert!(matches!(check_resume(now + 2_001, now), Err(e) if e.contains("future")));
+        assert_eq!(check_resume(now - 3_600_000, now), Ok(now - 3_600_000));
+        assert!(
+            matches!(check_resume(now - 3_600_001, now), Err(e) if e.contains("older than 1 h"))
+        );
+        assert!(check_resume(0, now).is_err());
+        assert!(check_resume(u64::MAX, now).is_err());
+    }
+
+    #[test]
+    fn gap_messages() {
+        let gap = Out::Gap {
+            leg: 1,
+            from_ms: 10,
+            to_ms: 25,
+        };
+        let Message::Text(t) = gap.message() else {
+            panic!("a gap is text");
+        };
+        let v: Result<serde_json::Value, _> = serde_json::from_str(t.as_str());
+        assert_eq!(
+            v.ok(),
+            Some(serde_json::json!({"type": "gap", "leg": "callee", "from_ms": 10, "to_ms": 25}))
+        );
     }
 
     #[test]

@@ -838,6 +838,11 @@ pub const CATALOG: &[MetricDef] = &[
         "WebSocket tap frames dropped, by reason.",
         &[closed("reason", WS_TAP_DROPS)],
     ),
+    counter(
+        "sbc_tap_ws_resumed_total",
+        "WebSocket tap sessions resumed with resume_after_ms (after a takeover or a break).",
+        &[],
+    ),
     // Admin plane.
     counter(
         "sbc_admin_requests_total",

@@ -245,6 +245,16 @@ pub trait TapControl: Send + Sync + fmt::Debug {
     /// The call and tenant a tap belongs to.
     fn tap_owner(&self, tap: TapId) -> Option<TapOwner>;
 
+    /// Starts a node-local tap: its destination is a socket of this node's own (the
+    /// WebSocket tap's loopback readers), meaningful only while this node serves the call.
+    /// It is never replicated to a hot standby (issue #16): on the standby that loopback
+    /// address is whatever listens there, and clear media must not go to it. The client
+    /// reconnects to the new owner instead. Default: an ordinary tap (an implementation
+    /// that replicates nothing has nothing to leave out).
+    fn start_local_tap(&self, call: CallRef, spec: TapSpec) -> Result<TapInfo, TapError> {
+        self.start_tap(call, spec)
+    }
+
     /// The call's first audio codec as the first offer named it: encoding name and RTP
     /// clock rate (`("PCMU", 8000)`); `None` when unknown (no such call, no rtpmap).
     fn media_format(&self, call: CallRef) -> Option<(String, u32)> {

@@ -256,6 +256,9 @@ struct TapCtl {
     recorded: Option<RecordedCtl>,
     /// An SRTP tap's key (hot standby replicates it as a secret).
     key: Option<MasterKey>,
+    /// A node-local tap ([`TapControl::start_local_tap`], the WebSocket tap's): left out
+    /// of the replicated media part, so a standby never re-creates it.
+    node_local: bool,
 }
 
 /// A recorded stream's control state.
@@ -1407,8 +1410,14 @@ impl RecordingMedia for MediaEngine {
     }
 }
 
-impl TapControl for MediaEngine {
-    fn start_tap(&self, call: CallRef, spec: TapSpec) -> Result<TapInfo, TapError> {
+impl MediaEngine {
+    /// [`TapControl::start_tap`], or a node-local tap that is never replicated.
+    fn start_tap_as(
+        &self,
+        call: CallRef,
+        spec: TapSpec,
+        node_local: bool,
+    ) -> Result<TapInfo, TapError> {
         let dest = spec.destination;
         if dest.port() == 0 || dest.ip().is_unspecified() || dest.ip().is_multicast() {
             return Err(TapError::Invalid(
@@ -1431,6 +1440,7 @@ impl TapControl for MediaEngine {
         }
         let (setup, mut entry) = self.new_tap(call, ctl, spec, socket, (srtp, None))?;
         entry.key = master;
+        entry.node_local = node_local;
         let id = setup.id;
         let sent = self
             .worker(ctl.worker)
@@ -1440,8 +1450,18 @@ impl TapControl for MediaEngine {
         }
         lock_taps(&self.inner.taps).insert(id, entry);
         self.replicate(call, ctl);
-        tracing::info!(%call, tap = %id, legs = spec.legs.as_str(), transport = spec.transport.as_str(), "recording tap started");
+        tracing::info!(%call, tap = %id, node_local, legs = spec.legs.as_str(), transport = spec.transport.as_str(), "recording tap started");
         Ok(TapInfo { id, key })
+    }
+}
+
+impl TapControl for MediaEngine {
+    fn start_tap(&self, call: CallRef, spec: TapSpec) -> Result<TapInfo, TapError> {
+        self.start_tap_as(call, spec, false)
+    }
+
+    fn start_local_tap(&self, call: CallRef, spec: TapSpec) -> Result<TapInfo, TapError> {
+        self.start_tap_as(call, spec, true)
     }
 
     /// Recorded streams are not stopped here (false): the recording client owns them.

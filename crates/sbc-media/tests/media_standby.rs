@@ -689,3 +689,57 @@ fn mutated_records_never_panic() {
     }
     assert!(refused > 100, "most mutations are refused: {refused}");
 }
+
+/// A node-local tap (the WebSocket tap's loopback fork) is left out of the media part, so
+/// the standby never re-creates it toward its own loopback; a recorder tap on the same
+/// call resumes (issue #16, "the WebSocket tap's client reconnects").
+#[test]
+fn a_node_local_tap_is_not_replicated_and_not_resumed() {
+    let sink = Arc::new(RecordingSink::default());
+    let (a, b) = engines(&sink, Duration::from_millis(200));
+    let id = CallRef(25);
+    let mut c = Call::setup(&a, id, SrtpProfile::AesCm128HmacSha1_80);
+    let recorder = peer();
+    let ws_reader = peer();
+    let rtp_tap = |dest: &UdpSocket| TapSpec {
+        legs: TapLegs::Caller,
+        transport: TapTransport::Rtp,
+        destination: dest.local_addr().unwrap(),
+    };
+    let kept = a.start_tap(id, rtp_tap(&recorder)).unwrap();
+    let local = a.start_local_tap(id, rtp_tap(&ws_reader)).unwrap();
+    assert_eq!(a.list_taps(id).len(), 2, "both run on A");
+    c.both_ways(1);
+    assert!(recv_packet(&recorder).is_some(), "the recorder hears A");
+    assert!(
+        recv_packet(&ws_reader).is_some(),
+        "the local reader hears A"
+    );
+    let media = sink.get(id, ReplicaPart::Media).unwrap();
+    let part: serde_json::Value = serde_json::from_slice(&media.public).unwrap();
+    let ids: Vec<u64> = part["taps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, vec![kept.id.0], "only the recorder tap is in the part");
+    let local_port = format!(":{}", ws_reader.local_addr().unwrap().port());
+    assert!(
+        !String::from_utf8_lossy(&media.public).contains(&local_port),
+        "the local destination is not stored"
+    );
+    a.shutdown();
+    restore(&b, &sink, id);
+    let taps = b.list_taps(id);
+    assert_eq!(taps.len(), 1, "only the recorder tap is resumed: {taps:?}");
+    assert_eq!(taps[0].id, kept.id);
+    assert!(b.tap_owner(local.id).is_none());
+    c.both_ways(2);
+    assert!(recv_packet(&recorder).is_some(), "the recorder hears B");
+    assert_eq!(
+        recv_packet(&ws_reader),
+        None,
+        "nothing reaches the loopback"
+    );
+}

@@ -3114,6 +3114,16 @@ mod standby {
         assert!(report.refused.is_empty());
         assert_eq!(b.usage().active_calls, 1, "the restored call holds a slot");
         assert_eq!(b.registry.len(), 1, "and a registry entry");
+        // Under the admin id A had: a WebSocket tap client reconnects with the same id.
+        let ids = |h: &Harness| -> Vec<String> {
+            let calls = h.registry.snapshot(None);
+            calls.iter().map(|c| c.id.as_str().to_string()).collect()
+        };
+        assert_eq!(
+            ids(&b),
+            ids(&a),
+            "the call's admin id survives the takeover"
+        );
         b.take();
         (sink, b, down, ok)
     }

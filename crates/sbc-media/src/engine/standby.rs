@@ -129,7 +129,7 @@ impl MediaEngine {
         let taps = lock_taps(&self.inner.taps);
         record.taps = taps
             .iter()
-            .filter(|(_, t)| t.call == call && t.recorded.is_none())
+            .filter(|(_, t)| t.call == call && t.recorded.is_none() && !t.node_local)
             .map(|(id, t)| TapRecord {
                 id: id.0,
                 spec: spec_record(&t.spec),

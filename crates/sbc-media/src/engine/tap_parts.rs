@@ -114,6 +114,7 @@ pub(super) fn tap_pair(
         counters,
         recorded: None,
         key: None,
+        node_local: false,
     };
     (setup, entry)
 }
