@@ -1,0 +1,130 @@
+//! Failover peers: the caller (a platform's SIPS trunk client) and the callee (a TLS SIP
+//! UAS behind the gateway) of the hot-standby failover test and bench
+//! (`tests/cluster_failover.rs`, `benches/cluster_failover/`), run as
+//! `sbc-failover-peer caller|callee` inside network namespaces.
+//!
+//! Each side holds one call, sends SRTP at 50 packets/s (20 ms) toward the gateway, and
+//! measures what it receives: packets, the largest inter-arrival gap, packets that did not
+//! authenticate. The caller keeps its TLS connection alive with CRLF pings (RFC 5626
+//! §3.5.1) and reconnects to the gateway when the connection closes or is reset, as a
+//! platform does after a failover; requests made while it is disconnected wait for the next
+//! connection. In-dialog requests (re-INVITE, BYE) are made on command (a line on stdin:
+//! `reinvite`, `bye`, `stop`) and their outcome is reported. Everything is printed as one
+//! JSON object per line ([`Emit`]), ending with a `report` line.
+//!
+//! Owns: the peers' connections, dialogs, media legs and counters. Must not: log keys,
+//! or run without a bound (every peer stops after its `max_run`, at most [`MAX_RUN`]).
+
+pub mod callee;
+pub mod caller;
+mod link;
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::rtp::Stamp;
+
+pub use link::{spawn_link, LinkEvent, LinkHandle, LinkId};
+
+/// The caller's CRLF keep-alive interval: short enough that a connection the new owner
+/// of the VIP resets is noticed within a fraction of the 500 ms media-gap target.
+pub const KEEPALIVE: Duration = Duration::from_millis(200);
+
+/// Longest any peer runs: the failover test and bench runs last well under a minute.
+pub const MAX_RUN: Duration = Duration::from_secs(300);
+
+/// The caller's stream id in the probe stamp.
+pub const CALLER_STREAM: u8 = 1;
+
+/// The callee's stream id in the probe stamp.
+pub const CALLEE_STREAM: u8 = 2;
+
+/// Requests waiting for a connection (a peer makes a handful per call).
+pub const MAX_QUEUED: usize = 16;
+
+/// What the test asks a peer to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// Send a re-INVITE (same offer, CSeq one above the last).
+    ReInvite,
+    /// Hang up.
+    Bye,
+    /// Stop at once and report.
+    Stop,
+}
+
+impl Command {
+    /// `reinvite`, `bye` or `stop` (surrounding blanks ignored).
+    pub fn parse(line: &str) -> Option<Command> {
+        match line.trim() {
+            "reinvite" => Some(Command::ReInvite),
+            "bye" => Some(Command::Bye),
+            "stop" => Some(Command::Stop),
+            _ => None,
+        }
+    }
+}
+
+/// Where a peer's JSON lines go (stdout in the binary, a vector in unit tests).
+pub type Emit<'a> = &'a mut (dyn FnMut(serde_json::Value) + Send);
+
+/// One received media direction, counted at the receiver, plus what this side sent.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MediaStats {
+    /// Packets this side sent.
+    pub sent: u32,
+    /// Authenticated packets of the far side's stream.
+    pub received: u32,
+    /// Packets that did not authenticate.
+    pub refused: u32,
+    /// Highest stamp number received (the far side numbers its packets from 1).
+    pub highest: u32,
+    /// Largest time between two received packets.
+    pub max_gap: Duration,
+    /// When (since the peer started) the largest gap ended.
+    pub max_gap_end: Duration,
+    last: Option<Instant>,
+}
+
+impl MediaStats {
+    /// Counts one authenticated packet received at `now` (`start`: when the peer started).
+    pub fn received_at(&mut self, now: Instant, start: Instant, stamp: &Stamp) {
+        self.received += 1;
+        self.highest = self.highest.max(stamp.seq);
+        if let Some(last) = self.last {
+            let gap = now.saturating_duration_since(last);
+            if gap > self.max_gap {
+                self.max_gap = gap;
+                self.max_gap_end = now.saturating_duration_since(start);
+            }
+        }
+        self.last = Some(now);
+    }
+
+    /// Packets the far side numbered up to the highest received but that never came.
+    pub fn lost(&self) -> u32 {
+        self.highest.saturating_sub(self.received)
+    }
+
+    /// The counters as JSON fields.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "sent": self.sent,
+            "received": self.received,
+            "refused": self.refused,
+            "highest": self.highest,
+            "lost": self.lost(),
+            "max_gap_ms": self.max_gap.as_secs_f64() * 1000.0,
+            "max_gap_end_ms": self.max_gap_end.as_millis() as u64,
+        })
+    }
+}
+
+/// Milliseconds since `start`, for event lines.
+pub(crate) fn ms_since(start: Instant) -> u64 {
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests;
