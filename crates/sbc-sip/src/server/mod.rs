@@ -354,18 +354,14 @@ pub async fn start_with(config: Arc<Config>, hooks: Hooks) -> Result<ServerHandl
             source,
         };
         let local = if listener.transport == Transport::Udp {
-            let socket = tokio::net::UdpSocket::bind(listener.address)
-                .await
-                .map_err(bind_err)?;
+            let socket = tls_listeners::bind_udp(listener).await.map_err(bind_err)?;
             let local = socket.local_addr().map_err(bind_err)?;
             let ep = UdpEndpoint::new(index, socket, acceptance);
             tasks.push(tokio::spawn(ep.clone().run(shutdown_rx.clone())));
             udp.push(ep);
             local
         } else {
-            let socket = TcpListener::bind(listener.address)
-                .await
-                .map_err(bind_err)?;
+            let socket = tls_listeners::bind_tcp(listener).await.map_err(bind_err)?;
             let local = socket.local_addr().map_err(bind_err)?;
             tasks.push(tokio::spawn(accept_loop(
                 socket,
