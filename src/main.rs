@@ -1,5 +1,6 @@
 //! sbc-edge: command line, wiring and signals. No protocol logic lives here.
 
+mod cluster_cli;
 mod ctl;
 mod demo;
 mod probe_cli;
@@ -59,6 +60,9 @@ enum Command {
     },
     /// Talk to a running gateway's admin API (calls, usage, taps, drain, reload, log level).
     Ctl(ctl::CtlArgs),
+    /// Hot standby through a running gateway's admin API: `takeover` (keepalived's
+    /// notify_master hook) and `status`.
+    Cluster(cluster_cli::ClusterArgs),
     /// Place one SRTP call through a gateway (by default the running embedded default),
     /// send media both ways, hang up; prints setup time, packets each way, loss, suites.
     Call(probe_cli::CallArgs),
@@ -117,6 +121,7 @@ fn main() -> ExitCode {
             }
         }
         Some(Command::Ctl(args)) => ctl::run(args),
+        Some(Command::Cluster(args)) => cluster_cli::run(args),
         Some(Command::Audit {
             command: AuditCommand::Verify { file },
         }) => match sbc_admin::verify_audit(&file) {
