@@ -233,6 +233,8 @@ fn run(
             recording: recording_media,
             // Recording start/stop/pause/resume/failure lines in the hash-chained log.
             audit: Some(audit.clone() as Arc<dyn sbc_core::audit::AuditSink>),
+            replica: None,
+            media_takeover: None,
         };
         let server = sbc_sip::server::start_with(cfg.clone(), hooks)
             .await

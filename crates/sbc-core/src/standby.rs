@@ -300,6 +300,21 @@ mod tests {
     }
 
     #[test]
+    fn install_refusal_labels_are_the_catalogued_takeover_results() {
+        use InstallRefusal::*;
+        let all = [BadRecord, NoListener, MediaPorts, Media, UnknownTenant];
+        // A new variant fails to compile here until it is listed above.
+        for r in all {
+            match r {
+                BadRecord | NoListener | MediaPorts | Media | UnknownTenant => {}
+            }
+        }
+        let mut want: Vec<&str> = vec!["installed"];
+        want.extend(all.iter().map(|r| r.as_str()));
+        assert_eq!(crate::metrics_catalog::TAKEOVER_RESULTS, want.as_slice());
+    }
+
+    #[test]
     fn secret_bytes_never_show_their_content() {
         let s = SecretBytes::new(b"very-secret-key".to_vec());
         let shown = format!("{s:?}");
