@@ -350,6 +350,7 @@ fn start_media(cfg: &Config) -> anyhow::Result<Option<MediaEngine>> {
     settings.relatch_after = m.relatch_after;
     settings.max_streams = m.max_streams;
     settings.batch_interval = m.batch_interval;
+    settings.freebind = m.freebind;
     if m.workers > 0 {
         settings.workers = m.workers;
     }
