@@ -31,7 +31,7 @@ use std::sync::Arc;
 
 use zeroize::Zeroize;
 
-use crate::cluster::LeaseGuard;
+use crate::cluster::{LeaseGuard, Ticket};
 use crate::media::{CallRef, MediaError};
 use crate::tenant::TenantId;
 
@@ -135,6 +135,13 @@ pub trait ReplicaSink: Send + Sync + fmt::Debug {
     fn put(&self, update: ReplicaUpdate);
     /// The call ended here: its hash and leases go.
     fn remove(&self, call: CallRef);
+    /// The call holds cluster quota leases under `ticket` (its
+    /// [`crate::cluster::ClusterRequest::ticket`]): stored with the call so a standby
+    /// that claims it moves those leases to itself. Without it a claimed call's leases
+    /// expire on the dead node and the call is not counted cluster-wide.
+    fn lease(&self, call: CallRef, ticket: Ticket) {
+        let _ = (call, ticket);
+    }
 }
 
 /// A call this node claimed from its dead peer, as the store held it (the secret already
