@@ -1,5 +1,6 @@
 //! sbc-edge: command line, wiring and signals. No protocol logic lives here.
 
+mod cluster_cli;
 mod ctl;
 mod demo;
 mod probe_cli;
@@ -59,6 +60,9 @@ enum Command {
     },
     /// Talk to a running gateway's admin API (calls, usage, taps, drain, reload, log level).
     Ctl(ctl::CtlArgs),
+    /// Hot standby through a running gateway's admin API: `takeover` (keepalived's
+    /// notify_master hook) and `status`.
+    Cluster(cluster_cli::ClusterArgs),
     /// Place one SRTP call through a gateway (by default the running embedded default),
     /// send media both ways, hang up; prints setup time, packets each way, loss, suites.
     Call(probe_cli::CallArgs),
@@ -117,6 +121,7 @@ fn main() -> ExitCode {
             }
         }
         Some(Command::Ctl(args)) => ctl::run(args),
+        Some(Command::Cluster(args)) => cluster_cli::run(args),
         Some(Command::Audit {
             command: AuditCommand::Verify { file },
         }) => match sbc_admin::verify_audit(&file) {
@@ -228,6 +233,8 @@ fn run(
             recording: recording_media,
             // Recording start/stop/pause/resume/failure lines in the hash-chained log.
             audit: Some(audit.clone() as Arc<dyn sbc_core::audit::AuditSink>),
+            replica: None,
+            media_takeover: None,
         };
         let server = sbc_sip::server::start_with(cfg.clone(), hooks)
             .await
@@ -343,6 +350,7 @@ fn start_media(cfg: &Config) -> anyhow::Result<Option<MediaEngine>> {
     settings.relatch_after = m.relatch_after;
     settings.max_streams = m.max_streams;
     settings.batch_interval = m.batch_interval;
+    settings.freebind = m.freebind;
     if m.workers > 0 {
         settings.workers = m.workers;
     }

@@ -42,6 +42,8 @@ async fn admin_plane_sees_calls_usage_metrics_and_drains() {
             cluster: None,
             recording: None,
             audit: None,
+            replica: None,
+            media_takeover: None,
         },
     )
     .await

@@ -108,6 +108,8 @@ async fn gateway_full(
             cluster: None,
             recording: None,
             audit: None,
+            replica: None,
+            media_takeover: None,
         },
     )
     .await

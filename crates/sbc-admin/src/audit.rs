@@ -216,6 +216,27 @@ impl sbc_core::audit::AuditSink for AuditLog {
             status: ev.status,
         })
     }
+
+    fn cluster(&self, ev: &sbc_core::audit::ClusterAudit) -> io::Result<()> {
+        self.record(&AuditEntry {
+            time: SystemTime::now(),
+            token: None,
+            role: None,
+            token_tenant: None,
+            tenant: None,
+            call: None,
+            method: "CLUSTER".into(),
+            path: format!(
+                "cluster/{}?node={}&peer={}&calls={}&detail={}",
+                ev.event.as_str(),
+                ev.node,
+                ev.peer,
+                ev.calls,
+                ev.detail
+            ),
+            status: 0,
+        })
+    }
 }
 
 fn truncate(s: &str, max: usize) -> &str {

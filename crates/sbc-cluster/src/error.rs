@@ -23,6 +23,10 @@ pub enum ClusterError {
     /// Redis answered with an error.
     #[error("redis error: {0}")]
     Server(String),
+    /// The configuration cannot be used (a missing or malformed key file); raised at
+    /// start only, never counted as a Redis error.
+    #[error("{0}")]
+    Config(String),
 }
 
 impl ClusterError {
@@ -35,10 +39,12 @@ impl ClusterError {
             ClusterError::Timeout => "timeout",
             ClusterError::ReadOnly => "readonly",
             ClusterError::Server(_) => "server",
+            ClusterError::Config(_) => "config",
         }
     }
 
-    /// Every kind, for the metrics catalog.
+    /// Every kind a Redis round trip can fail with, for the metrics catalog (`config` is
+    /// a start-up error, never counted).
     pub const KINDS: &'static [&'static str] =
         &["connect", "io", "protocol", "timeout", "readonly", "server"];
 }

@@ -34,6 +34,7 @@ pub mod error;
 pub mod resp;
 pub mod script;
 pub mod share;
+pub mod standby;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -65,7 +66,7 @@ const MAX_BATCH: usize = 64;
 const RENEW_CHUNK: usize = 500;
 /// Deadline of a maintenance round trip (heartbeat, renewal, release, connect): longer
 /// than an admission's, since no caller waits on it.
-const MAINTENANCE_TIMEOUT: Duration = Duration::from_millis(500);
+pub(crate) const MAINTENANCE_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// A tenant's usage as the cluster sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -351,6 +352,15 @@ impl RedisCluster {
             .ok()?
     }
 
+    /// Take over the quota leases a claimed call held on its dead owner, already moved
+    /// to this node's members (`node:ticket` and `node:ticket:i` for its `streams`
+    /// streams) by the standby's claim script: renewed and released like this node's
+    /// own from now on.
+    pub fn adopt_lease(&self, tenant: &TenantId, ticket: Ticket, streams: u32) -> LeaseGuard {
+        self.shared
+            .lease(tenant, self.shared.member(ticket), streams)
+    }
+
     /// Calls of `tenant` this node holds a lease for.
     pub fn node_calls(&self, tenant: &TenantId) -> u32 {
         self.shared.lock_share().live(tenant)
@@ -417,10 +427,12 @@ impl ClusterAdmission for RedisCluster {
 }
 
 /// The live connection with its loaded scripts.
-struct Link {
-    conn: Connection,
-    /// SHA1 of each script in [`script::ALL`] order.
+pub(crate) struct Link {
+    pub(crate) conn: Connection,
+    /// SHA1 of each script in `texts` order.
     shas: Vec<String>,
+    /// The scripts loaded (EVAL's fallback when the server forgot one).
+    texts: &'static [&'static str],
 }
 
 const ADMIT: usize = 0;
@@ -428,7 +440,7 @@ const RENEW: usize = 1;
 const HEARTBEAT: usize = 2;
 const USAGE: usize = 3;
 
-async fn with_deadline<T>(
+pub(crate) async fn with_deadline<T>(
     d: Duration,
     f: impl std::future::Future<Output = Result<T, ClusterError>>,
 ) -> Result<T, ClusterError> {
@@ -481,8 +493,17 @@ async fn resolve(endpoint: &RedisEndpoint) -> Result<String, ClusterError> {
     }
 }
 
-/// Connect to the master, check it is one, load the scripts.
+/// Connect to the master, check it is one, load the admission scripts.
 async fn connect(settings: &ClusterSettings) -> Result<Link, ClusterError> {
+    connect_with(settings, &script::ALL).await
+}
+
+/// Connect to the master (resolved through the Sentinels if configured), check it is
+/// one, load `scripts` (run later by their index in it with [`run_scripts`]).
+pub(crate) async fn connect_with(
+    settings: &ClusterSettings,
+    scripts: &'static [&'static str],
+) -> Result<Link, ClusterError> {
     with_deadline(MAINTENANCE_TIMEOUT * 2, async {
         let addr = resolve(&settings.redis).await?;
         let mut conn = Connection::connect(&addr).await?;
@@ -496,7 +517,7 @@ async fn connect(settings: &ClusterSettings) -> Result<Link, ClusterError> {
             return Err(ClusterError::ReadOnly);
         }
         let mut shas = Vec::new();
-        for s in script::ALL {
+        for s in scripts {
             match conn.call(&[b"SCRIPT", b"LOAD", s.as_bytes()]).await? {
                 Value::Error(e) => return Err(ClusterError::Server(e)),
                 v => shas.push(
@@ -506,27 +527,36 @@ async fn connect(settings: &ClusterSettings) -> Result<Link, ClusterError> {
             }
         }
         info!(event = "cluster_connected", redis = %addr, "connected to the Redis master");
-        Ok(Link { conn, shas })
+        Ok(Link {
+            conn,
+            shas,
+            texts: scripts,
+        })
     })
     .await
 }
 
 /// Run script `which` for each argument set in one pipelined round trip (EVALSHA, then
 /// EVAL for any the server does not know). Error replies map to [`ClusterError`]s.
-async fn run_scripts(
+pub(crate) async fn run_scripts<K: AsRef<[u8]>, A: AsRef<[u8]>>(
     link: &mut Link,
     which: usize,
-    calls: &[(Vec<String>, Vec<String>)],
+    calls: &[(Vec<K>, Vec<A>)],
 ) -> Result<Vec<Value>, ClusterError> {
     let started = Instant::now();
-    let push =
-        |conn: &mut Connection, cmd: &[u8], body: &[u8], keys: &[String], args: &[String]| {
-            let n = keys.len().to_string();
-            let mut a: Vec<&[u8]> = vec![cmd, body, n.as_bytes()];
-            a.extend(keys.iter().map(|k| k.as_bytes()));
-            a.extend(args.iter().map(|k| k.as_bytes()));
-            conn.push(&a);
-        };
+    fn push<K: AsRef<[u8]>, A: AsRef<[u8]>>(
+        conn: &mut Connection,
+        cmd: &[u8],
+        body: &[u8],
+        keys: &[K],
+        args: &[A],
+    ) {
+        let n = keys.len().to_string();
+        let mut a: Vec<&[u8]> = vec![cmd, body, n.as_bytes()];
+        a.extend(keys.iter().map(|k| k.as_ref()));
+        a.extend(args.iter().map(|k| k.as_ref()));
+        conn.push(&a);
+    }
     for (keys, args) in calls {
         push(
             &mut link.conn,
@@ -550,7 +580,7 @@ async fn run_scripts(
             push(
                 &mut link.conn,
                 b"EVAL",
-                script::ALL[which].as_bytes(),
+                link.texts[which].as_bytes(),
                 keys,
                 args,
             );

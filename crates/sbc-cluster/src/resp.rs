@@ -20,8 +20,9 @@ use crate::error::ClusterError;
 const MAX_BULK: usize = 1 << 20;
 /// Most elements of one reply array (a usage listing returns at most a tenant's leases).
 const MAX_ARRAY: usize = 1 << 20;
-/// Deepest nesting of reply arrays (our replies nest at most twice).
-const MAX_DEPTH: usize = 4;
+/// Deepest nesting of reply arrays: XREAD's reply nests four deep (streams, entries,
+/// one entry, its fields); admission replies twice.
+const MAX_DEPTH: usize = 6;
 
 /// One reply.
 #[derive(Debug, Clone, PartialEq, Eq)]

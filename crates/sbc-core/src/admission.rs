@@ -205,7 +205,8 @@ impl Admitted {
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        // Only `admit_call` increments, once per `Admitted`; these are its decrements.
+        // Only `admit_call` and `admit_restored` increment, once per `Admitted`; these are
+        // its decrements.
         let mut s = self.slot.lock();
         if self.pending {
             s.pending = s.pending.saturating_sub(1);
@@ -352,6 +353,33 @@ impl Admission {
         result.map(|()| Admitted {
             slot: slot.clone(),
             pending: true,
+            lease: None,
+        })
+    }
+
+    /// Admit a call this node took over from a dead peer (hot standby, issue #16): it
+    /// holds a concurrent-call slot like any call (and a pending-INVITE one while
+    /// `pending`, an early dialog), but it is never refused for rate nor for the
+    /// concurrency limit: the call is already running, and refusing it would drop a live
+    /// call. It can push `active` above the limit; new calls are then refused until usage
+    /// falls back. Refused only for a tenant this config does not know
+    /// ([`RefusalCause::UnknownTenant`]). Not counted as admitted (it was, on its node).
+    pub fn admit_restored(&self, tenant: &TenantId, pending: bool) -> Result<Admitted, Refusal> {
+        let Some(slot) = self.slots.get(tenant) else {
+            return Err(Refusal {
+                cause: RefusalCause::UnknownTenant,
+                retry_after: QUOTA_RETRY_AFTER,
+            });
+        };
+        let mut s = slot.lock();
+        s.active += 1;
+        if pending {
+            s.pending += 1;
+        }
+        drop(s);
+        Ok(Admitted {
+            slot: slot.clone(),
+            pending,
             lease: None,
         })
     }

@@ -1,5 +1,5 @@
-//! Audit events of the protocol crates (today: a SIPREC recording's life) and the hand-off
-//! that takes them to the audit log.
+//! Audit events of the protocol crates (a SIPREC recording's life; a hot standby's
+//! takeover and fencing) and the hand-off that takes them to the audit log.
 //!
 //! Owns: [`RecordingAudit`] (one event: tenant, call, kind, SRS target, outcome), the
 //! [`AuditSink`] trait the admin plane's hash-chained log implements, and [`AuditQueue`],
@@ -58,16 +58,67 @@ pub struct RecordingAudit {
     pub status: u16,
 }
 
+/// What happened in the cluster (hot standby, issue #16).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterEvent {
+    /// This node claimed its peer's calls.
+    TakenOver,
+    /// Another node owns some of this node's calls: they were dropped here.
+    Fenced,
+}
+
+impl ClusterEvent {
+    /// The word in the audit line's path (`cluster/<word>`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClusterEvent::TakenOver => "taken_over",
+            ClusterEvent::Fenced => "fenced",
+        }
+    }
+}
+
+/// One cluster event for the audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterAudit {
+    pub event: ClusterEvent,
+    /// This node.
+    pub node: String,
+    /// The node it stands by for (empty when none).
+    pub peer: String,
+    /// Calls concerned.
+    pub calls: u32,
+    /// A short free-text outcome (counts, reason); never call state or keys.
+    pub detail: String,
+}
+
 /// Where audit events are written (sbc-admin's `AuditLog`).
 pub trait AuditSink: Send + Sync {
     /// Write one event; an error means it was not recorded.
     fn recording(&self, event: &RecordingAudit) -> std::io::Result<()>;
+    /// Write one cluster event. The default records nothing and says so (an error the
+    /// queue logs), so a sink that forgot it is visible.
+    fn cluster(&self, event: &ClusterAudit) -> std::io::Result<()> {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            format!(
+                "this audit sink does not record cluster events ({})",
+                event.event.as_str()
+            ),
+        ))
+    }
+}
+
+/// One queued event.
+#[derive(Debug)]
+enum Queued {
+    Recording(RecordingAudit),
+    Cluster(ClusterAudit),
 }
 
 /// A bounded queue to an [`AuditSink`], drained by its own thread.
 #[derive(Debug, Clone)]
 pub struct AuditQueue {
-    tx: SyncSender<RecordingAudit>,
+    tx: SyncSender<Queued>,
     dropped: Arc<AtomicU64>,
 }
 
@@ -79,13 +130,17 @@ impl AuditQueue {
 
     /// [`AuditQueue::start`] with another bound (tests).
     pub fn with_capacity(sink: Arc<dyn AuditSink>, cap: usize) -> std::io::Result<AuditQueue> {
-        let (tx, rx) = sync_channel::<RecordingAudit>(cap);
+        let (tx, rx) = sync_channel::<Queued>(cap);
         std::thread::Builder::new()
             .name("sbc-audit".into())
             .spawn(move || {
                 for ev in rx {
-                    if let Err(e) = sink.recording(&ev) {
-                        tracing::error!(error = %e, event = ev.event.as_str(), "audit write failed");
+                    let (written, what) = match &ev {
+                        Queued::Recording(r) => (sink.recording(r), r.event.as_str()),
+                        Queued::Cluster(c) => (sink.cluster(c), c.event.as_str()),
+                    };
+                    if let Err(e) = written {
+                        tracing::error!(error = %e, event = what, "audit write failed");
                     }
                 }
             })?;
@@ -98,6 +153,15 @@ impl AuditQueue {
     /// Queue an event without waiting; false (and counted) when the queue is full or the
     /// writer is gone.
     pub fn send(&self, event: RecordingAudit) -> bool {
+        self.queue(Queued::Recording(event))
+    }
+
+    /// Queue a cluster event without waiting; false (and counted) as [`AuditQueue::send`].
+    pub fn send_cluster(&self, event: ClusterAudit) -> bool {
+        self.queue(Queued::Cluster(event))
+    }
+
+    fn queue(&self, event: Queued) -> bool {
         match self.tx.try_send(event) {
             Ok(()) => true,
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {

@@ -373,6 +373,21 @@ pub const CLUSTER_ERRORS: &[&str] = &[
 /// `sbc_cluster_decisions_total{mode}`: sbc-core's `DecisionMode` names.
 pub const CLUSTER_MODES: &[&str] = &["exact", "local_share"];
 
+/// `sbc_sip_takeover_calls_total{result}`: `installed` and sbc-core's
+/// `standby::InstallRefusal` labels.
+pub const TAKEOVER_RESULTS: &[&str] = &[
+    "installed",
+    "bad_record",
+    "no_listener",
+    "media_ports",
+    "media",
+    "unknown_tenant",
+];
+
+/// `sbc_sip_restored_caller_total{event}`: what became of a restored call's caller leg
+/// (sbc-sip's `takeover_flow.rs`).
+pub const RESTORED_CALLER_EVENTS: &[&str] = &["adopted", "timed_out", "dropped"];
+
 /// Relay latency (receive to send of one packet): tens of µs on an idle worker; the
 /// batch interval (default 0) and a busy worker add to it; past 20 ms (one audio frame)
 /// the relay adds jitter a receiver notices.
@@ -483,6 +498,27 @@ pub const CATALOG: &[MetricDef] = &[
         "sbc_cluster_live_nodes",
         "Gateway nodes with a live heartbeat in Redis, this one included.",
         &[],
+    ),
+    // Hot standby, SIP side (sbc-sip's b2bua/replica.rs and takeover_flow.rs).
+    counter(
+        "sbc_sip_replica_updates_total",
+        "Dialog parts handed to the replica sink: put (a call's dialog changed) or remove (it ended).",
+        &[closed("kind", &["put", "remove"])],
+    ),
+    counter(
+        "sbc_sip_takeover_calls_total",
+        "Calls claimed from a dead peer: installed here, or refused by reason.",
+        &[closed("result", TAKEOVER_RESULTS)],
+    ),
+    counter(
+        "sbc_sip_fenced_calls_total",
+        "Calls dropped without any SIP message because another node owns them now.",
+        &[],
+    ),
+    counter(
+        "sbc_sip_restored_caller_total",
+        "Caller legs of restored calls: adopted by a connection, timed out waiting (call ended), or a held message dropped (queue full).",
+        &[closed("event", RESTORED_CALLER_EVENTS)],
     ),
     // Flood guard and TLS.
     counter(

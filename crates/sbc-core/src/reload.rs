@@ -167,6 +167,7 @@ pub fn diff(old: &Config, new: &Config) -> Vec<Change> {
             "media.batch_interval_us",
             a.batch_interval != b.batch_interval,
         ),
+        ("media.freebind", a.freebind != b.freebind),
     ] {
         if changed {
             out.push(Change::restart(key, WHY_MEDIA));
@@ -205,7 +206,7 @@ fn listeners(old: &[Listener], new: &[Listener], out: &mut Vec<Change>) {
     }
     for (a, b) in old.iter().zip(new) {
         let key = |k: &str| format!("listeners.{}.{k}", a.name);
-        if a.address != b.address || a.transport != b.transport {
+        if a.address != b.address || a.transport != b.transport || a.freebind != b.freebind {
             out.push(Change::restart(key("address"), WHY_LISTENER_ADDR));
         }
         if a.advertised_host != b.advertised_host {

@@ -31,7 +31,7 @@ use std::sync::Arc;
 
 use zeroize::Zeroize;
 
-use crate::cluster::LeaseGuard;
+use crate::cluster::{LeaseGuard, Ticket};
 use crate::media::{CallRef, MediaError};
 use crate::tenant::TenantId;
 
@@ -135,6 +135,13 @@ pub trait ReplicaSink: Send + Sync + fmt::Debug {
     fn put(&self, update: ReplicaUpdate);
     /// The call ended here: its hash and leases go.
     fn remove(&self, call: CallRef);
+    /// The call holds cluster quota leases under `ticket` (its
+    /// [`crate::cluster::ClusterRequest::ticket`]): stored with the call so a standby
+    /// that claims it moves those leases to itself. Without it a claimed call's leases
+    /// expire on the dead node and the call is not counted cluster-wide.
+    fn lease(&self, call: CallRef, ticket: Ticket) {
+        let _ = (call, ticket);
+    }
 }
 
 /// A call this node claimed from its dead peer, as the store held it (the secret already
@@ -297,6 +304,21 @@ mod tests {
             assert_eq!(ReplicaPart::from_field(p.field()), Some(p));
         }
         assert_eq!(ReplicaPart::from_field("owner"), None);
+    }
+
+    #[test]
+    fn install_refusal_labels_are_the_catalogued_takeover_results() {
+        use InstallRefusal::*;
+        let all = [BadRecord, NoListener, MediaPorts, Media, UnknownTenant];
+        // A new variant fails to compile here until it is listed above.
+        for r in all {
+            match r {
+                BadRecord | NoListener | MediaPorts | Media | UnknownTenant => {}
+            }
+        }
+        let mut want: Vec<&str> = vec!["installed"];
+        want.extend(all.iter().map(|r| r.as_str()));
+        assert_eq!(crate::metrics_catalog::TAKEOVER_RESULTS, want.as_slice());
     }
 
     #[test]

@@ -98,6 +98,8 @@ pub struct MediaSettings {
     pub workers: usize,
     /// Pause of a busy worker between looks at its sockets (see [`crate::relay`]).
     pub batch_interval: Duration,
+    /// Bind with `IP_FREEBIND`: `bind_address` may be a virtual IP not held yet.
+    pub freebind: bool,
 }
 
 impl MediaSettings {
@@ -118,6 +120,7 @@ impl MediaSettings {
             max_streams: DEFAULT_MAX_STREAMS,
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
             batch_interval: DEFAULT_BATCH_INTERVAL,
+            freebind: false,
         }
     }
 }
@@ -356,7 +359,7 @@ impl MediaEngine {
         }
         let pool: SharedPortPool = Arc::new(Mutex::new(pool));
         // Fail at start, not on the first call, when the bind address is not ours.
-        if let Err(e) = ports::bind_pair(&pool, settings.bind_address) {
+        if let Err(e) = ports::bind_pair_on(&pool, settings.bind_address, settings.freebind) {
             tracing::error!(error = %e, address = %settings.bind_address, "media sockets do not bind");
             return Err(MediaStartError::Invalid(
                 "cannot bind media sockets on bind_address in the port range",
@@ -927,11 +930,12 @@ impl MediaControl for MediaEngine {
             if p.is_none() || ctl.streams[i].is_some() {
                 continue;
             }
-            let pair = ports::bind_pair(&self.inner.pool, self.inner.settings.bind_address)
-                .and_then(|a| {
-                    ports::bind_pair(&self.inner.pool, self.inner.settings.bind_address)
-                        .map(|b| [a, b])
-                });
+            let (ip, freebind) = (
+                self.inner.settings.bind_address,
+                self.inner.settings.freebind,
+            );
+            let pair = ports::bind_pair_on(&self.inner.pool, ip, freebind)
+                .and_then(|a| ports::bind_pair_on(&self.inner.pool, ip, freebind).map(|b| [a, b]));
             match pair {
                 Ok(pair) => {
                     ctl.streams[i] = Some(StreamCtl {

@@ -3,7 +3,8 @@
 //! so an answer that refuses mux needs no second allocation.
 //!
 //! Owns: which pairs are free ([`PortPool`], sans-IO) and the binding of a pair to two UDP
-//! sockets ([`bind_pair`]) with a lease that gives the pair back when dropped. Freed
+//! sockets ([`bind_pair`], with `IP_FREEBIND` on request: [`bind_udp`]) with a lease that
+//! gives the pair back when dropped. Freed
 //! pairs go to the back of the queue so a port is not reused at once, which keeps late
 //! packets of an ended call away from a new one. Must not: run on the packet path
 //! (allocation takes a lock shared by the control side and the workers).
@@ -198,20 +199,59 @@ pub enum BindError {
     Unbindable,
 }
 
+/// One non-blocking UDP socket bound on `addr`; with `freebind`, with `IP_FREEBIND` /
+/// `IPV6_FREEBIND` (Linux) so `addr` need not be on this host yet: a cluster node's media
+/// on the virtual IP before keepalived gives it the address (issue #16). Packets to it
+/// arrive once the address is here.
+pub fn bind_udp(addr: SocketAddr, freebind: bool) -> std::io::Result<UdpSocket> {
+    if !freebind {
+        let s = UdpSocket::bind(addr)?;
+        s.set_nonblocking(true)?;
+        return Ok(s);
+    }
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    set_freebind(&s, addr)?;
+    s.bind(&addr.into())?;
+    s.set_nonblocking(true)?;
+    Ok(s.into())
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn set_freebind(s: &socket2::Socket, addr: SocketAddr) -> std::io::Result<()> {
+    match addr {
+        SocketAddr::V4(_) => s.set_freebind_v4(true),
+        SocketAddr::V6(_) => s.set_freebind_v6(true),
+    }
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn set_freebind(_: &socket2::Socket, _: SocketAddr) -> std::io::Result<()> {
+    Err(std::io::Error::new(
+        std::io::ErrorKind::Unsupported,
+        "IP_FREEBIND exists on Linux only",
+    ))
+}
+
 /// Takes a pair from the pool and binds RTP and RTCP sockets on `ip`. Pairs that do not
 /// bind (taken by another process) are given back and the next is tried.
 pub fn bind_pair(pool: &SharedPortPool, ip: IpAddr) -> Result<BoundPair, BindError> {
+    bind_pair_on(pool, ip, false)
+}
+
+/// [`bind_pair`], with `IP_FREEBIND` when `freebind` (see [`bind_udp`]).
+pub fn bind_pair_on(
+    pool: &SharedPortPool,
+    ip: IpAddr,
+    freebind: bool,
+) -> Result<BoundPair, BindError> {
     for _ in 0..BIND_ATTEMPTS {
         let port = lock(pool).allocate().ok_or(BindError::Exhausted)?;
         let lease = PortLease {
             pool: Arc::clone(pool),
             port,
         };
-        let bind = |p: u16| -> std::io::Result<UdpSocket> {
-            let s = UdpSocket::bind(SocketAddr::new(ip, p))?;
-            s.set_nonblocking(true)?;
-            Ok(s)
-        };
+        let bind = |p: u16| bind_udp(SocketAddr::new(ip, p), freebind);
         match (bind(port), bind(port.wrapping_add(1))) {
             (Ok(rtp), Ok(rtcp)) => return Ok(BoundPair { rtp, rtcp, lease }),
             (rtp, rtcp) => {
@@ -309,6 +349,27 @@ mod tests {
         assert_eq!(lock(&pool).pairs_in_use(), 1);
         drop(pair);
         assert_eq!(lock(&pool).pairs_in_use(), 0);
+    }
+
+    #[test]
+    fn freebind_binds_an_address_this_host_does_not_hold() {
+        let pool: SharedPortPool = Arc::new(Mutex::new(PortPool::new(41220, 41223).unwrap()));
+        // TEST-NET-3 (RFC 5737): never configured on a test host.
+        let absent: IpAddr = "203.0.113.77".parse().unwrap();
+        // A host with net.ipv4.ip_nonlocal_bind = 1 binds any address: nothing to compare.
+        let nonlocal = std::fs::read_to_string("/proc/sys/net/ipv4/ip_nonlocal_bind")
+            .is_ok_and(|v| v.trim() == "1");
+        if !nonlocal {
+            assert!(
+                bind_pair_on(&pool, absent, false).is_err(),
+                "a plain bind of an absent address fails"
+            );
+        }
+        let pair = bind_pair_on(&pool, absent, true).unwrap();
+        assert_eq!(pair.rtp.local_addr().unwrap().ip(), absent);
+        assert_eq!(pair.rtcp.local_addr().unwrap().port(), pair.port() + 1);
+        let one = bind_udp(SocketAddr::new(absent, 41230), true).unwrap();
+        assert_eq!(one.local_addr().unwrap().port(), 41230);
     }
 
     #[test]

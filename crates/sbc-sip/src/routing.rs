@@ -150,6 +150,21 @@ impl RouteTable {
             .map(|t| t.transport)
     }
 
+    /// The target of one of `tenant`'s routes reached at `host_port` over `transport`
+    /// (a call restored on a standby finds its target by address, not by index).
+    pub fn target_by_addr(
+        &self,
+        tenant: &TenantId,
+        host_port: &str,
+        transport: Transport,
+    ) -> Option<&RouteTarget> {
+        self.tenants
+            .get(tenant)?
+            .iter()
+            .flat_map(|r| &r.targets)
+            .find(|t| t.host_port == host_port && t.transport == transport)
+    }
+
     /// The route for a call of `tenant` to `user` (the Request-URI user part, if any).
     pub fn lookup(&self, tenant: &TenantId, user: Option<&str>) -> Option<&RouteEntry> {
         let user = user.unwrap_or("");

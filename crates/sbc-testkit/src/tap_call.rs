@@ -124,6 +124,8 @@ impl Rig {
                 cluster: None,
                 recording: Some(Arc::new(engine.clone())),
                 audit: Some(audit.clone()),
+                replica: None,
+                media_takeover: None,
             },
         )
         .await

@@ -63,6 +63,10 @@ pub struct Listener {
     pub client_ca_pem: Option<Vec<u8>>,
     /// Refuse handshakes without a valid client certificate.
     pub require_client_cert: bool,
+    /// Bind with `IP_FREEBIND` (Linux): the address need not be on this host yet. A hot
+    /// standby listens on the virtual IP its peer holds, and serves it as soon as
+    /// keepalived moves the address here (issue #16).
+    pub freebind: bool,
 }
 
 impl Listener {
@@ -92,6 +96,8 @@ pub(super) struct RawListener {
     pub(super) client_ca: Option<PathBuf>,
     #[serde(default)]
     pub(super) require_client_cert: bool,
+    #[serde(default)]
+    pub(super) freebind: bool,
 }
 
 fn validate_listener(l: &RawListener, key: &str, base: &Path) -> Result<Listener, ConfigError> {
@@ -114,6 +120,9 @@ fn validate_listener(l: &RawListener, key: &str, base: &Path) -> Result<Listener
             ));
         }
     }
+    if l.freebind {
+        freebind_allowed(&format!("{key}.freebind"), address.ip())?;
+    }
     let Some((cert_file, key_file)) = transport::listener_tls_paths(l, key)? else {
         return Ok(Listener {
             name: l.name.clone(),
@@ -127,6 +136,7 @@ fn validate_listener(l: &RawListener, key: &str, base: &Path) -> Result<Listener
             client_ca_path: None,
             client_ca_pem: None,
             require_client_cert: false,
+            freebind: l.freebind,
         });
     };
     let (cert_path, certificate_pem) = read_file(&format!("{key}.certificate"), base, cert_file)?;
@@ -165,7 +175,23 @@ fn validate_listener(l: &RawListener, key: &str, base: &Path) -> Result<Listener
         client_ca_path,
         client_ca_pem,
         require_client_cert: l.require_client_cert,
+        freebind: l.freebind,
     })
+}
+
+/// `freebind = true` (a listener's, or `media.freebind`) is for one specific address that
+/// may not be on this host yet, and only Linux has `IP_FREEBIND`.
+pub(super) fn freebind_allowed(key: &str, ip: std::net::IpAddr) -> Result<(), ConfigError> {
+    if !cfg!(any(target_os = "linux", target_os = "android")) {
+        return Err(invalid(key, "IP_FREEBIND exists on Linux only"));
+    }
+    if ip.is_unspecified() {
+        return Err(invalid(
+            key,
+            "needs a specific address (the virtual IP), not a wildcard (0.0.0.0 or ::)",
+        ));
+    }
+    Ok(())
 }
 
 /// Every `[[listeners]]`: each valid, names unique, and no two that cannot both bind.
@@ -233,6 +259,30 @@ mod tests {
             second("127.0.0.1:0").trim_start_matches(LISTENER)
         );
         Config::from_toml_str(&text, &f.dir).expect("two port-0 listeners");
+    }
+
+    #[test]
+    fn freebind_is_for_one_address() {
+        let f = files();
+        let with = |addr: &str| {
+            format!(
+                "{}freebind = true\n{TENANT}",
+                LISTENER.replace("127.0.0.1:5061", addr)
+            )
+        };
+        let cfg = Config::from_toml_str(&with("10.77.0.100:5061"), &f.dir).expect("VIP");
+        assert!(cfg.listeners[0].freebind);
+        let cfg = Config::from_toml_str(&format!("{LISTENER}{TENANT}"), &f.dir).expect("plain");
+        assert!(!cfg.listeners[0].freebind);
+        for wildcard in ["0.0.0.0:5061", "[::]:5061"] {
+            let e = err(&f, &with(wildcard));
+            assert!(
+                e.contains("listeners[0].freebind") && e.contains("wildcard"),
+                "{e}"
+            );
+        }
+        let e = err(&f, &format!("{LISTENER}freebind = \"yes\"\n{TENANT}"));
+        assert!(e.contains("freebind"), "{e}");
     }
 
     #[test]

@@ -38,6 +38,10 @@ pub struct MediaSettings {
     /// Pause of a busy relay worker between looks at its sockets, so one wake-up serves
     /// many packets (0: no pause, the default). Adds up to this much latency.
     pub batch_interval: Duration,
+    /// Bind the relay's sockets with `IP_FREEBIND` (Linux), so `address` may be a virtual
+    /// IP this node does not hold yet (a cluster node whose keepalived has not given it
+    /// the VIP at start, issue #16).
+    pub freebind: bool,
 }
 
 impl Default for MediaSettings {
@@ -54,6 +58,7 @@ impl Default for MediaSettings {
             max_streams: 8,
             workers: 0,
             batch_interval: Duration::ZERO,
+            freebind: false,
         }
     }
 }
@@ -71,6 +76,7 @@ pub(super) struct RawMedia {
     max_streams: usize,
     workers: usize,
     batch_interval_us: u64,
+    freebind: bool,
 }
 
 impl Default for RawMedia {
@@ -87,6 +93,7 @@ impl Default for RawMedia {
             max_streams: d.max_streams,
             workers: d.workers,
             batch_interval_us: d.batch_interval.as_micros() as u64,
+            freebind: d.freebind,
         }
     }
 }
@@ -161,7 +168,11 @@ pub(super) fn validate_media(m: &RawMedia) -> Result<MediaSettings, ConfigError>
             "must be at most 5000 (it adds up to that much latency; 0: no pacing)",
         ));
     }
+    if m.freebind {
+        super::listeners::freebind_allowed("media.freebind", address)?;
+    }
     Ok(MediaSettings {
+        freebind: m.freebind,
         batch_interval: Duration::from_micros(m.batch_interval_us),
         enabled: m.enabled,
         address,
@@ -275,6 +286,28 @@ mod tests {
     use crate::config::test_support::{files, LISTENER, TENANT};
     use crate::config::Config;
     use crate::tap::{TapLegs, TapSpec, TapTransport};
+
+    #[test]
+    fn media_freebind_needs_a_specific_address() {
+        let f = files();
+        let text = |media: &str| format!("{LISTENER}{TENANT}[media]\n{media}");
+        let cfg = Config::from_toml_str(
+            &text("address = \"10.77.0.100\"\nfreebind = true\n"),
+            &f.dir,
+        )
+        .expect("valid");
+        assert!(cfg.media.freebind);
+        let cfg = Config::from_toml_str(&text(""), &f.dir).expect("valid");
+        assert!(!cfg.media.freebind);
+        let e = crate::config::test_support::err(
+            &f,
+            &text("address = \"0.0.0.0\"\nadvertised_address = \"192.0.2.1\"\nfreebind = true\n"),
+        );
+        assert!(
+            e.contains("media.freebind") && e.contains("wildcard"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn record_to_makes_an_rtp_tap_spec() {

@@ -195,6 +195,7 @@ impl Config {
             client_ca_path: None,
             client_ca_pem: None,
             require_client_cert: false,
+            freebind: false,
         }];
         Ok(cfg)
     }

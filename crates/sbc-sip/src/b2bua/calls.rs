@@ -8,7 +8,7 @@
 //! Must not: decide what crosses between legs (`topology.rs`) or drive transactions
 //! (`pairs.rs`).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use sbc_core::admission::Admitted;
@@ -191,6 +191,17 @@ impl Call {
 pub(crate) struct Calls {
     calls: HashMap<CallRef, Call>,
     by_tag: HashMap<String, (CallRef, LegSide)>,
+    /// With replication on (hot standby): the calls touched since the last
+    /// [`Calls::take_changes`] (every mutation goes through `get_mut`, `insert` or
+    /// `replace_leg`, so none is missed) and the calls removed.
+    changes: Option<Changes>,
+}
+
+/// Calls touched and removed since the replica last looked (`replica.rs`).
+#[derive(Debug, Default)]
+pub(crate) struct Changes {
+    pub touched: HashSet<CallRef>,
+    pub removed: Vec<CallRef>,
 }
 
 impl Calls {
@@ -205,8 +216,28 @@ impl Calls {
         }
     }
 
+    /// Track changes from now on (replication is on).
+    pub fn track_changes(&mut self) {
+        self.changes.get_or_insert_with(Changes::default);
+    }
+
+    /// The calls touched and removed since the last call (empty when not tracking).
+    pub fn take_changes(&mut self) -> Changes {
+        self.changes
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    fn touch(&mut self, id: CallRef) {
+        if let Some(c) = &mut self.changes {
+            c.touched.insert(id);
+        }
+    }
+
     /// Hold `call` as `id` (from [`Calls::next_ref`]).
     pub fn insert(&mut self, id: CallRef, call: Call) {
+        self.touch(id);
         self.by_tag
             .insert(call.caller.local_tag.clone(), (id, LegSide::Caller));
         self.by_tag
@@ -217,6 +248,9 @@ impl Calls {
     /// Forget a call (and its tags).
     pub fn remove(&mut self, id: CallRef) -> Option<Call> {
         let call = self.calls.remove(&id)?;
+        if let Some(c) = &mut self.changes {
+            c.removed.push(id);
+        }
         self.by_tag.remove(&call.caller.local_tag);
         self.by_tag.remove(&call.callee.local_tag);
         Some(call)
@@ -225,6 +259,7 @@ impl Calls {
     /// Put `leg` in place of `side`'s leg of call `id` (a new try gets a fresh callee
     /// dialog), re-indexing its tag; returns the old leg.
     pub fn replace_leg(&mut self, id: CallRef, side: LegSide, leg: Leg) -> Option<Leg> {
+        self.touch(id);
         let call = self.calls.get_mut(&id)?;
         let new_tag = leg.local_tag.clone();
         let old = std::mem::replace(call.leg_mut(side), leg);
@@ -238,6 +273,7 @@ impl Calls {
     }
 
     pub fn get_mut(&mut self, id: CallRef) -> Option<&mut Call> {
+        self.touch(id);
         self.calls.get_mut(&id)
     }
 
@@ -251,6 +287,11 @@ impl Calls {
 
     pub fn len(&self) -> usize {
         self.calls.len()
+    }
+
+    /// True if `id` is held.
+    pub fn contains(&self, id: CallRef) -> bool {
+        self.calls.contains_key(&id)
     }
 
     /// Every call held.

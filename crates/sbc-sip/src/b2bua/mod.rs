@@ -16,6 +16,8 @@
 //! | `response_flow.rs` | what a response does (relay upstream, learn the dialog, end calls) |
 //! | `failover.rs` | a call's next try when its target fails during setup; retired tries; trunk pings |
 //! | `cluster_flow.rs` | INVITEs parked while the cluster decides their admission |
+//! | `replica.rs` | hot standby: the replicated dialog part of each call and when it is put |
+//! | `takeover_flow.rs` | hot standby: calls installed from a dead peer's parts, caller legs waiting for adoption, fencing |
 //!
 //! Must not: touch sockets, TLS or the clock. Drivers feed [`Input`]s with `now` and carry
 //! out the [`Output`]s from [`B2bua::poll_output`]; time ([`Instant`] and a
@@ -34,9 +36,11 @@ pub mod pairs;
 pub mod recording;
 mod recording_flow;
 mod reliable;
+mod replica;
 mod request_flow;
 mod response_flow;
 pub mod responses;
+mod takeover_flow;
 pub mod topology;
 
 use std::collections::{HashMap, VecDeque};
@@ -52,7 +56,7 @@ use sbc_core::media::{CallRef, LegSide, MediaControl, MediaEvent, MediaPolicy};
 use sbc_core::redact::Redaction;
 use sbc_core::registry::{CallRegistry, DrainState};
 use sbc_core::tenant::TenantId;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::health::TrunkHealth;
 use crate::message::{Method, SipMessage};
@@ -64,6 +68,7 @@ use pairs::{PairId, Pairs, Timer, Timers, BRANCH_COOKIE};
 
 pub use reliable::MAX_UNACKED_RELIABLE;
 pub use responses::{malformed_response, service_unavailable, ALLOW};
+pub use takeover_flow::{CALLER_WAIT, CSEQ_RESTORE_MARGIN};
 
 /// Identifies one transport connection (numbered by the driver).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -312,6 +317,10 @@ pub struct B2bua {
     recordings: recording::Recordings,
     /// The hash-chained audit log's queue (recording events); `None`: log lines only.
     audit: Option<Arc<sbc_core::audit::AuditQueue>>,
+    /// Hot standby: where dialog parts go (`replica.rs`); `None`: not replicated.
+    replica: Option<replica::Replica>,
+    /// Hot standby: restored calls' caller legs waiting for a connection.
+    restored: takeover_flow::Restored,
 }
 
 impl B2bua {
@@ -344,6 +353,8 @@ impl B2bua {
             parked: cluster_flow::Parked::default(),
             recordings: recording::Recordings::default(),
             audit: None,
+            replica: None,
+            restored: takeover_flow::Restored::default(),
         }
     }
 
@@ -498,10 +509,15 @@ impl B2bua {
         let timers = self
             .timers
             .next(|t| deadline_of(pairs, calls, t).or_else(|| recording_deadline(recordings, t)));
-        [timers, self.logs.poll_timeout(), self.health.poll_timeout()]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            timers,
+            self.logs.poll_timeout(),
+            self.health.poll_timeout(),
+            self.restored.deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Feed one input.
@@ -513,6 +529,13 @@ impl B2bua {
                     ConnKind::Inbound { listener, .. } => self.listener_transport(*listener),
                     ConnKind::Outbound { target } => self.target_transport(*target),
                 };
+                if let ConnKind::Inbound {
+                    tenant: Some(t),
+                    listener,
+                } = &kind
+                {
+                    self.adopt_caller_legs(conn, &t.clone(), *listener);
+                }
                 self.conns.insert(
                     conn,
                     ConnState {
@@ -549,6 +572,7 @@ impl B2bua {
                 }
             }
         }
+        self.replicate();
     }
 
     /// Fire expired timers.
@@ -562,7 +586,9 @@ impl B2bua {
                 Timer::Recording(call) => self.recording_timeout(now, call),
             }
         }
+        self.restored_timeout(now);
         self.ping_targets(now);
+        self.replicate();
         for s in self.logs.flush(now) {
             warn!(
                 event = s.event.as_str(),
@@ -720,7 +746,7 @@ impl B2bua {
                 self.outputs.push_back(Output::SendToTarget { target, msg })
             }
             Dest::Conn(Some(conn)) => self.outputs.push_back(Output::Send { conn, msg }),
-            Dest::Conn(None) => debug!("no connection for leg; message dropped"),
+            Dest::Conn(None) => self.hold_for_caller(msg),
         }
     }
 
@@ -780,6 +806,7 @@ impl B2bua {
         }
         // The recording's streams go before the call's media.
         self.recording_call_ended(self.clock, call);
+        self.restored.forget(call);
         let Some(c) = self.calls.remove(call) else {
             return;
         };

@@ -278,6 +278,51 @@ impl Pairs {
         true
     }
 
+    /// Forget every pair of `call` at once, whatever their state (a fenced call: nothing
+    /// of it may send again).
+    pub fn remove_call(&mut self, call: CallRef) {
+        for id in self.select(|p| p.call == call) {
+            if let Some(p) = self.pairs.remove(&id) {
+                self.by_client_branch.remove(&p.client_branch);
+                if self.by_server_key.get(&p.server_key) == Some(&id) {
+                    self.by_server_key.remove(&p.server_key);
+                }
+            }
+        }
+    }
+
+    /// The server transaction of pair `id` runs over `conn` from now on (a restored
+    /// call's caller leg adopted by a new connection): its key and responses follow.
+    pub fn rekey_server(&mut self, id: PairId, conn: ConnId) {
+        let Some(p) = self.pairs.get_mut(&id) else {
+            return;
+        };
+        let new_key = match &p.server_key {
+            ServerKey::Branch(_, b) => ServerKey::Branch(conn, b.clone()),
+            ServerKey::Rfc2543 {
+                request_uri,
+                from_tag,
+                call_id,
+                cseq,
+                top_via,
+                ..
+            } => ServerKey::Rfc2543 {
+                conn,
+                request_uri: request_uri.clone(),
+                from_tag: from_tag.clone(),
+                call_id: call_id.clone(),
+                cseq: *cseq,
+                top_via: top_via.clone(),
+            },
+        };
+        let old = std::mem::replace(&mut p.server_key, new_key.clone());
+        p.server_conn = conn;
+        if self.by_server_key.get(&old) == Some(&id) {
+            self.by_server_key.remove(&old);
+        }
+        self.by_server_key.insert(new_key, id);
+    }
+
     /// Pairs matching `pred` (ids only, so the caller can then mutate).
     pub fn select(&self, pred: impl Fn(&Pair) -> bool) -> Vec<PairId> {
         self.pairs

@@ -592,6 +592,8 @@ impl B2bua {
             if let Some(c) = self.calls.get_mut(call) {
                 c.caller.conn = Some(conn);
             }
+            // A restored call's caller leg: adopted by this connection.
+            self.caller_adopted(call, conn);
         }
         match method {
             Method::Ack => self.relay_ack(now, call, side, &msg),

@@ -212,6 +212,13 @@ pub(super) async fn core_loop(
                     "limits, flood guard, overload settings, media and header/body policies reloaded"
                 );
             }
+            Some(Event::Install { calls, reply }) => {
+                let report = core.install(now, calls);
+                let _ = reply.send(report);
+            }
+            Some(Event::Fence(calls)) => {
+                core.fence(&calls);
+            }
             Some(Event::Core(input)) => {
                 if let Input::Closed { conn } = &input {
                     writers.remove(conn);

@@ -69,6 +69,7 @@ mod logs;
 mod connection;
 mod core_loop;
 mod recording;
+mod standby;
 mod tls_listeners;
 mod udp;
 
@@ -102,6 +103,13 @@ enum Event {
         config: Arc<Config>,
         routes: Vec<PreparedRoute>,
     },
+    /// Calls claimed from a dead peer, to install (hot standby).
+    Install {
+        calls: Vec<sbc_core::standby::TakenCall>,
+        reply: tokio::sync::oneshot::Sender<sbc_core::standby::InstallReport>,
+    },
+    /// Calls another node owns now, to drop silently.
+    Fence(Vec<sbc_core::media::CallRef>),
 }
 
 /// The core's handle on a connection: its write queue and a way to close it.
@@ -220,6 +228,15 @@ impl ServerHandle {
         })
     }
 
+    /// The hot standby's [`sbc_core::standby::CallInstaller`] over the running core:
+    /// claimed calls are installed (and fenced ones dropped) by the core task between two
+    /// inputs.
+    pub fn installer(&self) -> sbc_core::standby::SharedInstaller {
+        Arc::new(standby::Installer {
+            events: self.events.clone(),
+        })
+    }
+
     /// A shareable function giving [`ServerHandle::usage`].
     pub fn usage_source(&self) -> sbc_core::admission::UsageSource {
         let admission = self.admission.clone();
@@ -289,6 +306,12 @@ pub struct Hooks {
     /// The audit log recording events go to (through a bounded queue drained by its own
     /// thread, never written on the core loop); `None`: log lines only.
     pub audit: Option<Arc<dyn sbc_core::audit::AuditSink>>,
+    /// Hot standby: each call's dialog part goes here at every change; `None`: not
+    /// replicated.
+    pub replica: Option<sbc_core::standby::SharedReplicaSink>,
+    /// Hot standby: restores a taken-over call's media before its dialogs are installed;
+    /// `None`: a claimed call with media is refused.
+    pub media_takeover: Option<sbc_core::standby::SharedMediaTakeover>,
 }
 
 impl std::fmt::Debug for Hooks {
@@ -300,6 +323,8 @@ impl std::fmt::Debug for Hooks {
             .field("cluster", &self.cluster.is_some())
             .field("recording", &self.recording.is_some())
             .field("audit", &self.audit.is_some())
+            .field("replica", &self.replica.is_some())
+            .field("media_takeover", &self.media_takeover.is_some())
             .finish()
     }
 }
@@ -354,18 +379,14 @@ pub async fn start_with(config: Arc<Config>, hooks: Hooks) -> Result<ServerHandl
             source,
         };
         let local = if listener.transport == Transport::Udp {
-            let socket = tokio::net::UdpSocket::bind(listener.address)
-                .await
-                .map_err(bind_err)?;
+            let socket = tls_listeners::bind_udp(listener).await.map_err(bind_err)?;
             let local = socket.local_addr().map_err(bind_err)?;
             let ep = UdpEndpoint::new(index, socket, acceptance);
             tasks.push(tokio::spawn(ep.clone().run(shutdown_rx.clone())));
             udp.push(ep);
             local
         } else {
-            let socket = TcpListener::bind(listener.address)
-                .await
-                .map_err(bind_err)?;
+            let socket = tls_listeners::bind_tcp(listener).await.map_err(bind_err)?;
             let local = socket.local_addr().map_err(bind_err)?;
             tasks.push(tokio::spawn(accept_loop(
                 socket,
@@ -434,6 +455,7 @@ pub async fn start_with(config: Arc<Config>, hooks: Hooks) -> Result<ServerHandl
             .map_err(|e| SipError::Config(format!("audit writer thread: {e}")))?;
         core.set_audit(Arc::new(queue));
     }
+    core.set_standby(hooks.replica, hooks.media_takeover);
     let trunks = Arc::new(sbc_core::trunks::TrunkBoard::new());
     core.set_trunk_board(trunks.clone());
     core.set_sip_policies(sip_policies(&config));

@@ -13,8 +13,13 @@
 //! client CA gets fresh ticket keys, so a session authenticated under the old CA cannot
 //! resume.
 //!
-//! Owns: the acceptors, the material they were built from, and the poll. Must not: touch
-//! an established connection, or log or count anything from a key but its file's name.
+//! Also the binding of each listener's socket ([`bind_tcp`], [`bind_udp`]): with
+//! `freebind = true`, `IP_FREEBIND`, so a hot standby listens on its peer's virtual IP
+//! before keepalived moves the address to it (issue #16).
+//!
+//! Owns: the acceptors, the material they were built from, the poll, and the listener
+//! binds. Must not: touch an established connection, or log or count anything from a key
+//! but its file's name.
 
 use std::time::SystemTime;
 
@@ -35,6 +40,47 @@ const POLL_OFF_RECHECK: Duration = Duration::from_secs(5);
 /// millisecond) may hold the reload lock: a read that hangs (a dead network mount) is
 /// abandoned after this, so SIGHUP and later polls are never blocked by it.
 const POLL_PASS_WITHIN: Duration = Duration::from_secs(10);
+
+/// Pending connections a TCP/TLS listener queues: tokio's own `TcpListener::bind` value,
+/// so a freebind listener behaves like a plain one.
+const LISTEN_BACKLOG: i32 = 1024;
+
+/// A TCP/TLS listener's socket, bound as `l` says (see [`freebind_socket`]).
+pub(super) async fn bind_tcp(l: &Listener) -> std::io::Result<TcpListener> {
+    if !l.freebind {
+        return TcpListener::bind(l.address).await;
+    }
+    let s = freebind_socket(l.address, socket2::Type::STREAM)?;
+    s.listen(LISTEN_BACKLOG)?;
+    TcpListener::from_std(s.into())
+}
+
+/// A UDP listener's socket, bound as `l` says (see [`freebind_socket`]).
+pub(super) async fn bind_udp(l: &Listener) -> std::io::Result<tokio::net::UdpSocket> {
+    if !l.freebind {
+        return tokio::net::UdpSocket::bind(l.address).await;
+    }
+    let s = freebind_socket(l.address, socket2::Type::DGRAM)?;
+    tokio::net::UdpSocket::from_std(s.into())
+}
+
+/// A non-blocking socket bound on `addr` with `IP_FREEBIND` / `IPV6_FREEBIND` (Linux;
+/// config validation refuses `freebind` elsewhere) and `SO_REUSEADDR` as tokio sets it.
+fn freebind_socket(addr: SocketAddr, ty: socket2::Type) -> std::io::Result<socket2::Socket> {
+    use socket2::{Domain, Socket};
+    let s = Socket::new(Domain::for_address(addr), ty, None)?;
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    match addr {
+        SocketAddr::V4(_) => s.set_freebind_v4(true)?,
+        SocketAddr::V6(_) => s.set_freebind_v6(true)?,
+    }
+    if ty == socket2::Type::STREAM {
+        s.set_reuse_address(true)?;
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    Ok(s)
+}
 
 /// One listener's TLS.
 pub(super) struct ListenerTls {
