@@ -97,3 +97,477 @@ fn keepalived_moves_the_vip_to_the_standby_when_the_active_node_dies() {
     }
     assert!(ran, "gwB's notify_master hook did not run");
 }
+
+// ---------- a live SRTP call across a gateway failover ----------
+
+const BIN: &str = env!("CARGO_BIN_EXE_sbc-edge");
+const PEER: &str = env!("CARGO_BIN_EXE_sbc-failover-peer");
+const TOKEN: &str = "ops-failover-0f1e2d3c4b5a6978";
+/// The name both gateways' certificate carries and the caller verifies.
+const GW_NAME: &str = "sbc.example.net";
+/// The tenant's client certificate name.
+const TRUNK_NAME: &str = "trunk.example";
+
+/// The test's bound on the media gap each way (the issue's target is 500 ms; the figure
+/// itself comes from benches/cluster_failover/run.sh, on a quiet machine).
+const GAP_BOUND: Duration = Duration::from_secs(2);
+
+/// Media before the failover, and after it before the in-dialog requests.
+const MEDIA_BEFORE: Duration = Duration::from_secs(2);
+const MEDIA_AFTER: Duration = Duration::from_secs(2);
+
+/// Where the lab's files go, and the PKI of the run.
+struct Setup {
+    dir: std::path::PathBuf,
+    lab: Lab,
+    gw: sbc_testkit::Leaf,
+    gw_ca: sbc_testkit::Ca,
+    callee_ca: sbc_testkit::Ca,
+    client_ca: sbc_testkit::Ca,
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).expect("write");
+    p
+}
+
+impl Setup {
+    fn new(tag: &str) -> Setup {
+        let dir = sbc_testkit::files::temp_dir(tag);
+        let lab = Lab::new(&[
+            ("gwA", 1),
+            ("gwB", 2),
+            ("caller", 10),
+            ("callee", 20),
+            ("redis", 30),
+        ]);
+        let gw_ca = sbc_testkit::Ca::new("failover gateway CA");
+        Setup {
+            gw: gw_ca.issue(&[GW_NAME]),
+            gw_ca,
+            callee_ca: sbc_testkit::Ca::new("failover callee CA"),
+            client_ca: sbc_testkit::Ca::new("failover platform CA"),
+            dir,
+            lab,
+        }
+    }
+
+    fn redis_addr(&self) -> String {
+        format!("{}:6379", self.lab.node("redis").ip)
+    }
+
+    /// redis-server in its namespace, no persistence.
+    fn start_redis(&self) {
+        let mut cmd = self.lab.command("redis", "redis-server");
+        cmd.args([
+            "--bind",
+            &self.lab.node("redis").ip.to_string(),
+            "--port",
+            "6379",
+        ])
+        .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+        .arg("--dir")
+        .arg(&self.dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+        self.lab.spawn(cmd);
+        for _ in 0..200 {
+            let out = self
+                .lab
+                .output(self.lab.command("redis", "redis-cli").args([
+                    "-h",
+                    &self.lab.node("redis").ip.to_string(),
+                    "ping",
+                ]));
+            if String::from_utf8_lossy(&out.stdout).contains("PONG") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("redis-server did not answer PING");
+    }
+
+    /// The same config on both nodes but for node_id and peer.
+    fn gateway_config(&self, node: &str, peer: &str) -> std::path::PathBuf {
+        let d = &self.dir;
+        let cert = write(d, "gw.pem", &self.gw.cert_pem);
+        let key = write(d, "gw.key", &self.gw.key_pem);
+        let client_ca = write(d, "platform-ca.pem", &self.client_ca.pem);
+        let callee_ca = write(d, "callee-ca.pem", &self.callee_ca.pem);
+        let kek = write(d, "cluster.key", &format!("{}\n", "5a".repeat(32)));
+        let callee = self.lab.node("callee").ip;
+        let text = format!(
+            "[admin]\naddress = \"127.0.0.1:9090\"\naudit_log = {audit:?}\n\
+[[admin.tokens]]\nid = \"keepalived\"\nsha256 = \"{token}\"\nrole = \"operator\"\n\
+[media]\naddress = \"{VIP}\"\nfreebind = true\nport_min = 30000\nport_max = 30999\n\
+[[listeners]]\nname = \"public\"\naddress = \"{VIP}:5061\"\nfreebind = true\n\
+advertised_host = \"{GW_NAME}\"\ncertificate = {cert:?}\nprivate_key = {key:?}\nclient_ca = {client_ca:?}\n\
+[[tenants]]\nid = \"platform\"\n[tenants.recognition]\nclient_cert_san = [\"{TRUNK_NAME}\"]\n\
+[[tenants.routes]]\nprefix = \"\"\ntarget = \"sips:{callee}:5061\"\nca_file = {callee_ca:?}\n\
+[cluster]\nnode_id = \"{node}\"\nredis = \"{redis}\"\nheartbeat_ms = 200\nkey_prefix = \"{prefix}\"\n\
+[cluster.standby]\npeer = \"{peer}\"\nkey_file = {kek:?}\n",
+            audit = d.join(format!("audit-{node}.log")),
+            token = sbc_admin::token_sha256_hex(TOKEN),
+            redis = self.redis_addr(),
+            prefix = self.lab.id,
+        );
+        write(d, &format!("{node}.toml"), &text)
+    }
+
+    fn start_gateway(&self, node: &str, peer: &str) -> sbc_testkit::process::Spawned {
+        let cfg = self.gateway_config(node, peer);
+        let ns = self.lab.node(node).ns.clone();
+        sbc_testkit::process::Spawned::with_args(
+            "ip",
+            &[&"netns", &"exec", &ns, &BIN, &"--config", &cfg],
+            &[("RUST_LOG", "info")],
+        )
+    }
+
+    /// keepalived on `node`, whose notify_master runs deploy/cluster/sbc-edge-notify.sh
+    /// against the node's own gateway (its log: `notify-NODE.log`).
+    fn start_keepalived(&self, node: &str, priority: u8, peer: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        let token = write(&self.dir, "takeover.token", &format!("{TOKEN}\n"));
+        let hook = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("deploy/cluster/sbc-edge-notify.sh");
+        let log = self.dir.join(format!("notify-{node}.log"));
+        let script = write(
+            &self.dir,
+            &format!("notify-{node}.sh"),
+            &format!(
+                "#!/bin/sh\necho \"start $(date +%s.%N)\" >> {log:?}\n\
+SBC_EDGE={BIN:?} SBC_EDGE_ADMIN=http://127.0.0.1:9090 SBC_EDGE_TOKEN_FILE={token:?} \
+SBC_EDGE_TAKEOVER_PAUSE=0.05 SBC_EDGE_TAKEOVER_ATTEMPTS=20 {hook:?} master >> {log:?} 2>&1\n\
+echo \"done $(date +%s.%N) $?\" >> {log:?}\n"
+            ),
+        );
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        Keepalived {
+            priority,
+            advert_int: 0.1,
+            peer: self.lab.node(peer).ip,
+            notify_master: Some(script),
+        }
+        .start(&self.lab, node, &self.dir);
+    }
+
+    /// `sbc-edge cluster status --json` on `node`'s own admin plane.
+    fn standby_status(&self, node: &str) -> Option<serde_json::Value> {
+        let token = write(&self.dir, "takeover.token", &format!("{TOKEN}\n"));
+        let out = self.lab.output(
+            self.lab
+                .command(node, BIN)
+                .args([
+                    "cluster",
+                    "status",
+                    "--json",
+                    "--admin",
+                    "http://127.0.0.1:9090",
+                    "--token-file",
+                ])
+                .arg(&token),
+        );
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    fn start_callee(&self, ring_ms: u64) -> Peer {
+        let leaf = self
+            .callee_ca
+            .issue(&[&self.lab.node("callee").ip.to_string()]);
+        let cert = write(&self.dir, "callee.pem", &leaf.cert_pem);
+        let key = write(&self.dir, "callee.key", &leaf.key_pem);
+        let ip = self.lab.node("callee").ip.to_string();
+        let mut cmd = self.lab.command("callee", PEER);
+        cmd.args([
+            "callee",
+            "--listen",
+            &format!("{ip}:5061"),
+            "--media-ip",
+            &ip,
+        ])
+        .args(["--ring-ms", &ring_ms.to_string(), "--max-secs", "90"])
+        .arg("--cert")
+        .arg(cert)
+        .arg("--key")
+        .arg(key);
+        Peer::start(&self.lab, cmd, "callee")
+    }
+
+    fn start_caller(&self, suite: &str) -> Peer {
+        let leaf = self.client_ca.issue(&[TRUNK_NAME]);
+        let cert = write(&self.dir, "trunk.pem", &leaf.cert_pem);
+        let key = write(&self.dir, "trunk.key", &leaf.key_pem);
+        let ca = write(&self.dir, "gw-ca.pem", &self.gw_ca.pem);
+        let ip = self.lab.node("caller").ip.to_string();
+        let mut cmd = self.lab.command("caller", PEER);
+        cmd.args([
+            "caller",
+            "--gateway",
+            &format!("{VIP}:5061"),
+            "--server-name",
+            GW_NAME,
+        ])
+        .args(["--media-ip", &ip, "--suite", suite, "--max-secs", "90"])
+        .arg("--ca")
+        .arg(ca)
+        .arg("--cert")
+        .arg(cert)
+        .arg("--key")
+        .arg(key);
+        Peer::start(&self.lab, cmd, "caller")
+    }
+
+    /// The node dies: off the network, every process in it SIGKILLed.
+    fn kill_node(&self, node: &str) {
+        self.lab.unplug(node);
+        self.lab.kill_all(node);
+    }
+
+    fn notify_log(&self, node: &str) -> String {
+        std::fs::read_to_string(self.dir.join(format!("notify-{node}.log"))).unwrap_or_default()
+    }
+}
+
+/// A failover peer process: commands to its stdin, its JSON lines collected.
+struct Peer {
+    name: &'static str,
+    stdin: std::process::ChildStdin,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+}
+
+impl Peer {
+    fn start(lab: &Lab, mut cmd: std::process::Command, name: &'static str) -> Peer {
+        use std::io::BufRead;
+        use std::process::Stdio;
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let pid = lab.spawn(cmd);
+        let mut child = lab.take(pid).expect("child");
+        let stdout = child.stdout.take().expect("stdout");
+        let stdin = child.stdin.take().expect("stdin");
+        // Back to the lab, which kills it on drop.
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for l in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Ok(v) = serde_json::from_str(&l) {
+                    sink.lock().unwrap().push(v);
+                }
+            }
+        });
+        lab.adopt(child);
+        Peer { name, stdin, lines }
+    }
+
+    fn send(&mut self, cmd: &str) {
+        use std::io::Write;
+        writeln!(self.stdin, "{cmd}").expect("peer stdin");
+    }
+
+    /// The first line matching `pred`, waiting at most `within`.
+    fn wait(
+        &self,
+        within: Duration,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let until = std::time::Instant::now() + within;
+        while std::time::Instant::now() < until {
+            if let Some(v) = self.lines.lock().unwrap().iter().find(|v| pred(v)) {
+                return v.clone();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let lines = serde_json::Value::from(self.lines());
+        panic!("{}: no {what} within {within:?}; lines: {lines}", self.name);
+    }
+
+    fn event(&self, within: Duration, event: &str) -> serde_json::Value {
+        self.wait(within, event, |v| v["event"] == event)
+    }
+
+    fn lines(&self) -> Vec<serde_json::Value> {
+        self.lines.lock().unwrap().clone()
+    }
+}
+
+/// Who hangs up after the failover.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hangup {
+    Caller,
+    Callee,
+}
+
+/// Prints the standby's logs and the notify hook's when the test fails.
+struct OnFailure<'a> {
+    setup: &'a Setup,
+    standby: &'a sbc_testkit::process::Spawned,
+}
+
+impl Drop for OnFailure<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- gwB's logs:\n{}", self.standby.logs());
+            eprintln!("--- gwB's notify hook:\n{}", self.setup.notify_log("gwB"));
+            eprintln!("--- files in {}", self.setup.dir.display());
+        }
+    }
+}
+
+fn wait_until<T>(within: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let until = std::time::Instant::now() + within;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "no {what} within {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn response(peer: &Peer, method: &'static str, cseq: u64) -> serde_json::Value {
+    peer.wait(
+        Duration::from_secs(15),
+        &format!("{method} {cseq} response"),
+        |v| v["event"] == "response" && v["method"] == method && v["cseq"] == cseq,
+    )
+}
+
+fn request(peer: &Peer, method: &'static str) -> serde_json::Value {
+    peer.wait(Duration::from_secs(15), &format!("{method} request"), |v| {
+        v["event"] == "request" && v["method"] == method
+    })
+}
+
+/// One call through gwA, gwA dies, gwB takes over; the re-INVITE and the BYE through gwB.
+/// Returns the run's figures (also printed on a `FAILOVER_RESULT` line for the bench).
+fn failover_run(suite: &str, hangup: Hangup) -> serde_json::Value {
+    let s = Setup::new("failover-call");
+    s.start_redis();
+    let _a = s.start_gateway("gwA", "gwB");
+    let b = s.start_gateway("gwB", "gwA");
+    let _dump = OnFailure {
+        setup: &s,
+        standby: &b,
+    };
+    s.start_keepalived("gwA", 150, "gwB");
+    assert!(
+        s.lab
+            .wait_vip("gwA", true, Duration::from_secs(10))
+            .is_some(),
+        "gwA never took the VIP"
+    );
+    s.start_keepalived("gwB", 100, "gwA");
+    wait_until(Duration::from_secs(10), "standby status on gwB", || {
+        s.standby_status("gwB").filter(|v| v["peer"] == "gwA")
+    });
+    let mut callee = s.start_callee(0);
+    callee.event(Duration::from_secs(5), "listening");
+    let mut caller = s.start_caller(suite);
+    caller.event(Duration::from_secs(10), "answered");
+    std::thread::sleep(MEDIA_BEFORE);
+    wait_until(Duration::from_secs(5), "the call warm on gwB", || {
+        s.standby_status("gwB")
+            .filter(|v| v["warm_calls"].as_u64() >= Some(1))
+    });
+
+    let t_kill = std::time::Instant::now();
+    s.kill_node("gwA");
+    s.lab
+        .wait_vip("gwB", true, VIP_MOVE_BOUND)
+        .unwrap_or_else(|| panic!("gwB did not take {VIP} within {VIP_MOVE_BOUND:?}"));
+    let vip_ms = t_kill.elapsed().as_secs_f64() * 1000.0;
+    let status = wait_until(Duration::from_secs(10), "a takeover on gwB", || {
+        s.standby_status("gwB")
+            .filter(|v| !v["last_takeover"].is_null())
+    });
+    let takeover = status["last_takeover"].clone();
+    assert_eq!(takeover["claimed"], 1, "{status}");
+    assert_eq!(takeover["installed"], 1, "{status}");
+    std::thread::sleep(MEDIA_AFTER);
+
+    // A re-INVITE from the platform through gwB, CSeq continuing.
+    caller.send("reinvite");
+    assert_eq!(response(&caller, "INVITE", 2)["status"], 200);
+    let re = request(&callee, "INVITE");
+    assert!(
+        re["cseq"].as_u64() > re["previous_cseq"].as_u64(),
+        "the callee's CSeq went backwards: {re}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    match hangup {
+        Hangup::Caller => {
+            caller.send("bye");
+            assert_eq!(response(&caller, "BYE", 3)["status"], 200);
+            assert_eq!(request(&callee, "BYE")["answered"], 200);
+        }
+        Hangup::Callee => {
+            callee.send("bye");
+            assert_eq!(response(&callee, "BYE", 1)["status"], 200);
+            assert_eq!(request(&caller, "BYE")["answered"], 200);
+        }
+    }
+    let (cr, ce) = (
+        caller.event(Duration::from_secs(10), "report"),
+        callee.event(Duration::from_secs(10), "report"),
+    );
+    let figures = serde_json::json!({
+        "suite": suite,
+        "hangup": format!("{hangup:?}"),
+        "vip_move_ms": vip_ms,
+        "takeover_ms": takeover["duration_ms"],
+        "gap_caller_to_callee_ms": ce["max_gap_ms"],
+        "gap_callee_to_caller_ms": cr["max_gap_ms"],
+        "lost_caller_to_callee": cr["sent"].as_u64().unwrap_or(0).saturating_sub(ce["received"].as_u64().unwrap_or(0)),
+        "lost_callee_to_caller": ce["sent"].as_u64().unwrap_or(0).saturating_sub(cr["received"].as_u64().unwrap_or(0)),
+        "auth_failures": cr["refused"].as_u64().unwrap_or(0) + ce["refused"].as_u64().unwrap_or(0),
+        "caller_reconnects": cr["connections"].as_u64().unwrap_or(1).saturating_sub(1),
+    });
+    println!("FAILOVER_RESULT {figures}");
+    println!("caller lines: {}", serde_json::Value::from(caller.lines()));
+    println!("callee lines: {}", serde_json::Value::from(callee.lines()));
+    assert_eq!(
+        figures["auth_failures"], 0,
+        "SRTP authentication failures: {cr} {ce}"
+    );
+    for (dir, r) in [("caller -> callee", &ce), ("callee -> caller", &cr)] {
+        let gap = Duration::from_secs_f64(r["max_gap_ms"].as_f64().unwrap_or(f64::MAX) / 1000.0);
+        assert!(
+            gap <= GAP_BOUND,
+            "{dir}: media gap {gap:?} above {GAP_BOUND:?}: {r}"
+        );
+        assert!(
+            r["received"].as_u64() > Some(100),
+            "{dir}: little media: {r}"
+        );
+    }
+    figures
+}
+
+/// SIGKILL of the active gateway's node with a live AES-CM call; the platform hangs up
+/// through the standby.
+#[test]
+fn srtp_call_survives_the_active_gateway_dying_and_the_caller_hangs_up_through_the_standby() {
+    if skip() {
+        return;
+    }
+    failover_run("AES_CM_128_HMAC_SHA1_80", Hangup::Caller);
+}
+
+/// The same with AEAD-GCM, and the callee hangs up through the standby.
+#[test]
+fn srtp_call_survives_the_active_gateway_dying_and_the_callee_hangs_up_through_the_standby() {
+    if skip() {
+        return;
+    }
+    failover_run("AEAD_AES_256_GCM", Hangup::Callee);
+}

@@ -190,6 +190,11 @@ impl Lab {
         Some(c.remove(at))
     }
 
+    /// Hands a child back to be killed on drop.
+    pub fn adopt(&self, child: Child) {
+        self.children.lock().unwrap().push(child);
+    }
+
     /// The node's IPv4 addresses on `eth0`.
     pub fn addrs(&self, node: &str) -> Vec<Ipv4Addr> {
         let out = ip(&[

@@ -43,6 +43,10 @@ pub const CALLEE_STREAM: u8 = 2;
 /// Requests waiting for a connection (a peer makes a handful per call).
 pub const MAX_QUEUED: usize = 16;
 
+/// After its call ends, how long a peer keeps running so that queued messages (the 200 to
+/// a BYE) reach the wire before the process exits (a write takes well under 1 ms here).
+pub const LINGER: Duration = Duration::from_millis(200);
+
 /// What the test asks a peer to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command {
