@@ -147,6 +147,49 @@ async fn the_embedded_default_still_starts_without_a_standby() {
     );
 }
 
+/// A `[cluster]` with a standby whose key file is `key_file`; Redis is never reached
+/// (port 1), which must not matter for the checks of the key file.
+fn standby_config(world: &World, key_file: &Path) -> PathBuf {
+    config(
+        world,
+        &world.listener(""),
+        "",
+        &format!(
+            "[cluster]\nnode_id = \"edge-b\"\nredis = \"127.0.0.1:1\"\n\
+[cluster.standby]\npeer = \"edge-a\"\nkey_file = {key_file:?}\n"
+        ),
+    )
+}
+
+#[tokio::test]
+async fn a_missing_or_malformed_key_file_stops_the_start_naming_it() {
+    let world = World::new("standby-bad-key");
+    let missing = world.dir.join("no-such-cluster.key");
+    let short = world.dir.join("short-cluster.key");
+    std::fs::write(&short, "00112233\n").unwrap();
+    let not_hex = world.dir.join("not-hex-cluster.key");
+    std::fs::write(&not_hex, format!("{}\n", "zz".repeat(32))).unwrap();
+    for key in [&missing, &short, &not_hex] {
+        let file = standby_config(&world, key);
+        let (code, out, err) = tokio::task::spawn_blocking(move || {
+            run(BIN, &[&"--config", &file], Duration::from_secs(30))
+        })
+        .await
+        .unwrap();
+        assert_ne!(code, 0, "{}: started:\n{out}", key.display());
+        let name = key.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(
+            err.contains(&name),
+            "{}: the error names the file:\n{err}",
+            key.display()
+        );
+        assert!(
+            !out.contains("admin plane: http"),
+            "stopped before serving:\n{out}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn freebind_listener_and_media_bind_an_address_this_host_does_not_hold() {
     let world = World::new("standby-freebind");
