@@ -4,6 +4,7 @@ mod cluster_cli;
 mod ctl;
 mod demo;
 mod probe_cli;
+mod standby;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -214,6 +215,9 @@ fn run(
         }
         // `[cluster]`: tenant quotas shared with the other gateways through Redis.
         let cluster = cfg.cluster.clone().map(sbc_cluster::RedisCluster::start);
+        // `[cluster.standby]`: this node's calls replicated to Redis, and with `peer` a warm
+        // copy of that node's calls to take over (its quota leases move with them).
+        let standby = standby::Standby::start(&cfg, cluster.clone(), media.as_ref())?;
         let audit_path = admin_cfg
             .audit_log
             .clone()
@@ -233,12 +237,17 @@ fn run(
             recording: recording_media,
             // Recording start/stop/pause/resume/failure lines in the hash-chained log.
             audit: Some(audit.clone() as Arc<dyn sbc_core::audit::AuditSink>),
-            replica: None,
-            media_takeover: None,
+            // Hot standby: the B2BUA's dialog parts, and the engine restoring a claimed
+            // call's media before its dialogs.
+            replica: standby.as_ref().map(standby::Standby::sink),
+            media_takeover: standby::media_takeover(standby.as_ref(), media.as_ref()),
         };
         let server = sbc_sip::server::start_with(cfg.clone(), hooks)
             .await
             .context("starting SIP server")?;
+        if let Some(s) = &standby {
+            s.connect(&server, audit.clone() as Arc<dyn sbc_core::audit::AuditSink>)?;
+        }
         let admin = sbc_admin::serve(
             admin_cfg,
             AdminState {
@@ -267,6 +276,9 @@ fn run(
         if let Some(c) = &cluster {
             admin.set_cluster(c.clone());
         }
+        if let Some(s) = &standby {
+            admin.set_standby(s.control());
+        }
         systemd::ready();
         systemd::spawn_watchdog();
         match &config {
@@ -292,6 +304,16 @@ fn run(
             );
         } else {
             println!("  media relay: off (SDP passes through untouched)");
+        }
+        if let Some(c) = cfg.cluster.as_ref().filter(|_| standby.is_some()) {
+            let peer = c.standby.as_ref().and_then(|s| s.peer.as_deref());
+            println!(
+                "  hot standby: node {}, {} (`sbc-edge cluster status`)",
+                c.node_id,
+                peer.map_or("replicating its calls for its standby".to_string(), |p| {
+                    format!("replicating its calls and standing by for {p}")
+                })
+            );
         }
         println!(
             "  admin plane: http://{} (/healthz /readyz /metrics /v1/...); audit log {}",

@@ -147,6 +147,49 @@ async fn the_embedded_default_still_starts_without_a_standby() {
     );
 }
 
+/// A `[cluster]` with a standby whose key file is `key_file`; Redis is never reached
+/// (port 1), which must not matter for the checks of the key file.
+fn standby_config(world: &World, key_file: &Path) -> PathBuf {
+    config(
+        world,
+        &world.listener(""),
+        "",
+        &format!(
+            "[cluster]\nnode_id = \"edge-b\"\nredis = \"127.0.0.1:1\"\n\
+[cluster.standby]\npeer = \"edge-a\"\nkey_file = {key_file:?}\n"
+        ),
+    )
+}
+
+#[tokio::test]
+async fn a_missing_or_malformed_key_file_stops_the_start_naming_it() {
+    let world = World::new("standby-bad-key");
+    let missing = world.dir.join("no-such-cluster.key");
+    let short = world.dir.join("short-cluster.key");
+    std::fs::write(&short, "00112233\n").unwrap();
+    let not_hex = world.dir.join("not-hex-cluster.key");
+    std::fs::write(&not_hex, format!("{}\n", "zz".repeat(32))).unwrap();
+    for key in [&missing, &short, &not_hex] {
+        let file = standby_config(&world, key);
+        let (code, out, err) = tokio::task::spawn_blocking(move || {
+            run(BIN, &[&"--config", &file], Duration::from_secs(30))
+        })
+        .await
+        .unwrap();
+        assert_ne!(code, 0, "{}: started:\n{out}", key.display());
+        let name = key.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(
+            err.contains(&name),
+            "{}: the error names the file:\n{err}",
+            key.display()
+        );
+        assert!(
+            !out.contains("admin plane: http"),
+            "stopped before serving:\n{out}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn freebind_listener_and_media_bind_an_address_this_host_does_not_hold() {
     let world = World::new("standby-freebind");
@@ -190,4 +233,224 @@ async fn freebind_listener_and_media_bind_an_address_this_host_does_not_hold() {
             "listener freebind {l}, media freebind {m}: {err}"
         );
     }
+}
+
+// ---------- with Redis: a takeover of a live call through the CLI ----------
+
+fn redis_missing() -> bool {
+    match sbc_testkit::redis::missing() {
+        Some(why) => {
+            eprintln!("skipping the standby takeover test: {why}");
+            true
+        }
+        None => false,
+    }
+}
+
+/// One node of the pair: SIP on `ip:port` (the same port on both, so both advertise
+/// `sbc.test:port` as a VIP pair does), media off, `[cluster.standby]` for `peer`.
+fn node_config(
+    world: &World,
+    node: &str,
+    peer: &str,
+    sip: std::net::SocketAddr,
+    redis: &str,
+    key: &Path,
+    callee: std::net::SocketAddr,
+) -> PathBuf {
+    let listener = world
+        .listener("advertised_host = \"sbc.test\"\nfreebind = true\n")
+        .replace("127.0.0.1:0", &sip.to_string());
+    let tenant = world.tenant("demo", "source_cidrs = [\"127.0.0.0/8\"]", "", callee);
+    let text = format!(
+        "[media]\nenabled = false\n{LOOPBACK_FLOOD_GUARD}{}{listener}{tenant}\
+[cluster]\nnode_id = \"{node}\"\nredis = \"{redis}\"\nheartbeat_ms = 200\nkey_prefix = \"hs\"\n\
+[cluster.standby]\npeer = \"{peer}\"\nkey_file = {key:?}\n",
+        admin_section(world).replace("audit.log", &format!("audit-{node}.log")),
+    );
+    let file = world.dir.join(format!("{node}.toml"));
+    std::fs::write(&file, text).unwrap();
+    file
+}
+
+fn is_status(code: u16) -> impl Fn(&sbc_sip::message::SipMessage) -> bool {
+    move |m| m.status() == Some(code)
+}
+
+fn is_method(method: sbc_sip::message::Method) -> impl Fn(&sbc_sip::message::SipMessage) -> bool {
+    move |m| m.method() == Some(&method)
+}
+
+/// The standby's status as JSON.
+async fn standby_status(admin: std::net::SocketAddr) -> serde_json::Value {
+    let (status, body) = http(admin, "GET", "/v1/cluster/standby", Some(OPS), "").await;
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// Node A serves a call; node B (standby for A) holds it warm; A is SIGKILLed; `sbc-edge
+/// cluster takeover` on B claims and installs it; the caller reconnects to B's listener
+/// and a re-INVITE and a BYE reach the callee through B with CSeq continuing above A's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_takes_over_a_live_call_from_a_killed_peer() {
+    use sbc_sip::message::Method;
+    if redis_missing() {
+        return;
+    }
+    let world = World::new("standby-takeover");
+    let redis = sbc_testkit::redis::RedisProcess::server(&world.dir);
+    let key = world.dir.join("cluster.key");
+    std::fs::write(&key, format!("{}\n", "5a".repeat(32))).unwrap();
+    let callee = Callee::new(&world.callee_leaf).await;
+    // The same port on two loopback addresses stands for the VIP on two hosts.
+    let port = sbc_testkit::redis::free_port();
+    let sip_a: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let sip_b: std::net::SocketAddr = format!("127.0.0.2:{port}").parse().unwrap();
+    let cfg_a = node_config(
+        &world,
+        "edge-a",
+        "edge-b",
+        sip_a,
+        &redis.addr(),
+        &key,
+        callee.addr,
+    );
+    let cfg_b = node_config(
+        &world,
+        "edge-b",
+        "edge-a",
+        sip_b,
+        &redis.addr(),
+        &key,
+        callee.addr,
+    );
+    let a = Spawned::start(BIN, &cfg_a, &[]);
+    let b = Spawned::start(BIN, &cfg_b, &[]);
+    for node in [&a, &b] {
+        node.logged(&["standby_started"], Duration::from_secs(5))
+            .await;
+    }
+
+    // The call through A, up to 200/ACK.
+    let call_id = "takeover-1@platform";
+    let from = "\"Alice\" <sips:alice@platform.example>;tag=atag";
+    let mut caller = Peer::connect(sip_a, &world.gw_ca.pem, None).await;
+    caller
+        .send(&invite("+15551234", call_id, "z9hG4bKt1", "atag"))
+        .await;
+    let mut callee_a = callee.accept().await;
+    let out_inv = callee_a.recv_where(is_method(Method::Invite)).await;
+    callee_a.send(&answer(&out_inv, 200, "btag")).await;
+    let ok = caller.recv_where(is_status(200)).await;
+    let to = ok.header("to").unwrap().to_string();
+    caller
+        .send(&in_dialog(
+            "ACK",
+            "sips:sbc@sbc.test",
+            "z9hG4bKt2",
+            from,
+            &to,
+            call_id,
+            1,
+        ))
+        .await;
+    callee_a.recv_where(is_method(Method::Ack)).await;
+    let a_cseq = out_inv.cseq().unwrap().0;
+
+    // B holds it warm.
+    let warm = process::eventually(Duration::from_secs(10), async || {
+        standby_status(b.printed.admin).await["warm_calls"] == 1
+    })
+    .await;
+    assert!(
+        warm,
+        "B holds A's call warm: {}",
+        standby_status(b.printed.admin).await
+    );
+    let ops = token_file(&world, OPS);
+    let (code, out, err) = cluster_cli(b.printed.admin, Some(&ops), &["status"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("peer:          edge-a") && out.contains("warm calls:    1"),
+        "{out}"
+    );
+
+    // A dies; B takes over through the CLI.
+    a.signal(process::Signal::SIGKILL);
+    drop(callee_a);
+    let (code, out, err) = cluster_cli(b.printed.admin, Some(&ops), &["takeover"]).await;
+    assert_eq!(code, 0, "{out}{err}\n{}", b.logs());
+    assert!(out.contains("1 of 1 claimed calls installed"), "{out}");
+    eprintln!("B: {}", out.trim());
+    let v = standby_status(b.printed.admin).await;
+    assert_eq!(v["last_takeover"]["installed"], 1, "{v}");
+
+    // The caller reconnects (to the VIP: B's listener) and re-INVITEs; B sends it to the
+    // callee on a new connection with CSeq continuing above A's.
+    let mut caller = Peer::connect(sip_b, &world.gw_ca.pem, None).await;
+    let mut reinv = in_dialog(
+        "INVITE",
+        "sips:sbc@sbc.test",
+        "z9hG4bKt3",
+        from,
+        &to,
+        call_id,
+        2,
+    );
+    reinv.push_header("Content-Type", "application/sdp");
+    reinv.set_body(SDP.replace('\n', "\r\n").into_bytes());
+    caller.send(&reinv).await;
+    let mut callee_b = callee.accept().await;
+    let out_reinv = callee_b.recv_where(is_method(Method::Invite)).await;
+    let re_cseq = out_reinv.cseq().unwrap().0;
+    assert!(
+        re_cseq > a_cseq,
+        "CSeq {re_cseq} continues above A's {a_cseq}"
+    );
+    assert_eq!(
+        out_reinv.call_id(),
+        out_inv.call_id(),
+        "the same callee dialog"
+    );
+    callee_b.send(&answer(&out_reinv, 200, "btag")).await;
+    let ok = caller.recv_where(is_status(200)).await;
+    assert_eq!(ok.cseq().unwrap(), (2, Method::Invite));
+    caller
+        .send(&in_dialog(
+            "ACK",
+            "sips:sbc@sbc.test",
+            "z9hG4bKt4",
+            from,
+            &to,
+            call_id,
+            2,
+        ))
+        .await;
+    callee_b.recv_where(is_method(Method::Ack)).await;
+
+    caller
+        .send(&in_dialog(
+            "BYE",
+            "sips:sbc@sbc.test",
+            "z9hG4bKt5",
+            from,
+            &to,
+            call_id,
+            3,
+        ))
+        .await;
+    let out_bye = callee_b.recv_where(is_method(Method::Bye)).await;
+    assert!(out_bye.cseq().unwrap().0 > re_cseq);
+    callee_b.send(&answer(&out_bye, 200, "btag")).await;
+    let ok = caller.recv_where(is_status(200)).await;
+    assert_eq!(ok.cseq().unwrap(), (3, Method::Bye));
+
+    // Idempotent: a second takeover claims nothing. Audited on B.
+    let (code, out, _) = cluster_cli(b.printed.admin, Some(&ops), &["takeover"]).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("nothing to claim"), "{out}");
+    let audit = std::fs::read_to_string(world.dir.join("audit-edge-b.log")).unwrap();
+    assert!(audit.contains("/v1/cluster/takeover"), "{audit}");
+    assert!(audit.contains("taken_over"), "{audit}");
+    drop(redis);
 }

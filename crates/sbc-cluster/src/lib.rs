@@ -1012,5 +1012,9 @@ mod tests {
         assert_eq!(kinds, sbc_core::metrics_catalog::CLUSTER_ERRORS);
         let modes = [DecisionMode::Exact, DecisionMode::LocalShare].map(DecisionMode::as_str);
         assert_eq!(modes, sbc_core::metrics_catalog::CLUSTER_MODES);
+        let parts = sbc_core::standby::ReplicaPart::ALL.map(|p| p.field());
+        assert_eq!(parts, sbc_core::metrics_catalog::STANDBY_PARTS);
+        let reasons = standby::FenceReason::ALL.map(standby::FenceReason::as_str);
+        assert_eq!(reasons, sbc_core::metrics_catalog::STANDBY_FENCE_REASONS);
     }
 }

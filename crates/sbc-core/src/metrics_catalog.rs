@@ -388,6 +388,20 @@ pub const TAKEOVER_RESULTS: &[&str] = &[
 /// (sbc-sip's `takeover_flow.rs`).
 pub const RESTORED_CALLER_EVENTS: &[&str] = &["adopted", "timed_out", "dropped"];
 
+/// `sbc_cluster_replica_writes_total{part}`: sbc-core's `ReplicaPart::field` names.
+pub const STANDBY_PARTS: &[&str] = &["dialog", "media", "idx"];
+
+/// `sbc_cluster_calls_fenced_total{reason}`: sbc-cluster's `FenceReason` names.
+pub const STANDBY_FENCE_REASONS: &[&str] = &["write_refused", "ownership_lost"];
+
+/// Takeover duration (claim script, opening the secrets, installing every call): a few
+/// ms for a handful of calls on loopback (tests/standby_store.rs), the claim script adds
+/// ~10 µs a call; the issue's media-gap target is 500 ms, so the top buckets show a
+/// takeover that eats that budget.
+pub const TAKEOVER_BUCKETS: &[f64] = &[
+    0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
 /// Relay latency (receive to send of one packet): tens of µs on an idle worker; the
 /// batch interval (default 0) and a busy worker add to it; past 20 ms (one audio frame)
 /// the relay adds jitter a receiver notices.
@@ -519,6 +533,58 @@ pub const CATALOG: &[MetricDef] = &[
         "sbc_sip_restored_caller_total",
         "Caller legs of restored calls: adopted by a connection, timed out waiting (call ended), or a held message dropped (queue full).",
         &[closed("event", RESTORED_CALLER_EVENTS)],
+    ),
+    // Hot standby store (`[cluster.standby]`, sbc-cluster's standby module; issue #16).
+    gauge(
+        "sbc_cluster_calls_replicated",
+        "Calls of this node (its own and those it took over) written to the standby store.",
+        &[],
+    ),
+    counter(
+        "sbc_cluster_replica_writes_total",
+        "Call parts written to the standby store, by part.",
+        &[closed("part", STANDBY_PARTS)],
+    ),
+    counter(
+        "sbc_cluster_replica_dropped_total",
+        "Call updates not replicated because the replica book was full.",
+        &[],
+    ),
+    counter(
+        "sbc_cluster_republish_total",
+        "Times Redis came back without this node's calls and every live call was written again.",
+        &[],
+    ),
+    gauge(
+        "sbc_cluster_warm_calls",
+        "Calls of the peer held in this standby's warm copy.",
+        &[],
+    ),
+    gauge(
+        "sbc_cluster_replication_lag_seconds",
+        "Age of the newest change read from the peer's stream when it was read.",
+        &[],
+    ),
+    histogram(
+        "sbc_cluster_takeover_seconds",
+        "Duration of a takeover, from the command to the last claimed call installed.",
+        &[],
+        TAKEOVER_BUCKETS,
+    ),
+    counter(
+        "sbc_cluster_calls_taken_over_total",
+        "Calls claimed from the dead peer and installed on this node.",
+        &[],
+    ),
+    counter(
+        "sbc_cluster_calls_fenced_total",
+        "Calls dropped here because another node owns them now, by how it was found.",
+        &[closed("reason", STANDBY_FENCE_REASONS)],
+    ),
+    counter(
+        "sbc_cluster_secret_open_failures_total",
+        "Claimed calls whose sealed SRTP keys did not open with this node's cluster key.",
+        &[],
     ),
     // Flood guard and TLS.
     counter(

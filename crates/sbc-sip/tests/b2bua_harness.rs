@@ -2954,3 +2954,622 @@ fn cluster_leases_the_offered_streams_and_a_reinvite_adding_past_them_gets_503()
     assert_eq!(*grown.lock().unwrap(), vec![1, 3, 1]);
     assert_eq!(h.usage().active_calls, 1, "the call goes on");
 }
+
+/// Hot standby (issue #16): core A replicates its calls' dialog parts through a
+/// recording sink; core B (another harness, same config) installs them as if it had
+/// claimed them from the store after A died, and serves the calls.
+mod standby {
+    use super::*;
+    use sbc_core::standby::{
+        InstallRefusal, MediaTakeover, ReplicaPart, ReplicaSink, ReplicaUpdate, SecretBytes,
+        TakenCall,
+    };
+    use sbc_sip::b2bua::{CALLER_WAIT, CSEQ_RESTORE_MARGIN};
+
+    /// The store as far as the SIP side sees it: the latest dialog part per call.
+    #[derive(Debug, Default)]
+    struct RecordingSink {
+        parts: Mutex<HashMap<CallRef, (TenantId, Vec<u8>)>>,
+        puts: Mutex<u32>,
+        removed: Mutex<Vec<CallRef>>,
+    }
+
+    impl ReplicaSink for RecordingSink {
+        fn put(&self, u: ReplicaUpdate) {
+            assert_eq!(u.part, ReplicaPart::Dialog);
+            assert!(u.secret.is_none(), "dialogs carry no secret");
+            *self.puts.lock().unwrap() += 1;
+            self.parts
+                .lock()
+                .unwrap()
+                .insert(u.call, (u.tenant, u.public));
+        }
+        fn remove(&self, call: CallRef) {
+            self.parts.lock().unwrap().remove(&call);
+            self.removed.lock().unwrap().push(call);
+        }
+    }
+
+    impl RecordingSink {
+        /// Every call as a claim hands it to the installer.
+        fn taken(&self) -> Vec<TakenCall> {
+            let mut calls: Vec<_> = self.parts.lock().unwrap().clone().into_iter().collect();
+            calls.sort_by_key(|(c, _)| c.0);
+            calls
+                .into_iter()
+                .map(|(call, (tenant, dialog))| taken(call, tenant, Some(dialog), b"media"))
+                .collect()
+        }
+
+        fn part(&self, call: CallRef) -> serde_json::Value {
+            let parts = self.parts.lock().unwrap();
+            serde_json::from_slice(&parts[&call].1).unwrap()
+        }
+    }
+
+    fn taken(call: CallRef, tenant: TenantId, dialog: Option<Vec<u8>>, media: &[u8]) -> TakenCall {
+        TakenCall {
+            call,
+            tenant,
+            epoch: 2,
+            dialog,
+            media: Some((media.to_vec(), SecretBytes::new(vec![7; 30]))),
+            indexes: Some(b"idx".to_vec()),
+            lease: None,
+        }
+    }
+
+    /// The media engine's takeover, keeping B's media books: a restored call is live
+    /// media there. `noports` / `bad` media parts fail as the engine would.
+    #[derive(Debug)]
+    struct FakeTakeover {
+        media: Arc<FakeMedia>,
+        restored: Mutex<Vec<CallRef>>,
+    }
+
+    impl MediaTakeover for FakeTakeover {
+        fn restore(
+            &self,
+            call: CallRef,
+            _tenant: &TenantId,
+            media: &[u8],
+            secret: &SecretBytes,
+            indexes: Option<&[u8]>,
+        ) -> Result<(), MediaError> {
+            assert_eq!(secret.len(), 30);
+            assert_eq!(indexes, Some(&b"idx"[..]));
+            match media {
+                b"noports" => Err(MediaError::NoPorts),
+                b"bad" => Err(MediaError::NotAcceptable("suite".into())),
+                _ => {
+                    self.media.live.lock().unwrap().insert(call);
+                    self.restored.lock().unwrap().push(call);
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    /// A with a recording sink.
+    fn node_a() -> (Harness, Arc<RecordingSink>) {
+        let mut a = Harness::new();
+        let sink = Arc::new(RecordingSink::default());
+        a.core.set_standby(Some(sink.clone()), None);
+        (a, sink)
+    }
+
+    /// B with media takeover (and no sink: it is not replicated further here).
+    fn node_b() -> (Harness, Arc<FakeTakeover>) {
+        let mut b = Harness::new();
+        let mt = Arc::new(FakeTakeover {
+            media: b.media.clone(),
+            restored: Mutex::new(Vec::new()),
+        });
+        b.core.set_standby(None, Some(mt.clone()));
+        (b, mt)
+    }
+
+    /// Install `calls` on B: the route target's connection is re-dialled with one
+    /// OPTIONS, whose answer is absorbed.
+    fn install(b: &mut Harness, calls: Vec<TakenCall>) -> sbc_core::standby::InstallReport {
+        let report = b.core.install(b.now, calls);
+        b.drain_outputs();
+        let redials = b.take_to(To::Callee);
+        assert_eq!(
+            redials
+                .iter()
+                .map(|m| m.method().cloned())
+                .collect::<Vec<_>>(),
+            if report.installed > 0 {
+                vec![Some(Method::Options)]
+            } else {
+                vec![]
+            },
+            "one re-dial per target"
+        );
+        assert!(b.take().is_empty(), "nothing else before a request comes");
+        for m in redials {
+            b.callee_sends(respond(&m, 200, "pbx", false));
+            assert!(b.take().is_empty(), "the answer is absorbed");
+        }
+        report
+    }
+
+    /// The caller's platform reconnecting to B: a new connection of the tenant.
+    const RECONNECT: ConnId = ConnId(41);
+
+    fn reconnect(b: &mut Harness) {
+        b.input(Input::Connected {
+            conn: RECONNECT,
+            kind: ConnKind::Inbound {
+                tenant: Some(b.tenant.clone()),
+                listener: 0,
+            },
+        });
+    }
+
+    fn cseq(m: &SipMessage) -> u32 {
+        m.cseq().unwrap().0
+    }
+
+    /// A call established on A, taken over by B. Returns (A's sink, B, the INVITE the
+    /// callee got, the 200 the caller got).
+    fn taken_over(call_id: &str) -> (Arc<RecordingSink>, Harness, SipMessage, SipMessage) {
+        let (mut a, sink) = node_a();
+        let (down, ok) = establish(&mut a, call_id);
+        let (mut b, _) = node_b();
+        let report = install(&mut b, sink.taken());
+        assert_eq!(report.installed, 1, "{report:?}");
+        assert!(report.refused.is_empty());
+        assert_eq!(b.usage().active_calls, 1, "the restored call holds a slot");
+        assert_eq!(b.registry.len(), 1, "and a registry entry");
+        b.take();
+        (sink, b, down, ok)
+    }
+
+    #[test]
+    fn a_call_is_replicated_from_the_callee_dialog_on_and_removed_when_it_ends() {
+        let (mut a, sink) = node_a();
+        a.caller_sends(invite("r1", "z9hG4bK-r1"));
+        assert_eq!(*sink.puts.lock().unwrap(), 0, "no callee dialog yet");
+        let down = a.take_to(To::Callee).remove(0);
+        a.callee_sends(respond(&down, 180, "callee-tag", false));
+        let part = sink
+            .parts
+            .lock()
+            .unwrap()
+            .values()
+            .next()
+            .unwrap()
+            .1
+            .clone();
+        let v: serde_json::Value = serde_json::from_slice(&part).unwrap();
+        assert_eq!(v["v"], 1);
+        assert_eq!(v["state"], "setup");
+        assert_eq!(v["listener"], "sbc.example.net:5061");
+        assert_eq!(v["target"], "pbx.inside:5061");
+        assert_eq!(v["callee"]["remote_tag"], "callee-tag");
+        assert!(v["early"]["downstream"]["headers"].is_array());
+        a.callee_sends(respond(&down, 200, "callee-tag", true));
+        let ok = a.take_to(To::Caller).pop().unwrap();
+        let call = *sink.parts.lock().unwrap().keys().next().unwrap();
+        let v = sink.part(call);
+        assert_eq!(v["state"], "established");
+        assert!(v["early"].is_null());
+        let puts = *sink.puts.lock().unwrap();
+        // An ACK changes no dialog state: no put.
+        a.caller_sends(in_dialog(Method::Ack, &ok, 1, "z9hG4bK-r1a", true));
+        assert_eq!(*sink.puts.lock().unwrap(), puts);
+        // The callee's BYE: our caller leg's CSeq is taken (put), then the call ends.
+        a.callee_sends(in_dialog(
+            Method::Bye,
+            &respond(&down, 200, "callee-tag", false),
+            9,
+            "z9hG4bK-r1b",
+            false,
+        ));
+        let bye = a.take_to(To::Caller).remove(0);
+        assert_eq!(sink.part(call)["caller"]["next_cseq"], cseq(&bye) + 1);
+        a.caller_sends(respond(&bye, 200, "x", false));
+        assert_eq!(*sink.removed.lock().unwrap(), vec![call]);
+        assert!(sink.parts.lock().unwrap().is_empty());
+        a.advance(T1 * 64);
+        a.assert_nothing_held();
+    }
+
+    #[test]
+    fn bye_from_the_caller_on_a_new_connection_reaches_the_callee_with_cseq_above_a() {
+        let (sink, mut b, down, ok) = taken_over("t1");
+        let _ = sink;
+        reconnect(&mut b);
+        b.input(Input::Message {
+            conn: RECONNECT,
+            msg: in_dialog(Method::Bye, &ok, 2, "z9hG4bK-t1bye", true),
+        });
+        let bye = b.take_to(To::Callee).remove(0);
+        assert_eq!(bye.method(), Some(&Method::Bye));
+        // A sent the INVITE with CSeq 1 and stored next CSeq 2.
+        assert!(cseq(&bye) > cseq(&down));
+        assert_eq!(cseq(&bye), 2 + CSEQ_RESTORE_MARGIN);
+        assert_eq!(bye.header("call-id"), down.header("call-id"));
+        b.callee_sends(respond(&bye, 200, "callee-tag", false));
+        let up = b.take_to(To::Other);
+        assert_eq!(
+            statuses(&up),
+            vec![200],
+            "the 200 goes back on the new connection"
+        );
+        b.assert_nothing_held();
+    }
+
+    #[test]
+    fn bye_from_the_callee_waits_for_the_caller_to_reconnect_then_goes_out_on_it() {
+        let (_, mut b, down, _) = taken_over("t2");
+        let callee_view = respond(&down, 200, "callee-tag", false);
+        b.callee_sends(in_dialog(
+            Method::Bye,
+            &callee_view,
+            5,
+            "z9hG4bK-t2bye",
+            false,
+        ));
+        assert!(
+            b.take().is_empty(),
+            "held: the caller has no connection yet"
+        );
+        b.advance(Duration::from_secs(3));
+        reconnect(&mut b);
+        let held = b.take_to(To::Other);
+        assert_eq!(held.len(), 1);
+        assert_eq!(held[0].method(), Some(&Method::Bye));
+        // A's caller leg had sent nothing: stored next CSeq 1.
+        assert_eq!(cseq(&held[0]), 1 + CSEQ_RESTORE_MARGIN);
+        b.input(Input::Message {
+            conn: RECONNECT,
+            msg: respond(&held[0], 200, "x", false),
+        });
+        assert_eq!(statuses(&b.take_to(To::Callee)), vec![200]);
+        b.assert_nothing_held();
+    }
+
+    #[test]
+    fn a_caller_that_never_reconnects_ends_the_call_after_the_wait_with_a_log_line() {
+        let logs = Capture::default();
+        let _guard = logs.install(tracing::Level::INFO);
+        let (_, mut b, down, _) = taken_over("t3");
+        let callee_view = respond(&down, 200, "callee-tag", false);
+        let mut reinvite = in_dialog(Method::Invite, &callee_view, 5, "z9hG4bK-t3re", false);
+        reinvite.push_header("Content-Type", "application/sdp");
+        reinvite.set_body(OFFER.as_bytes().to_vec());
+        b.callee_sends(reinvite);
+        assert!(b.take_to(To::Other).is_empty());
+        b.advance(CALLER_WAIT + Duration::from_secs(1));
+        let to_callee = b.take_to(To::Callee);
+        assert!(
+            to_callee.iter().any(|m| m.method() == Some(&Method::Bye)),
+            "the callee's dialog is ended: {to_callee:?}"
+        );
+        assert!(
+            logs.text().contains("restored_caller_absent"),
+            "{}",
+            logs.text()
+        );
+        b.advance(T1 * 64);
+        b.assert_nothing_held();
+    }
+
+    #[test]
+    fn re_invites_from_either_side_continue_the_cseq_of_each_leg() {
+        let (_, mut b, down, ok) = taken_over("t4");
+        reconnect(&mut b);
+        let mut reinvite = in_dialog(Method::Invite, &ok, 2, "z9hG4bK-t4re", true);
+        reinvite.push_header("Content-Type", "application/sdp");
+        reinvite.set_body(OFFER.as_bytes().to_vec());
+        b.input(Input::Message {
+            conn: RECONNECT,
+            msg: reinvite,
+        });
+        let down_re = b.take_to(To::Callee).remove(0);
+        assert_eq!(down_re.method(), Some(&Method::Invite));
+        assert_eq!(cseq(&down_re), 2 + CSEQ_RESTORE_MARGIN);
+        b.callee_sends(respond(&down_re, 200, "callee-tag", true));
+        let up = b.take_to(To::Other);
+        assert_eq!(statuses(&up), vec![200]);
+        b.input(Input::Message {
+            conn: RECONNECT,
+            msg: in_dialog(Method::Ack, &up[0], 2, "z9hG4bK-t4ack", true),
+        });
+        let ack = b.take_to(To::Callee).remove(0);
+        assert_eq!(
+            (ack.method(), cseq(&ack)),
+            (Some(&Method::Ack), cseq(&down_re))
+        );
+        // Now the callee re-INVITEs: the caller leg continues from A's too.
+        let callee_view = respond(&down, 200, "callee-tag", false);
+        let mut reinvite = in_dialog(Method::Invite, &callee_view, 7, "z9hG4bK-t4re2", false);
+        reinvite.push_header("Content-Type", "application/sdp");
+        reinvite.set_body(OFFER.as_bytes().to_vec());
+        b.callee_sends(reinvite);
+        let to_caller = b.take_to(To::Other);
+        assert_eq!(to_caller[0].method(), Some(&Method::Invite));
+        assert_eq!(cseq(&to_caller[0]), 1 + CSEQ_RESTORE_MARGIN);
+        // And a second request on the same leg takes the next number.
+        b.input(Input::Message {
+            conn: RECONNECT,
+            msg: respond(&to_caller[0], 200, "x", true),
+        });
+        b.callee_sends(in_dialog(
+            Method::Info,
+            &callee_view,
+            8,
+            "z9hG4bK-t4info",
+            false,
+        ));
+        let info = b
+            .take_to(To::Other)
+            .into_iter()
+            .find(|m| m.method() == Some(&Method::Info))
+            .unwrap();
+        assert_eq!(cseq(&info), 2 + CSEQ_RESTORE_MARGIN);
+    }
+
+    #[test]
+    fn an_early_dialog_is_taken_over_and_a_cancel_from_the_caller_ends_it() {
+        let (mut a, sink) = node_a();
+        let inv = invite("t5", "z9hG4bK-t5");
+        a.caller_sends(inv.clone());
+        let down = a.take_to(To::Callee).remove(0);
+        a.callee_sends(respond(&down, 180, "callee-tag", false));
+        let (mut b, _) = node_b();
+        let report = install(&mut b, sink.taken());
+        assert_eq!(report.installed, 1, "{report:?}");
+        assert_eq!(b.usage().pending_invites, 1, "still a pending INVITE");
+        reconnect(&mut b);
+        let text = String::from_utf8_lossy(&inv.to_bytes())
+            .replace("INVITE sips", "CANCEL sips")
+            .replace("1 INVITE", "1 CANCEL");
+        let mut cancel = SipMessage::parse(text.as_bytes()).unwrap();
+        cancel.set_body(Vec::new());
+        cancel.remove_header("content-type");
+        b.input(Input::Message {
+            conn: RECONNECT,
+            msg: cancel,
+        });
+        let up = b.take_to(To::Other);
+        assert_eq!(statuses(&up), vec![200, 487]);
+        assert_eq!(up[1].header("call-id"), Some("t5"));
+        let down_cancel = b.take_to(To::Callee).remove(0);
+        assert_eq!(down_cancel.method(), Some(&Method::Cancel));
+        assert_eq!(
+            down_cancel.header("via"),
+            down.header("via"),
+            "CANCEL matches A's INVITE"
+        );
+        b.callee_sends(respond(&down, 487, "callee-tag", false));
+        let ack = b.take_to(To::Callee);
+        assert_eq!(ack[0].method(), Some(&Method::Ack));
+        b.advance(T1 * 64);
+        b.assert_nothing_held();
+    }
+
+    #[test]
+    fn a_cancelled_call_leaves_the_store_at_once() {
+        let (mut a, sink) = node_a();
+        let inv = invite("t7", "z9hG4bK-t7");
+        a.caller_sends(inv.clone());
+        let down = a.take_to(To::Callee).remove(0);
+        a.callee_sends(respond(&down, 180, "callee-tag", false));
+        assert_eq!(sink.parts.lock().unwrap().len(), 1);
+        let text = String::from_utf8_lossy(&inv.to_bytes())
+            .replace("INVITE sips", "CANCEL sips")
+            .replace("1 INVITE", "1 CANCEL");
+        let mut cancel = SipMessage::parse(text.as_bytes()).unwrap();
+        cancel.set_body(Vec::new());
+        cancel.remove_header("content-type");
+        a.caller_sends(cancel);
+        assert!(
+            sink.parts.lock().unwrap().is_empty(),
+            "abandoned: nothing to serve"
+        );
+        assert_eq!(sink.removed.lock().unwrap().len(), 1);
+        a.callee_sends(respond(&down, 487, "callee-tag", false));
+        a.advance(T1 * 64);
+        assert_eq!(sink.removed.lock().unwrap().len(), 1, "removed once");
+        a.assert_nothing_held();
+    }
+
+    #[test]
+    fn an_early_dialog_answered_after_the_takeover_reaches_the_caller_once_adopted() {
+        let (mut a, sink) = node_a();
+        a.caller_sends(invite("t6", "z9hG4bK-t6"));
+        let down = a.take_to(To::Callee).remove(0);
+        a.callee_sends(respond(&down, 180, "callee-tag", false));
+        let (mut b, _) = node_b();
+        assert_eq!(install(&mut b, sink.taken()).installed, 1);
+        // The callee answers over B's (re-dialled) connection before the caller is back.
+        b.callee_sends(respond(&down, 200, "callee-tag", true));
+        assert!(b.take_to(To::Other).is_empty());
+        b.advance(Duration::from_secs(2));
+        reconnect(&mut b);
+        let up = b.take_to(To::Other);
+        assert!(statuses(&up).contains(&200), "{:?}", statuses(&up));
+        let ok = up.iter().find(|m| m.status() == Some(200)).unwrap().clone();
+        b.input(Input::Message {
+            conn: RECONNECT,
+            msg: in_dialog(Method::Ack, &ok, 1, "z9hG4bK-t6ack", true),
+        });
+        assert_eq!(b.usage().pending_invites, 0);
+        assert_eq!(b.usage().active_calls, 1);
+        b.input(Input::Message {
+            conn: RECONNECT,
+            msg: in_dialog(Method::Bye, &ok, 2, "z9hG4bK-t6bye", true),
+        });
+        let bye = b
+            .take_to(To::Callee)
+            .into_iter()
+            .find(|m| m.method() == Some(&Method::Bye))
+            .unwrap();
+        b.callee_sends(respond(&bye, 200, "callee-tag", false));
+        b.advance(T1 * 64);
+        b.assert_nothing_held();
+    }
+
+    #[test]
+    fn a_fenced_call_is_dropped_without_any_message_and_its_record_is_left() {
+        let (mut a, sink) = node_a();
+        establish(&mut a, "f1");
+        let call = *sink.parts.lock().unwrap().keys().next().unwrap();
+        a.take();
+        assert_eq!(a.core.fence(&[call]), 1);
+        assert!(a.take().is_empty(), "no SIP message");
+        assert!(a.closed.is_empty());
+        assert!(
+            sink.removed.lock().unwrap().is_empty(),
+            "the new owner's record stays"
+        );
+        a.advance(T1 * 64);
+        assert!(a.take().is_empty());
+        a.assert_nothing_held();
+    }
+
+    #[test]
+    fn a_corrupt_part_is_refused_as_a_bad_record_and_holds_nothing() {
+        let (mut b, _) = node_b();
+        let t = TenantId::from("acme");
+        let report = install(
+            &mut b,
+            vec![
+                taken(CallRef(5), t.clone(), Some(b"{not json".to_vec()), b"m"),
+                taken(CallRef(6), t, None, b"m"),
+            ],
+        );
+        assert_eq!(report.installed, 0);
+        assert_eq!(
+            report.refused,
+            vec![
+                (CallRef(5), InstallRefusal::BadRecord),
+                (CallRef(6), InstallRefusal::BadRecord)
+            ]
+        );
+        b.assert_nothing_held();
+    }
+
+    /// How one claimed call of the property test is spoiled (or not).
+    #[derive(Debug, Clone, Copy)]
+    enum Spoil {
+        None,
+        Garbage,
+        NoDialog,
+        OtherVersion,
+        UnknownListener,
+        UnknownTarget,
+        UnknownTenant,
+        NoPorts,
+        BadMedia,
+    }
+
+    impl Spoil {
+        fn expected(self) -> Option<InstallRefusal> {
+            match self {
+                Spoil::None => None,
+                Spoil::Garbage | Spoil::NoDialog | Spoil::OtherVersion => {
+                    Some(InstallRefusal::BadRecord)
+                }
+                Spoil::UnknownListener | Spoil::UnknownTarget => Some(InstallRefusal::NoListener),
+                Spoil::UnknownTenant => Some(InstallRefusal::UnknownTenant),
+                Spoil::NoPorts => Some(InstallRefusal::MediaPorts),
+                Spoil::BadMedia => Some(InstallRefusal::Media),
+            }
+        }
+
+        fn apply(self, mut t: TakenCall) -> TakenCall {
+            let edit = |t: &mut TakenCall, key: &str, value: serde_json::Value| {
+                let mut v: serde_json::Value =
+                    serde_json::from_slice(t.dialog.as_ref().unwrap()).unwrap();
+                v[key] = value;
+                t.dialog = Some(serde_json::to_vec(&v).unwrap());
+            };
+            match self {
+                Spoil::None => {}
+                Spoil::Garbage => {
+                    let d = t.dialog.as_mut().unwrap();
+                    d.truncate(d.len() / 2);
+                }
+                Spoil::NoDialog => t.dialog = None,
+                Spoil::OtherVersion => edit(&mut t, "v", 2.into()),
+                Spoil::UnknownListener => edit(&mut t, "listener", "10.0.0.1:5061".into()),
+                Spoil::UnknownTarget => edit(&mut t, "target", "elsewhere:5061".into()),
+                Spoil::UnknownTenant => {
+                    edit(&mut t, "tenant", "nobody".into());
+                    t.tenant = TenantId::from("nobody");
+                }
+                Spoil::NoPorts => t.media.as_mut().unwrap().0 = b"noports".to_vec(),
+                Spoil::BadMedia => t.media.as_mut().unwrap().0 = b"bad".to_vec(),
+            }
+            t
+        }
+    }
+
+    fn spoil() -> impl Strategy<Value = Spoil> {
+        prop_oneof![
+            3 => Just(Spoil::None),
+            1 => Just(Spoil::Garbage),
+            1 => Just(Spoil::NoDialog),
+            1 => Just(Spoil::OtherVersion),
+            1 => Just(Spoil::UnknownListener),
+            1 => Just(Spoil::UnknownTarget),
+            1 => Just(Spoil::UnknownTenant),
+            1 => Just(Spoil::NoPorts),
+            1 => Just(Spoil::BadMedia),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// Every refusal path of install releases what it took: the admission slot (and
+        /// pending INVITE), media, registry entry; the installed calls hold exactly one of
+        /// each, and fencing them leaves nothing.
+        #[test]
+        fn every_install_refusal_releases_its_admission_slot(
+            spoils in prop::collection::vec((spoil(), any::<bool>()), 1..8)
+        ) {
+            let (mut a, sink) = node_a();
+            for (i, (_, early)) in spoils.iter().enumerate() {
+                let id = format!("p{i}");
+                a.caller_sends(invite(&id, &format!("z9hG4bK-{id}")));
+                let down = a.take_to(To::Callee).remove(0);
+                a.callee_sends(respond(&down, 180, "callee-tag", false));
+                if !early {
+                    a.callee_sends(respond(&down, 200, "callee-tag", true));
+                }
+            }
+            let claimed = sink.taken();
+            prop_assert_eq!(claimed.len(), spoils.len());
+            let (mut b, mt) = node_b();
+            let mut want = Vec::new();
+            let calls: Vec<TakenCall> = claimed
+                .into_iter()
+                .zip(&spoils)
+                .map(|(t, (s, _))| {
+                    if let Some(r) = s.expected() {
+                        want.push((t.call, r));
+                    }
+                    s.apply(t)
+                })
+                .collect();
+            let report = install(&mut b, calls);
+            prop_assert_eq!(&report.refused, &want);
+            let installed = spoils.len() - want.len();
+            prop_assert_eq!(report.installed as usize, installed);
+            let u = b.usage();
+            prop_assert_eq!(u.active_calls as usize, installed);
+            prop_assert_eq!(b.registry.len(), installed);
+            prop_assert_eq!(b.media.live.lock().unwrap().len(), installed);
+            let restored = mt.restored.lock().unwrap().clone();
+            prop_assert_eq!(b.core.fence(&restored), installed);
+            b.advance(T1 * 64);
+            b.assert_nothing_held();
+        }
+    }
+}

@@ -384,31 +384,41 @@ impl B2bua {
             let Some(candidate) = candidate else {
                 continue;
             };
-            let (branch, tag) = (self.branch(), self.token());
-            let call_id = format!("{}{}", self.token(), self.token());
-            // Sent from a listener of the target's transport (a UDP target answers there).
-            let listener = self.listener_for(candidate.transport, 0);
-            let advertised = self.advertised(listener).to_string();
-            let uri = candidate.request_uri("");
-            let mut m = SipMessage::new_request(Method::Options, uri.clone());
-            m.push_header(
-                "Via",
-                format!(
-                    "SIP/2.0/{} {advertised};branch={branch}",
-                    candidate.transport.via_token()
-                ),
-            );
-            m.push_header("Max-Forwards", "70");
-            m.push_header("From", format!("{};tag={tag}", self.contact_of(listener)));
-            m.push_header("To", format!("<{uri}>"));
-            m.push_header("Call-ID", call_id);
-            m.push_header("CSeq", "1 OPTIONS");
+            let (branch, m) = self.options_to(&candidate);
             let reliable = candidate.transport.is_reliable();
             let tx =
                 ClientTransaction::new_over(TxKind::NonInvite, now, &self.cfg.timers, reliable);
             self.health.sent(target, branch, m.clone(), tx, now);
             self.send(Dest::Target(target), m);
         }
+    }
+
+    /// An OPTIONS to `candidate` (a health ping, or the re-dial of a restored call's
+    /// target): its branch and the request.
+    pub(super) fn options_to(
+        &mut self,
+        candidate: &crate::routing::Candidate,
+    ) -> (String, SipMessage) {
+        let (branch, tag) = (self.branch(), self.token());
+        let call_id = format!("{}{}", self.token(), self.token());
+        // Sent from a listener of the target's transport (a UDP target answers there).
+        let listener = self.listener_for(candidate.transport, 0);
+        let advertised = self.advertised(listener).to_string();
+        let uri = candidate.request_uri("");
+        let mut m = SipMessage::new_request(Method::Options, uri.clone());
+        m.push_header(
+            "Via",
+            format!(
+                "SIP/2.0/{} {advertised};branch={branch}",
+                candidate.transport.via_token()
+            ),
+        );
+        m.push_header("Max-Forwards", "70");
+        m.push_header("From", format!("{};tag={tag}", self.contact_of(listener)));
+        m.push_header("To", format!("<{uri}>"));
+        m.push_header("Call-ID", call_id);
+        m.push_header("CSeq", "1 OPTIONS");
+        (branch, m)
     }
 
     /// The answer to one of our pings: true if it was one (handed to health). Only the

@@ -15,8 +15,8 @@
 //! and timer step ([`B2bua::replicate`]) each touched call's part is built and put if
 //! its bytes changed (a hash of the last part put is kept per call). A call is first put
 //! once the callee's dialog is known (its first provisional with a To tag: early dialogs
-//! included); a call that ends (every end path goes through `Calls::remove`) is
-//! removed. The step runs before the driver takes the step's outputs, so a part that
+//! included); a call that ends (every end path goes through `Calls::remove`) or is
+//! abandoned (CANCEL, ringing timeout: the caller has its final) is removed. The step runs before the driver takes the step's outputs, so a part that
 //! carries a CSeq is handed to the sink before the request that uses it is written.
 //!
 //! Must not: block (the sink queues), serialize media state (sbc-media's parts), or put a
@@ -265,6 +265,17 @@ impl B2bua {
             let Some(c) = self.calls.get(id) else {
                 continue;
             };
+            if c.state == CallState::Abandoned {
+                // Cancelled or timed out: the caller has its final and the call only
+                // waits for the callee's; a standby has nothing to serve (a callee 2xx
+                // racing the CANCEL is hung up by the callee itself, RFC 3261 §13.3.1.4).
+                if replica.put.remove(&id).is_some() {
+                    metrics::counter!("sbc_sip_replica_updates_total", "kind" => "remove")
+                        .increment(1);
+                    replica.sink.remove(id);
+                }
+                continue;
+            }
             if c.callee.remote_tag.is_none() && !replica.put.contains_key(&id) {
                 // Not yet an early dialog: nothing a standby could serve.
                 continue;
@@ -343,6 +354,7 @@ impl B2bua {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

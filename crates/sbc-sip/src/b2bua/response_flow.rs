@@ -47,6 +47,7 @@ impl B2bua {
     pub(super) fn on_response(&mut self, now: Instant, conn: ConnId, msg: SipMessage) {
         let Some(code) = msg.status() else { return };
         if self.ping_answered(now, conn, &msg)
+            || self.redial_answered(&msg)
             || self.own_prack_answered(now, &msg)
             || self.on_srs_response(now, conn, &msg)
         {
@@ -360,8 +361,13 @@ impl B2bua {
         pair.last_response = Some(resp.clone());
         let (conn, call, initial) = (pair.server_conn, pair.call, pair.initial);
         self.arm_pair(id);
-        self.outputs
-            .push_back(super::Output::Send { conn, msg: resp });
+        if conn == super::takeover_flow::NOT_ADOPTED {
+            // A restored early dialog whose caller has not reconnected yet.
+            self.hold_for_caller(resp);
+        } else {
+            self.outputs
+                .push_back(super::Output::Send { conn, msg: resp });
+        }
         if initial && code >= 200 {
             // The INVITE has its answer: it no longer counts as pending.
             let tenant = self.calls.get_mut(call).map(|c| {

@@ -17,14 +17,19 @@
 //! bounded queue ([`MAX_HELD`] messages, [`CALLER_WAIT`] from the first); when the wait
 //! ends the call ends (BYE to the callee, a log line, counted).
 //!
+//! Callee legs: the trunk connection is the target pool's; install re-dials it at once
+//! (one OPTIONS per target, its answer absorbed) so a trunk that sends its requests on
+//! the connection it was reached on (TLS connection reuse) can reach the call before we
+//! send it anything. A trunk that instead connects to our Contact address is an
+//! unrecognised peer on the listener, as it is today without a takeover.
+//!
 //! Early dialogs (callee's provisional with a tag received, no final yet): the initial
 //! INVITE's pair is rebuilt (server transaction waiting for its final, client
 //! transaction proceeding), keyed to the caller's connection once adopted. Served: a
 //! CANCEL from the caller (200, 487 upstream, CANCEL downstream, the callee's 487
 //! ACKed), the callee's final over the target's pooled connection (a 2xx relayed
-//! upstream once the caller leg is adopted, by the 2xx retransmission that waits for
-//! the ACK), ringing timeout. Not served: provisionals sent upstream before adoption
-//! (dropped), reliable provisionals in flight (their RSeq state is not replicated: a
+//! upstream, held until the caller leg is adopted, like the responses before it),
+//! ringing timeout. Not served: reliable provisionals in flight (their RSeq state is not replicated: a
 //! PRACK for one is refused 481), a callee final sent on a new inbound connection the
 //! callee opened to our Via (RFC 3261 §18.2.2: such a connection is not the target's
 //! pooled one and is refused as an unrecognised peer), and failover to the route's next
@@ -52,9 +57,10 @@ use tracing::{info, warn};
 use super::calls::{Call, CallState};
 use super::offer_answer::OfferAnswer;
 use super::pairs::{Pair, ServerKey};
-use super::replica::{side_of, DialogPart, Replica};
+use super::replica::{side_of, DialogPart, PartState, Replica};
 use super::{B2bua, ConnId, Dest};
 use crate::message::{tag, Method, SipMessage};
+use crate::routing::Candidate;
 use crate::transaction::{ClientTransaction, ServerTransaction, TxKind};
 
 /// How far above the stored next CSeq a restored leg continues. The part is handed to
@@ -76,7 +82,7 @@ pub const MAX_HELD: usize = 32;
 
 /// The connection of a rebuilt server transaction before its caller leg is adopted
 /// (drivers number connections from 1).
-const NOT_ADOPTED: ConnId = ConnId(0);
+pub(super) const NOT_ADOPTED: ConnId = ConnId(0);
 
 /// A restored call's caller leg waiting for a connection.
 #[derive(Debug)]
@@ -93,6 +99,9 @@ struct Waiting {
 pub(crate) struct Restored {
     pub media: Option<SharedMediaTakeover>,
     waiting: HashMap<CallRef, Waiting>,
+    /// Branches of the OPTIONS that re-dialled restored calls' targets (one per target
+    /// of the last install), so their answers are absorbed.
+    redials: std::collections::HashSet<String>,
 }
 
 impl Restored {
@@ -134,11 +143,13 @@ impl B2bua {
     pub fn install(&mut self, now: Instant, calls: Vec<TakenCall>) -> InstallReport {
         self.clock = self.clock.max(now);
         let mut report = InstallReport::default();
+        let mut installed = Vec::new();
         for taken in calls {
             let peer_ref = taken.call;
             match self.install_one(now, taken) {
                 Ok(local) => {
                     report.installed += 1;
+                    installed.push(local);
                     metrics::counter!("sbc_sip_takeover_calls_total", "result" => "installed")
                         .increment(1);
                     info!(event = "call_taken_over", call = %local, peer_call = %peer_ref, "call installed from the peer's replica");
@@ -152,8 +163,42 @@ impl B2bua {
             }
         }
         metrics::gauge!("sbc_sip_active_dialogs").set(self.calls.len() as f64);
+        self.redial_targets(&installed);
         self.replicate();
         report
+    }
+
+    /// Open the pooled connection to each target of the calls just installed (an
+    /// OPTIONS through the pool), so a trunk that sends its in-dialog requests on the
+    /// connection it was reached on (TLS connection reuse) has one before we send it
+    /// anything.
+    fn redial_targets(&mut self, installed: &[CallRef]) {
+        let mut seen = std::collections::HashSet::new();
+        let candidates: Vec<Candidate> = installed
+            .iter()
+            .filter_map(|id| self.calls.get(*id))
+            .filter(|c| seen.insert(c.target))
+            .map(|c| Candidate {
+                target: c.target,
+                host_port: c.target_addr.clone(),
+                transport: c.target_transport,
+            })
+            .collect();
+        self.restored.redials.clear();
+        for candidate in candidates {
+            let (branch, m) = self.options_to(&candidate);
+            self.restored.redials.insert(branch);
+            self.send(Dest::Target(candidate.target), m);
+        }
+    }
+
+    /// The answer to a re-dial OPTIONS: true if it was one (absorbed).
+    pub(super) fn redial_answered(&mut self, msg: &SipMessage) -> bool {
+        let branch = msg
+            .header("via")
+            .and_then(crate::message::parse_via)
+            .and_then(|v| v.branch.map(str::to_string));
+        branch.is_some_and(|b| self.restored.redials.remove(&b))
     }
 
     fn install_one(&mut self, now: Instant, mut t: TakenCall) -> Result<CallRef, InstallRefusal> {
@@ -163,6 +208,16 @@ impl B2bua {
             .and_then(DialogPart::parse)
             .filter(|p| p.tenant == t.tenant.as_str())
             .ok_or(InstallRefusal::BadRecord)?;
+        // A call in setup is served through its initial INVITE's transactions; without
+        // them (or abandoned, which this build never puts) it could never end here.
+        let servable = match part.state {
+            PartState::Established => true,
+            PartState::Setup => part.early.is_some(),
+            PartState::Abandoned => false,
+        };
+        if !servable {
+            return Err(InstallRefusal::BadRecord);
+        }
         let tenant = t.tenant.clone();
         if self.admission.usage(&tenant).is_none() {
             return Err(InstallRefusal::UnknownTenant);
@@ -296,7 +351,7 @@ impl B2bua {
         if let Some(rid) = &rid {
             r.add_outbound_leg(rid, part.callee.call_id.clone());
             r.set_media_ref(rid, id.0);
-            if part.state == super::replica::PartState::Established {
+            if part.state == PartState::Established {
                 r.set_state(rid, RegistryState::Established);
             }
         }
@@ -311,7 +366,7 @@ impl B2bua {
         let Some(early) = part
             .early
             .as_ref()
-            .filter(|_| part.state == super::replica::PartState::Setup)
+            .filter(|_| part.state == PartState::Setup)
         else {
             return;
         };
