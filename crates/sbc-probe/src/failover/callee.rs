@@ -107,6 +107,7 @@ pub async fn run(
         ended: None,
     };
     c.run_loop(&mut events, &mut commands, deadline).await;
+    c.stats.close(Instant::now(), start);
     tokio::time::sleep(super::LINGER).await;
     acceptor.abort();
     c.report();

@@ -144,6 +144,7 @@ pub async fn run(
     c.connect(deadline);
     c.send_invite();
     c.run_loop(&mut events, &mut commands, deadline).await;
+    c.stats.close(Instant::now(), start);
     tokio::time::sleep(super::LINGER).await;
     c.report();
     Ok(())

@@ -106,6 +106,18 @@ impl MediaStats {
         self.last = Some(now);
     }
 
+    /// The call ended at `now`: silence since the last packet counts as a gap too (media
+    /// that never came back after a failover is one long gap, not none).
+    pub fn close(&mut self, now: Instant, start: Instant) {
+        if let Some(last) = self.last {
+            let gap = now.saturating_duration_since(last);
+            if gap > self.max_gap {
+                self.max_gap = gap;
+                self.max_gap_end = now.saturating_duration_since(start);
+            }
+        }
+    }
+
     /// Packets the far side numbered up to the highest received but that never came.
     pub fn lost(&self) -> u32 {
         self.highest.saturating_sub(self.received)

@@ -146,4 +146,10 @@ fn lost_counts_numbers_never_received_and_the_gap_is_the_largest() {
     assert_eq!((s.received, s.highest, s.lost()), (4, 10, 6));
     assert_eq!(s.max_gap, Duration::from_millis(400));
     assert_eq!(s.max_gap_end, Duration::from_millis(420));
+    s.close(start + Duration::from_millis(1440), start);
+    assert_eq!(
+        s.max_gap,
+        Duration::from_millis(1000),
+        "silence until the end counts"
+    );
 }
