@@ -272,7 +272,7 @@ echo \"done $(date +%s.%N) $?\" >> {log:?}\n"
         serde_json::from_slice(&out.stdout).ok()
     }
 
-    fn start_callee(&self, ring_ms: u64) -> Peer {
+    fn start_callee(&self, sc: &Scenario) -> Peer {
         let leaf = self
             .callee_ca
             .issue(&[&self.lab.node("callee").ip.to_string()]);
@@ -287,15 +287,18 @@ echo \"done $(date +%s.%N) $?\" >> {log:?}\n"
             "--media-ip",
             &ip,
         ])
-        .args(["--ring-ms", &ring_ms.to_string(), "--max-secs", "90"])
+        .args(["--ring-ms", &sc.ring_ms.to_string(), "--max-secs", "90"])
         .arg("--cert")
         .arg(cert)
         .arg("--key")
         .arg(key);
+        if let Some(seq) = sc.first_seq {
+            cmd.args(["--first-seq", &seq.to_string()]);
+        }
         Peer::start(&self.lab, cmd, "callee")
     }
 
-    fn start_caller(&self, suite: &str) -> Peer {
+    fn start_caller(&self, sc: &Scenario) -> Peer {
         let leaf = self.client_ca.issue(&[TRUNK_NAME]);
         let cert = write(&self.dir, "trunk.pem", &leaf.cert_pem);
         let key = write(&self.dir, "trunk.key", &leaf.key_pem);
@@ -309,13 +312,16 @@ echo \"done $(date +%s.%N) $?\" >> {log:?}\n"
             "--server-name",
             GW_NAME,
         ])
-        .args(["--media-ip", &ip, "--suite", suite, "--max-secs", "90"])
+        .args(["--media-ip", &ip, "--suite", sc.suite, "--max-secs", "90"])
         .arg("--ca")
         .arg(ca)
         .arg("--cert")
         .arg(cert)
         .arg("--key")
         .arg(key);
+        if let Some(seq) = sc.first_seq {
+            cmd.args(["--first-seq", &seq.to_string()]);
+        }
         Peer::start(&self.lab, cmd, "caller")
     }
 
@@ -448,17 +454,37 @@ fn request(peer: &Peer, method: &'static str) -> serde_json::Value {
     })
 }
 
-/// One call through gwA, gwA dies, gwB takes over; the re-INVITE and the BYE through gwB.
-/// Returns the run's figures (also printed on a `FAILOVER_RESULT` line for the bench).
-fn failover_run(suite: &str, hangup: Hangup) -> serde_json::Value {
-    let s = Setup::new("failover-call");
+/// One failover case.
+#[derive(Debug, Clone, Copy)]
+struct Scenario {
+    suite: &'static str,
+    hangup: Hangup,
+    /// The callee rings this long before answering; above zero, gwA dies while ringing
+    /// (the early dialog is what gwB takes over).
+    ring_ms: u64,
+    /// Redis is killed and started empty before the failover: the nodes must republish.
+    redis_restart: bool,
+    /// Both peers' first RTP sequence number (a wrap before the failover).
+    first_seq: Option<u16>,
+}
+
+impl Scenario {
+    fn new(suite: &'static str, hangup: Hangup) -> Scenario {
+        Scenario {
+            suite,
+            hangup,
+            ring_ms: 0,
+            redis_restart: false,
+            first_seq: None,
+        }
+    }
+}
+
+/// Both gateways, Redis and keepalived up, gwA holding the VIP, gwB standing by for it.
+fn start_pair(s: &Setup) -> (sbc_testkit::process::Spawned, sbc_testkit::process::Spawned) {
     s.start_redis();
-    let _a = s.start_gateway("gwA", "gwB");
+    let a = s.start_gateway("gwA", "gwB");
     let b = s.start_gateway("gwB", "gwA");
-    let _dump = OnFailure {
-        setup: &s,
-        standby: &b,
-    };
     s.start_keepalived("gwA", 150, "gwB");
     assert!(
         s.lab
@@ -470,16 +496,18 @@ fn failover_run(suite: &str, hangup: Hangup) -> serde_json::Value {
     wait_until(Duration::from_secs(10), "standby status on gwB", || {
         s.standby_status("gwB").filter(|v| v["peer"] == "gwA")
     });
-    let mut callee = s.start_callee(0);
-    callee.event(Duration::from_secs(5), "listening");
-    let mut caller = s.start_caller(suite);
-    caller.event(Duration::from_secs(10), "answered");
-    std::thread::sleep(MEDIA_BEFORE);
-    wait_until(Duration::from_secs(5), "the call warm on gwB", || {
+    (a, b)
+}
+
+fn warm_on_b(s: &Setup) {
+    wait_until(Duration::from_secs(10), "the call warm on gwB", || {
         s.standby_status("gwB")
             .filter(|v| v["warm_calls"].as_u64() >= Some(1))
     });
+}
 
+/// gwA's node dies; the VIP move time and gwB's takeover summary.
+fn fail_over(s: &Setup) -> (f64, serde_json::Value) {
     let t_kill = std::time::Instant::now();
     s.kill_node("gwA");
     s.lab
@@ -493,12 +521,14 @@ fn failover_run(suite: &str, hangup: Hangup) -> serde_json::Value {
     let takeover = status["last_takeover"].clone();
     assert_eq!(takeover["claimed"], 1, "{status}");
     assert_eq!(takeover["installed"], 1, "{status}");
-    std::thread::sleep(MEDIA_AFTER);
+    (vip_ms, takeover)
+}
 
-    // A re-INVITE from the platform through gwB, CSeq continuing.
+/// The re-INVITE from the platform (CSeq continuing) and the BYE, through gwB.
+fn in_dialog_through_b(caller: &mut Peer, callee: &mut Peer, hangup: Hangup) {
     caller.send("reinvite");
-    assert_eq!(response(&caller, "INVITE", 2)["status"], 200);
-    let re = request(&callee, "INVITE");
+    assert_eq!(response(caller, "INVITE", 2)["status"], 200);
+    let re = request(callee, "INVITE");
     assert!(
         re["cseq"].as_u64() > re["previous_cseq"].as_u64(),
         "the callee's CSeq went backwards: {re}"
@@ -507,46 +537,99 @@ fn failover_run(suite: &str, hangup: Hangup) -> serde_json::Value {
     match hangup {
         Hangup::Caller => {
             caller.send("bye");
-            assert_eq!(response(&caller, "BYE", 3)["status"], 200);
-            assert_eq!(request(&callee, "BYE")["answered"], 200);
+            assert_eq!(response(caller, "BYE", 3)["status"], 200);
+            assert_eq!(request(callee, "BYE")["answered"], 200);
         }
         Hangup::Callee => {
             callee.send("bye");
-            assert_eq!(response(&callee, "BYE", 1)["status"], 200);
-            assert_eq!(request(&caller, "BYE")["answered"], 200);
+            assert_eq!(response(callee, "BYE", 1)["status"], 200);
+            assert_eq!(request(caller, "BYE")["answered"], 200);
         }
     }
+}
+
+/// One call through gwA, gwA dies, gwB takes over; the re-INVITE and the BYE through gwB.
+/// Returns the run's figures (also printed on a `FAILOVER_RESULT` line for the bench).
+fn failover_run(sc: Scenario) -> serde_json::Value {
+    let s = Setup::new("failover-call");
+    let (_a, b) = start_pair(&s);
+    let _dump = OnFailure {
+        setup: &s,
+        standby: &b,
+    };
+    let mut callee = s.start_callee(&sc);
+    callee.event(Duration::from_secs(5), "listening");
+    let mut caller = s.start_caller(&sc);
+    if sc.ring_ms > 0 {
+        caller.event(Duration::from_secs(10), "ringing");
+        std::thread::sleep(Duration::from_millis(500));
+    } else {
+        caller.event(Duration::from_secs(10), "answered");
+        std::thread::sleep(MEDIA_BEFORE);
+    }
+    warm_on_b(&s);
+    if sc.redis_restart {
+        s.lab.kill_all("redis");
+        s.start_redis();
+        // Redis is empty now: gwA republishes its call, gwB reloads it.
+        warm_on_b(&s);
+    }
+    let (vip_ms, takeover) = fail_over(&s);
+    if sc.ring_ms > 0 {
+        caller.event(
+            Duration::from_millis(sc.ring_ms) + Duration::from_secs(10),
+            "answered",
+        );
+    }
+    std::thread::sleep(MEDIA_AFTER);
+    in_dialog_through_b(&mut caller, &mut callee, sc.hangup);
     let (cr, ce) = (
         caller.event(Duration::from_secs(10), "report"),
         callee.event(Duration::from_secs(10), "report"),
     );
-    let figures = serde_json::json!({
-        "suite": suite,
-        "hangup": format!("{hangup:?}"),
+    let figures = figures(&sc, vip_ms, &takeover, &cr, &ce);
+    println!("FAILOVER_RESULT {figures}");
+    println!("caller lines: {}", serde_json::Value::from(caller.lines()));
+    println!("callee lines: {}", serde_json::Value::from(callee.lines()));
+    check_media(&figures, &cr, &ce);
+    figures
+}
+
+fn figures(
+    sc: &Scenario,
+    vip_ms: f64,
+    takeover: &serde_json::Value,
+    cr: &serde_json::Value,
+    ce: &serde_json::Value,
+) -> serde_json::Value {
+    let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+    serde_json::json!({
+        "scenario": format!("{sc:?}"),
         "vip_move_ms": vip_ms,
         "takeover_ms": takeover["duration_ms"],
         "gap_caller_to_callee_ms": ce["max_gap_ms"],
         "gap_callee_to_caller_ms": cr["max_gap_ms"],
-        "lost_caller_to_callee": cr["sent"].as_u64().unwrap_or(0).saturating_sub(ce["received"].as_u64().unwrap_or(0)),
-        "lost_callee_to_caller": ce["sent"].as_u64().unwrap_or(0).saturating_sub(cr["received"].as_u64().unwrap_or(0)),
-        "auth_failures": cr["refused"].as_u64().unwrap_or(0) + ce["refused"].as_u64().unwrap_or(0),
-        "caller_reconnects": cr["connections"].as_u64().unwrap_or(1).saturating_sub(1),
-    });
-    println!("FAILOVER_RESULT {figures}");
-    println!("caller lines: {}", serde_json::Value::from(caller.lines()));
-    println!("callee lines: {}", serde_json::Value::from(callee.lines()));
+        "lost_caller_to_callee": n(&cr["sent"]).saturating_sub(n(&ce["received"])),
+        "lost_callee_to_caller": n(&ce["sent"]).saturating_sub(n(&cr["received"])),
+        "auth_failures": n(&cr["refused"]) + n(&ce["refused"]),
+        "caller_reconnects": n(&cr["connections"]).saturating_sub(1),
+    })
+}
+
+/// Zero authentication failures, the gap each way within [`GAP_BOUND`], and no packet
+/// lost outside it.
+fn check_media(figures: &serde_json::Value, cr: &serde_json::Value, ce: &serde_json::Value) {
     assert_eq!(
         figures["auth_failures"], 0,
         "SRTP authentication failures: {cr} {ce}"
     );
-    for (dir, r) in [("caller -> callee", &ce), ("callee -> caller", &cr)] {
+    for (dir, r) in [("caller -> callee", ce), ("callee -> caller", cr)] {
         let gap = Duration::from_secs_f64(r["max_gap_ms"].as_f64().unwrap_or(f64::MAX) / 1000.0);
         assert!(
             gap <= GAP_BOUND,
             "{dir}: media gap {gap:?} above {GAP_BOUND:?}: {r}"
         );
     }
-    // Every packet sent outside the gap arrived: loss is bounded by the gap.
     let gap_packets = (GAP_BOUND.as_millis() / 20) as u64;
     for (dir, lost) in [
         ("caller -> callee", &figures["lost_caller_to_callee"]),
@@ -557,7 +640,6 @@ fn failover_run(suite: &str, hangup: Hangup) -> serde_json::Value {
             "{dir}: {lost} packets lost: {cr} {ce}"
         );
     }
-    figures
 }
 
 /// SIGKILL of the active gateway's node with a live AES-CM call; the platform hangs up
@@ -567,7 +649,7 @@ fn srtp_call_survives_the_active_gateway_dying_and_the_caller_hangs_up_through_t
     if skip() {
         return;
     }
-    failover_run("AES_CM_128_HMAC_SHA1_80", Hangup::Caller);
+    failover_run(Scenario::new("AES_CM_128_HMAC_SHA1_80", Hangup::Caller));
 }
 
 /// The same with AEAD-GCM, and the callee hangs up through the standby.
@@ -576,5 +658,61 @@ fn srtp_call_survives_the_active_gateway_dying_and_the_callee_hangs_up_through_t
     if skip() {
         return;
     }
-    failover_run("AEAD_AES_256_GCM", Hangup::Callee);
+    failover_run(Scenario::new("AEAD_AES_256_GCM", Hangup::Callee));
+}
+
+/// The remaining suites, one failover each.
+#[test]
+fn every_srtp_suite_survives_a_failover() {
+    if skip() {
+        return;
+    }
+    for suite in [
+        "AES_CM_128_HMAC_SHA1_32",
+        "AES_256_CM_HMAC_SHA1_80",
+        "AES_256_CM_HMAC_SHA1_32",
+        "AEAD_AES_128_GCM",
+    ] {
+        println!("== {suite}");
+        failover_run(Scenario::new(suite, Hangup::Caller));
+    }
+}
+
+/// gwA dies while the callee is still ringing: gwB holds the early dialog, the 200 comes
+/// through it and the call goes on there.
+#[test]
+fn an_early_dialog_survives_a_failover() {
+    if skip() {
+        return;
+    }
+    failover_run(Scenario {
+        ring_ms: 4000,
+        ..Scenario::new("AES_CM_128_HMAC_SHA1_80", Hangup::Callee)
+    });
+}
+
+/// Both streams wrap their 16-bit sequence (ROC 0 -> 1) about a second before gwA dies:
+/// gwB must protect and unprotect with the stored rollover counter.
+#[test]
+fn a_sequence_wrap_before_the_failover_keeps_srtp_in_step() {
+    if skip() {
+        return;
+    }
+    failover_run(Scenario {
+        first_seq: Some(0xffff - 40),
+        ..Scenario::new("AES_CM_128_HMAC_SHA1_80", Hangup::Caller)
+    });
+}
+
+/// Redis is killed and started empty during the call: both nodes republish (gwA its call,
+/// gwB reloads it) and the failover afterwards still takes the call over.
+#[test]
+fn redis_restarted_empty_then_a_failover_still_takes_the_call_over() {
+    if skip() {
+        return;
+    }
+    failover_run(Scenario {
+        redis_restart: true,
+        ..Scenario::new("AEAD_AES_128_GCM", Hangup::Caller)
+    });
 }

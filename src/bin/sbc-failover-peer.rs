@@ -65,6 +65,9 @@ struct CallerArgs {
     /// CRLF keep-alive interval in ms.
     #[arg(long, default_value_t = 200)]
     keepalive_ms: u64,
+    /// First RTP sequence number (default: random below 0x8000).
+    #[arg(long)]
+    first_seq: Option<u16>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -87,6 +90,9 @@ struct CalleeArgs {
     /// Seconds before the callee stops by itself.
     #[arg(long, default_value_t = 60)]
     max_secs: u64,
+    /// First RTP sequence number (default: random below 0x8000).
+    #[arg(long)]
+    first_seq: Option<u16>,
 }
 
 fn read(p: &PathBuf) -> anyhow::Result<Vec<u8>> {
@@ -134,6 +140,7 @@ async fn caller(a: CallerArgs) -> anyhow::Result<()> {
         media_ip: a.media_ip,
         max_run: Duration::from_secs(a.max_secs),
         keepalive: Duration::from_millis(a.keepalive_ms.max(10)),
+        first_seq: a.first_seq,
     };
     failover::caller::run(opts, commands(), &mut print).await?;
     Ok(())
@@ -148,6 +155,7 @@ async fn callee(a: CalleeArgs) -> anyhow::Result<()> {
         media_ip: a.media_ip,
         ring: Duration::from_millis(a.ring_ms),
         max_run: Duration::from_secs(a.max_secs),
+        first_seq: a.first_seq,
     };
     print(serde_json::json!({"event": "listening", "addr": a.listen.to_string()}));
     failover::callee::run(listener, opts, commands(), &mut print).await?;

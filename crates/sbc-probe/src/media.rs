@@ -118,6 +118,12 @@ impl Leg {
         self.stats = LegStats::default();
     }
 
+    /// The RTP sequence number of the next packet sent (a test starting a stream just
+    /// before a wrap, RFC 3711 §3.3.1).
+    pub fn set_next_seq(&mut self, seq: u16) {
+        self.seq = seq;
+    }
+
     /// The suite this leg decrypts with.
     pub fn recv_profile(&self) -> SrtpProfile {
         self.rx_profile

@@ -43,6 +43,8 @@ pub struct CalleeOptions {
     pub ring: Duration,
     /// The callee stops (and reports) after this, at most [`MAX_RUN`].
     pub max_run: Duration,
+    /// The first RTP sequence number sent (random when `None`).
+    pub first_seq: Option<u16>,
 }
 
 struct Call {
@@ -361,7 +363,7 @@ impl Callee<'_> {
         let sock = tokio::net::UdpSocket::from_std(sock)
             .map_err(|e| ProbeError::io("callee media socket", e))?;
         let answer = sdes::answer_sdp(self.opts.media_ip, port, &agreed, &ours, 1).into_bytes();
-        let leg = Leg::new(
+        let mut leg = Leg::new(
             sock,
             (ours.profile, &ours.key),
             (agreed.profile, &agreed.remote_key),
@@ -369,6 +371,9 @@ impl Callee<'_> {
             CALLEE_STREAM,
             Some(CALLER_STREAM),
         )?;
+        if let Some(seq) = self.opts.first_seq {
+            leg.set_next_seq(seq);
+        }
         Ok((leg, answer))
     }
 

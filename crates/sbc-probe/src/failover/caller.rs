@@ -54,6 +54,8 @@ pub struct CallerOptions {
     pub max_run: Duration,
     /// CRLF ping interval ([`super::KEEPALIVE`]).
     pub keepalive: Duration,
+    /// The first RTP sequence number sent (random when `None`).
+    pub first_seq: Option<u16>,
 }
 
 struct Pending {

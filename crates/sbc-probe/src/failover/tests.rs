@@ -50,6 +50,7 @@ async fn caller_and_callee_hold_a_call_count_media_and_report_in_dialog_requests
             media_ip: ip,
             ring: Duration::from_millis(100),
             max_run: Duration::from_secs(20),
+            first_seq: Some(0xfff0),
         };
         callee::run(listener, opts, callee_rx, &mut emit).await
     });
@@ -67,6 +68,7 @@ async fn caller_and_callee_hold_a_call_count_media_and_report_in_dialog_requests
             media_ip: ip,
             max_run: Duration::from_secs(20),
             keepalive: KEEPALIVE,
+            first_seq: Some(0xffe0),
         };
         caller::run(opts, caller_rx, &mut emit).await
     });
