@@ -124,6 +124,8 @@ struct Setup {
     gw_ca: sbc_testkit::Ca,
     callee_ca: sbc_testkit::Ca,
     client_ca: sbc_testkit::Ca,
+    /// Appended to both gateways' `[cluster.standby]`.
+    standby_extra: &'static str,
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
@@ -148,6 +150,7 @@ impl Setup {
             gw_ca,
             callee_ca: sbc_testkit::Ca::new("failover callee CA"),
             client_ca: sbc_testkit::Ca::new("failover platform CA"),
+            standby_extra: "",
             dir,
             lab,
         }
@@ -206,7 +209,8 @@ advertised_host = \"{GW_NAME}\"\ncertificate = {cert:?}\nprivate_key = {key:?}\n
 [[tenants]]\nid = \"platform\"\n[tenants.recognition]\nclient_cert_san = [\"{TRUNK_NAME}\"]\n\
 [[tenants.routes]]\nprefix = \"\"\ntarget = \"sips:{callee}:5061\"\nca_file = {callee_ca:?}\n\
 [cluster]\nnode_id = \"{node}\"\nredis = \"{redis}\"\nheartbeat_ms = 200\nkey_prefix = \"{prefix}\"\n\
-[cluster.standby]\npeer = \"{peer}\"\nkey_file = {kek:?}\n",
+[cluster.standby]\npeer = \"{peer}\"\nkey_file = {kek:?}\n{}",
+            self.standby_extra,
             audit = d.join(format!("audit-{node}.log")),
             token = sbc_admin::token_sha256_hex(TOKEN),
             redis = self.redis_addr(),
@@ -715,4 +719,69 @@ fn redis_restarted_empty_then_a_failover_still_takes_the_call_over() {
         redis_restart: true,
         ..Scenario::new("AEAD_AES_128_GCM", Hangup::Caller)
     });
+}
+
+/// Split brain: gwB stops hearing gwA's VRRP adverts, so both nodes hold the VIP and gwB
+/// takes the call over while gwA still runs it. The epoch leaves exactly one owner: gwA
+/// finds its epoch gone at its next write (an index refresh, every second here) and drops
+/// the call, saying so.
+#[test]
+fn both_nodes_claiming_the_vip_leave_exactly_one_owner_of_the_call() {
+    if skip() {
+        return;
+    }
+    let mut s = Setup::new("failover-split");
+    s.standby_extra = "index_refresh_secs = 1\n";
+    let (a, b) = start_pair(&s);
+    let _dump = OnFailure {
+        setup: &s,
+        standby: &b,
+    };
+    let sc = Scenario::new("AES_CM_128_HMAC_SHA1_80", Hangup::Caller);
+    let callee = s.start_callee(&sc);
+    callee.event(Duration::from_secs(5), "listening");
+    let caller = s.start_caller(&sc);
+    caller.event(Duration::from_secs(10), "answered");
+    std::thread::sleep(Duration::from_secs(1));
+    warm_on_b(&s);
+    let nft = |args: &str| {
+        let out = s
+            .lab
+            .output(s.lab.command("gwB", "nft").args(args.split(' ')));
+        assert!(
+            out.status.success(),
+            "nft {args}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    nft("add table inet split");
+    nft("add chain inet split in { type filter hook input priority 0 ; }");
+    nft("add rule inet split in ip protocol vrrp drop");
+    s.lab
+        .wait_vip("gwB", true, VIP_MOVE_BOUND)
+        .expect("gwB takes the VIP when it stops hearing gwA");
+    assert!(
+        s.lab.has_vip("gwA"),
+        "gwA still holds the VIP too (split brain)"
+    );
+    let status = wait_until(Duration::from_secs(10), "a takeover on gwB", || {
+        s.standby_status("gwB")
+            .filter(|v| !v["last_takeover"].is_null())
+    });
+    assert_eq!(status["last_takeover"]["claimed"], 1, "{status}");
+    wait_until(Duration::from_secs(10), "gwA fencing the call", || {
+        a.logs().contains("standby_fenced").then_some(())
+    });
+    for l in a.lines_with(&["standby_fenced"]) {
+        println!("gwA: {l}");
+    }
+    assert!(
+        !b.logs().contains("standby_fenced"),
+        "gwB must keep the call it claimed"
+    );
+    // Healed: one VRRP master again (gwA, the higher priority).
+    nft("delete table inet split");
+    s.lab
+        .wait_vip("gwB", false, Duration::from_secs(5))
+        .expect("gwB gives the VIP back once it hears gwA again");
 }
