@@ -305,15 +305,8 @@ fn run(
         } else {
             println!("  media relay: off (SDP passes through untouched)");
         }
-        if let Some(c) = cfg.cluster.as_ref().filter(|_| standby.is_some()) {
-            let peer = c.standby.as_ref().and_then(|s| s.peer.as_deref());
-            println!(
-                "  hot standby: node {}, {} (`sbc-edge cluster status`)",
-                c.node_id,
-                peer.map_or("replicating its calls for its standby".to_string(), |p| {
-                    format!("replicating its calls and standing by for {p}")
-                })
-            );
+        if let Some(s) = &standby {
+            s.announce();
         }
         println!(
             "  admin plane: http://{} (/healthz /readyz /metrics /v1/...); audit log {}",

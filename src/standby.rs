@@ -19,7 +19,9 @@ use sbc_media::engine::MediaEngine;
 
 /// A started standby node and what the SIP server's hooks take from it.
 pub(crate) struct Standby {
-    pub(crate) node: Arc<StandbyNode>,
+    node: Arc<StandbyNode>,
+    node_id: String,
+    peer: Option<String>,
 }
 
 impl Standby {
@@ -54,7 +56,11 @@ impl Standby {
                 .map(|p| format!(", standing by for {p}"))
                 .unwrap_or_default()
         );
-        Ok(Some(Standby { node }))
+        Ok(Some(Standby {
+            node,
+            node_id: cluster.node_id.clone(),
+            peer: settings.peer.clone(),
+        }))
     }
 
     /// Where the B2BUA puts its dialog parts.
@@ -74,6 +80,18 @@ impl Standby {
             .context("starting the standby's audit writer")?;
         self.node.set_audit(Arc::new(queue));
         Ok(())
+    }
+
+    /// The start banner's line.
+    pub(crate) fn announce(&self) {
+        let role = match &self.peer {
+            Some(p) => format!("replicating its calls and standing by for {p}"),
+            None => "replicating its calls for its standby".to_string(),
+        };
+        println!(
+            "  hot standby: node {}, {role} (`sbc-edge cluster status`)",
+            self.node_id
+        );
     }
 
     /// The admin plane's handle (takeover, status).

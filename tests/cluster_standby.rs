@@ -190,6 +190,32 @@ async fn a_missing_or_malformed_key_file_stops_the_start_naming_it() {
     }
 }
 
+/// A good key file and a Redis that does not answer: the gateway starts anyway (the
+/// standby never blocks the start on Redis), reports its peer, and a takeover exits
+/// non-zero saying the store did not answer.
+#[tokio::test]
+async fn a_standby_starts_without_redis_and_its_takeover_says_why_it_failed() {
+    let world = World::new("standby-no-redis");
+    let key = world.dir.join("cluster.key");
+    std::fs::write(&key, format!("{}\n", "0f".repeat(32))).unwrap();
+    let gw = Spawned::start(BIN, &standby_config(&world, &key), &[]);
+    gw.logged(&["standby_started"], Duration::from_secs(5))
+        .await;
+    let ops = token_file(&world, OPS);
+    let (code, out, err) = cluster_cli(gw.printed.admin, Some(&ops), &["status"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("peer:          edge-a") && out.contains("warm calls:    0"),
+        "{out}"
+    );
+    let (code, _, err) = cluster_cli(gw.printed.admin, Some(&ops), &["takeover"]).await;
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("503") && err.contains("cluster store"),
+        "{err}"
+    );
+}
+
 #[tokio::test]
 async fn freebind_listener_and_media_bind_an_address_this_host_does_not_hold() {
     let world = World::new("standby-freebind");
