@@ -124,6 +124,19 @@ impl Leg {
         self.seq = seq;
     }
 
+    /// From now on decrypt with `recv` (a new key in an SDES re-offer or re-answer, RFC 4568
+    /// §7.1.4) and send to `remote`; the sending context is kept.
+    pub fn rekey_rx(
+        &mut self,
+        recv: (SrtpProfile, &MasterKey),
+        remote: SocketAddr,
+    ) -> Result<(), ProbeError> {
+        self.rx = context(recv.0, recv.1)?;
+        self.rx_profile = recv.0;
+        self.remote = remote;
+        Ok(())
+    }
+
     /// The suite this leg decrypts with.
     pub fn recv_profile(&self) -> SrtpProfile {
         self.rx_profile

@@ -55,6 +55,8 @@ struct Call {
     answered: bool,
     /// The highest CSeq of the far side's requests so far.
     remote_cseq: u32,
+    /// The gateway's current key (its inline form), to notice a re-key.
+    rx_key: zeroize::Zeroizing<String>,
 }
 
 struct Callee<'a> {
@@ -251,7 +253,10 @@ impl Callee<'_> {
             (_, false) => Some(response_to(m, 481, "Call/Transaction Does Not Exist", None)),
             (Method::Ack, true) => None,
             (Method::Invite, true) if cseq == 1 => None, // a retransmission of the INVITE
-            (Method::Invite, true) => Some(self.reinvite_ok(m)),
+            (Method::Invite, true) => {
+                self.follow_offer(m);
+                Some(self.reinvite_ok(m))
+            }
             (Method::Bye, true) => {
                 self.ended = Some("bye_received".into());
                 Some(response_to(m, 200, "OK", None))
@@ -272,6 +277,27 @@ impl Callee<'_> {
         }));
         if let Some(r) = reply {
             self.send(Some(id), r);
+        }
+    }
+
+    /// A re-offer's new key or address of the gateway's is used from now on.
+    fn follow_offer(&mut self, m: &SipMessage) {
+        let (Ok(agreed), Some(leg), Some(c)) = (
+            sdes::choose_from_offer(m.body()),
+            self.leg.as_mut(),
+            self.call.as_mut(),
+        ) else {
+            return;
+        };
+        let key = zeroize::Zeroizing::new(sdes::inline(&agreed.remote_key));
+        if c.rx_key != key || leg.remote() != agreed.remote {
+            let ok = leg
+                .rekey_rx((agreed.profile, &agreed.remote_key), agreed.remote)
+                .is_ok();
+            c.rx_key = key;
+            (self.emit)(
+                serde_json::json!({"event": "rekeyed", "t_ms": ms_since(self.start), "ok": ok, "media": agreed.remote.to_string()}),
+            );
         }
     }
 
@@ -300,6 +326,9 @@ impl Callee<'_> {
         let to_tag = token();
         match self.accept_offer(m) {
             Ok((leg, answer)) => {
+                let rx_key = sdes::choose_from_offer(m.body())
+                    .map(|a| sdes::inline(&a.remote_key))
+                    .unwrap_or_default();
                 let dialog = Dialog {
                     call_id: m.call_id().unwrap_or_default().to_string(),
                     from: format!("{};tag={to_tag}", m.header("to").unwrap_or_default()),
@@ -321,6 +350,7 @@ impl Callee<'_> {
                     answer,
                     answered: false,
                     remote_cseq: m.cseq().map_or(1, |(n, _)| n),
+                    rx_key: zeroize::Zeroizing::new(rx_key),
                 });
                 let mut ringing = response_to(m, 180, "Ringing", Some(&to_tag));
                 ringing.push_header("Contact", self.contact());

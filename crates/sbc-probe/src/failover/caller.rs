@@ -86,6 +86,8 @@ struct Caller<'a> {
     ended: Option<String>,
     connecting: bool,
     deadline: Instant,
+    /// The gateway's current key (its inline form), to notice a re-key.
+    rx_key: Option<zeroize::Zeroizing<String>>,
 }
 
 /// Runs the caller until its call ends, a `stop` command, or `max_run`; then emits a
@@ -142,6 +144,7 @@ pub async fn run(
         ended: None,
         connecting: false,
         deadline,
+        rx_key: None,
     };
     c.connect(deadline);
     c.send_invite();
@@ -386,7 +389,10 @@ impl Caller<'_> {
         }));
         match method {
             Method::Invite if cseq == 1 => self.on_initial_final(m, status),
-            Method::Invite if status < 300 => self.ack(cseq),
+            Method::Invite if status < 300 => {
+                self.ack(cseq);
+                self.follow_answer(m);
+            }
             Method::Bye => self.ended = Some("bye_answered".into()),
             _ => {}
         }
@@ -438,6 +444,26 @@ impl Caller<'_> {
                 );
                 self.ended = Some("bad answer".into());
             }
+        }
+    }
+
+    /// A re-INVITE's answer: a new key or address of the gateway's is used from now on.
+    fn follow_answer(&mut self, m: &SipMessage) {
+        let Ok((agreed, _)) = sdes::read_answer(m.body(), &self.keys) else {
+            return;
+        };
+        let key = zeroize::Zeroizing::new(sdes::inline(&agreed.remote_key));
+        let Some(leg) = self.leg.as_mut() else {
+            return;
+        };
+        if self.rx_key.as_ref() != Some(&key) || leg.remote() != agreed.remote {
+            let ok = leg
+                .rekey_rx((agreed.profile, &agreed.remote_key), agreed.remote)
+                .is_ok();
+            self.rx_key = Some(key);
+            (self.emit)(
+                serde_json::json!({"event": "rekeyed", "t_ms": ms_since(self.start), "ok": ok, "media": agreed.remote.to_string()}),
+            );
         }
     }
 
