@@ -7,6 +7,7 @@
 //! A node "dies" the way a machine does: its link goes down and every process in its
 //! namespace is SIGKILLed, so nothing says goodbye (no VRRP priority-0 advert, no TCP
 //! FIN) and the standby notices by silence.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
 use std::time::Duration;
