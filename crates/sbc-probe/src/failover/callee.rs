@@ -15,12 +15,12 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::{
-    ms_since, spawn_link, Command, Emit, LinkEvent, LinkHandle, LinkId, MediaStats, CALLEE_STREAM,
+    ms_since, spawn_link, Command, Emit, LinkEvent, LinkHandle, LinkId, MediaSide, CALLEE_STREAM,
     CALLER_STREAM, MAX_QUEUED, MAX_RUN,
 };
-use crate::client::{Dialog, PACKET_INTERVAL};
+use crate::client::Dialog;
 use crate::conn::{token, uri_of};
-use crate::media::{Got, Leg};
+use crate::media::Leg;
 use crate::sdes::{self, LocalKey};
 use crate::ProbeError;
 
@@ -68,10 +68,9 @@ struct Callee<'a> {
     newest: Option<LinkId>,
     outbox: Vec<SipMessage>,
     call: Option<Call>,
-    leg: Option<Leg>,
+    media: MediaSide,
     ring_at: Option<Instant>,
     our_bye: Option<u32>,
-    stats: MediaStats,
     ended: Option<String>,
 }
 
@@ -104,14 +103,13 @@ pub async fn run(
         newest: None,
         outbox: Vec::new(),
         call: None,
-        leg: None,
+        media: MediaSide::new(start),
         ring_at: None,
         our_bye: None,
-        stats: MediaStats::default(),
         ended: None,
     };
     c.run_loop(&mut events, &mut commands, deadline).await;
-    c.stats.close(Instant::now(), start);
+    c.media.stats.close(Instant::now(), start);
     tokio::time::sleep(super::LINGER).await;
     acceptor.abort();
     c.report();
@@ -149,14 +147,11 @@ impl Callee<'_> {
         commands: &mut mpsc::Receiver<Command>,
         deadline: Instant,
     ) {
-        let mut tick = tokio::time::interval(PACKET_INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut commands_open = true;
         let far = deadline + Duration::from_secs(1);
         while self.ended.is_none() {
-            let sending = self.call.as_ref().is_some_and(|c| c.answered);
             let ring_at = self.ring_at.unwrap_or(far);
-            let leg = &mut self.leg;
+            let media = &mut self.media;
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => self.ended = Some("max_run".into()),
                 _ = tokio::time::sleep_until(ring_at), if self.ring_at.is_some() => {
@@ -171,19 +166,7 @@ impl Callee<'_> {
                     Some(cmd) => self.on_command(cmd),
                     None => commands_open = false,
                 },
-                _ = tick.tick(), if sending => {
-                    if let Some(l) = self.leg.as_mut() {
-                        let _ = l.send_next().await;
-                    }
-                }
-                got = async { match leg.as_mut() {
-                    Some(l) => l.recv(far).await,
-                    None => std::future::pending().await,
-                } } => {
-                    if let Ok(Some(Got::Probe { stamp, .. })) = got {
-                        self.stats.received_at(Instant::now(), self.start, &stamp);
-                    }
-                }
+                _ = media.step(far) => {}
             }
         }
     }
@@ -284,7 +267,7 @@ impl Callee<'_> {
     fn follow_offer(&mut self, m: &SipMessage) {
         let (Ok(agreed), Some(leg), Some(c)) = (
             sdes::choose_from_offer(m.body()),
-            self.leg.as_mut(),
+            self.media.leg.as_mut(),
             self.call.as_mut(),
         ) else {
             return;
@@ -342,7 +325,7 @@ impl Callee<'_> {
                     via_host: self.local.to_string(),
                     cseq: 0,
                 };
-                self.leg = Some(leg);
+                self.media.leg = Some(leg);
                 self.call = Some(Call {
                     dialog,
                     invite: m.clone(),
@@ -413,6 +396,7 @@ impl Callee<'_> {
             return;
         };
         c.answered = true;
+        self.media.sending = true;
         let mut ok = response_to(&c.invite, 200, "OK", Some(&c.to_tag));
         ok.push_header("Contact", format!("<sips:callee@{}>", self.local));
         ok.push_header("Allow", "INVITE, ACK, BYE, CANCEL, OPTIONS");
@@ -460,15 +444,7 @@ impl Callee<'_> {
     }
 
     fn report(&mut self) {
-        if let Some(l) = &self.leg {
-            self.stats.sent = l.stats.sent;
-            self.stats.refused = l.stats.refused;
-        }
-        let mut v = self.stats.to_json();
-        v["event"] = "report".into();
-        v["role"] = "callee".into();
-        v["t_ms"] = ms_since(self.start).into();
-        v["ended"] = self.ended.clone().unwrap_or_default().into();
+        let v = self.media.report("callee", &self.ended);
         (self.emit)(v);
     }
 }

@@ -14,12 +14,12 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::{
-    ms_since, spawn_link, Command, Emit, LinkEvent, LinkHandle, LinkId, MediaStats, CALLEE_STREAM,
+    ms_since, spawn_link, Command, Emit, LinkEvent, LinkHandle, LinkId, MediaSide, CALLEE_STREAM,
     CALLER_STREAM, MAX_QUEUED, MAX_RUN,
 };
-use crate::client::{Dialog, PACKET_INTERVAL};
+use crate::client::Dialog;
 use crate::conn::{token, uri_of};
-use crate::media::{Got, Leg};
+use crate::media::Leg;
 use crate::sdes::{self, LocalKey};
 use crate::ProbeError;
 
@@ -78,11 +78,10 @@ struct Caller<'a> {
     offer: String,
     media_port: u16,
     sock: Option<UdpSocket>,
-    leg: Option<Leg>,
+    media: MediaSide,
     confirmed: bool,
     rang: bool,
     pending: Vec<Pending>,
-    stats: MediaStats,
     ended: Option<String>,
     connecting: bool,
     deadline: Instant,
@@ -136,11 +135,10 @@ pub async fn run(
         offer,
         media_port,
         sock: Some(sock),
-        leg: None,
+        media: MediaSide::new(start),
         confirmed: false,
         rang: false,
         pending: Vec::new(),
-        stats: MediaStats::default(),
         ended: None,
         connecting: false,
         deadline,
@@ -149,7 +147,7 @@ pub async fn run(
     c.connect(deadline);
     c.send_invite();
     c.run_loop(&mut events, &mut commands, deadline).await;
-    c.stats.close(Instant::now(), start);
+    c.media.stats.close(Instant::now(), start);
     tokio::time::sleep(super::LINGER).await;
     c.report();
     Ok(())
@@ -162,13 +160,10 @@ impl Caller<'_> {
         commands: &mut mpsc::Receiver<Command>,
         deadline: Instant,
     ) {
-        let mut tick = tokio::time::interval(PACKET_INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut commands_open = true;
         let far = deadline + Duration::from_secs(1);
         while self.ended.is_none() {
-            let sending = self.leg.is_some();
-            let leg = &mut self.leg;
+            let media = &mut self.media;
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => {
                     self.ended = Some("max_run".into());
@@ -181,19 +176,7 @@ impl Caller<'_> {
                     Some(cmd) => self.on_command(cmd),
                     None => commands_open = false,
                 },
-                _ = tick.tick(), if sending => {
-                    if let Some(l) = self.leg.as_mut() {
-                        let _ = l.send_next().await;
-                    }
-                }
-                got = async { match leg.as_mut() {
-                    Some(l) => l.recv(far).await,
-                    None => std::future::pending().await,
-                } } => {
-                    if let Ok(Some(Got::Probe { stamp, .. })) = got {
-                        self.stats.received_at(Instant::now(), self.start, &stamp);
-                    }
-                }
+                _ = media.step(far) => {}
             }
         }
     }
@@ -436,7 +419,8 @@ impl Caller<'_> {
                 (self.emit)(
                     serde_json::json!({"event": "answered", "t_ms": ms_since(self.start), "media": l.remote().to_string()}),
                 );
-                self.leg = Some(l);
+                self.media.leg = Some(l);
+                self.media.sending = true;
             }
             Err(e) => {
                 (self.emit)(
@@ -453,7 +437,7 @@ impl Caller<'_> {
             return;
         };
         let key = zeroize::Zeroizing::new(sdes::inline(&agreed.remote_key));
-        let Some(leg) = self.leg.as_mut() else {
+        let Some(leg) = self.media.leg.as_mut() else {
             return;
         };
         if self.rx_key.as_ref() != Some(&key) || leg.remote() != agreed.remote {
@@ -473,17 +457,9 @@ impl Caller<'_> {
     }
 
     fn report(&mut self) {
-        if let Some(l) = &self.leg {
-            self.stats.sent = l.stats.sent;
-            self.stats.refused = l.stats.refused;
-        }
-        let mut v = self.stats.to_json();
-        v["event"] = "report".into();
-        v["role"] = "caller".into();
-        v["t_ms"] = ms_since(self.start).into();
+        let mut v = self.media.report("caller", &self.ended);
         v["connections"] = self.links.into();
         v["suite"] = self.opts.suite.as_str().into();
-        v["ended"] = self.ended.clone().unwrap_or_default().into();
         v["unanswered"] = self.pending.len().into();
         (self.emit)(v);
     }

@@ -23,6 +23,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::client::PACKET_INTERVAL;
+use crate::media::{Got, Leg};
 use crate::rtp::Stamp;
 
 pub use link::{spawn_link, LinkEvent, LinkHandle, LinkId};
@@ -134,6 +136,62 @@ impl MediaStats {
             "max_gap_ms": self.max_gap.as_secs_f64() * 1000.0,
             "max_gap_end_ms": self.max_gap_end.as_millis() as u64,
         })
+    }
+}
+
+/// A peer's media: its leg once the call has one, the 20 ms send clock and the counters.
+pub(crate) struct MediaSide {
+    pub(crate) leg: Option<Leg>,
+    pub(crate) stats: MediaStats,
+    /// The 20 ms stream is on (the caller once answered, the callee once it answered).
+    pub(crate) sending: bool,
+    tick: tokio::time::Interval,
+    start: Instant,
+}
+
+impl MediaSide {
+    pub(crate) fn new(start: Instant) -> MediaSide {
+        let mut tick = tokio::time::interval(PACKET_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        MediaSide {
+            leg: None,
+            stats: MediaStats::default(),
+            sending: false,
+            tick,
+            start,
+        }
+    }
+
+    /// One step: a packet sent on the tick, or one received and counted; never completes
+    /// without a leg. Receives wait at most until `far`.
+    pub(crate) async fn step(&mut self, far: Instant) {
+        let Some(leg) = self.leg.as_mut() else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = self.tick.tick(), if self.sending => {
+                let _ = leg.send_next().await;
+            }
+            got = leg.recv(far) => {
+                if let Ok(Some(Got::Probe { stamp, .. })) = got {
+                    self.stats.received_at(Instant::now(), self.start, &stamp);
+                }
+            }
+        }
+    }
+
+    /// The `report` line: the counters, `role`, how the call `ended`.
+    pub(crate) fn report(&mut self, role: &str, ended: &Option<String>) -> serde_json::Value {
+        if let Some(l) = &self.leg {
+            self.stats.sent = l.stats.sent;
+            self.stats.refused = l.stats.refused;
+        }
+        let mut v = self.stats.to_json();
+        v["event"] = "report".into();
+        v["role"] = role.into();
+        v["t_ms"] = ms_since(self.start).into();
+        v["ended"] = ended.clone().unwrap_or_default().into();
+        v
     }
 }
 
