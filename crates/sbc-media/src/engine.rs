@@ -42,6 +42,8 @@
 //! (`TapStatus::recording`), are not stopped by `stop_tap` (the recording client owns
 //! them), and end with the call like every tap, prepared or started.
 
+mod standby;
+
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
