@@ -43,8 +43,9 @@ impl Standby {
         };
         // The error names the key file and what is wrong with it.
         let node = StandbyNode::start(cluster, leases).context("[cluster.standby]")?;
-        // MEDIA-WIRING: media.set_replica_sink(node.sink(), settings.index_refresh)
-        let _ = media;
+        if let Some(m) = media {
+            m.set_replica_sink(node.sink(), settings.index_refresh);
+        }
         tracing::info!(
             event = "standby_started",
             node = %cluster.node_id,
@@ -105,7 +106,5 @@ pub(crate) fn media_takeover(
     standby: Option<&Standby>,
     media: Option<&MediaEngine>,
 ) -> Option<SharedMediaTakeover> {
-    // MEDIA-WIRING: standby.and(media).map(MediaEngine::takeover)
-    let _ = (standby, media);
-    None
+    standby.and(media).map(MediaEngine::takeover)
 }

@@ -1016,5 +1016,7 @@ mod tests {
         assert_eq!(parts, sbc_core::metrics_catalog::STANDBY_PARTS);
         let reasons = standby::FenceReason::ALL.map(standby::FenceReason::as_str);
         assert_eq!(reasons, sbc_core::metrics_catalog::STANDBY_FENCE_REASONS);
+        let reloads = standby::ReloadReason::ALL.map(standby::ReloadReason::as_str);
+        assert_eq!(reloads, sbc_core::metrics_catalog::STANDBY_RELOAD_REASONS);
     }
 }

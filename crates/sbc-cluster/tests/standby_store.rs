@@ -42,6 +42,30 @@ fn skip() -> bool {
     }
 }
 
+/// A fresh redis-server in a fresh directory (`None`, said why: not installed).
+fn redis_server(tag: &str) -> Option<(std::path::PathBuf, RedisProcess)> {
+    if skip() {
+        return None;
+    }
+    let dir = temp_dir(tag);
+    let redis = RedisProcess::server(&dir);
+    Some((dir, redis))
+}
+
+/// Wait until the call set `set` holds `n` calls.
+async fn stored(redis: &RedisProcess, set: &str, n: u32) {
+    wait_until(
+        &format!("{n} calls in {set}"),
+        Duration::from_secs(5),
+        || {
+            redis
+                .command(&format!("SCARD {set}"))
+                .is_some_and(|r| r.contains(&format!(":{n}\r\n")))
+        },
+    )
+    .await;
+}
+
 fn key_file(dir: &Path) -> std::path::PathBuf {
     let p = dir.join("cluster.key");
     std::fs::write(&p, format!("{}\n", "5a".repeat(32))).unwrap();
@@ -72,20 +96,23 @@ fn settings(
     }
 }
 
+/// One call the fake installer got.
+#[derive(Debug, Clone)]
+struct Installed {
+    call: CallRef,
+    tenant: String,
+    epoch: u64,
+    dialog: Option<Vec<u8>>,
+    media: Option<Vec<u8>>,
+    secret: Option<Vec<u8>>,
+    indexes: Option<Vec<u8>>,
+    lease: bool,
+}
+
 /// What the fake installer got.
 #[derive(Debug, Default)]
 struct Got {
-    /// (call, tenant, epoch, dialog, media public, secret, indexes, lease held).
-    installed: Vec<(
-        CallRef,
-        String,
-        u64,
-        Option<Vec<u8>>,
-        Option<Vec<u8>>,
-        Option<Vec<u8>>,
-        Option<Vec<u8>>,
-        bool,
-    )>,
+    installed: Vec<Installed>,
     fenced: Vec<CallRef>,
     /// The adopted leases, held as a restored call holds them (dropping releases them).
     leases: Vec<sbc_core::cluster::LeaseGuard>,
@@ -110,16 +137,16 @@ impl CallInstaller for FakeInstaller {
                     .refused
                     .push((c.call, sbc_core::standby::InstallRefusal::BadRecord));
             }
-            got.installed.push((
-                c.call,
-                c.tenant.as_str().to_string(),
-                c.epoch,
-                c.dialog.clone(),
+            got.installed.push(Installed {
+                call: c.call,
+                tenant: c.tenant.as_str().to_string(),
+                epoch: c.epoch,
+                dialog: c.dialog.clone(),
                 media,
                 secret,
-                c.indexes.clone(),
-                c.lease.is_some(),
-            ));
+                indexes: c.indexes.clone(),
+                lease: c.lease.is_some(),
+            });
             got.leases.extend(c.lease);
         }
         Box::pin(async move { report })
@@ -128,6 +155,28 @@ impl CallInstaller for FakeInstaller {
     fn fence(&self, calls: Vec<CallRef>) {
         self.0.lock().unwrap().fenced.extend(calls);
     }
+}
+
+/// The cluster audit events a node sent.
+#[derive(Default)]
+struct Audited(Mutex<Vec<sbc_core::audit::ClusterAudit>>);
+
+impl sbc_core::audit::AuditSink for Audited {
+    fn recording(&self, _: &sbc_core::audit::RecordingAudit) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn cluster(&self, event: &sbc_core::audit::ClusterAudit) -> std::io::Result<()> {
+        self.0.lock().unwrap().push(event.clone());
+        Ok(())
+    }
+}
+
+fn audited(n: &StandbyNode) -> Arc<Audited> {
+    let a = Arc::new(Audited::default());
+    n.set_audit(Arc::new(
+        sbc_core::audit::AuditQueue::start(a.clone()).unwrap(),
+    ));
+    a
 }
 
 fn node(
@@ -180,11 +229,9 @@ fn id(node: &str, call: u64) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parts_reach_the_warm_copy_and_secrets_are_sealed() {
-    if skip() {
+    let Some((dir, redis)) = redis_server("standby-warm") else {
         return;
-    }
-    let dir = temp_dir("standby-warm");
-    let redis = RedisProcess::server(&dir);
+    };
     let (a, _) = node(&settings(&redis.addr(), "w", "A", None, &dir), None);
     let (b, _) = node(&settings(&redis.addr(), "w", "B", Some("A"), &dir), None);
     let sink = a.sink();
@@ -249,11 +296,9 @@ async fn parts_reach_the_warm_copy_and_secrets_are_sealed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claim_moves_owner_epoch_and_leases_once() {
-    if skip() {
+    let Some((dir, redis)) = redis_server("standby-claim") else {
         return;
-    }
-    let dir = temp_dir("standby-claim");
-    let redis = RedisProcess::server(&dir);
+    };
     let (a, _) = node(&settings(&redis.addr(), "c", "A", None, &dir), None);
     let bs = settings(&redis.addr(), "c", "B", Some("A"), &dir);
     let leases = RedisCluster::start(bs.clone());
@@ -289,8 +334,17 @@ async fn claim_moves_owner_epoch_and_leases_once() {
     {
         let got = got.0.lock().unwrap();
         let mut inst = got.installed.clone();
-        inst.sort_by_key(|c| c.0);
-        let (call, tenant, epoch, dialog, media, secret, idx, lease) = &inst[0];
+        inst.sort_by_key(|c| c.call);
+        let Installed {
+            call,
+            tenant,
+            epoch,
+            dialog,
+            media,
+            secret,
+            indexes: idx,
+            lease,
+        } = &inst[0];
         assert_eq!((*call, tenant.as_str(), *epoch), (CallRef(1), "acme", 2));
         assert!(String::from_utf8_lossy(dialog.as_ref().unwrap()).contains("one"));
         assert!(String::from_utf8_lossy(media.as_ref().unwrap()).contains("one"));
@@ -301,7 +355,7 @@ async fn claim_moves_owner_epoch_and_leases_once() {
             "the secret opens with the KEK"
         );
         assert!(*lease, "call 1's leases adopted");
-        assert!(!inst[1].7, "call 2 held no lease");
+        assert!(!inst[1].lease, "call 2 held no lease");
     }
     let key = format!("c:call:{}", id("A", 1));
     assert!(hget(&redis, &key, "owner").contains("\r\nB\r\n"));
@@ -364,11 +418,9 @@ async fn claim_moves_owner_epoch_and_leases_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_claimants_leave_exactly_one_owner() {
-    if skip() {
+    let Some((dir, redis)) = redis_server("standby-double") else {
         return;
-    }
-    let dir = temp_dir("standby-double");
-    let redis = RedisProcess::server(&dir);
+    };
     let (a, _) = node(&settings(&redis.addr(), "d", "A", None, &dir), None);
     let (b, _) = node(&settings(&redis.addr(), "d", "B", Some("A"), &dir), None);
     let (c, _) = node(&settings(&redis.addr(), "d", "C", Some("A"), &dir), None);
@@ -376,12 +428,7 @@ async fn two_claimants_leave_exactly_one_owner() {
     for call in 1..=40 {
         put_call(&sink, call, "x");
     }
-    wait_until("40 calls in A's set", Duration::from_secs(5), || {
-        redis
-            .command("SCARD d:node:A:calls")
-            .is_some_and(|r| r.contains(":40"))
-    })
-    .await;
+    stored(&redis, "d:node:A:calls", 40).await;
     let (cb, cc) = (b.control(), c.control());
     let (rb, rc) = tokio::join!(cb.take_over(), cc.take_over());
     let (rb, rc) = (rb.unwrap(), rc.unwrap());
@@ -412,22 +459,17 @@ async fn two_claimants_leave_exactly_one_owner() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_whose_calls_were_claimed_fences_them() {
-    if skip() {
+    let Some((dir, redis)) = redis_server("standby-fence") else {
         return;
-    }
-    let dir = temp_dir("standby-fence");
-    let redis = RedisProcess::server(&dir);
+    };
     let (a, a_got) = node(&settings(&redis.addr(), "f", "A", None, &dir), None);
+    let a_audit = audited(&a);
     let (b, _) = node(&settings(&redis.addr(), "f", "B", Some("A"), &dir), None);
+    let b_audit = audited(&b);
     let sink = a.sink();
     put_call(&sink, 1, "a1");
     put_call(&sink, 2, "a2");
-    wait_until("both calls in the store", Duration::from_secs(5), || {
-        redis
-            .command("SCARD f:node:A:calls")
-            .is_some_and(|r| r.contains(":2"))
-    })
-    .await;
+    stored(&redis, "f:node:A:calls", 2).await;
     // A comes back from a partition after B took its calls.
     let s = b.control().take_over().await.unwrap();
     assert_eq!(s.claimed, 2);
@@ -440,12 +482,38 @@ async fn a_node_whose_calls_were_claimed_fences_them() {
         secret: None,
     });
     // Call 2 is written no more: the heartbeat's ownership check fences it.
+    // (Which of the two finds call 1 first is a race; each fences it.)
     wait_until("A fences both calls", Duration::from_secs(5), || {
         let mut f = a_got.0.lock().unwrap().fenced.clone();
         f.sort();
+        f.dedup();
         f == [CallRef(1), CallRef(2)]
     })
     .await;
+    wait_until("fencing audited", Duration::from_secs(2), || {
+        let ev = a_audit.0.lock().unwrap();
+        ev.iter().map(|e| e.calls).sum::<u32>() >= 2
+            && ev.iter().all(|e| {
+                e.event == sbc_core::audit::ClusterEvent::Fenced
+                    && e.node == "A"
+                    && ["write_refused", "ownership_lost"].contains(&e.detail.as_str())
+            })
+    })
+    .await;
+    {
+        let ev = b_audit.0.lock().unwrap();
+        assert_eq!(ev.len(), 1, "{ev:?}");
+        assert_eq!(ev[0].event, sbc_core::audit::ClusterEvent::TakenOver);
+        assert_eq!(
+            (ev[0].node.as_str(), ev[0].peer.as_str(), ev[0].calls),
+            ("B", "A", 2)
+        );
+        assert!(
+            ev[0].detail.starts_with("claimed:2,installed:2"),
+            "{:?}",
+            ev[0]
+        );
+    }
     let key = format!("f:call:{}", id("A", 1));
     assert!(hget(&redis, &key, "owner").contains("\r\nB\r\n"));
     assert!(
@@ -461,11 +529,9 @@ async fn a_node_whose_calls_were_claimed_fences_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restarted_empty_gets_every_call_again() {
-    if skip() {
+    let Some((dir, mut redis)) = redis_server("standby-restart") else {
         return;
-    }
-    let dir = temp_dir("standby-restart");
-    let mut redis = RedisProcess::server(&dir);
+    };
     let (a, _) = node(&settings(&redis.addr(), "r", "A", None, &dir), None);
     let (b, _) = node(&settings(&redis.addr(), "r", "B", Some("A"), &dir), None);
     let sink = a.sink();
@@ -507,23 +573,16 @@ async fn redis_restarted_empty_gets_every_call_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_moved_or_tampered_secret_is_refused_not_installed() {
-    if skip() {
+    let Some((dir, redis)) = redis_server("standby-tamper") else {
         return;
-    }
-    let dir = temp_dir("standby-tamper");
-    let redis = RedisProcess::server(&dir);
+    };
     let (a, _) = node(&settings(&redis.addr(), "t", "A", None, &dir), None);
     let (b, got) = node(&settings(&redis.addr(), "t", "B", Some("A"), &dir), None);
     let sink = a.sink();
     for call in 1..=3 {
         put_call(&sink, call, "k");
     }
-    wait_until("3 calls in the store", Duration::from_secs(5), || {
-        redis
-            .command("SCARD t:node:A:calls")
-            .is_some_and(|r| r.contains(":3"))
-    })
-    .await;
+    stored(&redis, "t:node:A:calls", 3).await;
     a.stop();
     // Call 1's sealed keys copied onto call 2 (a valid blob, another call); call 3's
     // blob altered.
@@ -546,8 +605,14 @@ async fn a_moved_or_tampered_secret_is_refused_not_installed() {
     assert!(bent.contains(":1"), "{bent}");
     let s = b.control().take_over().await.unwrap();
     assert_eq!((s.claimed, s.installed), (3, 1), "{s:?}");
-    let got = got.0.lock().unwrap();
-    for (call, _, _, _, media, secret, _, _) in &got.installed {
+    let installed = got.0.lock().unwrap().installed.clone();
+    for Installed {
+        call,
+        media,
+        secret,
+        ..
+    } in &installed
+    {
         if *call == CallRef(1) {
             assert_eq!(secret.as_deref(), Some(SECRET));
         } else {
@@ -557,6 +622,16 @@ async fn a_moved_or_tampered_secret_is_refused_not_installed() {
             );
         }
     }
+    // The refused calls leave the store; the installed one stays, owned by B.
+    wait_until("refused calls deleted", Duration::from_secs(5), || {
+        [&k2, &k3].iter().all(|k| {
+            redis
+                .command(&format!("EXISTS {k}"))
+                .is_some_and(|r| r.contains(":0"))
+        })
+    })
+    .await;
+    assert!(hget(&redis, &k1, "owner").contains("\r\nB\r\n"));
 }
 
 #[tokio::test]
@@ -583,4 +658,141 @@ async fn a_missing_or_short_key_file_is_a_clear_error() {
     let mut none = s.clone();
     none.standby = None;
     assert!(StandbyNode::start(&none, None).is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_leaves_its_dead_calls_to_the_standby_then_clears_them() {
+    let Some((dir, redis)) = redis_server("standby-rerun") else {
+        return;
+    };
+    let sa = settings(&redis.addr(), "n", "A", None, &dir);
+    let (a1, _) = node(&sa, None);
+    let sink = a1.sink();
+    for call in 1..=3 {
+        put_call(&sink, call, "run1");
+    }
+    stored(&redis, "n:node:A:calls", 3).await;
+    a1.stop();
+    drop(sink);
+    drop(a1);
+    // A restarts at once (a process crash and a quick restart).
+    let (a2, _) = node(&sa, None);
+    let sink = a2.sink();
+    // Its new call 1 (same number as a dead one) starts from an empty hash.
+    sink.put(ReplicaUpdate {
+        call: CallRef(1),
+        tenant: TenantId::from("acme"),
+        part: ReplicaPart::Dialog,
+        public: b"{\"v\":1,\"dialog\":\"run2\"}".to_vec(),
+        secret: None,
+    });
+    let k1 = format!("n:call:{}", id("A", 1));
+    wait_until("run 2's call 1", Duration::from_secs(5), || {
+        hget(&redis, &k1, "dialog").contains("run2")
+    })
+    .await;
+    assert!(
+        hget(&redis, &k1, "idx").contains("$-1"),
+        "no field of the dead call 1"
+    );
+    // The dead calls 2 and 3 are still there for a standby to claim...
+    let k2 = format!("n:call:{}", id("A", 2));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(hget(&redis, &k2, "idx").contains("run1"));
+    // ...and gone once the grace has passed.
+    wait_until(
+        "the previous run's calls deleted",
+        sbc_cluster::standby::writer::LEFTOVER_GRACE + Duration::from_secs(5),
+        || {
+            redis
+                .command(&format!("EXISTS {k2}"))
+                .is_some_and(|r| r.contains(":0"))
+        },
+    )
+    .await;
+    assert!(redis
+        .command("SCARD n:node:A:calls")
+        .unwrap()
+        .contains(":1"));
+    assert!(
+        hget(&redis, &k1, "dialog").contains("run2"),
+        "this run's call kept"
+    );
+}
+
+/// How long claiming and installing (into the fake installer) takes for many calls:
+/// `cargo test -p sbc-cluster --test standby_store takeover_of_many_calls -- --nocapture`
+/// prints the figures (the takeover's share of the media gap).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn takeover_of_many_calls() {
+    let Some((dir, redis)) = redis_server("standby-many") else {
+        return;
+    };
+    const CALLS: u64 = 2_000;
+    let (a, _) = node(&settings(&redis.addr(), "m", "A", None, &dir), None);
+    let (b, got) = node(&settings(&redis.addr(), "m", "B", Some("A"), &dir), None);
+    let sink = a.sink();
+    let started = Instant::now();
+    for call in 1..=CALLS {
+        put_call(&sink, call, "many");
+    }
+    stored(&redis, "m:node:A:calls", CALLS as u32).await;
+    let written = started.elapsed();
+    wait_until("every call warm", Duration::from_secs(10), || {
+        b.warm_calls().len() == CALLS as usize
+    })
+    .await;
+    redis
+        .command("CONFIG SET slowlog-log-slower-than 10000")
+        .unwrap();
+    redis.command("SLOWLOG RESET").unwrap();
+    let s = b.control().take_over().await.unwrap();
+    assert_eq!((s.claimed, s.installed), (CALLS as u32, CALLS as u32));
+    // The claim script's own run time, as Redis measured it (µs).
+    let slow = redis.command("SLOWLOG GET 1").unwrap();
+    let script_us = slow
+        .lines()
+        .nth(4)
+        .and_then(|l| l.strip_prefix(':'))
+        .unwrap_or("?")
+        .to_string();
+    assert_eq!(got.0.lock().unwrap().installed.len(), CALLS as usize);
+    println!(
+        "{CALLS} calls: written (3 parts each) in {} ms; takeover {} ms ({:.1} µs a call), of which the claim script ran {script_us} µs in Redis",
+        written.as_millis(),
+        s.duration_ms,
+        s.duration_ms as f64 * 1000.0 / CALLS as f64
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_trimmed_past_the_standby_reloads_the_peers_calls() {
+    let Some((dir, redis)) = redis_server("standby-trim") else {
+        return;
+    };
+    // A tiny stream (below what the config accepts) in one-entry radix nodes, so one
+    // pipelined batch of A's writes trims entries the standby has not read yet.
+    redis
+        .command("CONFIG SET stream-node-max-entries 1")
+        .unwrap();
+    let mut sa = settings(&redis.addr(), "s", "A", None, &dir);
+    sa.standby.as_mut().unwrap().stream_maxlen = 2;
+    let (a, _) = node(&sa, None);
+    let (b, _) = node(&settings(&redis.addr(), "s", "B", Some("A"), &dir), None);
+    let reason = sbc_cluster::standby::ReloadReason::Trimmed;
+    wait_until("B tailing", Duration::from_secs(5), || {
+        b.reloads(sbc_cluster::standby::ReloadReason::Reconnect) == 1
+    })
+    .await;
+    let sink = a.sink();
+    for call in 1..=600 {
+        put_call(&sink, call, "trim");
+    }
+    wait_until("every call warm", Duration::from_secs(10), || {
+        b.warm_calls().len() == 600
+    })
+    .await;
+    let len = redis.command("XLEN s:node:A:changes").unwrap();
+    assert!(!len.contains(":600"), "the stream was trimmed: {len}");
+    assert!(b.reloads(reason) >= 1, "the trim was noticed");
 }

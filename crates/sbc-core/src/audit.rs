@@ -243,4 +243,54 @@ mod tests {
         }
         panic!("the writer never wrote the last event");
     }
+
+    /// Records the cluster events it gets.
+    struct Cluster(Mutex<Vec<ClusterEvent>>);
+
+    impl AuditSink for Cluster {
+        fn recording(&self, _: &RecordingAudit) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn cluster(&self, event: &ClusterAudit) -> std::io::Result<()> {
+            self.0.lock().unwrap().push(event.event);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn cluster_events_reach_the_sink_and_the_default_says_it_records_none() {
+        let sink = Arc::new(Cluster(Mutex::default()));
+        let q = AuditQueue::start(sink.clone()).unwrap();
+        let ev = |event| ClusterAudit {
+            event,
+            node: "b".into(),
+            peer: "a".into(),
+            calls: 3,
+            detail: "claimed:3".into(),
+        };
+        assert!(q.send_cluster(ev(ClusterEvent::TakenOver)));
+        assert!(q.send_cluster(ev(ClusterEvent::Fenced)));
+        for _ in 0..200 {
+            if sink.0.lock().unwrap().len() == 2 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(
+            *sink.0.lock().unwrap(),
+            [ClusterEvent::TakenOver, ClusterEvent::Fenced]
+        );
+        // A sink without a cluster method: the default reports it does not record them.
+        struct RecordingsOnly;
+        impl AuditSink for RecordingsOnly {
+            fn recording(&self, _: &RecordingAudit) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let e = RecordingsOnly
+            .cluster(&ev(ClusterEvent::Fenced))
+            .unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::Unsupported);
+        assert!(e.to_string().contains("fenced"), "{e}");
+    }
 }

@@ -42,6 +42,8 @@
 //! (`TapStatus::recording`), are not stopped by `stop_tap` (the recording client owns
 //! them), and end with the call like every tap, prepared or started.
 
+mod standby;
+
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -200,6 +202,8 @@ struct StreamCtl {
     committed: bool,
     /// Per-leg packet counters, written by the worker.
     counters: [Arc<LegCounters>; 2],
+    /// What the last answer committed (hot standby replicates it).
+    legs: Option<[LegConfig; 2]>,
 }
 
 #[derive(Debug, Default)]
@@ -225,6 +229,8 @@ struct CallCtl {
     recorded_line: Option<usize>,
     /// That m-line's payload formats per leg, from the leg's last offer or answer.
     formats: [Vec<RtpFormat>; 2],
+    /// The tenant's media bandwidth limit (kbit/s, 0: none), from the first offer.
+    bandwidth_kbps: u32,
 }
 
 type CallMap = Arc<Mutex<HashMap<CallRef, CallCtl>>>;
@@ -243,6 +249,8 @@ struct TapCtl {
     counters: Arc<TapCounters>,
     /// Set for a recorded stream (SIPREC).
     recorded: Option<RecordedCtl>,
+    /// An SRTP tap's key (hot standby replicates it as a secret).
+    key: Option<MasterKey>,
 }
 
 /// A recorded stream's control state.
@@ -313,6 +321,8 @@ struct Inner {
     /// Tenants whose `sbc_tenant_media_streams` was last published non-zero (so a tenant
     /// whose last stream ended is set back to 0).
     published: Mutex<Vec<TenantId>>,
+    /// Hot standby: the replica sink and the workers' index reports.
+    standby: standby::Standby,
 }
 
 impl Drop for Inner {
@@ -368,6 +378,7 @@ impl MediaEngine {
         let calls: CallMap = Arc::new(Mutex::new(HashMap::new()));
         let taps: TapMap = Arc::new(Mutex::new(HashMap::new()));
         let events = Arc::new(Mutex::new(EventQueue::default()));
+        let (standby, reporter) = standby::Standby::new();
         let mut workers = Vec::with_capacity(settings.workers);
         let mut stats = Vec::with_capacity(settings.workers);
         for id in 0..settings.workers {
@@ -387,6 +398,7 @@ impl MediaEngine {
                         .unwrap_or_else(|e| e.into_inner())
                         .push(MediaEvent::Timeout(call));
                 }),
+                indexes: Some(reporter.clone()),
             };
             match spawn_worker(id, params) {
                 Ok(h) => workers.push(h),
@@ -403,12 +415,15 @@ impl MediaEngine {
                         rng: SystemRandom::new(),
                         next_worker: AtomicUsize::new(0),
                         published: Mutex::new(Vec::new()),
+                        standby,
                     });
                     return Err(e.into());
                 }
             }
             stats.push(st);
         }
+        // Only the workers send: the report channel closes with them.
+        drop(reporter);
         Ok(MediaEngine {
             inner: Arc::new(Inner {
                 settings,
@@ -421,6 +436,7 @@ impl MediaEngine {
                 rng: SystemRandom::new(),
                 next_worker: AtomicUsize::new(0),
                 published: Mutex::new(Vec::new()),
+                standby,
             }),
         })
     }
@@ -642,6 +658,7 @@ impl MediaEngine {
             spec,
             counters,
             recorded: None,
+            key: None,
         };
         Ok((setup, entry))
     }
@@ -919,6 +936,7 @@ impl MediaControl for MediaEngine {
             record: policy.record,
             recorded_line: None,
             formats: Default::default(),
+            bandwidth_kbps: policy.bandwidth_kbps,
         });
         if ctl.streams.len() < plan.len() {
             ctl.streams.resize_with(plan.len(), || None);
@@ -1006,6 +1024,7 @@ impl MediaControl for MediaEngine {
             policy: policy.clone(),
             media: plan,
         });
+        self.replicate(call, ctl);
         Ok(out)
     }
 
@@ -1154,6 +1173,7 @@ impl MediaControl for MediaEngine {
             match d {
                 Some((legs, rw)) => {
                     if let Some(stream) = ctl.streams.get_mut(i).and_then(Option::as_mut) {
+                        stream.legs = Some(legs.clone());
                         setups.push(StreamSetup {
                             index: i,
                             sockets: stream.sockets.take(),
@@ -1179,6 +1199,9 @@ impl MediaControl for MediaEngine {
         // Sent before the calls lock is released: a tap or recorded stream started right
         // after this commit goes to the worker behind this `Upsert`, never before it.
         let shipped = self.ship_commit(call, ctl, setups);
+        if shipped.is_ok() {
+            self.replicate(call, ctl);
+        }
         drop(calls);
         shipped?;
         Ok(out)
@@ -1240,7 +1263,10 @@ fn tap_profile(suite: TapSuite) -> SrtpProfile {
 }
 
 /// A fresh key for a tap, as per-leg contexts and the inline form handed out once.
-fn tap_key(rng: &SystemRandom, suite: TapSuite) -> Result<([SrtpContext; 2], TapKey), TapError> {
+fn tap_key(
+    rng: &SystemRandom,
+    suite: TapSuite,
+) -> Result<([SrtpContext; 2], TapKey, MasterKey), TapError> {
     use base64::Engine as _;
     let profile = tap_profile(suite);
     let n = profile.master_key_len() + profile.master_salt_len();
@@ -1257,7 +1283,7 @@ fn tap_key(rng: &SystemRandom, suite: TapSuite) -> Result<([SrtpContext; 2], Tap
     let mut inline = String::with_capacity(7 + n.div_ceil(3) * 4);
     inline.push_str("inline:");
     base64::engine::general_purpose::STANDARD.encode_string(&material[..n], &mut inline);
-    Ok((contexts, TapKey::new(inline)))
+    Ok((contexts, TapKey::new(inline), key))
 }
 
 /// The tap's socket: any port, the destination's address family, non-blocking.
@@ -1314,7 +1340,7 @@ impl RecordingMedia for MediaEngine {
         let (srtp, key) = match transport {
             TapTransport::Rtp => (None, None),
             TapTransport::Srtp(suite) => {
-                let (ctx, key) = tap_key(&self.inner.rng, suite)?;
+                let (ctx, key, _) = tap_key(&self.inner.rng, suite)?;
                 (Some(ctx), Some(key))
             }
         };
@@ -1470,11 +1496,11 @@ impl TapControl for MediaEngine {
         }
         // Socket and key before the locks: neither needs them.
         let socket = tap_socket(dest)?;
-        let (srtp, key) = match spec.transport {
-            TapTransport::Rtp => (None, None),
+        let (srtp, key, master) = match spec.transport {
+            TapTransport::Rtp => (None, None, None),
             TapTransport::Srtp(suite) => {
-                let (ctx, key) = tap_key(&self.inner.rng, suite)?;
-                (Some(ctx), Some(key))
+                let (ctx, key, master) = tap_key(&self.inner.rng, suite)?;
+                (Some(ctx), Some(key), Some(master))
             }
         };
         let calls = lock_calls(&self.inner.calls);
@@ -1482,7 +1508,8 @@ impl TapControl for MediaEngine {
         if !ctl.streams.iter().flatten().any(|s| s.committed) {
             return Err(TapError::NoMedia(call));
         }
-        let (setup, entry) = self.new_tap(call, ctl, spec, socket, (srtp, None))?;
+        let (setup, mut entry) = self.new_tap(call, ctl, spec, socket, (srtp, None))?;
+        entry.key = master;
         let id = setup.id;
         let sent = self
             .worker(ctl.worker)
@@ -1491,6 +1518,7 @@ impl TapControl for MediaEngine {
             return Err(TapError::Unavailable("media worker is gone".into()));
         }
         lock_taps(&self.inner.taps).insert(id, entry);
+        self.replicate(call, ctl);
         tracing::info!(%call, tap = %id, legs = spec.legs.as_str(), transport = spec.transport.as_str(), "recording tap started");
         Ok(TapInfo { id, key })
     }
@@ -1502,6 +1530,9 @@ impl TapControl for MediaEngine {
             return false;
         };
         self.remove_in_worker(&calls, t.call, tap);
+        if let Some(ctl) = calls.get(&t.call) {
+            self.replicate(t.call, ctl);
+        }
         tracing::info!(call = %t.call, %tap, "recording tap stopped");
         true
     }

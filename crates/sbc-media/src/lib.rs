@@ -7,6 +7,7 @@
 pub mod engine;
 pub mod ports;
 pub mod relay;
+pub mod replica;
 pub mod sdp;
 pub mod srtp;
 pub mod udp_batch;

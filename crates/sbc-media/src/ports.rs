@@ -88,6 +88,31 @@ impl PortPool {
         }
     }
 
+    /// Takes the pair of `rtp_port` if it is a free pair of this pool (a restored call's
+    /// stored ports, hot standby); false when it is taken or not of this pool.
+    pub fn take(&mut self, rtp_port: u16) -> bool {
+        if rtp_port < self.min || (rtp_port - self.min) % 2 != 0 {
+            return false;
+        }
+        let idx = (rtp_port - self.min) / 2;
+        match self.used.get_mut(usize::from(idx)) {
+            Some(u) if !*u => {
+                *u = true;
+                self.in_use += 1;
+                self.free.retain(|i| *i != idx);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether `rtp_port` is a pair of this pool's range.
+    pub fn covers(&self, rtp_port: u16) -> bool {
+        rtp_port >= self.min
+            && (rtp_port - self.min) % 2 == 0
+            && usize::from((rtp_port - self.min) / 2) < self.used.len()
+    }
+
     /// Pairs in use.
     pub fn pairs_in_use(&self) -> usize {
         self.in_use
@@ -113,10 +138,11 @@ pub fn lock(pool: &SharedPortPool) -> MutexGuard<'_, PortPool> {
     pool.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// A pair taken from the pool, given back on drop.
+/// A pair taken from the pool, given back on drop; a restored call's pair outside the
+/// pool's range or address ([`bind_stored`]) has no pool.
 #[derive(Debug)]
 pub struct PortLease {
-    pool: SharedPortPool,
+    pool: Option<SharedPortPool>,
     port: u16,
 }
 
@@ -129,7 +155,9 @@ impl PortLease {
 
 impl Drop for PortLease {
     fn drop(&mut self) {
-        lock(&self.pool).release(self.port);
+        if let Some(pool) = &self.pool {
+            lock(pool).release(self.port);
+        }
     }
 }
 
@@ -233,6 +261,39 @@ fn set_freebind(_: &socket2::Socket, _: SocketAddr) -> std::io::Result<()> {
     ))
 }
 
+/// Binds a restored call's stored pair (hot standby): RTP on `rtp`, RTCP on the next
+/// port, with `IP_FREEBIND` (the address may be a virtual IP not held yet). When `pool`
+/// serves `rtp`'s address and its range holds the port, the pair is taken from the pool
+/// (refused when in use: [`BindError::Unbindable`]); else it is held outside the pool.
+pub fn bind_stored(
+    pool: &SharedPortPool,
+    pool_ip: IpAddr,
+    rtp: SocketAddr,
+) -> Result<BoundPair, BindError> {
+    let port = rtp.port();
+    if port == 0 || port % 2 != 0 || port == u16::MAX {
+        return Err(BindError::Unbindable);
+    }
+    let pooled = rtp.ip() == pool_ip && lock(pool).covers(port);
+    if pooled && !lock(pool).take(port) {
+        return Err(BindError::Unbindable);
+    }
+    let lease = PortLease {
+        pool: pooled.then(|| Arc::clone(pool)),
+        port,
+    };
+    let ip = rtp.ip();
+    let bind = |p: u16| bind_udp(SocketAddr::new(ip, p), true);
+    match (bind(port), bind(port + 1)) {
+        (Ok(rtp), Ok(rtcp)) => Ok(BoundPair { rtp, rtcp, lease }),
+        (a, b) => {
+            let e = a.err().or(b.err()).map(|e| e.to_string());
+            tracing::warn!(address = %rtp, error = ?e, "stored media ports do not bind");
+            Err(BindError::Unbindable)
+        }
+    }
+}
+
 /// Takes a pair from the pool and binds RTP and RTCP sockets on `ip`. Pairs that do not
 /// bind (taken by another process) are given back and the next is tried.
 pub fn bind_pair(pool: &SharedPortPool, ip: IpAddr) -> Result<BoundPair, BindError> {
@@ -248,7 +309,7 @@ pub fn bind_pair_on(
     for _ in 0..BIND_ATTEMPTS {
         let port = lock(pool).allocate().ok_or(BindError::Exhausted)?;
         let lease = PortLease {
-            pool: Arc::clone(pool),
+            pool: Some(Arc::clone(pool)),
             port,
         };
         let bind = |p: u16| bind_udp(SocketAddr::new(ip, p), freebind);

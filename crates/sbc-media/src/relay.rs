@@ -50,6 +50,12 @@ use crate::srtp::{
 };
 use crate::udp_batch::{send_batch, RecvBatch, BATCH};
 
+mod indexes;
+pub use indexes::{
+    IndexReport, IndexReporter, LegProgress, StreamProgress, TapProgress, INDEX_QUEUE,
+    SRTCP_RESTORE_MARGIN,
+};
+
 /// Largest datagram relayed. RTP over UDP stays under the path MTU (1500); 2048 leaves
 /// room for jumbo-ish video packets. Larger datagrams are dropped as truncated.
 pub const MAX_DATAGRAM: usize = 2048;
@@ -962,6 +968,14 @@ pub enum Command {
         tenant: TenantId,
         bytes_per_second: f64,
     },
+    /// A call taken over from a dead node (hot standby): its streams, taps and their
+    /// SRTP progress, installed in one step so no packet meets a context without it.
+    Restore {
+        call: CallRef,
+        streams: Vec<StreamSetup>,
+        taps: Vec<TapSetup>,
+        progress: Option<Box<IndexReport>>,
+    },
     /// Stop the worker.
     Shutdown,
 }
@@ -976,6 +990,8 @@ pub struct WorkerParams {
     pub batch_interval: Duration,
     /// Called (off the packet path) when a call timed out; its sockets are closed by then.
     pub on_timeout: Box<dyn Fn(CallRef) + Send>,
+    /// Where SRTP progress goes for hot standby (see `relay/indexes.rs`).
+    pub indexes: Option<IndexReporter>,
 }
 
 impl std::fmt::Debug for WorkerParams {
@@ -1004,6 +1020,11 @@ struct LegIo {
     tokens: [Token; 2],
     counters: Arc<LegCounters>,
     track: SeqTrack,
+    /// The last RTP sequence number sent to this leg's peer was 0x8000 or above (hot
+    /// standby reports the progress when this turns true, before the wrap).
+    seq_upper: bool,
+    /// The latched RTP peer as last reported to hot standby.
+    latch_reported: Option<SocketAddr>,
     // Declared after the sockets: dropped after they close.
     _lease: PortLease,
 }
@@ -1020,6 +1041,9 @@ struct CallIo {
     taps: Vec<TapSetup>,
     /// The tenant whose bandwidth bucket this call's packets draw from, if limited.
     tenant: Option<TenantId>,
+    /// Its SRTP progress is to be reported at the next tick, and when it last was.
+    index_due: bool,
+    index_at: Instant,
 }
 
 /// A tenant's media bandwidth on one worker: a token bucket of bytes, one second deep.
@@ -1098,6 +1122,7 @@ struct Counters {
     wakeups: metrics::Counter,
     dropped: [metrics::Counter; DropReason::COUNT],
     taps: TapMetrics,
+    index_dropped: metrics::Counter,
 }
 
 impl Counters {
@@ -1114,6 +1139,7 @@ impl Counters {
                     |r| metrics::counter!("sbc_tap_packets_dropped_total", "reason" => r.as_str()),
                 ),
             },
+            index_dropped: indexes::dropped_counter(),
         }
     }
 }
@@ -1249,6 +1275,7 @@ impl Worker {
                 self.check_timeouts(now);
                 self.check_auth_failures(now);
                 self.latency.flush();
+                self.report_indexes(now);
                 next_tick = now + TICK;
             }
         }
@@ -1270,6 +1297,20 @@ impl Worker {
                 }
                 Ok(Command::Remove(call)) => {
                     self.remove(call);
+                }
+                Ok(Command::Restore {
+                    call,
+                    streams,
+                    taps,
+                    progress,
+                }) => {
+                    self.upsert(call, streams, now);
+                    for tap in taps {
+                        self.add_tap(call, tap);
+                    }
+                    if let Some(p) = progress {
+                        self.apply_progress(&p);
+                    }
                 }
                 Ok(Command::AddTap { call, tap }) => self.add_tap(call, *tap),
                 Ok(Command::RemoveTap { call, id }) => {
@@ -1380,6 +1421,8 @@ impl Worker {
             tokens: [t_rtp, t_rtcp],
             counters,
             track: SeqTrack::default(),
+            seq_upper: false,
+            latch_reported: None,
             _lease: lease,
         })
     }
@@ -1400,11 +1443,11 @@ impl Worker {
                 legs,
                 counters: [c0, c1],
             } = setup;
-            let existing = self
-                .calls
-                .get_mut(&call)
-                .and_then(|c| c.streams.get_mut(index))
-                .and_then(Option::as_mut);
+            let existing = self.calls.get_mut(&call).and_then(|c| {
+                // New keys, new contexts: their progress is reported at the next tick.
+                c.index_due = true;
+                c.streams.get_mut(index).and_then(Option::as_mut)
+            });
             if let Some(stream) = existing {
                 for (io, cfg) in stream.legs.iter_mut().zip(legs.iter()) {
                     if let Err(e) = io.state.update(cfg) {
@@ -1433,6 +1476,8 @@ impl Worker {
                         last_activity: now,
                         taps: Vec::new(),
                         tenant: None,
+                        index_due: true,
+                        index_at: now,
                     });
                     if c.streams.len() <= index {
                         c.streams.resize_with(index + 1, || None);
@@ -1606,6 +1651,13 @@ impl Worker {
                 match result {
                     Ok((f, kind)) => {
                         active = true;
+                        // Hot standby: one bit compared per packet (relay/indexes.rs).
+                        let upper = kind == PacketKind::Rtp
+                            && rx.slot(i).get(2).is_some_and(|b| b & 0x80 != 0);
+                        if upper != outb.seq_upper {
+                            outb.seq_upper = upper;
+                            call.index_due |= upper;
+                        }
                         let which = match (kind, f.via_rtcp_socket) {
                             (PacketKind::Rtp, _) => 0,
                             (PacketKind::Rtcp, false) => 1,

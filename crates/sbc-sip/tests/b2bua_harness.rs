@@ -523,16 +523,7 @@ fn cancel_racing_a_200_gets_487_and_the_late_answer_is_acked_and_hung_up() {
     h.caller_sends(invite("c2", "z9hG4bK-c2"));
     let down = h.take_to(To::Callee).remove(0);
     h.callee_sends(respond(&down, 180, "t", false));
-    let mut cancel = invite("c2", "z9hG4bK-c2");
-    cancel = {
-        let text = String::from_utf8_lossy(&cancel.to_bytes())
-            .replace("INVITE sips", "CANCEL sips")
-            .replace("1 INVITE", "1 CANCEL");
-        let mut m = SipMessage::parse(text.as_bytes()).unwrap();
-        m.set_body(Vec::new());
-        m.remove_header("content-type");
-        m
-    };
+    let cancel = cancel_of(&invite("c2", "z9hG4bK-c2"));
     h.caller_sends(cancel);
     let up = h.take_to(To::Caller);
     assert!(statuses(&up).contains(&487), "{:?}", statuses(&up));
@@ -3160,6 +3151,21 @@ mod standby {
         // An ACK changes no dialog state: no put.
         a.caller_sends(in_dialog(Method::Ack, &ok, 1, "z9hG4bK-r1a", true));
         assert_eq!(*sink.puts.lock().unwrap(), puts);
+        // A target refresh: the callee answers a re-INVITE from a new Contact.
+        a.caller_sends(in_dialog(Method::Invite, &ok, 2, "z9hG4bK-r1re", true));
+        let re = a
+            .take_to(To::Callee)
+            .into_iter()
+            .find(|m| m.method() == Some(&Method::Invite))
+            .unwrap();
+        let mut moved = sbc_sip::message::response_to(&re, 200, "OK", Some("callee-tag"));
+        moved.push_header("Contact", "<sips:pbx@10.9.9.10:5061>");
+        a.callee_sends(moved);
+        let v = sink.part(call);
+        assert_eq!(v["callee"]["remote_target"], "sips:pbx@10.9.9.10:5061");
+        assert_eq!(v["callee"]["next_cseq"], cseq(&re) + 1);
+        let ok2 = a.take_to(To::Caller).pop().unwrap();
+        a.caller_sends(in_dialog(Method::Ack, &ok2, 2, "z9hG4bK-r1rea", true));
         // The callee's BYE: our caller leg's CSeq is taken (put), then the call ends.
         a.callee_sends(in_dialog(
             Method::Bye,
@@ -3238,9 +3244,11 @@ mod standby {
         let _guard = logs.install(tracing::Level::INFO);
         let (_, mut b, down, _) = taken_over("t3");
         let callee_view = respond(&down, 200, "callee-tag", false);
-        let mut reinvite = in_dialog(Method::Invite, &callee_view, 5, "z9hG4bK-t3re", false);
-        reinvite.push_header("Content-Type", "application/sdp");
-        reinvite.set_body(OFFER.as_bytes().to_vec());
+        let reinvite = with_body(
+            in_dialog(Method::Invite, &callee_view, 5, "z9hG4bK-t3re", false),
+            "application/sdp",
+            OFFER,
+        );
         b.callee_sends(reinvite);
         assert!(b.take_to(To::Other).is_empty());
         b.advance(CALLER_WAIT + Duration::from_secs(1));
@@ -3262,9 +3270,11 @@ mod standby {
     fn re_invites_from_either_side_continue_the_cseq_of_each_leg() {
         let (_, mut b, down, ok) = taken_over("t4");
         reconnect(&mut b);
-        let mut reinvite = in_dialog(Method::Invite, &ok, 2, "z9hG4bK-t4re", true);
-        reinvite.push_header("Content-Type", "application/sdp");
-        reinvite.set_body(OFFER.as_bytes().to_vec());
+        let reinvite = with_body(
+            in_dialog(Method::Invite, &ok, 2, "z9hG4bK-t4re", true),
+            "application/sdp",
+            OFFER,
+        );
         b.input(Input::Message {
             conn: RECONNECT,
             msg: reinvite,
@@ -3286,9 +3296,11 @@ mod standby {
         );
         // Now the callee re-INVITEs: the caller leg continues from A's too.
         let callee_view = respond(&down, 200, "callee-tag", false);
-        let mut reinvite = in_dialog(Method::Invite, &callee_view, 7, "z9hG4bK-t4re2", false);
-        reinvite.push_header("Content-Type", "application/sdp");
-        reinvite.set_body(OFFER.as_bytes().to_vec());
+        let reinvite = with_body(
+            in_dialog(Method::Invite, &callee_view, 7, "z9hG4bK-t4re2", false),
+            "application/sdp",
+            OFFER,
+        );
         b.callee_sends(reinvite);
         let to_caller = b.take_to(To::Other);
         assert_eq!(to_caller[0].method(), Some(&Method::Invite));
@@ -3325,12 +3337,7 @@ mod standby {
         assert_eq!(report.installed, 1, "{report:?}");
         assert_eq!(b.usage().pending_invites, 1, "still a pending INVITE");
         reconnect(&mut b);
-        let text = String::from_utf8_lossy(&inv.to_bytes())
-            .replace("INVITE sips", "CANCEL sips")
-            .replace("1 INVITE", "1 CANCEL");
-        let mut cancel = SipMessage::parse(text.as_bytes()).unwrap();
-        cancel.set_body(Vec::new());
-        cancel.remove_header("content-type");
+        let cancel = cancel_of(&inv);
         b.input(Input::Message {
             conn: RECONNECT,
             msg: cancel,
@@ -3360,12 +3367,7 @@ mod standby {
         let down = a.take_to(To::Callee).remove(0);
         a.callee_sends(respond(&down, 180, "callee-tag", false));
         assert_eq!(sink.parts.lock().unwrap().len(), 1);
-        let text = String::from_utf8_lossy(&inv.to_bytes())
-            .replace("INVITE sips", "CANCEL sips")
-            .replace("1 INVITE", "1 CANCEL");
-        let mut cancel = SipMessage::parse(text.as_bytes()).unwrap();
-        cancel.set_body(Vec::new());
-        cancel.remove_header("content-type");
+        let cancel = cancel_of(&inv);
         a.caller_sends(cancel);
         assert!(
             sink.parts.lock().unwrap().is_empty(),
@@ -3454,6 +3456,17 @@ mod standby {
         b.assert_nothing_held();
     }
 
+    #[test]
+    fn a_call_installed_twice_is_refused_the_second_time_and_keeps_one_slot() {
+        let (sink, mut b, _, _) = taken_over("d1");
+        let again = sink.taken();
+        let call = again[0].call;
+        let report = install(&mut b, again);
+        assert_eq!(report.refused, vec![(call, InstallRefusal::BadRecord)]);
+        assert_eq!(b.usage().active_calls, 1);
+        assert_eq!(b.registry.len(), 1);
+    }
+
     /// How one claimed call of the property test is spoiled (or not).
     #[derive(Debug, Clone, Copy)]
     enum Spoil {
@@ -3528,8 +3541,8 @@ mod standby {
         #![proptest_config(ProptestConfig::with_cases(48))]
 
         /// Every refusal path of install releases what it took: the admission slot (and
-        /// pending INVITE), media, registry entry; the installed calls hold exactly one of
-        /// each, and fencing them leaves nothing.
+        /// pending INVITE), the moved cluster lease, media, registry entry; the installed
+        /// calls hold exactly one of each, and fencing them leaves nothing.
         #[test]
         fn every_install_refusal_releases_its_admission_slot(
             spoils in prop::collection::vec((spoil(), any::<bool>()), 1..8)
@@ -3548,16 +3561,21 @@ mod standby {
             prop_assert_eq!(claimed.len(), spoils.len());
             let (mut b, mt) = node_b();
             let mut want = Vec::new();
+            let released = Arc::new(std::sync::atomic::AtomicUsize::new(0));
             let calls: Vec<TakenCall> = claimed
                 .into_iter()
                 .zip(&spoils)
-                .map(|(t, (s, _))| {
+                .map(|(mut t, (s, _))| {
                     if let Some(r) = s.expected() {
                         want.push((t.call, r));
                     }
+                    t.lease = Some(sbc_core::cluster::LeaseGuard(Box::new(CountedLease(
+                        released.clone(),
+                    ))));
                     s.apply(t)
                 })
                 .collect();
+            let released_now = || released.load(std::sync::atomic::Ordering::SeqCst);
             let report = install(&mut b, calls);
             prop_assert_eq!(&report.refused, &want);
             let installed = spoils.len() - want.len();
@@ -3566,8 +3584,10 @@ mod standby {
             prop_assert_eq!(u.active_calls as usize, installed);
             prop_assert_eq!(b.registry.len(), installed);
             prop_assert_eq!(b.media.live.lock().unwrap().len(), installed);
+            prop_assert_eq!(released_now(), want.len(), "refused calls' leases released");
             let restored = mt.restored.lock().unwrap().clone();
             prop_assert_eq!(b.core.fence(&restored), installed);
+            prop_assert_eq!(released_now(), spoils.len(), "and the installed ones' with them");
             b.advance(T1 * 64);
             b.assert_nothing_held();
         }

@@ -64,6 +64,26 @@ impl FenceReason {
     pub const ALL: [FenceReason; 2] = [FenceReason::WriteRefused, FenceReason::OwnershipLost];
 }
 
+/// Why the tailer reloaded the peer's whole call set (the `reason` label of
+/// `sbc_cluster_standby_reloads_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadReason {
+    /// A (re)connect: entries may have been missed, or Redis restarted.
+    Reconnect,
+    /// The peer's stream was trimmed past the last entry read.
+    Trimmed,
+}
+
+impl ReloadReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReloadReason::Reconnect => "reconnect",
+            ReloadReason::Trimmed => "trimmed",
+        }
+    }
+    pub const ALL: [ReloadReason; 2] = [ReloadReason::Reconnect, ReloadReason::Trimmed];
+}
+
 /// State shared by the sink, the writer, the tailer and the takeover.
 pub(crate) struct Node {
     pub settings: ClusterSettings,
@@ -81,6 +101,8 @@ pub(crate) struct Node {
     pub warm: Mutex<HashMap<String, WarmCall>>,
     /// Age of the newest stream entry read, ms; `u64::MAX` before the first.
     pub lag_ms: AtomicU64,
+    /// Whole reloads of the peer's calls, by [`ReloadReason`] index.
+    pub reloads: [AtomicU64; 2],
     pub last_takeover: Mutex<Option<TakeoverSummary>>,
     /// One takeover at a time.
     pub taking_over: tokio::sync::Mutex<()>,
@@ -216,6 +238,7 @@ impl StandbyNode {
             wake: tokio::sync::Notify::new(),
             warm: Mutex::new(HashMap::new()),
             lag_ms: AtomicU64::new(u64::MAX),
+            reloads: Default::default(),
             last_takeover: Mutex::new(None),
             taking_over: tokio::sync::Mutex::new(()),
             run_id: format!("{:016x}", rand::random::<u64>()),
@@ -265,6 +288,11 @@ impl StandbyNode {
             .collect();
         v.sort_by(|a, b| a.id.cmp(&b.id));
         v
+    }
+
+    /// Whole reloads of the peer's calls so far for `reason`.
+    pub fn reloads(&self, reason: ReloadReason) -> u64 {
+        self.node.reloads[reason as usize].load(Ordering::Relaxed)
     }
 
     /// Calls this node replicates now (its own and those it took over).

@@ -5,7 +5,8 @@
 //! and Redis Cluster does not; sbc-cluster supports the first two only):
 //! - `P:call:<id>`: one hash per call, `<id>` = `<origin node>:<call ref hex>` (the node
 //!   the call started on keeps naming it after a takeover). Fields: `owner`, `epoch`,
-//!   `tenant`, `lease` (the call's quota lease ticket, hex), one field per
+//!   `tenant`, `run` (the run id of the process that created it), `lease` (the call's
+//!   quota lease ticket, hex), one field per
 //!   [`sbc_core::standby::ReplicaPart`] and `media_secret` (the sealed SRTP keys).
 //! - `P:node:<node>:calls`: the set of call ids `<node>` owns.
 //! - `P:node:<node>:changes`: `<node>`'s change stream (XADD MAXLEN ~), entries
@@ -19,21 +20,26 @@
 /// KEYS: hash, node call set, node stream, node marker.
 /// ARGV: node, tenant, id, stream maxlen, known (`1`: this node wrote the call before, so
 /// a missing hash means another node claimed and ended it), parts (for the stream
-/// entry), lease ticket (`` = none), then field / value pairs.
+/// entry), lease ticket (`` = none), run id, then field / value pairs.
+/// A new call (`known` = 0) whose hash a previous run of this node left (same number,
+/// owner this node, another run id) starts from an empty hash, so no field of the dead
+/// call survives into the new one.
 /// Returns `{1, epoch}` written, `{0, owner}` refused (another node owns the call), `{2}`
 /// the marker is gone (Redis lost its data: republish).
 pub const PUT: &str = r#"
 if redis.call('EXISTS', KEYS[4]) == 0 then return {2} end
 local owner = redis.call('HGET', KEYS[1], 'owner')
-if owner then
-  if owner ~= ARGV[1] then return {0, owner} end
-elseif ARGV[5] == '1' then
-  return {0, ''}
-else
-  redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'epoch', 1, 'tenant', ARGV[2])
+if owner and owner ~= ARGV[1] then return {0, owner} end
+if not owner and ARGV[5] == '1' then return {0, ''} end
+if owner and ARGV[5] == '0' and redis.call('HGET', KEYS[1], 'run') ~= ARGV[8] then
+  redis.call('DEL', KEYS[1])
+  owner = false
+end
+if not owner then
+  redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'epoch', 1, 'tenant', ARGV[2], 'run', ARGV[8])
 end
 if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'lease', ARGV[7]) end
-for i = 8, #ARGV, 2 do
+for i = 9, #ARGV, 2 do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
 end
 redis.call('SADD', KEYS[2], ARGV[3])
@@ -66,18 +72,19 @@ end
 return out
 "#;
 
-/// A process starts: the calls a previous run of this node left (owned by it, not in
-/// `keep`) died with it; delete them and set the marker.
+/// Some time after a process started (so its standby could claim them first): the calls
+/// a previous run of this node left (owned by it, written by another run, not in `keep`)
+/// died with it; delete them.
 /// KEYS: node call set, node marker, node stream. ARGV: node, hash key prefix, run id,
-/// stream maxlen, then ids to keep (calls this run already holds).
+/// stream maxlen, then ids to keep (calls this run holds).
 /// Returns the number of calls deleted.
 pub const RESET: &str = r#"
 local keep = {}
 for i = 5, #ARGV do keep[ARGV[i]] = true end
 local n = 0
 for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  if not keep[id] then
-    local h = ARGV[2] .. id
+  local h = ARGV[2] .. id
+  if not keep[id] and redis.call('HGET', h, 'run') ~= ARGV[3] then
     if redis.call('HGET', h, 'owner') == ARGV[1] then
       redis.call('DEL', h)
       redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', 'call', id, 'op', 'del')
@@ -86,7 +93,6 @@ for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
     redis.call('SREM', KEYS[1], id)
   end
 end
-redis.call('SET', KEYS[2], ARGV[3])
 return n
 "#;
 

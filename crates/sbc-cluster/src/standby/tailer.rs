@@ -1,13 +1,15 @@
 //! The standby's tailer: the peer's change stream read into a warm copy of its calls.
 //!
-//! Each round pipelines `XINFO STREAM` (has the stream been trimmed past the last id
-//! read? then entries were lost: reload) and `XREAD BLOCK` from the last id. An entry
+//! Each round pipelines `XINFO STREAM` (were entries trimmed before they were read? The
+//! tailer counts the entries it read against the stream's `entries-added` and length,
+//! Redis 7; then it reloads) and `XREAD BLOCK` from the last id. An entry
 //! names a call and the parts that changed; the tailer then reads the call's hash
 //! (`HGETALL`, pipelined per batch of entries) rather than carrying the parts in the
 //! entry: the stream stays small (ids only, so `MAXLEN` bounds it by entries, not by
 //! kilobytes of SDP state), and a burst of entries for one call costs one read of its
 //! latest state. After any (re)connect the tailer reloads the peer's whole call set
-//! (`SMEMBERS` + `HGETALL`) and resumes from the stream's last id at that moment.
+//! (`SMEMBERS` + `HGETALL`) and resumes from the stream's last id at that moment (a reload
+//! after that id is harmless: each entry only makes the tailer read a hash again).
 //!
 //! The warm copy holds each call's parts as stored, the secret still sealed (it is opened
 //! only by a takeover, so a standby's memory holds no SRTP key of a call it does not
@@ -26,7 +28,7 @@ use sbc_core::standby::ReplicaPart;
 use tracing::{info, warn};
 
 use super::script::SECRET_FIELD;
-use super::Node;
+use super::{Node, ReloadReason};
 use crate::resp::Value;
 use crate::{connect_with, with_deadline, ClusterError, Link, MAINTENANCE_TIMEOUT};
 
@@ -133,13 +135,38 @@ fn entries(v: &Value) -> Vec<Entry> {
     out
 }
 
-/// `max-deleted-entry-id` of an `XINFO STREAM` reply (Redis 7).
-fn max_deleted(v: &Value) -> Option<(u64, u64)> {
+/// What `XINFO STREAM` says of a stream: its last id, entries ever added (Redis 7) and
+/// length. `None` when the stream does not exist (an error reply).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct StreamInfo {
+    last_id: String,
+    added: u64,
+    length: u64,
+}
+
+fn stream_info(v: &Value) -> Option<StreamInfo> {
     let items = v.array()?;
-    let i = items
-        .chunks(2)
-        .find(|kv| kv.first().and_then(Value::text).as_deref() == Some("max-deleted-entry-id"))?;
-    parse_id(&i.get(1)?.text()?)
+    let get = |name: &str| {
+        items
+            .chunks(2)
+            .find(|kv| kv.first().and_then(Value::text).as_deref() == Some(name))
+            .and_then(|kv| kv.get(1))
+    };
+    Some(StreamInfo {
+        last_id: get("last-generated-id")?.text()?,
+        added: u64::try_from(get("entries-added")?.int()?).ok()?,
+        length: u64::try_from(get("length")?.int()?).ok()?,
+    })
+}
+
+impl StreamInfo {
+    /// Entries were trimmed (or the stream was recreated) before the tailer read them:
+    /// the next entry it needs, number `read + 1` of those ever added, is older than the
+    /// oldest kept (number `added - length + 1`). Redis trims with `MAXLEN` without
+    /// touching `max-deleted-entry-id`, so the count of entries is what tells.
+    fn lost_after(&self, read: u64) -> bool {
+        read + self.length < self.added || self.added < read
+    }
 }
 
 struct Tailer {
@@ -148,6 +175,9 @@ struct Tailer {
     link: Option<Link>,
     /// Last entry id applied (`0-0`: from the start).
     last: String,
+    /// How many entries the stream had ever been given up to `last` (its
+    /// `entries-added` at the reload, plus every entry read since).
+    read: u64,
 }
 
 /// The tailer task: until the node stops.
@@ -161,12 +191,13 @@ pub(crate) async fn run(node: Arc<Node>) {
         peer,
         link: None,
         last: "0-0".into(),
+        read: 0,
     };
     loop {
         let round = async {
             if t.link.is_none() {
                 t.link = Some(connect_with(&t.node.settings, &[]).await?);
-                t.reload().await?;
+                t.reload(ReloadReason::Reconnect).await?;
             }
             t.poll().await
         };
@@ -195,14 +226,13 @@ impl Tailer {
     }
 
     /// The peer's whole call set, and the stream id to resume from.
-    async fn reload(&mut self) -> Result<(), ClusterError> {
+    async fn reload(&mut self, reason: ReloadReason) -> Result<(), ClusterError> {
         let n = self.node.clone();
         let stream = n.keys.stream(&self.peer);
         let set = n.keys.calls(&self.peer);
         let link = self.link()?;
-        let (last, ids) = with_deadline(MAINTENANCE_TIMEOUT, async {
-            link.conn
-                .push(&[b"XREVRANGE", stream.as_bytes(), b"+", b"-", b"COUNT", b"1"]);
+        let (info, ids) = with_deadline(MAINTENANCE_TIMEOUT, async {
+            link.conn.push(&[b"XINFO", b"STREAM", stream.as_bytes()]);
             link.conn.push(&[b"SMEMBERS", set.as_bytes()]);
             link.conn.flush().await?;
             let last = link.conn.read().await?;
@@ -210,13 +240,11 @@ impl Tailer {
             Ok((last, ids))
         })
         .await?;
-        let last = last
-            .array()
-            .and_then(|a| a.first())
-            .and_then(Value::array)
-            .and_then(|e| e.first())
-            .and_then(Value::text)
-            .unwrap_or_else(|| "0-0".into());
+        let info = stream_info(&info).unwrap_or(StreamInfo {
+            last_id: "0-0".into(),
+            added: 0,
+            length: 0,
+        });
         let ids: Vec<String> = ids
             .array()
             .unwrap_or(&[])
@@ -233,9 +261,13 @@ impl Tailer {
         }
         let calls = warm.len();
         *n.warm() = warm;
-        self.last = last;
+        self.last = info.last_id;
+        self.read = info.added;
         metrics::gauge!("sbc_cluster_warm_calls").set(calls as f64);
-        info!(event = "standby_reloaded", peer = %self.peer, calls, "reloaded the peer's calls");
+        metrics::counter!("sbc_cluster_standby_reloads_total", "reason" => reason.as_str())
+            .increment(1);
+        n.reloads[reason as usize].fetch_add(1, Ordering::Relaxed);
+        info!(event = "standby_reloaded", peer = %self.peer, calls, reason = reason.as_str(), "reloaded the peer's calls");
         Ok(())
     }
 
@@ -285,16 +317,17 @@ impl Tailer {
             Ok((link.conn.read().await?, link.conn.read().await?))
         })
         .await?;
-        if let (Some(deleted), Some(last)) = (max_deleted(&info), parse_id(&last)) {
-            if deleted > last {
+        if let Some(info) = stream_info(&info) {
+            if info.lost_after(self.read) {
                 warn!(event = "standby_stream_trimmed", peer = %self.peer, "the peer's stream was trimmed past the last entry read: reloading its calls");
-                return self.reload().await;
+                return self.reload(ReloadReason::Trimmed).await;
             }
         }
         if let Value::Error(e) = &read {
             return Err(ClusterError::Server(e.clone()));
         }
         let list = entries(&read);
+        let count = list.len() as u64;
         let Some((newest, _, _)) = list.last() else {
             return Ok(());
         };
@@ -332,6 +365,7 @@ impl Tailer {
             metrics::gauge!("sbc_cluster_replication_lag_seconds").set(lag as f64 / 1000.0);
         }
         self.last = newest;
+        self.read += count;
         Ok(())
     }
 }
@@ -365,12 +399,21 @@ mod tests {
         assert!(entries(&Value::Array(None)).is_empty());
         let info = Value::Array(Some(vec![
             bulk("length"),
-            Value::Int(3),
-            bulk("max-deleted-entry-id"),
+            Value::Int(2),
+            bulk("last-generated-id"),
             bulk("17-2"),
+            bulk("max-deleted-entry-id"),
+            bulk("0-0"),
+            bulk("entries-added"),
+            Value::Int(10),
         ]));
-        assert_eq!(max_deleted(&info), Some((17, 2)));
-        assert!((17, 2) > (16, 9) && (17, 2) < (17, 3));
+        let i = stream_info(&info).expect("info");
+        assert_eq!((i.last_id.as_str(), i.added, i.length), ("17-2", 10, 2));
+        // Entries 9 and 10 are kept: having read 8 loses nothing, 7 loses entry 8.
+        assert!(!i.lost_after(8) && !i.lost_after(10));
+        assert!(i.lost_after(7));
+        assert!(i.lost_after(11), "recreated stream");
+        assert!(stream_info(&Value::Error("ERR no such key".into())).is_none());
     }
 
     #[test]

@@ -14,6 +14,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use sbc_core::cluster::Ticket;
 use sbc_core::media::CallRef;
@@ -40,6 +41,14 @@ const WRITE_BATCH: usize = 256;
 const ROUNDS_PER_WAKE: usize = 16;
 /// Ids checked per ownership script.
 const OWNED_CHUNK: usize = 500;
+/// How long a restarted process leaves the calls its previous run left in the store
+/// before deleting them: its standby claims them within about a second of the VIP
+/// moving (keepalived's notify runs the takeover), so 10 s leaves it ample time, and a
+/// node that got its VIP back leaves dead calls in the store (and in its standby's warm
+/// copy) no longer than this.
+pub const LEFTOVER_GRACE: Duration = Duration::from_secs(10);
+/// Wait before connecting again after a failed attempt (puts do not each try).
+const RECONNECT_AFTER: Duration = Duration::from_millis(500);
 /// A bit per part (in [`ReplicaPart::ALL`] order) and one for the lease ticket.
 const LEASE_BIT: u8 = 1 << 3;
 
@@ -93,6 +102,8 @@ pub(crate) struct Book {
     calls: HashMap<CallRef, LiveCall>,
     queue: VecDeque<CallRef>,
     removals: Vec<String>,
+    /// Lease tickets given before the call's first part (bounded like the calls).
+    early: HashMap<CallRef, Ticket>,
     full: bool,
 }
 
@@ -139,6 +150,10 @@ impl Book {
             );
         }
         if let Some(c) = self.calls.get_mut(&u.call) {
+            if let Some(t) = self.early.remove(&u.call) {
+                c.lease = Some(t);
+                c.dirty |= LEASE_BIT;
+            }
             let i = ReplicaPart::ALL
                 .iter()
                 .position(|p| *p == u.part)
@@ -155,6 +170,7 @@ impl Book {
 
     /// The call ended: forget it and delete it from the store.
     pub fn remove(&mut self, call: CallRef) -> bool {
+        self.early.remove(&call);
         match self.calls.remove(&call) {
             Some(c) => {
                 self.removals.push(c.id);
@@ -170,6 +186,10 @@ impl Book {
     /// The call's quota lease ticket.
     pub fn lease(&mut self, call: CallRef, ticket: Ticket) -> bool {
         let Some(c) = self.calls.get_mut(&call) else {
+            // Before the call's first part: kept until it comes.
+            if self.early.len() < MAX_CALLS {
+                self.early.insert(call, ticket);
+            }
             return false;
         };
         c.lease = Some(ticket);
@@ -325,8 +345,12 @@ impl LiveCall {
 struct Writer {
     node: Arc<Node>,
     link: Option<Link>,
-    /// The first connection of this process resets the node's leftovers.
+    /// The first connection of this process sets the marker.
     started: bool,
+    /// When the previous run's leftovers are deleted (`None`: done).
+    reset_at: Option<Instant>,
+    /// No connection attempt before this.
+    retry_at: Option<Instant>,
     /// Logged once per outage.
     down: AtomicBool,
 }
@@ -340,6 +364,8 @@ pub(crate) async fn run(node: Arc<Node>) {
         node,
         link: None,
         started: false,
+        reset_at: Some(Instant::now() + LEFTOVER_GRACE),
+        retry_at: None,
         down: AtomicBool::new(false),
     };
     loop {
@@ -348,6 +374,7 @@ pub(crate) async fn run(node: Arc<Node>) {
             _ = w.node.wake.notified() => w.flush().await,
             _ = beat.tick() => {
                 w.check_owned().await;
+                w.reset_leftovers().await;
                 w.flush().await;
             }
         }
@@ -358,6 +385,7 @@ impl Writer {
     fn fail(&mut self, e: &ClusterError) {
         metrics::counter!("sbc_cluster_redis_errors_total", "kind" => e.kind()).increment(1);
         self.link = None;
+        self.retry_at = Some(Instant::now() + RECONNECT_AFTER);
         if !self.down.swap(true, Ordering::Relaxed) {
             warn!(event = "standby_writer_down", error = %e, "call replication paused: Redis not answering (retried at each heartbeat)");
         }
@@ -366,6 +394,9 @@ impl Writer {
     async fn ensure_link(&mut self) -> bool {
         if self.link.is_some() {
             return true;
+        }
+        if self.retry_at.is_some_and(|t| Instant::now() < t) {
+            return false;
         }
         let link = connect_with(&self.node.settings, &script::WRITER).await;
         match link {
@@ -378,7 +409,7 @@ impl Writer {
         let r = if self.started {
             self.check_marker().await
         } else {
-            self.reset().await
+            self.set_marker().await
         };
         match r {
             Ok(()) => {
@@ -395,7 +426,17 @@ impl Writer {
         }
     }
 
-    /// First connection of this process: the calls a previous run left are dead.
+    /// [`LEFTOVER_GRACE`] after start: the calls a previous run left are dead.
+    async fn reset_leftovers(&mut self) {
+        if self.reset_at.is_none_or(|t| Instant::now() < t) || !self.ensure_link().await {
+            return;
+        }
+        match self.reset().await {
+            Ok(()) => self.reset_at = None,
+            Err(e) => self.fail(&e),
+        }
+    }
+
     async fn reset(&mut self) -> Result<(), ClusterError> {
         let n = &self.node;
         let me = &n.settings.node_id;
@@ -523,6 +564,7 @@ impl Writer {
             },
             parts.join(",").into_bytes(),
             w.lease.clone().into_bytes(),
+            n.run_id.clone().into_bytes(),
         ];
         for (f, v) in &w.fields {
             args.push(f.as_bytes().to_vec());
@@ -725,5 +767,23 @@ mod tests {
         assert!(!w[0].known);
         assert_eq!(w[0].fields.len(), 2);
         assert_eq!(w[0].lease, "00000000000000ab");
+    }
+
+    #[test]
+    fn a_lease_before_the_first_part_is_kept_for_it() {
+        let mut b = Book::default();
+        assert!(!b.lease(CallRef(5), Ticket(0x1f)));
+        assert!(b.take_batch(10).is_empty());
+        b.put("A", upd(5, ReplicaPart::Dialog, 1));
+        let w = b.take_batch(10);
+        assert_eq!(w[0].lease, "000000000000001f");
+        b.lease(CallRef(6), Ticket(1));
+        b.remove(CallRef(6));
+        b.put("A", upd(6, ReplicaPart::Dialog, 1));
+        assert_eq!(
+            b.take_batch(10)[0].lease,
+            "",
+            "an ended call's early lease is gone"
+        );
     }
 }

@@ -153,6 +153,10 @@ struct Stream {
     rtcp: ReplayWindow,
     /// Send: next SRTCP index to use.
     next_srtcp_index: u32,
+    /// Restored from a replicated index ([`SrtpContext::restore_ssrc`]) and no packet
+    /// since: the next index is estimated forward from the stored one (see
+    /// [`estimate_forward`]). One flag test per packet.
+    restored: bool,
 }
 
 impl Stream {
@@ -164,6 +168,7 @@ impl Stream {
             // libsrtp and webrtc-srtp send index 1 first; matching them keeps our
             // output byte-identical to theirs.
             next_srtcp_index: 1,
+            restored: false,
         }
     }
 }
@@ -248,6 +253,33 @@ fn estimate_index(highest: Option<u64>, seq: u16) -> Result<(u32, u64), SrtpErro
         return Err(SrtpError::KeyExhausted);
     }
     Ok((v, index))
+}
+
+/// The index of `seq` on a stream restored at index `stored` (hot standby, issue #16): the
+/// first index at or after `stored` whose low 16 bits are `seq`. The replicated index is
+/// a lower bound of the stream's progress and is rewritten at least once per half cycle
+/// (when the sequence passes 0x8000, before it wraps), so the stream is less than one
+/// cycle ahead of it and this is exact where RFC 3711's estimate (nearest index) would
+/// take a stream that wrapped since the record for one that went back.
+fn estimate_forward(stored: u64, seq: u16) -> Result<(u32, u64), SrtpError> {
+    let ahead = u64::from(seq.wrapping_sub(stored as u16));
+    let index = stored + ahead;
+    if index > MAX_SRTP_INDEX {
+        return Err(SrtpError::KeyExhausted);
+    }
+    // index <= MAX_SRTP_INDEX (48 bits): the ROC fits in 32 bits.
+    Ok(((index >> 16) as u32, index))
+}
+
+/// Replicated progress of one SSRC of one direction of a context (hot standby): its
+/// rollover counter and highest sequence number, and its SRTCP index (send: the next one
+/// to use; receive: the highest seen, 0 before any).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SsrcProgress {
+    pub ssrc: u32,
+    pub roc: u32,
+    pub seq: u16,
+    pub srtcp_index: u32,
 }
 
 /// Parsed fixed part of an RTP header.
@@ -391,6 +423,74 @@ impl SrtpContext {
         self.tx.entries.len()
     }
 
+    /// Progress of every SSRC this context sent, into `out` (hot standby index reports;
+    /// called off the packet path).
+    pub fn tx_progress(&self, out: &mut Vec<SsrcProgress>) {
+        Self::progress(&self.tx, out, |s| s.next_srtcp_index);
+    }
+
+    /// Progress of every SSRC this context received (authenticated packets only).
+    pub fn rx_progress(&self, out: &mut Vec<SsrcProgress>) {
+        Self::progress(&self.rx, out, |s| s.rtcp.top().map_or(0, |t| t as u32));
+    }
+
+    fn progress(streams: &Streams, out: &mut Vec<SsrcProgress>, srtcp: impl Fn(&Stream) -> u32) {
+        for s in &streams.entries {
+            if let Some(top) = s.rtp.top() {
+                out.push(SsrcProgress {
+                    ssrc: s.ssrc,
+                    roc: (top >> 16) as u32,
+                    seq: top as u16,
+                    srtcp_index: srtcp(s),
+                });
+            } else if s.next_srtcp_index > 1 || s.rtcp.top().is_some() {
+                // RTCP only so far: no RTP index to restore, the SRTCP one still counts.
+                out.push(SsrcProgress {
+                    ssrc: s.ssrc,
+                    roc: 0,
+                    seq: 0,
+                    srtcp_index: srtcp(s),
+                });
+            }
+        }
+    }
+
+    /// Installs replicated progress of `ssrc` for sending (`tx`) or receiving: the RTP
+    /// replay window starts at `roc`/`seq` (that index counts as seen), and the next
+    /// packet's index is estimated forward from it (see [`estimate_forward`]). Past the
+    /// SSRC bound: [`SrtpError::TooManySsrcs`].
+    pub fn restore_ssrc(
+        &mut self,
+        tx: bool,
+        ssrc: u32,
+        roc: u32,
+        seq: u16,
+    ) -> Result<(), SrtpError> {
+        let index = (u64::from(roc) << 16) | u64::from(seq);
+        if index > MAX_SRTP_INDEX {
+            return Err(SrtpError::KeyExhausted);
+        }
+        let streams = if tx { &mut self.tx } else { &mut self.rx };
+        let i = streams.get_or_insert(ssrc)?;
+        let s = &mut streams.entries[i];
+        s.rtp = ReplayWindow::new();
+        s.rtp.update(index);
+        s.restored = true;
+        Ok(())
+    }
+
+    /// Sets the next SRTCP index sent for `ssrc` (a restored sender continues past the
+    /// indexes its predecessor may have used). Past the SSRC bound:
+    /// [`SrtpError::TooManySsrcs`]; past the 31-bit space: [`SrtpError::KeyExhausted`].
+    pub fn set_srtcp_index(&mut self, ssrc: u32, next: u32) -> Result<(), SrtpError> {
+        if next > MAX_SRTCP_INDEX {
+            return Err(SrtpError::KeyExhausted);
+        }
+        let i = self.tx.get_or_insert(ssrc)?;
+        self.tx.entries[i].next_srtcp_index = next;
+        Ok(())
+    }
+
     /// Forgets send and receive state of `ssrc` (after an RTCP BYE, say). Returns
     /// whether there was any.
     pub fn remove_ssrc(&mut self, ssrc: u32) -> bool {
@@ -426,7 +526,10 @@ impl SrtpContext {
 
         let si = self.tx.get_or_insert(hdr.ssrc)?;
         let stream = &mut self.tx.entries[si];
-        let (roc, index) = estimate_index(stream.rtp.top(), hdr.seq)?;
+        let (roc, index) = match stream.rtp.top() {
+            Some(top) if stream.restored => estimate_forward(top, hdr.seq)?,
+            top => estimate_index(top, hdr.seq)?,
+        };
         stream.rtp.check(index, self.replay_window)?;
 
         match &self.rtp {
@@ -449,6 +552,7 @@ impl SrtpContext {
             }
         }
         stream.rtp.update(index);
+        stream.restored = false;
         Ok(out_len)
     }
 
@@ -479,7 +583,11 @@ impl SrtpContext {
             return Err(SrtpError::TooManySsrcs);
         }
         let highest = existing.and_then(|i| self.rx.entries[i].rtp.top());
-        let (roc, index) = estimate_index(highest, hdr.seq)?;
+        let restored = existing.is_some_and(|i| self.rx.entries[i].restored);
+        let (roc, index) = match highest {
+            Some(top) if restored => estimate_forward(top, hdr.seq)?,
+            top => estimate_index(top, hdr.seq)?,
+        };
         if let Some(i) = existing {
             self.rx.entries[i].rtp.check(index, self.replay_window)?;
         }
@@ -500,6 +608,7 @@ impl SrtpContext {
         // Authenticated: now the SSRC may get state (room was checked above).
         let si = self.rx.get_or_insert(hdr.ssrc)?;
         self.rx.entries[si].rtp.update(index);
+        self.rx.entries[si].restored = false;
         Ok(end)
     }
 

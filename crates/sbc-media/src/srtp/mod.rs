@@ -13,7 +13,9 @@ mod key;
 mod profile;
 mod replay;
 
-pub use context::{Mki, SrtpConfig, SrtpContext, DEFAULT_MAX_SSRCS, MAX_MKI_LEN, MAX_SSRCS_LIMIT};
+pub use context::{
+    Mki, SrtpConfig, SrtpContext, SsrcProgress, DEFAULT_MAX_SSRCS, MAX_MKI_LEN, MAX_SSRCS_LIMIT,
+};
 pub use error::SrtpError;
 pub use key::MasterKey;
 pub use profile::SrtpProfile;

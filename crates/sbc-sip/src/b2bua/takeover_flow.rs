@@ -202,43 +202,11 @@ impl B2bua {
     }
 
     fn install_one(&mut self, now: Instant, mut t: TakenCall) -> Result<CallRef, InstallRefusal> {
-        let part = t
-            .dialog
-            .as_deref()
-            .and_then(DialogPart::parse)
-            .filter(|p| p.tenant == t.tenant.as_str())
-            .ok_or(InstallRefusal::BadRecord)?;
-        // A call in setup is served through its initial INVITE's transactions; without
-        // them (or abandoned, which this build never puts) it could never end here.
-        let servable = match part.state {
-            PartState::Established => true,
-            PartState::Setup => part.early.is_some(),
-            PartState::Abandoned => false,
-        };
-        if !servable {
-            return Err(InstallRefusal::BadRecord);
-        }
+        let (part, place) = self.placement(&t)?;
         let tenant = t.tenant.clone();
-        if self.admission.usage(&tenant).is_none() {
-            return Err(InstallRefusal::UnknownTenant);
-        }
-        let listener = self
-            .cfg
-            .advertised
-            .iter()
-            .position(|a| *a == part.listener)
-            .ok_or(InstallRefusal::NoListener)?;
-        let target_transport =
-            DialogPart::transport(&part.target_transport).ok_or(InstallRefusal::BadRecord)?;
-        let target = self
-            .routes
-            .target_by_addr(&tenant, &part.target, target_transport)
-            .map(|r| r.target)
-            .ok_or(InstallRefusal::NoListener)?;
-        let state: CallState = part.state.into();
         let mut admitted: Admitted = self
             .admission
-            .admit_restored(&tenant, state == CallState::Setup)
+            .admit_restored(&tenant, place.state == CallState::Setup)
             .map_err(|_| InstallRefusal::UnknownTenant)?;
         if let Some(lease) = t.lease.take() {
             admitted.hold(lease);
@@ -258,36 +226,86 @@ impl B2bua {
             (Some(_), None) => return Err(InstallRefusal::Media),
             (None, _) => {}
         }
-        let call = self.restored_call(
-            now,
-            &part,
-            Restored1 {
-                tenant,
-                listener,
-                target,
-                target_transport,
-                state,
-                admitted,
-            },
-        );
+        let listener = place.listener;
+        let call = self.restored_call(now, &part, place, tenant.clone(), admitted);
         self.calls.insert(id, call);
         self.restored_registry(id, &part);
         self.restore_early(now, id, &part);
         self.restored.waiting.insert(
             id,
             Waiting {
-                tenant: part_tenant(&part),
+                tenant: tenant.clone(),
                 listener,
                 held: Vec::new(),
                 deadline: None,
             },
         );
-        self.report_usage(&part_tenant(&part));
+        self.report_usage(&tenant);
         Ok(id)
     }
 
+    /// The claimed call's part, and where it goes here: its listener (by advertised
+    /// address) and route target (by address), or why it cannot be installed. Takes
+    /// nothing (no slot, no media), so a refusal here has nothing to release.
+    fn placement(&self, t: &TakenCall) -> Result<(DialogPart, Placement), InstallRefusal> {
+        let part = t
+            .dialog
+            .as_deref()
+            .and_then(DialogPart::parse)
+            .filter(|p| p.tenant == t.tenant.as_str())
+            .ok_or(InstallRefusal::BadRecord)?;
+        // A call in setup is served through its initial INVITE's transactions; without
+        // them (or abandoned, which this build never puts) it could never end here.
+        let servable = match part.state {
+            PartState::Established => true,
+            PartState::Setup => part.early.is_some(),
+            PartState::Abandoned => false,
+        };
+        // A call already held here (installed twice) would corrupt the tag index.
+        let held = self
+            .calls
+            .by_dialog(&part.caller.local_tag, Some(&part.caller.call_id))
+            .is_some();
+        if !servable || held {
+            return Err(InstallRefusal::BadRecord);
+        }
+        if self.admission.usage(&t.tenant).is_none() {
+            return Err(InstallRefusal::UnknownTenant);
+        }
+        let listener = self
+            .cfg
+            .advertised
+            .iter()
+            .position(|a| *a == part.listener)
+            .ok_or(InstallRefusal::NoListener)?;
+        let target_transport =
+            DialogPart::transport(&part.target_transport).ok_or(InstallRefusal::BadRecord)?;
+        let target = self
+            .routes
+            .target_by_addr(&t.tenant, &part.target, target_transport)
+            .map(|r| r.target)
+            .ok_or(InstallRefusal::NoListener)?;
+        let state = part.state.into();
+        Ok((
+            part,
+            Placement {
+                listener,
+                target,
+                target_transport,
+                state,
+            },
+        ))
+    }
+
     /// The call rebuilt from its part.
-    fn restored_call(&self, now: Instant, part: &DialogPart, r: Restored1) -> Call {
+    fn restored_call(
+        &self,
+        now: Instant,
+        part: &DialogPart,
+        r: Placement,
+        tenant: TenantId,
+        admitted: Admitted,
+    ) -> Call {
         let invite = part
             .early
             .as_ref()
@@ -309,8 +327,8 @@ impl B2bua {
             media.offered(side);
         }
         Call {
-            tenant: r.tenant,
-            admitted: r.admitted,
+            tenant,
+            admitted,
             caller: part.caller.leg(CSEQ_RESTORE_MARGIN),
             callee: part.callee.leg(CSEQ_RESTORE_MARGIN),
             target: r.target,
@@ -540,14 +558,12 @@ impl B2bua {
     }
 }
 
-/// What `install_one` decided for a call, to build it from.
-struct Restored1 {
-    tenant: TenantId,
+/// Where a claimed call goes on this node.
+struct Placement {
     listener: usize,
     target: crate::routing::TargetId,
     target_transport: crate::transport::Transport,
     state: CallState,
-    admitted: Admitted,
 }
 
 fn part_tenant(part: &DialogPart) -> TenantId {
