@@ -557,7 +557,7 @@ fn in_dialog_through_b(caller: &mut Peer, callee: &mut Peer, hangup: Hangup) {
 /// Returns the run's figures (also printed on a `FAILOVER_RESULT` line for the bench).
 fn failover_run(sc: Scenario) -> serde_json::Value {
     let s = Setup::new("failover-call");
-    let (_a, b) = start_pair(&s);
+    let (a, b) = start_pair(&s);
     let _dump = OnFailure {
         setup: &s,
         standby: &b,
@@ -576,7 +576,11 @@ fn failover_run(sc: Scenario) -> serde_json::Value {
     if sc.redis_restart {
         s.lab.kill_all("redis");
         s.start_redis();
-        // Redis is empty now: gwA republishes its call, gwB reloads it.
+        // Redis is empty now: gwA republishes its call (gwB's warm copy from before the
+        // restart says nothing), gwB reads it again.
+        wait_until(Duration::from_secs(10), "gwA republishing its call", || {
+            (!a.lines_with(&["standby_republish", "calls=1"]).is_empty()).then_some(())
+        });
         warm_on_b(&s);
     }
     let (vip_ms, takeover) = fail_over(&s);
