@@ -124,14 +124,23 @@ impl Leg {
         self.seq = seq;
     }
 
-    /// From now on decrypt with `recv` (a new key in an SDES re-offer or re-answer, RFC 4568
-    /// §7.1.4) and send to `remote`; the sending context is kept.
+    /// From now on decrypt with `recv` (a new key in an SDES re-offer or re-answer) and
+    /// send to `remote`; the sending context is kept. Each SSRC's packet index (rollover
+    /// counter and highest sequence) carries over to the new key, as libsrtp's
+    /// `srtp_update_stream` does: the sender's stream goes on, only its key changed.
     pub fn rekey_rx(
         &mut self,
         recv: (SrtpProfile, &MasterKey),
         remote: SocketAddr,
     ) -> Result<(), ProbeError> {
-        self.rx = context(recv.0, recv.1)?;
+        let mut progress = Vec::new();
+        self.rx.rx_progress(&mut progress);
+        let mut rx = context(recv.0, recv.1)?;
+        for p in progress {
+            rx.restore_ssrc(false, p.ssrc, p.roc, p.seq)
+                .map_err(|e| ProbeError::BadInput(format!("SRTP re-key: {e}")))?;
+        }
+        self.rx = rx;
         self.rx_profile = recv.0;
         self.remote = remote;
         Ok(())
