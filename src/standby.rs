@@ -69,8 +69,9 @@ impl Standby {
         self.node.sink()
     }
 
-    /// The SIP server restores claimed calls (media first, through `media`) and drops
-    /// fenced ones; takeovers and fencing are audited in `audit`.
+    /// The SIP server restores claimed calls (media first, through the engine handed to
+    /// its hooks by [`media_takeover`]) and drops fenced ones; takeovers and fencing are
+    /// audited in `audit` (the admin plane's hash-chained log).
     pub(crate) fn connect(
         &self,
         server: &sbc_sip::server::ServerHandle,

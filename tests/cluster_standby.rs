@@ -4,10 +4,12 @@
 //! or malformed stopping the start with its name, and `freebind` listeners and media
 //! binding an address this host does not hold.
 //!
-//! The tests that need Redis (a standby reporting its peer, a takeover of live calls
-//! through the CLI) print why they skip when `redis-server` is not installed
-//! (`.ci/run`'s cluster stage installs it). The failover between network namespaces with
-//! keepalived is `tests/cluster_failover.rs`.
+//! The tests that need Redis (a standby reporting its peer; a live call taken over through
+//! the CLI from a SIGKILLed peer, signaling only and with SRTP both ways) print why they
+//! skip when `redis-server` is not installed (`.ci/run`'s cluster stage installs it). The
+//! two nodes of a pair share loopback here: SIP on the same port of 127.0.0.1 and
+//! 127.0.0.2 (one advertised `sbc.test:port`, as on a VIP), media on 127.0.0.1. The
+//! failover between network namespaces with keepalived is `tests/cluster_failover.rs`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
@@ -275,21 +277,31 @@ fn redis_missing() -> bool {
 
 /// One node of the pair: SIP on `ip:port` (the same port on both, so both advertise
 /// `sbc.test:port` as a VIP pair does), media off, `[cluster.standby]` for `peer`.
-fn node_config(
-    world: &World,
-    node: &str,
-    peer: &str,
-    sip: std::net::SocketAddr,
-    redis: &str,
-    key: &Path,
+/// The two nodes of a pair: Redis, the key file, the route target, and the `[media]`
+/// section both use.
+struct Pair<'a> {
+    world: &'a World,
+    redis: String,
+    key: PathBuf,
     callee: std::net::SocketAddr,
-) -> PathBuf {
+    media: String,
+}
+
+fn node_config(pair: &Pair<'_>, node: &str, peer: &str, sip: std::net::SocketAddr) -> PathBuf {
+    let Pair {
+        world,
+        redis,
+        key,
+        callee,
+        media,
+    } = pair;
+    let callee = *callee;
     let listener = world
         .listener("advertised_host = \"sbc.test\"\nfreebind = true\n")
         .replace("127.0.0.1:0", &sip.to_string());
     let tenant = world.tenant("demo", "source_cidrs = [\"127.0.0.0/8\"]", "", callee);
     let text = format!(
-        "[media]\nenabled = false\n{LOOPBACK_FLOOD_GUARD}{}{listener}{tenant}\
+        "{media}{LOOPBACK_FLOOD_GUARD}{}{listener}{tenant}\
 [cluster]\nnode_id = \"{node}\"\nredis = \"{redis}\"\nheartbeat_ms = 200\nkey_prefix = \"hs\"\n\
 [cluster.standby]\npeer = \"{peer}\"\nkey_file = {key:?}\n",
         admin_section(world).replace("audit.log", &format!("audit-{node}.log")),
@@ -332,25 +344,16 @@ async fn the_cli_takes_over_a_live_call_from_a_killed_peer() {
     let port = sbc_testkit::redis::free_port();
     let sip_a: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let sip_b: std::net::SocketAddr = format!("127.0.0.2:{port}").parse().unwrap();
-    let cfg_a = node_config(
-        &world,
-        "edge-a",
-        "edge-b",
-        sip_a,
-        &redis.addr(),
-        &key,
-        callee.addr,
-    );
-    let cfg_b = node_config(
-        &world,
-        "edge-b",
-        "edge-a",
-        sip_b,
-        &redis.addr(),
-        &key,
-        callee.addr,
-    );
-    let a = Spawned::start(BIN, &cfg_a, &[]);
+    let pair = Pair {
+        world: &world,
+        redis: redis.addr(),
+        key,
+        callee: callee.addr,
+        media: "[media]\nenabled = false\n".into(),
+    };
+    let cfg_a = node_config(&pair, "edge-a", "edge-b", sip_a);
+    let cfg_b = node_config(&pair, "edge-b", "edge-a", sip_b);
+    let mut a = Spawned::start(BIN, &cfg_a, &[]);
     let b = Spawned::start(BIN, &cfg_b, &[]);
     for node in [&a, &b] {
         node.logged(&["standby_started"], Duration::from_secs(5))
@@ -403,6 +406,9 @@ async fn the_cli_takes_over_a_live_call_from_a_killed_peer() {
 
     // A dies; B takes over through the CLI.
     a.signal(process::Signal::SIGKILL);
+    // On one host A's sockets are freed only once it has exited (between hosts the VIP
+    // move takes longer than that).
+    assert!(a.exited(Duration::from_secs(10)).await.is_some(), "A exits");
     drop(callee_a);
     let (code, out, err) = cluster_cli(b.printed.admin, Some(&ops), &["takeover"]).await;
     assert_eq!(code, 0, "{out}{err}\n{}", b.logs());
@@ -478,5 +484,208 @@ async fn the_cli_takes_over_a_live_call_from_a_killed_peer() {
     let audit = std::fs::read_to_string(world.dir.join("audit-edge-b.log")).unwrap();
     assert!(audit.contains("/v1/cluster/takeover"), "{audit}");
     assert!(audit.contains("taken_over"), "{audit}");
+    drop(redis);
+}
+
+/// SRTP both ways between two loopback peers through the gateway: what each side sends,
+/// encrypted with its own key, and the contexts that check what it gets.
+struct Media {
+    caller: std::net::UdpSocket,
+    callee: std::net::UdpSocket,
+    /// The gateway's caller-facing and callee-facing RTP ports.
+    to_gw_from_caller: u16,
+    to_gw_from_callee: u16,
+    caller_tx: sbc_media::srtp::SrtpContext,
+    caller_rx: sbc_media::srtp::SrtpContext,
+    callee_tx: sbc_media::srtp::SrtpContext,
+    callee_rx: sbc_media::srtp::SrtpContext,
+    seq: u16,
+}
+
+/// Packets that arrived, and those that did not authenticate, each way.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Counts {
+    to_callee: u32,
+    to_caller: u32,
+    auth_failures: u32,
+}
+
+impl Media {
+    /// `n` packets each way, 20 ms apart (50 packets/s); what arrived.
+    fn exchange(&mut self, n: u16) -> Counts {
+        use sbc_testkit::media::{recv_packet, rtp, send_srtp};
+        let mut c = Counts::default();
+        for s in [&self.caller, &self.callee] {
+            s.set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+        }
+        for _ in 0..n {
+            let seq = self.seq;
+            self.seq = self.seq.wrapping_add(1);
+            let up = rtp(seq, 0x1111_0001, &[0xa5; 160]);
+            send_srtp(
+                &self.caller,
+                &mut self.caller_tx,
+                &up,
+                self.to_gw_from_caller,
+            );
+            let down = rtp(seq, 0x2222_0002, &[0x5a; 160]);
+            send_srtp(
+                &self.callee,
+                &mut self.callee_tx,
+                &down,
+                self.to_gw_from_callee,
+            );
+            for (sock, ctx, got) in [
+                (&self.callee, &mut self.callee_rx, &mut c.to_callee),
+                (&self.caller, &mut self.caller_rx, &mut c.to_caller),
+            ] {
+                if let Some(mut p) = recv_packet(sock) {
+                    match ctx.unprotect_rtp(&mut p) {
+                        Ok(_) => *got += 1,
+                        Err(_) => c.auth_failures += 1,
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        c
+    }
+}
+
+const SUITE: &str = "AES_CM_128_HMAC_SHA1_80";
+
+/// The media variant of the takeover above: an SRTP call through node A (media relayed
+/// on 127.0.0.1, the VIP of this loopback pair), A SIGKILLed mid-call, `sbc-edge cluster
+/// takeover` on B, and the same peers keep sending with the same keys: B relays both
+/// ways on A's ports with no authentication failure at either end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_takes_over_a_live_srtp_call_and_media_resumes() {
+    use sbc_sip::message::Method;
+    use sbc_testkit::media::{ctx, parse_sdp, peer, with_sdp, Sdp};
+    if redis_missing() {
+        return;
+    }
+    let world = World::new("standby-media");
+    let redis = sbc_testkit::redis::RedisProcess::server(&world.dir);
+    let key = world.dir.join("cluster.key");
+    std::fs::write(&key, format!("{}\n", "c3".repeat(32))).unwrap();
+    let callee = Callee::new(&world.callee_leaf).await;
+    let (lo, hi) = sbc_testkit::ports::free_udp_range(40);
+    let port = sbc_testkit::redis::free_port();
+    let sip_a: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let sip_b: std::net::SocketAddr = format!("127.0.0.2:{port}").parse().unwrap();
+    let pair = Pair {
+        world: &world,
+        redis: redis.addr(),
+        key,
+        callee: callee.addr,
+        media: format!(
+            "[media]\naddress = \"127.0.0.1\"\nfreebind = true\nport_min = {lo}\nport_max = {hi}\n"
+        ),
+    };
+    let mut a = Spawned::start(BIN, &node_config(&pair, "edge-a", "edge-b", sip_a), &[]);
+    let b = Spawned::start(BIN, &node_config(&pair, "edge-b", "edge-a", sip_b), &[]);
+
+    // The call through A with SDES keys of our own on both ends.
+    let (caller_sock, callee_sock) = (peer(), peer());
+    let caller_key: Vec<u8> = (1..=30).collect();
+    let callee_key: Vec<u8> = (101..=130).collect();
+    let call_id = "takeover-media@platform";
+    let from = "\"Alice\" <sips:alice@platform.example>;tag=atag";
+    let offer = Sdp::audio(caller_sock.local_addr().unwrap().port())
+        .crypto(1, SUITE, &caller_key)
+        .build();
+    let mut caller = Peer::connect(sip_a, &world.gw_ca.pem, None).await;
+    caller
+        .send(&with_sdp(
+            invite("+15551234", call_id, "z9hG4bKm1", "atag"),
+            &offer,
+        ))
+        .await;
+    let mut callee_a = callee.accept().await;
+    let out_inv = callee_a.recv_where(is_method(Method::Invite)).await;
+    let gw_offer = parse_sdp(out_inv.body());
+    let (tag, gw_to_callee_key) = gw_offer.crypto_for(SUITE);
+    let answer_sdp = Sdp::audio(callee_sock.local_addr().unwrap().port())
+        .crypto(tag, SUITE, &callee_key)
+        .build();
+    callee_a
+        .send(&with_sdp(answer(&out_inv, 200, "btag"), &answer_sdp))
+        .await;
+    let ok = caller.recv_where(is_status(200)).await;
+    let gw_answer = parse_sdp(ok.body());
+    let to = ok.header("to").unwrap().to_string();
+    caller
+        .send(&in_dialog(
+            "ACK",
+            "sips:sbc@sbc.test",
+            "z9hG4bKm2",
+            from,
+            &to,
+            call_id,
+            1,
+        ))
+        .await;
+    let mut media = Media {
+        caller: caller_sock,
+        callee: callee_sock,
+        to_gw_from_caller: gw_answer.port,
+        to_gw_from_callee: gw_offer.port,
+        caller_tx: ctx(SUITE, &caller_key),
+        caller_rx: ctx(SUITE, &gw_answer.crypto_for(SUITE).1),
+        callee_tx: ctx(SUITE, &callee_key),
+        callee_rx: ctx(SUITE, &gw_to_callee_key),
+        seq: 1000,
+    };
+    let before = tokio::task::spawn_blocking(move || {
+        let c = media.exchange(25);
+        (media, c)
+    })
+    .await
+    .unwrap();
+    let (mut media, through_a) = before;
+    assert_eq!(through_a.auth_failures, 0, "{through_a:?}");
+    assert!(
+        through_a.to_callee >= 20 && through_a.to_caller >= 20,
+        "media through A: {through_a:?}"
+    );
+    let warm = process::eventually(Duration::from_secs(10), async || {
+        standby_status(b.printed.admin).await["warm_calls"] == 1
+    })
+    .await;
+    assert!(warm, "B holds the call warm");
+
+    // A dies mid-call; B takes over; the peers go on as if nothing happened.
+    a.signal(process::Signal::SIGKILL);
+    // On one host A's sockets are freed only once it has exited (between hosts the VIP
+    // move takes longer than that).
+    assert!(a.exited(Duration::from_secs(10)).await.is_some(), "A exits");
+    drop(callee_a);
+    let ops = token_file(&world, OPS);
+    let (code, out, err) = cluster_cli(b.printed.admin, Some(&ops), &["takeover"]).await;
+    assert_eq!(code, 0, "{out}{err}\n{}", b.logs());
+    assert!(
+        out.contains("1 of 1 claimed calls installed"),
+        "{out}\n{}",
+        b.logs()
+    );
+    let (media_after, through_b) = tokio::task::spawn_blocking(move || {
+        let c = media.exchange(50);
+        (media, c)
+    })
+    .await
+    .unwrap();
+    eprintln!(
+        "B: {} / through A {through_a:?} / through B {through_b:?}",
+        out.trim()
+    );
+    assert_eq!(through_b.auth_failures, 0, "{through_b:?}");
+    assert!(
+        through_b.to_callee >= 45 && through_b.to_caller >= 45,
+        "media through B: {through_b:?}\n{}",
+        b.logs()
+    );
+    drop(media_after);
     drop(redis);
 }

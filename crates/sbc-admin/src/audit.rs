@@ -397,6 +397,29 @@ mod tests {
     }
 
     #[test]
+    fn cluster_events_are_chained_lines() {
+        use sbc_core::audit::{AuditSink, ClusterAudit, ClusterEvent};
+        let buf = Buf::default();
+        let log = AuditLog::to_writer(Box::new(buf.clone()));
+        log.cluster(&ClusterAudit {
+            event: ClusterEvent::TakenOver,
+            node: "b".into(),
+            peer: "a".into(),
+            calls: 2,
+            detail: "claimed:2,installed:2,refused:0,ms:4".into(),
+        })
+        .expect("write");
+        let bytes = buf.0.lock().expect("lock").clone();
+        assert_eq!(verify_bytes(&bytes).expect("verifies").0, 1);
+        let text = String::from_utf8(bytes).expect("utf8");
+        assert!(text.contains("\"method\":\"CLUSTER\""), "{text}");
+        assert!(
+            text.contains("cluster/taken_over?node=b&peer=a&calls=2&detail=claimed:2"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn write_failure_breaks_the_log() {
         let log = AuditLog::to_writer(Box::new(Failing));
         assert!(log.record(&entry(200)).is_err());

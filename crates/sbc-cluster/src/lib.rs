@@ -25,6 +25,11 @@
 //! with `ROLE`; any connection error, timeout or `READONLY` reply drops the connection and
 //! the next attempt resolves the master again, so a promotion is followed without restart.
 //!
+//! The hot standby store (issue #16: this node's calls replicated, its peer's tailed and
+//! claimed on takeover) is [`standby`]; it shares this crate's connection code
+//! (`connect_with`, `run_scripts`) and adopts claimed calls' leases through
+//! [`RedisCluster::adopt_lease`].
+//!
 //! Owns: the Redis connection, the worker task, this node's leases, the share state.
 //! Must not: touch SIP or media (media never waits on Redis: nothing here is on the
 //! packet path).

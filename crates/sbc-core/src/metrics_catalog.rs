@@ -811,6 +811,12 @@ pub const CATALOG: &[MetricDef] = &[
         "SDP bodies media control refused, by reason (tenant \"\" for an answer in an ACK).",
         &[tenant(), closed("reason", MEDIA_REFUSALS)],
     ),
+    // Hot standby, media part (issue #16).
+    counter(
+        "sbc_media_index_reports_dropped_total",
+        "SRTP index reports a relay worker dropped because the channel to replication was full (the next report supersedes).",
+        &[],
+    ),
     // Recording taps.
     counter(
         "sbc_tap_packets_sent_total",

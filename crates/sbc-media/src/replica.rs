@@ -458,7 +458,8 @@ mod tests {
         let s = t.to_secret();
         let back = KeyTable::from_secret(&s).unwrap();
         let (bp, bk, mki) = back.get(&r).unwrap();
-        assert_eq!((bp, bk.key, bk.salt), (p, k.key.clone(), k.salt.clone()));
+        assert_eq!(bp, p);
+        assert_eq!((&bk.key, &bk.salt), (&k.key, &k.salt));
         assert_eq!(mki.unwrap().as_bytes(), &[1, 2]);
         assert!(!format!("{back:?} {s:?}").contains("5a"));
         // Truncated, wrong version, wrong suite for the length.

@@ -147,7 +147,7 @@ end
 return out
 "#;
 
-/// The writer's scripts, in [`crate::run_scripts`] index order.
+/// The writer's scripts, in the index order `run_scripts` takes.
 pub const WRITER: [&str; 4] = [PUT, REMOVE, OWNED, RESET];
 pub const PUT_I: usize = 0;
 pub const REMOVE_I: usize = 1;

@@ -1,6 +1,6 @@
 //! The replica sink and its writer task.
 //!
-//! [`Book`] holds the latest parts of each live call of this node (what the store must
+//! `Book` holds the latest parts of each live call of this node (what the store must
 //! hold, so a Redis that came back empty can be refilled) and which parts are not yet
 //! written. `put` replaces a part and queues the call once: a later update of the same
 //! part supersedes one not yet written. The writer task drains it in pipelined batches,
