@@ -4,6 +4,14 @@
 //! and redis-server: plain `cargo test --workspace` skips it saying why; `.ci/run`'s
 //! failover stage installs them and runs it with `--test-threads=1 --nocapture`.
 //!
+//! Cases: keepalived alone (the VIP move, the floor under every figure); a live SRTP call
+//! (50 packets/s each way, `sbc-failover-peer` in the caller and callee namespaces) across
+//! gwA's death with the re-INVITE (CSeq continuing) and the BYE through gwB, hung up by
+//! either side; every SRTP suite; the early dialog (gwA dies while ringing); a sequence
+//! wrap before the failover; Redis restarted empty before the failover; split brain (both
+//! nodes hold the VIP; the epoch leaves one owner). Each prints a `FAILOVER_RESULT` line
+//! (`benches/cluster_failover/run.sh` collects them).
+//!
 //! A node "dies" the way a machine does: its link goes down and every process in its
 //! namespace is SIGKILLed, so nothing says goodbye (no VRRP priority-0 advert, no TCP
 //! FIN) and the standby notices by silence.
