@@ -47,7 +47,8 @@ for i in $(seq 1 "$RUNS"); do
   else
     verdict=FAIL
   fi
-  line=$(grep -m1 '^FAILOVER_RESULT ' "$out/run$i.log" | sed 's/^FAILOVER_RESULT //' || true)
+  # The line may follow libtest's "test NAME ... " on the same line.
+  line=$(grep -o 'FAILOVER_RESULT {.*}' "$out/run$i.log" | head -1 | sed 's/^FAILOVER_RESULT //' || true)
   if [ -z "$line" ]; then
     echo "run $i: $verdict, no figures (the call did not reach the failover); last lines:"
     tail -5 "$out/run$i.log" | sed 's/^/    /'

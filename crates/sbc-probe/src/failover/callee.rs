@@ -233,6 +233,8 @@ impl Callee<'_> {
             .is_some_and(|c| m.call_id() == Some(c.dialog.call_id.as_str()));
         let previous = self.call.as_ref().map_or(0, |c| c.remote_cseq);
         let reply = match (&method, known) {
+            // A keep-alive probe from a gateway (in or out of the dialog).
+            (Method::Options, _) => Some(response_to(m, 200, "OK", None)),
             (_, false) => Some(response_to(m, 481, "Call/Transaction Does Not Exist", None)),
             (Method::Ack, true) => None,
             (Method::Invite, true) if cseq == 1 => None, // a retransmission of the INVITE
@@ -245,7 +247,6 @@ impl Callee<'_> {
                 Some(response_to(m, 200, "OK", None))
             }
             (Method::Cancel, true) => Some(self.on_cancel(id, m)),
-            (Method::Options, true) => Some(response_to(m, 200, "OK", None)),
             (_, true) => Some(response_to(m, 501, "Not Implemented", None)),
         };
         if method != Method::Ack && method != Method::Cancel {
