@@ -26,14 +26,18 @@ use sbc_testkit::netns::{self, Keepalived, Lab, VIP};
 /// adverts missed plus the skew time). Generous for a loaded CI machine.
 const VIP_MOVE_BOUND: Duration = Duration::from_secs(2);
 
-fn skip() -> bool {
-    match netns::missing() {
-        Some(why) => {
-            println!("skipped: {why}");
-            true
-        }
-        None => false,
+/// The cases run one at a time even under plain `cargo test` (parallel threads): each
+/// measures timing, and keepalived's failover would feel the others' load.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// `None` (after printing why) when namespace tests cannot run here, else the guard that
+/// keeps this case alone.
+fn lab_or_skip() -> Option<std::sync::MutexGuard<'static, ()>> {
+    if let Some(why) = netns::missing() {
+        println!("skipped: {why}");
+        return None;
     }
+    Some(ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner()))
 }
 
 /// Writes an executable notify script that appends the time it ran to `marker`.
@@ -55,9 +59,9 @@ fn marker_script(dir: &Path, node: &str) -> (std::path::PathBuf, std::path::Path
 /// gateway failover figure).
 #[test]
 fn keepalived_moves_the_vip_to_the_standby_when_the_active_node_dies() {
-    if skip() {
+    let Some(_alone) = lab_or_skip() else {
         return;
-    }
+    };
     let dir = sbc_testkit::files::temp_dir("failover-vip");
     let lab = Lab::new(&[("gwA", 1), ("gwB", 2), ("caller", 10)]);
     let (a_ip, b_ip) = (lab.node("gwA").ip, lab.node("gwB").ip);
@@ -674,18 +678,18 @@ fn srtp_call_survives_the_active_gateway_dying_and_the_callee_hangs_up_through_t
 
 /// One failover case, skipped (saying why) where namespace tests cannot run.
 fn case(sc: Scenario) {
-    if skip() {
+    let Some(_alone) = lab_or_skip() else {
         return;
-    }
+    };
     failover_run(sc);
 }
 
 /// The remaining suites, one failover each.
 #[test]
 fn every_srtp_suite_survives_a_failover() {
-    if skip() {
+    let Some(_alone) = lab_or_skip() else {
         return;
-    }
+    };
     for suite in [
         "AES_CM_128_HMAC_SHA1_32",
         "AES_256_CM_HMAC_SHA1_80",
@@ -733,9 +737,9 @@ fn redis_restarted_empty_then_a_failover_still_takes_the_call_over() {
 /// the call, saying so.
 #[test]
 fn both_nodes_claiming_the_vip_leave_exactly_one_owner_of_the_call() {
-    if skip() {
+    let Some(_alone) = lab_or_skip() else {
         return;
-    }
+    };
     let mut s = Setup::new("failover-split");
     s.standby_extra = "index_refresh_secs = 1\n";
     let (a, b) = start_pair(&s);
