@@ -41,8 +41,14 @@
 //! ([`MAX_RECORDED_STREAMS_PER_CALL`]), are listed among the call's taps once started
 //! (`TapStatus::recording`), are not stopped by `stop_tap` (the recording client owns
 //! them), and end with the call like every tap, prepared or started.
+//!
+//! Hot standby (issue #16): the call's replicated parts and its restore on another node
+//! are in `engine/standby.rs`; this file only calls `replicate` where the state changes.
 
 mod standby;
+mod tap_parts;
+
+use tap_parts::{fork_socket, take_tap, tap_key, tap_profile, tap_socket};
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -57,8 +63,7 @@ use sbc_core::media::{
 use sbc_core::recording::{PreparedStream, RecordingMedia, RtpFormat};
 use sbc_core::registry::MediaCounters;
 use sbc_core::tap::{
-    TapControl, TapError, TapId, TapInfo, TapKey, TapLegs, TapOwner, TapSpec, TapStatus, TapSuite,
-    TapTransport,
+    TapControl, TapError, TapId, TapInfo, TapLegs, TapOwner, TapSpec, TapStatus, TapTransport,
 };
 use sbc_core::tenant::TenantId;
 use zeroize::Zeroizing;
@@ -70,7 +75,7 @@ use crate::relay::{
     MAX_RECORDED_STREAMS_PER_CALL, MAX_TAPS_PER_CALL,
 };
 use crate::sdp::{self, CryptoOut, MediaRewrite, Rewrite, RtpProto, SdpError, SessionDescription};
-use crate::srtp::{MasterKey, SrtpConfig, SrtpContext, SrtpProfile};
+use crate::srtp::{MasterKey, SrtpContext, SrtpProfile};
 
 /// Default media timeout: no RTP/RTCP either way for this long ends the call.
 pub const DEFAULT_MEDIA_TIMEOUT: Duration = Duration::from_secs(60);
@@ -641,26 +646,9 @@ impl MediaEngine {
             .map(|_| TapId(self.random_u64()))
             .find(|id| id.0 != 0 && !taps.contains_key(id))
             .ok_or_else(|| TapError::Unavailable("no randomness for the tap id".into()))?;
-        let counters = Arc::new(TapCounters::default());
-        let setup = Box::new(TapSetup {
-            id,
-            legs: spec.legs,
-            stream: recorded_line,
-            destination: spec.destination,
-            socket,
-            srtp,
-            counters: Arc::clone(&counters),
-            ssrcs: Default::default(),
-        });
-        let entry = TapCtl {
-            call,
-            tenant: ctl.tenant.clone(),
-            spec,
-            counters,
-            recorded: None,
-            key: None,
-        };
-        Ok((setup, entry))
+        let (setup, entry) =
+            tap_parts::tap_pair(id, (call, &ctl.tenant), spec, socket, (srtp, recorded_line));
+        Ok((Box::new(setup), entry))
     }
 
     /// Hands an answer's committed streams to the call's worker (calls lock held, `ctl`
@@ -1253,73 +1241,6 @@ impl MediaControl for MediaEngine {
         }
         any.then_some(out)
     }
-}
-
-fn tap_profile(suite: TapSuite) -> SrtpProfile {
-    match suite {
-        TapSuite::AesCm128HmacSha1_80 => SrtpProfile::AesCm128HmacSha1_80,
-        TapSuite::Aes256CmHmacSha1_80 => SrtpProfile::Aes256CmHmacSha1_80,
-    }
-}
-
-/// A fresh key for a tap, as per-leg contexts and the inline form handed out once.
-fn tap_key(
-    rng: &SystemRandom,
-    suite: TapSuite,
-) -> Result<([SrtpContext; 2], TapKey, MasterKey), TapError> {
-    use base64::Engine as _;
-    let profile = tap_profile(suite);
-    let n = profile.master_key_len() + profile.master_salt_len();
-    let mut material = Zeroizing::new([0u8; 64]);
-    rng.fill(&mut material[..n])
-        .map_err(|_| TapError::Unavailable("no randomness for the tap key".into()))?;
-    let key = MasterKey::from_concatenated(profile, &material[..n])
-        .map_err(|_| TapError::Unavailable("tap key generation".into()))?;
-    let ctx = || {
-        SrtpContext::new(profile, &key, SrtpConfig::default())
-            .map_err(|e| TapError::Unavailable(format!("tap SRTP context: {e}")))
-    };
-    let contexts = [ctx()?, ctx()?];
-    let mut inline = String::with_capacity(7 + n.div_ceil(3) * 4);
-    inline.push_str("inline:");
-    base64::engine::general_purpose::STANDARD.encode_string(&material[..n], &mut inline);
-    Ok((contexts, TapKey::new(inline), key))
-}
-
-/// The tap's socket: any port, the destination's address family, non-blocking.
-fn tap_socket(destination: SocketAddr) -> Result<std::net::UdpSocket, TapError> {
-    let any: SocketAddr = if destination.is_ipv4() {
-        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-    } else {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-    };
-    let sock = std::net::UdpSocket::bind(any)
-        .map_err(|e| TapError::Unavailable(format!("tap socket: {e}")))?;
-    sock.set_nonblocking(true)
-        .map_err(|e| TapError::Unavailable(format!("tap socket: {e}")))?;
-    Ok(sock)
-}
-
-/// Removes tap `id` from the control state if it is of the asked kind (a recorded stream
-/// or an ordinary tap) and sets its stop flag, so no copy leaves from now on.
-fn take_tap(taps: &TapMap, id: TapId, recorded: bool) -> Option<TapCtl> {
-    let mut taps = lock_taps(taps);
-    if taps.get(&id)?.recorded.is_some() != recorded {
-        return None;
-    }
-    let t = taps.remove(&id)?;
-    t.counters.stopped.store(true, Ordering::Release);
-    Some(t)
-}
-
-/// A recorded stream's socket: any port on the media bind address, non-blocking, never
-/// connected (the SRS's address comes later and may change).
-fn fork_socket(bind: IpAddr) -> Result<std::net::UdpSocket, TapError> {
-    let sock = std::net::UdpSocket::bind(SocketAddr::new(bind, 0))
-        .map_err(|e| TapError::Unavailable(format!("recording socket: {e}")))?;
-    sock.set_nonblocking(true)
-        .map_err(|e| TapError::Unavailable(format!("recording socket: {e}")))?;
-    Ok(sock)
 }
 
 impl RecordingMedia for MediaEngine {

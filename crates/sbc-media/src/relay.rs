@@ -27,6 +27,10 @@
 //! a usable SDP address accepts packets only from that IP and sends to the SDP address;
 //! one without (0.0.0.0, an FQDN) latches the first packet's source, with the same
 //! re-latch rule.
+//!
+//! Hot standby (`relay/indexes.rs`): the worker reports each call's SRTP progress and
+//! latches off the packet path, and installs a restored call's progress before its first
+//! packet.
 
 use std::collections::HashMap;
 use std::io;
@@ -51,10 +55,13 @@ use crate::srtp::{
 use crate::udp_batch::{send_batch, RecvBatch, BATCH};
 
 mod indexes;
+mod latency;
 pub use indexes::{
     IndexReport, IndexReporter, LegProgress, StreamProgress, TapProgress, INDEX_QUEUE,
     SRTCP_RESTORE_MARGIN,
 };
+use latency::LatencySampler;
+pub use latency::LATENCY_SAMPLE_EVERY;
 
 /// Largest datagram relayed. RTP over UDP stays under the path MTU (1500); 2048 leaves
 /// room for jumbo-ish video packets. Larger datagrams are dropped as truncated.
@@ -73,62 +80,6 @@ const TICK: Duration = Duration::from_millis(100);
 
 /// Readiness events handled per poll wakeup.
 const EVENTS_CAPACITY: usize = 256;
-
-/// One received batch in this many packets has its receive-to-send time measured for
-/// `sbc_media_relay_latency_seconds`: two clock reads per 64 packets cost nothing
-/// measurable, and a few hundred samples a second per worker fill a histogram.
-pub const LATENCY_SAMPLE_EVERY: u32 = 64;
-
-/// Latency samples a worker holds between two ticks. They are handed to the `metrics`
-/// histogram at the tick, off the packet path (a recorder may allocate when it stores a
-/// sample); past this many in one tick the rest are skipped. 64 per [`TICK`] is 640 a
-/// second, one in 64 packets of 40,000 packets a second.
-const LATENCY_SAMPLES: usize = 64;
-
-/// A worker's sampled relay latencies: a fixed buffer filled on the packet path (no
-/// allocation), flushed to the histogram at the tick.
-struct LatencySampler {
-    countdown: u32,
-    samples: [f64; LATENCY_SAMPLES],
-    len: usize,
-    histogram: metrics::Histogram,
-}
-
-impl LatencySampler {
-    fn new(histogram: metrics::Histogram) -> Self {
-        LatencySampler {
-            countdown: LATENCY_SAMPLE_EVERY,
-            samples: [0.0; LATENCY_SAMPLES],
-            len: 0,
-            histogram,
-        }
-    }
-
-    /// `n` packets were received in one batch: whether to time this batch.
-    fn due(&mut self, n: usize) -> bool {
-        let n = u32::try_from(n).unwrap_or(u32::MAX);
-        if n < self.countdown {
-            self.countdown -= n;
-            return false;
-        }
-        self.countdown = LATENCY_SAMPLE_EVERY;
-        true
-    }
-
-    fn push(&mut self, latency: Duration) {
-        if let Some(slot) = self.samples.get_mut(self.len) {
-            *slot = latency.as_secs_f64();
-            self.len += 1;
-        }
-    }
-
-    fn flush(&mut self) {
-        for s in &self.samples[..self.len] {
-            self.histogram.record(*s);
-        }
-        self.len = 0;
-    }
-}
 
 const WAKER: Token = Token(usize::MAX);
 
@@ -1289,12 +1240,7 @@ impl Worker {
                     call,
                     streams,
                     taps,
-                }) => {
-                    self.upsert(call, streams, now);
-                    for tap in taps {
-                        self.add_tap(call, tap);
-                    }
-                }
+                }) => self.install(call, (streams, taps), None, now),
                 Ok(Command::Remove(call)) => {
                     self.remove(call);
                 }
@@ -1303,15 +1249,7 @@ impl Worker {
                     streams,
                     taps,
                     progress,
-                }) => {
-                    self.upsert(call, streams, now);
-                    for tap in taps {
-                        self.add_tap(call, tap);
-                    }
-                    if let Some(p) = progress {
-                        self.apply_progress(&p);
-                    }
-                }
+                }) => self.install(call, (streams, taps), progress, now),
                 Ok(Command::AddTap { call, tap }) => self.add_tap(call, *tap),
                 Ok(Command::RemoveTap { call, id }) => {
                     if let Some(c) = self.calls.get_mut(&call) {
@@ -1356,6 +1294,23 @@ impl Worker {
                 }
                 Err(TryRecvError::Empty) => return true,
             }
+        }
+    }
+
+    /// Streams, then taps, then (for a restored call) its SRTP progress: one step.
+    fn install(
+        &mut self,
+        call: CallRef,
+        (streams, taps): (Vec<StreamSetup>, Vec<TapSetup>),
+        progress: Option<Box<IndexReport>>,
+        now: Instant,
+    ) {
+        self.upsert(call, streams, now);
+        for tap in taps {
+            self.add_tap(call, tap);
+        }
+        if let Some(p) = progress {
+            self.apply_progress(&p);
         }
     }
 
@@ -2302,38 +2257,6 @@ mod tests {
         // Too short to be RTP: ignored.
         t.on_rtp(&[0x80, 0, 0, 1], &c);
         assert_eq!(read(&c), (12, 10));
-    }
-
-    #[test]
-    fn latency_sampler_times_one_batch_in_64_packets_and_flushes_at_the_tick() {
-        use metrics_util::debugging::{DebugValue, DebuggingRecorder};
-        let recorder = DebuggingRecorder::new();
-        let snapshotter = recorder.snapshotter();
-        metrics::with_local_recorder(&recorder, || {
-            let mut s = LatencySampler::new(metrics::histogram!("sbc_media_relay_latency_seconds"));
-            // 32 batches of 8 packets: 256 packets, every 8th batch is timed.
-            let due: Vec<bool> = (0..32).map(|_| s.due(8)).collect();
-            assert_eq!(due.iter().filter(|d| **d).count(), 4);
-            assert!(due[7] && due[15] && !due[0] && !due[8]);
-            // A batch larger than the interval is timed at once.
-            assert!(s.due(100));
-            for i in 0..(LATENCY_SAMPLES + 10) {
-                s.push(Duration::from_micros(i as u64));
-            }
-            assert_eq!(s.len, LATENCY_SAMPLES, "bounded between ticks");
-            s.flush();
-            assert_eq!(s.len, 0);
-        });
-        let snap = snapshotter.snapshot().into_vec();
-        let (_, _, _, v) = snap
-            .iter()
-            .find(|(k, _, _, _)| k.key().name() == "sbc_media_relay_latency_seconds")
-            .unwrap();
-        let DebugValue::Histogram(v) = v else {
-            panic!("not a histogram")
-        };
-        assert_eq!(v.len(), LATENCY_SAMPLES);
-        assert_eq!(v[1].into_inner(), 0.000_001);
     }
 
     #[test]

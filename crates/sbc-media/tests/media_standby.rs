@@ -114,38 +114,71 @@ fn sdp(sock: &UdpSocket, profile: SrtpProfile, key: &MasterKey) -> Vec<u8> {
         .bytes()
 }
 
-impl Call {
-    fn setup(e: &MediaEngine, id: CallRef, profile: SrtpProfile) -> Call {
+/// A call offered by its caller, not answered yet.
+struct Offered {
+    profile: SrtpProfile,
+    caller: UdpSocket,
+    callee: UdpSocket,
+    caller_key: MasterKey,
+    callee_key: MasterKey,
+    /// The caller's SDP and the engine's offer to the callee.
+    caller_sdp: Vec<u8>,
+    offer: Vec<u8>,
+}
+
+impl Offered {
+    fn new(e: &MediaEngine, id: CallRef, profile: SrtpProfile) -> Offered {
         let (caller, callee) = (peer(), peer());
-        let (ck, ek) = (key(profile, 0x11), key(profile, 0x33));
-        let t = TenantId::from(TENANT);
+        let caller_key = key(profile, 0x11);
+        let caller_sdp = sdp(&caller, profile, &caller_key);
         let offer = e
             .offer(
                 id,
-                &t,
+                &TenantId::from(TENANT),
                 LegSide::Caller,
-                &sdp(&caller, profile, &ck),
+                &caller_sdp,
                 &policy(profile),
             )
             .unwrap();
-        let offer = sbc_media::sdp::parse(&offer).unwrap();
-        let k2 = offer.media[0].crypto[0].key.clone().unwrap();
+        Offered {
+            profile,
+            caller,
+            callee,
+            caller_key,
+            callee_key: key(profile, 0x33),
+            caller_sdp,
+            offer,
+        }
+    }
+
+    /// The callee answers through `e` (which may not be the engine that offered).
+    fn answer(self, e: &MediaEngine, id: CallRef) -> Call {
+        let p = self.profile;
         let answer = e
-            .answer(id, LegSide::Callee, &sdp(&callee, profile, &ek))
+            .answer(id, LegSide::Callee, &sdp(&self.callee, p, &self.callee_key))
             .unwrap();
         let answer = sbc_media::sdp::parse(&answer).unwrap();
+        let offer = sbc_media::sdp::parse(&self.offer).unwrap();
+        let k2 = offer.media[0].crypto[0].key.clone().unwrap();
         let k4 = answer.media[0].crypto[0].key.clone().unwrap();
+        let (ck, ek) = (&self.caller_key, &self.callee_key);
         Call {
             caller_side: answer.media[0].port,
             callee_side: offer.media[0].port,
-            k1: ctx_for(profile, &ck),
-            k2: ctx_for(profile, &k2),
-            k3: ctx_for(profile, &ek),
-            k4: ctx_for(profile, &k4),
-            keys: [&ck, &ek, &k2, &k4].map(master_bytes).to_vec(),
-            caller,
-            callee,
+            k1: ctx_for(p, ck),
+            k2: ctx_for(p, &k2),
+            k3: ctx_for(p, ek),
+            k4: ctx_for(p, &k4),
+            keys: [ck, ek, &k2, &k4].map(master_bytes).to_vec(),
+            caller: self.caller,
+            callee: self.callee,
         }
+    }
+}
+
+impl Call {
+    fn setup(e: &MediaEngine, id: CallRef, profile: SrtpProfile) -> Call {
+        Offered::new(e, id, profile).answer(e, id)
     }
 
     /// One packet each way with sequence number `seq`; both arrive and authenticate.
@@ -464,4 +497,172 @@ fn restored_streams_count_in_the_tenant_quota_and_taken_ports_are_refused() {
         &pol,
     );
     assert_eq!(r, Err(sbc_core::media::MediaError::TenantStreams));
+}
+
+/// The `o=` line's session id and version.
+fn origin(sdp: &[u8]) -> (String, String) {
+    let s = String::from_utf8_lossy(sdp);
+    let o = s.lines().find(|l| l.starts_with("o=")).unwrap();
+    let f: Vec<&str> = o.split(' ').collect();
+    (f[1].to_string(), f[2].to_string())
+}
+
+#[test]
+fn an_offer_taken_over_before_its_answer_is_answered_on_the_standby() {
+    let sink = Arc::new(RecordingSink::default());
+    let (a, b) = engines(&sink, Duration::from_millis(200));
+    let id = CallRef(17);
+    let p = SrtpProfile::AeadAes256Gcm;
+    let t = TenantId::from(TENANT);
+    let offered = Offered::new(&a, id, p);
+    let (offer, caller_sdp) = (offered.offer.clone(), offered.caller_sdp.clone());
+    let parsed = sbc_media::sdp::parse(&offer).unwrap();
+    let k2 = parsed.media[0].crypto[0].key.clone().unwrap();
+    // Ringing: A dies before the callee answers.
+    a.shutdown();
+    let b_sink = Arc::new(RecordingSink::default());
+    b.set_replica_sink(b_sink.clone(), Duration::from_millis(200));
+    restore(&b, &sink, id);
+    assert!(
+        b_sink.get(id, ReplicaPart::Media).is_some(),
+        "put at restore"
+    );
+    let ek = offered.callee_key.clone();
+    let mut c = offered.answer(&b, id);
+    for seq in 1..=5 {
+        c.both_ways(seq);
+    }
+    // A re-offer through B keeps our key toward the callee and the o= session.
+    let again = b
+        .offer(id, &t, LegSide::Caller, &caller_sdp, &policy(p))
+        .unwrap();
+    let again_parsed = sbc_media::sdp::parse(&again).unwrap();
+    let k2_again = again_parsed.media[0].crypto[0].key.clone().unwrap();
+    assert_eq!(
+        master_bytes(&k2_again),
+        master_bytes(&k2),
+        "same key re-sent"
+    );
+    assert_eq!(again_parsed.media[0].port, parsed.media[0].port);
+    let (sid, ver) = origin(&offer);
+    let (sid2, ver2) = origin(&again);
+    assert_eq!(sid, sid2, "same o= session");
+    assert!(ver2.parse::<u64>().unwrap() >= ver.parse::<u64>().unwrap());
+    b.answer(id, LegSide::Callee, &sdp(&c.callee, p, &ek))
+        .unwrap();
+    for seq in 6..=10 {
+        c.both_ways(seq);
+    }
+    assert_eq!(b.stats().packets_dropped_auth, 0);
+    // B now owns the call: it replicates it itself, committed streams included.
+    let b_media = b_sink
+        .get(id, ReplicaPart::Media)
+        .expect("B puts the media part");
+    let v: serde_json::Value = serde_json::from_slice(&b_media.public).unwrap();
+    assert_eq!(v["streams"][0]["committed"], true, "{v}");
+    assert_no_key(&b_media, &c.keys);
+    b_sink.wait_indexes(id, |v| reported_tx_seq(v) == Some((0, 10)));
+}
+
+#[test]
+fn nothing_is_put_after_delete() {
+    let sink = Arc::new(RecordingSink::default());
+    let (a, _b) = engines(&sink, Duration::from_millis(50));
+    let id = CallRef(19);
+    let mut c = Call::setup(&a, id, SrtpProfile::AesCm128HmacSha1_80);
+    c.both_ways(1);
+    sink.wait_indexes(id, |v| reported_tx_seq(v).is_some());
+    let before = sink.puts.lock().unwrap().len();
+    a.delete(id);
+    // Several refresh periods and ticks: the workers may still report the call once,
+    // but nothing reaches the sink for a deleted call.
+    std::thread::sleep(Duration::from_millis(400));
+    let puts = sink.puts.lock().unwrap();
+    assert_eq!(
+        puts.len(),
+        before,
+        "no put after delete: {:?}",
+        &puts[before..]
+    );
+}
+
+#[test]
+fn a_stored_address_this_host_does_not_hold_is_bound_with_freebind() {
+    let sink = Arc::new(RecordingSink::default());
+    let (a, b) = engines(&sink, Duration::from_millis(200));
+    let id = CallRef(21);
+    let _c = Call::setup(&a, id, SrtpProfile::AesCm128HmacSha1_80);
+    let media = sink.get(id, ReplicaPart::Media).unwrap();
+    // The record as a node on a virtual IP wrote it (TEST-NET-3, RFC 5737: never here).
+    let on_vip = String::from_utf8(media.public.clone())
+        .unwrap()
+        .replace("\"address\":\"127.0.0.1\"", "\"address\":\"203.0.113.77\"");
+    assert!(on_vip.contains("203.0.113.77"), "{on_vip}");
+    b.takeover()
+        .restore(
+            id,
+            &TenantId::from(TENANT),
+            on_vip.as_bytes(),
+            media.secret.as_ref().unwrap(),
+            None,
+        )
+        .unwrap();
+    let deadline = Instant::now() + PACKET_WAIT;
+    while b.stats().active_streams == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(b.stats().active_streams, 1, "the worker runs the stream");
+    // Outside B's pool: its own accounting is untouched.
+    assert_eq!(b.stats().ports_in_use, 0);
+}
+
+#[test]
+fn mutated_records_never_panic() {
+    use rand::{Rng, SeedableRng};
+    let sink = Arc::new(RecordingSink::default());
+    let (a, b) = engines(&sink, Duration::from_millis(100));
+    let id = CallRef(23);
+    let mut c = Call::setup(&a, id, SrtpProfile::AeadAes128Gcm);
+    c.both_ways(1);
+    let idx = sink.wait_indexes(id, |v| reported_tx_seq(v).is_some());
+    let media = sink.get(id, ReplicaPart::Media).unwrap();
+    let secret = media.secret.clone().unwrap();
+    a.shutdown();
+    let t = TenantId::from(TENANT);
+    let m = b.takeover();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(16);
+    let mutate = |rng: &mut rand::rngs::StdRng, v: &[u8]| -> Vec<u8> {
+        let mut v = v.to_vec();
+        match rng.gen_range(0..3) {
+            0 => {
+                let i = rng.gen_range(0..v.len());
+                v[i] = rng.gen();
+            }
+            1 => v.truncate(rng.gen_range(0..v.len())),
+            _ => {
+                let i = rng.gen_range(0..v.len());
+                v.insert(i, b"0123456789-,:{}[]\"e"[rng.gen_range(0..19)]);
+            }
+        }
+        v
+    };
+    let mut refused = 0;
+    for n in 0..300u64 {
+        let call = CallRef(1000 + n);
+        let (public, sec, ix) = match n % 3 {
+            0 => (mutate(&mut rng, &media.public), secret.clone(), idx.clone()),
+            1 => (
+                media.public.clone(),
+                SecretBytes::new(mutate(&mut rng, secret.expose())),
+                idx.clone(),
+            ),
+            _ => (media.public.clone(), secret.clone(), mutate(&mut rng, &idx)),
+        };
+        if m.restore(call, &t, &public, &sec, Some(&ix)).is_err() {
+            refused += 1;
+        } else {
+            b.delete(call);
+        }
+    }
+    assert!(refused > 100, "most mutations are refused: {refused}");
 }

@@ -21,6 +21,7 @@
 //! Owns: the conversion between the engine's state and `replica.rs`'s records. Must not:
 //! wait on the sink, put a part after `delete`, or show a key anywhere but the secret.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
@@ -34,14 +35,14 @@ use sbc_core::standby::{
 use sbc_core::tap::{TapId, TapLegs, TapSpec, TapSuite, TapTransport};
 use sbc_core::tenant::TenantId;
 
+use super::tap_parts::tap_pair;
 use super::{
-    lock_calls, lock_taps, tap_profile, tap_socket, CallCtl, CallMap, MediaEngine, OriginState,
-    Pending, PendingMedia, StreamCtl, TapCtl,
+    lock_calls, lock_taps, tap_profile, tap_socket, CallCtl, MediaEngine, OriginState, Pending,
+    PendingMedia, StreamCtl, TapCtl,
 };
 use crate::ports::{self, BoundPair};
 use crate::relay::{
-    Command, IndexReport, IndexReporter, KeySpec, LegConfig, StreamSetup, TapCounters, TapSetup,
-    INDEX_QUEUE,
+    Command, IndexReport, IndexReporter, KeySpec, LegConfig, StreamSetup, TapSetup, INDEX_QUEUE,
 };
 use crate::replica::{
     indexes_from_json, indexes_to_json, KeyRef, KeyTable, LegPolicyRecord, LegRecord, MediaRecord,
@@ -102,7 +103,9 @@ impl MediaEngine {
         let Some(reports) = reports else {
             return; // The forwarding thread runs already and reads the new sink.
         };
-        let (calls, sink) = (Arc::clone(&self.inner.calls), Arc::clone(&st.sink));
+        // Weak: the calls (and the sockets of unanswered offers) go with the engine, not
+        // with this thread, which ends a little later when the workers have stopped.
+        let (calls, sink) = (Arc::downgrade(&self.inner.calls), Arc::clone(&st.sink));
         let spawned = std::thread::Builder::new()
             .name("sbc-media-replica".into())
             .spawn(move || forward_reports(&reports, &calls, &sink));
@@ -198,12 +201,19 @@ impl MediaEngine {
 
 /// The forwarding thread: each report becomes the call's Indexes part, put while the
 /// calls lock is held (a call deleted meanwhile gets nothing). Ends when the workers do.
-fn forward_reports(reports: &Receiver<IndexReport>, calls: &CallMap, sink: &SharedSink) {
+fn forward_reports(
+    reports: &Receiver<IndexReport>,
+    calls: &std::sync::Weak<Mutex<HashMap<CallRef, CallCtl>>>,
+    sink: &SharedSink,
+) {
     while let Ok(report) = reports.recv() {
         let Some(sink) = sink.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
             continue;
         };
-        let calls = lock_calls(calls);
+        let Some(calls) = calls.upgrade() else {
+            return;
+        };
+        let calls = lock_calls(&calls);
         let Some(ctl) = calls.get(&report.call) else {
             continue;
         };
@@ -483,25 +493,8 @@ fn restore_tap(
             return Err(bad(RecordError::Invalid("SRTP tap without a key")))
         }
     };
-    let counters = Arc::new(TapCounters::default());
-    let setup = TapSetup {
-        id: TapId(r.id),
-        legs: spec.legs,
-        stream: None,
-        destination: spec.destination,
-        socket,
-        srtp,
-        counters: Arc::clone(&counters),
-        ssrcs: Default::default(),
-    };
-    let ctl = TapCtl {
-        call,
-        tenant: tenant.clone(),
-        spec,
-        counters,
-        recorded: None,
-        key,
-    };
+    let (setup, mut ctl) = tap_pair(TapId(r.id), (call, tenant), spec, socket, (srtp, None));
+    ctl.key = key;
     Ok((setup, ctl))
 }
 

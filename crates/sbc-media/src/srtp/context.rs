@@ -771,6 +771,56 @@ mod tests {
     }
 
     #[test]
+    fn a_restored_stream_is_estimated_forward_from_its_record() {
+        assert_eq!(estimate_forward(0x8000, 0x8000), Ok((0, 0x8000)));
+        assert_eq!(estimate_forward(0x8000, 0xf000), Ok((0, 0xf000)));
+        // Wrapped since the record (RFC 3711's nearest guess would say ROC 0).
+        assert_eq!(estimate_forward(0x8000, 0x0100), Ok((1, 0x1_0100)));
+        assert_eq!(estimate_index(Some(0x8000), 0x0100), Ok((0, 0x0100)));
+        // Up to one short of a whole cycle ahead.
+        assert_eq!(estimate_forward(0x3_0005, 0x0004), Ok((4, 0x4_0004)));
+        assert_eq!(
+            estimate_forward(MAX_SRTP_INDEX, 0),
+            Err(SrtpError::KeyExhausted)
+        );
+    }
+
+    #[test]
+    fn a_restored_receiver_takes_what_follows_its_record_only() {
+        let p = SrtpProfile::AesCm128HmacSha1_80;
+        let k = MasterKey::new(&[3; 16], &[4; 14]);
+        let mut tx = SrtpContext::new(p, &k, SrtpConfig::default()).unwrap();
+        let mut rx = SrtpContext::new(p, &k, SrtpConfig::default()).unwrap();
+        rx.restore_ssrc(false, 9, 0, 15).unwrap();
+        let mut sent = Vec::new();
+        for seq in 10..20u16 {
+            let mut b = vec![0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9, 1, 2, 3, 4];
+            b[2..4].copy_from_slice(&seq.to_be_bytes());
+            b.resize(16 + 10, 0);
+            let n = tx.protect_rtp(&mut b, 16).unwrap();
+            b.truncate(n);
+            sent.push(b);
+        }
+        // The recorded index is a replay; earlier ones read as a cycle ahead and fail.
+        assert_eq!(
+            rx.unprotect_rtp(&mut sent[5].clone()),
+            Err(SrtpError::Replayed)
+        );
+        assert!(rx.unprotect_rtp(&mut sent[4].clone()).is_err());
+        assert_eq!(rx.unprotect_rtp(&mut sent[6].clone()), Ok(16));
+        // Then RFC 3711 as usual: a late packet inside the window is accepted once.
+        assert_eq!(rx.unprotect_rtp(&mut sent[8].clone()), Ok(16));
+        assert_eq!(rx.unprotect_rtp(&mut sent[7].clone()), Ok(16));
+        assert_eq!(
+            rx.unprotect_rtp(&mut sent[7].clone()),
+            Err(SrtpError::Replayed)
+        );
+        let mut progress = Vec::new();
+        rx.rx_progress(&mut progress);
+        assert_eq!((progress[0].roc, progress[0].seq), (0, 18));
+    }
+
+    #[test]
     fn rtp_header_parsing() {
         let mut p = vec![0x80, 0, 0, 1, 0, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef];
         let h = parse_rtp(&p).unwrap();
