@@ -8,8 +8,9 @@
 //! (50 packets/s each way, `sbc-failover-peer` in the caller and callee namespaces) across
 //! gwA's death with the re-INVITE (CSeq continuing) and the BYE through gwB, hung up by
 //! either side; every SRTP suite; the early dialog (gwA dies while ringing); a sequence
-//! wrap before the failover; Redis restarted empty before the failover; split brain (both
-//! nodes hold the VIP; the epoch leaves one owner). Each prints a `FAILOVER_RESULT` line
+//! wrap before the failover; Redis restarted empty before the failover; a clear-RTP
+//! recording tap started on gwA going on from gwB (`sbc-failover-peer tap-sink` counts the
+//! copies); split brain (both nodes hold the VIP; the epoch leaves one owner). Each prints a `FAILOVER_RESULT` line
 //! (`benches/cluster_failover/run.sh` collects them).
 //!
 //! A node "dies" the way a machine does: its link goes down and every process in its
@@ -483,6 +484,8 @@ struct Scenario {
     redis_restart: bool,
     /// Both peers' first RTP sequence number (a wrap before the failover).
     first_seq: Option<u16>,
+    /// A clear-RTP recording tap on the call (started on gwA) must go on from gwB.
+    tap: bool,
 }
 
 impl Scenario {
@@ -493,6 +496,7 @@ impl Scenario {
             ring_ms: 0,
             redis_restart: false,
             first_seq: None,
+            tap: false,
         }
     }
 }
@@ -521,6 +525,51 @@ fn warm_on_b(s: &Setup) {
         s.standby_status("gwB")
             .filter(|v| v["warm_calls"].as_u64() >= Some(1))
     });
+}
+
+/// `curl` against `node`'s own admin plane; the body of a 2xx answer.
+fn admin(s: &Setup, node: &str, method: &str, path: &str, body: Option<&str>) -> String {
+    let mut cmd = s.lab.command(node, "curl");
+    cmd.args(["-sS", "--fail-with-body", "-X", method, "-H"])
+        .arg(format!("Authorization: Bearer {TOKEN}"));
+    if let Some(b) = body {
+        cmd.args(["-H", "Content-Type: application/json", "-d", b]);
+    }
+    let out = s
+        .lab
+        .output(cmd.arg(format!("http://127.0.0.1:9090{path}")));
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{method} {path} on {node}: {text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+/// A tap sink in the callee's namespace and a clear-RTP tap of both legs of gwA's call.
+fn start_tap(s: &Setup) -> Peer {
+    let dest = format!("{}:40000", s.lab.node("callee").ip);
+    let mut cmd = s.lab.command("callee", PEER);
+    cmd.args(["tap-sink", "--listen", &dest, "--max-secs", "90"]);
+    let sink = Peer::start(&s.lab, cmd, "tap sink");
+    sink.event(Duration::from_secs(5), "listening");
+    let calls: serde_json::Value =
+        serde_json::from_str(&admin(s, "gwA", "GET", "/v1/calls", None)).expect("calls JSON");
+    let id = calls["calls"][0]["id"]
+        .as_str()
+        .expect("a call on gwA")
+        .to_string();
+    let body =
+        format!("{{\"legs\": \"both\", \"transport\": \"rtp\", \"destination\": \"{dest}\"}}");
+    admin(
+        s,
+        "gwA",
+        "POST",
+        &format!("/v1/calls/{id}/taps"),
+        Some(&body),
+    );
+    sink
 }
 
 /// gwA's node dies; the VIP move time and gwB's takeover summary.
@@ -582,6 +631,9 @@ fn failover_run(sc: Scenario) -> serde_json::Value {
         std::thread::sleep(Duration::from_millis(500));
     } else {
         caller.event(Duration::from_secs(10), "answered");
+    }
+    let mut sink = sc.tap.then(|| start_tap(&s));
+    if sc.ring_ms == 0 {
         std::thread::sleep(MEDIA_BEFORE);
     }
     warm_on_b(&s);
@@ -608,6 +660,18 @@ fn failover_run(sc: Scenario) -> serde_json::Value {
         caller.event(Duration::from_secs(10), "report"),
         callee.event(Duration::from_secs(10), "report"),
     );
+    if let Some(sink) = sink.as_mut() {
+        sink.send("stop");
+        let r = sink.event(Duration::from_secs(5), "report");
+        println!("tap sink: {r}");
+        let gap = Duration::from_secs_f64(r["max_gap_ms"].as_f64().unwrap_or(f64::MAX) / 1000.0);
+        assert!(
+            gap <= GAP_BOUND,
+            "the tap's copies stopped for {gap:?}: {r}"
+        );
+        // Both streams at 50 packets/s for the seconds before and after the failover.
+        assert!(r["received"].as_u64() > Some(300), "few tap copies: {r}");
+    }
     let figures = figures(&sc, vip_ms, &takeover, &cr, &ce);
     println!("FAILOVER_RESULT {figures}");
     println!("caller lines: {}", serde_json::Value::from(caller.lines()));
@@ -794,4 +858,13 @@ fn both_nodes_claiming_the_vip_leave_exactly_one_owner_of_the_call() {
     s.lab
         .wait_vip("gwB", false, Duration::from_secs(5))
         .expect("gwB gives the VIP back once it hears gwA again");
+}
+
+/// A clear-RTP recording tap started on gwA goes on from gwB after the failover.
+#[test]
+fn an_active_recording_tap_resumes_on_the_standby() {
+    case(Scenario {
+        tap: true,
+        ..Scenario::new("AES_CM_128_HMAC_SHA1_80", Hangup::Caller)
+    });
 }

@@ -1,4 +1,4 @@
-//! `sbc-failover-peer caller|callee`: the two ends of the hot-standby failover test and
+//! `sbc-failover-peer caller|callee|tap-sink`: the two ends of the hot-standby failover test and
 //! bench (tests/cluster_failover.rs, benches/cluster_failover/run.sh), run inside network
 //! namespaces. Command-line wiring only: the peers are `sbc_probe::failover`.
 //!
@@ -31,6 +31,18 @@ enum Role {
     Caller(CallerArgs),
     /// A TLS SIP UAS the gateway routes to.
     Callee(CalleeArgs),
+    /// A recording engine's UDP socket for a clear-RTP tap: counts the copies.
+    TapSink(TapSinkArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct TapSinkArgs {
+    /// UDP address the tap sends to, IP:PORT.
+    #[arg(long)]
+    listen: SocketAddr,
+    /// Seconds before the sink stops by itself.
+    #[arg(long, default_value_t = 60)]
+    max_secs: u64,
 }
 
 #[derive(clap::Args, Debug)]
@@ -184,6 +196,11 @@ fn main() -> ExitCode {
         match cli.role {
             Role::Caller(a) => caller(a).await,
             Role::Callee(a) => callee(a).await,
+            Role::TapSink(a) => {
+                let max = Duration::from_secs(a.max_secs);
+                print(serde_json::json!({"event": "listening", "addr": a.listen.to_string()}));
+                Ok(failover::sink::run(a.listen, max, commands(), &mut print).await?)
+            }
         }
     });
     match done {

@@ -10,7 +10,8 @@
 //! platform does after a failover; requests made while it is disconnected wait for the next
 //! connection. In-dialog requests (re-INVITE, BYE) are made on command (a line on stdin:
 //! `reinvite`, `bye`, `stop`) and their outcome is reported. Everything is printed as one
-//! JSON object per line ([`Emit`]), ending with a `report` line.
+//! JSON object per line ([`Emit`]), ending with a `report` line. A third peer, the tap
+//! sink ([`sink`]), counts what a recording tap copies.
 //!
 //! Owns: the peers' connections, dialogs, media legs and counters. Must not: log keys,
 //! or run without a bound (every peer stops after its `max_run`, at most [`MAX_RUN`]).
@@ -18,6 +19,7 @@
 pub mod callee;
 pub mod caller;
 mod link;
+pub mod sink;
 
 use std::time::Duration;
 
