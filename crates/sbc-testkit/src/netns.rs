@@ -5,7 +5,7 @@
 //! and removed when the [`Lab`] is dropped, also when the test fails: the processes started
 //! in it are killed, then the namespaces deleted (which deletes their veths and bridge).
 //!
-//! Needs root, `ip`, `keepalived` and `redis-server`; tests call [`missing`] first and skip,
+//! Needs root, `ip`, `keepalived`, `redis-server`, `nft` and `curl`; tests call [`missing`] first and skip,
 //! printing why, when something is not there.
 
 use std::net::Ipv4Addr;
@@ -57,6 +57,9 @@ pub fn missing() -> Option<String> {
         ("ip", "iproute2"),
         ("keepalived", "keepalived"),
         ("redis-server", "redis-server"),
+        // The split-brain case drops VRRP with nft; the tap case talks to the admin API.
+        ("nft", "nftables"),
+        ("curl", "curl"),
     ] {
         if on_path(bin).is_none() {
             return Some(format!(
