@@ -305,14 +305,8 @@ echo \"done $(date +%s.%N) $?\" >> {log:?}\n"
             "--media-ip",
             &ip,
         ])
-        .args(["--ring-ms", &sc.ring_ms.to_string(), "--max-secs", "90"])
-        .arg("--cert")
-        .arg(cert)
-        .arg("--key")
-        .arg(key);
-        if let Some(seq) = sc.first_seq {
-            cmd.args(["--first-seq", &seq.to_string()]);
-        }
+        .args(["--ring-ms", &sc.ring_ms.to_string()]);
+        peer_args(&mut cmd, &cert, &key, sc);
         Peer::start(&self.lab, cmd, "callee")
     }
 
@@ -330,16 +324,10 @@ echo \"done $(date +%s.%N) $?\" >> {log:?}\n"
             "--server-name",
             GW_NAME,
         ])
-        .args(["--media-ip", &ip, "--suite", sc.suite, "--max-secs", "90"])
+        .args(["--media-ip", &ip, "--suite", sc.suite])
         .arg("--ca")
-        .arg(ca)
-        .arg("--cert")
-        .arg(cert)
-        .arg("--key")
-        .arg(key);
-        if let Some(seq) = sc.first_seq {
-            cmd.args(["--first-seq", &seq.to_string()]);
-        }
+        .arg(ca);
+        peer_args(&mut cmd, &cert, &key, sc);
         Peer::start(&self.lab, cmd, "caller")
     }
 
@@ -351,6 +339,18 @@ echo \"done $(date +%s.%N) $?\" >> {log:?}\n"
 
     fn notify_log(&self, node: &str) -> String {
         std::fs::read_to_string(self.dir.join(format!("notify-{node}.log"))).unwrap_or_default()
+    }
+}
+
+/// The arguments both SIP peers take: certificate, key, run bound, first sequence number.
+fn peer_args(cmd: &mut std::process::Command, cert: &Path, key: &Path, sc: &Scenario) {
+    cmd.arg("--cert")
+        .arg(cert)
+        .arg("--key")
+        .arg(key)
+        .args(["--max-secs", "90"]);
+    if let Some(seq) = sc.first_seq {
+        cmd.args(["--first-seq", &seq.to_string()]);
     }
 }
 

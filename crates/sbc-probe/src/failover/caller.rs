@@ -14,8 +14,8 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::{
-    ms_since, spawn_link, Command, Emit, LinkEvent, LinkHandle, LinkId, MediaSide, CALLEE_STREAM,
-    CALLER_STREAM, MAX_QUEUED, MAX_RUN,
+    ms_since, spawn_link, Command, Emit, Input, Inputs, LinkEvent, LinkHandle, LinkId, MediaSide,
+    CALLEE_STREAM, CALLER_STREAM, MAX_QUEUED, MAX_RUN,
 };
 use crate::client::Dialog;
 use crate::conn::{token, uri_of};
@@ -146,35 +146,24 @@ pub async fn run(
     };
     c.connect(deadline);
     c.send_invite();
-    c.run_loop(&mut events, &mut commands, deadline).await;
-    c.media.stats.close(Instant::now(), start);
-    tokio::time::sleep(super::LINGER).await;
+    c.run_loop(Inputs::new(&mut events, &mut commands, deadline))
+        .await;
+    c.media.end().await;
     c.report();
     Ok(())
 }
 
 impl Caller<'_> {
-    async fn run_loop(
-        &mut self,
-        events: &mut mpsc::Receiver<LinkEvent>,
-        commands: &mut mpsc::Receiver<Command>,
-        deadline: Instant,
-    ) {
-        let mut commands_open = true;
-        let far = deadline + Duration::from_secs(1);
+    async fn run_loop(&mut self, mut inputs: Inputs<'_>) {
+        let far = inputs.deadline + Duration::from_secs(1);
         while self.ended.is_none() {
             let media = &mut self.media;
             tokio::select! {
-                _ = tokio::time::sleep_until(deadline) => {
-                    self.ended = Some("max_run".into());
-                }
-                ev = events.recv() => match ev {
-                    Some(ev) => self.on_event(ev),
-                    None => self.ended = Some("events closed".into()),
-                },
-                cmd = commands.recv(), if commands_open => match cmd {
-                    Some(cmd) => self.on_command(cmd),
-                    None => commands_open = false,
+                input = inputs.next() => match input {
+                    Input::Event(ev) => self.on_event(ev),
+                    Input::Command(cmd) => self.on_command(cmd),
+                    Input::Deadline => self.ended = Some("max_run".into()),
+                    Input::EventsClosed => self.ended = Some("events closed".into()),
                 },
                 _ = media.step(far) => {}
             }

@@ -141,6 +141,53 @@ impl MediaStats {
     }
 }
 
+/// What a peer's loop waits for besides media: connection events, commands, its end.
+pub(crate) enum Input {
+    Event(LinkEvent),
+    Command(Command),
+    /// `max_run` is over.
+    Deadline,
+    /// Every connection task and the acceptor are gone.
+    EventsClosed,
+}
+
+/// The sources of [`Input`]; stdin closing only stops commands.
+pub(crate) struct Inputs<'a> {
+    pub(crate) events: &'a mut tokio::sync::mpsc::Receiver<LinkEvent>,
+    pub(crate) commands: &'a mut tokio::sync::mpsc::Receiver<Command>,
+    pub(crate) commands_open: bool,
+    pub(crate) deadline: Instant,
+}
+
+impl<'a> Inputs<'a> {
+    pub(crate) fn new(
+        events: &'a mut tokio::sync::mpsc::Receiver<LinkEvent>,
+        commands: &'a mut tokio::sync::mpsc::Receiver<Command>,
+        deadline: Instant,
+    ) -> Inputs<'a> {
+        Inputs {
+            events,
+            commands,
+            commands_open: true,
+            deadline,
+        }
+    }
+
+    /// The next input (cancel-safe: channel receives and a sleep).
+    pub(crate) async fn next(&mut self) -> Input {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(self.deadline) => return Input::Deadline,
+                ev = self.events.recv() => return ev.map_or(Input::EventsClosed, Input::Event),
+                cmd = self.commands.recv(), if self.commands_open => match cmd {
+                    Some(c) => return Input::Command(c),
+                    None => self.commands_open = false,
+                },
+            }
+        }
+    }
+}
+
 /// A peer's media: its leg once the call has one, the 20 ms send clock and the counters.
 pub(crate) struct MediaSide {
     pub(crate) leg: Option<Leg>,
@@ -180,6 +227,13 @@ impl MediaSide {
                 }
             }
         }
+    }
+
+    /// The call is over: silence up to now counts as a gap; then [`LINGER`] so queued
+    /// messages reach the wire.
+    pub(crate) async fn end(&mut self) {
+        self.stats.close(Instant::now(), self.start);
+        tokio::time::sleep(LINGER).await;
     }
 
     /// The `report` line: the counters, `role`, how the call `ended`.
