@@ -137,6 +137,10 @@ impl B2bua {
             self.refuse_unrecognised(now, conn, &msg);
             return;
         }
+        if let ConnKind::Trunk { .. } = kind {
+            self.on_trunk_request(now, conn, method, msg);
+            return;
+        }
         if matches!(kind, ConnKind::Outbound { .. }) && self.on_srs_request(now, conn, &msg) {
             return;
         }
@@ -150,6 +154,7 @@ impl B2bua {
             return;
         }
         match kind {
+            ConnKind::Trunk { .. } => self.refuse_from_trunk(now, conn, &msg),
             ConnKind::Outbound { .. } => {
                 // Targets answer calls; they do not place them through us.
                 self.refuse(conn, &msg, &Refusal::NotATrunkPeer, None);
@@ -205,7 +210,63 @@ impl B2bua {
         self.outputs.push_back(Output::Send { conn, msg: resp });
     }
 
+    /// A request on a trunk's own connection ([`ConnKind::Trunk`]): served only in a
+    /// dialog whose callee leg is on one of the trunk's targets (tags and Call-ID, as on
+    /// every connection, and `conn_serves`); anything else is refused as from an
+    /// unrecognised peer.
+    fn on_trunk_request(&mut self, now: Instant, conn: ConnId, method: Method, msg: SipMessage) {
+        if let Err(refusal) = precheck(&msg, &method) {
+            self.refuse(conn, &msg, &refusal, None);
+            return;
+        }
+        let to_tag = msg.header("to").and_then(tag).map(str::to_string);
+        let in_dialog = to_tag.as_deref().and_then(|t| {
+            self.calls
+                .by_dialog(t, msg.call_id())
+                .filter(|(call, side)| {
+                    *side == LegSide::Callee
+                        && self
+                            .calls
+                            .get(*call)
+                            .is_some_and(|c| self.conn_serves(conn, c, *side))
+                })
+        });
+        match (to_tag, in_dialog) {
+            (Some(to_tag), Some(_)) => self.on_in_dialog(now, conn, &to_tag, method, msg),
+            // A stray ACK is dropped, as on every connection.
+            _ if method == Method::Ack => debug!(conn = %conn, "stray ACK from trunk dropped"),
+            _ => self.refuse_from_trunk(now, conn, &msg),
+        }
+    }
+
+    /// Refuse what a trunk's own connection may not carry: a new call, a dialog of
+    /// another target, a request outside any dialog. The same answer, count and cut-off
+    /// as for an unrecognised peer; the log line says it was a trunk.
+    fn refuse_from_trunk(&mut self, now: Instant, conn: ConnId, msg: &SipMessage) {
+        if self.log_now(now, super::CoreLog::TrunkRefused, "") {
+            warn!(
+                event = "trunk_request_refused",
+                conn = %conn,
+                method = msg.method().map_or("", |m| m.as_str()),
+                "request on a trunk's own connection outside its calls refused with 403"
+            );
+        }
+        self.refuse_counted(conn, msg);
+    }
+
     fn refuse_unrecognised(&mut self, now: Instant, conn: ConnId, msg: &SipMessage) {
+        if self.log_now(now, super::CoreLog::UnrecognisedPeer, "") {
+            warn!(
+                event = "recognition_refused",
+                conn = %conn, "request from unrecognised peer refused with 403"
+            );
+        }
+        self.refuse_counted(conn, msg);
+    }
+
+    /// 403 (reason `unrecognised_peer`), and the connection closed after
+    /// [`super::MAX_REFUSALS_PER_CONNECTION`] of them.
+    fn refuse_counted(&mut self, conn: ConnId, msg: &SipMessage) {
         self.refuse(conn, msg, &Refusal::UnrecognisedPeer, None);
         let close = match self.conns.get_mut(&conn) {
             Some(c) => {
@@ -214,12 +275,6 @@ impl B2bua {
             }
             None => false,
         };
-        if self.log_now(now, super::CoreLog::UnrecognisedPeer, "") {
-            warn!(
-                event = "recognition_refused",
-                conn = %conn, "request from unrecognised peer refused with 403"
-            );
-        }
         if close {
             warn!(
                 event = "connection_closed_refusals",
@@ -833,7 +888,7 @@ impl B2bua {
 
     /// True if `conn` may carry traffic of `side` of `call`: the caller's leg only from a
     /// connection recognised as the call's tenant, the callee's leg only from a connection
-    /// to the call's target. Tenant isolation does not rest on tags and branches being
+    /// to the call's target or one the target opened to us from its address. Tenant isolation does not rest on tags and branches being
     /// unguessable.
     pub(super) fn conn_serves(&self, conn: ConnId, call: &Call, side: LegSide) -> bool {
         match (self.conns.get(&conn).map(|c| &c.kind), side) {
@@ -844,6 +899,9 @@ impl B2bua {
                 LegSide::Caller,
             ) => *t == call.tenant,
             (Some(ConnKind::Outbound { target }), LegSide::Callee) => *target == call.target,
+            (Some(ConnKind::Trunk { targets, .. }), LegSide::Callee) => {
+                targets.contains(&call.target)
+            }
             _ => false,
         }
     }

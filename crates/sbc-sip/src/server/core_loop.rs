@@ -141,6 +141,10 @@ pub(super) async fn core_loop(
         match event {
             None => core.handle_timeout(now),
             Some(Event::Registered { conn, kind, handle }) => {
+                let kind = trunk_or(kind, handle.peer, conn, &targets);
+                if let ConnKind::Outbound { target } = &kind {
+                    targets.learn_address(*target, handle.peer);
+                }
                 writers.insert(conn, handle);
                 if let ConnKind::Outbound { target } = &kind {
                     // A source a UDP target talked from unasked fills the UDP entry.
@@ -279,6 +283,28 @@ pub(super) async fn core_loop(
         if let Ok(mut s) = stats.lock() {
             *s = core.stats();
         }
+    }
+}
+
+/// An inbound connection recognised as no tenant from a route target's address (a numeric
+/// target, or one our connections to a named target were opened to) is that trunk's own
+/// connection ([`ConnKind::Trunk`]); every other kind is kept.
+fn trunk_or(kind: ConnKind, peer: IpAddr, conn: ConnId, targets: &TargetTable) -> ConnKind {
+    let ConnKind::Inbound {
+        tenant: None,
+        listener,
+    } = kind
+    else {
+        return kind;
+    };
+    let found = targets.targets_at(peer);
+    if found.is_empty() {
+        return kind;
+    }
+    info!(event = "trunk_connection", conn = %conn, peer = %peer, targets = found.len(), "inbound connection from a route target's address: served as that trunk");
+    ConnKind::Trunk {
+        targets: found,
+        listener,
     }
 }
 
