@@ -2,6 +2,12 @@
 //! CANCEL, ACK for a non-2xx), or belong to a dialog; and the relay of a request to the
 //! other leg with its transaction pair.
 //!
+//! Who may send what: a tenant's connection places calls and speaks for the caller's leg
+//! of its own calls; a connection to a route target and a trunk's own connection to us
+//! ([`ConnKind::Trunk`]) speak only for the callee's leg of calls on that target; an
+//! unrecognised peer gets 403 for everything. A trunk's connection gets the same 403 (and
+//! cut-off) for anything outside its calls, logged as `trunk_request_refused`.
+//!
 //! Owns: no state of its own; the order of checks a request passes. Every refusal of a
 //! new call is decided before admission (nothing to release), and every failure after
 //! admission ends the call (its slot, media and registry entry released).

@@ -20,8 +20,11 @@
 //! Callee legs: the trunk connection is the target pool's; install re-dials it at once
 //! (one OPTIONS per target, its answer absorbed) so a trunk that sends its requests on
 //! the connection it was reached on (TLS connection reuse) can reach the call before we
-//! send it anything. A trunk that instead connects to our Contact address is an
-//! unrecognised peer on the listener, as it is today without a takeover.
+//! send it anything. A trunk that instead opens its own connection to our Via or Contact
+//! address (the listener's, the same on this node) is served on it as that trunk's
+//! connection ([`super::ConnKind::Trunk`], recognised by the driver from the source
+//! address): its in-dialog requests and its responses (RFC 3261 §18.2.2) for calls on
+//! that target, nothing else.
 //!
 //! Early dialogs (callee's provisional with a tag received, no final yet): the initial
 //! INVITE's pair is rebuilt (server transaction waiting for its final, client
@@ -29,11 +32,11 @@
 //! CANCEL from the caller (200, 487 upstream, CANCEL downstream, the callee's 487
 //! ACKed), the callee's final over the target's pooled connection (a 2xx relayed
 //! upstream, held until the caller leg is adopted, like the responses before it),
-//! ringing timeout. Not served: reliable provisionals in flight (their RSeq state is not replicated: a
-//! PRACK for one is refused 481), a callee final sent on a new inbound connection the
-//! callee opened to our Via (RFC 3261 §18.2.2: such a connection is not the target's
-//! pooled one and is refused as an unrecognised peer), and failover to the route's next
-//! target (the candidates list is not replicated).
+//! ringing timeout; the callee's final may also come on the callee's own new connection
+//! to our Via (§18.2.2, a [`super::ConnKind::Trunk`] connection). Not served: reliable
+//! provisionals in flight (their RSeq state is not replicated: a PRACK for one is refused
+//! 481), and failover to the route's next target (the candidates list is not
+//! replicated).
 //!
 //! Not replicated: transactions in flight other than the initial INVITE (a re-INVITE or
 //! BYE in progress when the peer died is retried by its sender and served here), the

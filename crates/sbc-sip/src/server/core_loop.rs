@@ -6,7 +6,10 @@
 //! of targets given by name ([`Dns`]). A message for a target goes over the transport its
 //! top Via names (the B2BUA applied RFC 3261 §18.1.1 there): a UDP target's
 //! pseudo-connection on the first UDP listener's socket, or a plain TCP connection to the
-//! same `host:port` for its large requests; a `sips:` target always over TLS. Idle UDP
+//! same `host:port` for its large requests; a `sips:` target always over TLS. An inbound
+//! connection no tenant claims, from a target's address (numeric, or one of our
+//! connections to it was opened to: [`TargetTable::targets_at`]), registers as that
+//! trunk's ([`ConnKind::Trunk`]). Idle UDP
 //! sources no call uses are expired here, because only the core knows which are in use.
 //! Must not: block on a peer (a full write queue drops the message, counted) or on DNS: a
 //! target given by name is resolved inside its connection task ([`connect`]), so the core
