@@ -35,8 +35,10 @@
 //! ringing timeout; the callee's final may also come on the callee's own new connection
 //! to our Via (§18.2.2, a [`super::ConnKind::Trunk`] connection). Not served: reliable
 //! provisionals in flight (their RSeq state is not replicated: a PRACK for one is refused
-//! 481), and failover to the route's next target (the candidates list is not
-//! replicated).
+//! 481), and failover to the route's next target: the next try re-sends the offer as
+//! media rewrote it, whose SDP holds the callee leg's SRTP key, and the dialog part is
+//! stored in clear, so neither it nor the targets left are replicated; a failure final
+//! is relayed to the caller.
 //!
 //! A 2xx the dead node sent whose ACK had not arrived: the ACK went to the dead node and
 //! the 2xx is not replicated (its SDP holds keys), so this node sends the ACK on the
