@@ -3065,7 +3065,13 @@ mod standby {
     fn install(b: &mut Harness, calls: Vec<TakenCall>) -> sbc_core::standby::InstallReport {
         let report = b.core.install(b.now, calls);
         b.drain_outputs();
-        let redials = b.take_to(To::Callee);
+        // ACKs sent in place of those the dead node awaited go out too (tested on their
+        // own in `a_2xx_whose_ack_went_to_the_dead_node_...`).
+        let redials: Vec<SipMessage> = b
+            .take_to(To::Callee)
+            .into_iter()
+            .filter(|m| m.method() != Some(&Method::Ack))
+            .collect();
         assert_eq!(
             redials
                 .iter()
@@ -3147,10 +3153,14 @@ mod standby {
         let v = sink.part(call);
         assert_eq!(v["state"], "established");
         assert!(v["early"].is_null());
+        assert_eq!(v["ack_wait"]["side"], "caller", "the 2xx waits for its ACK");
         let puts = *sink.puts.lock().unwrap();
-        // An ACK changes no dialog state: no put.
+        // The ACK ends the wait: one put, and an ACK again changes nothing.
         a.caller_sends(in_dialog(Method::Ack, &ok, 1, "z9hG4bK-r1a", true));
-        assert_eq!(*sink.puts.lock().unwrap(), puts);
+        assert_eq!(*sink.puts.lock().unwrap(), puts + 1);
+        assert!(sink.part(call)["ack_wait"].is_null());
+        a.caller_sends(in_dialog(Method::Ack, &ok, 1, "z9hG4bK-r1a", true));
+        assert_eq!(*sink.puts.lock().unwrap(), puts + 1);
         // A target refresh: the callee answers a re-INVITE from a new Contact.
         a.caller_sends(in_dialog(Method::Invite, &ok, 2, "z9hG4bK-r1re", true));
         let re = a
@@ -3747,6 +3757,80 @@ mod standby {
             assert_eq!(b.usage().active_calls, 1, "the call goes on");
         });
         assert_eq!(refused(&snapshotter, "unrecognised_peer"), Some(2));
+    }
+
+    /// A: the callee's 2xx relayed to the caller, whose ACK has not come when A dies
+    /// (the ACK went to A). Returns (A's sink, A, the INVITE the callee got).
+    fn answered_not_acked(call_id: &str, offer: bool) -> (Arc<RecordingSink>, Harness, SipMessage) {
+        let (mut a, sink) = node_a();
+        let mut inv = invite(call_id, &format!("z9hG4bK-{call_id}"));
+        if !offer {
+            inv.remove_header("content-type");
+            inv.set_body(Vec::new());
+        }
+        a.caller_sends(inv);
+        let down = a.take_to(To::Callee).remove(0);
+        a.callee_sends(respond(&down, 200, "callee-tag", true));
+        assert!(statuses(&a.take_to(To::Caller)).contains(&200));
+        (sink, a, down)
+    }
+
+    #[test]
+    fn a_2xx_whose_ack_went_to_the_dead_node_is_acked_to_the_callee_by_the_new_owner() {
+        let (sink, _a, down) = answered_not_acked("w1", true);
+        let call = *sink.parts.lock().unwrap().keys().next().unwrap();
+        let wait = &sink.part(call)["ack_wait"];
+        assert_eq!(wait["side"], "caller");
+        assert_eq!(wait["answer_in_ack"], false);
+        let (mut b, _) = node_b();
+        let report = b.core.install(b.now, sink.taken());
+        assert_eq!(report.installed, 1);
+        b.drain_outputs();
+        let out = b.take_to(To::Callee);
+        let methods: Vec<_> = out.iter().map(|m| m.method().cloned()).collect();
+        assert_eq!(methods, vec![Some(Method::Options), Some(Method::Ack)]);
+        let ack = &out[1];
+        assert_eq!(cseq(ack), cseq(&down), "the INVITE's CSeq");
+        assert_eq!(ack.call_id(), down.call_id());
+        assert_eq!(tag(ack.header("to").unwrap()), Some("callee-tag"));
+        assert!(ack.body().is_empty());
+        // The call goes on past 64*T1: nobody gives up on a missing ACK.
+        b.callee_sends(respond(&out[0], 200, "pbx", false));
+        reconnect(&mut b);
+        b.advance(T1 * 65);
+        assert!(b.take().is_empty(), "no BYE either way");
+        assert_eq!(b.usage().active_calls, 1);
+    }
+
+    #[test]
+    fn a_lost_ack_that_carried_the_answer_ends_the_call_on_the_new_owner() {
+        let (sink, _a, down) = answered_not_acked("w2", false);
+        let call = *sink.parts.lock().unwrap().keys().next().unwrap();
+        assert_eq!(sink.part(call)["ack_wait"]["answer_in_ack"], true);
+        let (mut b, _) = node_b();
+        assert_eq!(b.core.install(b.now, sink.taken()).installed, 1);
+        b.drain_outputs();
+        let out = b.take_to(To::Callee);
+        let methods: Vec<_> = out.iter().map(|m| m.method().cloned()).collect();
+        assert_eq!(methods, vec![Some(Method::Options)], "no ACK made up");
+        b.callee_sends(respond(&out[0], 200, "pbx", false));
+        b.advance(Duration::from_secs(1));
+        // Ended once the caller is back: BYE on both legs.
+        reconnect(&mut b);
+        let up = b.take_to(To::Other);
+        assert_eq!(up.len(), 1);
+        assert_eq!(up[0].method(), Some(&Method::Bye));
+        let down_bye = b.take_to(To::Callee);
+        assert_eq!(down_bye.len(), 1);
+        assert_eq!(down_bye[0].method(), Some(&Method::Bye));
+        assert_eq!(down_bye[0].call_id(), down.call_id());
+        b.callee_sends(respond(&down_bye[0], 200, "callee-tag", false));
+        b.input(Input::Message {
+            conn: RECONNECT,
+            msg: respond(&up[0], 200, "x", false),
+        });
+        b.advance(T1 * 64);
+        b.assert_nothing_held();
     }
 
     proptest! {

@@ -868,18 +868,30 @@ impl B2bua {
         if let Some(c) = self.calls.get_mut(call) {
             c.media.settle();
         }
-        let branch = self.branch();
-        let Some(c) = self.calls.get(call) else {
-            return;
-        };
-        let to_side = from.other();
-        let (transport, advertised) = self.via_of(c, to_side);
-        let policy = self.tenant_policy(&c.tenant);
-        let leg = c.leg(to_side);
         let max_forwards = msg
             .max_forwards()
             .map(|m| m.saturating_sub(1))
             .unwrap_or(self.cfg.max_forwards);
+        self.send_ack(call, from.other(), max_forwards, Some(msg), body);
+    }
+
+    /// The ACK for the last INVITE on `to_side`'s leg (its INVITE CSeq), sent there with
+    /// `body`; the headers the tenant's policy lets cross copied from `from_msg`.
+    pub(super) fn send_ack(
+        &mut self,
+        call: CallRef,
+        to_side: LegSide,
+        max_forwards: u32,
+        from_msg: Option<&SipMessage>,
+        body: super::body_flow::Crossing,
+    ) {
+        let branch = self.branch();
+        let Some(c) = self.calls.get(call) else {
+            return;
+        };
+        let (transport, advertised) = self.via_of(c, to_side);
+        let policy = self.tenant_policy(&c.tenant);
+        let leg = c.leg(to_side);
         let hop = Hop {
             transport,
             advertised: &advertised,
@@ -887,15 +899,17 @@ impl B2bua {
             max_forwards,
         };
         let mut ack = leg.request(Method::Ack, leg.invite_cseq, hop);
-        policy.headers.copy_across(msg, &mut ack, to_side);
+        if let Some(msg) = from_msg {
+            policy.headers.copy_across(msg, &mut ack, to_side);
+        }
         set_body(&mut ack, body);
         self.send_on(call, to_side, ack);
     }
 
     /// True if `conn` may carry traffic of `side` of `call`: the caller's leg only from a
     /// connection recognised as the call's tenant, the callee's leg only from a connection
-    /// to the call's target or one the target opened to us from its address. Tenant isolation does not rest on tags and branches being
-    /// unguessable.
+    /// to the call's target or one the target opened to us from its address. Tenant
+    /// isolation does not rest on tags and branches being unguessable.
     pub(super) fn conn_serves(&self, conn: ConnId, call: &Call, side: LegSide) -> bool {
         match (self.conns.get(&conn).map(|c| &c.kind), side) {
             (
