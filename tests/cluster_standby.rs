@@ -275,27 +275,80 @@ fn redis_missing() -> bool {
     }
 }
 
-/// One node of the pair: SIP on `ip:port` (the same port on both, so both advertise
-/// `sbc.test:port` as a VIP pair does), media off, `[cluster.standby]` for `peer`.
-/// The two nodes of a pair: Redis, the key file, the route target, and the `[media]`
-/// section both use.
-struct Pair<'a> {
-    world: &'a World,
-    redis: String,
+/// A pair on loopback with its Redis, cluster key and route target: SIP of A on
+/// 127.0.0.1 and of B on 127.0.0.2, on the same port (one advertised `sbc.test:port`, as
+/// on a VIP), each `[cluster.standby]` for the other, both with `media`.
+struct Pair {
+    world: World,
+    redis: sbc_testkit::redis::RedisProcess,
     key: PathBuf,
-    callee: std::net::SocketAddr,
+    callee: Callee,
     media: String,
+    sip_a: std::net::SocketAddr,
+    sip_b: std::net::SocketAddr,
 }
 
-fn node_config(pair: &Pair<'_>, node: &str, peer: &str, sip: std::net::SocketAddr) -> PathBuf {
+impl Pair {
+    async fn new(tag: &str, media: impl FnOnce() -> String) -> Pair {
+        let world = World::new(tag);
+        let redis = sbc_testkit::redis::RedisProcess::server(&world.dir);
+        let key = world.dir.join("cluster.key");
+        std::fs::write(&key, format!("{}\n", "5a".repeat(32))).unwrap();
+        let callee = Callee::new(&world.callee_leaf).await;
+        let port = sbc_testkit::redis::free_port();
+        Pair {
+            sip_a: format!("127.0.0.1:{port}").parse().unwrap(),
+            sip_b: format!("127.0.0.2:{port}").parse().unwrap(),
+            world,
+            redis,
+            key,
+            callee,
+            media: media(),
+        }
+    }
+
+    /// Both nodes, started and standing by.
+    async fn start(&self) -> (Spawned, Spawned) {
+        let a = Spawned::start(BIN, &node_config(self, "edge-a", "edge-b", self.sip_a), &[]);
+        let b = Spawned::start(BIN, &node_config(self, "edge-b", "edge-a", self.sip_b), &[]);
+        for node in [&a, &b] {
+            node.logged(&["standby_started"], Duration::from_secs(5))
+                .await;
+        }
+        (a, b)
+    }
+
+    /// SIGKILLs A and waits for it to be gone: on one host its sockets are freed only
+    /// once it has exited (between hosts the VIP move takes longer than that).
+    async fn kill_a(a: &mut Spawned) {
+        a.signal(process::Signal::SIGKILL);
+        assert!(a.exited(Duration::from_secs(10)).await.is_some(), "A exits");
+    }
+
+    /// Waits until B holds one call of A warm.
+    async fn warm_on_b(b: &Spawned) {
+        let warm = process::eventually(Duration::from_secs(10), async || {
+            standby_status(b.printed.admin).await["warm_calls"] == 1
+        })
+        .await;
+        assert!(
+            warm,
+            "B holds A's call warm: {}",
+            standby_status(b.printed.admin).await
+        );
+    }
+}
+
+fn node_config(pair: &Pair, node: &str, peer: &str, sip: std::net::SocketAddr) -> PathBuf {
     let Pair {
         world,
         redis,
         key,
         callee,
         media,
+        ..
     } = pair;
-    let callee = *callee;
+    let (redis, callee) = (redis.addr(), callee.addr);
     let listener = world
         .listener("advertised_host = \"sbc.test\"\nfreebind = true\n")
         .replace("127.0.0.1:0", &sip.to_string());
@@ -335,30 +388,9 @@ async fn the_cli_takes_over_a_live_call_from_a_killed_peer() {
     if redis_missing() {
         return;
     }
-    let world = World::new("standby-takeover");
-    let redis = sbc_testkit::redis::RedisProcess::server(&world.dir);
-    let key = world.dir.join("cluster.key");
-    std::fs::write(&key, format!("{}\n", "5a".repeat(32))).unwrap();
-    let callee = Callee::new(&world.callee_leaf).await;
-    // The same port on two loopback addresses stands for the VIP on two hosts.
-    let port = sbc_testkit::redis::free_port();
-    let sip_a: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let sip_b: std::net::SocketAddr = format!("127.0.0.2:{port}").parse().unwrap();
-    let pair = Pair {
-        world: &world,
-        redis: redis.addr(),
-        key,
-        callee: callee.addr,
-        media: "[media]\nenabled = false\n".into(),
-    };
-    let cfg_a = node_config(&pair, "edge-a", "edge-b", sip_a);
-    let cfg_b = node_config(&pair, "edge-b", "edge-a", sip_b);
-    let mut a = Spawned::start(BIN, &cfg_a, &[]);
-    let b = Spawned::start(BIN, &cfg_b, &[]);
-    for node in [&a, &b] {
-        node.logged(&["standby_started"], Duration::from_secs(5))
-            .await;
-    }
+    let pair = Pair::new("standby-takeover", || "[media]\nenabled = false\n".into()).await;
+    let (world, callee, sip_a, sip_b) = (&pair.world, &pair.callee, pair.sip_a, pair.sip_b);
+    let (mut a, b) = pair.start().await;
 
     // The call through A, up to 200/ACK.
     let call_id = "takeover-1@platform";
@@ -386,17 +418,8 @@ async fn the_cli_takes_over_a_live_call_from_a_killed_peer() {
     callee_a.recv_where(is_method(Method::Ack)).await;
     let a_cseq = out_inv.cseq().unwrap().0;
 
-    // B holds it warm.
-    let warm = process::eventually(Duration::from_secs(10), async || {
-        standby_status(b.printed.admin).await["warm_calls"] == 1
-    })
-    .await;
-    assert!(
-        warm,
-        "B holds A's call warm: {}",
-        standby_status(b.printed.admin).await
-    );
-    let ops = token_file(&world, OPS);
+    Pair::warm_on_b(&b).await;
+    let ops = token_file(world, OPS);
     let (code, out, err) = cluster_cli(b.printed.admin, Some(&ops), &["status"]).await;
     assert_eq!(code, 0, "{err}");
     assert!(
@@ -405,10 +428,7 @@ async fn the_cli_takes_over_a_live_call_from_a_killed_peer() {
     );
 
     // A dies; B takes over through the CLI.
-    a.signal(process::Signal::SIGKILL);
-    // On one host A's sockets are freed only once it has exited (between hosts the VIP
-    // move takes longer than that).
-    assert!(a.exited(Duration::from_secs(10)).await.is_some(), "A exits");
+    Pair::kill_a(&mut a).await;
     drop(callee_a);
     let (code, out, err) = cluster_cli(b.printed.admin, Some(&ops), &["takeover"]).await;
     assert_eq!(code, 0, "{out}{err}\n{}", b.logs());
@@ -484,7 +504,6 @@ async fn the_cli_takes_over_a_live_call_from_a_killed_peer() {
     let audit = std::fs::read_to_string(world.dir.join("audit-edge-b.log")).unwrap();
     assert!(audit.contains("/v1/cluster/takeover"), "{audit}");
     assert!(audit.contains("taken_over"), "{audit}");
-    drop(redis);
 }
 
 /// SRTP both ways between two loopback peers through the gateway: what each side sends,
@@ -566,26 +585,15 @@ async fn the_cli_takes_over_a_live_srtp_call_and_media_resumes() {
     if redis_missing() {
         return;
     }
-    let world = World::new("standby-media");
-    let redis = sbc_testkit::redis::RedisProcess::server(&world.dir);
-    let key = world.dir.join("cluster.key");
-    std::fs::write(&key, format!("{}\n", "c3".repeat(32))).unwrap();
-    let callee = Callee::new(&world.callee_leaf).await;
-    let (lo, hi) = sbc_testkit::ports::free_udp_range(40);
-    let port = sbc_testkit::redis::free_port();
-    let sip_a: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let sip_b: std::net::SocketAddr = format!("127.0.0.2:{port}").parse().unwrap();
-    let pair = Pair {
-        world: &world,
-        redis: redis.addr(),
-        key,
-        callee: callee.addr,
-        media: format!(
+    let pair = Pair::new("standby-media", || {
+        let (lo, hi) = sbc_testkit::ports::free_udp_range(40);
+        format!(
             "[media]\naddress = \"127.0.0.1\"\nfreebind = true\nport_min = {lo}\nport_max = {hi}\n"
-        ),
-    };
-    let mut a = Spawned::start(BIN, &node_config(&pair, "edge-a", "edge-b", sip_a), &[]);
-    let b = Spawned::start(BIN, &node_config(&pair, "edge-b", "edge-a", sip_b), &[]);
+        )
+    })
+    .await;
+    let (world, callee, sip_a) = (&pair.world, &pair.callee, pair.sip_a);
+    let (mut a, b) = pair.start().await;
 
     // The call through A with SDES keys of our own on both ends.
     let (caller_sock, callee_sock) = (peer(), peer());
@@ -650,19 +658,12 @@ async fn the_cli_takes_over_a_live_srtp_call_and_media_resumes() {
         through_a.to_callee >= 20 && through_a.to_caller >= 20,
         "media through A: {through_a:?}"
     );
-    let warm = process::eventually(Duration::from_secs(10), async || {
-        standby_status(b.printed.admin).await["warm_calls"] == 1
-    })
-    .await;
-    assert!(warm, "B holds the call warm");
+    Pair::warm_on_b(&b).await;
 
     // A dies mid-call; B takes over; the peers go on as if nothing happened.
-    a.signal(process::Signal::SIGKILL);
-    // On one host A's sockets are freed only once it has exited (between hosts the VIP
-    // move takes longer than that).
-    assert!(a.exited(Duration::from_secs(10)).await.is_some(), "A exits");
+    Pair::kill_a(&mut a).await;
     drop(callee_a);
-    let ops = token_file(&world, OPS);
+    let ops = token_file(world, OPS);
     let (code, out, err) = cluster_cli(b.printed.admin, Some(&ops), &["takeover"]).await;
     assert_eq!(code, 0, "{out}{err}\n{}", b.logs());
     assert!(
@@ -687,5 +688,4 @@ async fn the_cli_takes_over_a_live_srtp_call_and_media_resumes() {
         b.logs()
     );
     drop(media_after);
-    drop(redis);
 }

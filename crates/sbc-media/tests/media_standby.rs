@@ -421,23 +421,49 @@ fn an_srtp_tap_resumes_on_the_standby_under_its_key() {
     copies(20, &mut rec);
 }
 
+/// A call relayed by A (one packet each way) and replicated, A shut down: B, the far
+/// ends, and the stored media part, its secret and the indexes part.
+struct Replicated {
+    b: MediaEngine,
+    call: Call,
+    media: Vec<u8>,
+    secret: SecretBytes,
+    indexes: Vec<u8>,
+}
+
+fn replicated(id: CallRef, profile: SrtpProfile) -> Replicated {
+    let sink = Arc::new(RecordingSink::default());
+    let (a, b) = engines(&sink, Duration::from_millis(100));
+    let mut call = Call::setup(&a, id, profile);
+    call.both_ways(1);
+    let indexes = sink.wait_indexes(id, |v| reported_tx_seq(v).is_some());
+    let media = sink.get(id, ReplicaPart::Media).unwrap();
+    a.shutdown();
+    Replicated {
+        b,
+        call,
+        secret: media.secret.clone().unwrap(),
+        media: media.public,
+        indexes,
+    }
+}
+
 #[test]
 fn corrupt_records_are_errors_not_panics() {
-    let sink = Arc::new(RecordingSink::default());
-    let (a, b) = engines(&sink, Duration::from_millis(200));
     let id = CallRef(13);
-    let mut c = Call::setup(&a, id, SrtpProfile::AesCm128HmacSha1_80);
-    c.both_ways(1);
-    let idx = sink.wait_indexes(id, |v| reported_tx_seq(v).is_some());
-    let media = sink.get(id, ReplicaPart::Media).unwrap();
-    let secret = media.secret.clone().unwrap();
-    a.shutdown();
+    let Replicated {
+        b,
+        call: mut c,
+        media,
+        secret,
+        indexes: idx,
+    } = replicated(id, SrtpProfile::AesCm128HmacSha1_80);
     let t = TenantId::from(TENANT);
     let m = b.takeover();
     let bad_secret = SecretBytes::new(secret.expose()[..5].to_vec());
-    let mut flipped = media.public.clone();
+    let mut flipped = media.clone();
     flipped.truncate(flipped.len() / 2);
-    let v2 = String::from_utf8(media.public.clone())
+    let v2 = String::from_utf8(media.clone())
         .unwrap()
         .replacen("\"v\":1", "\"v\":2", 1);
     type Case<'a> = (&'a [u8], &'a SecretBytes, Option<&'a [u8]>);
@@ -445,10 +471,10 @@ fn corrupt_records_are_errors_not_panics() {
         (b"", &secret, None),
         (&flipped, &secret, None),
         (v2.as_bytes(), &secret, None),
-        (&media.public, &bad_secret, None),
-        (&media.public, &SecretBytes::new(vec![1, 200]), None),
+        (&media, &bad_secret, None),
+        (&media, &SecretBytes::new(vec![1, 200]), None),
         (
-            &media.public,
+            &media,
             &secret,
             Some(b"{\"v\":1,\"streams\":[{\"index\":0}]}"),
         ),
@@ -463,8 +489,7 @@ fn corrupt_records_are_errors_not_panics() {
     }
     assert_eq!(b.stats().active_calls, 0, "nothing half-installed");
     // The good record still restores (the failed attempts released the ports).
-    m.restore(id, &t, &media.public, &secret, Some(&idx))
-        .unwrap();
+    m.restore(id, &t, &media, &secret, Some(&idx)).unwrap();
     c.both_ways(2);
 }
 
@@ -619,15 +644,13 @@ fn a_stored_address_this_host_does_not_hold_is_bound_with_freebind() {
 #[test]
 fn mutated_records_never_panic() {
     use rand::{Rng, SeedableRng};
-    let sink = Arc::new(RecordingSink::default());
-    let (a, b) = engines(&sink, Duration::from_millis(100));
-    let id = CallRef(23);
-    let mut c = Call::setup(&a, id, SrtpProfile::AeadAes128Gcm);
-    c.both_ways(1);
-    let idx = sink.wait_indexes(id, |v| reported_tx_seq(v).is_some());
-    let media = sink.get(id, ReplicaPart::Media).unwrap();
-    let secret = media.secret.clone().unwrap();
-    a.shutdown();
+    let Replicated {
+        b,
+        media,
+        secret,
+        indexes: idx,
+        ..
+    } = replicated(CallRef(23), SrtpProfile::AeadAes128Gcm);
     let t = TenantId::from(TENANT);
     let m = b.takeover();
     let mut rng = rand::rngs::StdRng::seed_from_u64(16);
@@ -650,13 +673,13 @@ fn mutated_records_never_panic() {
     for n in 0..300u64 {
         let call = CallRef(1000 + n);
         let (public, sec, ix) = match n % 3 {
-            0 => (mutate(&mut rng, &media.public), secret.clone(), idx.clone()),
+            0 => (mutate(&mut rng, &media), secret.clone(), idx.clone()),
             1 => (
-                media.public.clone(),
+                media.clone(),
                 SecretBytes::new(mutate(&mut rng, secret.expose())),
                 idx.clone(),
             ),
-            _ => (media.public.clone(), secret.clone(), mutate(&mut rng, &idx)),
+            _ => (media.clone(), secret.clone(), mutate(&mut rng, &idx)),
         };
         if m.restore(call, &t, &public, &sec, Some(&ix)).is_err() {
             refused += 1;
