@@ -12,8 +12,9 @@ use zeroize::Zeroizing;
 /// The environment variable a token is read from when `--token-file` is not given.
 pub const TOKEN_ENV: &str = "SBC_EDGE_TOKEN";
 
+/// How to reach a gateway's admin plane (shared by `ctl` and `cluster`).
 #[derive(Args, Debug)]
-pub struct CtlArgs {
+pub struct AdminArgs {
     /// The admin plane: http://HOST:PORT or https://HOST:PORT. The default is the admin
     /// address of the embedded default config (and of `[admin]` without `address`).
     #[arg(long, default_value = "http://127.0.0.1:9090")]
@@ -33,6 +34,12 @@ pub struct CtlArgs {
     /// Print the API's JSON answer as it came, instead of a table.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct CtlArgs {
+    #[command(flatten)]
+    admin: AdminArgs,
     #[command(subcommand)]
     command: CtlCommand,
 }
@@ -152,36 +159,54 @@ fn encode(s: &str) -> String {
 
 /// Runs `sbc-edge ctl`: 0 on a 2xx answer, 1 with the reason on stderr otherwise.
 pub fn run(args: CtlArgs) -> ExitCode {
+    let command = args.command;
+    send_one(
+        "sbc-edge ctl",
+        &args.admin,
+        &command.request(),
+        |v: &Value| command.human(v),
+    )
+}
+
+/// Sends `req` to the admin plane `admin` names and prints the answer (`human`, or the
+/// JSON with `--json`): 0 on a 2xx answer, 1 with the reason on stderr (prefixed with
+/// `program`) otherwise.
+pub fn send_one(
+    program: &str,
+    admin: &AdminArgs,
+    req: &Request,
+    human: impl FnOnce(&Value) -> String,
+) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("sbc-edge ctl: {e}");
+            eprintln!("{program}: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(execute(&args)) {
+    match runtime.block_on(execute(admin, req)) {
         Ok(v) => {
-            if args.json {
+            if admin.json {
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&v).unwrap_or_else(|_| v.to_string())
                 );
             } else {
-                println!("{}", args.command.human(&v));
+                println!("{}", human(&v));
             }
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("sbc-edge ctl: {e}");
+            eprintln!("{program}: {e}");
             ExitCode::FAILURE
         }
     }
 }
 
-async fn execute(args: &CtlArgs) -> Result<Value, String> {
+async fn execute(args: &AdminArgs, req: &Request) -> Result<Value, String> {
     let endpoint = Endpoint::parse(&args.admin).map_err(|e| e.to_string())?;
     let read = |p: &PathBuf| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
     let tls = TlsFiles {
@@ -191,21 +216,18 @@ async fn execute(args: &CtlArgs) -> Result<Value, String> {
     };
     let token = token(args.token_file.as_ref())?;
     let client = AdminClient::new(endpoint, &tls, token).map_err(|e| e.to_string())?;
-    client
-        .json(&args.command.request())
-        .await
-        .map_err(|e| match e {
-            ClientError::Status {
-                status: 404,
-                message,
-            } if message == "no such endpoint" => {
-                format!(
-                    "404: the gateway at {} does not know this command (an older version?)",
-                    client.endpoint()
-                )
-            }
-            e => e.to_string(),
-        })
+    client.json(req).await.map_err(|e| match e {
+        ClientError::Status {
+            status: 404,
+            message,
+        } if message == "no such endpoint" => {
+            format!(
+                "404: the gateway at {} does not know this command (an older version?)",
+                client.endpoint()
+            )
+        }
+        e => e.to_string(),
+    })
 }
 
 /// The token from `--token-file` (first line, trimmed), else from [`TOKEN_ENV`].

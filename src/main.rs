@@ -1,8 +1,10 @@
 //! sbc-edge: command line, wiring and signals. No protocol logic lives here.
 
+mod cluster_cli;
 mod ctl;
 mod demo;
 mod probe_cli;
+mod standby;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -59,6 +61,9 @@ enum Command {
     },
     /// Talk to a running gateway's admin API (calls, usage, taps, drain, reload, log level).
     Ctl(ctl::CtlArgs),
+    /// Hot standby through a running gateway's admin API: `takeover` (keepalived's
+    /// notify_master hook) and `status`.
+    Cluster(cluster_cli::ClusterArgs),
     /// Place one SRTP call through a gateway (by default the running embedded default),
     /// send media both ways, hang up; prints setup time, packets each way, loss, suites.
     Call(probe_cli::CallArgs),
@@ -117,6 +122,7 @@ fn main() -> ExitCode {
             }
         }
         Some(Command::Ctl(args)) => ctl::run(args),
+        Some(Command::Cluster(args)) => cluster_cli::run(args),
         Some(Command::Audit {
             command: AuditCommand::Verify { file },
         }) => match sbc_admin::verify_audit(&file) {
@@ -209,6 +215,9 @@ fn run(
         }
         // `[cluster]`: tenant quotas shared with the other gateways through Redis.
         let cluster = cfg.cluster.clone().map(sbc_cluster::RedisCluster::start);
+        // `[cluster.standby]`: this node's calls replicated to Redis, and with `peer` a warm
+        // copy of that node's calls to take over (its quota leases move with them).
+        let standby = standby::Standby::start(&cfg, cluster.clone(), media.as_ref())?;
         let audit_path = admin_cfg
             .audit_log
             .clone()
@@ -228,12 +237,17 @@ fn run(
             recording: recording_media,
             // Recording start/stop/pause/resume/failure lines in the hash-chained log.
             audit: Some(audit.clone() as Arc<dyn sbc_core::audit::AuditSink>),
-            replica: None,
-            media_takeover: None,
+            // Hot standby: the B2BUA's dialog parts, and the engine restoring a claimed
+            // call's media before its dialogs.
+            replica: standby.as_ref().map(standby::Standby::sink),
+            media_takeover: standby::media_takeover(standby.as_ref(), media.as_ref()),
         };
         let server = sbc_sip::server::start_with(cfg.clone(), hooks)
             .await
             .context("starting SIP server")?;
+        if let Some(s) = &standby {
+            s.connect(&server, audit.clone() as Arc<dyn sbc_core::audit::AuditSink>)?;
+        }
         let admin = sbc_admin::serve(
             admin_cfg,
             AdminState {
@@ -262,6 +276,9 @@ fn run(
         if let Some(c) = &cluster {
             admin.set_cluster(c.clone());
         }
+        if let Some(s) = &standby {
+            admin.set_standby(s.control());
+        }
         systemd::ready();
         systemd::spawn_watchdog();
         match &config {
@@ -287,6 +304,9 @@ fn run(
             );
         } else {
             println!("  media relay: off (SDP passes through untouched)");
+        }
+        if let Some(s) = &standby {
+            s.announce();
         }
         println!(
             "  admin plane: http://{} (/healthz /readyz /metrics /v1/...); audit log {}",
@@ -345,6 +365,7 @@ fn start_media(cfg: &Config) -> anyhow::Result<Option<MediaEngine>> {
     settings.relatch_after = m.relatch_after;
     settings.max_streams = m.max_streams;
     settings.batch_interval = m.batch_interval;
+    settings.freebind = m.freebind;
     if m.workers > 0 {
         settings.workers = m.workers;
     }

@@ -19,6 +19,8 @@
 //! | `POST /v1/calls/{id}/recordings/{start,stop,pause,resume}` | operator, recorder | 202: the command is queued for the recording client (see `recordings.rs`) |
 //! | `GET /v1/log-level` | any | the log filter in force (501 if `main` wired no control) |
 //! | `PUT /v1/log-level` | operator | `{"level": "debug"}` replaces the log filter (see `log_level.rs`) |
+//! | `POST /v1/cluster/takeover` | operator | hot standby: claim and install the peer's calls now; the summary (see `standby.rs`; 409 when not a standby, 503 when Redis does not answer) |
+//! | `GET /v1/cluster/standby` | operator | hot standby: peer, calls held warm, replication lag, last takeover (409 when not a standby) |
 //!
 //! Taps answer 501 when no media relay is wired ([`AdminState::taps`] is `None`). A
 //! recorder token reaches only its tenant's calls and taps; another tenant's look like none
@@ -86,6 +88,8 @@ pub(crate) struct Shared {
     pub(crate) trunks: std::sync::OnceLock<Arc<TrunkBoard>>,
     /// Cluster admission (`[cluster]`); set once by [`crate::AdminHandle::set_cluster`].
     pub(crate) cluster: ClusterSlot,
+    /// The hot standby (`[cluster.standby]`); set once by [`crate::AdminHandle::set_standby`].
+    pub(crate) standby: crate::standby::Slot,
 }
 
 /// Where the cluster view is kept.
@@ -120,6 +124,7 @@ impl Shared {
             reload: ReloadSlot::default(),
             trunks: std::sync::OnceLock::new(),
             cluster: ClusterSlot::default(),
+            standby: crate::standby::Slot::default(),
         }
     }
 
@@ -175,6 +180,8 @@ pub(crate) fn router(app: App) -> Router {
             "/v1/log-level",
             get(crate::log_level::get_level).put(crate::log_level::set_level),
         )
+        .route("/v1/cluster/takeover", post(crate::standby::takeover))
+        .route("/v1/cluster/standby", get(crate::standby::status))
         .route_layer(middleware::from_fn_with_state(
             app.clone(),
             authorize_and_audit,

@@ -15,7 +15,9 @@
 //! [`AdminState::taps`] is set, else they answer 501. SIPREC recording sessions
 //! (`/v1/calls/{id}/recordings[/{action}]`) go through
 //! [`sbc_core::recording::RecordingControl`] when [`AdminState::recordings`] is set, else
-//! they answer 501. The tokens and `redact_numbers`
+//! they answer 501. The hot standby (`/v1/cluster/takeover`, `/v1/cluster/standby`) goes
+//! through [`sbc_core::standby::StandbyControl`] once [`AdminHandle::set_standby`] hands
+//! it in, else both answer 409. The tokens and `redact_numbers`
 //! can be replaced while serving ([`AdminHandle::reload`], on SIGHUP). `POST /v1/reload`
 //! runs the gateway's reload through the [`ReloadHook`] the binary hands in
 //! ([`AdminHandle::on_reload`]). [`client`] is the HTTP client of this API that
@@ -76,6 +78,7 @@ pub mod config;
 mod log_level;
 mod recordings;
 mod server;
+mod standby;
 mod ws_tap;
 
 pub use api::mask_number;
@@ -226,6 +229,13 @@ impl AdminHandle {
     /// second call changes nothing).
     pub fn set_cluster(&self, info: Arc<dyn sbc_core::cluster::ClusterInfo>) {
         let _ = self.shared.cluster.0.set(info);
+    }
+
+    /// Lets `POST /v1/cluster/takeover` and `GET /v1/cluster/standby` reach the hot standby
+    /// (`[cluster.standby]`; until then both answer 409, "not a standby"). Once: a second
+    /// call returns false and changes nothing.
+    pub fn set_standby(&self, control: Arc<dyn sbc_core::standby::StandbyControl>) -> bool {
+        self.shared.standby.set(control)
     }
 
     /// Lets `GET`/`PUT /v1/log-level` read and change the process's log filter through

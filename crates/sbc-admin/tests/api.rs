@@ -573,6 +573,8 @@ fn openapi_documents_exactly_the_served_paths() {
             "/v1/calls/{id}/recordings",
             "/v1/calls/{id}/recordings/{action}",
             "/v1/log-level",
+            "/v1/cluster/takeover",
+            "/v1/cluster/standby",
         ]
     );
 }

@@ -206,8 +206,11 @@ fn listeners(old: &[Listener], new: &[Listener], out: &mut Vec<Change>) {
     }
     for (a, b) in old.iter().zip(new) {
         let key = |k: &str| format!("listeners.{}.{k}", a.name);
-        if a.address != b.address || a.transport != b.transport || a.freebind != b.freebind {
+        if a.address != b.address || a.transport != b.transport {
             out.push(Change::restart(key("address"), WHY_LISTENER_ADDR));
+        }
+        if a.freebind != b.freebind {
+            out.push(Change::restart(key("freebind"), WHY_LISTENER_ADDR));
         }
         if a.advertised_host != b.advertised_host {
             out.push(Change::restart(key("advertised_host"), WHY_ADVERTISED));
@@ -362,6 +365,20 @@ mod tests {
         let changes = diff(&old, &new);
         assert_eq!(keys(&changes), ["sip.dns_servers", "sip.dns_timeout_ms"]);
         assert_eq!(changes[0].to_string(), "sip.dns_servers: applied");
+    }
+
+    #[test]
+    fn freebind_needs_a_restart() {
+        let d = dir();
+        let old = cfg(&d, "a", T1);
+        let mut new = cfg(&d, "a", T1);
+        new.listeners[0].freebind = true;
+        new.media.freebind = true;
+        let changes = diff(&old, &new);
+        assert_eq!(keys(&changes), ["media.freebind", "listeners.l.freebind"]);
+        assert!(changes
+            .iter()
+            .all(|c| matches!(c.applied, Applied::NeedsRestart { .. })));
     }
 
     #[test]

@@ -205,18 +205,23 @@ impl fmt::Display for CallReport {
     }
 }
 
-struct Dialog {
-    call_id: String,
-    from: String,
-    to: String,
-    target: String,
-    routes: Vec<String>,
-    via_host: String,
-    cseq: u32,
+/// One side's view of a dialog (RFC 3261 §12): what its in-dialog requests carry.
+pub(crate) struct Dialog {
+    pub(crate) call_id: String,
+    /// Our From (name-addr with our tag).
+    pub(crate) from: String,
+    /// Their To (with their tag once known).
+    pub(crate) to: String,
+    /// The remote target (their Contact).
+    pub(crate) target: String,
+    pub(crate) routes: Vec<String>,
+    pub(crate) via_host: String,
+    pub(crate) cseq: u32,
 }
 
 impl Dialog {
-    fn request(&self, method: Method, cseq: u32, branch: &str) -> SipMessage {
+    /// An in-dialog request (no Contact, no body).
+    pub(crate) fn request(&self, method: Method, cseq: u32, branch: &str) -> SipMessage {
         let name = method.as_str().to_string();
         let mut m = SipMessage::new_request(method, self.target.clone());
         m.push_header(

@@ -19,6 +19,7 @@ pub mod client;
 pub mod conn;
 pub mod demo;
 pub mod endpoint;
+pub mod failover;
 pub mod media;
 pub mod rtp;
 pub mod sdes;

@@ -118,6 +118,34 @@ impl Leg {
         self.stats = LegStats::default();
     }
 
+    /// The RTP sequence number of the next packet sent (a test starting a stream just
+    /// before a wrap, RFC 3711 §3.3.1).
+    pub fn set_next_seq(&mut self, seq: u16) {
+        self.seq = seq;
+    }
+
+    /// From now on decrypt with `recv` (a new key in an SDES re-offer or re-answer) and
+    /// send to `remote`; the sending context is kept. Each SSRC's packet index (rollover
+    /// counter and highest sequence) carries over to the new key, as libsrtp's
+    /// `srtp_update_stream` does: the sender's stream goes on, only its key changed.
+    pub fn rekey_rx(
+        &mut self,
+        recv: (SrtpProfile, &MasterKey),
+        remote: SocketAddr,
+    ) -> Result<(), ProbeError> {
+        let mut progress = Vec::new();
+        self.rx.rx_progress(&mut progress);
+        let mut rx = context(recv.0, recv.1)?;
+        for p in progress {
+            rx.restore_ssrc(false, p.ssrc, p.roc, p.seq)
+                .map_err(|e| ProbeError::BadInput(format!("SRTP re-key: {e}")))?;
+        }
+        self.rx = rx;
+        self.rx_profile = recv.0;
+        self.remote = remote;
+        Ok(())
+    }
+
     /// The suite this leg decrypts with.
     pub fn recv_profile(&self) -> SrtpProfile {
         self.rx_profile

@@ -246,16 +246,55 @@ pub(crate) struct Installed {
     pub retired: Vec<TargetId>,
 }
 
+/// Addresses kept per target given by name, as its connections were opened to them (the
+/// resolved candidates actually used): a few SRV/A records rotate over time; the oldest
+/// goes first beyond this.
+const LEARNED_PER_TARGET: usize = 8;
+
 /// The connectors by id.
 #[derive(Default)]
 pub(crate) struct TargetTable {
     by_id: HashMap<TargetId, Target>,
     next: usize,
+    /// Addresses our connections to each target were opened to (as resolved for sending).
+    learned: HashMap<TargetId, Vec<IpAddr>>,
 }
 
 impl TargetTable {
     pub fn get(&self, id: TargetId) -> Option<&Target> {
         self.by_id.get(&id)
+    }
+
+    /// Record that a connection to `id` was opened to `ip` (a name's resolved address).
+    pub fn learn_address(&mut self, id: TargetId, ip: IpAddr) {
+        if !self.by_id.contains_key(&id) {
+            return;
+        }
+        let known = self.learned.entry(id).or_default();
+        if known.contains(&ip) {
+            return;
+        }
+        if known.len() >= LEARNED_PER_TARGET {
+            known.remove(0);
+        }
+        known.push(ip);
+    }
+
+    /// The targets whose address is `ip`: a numeric IP in the URI, or an address one of
+    /// our connections to it was opened to. Sorted; empty when none (the source is then
+    /// no trunk).
+    pub fn targets_at(&self, ip: IpAddr) -> Vec<TargetId> {
+        let mut ids: Vec<TargetId> = self
+            .by_id
+            .iter()
+            .filter(|(id, t)| {
+                matches!(t.dest, Dest::Addr(sa) if sa.ip() == ip)
+                    || self.learned.get(id).is_some_and(|l| l.contains(&ip))
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        ids.sort_by_key(|id| id.0);
+        ids
     }
 
     /// Number of connectors held (configured and retained for running calls).
@@ -330,6 +369,7 @@ impl TargetTable {
         retired.sort_by_key(|id| id.0);
         for id in &retired {
             self.by_id.remove(id);
+            self.learned.remove(id);
         }
         done.retired = retired;
         (table, done)
@@ -442,6 +482,45 @@ mod tests {
             target_of(&table, "a", "+1555"),
             target_of(&table, "a", "+4420")
         );
+    }
+
+    #[test]
+    fn a_source_address_names_the_targets_sent_to_it_literal_or_learned_and_forgotten_on_retire() {
+        let mut t = TargetTable::default();
+        let mut named = route("b", "", "trunk.example:5061");
+        named.targets[0].target.dest = Dest::Name(sbc_dns::TargetName {
+            scheme: sbc_dns::Scheme::Sips,
+            host: "trunk.example".into(),
+            port: Some(5061),
+            transport: None,
+        });
+        let (table, _) = t.install(vec![route("a", "", "pbx1:5061"), named], &HashSet::new());
+        let (a, b) = (target_of(&table, "a", "1"), target_of(&table, "b", "1"));
+        let literal: IpAddr = "192.0.2.1".parse().expect("ip");
+        let resolved: IpAddr = "198.51.100.7".parse().expect("ip");
+        assert_eq!(t.targets_at(literal), vec![a], "a numeric target by its IP");
+        assert!(
+            t.targets_at(resolved).is_empty(),
+            "a name is known by the addresses it was reached at"
+        );
+        t.learn_address(b, resolved);
+        assert_eq!(t.targets_at(resolved), vec![b]);
+        for i in 0..LEARNED_PER_TARGET {
+            t.learn_address(b, IpAddr::from([203, 0, 113, i as u8]));
+        }
+        assert!(
+            t.targets_at(resolved).is_empty(),
+            "bounded: the oldest address goes first"
+        );
+        t.learn_address(TargetId(99), resolved);
+        assert!(
+            t.targets_at(resolved).is_empty(),
+            "no unknown target learns"
+        );
+        let (_, done) = t.install(vec![route("a", "", "pbx1:5061")], &HashSet::new());
+        assert_eq!(done.retired, vec![b]);
+        assert!(t.targets_at(IpAddr::from([203, 0, 113, 1])).is_empty());
+        assert!(t.learned.is_empty(), "retired with its target");
     }
 
     #[test]

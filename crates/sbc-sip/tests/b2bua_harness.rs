@@ -2955,7 +2955,7 @@ mod standby {
         InstallRefusal, MediaTakeover, ReplicaPart, ReplicaSink, ReplicaUpdate, SecretBytes,
         TakenCall,
     };
-    use sbc_sip::b2bua::{CALLER_WAIT, CSEQ_RESTORE_MARGIN};
+    use sbc_sip::b2bua::{CALLER_WAIT, CSEQ_RESTORE_MARGIN, MAX_REFUSALS_PER_CONNECTION};
 
     /// The store as far as the SIP side sees it: the latest dialog part per call.
     #[derive(Debug, Default)]
@@ -3065,7 +3065,13 @@ mod standby {
     fn install(b: &mut Harness, calls: Vec<TakenCall>) -> sbc_core::standby::InstallReport {
         let report = b.core.install(b.now, calls);
         b.drain_outputs();
-        let redials = b.take_to(To::Callee);
+        // ACKs sent in place of those the dead node awaited go out too (tested on their
+        // own in `a_2xx_whose_ack_went_to_the_dead_node_...`).
+        let redials: Vec<SipMessage> = b
+            .take_to(To::Callee)
+            .into_iter()
+            .filter(|m| m.method() != Some(&Method::Ack))
+            .collect();
         assert_eq!(
             redials
                 .iter()
@@ -3157,10 +3163,14 @@ mod standby {
         let v = sink.part(call);
         assert_eq!(v["state"], "established");
         assert!(v["early"].is_null());
+        assert_eq!(v["ack_wait"]["side"], "caller", "the 2xx waits for its ACK");
         let puts = *sink.puts.lock().unwrap();
-        // An ACK changes no dialog state: no put.
+        // The ACK ends the wait: one put, and an ACK again changes nothing.
         a.caller_sends(in_dialog(Method::Ack, &ok, 1, "z9hG4bK-r1a", true));
-        assert_eq!(*sink.puts.lock().unwrap(), puts);
+        assert_eq!(*sink.puts.lock().unwrap(), puts + 1);
+        assert!(sink.part(call)["ack_wait"].is_null());
+        a.caller_sends(in_dialog(Method::Ack, &ok, 1, "z9hG4bK-r1a", true));
+        assert_eq!(*sink.puts.lock().unwrap(), puts + 1);
         // A target refresh: the callee answers a re-INVITE from a new Contact.
         a.caller_sends(in_dialog(Method::Invite, &ok, 2, "z9hG4bK-r1re", true));
         let re = a
@@ -3545,6 +3555,292 @@ mod standby {
             1 => Just(Spoil::NoPorts),
             1 => Just(Spoil::BadMedia),
         ]
+    }
+
+    /// A trunk's own connection to us (RFC 3261 §18.2.2, or its connection to A gone):
+    /// accepted on the listener from the target's address.
+    const TRUNK_IN: ConnId = ConnId(51);
+
+    fn trunk_connects(h: &mut Harness, targets: Vec<TargetId>) {
+        h.input(Input::Connected {
+            conn: TRUNK_IN,
+            kind: ConnKind::Trunk {
+                targets,
+                listener: 0,
+            },
+        });
+    }
+
+    /// `sbc_sip_requests_refused_total{reason}` in `snapshotter`.
+    fn refused(snapshotter: &metrics_util::debugging::Snapshotter, reason: &str) -> Option<u64> {
+        use metrics_util::debugging::DebugValue;
+        snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .find(|(k, _, _, _)| {
+                k.key().name() == "sbc_sip_requests_refused_total"
+                    && k.key().labels().any(|l| l.value() == reason)
+            })
+            .and_then(|(_, _, _, v)| match v {
+                DebugValue::Counter(c) => Some(c),
+                _ => None,
+            })
+    }
+
+    #[test]
+    fn bye_from_the_callee_on_its_own_new_connection_reaches_the_caller_once_adopted() {
+        let (_, mut b, down, _) = taken_over("k1");
+        trunk_connects(&mut b, vec![TARGET]);
+        let callee_view = respond(&down, 200, "callee-tag", false);
+        b.input(Input::Message {
+            conn: TRUNK_IN,
+            msg: in_dialog(Method::Bye, &callee_view, 7, "z9hG4bK-k1bye", false),
+        });
+        assert!(b.take().is_empty(), "held until the caller is back");
+        reconnect(&mut b);
+        let held = b.take_to(To::Other);
+        assert_eq!(held.len(), 1);
+        assert_eq!(held[0].method(), Some(&Method::Bye));
+        assert_eq!(held[0].header("call-id"), Some("k1"));
+        b.input(Input::Message {
+            conn: RECONNECT,
+            msg: respond(&held[0], 200, "x", false),
+        });
+        let answered = b.take_to(To::Other);
+        assert_eq!(statuses(&answered), vec![200], "on the trunk's connection");
+        assert_eq!(answered[0].cseq().unwrap().0, 7);
+        assert!(b.take().is_empty());
+        b.assert_nothing_held();
+    }
+
+    #[test]
+    fn a_trunk_that_reconnects_to_a_single_node_is_served_in_its_dialogs() {
+        let mut h = Harness::new();
+        let (down, ok) = establish(&mut h, "k2");
+        trunk_connects(&mut h, vec![TARGET]);
+        let callee_view = respond(&down, 200, "callee-tag", false);
+        let mut reinvite = in_dialog(Method::Invite, &callee_view, 3, "z9hG4bK-k2re", false);
+        reinvite.push_header("Contact", "<sips:pbx@10.9.9.9:5061>");
+        reinvite.push_header("Content-Type", "application/sdp");
+        reinvite.set_body(OFFER.as_bytes().to_vec());
+        h.input(Input::Message {
+            conn: TRUNK_IN,
+            msg: reinvite,
+        });
+        let up = h.take_to(To::Caller);
+        assert_eq!(up.len(), 1);
+        assert_eq!(up[0].method(), Some(&Method::Invite));
+        h.caller_sends(respond(&up[0], 200, "from-k2", true));
+        let answered = h.take_to(To::Other);
+        assert!(
+            statuses(&answered).contains(&200),
+            "{:?}",
+            statuses(&answered)
+        );
+        // The BYE from the caller still goes to the target's pooled connection.
+        h.caller_sends(in_dialog(Method::Bye, &ok, 2, "z9hG4bK-k2bye", true));
+        let bye = h.take_to(To::Callee);
+        assert_eq!(bye[0].method(), Some(&Method::Bye));
+        h.input(Input::Message {
+            conn: TRUNK_IN,
+            msg: respond(&bye[0], 200, "callee-tag", false),
+        });
+        assert_eq!(
+            statuses(&h.take_to(To::Caller)),
+            vec![200],
+            "§18.2.2 answer"
+        );
+        h.advance(T1 * 64);
+        h.assert_nothing_held();
+    }
+
+    #[test]
+    fn an_early_dialog_answered_on_the_callees_own_connection_reaches_the_caller() {
+        let (mut a, sink) = node_a();
+        a.caller_sends(invite("k3", "z9hG4bK-k3"));
+        let down = a.take_to(To::Callee).remove(0);
+        a.callee_sends(respond(&down, 180, "callee-tag", false));
+        let (mut b, _) = node_b();
+        assert_eq!(install(&mut b, sink.taken()).installed, 1);
+        // The callee's connection to A is gone: it sends its 200 to our Via (the VIP).
+        trunk_connects(&mut b, vec![TARGET]);
+        b.input(Input::Message {
+            conn: TRUNK_IN,
+            msg: respond(&down, 200, "callee-tag", true),
+        });
+        let acked = b.take_to(To::Callee);
+        b.advance(Duration::from_secs(1));
+        reconnect(&mut b);
+        let up = b.take_to(To::Other);
+        assert!(statuses(&up).contains(&200), "{:?}", statuses(&up));
+        let ok = up.iter().find(|m| m.status() == Some(200)).unwrap().clone();
+        b.input(Input::Message {
+            conn: RECONNECT,
+            msg: in_dialog(Method::Ack, &ok, 1, "z9hG4bK-k3ack", true),
+        });
+        let acked: Vec<_> = acked.into_iter().chain(b.take_to(To::Callee)).collect();
+        assert_eq!(
+            acked
+                .iter()
+                .filter(|m| m.method() == Some(&Method::Ack))
+                .count(),
+            1,
+            "the 2xx is acknowledged to the callee once"
+        );
+        assert_eq!(b.usage().pending_invites, 0);
+        assert_eq!(b.usage().active_calls, 1);
+        b.input(Input::Message {
+            conn: RECONNECT,
+            msg: in_dialog(Method::Bye, &ok, 2, "z9hG4bK-k3bye", true),
+        });
+        let bye = b
+            .take_to(To::Callee)
+            .into_iter()
+            .find(|m| m.method() == Some(&Method::Bye))
+            .unwrap();
+        b.callee_sends(respond(&bye, 200, "callee-tag", false));
+        b.advance(T1 * 64);
+        b.assert_nothing_held();
+    }
+
+    #[test]
+    fn a_new_invite_from_a_trunks_address_is_refused_like_an_unrecognised_peer() {
+        let recorder = metrics_util::debugging::DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        let logs = Capture::default();
+        let _guard = logs.install(tracing::Level::INFO);
+        metrics::with_local_recorder(&recorder, || {
+            let mut h = Harness::new();
+            trunk_connects(&mut h, vec![TARGET]);
+            for i in 0..MAX_REFUSALS_PER_CONNECTION {
+                h.input(Input::Message {
+                    conn: TRUNK_IN,
+                    msg: invite(&format!("k4-{i}"), &format!("z9hG4bK-k4-{i}")),
+                });
+            }
+            let refused_up = h.take_to(To::Other);
+            assert_eq!(
+                statuses(&refused_up),
+                vec![403; MAX_REFUSALS_PER_CONNECTION as usize]
+            );
+            assert!(h.take().is_empty(), "nothing reaches a target");
+            assert_eq!(h.closed, vec![TRUNK_IN], "closed after repeated refusals");
+            assert_eq!(h.core.stats().active_calls, 0);
+            assert_eq!(h.usage().pending_invites, 0);
+        });
+        assert_eq!(
+            refused(&snapshotter, "unrecognised_peer"),
+            Some(u64::from(MAX_REFUSALS_PER_CONNECTION))
+        );
+        assert!(
+            logs.text().contains("trunk_request_refused"),
+            "{}",
+            logs.text()
+        );
+    }
+
+    #[test]
+    fn a_bye_for_a_dialog_on_another_target_is_refused_on_a_trunks_connection() {
+        let recorder = metrics_util::debugging::DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        metrics::with_local_recorder(&recorder, || {
+            let (_, mut b, down, ok) = taken_over("k5");
+            // Target 2's address: the call's callee leg is on target 0.
+            trunk_connects(&mut b, vec![TargetId(2)]);
+            let callee_view = respond(&down, 200, "callee-tag", false);
+            b.input(Input::Message {
+                conn: TRUNK_IN,
+                msg: in_dialog(Method::Bye, &callee_view, 7, "z9hG4bK-k5bye", false),
+            });
+            assert_eq!(statuses(&b.take_to(To::Other)), vec![403]);
+            assert!(b.take().is_empty());
+            // Nor may it speak for the caller's leg of a dialog.
+            reconnect(&mut b);
+            let caller_view = in_dialog(Method::Bye, &ok, 9, "z9hG4bK-k5x", true);
+            b.input(Input::Message {
+                conn: TRUNK_IN,
+                msg: caller_view,
+            });
+            let refused_now: Vec<_> = b.take_to(To::Other);
+            assert_eq!(statuses(&refused_now), vec![403]);
+            assert_eq!(b.usage().active_calls, 1, "the call goes on");
+        });
+        assert_eq!(refused(&snapshotter, "unrecognised_peer"), Some(2));
+    }
+
+    /// A: the callee's 2xx relayed to the caller, whose ACK has not come when A dies
+    /// (the ACK went to A). Returns (A's sink, A, the INVITE the callee got).
+    fn answered_not_acked(call_id: &str, offer: bool) -> (Arc<RecordingSink>, Harness, SipMessage) {
+        let (mut a, sink) = node_a();
+        let mut inv = invite(call_id, &format!("z9hG4bK-{call_id}"));
+        if !offer {
+            inv.remove_header("content-type");
+            inv.set_body(Vec::new());
+        }
+        a.caller_sends(inv);
+        let down = a.take_to(To::Callee).remove(0);
+        a.callee_sends(respond(&down, 200, "callee-tag", true));
+        assert!(statuses(&a.take_to(To::Caller)).contains(&200));
+        (sink, a, down)
+    }
+
+    #[test]
+    fn a_2xx_whose_ack_went_to_the_dead_node_is_acked_to_the_callee_by_the_new_owner() {
+        let (sink, _a, down) = answered_not_acked("w1", true);
+        let call = *sink.parts.lock().unwrap().keys().next().unwrap();
+        let wait = &sink.part(call)["ack_wait"];
+        assert_eq!(wait["side"], "caller");
+        assert_eq!(wait["answer_in_ack"], false);
+        let (mut b, _) = node_b();
+        let report = b.core.install(b.now, sink.taken());
+        assert_eq!(report.installed, 1);
+        b.drain_outputs();
+        let out = b.take_to(To::Callee);
+        let methods: Vec<_> = out.iter().map(|m| m.method().cloned()).collect();
+        assert_eq!(methods, vec![Some(Method::Options), Some(Method::Ack)]);
+        let ack = &out[1];
+        assert_eq!(cseq(ack), cseq(&down), "the INVITE's CSeq");
+        assert_eq!(ack.call_id(), down.call_id());
+        assert_eq!(tag(ack.header("to").unwrap()), Some("callee-tag"));
+        assert!(ack.body().is_empty());
+        // The call goes on past 64*T1: nobody gives up on a missing ACK.
+        b.callee_sends(respond(&out[0], 200, "pbx", false));
+        reconnect(&mut b);
+        b.advance(T1 * 65);
+        assert!(b.take().is_empty(), "no BYE either way");
+        assert_eq!(b.usage().active_calls, 1);
+    }
+
+    #[test]
+    fn a_lost_ack_that_carried_the_answer_ends_the_call_on_the_new_owner() {
+        let (sink, _a, down) = answered_not_acked("w2", false);
+        let call = *sink.parts.lock().unwrap().keys().next().unwrap();
+        assert_eq!(sink.part(call)["ack_wait"]["answer_in_ack"], true);
+        let (mut b, _) = node_b();
+        assert_eq!(b.core.install(b.now, sink.taken()).installed, 1);
+        b.drain_outputs();
+        let out = b.take_to(To::Callee);
+        let methods: Vec<_> = out.iter().map(|m| m.method().cloned()).collect();
+        assert_eq!(methods, vec![Some(Method::Options)], "no ACK made up");
+        b.callee_sends(respond(&out[0], 200, "pbx", false));
+        b.advance(Duration::from_secs(1));
+        // Ended once the caller is back: BYE on both legs.
+        reconnect(&mut b);
+        let up = b.take_to(To::Other);
+        assert_eq!(up.len(), 1);
+        assert_eq!(up[0].method(), Some(&Method::Bye));
+        let down_bye = b.take_to(To::Callee);
+        assert_eq!(down_bye.len(), 1);
+        assert_eq!(down_bye[0].method(), Some(&Method::Bye));
+        assert_eq!(down_bye[0].call_id(), down.call_id());
+        b.callee_sends(respond(&down_bye[0], 200, "callee-tag", false));
+        b.input(Input::Message {
+            conn: RECONNECT,
+            msg: respond(&up[0], 200, "x", false),
+        });
+        b.advance(T1 * 64);
+        b.assert_nothing_held();
     }
 
     proptest! {

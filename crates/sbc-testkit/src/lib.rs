@@ -3,7 +3,7 @@
 //! This crate owns every helper more than one test binary (or a bench) needs: a throwaway
 //! PKI ([`pki`]), temp files ([`files`]), SIP-over-TLS peers and the in-process gateway
 //! ([`sip`]), RTP/SDP builders and SRTP helpers ([`media`]), one HTTP/1.1 client
-//! ([`http`]), free media port ranges ([`ports`]), log capture ([`logs`]), a spawned `sbc-edge` process ([`process`]), a DNS server on loopback ([`dns`]), the admin-plane fixture ([`admin`]) and the recording-tap call rig
+//! ([`http`]), free media port ranges ([`ports`]), log capture ([`logs`]), a spawned `sbc-edge` process ([`process`]), a DNS server on loopback ([`dns`]), network namespaces with keepalived for failover tests ([`netns`]), the admin-plane fixture ([`admin`]) and the recording-tap call rig
 //! ([`tap_call`]). It must never be a normal dependency of a shipped crate: it is
 //! `publish = false` and taken only under `[dev-dependencies]`. Helpers local to one test
 //! binary stay in that binary. A unit test inside a crate's `src/` cannot use it (it would
@@ -24,6 +24,7 @@ pub mod files;
 pub mod http;
 pub mod logs;
 pub mod media;
+pub mod netns;
 pub mod pki;
 pub mod ports;
 pub mod process;

@@ -220,6 +220,28 @@ impl Peer {
             .expect("TLS connect to gateway")
     }
 
+    /// Connect to the gateway over TLS from the local address `source` (a loopback
+    /// address other than 127.0.0.1 stands for another host: a trunk opening its own
+    /// connection to the gateway).
+    pub async fn connect_from(addr: SocketAddr, ca_pem: &str, source: std::net::IpAddr) -> Peer {
+        let socket = match source {
+            std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+            std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+        }
+        .expect("socket");
+        socket
+            .bind(SocketAddr::new(source, 0))
+            .expect("bind source");
+        let tcp = socket.connect(addr).await.expect("TCP connect to gateway");
+        tcp.set_nodelay(true).expect("nodelay");
+        let name = ServerName::try_from("localhost").unwrap();
+        let tls = tokio_rustls::TlsConnector::from(client_config(ca_pem, None))
+            .connect(name, tcp)
+            .await
+            .expect("TLS connect to gateway");
+        Peer::new(Box::new(tls))
+    }
+
     pub async fn try_connect(
         addr: SocketAddr,
         ca_pem: &str,
@@ -421,6 +443,17 @@ impl Callee {
         Callee {
             listener,
             acceptor: Some(tokio_rustls::TlsAcceptor::from(cfg)),
+            addr,
+        }
+    }
+
+    /// A TLS route target on `addr` (port 0: an ephemeral one) presenting `leaf`.
+    pub async fn tls_at(leaf: &Leaf, addr: SocketAddr) -> Callee {
+        let listener = TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        Callee {
+            listener,
+            acceptor: Some(tokio_rustls::TlsAcceptor::from(server_config(leaf))),
             addr,
         }
     }

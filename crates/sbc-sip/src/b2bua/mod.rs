@@ -109,6 +109,17 @@ pub enum ConnKind {
         /// The target.
         target: TargetId,
     },
+    /// Accepted on a listener from a route target's address and recognised as no tenant:
+    /// a trunk that opened its own connection to our Via or Contact (RFC 3261 §18.2.2,
+    /// or its connection to us was lost, e.g. after a takeover). It may carry in-dialog
+    /// requests and responses of calls whose callee leg is on one of `targets`, and
+    /// nothing else (`request_flow.rs`).
+    Trunk {
+        /// The targets whose address (as resolved for sending) is the source's.
+        targets: Vec<TargetId>,
+        /// Index of the listener in the config.
+        listener: usize,
+    },
 }
 
 /// Input events from the driver.
@@ -257,6 +268,8 @@ enum CoreLog {
     Terminated,
     /// Requests from an unrecognised peer refused 403.
     UnrecognisedPeer,
+    /// Requests from a trunk's own connection that are not in one of its calls: 403.
+    TrunkRefused,
     /// A route target could not be reached: 503.
     TargetUnreachable,
 }
@@ -268,6 +281,7 @@ impl CoreLog {
             CoreLog::NoResponse => "no_response",
             CoreLog::Terminated => "call_terminated",
             CoreLog::UnrecognisedPeer => "recognition_refused",
+            CoreLog::TrunkRefused => "trunk_request_refused",
             CoreLog::TargetUnreachable => "target_unreachable",
         }
     }
@@ -526,7 +540,9 @@ impl B2bua {
         match input {
             Input::Connected { conn, kind } => {
                 let transport = match &kind {
-                    ConnKind::Inbound { listener, .. } => self.listener_transport(*listener),
+                    ConnKind::Inbound { listener, .. } | ConnKind::Trunk { listener, .. } => {
+                        self.listener_transport(*listener)
+                    }
                     ConnKind::Outbound { target } => self.target_transport(*target),
                 };
                 if let ConnKind::Inbound {
@@ -728,10 +744,12 @@ impl B2bua {
     fn conn_reaches(&self, conn: ConnId, dest: Dest) -> bool {
         match dest {
             Dest::Conn(c) => c == Some(conn),
-            Dest::Target(t) => matches!(
-                self.conns.get(&conn).map(|c| &c.kind),
-                Some(ConnKind::Outbound { target }) if *target == t
-            ),
+            Dest::Target(t) => match self.conns.get(&conn).map(|c| &c.kind) {
+                Some(ConnKind::Outbound { target }) => *target == t,
+                // A trunk's own connection to us answers for its target (§18.2.2).
+                Some(ConnKind::Trunk { targets, .. }) => targets.contains(&t),
+                _ => false,
+            },
         }
     }
 

@@ -6,8 +6,9 @@
 //! config may list listeners in another order), transports, the route target by its
 //! `host:port`, the request user, the call state, the registry's start time and numbers,
 //! per leg the dialog (Call-ID, tags, parties, next CSeq, INVITE CSeq, remote target,
-//! route set) and, while the call is in setup, the two INVITE transactions' headers
-//! (so a CANCEL from the caller can be served by the standby); and [`Replica`], which
+//! route set), while the call is in setup the two INVITE transactions' headers
+//! (so a CANCEL from the caller can be served by the standby), and while a 2xx waits
+//! for its ACK which side's ACK and whether it carries an answer; and [`Replica`], which
 //! puts a call's part whenever any of that changed and removes it when the call ends.
 //!
 //! When: every mutation of a call goes through the call table (`Calls::get_mut`,
@@ -172,6 +173,19 @@ pub(crate) struct EarlyPart {
     pub offer_pending: Option<String>,
 }
 
+/// A 2xx to an INVITE sent to `side`, its ACK not yet arrived (RFC 3261 §13.3.1.4). The
+/// 2xx itself is not kept: its SDP carries the leg's SRTP keys and the dialog part is
+/// stored in clear.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct AckWaitPart {
+    /// The side the 2xx went to, whose ACK is awaited (`caller` / `callee`).
+    pub side: String,
+    /// The INVITE's CSeq on that side.
+    pub cseq: u32,
+    /// The 2xx carried an offer: the awaited ACK carries the answer.
+    pub answer_in_ack: bool,
+}
+
 /// The dialog part of one call (`v: 1`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct DialogPart {
@@ -195,6 +209,9 @@ pub(crate) struct DialogPart {
     pub callee: LegPart,
     /// Present while the call is in setup with its initial INVITE in flight.
     pub early: Option<EarlyPart>,
+    /// Present while a 2xx waits for its ACK (absent in parts written before it was).
+    #[serde(default)]
+    pub ack_wait: Option<AckWaitPart>,
 }
 
 impl DialogPart {
@@ -331,6 +348,11 @@ impl B2bua {
             caller: LegPart::of(&c.caller),
             callee: LegPart::of(&c.callee),
             early: self.early_part(id, c),
+            ack_wait: c.ack_wait.as_ref().map(|w| AckWaitPart {
+                side: side_name(w.side),
+                cseq: w.cseq,
+                answer_in_ack: c.media.pending.is_some(),
+            }),
         }
     }
 
@@ -386,6 +408,11 @@ mod tests {
             caller: leg.clone(),
             callee: leg,
             early: None,
+            ack_wait: Some(AckWaitPart {
+                side: "caller".into(),
+                cseq: 1,
+                answer_in_ack: false,
+            }),
         };
         let bytes = serde_json::to_vec(&part).unwrap();
         assert_eq!(DialogPart::parse(&bytes), Some(part.clone()));
@@ -393,6 +420,13 @@ mod tests {
         v2.v = 2;
         assert_eq!(DialogPart::parse(&serde_json::to_vec(&v2).unwrap()), None);
         assert_eq!(DialogPart::parse(b"{\"v\":1}"), None);
+        let mut without: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        without.as_object_mut().unwrap().remove("ack_wait");
+        let older = DialogPart::parse(&serde_json::to_vec(&without).unwrap()).unwrap();
+        assert_eq!(
+            older.ack_wait, None,
+            "a part without the ACK wait still parses"
+        );
         assert_eq!(DialogPart::parse(&[0xff, 0, 1]), None);
         assert_eq!(side_of("caller"), Some(LegSide::Caller));
         assert_eq!(side_of("x"), None);

@@ -2,6 +2,12 @@
 //! CANCEL, ACK for a non-2xx), or belong to a dialog; and the relay of a request to the
 //! other leg with its transaction pair.
 //!
+//! Who may send what: a tenant's connection places calls and speaks for the caller's leg
+//! of its own calls; a connection to a route target and a trunk's own connection to us
+//! ([`ConnKind::Trunk`]) speak only for the callee's leg of calls on that target; an
+//! unrecognised peer gets 403 for everything. A trunk's connection gets the same 403 (and
+//! cut-off) for anything outside its calls, logged as `trunk_request_refused`.
+//!
 //! Owns: no state of its own; the order of checks a request passes. Every refusal of a
 //! new call is decided before admission (nothing to release), and every failure after
 //! admission ends the call (its slot, media and registry entry released).
@@ -137,6 +143,10 @@ impl B2bua {
             self.refuse_unrecognised(now, conn, &msg);
             return;
         }
+        if let ConnKind::Trunk { .. } = kind {
+            self.on_trunk_request(now, conn, method, msg);
+            return;
+        }
         if matches!(kind, ConnKind::Outbound { .. }) && self.on_srs_request(now, conn, &msg) {
             return;
         }
@@ -150,6 +160,7 @@ impl B2bua {
             return;
         }
         match kind {
+            ConnKind::Trunk { .. } => self.refuse_from_trunk(now, conn, &msg),
             ConnKind::Outbound { .. } => {
                 // Targets answer calls; they do not place them through us.
                 self.refuse(conn, &msg, &Refusal::NotATrunkPeer, None);
@@ -205,7 +216,63 @@ impl B2bua {
         self.outputs.push_back(Output::Send { conn, msg: resp });
     }
 
+    /// A request on a trunk's own connection ([`ConnKind::Trunk`]): served only in a
+    /// dialog whose callee leg is on one of the trunk's targets (tags and Call-ID, as on
+    /// every connection, and `conn_serves`); anything else is refused as from an
+    /// unrecognised peer.
+    fn on_trunk_request(&mut self, now: Instant, conn: ConnId, method: Method, msg: SipMessage) {
+        if let Err(refusal) = precheck(&msg, &method) {
+            self.refuse(conn, &msg, &refusal, None);
+            return;
+        }
+        let to_tag = msg.header("to").and_then(tag).map(str::to_string);
+        let in_dialog = to_tag.as_deref().and_then(|t| {
+            self.calls
+                .by_dialog(t, msg.call_id())
+                .filter(|(call, side)| {
+                    *side == LegSide::Callee
+                        && self
+                            .calls
+                            .get(*call)
+                            .is_some_and(|c| self.conn_serves(conn, c, *side))
+                })
+        });
+        match (to_tag, in_dialog) {
+            (Some(to_tag), Some(_)) => self.on_in_dialog(now, conn, &to_tag, method, msg),
+            // A stray ACK is dropped, as on every connection.
+            _ if method == Method::Ack => debug!(conn = %conn, "stray ACK from trunk dropped"),
+            _ => self.refuse_from_trunk(now, conn, &msg),
+        }
+    }
+
+    /// Refuse what a trunk's own connection may not carry: a new call, a dialog of
+    /// another target, a request outside any dialog. The same answer, count and cut-off
+    /// as for an unrecognised peer; the log line says it was a trunk.
+    fn refuse_from_trunk(&mut self, now: Instant, conn: ConnId, msg: &SipMessage) {
+        if self.log_now(now, super::CoreLog::TrunkRefused, "") {
+            warn!(
+                event = "trunk_request_refused",
+                conn = %conn,
+                method = msg.method().map_or("", |m| m.as_str()),
+                "request on a trunk's own connection outside its calls refused with 403"
+            );
+        }
+        self.refuse_counted(conn, msg);
+    }
+
     fn refuse_unrecognised(&mut self, now: Instant, conn: ConnId, msg: &SipMessage) {
+        if self.log_now(now, super::CoreLog::UnrecognisedPeer, "") {
+            warn!(
+                event = "recognition_refused",
+                conn = %conn, "request from unrecognised peer refused with 403"
+            );
+        }
+        self.refuse_counted(conn, msg);
+    }
+
+    /// 403 (reason `unrecognised_peer`), and the connection closed after
+    /// [`super::MAX_REFUSALS_PER_CONNECTION`] of them.
+    fn refuse_counted(&mut self, conn: ConnId, msg: &SipMessage) {
         self.refuse(conn, msg, &Refusal::UnrecognisedPeer, None);
         let close = match self.conns.get_mut(&conn) {
             Some(c) => {
@@ -214,12 +281,6 @@ impl B2bua {
             }
             None => false,
         };
-        if self.log_now(now, super::CoreLog::UnrecognisedPeer, "") {
-            warn!(
-                event = "recognition_refused",
-                conn = %conn, "request from unrecognised peer refused with 403"
-            );
-        }
         if close {
             warn!(
                 event = "connection_closed_refusals",
@@ -807,18 +868,30 @@ impl B2bua {
         if let Some(c) = self.calls.get_mut(call) {
             c.media.settle();
         }
-        let branch = self.branch();
-        let Some(c) = self.calls.get(call) else {
-            return;
-        };
-        let to_side = from.other();
-        let (transport, advertised) = self.via_of(c, to_side);
-        let policy = self.tenant_policy(&c.tenant);
-        let leg = c.leg(to_side);
         let max_forwards = msg
             .max_forwards()
             .map(|m| m.saturating_sub(1))
             .unwrap_or(self.cfg.max_forwards);
+        self.send_ack(call, from.other(), max_forwards, Some(msg), body);
+    }
+
+    /// The ACK for the last INVITE on `to_side`'s leg (its INVITE CSeq), sent there with
+    /// `body`; the headers the tenant's policy lets cross copied from `from_msg`.
+    pub(super) fn send_ack(
+        &mut self,
+        call: CallRef,
+        to_side: LegSide,
+        max_forwards: u32,
+        from_msg: Option<&SipMessage>,
+        body: super::body_flow::Crossing,
+    ) {
+        let branch = self.branch();
+        let Some(c) = self.calls.get(call) else {
+            return;
+        };
+        let (transport, advertised) = self.via_of(c, to_side);
+        let policy = self.tenant_policy(&c.tenant);
+        let leg = c.leg(to_side);
         let hop = Hop {
             transport,
             advertised: &advertised,
@@ -826,15 +899,17 @@ impl B2bua {
             max_forwards,
         };
         let mut ack = leg.request(Method::Ack, leg.invite_cseq, hop);
-        policy.headers.copy_across(msg, &mut ack, to_side);
+        if let Some(msg) = from_msg {
+            policy.headers.copy_across(msg, &mut ack, to_side);
+        }
         set_body(&mut ack, body);
         self.send_on(call, to_side, ack);
     }
 
     /// True if `conn` may carry traffic of `side` of `call`: the caller's leg only from a
     /// connection recognised as the call's tenant, the callee's leg only from a connection
-    /// to the call's target. Tenant isolation does not rest on tags and branches being
-    /// unguessable.
+    /// to the call's target or one the target opened to us from its address. Tenant
+    /// isolation does not rest on tags and branches being unguessable.
     pub(super) fn conn_serves(&self, conn: ConnId, call: &Call, side: LegSide) -> bool {
         match (self.conns.get(&conn).map(|c| &c.kind), side) {
             (
@@ -844,6 +919,9 @@ impl B2bua {
                 LegSide::Caller,
             ) => *t == call.tenant,
             (Some(ConnKind::Outbound { target }), LegSide::Callee) => *target == call.target,
+            (Some(ConnKind::Trunk { targets, .. }), LegSide::Callee) => {
+                targets.contains(&call.target)
+            }
             _ => false,
         }
     }

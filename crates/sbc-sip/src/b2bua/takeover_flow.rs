@@ -20,8 +20,11 @@
 //! Callee legs: the trunk connection is the target pool's; install re-dials it at once
 //! (one OPTIONS per target, its answer absorbed) so a trunk that sends its requests on
 //! the connection it was reached on (TLS connection reuse) can reach the call before we
-//! send it anything. A trunk that instead connects to our Contact address is an
-//! unrecognised peer on the listener, as it is today without a takeover.
+//! send it anything. A trunk that instead opens its own connection to our Via or Contact
+//! address (the listener's, the same on this node) is served on it as that trunk's
+//! connection ([`super::ConnKind::Trunk`], recognised by the driver from the source
+//! address): its in-dialog requests and its responses (RFC 3261 §18.2.2) for calls on
+//! that target, nothing else.
 //!
 //! Early dialogs (callee's provisional with a tag received, no final yet): the initial
 //! INVITE's pair is rebuilt (server transaction waiting for its final, client
@@ -29,15 +32,23 @@
 //! CANCEL from the caller (200, 487 upstream, CANCEL downstream, the callee's 487
 //! ACKed), the callee's final over the target's pooled connection (a 2xx relayed
 //! upstream, held until the caller leg is adopted, like the responses before it),
-//! ringing timeout. Not served: reliable provisionals in flight (their RSeq state is not replicated: a
-//! PRACK for one is refused 481), a callee final sent on a new inbound connection the
-//! callee opened to our Via (RFC 3261 §18.2.2: such a connection is not the target's
-//! pooled one and is refused as an unrecognised peer), and failover to the route's next
-//! target (the candidates list is not replicated).
+//! ringing timeout; the callee's final may also come on the callee's own new connection
+//! to our Via (§18.2.2, a [`super::ConnKind::Trunk`] connection). Not served: reliable
+//! provisionals in flight (their RSeq state is not replicated: a PRACK for one is refused
+//! 481), and failover to the route's next target: the next try re-sends the offer as
+//! media rewrote it, whose SDP holds the callee leg's SRTP key, and the dialog part is
+//! stored in clear, so neither it nor the targets left are replicated; a failure final
+//! is relayed to the caller.
+//!
+//! A 2xx the dead node sent whose ACK had not arrived: the ACK went to the dead node and
+//! the 2xx is not replicated (its SDP holds keys), so this node sends the ACK on the
+//! other leg in its place at install; when that ACK would carry an SDP answer (late
+//! offer) it cannot be made up and the call is ended (BYE on both legs, logged) once the
+//! caller's leg is adopted, or when its wait ends.
 //!
 //! Not replicated: transactions in flight other than the initial INVITE (a re-INVITE or
-//! BYE in progress when the peer died is retried by its sender and served here), the
-//! wait for an ACK, SIPREC sessions.
+//! BYE in progress when the peer died is retried by its sender and served here), SIPREC
+//! sessions.
 //!
 //! Must not: send any SIP message for a fenced call, or leave a refused call half
 //! installed (each refusal drops its `Admitted` and lease, so the slot is released).
@@ -57,7 +68,7 @@ use tracing::{info, warn};
 use super::calls::{Call, CallState};
 use super::offer_answer::OfferAnswer;
 use super::pairs::{Pair, ServerKey};
-use super::replica::{side_of, DialogPart, PartState, Replica};
+use super::replica::{side_of, AckWaitPart, DialogPart, PartState, Replica};
 use super::{B2bua, ConnId, Dest};
 use crate::message::{tag, Method, SipMessage};
 use crate::routing::Candidate;
@@ -92,6 +103,9 @@ struct Waiting {
     held: Vec<SipMessage>,
     /// When the held messages give up (set by the first one).
     deadline: Option<Instant>,
+    /// The call is to be ended (BYE on both legs) once the caller's leg has a connection
+    /// to say so on; why.
+    end_when_adopted: Option<&'static str>,
 }
 
 /// Hot standby state of the core: media takeover, caller legs waiting.
@@ -144,9 +158,10 @@ impl B2bua {
         self.clock = self.clock.max(now);
         let mut report = InstallReport::default();
         let mut installed = Vec::new();
+        let mut ack_waits = Vec::new();
         for taken in calls {
             let peer_ref = taken.call;
-            match self.install_one(now, taken) {
+            match self.install_one(now, taken, &mut ack_waits) {
                 Ok(local) => {
                     report.installed += 1;
                     installed.push(local);
@@ -164,8 +179,36 @@ impl B2bua {
         }
         metrics::gauge!("sbc_sip_active_dialogs").set(self.calls.len() as f64);
         self.redial_targets(&installed);
+        for (call, wait) in ack_waits {
+            self.stand_in_ack(now, call, &wait);
+        }
         self.replicate();
         report
+    }
+
+    /// A 2xx the dead node sent was waiting for its ACK. That ACK went to the dead node
+    /// (a UAC sends it once per 2xx it receives) and the 2xx is not replicated (its SDP
+    /// holds keys), so nobody would ever ACK the other side's 2xx: it would retransmit it
+    /// and hang up after 64*T1 (RFC 3261 §13.3.1.4). Without an answer in the ACK, this
+    /// node sends the ACK on the other leg in its place; an ACK that carries an answer (a
+    /// late offer) cannot be made up, and the call is ended.
+    fn stand_in_ack(&mut self, now: Instant, call: CallRef, wait: &AckWaitPart) {
+        let Some(side) = side_of(&wait.side) else {
+            return;
+        };
+        if wait.answer_in_ack {
+            // Ended once the caller is back (so its BYE has a connection), or when its
+            // wait ends.
+            warn!(event = "takeover_ack_lost", call = %call, side = side.as_str(), cseq = wait.cseq, "the ACK the dead node awaited carries an SDP answer this node does not have: the call ends");
+            if let Some(w) = self.restored.waiting.get_mut(&call) {
+                w.end_when_adopted = Some("ACK with an answer lost in the takeover");
+                w.deadline.get_or_insert(now + CALLER_WAIT);
+            }
+            return;
+        }
+        info!(event = "takeover_ack_stood_in", call = %call, side = side.as_str(), cseq = wait.cseq, "ACK the dead node awaited sent on the other leg in its place");
+        let max_forwards = self.cfg.max_forwards;
+        self.send_ack(call, side.other(), max_forwards, None, None);
     }
 
     /// Open the pooled connection to each target of the calls just installed (an
@@ -201,7 +244,13 @@ impl B2bua {
         branch.is_some_and(|b| self.restored.redials.remove(&b))
     }
 
-    fn install_one(&mut self, now: Instant, mut t: TakenCall) -> Result<CallRef, InstallRefusal> {
+    /// Install one claimed call; a 2xx of it waiting for its ACK goes into `ack_waits`.
+    fn install_one(
+        &mut self,
+        now: Instant,
+        mut t: TakenCall,
+        ack_waits: &mut Vec<(CallRef, AckWaitPart)>,
+    ) -> Result<CallRef, InstallRefusal> {
         let (part, place) = self.placement(&t)?;
         let tenant = t.tenant.clone();
         let mut admitted: Admitted = self
@@ -231,6 +280,9 @@ impl B2bua {
         self.calls.insert(id, call);
         self.restored_registry(id, &part);
         self.restore_early(now, id, &part);
+        if let Some(w) = part.ack_wait.clone() {
+            ack_waits.push((id, w));
+        }
         self.restored.waiting.insert(
             id,
             Waiting {
@@ -238,6 +290,7 @@ impl B2bua {
                 listener,
                 held: Vec::new(),
                 deadline: None,
+                end_when_adopted: None,
             },
         );
         self.report_usage(&tenant);
@@ -498,6 +551,9 @@ impl B2bua {
         info!(event = "caller_leg_adopted", call = %call, conn = %conn, held = w.held.len(), "restored call's caller leg adopted by the tenant's connection");
         for msg in w.held {
             self.outputs.push_back(super::Output::Send { conn, msg });
+        }
+        if let Some(why) = w.end_when_adopted {
+            self.terminate(self.clock, call, why);
         }
     }
 

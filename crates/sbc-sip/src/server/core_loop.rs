@@ -6,7 +6,10 @@
 //! of targets given by name ([`Dns`]). A message for a target goes over the transport its
 //! top Via names (the B2BUA applied RFC 3261 §18.1.1 there): a UDP target's
 //! pseudo-connection on the first UDP listener's socket, or a plain TCP connection to the
-//! same `host:port` for its large requests; a `sips:` target always over TLS. Idle UDP
+//! same `host:port` for its large requests; a `sips:` target always over TLS. An inbound
+//! connection no tenant claims, from a target's address (numeric, or one of our
+//! connections to it was opened to: [`TargetTable::targets_at`]), registers as that
+//! trunk's ([`ConnKind::Trunk`]). Idle UDP
 //! sources no call uses are expired here, because only the core knows which are in use.
 //! Must not: block on a peer (a full write queue drops the message, counted) or on DNS: a
 //! target given by name is resolved inside its connection task ([`connect`]), so the core
@@ -141,6 +144,10 @@ pub(super) async fn core_loop(
         match event {
             None => core.handle_timeout(now),
             Some(Event::Registered { conn, kind, handle }) => {
+                let kind = trunk_or(kind, handle.peer, conn, &targets);
+                if let ConnKind::Outbound { target } = &kind {
+                    targets.learn_address(*target, handle.peer);
+                }
                 writers.insert(conn, handle);
                 if let ConnKind::Outbound { target } = &kind {
                     // A source a UDP target talked from unasked fills the UDP entry.
@@ -279,6 +286,28 @@ pub(super) async fn core_loop(
         if let Ok(mut s) = stats.lock() {
             *s = core.stats();
         }
+    }
+}
+
+/// An inbound connection recognised as no tenant from a route target's address (a numeric
+/// target, or one our connections to a named target were opened to) is that trunk's own
+/// connection ([`ConnKind::Trunk`]); every other kind is kept.
+fn trunk_or(kind: ConnKind, peer: IpAddr, conn: ConnId, targets: &TargetTable) -> ConnKind {
+    let ConnKind::Inbound {
+        tenant: None,
+        listener,
+    } = kind
+    else {
+        return kind;
+    };
+    let found = targets.targets_at(peer);
+    if found.is_empty() {
+        return kind;
+    }
+    info!(event = "trunk_connection", conn = %conn, peer = %peer, targets = found.len(), "inbound connection from a route target's address: served as that trunk");
+    ConnKind::Trunk {
+        targets: found,
+        listener,
     }
 }
 
