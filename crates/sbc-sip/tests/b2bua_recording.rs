@@ -1,8 +1,9 @@
 //! SIPREC recording (RFC 7866) in the B2BUA on a virtual clock, with no sockets: the SRC's
 //! INVITE and its bodies, the `required` and `continue` policies, failover between SRS
 //! targets, re-INVITEs on hold / resume and pause, the SRS's BYE, and the BYE at the
-//! call's end. Media (call and recording) is faked: only what signaling asks of it is
-//! recorded, and the leak check asks that every prepared stream was released.
+//! call's end (carrying the final metadata with stop times, never waiting on the SRS).
+//! Media (call and recording) is faked: only what signaling asks of it is recorded, and
+//! the leak check asks that every prepared stream was released.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{HashMap, HashSet};
@@ -792,7 +793,10 @@ fn teardown_does_not_wait_for_an_srs_that_leaves_an_update_unanswered() {
     assert_eq!(h.take_to(To::Srs(1))[0].method(), Some(&Method::Invite));
     // The call ends at once: the SRS gets its BYE with the final metadata in the same
     // step as the caller gets its 200 (no clock advance, nothing waits on the SRS).
-    h.send_from(CALLER, in_dialog(Method::Bye, &caller_ok, 2, "z9hG4bK-bye-c"));
+    h.send_from(
+        CALLER,
+        in_dialog(Method::Bye, &caller_ok, 2, "z9hG4bK-bye-c"),
+    );
     let bye = h.take_to(To::Callee).remove(0);
     h.send_from(CALLEE, respond(&bye, 200, "callee-tag", None));
     assert_eq!(h.take_to(To::Caller).last().unwrap().status(), Some(200));
@@ -802,6 +806,31 @@ fn teardown_does_not_wait_for_an_srs_that_leaves_an_update_unanswered() {
     assert_eq!(h.core.stats().active_calls, 0);
     h.advance(T1 * 64);
     h.assert_nothing_held();
+}
+
+#[test]
+fn an_srs_that_times_out_an_update_gets_its_final_metadata_before_the_next_starts() {
+    let mut h = Harness::new(OnFailure::Continue, RecordingMode::Always);
+    let (call, _inv, _ok, _) = recorded_call(&mut h, "r8d");
+    h.input(Input::Recording {
+        call,
+        cmd: RecordingCommand::Pause,
+    });
+    assert_eq!(h.take_to(To::Srs(1))[0].method(), Some(&Method::Invite));
+    h.advance(ANSWER_TIMEOUT + Duration::from_millis(1));
+    let to_old = h.take_to(To::Srs(1));
+    assert_eq!(to_old.len(), 1, "{to_old:?}");
+    let meta = final_metadata(&to_old[0]);
+    // Stopped when the update timed out: 1.5 s after the start, whole seconds.
+    assert_eq!(meta.stop_time.as_deref(), Some("2026-12-04T12:01:22Z"));
+    let to_new = h.take_to(To::Srs(2));
+    assert_eq!(to_new[0].method(), Some(&Method::Invite));
+    let (_, xml) = parts(&to_new[0]);
+    assert!(
+        !sbc_testkit::srs::validate_metadata(&xml)
+            .unwrap()
+            .has_stop_time
+    );
 }
 
 #[test]

@@ -2,7 +2,8 @@
 //! takes the gateway's recording INVITE, checks its `multipart/mixed` body, validates the
 //! RFC 7865 metadata with a real XML parser ([`validate_metadata`]), answers with SDP
 //! naming its own UDP port per m-line (`a=recvonly`), answers re-INVITEs and BYEs while
-//! recording every request, and decrypts what arrives with the offered SDES keys.
+//! recording every request (a BYE's final metadata, with stop times, validated like an
+//! INVITE's), and decrypts what arrives with the offered SDES keys.
 //!
 //! The schema's rules checked: namespace `urn:ietf:params:xml:ns:recording:1`; `datamode`
 //! first and `complete` or `partial`; every element of the namespace one the schema
@@ -529,6 +530,16 @@ mod tests {
         assert_eq!(m.senders[0].1, vec!["1"], "the caller sends stream 1");
         assert_eq!(m.senders[1].1, vec!["2"]);
         assert!(m.has_stop_time);
+        assert_eq!(m.start_time.as_deref(), Some("2026-12-04T12:01:21Z"));
+        assert_eq!(m.stop_time.as_deref(), Some("2026-12-04T12:01:26Z"));
+        assert!(m.stops_after_start());
+        assert_eq!(m.disassociated, 2);
+        let reversed = Metadata {
+            start_time: m.stop_time.clone(),
+            stop_time: m.start_time.clone(),
+            ..m.clone()
+        };
+        assert!(!reversed.stops_after_start());
         assert_eq!(m.extensions.first().map(String::as_str), Some("gap"));
         assert_eq!(m.sip_session_ids.len(), 1);
     }
