@@ -453,6 +453,15 @@ fn final_metadata(bye: &SipMessage) -> sbc_testkit::srs::Metadata {
     meta
 }
 
+/// Pause `call` from the admin plane; its re-INVITE to SRS 1 is taken and left unanswered.
+fn unanswered_pause(h: &mut Harness, call: CallRef) {
+    h.input(Input::Recording {
+        call,
+        cmd: RecordingCommand::Pause,
+    });
+    assert_eq!(h.take_to(To::Srs(1))[0].method(), Some(&Method::Invite));
+}
+
 fn the_call(h: &Harness) -> CallRef {
     // The fake recording media saw the call's ref when streams were prepared.
     h.rec
@@ -785,12 +794,7 @@ fn a_call_ended_by_the_callee_sends_the_final_metadata_to_the_srs() {
 fn teardown_does_not_wait_for_an_srs_that_leaves_an_update_unanswered() {
     let mut h = Harness::new(OnFailure::Continue, RecordingMode::Always);
     let (call, _inv, _ok, caller_ok) = recorded_call(&mut h, "r8c");
-    // A pause's re-INVITE the SRS never answers.
-    h.input(Input::Recording {
-        call,
-        cmd: RecordingCommand::Pause,
-    });
-    assert_eq!(h.take_to(To::Srs(1))[0].method(), Some(&Method::Invite));
+    unanswered_pause(&mut h, call);
     // The call ends at once: the SRS gets its BYE with the final metadata in the same
     // step as the caller gets its 200 (no clock advance, nothing waits on the SRS).
     h.send_from(
@@ -812,11 +816,7 @@ fn teardown_does_not_wait_for_an_srs_that_leaves_an_update_unanswered() {
 fn an_srs_that_times_out_an_update_gets_its_final_metadata_before_the_next_starts() {
     let mut h = Harness::new(OnFailure::Continue, RecordingMode::Always);
     let (call, _inv, _ok, _) = recorded_call(&mut h, "r8d");
-    h.input(Input::Recording {
-        call,
-        cmd: RecordingCommand::Pause,
-    });
-    assert_eq!(h.take_to(To::Srs(1))[0].method(), Some(&Method::Invite));
+    unanswered_pause(&mut h, call);
     h.advance(ANSWER_TIMEOUT + Duration::from_millis(1));
     let to_old = h.take_to(To::Srs(1));
     assert_eq!(to_old.len(), 1, "{to_old:?}");
