@@ -119,6 +119,19 @@ async fn both_legs_reach_the_srs_decrypted_equal_to_what_was_sent() {
         Some(&Method::Bye),
         "the call's end ends the recording"
     );
+    // The BYE carried the final snapshot (validated by the SRS): stop times.
+    assert_eq!(
+        session.metadata.len(),
+        4,
+        "the BYE carried the final metadata"
+    );
+    let last = &session.metadata[3];
+    assert!(last.stops_after_start(), "{last:?}");
+    assert_eq!(last.disassociated, 2, "{last:?}");
+    assert!(
+        session.metadata[..3].iter().all(|m| !m.has_stop_time),
+        "only the final document stops"
+    );
     // The recording's life is in the hash-chained audit log, written off the core loop.
     let events = ["started", "paused", "resumed", "stopped"];
     let mut lines = Vec::new();

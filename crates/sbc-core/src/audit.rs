@@ -7,7 +7,8 @@
 //! on a file write.
 //!
 //! Must not: format or chain lines (sbc-admin's `AuditLog` does), or block the sender: a
-//! full queue drops the event, counts it ([`AuditQueue::dropped`]) and the caller logs it.
+//! full queue drops the event, counts it ([`AuditQueue::dropped`] and
+//! `sbc_audit_events_dropped_total{kind}`) and the caller logs it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
@@ -115,6 +116,19 @@ enum Queued {
     Cluster(ClusterAudit),
 }
 
+impl Queued {
+    /// The `kind` label of `sbc_audit_events_dropped_total` ([`AUDIT_DROP_KINDS`]).
+    fn kind(&self) -> &'static str {
+        match self {
+            Queued::Recording(_) => "recording",
+            Queued::Cluster(_) => "cluster",
+        }
+    }
+}
+
+/// The closed label set of `sbc_audit_events_dropped_total` (the catalog uses it).
+pub const AUDIT_DROP_KINDS: [&str; 2] = ["recording", "cluster"];
+
 /// A bounded queue to an [`AuditSink`], drained by its own thread.
 #[derive(Debug, Clone)]
 pub struct AuditQueue {
@@ -162,10 +176,12 @@ impl AuditQueue {
     }
 
     fn queue(&self, event: Queued) -> bool {
+        let kind = event.kind();
         match self.tx.try_send(event) {
             Ok(()) => true,
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("sbc_audit_events_dropped_total", "kind" => kind).increment(1);
                 false
             }
         }
@@ -222,6 +238,25 @@ mod tests {
             .collect();
         assert!(sent.iter().filter(|s| !**s).count() >= 8);
         assert_eq!(q.dropped() as usize, sent.iter().filter(|s| !**s).count());
+        // The drops reach the metric too (counted on the sending thread).
+        let recorder = metrics_util::debugging::DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        metrics::with_local_recorder(&recorder, || {
+            assert!(!q.send_cluster(ClusterAudit {
+                event: ClusterEvent::TakenOver,
+                node: "a".into(),
+                peer: "b".into(),
+                calls: 1,
+                detail: String::new(),
+            }));
+        });
+        let snap = snapshotter.snapshot().into_vec();
+        let (k, _, _, v) = snap
+            .iter()
+            .find(|(k, _, _, _)| k.key().name() == "sbc_audit_events_dropped_total")
+            .unwrap();
+        assert!(k.key().labels().any(|l| l.value() == "cluster"));
+        assert_eq!(v, &metrics_util::debugging::DebugValue::Counter(1));
         *gate.open.lock().unwrap() = true;
         gate.cv.notify_all();
         // Once the writer drains, the queue takes events again.

@@ -869,6 +869,11 @@ pub const CATALOG: &[MetricDef] = &[
         "Audit lines that could not be written.",
         &[],
     ),
+    counter(
+        "sbc_audit_events_dropped_total",
+        "Audit events dropped because the audit writer's queue was full or gone.",
+        &[closed("kind", &crate::audit::AUDIT_DROP_KINDS)],
+    ),
     // Process (metrics-process, refreshed on each scrape of /metrics).
     process(
         "process_cpu_seconds_total",

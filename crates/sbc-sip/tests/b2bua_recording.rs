@@ -1,8 +1,9 @@
 //! SIPREC recording (RFC 7866) in the B2BUA on a virtual clock, with no sockets: the SRC's
 //! INVITE and its bodies, the `required` and `continue` policies, failover between SRS
 //! targets, re-INVITEs on hold / resume and pause, the SRS's BYE, and the BYE at the
-//! call's end. Media (call and recording) is faked: only what signaling asks of it is
-//! recorded, and the leak check asks that every prepared stream was released.
+//! call's end (carrying the final metadata with stop times, never waiting on the SRS).
+//! Media (call and recording) is faked: only what signaling asks of it is recorded, and
+//! the leak check asks that every prepared stream was released.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{HashMap, HashSet};
@@ -439,6 +440,28 @@ fn parts(m: &SipMessage) -> (String, String) {
     (parts[0].1.to_string(), parts[1].1.to_string())
 }
 
+/// The final metadata snapshot a BYE to the SRS carries: RFC 7865-valid, with the
+/// session's stop time no earlier than its start and both participants disassociated.
+fn final_metadata(bye: &SipMessage) -> sbc_testkit::srs::Metadata {
+    assert_eq!(bye.method(), Some(&Method::Bye));
+    assert_eq!(bye.header("content-type"), Some(siprec::METADATA_TYPE));
+    assert_eq!(bye.header("content-disposition"), Some("recording-session"));
+    let xml = String::from_utf8(bye.body().to_vec()).unwrap();
+    let meta = sbc_testkit::srs::validate_metadata(&xml).expect("valid final metadata");
+    assert!(meta.stops_after_start(), "{xml}");
+    assert_eq!(meta.disassociated, 2, "{xml}");
+    meta
+}
+
+/// Pause `call` from the admin plane; its re-INVITE to SRS 1 is taken and left unanswered.
+fn unanswered_pause(h: &mut Harness, call: CallRef) {
+    h.input(Input::Recording {
+        call,
+        cmd: RecordingCommand::Pause,
+    });
+    assert_eq!(h.take_to(To::Srs(1))[0].method(), Some(&Method::Invite));
+}
+
 fn the_call(h: &Harness) -> CallRef {
     // The fake recording media saw the call's ref when streams were prepared.
     h.rec
@@ -454,6 +477,15 @@ fn the_call(h: &Harness) -> CallRef {
 /// Caller INVITE, SRS 1 accepts, callee answers, ACK: a recorded established call.
 /// Returns (the call, the SRS's INVITE, the SRS's 200, the caller's 200).
 fn recorded_call(h: &mut Harness, id: &str) -> (CallRef, SipMessage, SipMessage, SipMessage) {
+    let (call, srs_inv, ok, caller_ok, _) = recorded_call_both(h, id);
+    (call, srs_inv, ok, caller_ok)
+}
+
+/// [`recorded_call`], also returning the callee's 200 (its dialog, for a callee's BYE).
+fn recorded_call_both(
+    h: &mut Harness,
+    id: &str,
+) -> (CallRef, SipMessage, SipMessage, SipMessage, SipMessage) {
     h.send_from(CALLER, invite(id));
     let srs_inv = h.take_to(To::Srs(1)).remove(0);
     let call = the_call(h);
@@ -469,7 +501,7 @@ fn recorded_call(h: &mut Harness, id: &str) -> (CallRef, SipMessage, SipMessage,
     assert_eq!(acks[0].method(), Some(&Method::Ack));
     let down = h.take_to(To::Callee).remove(0);
     let ans = respond(&down, 200, "callee-tag", Some(("application/sdp", OFFER)));
-    h.send_from(CALLEE, ans);
+    h.send_from(CALLEE, ans.clone());
     let up = h.take_to(To::Caller);
     let caller_ok = up.last().unwrap().clone();
     assert_eq!(caller_ok.status(), Some(200));
@@ -478,7 +510,7 @@ fn recorded_call(h: &mut Harness, id: &str) -> (CallRef, SipMessage, SipMessage,
         in_dialog(Method::Ack, &caller_ok, 1, &format!("z9hG4bK-ack-{id}")),
     );
     h.take_to(To::Callee);
-    (call, srs_inv, ok, caller_ok)
+    (call, srs_inv, ok, caller_ok, ans)
 }
 
 #[test]
@@ -724,6 +756,7 @@ fn a_codec_change_re_offers_the_new_formats_to_the_srs() {
 fn the_call_end_sends_bye_to_the_srs_and_releases_the_streams() {
     let mut h = Harness::new(OnFailure::Continue, RecordingMode::Always);
     let (_call, _inv, _ok, caller_ok) = recorded_call(&mut h, "r8");
+    h.advance(Duration::from_secs(7));
     h.send_from(CALLER, in_dialog(Method::Bye, &caller_ok, 2, "z9hG4bK-bye"));
     let bye = h.take_to(To::Callee).remove(0);
     h.send_from(CALLEE, respond(&bye, 200, "callee-tag", None));
@@ -731,8 +764,73 @@ fn the_call_end_sends_bye_to_the_srs_and_releases_the_streams() {
     assert_eq!(to_srs.len(), 1);
     assert_eq!(to_srs[0].method(), Some(&Method::Bye));
     assert!(to_srs[0].header("to").unwrap().contains("tag=srs-tag"));
+    let meta = final_metadata(&to_srs[0]);
+    assert_eq!(meta.start_time.as_deref(), Some("2026-12-04T12:01:21Z"));
+    assert_eq!(meta.stop_time.as_deref(), Some("2026-12-04T12:01:28Z"));
     h.advance(T1 * 64);
     h.assert_nothing_held();
+}
+
+#[test]
+fn a_call_ended_by_the_callee_sends_the_final_metadata_to_the_srs() {
+    let mut h = Harness::new(OnFailure::Continue, RecordingMode::Always);
+    let (_call, _inv, _ok, _caller_ok, callee_ok) = recorded_call_both(&mut h, "r8b");
+    h.advance(Duration::from_secs(3));
+    // The callee's BYE: its side of the downstream dialog (its tag in From).
+    let mut bye = in_dialog(Method::Bye, &callee_ok, 1, "z9hG4bK-callee-bye");
+    bye.set_header("from", callee_ok.header("to").unwrap());
+    bye.set_header("to", callee_ok.header("from").unwrap());
+    h.send_from(CALLEE, bye);
+    let up = h.take_to(To::Caller).remove(0);
+    assert_eq!(up.method(), Some(&Method::Bye));
+    h.send_from(CALLER, respond(&up, 200, "caller-tag", None));
+    let to_srs = h.take_to(To::Srs(1));
+    assert_eq!(to_srs.len(), 1, "{to_srs:?}");
+    let meta = final_metadata(&to_srs[0]);
+    assert_eq!(meta.stop_time.as_deref(), Some("2026-12-04T12:01:24Z"));
+}
+
+#[test]
+fn teardown_does_not_wait_for_an_srs_that_leaves_an_update_unanswered() {
+    let mut h = Harness::new(OnFailure::Continue, RecordingMode::Always);
+    let (call, _inv, _ok, caller_ok) = recorded_call(&mut h, "r8c");
+    unanswered_pause(&mut h, call);
+    // The call ends at once: the SRS gets its BYE with the final metadata in the same
+    // step as the caller gets its 200 (no clock advance, nothing waits on the SRS).
+    h.send_from(
+        CALLER,
+        in_dialog(Method::Bye, &caller_ok, 2, "z9hG4bK-bye-c"),
+    );
+    let bye = h.take_to(To::Callee).remove(0);
+    h.send_from(CALLEE, respond(&bye, 200, "callee-tag", None));
+    assert_eq!(h.take_to(To::Caller).last().unwrap().status(), Some(200));
+    let to_srs = h.take_to(To::Srs(1));
+    assert_eq!(to_srs.len(), 1);
+    final_metadata(&to_srs[0]);
+    assert_eq!(h.core.stats().active_calls, 0);
+    h.advance(T1 * 64);
+    h.assert_nothing_held();
+}
+
+#[test]
+fn an_srs_that_times_out_an_update_gets_its_final_metadata_before_the_next_starts() {
+    let mut h = Harness::new(OnFailure::Continue, RecordingMode::Always);
+    let (call, _inv, _ok, _) = recorded_call(&mut h, "r8d");
+    unanswered_pause(&mut h, call);
+    h.advance(ANSWER_TIMEOUT + Duration::from_millis(1));
+    let to_old = h.take_to(To::Srs(1));
+    assert_eq!(to_old.len(), 1, "{to_old:?}");
+    let meta = final_metadata(&to_old[0]);
+    // Stopped when the update timed out: 1.5 s after the start, whole seconds.
+    assert_eq!(meta.stop_time.as_deref(), Some("2026-12-04T12:01:22Z"));
+    let to_new = h.take_to(To::Srs(2));
+    assert_eq!(to_new[0].method(), Some(&Method::Invite));
+    let (_, xml) = parts(&to_new[0]);
+    assert!(
+        !sbc_testkit::srs::validate_metadata(&xml)
+            .unwrap()
+            .has_stop_time
+    );
 }
 
 #[test]
@@ -812,6 +910,7 @@ fn api_mode_records_only_on_command() {
     });
     let bye = h.take_to(To::Srs(1));
     assert_eq!(bye[0].method(), Some(&Method::Bye));
+    final_metadata(&bye[0]);
     assert_eq!(h.states(call), vec![RecordingState::Stopped]);
     assert!(h.streams().is_empty());
     assert_eq!(h.core.stats().active_calls, 1, "the call goes on");

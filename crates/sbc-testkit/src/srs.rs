@@ -2,7 +2,8 @@
 //! takes the gateway's recording INVITE, checks its `multipart/mixed` body, validates the
 //! RFC 7865 metadata with a real XML parser ([`validate_metadata`]), answers with SDP
 //! naming its own UDP port per m-line (`a=recvonly`), answers re-INVITEs and BYEs while
-//! recording every request, and decrypts what arrives with the offered SDES keys.
+//! recording every request (a BYE's final metadata, with stop times, validated like an
+//! INVITE's), and decrypts what arrives with the offered SDES keys.
 //!
 //! The schema's rules checked: namespace `urn:ietf:params:xml:ns:recording:1`; `datamode`
 //! first and `complete` or `partial`; every element of the namespace one the schema
@@ -35,8 +36,24 @@ pub struct Metadata {
     /// (participant AOR, labels it sends).
     pub senders: Vec<(String, Vec<String>)>,
     pub has_stop_time: bool,
+    /// The communication session's `start-time` and `stop-time` (RFC 3339 text).
+    pub start_time: Option<String>,
+    pub stop_time: Option<String>,
+    /// How many `participantsessionassoc` carry a `disassociate-time`.
+    pub disassociated: usize,
     /// Elements of other namespaces (extensions), by local name.
     pub extensions: Vec<String>,
+}
+
+impl Metadata {
+    /// True if the document has a stop time no earlier than its start time (both are
+    /// `xs:dateTime` in UTC with whole seconds, so the text orders as the time does).
+    pub fn stops_after_start(&self) -> bool {
+        match (&self.start_time, &self.stop_time) {
+            (Some(a), Some(b)) => a.len() == b.len() && a.ends_with('Z') && b >= a,
+            _ => false,
+        }
+    }
 }
 
 const ELEMENTS: &[&str] = &[
@@ -168,6 +185,8 @@ pub fn validate_metadata(xml: &str) -> Result<Metadata, String> {
         meta.sip_session_ids
             .extend(children(s, "sipSessionID").map(text_of));
         meta.has_stop_time |= children(s, "stop-time").next().is_some();
+        meta.start_time = children(s, "start-time").next().map(text_of);
+        meta.stop_time = children(s, "stop-time").next().map(text_of);
     }
     let mut participants = HashMap::new();
     for p in children(root, "participant") {
@@ -200,6 +219,9 @@ pub fn validate_metadata(xml: &str) -> Result<Metadata, String> {
             || !sessions.contains(&base64_id(a, "session_id")?)
         {
             return Err("participantsessionassoc names an unknown participant or session".into());
+        }
+        if children(a, "disassociate-time").next().is_some() {
+            meta.disassociated += 1;
         }
     }
     for a in children(root, "participantstreamassoc") {
@@ -318,6 +340,7 @@ impl SrsSession {
         match req.method() {
             Some(Method::Invite) => self.answer_invite(&req).await,
             Some(Method::Bye) => {
+                self.read_final_metadata(&req);
                 self.peer
                     .send(&response_to(&req, 200, "OK", Some("srs-tag")))
                     .await
@@ -325,6 +348,23 @@ impl SrsSession {
             _ => {}
         }
         req
+    }
+
+    /// A BYE's body, if any, is the final metadata snapshot (RFC 7865, with stop times):
+    /// validated and kept like an INVITE's.
+    fn read_final_metadata(&mut self, req: &SipMessage) {
+        if req.body().is_empty() {
+            return;
+        }
+        assert_eq!(
+            req.header("content-type"),
+            Some(siprec::METADATA_TYPE),
+            "a BYE body is metadata"
+        );
+        let xml = std::str::from_utf8(req.body()).expect("UTF-8 body");
+        self.metadata.push(
+            validate_metadata(xml).unwrap_or_else(|e| panic!("final metadata invalid: {e}\n{xml}")),
+        );
     }
 
     async fn answer_invite(&mut self, req: &SipMessage) {
@@ -490,6 +530,16 @@ mod tests {
         assert_eq!(m.senders[0].1, vec!["1"], "the caller sends stream 1");
         assert_eq!(m.senders[1].1, vec!["2"]);
         assert!(m.has_stop_time);
+        assert_eq!(m.start_time.as_deref(), Some("2026-12-04T12:01:21Z"));
+        assert_eq!(m.stop_time.as_deref(), Some("2026-12-04T12:01:26Z"));
+        assert!(m.stops_after_start());
+        assert_eq!(m.disassociated, 2);
+        let reversed = Metadata {
+            start_time: m.stop_time.clone(),
+            stop_time: m.start_time.clone(),
+            ..m.clone()
+        };
+        assert!(!reversed.stops_after_start());
         assert_eq!(m.extensions.first().map(String::as_str), Some("gap"));
         assert_eq!(m.sip_session_ids.len(), 1);
     }

@@ -2,8 +2,20 @@
 //! answers, re-offer on updates (hold, codec change, pause), fail over, end with BYE, and
 //! take the admin plane's commands.
 //!
+//! Stop times travel in the BYE. RFC 7866 has the SRC deliver metadata snapshots in the
+//! recording session's INVITE, re-INVITE or UPDATE, and RFC 7865 gives the session a
+//! `<stop-time>` and each participant a `<disassociate-time>`. We put the final snapshot
+//! (`application/rs-metadata+xml`, `Content-Disposition: recording-session`) in the body
+//! of the BYE that ends the recording (call end, admin stop, an SRS replaced after a
+//! failure that left its connection up): RFC 3261 lets any request carry a body, the BYE
+//! is sent anyway, and no extra round trip can hold the call's teardown (a final
+//! re-INVITE would need a deadline and a second wait for an SRS that may already be
+//! failing). The cost: an SRS that reads metadata only from INVITE and UPDATE ignores the
+//! body and sees the BYE's arrival as the end, which is what it saw before.
+//!
 //! Owns: no state of its own (`recording.rs` does). Must not: end or refuse a call
-//! except the `required` refusal while the callee's INVITE is held.
+//! except the `required` refusal while the callee's INVITE is held, nor wait on the SRS
+//! to tear a call down.
 
 use std::sync::LazyLock;
 use std::time::{Instant, SystemTime};
@@ -242,6 +254,19 @@ impl B2bua {
             })
             .collect();
         let sdp = siprec::sdp_offer(s.sdp_id, s.sdp_version, &offer);
+        let xml = self.session_metadata(rec, s, stop);
+        let boundary = format!("sbc-{:016x}{:08x}", s.ids[0] as u64, s.sdp_version);
+        let (ctype, body) = siprec::multipart(&boundary, &sdp, &xml);
+        (ctype, body, boundary)
+    }
+
+    /// The session's RFC 7865 metadata document; with `stop`, the final one (stop times).
+    fn session_metadata(
+        &self,
+        rec: &CallRecording,
+        s: &Session,
+        stop: Option<SystemTime>,
+    ) -> String {
         let redaction = rec.recorder.settings.identities.redaction();
         let caller = Participant::from_header(&rec.parties[0], redaction);
         let callee = Participant::from_header(&rec.parties[1], redaction);
@@ -258,19 +283,18 @@ impl B2bua {
             from,
             until: s.started,
         });
-        let xml = siprec::metadata_xml(&siprec::Metadata {
+        siprec::metadata_xml(&siprec::Metadata {
             ids: s.ids,
             session_id: &rec.session_id,
             caller: &caller,
             callee: &callee,
             streams: &meta,
             start: s.started,
-            stop,
+            // A clock stepped back between start and stop must not give a stop before
+            // the start the SRS was told.
+            stop: stop.map(|t| t.max(s.started)),
             gap,
-        });
-        let boundary = format!("sbc-{:016x}{:08x}", s.ids[0] as u64, s.sdp_version);
-        let (ctype, body) = siprec::multipart(&boundary, &sdp, &xml);
-        (ctype, body, boundary)
+        })
     }
 
     /// Send the session's INVITE (initial or re-INVITE), with the current offer.
@@ -640,11 +664,19 @@ impl B2bua {
         why: RecordingFailure,
         status: Option<u16>,
     ) {
+        // An accepted session whose SRS is still reachable (not a transport failure)
+        // gets its BYE with the final metadata before the next one starts.
+        let bye = (why != RecordingFailure::Transport)
+            .then(|| self.srs_bye(now, call))
+            .flatten();
         let Some((id, target, mid_call)) =
             self.close_session(now, call, RecordingState::Failed, None)
         else {
             return;
         };
+        if let Some((dest, bye)) = bye {
+            self.send(dest, bye);
+        }
         let Some(rec) = self.recordings.get_mut(call) else {
             return;
         };
@@ -767,10 +799,10 @@ impl B2bua {
         self.recording_given_up(now, call);
     }
 
-    /// End the current session from our side: BYE (an accepted one, with the final
-    /// metadata's stop time in the log) or CANCEL (one still offering).
+    /// End the current session from our side: BYE (an accepted one, carrying the final
+    /// metadata with stop times) or CANCEL (one still offering).
     fn stop_session(&mut self, now: Instant, call: CallRef) {
-        let bye = self.srs_bye(call);
+        let bye = self.srs_bye(now, call);
         let cancel_needed = self
             .recordings
             .get(call)
@@ -805,15 +837,18 @@ impl B2bua {
         }
     }
 
-    /// A BYE on the session's dialog, if it has one.
-    fn srs_bye(&mut self, call: CallRef) -> Option<(Dest, SipMessage)> {
+    /// A BYE on the session's dialog, if it has one, carrying the final metadata snapshot
+    /// (stop times at `now`; module docs: why in the BYE).
+    fn srs_bye(&mut self, now: Instant, call: CallRef) -> Option<(Dest, SipMessage)> {
         let branch = self.branch();
         let max_forwards = self.cfg.max_forwards;
+        let stop = self.cfg.wall_clock.wall(now);
         let rec = self.recordings.get(call)?;
         let s = rec.session.as_ref()?;
         s.dialog.remote_tag.as_ref()?;
         let candidate = rec.recorder.srs.get(s.target)?.clone();
         let advertised = self.advertised(s.listener).to_string();
+        let xml = self.session_metadata(rec, s, Some(stop));
         let s = self.recordings.get_mut(call)?.session.as_mut()?;
         let cseq = s.dialog.take_cseq();
         let hop = Hop {
@@ -822,10 +857,11 @@ impl B2bua {
             branch: &branch,
             max_forwards,
         };
-        Some((
-            Dest::Target(candidate.target),
-            s.dialog.request(Method::Bye, cseq, hop),
-        ))
+        let mut bye = s.dialog.request(Method::Bye, cseq, hop);
+        bye.push_header("Content-Type", siprec::METADATA_TYPE);
+        bye.push_header("Content-Disposition", "recording-session");
+        bye.set_body(xml.into_bytes());
+        Some((Dest::Target(candidate.target), bye))
     }
 
     /// The call ended: BYE to the SRS, streams released, the recording forgotten.
