@@ -3406,24 +3406,7 @@ mod standby {
         let up = b.take_to(To::Other);
         assert!(statuses(&up).contains(&200), "{:?}", statuses(&up));
         let ok = up.iter().find(|m| m.status() == Some(200)).unwrap().clone();
-        b.input(Input::Message {
-            conn: RECONNECT,
-            msg: in_dialog(Method::Ack, &ok, 1, "z9hG4bK-t6ack", true),
-        });
-        assert_eq!(b.usage().pending_invites, 0);
-        assert_eq!(b.usage().active_calls, 1);
-        b.input(Input::Message {
-            conn: RECONNECT,
-            msg: in_dialog(Method::Bye, &ok, 2, "z9hG4bK-t6bye", true),
-        });
-        let bye = b
-            .take_to(To::Callee)
-            .into_iter()
-            .find(|m| m.method() == Some(&Method::Bye))
-            .unwrap();
-        b.callee_sends(respond(&bye, 200, "callee-tag", false));
-        b.advance(T1 * 64);
-        b.assert_nothing_held();
+        ack_then_hang_up(&mut b, &ok, "t6");
     }
 
     #[test]
@@ -3547,6 +3530,32 @@ mod standby {
         ]
     }
 
+    /// The caller, back on `RECONNECT`, ACKs the restored early dialog's 200 `ok` and
+    /// hangs up; the callee answers the BYE; nothing is held after. Returns what the
+    /// callee got for the ACK.
+    fn ack_then_hang_up(b: &mut Harness, ok: &SipMessage, id: &str) -> Vec<SipMessage> {
+        b.input(Input::Message {
+            conn: RECONNECT,
+            msg: in_dialog(Method::Ack, ok, 1, &format!("z9hG4bK-{id}ack"), true),
+        });
+        assert_eq!(b.usage().pending_invites, 0);
+        assert_eq!(b.usage().active_calls, 1);
+        let for_ack = b.take_to(To::Callee);
+        b.input(Input::Message {
+            conn: RECONNECT,
+            msg: in_dialog(Method::Bye, ok, 2, &format!("z9hG4bK-{id}bye"), true),
+        });
+        let bye = b
+            .take_to(To::Callee)
+            .into_iter()
+            .find(|m| m.method() == Some(&Method::Bye))
+            .unwrap();
+        b.callee_sends(respond(&bye, 200, "callee-tag", false));
+        b.advance(T1 * 64);
+        b.assert_nothing_held();
+        for_ack
+    }
+
     /// A trunk's own connection to us (RFC 3261 §18.2.2, or its connection to A gone):
     /// accepted on the listener from the target's address.
     const TRUNK_IN: ConnId = ConnId(51);
@@ -3612,8 +3621,7 @@ mod standby {
         let callee_view = respond(&down, 200, "callee-tag", false);
         let mut reinvite = in_dialog(Method::Invite, &callee_view, 3, "z9hG4bK-k2re", false);
         reinvite.push_header("Contact", "<sips:pbx@10.9.9.9:5061>");
-        reinvite.push_header("Content-Type", "application/sdp");
-        reinvite.set_body(OFFER.as_bytes().to_vec());
+        let reinvite = with_body(reinvite, "application/sdp", OFFER);
         h.input(Input::Message {
             conn: TRUNK_IN,
             msg: reinvite,
@@ -3665,11 +3673,10 @@ mod standby {
         let up = b.take_to(To::Other);
         assert!(statuses(&up).contains(&200), "{:?}", statuses(&up));
         let ok = up.iter().find(|m| m.status() == Some(200)).unwrap().clone();
-        b.input(Input::Message {
-            conn: RECONNECT,
-            msg: in_dialog(Method::Ack, &ok, 1, "z9hG4bK-k3ack", true),
-        });
-        let acked: Vec<_> = acked.into_iter().chain(b.take_to(To::Callee)).collect();
+        let acked: Vec<_> = acked
+            .into_iter()
+            .chain(ack_then_hang_up(&mut b, &ok, "k3"))
+            .collect();
         assert_eq!(
             acked
                 .iter()
@@ -3678,20 +3685,6 @@ mod standby {
             1,
             "the 2xx is acknowledged to the callee once"
         );
-        assert_eq!(b.usage().pending_invites, 0);
-        assert_eq!(b.usage().active_calls, 1);
-        b.input(Input::Message {
-            conn: RECONNECT,
-            msg: in_dialog(Method::Bye, &ok, 2, "z9hG4bK-k3bye", true),
-        });
-        let bye = b
-            .take_to(To::Callee)
-            .into_iter()
-            .find(|m| m.method() == Some(&Method::Bye))
-            .unwrap();
-        b.callee_sends(respond(&bye, 200, "callee-tag", false));
-        b.advance(T1 * 64);
-        b.assert_nothing_held();
     }
 
     #[test]

@@ -221,10 +221,6 @@ impl B2bua {
     /// every connection, and `conn_serves`); anything else is refused as from an
     /// unrecognised peer.
     fn on_trunk_request(&mut self, now: Instant, conn: ConnId, method: Method, msg: SipMessage) {
-        if let Err(refusal) = precheck(&msg, &method) {
-            self.refuse(conn, &msg, &refusal, None);
-            return;
-        }
         let to_tag = msg.header("to").and_then(tag).map(str::to_string);
         let in_dialog = to_tag.as_deref().and_then(|t| {
             self.calls
@@ -237,12 +233,16 @@ impl B2bua {
                             .is_some_and(|c| self.conn_serves(conn, c, *side))
                 })
         });
-        match (to_tag, in_dialog) {
-            (Some(to_tag), Some(_)) => self.on_in_dialog(now, conn, &to_tag, method, msg),
-            // A stray ACK is dropped, as on every connection.
-            _ if method == Method::Ack => debug!(conn = %conn, "stray ACK from trunk dropped"),
-            _ => self.refuse_from_trunk(now, conn, &msg),
+        let Some((to_tag, _)) = to_tag.zip(in_dialog) else {
+            self.refuse_from_trunk(now, conn, &msg);
+            return;
+        };
+        // Checked only in its calls: outside them it learns nothing but 403.
+        if let Err(refusal) = precheck(&msg, &method) {
+            self.refuse(conn, &msg, &refusal, None);
+            return;
         }
+        self.on_in_dialog(now, conn, &to_tag, method, msg);
     }
 
     /// Refuse what a trunk's own connection may not carry: a new call, a dialog of
