@@ -14,7 +14,7 @@
 //! The warm copy holds each call's parts as stored, the secret still sealed (it is opened
 //! only by a takeover, so a standby's memory holds no SRTP key of a call it does not
 //! serve). Replication lag = now − the newest entry id's time (Redis' clock; nodes are
-//! expected to run NTP).
+//! expected to run NTP); 0 right after a reload, which leaves nothing outstanding.
 //!
 //! Owns: the tailer's connection and the warm copy. Must not: bind sockets or install
 //! anything (that is the takeover's), write to Redis.
@@ -263,6 +263,11 @@ impl Tailer {
         *n.warm() = warm;
         self.last = info.last_id;
         self.read = info.added;
+        // The copy now holds every change up to the stream's last id, read just now: no
+        // change is outstanding, so the lag is 0 until the next entry is read (the age of
+        // the peer's last change would be wrong here: a quiet peer is not a late copy).
+        self.node.lag_ms.store(0, Ordering::Relaxed);
+        metrics::gauge!("sbc_cluster_replication_lag_seconds").set(0.0);
         metrics::gauge!("sbc_cluster_warm_calls").set(calls as f64);
         metrics::counter!("sbc_cluster_standby_reloads_total", "reason" => reason.as_str())
             .increment(1);
