@@ -274,10 +274,14 @@ pub fn bind_stored(
     if port == 0 || port % 2 != 0 || port == u16::MAX {
         return Err(BindError::Unbindable);
     }
-    let pooled = rtp.ip() == pool_ip && lock(pool).covers(port);
-    if pooled && !lock(pool).take(port) {
-        return Err(BindError::Unbindable);
-    }
+    // One lock: whether the pool covers the port and, if so, taking it.
+    let pooled = rtp.ip() == pool_ip && {
+        let mut p = lock(pool);
+        if p.covers(port) && !p.take(port) {
+            return Err(BindError::Unbindable);
+        }
+        p.covers(port)
+    };
     let lease = PortLease {
         pool: pooled.then(|| Arc::clone(pool)),
         port,
